@@ -1,0 +1,140 @@
+import { describe, expect, it } from 'vitest';
+import { randomBytes } from 'node:crypto';
+import * as codec from '../../plugins/protocol/codec.js';
+import { FrameDecoder, encodeFrame, MAX_PAYLOAD_SIZE, RpcType, FrameTooLargeError } from '../../plugins/protocol/frame.js';
+import type { HttpReqCallRequest } from '../../plugins/protocol/messages.js';
+
+const sampleReq: HttpReqCallRequest = {
+  id: (3 << 22) + 7,
+  srcIp: new Uint8Array([127, 0, 0, 1]),
+  method: 'PATCH',
+  path: '/a/b/d e',
+  args: [
+    { name: 'x', value: '1' },
+    { name: 'x', value: '2' },
+    { name: 'debug', value: null },
+  ],
+  headers: [
+    { name: 'host', value: 'upstream.local' },
+    { name: 'accept', value: 'a' },
+    { name: 'accept', value: 'b' },
+  ],
+  confToken: 0xfffffffe,
+};
+
+describe('codec round trips', () => {
+  it('HTTPReqCall request keeps multi-valued args, flags and headers', () => {
+    const back = codec.decodeHttpReqCallRequest(codec.encodeHttpReqCallRequest(sampleReq));
+    expect(back).toEqual(sampleReq);
+  });
+
+  it('IPv6 source addresses keep all 16 bytes', () => {
+    const ip = new Uint8Array(16).fill(0);
+    ip[15] = 1;
+    const back = codec.decodeHttpReqCallRequest(codec.encodeHttpReqCallRequest({ ...sampleReq, srcIp: ip }));
+    expect(Array.from(back.srcIp)).toEqual(Array.from(ip));
+  });
+
+  it('HTTPReqCall responses: none, stop, rewrite', () => {
+    for (const action of [
+      null,
+      { type: 'stop' as const, status: 403, headers: [{ name: 'x', value: 'y' }], body: new TextEncoder().encode('no') },
+      {
+        type: 'rewrite' as const,
+        path: '/new',
+        headers: [{ name: 'x-del', value: null }, { name: 'host', value: 'h' }],
+        args: [{ name: 'a', value: null }],
+        respHeaders: [{ name: 'x-r', value: '1' }],
+        body: new Uint8Array([1, 2, 3]),
+      },
+    ]) {
+      const msg = { id: 42, action };
+      expect(codec.decodeHttpReqCallResponse(codec.encodeHttpReqCallResponse(msg))).toEqual(msg);
+    }
+  });
+
+  it('PrepareConf, ExtraInfo, HTTPRespCall and Err', () => {
+    const prep = { conf: [{ name: 'jwt', value: '{}' }, { name: 'opa', value: '{"a":1}' }], key: 'route#1' };
+    expect(codec.decodePrepareConfRequest(codec.encodePrepareConfRequest(prep))).toEqual(prep);
+    expect(codec.decodePrepareConfResponse(codec.encodePrepareConfResponse({ confToken: 9 }))).toEqual({ confToken: 9 });
+    for (const info of [{ type: 'var' as const, name: 'remote_addr' }, { type: 'reqBody' as const }, { type: 'respBody' as const }]) {
+      expect(codec.decodeExtraInfoRequest(codec.encodeExtraInfoRequest(info))).toEqual(info);
+    }
+    expect(codec.decodeExtraInfoResponse(codec.encodeExtraInfoResponse({ result: null }))).toEqual({ result: null });
+    expect(codec.decodeExtraInfoResponse(codec.encodeExtraInfoResponse({ result: new Uint8Array([0, 255]) }))).toEqual({
+      result: new Uint8Array([0, 255]),
+    });
+    const rc = { id: 5, status: 502, headers: [{ name: 'set-cookie', value: 'a' }, { name: 'set-cookie', value: 'b' }], confToken: 77 };
+    expect(codec.decodeHttpRespCallRequest(codec.encodeHttpRespCallRequest(rc))).toEqual(rc);
+    const rr = { id: 5, status: 0, headers: [], body: null };
+    expect(codec.decodeHttpRespCallResponse(codec.encodeHttpRespCallResponse(rr))).toEqual(rr);
+    for (const code of ['BAD_REQUEST', 'SERVICE_UNAVAILABLE', 'CONF_TOKEN_NOT_FOUND'] as const) {
+      expect(codec.decodeErrorResponse(codec.encodeErrorResponse({ code }))).toEqual({ code });
+    }
+  });
+});
+
+describe('malformed payloads', () => {
+  it('truncated buffers are rejected, never half-read', () => {
+    const good = codec.encodeHttpReqCallRequest(sampleReq);
+    for (let cut = 0; cut < good.length; cut++) {
+      let decoded: HttpReqCallRequest | undefined;
+      try {
+        decoded = codec.decodeHttpReqCallRequest(good.subarray(0, cut));
+      } catch (err) {
+        expect((err as Error).name).toBe('MalformedPayloadError');
+        continue;
+      }
+      // A prefix can only decode if everything it references lies inside it.
+      expect(decoded).toBeDefined();
+    }
+  });
+
+  it('random and bit-flipped buffers either decode or throw MalformedPayloadError', () => {
+    const good = codec.encodeHttpReqCallRequest(sampleReq);
+    for (let i = 0; i < 3000; i++) {
+      const buf = i % 2 === 0 ? Buffer.from(good) : randomBytes(8 + (i % 200));
+      if (i % 2 === 0) buf[i % buf.length] ^= 1 << (i % 8);
+      try {
+        codec.decodeHttpReqCallRequest(buf);
+      } catch (err) {
+        expect((err as Error).name).toBe('MalformedPayloadError');
+      }
+    }
+  });
+
+  it('a forged vector length is caught before any element is read', () => {
+    const good = Buffer.from(codec.encodeHttpReqCallRequest(sampleReq));
+    // Find the headers vector length (3) and claim 2^31 entries instead.
+    const forged = Buffer.from(good);
+    let patched = false;
+    for (let at = 0; at + 4 <= forged.length; at += 4) {
+      if (forged.readUInt32LE(at) === 3) {
+        forged.writeUInt32LE(0x7fffffff, at);
+        patched = true;
+        break;
+      }
+    }
+    expect(patched).toBe(true);
+    expect(() => codec.decodeHttpReqCallRequest(forged)).toThrow(/out of bounds/);
+  });
+});
+
+describe('framing', () => {
+  it('reassembles frames split and joined arbitrarily', () => {
+    const a = encodeFrame(RpcType.PrepareConf, new Uint8Array([1, 2, 3]));
+    const b = encodeFrame(RpcType.HTTPReqCall, new Uint8Array(70000).fill(7));
+    const all = Buffer.concat([a, b, a]);
+    const decoder = new FrameDecoder();
+    const frames = [];
+    for (let i = 0; i < all.length; i += 1000) frames.push(...decoder.push(all.subarray(i, i + 1000)));
+    expect(frames.map((f) => [f.type, f.payload.length])).toEqual([[1, 3], [2, 70000], [1, 3]]);
+    expect(decoder.pendingBytes).toBe(0);
+  });
+
+  it('writes a 24-bit big-endian length and refuses oversize payloads', () => {
+    const f = encodeFrame(RpcType.ExtraInfo, new Uint8Array(0x010203));
+    expect([...f.subarray(0, 4)]).toEqual([3, 1, 2, 3]);
+    expect(() => encodeFrame(RpcType.ExtraInfo, new Uint8Array(MAX_PAYLOAD_SIZE + 1))).toThrow(FrameTooLargeError);
+  });
+});
