@@ -1,0 +1,40 @@
+// The plugin interface of the Gatehouse runner. Close to the Go runner's
+// (name, parse conf, request filter, response filter) and to the JavaScript
+// runner proposed to APISIX, so plugins move over easily.
+import type { Logger } from 'pino';
+import type { GatewayRequest, StopResponse, UpstreamResponse } from './http.js';
+
+/** Thrown by `parseConf` when a conf is invalid; the message names the problem. */
+export class ConfError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ConfError';
+  }
+}
+
+/** State shared by every plugin of one chain for one request. */
+export interface CallContext {
+  /** Values earlier plugins left for later ones (for example the verified identity). */
+  readonly state: Map<string, unknown>;
+  readonly log: Logger;
+}
+
+export interface Plugin<Conf = unknown> {
+  /** The name routes use in `ext-plugin-*` confs. */
+  readonly name: string;
+  /**
+   * Parses and validates the JSON conf string from PrepareConf. Runs under
+   * APISIX's global lock: keep it fast and free of I/O. Throw ConfError.
+   */
+  parseConf(raw: string): Conf;
+  /**
+   * Runs for `ext-plugin-pre-req` / `ext-plugin-post-req`. Change `request` to
+   * rewrite it; set anything on `response` to answer the client and stop the chain.
+   */
+  requestFilter(conf: Conf, request: GatewayRequest, response: StopResponse, ctx: CallContext): void | Promise<void>;
+  /** Runs for `ext-plugin-post-resp`, after the upstream answered. */
+  responseFilter?(conf: Conf, response: UpstreamResponse, ctx: CallContext): void | Promise<void>;
+}
+
+/** Erases a plugin's conf type, for registries holding plugins of many kinds. */
+export type AnyPlugin = Plugin<any>;
