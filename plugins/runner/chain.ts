@@ -1,0 +1,139 @@
+// Runs a prepared chain for one HTTPReqCall or HTTPRespCall and turns what
+// the plugins did into the protocol's answer. Every answer is well formed:
+// a Stop always carries a body, and a plugin that throws fails the call
+// closed with a 500 rather than letting the request through.
+import { STATUS_CODES } from 'node:http';
+import type { Logger } from 'pino';
+import type {
+  HttpReqCallRequest,
+  HttpReqCallResponse,
+  HttpRespCallRequest,
+  HttpRespCallResponse,
+  StopAction,
+  TextEntry,
+} from '../protocol/index.js';
+import {
+  GatewayRequest,
+  StopResponse,
+  UpstreamResponse,
+  problemDocument,
+  toBytes,
+  type ExtraInfoSource,
+} from '../api/http.js';
+import type { CallContext } from '../api/plugin.js';
+import type { PreparedPlugin } from './conf-store.js';
+import { formatIp } from './ip.js';
+
+/** A failure of the connection itself, not of a plugin: it ends the call. */
+export class ConnectionFault extends Error {}
+
+/** The peer went away mid-call: there is no one left to answer. */
+export class CallAbortedError extends ConnectionFault {
+  override name = 'CallAbortedError';
+}
+
+/** A frame that breaks the protocol: answered with BAD_REQUEST, then the connection closes. */
+export class ProtocolViolation extends ConnectionFault {
+  override name = 'ProtocolViolation';
+}
+
+export function problemStop(status: number, detail: string): StopAction {
+  return {
+    type: 'stop',
+    status,
+    headers: [{ name: 'content-type', value: 'application/problem+json' }],
+    body: toBytes(JSON.stringify(problemDocument(status, detail))),
+  };
+}
+
+function stopAction(response: StopResponse): StopAction {
+  const status = response.status || 200;
+  const headers = response.headers.all() as TextEntry[];
+  let body = response.body;
+  if (body === null || body.length === 0) {
+    // An empty Stop body reaches clients as nginx's default error page.
+    if (status >= 400) {
+      body = toBytes(JSON.stringify(problemDocument(status)));
+      if (!response.headers.has('content-type')) headers.push({ name: 'content-type', value: 'application/problem+json' });
+    } else {
+      body = toBytes(STATUS_CODES[status] ?? String(status));
+    }
+  }
+  return { type: 'stop', status, headers, body };
+}
+
+export async function runRequestChain(
+  chain: PreparedPlugin[],
+  call: HttpReqCallRequest,
+  extra: ExtraInfoSource,
+  log: Logger,
+): Promise<HttpReqCallResponse> {
+  const request = new GatewayRequest(
+    {
+      id: call.id,
+      method: call.method,
+      path: call.path,
+      srcIp: formatIp(call.srcIp),
+      headers: call.headers,
+      args: call.args,
+    },
+    extra,
+  );
+  const response = new StopResponse();
+  const ctx: CallContext = { state: new Map(), log };
+
+  for (const { plugin, conf } of chain) {
+    try {
+      await plugin.requestFilter(conf, request, response, ctx);
+    } catch (err) {
+      if (err instanceof ConnectionFault) throw err;
+      log.error({ err, plugin: plugin.name, requestId: call.id }, 'plugin failed; denying the request');
+      return { id: call.id, action: problemStop(500, `plugin ${plugin.name} failed`) };
+    }
+    if (response.stopped) return { id: call.id, action: stopAction(response) };
+  }
+
+  if (!request.isChanged) return { id: call.id, action: null };
+  const { path, body } = request.rewritten;
+  return {
+    id: call.id,
+    action: {
+      type: 'rewrite',
+      path,
+      headers: request.headers.changes(),
+      args: request.args.changes(),
+      // Only additions make sense on the client response.
+      respHeaders: request.responseHeaders.changes().filter((e) => e.value !== null),
+      body,
+    },
+  };
+}
+
+export async function runResponseChain(
+  chain: PreparedPlugin[],
+  call: HttpRespCallRequest,
+  extra: ExtraInfoSource,
+  log: Logger,
+): Promise<HttpRespCallResponse> {
+  const response = new UpstreamResponse(call.id, call.status, call.headers, extra);
+  const ctx: CallContext = { state: new Map(), log };
+  for (const { plugin, conf } of chain) {
+    if (!plugin.responseFilter) continue;
+    try {
+      await plugin.responseFilter(conf, response, ctx);
+    } catch (err) {
+      if (err instanceof ConnectionFault) throw err;
+      log.error({ err, plugin: plugin.name, requestId: call.id }, 'response plugin failed; replacing the response');
+      const problem = problemStop(500, `plugin ${plugin.name} failed`);
+      return { id: call.id, status: 500, headers: problem.headers, body: problem.body };
+    }
+  }
+  const changes = response.changes;
+  return {
+    id: call.id,
+    status: changes.status ?? 0,
+    // Headers sent back replace all of the upstream's, so send the full set or none.
+    headers: changes.headersChanged ? response.headers.all() : [],
+    body: changes.body,
+  };
+}

@@ -1,0 +1,64 @@
+// Prepared plugin chains, addressed by the conf token handed to APISIX.
+import { LRUCache } from 'lru-cache';
+import type { AnyPlugin } from '../api/plugin.js';
+
+export interface PreparedPlugin {
+  plugin: AnyPlugin;
+  conf: unknown;
+}
+
+export interface ConfStoreOptions {
+  /** APISIX_CONF_EXPIRE_TIME, in seconds. */
+  expireSeconds: number;
+  /** Upper bound on stored chains; the least recently issued go first. */
+  maxEntries?: number;
+  /** Upper bound on the raw conf bytes kept. */
+  maxBytes?: number;
+  now?: () => number;
+}
+
+const TOKEN_SPACE = 2 ** 32;
+/**
+ * Tokens start at (milliseconds since the epoch x 64) mod 2^32. A restarted
+ * runner therefore starts ahead of every token its predecessor handed out,
+ * unless that one averaged more than 64 PrepareConfs per millisecond over its
+ * whole life; the space wraps every ~18.6 hours, far beyond the ~2 hours a
+ * token can live in APISIX. So a stale token never selects another route's chain.
+ */
+const TOKENS_PER_MS = 64;
+
+export class ConfStore {
+  private readonly chains: LRUCache<number, PreparedPlugin[]>;
+  private nextToken: number;
+
+  constructor(options: ConfStoreOptions) {
+    const now = options.now ?? Date.now;
+    this.nextToken = (now() * TOKENS_PER_MS) % TOKEN_SPACE || 1;
+    this.chains = new LRUCache<number, PreparedPlugin[], unknown>({
+      max: options.maxEntries ?? 100_000,
+      maxSize: options.maxBytes ?? 256 * 1024 * 1024,
+      // APISIX keeps a token for the expire time from when a worker got it and
+      // another worker may pick it up late from a shared cache: keep twice as long.
+      ttl: options.expireSeconds * 2 * 1000,
+      ttlAutopurge: false,
+      updateAgeOnGet: false,
+      perf: { now },
+    });
+  }
+
+  /** Stores a validated chain and returns its fresh, never-zero token. */
+  add(chain: PreparedPlugin[], rawBytes: number): number {
+    const token = this.nextToken;
+    this.nextToken = (this.nextToken + 1) % TOKEN_SPACE || 1;
+    this.chains.set(token, chain, { size: Math.max(1, rawBytes) });
+    return token;
+  }
+
+  get(token: number): PreparedPlugin[] | undefined {
+    return this.chains.get(token);
+  }
+
+  get size(): number {
+    return this.chains.size;
+  }
+}

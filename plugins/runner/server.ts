@@ -1,0 +1,278 @@
+// The ext-plugin runner: accepts APISIX's connections on a Unix socket and
+// serves the calls each one carries, one after another. Connections are
+// served concurrently: APISIX holds one idle while it prepares a conf on
+// another, so serving one connection at a time would deadlock.
+import { chmodSync, existsSync, lstatSync, unlinkSync } from 'node:fs';
+import { createServer, type Server, type Socket } from 'node:net';
+import type { Logger } from 'pino';
+import {
+  ConnectionClosedError,
+  FrameConnection,
+  MAX_PAYLOAD_SIZE,
+  MalformedPayloadError,
+  RpcType,
+  decodeExtraInfoResponse,
+  decodeHttpReqCallRequest,
+  decodeHttpRespCallRequest,
+  decodePrepareConfRequest,
+  encodeErrorResponse,
+  encodeExtraInfoRequest,
+  encodeHttpReqCallResponse,
+  encodeHttpRespCallResponse,
+  encodePrepareConfResponse,
+  type ErrorCode,
+  type ExtraInfoRequest,
+  type Frame,
+} from '../protocol/index.js';
+import { ConfError } from '../api/plugin.js';
+import type { ExtraInfoSource } from '../api/http.js';
+import { ConfStore, type PreparedPlugin } from './conf-store.js';
+import type { PluginRegistry } from './registry.js';
+import { CallAbortedError, ProtocolViolation, problemStop, runRequestChain, runResponseChain } from './chain.js';
+
+export interface RunnerOptions {
+  /** APISIX_LISTEN_ADDRESS: `unix:/path.sock` or a bare path. */
+  listenAddress: string;
+  /** APISIX_CONF_EXPIRE_TIME in seconds. */
+  confExpireSeconds: number;
+  registry: PluginRegistry;
+  log: Logger;
+  /** A frame begun but not finished, or an ExtraInfo answer not given, within this time closes the connection. */
+  stallTimeoutMs?: number;
+  /** Upper bound on finishing in-flight calls at shutdown (APISIX SIGKILLs 1 s after SIGTERM). */
+  shutdownGraceMs?: number;
+  maxConfEntries?: number;
+}
+
+export function socketPathOf(listenAddress: string): string {
+  return listenAddress.startsWith('unix:') ? listenAddress.slice('unix:'.length) : listenAddress;
+}
+
+export class Runner {
+  readonly socketPath: string;
+  readonly confs: ConfStore;
+  private readonly server: Server;
+  private readonly connections = new Map<Socket, { busy: boolean }>();
+  private inFlight = 0;
+  private idleWaiters: (() => void)[] = [];
+  private stopping: Promise<void> | null = null;
+  private readonly log: Logger;
+
+  constructor(private readonly options: RunnerOptions) {
+    this.socketPath = socketPathOf(options.listenAddress);
+    this.log = options.log;
+    this.confs = new ConfStore({
+      expireSeconds: options.confExpireSeconds,
+      ...(options.maxConfEntries ? { maxEntries: options.maxConfEntries } : {}),
+    });
+    this.server = createServer((socket) => this.serve(socket));
+    this.server.maxConnections = 65_536;
+  }
+
+  async listen(): Promise<void> {
+    removeStaleSocket(this.socketPath);
+    await new Promise<void>((resolve, reject) => {
+      this.server.once('error', reject);
+      this.server.listen(this.socketPath, () => {
+        this.server.off('error', reject);
+        resolve();
+      });
+    });
+    // nginx workers usually run as an unprivileged user and must be able to
+    // connect; like the Go runner we open the socket itself and leave access
+    // control to the permissions of the directory that holds it.
+    chmodSync(this.socketPath, 0o766);
+    this.log.info({ socket: this.socketPath, plugins: this.options.registry.names }, 'runner listening');
+  }
+
+  get activeConnections(): number {
+    return this.connections.size;
+  }
+
+  /** Stops accepting, lets calls in flight finish (bounded), removes the socket. */
+  stop(): Promise<void> {
+    this.stopping ??= this.shutdown();
+    return this.stopping;
+  }
+
+  private async shutdown(): Promise<void> {
+    this.log.info({ inFlight: this.inFlight }, 'runner stopping');
+    const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    for (const [socket, state] of this.connections) if (!state.busy) socket.destroy();
+    const grace = this.options.shutdownGraceMs ?? 800;
+    await Promise.race([this.whenIdle(), new Promise((r) => setTimeout(r, grace).unref())]);
+    for (const socket of this.connections.keys()) socket.destroy();
+    await closed;
+    removeStaleSocket(this.socketPath);
+    this.log.info('runner stopped');
+  }
+
+  private whenIdle(): Promise<void> {
+    if (this.inFlight === 0) return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  private async serve(socket: Socket): Promise<void> {
+    if (this.stopping) {
+      socket.destroy();
+      return;
+    }
+    const state = { busy: false };
+    this.connections.set(socket, state);
+    const conn = new FrameConnection(socket);
+    const stallMs = this.options.stallTimeoutMs ?? 60_000;
+    let awaitingExtraInfo = false;
+    socket.setTimeout(stallMs, () => {
+      // Idle pooled connections are fine (APISIX keeps them 180 s); a half-sent
+      // frame or an unanswered ExtraInfo is a peer that will not finish.
+      if (conn.partialBytes > 0 || awaitingExtraInfo) {
+        this.log.warn('closing a connection stalled mid-frame');
+        socket.destroy();
+      }
+    });
+    socket.once('close', () => this.connections.delete(socket));
+
+    const extra: ExtraInfoSource & { ask(info: ExtraInfoRequest): Promise<Uint8Array | null> } = {
+      async ask(info) {
+        await conn.send(RpcType.ExtraInfo, encodeExtraInfoRequest(info)).catch(() => {
+          throw new CallAbortedError('connection closed while asking for extra info');
+        });
+        awaitingExtraInfo = true;
+        let frame: Frame;
+        try {
+          frame = await conn.next();
+        } catch {
+          throw new CallAbortedError('connection closed while waiting for extra info');
+        } finally {
+          awaitingExtraInfo = false;
+        }
+        if (frame.type !== RpcType.ExtraInfo) {
+          throw new ProtocolViolation(`expected an ExtraInfo answer, got RPC type ${frame.type}`);
+        }
+        try {
+          return decodeExtraInfoResponse(frame.payload).result;
+        } catch (err) {
+          throw new ProtocolViolation(`malformed ExtraInfo answer: ${(err as Error).message}`);
+        }
+      },
+      async variable(name) {
+        const result = await this.ask({ type: 'var', name });
+        return result === null ? null : Buffer.from(result).toString('utf8');
+      },
+      async requestBody() {
+        return (await this.ask({ type: 'reqBody' })) ?? new Uint8Array(0);
+      },
+      async responseBody() {
+        return (await this.ask({ type: 'respBody' })) ?? new Uint8Array(0);
+      },
+    };
+
+    for (;;) {
+      let frame: Frame;
+      try {
+        frame = await conn.next();
+      } catch {
+        return; // the peer closed the connection
+      }
+      state.busy = true;
+      this.inFlight++;
+      try {
+        await this.handle(conn, frame, extra);
+      } catch (err) {
+        if (err instanceof CallAbortedError || err instanceof ConnectionClosedError) {
+          this.log.debug({ err }, 'peer went away mid-call');
+          socket.destroy();
+          return;
+        }
+        const violation = err instanceof ProtocolViolation || err instanceof MalformedPayloadError;
+        this.log.warn({ err, rpcType: frame.type }, violation ? 'bad frame; closing connection' : 'call failed');
+        await this.sendError(conn, 'BAD_REQUEST');
+        socket.end();
+        return;
+      } finally {
+        state.busy = false;
+        this.inFlight--;
+        if (this.inFlight === 0) for (const wake of this.idleWaiters.splice(0)) wake();
+      }
+      if (this.stopping) {
+        socket.end();
+        return;
+      }
+    }
+  }
+
+  private async handle(conn: FrameConnection, frame: Frame, extra: ExtraInfoSource): Promise<void> {
+    switch (frame.type) {
+      case RpcType.PrepareConf:
+        return this.prepareConf(conn, frame.payload);
+      case RpcType.HTTPReqCall: {
+        const call = decodeHttpReqCallRequest(frame.payload);
+        const chain = this.confs.get(call.confToken);
+        if (!chain) return this.sendError(conn, 'CONF_TOKEN_NOT_FOUND');
+        let answer = encodeHttpReqCallResponse(await runRequestChain(chain, call, extra, this.log));
+        if (answer.length > MAX_PAYLOAD_SIZE) {
+          this.log.error({ requestId: call.id, size: answer.length }, 'answer exceeds the frame limit; denying');
+          answer = encodeHttpReqCallResponse({ id: call.id, action: problemStop(500, 'plugin answer too large') });
+        }
+        await conn.send(RpcType.HTTPReqCall, answer);
+        return;
+      }
+      case RpcType.HTTPRespCall: {
+        const call = decodeHttpRespCallRequest(frame.payload);
+        const chain = this.confs.get(call.confToken);
+        if (!chain) return this.sendError(conn, 'CONF_TOKEN_NOT_FOUND');
+        let answer = encodeHttpRespCallResponse(await runResponseChain(chain, call, extra, this.log));
+        if (answer.length > MAX_PAYLOAD_SIZE) {
+          this.log.error({ requestId: call.id, size: answer.length }, 'response answer exceeds the frame limit');
+          const problem = problemStop(500, 'plugin answer too large');
+          answer = encodeHttpRespCallResponse({ id: call.id, status: 500, headers: problem.headers, body: problem.body });
+        }
+        await conn.send(RpcType.HTTPRespCall, answer);
+        return;
+      }
+      case RpcType.ExtraInfo:
+        throw new ProtocolViolation('ExtraInfo answer without a question');
+      default:
+        throw new ProtocolViolation(`unknown RPC type ${frame.type}`);
+    }
+  }
+
+  private async prepareConf(conn: FrameConnection, payload: Buffer): Promise<void> {
+    const request = decodePrepareConfRequest(payload);
+    const chain: PreparedPlugin[] = [];
+    let rawBytes = 0;
+    for (const entry of request.conf) {
+      const plugin = this.options.registry.get(entry.name);
+      if (!plugin) {
+        this.log.error({ plugin: entry.name, key: request.key }, 'PrepareConf refused: unknown plugin');
+        return this.sendError(conn, 'BAD_REQUEST');
+      }
+      try {
+        chain.push({ plugin, conf: plugin.parseConf(entry.value) });
+      } catch (err) {
+        const reason = err instanceof ConfError ? err.message : String(err);
+        this.log.error({ plugin: entry.name, key: request.key, reason }, 'PrepareConf refused: invalid conf');
+        return this.sendError(conn, 'BAD_REQUEST');
+      }
+      rawBytes += entry.name.length + entry.value.length;
+    }
+    if (chain.length === 0) {
+      this.log.error({ key: request.key }, 'PrepareConf refused: empty plugin list');
+      return this.sendError(conn, 'BAD_REQUEST');
+    }
+    const confToken = this.confs.add(chain, rawBytes);
+    this.log.debug({ confToken, plugins: request.conf.map((c) => c.name), key: request.key }, 'conf prepared');
+    await conn.send(RpcType.PrepareConf, encodePrepareConfResponse({ confToken }));
+  }
+
+  private async sendError(conn: FrameConnection, code: ErrorCode): Promise<void> {
+    await conn.send(RpcType.Error, encodeErrorResponse({ code })).catch(() => undefined);
+  }
+}
+
+function removeStaleSocket(path: string): void {
+  if (!existsSync(path)) return;
+  // Only ever remove a socket, never a regular file someone pointed us at.
+  if (lstatSync(path).isSocket()) unlinkSync(path);
+  else throw new Error(`${path} exists and is not a socket`);
+}

@@ -1,0 +1,73 @@
+// Starts the built runner (`dist/plugins/runner/main.js`) the way APISIX does:
+// a child process with APISIX_LISTEN_ADDRESS and APISIX_CONF_EXPIRE_TIME.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync } from 'node:fs';
+import { connect } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const repoRoot = fileURLToPath(new URL('../..', import.meta.url));
+export const runnerBin = join(repoRoot, 'dist/plugins/runner/main.js');
+
+export interface RunnerProcess {
+  socketPath: string;
+  child: ChildProcess;
+  stderr: () => string;
+  /** Sends SIGTERM and resolves with the exit code. */
+  stop(signal?: NodeJS.Signals): Promise<number | null>;
+}
+
+export async function startRunner(
+  options: { socketPath?: string; env?: Record<string, string>; expireSeconds?: number } = {},
+): Promise<RunnerProcess> {
+  if (!existsSync(runnerBin)) throw new Error(`${runnerBin} is missing: run npm run build first`);
+  const socketPath = options.socketPath ?? join(mkdtempSync(join(tmpdir(), 'gh-runner-')), 'runner.sock');
+  let stderr = '';
+  const child = spawn(process.execPath, [runnerBin], {
+    env: {
+      PATH: process.env.PATH ?? '',
+      APISIX_LISTEN_ADDRESS: `unix:${socketPath}`,
+      APISIX_CONF_EXPIRE_TIME: String(options.expireSeconds ?? 3600),
+      LOG_LEVEL: 'debug',
+      ...options.env,
+    },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stdout = '';
+  child.stdout!.on('data', (c: Buffer) => (stdout += c.toString()));
+  child.stderr!.on('data', (c: Buffer) => (stderr += c.toString()));
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    if (child.exitCode !== null) throw new Error(`runner exited early: ${stderr}`);
+    if (await canConnect(socketPath)) break;
+    if (Date.now() > deadline) throw new Error(`runner did not listen in time: ${stderr}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  return {
+    socketPath,
+    child,
+    stderr: () => stderr,
+    get stdout() {
+      return stdout;
+    },
+    async stop(signal: NodeJS.Signals = 'SIGTERM') {
+      if (child.exitCode === null) child.kill(signal);
+      return exited;
+    },
+  } as RunnerProcess;
+}
+
+function canConnect(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    if (!existsSync(path)) return resolve(false);
+    const socket = connect(path);
+    socket.once('connect', () => {
+      socket.destroy();
+      resolve(true);
+    });
+    socket.once('error', () => resolve(false));
+  });
+}
