@@ -16,6 +16,10 @@ export interface ExampleConf {
   echo_var?: string;
   echo_body?: boolean;
   require_header?: string;
+  /** Answers with what the plugin saw, as JSON: handy to check what APISIX sends. */
+  echo_request?: boolean;
+  /** Throws, to show that a failing plugin fails its request closed. */
+  fail?: boolean;
   response?: { status?: number; set_headers?: Record<string, string>; append_body?: string };
 }
 
@@ -44,6 +48,8 @@ const schema = {
     echo_var: { type: 'string', minLength: 1 },
     echo_body: { type: 'boolean' },
     require_header: { type: 'string', minLength: 1 },
+    echo_request: { type: 'boolean' },
+    fail: { type: 'boolean' },
     response: {
       type: 'object',
       additionalProperties: false,
@@ -60,11 +66,25 @@ export const examplePlugin: Plugin<ExampleConf> = {
   name: 'example',
   parseConf: jsonConfParser<ExampleConf>('example', schema),
 
-  async requestFilter(conf, request, response) {
+  async requestFilter(conf, request, response, ctx) {
+    if (conf.fail) throw new Error('example plugin asked to fail');
     if (conf.require_header && !request.headers.has(conf.require_header)) {
       response.problem(401, `header ${conf.require_header} is required`);
       return;
     }
+    if (conf.echo_request) {
+      response.json(200, {
+        id: request.id,
+        method: request.method,
+        path: request.path,
+        srcIp: request.srcIp,
+        headers: [...request.headers.entries()],
+        args: [...request.args.entries()],
+        sharedState: [...ctx.state.keys()],
+      });
+      return;
+    }
+    ctx.state.set('example', true);
     if (conf.stop) {
       response.status = conf.stop.status;
       for (const [name, value] of Object.entries(conf.stop.headers ?? {})) response.headers.set(name, value);

@@ -6,6 +6,7 @@ export interface RunnerConfig {
   listenAddress: string;
   confExpireSeconds: number;
   shutdownGraceMs: number;
+  stallTimeoutMs: number;
 }
 
 function positiveNumber(name: string, raw: string | undefined, fallback: number): number {
@@ -22,5 +23,7 @@ export function runnerConfigFromEnv(env: NodeJS.ProcessEnv = process.env): Runne
     listenAddress: env.APISIX_LISTEN_ADDRESS || `unix:${join(tmpdir(), 'gatehouse-runner.sock')}`,
     confExpireSeconds: positiveNumber('APISIX_CONF_EXPIRE_TIME', env.APISIX_CONF_EXPIRE_TIME, 3600),
     shutdownGraceMs: positiveNumber('RUNNER_SHUTDOWN_GRACE_MS', env.RUNNER_SHUTDOWN_GRACE_MS, 800),
+    // APISIX's own send/read timeout.
+    stallTimeoutMs: positiveNumber('RUNNER_STALL_TIMEOUT_MS', env.RUNNER_STALL_TIMEOUT_MS, 60_000),
   };
 }

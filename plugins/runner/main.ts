@@ -14,6 +14,7 @@ async function main(): Promise<void> {
     listenAddress: config.listenAddress,
     confExpireSeconds: config.confExpireSeconds,
     shutdownGraceMs: config.shutdownGraceMs,
+    stallTimeoutMs: config.stallTimeoutMs,
     registry: new PluginRegistry(builtinPlugins()),
     log,
   });

@@ -73,7 +73,9 @@ export class Runner {
     removeStaleSocket(this.socketPath);
     await new Promise<void>((resolve, reject) => {
       this.server.once('error', reject);
-      this.server.listen(this.socketPath, () => {
+      // A deep backlog: on a Unix socket a full one refuses connects (EAGAIN)
+      // instead of queueing them, and every nginx worker connects at once at startup.
+      this.server.listen({ path: this.socketPath, backlog: 4096 }, () => {
         this.server.off('error', reject);
         resolve();
       });
