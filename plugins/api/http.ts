@@ -128,6 +128,8 @@ export class GatewayRequest {
   readonly srcIp: string;
   readonly headers: FieldMap;
   readonly args: FieldMap;
+  /** The query arguments as APISIX sent them (a bare flag has value null). */
+  readonly originalArgs: readonly { name: string; value: string | null }[];
   /** Headers APISIX adds to the client's response (Rewrite resp_headers). */
   readonly responseHeaders: FieldMap;
   private currentPath: string;
@@ -142,6 +144,7 @@ export class GatewayRequest {
     this.currentPath = init.path;
     this.headers = new FieldMap(init.headers, lowerCase);
     this.args = new FieldMap(init.args);
+    this.originalArgs = init.args;
     this.responseHeaders = new FieldMap([], lowerCase);
   }
 

@@ -1,0 +1,140 @@
+// The policy input document: the one module that decides what a policy sees.
+// It is the document APISIX's own `opa` plugin sends (so policies written for
+// that plugin run unchanged), plus the verified identity and project.
+//
+//   {
+//     "type": "http",
+//     "request": { "scheme", "method", "host", "port", "path", "headers", "query" },
+//     "var":     { "server_addr", "server_port", "remote_addr", "remote_port", "timestamp" },
+//     "user":    { "sub", "role", "project", ...other verified claims } | null,
+//     "project": "<the caller's project>" | null,
+//     "body":    <parsed JSON, or text>          (only when the route asks for it)
+//   }
+//
+// `headers` and `query` map a name to a string, or to an array when repeated;
+// a bare query flag (`?debug`) is `true`, as in APISIX. The Authorization
+// header never enters the input: credentials are not policy data.
+import type { GatewayRequest } from '../api/http.js';
+
+export interface VerifiedUser {
+  sub: string;
+  role: string | null;
+  project: string | null;
+  [claim: string]: unknown;
+}
+
+export interface PolicyInput {
+  type: 'http';
+  request: {
+    scheme: string;
+    method: string;
+    host: string;
+    port: number | null;
+    path: string;
+    headers: Record<string, string | string[]>;
+    query: Record<string, string | true | (string | true)[]>;
+  };
+  var: {
+    server_addr: string | null;
+    server_port: string | null;
+    remote_addr: string;
+    remote_port: string | null;
+    timestamp: number;
+  };
+  user: VerifiedUser | null;
+  project: string | null;
+  body?: unknown;
+}
+
+/** Headers that never reach a policy. */
+const WITHHELD_HEADERS = new Set(['authorization', 'proxy-authorization', 'cookie']);
+
+export interface InputOptions {
+  /**
+   * Ask APISIX for `host`, `scheme`, `server_addr`, `server_port` and
+   * `remote_port` (one ExtraInfo round trip each). Without them `host` is the
+   * Host header APISIX forwards (the upstream's), `scheme` is "http" and the
+   * ports are null.
+   */
+  withVars: boolean;
+  /** Fetch the request body (ExtraInfo) and parse it when it is JSON. */
+  withBody: boolean;
+  /** Bodies larger than this are not parsed; `body` is then null. */
+  maxBodyBytes: number;
+}
+
+function headerMap(request: GatewayRequest): Record<string, string | string[]> {
+  const out: Record<string, string | string[]> = {};
+  for (const name of request.headers.keys()) {
+    if (WITHHELD_HEADERS.has(name)) continue;
+    const values = request.headers.getAll(name);
+    out[name] = values.length === 1 ? values[0]! : values;
+  }
+  return out;
+}
+
+function queryMap(entries: readonly { name: string; value: string | null }[]): PolicyInput['request']['query'] {
+  const out: PolicyInput['request']['query'] = {};
+  for (const { name, value } of entries) {
+    const v: string | true = value === null ? true : value;
+    const existing = out[name];
+    if (existing === undefined) out[name] = v;
+    else if (Array.isArray(existing)) existing.push(v);
+    else out[name] = [existing, v];
+  }
+  return out;
+}
+
+function parseBody(bytes: Uint8Array, contentType: string | null, maxBytes: number): unknown {
+  if (bytes.length > maxBytes) return null;
+  const text = Buffer.from(bytes).toString('utf8');
+  if (contentType && /^application\/([\w.+-]*\+)?json\b/i.test(contentType.trim())) {
+    try {
+      return JSON.parse(text);
+    } catch {
+      return text;
+    }
+  }
+  return text;
+}
+
+export async function buildPolicyInput(
+  request: GatewayRequest,
+  identity: { user: VerifiedUser | null; project: string | null },
+  options: InputOptions,
+): Promise<PolicyInput> {
+  const vars = options.withVars
+    ? {
+        host: await request.variable('host'),
+        scheme: await request.variable('scheme'),
+        server_addr: await request.variable('server_addr'),
+        server_port: await request.variable('server_port'),
+        remote_port: await request.variable('remote_port'),
+      }
+    : { host: null, scheme: null, server_addr: null, server_port: null, remote_port: null };
+  const input: PolicyInput = {
+    type: 'http',
+    request: {
+      scheme: vars.scheme ?? 'http',
+      method: request.method,
+      host: vars.host ?? request.headers.get('host') ?? '',
+      port: vars.server_port === null ? null : Number(vars.server_port),
+      path: request.path,
+      headers: headerMap(request),
+      query: queryMap(request.originalArgs),
+    },
+    var: {
+      server_addr: vars.server_addr,
+      server_port: vars.server_port,
+      remote_addr: request.srcIp,
+      remote_port: vars.remote_port,
+      timestamp: Math.floor(Date.now() / 1000),
+    },
+    user: identity.user,
+    project: identity.project,
+  };
+  if (options.withBody) {
+    input.body = parseBody(await request.body(), request.headers.get('content-type'), options.maxBodyBytes);
+  }
+  return input;
+}
