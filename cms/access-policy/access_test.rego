@@ -1,0 +1,90 @@
+package gatehouse.cms.access_test
+
+import data.gatehouse.cms.access
+
+admin := {"sub": "ada", "role": "platform_admin", "project": null}
+
+team_a_user := {"sub": "tom", "role": "project_user", "project": "team-a"}
+
+platform_project_user := {"sub": "pat", "role": "project_user", "project": "platform"}
+
+decision(method, path, user) := d if {
+	d := access with input as {"method": method, "path": path, "user": user}
+}
+
+anonymous(method, path) := d if {
+	d := access with input as {"method": method, "path": path}
+}
+
+test_admin_may_do_everything_under_policies if {
+	every request in [
+		["GET", ["policies"]],
+		["GET", ["policies", "platform"]],
+		["PUT", ["policies", "platform"]],
+		["GET", ["policies", "team-b"]],
+		["PUT", ["policies", "team-b"]],
+		["DELETE", ["policies", "team-b"]],
+		["GET", ["policies", "team-b", "history"]],
+		["GET", ["policies", "team-b", "history", "3"]],
+	] {
+		decision(request[0], request[1], admin).allow
+	}
+	not decision("GET", ["policies", "team-b"], admin).status_code
+}
+
+test_admin_is_not_granted_outside_policies if {
+	not decision("GET", ["admin"], admin).allow
+}
+
+test_project_user_reads_own_project if {
+	decision("GET", ["policies", "team-a"], team_a_user).allow
+	decision("HEAD", ["policies", "team-a"], team_a_user).allow
+	decision("GET", ["policies", "team-a", "history"], team_a_user).allow
+	decision("GET", ["policies", "team-a", "history", "1"], team_a_user).allow
+}
+
+test_project_user_may_list if {
+	decision("GET", ["policies"], team_a_user).allow
+}
+
+test_project_user_may_not_write if {
+	every method in ["PUT", "DELETE", "POST", "PATCH"] {
+		d := decision(method, ["policies", "team-a"], team_a_user)
+		not d.allow
+		d.status_code == 403
+		d.reason == "only platform admins may manage policies"
+	}
+}
+
+test_project_user_may_not_read_other_projects if {
+	d := decision("GET", ["policies", "team-b"], team_a_user)
+	not d.allow
+	d.status_code == 403
+	not decision("GET", ["policies", "team-b", "history"], team_a_user).allow
+}
+
+test_project_user_never_reads_platform if {
+	d := decision("GET", ["policies", "platform"], platform_project_user)
+	not d.allow
+	d.reason == "the platform policy is for platform admins only"
+	not decision("GET", ["policies", "platform"], team_a_user).allow
+}
+
+test_no_user_is_401 if {
+	d := anonymous("GET", ["policies", "team-a"])
+	not d.allow
+	d.status_code == 401
+	d.reason == "a verified identity is required"
+}
+
+test_unknown_role_refused if {
+	d := decision("GET", ["policies", "team-a"], {"sub": "x", "role": "viewer", "project": "team-a"})
+	not d.allow
+	d.status_code == 403
+	not decision("GET", ["policies"], {"sub": "x", "role": null, "project": null}).allow
+}
+
+test_project_user_without_project_refused if {
+	not decision("GET", ["policies"], {"sub": "x", "role": "project_user", "project": null}).allow
+	not decision("GET", ["policies", ""], {"sub": "x", "role": "project_user", "project": ""}).allow
+}

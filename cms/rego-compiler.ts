@@ -1,0 +1,249 @@
+/**
+ * Compiles one Rego module (plus its data document) to OPA wasm with the real
+ * `opa` binary, the way every Gatehouse policy is compiled: the CMS on each
+ * PUT, and the build for the CMS's own access policy.
+ *
+ * Steps, each an `opa` process run with execFile (no shell) and a timeout,
+ * in a private temp dir that is removed afterwards:
+ *   1. `opa parse --format json`: Rego v1 first; if that does not parse, v0
+ *      (`--v0-compatible`). Gives the syntax version and the package, which
+ *      becomes the single entrypoint, so every rule of the package (allow,
+ *      reason, status_code, headers, ...) is visible to the caller.
+ *   2. `opa build -t wasm -e <package>` against the capabilities that
+ *      @open-policy-agent/opa-wasm ships: a builtin that SDK cannot run is a
+ *      compile error now, not a failure at request time. data.json is part of
+ *      the build, so OPA itself reads the data document once before it is stored.
+ *   3. Only on a failed build: `opa check --format json` with the same
+ *      options, for OPA's messages with row and column.
+ */
+import { execFile } from 'node:child_process';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { createRequire } from 'node:module';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { promisify } from 'node:util';
+import { list as listTar } from 'tar'; // reads the gzipped bundle opa writes, without a tar binary
+
+const run = promisify(execFile);
+
+export type RegoSyntaxVersion = 'v0' | 'v1';
+
+export interface RegoDiagnostic {
+  code: string;
+  message: string;
+  /** "policy.rego" or "data.json" */
+  file?: string;
+  row?: number;
+  col?: number;
+}
+
+export interface CompiledPolicy {
+  wasm: Buffer;
+  /** Package path with slashes, e.g. "project/authz". */
+  entrypoint: string;
+  syntaxVersion: RegoSyntaxVersion;
+  opaVersion: string;
+  durationMs: number;
+}
+
+/** The Rego (or its data) is wrong: the caller's fault, with OPA's diagnostics. */
+export class RegoCompileError extends Error {
+  override readonly name = 'RegoCompileError';
+  constructor(readonly diagnostics: RegoDiagnostic[]) {
+    super(diagnostics.map((d) => `${d.row ?? 0}:${d.col ?? 0} ${d.code}: ${d.message}`).join('\n') || 'compile failed');
+  }
+}
+
+/** opa itself could not run (missing, crashed, timed out): our fault. */
+export class CompilerUnavailableError extends Error {
+  override readonly name = 'CompilerUnavailableError';
+}
+
+export interface RegoCompilerOptions {
+  opaPath: string;
+  timeoutMs?: number;
+}
+
+const POLICY_FILE = 'policy.rego';
+const DATA_FILE = 'data.json';
+const MAX_OUTPUT_BYTES = 64 * 1024 * 1024;
+
+/** The capabilities.json shipped by @open-policy-agent/opa-wasm. */
+export function wasmSdkCapabilitiesPath(): string {
+  // The package exports only ".", so locate its folder from its main file (src/index.cjs).
+  const main = createRequire(import.meta.url).resolve('@open-policy-agent/opa-wasm');
+  return join(dirname(dirname(main)), 'capabilities.json');
+}
+
+/**
+ * The SDK's capabilities list builtins and wasm ABI versions but no language
+ * features, and without the `rego_v1` feature opa refuses to parse v1 Rego
+ * at all. We keep the SDK's builtins (what it can run) and add the syntax
+ * features, which need no runtime support.
+ */
+async function writeCompileCapabilities(path: string): Promise<void> {
+  const sdk = JSON.parse(await readFile(wasmSdkCapabilitiesPath(), 'utf8')) as Record<string, unknown>;
+  const capabilities = {
+    ...sdk,
+    features: ['rego_v1', 'keywords_in_refs'],
+    future_keywords: ['contains', 'every', 'if', 'in'],
+  };
+  await writeFile(path, JSON.stringify(capabilities));
+}
+
+interface ProcessResult {
+  ok: boolean;
+  stdout: string;
+  stderr: string;
+}
+
+function relativeFile(file: unknown): string | undefined {
+  if (typeof file !== 'string' || file.length === 0) return undefined;
+  return file.endsWith(DATA_FILE) ? DATA_FILE : file.endsWith(POLICY_FILE) ? POLICY_FILE : undefined;
+}
+
+/** Reads `{"errors":[...]}` as printed by opa parse/check --format json; null when it is not that. */
+function diagnosticsFrom(text: string): RegoDiagnostic[] | null {
+  const start = text.indexOf('{');
+  if (start < 0) return null;
+  try {
+    const parsed = JSON.parse(text.slice(start)) as { errors?: unknown };
+    if (!Array.isArray(parsed.errors)) return null;
+    return parsed.errors.map((raw) => {
+      const error = raw as { code?: unknown; message?: unknown; location?: { file?: unknown; row?: unknown; col?: unknown } };
+      const diagnostic: RegoDiagnostic = {
+        code: typeof error.code === 'string' ? error.code : 'rego_error',
+        message: typeof error.message === 'string' ? error.message : 'unknown error',
+      };
+      const file = relativeFile(error.location?.file);
+      if (file) diagnostic.file = file;
+      if (typeof error.location?.row === 'number' && error.location.row > 0) diagnostic.row = error.location.row;
+      if (typeof error.location?.col === 'number' && error.location.col > 0) diagnostic.col = error.location.col;
+      return diagnostic;
+    });
+  } catch {
+    return null;
+  }
+}
+
+/** Plain-text opa errors (`file:row: code: message`) as diagnostics, the temp dir removed. */
+function diagnosticsFromText(text: string, workDir: string): RegoDiagnostic[] {
+  const lines = text.split('\n').map((line) => line.replaceAll(`${workDir}/`, '').trim()).filter(Boolean);
+  return lines.map((line) => {
+    const match = line.match(/^(?:error: )?(?:\d+ errors? occurred[^:]*: )?(policy\.rego|data\.json):(\d+): (\w+): (.*)$/);
+    if (!match) return { code: 'rego_error', message: line };
+    return { file: match[1], row: Number(match[2]), code: match[3] as string, message: match[4] as string };
+  });
+}
+
+export class RegoCompiler {
+  readonly opaPath: string;
+  private readonly timeoutMs: number;
+  private versionPromise: Promise<string> | undefined;
+
+  constructor(options: RegoCompilerOptions) {
+    this.opaPath = options.opaPath;
+    this.timeoutMs = options.timeoutMs ?? 30_000;
+  }
+
+  private async opa(args: string[], cwd: string): Promise<ProcessResult> {
+    try {
+      const { stdout, stderr } = await run(this.opaPath, args, {
+        cwd,
+        timeout: this.timeoutMs,
+        maxBuffer: MAX_OUTPUT_BYTES,
+        env: { PATH: process.env.PATH ?? '', HOME: cwd }, // opa needs nothing else; keep secrets out
+      });
+      return { ok: true, stdout, stderr };
+    } catch (error) {
+      const failure = error as { code?: unknown; killed?: boolean; signal?: string; stdout?: string; stderr?: string };
+      if (typeof failure.code === 'number' && !failure.killed) {
+        return { ok: false, stdout: failure.stdout ?? '', stderr: failure.stderr ?? '' };
+      }
+      const why = failure.killed || failure.signal ? `timed out or was killed (${failure.signal ?? 'timeout'})` : String(failure.code ?? error);
+      throw new CompilerUnavailableError(`opa ${args[0]} could not run: ${why}`, { cause: error });
+    }
+  }
+
+  /** `opa version` of the configured binary, e.g. "1.22.3" (cached). */
+  opaVersion(): Promise<string> {
+    this.versionPromise ??= this.opa(['version'], tmpdir()).then((result) => {
+      const match = result.stdout.match(/^Version:\s*(\S+)/m);
+      if (!result.ok || !match?.[1]) throw new CompilerUnavailableError(`cannot read the version of ${this.opaPath}`);
+      return match[1];
+    });
+    this.versionPromise.catch(() => {
+      this.versionPromise = undefined; // let a later call try again
+    });
+    return this.versionPromise;
+  }
+
+  async compile(rego: string, dataText = '{}'): Promise<CompiledPolicy> {
+    const started = performance.now();
+    const opaVersion = await this.opaVersion();
+    const workDir = await mkdtemp(join(tmpdir(), 'gatehouse-rego-'));
+    try {
+      await Promise.all([
+        writeFile(join(workDir, POLICY_FILE), rego),
+        writeFile(join(workDir, DATA_FILE), dataText),
+        writeCompileCapabilities(join(workDir, 'capabilities.json')),
+      ]);
+      const { syntaxVersion, entrypoint } = await this.parse(workDir);
+      const syntaxFlags = syntaxVersion === 'v0' ? ['--v0-compatible'] : [];
+      const common = ['--capabilities', 'capabilities.json', ...syntaxFlags];
+      const build = await this.opa(
+        ['build', '-t', 'wasm', '-e', entrypoint, ...common, '-o', 'bundle.tar.gz', POLICY_FILE, DATA_FILE],
+        workDir,
+      );
+      if (!build.ok) {
+        const check = await this.opa(['check', '--format', 'json', ...common, POLICY_FILE, DATA_FILE], workDir);
+        const diagnostics = check.ok ? null : diagnosticsFrom(check.stdout) ?? diagnosticsFrom(check.stderr);
+        throw new RegoCompileError(diagnostics ?? diagnosticsFromText(build.stderr, workDir));
+      }
+      const wasm = await readBundleWasm(join(workDir, 'bundle.tar.gz'));
+      return { wasm, entrypoint, syntaxVersion, opaVersion, durationMs: performance.now() - started };
+    } finally {
+      await rm(workDir, { recursive: true, force: true });
+    }
+  }
+
+  private async parse(workDir: string): Promise<{ syntaxVersion: RegoSyntaxVersion; entrypoint: string }> {
+    const v1 = await this.opa(['parse', '--format', 'json', POLICY_FILE], workDir);
+    if (v1.ok) return { syntaxVersion: 'v1', entrypoint: entrypointOf(v1.stdout) };
+    const v0 = await this.opa(['parse', '--format', 'json', '--v0-compatible', POLICY_FILE], workDir);
+    if (v0.ok) return { syntaxVersion: 'v0', entrypoint: entrypointOf(v0.stdout) };
+    // Neither parses: report against v1, today's syntax.
+    throw new RegoCompileError(diagnosticsFrom(v1.stderr) ?? diagnosticsFrom(v1.stdout) ?? diagnosticsFromText(v1.stderr, workDir));
+  }
+}
+
+/** The package of a parsed module (opa parse --format json) as a slash-separated entrypoint. */
+function entrypointOf(astJson: string): string {
+  const ast = JSON.parse(astJson) as { package?: { path?: Array<{ type: string; value: unknown }> } };
+  const path = ast.package?.path ?? [];
+  const segments = path.slice(1).map((term) => term.value);
+  if (segments.length === 0 || segments.some((s) => typeof s !== 'string' || s.length === 0 || s.includes('/'))) {
+    throw new RegoCompileError([
+      { code: 'rego_package_error', message: 'the package path must be made of names without "/"', file: POLICY_FILE, row: 1 },
+    ]);
+  }
+  return segments.join('/');
+}
+
+async function readBundleWasm(bundlePath: string): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  let found = false;
+  await listTar({
+    file: bundlePath,
+    onReadEntry: (entry) => {
+      if (entry.path.replace(/^\.?\//, '') === 'policy.wasm') {
+        found = true;
+        entry.on('data', (chunk: Buffer) => chunks.push(chunk));
+      } else {
+        entry.resume();
+      }
+    },
+  });
+  if (!found) throw new CompilerUnavailableError('opa build wrote no policy.wasm');
+  return Buffer.concat(chunks);
+}

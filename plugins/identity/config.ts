@@ -1,0 +1,87 @@
+/**
+ * Identity configuration, read from the environment by both the CMS and the
+ * gateway's `jwt` plugin so that the two verify tokens identically.
+ *
+ *   JWT_JWKS_FILE                path of a JWKS JSON file (re-read when a token names an unknown kid)
+ *   JWT_JWKS_URL                 https URL of a JWKS (cached, re-fetched on an unknown kid)
+ *                                exactly one of the two must be set
+ *   JWT_ISSUER                   required `iss`
+ *   JWT_AUDIENCE                 required `aud`; several accepted values separated by commas
+ *   JWT_ALGORITHMS               allow-list, comma separated (default RS256,ES256,EdDSA); "none" is never accepted
+ *   JWT_CLOCK_TOLERANCE_SECONDS  leeway for exp/nbf (default 30)
+ *   JWT_CLAIM_SUB / JWT_CLAIM_ROLE / JWT_CLAIM_PROJECT
+ *                                claim names for subject, role and project (defaults sub, role, project)
+ */
+export interface ClaimNames {
+  sub: string;
+  role: string;
+  project: string;
+}
+
+export type JwksSource = { kind: 'file'; path: string } | { kind: 'url'; url: URL };
+
+export interface IdentityConfig {
+  jwks: JwksSource;
+  issuer: string;
+  audience: string[];
+  algorithms: string[];
+  clockToleranceSeconds: number;
+  claimNames: ClaimNames;
+}
+
+export const DEFAULT_ALGORITHMS = ['RS256', 'ES256', 'EdDSA'];
+export const DEFAULT_CLOCK_TOLERANCE_SECONDS = 30;
+export const DEFAULT_CLAIM_NAMES: ClaimNames = { sub: 'sub', role: 'role', project: 'project' };
+
+export class IdentityConfigError extends Error {
+  override readonly name = 'IdentityConfigError';
+}
+
+function list(value: string | undefined): string[] {
+  return (value ?? '')
+    .split(',')
+    .map((item) => item.trim())
+    .filter((item) => item.length > 0);
+}
+
+function required(env: NodeJS.ProcessEnv, name: string): string {
+  const value = env[name]?.trim();
+  if (!value) throw new IdentityConfigError(`${name} must be set`);
+  return value;
+}
+
+/** Checks a config built in code (tests, start script) the same way env config is checked. */
+export function validateIdentityConfig(config: IdentityConfig): IdentityConfig {
+  if (!config.issuer) throw new IdentityConfigError('issuer must not be empty');
+  if (config.audience.length === 0) throw new IdentityConfigError('at least one audience is required');
+  if (config.algorithms.length === 0) throw new IdentityConfigError('the algorithm allow-list is empty');
+  if (config.algorithms.some((alg) => alg.toLowerCase() === 'none')) {
+    throw new IdentityConfigError('"none" cannot be an allowed algorithm');
+  }
+  if (!Number.isFinite(config.clockToleranceSeconds) || config.clockToleranceSeconds < 0) {
+    throw new IdentityConfigError('clock tolerance must be a non-negative number of seconds');
+  }
+  return config;
+}
+
+export function identityConfigFromEnv(env: NodeJS.ProcessEnv = process.env): IdentityConfig {
+  const file = env.JWT_JWKS_FILE?.trim();
+  const url = env.JWT_JWKS_URL?.trim();
+  if (Boolean(file) === Boolean(url)) {
+    throw new IdentityConfigError('set exactly one of JWT_JWKS_FILE and JWT_JWKS_URL');
+  }
+  const tolerance = env.JWT_CLOCK_TOLERANCE_SECONDS?.trim();
+  const algorithms = list(env.JWT_ALGORITHMS);
+  return validateIdentityConfig({
+    jwks: file ? { kind: 'file', path: file } : { kind: 'url', url: new URL(url as string) },
+    issuer: required(env, 'JWT_ISSUER'),
+    audience: list(required(env, 'JWT_AUDIENCE')),
+    algorithms: algorithms.length > 0 ? algorithms : DEFAULT_ALGORITHMS,
+    clockToleranceSeconds: tolerance ? Number(tolerance) : DEFAULT_CLOCK_TOLERANCE_SECONDS,
+    claimNames: {
+      sub: env.JWT_CLAIM_SUB?.trim() || DEFAULT_CLAIM_NAMES.sub,
+      role: env.JWT_CLAIM_ROLE?.trim() || DEFAULT_CLAIM_NAMES.role,
+      project: env.JWT_CLAIM_PROJECT?.trim() || DEFAULT_CLAIM_NAMES.project,
+    },
+  });
+}

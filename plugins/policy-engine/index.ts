@@ -1,0 +1,70 @@
+/**
+ * A small wrapper around @open-policy-agent/opa-wasm: one compiled policy
+ * (the `policy.wasm` of an `opa build -t wasm` bundle), its base data, and
+ * synchronous evaluation. The CMS uses it for its access policy; the gateway
+ * uses it for every project and platform policy.
+ *
+ *   const engine = await loadPolicyEngine(wasmBytes, { data: rawDataJsonText });
+ *   const decision = engine.evaluate({ method: 'GET', ... }, 'gatehouse/cms/access');
+ *   // decision: the value of the entrypoint's document, or undefined when it is undefined
+ *
+ * Data may be given as JSON text: it is handed to the wasm as bytes, so large
+ * integers keep their exact value (JSON.parse would round them).
+ */
+import { loadPolicy, type LoadedPolicy } from '@open-policy-agent/opa-wasm';
+
+export type PolicyData = Record<string, unknown> | string;
+
+export interface PolicyEngine {
+  /** Entrypoint names compiled into the wasm, e.g. ["project/authz"]. */
+  readonly entrypoints: string[];
+  /** Replaces the base `data` document. */
+  setData(data: PolicyData): void;
+  /**
+   * Evaluates one entrypoint (the only one when omitted). Returns the
+   * entrypoint's value, or undefined when OPA's result set is empty.
+   */
+  evaluate(input: unknown, entrypoint?: string): unknown;
+}
+
+export class PolicyEngineError extends Error {
+  override readonly name = 'PolicyEngineError';
+}
+
+const encoder = new TextEncoder();
+
+function toWasmData(data: PolicyData): object | ArrayBuffer {
+  if (typeof data !== 'string') return data;
+  const bytes = encoder.encode(data);
+  // The SDK reads an ArrayBuffer as already-serialised JSON; copy into an exact-size buffer.
+  return bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength) as ArrayBuffer;
+}
+
+export async function loadPolicyEngine(
+  wasm: Uint8Array,
+  options: { data?: PolicyData } = {},
+): Promise<PolicyEngine> {
+  let policy: LoadedPolicy;
+  try {
+    // Copy into a fresh ArrayBuffer: a Node Buffer may be a view into a shared pool.
+    policy = await loadPolicy(wasm.slice().buffer);
+  } catch (cause) {
+    throw new PolicyEngineError('not a loadable OPA wasm policy', { cause });
+  }
+  const entrypoints = Object.keys((policy.entrypoints ?? {}) as Record<string, number>);
+  if (options.data !== undefined) policy.setData(toWasmData(options.data));
+
+  return {
+    entrypoints,
+    setData(data) {
+      policy.setData(toWasmData(data));
+    },
+    evaluate(input, entrypoint) {
+      if (entrypoint !== undefined && !entrypoints.includes(entrypoint)) {
+        throw new PolicyEngineError(`unknown entrypoint "${entrypoint}" (have ${entrypoints.join(', ')})`);
+      }
+      const resultSet = policy.evaluate(input, entrypoint) as Array<{ result: unknown }> | undefined;
+      return resultSet?.[0]?.result;
+    },
+  };
+}

@@ -1,0 +1,92 @@
+/**
+ * The etcd key layout of Gatehouse policies. This module is the only place
+ * that knows it; the CMS writes through it and the gateway's watcher reads
+ * through it.
+ *
+ *   /policies/<name>/meta                    PolicyMetadata JSON (the commit marker, see below)
+ *   /policies/<name>/source                  Rego source text, as submitted
+ *   /policies/<name>/data                    data document, JSON text as submitted (numbers exact)
+ *   /policies/<name>/wasm                    policy.wasm compiled by `opa build -t wasm`
+ *   /policies/<name>/history/meta/<v>        PolicyMetadata of version v
+ *   /policies/<name>/history/source/<v>      Rego source of version v
+ *   /policies/<name>/history/data/<v>        data JSON text of version v
+ *
+ * <v> is the version zero-padded to 12 digits so that key order is version order.
+ *
+ * Every write (put or delete) of a policy is ONE etcd transaction, so all
+ * of its keys change at the same revision. A watcher should treat
+ * `/policies/<name>/meta` as the commit marker: on a PUT event of a meta key,
+ * read `source`, `data` and `wasm` at that event's mod revision (or take them
+ * from the same watch response: etcd never splits one revision's events), and
+ * check `wasmSha256` from the metadata against the wasm bytes; on a DELETE
+ * event of a meta key the policy is gone. Events on other keys alone never
+ * mean a new policy version. History keys survive a delete.
+ */
+import { assertValidPolicyName, isValidPolicyName } from './names.js';
+
+export const POLICIES_PREFIX = '/policies/';
+
+const VERSION_DIGITS = 12;
+
+export type CurrentPart = 'meta' | 'source' | 'data' | 'wasm';
+export type HistoryPart = 'meta' | 'source' | 'data';
+
+export type ParsedPolicyKey =
+  | { name: string; kind: 'current'; part: CurrentPart }
+  | { name: string; kind: 'history'; part: HistoryPart; version: number };
+
+export interface PolicyKeys {
+  /** Every key of this policy starts with it (current and history). */
+  prefix: string;
+  meta: string;
+  source: string;
+  data: string;
+  wasm: string;
+  /** Prefix of the history entries of one part, e.g. all metadata of past versions. */
+  historyPrefix(part: HistoryPart): string;
+  history(part: HistoryPart, version: number): string;
+}
+
+export function encodeVersion(version: number): string {
+  if (!Number.isSafeInteger(version) || version < 0) throw new RangeError(`bad policy version ${version}`);
+  return String(version).padStart(VERSION_DIGITS, '0');
+}
+
+export function policyKeys(name: string): PolicyKeys {
+  assertValidPolicyName(name);
+  const prefix = `${POLICIES_PREFIX}${name}/`;
+  return {
+    prefix,
+    meta: `${prefix}meta`,
+    source: `${prefix}source`,
+    data: `${prefix}data`,
+    wasm: `${prefix}wasm`,
+    historyPrefix: (part) => `${prefix}history/${part}/`,
+    history: (part, version) => `${prefix}history/${part}/${encodeVersion(version)}`,
+  };
+}
+
+const CURRENT_PARTS: readonly string[] = ['meta', 'source', 'data', 'wasm'];
+const HISTORY_PARTS: readonly string[] = ['meta', 'source', 'data'];
+
+/** Recognises a Gatehouse policy key; anything else (including malformed keys) gives null. */
+export function parsePolicyKey(key: string): ParsedPolicyKey | null {
+  if (!key.startsWith(POLICIES_PREFIX)) return null;
+  const segments = key.slice(POLICIES_PREFIX.length).split('/');
+  const [name, first, part, version] = segments;
+  if (name === undefined || !isValidPolicyName(name) || first === undefined) return null;
+  if (segments.length === 2 && CURRENT_PARTS.includes(first)) {
+    return { name, kind: 'current', part: first as CurrentPart };
+  }
+  if (
+    segments.length === 4 &&
+    first === 'history' &&
+    part !== undefined &&
+    HISTORY_PARTS.includes(part) &&
+    version !== undefined &&
+    /^\d{12}$/.test(version)
+  ) {
+    return { name, kind: 'history', part: part as HistoryPart, version: Number(version) };
+  }
+  return null;
+}

@@ -1,0 +1,333 @@
+/**
+ * Policy store operations on etcd. Every write is one transaction guarded by
+ * a compare on the policy's meta key, so concurrent writers cannot interleave
+ * and a watcher never sees a half-written policy (see keys.ts).
+ */
+import { createHash } from 'node:crypto';
+import { Etcd3, Range, type IKeyValue, type IResponseOp } from 'etcd3';
+import { noop } from 'cockatiel';
+import { policyKeys, POLICIES_PREFIX, parsePolicyKey, type HistoryPart } from './keys.js';
+
+export const DEFAULT_HISTORY_RETENTION = 50;
+export const DEFAULT_ETCD_CALL_TIMEOUT_MS = 2_000;
+/** Attempts of an unconditional write before giving up to a stream of concurrent writers. */
+const MAX_WRITE_ATTEMPTS = 5;
+
+export interface PolicyMetadata {
+  name: string;
+  /** Monotonic per name, starting at 1; it continues after a delete. The CMS's ETag. */
+  version: number;
+  /** sha256 (hex) of the policy object text as GET returns it: {"rego":...,"data":...}. */
+  sha256: string;
+  /** sha256 (hex) of the compiled wasm under the wasm key. */
+  wasmSha256: string;
+  /** `sub` of the identity that wrote this version. */
+  author: string;
+  /** ISO 8601 time of the write. */
+  updatedAt: string;
+  opaVersion: string;
+  /** The wasm entrypoint: the module's package path with slashes, e.g. "project/authz". */
+  entrypoint: string;
+  syntaxVersion: 'v0' | 'v1';
+}
+
+export interface StoredPolicy {
+  meta: PolicyMetadata;
+  rego: string;
+  /** The data document as JSON text, exactly as it was stored. */
+  dataText: string;
+  /** The policy object as JSON text: {"rego": <rego>, "data": <dataText>}. */
+  body: string;
+  /** Present when asked for (current versions only). */
+  wasm?: Buffer;
+}
+
+export interface PolicySubmission {
+  rego: string;
+  dataText: string;
+  wasm: Uint8Array;
+  author: string;
+  opaVersion: string;
+  entrypoint: string;
+  syntaxVersion: 'v0' | 'v1';
+}
+
+/** Preconditions of a write, in store terms (the CMS maps If-Match / If-None-Match onto them). */
+export interface WriteConditions {
+  /** The current version must be one of these; 'any' means the policy must exist. */
+  ifVersion?: number[] | 'any';
+  /** The policy must not exist. */
+  ifAbsent?: boolean;
+}
+
+export interface PutResult {
+  created: boolean;
+  meta: PolicyMetadata;
+  /** Time spent in etcd calls for this write (reads and the transaction), milliseconds. */
+  etcdMs: number;
+}
+
+export class PolicyNotFoundError extends Error {
+  override readonly name = 'PolicyNotFoundError';
+}
+export class PreconditionFailedError extends Error {
+  override readonly name = 'PreconditionFailedError';
+}
+export class WriteConflictError extends Error {
+  override readonly name = 'WriteConflictError';
+}
+export class PolicyTooLargeError extends Error {
+  override readonly name = 'PolicyTooLargeError';
+}
+/** etcd could not be reached or did not answer in time; nothing was written. */
+export class StoreUnavailableError extends Error {
+  override readonly name = 'StoreUnavailableError';
+}
+
+/**
+ * An etcd3 client that fails fast: every unary call has a deadline and the
+ * library's retries and circuit breaker are off, so a request against an
+ * unreachable etcd ends with an error within `callTimeoutMs` instead of
+ * hanging or staying refused after etcd is back. Streams (watches) get no
+ * deadline.
+ */
+export function createEtcdClient(
+  endpoints: string[],
+  options: { callTimeoutMs?: number } = {},
+): Etcd3 {
+  const timeout = options.callTimeoutMs ?? DEFAULT_ETCD_CALL_TIMEOUT_MS;
+  return new Etcd3({
+    hosts: endpoints,
+    dialTimeout: timeout,
+    defaultCallOptions: (context) => (context.isStream ? {} : { deadline: Date.now() + timeout }),
+    faultHandling: { host: () => noop, global: noop },
+  });
+}
+
+/** The policy object text GET returns; data is spliced in as text so its numbers stay exact. */
+export function renderPolicyObject(rego: string, dataText: string): string {
+  return `{"rego":${JSON.stringify(rego)},"data":${dataText}}`;
+}
+
+function sha256Hex(bytes: string | Uint8Array): string {
+  return createHash('sha256').update(bytes).digest('hex');
+}
+
+function firstValue(op: IResponseOp | undefined): IKeyValue | undefined {
+  return op?.response_range?.kvs?.[0];
+}
+
+export class PolicyStore {
+  readonly historyRetention: number;
+
+  constructor(
+    private readonly client: Etcd3,
+    options: { historyRetention?: number } = {},
+  ) {
+    const retention = options.historyRetention ?? DEFAULT_HISTORY_RETENTION;
+    if (!Number.isSafeInteger(retention) || retention < 1) throw new RangeError('history retention must be at least 1');
+    this.historyRetention = retention;
+  }
+
+  /** Turns any etcd client failure into StoreUnavailableError (or a size refusal). */
+  private async etcd<T>(call: () => Promise<T>): Promise<T> {
+    try {
+      return await call();
+    } catch (error) {
+      const message = error instanceof Error ? error.message : String(error);
+      if (message.includes('request is too large')) {
+        throw new PolicyTooLargeError('the policy is too large for etcd', { cause: error });
+      }
+      throw new StoreUnavailableError('etcd is unavailable', { cause: error });
+    }
+  }
+
+  /** Succeeds when etcd answers a read. */
+  async ping(): Promise<void> {
+    await this.etcd(() => this.client.get(`${POLICIES_PREFIX}`).exec());
+  }
+
+  async get(name: string, options: { withWasm?: boolean } = {}): Promise<StoredPolicy | null> {
+    const keys = policyKeys(name);
+    const reads = [this.client.get(keys.meta), this.client.get(keys.source), this.client.get(keys.data)];
+    if (options.withWasm) reads.push(this.client.get(keys.wasm));
+    // One read-only transaction: the three or four keys come from the same revision.
+    const response = await this.etcd(() => this.client.if(keys.meta, 'Create', '>', 0).then(...reads).commit());
+    if (!response.succeeded) return null;
+    const [meta, source, data, wasm] = response.responses.map(firstValue);
+    if (!meta || !source || !data) return null;
+    const rego = source.value.toString('utf8');
+    const dataText = data.value.toString('utf8');
+    return {
+      meta: JSON.parse(meta.value.toString('utf8')) as PolicyMetadata,
+      rego,
+      dataText,
+      body: renderPolicyObject(rego, dataText),
+      ...(wasm ? { wasm: wasm.value } : {}),
+    };
+  }
+
+  /** Metadata of every current policy, sorted by name. */
+  async list(): Promise<PolicyMetadata[]> {
+    const keys = await this.etcd(() => this.client.getAll().prefix(POLICIES_PREFIX).keys());
+    const metaKeys = keys.filter((key) => {
+      const parsed = parsePolicyKey(key);
+      return parsed?.kind === 'current' && parsed.part === 'meta';
+    });
+    const values = await this.etcd(() => Promise.all(metaKeys.map((key) => this.client.get(key).string())));
+    return values
+      .filter((value): value is string => value !== null)
+      .map((value) => JSON.parse(value) as PolicyMetadata)
+      .sort((a, b) => a.name.localeCompare(b.name));
+  }
+
+  /** Metadata of the retained versions, newest first. Survives a delete of the policy. */
+  async history(name: string): Promise<PolicyMetadata[]> {
+    const keys = policyKeys(name);
+    const response = await this.etcd(() =>
+      this.client.getAll().prefix(keys.historyPrefix('meta')).sort('Key', 'Descend').exec(),
+    );
+    return response.kvs.map((kv) => JSON.parse(kv.value.toString('utf8')) as PolicyMetadata);
+  }
+
+  async historyVersion(name: string, version: number): Promise<StoredPolicy | null> {
+    const keys = policyKeys(name);
+    const response = await this.etcd(() =>
+      this.client
+        .if(keys.history('meta', version), 'Create', '>', 0)
+        .then(
+          this.client.get(keys.history('meta', version)),
+          this.client.get(keys.history('source', version)),
+          this.client.get(keys.history('data', version)),
+        )
+        .commit(),
+    );
+    if (!response.succeeded) return null;
+    const [meta, source, data] = response.responses.map(firstValue);
+    if (!meta || !source || !data) return null;
+    const rego = source.value.toString('utf8');
+    const dataText = data.value.toString('utf8');
+    return {
+      meta: JSON.parse(meta.value.toString('utf8')) as PolicyMetadata,
+      rego,
+      dataText,
+      body: renderPolicyObject(rego, dataText),
+    };
+  }
+
+  private async readMeta(name: string): Promise<{ meta: PolicyMetadata; modRevision: string } | null> {
+    const response = await this.etcd(() => this.client.get(policyKeys(name).meta).exec());
+    const kv = response.kvs[0];
+    if (!kv) return null;
+    return { meta: JSON.parse(kv.value.toString('utf8')) as PolicyMetadata, modRevision: kv.mod_revision };
+  }
+
+  private async lastHistoryVersion(name: string): Promise<number> {
+    const keys = policyKeys(name);
+    const newest = await this.etcd(() =>
+      this.client.getAll().prefix(keys.historyPrefix('meta')).sort('Key', 'Descend').limit(1).keys(),
+    );
+    const parsed = newest[0] === undefined ? null : parsePolicyKey(newest[0]);
+    return parsed?.kind === 'history' ? parsed.version : 0;
+  }
+
+  private checkConditions(current: PolicyMetadata | null, conditions: WriteConditions): void {
+    if (conditions.ifAbsent && current) throw new PreconditionFailedError('the policy already exists');
+    const expected = conditions.ifVersion;
+    if (expected === undefined) return;
+    if (!current) throw new PreconditionFailedError('the policy does not exist');
+    if (expected !== 'any' && !expected.includes(current.version)) {
+      throw new PreconditionFailedError(`the policy is at version ${current.version}`);
+    }
+  }
+
+  /** Raises PreconditionFailedError if the conditions do not hold now (an early check; put re-checks atomically). */
+  async checkWriteConditions(name: string, conditions: WriteConditions): Promise<void> {
+    this.checkConditions((await this.readMeta(name))?.meta ?? null, conditions);
+  }
+
+  /**
+   * Writes a new version. The transaction only commits if the meta key is
+   * unchanged since it was read; a writer that loses re-reads, re-checks its
+   * conditions (so a stale If-Match fails with PreconditionFailedError) and,
+   * when it has none, tries again on top of the winner.
+   */
+  async put(name: string, submission: PolicySubmission, conditions: WriteConditions = {}): Promise<PutResult> {
+    const keys = policyKeys(name);
+    const started = performance.now();
+    for (let attempt = 0; attempt < MAX_WRITE_ATTEMPTS; attempt++) {
+      const current = await this.readMeta(name);
+      this.checkConditions(current?.meta ?? null, conditions);
+      const version = current ? current.meta.version + 1 : (await this.lastHistoryVersion(name)) + 1;
+      const body = renderPolicyObject(submission.rego, submission.dataText);
+      const meta: PolicyMetadata = {
+        name,
+        version,
+        sha256: sha256Hex(body),
+        wasmSha256: sha256Hex(submission.wasm),
+        author: submission.author,
+        updatedAt: new Date().toISOString(),
+        opaVersion: submission.opaVersion,
+        entrypoint: submission.entrypoint,
+        syntaxVersion: submission.syntaxVersion,
+      };
+      const metaText = JSON.stringify(meta);
+      const wasm = Buffer.from(submission.wasm.buffer, submission.wasm.byteOffset, submission.wasm.byteLength);
+      const ops = [
+        this.client.put(keys.source).value(submission.rego),
+        this.client.put(keys.data).value(submission.dataText),
+        this.client.put(keys.wasm).value(wasm),
+        this.client.put(keys.history('meta', version)).value(metaText),
+        this.client.put(keys.history('source', version)).value(submission.rego),
+        this.client.put(keys.history('data', version)).value(submission.dataText),
+        this.client.put(keys.meta).value(metaText),
+        ...this.pruneHistoryOps(name, version),
+      ];
+      const guard = current
+        ? this.client.if(keys.meta, 'Mod', '==', current.modRevision)
+        : this.client.if(keys.meta, 'Create', '==', 0);
+      const response = await this.etcd(() => guard.then(...ops).commit());
+      if (response.succeeded) {
+        return { created: current === null, meta, etcdMs: performance.now() - started };
+      }
+    }
+    throw new WriteConflictError('too many concurrent writes to this policy; try again');
+  }
+
+  /** Deletes of history entries older than the retention window, for the write of `version`. */
+  private pruneHistoryOps(name: string, version: number) {
+    const oldestKept = version - this.historyRetention + 1;
+    if (oldestKept <= 1) return [];
+    const keys = policyKeys(name);
+    const parts: HistoryPart[] = ['meta', 'source', 'data'];
+    return parts.map((part) =>
+      this.client.delete().range(new Range(keys.history(part, 0), keys.history(part, oldestKept))),
+    );
+  }
+
+  /** Removes the current version (history stays). Throws PolicyNotFoundError when there is none. */
+  async delete(name: string, conditions: WriteConditions = {}): Promise<PolicyMetadata> {
+    const keys = policyKeys(name);
+    for (let attempt = 0; attempt < MAX_WRITE_ATTEMPTS; attempt++) {
+      const current = await this.readMeta(name);
+      if (!current) {
+        if (conditions.ifVersion !== undefined) throw new PreconditionFailedError('the policy does not exist');
+        throw new PolicyNotFoundError(`no policy named ${name}`);
+      }
+      this.checkConditions(current.meta, conditions);
+      const response = await this.etcd(() =>
+        this.client
+          .if(keys.meta, 'Mod', '==', current.modRevision)
+          .then(
+            this.client.delete().key(keys.source),
+            this.client.delete().key(keys.data),
+            this.client.delete().key(keys.wasm),
+            this.client.delete().key(keys.meta),
+          )
+          .commit(),
+      );
+      if (response.succeeded) return current.meta;
+    }
+    throw new WriteConflictError('too many concurrent writes to this policy; try again');
+  }
+}
