@@ -1,0 +1,507 @@
+// APISIX STAND-IN — not APISIX. A small local HTTP server that plays
+// APISIX's part for Gatehouse's development and tests, because APISIX itself
+// cannot be installed here. It reproduces what APISIX 3.x does around the
+// ext-plugin runner (see ../../../shared/reference/apisix-ext-plugin.md and
+// tools/apisix-standin/README.md): routes from a standalone apisix.yaml, the
+// runner started from config.yaml's ext-plugin.cmd, conf tokens, ExtraInfo,
+// Stop/Rewrite/HTTPRespCall application, 503/500 on runner failures, and
+// proxying to the upstream. It implements no other APISIX plugin.
+import { existsSync, mkdtempSync, rmSync, statSync, readFileSync } from 'node:fs';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { connect, type AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { pino, type Logger } from 'pino';
+import {
+  applyRespCallAnswer,
+  applyRewrite,
+  filteredUpstreamHeaders,
+  nginxErrorPage,
+  stopToClientResponse,
+  type ClientResponse,
+} from './answers.js';
+import { ExtPluginClient, GatewayInternalError } from './ext-plugin-client.js';
+import { loadGatewayConfig, resolveRunnerCmd, runnerEnvironment, type GatewayConfig } from './gateway-config.js';
+import { RequestState, ResponseHeaders, type HeaderLine } from './request-state.js';
+import { loadRoutesFile, matchRoute, type Route } from './routes.js';
+import { RunnerSupervisor } from './runner-process.js';
+import { UpstreamError, UpstreamProxy } from './upstream-proxy.js';
+import { normalizeRequestPath, splitRequestTarget } from './uri.js';
+
+/** The Server header: says plainly that this is not a real APISIX. */
+export const STANDIN_SERVER_HEADER = 'APISIX/3 (Gatehouse stand-in)';
+/** Request and upstream bodies are buffered; above this the client gets 413. */
+export const DEFAULT_BODY_LIMIT_BYTES = 8 * 1024 * 1024;
+/** nginx's default_type with APISIX's charset. */
+const DEFAULT_CONTENT_TYPE = 'text/plain; charset=utf-8';
+
+export interface StandinOptions {
+  /** Repository root: relative paths in ext-plugin.cmd are resolved against it. Default: found from this file. */
+  repoRoot?: string;
+  /** APISIX's config.yaml. Default `<root>/apisix-conf/config.yaml` (optional file). */
+  configPath?: string;
+  /** The standalone routes file. Default `<root>/apisix-conf/apisix.yaml`. */
+  routesPath?: string;
+  /** Proxy port; 0 (default) picks a free one. */
+  port?: number;
+  host?: string;
+  /** Overrides config.yaml's ext-plugin.cmd. */
+  runnerCmd?: string[];
+  /** Like ext-plugin.path_for_test: connect to a runner already listening there instead of spawning one. */
+  runnerSocketPath?: string;
+  /** APISIX_CONF_EXPIRE_TIME handed to the runner and used for the token cache (default 3600). */
+  confExpireSeconds?: number;
+  /** The environment nginx would filter for the runner (default process.env). */
+  parentEnv?: NodeJS.ProcessEnv;
+  /** Runner socket timeouts: connect 1 s and read 60 s as in APISIX; lower them in tests. */
+  connectTimeoutMs?: number;
+  readTimeoutMs?: number;
+  prepareLockTimeoutMs?: number;
+  respawnDelayMs?: number;
+  killDelayMs?: number;
+  bodyLimitBytes?: number;
+  workerId?: number;
+  /** Re-read the routes file this often, as standalone mode does every second; null disables. */
+  reloadIntervalMs?: number | null;
+  /** Model APISIX with apache/apisix#13080 (path-only Rewrite keeps the query). Default false. */
+  keepQueryOnPathRewrite?: boolean;
+  /** Wait until the runner's socket accepts connections before resolving (default 15 s; 0 to skip). */
+  waitForRunnerMs?: number;
+  logger?: Logger;
+}
+
+export interface StandinHandle {
+  /** `http://host:port` of the stand-in. */
+  url: string;
+  port: number;
+  /** The runner's socket path (no `unix:`). */
+  socketPath: string;
+  stop(): Promise<void>;
+  /** The spawned runner's pid; null between an exit and the respawn, or when connecting to an external runner. */
+  runnerPid(): number | null;
+  /** How many times the runner was started. */
+  runnerSpawns(): number;
+  /** Recent lines the runner wrote (stdout and stderr merged). */
+  runnerOutput(): string[];
+  /** Resolves when the runner's socket accepts a connection. */
+  waitForRunner(timeoutMs?: number): Promise<void>;
+  /** Resolves at the spawned runner's next exit. */
+  waitForRunnerExit(): Promise<void>;
+  routes(): readonly Route[];
+  /** Re-reads the routes file now; throws (keeping the old routes) when it is invalid. */
+  reloadRoutes(): void;
+  flushTokens(): void;
+  /** PrepareConf / HTTPReqCall / HTTPRespCall counts and token flushes. */
+  stats(): { prepareConf: number; httpReqCall: number; httpRespCall: number; tokenFlushes: number; cachedTokens: number; idleConnections: number };
+}
+
+/** The repository root: the nearest directory above this file holding package.json. */
+export function findRepoRoot(from = dirname(fileURLToPath(import.meta.url))): string {
+  let dir = from;
+  for (;;) {
+    if (existsSync(join(dir, 'package.json'))) return dir;
+    const parent = dirname(dir);
+    if (parent === dir) throw new Error(`no package.json above ${from}`);
+    dir = parent;
+  }
+}
+
+export async function startStandin(options: StandinOptions = {}): Promise<StandinHandle> {
+  const log = options.logger ?? pino({ name: 'apisix-standin', level: process.env.LOG_LEVEL ?? 'info' }, pino.destination(2));
+  const root = options.repoRoot ?? findRepoRoot();
+  const configPath = options.configPath ?? join(root, 'apisix-conf', 'config.yaml');
+  const routesPath = options.routesPath ?? join(root, 'apisix-conf', 'apisix.yaml');
+  const gatewayConfig: GatewayConfig = existsSync(configPath)
+    ? loadGatewayConfig(configPath)
+    : { nodeListen: null, runnerCmd: null, pathForTest: null, envs: [] };
+  const confExpireSeconds = options.confExpireSeconds ?? 3600;
+  const bodyLimitBytes = options.bodyLimitBytes ?? DEFAULT_BODY_LIMIT_BYTES;
+  const keepQueryOnPathRewrite = options.keepQueryOnPathRewrite ?? false;
+
+  // Routes: loaded once now (errors are fatal), then re-read like standalone mode.
+  let confVersion = 1;
+  let routes = loadRoutesFile(routesPath, confVersion);
+  let routesStamp = fileStamp(routesPath);
+  let lastRoutesText = readFileSync(routesPath, 'utf8');
+  const reloadRoutes = () => {
+    const stamp = fileStamp(routesPath);
+    const next = loadRoutesFile(routesPath, confVersion + 1);
+    confVersion++;
+    routes = next;
+    routesStamp = stamp;
+    log.info({ routes: routes.length, confVersion }, 'routes reloaded');
+  };
+  let reloadTimer: NodeJS.Timeout | null = null;
+  const reloadIntervalMs = options.reloadIntervalMs === undefined ? 1000 : options.reloadIntervalMs;
+  if (reloadIntervalMs !== null) {
+    reloadTimer = setInterval(() => {
+      const stamp = fileStamp(routesPath);
+      if (stamp === routesStamp) return;
+      try {
+        // The file content changed: every route gets a new conf version, hence new tokens.
+        const text = readFileSync(routesPath, 'utf8');
+        if (text === lastRoutesText) {
+          routesStamp = stamp;
+          return;
+        }
+        reloadRoutes();
+        lastRoutesText = text;
+      } catch (err) {
+        routesStamp = stamp;
+        log.error({ err: (err as Error).message }, 'routes file not reloaded; keeping the previous routes');
+      }
+    }, reloadIntervalMs);
+    reloadTimer.unref();
+  }
+
+  // The runner: connect to one started by hand (path_for_test), or spawn it as APISIX does.
+  const externalSocket = options.runnerSocketPath ?? gatewayConfig.pathForTest;
+  let socketDir: string | null = null;
+  let socketPath: string;
+  if (externalSocket) {
+    socketPath = externalSocket;
+  } else {
+    // A private directory: only this user can reach the socket.
+    socketDir = mkdtempSync(join(tmpdir(), 'apisix-standin-'));
+    socketPath = join(socketDir, 'runner.sock');
+  }
+
+  const client = new ExtPluginClient({
+    socketPath,
+    log: log.child({ part: 'ext-plugin' }),
+    confExpireSeconds,
+    connectTimeoutMs: options.connectTimeoutMs,
+    readTimeoutMs: options.readTimeoutMs,
+    prepareLockTimeoutMs: options.prepareLockTimeoutMs,
+    workerId: options.workerId,
+  });
+
+  let supervisor: RunnerSupervisor | null = null;
+  if (!externalSocket) {
+    const argv = resolveRunnerCmd(
+      options.runnerCmd ?? gatewayConfig.runnerCmd ?? ['node', 'dist/plugins/runner/main.js'],
+      root,
+    );
+    supervisor = new RunnerSupervisor({
+      argv,
+      cwd: root,
+      env: runnerEnvironment(gatewayConfig.envs, options.parentEnv ?? process.env, {
+        APISIX_LISTEN_ADDRESS: `unix:${socketPath}`,
+        APISIX_CONF_EXPIRE_TIME: String(confExpireSeconds),
+      }),
+      log: log.child({ part: 'runner' }),
+      respawnDelayMs: options.respawnDelayMs,
+      killDelayMs: options.killDelayMs,
+      onExit: () => client.flushTokens(),
+    });
+    supervisor.start();
+  }
+
+  const upstreamProxy = new UpstreamProxy();
+  const context: HandlerContext = {
+    log,
+    client,
+    upstreamProxy,
+    bodyLimitBytes,
+    keepQueryOnPathRewrite,
+    routes: () => routes,
+  };
+  const server = createServer({ keepAlive: true }, (req, res) => {
+    handleRequest(context, req, res).catch((err) => {
+      log.error({ err }, 'request failed inside the stand-in');
+      if (!res.headersSent) send(res, req.method === 'HEAD', { status: 500, headers: new ResponseHeaders(), body: null });
+      else res.destroy();
+    });
+  });
+
+  const stopEverything = async () => {
+    if (reloadTimer) clearInterval(reloadTimer);
+    server.closeAllConnections();
+    await new Promise<void>((done) => server.close(() => done()));
+    client.close();
+    await supervisor?.stop();
+    await upstreamProxy.close();
+    if (socketDir) rmSync(socketDir, { recursive: true, force: true });
+  };
+
+  try {
+    await new Promise<void>((resolveListen, reject) => {
+      server.once('error', reject);
+      server.listen(options.port ?? 0, options.host ?? '127.0.0.1', () => resolveListen());
+    });
+  } catch (err) {
+    await supervisor?.stop();
+    if (socketDir) rmSync(socketDir, { recursive: true, force: true });
+    throw err;
+  }
+  const address = server.address() as AddressInfo;
+  const hostForUrl = address.family === 'IPv6' ? `[${address.address}]` : address.address;
+  log.info({ port: address.port, routes: routes.length, socketPath }, 'APISIX stand-in listening');
+
+  const handle: StandinHandle = {
+    url: `http://${hostForUrl}:${address.port}`,
+    port: address.port,
+    socketPath,
+    stop: stopEverything,
+    runnerPid: () => supervisor?.pid ?? null,
+    runnerSpawns: () => supervisor?.spawns ?? 0,
+    runnerOutput: () => supervisor?.recentOutput() ?? [],
+    waitForRunner: (timeoutMs = 15_000) => waitForSocket(socketPath, timeoutMs),
+    waitForRunnerExit: () => supervisor?.waitForExit() ?? Promise.resolve(),
+    routes: () => routes,
+    reloadRoutes: () => {
+      reloadRoutes();
+      lastRoutesText = readFileSync(routesPath, 'utf8');
+    },
+    flushTokens: () => client.flushTokens(),
+    stats: () => ({ ...client.stats, cachedTokens: client.cachedTokens, idleConnections: client.idleConnections }),
+  };
+
+  const waitMs = options.waitForRunnerMs ?? 15_000;
+  if (waitMs > 0) {
+    try {
+      await handle.waitForRunner(waitMs);
+    } catch (err) {
+      const output = handle.runnerOutput().slice(-20).join('\n');
+      await stopEverything();
+      throw new Error(`${(err as Error).message}${output ? `\nrunner output:\n${output}` : ''}`);
+    }
+  }
+  return handle;
+}
+
+function fileStamp(path: string): string {
+  try {
+    const st = statSync(path);
+    return `${st.mtimeMs}:${st.size}`;
+  } catch {
+    return 'missing';
+  }
+}
+
+/** Polls until something accepts connections on the socket. */
+export async function waitForSocket(socketPath: string, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const ok = await new Promise<boolean>((done) => {
+      const socket = connect(socketPath);
+      socket.once('connect', () => {
+        socket.destroy();
+        done(true);
+      });
+      socket.once('error', () => done(false));
+    });
+    if (ok) return;
+    if (Date.now() > deadline) throw new Error(`the plugin runner did not listen on ${socketPath} within ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+interface HandlerContext {
+  log: Logger;
+  client: ExtPluginClient;
+  upstreamProxy: UpstreamProxy;
+  bodyLimitBytes: number;
+  keepQueryOnPathRewrite: boolean;
+  routes: () => readonly Route[];
+}
+
+const emptyResponse = (status: number): ClientResponse => ({ status, headers: new ResponseHeaders(), body: null });
+
+class BodyTooLargeError extends Error {}
+
+function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
+  const declared = Number(req.headers['content-length'] ?? 0);
+  if (declared > limit) return Promise.reject(new BodyTooLargeError());
+  return new Promise((resolveBody, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    req.on('data', (chunk: Buffer) => {
+      size += chunk.length;
+      if (size > limit) {
+        req.pause();
+        reject(new BodyTooLargeError());
+        return;
+      }
+      chunks.push(chunk);
+    });
+    req.on('end', () => resolveBody(Buffer.concat(chunks)));
+    req.on('error', reject);
+  });
+}
+
+async function handleRequest(ctx: HandlerContext, req: IncomingMessage, res: ServerResponse): Promise<void> {
+  const startedAt = Date.now();
+  const isHead = req.method === 'HEAD';
+  const method = req.method ?? 'GET';
+  const requestUri = req.url ?? '/';
+  const { path: rawPath, query } = splitRequestTarget(requestUri);
+  const uri = normalizeRequestPath(rawPath);
+
+  const headers: HeaderLine[] = [];
+  for (let i = 0; i < req.rawHeaders.length; i += 2) {
+    headers.push({ name: req.rawHeaders[i]!.toLowerCase(), value: req.rawHeaders[i + 1]! });
+  }
+  // nginx refuses a request with two Host headers.
+  if (uri === null || headers.filter((h) => h.name === 'host').length > 1) {
+    send(res, isHead, emptyResponse(400));
+    return;
+  }
+
+  let body: Buffer;
+  try {
+    body = await readBody(req, ctx.bodyLimitBytes);
+  } catch (err) {
+    if (err instanceof BodyTooLargeError) {
+      res.setHeader('connection', 'close');
+      send(res, isHead, emptyResponse(413));
+      return;
+    }
+    throw err;
+  }
+
+  const local = req.socket;
+  const state = new RequestState({
+    method,
+    requestUri,
+    uri,
+    query,
+    headers,
+    body,
+    remoteAddr: normalizeAddress(local.remoteAddress ?? ''),
+    remotePort: local.remotePort ?? 0,
+    serverAddr: normalizeAddress(local.localAddress ?? ''),
+    serverPort: local.localPort ?? 0,
+    scheme: 'http',
+    routeId: '',
+    startedAt,
+  });
+
+  const route = matchRoute(ctx.routes(), { method, host: state.host, path: uri });
+  if (!route) {
+    const notFound = new ResponseHeaders();
+    notFound.set('content-type', DEFAULT_CONTENT_TYPE);
+    send(res, isHead, { status: 404, headers: notFound, body: Buffer.from('{"error_msg":"404 Route Not Found"}\n') });
+    return;
+  }
+  state.routeId = route.id;
+  const log = ctx.log.child({ route: route.id, method, uri });
+
+  try {
+    for (const phase of ['ext-plugin-pre-req', 'ext-plugin-post-req'] as const) {
+      const conf = route.plugins[phase];
+      if (!conf) continue;
+      const outcome = await ctx.client.httpReqCall(phase, conf, state, route.confVersion);
+      if (outcome.kind === 'failed') {
+        send(res, isHead, emptyResponse(503));
+        return;
+      }
+      if (outcome.kind === 'degraded') continue;
+      const action = outcome.value.response.action;
+      if (action?.type === 'stop') {
+        const stop = stopToClientResponse(action);
+        // Headers from an earlier phase's resp_headers are already on ngx.header.
+        send(res, isHead, { ...stop, headers: overlay(state.responseHeaderAdditions, stop.headers) });
+        return;
+      }
+      if (action?.type === 'rewrite') {
+        applyRewrite(state, action, outcome.value.argsSent, { keepQueryOnPathRewrite: ctx.keepQueryOnPathRewrite });
+      }
+    }
+
+    const postResp = route.plugins['ext-plugin-post-resp'];
+    if (postResp) {
+      let upstream;
+      try {
+        upstream = await ctx.upstreamProxy.forward(route.upstream, state, ctx.bodyLimitBytes, true);
+      } catch (err) {
+        if (!(err instanceof UpstreamError)) throw err;
+        log.error({ err: err.message }, 'failed to request the upstream');
+        send(res, isHead, emptyResponse(502));
+        return;
+      }
+      const outcome = await ctx.client.httpRespCall(postResp, state, route.confVersion, upstream);
+      if (outcome.kind === 'answered') {
+        const answer = applyRespCallAnswer(upstream, outcome.value);
+        send(res, isHead, { ...answer, headers: overlay(state.responseHeaderAdditions, answer.headers) });
+      } else {
+        // APISIX then sends the upstream body itself, with status 503 on failure (the
+        // upstream status when degraded) and none of the upstream's headers.
+        send(res, isHead, {
+          status: outcome.kind === 'failed' ? 503 : upstream.status,
+          headers: state.responseHeaderAdditions,
+          body: upstream.body,
+        });
+      }
+      return;
+    }
+
+    let upstream;
+    try {
+      upstream = await ctx.upstreamProxy.forward(route.upstream, state, ctx.bodyLimitBytes);
+    } catch (err) {
+      if (!(err instanceof UpstreamError)) throw err;
+      log.error({ err: err.message }, 'upstream failed');
+      send(res, isHead, emptyResponse(err.status));
+      return;
+    }
+    const headers = new ResponseHeaders();
+    for (const line of UpstreamProxy.passedResponseHeaders(upstream.headers)) headers.add(line.name, line.value);
+    // Lua set these on ngx.header before proxying; nginx adds the upstream's next to them.
+    for (const line of state.responseHeaderAdditions.lines) headers.add(line.name, line.value);
+    send(res, isHead, { status: upstream.status, headers, body: upstream.body }, { keepContentLength: isHead });
+  } catch (err) {
+    if (err instanceof GatewayInternalError) {
+      log.error({ err: err.message }, 'ext-plugin call failed with a runtime error');
+      send(res, isHead, emptyResponse(500));
+      return;
+    }
+    throw err;
+  }
+}
+
+/** core.response.set_header for each name in `top`, over what `base` already holds. */
+function overlay(base: ResponseHeaders, top: ResponseHeaders): ResponseHeaders {
+  const out = new ResponseHeaders();
+  for (const line of base.lines) out.add(line.name, line.value);
+  const seen = new Set<string>();
+  for (const line of top.lines) {
+    if (seen.has(line.name)) out.add(line.name, line.value);
+    else out.set(line.name, line.value);
+    seen.add(line.name);
+  }
+  return out;
+}
+
+function normalizeAddress(address: string): string {
+  return address.startsWith('::ffff:') && address.includes('.') ? address.slice(7) : address;
+}
+
+/** Writes a response the way nginx finishes one: its error page when nothing wrote a body for a status >= 300. */
+function send(res: ServerResponse, isHead: boolean, response: ClientResponse, opts: { keepContentLength?: boolean } = {}): void {
+  let body = response.body;
+  const headers = new ResponseHeaders();
+  for (const line of response.headers.lines) headers.add(line.name, line.value);
+  if (body === null && response.status >= 300) {
+    body = nginxErrorPage(response.status);
+    if (body) headers.set('content-type', 'text/html; charset=utf-8');
+  }
+  if (body && body.length > 0 && headers.get('content-type').length === 0) headers.set('content-type', DEFAULT_CONTENT_TYPE);
+  const grouped = new Map<string, string[]>();
+  for (const line of headers.lines) {
+    if (line.name === 'content-length' && !opts.keepContentLength) continue;
+    if (line.name === 'server' || line.name === 'date' || line.name === 'connection' || line.name === 'transfer-encoding') continue;
+    const list = grouped.get(line.name);
+    if (list) list.push(line.value);
+    else grouped.set(line.name, [line.value]);
+  }
+  res.statusCode = response.status;
+  res.setHeader('server', STANDIN_SERVER_HEADER);
+  for (const [name, values] of grouped) res.setHeader(name, values.length === 1 ? values[0]! : values);
+  const bodyless = response.status === 204 || response.status === 304 || response.status < 200;
+  if (!bodyless && (!opts.keepContentLength || !res.hasHeader('content-length'))) {
+    res.setHeader('content-length', String(body?.length ?? 0));
+  }
+  res.end(isHead ? undefined : body ?? undefined);
+}

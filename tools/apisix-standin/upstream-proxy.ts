@@ -1,0 +1,188 @@
+// Sending the (possibly rewritten) request to the route's upstream with
+// undici, the way nginx's proxy module (or, for ext-plugin-post-resp,
+// lua-resty-http) would, and reading the whole answer.
+import { Agent, errors as undiciErrors, request } from 'undici';
+import type { Dispatcher } from 'undici';
+import type { HeaderLine, RequestState } from './request-state.js';
+import type { Upstream, UpstreamNode } from './routes.js';
+import { uriSafeEncode } from './uri.js';
+import { MAX_HEADERS_SENT } from './ext-plugin-client.js';
+
+/** Hop-by-hop request headers nginx does not pass on (plus those it recomputes). */
+const HOP_BY_HOP = new Set([
+  'connection',
+  'keep-alive',
+  'proxy-connection',
+  'te',
+  'trailer',
+  'transfer-encoding',
+  'upgrade',
+  'content-length',
+  'expect',
+]);
+
+/** Upstream response headers nginx drops (proxy_hide_header defaults and hop-by-hop). */
+const HIDDEN_RESPONSE_HEADERS = new Set([
+  'connection',
+  'keep-alive',
+  'proxy-connection',
+  'te',
+  'trailer',
+  'transfer-encoding',
+  'upgrade',
+  'date',
+  'server',
+  'x-pad',
+  'x-accel-expires',
+  'x-accel-redirect',
+  'x-accel-limit-rate',
+  'x-accel-buffering',
+  'x-accel-charset',
+]);
+
+export interface UpstreamResult {
+  status: number;
+  headers: HeaderLine[];
+  body: Buffer;
+}
+
+/** Why the upstream could not answer: nginx answers 502 for a failure, 504 for a timeout. */
+export class UpstreamError extends Error {
+  constructor(
+    message: string,
+    readonly status: 502 | 504,
+  ) {
+    super(message);
+    this.name = 'UpstreamError';
+  }
+}
+
+export class UpstreamProxy {
+  private readonly agents = new Map<number, Agent>();
+  private readonly roundRobin = new WeakMap<Upstream, number>();
+
+  /** Weighted round robin over the nodes with a weight above 0. */
+  pickNode(upstream: Upstream): UpstreamNode {
+    const expanded = upstream.nodes.flatMap((node) => new Array<UpstreamNode>(node.weight).fill(node));
+    const pool = expanded.length > 0 ? expanded : upstream.nodes;
+    const next = this.roundRobin.get(upstream) ?? 0;
+    this.roundRobin.set(upstream, next + 1);
+    return pool[next % pool.length]!;
+  }
+
+  /** The `$upstream_uri` nginx uses: a plugin's, or the encoded `$uri` plus `$is_args$args`. */
+  static upstreamTarget(state: RequestState): string {
+    if (state.upstreamUri !== '') return state.upstreamUri;
+    const path = uriSafeEncode(state.uri);
+    return state.query === null ? path : `${path}?${state.query}`;
+  }
+
+  /**
+   * `viaLuaClient`: ext-plugin-post-resp fetches the upstream with
+   * lua-resty-http instead of nginx's proxy: it sends the request headers as
+   * `core.request.headers()` gives them (the first 100, Host as the request
+   * has it), with none of nginx's X-Forwarded-* or pass_host handling.
+   */
+  async forward(upstream: Upstream, state: RequestState, bodyLimitBytes: number, viaLuaClient = false): Promise<UpstreamResult> {
+    const node = this.pickNode(upstream);
+    const hostPart = node.host.includes(':') ? `[${node.host}]` : node.host;
+    const origin = `${upstream.scheme}://${hostPart}:${node.port}`;
+    const target = UpstreamProxy.upstreamTarget(state);
+
+    const headers: [string, string][] = [];
+    const lines = viaLuaClient ? state.headers.slice(0, MAX_HEADERS_SENT) : state.headers;
+    for (const line of lines) {
+      if (HOP_BY_HOP.has(line.name)) continue;
+      if (!viaLuaClient && (line.name === 'host' || line.name.startsWith('x-forwarded-') || line.name === 'x-real-ip')) continue;
+      headers.push([line.name, line.value]);
+    }
+    if (!viaLuaClient) {
+      headers.push(['host', this.upstreamHostHeader(upstream, state, node)]);
+      headers.push(['x-real-ip', state.remoteAddr]);
+      const forwardedFor = state.header('x-forwarded-for');
+      headers.push(['x-forwarded-for', forwardedFor ? `${forwardedFor}, ${state.remoteAddr}` : state.remoteAddr]);
+      headers.push(['x-forwarded-proto', state.scheme]);
+      headers.push(['x-forwarded-host', state.host]);
+      headers.push(['x-forwarded-port', String(state.serverPort)]);
+    }
+
+    const withBody = state.body.length > 0 || ['POST', 'PUT', 'PATCH'].includes(state.method);
+    let response: Dispatcher.ResponseData;
+    try {
+      response = await request(`${origin}${target}`, {
+        method: state.method as Dispatcher.HttpMethod,
+        headers: headers.flat(),
+        body: withBody ? state.body : null,
+        dispatcher: this.agent(upstream.timeout.connect),
+        headersTimeout: upstream.timeout.read * 1000,
+        bodyTimeout: upstream.timeout.read * 1000,
+      });
+    } catch (err) {
+      throw mapUpstreamError(err);
+    }
+
+    const chunks: Buffer[] = [];
+    let size = 0;
+    try {
+      for await (const chunk of response.body) {
+        size += (chunk as Buffer).length;
+        if (size > bodyLimitBytes) {
+          response.body.destroy();
+          throw new UpstreamError(`upstream response body larger than ${bodyLimitBytes} bytes`, 502);
+        }
+        chunks.push(chunk as Buffer);
+      }
+    } catch (err) {
+      throw err instanceof UpstreamError ? err : mapUpstreamError(err);
+    }
+
+    const out: HeaderLine[] = [];
+    for (const [name, value] of Object.entries(response.headers)) {
+      if (value === undefined) continue;
+      for (const v of Array.isArray(value) ? value : [value]) out.push({ name: name.toLowerCase(), value: v });
+    }
+    return { status: response.statusCode, headers: out, body: Buffer.concat(chunks) };
+  }
+
+  /** Upstream response headers the client gets after nginx's proxy module. */
+  static passedResponseHeaders(headers: readonly HeaderLine[]): HeaderLine[] {
+    return headers.filter((h) => !HIDDEN_RESPONSE_HEADERS.has(h.name));
+  }
+
+  async close(): Promise<void> {
+    const agents = [...this.agents.values()];
+    this.agents.clear();
+    await Promise.all(agents.map((agent) => agent.close()));
+  }
+
+  /** APISIX's pass_host: pass keeps `$upstream_host`; node uses the node's address; rewrite uses upstream_host. */
+  private upstreamHostHeader(upstream: Upstream, state: RequestState, node: UpstreamNode): string {
+    if (upstream.passHost === 'rewrite') return upstream.upstreamHost!;
+    if (upstream.passHost === 'node') {
+      const defaultPort = upstream.scheme === 'https' ? 443 : 80;
+      const host = node.host.includes(':') ? `[${node.host}]` : node.host;
+      return node.port === defaultPort ? host : `${host}:${node.port}`;
+    }
+    return state.upstreamHost;
+  }
+
+  private agent(connectTimeoutSeconds: number): Agent {
+    let agent = this.agents.get(connectTimeoutSeconds);
+    if (!agent) {
+      // nginx does not verify upstream certificates unless proxy_ssl_verify is on.
+      agent = new Agent({ connect: { timeout: connectTimeoutSeconds * 1000, rejectUnauthorized: false } });
+      this.agents.set(connectTimeoutSeconds, agent);
+    }
+    return agent;
+  }
+}
+
+function mapUpstreamError(err: unknown): UpstreamError {
+  const e = err as Error & { code?: string };
+  const timeout =
+    err instanceof undiciErrors.HeadersTimeoutError ||
+    err instanceof undiciErrors.BodyTimeoutError ||
+    err instanceof undiciErrors.ConnectTimeoutError ||
+    e.code === 'ETIMEDOUT';
+  return new UpstreamError(`upstream request failed: ${e.code ?? ''} ${e.message}`.trim(), timeout ? 504 : 502);
+}
