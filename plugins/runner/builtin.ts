@@ -1,7 +1,21 @@
-// The plugins this runner ships with, in one list.
+// The plugins this runner ships with, in one list, given what they depend on.
 import type { AnyPlugin } from '../api/plugin.js';
 import { examplePlugin } from '../example/index.js';
+import { createJwtPlugin } from '../jwt/index.js';
+import { createOpaPlugin, type DecisionRecorder, type PolicySource } from '../opa/index.js';
+import type { IdentityVerifier } from '../identity/index.js';
 
-export function builtinPlugins(): AnyPlugin[] {
-  return [examplePlugin];
+export interface PluginDependencies {
+  verifier: IdentityVerifier | null;
+  verifierError?: string;
+  policies: PolicySource;
+  decisions: DecisionRecorder;
+}
+
+export function builtinPlugins(deps: PluginDependencies): AnyPlugin[] {
+  return [
+    examplePlugin,
+    createJwtPlugin(deps.verifier, deps.verifierError),
+    createOpaPlugin(deps.policies, deps.decisions),
+  ];
 }

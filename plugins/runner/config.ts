@@ -1,4 +1,5 @@
-// Runner configuration from the environment APISIX gives it.
+// Runner configuration from the environment APISIX gives it (only variables
+// listed under nginx_config.envs in APISIX's config.yaml reach the runner).
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -7,12 +8,27 @@ export interface RunnerConfig {
   confExpireSeconds: number;
   shutdownGraceMs: number;
   stallTimeoutMs: number;
+  /** Empty when policies are not enforced by this runner (the opa plugin then denies with 503). */
+  etcdEndpoints: string[];
+  /** Where the last-known-good policy snapshot is kept. */
+  stateDir: string;
+  /** null disables the metrics/health port. */
+  metricsPort: number | null;
+  metricsHost: string;
 }
 
 function positiveNumber(name: string, raw: string | undefined, fallback: number): number {
   if (raw === undefined || raw === '') return fallback;
   const value = Number(raw);
   if (!Number.isFinite(value) || value <= 0) throw new Error(`${name} must be a positive number, got ${JSON.stringify(raw)}`);
+  return value;
+}
+
+function port(name: string, raw: string | undefined, fallback: number | null): number | null {
+  if (raw === undefined || raw === '') return fallback;
+  if (raw === 'off') return null;
+  const value = Number(raw);
+  if (!Number.isInteger(value) || value < 0 || value > 65535) throw new Error(`${name} must be a port number or "off"`);
   return value;
 }
 
@@ -25,5 +41,12 @@ export function runnerConfigFromEnv(env: NodeJS.ProcessEnv = process.env): Runne
     shutdownGraceMs: positiveNumber('RUNNER_SHUTDOWN_GRACE_MS', env.RUNNER_SHUTDOWN_GRACE_MS, 800),
     // APISIX's own send/read timeout.
     stallTimeoutMs: positiveNumber('RUNNER_STALL_TIMEOUT_MS', env.RUNNER_STALL_TIMEOUT_MS, 60_000),
+    etcdEndpoints: (env.ETCD_ENDPOINTS ?? '')
+      .split(',')
+      .map((s) => s.trim())
+      .filter(Boolean),
+    stateDir: env.RUNNER_STATE_DIR || join(tmpdir(), 'gatehouse-runner-state'),
+    metricsPort: port('RUNNER_METRICS_PORT', env.RUNNER_METRICS_PORT, 9091),
+    metricsHost: env.RUNNER_METRICS_HOST || '127.0.0.1',
   };
 }

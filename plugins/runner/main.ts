@@ -1,24 +1,88 @@
 #!/usr/bin/env node
 // gatehouse-runner: the process APISIX starts through `ext-plugin.cmd`.
+import { fileURLToPath } from 'node:url';
 import { createLogger } from './logger.js';
 import { runnerConfigFromEnv } from './config.js';
 import { PluginRegistry } from './registry.js';
 import { Runner } from './server.js';
 import { builtinPlugins } from './builtin.js';
+import { createRunnerMetrics } from './metrics.js';
+import { startAdminServer } from './admin-server.js';
+import { createIdentityVerifier, identityConfigFromEnv, type IdentityVerifier } from '../identity/index.js';
+import { createEtcdClient } from '../policy-store/index.js';
+import { PolicyWatcher } from '../policy-watcher/watcher.js';
+import { PolicySet } from '../policy-watcher/policy-set.js';
+import { snapshotPath } from '../policy-watcher/snapshot.js';
+import { loadAccessPolicy, type AccessPolicy } from '../../cms/access.js';
 
 const log = createLogger('gatehouse-runner');
+const ACCESS_POLICY_WASM = fileURLToPath(new URL('../../cms/access-policy/access.wasm', import.meta.url));
+
+function identityVerifier(): { verifier: IdentityVerifier | null; error?: string } {
+  try {
+    return { verifier: createIdentityVerifier(identityConfigFromEnv()) };
+  } catch (err) {
+    const error = (err as Error).message;
+    log.warn({ reason: error }, 'JWT verification not configured; routes using the jwt plugin will fail');
+    return { verifier: null, error };
+  }
+}
 
 async function main(): Promise<void> {
   const config = runnerConfigFromEnv();
+  const metrics = createRunnerMetrics();
+
+  const etcd = config.etcdEndpoints.length > 0 ? createEtcdClient(config.etcdEndpoints) : null;
+  const watcher = etcd
+    ? new PolicyWatcher({ client: etcd, log: log.child({ component: 'policy-watcher' }), snapshotPath: snapshotPath(config.stateDir) })
+    : null;
+  if (watcher) metrics.watch(watcher);
+  else log.warn('ETCD_ENDPOINTS is not set: no policies are loaded and the opa plugin denies with 503');
+
+  let accessPolicy: AccessPolicy | null = null;
+  try {
+    accessPolicy = await loadAccessPolicy(ACCESS_POLICY_WASM);
+  } catch (err) {
+    log.warn({ reason: (err as Error).message }, 'CMS access policy unavailable; routes using it will fail');
+  }
+
+  const { verifier, error } = identityVerifier();
   const runner = new Runner({
     listenAddress: config.listenAddress,
     confExpireSeconds: config.confExpireSeconds,
     shutdownGraceMs: config.shutdownGraceMs,
     stallTimeoutMs: config.stallTimeoutMs,
-    registry: new PluginRegistry(builtinPlugins()),
+    registry: new PluginRegistry(
+      builtinPlugins({
+        verifier,
+        ...(error ? { verifierError: error } : {}),
+        policies: {
+          current: () => watcher?.current ?? PolicySet.empty,
+          cmsAccess: accessPolicy ? (input) => accessPolicy.decide(input) : null,
+        },
+        decisions: metrics.decisions,
+      }),
+    ),
     log,
   });
+  // Listen first: PrepareConf must be answered at once; decisions wait for policies (503 until then).
   await runner.listen();
+  const watching = watcher?.start();
+
+  let admin: Awaited<ReturnType<typeof startAdminServer>> | null = null;
+  if (config.metricsPort !== null) {
+    admin = await startAdminServer({
+      host: config.metricsHost,
+      port: config.metricsPort,
+      registry: metrics.registry,
+      watcher,
+      log,
+    }).catch((err) => {
+      log.error({ err: (err as Error).message, port: config.metricsPort }, 'metrics port unavailable; serving without it');
+      return null;
+    });
+    if (admin) log.info({ address: admin.server.address() }, 'metrics and health listening');
+  }
 
   let stopping = false;
   const stop = (signal: string) => {
@@ -27,8 +91,17 @@ async function main(): Promise<void> {
     log.info({ signal }, 'shutting down');
     runner
       .stop()
-      .then(() => log.flush())
-      .finally(() => process.exit(0));
+      .then(async () => {
+        await admin?.close();
+        await watching;
+        await watcher?.stop();
+        etcd?.close();
+      })
+      .catch((err) => log.error({ err }, 'error while stopping'))
+      .finally(() => {
+        log.flush();
+        process.exit(0);
+      });
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
@@ -45,5 +118,5 @@ process.on('unhandledRejection', (err) => {
 main().catch((err) => {
   log.fatal({ err }, 'runner failed to start');
   log.flush();
-  process.exitCode = 1;
+  process.exit(1);
 });

@@ -30,6 +30,7 @@ export async function startRunner(
       APISIX_LISTEN_ADDRESS: `unix:${socketPath}`,
       APISIX_CONF_EXPIRE_TIME: String(options.expireSeconds ?? 3600),
       LOG_LEVEL: 'debug',
+      RUNNER_METRICS_PORT: 'off',
       ...options.env,
     },
     stdio: ['ignore', 'pipe', 'pipe'],

@@ -1,0 +1,74 @@
+// `jwt`: verifies `Authorization: Bearer` with the same rules as the CMS,
+// hands the identity to later plugins and forwards it upstream in headers
+// the gateway owns. A client can never spoof those headers: they are deleted
+// on every request, seen or not (APISIX shows the runner only the first 100
+// request headers, the rest still reach the upstream).
+import type { Plugin } from '../api/plugin.js';
+import { ConfError } from '../api/plugin.js';
+import { jsonConfParser } from '../api/json-conf.js';
+import { AuthenticationError, type IdentityVerifier } from '../identity/index.js';
+import { IDENTITY_HEADERS, OWNED_HEADER_PREFIX, setCallerIdentity } from './identity-context.js';
+
+export interface JwtConf {
+  /** Set x-gatehouse-sub/-role/-project on the upstream request (default true). */
+  forward_identity: boolean;
+  /** Remove the Authorization header before the upstream (default false). */
+  strip_authorization: boolean;
+}
+
+const schema = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    forward_identity: { type: 'boolean', default: true },
+    strip_authorization: { type: 'boolean', default: false },
+  },
+};
+
+function challenge(error?: AuthenticationError): string {
+  if (!error || error.failure === 'missing_token') return 'Bearer realm="gatehouse"';
+  const description = error.publicReason.replace(/["\\]/g, '');
+  return `Bearer realm="gatehouse", error="invalid_token", error_description="${description}"`;
+}
+
+/** `verifier` is null when JWT_* is not configured: routes naming `jwt` then fail at PrepareConf. */
+export function createJwtPlugin(verifier: IdentityVerifier | null, configError?: string): Plugin<JwtConf> {
+  const parse = jsonConfParser<JwtConf>('jwt', schema);
+  return {
+    name: 'jwt',
+    parseConf(raw) {
+      if (!verifier) throw new ConfError(`jwt: token verification is not configured (${configError ?? 'JWT_* unset'})`);
+      return parse(raw);
+    },
+
+    async requestFilter(conf, request, response, ctx) {
+      for (const name of Object.values(IDENTITY_HEADERS)) request.headers.delete(name);
+      for (const name of [...request.headers.keys()]) {
+        if (name.startsWith(OWNED_HEADER_PREFIX)) request.headers.delete(name);
+      }
+
+      let identity;
+      try {
+        identity = await verifier!.verifyAuthorizationHeader(request.headers.get('authorization') ?? undefined);
+      } catch (err) {
+        if (!(err instanceof AuthenticationError)) throw err;
+        ctx.log.info({ failure: err.failure, requestId: request.id }, 'token refused');
+        if (err.isServerSide) {
+          response.problem(503, 'token verification is unavailable');
+          return;
+        }
+        response.problem(401, err.publicReason, { failure: err.failure });
+        response.headers.set('www-authenticate', challenge(err));
+        return;
+      }
+
+      setCallerIdentity(ctx, identity);
+      if (conf.forward_identity) {
+        request.headers.set(IDENTITY_HEADERS.sub, identity.sub);
+        if (identity.role !== null) request.headers.set(IDENTITY_HEADERS.role, identity.role);
+        if (identity.project !== null) request.headers.set(IDENTITY_HEADERS.project, identity.project);
+      }
+      if (conf.strip_authorization) request.headers.delete('authorization');
+    },
+  };
+}

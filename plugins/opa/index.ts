@@ -1,0 +1,189 @@
+// `opa`: authorizes each request against compiled policies held in memory
+// (one wasm instance per policy, so a project's rules and data never see
+// another's), kept current by the policy watcher. The route conf chooses
+// which policies decide; every one of them must allow.
+//
+//   {"policies": ["platform", "caller-project"], "with_body": true}
+//
+//   "platform"        the platform policy; when none exists it does not restrict
+//   "caller-project"  the policy named by the verified `project` claim; none -> deny
+//   "project:<name>"  a fixed project's policy; none -> deny
+//   "cms-access"      the CMS permission table shipped with Gatehouse
+import type { Plugin } from '../api/plugin.js';
+import { ConfError } from '../api/plugin.js';
+import type { StopResponse } from '../api/http.js';
+import { jsonConfParser } from '../api/json-conf.js';
+import { isValidPolicyName, PLATFORM_POLICY_NAME } from '../policy-store/names.js';
+import type { PolicySet, LoadedPolicy } from '../policy-watcher/policy-set.js';
+import { callerIdentity } from '../jwt/identity-context.js';
+import type { Identity } from '../identity/index.js';
+import { buildPolicyInput, type PolicyInput, type VerifiedUser } from './input.js';
+import { readDecision, type Decision } from './decision.js';
+
+export type PolicyChoice =
+  | { kind: 'platform' }
+  | { kind: 'caller-project' }
+  | { kind: 'project'; name: string }
+  | { kind: 'cms-access' };
+
+export interface OpaConf {
+  policies: PolicyChoice[];
+  withBody: boolean;
+  withVars: boolean;
+  maxBodyBytes: number;
+}
+
+interface RawOpaConf {
+  policies: string[];
+  with_body: boolean;
+  with_vars: boolean;
+  max_body_bytes: number;
+}
+
+const schema = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    policies: {
+      type: 'array',
+      minItems: 1,
+      items: { type: 'string', pattern: '^(platform|caller-project|cms-access|project:.+)$' },
+      default: ['platform', 'caller-project'],
+    },
+    with_body: { type: 'boolean', default: false },
+    with_vars: { type: 'boolean', default: false },
+    max_body_bytes: { type: 'integer', minimum: 0, maximum: 16_777_215, default: 1_048_576 },
+  },
+};
+
+/** Where policies come from: the watcher's current set, and the shipped CMS access policy. */
+export interface PolicySource {
+  current(): PolicySet;
+  cmsAccess: ((input: { method: string; path: string[]; user?: { sub: string; role: string | null; project: string | null } }) => {
+    allow: boolean;
+    reason: string;
+    statusCode: number | undefined;
+  }) | null;
+}
+
+export interface DecisionRecorder {
+  record(kind: PolicyChoice['kind'], outcome: 'allow' | 'deny' | 'error' | 'unavailable', seconds: number): void;
+}
+
+export function parseChoice(raw: string): PolicyChoice {
+  if (raw === 'platform' || raw === 'caller-project' || raw === 'cms-access') return { kind: raw };
+  const name = raw.slice('project:'.length);
+  if (!isValidPolicyName(name) || name === PLATFORM_POLICY_NAME) {
+    throw new ConfError(`opa: "${raw}" does not name a project (lowercase DNS label, not "platform")`);
+  }
+  return { kind: 'project', name };
+}
+
+function userOf(identity: Identity | null): VerifiedUser | null {
+  if (!identity) return null;
+  return { ...identity.claims, sub: identity.sub, role: identity.role, project: identity.project };
+}
+
+/** Path segments as the CMS access policy reads them: "/policies/a/history" -> ["policies","a","history"]. */
+export function pathSegments(path: string): string[] {
+  const segments = path.split('/');
+  if (segments[0] === '') segments.shift();
+  return segments;
+}
+
+function deny(response: StopResponse, decision: Decision): void {
+  const reason = decision.reason;
+  const extra: Record<string, unknown> = {};
+  if (reason !== undefined && typeof reason !== 'string') extra.reason = reason;
+  response.problem(decision.status, typeof reason === 'string' ? reason : 'denied by policy', extra);
+  for (const [name, value] of Object.entries(decision.headers)) {
+    if (name !== 'content-type') response.headers.set(name, value);
+  }
+}
+
+export function createOpaPlugin(source: PolicySource, recorder: DecisionRecorder): Plugin<OpaConf> {
+  const parse = jsonConfParser<RawOpaConf>('opa', schema);
+  return {
+    name: 'opa',
+    parseConf(raw) {
+      const conf = parse(raw);
+      const policies = conf.policies.map(parseChoice);
+      if (policies.some((p) => p.kind === 'cms-access') && !source.cmsAccess) {
+        throw new ConfError('opa: the CMS access policy is not available (build it with npm run build)');
+      }
+      return { policies, withBody: conf.with_body, withVars: conf.with_vars, maxBodyBytes: conf.max_body_bytes };
+    },
+
+    async requestFilter(conf, request, response, ctx) {
+      const identity = callerIdentity(ctx);
+      const input: PolicyInput = await buildPolicyInput(
+        request,
+        { user: userOf(identity), project: identity?.project ?? null },
+        { withBody: conf.withBody, withVars: conf.withVars, maxBodyBytes: conf.maxBodyBytes },
+      );
+      // One set for the whole decision: every policy comes from the same etcd transaction.
+      const set = source.current();
+      for (const choice of conf.policies) {
+        const started = process.hrtime.bigint();
+        const seconds = () => Number(process.hrtime.bigint() - started) / 1e9;
+
+        if (choice.kind === 'cms-access') {
+          const decision = source.cmsAccess!({
+            method: request.method,
+            path: pathSegments(request.path),
+            ...(identity ? { user: { sub: identity.sub, role: identity.role, project: identity.project } } : {}),
+          });
+          recorder.record(choice.kind, decision.allow ? 'allow' : 'deny', seconds());
+          if (!decision.allow) {
+            deny(response, { allow: false, status: decision.statusCode ?? 403, reason: decision.reason, headers: {} });
+            if (decision.statusCode === 401) response.headers.set('www-authenticate', 'Bearer realm="gatehouse"');
+            return;
+          }
+          continue;
+        }
+
+        if (!set.isLoaded) {
+          recorder.record(choice.kind, 'unavailable', seconds());
+          response.problem(503, 'policies are not loaded yet');
+          response.headers.set('retry-after', '1');
+          return;
+        }
+
+        let policy: LoadedPolicy | undefined;
+        if (choice.kind === 'platform') {
+          policy = set.get(PLATFORM_POLICY_NAME);
+          if (!policy) continue; // no platform policy: nothing to restrict
+        } else {
+          const name = choice.kind === 'project' ? choice.name : identity?.project;
+          if (!name || name === PLATFORM_POLICY_NAME) {
+            recorder.record(choice.kind, 'deny', seconds());
+            response.problem(403, identity ? 'the caller has no project' : 'no verified identity');
+            return;
+          }
+          policy = set.get(name);
+          if (!policy) {
+            recorder.record(choice.kind, 'deny', seconds());
+            response.problem(403, 'no policy is defined for this project');
+            return;
+          }
+        }
+
+        let decision: Decision;
+        try {
+          decision = readDecision(policy.engine.evaluate(input, policy.meta.entrypoint));
+        } catch (err) {
+          recorder.record(choice.kind, 'error', seconds());
+          ctx.log.error({ policy: policy.name, err: String(err), requestId: request.id }, 'policy evaluation failed; denying');
+          response.problem(500, 'policy evaluation failed');
+          return;
+        }
+        recorder.record(choice.kind, decision.allow ? 'allow' : 'deny', seconds());
+        if (!decision.allow) {
+          ctx.log.debug({ policy: policy.name, version: policy.meta.version, requestId: request.id }, 'denied by policy');
+          deny(response, decision);
+          return;
+        }
+      }
+    },
+  };
+}

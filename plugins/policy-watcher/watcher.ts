@@ -1,0 +1,312 @@
+// Keeps a PolicySet current from etcd: one range read of /policies/, then a
+// watch from the next revision. Changes apply per etcd transaction (all
+// events of one revision at once). When the watch drops, the etcd client
+// resumes it from the last revision seen; when that revision was compacted,
+// the watcher reads everything again. If etcd cannot be reached at start,
+// the last-known-good snapshot on disk is enforced until etcd answers.
+import { EventEmitter } from 'node:events';
+import { createHash } from 'node:crypto';
+import type { Etcd3, IKeyValue, IEvent, Watcher as EtcdWatch } from 'etcd3';
+import type { Logger } from 'pino';
+import { loadPolicyEngine } from '../policy-engine/index.js';
+import { POLICIES_PREFIX, parsePolicyKey, policyKeys, type PolicyMetadata } from '../policy-store/index.js';
+import { PolicySet, type LoadedPolicy } from './policy-set.js';
+import { readSnapshot, writeSnapshot } from './snapshot.js';
+
+export type WatchState = 'starting' | 'watching' | 'disconnected' | 'unavailable';
+
+export interface PolicyWatcherOptions {
+  client: Etcd3;
+  log: Logger;
+  /** Where the last-known-good snapshot lives; no snapshot when absent. */
+  snapshotPath?: string;
+  /** Delay between attempts to reach etcd when it is away (ms). */
+  retryMs?: number;
+}
+
+export interface SwapEvent {
+  name: string;
+  /** null when the policy was deleted. */
+  policy: LoadedPolicy | null;
+  /** Commit time in the metadata to swap time, ms (null on delete or initial load). */
+  propagationMs: number | null;
+}
+
+export interface WatcherStatus {
+  state: WatchState;
+  source: PolicySet['source'];
+  revision: number;
+  policies: number;
+  /** Seconds since the watcher last knew it was in step with etcd (0 while watching). */
+  staleSeconds: number;
+}
+
+interface PolicyParts {
+  meta?: IKeyValue;
+  source?: IKeyValue;
+  data?: IKeyValue;
+  wasm?: IKeyValue;
+  deleted: boolean;
+}
+
+export class PolicyWatcher extends EventEmitter {
+  private set: PolicySet = PolicySet.empty;
+  private watch: EtcdWatch | null = null;
+  private state: WatchState = 'starting';
+  private inStepSince: number | null = null;
+  private outOfStepSince = Date.now();
+  /** Serialises applying changes: wasm compilation is async, order must hold. */
+  private applying: Promise<void> = Promise.resolve();
+  private stopped = false;
+  private retryTimer: NodeJS.Timeout | null = null;
+  private snapshotWrite: Promise<void> = Promise.resolve();
+
+  constructor(private readonly options: PolicyWatcherOptions) {
+    super();
+  }
+
+  /** The current set; take it once per decision. */
+  get current(): PolicySet {
+    return this.set;
+  }
+
+  get status(): WatcherStatus {
+    return {
+      state: this.state,
+      source: this.set.source,
+      revision: this.set.revision,
+      policies: this.set.policies.size,
+      staleSeconds: this.state === 'watching' ? 0 : (Date.now() - this.outOfStepSince) / 1000,
+    };
+  }
+
+  /**
+   * Loads policies and starts watching. Resolves once a first set is in place
+   * (from etcd, else from the snapshot) or it is known that neither exists;
+   * it never rejects: etcd is retried in the background.
+   */
+  async start(): Promise<void> {
+    try {
+      await this.resync();
+      return;
+    } catch (err) {
+      this.options.log.warn({ err: String(err) }, 'etcd unreachable at start');
+    }
+    await this.loadSnapshot();
+    this.scheduleRetry();
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    const watch = this.watch;
+    this.watch = null;
+    await watch?.cancel().catch(() => undefined);
+    await this.applying.catch(() => undefined);
+    await this.snapshotWrite.catch(() => undefined);
+  }
+
+  private scheduleRetry(): void {
+    if (this.stopped || this.retryTimer) return;
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = null;
+      this.resync().catch((err) => {
+        this.options.log.debug({ err: String(err) }, 'etcd still unreachable');
+        this.setState('unavailable');
+        this.scheduleRetry();
+      });
+    }, this.options.retryMs ?? 1000);
+    this.retryTimer.unref();
+  }
+
+  /** Reads every policy at one revision, swaps them in, then watches from the next revision. */
+  private async resync(): Promise<void> {
+    const oldWatch = this.watch;
+    this.watch = null;
+    await oldWatch?.cancel().catch(() => undefined);
+
+    const response = await this.options.client.getAll().prefix(POLICIES_PREFIX).exec();
+    const revision = Number(response.header.revision);
+    const byName = new Map<string, PolicyParts>();
+    for (const kv of response.kvs) collect(byName, kv, false);
+
+    await this.enqueue(async () => {
+      const policies = new Map<string, LoadedPolicy>();
+      for (const [name, parts] of byName) {
+        const loaded = await this.load(name, parts).catch((err) => {
+          this.options.log.error({ policy: name, err: String(err) }, 'policy in etcd cannot be loaded; it is not enforced');
+          return null;
+        });
+        if (loaded) policies.set(name, loaded);
+      }
+      this.swap(new PolicySet(revision, policies, 'etcd'), [...policies.values()].map((p) => ({ name: p.name, policy: p, propagationMs: null })));
+    });
+    this.options.log.info({ revision, policies: [...byName.keys()] }, 'policies loaded from etcd');
+    await this.startWatch(revision + 1);
+  }
+
+  private async startWatch(fromRevision: number): Promise<void> {
+    if (this.stopped) return;
+    const watch = await this.options.client.watch().prefix(POLICIES_PREFIX).startRevision(String(fromRevision)).create();
+    this.watch = watch;
+    this.setState('watching');
+    watch.on('data', (response: { events: IEvent[] }) => {
+      const events = response.events;
+      if (events.length > 0) void this.enqueue(() => this.applyEvents(events));
+    });
+    watch.on('connected', () => this.setState('watching'));
+    watch.on('disconnected', (err: Error) => {
+      if (this.watch !== watch) return;
+      this.options.log.warn({ err: err?.message }, 'etcd watch disconnected; enforcing the loaded policies');
+      this.setState('disconnected');
+    });
+    watch.on('error', (err: Error) => {
+      // A canceled watch, most often because the revision to resume from was
+      // compacted away: the only safe way on is to read everything again.
+      if (this.watch !== watch) return;
+      this.options.log.warn({ err: err?.message }, 'etcd watch canceled; reading all policies again');
+      this.setState('disconnected');
+      this.resync().catch(() => {
+        this.setState('unavailable');
+        this.scheduleRetry();
+      });
+    });
+  }
+
+  private setState(state: WatchState): void {
+    if (state === this.state) return;
+    const now = Date.now();
+    if (state === 'watching') this.inStepSince = now;
+    else if (this.state === 'watching' || this.inStepSince !== null) this.outOfStepSince = now;
+    if (state !== 'watching') this.inStepSince = null;
+    this.state = state;
+    this.emit('state', state);
+  }
+
+  private enqueue(task: () => Promise<void>): Promise<void> {
+    const next = this.applying.then(task, task);
+    this.applying = next.catch((err) => this.options.log.error({ err: String(err) }, 'applying policy changes failed'));
+    return next;
+  }
+
+  /** Applies watch events, one etcd revision (one transaction) at a time. */
+  private async applyEvents(events: IEvent[]): Promise<void> {
+    const byRevision = new Map<number, IEvent[]>();
+    for (const event of events) {
+      const revision = Number(event.kv.mod_revision);
+      byRevision.set(revision, [...(byRevision.get(revision) ?? []), event]);
+    }
+    for (const revision of [...byRevision.keys()].sort((a, b) => a - b)) {
+      if (revision <= this.set.revision) continue; // already part of the current set
+      const byName = new Map<string, PolicyParts>();
+      for (const event of byRevision.get(revision)!) collect(byName, event.kv, event.type === 'Delete');
+      const next = new Map(this.set.policies);
+      const swaps: SwapEvent[] = [];
+      for (const [name, parts] of byName) {
+        if (parts.deleted) {
+          if (next.delete(name)) swaps.push({ name, policy: null, propagationMs: null });
+          continue;
+        }
+        if (!parts.meta) continue; // only the meta key marks a new version
+        try {
+          const loaded = await this.load(name, parts, revision);
+          next.set(name, loaded);
+          swaps.push({ name, policy: loaded, propagationMs: Date.now() - Date.parse(loaded.meta.updatedAt) });
+        } catch (err) {
+          // Keep enforcing the version already loaded rather than nothing.
+          this.options.log.error({ policy: name, revision, err: String(err) }, 'new policy version cannot be loaded; keeping the previous one');
+        }
+      }
+      this.swap(new PolicySet(revision, next, 'etcd'), swaps);
+    }
+  }
+
+  /** Builds a loaded policy from its keys; fetches parts missing from the event batch at that revision. */
+  private async load(name: string, parts: PolicyParts, atRevision?: number): Promise<LoadedPolicy> {
+    const keys = policyKeys(name);
+    const fetch = async (part: IKeyValue | undefined, key: string): Promise<Buffer> => {
+      if (part) return part.value;
+      let query = this.options.client.get(key);
+      if (atRevision !== undefined) query = query.revision(String(atRevision));
+      const value = await query.buffer();
+      if (value === null) throw new Error(`${key} is missing`);
+      return value;
+    };
+    if (!parts.meta) throw new Error(`${keys.meta} is missing`);
+    const meta = JSON.parse(parts.meta.value.toString('utf8')) as PolicyMetadata;
+    const [data, wasm] = await Promise.all([fetch(parts.data, keys.data), fetch(parts.wasm, keys.wasm)]);
+    const digest = createHash('sha256').update(wasm).digest('hex');
+    if (digest !== meta.wasmSha256) throw new Error(`wasm of ${name} does not match its metadata sha256`);
+    const dataText = data.toString('utf8');
+    const engine = await loadPolicyEngine(wasm, { data: dataText });
+    return {
+      name,
+      meta,
+      engine,
+      modRevision: Number(parts.meta.mod_revision),
+      dataText,
+      wasm,
+      loadedAt: Date.now(),
+    };
+  }
+
+  private swap(next: PolicySet, swaps: SwapEvent[]): void {
+    this.set = next;
+    for (const swap of swaps) this.emit('swap', swap);
+    this.emit('revision', next.revision);
+    this.persist();
+  }
+
+  private persist(): void {
+    const path = this.options.snapshotPath;
+    if (!path || this.set.source !== 'etcd') return;
+    const set = this.set;
+    this.snapshotWrite = this.snapshotWrite
+      .then(() => (this.set === set ? writeSnapshot(path, set) : undefined))
+      .catch((err) => this.options.log.warn({ err: String(err) }, 'could not write the policy snapshot'));
+  }
+
+  private async loadSnapshot(): Promise<void> {
+    const path = this.options.snapshotPath;
+    const file = path ? await readSnapshot(path).catch((err) => {
+      this.options.log.error({ err: String(err) }, 'policy snapshot unreadable');
+      return null;
+    }) : null;
+    if (!file) {
+      this.options.log.error('no policies: etcd unreachable and no snapshot; every decision is denied until etcd answers');
+      this.setState('unavailable');
+      return;
+    }
+    await this.enqueue(async () => {
+      if (this.set.source === 'etcd') return; // etcd answered meanwhile: it wins
+      const policies = new Map<string, LoadedPolicy>();
+      for (const entry of file.policies) {
+        const wasm = Buffer.from(entry.wasmBase64, 'base64');
+        const engine = await loadPolicyEngine(wasm, { data: entry.dataText });
+        policies.set(entry.meta.name, {
+          name: entry.meta.name,
+          meta: entry.meta,
+          engine,
+          modRevision: entry.modRevision,
+          dataText: entry.dataText,
+          wasm,
+          loadedAt: Date.now(),
+        });
+      }
+      this.set = new PolicySet(file.revision, policies, 'snapshot');
+      this.outOfStepSince = Date.parse(file.savedAt) || Date.now();
+      this.emit('revision', file.revision);
+    });
+    this.options.log.warn({ revision: file.revision, savedAt: file.savedAt, policies: file.policies.length }, 'enforcing the last-known-good snapshot until etcd answers');
+    this.setState('unavailable');
+  }
+}
+
+function collect(byName: Map<string, PolicyParts>, kv: IKeyValue, deleted: boolean): void {
+  const parsed = parsePolicyKey(kv.key.toString('utf8'));
+  if (!parsed || parsed.kind !== 'current') return;
+  const parts = byName.get(parsed.name) ?? { deleted: false };
+  if (parsed.part === 'meta' && deleted) parts.deleted = true;
+  else if (!deleted) parts[parsed.part] = kv;
+  byName.set(parsed.name, parts);
+}

@@ -1,0 +1,95 @@
+// The runner's Prometheus metrics: decisions, decision latency, what policy
+// revision is loaded, how long a CMS write took to reach this runner, and
+// how stale the loaded policies are when etcd is away.
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { DecisionRecorder } from '../opa/index.js';
+import type { PolicyWatcher, SwapEvent } from '../policy-watcher/watcher.js';
+
+export interface RunnerMetrics {
+  registry: Registry;
+  decisions: DecisionRecorder;
+  watch(watcher: PolicyWatcher): void;
+}
+
+export function createRunnerMetrics(): RunnerMetrics {
+  const registry = new Registry();
+  collectDefaultMetrics({ register: registry, prefix: 'gatehouse_runner_' });
+
+  const decisionsTotal = new Counter({
+    name: 'gatehouse_decisions_total',
+    help: 'Policy decisions by kind of policy and outcome',
+    labelNames: ['policy', 'outcome'] as const,
+    registers: [registry],
+  });
+  const decisionSeconds = new Histogram({
+    name: 'gatehouse_decision_seconds',
+    help: 'Time to evaluate one policy for one request',
+    labelNames: ['policy'] as const,
+    buckets: [0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05],
+    registers: [registry],
+  });
+  const policyRevision = new Gauge({
+    name: 'gatehouse_policy_loaded_revision',
+    help: 'etcd revision of the loaded version of each policy',
+    labelNames: ['policy'] as const,
+    registers: [registry],
+  });
+  const policyVersion = new Gauge({
+    name: 'gatehouse_policy_loaded_version',
+    help: 'CMS version (ETag) of the loaded version of each policy',
+    labelNames: ['policy'] as const,
+    registers: [registry],
+  });
+  const propagationSeconds = new Histogram({
+    name: 'gatehouse_policy_propagation_seconds',
+    help: 'From the commit time in a policy version metadata to its swap into this runner',
+    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+    registers: [registry],
+  });
+
+  return {
+    registry,
+    decisions: {
+      record(kind, outcome, seconds) {
+        decisionsTotal.inc({ policy: kind, outcome });
+        if (outcome === 'allow' || outcome === 'deny') decisionSeconds.observe({ policy: kind }, seconds);
+      },
+    },
+    watch(watcher) {
+      watcher.on('swap', (swap: SwapEvent) => {
+        if (swap.policy === null) {
+          policyRevision.remove({ policy: swap.name });
+          policyVersion.remove({ policy: swap.name });
+          return;
+        }
+        policyRevision.set({ policy: swap.name }, swap.policy.modRevision);
+        policyVersion.set({ policy: swap.name }, swap.policy.meta.version);
+        if (swap.propagationMs !== null) propagationSeconds.observe(Math.max(0, swap.propagationMs) / 1000);
+      });
+      new Gauge({
+        name: 'gatehouse_policy_stale_seconds',
+        help: 'Seconds since the loaded policies were last known to match etcd (0 while watching)',
+        registers: [registry],
+        collect() {
+          this.set(watcher.status.staleSeconds);
+        },
+      });
+      new Gauge({
+        name: 'gatehouse_policy_watch_up',
+        help: '1 while the etcd watch is established',
+        registers: [registry],
+        collect() {
+          this.set(watcher.status.state === 'watching' ? 1 : 0);
+        },
+      });
+      new Gauge({
+        name: 'gatehouse_policies_loaded',
+        help: 'Number of policies loaded',
+        registers: [registry],
+        collect() {
+          this.set(watcher.status.policies);
+        },
+      });
+    },
+  };
+}
