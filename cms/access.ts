@@ -1,0 +1,57 @@
+/**
+ * Enforcement of the access policy (cms/access-policy/access.rego), compiled
+ * to wasm at build time and evaluated with the same engine the gateway uses.
+ * Anything but a well-formed "allow: true" is a refusal.
+ */
+import { readFile } from 'node:fs/promises';
+import type { Identity } from '../plugins/identity/index.js';
+import { loadPolicyEngine } from '../plugins/policy-engine/index.js';
+
+export const ACCESS_POLICY_ENTRYPOINT = 'gatehouse/cms/access';
+
+export interface AccessInput {
+  method: string;
+  path: string[];
+  user?: { sub: string; role: string | null; project: string | null };
+}
+
+export interface AccessDecision {
+  allow: boolean;
+  reason: string;
+  statusCode: number | undefined;
+}
+
+export interface AccessPolicy {
+  decide(input: AccessInput): AccessDecision;
+}
+
+export function accessInput(method: string, path: string[], identity: Identity | undefined): AccessInput {
+  const input: AccessInput = { method: method.toUpperCase(), path };
+  if (identity) input.user = { sub: identity.sub, role: identity.role, project: identity.project };
+  return input;
+}
+
+export async function loadAccessPolicy(wasmPath: string): Promise<AccessPolicy> {
+  let wasm: Buffer;
+  try {
+    wasm = await readFile(wasmPath);
+  } catch (cause) {
+    throw new Error(`cannot read the compiled access policy at ${wasmPath} (run npm run build)`, { cause });
+  }
+  const engine = await loadPolicyEngine(wasm, { data: {} });
+  if (!engine.entrypoints.includes(ACCESS_POLICY_ENTRYPOINT)) {
+    throw new Error(`${wasmPath} has no entrypoint ${ACCESS_POLICY_ENTRYPOINT}`);
+  }
+  return {
+    decide(input) {
+      const result = engine.evaluate(input, ACCESS_POLICY_ENTRYPOINT) as
+        | { allow?: unknown; reason?: unknown; status_code?: unknown }
+        | undefined;
+      return {
+        allow: result?.allow === true,
+        reason: typeof result?.reason === 'string' ? result.reason : 'refused by the access policy',
+        statusCode: typeof result?.status_code === 'number' ? result.status_code : undefined,
+      };
+    },
+  };
+}

@@ -1,0 +1,421 @@
+/**
+ * The policy CMS as a fastify app: `buildCmsApp(options)` gives a ready
+ * instance that tests and the start script run in-process and `cms/main.ts`
+ * serves.
+ *
+ * Order of checks on every /policies request, so that answers never leak
+ * more than the caller may know:
+ *   1. identity (401 with WWW-Authenticate)          onRequest hook
+ *   2. the access policy (403)                        onRequest hook
+ *   3. body size (413), media type (415)              fastify, before the handler
+ *   4. name (400), body (400), preconditions (412), Rego compile (400)
+ *   5. one etcd transaction (503 when etcd does not answer: nothing written)
+ */
+import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import { pino, type Logger } from 'pino';
+import {
+  AuthenticationError,
+  createIdentityVerifier,
+  type Identity,
+  type IdentityConfig,
+} from '../plugins/identity/index.js';
+import {
+  createEtcdClient,
+  isValidPolicyName,
+  PolicyNotFoundError,
+  PolicyStore,
+  PolicyTooLargeError,
+  PreconditionFailedError,
+  StoreUnavailableError,
+  WriteConflictError,
+  type PolicyMetadata,
+  type StoredPolicy,
+  type WriteConditions,
+} from '../plugins/policy-store/index.js';
+import { accessInput, loadAccessPolicy } from './access.js';
+import { DEFAULT_BODY_LIMIT_BYTES, DEFAULT_COMPILE_TIMEOUT_MS, defaultAccessPolicyWasmPath } from './config.js';
+import { createCmsMetrics } from './metrics.js';
+import { openApiDocument } from './openapi.js';
+import { parsePolicyBody } from './policy-body.js';
+import { HttpProblem, ProblemType, sendProblem } from './problem.js';
+import { CompilerUnavailableError, RegoCompileError, RegoCompiler } from './rego-compiler.js';
+
+export interface CmsAppOptions {
+  etcdEndpoints: string[];
+  identity: IdentityConfig;
+  opaPath: string;
+  etcdCallTimeoutMs?: number;
+  compileTimeoutMs?: number;
+  bodyLimitBytes?: number;
+  historyRetention?: number;
+  accessPolicyWasmPath?: string;
+  /** pino logger for requests and audit lines; default: info level to stderr. */
+  logger?: Logger;
+}
+
+/** A route as registered, for the OpenAPI completeness check. */
+export interface RegisteredRoute {
+  method: string;
+  url: string;
+}
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    identity: Identity | null;
+  }
+  interface FastifyInstance {
+    cmsRoutes: RegisteredRoute[];
+  }
+}
+
+const REALM = 'gatehouse';
+const ALL_METHODS = ['GET', 'HEAD', 'PUT', 'POST', 'PATCH', 'DELETE', 'OPTIONS'];
+
+/** The path part of a request URL as decoded segments ("/policies/a%2Fb" -> ["policies", "a/b"]). */
+function pathSegments(url: string): string[] {
+  const path = url.split('?', 1)[0] ?? '';
+  return path
+    .split('/')
+    .slice(1)
+    .map((segment) => {
+      try {
+        return decodeURIComponent(segment);
+      } catch {
+        return segment; // stays invalid as a name: a 400 later
+      }
+    });
+}
+
+function isPolicyApiRequest(url: string): boolean {
+  return url === '/policies' || url.startsWith('/policies/') || url.startsWith('/policies?');
+}
+
+function wwwAuthenticate(error?: AuthenticationError): string {
+  if (!error || error.failure === 'missing_token') return `Bearer realm="${REALM}"`;
+  return `Bearer realm="${REALM}", error="invalid_token", error_description="${error.publicReason}"`;
+}
+
+function etag(version: number): string {
+  return `"${version}"`;
+}
+
+/** If-Match: `*` or a list of our strong ETags; anything unrecognised can never match. */
+function ifMatchCondition(header: string | undefined): WriteConditions['ifVersion'] {
+  if (header === undefined) return undefined;
+  if (header.trim() === '*') return 'any';
+  return header
+    .split(',')
+    .map((tag) => tag.trim().match(/^"(\d{1,15})"$/)?.[1])
+    .filter((version): version is string => version !== undefined)
+    .map(Number);
+}
+
+function writeConditions(request: FastifyRequest): WriteConditions {
+  const conditions: WriteConditions = {};
+  const ifVersion = ifMatchCondition(request.headers['if-match']);
+  if (ifVersion !== undefined) conditions.ifVersion = ifVersion;
+  if (request.headers['if-none-match']?.trim() === '*') conditions.ifAbsent = true;
+  return conditions;
+}
+
+function policyName(request: FastifyRequest): string {
+  const { name } = request.params as { name: string };
+  if (!isValidPolicyName(name)) {
+    throw new HttpProblem({
+      status: 400,
+      type: ProblemType.invalidPolicyName,
+      title: 'Invalid policy name',
+      detail: 'policy names are lowercase DNS labels (^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$); "platform" is the platform policy',
+    });
+  }
+  return name;
+}
+
+function summary(meta: PolicyMetadata) {
+  return {
+    name: meta.name,
+    version: meta.version,
+    sha256: meta.sha256,
+    author: meta.author,
+    updatedAt: meta.updatedAt,
+    entrypoint: meta.entrypoint,
+    syntaxVersion: meta.syntaxVersion,
+    opaVersion: meta.opaVersion,
+  };
+}
+
+function sendPolicy(request: FastifyRequest, reply: FastifyReply, policy: StoredPolicy): FastifyReply {
+  const tag = etag(policy.meta.version);
+  reply.header('ETag', tag).header('Last-Modified', new Date(policy.meta.updatedAt).toUTCString());
+  const ifNoneMatch = request.headers['if-none-match'];
+  if (ifNoneMatch && ifNoneMatch.split(',').some((candidate) => candidate.trim().replace(/^W\//, '') === tag)) {
+    return reply.code(304).send();
+  }
+  return reply.code(200).type('application/json').send(policy.body);
+}
+
+export async function buildCmsApp(options: CmsAppOptions): Promise<FastifyInstance> {
+  const logger = options.logger ?? pino({ level: 'info' }, pino.destination(2));
+  const verifier = createIdentityVerifier(options.identity);
+  const access = await loadAccessPolicy(options.accessPolicyWasmPath ?? defaultAccessPolicyWasmPath());
+  const compiler = new RegoCompiler({
+    opaPath: options.opaPath,
+    timeoutMs: options.compileTimeoutMs ?? DEFAULT_COMPILE_TIMEOUT_MS,
+  });
+  // Fail at start, not at the first PUT, when opa is missing.
+  await compiler.opaVersion();
+  const etcd = createEtcdClient(options.etcdEndpoints, { callTimeoutMs: options.etcdCallTimeoutMs });
+  const store = new PolicyStore(etcd, { historyRetention: options.historyRetention });
+  const metrics = createCmsMetrics();
+
+  const app = Fastify({
+    loggerInstance: logger as FastifyBaseLogger,
+    bodyLimit: options.bodyLimitBytes ?? DEFAULT_BODY_LIMIT_BYTES,
+    return503OnClosing: true,
+  });
+  app.decorateRequest('identity', null);
+  app.decorate('cmsRoutes', [] as RegisteredRoute[]);
+  app.addHook('onRoute', (route) => {
+    if ((route.config as { undocumented?: boolean } | undefined)?.undocumented) return;
+    for (const method of [route.method].flat()) app.cmsRoutes.push({ method, url: route.url });
+  });
+  app.addHook('onClose', async () => {
+    await etcd.close();
+  });
+
+  // The body is kept as text: parsePolicyBody needs the exact digits.
+  app.removeAllContentTypeParsers();
+  app.addContentTypeParser('application/json', { parseAs: 'string' }, (_request, body, done) => done(null, body));
+
+  app.setErrorHandler((error, request, reply) => {
+    const problem = toProblem(error, request);
+    if (problem.status >= 500) request.log.error({ err: error }, 'request failed');
+    return sendProblem(reply, problem);
+  });
+  app.setNotFoundHandler((request, reply) =>
+    sendProblem(reply, new HttpProblem({ status: 404, detail: `no route for ${request.method} ${request.url.split('?', 1)[0]}` })),
+  );
+
+  app.addHook('onRequest', async (request, reply) => {
+    reply.header('Cache-Control', 'no-store');
+    if (!isPolicyApiRequest(request.url)) return;
+    reply.header('Vary', 'Authorization');
+    request.identity = await verifier.verifyAuthorizationHeader(request.headers.authorization);
+    const decision = access.decide(accessInput(request.method, pathSegments(request.url), request.identity));
+    if (!decision.allow) {
+      throw new HttpProblem({ status: 403, type: ProblemType.forbidden, title: 'Forbidden', detail: decision.reason });
+    }
+  });
+
+  app.addHook('onResponse', async (request, reply) => {
+    const route = request.routeOptions.url ?? 'unmatched';
+    metrics.httpRequests.inc({ method: request.method, route, status: String(reply.statusCode) });
+    metrics.httpDuration.observe({ method: request.method, route }, reply.elapsedTime / 1000);
+  });
+
+  function audit(request: FastifyRequest, operation: string, meta: PolicyMetadata, extra: Record<string, unknown> = {}) {
+    request.log.info(
+      {
+        audit: {
+          operation,
+          policy: meta.name,
+          version: meta.version,
+          sha256: meta.sha256,
+          wasmSha256: meta.wasmSha256,
+          by: request.identity?.sub,
+          ...extra,
+        },
+      },
+      `audit: ${operation} ${meta.name} v${meta.version}`,
+    );
+  }
+
+  /** 405 for the methods a path does not implement (after identity and access, like every /policies answer). */
+  function methodNotAllowed(url: string, implemented: string[]) {
+    const allow = implemented.includes('GET') ? [...implemented, 'HEAD'] : implemented;
+    app.route({
+      method: ALL_METHODS.filter((method) => !allow.includes(method)),
+      url,
+      config: { undocumented: true },
+      handler: async (_request, reply) => {
+        reply.header('Allow', allow.join(', '));
+        throw new HttpProblem({ status: 405, detail: `allowed methods: ${allow.join(', ')}` });
+      },
+    });
+  }
+
+  app.get('/policies', async (request, reply) => {
+    const policies = await store.list();
+    // The same policy decides which names a caller may see: those it could GET.
+    const visible = policies.filter(
+      (meta) => access.decide(accessInput('GET', ['policies', meta.name], request.identity ?? undefined)).allow,
+    );
+    return reply.type('application/json').send({ policies: visible.map(summary) });
+  });
+  methodNotAllowed('/policies', ['GET']);
+
+  app.get('/policies/:name', async (request, reply) => {
+    const name = policyName(request);
+    const policy = await store.get(name);
+    if (!policy) throw notFound(name);
+    return sendPolicy(request, reply, policy);
+  });
+
+  app.put('/policies/:name', async (request, reply) => {
+    const name = policyName(request);
+    if (typeof request.body !== 'string') {
+      throw new HttpProblem({ status: 415, detail: 'the body must be a policy object sent as application/json' });
+    }
+    const body = parsePolicyBody(request.body);
+    const conditions = writeConditions(request);
+    // An early, cheap check so a stale ETag does not cost a compile; put re-checks atomically.
+    if (conditions.ifVersion !== undefined || conditions.ifAbsent) await store.checkWriteConditions(name, conditions);
+
+    let compiled;
+    try {
+      compiled = await compiler.compile(body.rego, body.dataText);
+      metrics.compileDuration.observe({ outcome: 'ok' }, compiled.durationMs / 1000);
+    } catch (error) {
+      metrics.policyWrites.inc({ operation: 'put', outcome: 'compile_error' });
+      throw error;
+    }
+    const identity = request.identity as Identity;
+    const result = await store.put(
+      name,
+      {
+        rego: body.rego,
+        dataText: body.dataText,
+        wasm: compiled.wasm,
+        author: identity.sub,
+        opaVersion: compiled.opaVersion,
+        entrypoint: compiled.entrypoint,
+        syntaxVersion: compiled.syntaxVersion,
+      },
+      conditions,
+    );
+    metrics.etcdWriteDuration.observe({ operation: 'put' }, result.etcdMs / 1000);
+    metrics.policyWrites.inc({ operation: 'put', outcome: result.created ? 'created' : 'replaced' });
+    audit(request, result.created ? 'create' : 'replace', result.meta, { syntaxVersion: compiled.syntaxVersion });
+    reply
+      .header('ETag', etag(result.meta.version))
+      .header('Last-Modified', new Date(result.meta.updatedAt).toUTCString())
+      .header('Server-Timing', `compile;dur=${compiled.durationMs.toFixed(1)}, etcd;dur=${result.etcdMs.toFixed(1)}`);
+    if (result.created) reply.header('Location', `/policies/${name}`);
+    return reply.code(result.created ? 201 : 200).type('application/json').send(summary(result.meta));
+  });
+
+  app.delete('/policies/:name', async (request, reply) => {
+    const name = policyName(request);
+    const started = performance.now();
+    const deleted = await store.delete(name, writeConditions(request));
+    metrics.etcdWriteDuration.observe({ operation: 'delete' }, (performance.now() - started) / 1000);
+    metrics.policyWrites.inc({ operation: 'delete', outcome: 'deleted' });
+    audit(request, 'delete', deleted);
+    return reply.code(204).send();
+  });
+  methodNotAllowed('/policies/:name', ['GET', 'PUT', 'DELETE']);
+
+  app.get('/policies/:name/history', async (request, reply) => {
+    const name = policyName(request);
+    const versions = await store.history(name);
+    if (versions.length === 0) throw notFound(name);
+    return reply.type('application/json').send({ name, retention: store.historyRetention, versions: versions.map(summary) });
+  });
+  methodNotAllowed('/policies/:name/history', ['GET']);
+
+  app.get('/policies/:name/history/:version', async (request, reply) => {
+    const name = policyName(request);
+    const { version } = request.params as { version: string };
+    if (!/^[1-9]\d{0,11}$/.test(version)) {
+      throw new HttpProblem({ status: 400, type: ProblemType.invalidPath, title: 'Invalid version', detail: 'versions are positive integers' });
+    }
+    const policy = await store.historyVersion(name, Number(version));
+    if (!policy) throw notFound(`${name} version ${version}`);
+    return sendPolicy(request, reply, policy);
+  });
+  methodNotAllowed('/policies/:name/history/:version', ['GET']);
+
+  // Anything else under /policies/ (extra segments, dot segments, empty names): a bad policy path.
+  app.route({
+    method: ALL_METHODS,
+    url: '/policies/*',
+    config: { undocumented: true },
+    handler: async () => {
+      throw new HttpProblem({
+        status: 400,
+        type: ProblemType.invalidPath,
+        title: 'Invalid policy path',
+        detail: 'policy paths are /policies/{name}, /policies/{name}/history and /policies/{name}/history/{version}',
+      });
+    },
+  });
+
+  app.get('/healthz', async (_request, reply) => reply.send({ status: 'ok' }));
+  app.get('/readyz', async (_request, reply) => {
+    await store.ping();
+    return reply.send({ status: 'ready' });
+  });
+  app.get('/metrics', async (_request, reply) =>
+    reply.type(metrics.registry.contentType).send(await metrics.registry.metrics()),
+  );
+  app.get('/openapi.json', async (_request, reply) => reply.type('application/json').send(openApiDocument));
+
+  await app.ready();
+  return app;
+}
+
+function notFound(what: string): HttpProblem {
+  return new HttpProblem({ status: 404, type: ProblemType.policyNotFound, title: 'Policy not found', detail: `no policy ${what}` });
+}
+
+/** Every error becomes a problem; unknown ones are a 500 without details. */
+function toProblem(error: unknown, request: FastifyRequest): HttpProblem {
+  if (error instanceof HttpProblem) return error;
+  if (error instanceof AuthenticationError) {
+    if (error.isServerSide) {
+      return new HttpProblem({ status: 503, type: ProblemType.unauthenticated, title: 'Identity unavailable', detail: error.publicReason });
+    }
+    return new HttpProblem({
+      status: 401,
+      type: ProblemType.unauthenticated,
+      title: 'Unauthorized',
+      detail: error.publicReason,
+      headers: { 'WWW-Authenticate': wwwAuthenticate(error) },
+    });
+  }
+  if (error instanceof RegoCompileError) {
+    return new HttpProblem({
+      status: 400,
+      type: ProblemType.regoCompile,
+      title: 'Rego does not compile',
+      detail: error.diagnostics.map((d) => d.message).join('; '),
+      extensions: { errors: error.diagnostics },
+    });
+  }
+  if (error instanceof PolicyNotFoundError) return notFound((request.params as { name?: string }).name ?? '');
+  if (error instanceof PreconditionFailedError) {
+    return new HttpProblem({ status: 412, type: ProblemType.preconditionFailed, title: 'Precondition Failed', detail: error.message });
+  }
+  if (error instanceof WriteConflictError) {
+    return new HttpProblem({ status: 409, type: ProblemType.writeConflict, title: 'Conflict', detail: error.message });
+  }
+  if (error instanceof PolicyTooLargeError) return new HttpProblem({ status: 413, detail: error.message });
+  if (error instanceof StoreUnavailableError) {
+    return new HttpProblem({
+      status: 503,
+      type: ProblemType.storeUnavailable,
+      title: 'Policy store unavailable',
+      detail: 'etcd did not answer in time; a write is one transaction, so it happened entirely or not at all',
+      headers: { 'Retry-After': '1' },
+    });
+  }
+  if (error instanceof CompilerUnavailableError) {
+    return new HttpProblem({ status: 503, type: ProblemType.compilerUnavailable, title: 'Compiler unavailable', detail: 'opa could not compile the policy' });
+  }
+  // fastify's own errors (body too large, unsupported media type, ...) carry a status.
+  const status = (error as { statusCode?: unknown }).statusCode;
+  if (typeof status === 'number' && status >= 400 && status < 500) {
+    return new HttpProblem({ status, detail: (error as Error).message });
+  }
+  return new HttpProblem({ status: 500, detail: 'internal error' });
+}

@@ -1,0 +1,85 @@
+/**
+ * CMS configuration from the environment.
+ *
+ *   PORT                    listen port (default 8081)
+ *   HOST                    listen address (default 127.0.0.1)
+ *   ETCD_ENDPOINTS          comma-separated etcd URLs (default http://127.0.0.1:2379)
+ *   ETCD_CALL_TIMEOUT_MS    deadline of each etcd call; past it the request gets 503 (default 2000)
+ *   OPA_PATH                the opa binary (default <package>/.local/bin/opa)
+ *   OPA_COMPILE_TIMEOUT_MS  deadline of each opa process (default 30000)
+ *   CMS_BODY_LIMIT_BYTES    largest accepted PUT body; larger is 413 (default 262144)
+ *   CMS_HISTORY_RETENTION   versions kept per policy (default 50)
+ *   CMS_ACCESS_POLICY_WASM  compiled access policy (default <package>/dist/cms/access-policy/access.wasm)
+ *   LOG_LEVEL               pino level (default info)
+ *   JWT_*                   token verification, see plugins/identity/config.ts
+ */
+import { existsSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { identityConfigFromEnv, type IdentityConfig } from '../plugins/identity/index.js';
+import { DEFAULT_ETCD_CALL_TIMEOUT_MS, DEFAULT_HISTORY_RETENTION } from '../plugins/policy-store/index.js';
+
+export const DEFAULT_BODY_LIMIT_BYTES = 256 * 1024;
+export const DEFAULT_COMPILE_TIMEOUT_MS = 30_000;
+
+export interface CmsConfig {
+  port: number;
+  host: string;
+  etcdEndpoints: string[];
+  etcdCallTimeoutMs: number;
+  identity: IdentityConfig;
+  opaPath: string;
+  compileTimeoutMs: number;
+  bodyLimitBytes: number;
+  historyRetention: number;
+  accessPolicyWasmPath: string;
+  logLevel: string;
+}
+
+/** The folder holding Gatehouse's package.json, whether running from dist/ or from sources. */
+export function packageRoot(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  while (!existsSync(join(dir, 'package.json'))) {
+    const parent = dirname(dir);
+    if (parent === dir) throw new Error('cannot find the Gatehouse package root');
+    dir = parent;
+  }
+  return dir;
+}
+
+export function defaultOpaPath(): string {
+  return join(packageRoot(), '.local', 'bin', 'opa');
+}
+
+export function defaultAccessPolicyWasmPath(): string {
+  return join(packageRoot(), 'dist', 'cms', 'access-policy', 'access.wasm');
+}
+
+function positiveInteger(env: NodeJS.ProcessEnv, name: string, fallback: number): number {
+  const raw = env[name]?.trim();
+  if (!raw) return fallback;
+  const value = Number(raw);
+  if (!Number.isSafeInteger(value) || value <= 0) throw new Error(`${name} must be a positive integer`);
+  return value;
+}
+
+export function cmsConfigFromEnv(env: NodeJS.ProcessEnv = process.env): CmsConfig {
+  const endpoints = (env.ETCD_ENDPOINTS ?? 'http://127.0.0.1:2379')
+    .split(',')
+    .map((endpoint) => endpoint.trim())
+    .filter(Boolean);
+  if (endpoints.length === 0) throw new Error('ETCD_ENDPOINTS lists no endpoint');
+  return {
+    port: positiveInteger(env, 'PORT', 8081),
+    host: env.HOST?.trim() || '127.0.0.1',
+    etcdEndpoints: endpoints,
+    etcdCallTimeoutMs: positiveInteger(env, 'ETCD_CALL_TIMEOUT_MS', DEFAULT_ETCD_CALL_TIMEOUT_MS),
+    identity: identityConfigFromEnv(env),
+    opaPath: env.OPA_PATH?.trim() || defaultOpaPath(),
+    compileTimeoutMs: positiveInteger(env, 'OPA_COMPILE_TIMEOUT_MS', DEFAULT_COMPILE_TIMEOUT_MS),
+    bodyLimitBytes: positiveInteger(env, 'CMS_BODY_LIMIT_BYTES', DEFAULT_BODY_LIMIT_BYTES),
+    historyRetention: positiveInteger(env, 'CMS_HISTORY_RETENTION', DEFAULT_HISTORY_RETENTION),
+    accessPolicyWasmPath: env.CMS_ACCESS_POLICY_WASM?.trim() || defaultAccessPolicyWasmPath(),
+    logLevel: env.LOG_LEVEL?.trim() || 'info',
+  };
+}

@@ -1,0 +1,180 @@
+/**
+ * Demo content for the local stack (`npm start`): a platform policy, a demo
+ * project policy, demo signing keys and tokens, and example curl commands.
+ *
+ *   const identity = await createDemoIdentity(dir);           // JWKS file + tokens
+ *   await seedDemoPolicies({ etcdEndpoints, opaPath });       // only writes what is absent
+ *   console.log(demoCurlCommands('http://127.0.0.1:9080', identity.tokens));
+ */
+import { mkdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { exportJWK, generateKeyPair, SignJWT } from 'jose';
+import { PLATFORM_POLICY_NAME, PolicyStore, createEtcdClient } from '../plugins/policy-store/index.js';
+import type { IdentityConfig } from '../plugins/identity/index.js';
+import { RegoCompiler } from './rego-compiler.js';
+
+/** The seed's example policy object (section 4.1), verbatim: Rego v0 syntax. */
+export const EXAMPLE_POLICY = {
+  rego: 'package project.authz\n\ndefault allow = false\n\nallow {\n  input.user.role == "admin"\n}',
+  data: { valid_roles: ['admin', 'viewer'] },
+};
+
+export const DEMO_PROJECT = 'demo';
+
+/** Platform policy: every gateway request needs a verified caller; /internal/ is never exposed. */
+export const DEMO_PLATFORM_POLICY = {
+  rego: `package gatehouse.platform
+
+default allow := false
+
+has_user if input.user.sub
+
+internal_path if startswith(input.request.path, "/internal/")
+
+allow if {
+	has_user
+	not internal_path
+}
+
+reason := "a verified identity is required" if {
+	not has_user
+} else := "internal paths are not exposed" if {
+	internal_path
+}
+
+status_code := 401 if not has_user
+`,
+  data: {},
+};
+
+/** Demo project policy: callers whose role is listed in data.valid_roles may call the project's routes. */
+export const DEMO_PROJECT_POLICY = {
+  rego: `package project.authz
+
+default allow := false
+
+allow if input.user.role in data.valid_roles
+
+reason := "role not allowed in this project" if not allow
+`,
+  data: { valid_roles: ['platform_admin', 'project_user'] },
+};
+
+export interface SeedOptions {
+  etcdEndpoints: string[];
+  opaPath: string;
+  /** Recorded as the author of the seeded versions. */
+  author?: string;
+}
+
+/**
+ * Writes the platform policy and the demo project through the store, each
+ * only if it does not exist yet (a restart keeps what users changed).
+ * Returns the names it wrote.
+ */
+export async function seedDemoPolicies(options: SeedOptions): Promise<string[]> {
+  const client = createEtcdClient(options.etcdEndpoints);
+  const store = new PolicyStore(client);
+  const compiler = new RegoCompiler({ opaPath: options.opaPath });
+  const written: string[] = [];
+  try {
+    for (const [name, policy] of [
+      [PLATFORM_POLICY_NAME, DEMO_PLATFORM_POLICY],
+      [DEMO_PROJECT, DEMO_PROJECT_POLICY],
+    ] as const) {
+      if (await store.get(name)) continue;
+      const dataText = JSON.stringify(policy.data);
+      const compiled = await compiler.compile(policy.rego, dataText);
+      try {
+        await store.put(
+          name,
+          {
+            rego: policy.rego,
+            dataText,
+            wasm: compiled.wasm,
+            author: options.author ?? 'gatehouse-demo',
+            opaVersion: compiled.opaVersion,
+            entrypoint: compiled.entrypoint,
+            syntaxVersion: compiled.syntaxVersion,
+          },
+          { ifAbsent: true },
+        );
+        written.push(name);
+      } catch (error) {
+        // Another process seeded it between our read and write: fine.
+        if ((error as Error).name !== 'PreconditionFailedError') throw error;
+      }
+    }
+  } finally {
+    await client.close();
+  }
+  return written;
+}
+
+export interface DemoTokens {
+  platformAdmin: string;
+  projectUser: string;
+  otherProjectUser: string;
+}
+
+export interface DemoIdentity {
+  /** Ready for buildCmsApp({ identity }) and the gateway's jwt plugin. */
+  identityConfig: IdentityConfig;
+  jwksFile: string;
+  tokens: DemoTokens;
+}
+
+export const DEMO_ISSUER = 'https://gatehouse.local/demo-issuer';
+export const DEMO_AUDIENCE = 'gatehouse';
+
+/** A fresh ES256 key, its JWKS written to `dir/jwks.json`, and 12-hour demo tokens. */
+export async function createDemoIdentity(dir: string): Promise<DemoIdentity> {
+  await mkdir(dir, { recursive: true });
+  const { publicKey, privateKey } = await generateKeyPair('ES256', { extractable: true });
+  const kid = `demo-${Date.now().toString(36)}`;
+  const jwksFile = join(dir, 'jwks.json');
+  await writeFile(jwksFile, JSON.stringify({ keys: [{ ...(await exportJWK(publicKey)), kid, alg: 'ES256', use: 'sig' }] }));
+  const sign = (claims: Record<string, unknown>) =>
+    new SignJWT(claims)
+      .setProtectedHeader({ alg: 'ES256', kid })
+      .setIssuer(DEMO_ISSUER)
+      .setAudience(DEMO_AUDIENCE)
+      .setIssuedAt()
+      .setExpirationTime('12h')
+      .sign(privateKey);
+  return {
+    jwksFile,
+    identityConfig: {
+      jwks: { kind: 'file', path: jwksFile },
+      issuer: DEMO_ISSUER,
+      audience: [DEMO_AUDIENCE],
+      algorithms: ['ES256'],
+      clockToleranceSeconds: 30,
+      claimNames: { sub: 'sub', role: 'role', project: 'project' },
+    },
+    tokens: {
+      platformAdmin: await sign({ sub: 'ada', role: 'platform_admin' }),
+      projectUser: await sign({ sub: 'dev', role: 'project_user', project: DEMO_PROJECT }),
+      otherProjectUser: await sign({ sub: 'eve', role: 'project_user', project: 'other-team' }),
+    },
+  };
+}
+
+/** Example curl commands against a CMS (or the gateway route in front of it). */
+export function demoCurlCommands(baseUrl: string, tokens: DemoTokens): string {
+  const examplePolicy = JSON.stringify(EXAMPLE_POLICY).replaceAll("'", "'\\''");
+  return [
+    `# list policies (platform admin sees all)`,
+    `curl -s ${baseUrl}/policies -H 'Authorization: Bearer ${tokens.platformAdmin}'`,
+    `# read the demo project's policy as its project user (ETag header = version)`,
+    `curl -si ${baseUrl}/policies/${DEMO_PROJECT} -H 'Authorization: Bearer ${tokens.projectUser}'`,
+    `# the platform policy is for platform admins only: 403`,
+    `curl -si ${baseUrl}/policies/platform -H 'Authorization: Bearer ${tokens.projectUser}'`,
+    `# create a project with the seed's example policy (201, then 200 when repeated)`,
+    `curl -si -X PUT ${baseUrl}/policies/team-a -H 'Authorization: Bearer ${tokens.platformAdmin}' -H 'Content-Type: application/json' --data '${examplePolicy}'`,
+    `# replace only if still at version 1`,
+    `curl -si -X PUT ${baseUrl}/policies/team-a -H 'If-Match: "1"' -H 'Authorization: Bearer ${tokens.platformAdmin}' -H 'Content-Type: application/json' --data '${examplePolicy}'`,
+    `# history`,
+    `curl -s ${baseUrl}/policies/team-a/history -H 'Authorization: Bearer ${tokens.platformAdmin}'`,
+  ].join('\n');
+}

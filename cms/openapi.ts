@@ -1,0 +1,182 @@
+/**
+ * The OpenAPI document served at /openapi.json. Written by hand to match the
+ * routes in app.ts; a test checks that every registered route is in it and
+ * that it lists nothing else.
+ */
+const problem = { $ref: '#/components/responses/Problem' };
+const name = { name: 'name', in: 'path', required: true, schema: { $ref: '#/components/schemas/PolicyName' } };
+const version = { name: 'version', in: 'path', required: true, schema: { type: 'integer', minimum: 1 } };
+const etagHeaders = {
+  ETag: { description: 'the policy version, e.g. "3"', schema: { type: 'string' } },
+  'Last-Modified': { schema: { type: 'string' } },
+};
+const authErrors = { '401': problem, '403': problem };
+const policyObject = {
+  description: 'the policy object, exactly as PUT took it',
+  headers: etagHeaders,
+  content: { 'application/json': { schema: { $ref: '#/components/schemas/PolicyObject' } } },
+};
+
+export const openApiDocument = {
+  openapi: '3.1.0',
+  info: {
+    title: 'Gatehouse policy CMS',
+    version: '0.1.0',
+    description:
+      'Validates, compiles (opa build -t wasm) and stores OPA policies in etcd. ' +
+      'Every /policies request needs a bearer JWT; identity (401) and permission (403) are checked before anything else. ' +
+      'Every error is application/problem+json (RFC 9457).',
+  },
+  security: [{ bearer: [] }],
+  paths: {
+    '/policies': {
+      get: {
+        summary: 'List the policies the caller may read',
+        responses: {
+          '200': {
+            description: 'policy summaries',
+            content: {
+              'application/json': {
+                schema: {
+                  type: 'object',
+                  properties: { policies: { type: 'array', items: { $ref: '#/components/schemas/PolicySummary' } } },
+                },
+              },
+            },
+          },
+          ...authErrors,
+          '503': problem,
+        },
+      },
+    },
+    '/policies/{name}': {
+      parameters: [name],
+      get: {
+        summary: 'Get a policy (platform admin; project user of that project; "platform": platform admin only)',
+        responses: { '200': policyObject, '304': { description: 'If-None-Match matched' }, '400': problem, ...authErrors, '404': problem, '503': problem },
+      },
+      put: {
+        summary: 'Create or replace a policy (platform admin)',
+        parameters: [
+          { name: 'If-Match', in: 'header', required: false, schema: { type: 'string' }, description: 'ETag the policy must have now, or *' },
+          { name: 'If-None-Match', in: 'header', required: false, schema: { const: '*' }, description: 'only create' },
+        ],
+        requestBody: {
+          required: true,
+          content: { 'application/json': { schema: { $ref: '#/components/schemas/PolicyObject' } } },
+        },
+        responses: {
+          '200': { description: 'replaced', headers: etagHeaders, content: { 'application/json': { schema: { $ref: '#/components/schemas/PolicySummary' } } } },
+          '201': { description: 'created', headers: etagHeaders, content: { 'application/json': { schema: { $ref: '#/components/schemas/PolicySummary' } } } },
+          '400': problem,
+          ...authErrors,
+          '409': problem,
+          '412': problem,
+          '413': problem,
+          '415': problem,
+          '503': problem,
+        },
+      },
+      delete: {
+        summary: 'Delete a policy (platform admin); its history is kept',
+        parameters: [{ name: 'If-Match', in: 'header', required: false, schema: { type: 'string' } }],
+        responses: { '204': { description: 'deleted' }, '400': problem, ...authErrors, '404': problem, '412': problem, '503': problem },
+      },
+    },
+    '/policies/{name}/history': {
+      parameters: [name],
+      get: {
+        summary: 'Retained versions of a policy, newest first (same permission as GET)',
+        responses: {
+          '200': {
+            description: 'version list',
+            content: {
+              'application/json': {
+                schema: {
+                  type: 'object',
+                  properties: {
+                    name: { type: 'string' },
+                    retention: { type: 'integer' },
+                    versions: { type: 'array', items: { $ref: '#/components/schemas/PolicySummary' } },
+                  },
+                },
+              },
+            },
+          },
+          '400': problem,
+          ...authErrors,
+          '404': problem,
+          '503': problem,
+        },
+      },
+    },
+    '/policies/{name}/history/{version}': {
+      parameters: [name, version],
+      get: {
+        summary: 'One retained version of a policy (same permission as GET)',
+        responses: { '200': policyObject, '304': { description: 'If-None-Match matched' }, '400': problem, ...authErrors, '404': problem, '503': problem },
+      },
+    },
+    '/healthz': { get: { summary: 'The process is up', security: [], responses: { '200': { description: 'ok' } } } },
+    '/readyz': { get: { summary: 'etcd answers', security: [], responses: { '200': { description: 'ready' }, '503': problem } } },
+    '/metrics': {
+      get: {
+        summary: 'Prometheus metrics',
+        security: [],
+        responses: { '200': { description: 'text exposition format', content: { 'text/plain': { schema: { type: 'string' } } } } },
+      },
+    },
+    '/openapi.json': { get: { summary: 'This document', security: [], responses: { '200': { description: 'OpenAPI 3.1' } } } },
+  },
+  components: {
+    securitySchemes: { bearer: { type: 'http', scheme: 'bearer', bearerFormat: 'JWT' } },
+    schemas: {
+      PolicyName: { type: 'string', pattern: '^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$', description: '"platform" is the platform policy' },
+      PolicyObject: {
+        type: 'object',
+        additionalProperties: false,
+        required: ['rego', 'data'],
+        properties: {
+          rego: { type: 'string', minLength: 1, description: 'one Rego module, v1 or v0 syntax; its package is the entrypoint' },
+          data: { type: 'object', description: 'the data document; numbers keep their exact value' },
+        },
+      },
+      PolicySummary: {
+        type: 'object',
+        properties: {
+          name: { type: 'string' },
+          version: { type: 'integer' },
+          sha256: { type: 'string', description: 'of the policy object as GET returns it' },
+          author: { type: 'string', description: 'sub of the writer' },
+          updatedAt: { type: 'string', format: 'date-time' },
+          entrypoint: { type: 'string' },
+          syntaxVersion: { enum: ['v0', 'v1'] },
+          opaVersion: { type: 'string' },
+        },
+      },
+      Problem: {
+        type: 'object',
+        properties: {
+          type: { type: 'string' },
+          title: { type: 'string' },
+          status: { type: 'integer' },
+          detail: { type: 'string' },
+          errors: {
+            type: 'array',
+            description: 'compile diagnostics (rego-compile-error only)',
+            items: {
+              type: 'object',
+              properties: { code: { type: 'string' }, message: { type: 'string' }, file: { type: 'string' }, row: { type: 'integer' }, col: { type: 'integer' } },
+            },
+          },
+        },
+      },
+    },
+    responses: {
+      Problem: {
+        description: 'RFC 9457 problem details',
+        content: { 'application/problem+json': { schema: { $ref: '#/components/schemas/Problem' } } },
+      },
+    },
+  },
+} as const;
