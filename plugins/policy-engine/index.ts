@@ -46,8 +46,10 @@ export async function loadPolicyEngine(
 ): Promise<PolicyEngine> {
   let policy: LoadedPolicy;
   try {
-    // Copy into a fresh ArrayBuffer: a Node Buffer may be a view into a shared pool.
-    policy = await loadPolicy(wasm.slice().buffer);
+    // A Node Buffer may be a view into a shared pool, and both Buffer#slice and
+    // a species-aware Uint8Array#slice can land in that pool again; constructing
+    // a plain Uint8Array from it copies into an ArrayBuffer of exactly its bytes.
+    policy = await loadPolicy(new Uint8Array(wasm).buffer);
   } catch (cause) {
     throw new PolicyEngineError('not a loadable OPA wasm policy', { cause });
   }
