@@ -101,7 +101,7 @@ export class PolicyWatcher extends EventEmitter {
     if (this.retryTimer) clearTimeout(this.retryTimer);
     const watch = this.watch;
     this.watch = null;
-    await watch?.cancel().catch(() => undefined);
+    await Promise.race([watch?.cancel().catch(() => undefined), new Promise((r) => setTimeout(r, 500).unref())]);
     await this.applying.catch(() => undefined);
     await this.snapshotWrite.catch(() => undefined);
   }
@@ -123,7 +123,9 @@ export class PolicyWatcher extends EventEmitter {
   private async resync(): Promise<void> {
     const oldWatch = this.watch;
     this.watch = null;
-    await oldWatch?.cancel().catch(() => undefined);
+    // Not awaited: a watch etcd already canceled never confirms a cancel.
+    // Its late events are ignored (they no longer come from `this.watch`).
+    void oldWatch?.cancel().catch(() => undefined);
 
     const response = await this.options.client.getAll().prefix(POLICIES_PREFIX).exec();
     const revision = Number(response.header.revision);
@@ -151,6 +153,7 @@ export class PolicyWatcher extends EventEmitter {
     this.watch = watch;
     this.setState('watching');
     watch.on('data', (response: { events: IEvent[] }) => {
+      if (this.watch !== watch) return;
       const events = response.events;
       if (events.length > 0) void this.enqueue(() => this.applyEvents(events));
     });

@@ -1,0 +1,38 @@
+// Writes real compiled policies into a real etcd, through the same compiler
+// and store the CMS uses, for tests that need policies without the HTTP API.
+import { join } from 'node:path';
+import type { Etcd3 } from 'etcd3';
+import { RegoCompiler } from '../../cms/rego-compiler.js';
+import { PolicyStore } from '../../plugins/policy-store/index.js';
+import { repoRoot } from './runner-process.js';
+
+export const opaPath = process.env.OPA_PATH || join(repoRoot, '.local/bin/opa');
+
+export class PolicyWriter {
+  readonly compiler = new RegoCompiler({ opaPath });
+  readonly store: PolicyStore;
+  private readonly compiled = new Map<string, Awaited<ReturnType<RegoCompiler['compile']>>>();
+
+  constructor(client: Etcd3) {
+    this.store = new PolicyStore(client);
+  }
+
+  /** Compiles (cached per source) and writes one policy version. */
+  async put(name: string, rego: string, data: unknown = {}): Promise<number> {
+    let compiled = this.compiled.get(rego);
+    if (!compiled) {
+      compiled = await this.compiler.compile(rego);
+      this.compiled.set(rego, compiled);
+    }
+    const result = await this.store.put(name, {
+      rego,
+      dataText: JSON.stringify(data),
+      wasm: compiled.wasm,
+      author: 'test',
+      opaVersion: compiled.opaVersion,
+      entrypoint: compiled.entrypoint,
+      syntaxVersion: compiled.syntaxVersion,
+    });
+    return result.meta.version;
+  }
+}
