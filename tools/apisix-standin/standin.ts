@@ -66,7 +66,7 @@ export interface StandinOptions {
   reloadIntervalMs?: number | null;
   /** Model APISIX with apache/apisix#13080 (path-only Rewrite keeps the query). Default false. */
   keepQueryOnPathRewrite?: boolean;
-  /** Wait until the runner's socket accepts connections before resolving (default 15 s; 0 to skip). */
+  /** Wait until the spawned runner's socket accepts connections before resolving (default 15 s; 0 to skip; not done for an external runner unless set). */
   waitForRunnerMs?: number;
   logger?: Logger;
 }
@@ -258,7 +258,8 @@ export async function startStandin(options: StandinOptions = {}): Promise<Standi
     stats: () => ({ ...client.stats, cachedTokens: client.cachedTokens, idleConnections: client.idleConnections }),
   };
 
-  const waitMs = options.waitForRunnerMs ?? 15_000;
+  // Probing opens a connection of its own: only done for a runner the stand-in spawned.
+  const waitMs = options.waitForRunnerMs ?? (supervisor ? 15_000 : 0);
   if (waitMs > 0) {
     try {
       await handle.waitForRunner(waitMs);
