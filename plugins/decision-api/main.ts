@@ -1,0 +1,67 @@
+#!/usr/bin/env node
+// gatehouse-decision: the decision API (OPA's Data API) on Gatehouse's
+// engine, kept current by the same etcd watch the gateway uses.
+//
+//   DECISION_PORT (default 8181, OPA's), DECISION_HOST (default 0.0.0.0),
+//   ETCD_ENDPOINTS, JWT_* (as everywhere), DECISION_STATE_DIR (snapshot).
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { createLogger } from '../runner/logger.js';
+import { createIdentityVerifier, identityConfigFromEnv } from '../identity/index.js';
+import { createEtcdClient } from '../policy-store/index.js';
+import { PolicyWatcher } from '../policy-watcher/watcher.js';
+import { snapshotPath } from '../policy-watcher/snapshot.js';
+import { loadAccessPolicy } from '../../cms/access.js';
+import { buildDecisionApp } from './app.js';
+
+const log = createLogger('gatehouse-decision');
+
+async function main() {
+  const endpoints = (process.env.ETCD_ENDPOINTS ?? 'http://127.0.0.1:2379').split(',').map((s) => s.trim()).filter(Boolean);
+  const port = Number(process.env.DECISION_PORT ?? 8181);
+  const host = process.env.DECISION_HOST ?? '0.0.0.0';
+  const stateDir = process.env.DECISION_STATE_DIR || join(tmpdir(), 'gatehouse-decision-state');
+
+  const registry = new Registry();
+  collectDefaultMetrics({ register: registry, prefix: 'gatehouse_decision_' });
+  const decisions = new Counter({ name: 'gatehouse_decision_api_decisions_total', help: 'Decisions by policy and outcome', labelNames: ['policy', 'outcome'] as const, registers: [registry] });
+  const latency = new Histogram({ name: 'gatehouse_decision_api_evaluation_seconds', help: 'Policy evaluation time', buckets: [0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01], registers: [registry] });
+
+  const etcd = createEtcdClient(endpoints);
+  const watcher = new PolicyWatcher({ client: etcd, log: log.child({ component: 'policy-watcher' }), snapshotPath: snapshotPath(stateDir) });
+  await watcher.start();
+  const app = await buildDecisionApp({
+    watcher,
+    verifier: createIdentityVerifier(identityConfigFromEnv()),
+    access: await loadAccessPolicy(fileURLToPath(new URL('../../cms/access-policy/access.wasm', import.meta.url))),
+    log,
+    registry,
+    onDecision(policy, outcome, seconds) {
+      decisions.inc({ policy, outcome });
+      latency.observe(seconds);
+    },
+  });
+  await app.listen({ host, port });
+
+  let stopping = false;
+  const stop = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal }, 'shutting down');
+    await app.close();
+    await watcher.stop();
+    etcd.close();
+    log.flush();
+    process.exit(0);
+  };
+  process.on('SIGTERM', () => void stop('SIGTERM'));
+  process.on('SIGINT', () => void stop('SIGINT'));
+}
+
+main().catch((err) => {
+  log.fatal({ err }, 'decision API failed to start');
+  log.flush();
+  process.exit(1);
+});
