@@ -1,0 +1,110 @@
+// The decision API (OPA's Data API) on real etcd and compiled policies.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { fileURLToPath } from 'node:url';
+import type { FastifyInstance } from 'fastify';
+import { pino } from 'pino';
+import { Registry } from 'prom-client';
+import type { Etcd3 } from 'etcd3';
+import { startEtcd, type TestEtcd } from '../support/etcd.js';
+import { createTestKeys, type TestKeys } from '../support/jwt.js';
+import { PolicyWriter } from '../support/policies.js';
+import { createEtcdClient } from '../../plugins/policy-store/index.js';
+import { PolicyWatcher } from '../../plugins/policy-watcher/watcher.js';
+import { createIdentityVerifier } from '../../plugins/identity/index.js';
+import { loadAccessPolicy } from '../../cms/access.js';
+import { buildDecisionApp, documentAt } from '../../plugins/decision-api/app.js';
+
+const SEED_POLICY = 'package project.authz\n\ndefault allow = false\n\nallow {\n  input.user.role == "admin"\n}';
+const accessWasm = fileURLToPath(new URL('../../dist/cms/access-policy/access.wasm', import.meta.url));
+
+let etcd: TestEtcd;
+let client: Etcd3;
+let watcher: PolicyWatcher;
+let app: FastifyInstance;
+let keys: TestKeys;
+
+beforeAll(async () => {
+  etcd = await startEtcd();
+  client = createEtcdClient(etcd.endpoints);
+  keys = await createTestKeys();
+  await new PolicyWriter(client).put('team-a', SEED_POLICY, { valid_roles: ['admin'] });
+  watcher = new PolicyWatcher({ client, log: pino({ level: 'silent' }) });
+  await watcher.start();
+  app = await buildDecisionApp({
+    watcher,
+    verifier: createIdentityVerifier({
+      jwks: { kind: 'file', path: keys.jwksFile },
+      issuer: keys.issuer,
+      audience: [keys.audience],
+      algorithms: ['ES256'],
+      clockToleranceSeconds: 5,
+      claimNames: { sub: 'sub', role: 'role', project: 'project' },
+    }),
+    access: await loadAccessPolicy(accessWasm),
+    log: pino({ level: 'silent' }),
+    registry: new Registry(),
+  });
+});
+
+afterAll(async () => {
+  await app?.close();
+  await watcher?.stop();
+  client?.close();
+  await etcd?.cleanup();
+  await keys?.cleanup();
+});
+
+describe('decision API', () => {
+  it('answers like OPA: {"result": ...} at any depth, no result when undefined', async () => {
+    const token = await keys.token({ sub: 'rag', role: 'project_user', project: 'team-a' });
+    const ask = (url: string, input: unknown) =>
+      app.inject({ method: 'POST', url, headers: { authorization: `Bearer ${token}` }, payload: { input } });
+
+    let res = await ask('/v1/data/team-a/project/authz/allow', { user: { role: 'admin' } });
+    expect(res.statusCode).toBe(200);
+    expect(res.json()).toEqual({ result: true });
+    res = await ask('/v1/data/team-a/project/authz/allow', { user: { role: 'viewer' } });
+    expect(res.json()).toEqual({ result: false });
+    res = await ask('/v1/data/team-a/project/authz', { user: { role: 'admin' } });
+    expect(res.json()).toEqual({ result: { allow: true } });
+    res = await ask('/v1/data/team-a/project', { user: { role: 'admin' } });
+    expect(res.json()).toEqual({ result: { authz: { allow: true } } });
+    res = await ask('/v1/data/team-a/project/authz/no_such_rule', {});
+    expect(res.json()).toEqual({});
+  });
+
+  it('refuses callers without a valid token, and project users asking about another project', async () => {
+    let res = await app.inject({ method: 'POST', url: '/v1/data/team-a/project/authz', payload: { input: {} } });
+    expect(res.statusCode).toBe(401);
+    expect(res.headers['www-authenticate']).toMatch(/^Bearer/);
+    expect(res.headers['content-type']).toMatch(/application\/problem\+json/);
+    const other = await keys.token({ sub: 'b', role: 'project_user', project: 'team-b' });
+    res = await app.inject({ method: 'POST', url: '/v1/data/team-a/project/authz', headers: { authorization: `Bearer ${other}` }, payload: { input: {} } });
+    expect(res.statusCode).toBe(403);
+    const forged = await keys.badSignatureToken({ sub: 'x', role: 'platform_admin' });
+    res = await app.inject({ method: 'POST', url: '/v1/data/team-a/project/authz', headers: { authorization: `Bearer ${forged}` }, payload: { input: {} } });
+    expect(res.statusCode).toBe(401);
+  });
+
+  it('bad requests get problem+json: bad JSON, a body that is not an object, unknown policy, bad name', async () => {
+    const token = await keys.token({ sub: 'root', role: 'platform_admin' });
+    const headers = { authorization: `Bearer ${token}`, 'content-type': 'application/json' };
+    const cases: [string, string, number][] = [
+      ['/v1/data/team-a/project/authz', '{"input":', 400],
+      ['/v1/data/team-a/project/authz', '[1,2]', 400],
+      ['/v1/data/nobody/project/authz', '{"input":{}}', 404],
+      ['/v1/data/Bad..Name/x', '{"input":{}}', 400],
+    ];
+    for (const [url, payload, status] of cases) {
+      const res = await app.inject({ method: 'POST', url, headers, payload });
+      expect([url, payload, res.statusCode]).toEqual([url, payload, status]);
+      expect(res.headers['content-type']).toMatch(/application\/problem\+json/);
+    }
+  });
+
+  it('documentAt walks into and nests above the package document', () => {
+    expect(documentAt(['a', 'b'], { allow: true }, ['a', 'b', 'allow'])).toBe(true);
+    expect(documentAt(['a', 'b'], { allow: true }, ['a'])).toEqual({ b: { allow: true } });
+    expect(documentAt(['a', 'b'], { allow: true }, ['x'])).toBeUndefined();
+  });
+});
