@@ -16,13 +16,19 @@ import { loadPolicy, type LoadedPolicy } from '@open-policy-agent/opa-wasm';
 export type PolicyData = Record<string, unknown> | string;
 
 export interface PolicyEngine {
-  /** Entrypoint names compiled into the wasm, e.g. ["project/authz"]. */
+  /**
+   * Entrypoint names compiled into the wasm, e.g. ["project/authz"]. opa also
+   * lists rules that depend on the requested entrypoint (e.g.
+   * "project/authz/reason"), so pass the entrypoint you mean: for stored
+   * policies it is `entrypoint` in the policy metadata.
+   */
   readonly entrypoints: string[];
   /** Replaces the base `data` document. */
   setData(data: PolicyData): void;
   /**
-   * Evaluates one entrypoint (the only one when omitted). Returns the
-   * entrypoint's value, or undefined when OPA's result set is empty.
+   * Evaluates one entrypoint; it may be omitted only when the wasm has
+   * exactly one. Returns the entrypoint's value, or undefined when OPA's
+   * result set is empty.
    */
   evaluate(input: unknown, entrypoint?: string): unknown;
 }
@@ -62,6 +68,9 @@ export async function loadPolicyEngine(
       policy.setData(toWasmData(data));
     },
     evaluate(input, entrypoint) {
+      if (entrypoint === undefined && entrypoints.length !== 1) {
+        throw new PolicyEngineError(`name the entrypoint to evaluate (have ${entrypoints.join(', ')})`);
+      }
       if (entrypoint !== undefined && !entrypoints.includes(entrypoint)) {
         throw new PolicyEngineError(`unknown entrypoint "${entrypoint}" (have ${entrypoints.join(', ')})`);
       }
