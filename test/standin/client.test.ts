@@ -448,4 +448,17 @@ describe('gateway behaviour around the runner', () => {
       ['route#r1#ext-plugin-pre-req#2', '{"v":2}'],
     ]);
   });
+
+  it('re-reads the routes file every interval, ignoring a file without #END', async () => {
+    await start([{ uri: '/first' }], { reloadIntervalMs: 50 });
+    const routesPath = join(dir, 'apisix.yaml');
+    writeFileSync(routesPath, routesYaml([{ uri: '/second' }]).replace('#END', ''));
+    await new Promise((r) => setTimeout(r, 300));
+    expect((await get('/first')).status).toBe(200);
+    writeFileSync(routesPath, routesYaml([{ uri: '/second' }]));
+    const deadline = Date.now() + 3000;
+    while ((await get('/second')).status !== 200 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    expect((await get('/second')).status).toBe(200);
+    expect((await get('/first')).status).toBe(404);
+  });
 });
