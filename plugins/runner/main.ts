@@ -10,7 +10,7 @@ import { createRunnerMetrics } from './metrics.js';
 import { startAdminServer } from './admin-server.js';
 import { createIdentityVerifier, identityConfigFromEnv, type IdentityVerifier } from '../identity/index.js';
 import { createEtcdClient } from '../policy-store/index.js';
-import { PolicyWatcher } from '../policy-watcher/watcher.js';
+import { PolicyWatcher, type SwapEvent } from '../policy-watcher/watcher.js';
 import { PolicySet } from '../policy-watcher/policy-set.js';
 import { snapshotPath } from '../policy-watcher/snapshot.js';
 import { loadAccessPolicy, type AccessPolicy } from '../../cms/access.js';
@@ -36,7 +36,22 @@ async function main(): Promise<void> {
   const watcher = etcd
     ? new PolicyWatcher({ client: etcd, log: log.child({ component: 'policy-watcher' }), snapshotPath: snapshotPath(config.stateDir) })
     : null;
-  if (watcher) metrics.watch(watcher);
+  if (watcher) {
+    metrics.watch(watcher);
+    watcher.on('swap', (swap: SwapEvent) => {
+      // One line per policy change reaching this gateway: what, which version, how fast.
+      log.info(
+        {
+          policy: swap.name,
+          version: swap.policy?.meta.version ?? null,
+          revision: swap.policy?.modRevision ?? null,
+          propagationMs: swap.propagationMs,
+          swappedAt: Date.now(),
+        },
+        swap.policy ? 'policy version enforced' : 'policy removed',
+      );
+    });
+  }
   else log.warn('ETCD_ENDPOINTS is not set: no policies are loaded and the opa plugin denies with 503');
 
   let accessPolicy: AccessPolicy | null = null;

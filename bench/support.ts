@@ -1,0 +1,179 @@
+// What the benchmarks share: starting processes on sockets, driving the
+// runner as APISIX does, HDR histograms and printing.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { connect } from 'node:net';
+import { cpus, totalmem } from 'node:os';
+import hdr from 'hdr-histogram-js';
+import {
+  FrameConnection,
+  RpcType,
+  decodeExtraInfoRequest,
+  decodePrepareConfResponse,
+  encodeExtraInfoResponse,
+  encodeHttpReqCallRequest,
+  encodePrepareConfRequest,
+  type HttpReqCallRequest,
+  type ExtraInfoRequest,
+} from '../plugins/protocol/index.js';
+
+export interface Stats {
+  name: string;
+  opsPerSecond: number;
+  p50: number;
+  p99: number;
+  p999: number;
+}
+
+export function machineLine(): string {
+  return `machine: ${cpus().length} x ${cpus()[0]?.model ?? 'unknown CPU'}, ${Math.round(totalmem() / 2 ** 30)} GiB, node ${process.version}`;
+}
+
+export function newHistogram() {
+  return hdr.build({ lowestDiscernibleValue: 1, highestTrackableValue: 600_000_000, numberOfSignificantValueDigits: 3 });
+}
+
+export type Histogram = ReturnType<typeof newHistogram>;
+
+export function statsOf(name: string, histogram: Histogram, ops: number, seconds: number): Stats {
+  return {
+    name,
+    opsPerSecond: ops / seconds,
+    p50: histogram.getValueAtPercentile(50),
+    p99: histogram.getValueAtPercentile(99),
+    p999: histogram.getValueAtPercentile(99.9),
+  };
+}
+
+export const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+
+/** Median of each figure over rounds. */
+export function medianStats(results: Stats[]): Stats {
+  return {
+    name: results[0]!.name,
+    opsPerSecond: median(results.map((r) => r.opsPerSecond)),
+    p50: median(results.map((r) => r.p50)),
+    p99: median(results.map((r) => r.p99)),
+    p999: median(results.map((r) => r.p999)),
+  };
+}
+
+export function printTable(rows: Stats[], baseline: Stats, unit = 'µs'): void {
+  console.log(`| scenario | ops/s | p50 ${unit} | p99 ${unit} | p99.9 ${unit} | throughput vs ${baseline.name} | p50 vs ${baseline.name} |`);
+  console.log('|---|---:|---:|---:|---:|---:|---:|');
+  for (const r of rows) {
+    console.log(
+      `| ${r.name} | ${Math.round(r.opsPerSecond)} | ${r.p50.toFixed(0)} | ${r.p99.toFixed(0)} | ${r.p999.toFixed(0)} | ` +
+        `${(r.opsPerSecond / baseline.opsPerSecond).toFixed(2)}x | ${(r.p50 / baseline.p50).toFixed(2)}x |`,
+    );
+  }
+}
+
+export interface BenchProcess {
+  child: ChildProcess;
+  /** Lines written to stderr so far. */
+  lines: string[];
+  stop(): Promise<void>;
+}
+
+export async function startNodeProcess(
+  script: string,
+  args: string[],
+  env: Record<string, string>,
+  ready: () => Promise<boolean>,
+): Promise<BenchProcess> {
+  const child = spawn(process.execPath, [script, ...args], {
+    env: { PATH: process.env.PATH ?? '', LOG_LEVEL: 'warn', ...env },
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  const lines: string[] = [];
+  let partial = '';
+  child.stderr!.on('data', (chunk: Buffer) => {
+    const text = partial + chunk.toString();
+    const parts = text.split('\n');
+    partial = parts.pop() ?? '';
+    lines.push(...parts);
+  });
+  const deadline = Date.now() + 20_000;
+  while (!(await ready())) {
+    if (child.exitCode !== null) throw new Error(`${script} exited: ${lines.slice(-5).join('\n')}`);
+    if (Date.now() > deadline) throw new Error(`${script} did not start: ${lines.slice(-5).join('\n')}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  return {
+    child,
+    lines,
+    stop: () =>
+      new Promise((resolve) => {
+        if (child.exitCode !== null) return resolve();
+        child.once('exit', () => resolve());
+        child.kill('SIGTERM');
+      }),
+  };
+}
+
+export function socketAccepts(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = connect(path);
+    s.once('connect', () => (s.destroy(), resolve(true)));
+    s.once('error', () => resolve(false));
+  });
+}
+
+export async function openRunnerConnection(socketPath: string): Promise<FrameConnection> {
+  const socket = connect(socketPath);
+  await new Promise((resolve, reject) => (socket.once('connect', resolve), socket.once('error', reject)));
+  return new FrameConnection(socket);
+}
+
+export async function prepareConf(socketPath: string, conf: { name: string; value: string }[]): Promise<number> {
+  const conn = await openRunnerConnection(socketPath);
+  await conn.send(RpcType.PrepareConf, encodePrepareConfRequest({ conf, key: null }));
+  const frame = await conn.next();
+  conn.destroy();
+  if (frame.type !== RpcType.PrepareConf) throw new Error(`PrepareConf failed (frame type ${frame.type})`);
+  return decodePrepareConfResponse(frame.payload).confToken;
+}
+
+/**
+ * Drives HTTPReqCalls over `connections` connections for `seconds`, one call
+ * at a time per connection, answering ExtraInfo as APISIX would.
+ */
+export async function driveRunner(options: {
+  name: string;
+  socketPath: string;
+  request: HttpReqCallRequest;
+  connections: number;
+  seconds: number;
+  answerExtra?: (info: ExtraInfoRequest) => Uint8Array | null;
+  /** Checks each answer (a wrong answer aborts the benchmark: fast and wrong is worthless). */
+  check?: (answerType: number, payload: Buffer) => void;
+}): Promise<Stats> {
+  const histogram = newHistogram();
+  const conns = await Promise.all(Array.from({ length: options.connections }, () => openRunnerConnection(options.socketPath)));
+  const end = Date.now() + options.seconds * 1000;
+  let calls = 0;
+  const started = process.hrtime.bigint();
+  await Promise.all(
+    conns.map(async (conn, c) => {
+      let id = c << 22;
+      while (Date.now() < end) {
+        const t0 = process.hrtime.bigint();
+        await conn.send(RpcType.HTTPReqCall, encodeHttpReqCallRequest({ ...options.request, id: id++ }));
+        let frame = await conn.next();
+        while (frame.type === RpcType.ExtraInfo) {
+          const info = decodeExtraInfoRequest(frame.payload);
+          await conn.send(RpcType.ExtraInfo, encodeExtraInfoResponse({ result: options.answerExtra?.(info) ?? null }));
+          frame = await conn.next();
+        }
+        histogram.recordValue(Number(process.hrtime.bigint() - t0) / 1000);
+        options.check?.(frame.type, frame.payload);
+        calls++;
+      }
+    }),
+  );
+  const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+  conns.forEach((c) => c.destroy());
+  const stats = statsOf(options.name, histogram, calls, seconds);
+  histogram.destroy();
+  return stats;
+}
