@@ -54,8 +54,8 @@ export function documentAt(packagePath: string[], packageDocument: unknown, path
 
 export async function buildDecisionApp(options: DecisionApiOptions): Promise<FastifyInstance> {
   const app = Fastify({
-    loggerInstance: options.log as FastifyBaseLogger,
-    disableRequestLogging: true,
+    // Per-request lines would double every decision's cost; errors are still logged.
+    loggerInstance: options.log.child({ component: 'decision-api' }, { level: 'warn' }) as FastifyBaseLogger,
     bodyLimit: options.bodyLimitBytes ?? 1024 * 1024,
     return503OnClosing: true,
   });

@@ -12,7 +12,8 @@ export async function startAdminServer(options: {
   watcher: PolicyWatcher | null;
   log: Logger;
 }): Promise<FastifyInstance> {
-  const app = Fastify({ loggerInstance: options.log.child({ component: 'admin' }) as FastifyBaseLogger, disableRequestLogging: true });
+  // Request lines are logged at info; this port is scraped every few seconds, so only warnings and up.
+  const app = Fastify({ loggerInstance: options.log.child({ component: 'admin' }, { level: 'warn' }) as FastifyBaseLogger });
   app.get('/metrics', async (_request, reply) => {
     reply.header('content-type', options.registry.contentType);
     return options.registry.metrics();

@@ -101,12 +101,18 @@ export async function runRequestChain(
       type: 'rewrite',
       path,
       headers: request.headers.changes(),
-      args: request.args.changes(),
+      // APISIX (before apache/apisix#13080) drops the client's query when a
+      // Rewrite changes the path and sends no args: send them all then.
+      args: path === null ? request.args.changes() : [...request.args.all(), ...deletedArgs(request)],
       // Only additions make sense on the client response.
       respHeaders: request.responseHeaders.changes().filter((e) => e.value !== null),
       body,
     },
   };
+}
+
+function deletedArgs(request: GatewayRequest): TextEntry[] {
+  return request.args.changes().filter((entry) => entry.value === null);
 }
 
 export async function runResponseChain(

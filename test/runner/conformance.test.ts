@@ -25,7 +25,7 @@ let runner: RunnerProcess;
 let client: ApisixClient;
 
 beforeAll(async () => {
-  runner = await startRunner({ env: { RUNNER_STALL_TIMEOUT_MS: '300' } });
+  runner = await startRunner();
   client = await ApisixClient.open(runner.socketPath);
 });
 
@@ -192,6 +192,17 @@ describe('HTTPReqCall', () => {
     expect(json((echoed.action as StopAction).body).sharedState).toEqual(['example']);
   });
 
+  it('a path rewrite carries the current query along, so APISIX does not drop it', async () => {
+    const token = await client.prepare([example({ path: '/v2' })]);
+    const args = [
+      { name: 'tag', value: 'x' },
+      { name: 'tag', value: 'y' },
+    ];
+    const rw = (await client.call(request({ confToken: token, args }))).action as RewriteAction;
+    expect(rw.path).toBe('/v2');
+    expect(rw.args).toEqual(args);
+  });
+
   it('the first plugin that stops ends the chain', async () => {
     const token = await client.prepare([example({ stop: { status: 401 } }), example({ fail: true })]);
     const answer = await client.call(request({ confToken: token }));
@@ -346,12 +357,26 @@ describe('bad frames never crash or wedge the runner', () => {
     await expectRunnerHealthy();
   });
 
-  it('a truncated frame that stalls is closed after the stall timeout', async () => {
-    const frame = encodeFrame(RpcType.PrepareConf, encodePrepareConfRequest({ conf: [example({})], key: null }));
-    const { frames, closed } = await rawExchange(frame.subarray(0, frame.length - 3));
-    expect(frames.length).toBe(0);
-    expect(closed).toBe(true);
-    await expectRunnerHealthy();
+  it('a truncated frame that stalls is closed after the stall timeout; idle connections stay', async () => {
+    const impatient = await startRunner({ env: { RUNNER_STALL_TIMEOUT_MS: '300' } });
+    try {
+      const idle = connect(impatient.socketPath);
+      let idleClosed = false;
+      idle.on('close', () => (idleClosed = true));
+      const stalled = connect(impatient.socketPath);
+      await Promise.all([idle, stalled].map((s) => new Promise((r) => s.once('connect', r))));
+      const frame = encodeFrame(RpcType.PrepareConf, encodePrepareConfRequest({ conf: [example({})], key: null }));
+      stalled.write(frame.subarray(0, frame.length - 3));
+      const closed = await new Promise<boolean>((resolve) => {
+        stalled.once('close', () => resolve(true));
+        setTimeout(() => resolve(false), 2000);
+      });
+      expect(closed).toBe(true);
+      expect(idleClosed).toBe(false);
+      idle.destroy();
+    } finally {
+      await impatient.stop();
+    }
   });
 
   it('a truncated frame followed by a hang-up', async () => {
