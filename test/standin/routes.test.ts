@@ -116,18 +116,21 @@ ${body}${upstream}`;
     expect(() => routes(`  - id: a\n    uri: /a${upstream}\n  - id: a\n    uri: /b${upstream}`)).toThrow(/duplicate/);
   });
 
-  it('loads the repository apisix.yaml: /policies, /policies/* and /demo/*', () => {
+  it('loads the repository apisix.yaml: cms, decision API and RAG routes with jwt then opa', () => {
     const loaded = loadRoutesFile(join(repoRoot, 'apisix-conf', 'apisix.yaml'));
-    const query = (path: string) => matchRoute(loaded, { method: 'GET', host: 'localhost', path })?.id ?? null;
-    expect(query('/policies')).toBe('policies');
-    expect(query('/policies/a/b')).toBe('policies');
-    expect(query('/demo/x')).toBe('demo');
+    const query = (path: string, method = 'GET') => matchRoute(loaded, { method, host: 'localhost', path })?.id ?? null;
+    expect(query('/policies')).toBe('cms');
+    expect(query('/policies/a/history')).toBe('cms');
+    expect(query('/policies/a', 'POST')).toBeNull();
+    expect(query('/v1/data/team-a/project/authz', 'POST')).toBe('decision-api');
+    expect(query('/rag/ask', 'POST')).toBe('rag');
     expect(query('/policiesX')).toBeNull();
-    const policies = loaded.find((r) => r.id === 'policies')!;
-    expect(policies.upstream.nodes).toEqual([{ host: '127.0.0.1', port: 8081, weight: 1 }]);
-    expect(JSON.parse(policies.plugins['ext-plugin-pre-req']!.conf[0]!.value)).toEqual({
-      set_headers: { 'x-gatehouse-gateway': 'standin' },
-    });
+    const cms = loaded.find((r) => r.id === 'cms')!;
+    expect(cms.upstream.nodes).toEqual([{ host: '127.0.0.1', port: 8081, weight: 1 }]);
+    const chain = (id: string) => loaded.find((r) => r.id === id)!.plugins['ext-plugin-pre-req']!.conf.map((c) => c.name);
+    expect(chain('cms')).toEqual(['jwt', 'opa']);
+    expect(chain('rag')).toEqual(['jwt', 'opa']);
+    expect(JSON.parse(cms.plugins['ext-plugin-pre-req']!.conf[1]!.value)).toEqual({ policies: ['cms-access'] });
   });
 });
 
@@ -190,16 +193,21 @@ describe('config.yaml', () => {
     expect(config.runnerCmd).toEqual(['node', 'dist/plugins/runner/main.js']);
     expect(config.pathForTest).toBeNull();
     expect(config.nodeListen).toBe(9080);
-    expect(config.envs).toEqual([
-      'ETCD_ENDPOINTS',
-      'JWT_JWKS_FILE',
-      'JWT_JWKS_URL',
-      'JWT_ISSUER',
-      'JWT_AUDIENCE',
-      'OPA_PATH',
-      'LOG_LEVEL',
-      'RUNNER_METRICS_PORT',
-    ]);
+    // Everything the runner reads must be let through, or nginx hides it.
+    expect(config.envs).toEqual(
+      expect.arrayContaining([
+        'ETCD_ENDPOINTS',
+        'JWT_JWKS_FILE',
+        'JWT_JWKS_URL',
+        'JWT_ISSUER',
+        'JWT_AUDIENCE',
+        'JWT_ALGORITHMS',
+        'JWT_CLOCK_TOLERANCE_SECONDS',
+        'LOG_LEVEL',
+        'RUNNER_METRICS_PORT',
+        'RUNNER_STATE_DIR',
+      ]),
+    );
   });
 
   it('reads path_for_test and refuses a unix: prefix there', () => {
