@@ -1,0 +1,127 @@
+// A real etcd (Debian's etcd-server binary) on loopback, for tests, the
+// benchmarks and `npm start`: free ports unless given, data under
+// <repo>/.local/<dataRoot>/<name> (ignored by git).
+//
+//   const etcd = await startLocalEtcd();
+//   etcd.endpoints            // ['http://127.0.0.1:<port>']
+//   await etcd.stop();        // kill it, keep the data (to test an outage)
+//   await etcd.restart();     // same ports, same data
+//   await etcd.cleanup();     // kill it and remove the data
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdir, rm } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+/** The repository root, from this file's place in the tree (source or dist). */
+function repositoryRoot(): string {
+  const here = dirname(fileURLToPath(import.meta.url));
+  return here.includes(`${join('dist', 'tools')}`) ? join(here, '..', '..', '..') : join(here, '..', '..');
+}
+
+export interface LocalEtcd {
+  endpoints: string[];
+  dataDir: string;
+  stop(): Promise<void>;
+  restart(): Promise<void>;
+  cleanup(): Promise<void>;
+}
+
+export interface LocalEtcdOptions {
+  /** Folder under <repo>/.local for the data dir (default "test-etcd"). */
+  dataRoot?: string;
+  /** Data dir name (default random): reuse one to keep data across runs. */
+  name?: string;
+  clientPort?: number;
+  peerPort?: number;
+  binary?: string;
+}
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.unref();
+    server.on('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address();
+      server.close(() => (typeof address === 'object' && address ? resolve(address.port) : reject(new Error('no port'))));
+    });
+  });
+}
+
+async function waitForHealth(clientUrl: string, child: ChildProcess, output: () => string): Promise<void> {
+  const deadline = Date.now() + 20_000;
+  while (Date.now() < deadline) {
+    if (child.exitCode !== null) throw new Error(`etcd exited with ${child.exitCode}:\n${output()}`);
+    try {
+      const response = await fetch(`${clientUrl}/health`, { signal: AbortSignal.timeout(1_000) });
+      const body = (await response.json()) as { health?: string };
+      if (response.ok && body.health === 'true') return;
+    } catch {
+      // not listening yet
+    }
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  throw new Error(`etcd did not become healthy:\n${output()}`);
+}
+
+export async function startLocalEtcd(options: LocalEtcdOptions = {}): Promise<LocalEtcd> {
+  const clientPort = options.clientPort ?? (await freePort());
+  const peerPort = options.peerPort ?? (await freePort());
+  const dataDir = join(repositoryRoot(), '.local', options.dataRoot ?? 'test-etcd', options.name ?? randomBytes(6).toString('hex'));
+  await mkdir(dataDir, { recursive: true });
+  const clientUrl = `http://127.0.0.1:${clientPort}`;
+  const peerUrl = `http://127.0.0.1:${peerPort}`;
+  const args = [
+    '--name', 'local',
+    '--data-dir', dataDir,
+    '--listen-client-urls', clientUrl,
+    '--advertise-client-urls', clientUrl,
+    '--listen-peer-urls', peerUrl,
+    '--initial-advertise-peer-urls', peerUrl,
+    '--initial-cluster', `local=${peerUrl}`,
+    '--log-level', 'warn',
+  ];
+  const binary = options.binary ?? process.env.ETCD_BINARY ?? 'etcd';
+  let child: ChildProcess | undefined;
+  let tail = '';
+
+  async function launch(): Promise<void> {
+    tail = '';
+    const started = spawn(binary, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const keepTail = (chunk: Buffer) => {
+      tail = (tail + chunk.toString()).slice(-4_000);
+    };
+    started.stdout?.on('data', keepTail);
+    started.stderr?.on('data', keepTail);
+    child = started;
+    await waitForHealth(clientUrl, started, () => tail);
+  }
+
+  async function stop(): Promise<void> {
+    const running = child;
+    child = undefined;
+    if (!running || running.exitCode !== null) return;
+    const exited = new Promise((resolve) => running.once('exit', resolve));
+    running.kill('SIGTERM');
+    const killTimer = setTimeout(() => running.kill('SIGKILL'), 5_000);
+    await exited;
+    clearTimeout(killTimer);
+  }
+
+  await launch();
+  return {
+    endpoints: [clientUrl],
+    dataDir,
+    stop,
+    async restart() {
+      await stop();
+      await launch();
+    },
+    async cleanup() {
+      await stop();
+      await rm(dataDir, { recursive: true, force: true });
+    },
+  };
+}
