@@ -9,7 +9,8 @@
 #                 leading one: "/policies/team-a/history" -> ["policies", "team-a", "history"]
 #   input.user    the verified identity; absent when the request has no valid token
 #     .sub        string
-#     .role       string or null: "platform_admin", "project_user", or anything else
+#     .role       string or null: "platform_admin" makes a Platform Admin; anyone
+#                 else with a project claim is a Project User of that project
 #     .project    string or null: the project a project user belongs to
 #
 # Output: the package document, entrypoint "gatehouse/cms/access"
@@ -32,7 +33,7 @@ has_user if input.user
 is_platform_admin if input.user.role == "platform_admin"
 
 is_project_user if {
-	input.user.role == "project_user"
+	not is_platform_admin
 	is_string(input.user.project)
 	input.user.project != ""
 }
@@ -97,7 +98,7 @@ reason := "a verified identity is required" if {
 	target == platform_policy
 } else := "project users may only read their own project's policy" if {
 	is_project_user
-} else := "this role may not use the policy API"
+} else := "only platform admins and project members may use the policy API"
 
 status_code := 401 if not has_user
 

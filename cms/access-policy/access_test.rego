@@ -77,11 +77,20 @@ test_no_user_is_401 if {
 	d.reason == "a verified identity is required"
 }
 
-test_unknown_role_refused if {
-	d := decision("GET", ["policies", "team-a"], {"sub": "x", "role": "viewer", "project": "team-a"})
+test_any_role_with_a_project_is_a_project_user if {
+	viewer := {"sub": "vic", "role": "viewer", "project": "team-a"}
+	decision("GET", ["policies", "team-a"], viewer).allow
+	not decision("GET", ["policies", "team-b"], viewer).allow
+	not decision("PUT", ["policies", "team-a"], viewer).allow
+	no_role := {"sub": "nor", "role": null, "project": "team-a"}
+	decision("GET", ["policies", "team-a", "history"], no_role).allow
+}
+
+test_no_project_and_not_admin_refused if {
+	d := decision("GET", ["policies"], {"sub": "x", "role": null, "project": null})
 	not d.allow
 	d.status_code == 403
-	not decision("GET", ["policies"], {"sub": "x", "role": null, "project": null}).allow
+	not decision("GET", ["policies", "team-a"], {"sub": "x", "role": "viewer", "project": null}).allow
 }
 
 test_project_user_without_project_refused if {

@@ -13,7 +13,6 @@ import { validateIdentityConfig, type IdentityConfig } from './config.js';
 import { AuthenticationError } from './errors.js';
 
 export const PLATFORM_ADMIN_ROLE = 'platform_admin';
-export const PROJECT_USER_ROLE = 'project_user';
 
 /** Who is asking, as established by a verified token. */
 export interface Identity {

@@ -114,8 +114,15 @@ describe('permission matrix', () => {
     expect((await cms.request('GET', '/policies/platform', { token })).status).toBe(403);
   });
 
-  it('a token with an unknown role gets 403', async () => {
+  it('any role other than platform_admin, with a project claim, is a project user of that project', async () => {
     const token = await harness.keys.token({ sub: 'vic', role: 'viewer', project: 'team-a' });
+    expect((await cms.request('GET', '/policies/team-a', { token })).status).not.toBe(403);
+    expect((await cms.request('GET', '/policies/team-b', { token })).status).toBe(403);
+    expect((await cms.request('PUT', '/policies/team-a', { token, body: validBody })).status).toBe(403);
+  });
+
+  it('a token with neither the admin role nor a project gets 403', async () => {
+    const token = await harness.keys.token({ sub: 'vic', role: 'viewer' });
     expect((await cms.request('GET', '/policies/team-a', { token })).status).toBe(403);
   });
 });
