@@ -14,13 +14,17 @@ import { PolicyWatcher, type SwapEvent } from '../policy-watcher/watcher.js';
 import { PolicySet } from '../policy-watcher/policy-set.js';
 import { snapshotPath } from '../policy-watcher/snapshot.js';
 import { loadAccessPolicy, type AccessPolicy } from '../../cms/access.js';
+import { cachingVerifier } from '../jwt/verification-cache.js';
 
 const log = createLogger('gatehouse-runner');
 const ACCESS_POLICY_WASM = fileURLToPath(new URL('../../cms/access-policy/access.wasm', import.meta.url));
 
 function identityVerifier(): { verifier: IdentityVerifier | null; error?: string } {
   try {
-    return { verifier: createIdentityVerifier(identityConfigFromEnv()) };
+    const verifier = createIdentityVerifier(identityConfigFromEnv());
+    const cacheSeconds = Number(process.env.JWT_VERIFY_CACHE_SECONDS ?? 30);
+    if (!Number.isFinite(cacheSeconds) || cacheSeconds < 0) throw new Error('JWT_VERIFY_CACHE_SECONDS must be a number of seconds (0 disables)');
+    return { verifier: cacheSeconds > 0 ? cachingVerifier(verifier, { maxAgeMs: cacheSeconds * 1000 }) : verifier };
   } catch (err) {
     const error = (err as Error).message;
     log.warn({ reason: error }, 'JWT verification not configured; routes using the jwt plugin will fail');

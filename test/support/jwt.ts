@@ -65,7 +65,8 @@ export async function createTestKeys(): Promise<TestKeys> {
       issuer?: string;
       audience?: string;
       issuedAt?: number;
-      expiresAt?: number;
+      /** Seconds since the epoch, or a span from now such as "2s". */
+      expiresAt?: number | string;
       notBefore?: number;
     } = {},
   ): Promise<string> {
@@ -85,7 +86,7 @@ export async function createTestKeys(): Promise<TestKeys> {
     audience: TEST_AUDIENCE,
     kid,
     token: (claims, options = {}) =>
-      sign(claims, { header: { alg: ALG, kid, ...options.header } }),
+      sign(claims, { header: { alg: ALG, kid, ...options.header }, ...(options.expiresIn ? { expiresAt: options.expiresIn } : {}) }),
     // Well past any clock tolerance.
     expiredToken: (claims) => sign(claims, { issuedAt: now() - 7200, expiresAt: now() - 3600 }),
     notYetValidToken: (claims) => sign(claims, { notBefore: now() + 3600 }),

@@ -1,0 +1,37 @@
+// Remembers successful verifications by token, briefly: a client sends the
+// same token on every request, and an ES256 signature check costs far more
+// than the rest of the chain. An entry never outlives the token's `exp`,
+// nor `maxAgeMs`, so a key removed from the JWKS stops working within that.
+// Failures are never cached.
+import { LRUCache } from 'lru-cache';
+import type { Identity, IdentityVerifier } from '../identity/index.js';
+import { bearerToken } from '../identity/index.js';
+
+export interface VerificationCacheOptions {
+  maxEntries?: number;
+  maxAgeMs?: number;
+  now?: () => number;
+}
+
+export function cachingVerifier(inner: IdentityVerifier, options: VerificationCacheOptions = {}): IdentityVerifier {
+  const now = options.now ?? Date.now;
+  const maxAgeMs = options.maxAgeMs ?? 30_000;
+  const cache = new LRUCache<string, { identity: Identity; until: number }>({ max: options.maxEntries ?? 10_000 });
+
+  async function verifyToken(token: string): Promise<Identity> {
+    const hit = cache.get(token);
+    if (hit && hit.until > now()) return hit.identity;
+    const identity = await inner.verifyToken(token);
+    const exp = typeof identity.claims.exp === 'number' ? identity.claims.exp * 1000 : Number.POSITIVE_INFINITY;
+    const until = Math.min(now() + maxAgeMs, exp);
+    if (until > now()) cache.set(token, { identity, until });
+    return identity;
+  }
+
+  return {
+    verifyToken,
+    async verifyAuthorizationHeader(header) {
+      return verifyToken(bearerToken(header));
+    },
+  };
+}

@@ -1,0 +1,63 @@
+// The jwt plugin's verification cache: hits skip the signature check, but an
+// entry never outlives the token's exp or the maximum age, and failures are
+// never remembered.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createTestKeys, type TestKeys } from '../support/jwt.js';
+import { createIdentityVerifier, type IdentityVerifier } from '../../plugins/identity/index.js';
+import { cachingVerifier } from '../../plugins/jwt/verification-cache.js';
+
+let keys: TestKeys;
+let real: IdentityVerifier;
+let calls = 0;
+const counting: IdentityVerifier = {
+  verifyToken: (token) => (calls++, real.verifyToken(token)),
+  verifyAuthorizationHeader: (header) => (calls++, real.verifyAuthorizationHeader(header)),
+};
+
+beforeAll(async () => {
+  keys = await createTestKeys();
+  real = createIdentityVerifier({
+    jwks: { kind: 'file', path: keys.jwksFile },
+    issuer: keys.issuer,
+    audience: [keys.audience],
+    algorithms: ['ES256'],
+    clockToleranceSeconds: 0,
+    claimNames: { sub: 'sub', role: 'role', project: 'project' },
+  });
+});
+afterAll(() => keys?.cleanup());
+
+describe('verification cache', () => {
+  it('verifies a token once, then answers from memory until the maximum age', async () => {
+    let clock = Date.now();
+    const verifier = cachingVerifier(counting, { maxAgeMs: 1000, now: () => clock });
+    const token = await keys.token({ sub: 'a', role: 'r', project: 'p' });
+    calls = 0;
+    for (let i = 0; i < 5; i++) expect((await verifier.verifyAuthorizationHeader(`Bearer ${token}`)).sub).toBe('a');
+    expect(calls).toBe(1);
+    clock += 1001;
+    await verifier.verifyToken(token);
+    expect(calls).toBe(2);
+  });
+
+  it('never serves a token past its exp', async () => {
+    let clock = Date.now();
+    const verifier = cachingVerifier(counting, { maxAgeMs: 3_600_000, now: () => clock });
+    const token = await keys.token({ sub: 'b' }, { expiresIn: '2s' });
+    await verifier.verifyToken(token);
+    clock += 2_500;
+    calls = 0;
+    await new Promise((r) => setTimeout(r, 2_500)); // the real verifier reads the real clock
+    await expect(verifier.verifyToken(token)).rejects.toMatchObject({ failure: 'expired' });
+    expect(calls).toBe(1);
+  });
+
+  it('does not remember failures', async () => {
+    const verifier = cachingVerifier(counting);
+    const forged = await keys.badSignatureToken({ sub: 'c' });
+    calls = 0;
+    await expect(verifier.verifyToken(forged)).rejects.toMatchObject({ failure: 'bad_signature' });
+    await expect(verifier.verifyToken(forged)).rejects.toMatchObject({ failure: 'bad_signature' });
+    expect(calls).toBe(2);
+  });
+});
