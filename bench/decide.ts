@@ -2,7 +2,8 @@
 // by side in one run on the same policy and the same input:
 //
 //   1. the full chain through the runner's socket, as APISIX drives it (jwt + opa)
-//   2. the jwt plugin alone through the socket (to split the chain's cost)
+//   2. the same chain with the token verification cache off, and the jwt
+//      plugin alone (to split the chain's cost)
 //   3. the decision alone: the wasm policy evaluated in-process
 //   4. a real `opa run --server` answering the same decision over HTTP, which
 //      is what APISIX's built-in `opa` plugin does on every request
@@ -113,6 +114,20 @@ async function main() {
       { name: 'opa', value: '{"policies":["caller-project"]}' },
     ]);
     const jwtToken = await prepareConf(socketPath, [{ name: 'jwt', value: '{}' }]);
+    // The same chain with every token's signature checked (no verification cache).
+    const uncachedSocket = join(work, 'runner-uncached.sock');
+    processes.push(
+      await startNodeProcess(
+        runnerScript,
+        [],
+        { ...identityEnv, APISIX_LISTEN_ADDRESS: `unix:${uncachedSocket}`, RUNNER_METRICS_PORT: 'off', RUNNER_STATE_DIR: join(work, 'state-uncached'), JWT_VERIFY_CACHE_SECONDS: '0' },
+        () => socketAccepts(uncachedSocket),
+      ),
+    );
+    const uncachedToken = await prepareConf(uncachedSocket, [
+      { name: 'jwt', value: '{}' },
+      { name: 'opa', value: '{"policies":["caller-project"]}' },
+    ]);
     const request: HttpReqCallRequest = {
       id: 0,
       srcIp: new Uint8Array([10, 0, 0, 7]),
@@ -224,6 +239,7 @@ async function main() {
     const keep = (s: Stats) => results.set(s.name, [...(results.get(s.name) ?? []), s]);
     for (let round = 0; round < rounds; round++) {
       keep(await driveRunner({ name: 'runner socket: jwt + opa (full chain)', socketPath, request: { ...request, confToken: chainToken }, connections, seconds, check: expectAllowed }));
+      keep(await driveRunner({ name: 'runner socket: jwt + opa, every signature checked', socketPath: uncachedSocket, request: { ...request, confToken: uncachedToken }, connections, seconds, check: expectAllowed }));
       keep(await driveRunner({ name: 'runner socket: jwt only', socketPath, request: { ...request, confToken: jwtToken }, connections, seconds, check: expectAllowed }));
       keep(inProcess());
       keep(await overHttp());
