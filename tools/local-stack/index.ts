@@ -1,0 +1,168 @@
+// The whole Gatehouse stack on one machine, as `npm start` runs it and as the
+// end-to-end tests use it: a real etcd, the CMS, the decision API, and the
+// APISIX stand-in which starts the real runner through config.yaml's
+// ext-plugin.cmd, with the routes of apisix-conf/apisix.yaml pointed at the
+// local upstreams.
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { FastifyInstance } from 'fastify';
+import type { Logger } from 'pino';
+import { Registry } from 'prom-client';
+import { parse, stringify } from 'yaml';
+import { buildCmsApp } from '../../cms/app.js';
+import { loadAccessPolicy } from '../../cms/access.js';
+import type { IdentityConfig } from '../../plugins/identity/index.js';
+import { createIdentityVerifier } from '../../plugins/identity/index.js';
+import { createEtcdClient } from '../../plugins/policy-store/index.js';
+import { PolicyWatcher } from '../../plugins/policy-watcher/watcher.js';
+import { buildDecisionApp } from '../../plugins/decision-api/app.js';
+import { startStandin, findRepoRoot, type StandinHandle } from '../apisix-standin/index.js';
+import { startLocalEtcd, type LocalEtcd } from '../local-etcd/index.js';
+
+export interface LocalStackOptions {
+  identity: IdentityConfig;
+  /** Use this etcd; otherwise one is started (data kept under .local/<etcdDataRoot>/<etcdName>). */
+  etcdEndpoints?: string[];
+  etcdDataRoot?: string;
+  etcdName?: string;
+  etcdClientPort?: number;
+  /** Ports; 0 picks a free one. */
+  ports?: { gateway?: number; cms?: number; decision?: number; runnerMetrics?: number | 'off' };
+  /** Upstreams of routes other than the CMS and the decision API, by upstream id (e.g. rag, llm). */
+  upstreams?: Record<string, string>;
+  /** Routes template (default apisix-conf/apisix.yaml). */
+  routesTemplate?: string;
+  /** Where generated files and runner state go (default .local/stack). */
+  workDir?: string;
+  opaPath: string;
+  /** Extra environment for the runner (it passes nginx's envs filter only if listed in config.yaml). */
+  runnerEnv?: Record<string, string>;
+  logger: Logger;
+  readTimeoutMs?: number;
+}
+
+export interface LocalStack {
+  gateway: StandinHandle;
+  cmsUrl: string;
+  decisionUrl: string;
+  etcdEndpoints: string[];
+  etcd: LocalEtcd | null;
+  routesPath: string;
+  stop(): Promise<void>;
+}
+
+type RoutesDocument = { upstreams?: { id: string; nodes: Record<string, number> }[] };
+
+/** The routes file with each upstream's nodes replaced by the given address. */
+export function pointRoutesAt(template: string, addresses: Record<string, string>): string {
+  const doc = parse(template) as RoutesDocument;
+  for (const upstream of doc.upstreams ?? []) {
+    const address = addresses[upstream.id];
+    if (address) upstream.nodes = { [address.replace(/^https?:\/\//, '')]: 1 };
+  }
+  // Standalone mode only reads a file that ends with #END.
+  return `${stringify(doc)}#END\n`;
+}
+
+function address(app: FastifyInstance): string {
+  const info = app.server.address();
+  if (!info || typeof info === 'string') throw new Error('server is not listening on TCP');
+  return `127.0.0.1:${info.port}`;
+}
+
+export async function startLocalStack(options: LocalStackOptions): Promise<LocalStack> {
+  const root = findRepoRoot(fileURLToPath(new URL('.', import.meta.url)));
+  const workDir = options.workDir ?? join(root, '.local', 'stack');
+  mkdirSync(workDir, { recursive: true });
+  const log = options.logger;
+  const cleanups: (() => Promise<unknown> | unknown)[] = [];
+  const stop = async () => {
+    for (const cleanup of cleanups.splice(0).reverse()) await Promise.resolve(cleanup()).catch(() => undefined);
+  };
+
+  try {
+    let etcd: LocalEtcd | null = null;
+    let etcdEndpoints = options.etcdEndpoints;
+    if (!etcdEndpoints) {
+      etcd = await startLocalEtcd({
+        dataRoot: options.etcdDataRoot ?? 'stack-etcd',
+        ...(options.etcdName ? { name: options.etcdName } : {}),
+        ...(options.etcdClientPort ? { clientPort: options.etcdClientPort } : {}),
+      });
+      etcdEndpoints = etcd.endpoints;
+      const started = etcd;
+      cleanups.push(() => started.stop());
+    }
+
+    const cms = await buildCmsApp({
+      etcdEndpoints,
+      identity: options.identity,
+      opaPath: options.opaPath,
+      logger: log.child({ component: 'cms' }),
+    });
+    await cms.listen({ host: '127.0.0.1', port: options.ports?.cms ?? 0 });
+    cleanups.push(() => cms.close());
+
+    const decisionEtcd = createEtcdClient(etcdEndpoints);
+    const watcher = new PolicyWatcher({ client: decisionEtcd, log: log.child({ component: 'decision-api' }), snapshotPath: join(workDir, 'decision-state', 'policies.snapshot.json') });
+    await watcher.start();
+    cleanups.push(async () => {
+      await watcher.stop();
+      decisionEtcd.close();
+    });
+    const decision = await buildDecisionApp({
+      watcher,
+      verifier: createIdentityVerifier(options.identity),
+      access: await loadAccessPolicy(join(root, 'dist', 'cms', 'access-policy', 'access.wasm')),
+      log: log.child({ component: 'decision-api' }),
+      registry: new Registry(),
+    });
+    await decision.listen({ host: '127.0.0.1', port: options.ports?.decision ?? 0 });
+    cleanups.push(() => decision.close());
+
+    const routesPath = join(workDir, 'apisix.yaml');
+    const template = readFileSync(options.routesTemplate ?? join(root, 'apisix-conf', 'apisix.yaml'), 'utf8');
+    writeFileSync(routesPath, pointRoutesAt(template, { cms: address(cms), 'decision-api': address(decision), ...options.upstreams }));
+
+    const identityEnv: Record<string, string> = {
+      JWT_ISSUER: options.identity.issuer,
+      JWT_AUDIENCE: options.identity.audience.join(','),
+      JWT_ALGORITHMS: options.identity.algorithms.join(','),
+      JWT_CLOCK_TOLERANCE_SECONDS: String(options.identity.clockToleranceSeconds),
+      ...(options.identity.jwks.kind === 'file' ? { JWT_JWKS_FILE: options.identity.jwks.path } : { JWT_JWKS_URL: options.identity.jwks.url.href }),
+    };
+    const metricsPort = options.ports?.runnerMetrics ?? 'off';
+    const gateway = await startStandin({
+      repoRoot: root,
+      routesPath,
+      port: options.ports?.gateway ?? 0,
+      ...(options.readTimeoutMs ? { readTimeoutMs: options.readTimeoutMs } : {}),
+      parentEnv: {
+        PATH: process.env.PATH ?? '',
+        LOG_LEVEL: process.env.LOG_LEVEL ?? 'info',
+        ETCD_ENDPOINTS: etcdEndpoints.join(','),
+        OPA_PATH: options.opaPath,
+        RUNNER_STATE_DIR: join(workDir, 'runner-state'),
+        RUNNER_METRICS_PORT: String(metricsPort),
+        ...identityEnv,
+        ...options.runnerEnv,
+      },
+      logger: log.child({ component: 'gateway' }),
+    });
+    cleanups.push(() => gateway.stop());
+
+    return {
+      gateway,
+      cmsUrl: `http://${address(cms)}`,
+      decisionUrl: `http://${address(decision)}`,
+      etcdEndpoints,
+      etcd,
+      routesPath,
+      stop,
+    };
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+}
