@@ -165,16 +165,16 @@ export function demoCurlCommands(baseUrl: string, tokens: DemoTokens): string {
   const examplePolicy = JSON.stringify(EXAMPLE_POLICY).replaceAll("'", "'\\''");
   return [
     `# list policies (platform admin sees all)`,
-    `curl -s ${baseUrl}/policies -H 'Authorization: Bearer ${tokens.platformAdmin}'`,
+    `curl -s ${baseUrl}/policies -H "Authorization: Bearer ${tokens.platformAdmin}"`,
     `# read the demo project's policy as its project user (ETag header = version)`,
-    `curl -si ${baseUrl}/policies/${DEMO_PROJECT} -H 'Authorization: Bearer ${tokens.projectUser}'`,
+    `curl -si ${baseUrl}/policies/${DEMO_PROJECT} -H "Authorization: Bearer ${tokens.projectUser}"`,
     `# the platform policy is for platform admins only: 403`,
-    `curl -si ${baseUrl}/policies/platform -H 'Authorization: Bearer ${tokens.projectUser}'`,
+    `curl -si ${baseUrl}/policies/platform -H "Authorization: Bearer ${tokens.projectUser}"`,
     `# create a project with the seed's example policy (201, then 200 when repeated)`,
-    `curl -si -X PUT ${baseUrl}/policies/team-a -H 'Authorization: Bearer ${tokens.platformAdmin}' -H 'Content-Type: application/json' --data '${examplePolicy}'`,
+    `curl -si -X PUT ${baseUrl}/policies/team-a -H "Authorization: Bearer ${tokens.platformAdmin}" -H 'Content-Type: application/json' --data '${examplePolicy}'`,
     `# replace only if still at version 1`,
-    `curl -si -X PUT ${baseUrl}/policies/team-a -H 'If-Match: "1"' -H 'Authorization: Bearer ${tokens.platformAdmin}' -H 'Content-Type: application/json' --data '${examplePolicy}'`,
+    `curl -si -X PUT ${baseUrl}/policies/team-a -H 'If-Match: "1"' -H "Authorization: Bearer ${tokens.platformAdmin}" -H 'Content-Type: application/json' --data '${examplePolicy}'`,
     `# history`,
-    `curl -s ${baseUrl}/policies/team-a/history -H 'Authorization: Bearer ${tokens.platformAdmin}'`,
+    `curl -s ${baseUrl}/policies/team-a/history -H "Authorization: Bearer ${tokens.platformAdmin}"`,
   ].join('\n');
 }
