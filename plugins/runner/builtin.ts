@@ -4,12 +4,15 @@ import { examplePlugin } from '../example/index.js';
 import { createJwtPlugin } from '../jwt/index.js';
 import { createOpaPlugin, type DecisionRecorder, type PolicySource } from '../opa/index.js';
 import type { IdentityVerifier } from '../identity/index.js';
+import { createVaultPlugin, type VaultPluginDeps } from '../vault/index.js';
+import { pathRewritePlugin } from '../path-rewrite/index.js';
 
 export interface PluginDependencies {
   verifier: IdentityVerifier | null;
   verifierError?: string;
   policies: PolicySource;
   decisions: DecisionRecorder;
+  vault: VaultPluginDeps;
 }
 
 export function builtinPlugins(deps: PluginDependencies): AnyPlugin[] {
@@ -17,5 +20,7 @@ export function builtinPlugins(deps: PluginDependencies): AnyPlugin[] {
     examplePlugin,
     createJwtPlugin(deps.verifier, deps.verifierError),
     createOpaPlugin(deps.policies, deps.decisions),
+    createVaultPlugin(deps.vault),
+    pathRewritePlugin,
   ];
 }

@@ -15,6 +15,8 @@ import { PolicySet } from '../policy-watcher/policy-set.js';
 import { snapshotPath } from '../policy-watcher/snapshot.js';
 import { loadAccessPolicy, type AccessPolicy } from '../../cms/access.js';
 import { cachingVerifier } from '../jwt/verification-cache.js';
+import { vaultConfigFromEnv, type VaultConfig } from '../vault/config.js';
+import { VaultSession } from '../vault/session.js';
 
 const log = createLogger('gatehouse-runner');
 const ACCESS_POLICY_WASM = fileURLToPath(new URL('../../cms/access-policy/access.wasm', import.meta.url));
@@ -29,6 +31,18 @@ function identityVerifier(): { verifier: IdentityVerifier | null; error?: string
     const error = (err as Error).message;
     log.warn({ reason: error }, 'JWT verification not configured; routes using the jwt plugin will fail');
     return { verifier: null, error };
+  }
+}
+
+function vaultFromEnv(): { session: VaultSession | null; config: VaultConfig | null; error?: string } {
+  try {
+    const config = vaultConfigFromEnv();
+    if (!config) return { session: null, config: null, error: 'VAULT_ADDR is not set' };
+    return { session: new VaultSession(config, log.child({ component: 'vault' })), config };
+  } catch (err) {
+    const error = (err as Error).message;
+    log.warn({ reason: error }, 'Vault not configured; routes using the vault plugin will fail');
+    return { session: null, config: null, error };
   }
 }
 
@@ -66,6 +80,7 @@ async function main(): Promise<void> {
   }
 
   const { verifier, error } = identityVerifier();
+  const vault = vaultFromEnv();
   const runner = new Runner({
     listenAddress: config.listenAddress,
     confExpireSeconds: config.confExpireSeconds,
@@ -80,6 +95,13 @@ async function main(): Promise<void> {
           cmsAccess: accessPolicy ? (input) => accessPolicy.decide(input) : null,
         },
         decisions: metrics.decisions,
+        vault: {
+          session: vault.session,
+          ttlMs: vault.config?.secretTtlMs ?? 60_000,
+          maxStalenessMs: vault.config?.maxStalenessMs ?? 300_000,
+          events: metrics.vault,
+          ...(vault.error ? { configError: vault.error } : {}),
+        },
       }),
     ),
     log,
@@ -87,6 +109,8 @@ async function main(): Promise<void> {
   // Listen first: PrepareConf must be answered at once; decisions wait for policies (503 until then).
   await runner.listen();
   const watching = watcher?.start();
+  // Log in to Vault now rather than on the first request (which would pay for it).
+  vault.session?.ensureLoggedIn().catch((err: Error) => log.warn({ reason: err.message }, 'Vault login failed; retrying on demand'));
 
   let admin: Awaited<ReturnType<typeof startAdminServer>> | null = null;
   if (config.metricsPort !== null) {
@@ -114,6 +138,7 @@ async function main(): Promise<void> {
         await admin?.close();
         await watching;
         await watcher?.stop();
+        vault.session?.stop();
         etcd?.close();
       })
       .catch((err) => log.error({ err }, 'error while stopping'))

@@ -3,11 +3,13 @@
 // how stale the loaded policies are when etcd is away.
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { DecisionRecorder } from '../opa/index.js';
+import type { VaultEvents } from '../vault/index.js';
 import type { PolicyWatcher, SwapEvent } from '../policy-watcher/watcher.js';
 
 export interface RunnerMetrics {
   registry: Registry;
   decisions: DecisionRecorder;
+  vault: VaultEvents;
   watch(watcher: PolicyWatcher): void;
 }
 
@@ -47,8 +49,20 @@ export function createRunnerMetrics(): RunnerMetrics {
     registers: [registry],
   });
 
+  const vaultSecrets = new Counter({
+    name: 'gatehouse_vault_secret_lookups_total',
+    help: 'Credential lookups by outcome: hit, miss, refresh, stale (served while Vault is away), refresh-failed, unavailable',
+    labelNames: ['outcome'] as const,
+    registers: [registry],
+  });
+
   return {
     registry,
+    vault: {
+      secret(event) {
+        vaultSecrets.inc({ outcome: event });
+      },
+    },
     decisions: {
       record(kind, outcome, seconds) {
         decisionsTotal.inc({ policy: kind, outcome });

@@ -52,14 +52,17 @@ export interface LocalStack {
   stop(): Promise<void>;
 }
 
-type RoutesDocument = { upstreams?: { id: string; nodes: Record<string, number> }[] };
+type RoutesDocument = { upstreams?: { id: string; nodes: Record<string, number>; scheme?: string; pass_host?: string }[] };
 
-/** The routes file with each upstream's nodes replaced by the given address. */
+/** The routes file with each upstream's nodes replaced by the given address (`host:port` or a URL). */
 export function pointRoutesAt(template: string, addresses: Record<string, string>): string {
   const doc = parse(template) as RoutesDocument;
   for (const upstream of doc.upstreams ?? []) {
     const address = addresses[upstream.id];
-    if (address) upstream.nodes = { [address.replace(/^https?:\/\//, '')]: 1 };
+    if (!address) continue;
+    const scheme = /^(https?):\/\//.exec(address)?.[1] ?? 'http';
+    upstream.nodes = { [address.replace(/^https?:\/\//, '').replace(/\/.*$/, '')]: 1 };
+    upstream.scheme = scheme;
   }
   // Standalone mode only reads a file that ends with #END.
   return `${stringify(doc)}#END\n`;
