@@ -1,0 +1,244 @@
+// gatehouse routes export|diff|apply against a local server that answers as
+// APISIX 3's Admin API does, with the repository's real routes file.
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parse, stringify } from 'yaml';
+import { runCli, type CliIo } from '../../tools/routes-cli/cli.js';
+import { parseRoutesFile } from '../../tools/routes-cli/routes-file.js';
+import { parseRoutes } from '../../tools/apisix-standin/routes.js';
+import { repoRoot } from '../support/runner-process.js';
+import { startFakeAdminApi, type FakeAdminApi } from './fake-admin-api.js';
+
+const routesPath = join(repoRoot, 'apisix-conf', 'apisix.yaml');
+const routesText = () => readFileSync(routesPath, 'utf8');
+type Doc = { routes: Record<string, any>[]; upstreams: Record<string, any>[] };
+const repoDoc = () => parse(routesText()) as Doc;
+
+let admin: FakeAdminApi;
+let dir: string;
+
+beforeEach(async () => {
+  admin = await startFakeAdminApi();
+  dir = mkdtempSync(join(tmpdir(), 'gh-routes-'));
+});
+afterEach(async () => {
+  await admin.close();
+});
+
+async function cli(args: string[], options: { key?: string | null; confirm?: CliIo['confirm'] } = {}) {
+  let out = '';
+  let err = '';
+  const env: NodeJS.ProcessEnv = { ADMIN_API_URL: admin.url };
+  if (options.key !== null) env.ADMIN_API_KEY = options.key ?? admin.key;
+  const code = await runCli(args, {
+    env,
+    out: (text) => (out += text),
+    err: (text) => (err += text),
+    ...(options.confirm ? { confirm: options.confirm } : {}),
+  });
+  return { code, out, err };
+}
+
+function writeVariant(mutate: (doc: Doc) => void): string {
+  const doc = repoDoc();
+  mutate(doc);
+  const path = join(dir, `apisix-${Math.random().toString(36).slice(2)}.yaml`);
+  writeFileSync(path, `${stringify(doc)}#END\n`);
+  return path;
+}
+
+const puts = () => admin.requests.filter((r) => r.method === 'PUT');
+
+/** The ext-plugin-* rules of the reference, checked independently of the CLI's own validator. */
+function checkExtPluginRules(route: Record<string, any>) {
+  for (const [name, conf] of Object.entries((route.plugins ?? {}) as Record<string, any>)) {
+    if (!name.startsWith('ext-plugin-')) continue;
+    expect(Array.isArray(conf.conf) && conf.conf.length).toBeGreaterThanOrEqual(1);
+    for (const entry of conf.conf) {
+      expect(typeof entry.name).toBe('string');
+      expect(entry.name.length).toBeGreaterThanOrEqual(1);
+      expect(entry.name.length).toBeLessThanOrEqual(128);
+      expect(typeof entry.value).toBe('string');
+    }
+    if ('allow_degradation' in conf) expect(typeof conf.allow_degradation).toBe('boolean');
+  }
+}
+
+describe('gatehouse routes export', () => {
+  it('prints a standalone file with every route and upstream of apisix.yaml, #END last, that standalone mode accepts', async () => {
+    const { code, out } = await cli(['routes', 'export'], { key: null });
+    expect(code).toBe(0);
+    expect(out.trimEnd().split('\n').pop()).toBe('#END');
+    const doc = repoDoc();
+    const exported = parse(out) as Doc;
+    expect(exported.routes.map((r) => r.id)).toEqual(doc.routes.map((r) => r.id));
+    expect(exported.upstreams.map((u) => u.id)).toEqual(doc.upstreams.map((u) => u.id));
+    expect(exported).toEqual({ routes: doc.routes, upstreams: doc.upstreams });
+    // The APISIX stand-in's standalone parser takes it as it takes the original.
+    expect(parseRoutes(out).map((r) => r.id)).toEqual(parseRoutes(routesText()).map((r) => r.id));
+  });
+
+  it('writes to --out, and the compiled bin does the same', async () => {
+    const out = join(dir, 'exported.yaml');
+    expect((await cli(['routes', 'export', '--out', out], { key: null })).code).toBe(0);
+    const pkg = JSON.parse(readFileSync(join(repoRoot, 'package.json'), 'utf8')) as { bin: Record<string, string> };
+    expect(pkg.bin.gatehouse).toBe('dist/tools/routes-cli/main.js');
+    const fromBin = execFileSync(process.execPath, [join(repoRoot, pkg.bin.gatehouse), 'routes', 'export'], { encoding: 'utf8' });
+    expect(fromBin).toBe(readFileSync(out, 'utf8'));
+  });
+});
+
+describe('payload validation before anything is sent', () => {
+  const broken: [string, (doc: Doc) => void, RegExp][] = [
+    ['an ext-plugin conf with no entry', (d) => (d.routes[0]!.plugins['ext-plugin-pre-req'].conf = []), /conf.*(fewer than 1|must NOT have fewer)/],
+    ['a runner plugin name of 129 characters', (d) => (d.routes[0]!.plugins['ext-plugin-pre-req'].conf[0].name = 'x'.repeat(129)), /name.*more than 128/],
+    ['an empty runner plugin name', (d) => (d.routes[0]!.plugins['ext-plugin-pre-req'].conf[0].name = ''), /name.*fewer than 1/],
+    ['a conf value that is not a string', (d) => (d.routes[0]!.plugins['ext-plugin-pre-req'].conf[0].value = { policies: [] }), /value.*string/],
+    ['allow_degradation that is not a boolean', (d) => (d.routes[0]!.plugins['ext-plugin-pre-req'].allow_degradation = 'no'), /allow_degradation.*boolean/],
+    ['a misspelt allow_degradation', (d) => (d.routes[0]!.plugins['ext-plugin-pre-req'].allow_degredation = true), /unknown property "allow_degredation"/],
+    ['a route without uri or uris', (d) => { delete d.routes[0]!.uri; delete d.routes[0]!.uris; }, /uri/],
+    ['a route with both uri and uris', (d) => { d.routes[0]!.uri = '/x'; d.routes[0]!.uris = ['/y']; }, /exactly one of "uri"\/"uris"/],
+    ['a method APISIX does not know', (d) => (d.routes[0]!.methods = ['GET', 'FETCH']), /methods.*must be one of/],
+    ['a route without upstream or upstream_id', (d) => delete d.routes[0]!.upstream_id, /upstream/],
+    ['an upstream_id missing from upstreams', (d) => (d.routes[0]!.upstream_id = 'nowhere'), /upstream_id "nowhere" is not in "upstreams"/],
+    ['an upstream without nodes', (d) => delete d.upstreams[0]!.nodes, /nodes/],
+    ['an upstream node weight that is not an integer', (d) => (d.upstreams[0]!.nodes = { '127.0.0.1:1': 'heavy' }), /nodes/],
+    ['an id APISIX refuses', (d) => (d.routes[0]!.id = 'has space'), /"id" must be/],
+  ];
+
+  it("the repository's routes file passes every rule", () => {
+    const file = parseRoutesFile(routesText());
+    expect(file.routes.length).toBe(repoDoc().routes.length);
+    for (const route of file.routes) checkExtPluginRules(route.body);
+  });
+
+  it.each(broken)('refuses %s, and sends nothing', async (_name, mutate, message) => {
+    const path = writeVariant(mutate);
+    const result = await cli(['routes', 'apply', '--yes', '--file', path]);
+    expect(result.code).toBe(1);
+    expect(result.err).toMatch(message);
+    expect(admin.requests).toHaveLength(0);
+  });
+
+  it('refuses a routes file without #END', async () => {
+    const path = join(dir, 'no-end.yaml');
+    writeFileSync(path, routesText().replace(/#END\s*$/, ''));
+    const result = await cli(['routes', 'export', '--file', path], { key: null });
+    expect(result.code).toBe(1);
+    expect(result.err).toMatch(/#END/);
+  });
+});
+
+describe('gatehouse routes diff and apply against the Admin API', () => {
+  it('creates upstreams before routes with X-API-KEY, every payload valid, each answered 201', async () => {
+    const doc = repoDoc();
+    const result = await cli(['routes', 'apply', '--yes']);
+    expect(result.code, result.err).toBe(0);
+    const sent = puts();
+    expect(sent.map((r) => r.path)).toEqual([
+      ...doc.upstreams.map((u) => `/apisix/admin/upstreams/${u.id}`),
+      ...doc.routes.map((r) => `/apisix/admin/routes/${r.id}`),
+    ]);
+    for (const request of admin.requests) expect(request.apiKey).toBe(admin.key);
+    for (const request of sent.filter((r) => r.path.includes('/routes/'))) checkExtPluginRules(request.body as Record<string, any>);
+    expect(result.out).toMatch(/\+ route cms: create/);
+    expect(result.out.match(/-> 201/g)).toHaveLength(doc.upstreams.length + doc.routes.length);
+    // The diff comes before the first PUT in the output.
+    expect(result.out.indexOf('create')).toBeLessThan(result.out.indexOf('PUT '));
+    // What APISIX stores is what the file says.
+    for (const route of doc.routes) {
+      const { id, ...body } = route;
+      expect(admin.store.routes.get(id)).toMatchObject(body);
+    }
+  });
+
+  it('is idempotent: a second apply sends no PUT, although APISIX added ids, timestamps and defaults', async () => {
+    expect((await cli(['routes', 'apply', '--yes'])).code).toBe(0);
+    admin.requests.length = 0;
+    const second = await cli(['routes', 'apply', '--yes']);
+    expect(second.code).toBe(0);
+    expect(puts()).toHaveLength(0);
+    expect(second.out).toMatch(/already matches/);
+    expect(second.out).not.toMatch(/[+~-] (route|upstream)/);
+  });
+
+  it('PUTs only what changed (200), and the diff names the field', async () => {
+    expect((await cli(['routes', 'apply', '--yes'])).code).toBe(0);
+    const target = repoDoc().routes[0]!;
+    const path = writeVariant((d) => (d.routes[0]!.priority = 7));
+    const diff = await cli(['routes', 'diff', '--file', path]);
+    expect(diff.code).toBe(0);
+    expect(diff.out).toContain(`~ route ${target.id}: update`);
+    expect(diff.out).toContain('priority: 0 -> 7');
+    admin.requests.length = 0;
+    const applied = await cli(['routes', 'apply', '--yes', '--file', path]);
+    expect(applied.code).toBe(0);
+    expect(puts().map((r) => r.path)).toEqual([`/apisix/admin/routes/${target.id}`]);
+    expect(applied.out).toContain(`PUT routes/${target.id} -> 200`);
+    expect(admin.store.routes.get(target.id)!.priority).toBe(7);
+  });
+
+  it('sees a change made by hand on APISIX, even in a field the file does not set', async () => {
+    expect((await cli(['routes', 'apply', '--yes'])).code).toBe(0);
+    const id = repoDoc().routes[1]!.id as string;
+    admin.store.routes.get(id)!.host = 'sneaky.example';
+    const diff = await cli(['routes', 'diff']);
+    expect(diff.out).toContain(`~ route ${id}: update`);
+    expect(diff.out).toContain('host: "sneaky.example" -> (absent)');
+    admin.requests.length = 0;
+    await cli(['routes', 'apply', '--yes']);
+    expect(puts().map((r) => r.path)).toEqual([`/apisix/admin/routes/${id}`]);
+    expect(admin.store.routes.get(id)!.host).toBeUndefined();
+  });
+
+  it('lists objects APISIX has and the file does not; --prune deletes them, routes before upstreams', async () => {
+    expect((await cli(['routes', 'apply', '--yes'])).code).toBe(0);
+    admin.store.upstreams.set('old', { id: 'old', nodes: { '10.0.0.1:80': 1 } });
+    admin.store.routes.set('old', { id: 'old', uri: '/old', upstream_id: 'old' });
+    const diff = await cli(['routes', 'diff']);
+    expect(diff.out).toContain('- route old: on APISIX, not in the file (kept; --prune deletes it)');
+    expect(diff.out).toContain('- upstream old: on APISIX, not in the file');
+    admin.requests.length = 0;
+    expect((await cli(['routes', 'apply', '--yes'])).code).toBe(0);
+    expect(admin.store.routes.has('old')).toBe(true);
+    const pruned = await cli(['routes', 'apply', '--yes', '--prune']);
+    expect(pruned.code, pruned.err).toBe(0);
+    expect(admin.requests.filter((r) => r.method === 'DELETE').map((r) => r.path)).toEqual(['/apisix/admin/routes/old', '/apisix/admin/upstreams/old']);
+    expect(admin.store.routes.has('old')).toBe(false);
+    expect(admin.store.upstreams.has('old')).toBe(false);
+  });
+
+  it('asks before applying: no terminal and no --yes, or a "no", applies nothing', async () => {
+    const noTerminal = await cli(['routes', 'apply']);
+    expect(noTerminal.code).toBe(3);
+    expect(noTerminal.out).toMatch(/\+ route/);
+    expect(puts()).toHaveLength(0);
+    const questions: string[] = [];
+    const declined = await cli(['routes', 'apply'], { confirm: async (q) => (questions.push(q), false) });
+    expect(declined.code).toBe(3);
+    expect(questions[0]).toMatch(/Apply \d+ change\(s\)/);
+    expect(puts()).toHaveLength(0);
+    const accepted = await cli(['routes', 'apply'], { confirm: async () => true });
+    expect(accepted.code).toBe(0);
+    expect(puts().length).toBe(repoDoc().routes.length + repoDoc().upstreams.length);
+  });
+
+  it('without the key, or with a wrong one, the Admin API answers 401 and nothing is written', async () => {
+    const wrong = await cli(['routes', 'apply', '--yes'], { key: 'not-the-key' });
+    expect(wrong.code).toBe(1);
+    expect(wrong.err).toMatch(/401.*ADMIN_API_KEY/);
+    expect(admin.store.routes.size + admin.store.upstreams.size).toBe(0);
+    const missing = await cli(['routes', 'diff'], { key: null });
+    expect(missing.code).toBe(2);
+    expect(missing.err).toMatch(/ADMIN_API_KEY must be set/);
+  });
+
+  it('a diff never writes', async () => {
+    await cli(['routes', 'diff']);
+    expect(admin.requests.every((r) => r.method === 'GET')).toBe(true);
+    expect(admin.store.routes.size).toBe(0);
+  });
+});

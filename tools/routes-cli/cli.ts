@@ -1,0 +1,118 @@
+// `gatehouse routes export|diff|apply`: the routes of apisix-conf/apisix.yaml
+// for APISIX in either mode. Standalone nodes get the exported YAML; nodes in
+// traditional mode get the same objects through the Admin API, PUT by id and
+// only when they differ from what APISIX stores.
+import { writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { createInterface } from 'node:readline/promises';
+import { parseArgs } from 'node:util';
+import { packageRoot } from '../../cms/config.js';
+import { AdminApi } from './admin-api.js';
+import { applyPlan, pendingChanges, plan, renderPlan } from './plan.js';
+import { exportStandalone, loadRoutesFile } from './routes-file.js';
+
+export const USAGE = `usage: gatehouse routes <export|diff|apply> [options]
+
+  export   print the standalone apisix.yaml (ends with #END)
+           --out <file>   write it there instead
+  diff     compare the routes file with what APISIX's Admin API stores
+  apply    show the diff, then PUT what changed (upstreams before routes)
+           --yes          do not ask for confirmation
+           --prune        also delete routes and upstreams APISIX has but the file does not
+
+  --file <apisix.yaml>    routes file (default: apisix-conf/apisix.yaml of this package)
+
+Environment: ADMIN_API_URL (e.g. http://127.0.0.1:9180), ADMIN_API_KEY (sent as X-API-KEY).
+`;
+
+export interface CliIo {
+  env: NodeJS.ProcessEnv;
+  out: (text: string) => void;
+  err: (text: string) => void;
+  /** Asks a yes/no question; absent when there is no terminal to ask on. */
+  confirm?: (question: string) => Promise<boolean>;
+}
+
+/** Runs the command; returns the process exit code. */
+export async function runCli(argv: string[], io: CliIo): Promise<number> {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: argv,
+      allowPositionals: true,
+      options: {
+        file: { type: 'string' },
+        out: { type: 'string' },
+        yes: { type: 'boolean', short: 'y', default: false },
+        prune: { type: 'boolean', default: false },
+        help: { type: 'boolean', short: 'h', default: false },
+      },
+    });
+  } catch (error) {
+    io.err(`${(error as Error).message}\n${USAGE}`);
+    return 2;
+  }
+  const { values, positionals } = parsed;
+  if (values.help) {
+    io.out(USAGE);
+    return 0;
+  }
+  const [group, command, ...rest] = positionals;
+  if (group !== 'routes' || !command || !['export', 'diff', 'apply'].includes(command) || rest.length > 0) {
+    io.err(USAGE);
+    return 2;
+  }
+
+  try {
+    const file = loadRoutesFile(resolve(values.file ?? join(packageRoot(), 'apisix-conf', 'apisix.yaml')));
+    if (command === 'export') {
+      const text = exportStandalone(file);
+      if (values.out) writeFileSync(values.out, text);
+      else io.out(text);
+      return 0;
+    }
+
+    const url = io.env.ADMIN_API_URL?.trim();
+    const key = io.env.ADMIN_API_KEY?.trim();
+    if (!url || !key) {
+      io.err('ADMIN_API_URL and ADMIN_API_KEY must be set (the key comes from your secret store; none is built in)\n');
+      return 2;
+    }
+    const api = new AdminApi(url, key);
+    const actions = await plan(api, file);
+    io.out(renderPlan(actions, values.prune));
+    const pending = pendingChanges(actions, values.prune);
+    if (command === 'diff' || pending === 0) {
+      if (pending === 0) io.out('APISIX already matches the routes file.\n');
+      return 0;
+    }
+    if (!values.yes) {
+      if (!io.confirm) {
+        io.err('refusing to apply without confirmation: no terminal to ask on; pass --yes\n');
+        return 3;
+      }
+      if (!(await io.confirm(`Apply ${pending} change(s) to ${url}? [y/N] `))) {
+        io.err('nothing applied\n');
+        return 3;
+      }
+    }
+    await applyPlan(api, actions, values.prune, (line) => io.out(`${line}\n`));
+    return 0;
+  } catch (error) {
+    io.err(`gatehouse routes ${command}: ${(error as Error).message}\n`);
+    return 1;
+  }
+}
+
+/** A yes/no question on the terminal, or undefined when stdin is not one. */
+export function terminalConfirm(): CliIo['confirm'] {
+  if (!process.stdin.isTTY) return undefined;
+  return async (question) => {
+    const rl = createInterface({ input: process.stdin, output: process.stderr });
+    try {
+      return /^y(es)?$/i.test((await rl.question(question)).trim());
+    } finally {
+      rl.close();
+    }
+  };
+}

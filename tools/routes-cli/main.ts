@@ -1,0 +1,13 @@
+#!/usr/bin/env node
+// gatehouse: operator commands. See cli.ts for `gatehouse routes`.
+import { runCli, terminalConfirm } from './cli.js';
+
+const confirm = terminalConfirm();
+runCli(process.argv.slice(2), {
+  env: process.env,
+  out: (text) => process.stdout.write(text),
+  err: (text) => process.stderr.write(text),
+  ...(confirm ? { confirm } : {}),
+}).then((code) => {
+  process.exitCode = code;
+});
