@@ -1,3 +1,4 @@
+import type { webcrypto } from 'node:crypto';
 import { writeFile } from 'node:fs/promises';
 import { exportJWK, generateKeyPair, SignJWT } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -100,7 +101,7 @@ describe('identity verification', () => {
     const first = await generateKeyPair('ES256', { extractable: true });
     await writeFile(file, JSON.stringify({ keys: [{ ...(await exportJWK(first.publicKey)), kid: 'k1' }] }));
     const rotating = createIdentityVerifier({ ...config, jwks: { kind: 'file', path: file } });
-    const sign = (kid: string, key: CryptoKey) =>
+    const sign = (kid: string, key: webcrypto.CryptoKey) =>
       new SignJWT({ sub: kid }).setProtectedHeader({ alg: 'ES256', kid }).setIssuer(keys.issuer).setAudience(keys.audience).setExpirationTime('1h').sign(key);
     expect((await rotating.verifyToken(await sign('k1', first.privateKey))).sub).toBe('k1');
     const second = await generateKeyPair('ES256', { extractable: true });

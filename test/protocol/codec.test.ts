@@ -94,7 +94,7 @@ describe('malformed payloads', () => {
     const good = codec.encodeHttpReqCallRequest(sampleReq);
     for (let i = 0; i < 3000; i++) {
       const buf = i % 2 === 0 ? Buffer.from(good) : randomBytes(8 + (i % 200));
-      if (i % 2 === 0) buf[i % buf.length] ^= 1 << (i % 8);
+      if (i % 2 === 0) buf[i % buf.length] = buf[i % buf.length]! ^ (1 << (i % 8));
       try {
         codec.decodeHttpReqCallRequest(buf);
       } catch (err) {

@@ -7,6 +7,7 @@
  *   await keys.token({ sub: 'alice', role: 'platform_admin' })
  *   await keys.expiredToken(claims), keys.wrongIssuerToken(claims), ...
  */
+import type { webcrypto } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -60,7 +61,7 @@ export async function createTestKeys(): Promise<TestKeys> {
       expiresAt = now() + 3600,
       notBefore,
     }: {
-      key?: CryptoKey;
+      key?: webcrypto.CryptoKey;
       header?: Record<string, unknown>;
       issuer?: string;
       audience?: string;
