@@ -114,14 +114,7 @@ export async function startHarness(): Promise<Harness> {
       etcdCallTimeoutMs: 1_000,
       opaPath: OPA_PATH,
       accessPolicyWasmPath: defaultAccessPolicyWasmPath(),
-      identity: {
-        jwks: { kind: 'file', path: keys.jwksFile },
-        issuer: keys.issuer,
-        audience: [keys.audience],
-        algorithms: ['ES256'],
-        clockToleranceSeconds: 5,
-        claimNames: { sub: 'sub', role: 'role', project: 'project' },
-      },
+      identity: keys.identityConfig,
       logger: pino({ level: 'info' }, sink),
       ...overrides,
     });

@@ -18,14 +18,7 @@ let verifier: IdentityVerifier;
 
 beforeAll(async () => {
   keys = await createTestKeys();
-  config = {
-    jwks: { kind: 'file', path: keys.jwksFile },
-    issuer: keys.issuer,
-    audience: [keys.audience],
-    algorithms: ['ES256'],
-    clockToleranceSeconds: 5,
-    claimNames: { sub: 'sub', role: 'role', project: 'project' },
-  };
+  config = keys.identityConfig;
   verifier = createIdentityVerifier(config);
 });
 afterAll(async () => {

@@ -33,14 +33,7 @@ beforeAll(async () => {
   keys = await createTestKeys();
   rag = await startRecordingUpstream({ status: 200, body: '{"answer":"42"}', headers: { 'content-type': 'application/json' } });
   stack = await startLocalStack({
-    identity: {
-      jwks: { kind: 'file', path: keys.jwksFile },
-      issuer: keys.issuer,
-      audience: [keys.audience],
-      algorithms: ['ES256'],
-      clockToleranceSeconds: 5,
-      claimNames: { sub: 'sub', role: 'role', project: 'project' },
-    },
+    identity: keys.identityConfig,
     etcdDataRoot: 'test-etcd',
     upstreams: { rag: rag.url },
     workDir: mkdtempSync(join(tmpdir(), 'gh-stack-')),

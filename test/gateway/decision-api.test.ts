@@ -32,14 +32,7 @@ beforeAll(async () => {
   await watcher.start();
   app = await buildDecisionApp({
     watcher,
-    verifier: createIdentityVerifier({
-      jwks: { kind: 'file', path: keys.jwksFile },
-      issuer: keys.issuer,
-      audience: [keys.audience],
-      algorithms: ['ES256'],
-      clockToleranceSeconds: 5,
-      claimNames: { sub: 'sub', role: 'role', project: 'project' },
-    }),
+    verifier: createIdentityVerifier(keys.identityConfig),
     access: await loadAccessPolicy(accessWasm),
     log: pino({ level: 'silent' }),
     registry: new Registry(),

@@ -268,14 +268,7 @@ describe('propagation and resilience', () => {
   it('a PUT through the CMS flips decisions in three runners, which stay in step', async () => {
     const cms = await buildCmsApp({
       etcdEndpoints: etcd.endpoints,
-      identity: {
-        jwks: { kind: 'file', path: keys.jwksFile },
-        issuer: keys.issuer,
-        audience: [keys.audience],
-        algorithms: ['ES256'],
-        clockToleranceSeconds: 5,
-        claimNames: { sub: 'sub', role: 'role', project: 'project' },
-      },
+      identity: keys.identityConfig,
       opaPath,
       logger: pino({ level: 'silent' }),
     });

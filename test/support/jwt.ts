@@ -12,6 +12,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { base64url, exportJWK, generateKeyPair, SignJWT, type JWTPayload } from 'jose';
+import type { IdentityConfig } from '../../plugins/identity/index.js';
 
 export const TEST_ISSUER = 'https://issuer.gatehouse.test';
 export const TEST_AUDIENCE = 'gatehouse-cms';
@@ -36,6 +37,8 @@ export interface TestKeys {
   noKidToken(claims: JWTPayload): Promise<string>;
   /** An unsecured JWT: header {"alg":"none"}, empty signature. */
   algNoneToken(claims: JWTPayload): Promise<string>;
+  /** Verifier settings that trust these keys (ES256, 5 s clock tolerance, default claim names). */
+  identityConfig: IdentityConfig;
   cleanup(): Promise<void>;
 }
 
@@ -100,6 +103,14 @@ export async function createTestKeys(): Promise<TestKeys> {
       const encode = (value: object) => base64url.encode(JSON.stringify(value));
       const payload = { iss: TEST_ISSUER, aud: TEST_AUDIENCE, iat: now(), exp: now() + 3600, ...claims };
       return `${encode({ alg: 'none', typ: 'JWT', kid })}.${encode(payload)}.`;
+    },
+    identityConfig: {
+      jwks: { kind: 'file', path: jwksFile },
+      issuer: TEST_ISSUER,
+      audience: [TEST_AUDIENCE],
+      algorithms: [ALG],
+      clockToleranceSeconds: 5,
+      claimNames: { sub: 'sub', role: 'role', project: 'project' },
     },
     cleanup: () => rm(dir, { recursive: true, force: true }),
   };
