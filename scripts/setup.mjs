@@ -35,6 +35,7 @@ function ensureNodeModules() {
 function ensureDebianPackages() {
   const wanted = [];
   if (!onPath('etcd')) wanted.push('etcd-server');
+  if (!onPath('haproxy')) wanted.push('haproxy');
   if (wanted.length === 0) return;
   const sudo = process.getuid && process.getuid() === 0 ? [] : ['sudo'];
   const apt = (...args) => run(sudo[0] ?? 'apt-get', sudo.length ? ['apt-get', ...args] : args, {

@@ -121,6 +121,8 @@ export function localHaproxyConfig(options: LocalHaproxyOptions): string {
   let text = readFileSync(join(dir, 'lb', 'haproxy.cfg'), 'utf8');
   text = replaceOnce(text, /^\s*log \/dev\/log.*$/m, '    log stderr format short local0 notice', 'the syslog target');
   text = replaceOnce(text, /^\s*user haproxy\n\s*group haproxy\n/m, '', 'user/group');
+  // Each connection takes two descriptors; stay under a small container's open-files limit.
+  text = replaceOnce(text, /^(\s*maxconn) \d+$/m, '$1 2000', 'the global maxconn');
   text = replaceOnce(text, /^\s*stats socket \S+/m, `    stats socket ${options.statsSocket}`, 'the stats socket');
   const vip = inventory.vip.replace(/\./g, '\\.');
   text = replaceOnce(text, new RegExp(`^\\s*bind ${vip}:443 ssl .*$`, 'm'), `    bind ${options.bind.ip}:${options.bind.port}`, 'the TLS frontend bind');
