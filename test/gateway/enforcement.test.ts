@@ -11,6 +11,7 @@ import { PolicyWriter, opaPath } from '../support/policies.js';
 import { startRunner, type RunnerProcess } from '../support/runner-process.js';
 import { ApisixClient, request, text } from '../support/apisix-client.js';
 import { startTcpProxy, hostPort } from '../support/tcp-proxy.js';
+import { freePort } from '../../tools/local-etcd/index.js';
 import { pino } from 'pino';
 import { createEtcdClient } from '../../plugins/policy-store/index.js';
 import { buildCmsApp } from '../../cms/app.js';
@@ -335,6 +336,35 @@ describe('propagation and resilience', () => {
     proxy.restore();
     await until(async () => statusOf(await decide(blank, chain, { headers: [bearer(adminUser)] })) === 'pass', 'etcd to come back');
     await Promise.all([fromSnapshot.stop(), blank.stop()]);
+    await proxy.close();
+  });
+
+  it('the runner reports readiness, staleness and decisions on its own port', async () => {
+    const metricsPort = await freePort();
+    const proxy = await startTcpProxy(hostPort(etcd.endpoints[0]!));
+    const runner = await launch({ ...runnerEnv([proxy.url]), RUNNER_METRICS_PORT: String(metricsPort) });
+    const admin = (path: string) => fetch(`http://127.0.0.1:${metricsPort}${path}`);
+    const chain = conf(['jwt', {}], ['opa', { policies: ['caller-project'] }]);
+    const adminUser = await keys.token({ sub: 'ada', role: 'admin', project: 'demo' });
+    // The metrics port opens just after the socket.
+    await until(() => admin('/readyz').then((r) => r.status === 200, () => false), 'readiness');
+    await decide(runner, chain, { headers: [bearer(adminUser)] });
+    const metrics = await (await admin('/metrics')).text();
+    expect(metrics).toMatch(/gatehouse_policy_loaded_version\{policy="demo"\} 1/);
+    expect(metrics).toMatch(/gatehouse_decisions_total\{policy="caller-project",outcome="allow"\} 1/);
+    expect(metrics).toMatch(/gatehouse_policy_watch_up 1/);
+    expect((await admin('/healthz')).status).toBe(200);
+
+    proxy.cut();
+    await until(async () => /gatehouse_policy_watch_up 0/.test(await (await admin('/metrics')).text()), 'the watch to drop');
+    await new Promise((r) => setTimeout(r, 1100));
+    const ready = await admin('/readyz');
+    // Still ready: it enforces the loaded policies, and says how stale they are.
+    expect(ready.status).toBe(200);
+    const status = (await ready.json()) as { policies: { state: string; staleSeconds: number } };
+    expect(status.policies.state).not.toBe('watching');
+    expect(status.policies.staleSeconds).toBeGreaterThan(1);
+    await runner.stop();
     await proxy.close();
   });
 
