@@ -74,6 +74,8 @@ Press Ctrl-C to stop.
     if (stopping) return;
     stopping = true;
     out.write('\nstopping...\n');
+    // Never hang on the way out: whatever has not stopped in 10 s is left to the OS.
+    setTimeout(() => process.exit(1), 10_000).unref();
     await stack.stop();
     rag.close();
     process.exit(0);

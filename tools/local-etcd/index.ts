@@ -102,7 +102,8 @@ export async function startLocalEtcd(options: LocalEtcdOptions = {}): Promise<Lo
   async function stop(): Promise<void> {
     const running = child;
     child = undefined;
-    if (!running || running.exitCode !== null) return;
+    // A process killed by a signal has a null exitCode but a signalCode.
+    if (!running || running.exitCode !== null || running.signalCode !== null) return;
     const exited = new Promise((resolve) => running.once('exit', resolve));
     running.kill('SIGTERM');
     const killTimer = setTimeout(() => running.kill('SIGKILL'), 5_000);
