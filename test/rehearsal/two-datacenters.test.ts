@@ -3,7 +3,7 @@
 // counts every failure. Each site lives in its own network namespace; see
 // tools/dc-rehearsal.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Etcd3 } from 'etcd3';
@@ -19,6 +19,7 @@ const CONCURRENCY = 4;
 
 let keys: TestKeys;
 let dc: Rehearsal;
+let workDir: string;
 let load: LoadLoop;
 const tokens: Record<string, string> = {};
 
@@ -124,7 +125,7 @@ beforeAll(async () => {
   dc = await startRehearsal({
     prefix: 'ght',
     subnet: '10.78.0',
-    workDir: mkdtempSync(join(tmpdir(), 'gh-rehearsal-')),
+    workDir: (workDir = mkdtempSync(join(tmpdir(), 'gh-rehearsal-'))),
     identityEnv: identityEnv({
       jwks: { kind: 'file', path: keys.jwksFile },
       issuer: keys.issuer,
@@ -158,6 +159,7 @@ afterAll(async () => {
   }
   await dc?.stop();
   await keys?.cleanup();
+  if (workDir) rmSync(workDir, { recursive: true, force: true });
 });
 
 describe('two active datacenters behind HAProxy', () => {
