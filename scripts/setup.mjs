@@ -5,6 +5,7 @@
 //   node modules  -> npm ci, when node_modules is older than package-lock.json
 //   etcd          -> Debian's etcd-server, when no `etcd` is on PATH
 //   opa           -> built once from the pinned Go module in tools/opa
+//   vault         -> built once from the pinned Go module in tools/vault
 import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, statSync, writeFileSync, mkdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -70,10 +71,32 @@ function ensureOpa() {
   writeFileSync(stampFile, `${version}\n`);
 }
 
+function pinnedVaultVersion() {
+  const gomod = readFileSync(join(root, 'tools/vault/go.mod'), 'utf8');
+  const match = gomod.match(/github\.com\/hashicorp\/vault (v[\w.\-]+)/);
+  if (!match) throw new Error('tools/vault/go.mod does not pin github.com/hashicorp/vault');
+  return match[1];
+}
+
+function ensureVault() {
+  if (process.env.VAULT_BINARY && existsSync(process.env.VAULT_BINARY)) return;
+  const bin = join(root, '.local/bin/vault');
+  const stampFile = join(root, '.local/bin/vault.version');
+  const version = pinnedVaultVersion();
+  if (existsSync(bin) && existsSync(stampFile) && readFileSync(stampFile, 'utf8').trim() === version) return;
+  if (!onPath('go')) throw new Error('Go is needed to build vault (tools/vault); install Go 1.26+');
+  log(`building vault ${version} from the Go module proxy (first time only, 10+ minutes on 2 cores)`);
+  mkdirSync(dirname(bin), { recursive: true });
+  // Not a bare `go build`: the sdk Vault 1.14 needs is prepared first (tools/vault/build.mjs).
+  run(process.execPath, [join(root, 'tools/vault/build.mjs'), bin]);
+  writeFileSync(stampFile, `${version}\n`);
+}
+
 try {
   ensureNodeModules();
   ensureDebianPackages();
   ensureOpa();
+  ensureVault();
 } catch (err) {
   log(`failed: ${err.message}`);
   process.exit(1);
