@@ -4,8 +4,9 @@
  * and a watcher never sees a half-written policy (see keys.ts).
  */
 import { createHash } from 'node:crypto';
-import { Etcd3, Range, type IKeyValue, type IResponseOp } from 'etcd3';
-import { noop } from 'cockatiel';
+import { readFileSync } from 'node:fs';
+import { Etcd3, GRPCDeadlineExceededError, GRPCUnavailableError, Range, isRecoverableError, type IKeyValue, type IOptions, type IResponseOp } from 'etcd3';
+import { ConsecutiveBreaker, circuitBreaker, handleWhen, noop, retry } from 'cockatiel';
 import { policyKeys, POLICIES_PREFIX, parsePolicyKey, type HistoryPart } from './keys.js';
 
 export const DEFAULT_HISTORY_RETENTION = 50;
@@ -84,23 +85,134 @@ export class StoreUnavailableError extends Error {
   override readonly name = 'StoreUnavailableError';
 }
 
+export interface EtcdTlsFiles {
+  /** PEM file of the CA that signed the members' certificates (system roots when absent). */
+  caFile?: string;
+  /** PEM files of this client's certificate and key, for members that require client certificates (mutual TLS). */
+  certFile?: string;
+  keyFile?: string;
+}
+
+export interface EtcdClientOptions {
+  /** Deadline of each attempt of a unary call, ms (a call that fails over makes at most two attempts on a three-member cluster). */
+  callTimeoutMs?: number;
+  /** TLS to the members; the endpoints must then be https://. */
+  tls?: EtcdTlsFiles;
+}
+
 /**
- * An etcd3 client that fails fast: every unary call has a deadline and the
- * library's retries and circuit breaker are off, so a request against an
- * unreachable etcd ends with an error within `callTimeoutMs` instead of
- * hanging or staying refused after etcd is back. Streams (watches) get no
- * deadline.
+ * gRPC keepalive towards every member. A member cut off the network (packets
+ * dropped, nothing refused) leaves the client with a TCP connection that
+ * looks alive until the kernel gives up, many minutes later; a ping that is
+ * not answered within the timeout closes it, which fails the calls and the
+ * watch stream on it so that they move to another member.
+ *
+ * etcd 3.4 enforces a minimum interval between client pings
+ * (--grpc-keepalive-min-time, default 5 s) and does not permit pings on a
+ * connection without an active call (its enforcement policy has
+ * PermitWithoutStream false): a client that pings more often, or pings an
+ * idle connection, gets GOAWAY "too_many_pings" after three offences and
+ * grpc-js then doubles its own interval for good. Hence 6 s (the interval
+ * grpc-js keeps is this plus a round trip, so it never falls under 5 s) and
+ * no pings without calls: idle connections are checked by the ping grpc-js
+ * sends when the next call starts on them, and the watch stream is an
+ * active call all the time. The 3 s timeout leaves room for a busy member
+ * while still giving up on a silent one within 9 s of its last answer.
  */
-export function createEtcdClient(
-  endpoints: string[],
-  options: { callTimeoutMs?: number } = {},
-): Etcd3 {
+export const ETCD_GRPC_KEEPALIVE = {
+  'grpc.keepalive_time_ms': 6_000,
+  'grpc.keepalive_timeout_ms': 3_000,
+  'grpc.keepalive_permit_without_calls': 0,
+} as const;
+
+/** How long a member that failed a call is skipped before one call may try it again. */
+export const ETCD_MEMBER_RETRY_AFTER_MS = 5_000;
+
+/** ETCD_CACERT, ETCD_CERT, ETCD_KEY (PEM file paths) as createEtcdClient options. */
+export function etcdClientOptionsFromEnv(env: NodeJS.ProcessEnv = process.env): EtcdClientOptions {
+  const file = (name: string) => env[name]?.trim() || undefined;
+  const caFile = file('ETCD_CACERT');
+  const certFile = file('ETCD_CERT');
+  const keyFile = file('ETCD_KEY');
+  if (!caFile && !certFile && !keyFile) return {};
+  return { tls: { ...(caFile ? { caFile } : {}), ...(certFile ? { certFile } : {}), ...(keyFile ? { keyFile } : {}) } };
+}
+
+function readPem(path: string, what: string): Buffer {
+  try {
+    return readFileSync(path);
+  } catch (error) {
+    throw new Error(`cannot read the etcd ${what} ${path}: ${(error as Error).message}`, { cause: error });
+  }
+}
+
+function etcdCredentials(endpoints: string[], tls: EtcdTlsFiles | undefined): IOptions['credentials'] {
+  if (!tls || (!tls.caFile && !tls.certFile && !tls.keyFile)) return undefined;
+  if (Boolean(tls.certFile) !== Boolean(tls.keyFile)) throw new Error('an etcd client certificate needs its key, and a key its certificate (ETCD_CERT and ETCD_KEY)');
+  const plain = endpoints.filter((endpoint) => !endpoint.startsWith('https://'));
+  // etcd3 would speak TLS to them anyway; say so rather than fail at the first call.
+  if (plain.length > 0) throw new Error(`etcd TLS settings are given but these endpoints are not https://: ${plain.join(', ')}`);
+  return {
+    // grpc-js falls back to the system's roots when there is no CA; etcd3's type insists on one.
+    rootCertificate: (tls.caFile ? readPem(tls.caFile, 'CA certificate') : null) as Buffer,
+    ...(tls.certFile && tls.keyFile
+      ? { certChain: readPem(tls.certFile, 'client certificate'), privateKey: readPem(tls.keyFile, 'client key') }
+      : {}),
+  };
+}
+
+/**
+ * An etcd3 client that fails fast but fails over. Every unary call attempt
+ * has a deadline of `callTimeoutMs`. With several endpoints (the members of
+ * one cluster):
+ *
+ * - a call that fails on one member for a transient reason (unreachable,
+ *   deadline passed, etcd's own "request timed out") is retried at once on
+ *   another member, at most as many times as the cluster can lose members
+ *   and keep quorum: one retry with three members. A further attempt could
+ *   not succeed anyway, since no quorum means no member can answer.
+ * - a member that failed a call (unreachable, or no answer before the
+ *   deadline) is skipped by later calls and watch streams (a per-member
+ *   circuit breaker) for ETCD_MEMBER_RETRY_AFTER_MS, then one call tries it
+ *   again. When every member is being skipped, calls fail at once: etcd has
+ *   lost quorum or this node its network, and the caller answers 503.
+ *
+ * A write retried after a deadline may have been committed by the first
+ * attempt: PolicyStore's writes are transactions guarded by a compare, so
+ * the retry cannot apply twice (see PolicyStore.put).
+ *
+ * With one endpoint there is nowhere to fail over to: no retry and no
+ * breaker, so a call fails within `callTimeoutMs` and the next call tries
+ * again at once. Streams (watches) get no deadline; a watch stream on a
+ * member that failed is re-established on another one by etcd3 (and see
+ * PolicyWatcher for one that goes silent).
+ */
+export function createEtcdClient(endpoints: string[], options: EtcdClientOptions = {}): Etcd3 {
   const timeout = options.callTimeoutMs ?? DEFAULT_ETCD_CALL_TIMEOUT_MS;
+  const credentials = etcdCredentials(endpoints, options.tls);
+  // Members the cluster can lose and keep quorum; at least one retry whenever there is another endpoint.
+  const retries = Math.max(1, Math.floor((endpoints.length - 1) / 2));
+  // Worth another member: any failure etcd3 itself calls transient.
+  const transient = handleWhen((error) => isRecoverableError(error));
+  // Counted against the member: it is unreachable, reset, silent past a
+  // keepalive, or says it cannot serve (UNAVAILABLE: etcd's own "request
+  // timed out", "no leader"), or it let the deadline pass. Not CANCELLED:
+  // etcd3 cancels a watch stream on purpose when its last watch ends.
+  const memberFailure = handleWhen((error) => error instanceof GRPCUnavailableError || error instanceof GRPCDeadlineExceededError);
   return new Etcd3({
     hosts: endpoints,
-    dialTimeout: timeout,
+    ...(credentials ? { credentials } : {}),
+    grpcOptions: { ...ETCD_GRPC_KEEPALIVE },
+    // Evaluated for each attempt (etcd3 resolves call options inside the
+    // retried function), so a retry gets a fresh deadline.
     defaultCallOptions: (context) => (context.isStream ? {} : { deadline: Date.now() + timeout }),
-    faultHandling: { host: () => noop, global: noop },
+    faultHandling:
+      endpoints.length > 1
+        ? {
+            host: () => circuitBreaker(memberFailure, { halfOpenAfter: ETCD_MEMBER_RETRY_AFTER_MS, breaker: new ConsecutiveBreaker(1) }),
+            global: retry(transient, { maxAttempts: retries }),
+          }
+        : { host: () => noop, global: noop },
   });
 }
 
@@ -287,11 +399,29 @@ export class PolicyStore {
         ? this.client.if(keys.meta, 'Mod', '==', current.modRevision)
         : this.client.if(keys.meta, 'Create', '==', 0);
       const response = await this.etcd(() => guard.then(...ops).commit());
-      if (response.succeeded) {
+      if (response.succeeded || (await this.committedEarlier(keys.history('meta', version), metaText))) {
         return { created: current === null, meta, etcdMs: performance.now() - started };
       }
     }
     throw new WriteConflictError('too many concurrent writes to this policy; try again');
+  }
+
+  /**
+   * After a transaction's compare failed: whether that same transaction had
+   * committed already. It happens when the client retried it on another
+   * member because the first attempt's answer was lost (deadline passed, the
+   * member cut off after the commit): the retry then finds its own write and
+   * fails the compare. Without this check an unconditional write would go in
+   * a second time as the next version, and an If-Match write would report
+   * 412 against itself. The history entry of the version, written by the
+   * same transaction, decides: its metadata names the author, the digests
+   * and the time to the millisecond, so holding exactly ours means ours
+   * committed. A concurrent writer's version never matches, and is handled
+   * as before (re-read, re-check, try again on top).
+   */
+  private async committedEarlier(historyMetaKey: string, metaText: string): Promise<boolean> {
+    const stored = await this.etcd(() => this.client.get(historyMetaKey).string());
+    return stored === metaText;
   }
 
   /** Deletes of history entries older than the retention window, for the write of `version`. */
@@ -308,13 +438,20 @@ export class PolicyStore {
   /** Removes the current version (history stays). Throws PolicyNotFoundError when there is none. */
   async delete(name: string, conditions: WriteConditions = {}): Promise<PolicyMetadata> {
     const keys = policyKeys(name);
+    let attempted: PolicyMetadata | null = null;
     for (let attempt = 0; attempt < MAX_WRITE_ATTEMPTS; attempt++) {
       const current = await this.readMeta(name);
+      // Our transaction failed its compare and the policy is gone: either it
+      // had committed (a retried attempt whose first answer was lost) or a
+      // concurrent delete removed the same version. Either way the version
+      // this request meant to delete is deleted, which is what it asked for.
+      if (!current && attempted) return attempted;
       if (!current) {
         if (conditions.ifVersion !== undefined) throw new PreconditionFailedError('the policy does not exist');
         throw new PolicyNotFoundError(`no policy named ${name}`);
       }
       this.checkConditions(current.meta, conditions);
+      attempted = current.meta;
       const response = await this.etcd(() =>
         this.client
           .if(keys.meta, 'Mod', '==', current.modRevision)

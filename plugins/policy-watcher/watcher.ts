@@ -4,9 +4,19 @@
 // resumes it from the last revision seen; when that revision was compacted,
 // the watcher reads everything again. If etcd cannot be reached at start,
 // the last-known-good snapshot on disk is enforced until etcd answers.
+//
+// A watch stream can also go silent without failing: the member it runs on
+// is cut off (packets dropped), or the stream was opened on a connection
+// that never completes. Keepalive pings end such a connection after several
+// seconds (see createEtcdClient); to notice sooner, the watcher asks the
+// stream a question whenever it has been quiet for `checkIntervalMs` (it
+// opens and closes a watch on a key nobody writes, which the member answers
+// at once, without raft). A stream that leaves a question, or the watch's
+// own (re)connection, unanswered for `stallTimeoutMs` is replaced by a new
+// stream, on another member, resuming from the last revision applied.
 import { EventEmitter } from 'node:events';
 import { createHash } from 'node:crypto';
-import type { Etcd3, IKeyValue, IEvent, Watcher as EtcdWatch } from 'etcd3';
+import type { Etcd3, IKeyValue, IEvent, Namespace, Watcher as EtcdWatch } from 'etcd3';
 import type { Logger } from 'pino';
 import { loadPolicyEngine } from '../policy-engine/index.js';
 import { POLICIES_PREFIX, parsePolicyKey, policyKeys, type PolicyMetadata } from '../policy-store/index.js';
@@ -22,7 +32,14 @@ export interface PolicyWatcherOptions {
   snapshotPath?: string;
   /** Delay between attempts to reach etcd when it is away (ms). */
   retryMs?: number;
+  /** A watch stream quiet for this long is asked whether it still answers (ms, default 1000). */
+  checkIntervalMs?: number;
+  /** A stream that leaves a question or a (re)connection unanswered this long is replaced (ms, default 2000). */
+  stallTimeoutMs?: number;
 }
+
+export const DEFAULT_WATCH_CHECK_INTERVAL_MS = 1_000;
+export const DEFAULT_WATCH_STALL_TIMEOUT_MS = 2_000;
 
 export interface SwapEvent {
   name: string;
@@ -52,6 +69,19 @@ interface PolicyParts {
 export class PolicyWatcher extends EventEmitter {
   private set: PolicySet = PolicySet.empty;
   private watch: EtcdWatch | null = null;
+  /** The namespace `watch` was made in: it owns the gRPC stream the watch runs on. */
+  private watchSpace: Namespace | null = null;
+  /** The open question to the stream (see check()), if any. */
+  private probe: EtcdWatch | null = null;
+  /** Since when the stream owes an answer (a question or the watch's connection); null when it owes none. */
+  private awaitingSince: number | null = null;
+  /** When the stream last answered or delivered anything. */
+  private lastHeard = 0;
+  /** Streams replaced since the watch last connected; the first is logged as a warning, the rest at debug. */
+  private replacements = 0;
+  private checkTimer: NodeJS.Timeout | null = null;
+  private readonly checkIntervalMs: number;
+  private readonly stallTimeoutMs: number;
   private state: WatchState = 'starting';
   private inStepSince: number | null = null;
   private outOfStepSince = Date.now();
@@ -63,6 +93,8 @@ export class PolicyWatcher extends EventEmitter {
 
   constructor(private readonly options: PolicyWatcherOptions) {
     super();
+    this.checkIntervalMs = options.checkIntervalMs ?? DEFAULT_WATCH_CHECK_INTERVAL_MS;
+    this.stallTimeoutMs = options.stallTimeoutMs ?? DEFAULT_WATCH_STALL_TIMEOUT_MS;
   }
 
   /** The current set; take it once per decision. */
@@ -99,8 +131,13 @@ export class PolicyWatcher extends EventEmitter {
   async stop(): Promise<void> {
     this.stopped = true;
     if (this.retryTimer) clearTimeout(this.retryTimer);
+    if (this.checkTimer) clearInterval(this.checkTimer);
     const watch = this.watch;
+    const probe = this.probe;
     this.watch = null;
+    this.watchSpace = null;
+    this.probe = null;
+    void probe?.cancel().catch(() => undefined);
     await Promise.race([watch?.cancel().catch(() => undefined), new Promise((r) => setTimeout(r, 500).unref())]);
     await this.applying.catch(() => undefined);
     await this.snapshotWrite.catch(() => undefined);
@@ -121,11 +158,7 @@ export class PolicyWatcher extends EventEmitter {
 
   /** Reads every policy at one revision, swaps them in, then watches from the next revision. */
   private async resync(): Promise<void> {
-    const oldWatch = this.watch;
-    this.watch = null;
-    // Not awaited: a watch etcd already canceled never confirms a cancel.
-    // Its late events are ignored (they no longer come from `this.watch`).
-    void oldWatch?.cancel().catch(() => undefined);
+    this.abandonWatch();
 
     const response = await this.options.client.getAll().prefix(POLICIES_PREFIX).exec();
     const revision = Number(response.header.revision);
@@ -147,19 +180,67 @@ export class PolicyWatcher extends EventEmitter {
     await this.startWatch(revision + 1);
   }
 
+  /**
+   * Drops the current watch. Not awaited: a watch etcd already canceled, or
+   * one on a silent stream, never confirms a cancel. Its late events are
+   * ignored (they no longer come from `this.watch`).
+   */
+  private abandonWatch(): Namespace | null {
+    const { watch, probe, watchSpace } = this;
+    this.watch = null;
+    this.watchSpace = null;
+    this.probe = null;
+    this.awaitingSince = null;
+    void watch?.cancel().catch(() => undefined);
+    void probe?.cancel().catch(() => undefined);
+    return watchSpace;
+  }
+
+  /**
+   * Watches /policies/ from `fromRevision` on a new stream. Resolves once
+   * the watch is established, or after `stallTimeoutMs` (check() then takes
+   * over); it never rejects.
+   */
   private async startWatch(fromRevision: number): Promise<void> {
     if (this.stopped) return;
-    const watch = await this.options.client.watch().prefix(POLICIES_PREFIX).startRevision(String(fromRevision)).create();
+    // At most one watch at a time: one still here (a resync and a stream
+    // replacement that crossed) is dropped, so it cannot live on unheard.
+    this.abandonWatch();
+    // A namespace of its own (same keys: no prefix) gives this watch its own
+    // etcd3 watch manager, hence its own gRPC stream, which can be dropped
+    // without touching the client's other calls.
+    const space = this.options.client.namespace('');
+    const watch = space.watch().prefix(POLICIES_PREFIX).startRevision(String(fromRevision)).watcher();
     this.watch = watch;
-    this.setState('watching');
+    this.watchSpace = space;
+    this.awaitingSince = Date.now();
+    const settled = new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, this.stallTimeoutMs);
+      timer.unref();
+      const done = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+      watch.once('connected', done);
+      watch.once('error', done);
+    });
+    watch.on('connected', () => {
+      if (this.watch !== watch) return;
+      this.awaitingSince = null;
+      this.lastHeard = Date.now();
+      this.replacements = 0;
+      this.setState('watching');
+    });
     watch.on('data', (response: { events: IEvent[] }) => {
       if (this.watch !== watch) return;
+      this.lastHeard = Date.now();
       const events = response.events;
       if (events.length > 0) void this.enqueue(() => this.applyEvents(events));
     });
-    watch.on('connected', () => this.setState('watching'));
     watch.on('disconnected', (err: Error) => {
       if (this.watch !== watch) return;
+      // etcd3 reconnects by itself; check() replaces the stream if that takes too long.
+      this.awaitingSince ??= Date.now();
       this.options.log.warn({ err: err?.message }, 'etcd watch disconnected; enforcing the loaded policies');
       this.setState('disconnected');
     });
@@ -174,6 +255,58 @@ export class PolicyWatcher extends EventEmitter {
         this.scheduleRetry();
       });
     });
+    if (!this.checkTimer) {
+      this.checkTimer = setInterval(() => this.check(), Math.max(20, Math.min(this.checkIntervalMs, this.stallTimeoutMs) / 4));
+      this.checkTimer.unref();
+    }
+    await settled;
+  }
+
+  /** Runs every fraction of a check interval: asks a quiet stream a question, replaces a stream that does not answer. */
+  private check(): void {
+    const watch = this.watch;
+    const space = this.watchSpace;
+    if (this.stopped || !watch || !space) return;
+    const now = Date.now();
+    if (this.awaitingSince !== null) {
+      if (now - this.awaitingSince >= this.stallTimeoutMs) void this.replaceStream();
+      return;
+    }
+    if (now - this.lastHeard < this.checkIntervalMs) return;
+    // The question: a watch of one key nobody writes, on the same stream.
+    // The member answers its creation from memory, without raft, so it
+    // answers even while etcd has no quorum: only a dead stream stays quiet.
+    this.awaitingSince = now;
+    const probe = space.watch().key(POLICIES_PREFIX).watcher();
+    this.probe = probe;
+    probe.once('connected', () => {
+      if (this.probe === probe) {
+        this.probe = null;
+        this.awaitingSince = null;
+        this.lastHeard = Date.now();
+      }
+      void probe.cancel().catch(() => undefined);
+    });
+    probe.on('error', () => undefined);
+  }
+
+  /** The stream owes an answer for too long: watch again on a new one, from the last revision applied. */
+  private async replaceStream(): Promise<void> {
+    const since = this.awaitingSince;
+    const space = this.abandonWatch();
+    if (space) await dropWatchStream(space);
+    // stop() or a resync may have come meanwhile; they own the watch now.
+    if (this.stopped || this.watch) return;
+    const fromRevision = this.set.revision + 1;
+    this.replacements++;
+    this.options.log[this.replacements === 1 ? 'warn' : 'debug'](
+      { silentMs: since === null ? null : Date.now() - since, fromRevision },
+      'etcd watch stream does not answer; watching again on a new stream',
+    );
+    this.setState('disconnected');
+    // Events of revisions after set.revision that are still being applied
+    // come again on the new stream and are skipped (applyEvents).
+    await this.startWatch(fromRevision);
   }
 
   private setState(state: WatchState): void {
@@ -313,3 +446,38 @@ function collect(byName: Map<string, PolicyParts>, kv: IKeyValue, deleted: boole
   else if (!deleted) parts[parsed.part] = kv;
   byName.set(parsed.name, parts);
 }
+
+/**
+ * Ends the gRPC stream behind a namespace's watches, as UNAVAILABLE. etcd3
+ * has no public way to do it. The status matters: the client counts an
+ * UNAVAILABLE stream as a failure of the member that carried it, which
+ * createEtcdClient's per-member breaker then skips for a while, so the next
+ * stream goes to another member rather than, possibly, the same silent one
+ * (a plain cancel() ends as CANCELLED, which etcd3 also uses for streams it
+ * ends on purpose, and does not count). Best effort: should etcd3's or
+ * grpc-js's internals change, a new stream that lands on the silent member
+ * again is replaced again at the next check.
+ */
+async function dropWatchStream(space: Namespace): Promise<void> {
+  type Call = { cancelWithStatus?: (code: number, details: string) => void };
+  type Stream = { call?: Call; cancel?: () => void; once?: (event: string, listener: () => void) => void };
+  const stream = (space as unknown as { watchManager?: { stream?: Stream } }).watchManager?.stream;
+  if (!stream) return;
+  // The failure is recorded when the stream reports its status, a tick
+  // later: wait for it (briefly) so that the next stream already avoids the member.
+  const reported = new Promise<void>((resolve) => {
+    setTimeout(resolve, 100).unref();
+    stream.once?.('status', resolve);
+    stream.once?.('error', resolve);
+  });
+  try {
+    if (stream.call?.cancelWithStatus) stream.call.cancelWithStatus(GRPC_UNAVAILABLE, 'the watch stream stopped answering');
+    else stream.cancel?.();
+  } catch {
+    return; // the stream is gone already
+  }
+  await reported;
+}
+
+/** gRPC status code UNAVAILABLE. */
+const GRPC_UNAVAILABLE = 14;
