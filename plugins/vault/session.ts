@@ -25,17 +25,24 @@ function sanitize(error: unknown): VaultRequestError {
   return new VaultRequestError(status === null && e?.code ? `${e.code}: ${message}` : message, status);
 }
 
-type VaultClient = ReturnType<typeof nodeVault> & {
-  startTokenRenewal(options?: { ttl?: number }): Promise<unknown>;
-  stopTokenRenewal(): void;
-  on(event: string, listener: (...args: unknown[]) => void): void;
-};
+type VaultClient = ReturnType<typeof nodeVault>;
+
+/** Renew when this fraction of the token's TTL has passed. */
+const RENEW_AT_FRACTION = 0.75;
+/**
+ * Never wait longer than this between renewals: Vault's default TTLs (768 h)
+ * overflow Node's timers (max ~24.8 days), and an early renewal costs nothing.
+ */
+const MAX_RENEW_DELAY_MS = 60 * 60 * 1000;
+/** An AppRole token this close to its max TTL is replaced by a fresh login rather than renewed. */
+const RELOGIN_BELOW_SECONDS = 30;
 
 export class VaultSession {
   private readonly client: VaultClient;
   private loggingIn: Promise<void> | null = null;
   private loggedIn = false;
   private stopped = false;
+  private renewTimer: NodeJS.Timeout | null = null;
 
   constructor(
     private readonly config: VaultConfig,
@@ -50,16 +57,6 @@ export class VaultSession {
         timeout: config.timeoutMs,
         ...(config.caCert ? { httpsAgent: new Agent({ ca: config.caCert }) } : {}),
       },
-    }) as VaultClient;
-    this.client.on('token:error:renew', (err) => {
-      this.log.warn({ err: sanitize(err).message }, 'Vault token renewal failed; logging in again');
-      this.loggedIn = false;
-      void this.ensureLoggedIn().catch(() => undefined);
-    });
-    this.client.on('token:expired', () => {
-      this.log.warn('Vault token can no longer be renewed; logging in again');
-      this.loggedIn = false;
-      void this.ensureLoggedIn().catch(() => undefined);
     });
   }
 
@@ -72,23 +69,60 @@ export class VaultSession {
 
   private async login(): Promise<void> {
     try {
-      let ttl: number | undefined;
+      let ttl: number;
       if (this.config.auth.kind === 'approle') {
         const response = (await this.client.approleLogin({
           mount_point: this.config.auth.mount,
           role_id: this.config.auth.roleId,
           secret_id: this.config.auth.secretId,
         })) as { auth?: { lease_duration?: number } };
-        ttl = response.auth?.lease_duration;
+        ttl = response.auth?.lease_duration ?? 0;
         this.log.info({ ttlSeconds: ttl }, 'logged in to Vault with AppRole');
+      } else {
+        const self = (await this.client.tokenLookupSelf()) as { data?: { ttl?: number } };
+        ttl = self.data?.ttl ?? 0;
       }
       if (this.stopped) return;
-      // Renewal is scheduled from the token's TTL; a root token (TTL 0) needs none.
-      await this.client.startTokenRenewal(ttl && ttl > 0 ? { ttl } : {});
       this.loggedIn = true;
+      this.scheduleRenewal(ttl); // a root token (TTL 0) needs none
     } catch (error) {
       throw sanitize(error);
     }
+  }
+
+  private scheduleRenewal(ttlSeconds: number): void {
+    if (this.renewTimer) clearTimeout(this.renewTimer);
+    this.renewTimer = null;
+    if (ttlSeconds <= 0 || this.stopped) return;
+    const delay = Math.min(ttlSeconds * RENEW_AT_FRACTION * 1000, MAX_RENEW_DELAY_MS);
+    this.renewTimer = setTimeout(() => void this.renew(), delay);
+    this.renewTimer.unref();
+  }
+
+  private async renew(): Promise<void> {
+    try {
+      const response = (await this.client.tokenRenewSelf()) as { auth?: { lease_duration?: number; renewable?: boolean } };
+      const ttl = response.auth?.lease_duration ?? 0;
+      // Renewal past the token's max TTL still succeeds, with a shorter TTL:
+      // near the end, an AppRole client logs in again instead.
+      if (this.config.auth.kind === 'approle' && (ttl < RELOGIN_BELOW_SECONDS || response.auth?.renewable === false)) {
+        this.relogin('the token is near its max TTL');
+        return;
+      }
+      this.scheduleRenewal(ttl);
+    } catch (error) {
+      this.log.warn({ err: sanitize(error).message }, 'Vault token renewal failed');
+      this.relogin('renewal failed');
+    }
+  }
+
+  private relogin(reason: string): void {
+    if (this.stopped) return;
+    this.log.info({ reason }, 'logging in to Vault again');
+    this.loggedIn = false;
+    void this.ensureLoggedIn().catch((err: Error) => {
+      this.log.warn({ err: err.message }, 'Vault login failed; retrying on the next request');
+    });
   }
 
   /** Reads a KV v2 secret's current data. */
@@ -108,6 +142,6 @@ export class VaultSession {
 
   stop(): void {
     this.stopped = true;
-    this.client.stopTokenRenewal();
+    if (this.renewTimer) clearTimeout(this.renewTimer);
   }
 }

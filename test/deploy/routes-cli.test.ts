@@ -86,7 +86,7 @@ describe('gatehouse routes export', () => {
     expect((await cli(['routes', 'export', '--out', out], { key: null })).code).toBe(0);
     const pkg = JSON.parse(readFileSync(join(repoRoot, 'package.json'), 'utf8')) as { bin: Record<string, string> };
     expect(pkg.bin.gatehouse).toBe('dist/tools/routes-cli/main.js');
-    const fromBin = execFileSync(process.execPath, [join(repoRoot, pkg.bin.gatehouse), 'routes', 'export'], { encoding: 'utf8' });
+    const fromBin = execFileSync(process.execPath, [join(repoRoot, pkg.bin.gatehouse!), 'routes', 'export'], { encoding: 'utf8' });
     expect(fromBin).toBe(readFileSync(out, 'utf8'));
   });
 });

@@ -1,0 +1,151 @@
+// npm run bench:hairpin — what the LLM route's chain adds to a request, in one
+// run: the same chat completion through the gateway (the APISIX stand-in) on
+//   /llm/v1/chat/completions   jwt -> opa (JSON body) -> vault (cached key) -> path-rewrite
+//   /direct/v1/chat/completions  no plugins
+// both to the same OpenAI-compatible stub, with a real Vault, etcd and runner.
+//
+// Env: BENCH_CONNECTIONS (8), BENCH_SECONDS (3), BENCH_ROUNDS (3).
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Pool } from 'undici';
+import { pino } from 'pino';
+import { parse, stringify } from 'yaml';
+import { createDemoIdentity } from '../cms/demo.js';
+import { RegoCompiler } from '../cms/rego-compiler.js';
+import { PolicyStore, createEtcdClient } from '../plugins/policy-store/index.js';
+import { startLocalStack } from '../tools/local-stack/index.js';
+import { startLlmStub } from '../tools/llm-stub/index.js';
+import { startLocalVault } from '../tools/local-vault/index.js';
+import { machineLine, medianStats, newHistogram, printTable, statsOf, type Stats } from './support.js';
+
+const connections = Number(process.env.BENCH_CONNECTIONS ?? 8);
+const seconds = Number(process.env.BENCH_SECONDS ?? 3);
+const rounds = Number(process.env.BENCH_ROUNDS ?? 3);
+const root = fileURLToPath(new URL('../..', import.meta.url));
+const opaPath = process.env.OPA_PATH || join(root, '.local/bin/opa');
+
+const POLICY = `package project.authz
+import rego.v1
+
+default allow := false
+
+allow if {
+	input.user.role in data.llm_roles
+	input.body.model in data.models
+	input.body.max_tokens <= data.max_tokens
+}
+`;
+const DATA = { llm_roles: ['rag-service'], models: ['gpt-4o-mini', 'llama-3'], max_tokens: 2048 };
+
+async function main() {
+  const work = mkdtempSync(join(tmpdir(), 'gh-bench-hairpin-'));
+  const vault = await startLocalVault();
+  const llm = await startLlmStub();
+  const cleanups: (() => Promise<unknown>)[] = [() => vault.stop(), () => llm.close()];
+  try {
+    await vault.kvPut('secret', 'llm/bench', { api_key: 'sk-bench-0001' });
+    const approle = await vault.createAppRole('gatehouse-gateway', 'path "secret/data/llm/*" { capabilities = ["read"] }');
+    const identity = await createDemoIdentity(join(work, 'identity'));
+
+    // The repository's routes plus one route with no plugins to the same upstream.
+    const template = parse(readFileSync(join(root, 'apisix-conf/apisix.yaml'), 'utf8')) as { routes: object[] };
+    template.routes.push({ id: 'direct', uris: ['/direct/*'], upstream_id: 'llm' });
+    const templatePath = join(work, 'apisix.yaml');
+    writeFileSync(templatePath, `${stringify(template)}#END\n`);
+
+    const stack = await startLocalStack({
+      identity: identity.identityConfig,
+      etcdDataRoot: 'bench-etcd',
+      upstreams: { llm: llm.url },
+      routesTemplate: templatePath,
+      workDir: join(work, 'stack'),
+      opaPath,
+      runnerEnv: { LOG_LEVEL: 'warn', VAULT_ADDR: vault.addr, VAULT_ROLE_ID: approle.roleId, VAULT_SECRET_ID: approle.secretId },
+      logger: pino({ level: 'warn' }),
+    });
+    cleanups.unshift(() => stack.stop());
+
+    const client = createEtcdClient(stack.etcdEndpoints);
+    const compiled = await new RegoCompiler({ opaPath }).compile(POLICY, JSON.stringify(DATA));
+    await new PolicyStore(client).put('bench', {
+      rego: POLICY,
+      dataText: JSON.stringify(DATA),
+      wasm: compiled.wasm,
+      author: 'bench',
+      opaVersion: compiled.opaVersion,
+      entrypoint: compiled.entrypoint,
+      syntaxVersion: compiled.syntaxVersion,
+    });
+    client.close();
+
+    const ragToken = await identity.sign({ sub: 'rag', role: 'rag-service', project: 'bench' });
+    const body = JSON.stringify({ model: 'llama-3', max_tokens: 256, messages: [{ role: 'user', content: 'What does Gatehouse do?' }] });
+    const pool = new Pool(stack.gateway.url, { connections });
+    const send = async (path: string) => {
+      const res = await pool.request({
+        method: 'POST',
+        path,
+        headers: { authorization: `Bearer ${ragToken}`, 'content-type': 'application/json' },
+        body,
+      });
+      const text = await res.body.text();
+      if (res.statusCode !== 200) throw new Error(`${path}: ${res.statusCode} ${text}`);
+    };
+    // Warm up: policies loaded, secret cached, connections open.
+    for (let i = 0; ; i++) {
+      try {
+        await send('/llm/v1/chat/completions');
+        break;
+      } catch (err) {
+        if (i > 200) throw err;
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    }
+    await send('/direct/v1/chat/completions');
+
+    const drive = async (name: string, path: string): Promise<Stats> => {
+      const histogram = newHistogram();
+      const end = Date.now() + seconds * 1000;
+      let ops = 0;
+      const started = process.hrtime.bigint();
+      await Promise.all(
+        Array.from({ length: connections }, async () => {
+          while (Date.now() < end) {
+            const t0 = process.hrtime.bigint();
+            await send(path);
+            histogram.recordValue(Number(process.hrtime.bigint() - t0) / 1000);
+            ops++;
+          }
+        }),
+      );
+      const stats = statsOf(name, histogram, ops, Number(process.hrtime.bigint() - started) / 1e9);
+      histogram.destroy();
+      return stats;
+    };
+    const results = new Map<string, Stats[]>();
+    for (let round = 0; round < rounds; round++) {
+      for (const [name, path] of [
+        ['direct route, no plugins', '/direct/v1/chat/completions'],
+        ['LLM route: jwt + opa(body) + vault(cached) + path-rewrite', '/llm/v1/chat/completions'],
+      ] as const) {
+        const s = await drive(name, path);
+        results.set(name, [...(results.get(name) ?? []), s]);
+      }
+    }
+    await pool.close();
+    const [direct, chain] = [...results.values()].map(medianStats) as [Stats, Stats];
+    console.log(machineLine());
+    console.log(`through the APISIX stand-in to an LLM stub; connections: ${connections}; ${seconds}s x ${rounds} rounds (median)\n`);
+    printTable([direct, chain], { ...direct, name: 'direct' });
+    console.log(`\nadded by the chain: p50 +${(chain.p50 - direct.p50).toFixed(0)} µs, p99 +${(chain.p99 - direct.p99).toFixed(0)} µs`);
+  } finally {
+    for (const cleanup of cleanups) await cleanup().catch(() => undefined);
+  }
+}
+
+main().catch((err) => {
+  console.error(err);
+  process.exitCode = 1;
+});
