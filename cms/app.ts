@@ -21,6 +21,7 @@ import {
 } from '../plugins/identity/index.js';
 import {
   createEtcdClient,
+  type EtcdTlsFiles,
   isValidPolicyName,
   PolicyNotFoundError,
   PolicyStore,
@@ -45,6 +46,8 @@ export interface CmsAppOptions {
   identity: IdentityConfig;
   opaPath: string;
   etcdCallTimeoutMs?: number;
+  /** TLS to etcd (https:// endpoints). */
+  etcdTls?: EtcdTlsFiles;
   compileTimeoutMs?: number;
   bodyLimitBytes?: number;
   historyRetention?: number;
@@ -164,7 +167,7 @@ export async function buildCmsApp(options: CmsAppOptions): Promise<FastifyInstan
   });
   // Fail at start, not at the first PUT, when opa is missing.
   await compiler.opaVersion();
-  const etcd = createEtcdClient(options.etcdEndpoints, { callTimeoutMs: options.etcdCallTimeoutMs });
+  const etcd = createEtcdClient(options.etcdEndpoints, { callTimeoutMs: options.etcdCallTimeoutMs, ...(options.etcdTls ? { tls: options.etcdTls } : {}) });
   const store = new PolicyStore(etcd, { historyRetention: options.historyRetention });
   const metrics = createCmsMetrics();
 

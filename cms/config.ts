@@ -4,7 +4,8 @@
  *   PORT                    listen port (default 8081)
  *   HOST                    listen address (default 127.0.0.1)
  *   ETCD_ENDPOINTS          comma-separated etcd URLs (default http://127.0.0.1:2379)
- *   ETCD_CALL_TIMEOUT_MS    deadline of each etcd call; past it the request gets 503 (default 2000)
+ *   ETCD_CALL_TIMEOUT_MS    deadline of each etcd call attempt; past it the request gets 503 (default 2000)
+ *   ETCD_CACERT, ETCD_CERT, ETCD_KEY  TLS to etcd (https:// endpoints): CA, client certificate and key (PEM files)
  *   OPA_PATH                the opa binary (default <package>/.local/bin/opa)
  *   OPA_COMPILE_TIMEOUT_MS  deadline of each opa process (default 30000)
  *   CMS_BODY_LIMIT_BYTES    largest accepted PUT body; larger is 413 (default 262144)
@@ -17,7 +18,7 @@ import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { identityConfigFromEnv, type IdentityConfig } from '../plugins/identity/index.js';
-import { DEFAULT_ETCD_CALL_TIMEOUT_MS, DEFAULT_HISTORY_RETENTION } from '../plugins/policy-store/index.js';
+import { DEFAULT_ETCD_CALL_TIMEOUT_MS, DEFAULT_HISTORY_RETENTION, etcdClientOptionsFromEnv, type EtcdTlsFiles } from '../plugins/policy-store/index.js';
 
 export const DEFAULT_BODY_LIMIT_BYTES = 256 * 1024;
 export const DEFAULT_COMPILE_TIMEOUT_MS = 30_000;
@@ -27,6 +28,8 @@ export interface CmsConfig {
   host: string;
   etcdEndpoints: string[];
   etcdCallTimeoutMs: number;
+  /** TLS to etcd, from ETCD_CACERT, ETCD_CERT, ETCD_KEY. */
+  etcdTls?: EtcdTlsFiles;
   identity: IdentityConfig;
   opaPath: string;
   compileTimeoutMs: number;
@@ -69,11 +72,13 @@ export function cmsConfigFromEnv(env: NodeJS.ProcessEnv = process.env): CmsConfi
     .map((endpoint) => endpoint.trim())
     .filter(Boolean);
   if (endpoints.length === 0) throw new Error('ETCD_ENDPOINTS lists no endpoint');
+  const etcdTls = etcdClientOptionsFromEnv(env).tls;
   return {
     port: positiveInteger(env, 'PORT', 8081),
     host: env.HOST?.trim() || '127.0.0.1',
     etcdEndpoints: endpoints,
     etcdCallTimeoutMs: positiveInteger(env, 'ETCD_CALL_TIMEOUT_MS', DEFAULT_ETCD_CALL_TIMEOUT_MS),
+    ...(etcdTls ? { etcdTls } : {}),
     identity: identityConfigFromEnv(env),
     opaPath: env.OPA_PATH?.trim() || defaultOpaPath(),
     compileTimeoutMs: positiveInteger(env, 'OPA_COMPILE_TIMEOUT_MS', DEFAULT_COMPILE_TIMEOUT_MS),

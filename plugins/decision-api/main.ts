@@ -3,14 +3,15 @@
 // engine, kept current by the same etcd watch the gateway uses.
 //
 //   DECISION_PORT (default 8181, OPA's), DECISION_HOST (default 0.0.0.0),
-//   ETCD_ENDPOINTS, JWT_* (as everywhere), DECISION_STATE_DIR (snapshot).
+//   ETCD_ENDPOINTS, ETCD_CACERT/ETCD_CERT/ETCD_KEY (TLS to etcd), JWT_* (as
+//   everywhere), DECISION_STATE_DIR (snapshot).
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { createLogger } from '../runner/logger.js';
 import { createIdentityVerifier, identityConfigFromEnv } from '../identity/index.js';
-import { createEtcdClient } from '../policy-store/index.js';
+import { createEtcdClient, etcdClientOptionsFromEnv } from '../policy-store/index.js';
 import { PolicyWatcher } from '../policy-watcher/watcher.js';
 import { snapshotPath } from '../policy-watcher/snapshot.js';
 import { loadAccessPolicy } from '../../cms/access.js';
@@ -29,7 +30,7 @@ async function main() {
   const decisions = new Counter({ name: 'gatehouse_decision_api_decisions_total', help: 'Decisions by policy and outcome', labelNames: ['policy', 'outcome'] as const, registers: [registry] });
   const latency = new Histogram({ name: 'gatehouse_decision_api_evaluation_seconds', help: 'Policy evaluation time', buckets: [0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01], registers: [registry] });
 
-  const etcd = createEtcdClient(endpoints);
+  const etcd = createEtcdClient(endpoints, etcdClientOptionsFromEnv());
   const watcher = new PolicyWatcher({ client: etcd, log: log.child({ component: 'policy-watcher' }), snapshotPath: snapshotPath(stateDir) });
   await watcher.start();
   const app = await buildDecisionApp({

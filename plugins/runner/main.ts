@@ -9,7 +9,7 @@ import { builtinPlugins } from './builtin.js';
 import { createRunnerMetrics } from './metrics.js';
 import { startAdminServer } from './admin-server.js';
 import { createIdentityVerifier, identityConfigFromEnv, type IdentityVerifier } from '../identity/index.js';
-import { createEtcdClient } from '../policy-store/index.js';
+import { createEtcdClient, etcdClientOptionsFromEnv } from '../policy-store/index.js';
 import { PolicyWatcher, type SwapEvent } from '../policy-watcher/watcher.js';
 import { PolicySet } from '../policy-watcher/policy-set.js';
 import { snapshotPath } from '../policy-watcher/snapshot.js';
@@ -50,7 +50,7 @@ async function main(): Promise<void> {
   const config = runnerConfigFromEnv();
   const metrics = createRunnerMetrics();
 
-  const etcd = config.etcdEndpoints.length > 0 ? createEtcdClient(config.etcdEndpoints) : null;
+  const etcd = config.etcdEndpoints.length > 0 ? createEtcdClient(config.etcdEndpoints, etcdClientOptionsFromEnv()) : null;
   const watcher = etcd
     ? new PolicyWatcher({ client: etcd, log: log.child({ component: 'policy-watcher' }), snapshotPath: snapshotPath(config.stateDir) })
     : null;
