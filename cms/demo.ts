@@ -47,18 +47,48 @@ status_code := 401 if not has_user
   data: {},
 };
 
-/** Demo project policy: callers whose role is listed in data.valid_roles may call the project's routes. */
+/**
+ * Demo project policy: the seed's example (admins may call the project's
+ * routes), extended for the LLM hairpin with a model allow-list and a
+ * max_tokens limit read from the request body.
+ */
 export const DEMO_PROJECT_POLICY = {
   rego: `package project.authz
 
 default allow := false
 
-allow if input.user.role in data.valid_roles
+llm_call if startswith(input.request.path, "/llm/")
 
-reason := "role not allowed in this project" if not allow
+# The seed's example.
+allow if input.user.role == "admin"
+
+# Project members may use the project's routes...
+allow if {
+	not llm_call
+	input.user.role in data.valid_roles
+}
+
+# ...and the LLM, with an allowed model and a bounded answer.
+allow if {
+	llm_call
+	input.user.role in data.valid_roles
+	input.body.model in data.models
+	input.body.max_tokens <= data.max_tokens
+}
+
+reason := "model not allowed for this project" if {
+	llm_call
+	not input.body.model in data.models
+} else := "max_tokens is above this project's limit" if {
+	llm_call
+	input.body.max_tokens > data.max_tokens
+} else := "role not allowed in this project" if not allow
 `,
-  data: { valid_roles: ['platform_admin', 'project_user'] },
+  data: { valid_roles: ['platform_admin', 'project_user'], models: ['gpt-4o-mini', 'llama-3'], max_tokens: 1024 },
 };
+
+/** The demo project's LLM key in the local Vault (a placeholder: the LLM is a stub). */
+export const DEMO_LLM_SECRET = { mount: 'secret', path: `llm/${DEMO_PROJECT}`, field: 'api_key', value: 'sk-demo-not-a-real-key' };
 
 export interface SeedOptions {
   etcdEndpoints: string[];
@@ -68,9 +98,9 @@ export interface SeedOptions {
 }
 
 /**
- * Writes the platform policy and the demo project through the store, each
- * only if it does not exist yet (a restart keeps what users changed).
- * Returns the names it wrote.
+ * Writes the platform policy and the demo project through the store when
+ * they are absent, or when the stored version is an older seed (a restart
+ * keeps whatever a user wrote). Returns the names it wrote.
  */
 export async function seedDemoPolicies(options: SeedOptions): Promise<string[]> {
   const client = createEtcdClient(options.etcdEndpoints);
@@ -82,8 +112,11 @@ export async function seedDemoPolicies(options: SeedOptions): Promise<string[]> 
       [PLATFORM_POLICY_NAME, DEMO_PLATFORM_POLICY],
       [DEMO_PROJECT, DEMO_PROJECT_POLICY],
     ] as const) {
-      if (await store.get(name)) continue;
+      const author = options.author ?? 'gatehouse-demo';
       const dataText = JSON.stringify(policy.data);
+      const current = await store.get(name);
+      // Keep what a user wrote; bring an older seeded version up to date.
+      if (current && (current.meta.author !== author || (current.rego === policy.rego && current.dataText === dataText))) continue;
       const compiled = await compiler.compile(policy.rego, dataText);
       try {
         await store.put(
@@ -92,16 +125,16 @@ export async function seedDemoPolicies(options: SeedOptions): Promise<string[]> 
             rego: policy.rego,
             dataText,
             wasm: compiled.wasm,
-            author: options.author ?? 'gatehouse-demo',
+            author,
             opaVersion: compiled.opaVersion,
             entrypoint: compiled.entrypoint,
             syntaxVersion: compiled.syntaxVersion,
           },
-          { ifAbsent: true },
+          current ? { ifVersion: [current.meta.version] } : { ifAbsent: true },
         );
         written.push(name);
       } catch (error) {
-        // Another process seeded it between our read and write: fine.
+        // Another process wrote it between our read and write: fine.
         if ((error as Error).name !== 'PreconditionFailedError') throw error;
       }
     }

@@ -1,13 +1,17 @@
 // npm start: the local stack with a seeded demo. Ports can be moved with
 // GATEWAY_PORT (9080), CMS_PORT (8081), DECISION_PORT (8181), RAG_PORT (8082),
-// RUNNER_METRICS_PORT (9091) and ETCD_CLIENT_PORT (2379). etcd's data is kept
-// under .local/stack-etcd, so policies survive a restart.
+// LLM_PORT (8083), VAULT_PORT (8200), RUNNER_METRICS_PORT (9091) and
+// ETCD_CLIENT_PORT (2379). etcd's data is kept under .local/stack-etcd, so
+// policies survive a restart; Vault runs in dev mode (in memory) and is
+// seeded again each time.
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { pino } from 'pino';
-import { createDemoIdentity, demoCurlCommands, seedDemoPolicies, DEMO_PROJECT } from '../cms/demo.js';
+import { createDemoIdentity, demoCurlCommands, seedDemoPolicies, DEMO_PROJECT, DEMO_LLM_SECRET } from '../cms/demo.js';
 import { startLocalStack } from '../tools/local-stack/index.js';
 import { startDemoRag } from '../tools/local-stack/demo-rag.js';
+import { startLlmStub } from '../tools/llm-stub/index.js';
+import { startLocalVault } from '../tools/local-vault/index.js';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
 const port = (name: string, fallback: number) => Number(process.env[name] ?? fallback);
@@ -18,6 +22,11 @@ async function main() {
   const identity = await createDemoIdentity(join(root, '.local', 'demo'));
   const ragPort = port('RAG_PORT', 8082);
   const rag = await startDemoRag(ragPort);
+  const llm = await startLlmStub(port('LLM_PORT', 8083));
+  llm.acceptKeys([DEMO_LLM_SECRET.value]);
+  const vault = await startLocalVault({ port: port('VAULT_PORT', 8200) });
+  await vault.kvPut(DEMO_LLM_SECRET.mount, DEMO_LLM_SECRET.path, { [DEMO_LLM_SECRET.field]: DEMO_LLM_SECRET.value });
+  const gatewayRole = await vault.createAppRole('gatehouse-gateway', 'path "secret/data/llm/*" { capabilities = ["read"] }');
   const stack = await startLocalStack({
     identity: identity.identityConfig,
     etcdName: 'default',
@@ -28,10 +37,15 @@ async function main() {
       decision: port('DECISION_PORT', 8181),
       runnerMetrics: port('RUNNER_METRICS_PORT', 9091),
     },
-    upstreams: { rag: `127.0.0.1:${ragPort}` },
+    upstreams: { rag: `127.0.0.1:${ragPort}`, llm: llm.url },
     opaPath,
     // The stand-in logs the runner's output at warn, as APISIX does: keep the runner to warnings.
-    runnerEnv: { LOG_LEVEL: process.env.LOG_LEVEL ?? 'warn' },
+    runnerEnv: {
+      LOG_LEVEL: process.env.LOG_LEVEL ?? 'warn',
+      VAULT_ADDR: vault.addr,
+      VAULT_ROLE_ID: gatewayRole.roleId,
+      VAULT_SECRET_ID: gatewayRole.secretId,
+    },
     logger: log,
   });
   const seeded = await seedDemoPolicies({ etcdEndpoints: stack.etcdEndpoints, opaPath });
@@ -46,6 +60,8 @@ Gatehouse local stack is up.
   CMS (direct)              ${stack.cmsUrl}        (/healthz, /readyz, /metrics, /openapi.json)
   decision API (direct)     ${stack.decisionUrl}
   runner metrics            http://127.0.0.1:${port('RUNNER_METRICS_PORT', 9091)}/metrics  (/healthz, /readyz)
+  Vault (dev mode)          ${vault.addr}  (the demo project's LLM key at ${DEMO_LLM_SECRET.mount}/${DEMO_LLM_SECRET.path})
+  LLM (OpenAI-compatible stub) ${llm.url}
   etcd                      ${stack.etcdEndpoints.join(', ')}
   seeded policies           ${seeded.length ? seeded.join(', ') : 'none new (kept from the last run)'}
 
@@ -59,6 +75,11 @@ curl -s ${gw}/rag/ask -H "Authorization: Bearer $DEV"                 # 200: dev
 curl -s ${gw}/rag/ask -H "Authorization: Bearer $EVE"                 # 403: other-team has no policy
 curl -s ${gw}/rag/ask                                                 # 401: no token
 curl -s ${gw}/rag/ask -H "Authorization: Bearer $DEV" -H 'X-Gatehouse-Role: platform_admin'   # the spoofed header never arrives
+
+# The LLM through the gateway (the RAG app's hairpin): the demo policy allows some models;
+# the gateway swaps the caller's token for the project's key from Vault.
+curl -s -X POST ${gw}/llm/v1/chat/completions -H "Authorization: Bearer $DEV" -H 'Content-Type: application/json' --data '{"model":"llama-3","max_tokens":128,"messages":[{"role":"user","content":"hi"}]}'
+curl -s -X POST ${gw}/llm/v1/chat/completions -H "Authorization: Bearer $DEV" -H 'Content-Type: application/json' --data '{"model":"gpt-5","max_tokens":128,"messages":[]}'   # 403: model not allowed
 
 # The decision API (OPA's Data API)
 curl -s -X POST ${gw}/v1/data/${DEMO_PROJECT}/project/authz -H "Authorization: Bearer $DEV" -H 'Content-Type: application/json' --data '{"input":{"user":{"role":"project_user"}}}'
@@ -78,6 +99,8 @@ Press Ctrl-C to stop.
     setTimeout(() => process.exit(1), 10_000).unref();
     await stack.stop();
     rag.close();
+    await llm.close();
+    await vault.stop();
     process.exit(0);
   };
   process.on('SIGINT', () => void stop());

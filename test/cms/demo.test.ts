@@ -10,6 +10,7 @@ import { loadPolicyEngine } from '../../plugins/policy-engine/index.js';
 import { createEtcdClient, PolicyStore } from '../../plugins/policy-store/index.js';
 import { startEtcd, type TestEtcd } from '../support/etcd.js';
 import { OPA_PATH, rawRequest } from './harness.js';
+import { PolicyWriter } from '../support/policies.js';
 
 let etcd: TestEtcd;
 let dir: string;
@@ -31,6 +32,24 @@ describe('demo seeding', () => {
     expect(await seedDemoPolicies({ etcdEndpoints: etcd.endpoints, opaPath: OPA_PATH })).toEqual([]);
   });
 
+  it('brings an older seeded version up to date, but keeps what a user wrote', async () => {
+    const client = createEtcdClient(etcd.endpoints);
+    const writer = new PolicyWriter(client);
+    try {
+      await writer.put(DEMO_PROJECT, 'package project.authz\nimport rego.v1\ndefault allow := false\n', {}, 'gatehouse-demo');
+      expect(await seedDemoPolicies({ etcdEndpoints: etcd.endpoints, opaPath: OPA_PATH })).toEqual([DEMO_PROJECT]);
+      const userRego = 'package project.authz\nimport rego.v1\ndefault allow := true\n';
+      await writer.put(DEMO_PROJECT, userRego, {}, 'ada');
+      expect(await seedDemoPolicies({ etcdEndpoints: etcd.endpoints, opaPath: OPA_PATH })).toEqual([]);
+      expect((await writer.store.get(DEMO_PROJECT))?.rego).toBe(userRego);
+      // Put the seed back for the next test.
+      await writer.put(DEMO_PROJECT, 'package project.authz\nimport rego.v1\ndefault allow := false\n', {}, 'gatehouse-demo');
+      expect(await seedDemoPolicies({ etcdEndpoints: etcd.endpoints, opaPath: OPA_PATH })).toEqual([DEMO_PROJECT]);
+    } finally {
+      client.close();
+    }
+  });
+
   it('seeds policies that decide as documented', async () => {
     const client = createEtcdClient(etcd.endpoints);
     try {
@@ -43,8 +62,15 @@ describe('demo seeding', () => {
       expect(decide({ request: { path: '/internal/x' }, user: { sub: 'ada' } })).toMatchObject({ allow: false });
       const demo = (await store.get(DEMO_PROJECT, { withWasm: true }))!;
       const demoEngine = await loadPolicyEngine(demo.wasm!, { data: demo.dataText });
-      expect(demoEngine.evaluate({ user: { role: 'project_user' } }, demo.meta.entrypoint)).toMatchObject({ allow: true });
-      expect(demoEngine.evaluate({ user: { role: 'guest' } }, demo.meta.entrypoint)).toMatchObject({ allow: false });
+      const demoDecision = (input: unknown) => demoEngine.evaluate(input, demo.meta.entrypoint);
+      expect(demoDecision({ request: { path: '/rag/ask' }, user: { role: 'project_user' } })).toMatchObject({ allow: true });
+      expect(demoDecision({ request: { path: '/rag/ask' }, user: { role: 'guest' } })).toMatchObject({ allow: false });
+      expect(demoDecision({ request: { path: '/rag/ask' }, user: { role: 'admin' } })).toMatchObject({ allow: true });
+      const llm = (model: string, maxTokens: number) =>
+        demoDecision({ request: { path: '/llm/v1/chat/completions' }, user: { role: 'project_user' }, body: { model, max_tokens: maxTokens } });
+      expect(llm('llama-3', 256)).toMatchObject({ allow: true });
+      expect(llm('gpt-5', 256)).toMatchObject({ allow: false, reason: 'model not allowed for this project' });
+      expect(llm('llama-3', 4096)).toMatchObject({ allow: false, reason: "max_tokens is above this project's limit" });
     } finally {
       client.close();
     }

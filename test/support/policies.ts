@@ -18,17 +18,17 @@ export class PolicyWriter {
   }
 
   /** Compiles (cached per source) and writes one policy version. */
-  async put(name: string, rego: string, data: unknown = {}): Promise<number> {
+  async put(name: string, rego: string, data: unknown = {}, author = 'test'): Promise<number> {
     let compiled = this.compiled.get(rego);
     if (!compiled) {
-      compiled = await this.compiler.compile(rego);
+      compiled = await this.compiler.compile(rego, JSON.stringify(data));
       this.compiled.set(rego, compiled);
     }
     const result = await this.store.put(name, {
       rego,
       dataText: JSON.stringify(data),
       wasm: compiled.wasm,
-      author: 'test',
+      author,
       opaVersion: compiled.opaVersion,
       entrypoint: compiled.entrypoint,
       syntaxVersion: compiled.syntaxVersion,
