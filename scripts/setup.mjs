@@ -3,7 +3,7 @@
 // and does nothing the second time. Plain JavaScript: it runs before the build.
 //
 //   node modules  -> npm ci, when node_modules is older than package-lock.json
-//   etcd, haproxy, flatc -> Debian packages, when missing from PATH
+//   etcd, haproxy, keepalived, flatc -> Debian packages, when missing from PATH
 //   opa           -> built once from the pinned Go module in tools/opa
 //   vault         -> built once from the pinned Go module in tools/vault
 import { execFileSync, spawnSync } from 'node:child_process';
@@ -37,6 +37,8 @@ function ensureDebianPackages() {
   const wanted = [];
   if (!onPath('etcd')) wanted.push('etcd-server');
   if (!onPath('haproxy')) wanted.push('haproxy');
+  // keepalived: the deploy tests check the load balancer pair's config with keepalived -t.
+  if (!onPath('keepalived')) wanted.push('keepalived');
   // flatc: only to check (and regenerate) the committed protocol code.
   if (!onPath('flatc')) wanted.push('flatbuffers-compiler');
   if (wanted.length === 0) return;
