@@ -6,7 +6,21 @@
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { Etcd3, GRPCDeadlineExceededError, GRPCUnavailableError, Range, isRecoverableError, type IKeyValue, type IOptions, type IResponseOp } from 'etcd3';
-import { ConsecutiveBreaker, circuitBreaker, handleWhen, noop, retry } from 'cockatiel';
+import {
+  CircuitState,
+  ConsecutiveBreaker,
+  ExponentialBackoff,
+  TimeoutStrategy,
+  circuitBreaker,
+  handleWhen,
+  noop,
+  retry,
+  timeout,
+  wrap,
+  type CircuitBreakerPolicy,
+  type IDefaultPolicyContext,
+  type IPolicy,
+} from 'cockatiel';
 import { policyKeys, POLICIES_PREFIX, parsePolicyKey, type HistoryPart } from './keys.js';
 
 export const DEFAULT_HISTORY_RETENTION = 50;
@@ -162,20 +176,62 @@ function etcdCredentials(endpoints: string[], tls: EtcdTlsFiles | undefined): IO
 }
 
 /**
+ * Errors counted against the member that gave them: it is unreachable,
+ * reset, silent past a keepalive (UNAVAILABLE from the transport), or it let
+ * the deadline pass. Not etcd's own UNAVAILABLE answers ("etcdserver: no
+ * leader", "leader changed", "request timed out"): during an election every
+ * member gives them for a second or two, and skipping them all would refuse
+ * calls after the election is over. Not CANCELLED either: etcd3 cancels a
+ * watch stream on purpose when its last watch ends.
+ */
+function isMemberFailure(error: Error): boolean {
+  if (error instanceof GRPCDeadlineExceededError) return true;
+  return error instanceof GRPCUnavailableError && !error.message.includes('etcdserver:');
+}
+
+/**
+ * One circuit breaker per member, sharing a view of the others: a member
+ * that failed a call is skipped for ETCD_MEMBER_RETRY_AFTER_MS (then one
+ * call tries it again), unless no member is left to go to. Then calls go
+ * through anyway: every member failed recently (etcd lost quorum, or this
+ * node its network), and refusing without trying would only delay the
+ * first success once etcd is back.
+ */
+function memberBreakers(): (host: string) => IPolicy<IDefaultPolicyContext> {
+  const breakers: CircuitBreakerPolicy[] = [];
+  return () => {
+    const breaker = circuitBreaker(handleWhen(isMemberFailure), {
+      halfOpenAfter: ETCD_MEMBER_RETRY_AFTER_MS,
+      breaker: new ConsecutiveBreaker(1),
+    });
+    breakers.push(breaker);
+    const policy: Pick<IPolicy<IDefaultPolicyContext>, 'execute'> = {
+      execute: (fn, signal) =>
+        breakers.every((b) => b.state !== CircuitState.Closed)
+          ? Promise.resolve().then(() => fn({ signal: signal ?? new AbortController().signal }))
+          : breaker.execute(fn, signal),
+    };
+    // etcd3 only ever calls execute() on a host's policy.
+    return policy as IPolicy<IDefaultPolicyContext>;
+  };
+}
+
+/**
  * An etcd3 client that fails fast but fails over. Every unary call attempt
  * has a deadline of `callTimeoutMs`. With several endpoints (the members of
  * one cluster):
  *
- * - a call that fails on one member for a transient reason (unreachable,
- *   deadline passed, etcd's own "request timed out") is retried at once on
- *   another member, at most as many times as the cluster can lose members
- *   and keep quorum: one retry with three members. A further attempt could
- *   not succeed anyway, since no quorum means no member can answer.
- * - a member that failed a call (unreachable, or no answer before the
- *   deadline) is skipped by later calls and watch streams (a per-member
- *   circuit breaker) for ETCD_MEMBER_RETRY_AFTER_MS, then one call tries it
- *   again. When every member is being skipped, calls fail at once: etcd has
- *   lost quorum or this node its network, and the caller answers 503.
+ * - a call that fails for a transient reason (member unreachable, deadline
+ *   passed, an election in progress) is tried again on the next member, at
+ *   once and then with short growing pauses (50 ms to 500 ms), until
+ *   2 × `callTimeoutMs` have passed since the call began: after an attempt
+ *   that used its whole deadline on a silent member, another member still
+ *   gets one; an election (a second or two with the deploy/ settings) is
+ *   waited out. A call therefore answers or fails within 3 × `callTimeoutMs`
+ *   (6 s by default), and in practice within one deadline, since members
+ *   that failed are skipped:
+ * - a member that failed a call is skipped by later calls and watch streams
+ *   (see memberBreakers).
  *
  * A write retried after a deadline may have been committed by the first
  * attempt: PolicyStore's writes are transactions guarded by a compare, so
@@ -188,31 +244,22 @@ function etcdCredentials(endpoints: string[], tls: EtcdTlsFiles | undefined): IO
  * PolicyWatcher for one that goes silent).
  */
 export function createEtcdClient(endpoints: string[], options: EtcdClientOptions = {}): Etcd3 {
-  const timeout = options.callTimeoutMs ?? DEFAULT_ETCD_CALL_TIMEOUT_MS;
+  const callTimeout = options.callTimeoutMs ?? DEFAULT_ETCD_CALL_TIMEOUT_MS;
   const credentials = etcdCredentials(endpoints, options.tls);
-  // Members the cluster can lose and keep quorum; at least one retry whenever there is another endpoint.
-  const retries = Math.max(1, Math.floor((endpoints.length - 1) / 2));
-  // Worth another member: any failure etcd3 itself calls transient.
-  const transient = handleWhen((error) => isRecoverableError(error));
-  // Counted against the member: it is unreachable, reset, silent past a
-  // keepalive, or says it cannot serve (UNAVAILABLE: etcd's own "request
-  // timed out", "no leader"), or it let the deadline pass. Not CANCELLED:
-  // etcd3 cancels a watch stream on purpose when its last watch ends.
-  const memberFailure = handleWhen((error) => error instanceof GRPCUnavailableError || error instanceof GRPCDeadlineExceededError);
+  // The retries stop when the window closes (the attempt then running still
+  // ends at its own deadline); the count only bounds a flood of fast failures.
+  const failover = wrap(
+    timeout(2 * callTimeout, TimeoutStrategy.Cooperative),
+    retry(handleWhen(isRecoverableError), { maxAttempts: 20, backoff: new ExponentialBackoff({ initialDelay: 50, maxDelay: 500 }) }),
+  );
   return new Etcd3({
     hosts: endpoints,
     ...(credentials ? { credentials } : {}),
     grpcOptions: { ...ETCD_GRPC_KEEPALIVE },
     // Evaluated for each attempt (etcd3 resolves call options inside the
     // retried function), so a retry gets a fresh deadline.
-    defaultCallOptions: (context) => (context.isStream ? {} : { deadline: Date.now() + timeout }),
-    faultHandling:
-      endpoints.length > 1
-        ? {
-            host: () => circuitBreaker(memberFailure, { halfOpenAfter: ETCD_MEMBER_RETRY_AFTER_MS, breaker: new ConsecutiveBreaker(1) }),
-            global: retry(transient, { maxAttempts: retries }),
-          }
-        : { host: () => noop, global: noop },
+    defaultCallOptions: (context) => (context.isStream ? {} : { deadline: Date.now() + callTimeout }),
+    faultHandling: endpoints.length > 1 ? { host: memberBreakers(), global: failover } : { host: () => noop, global: noop },
   });
 }
 

@@ -21,7 +21,7 @@ let keys: TestKeys;
 let dc: Rehearsal;
 let workDir: string;
 let load: LoadLoop;
-const tokens: Record<string, string> = {};
+const tokens = {} as { admin: string; teamAAdmin: string; teamAViewer: string; teamPViewer: string };
 
 /** The seed's example policy, allowing one role. */
 const policyAllowing = (role: string) =>

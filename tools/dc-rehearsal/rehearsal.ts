@@ -15,7 +15,7 @@ import { createNetwork, destroyNetwork, hostAddress, namespaceName, setLink, sit
 
 export type Datacenter = 'dc1' | 'dc2';
 export const DATACENTERS: Datacenter[] = ['dc1', 'dc2'];
-const APP_PROCESSES = ['etcdproxy', 'rag', 'decision', 'cms', 'gateway'] as const;
+const APP_PROCESSES = ['rag', 'decision', 'cms', 'gateway'] as const;
 type AppProcess = (typeof APP_PROCESSES)[number];
 
 export interface RehearsalOptions extends NetworkPlan {
@@ -181,13 +181,12 @@ export async function startRehearsal(options: RehearsalOptions): Promise<Rehears
     const dir = join(work, dc);
     mkdirSync(dir, { recursive: true });
     const own = dc as EtcdMember;
-    // As in production (deploy/app-node/gatehouse-etcd-proxy.service): etcd's gRPC proxy on the
-    // node's loopback, this datacenter's member first; Gatehouse's processes use only the proxy.
-    // TLS is left out here, as for the members.
+    // As in production (deploy/app-node/*.env): Gatehouse's processes talk to
+    // the three members directly, this datacenter's listed first (the client
+    // spreads calls over all of them and fails over between them). TLS is
+    // left out here, as for the members.
     const members = [endpointOf(own), ...ETCD_MEMBERS.filter((m) => m !== own).map(endpointOf)].join(',');
-    const proxy = `127.0.0.1:${p.etcd_proxy}`;
-    launch(`${dc}-etcdproxy`, dc, ['etcd', 'grpc-proxy', 'start', `--listen-addr=${proxy}`, `--advertise-client-url=${proxy}`, `--endpoints=${members}`, `--data-dir=${join(dir, 'etcd-proxy')}`], {});
-    const common = { ...options.identityEnv, ETCD_ENDPOINTS: `http://${proxy}`, OPA_PATH: options.opaPath, LOG_LEVEL: logLevel };
+    const common = { ...options.identityEnv, ETCD_ENDPOINTS: members, OPA_PATH: options.opaPath, LOG_LEVEL: logLevel };
     const routesPath = join(dir, 'apisix.yaml');
     const template = readFileSync(join(root, 'apisix-conf', 'apisix.yaml'), 'utf8');
     writeFileSync(routesPath, pointRoutesAt(template, { cms: `127.0.0.1:${p.cms}`, 'decision-api': `127.0.0.1:${p.decision}`, rag: '127.0.0.1:8082' }));
