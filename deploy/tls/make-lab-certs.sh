@@ -10,7 +10,7 @@
 #   etcd-<member>.crt/.key                         member certificate: server and peer
 #                                                  (install as /etc/etcd/tls/server.* and peer.*)
 #   apisix-etcd-client.crt/.key                    APISIX -> etcd
-#   gatehouse-etcd-client.crt/.key                 etcd proxy on the app nodes -> etcd
+#   gatehouse-etcd-client.crt/.key                 Gatehouse (CMS, runner, decision API) -> etcd
 #   gatehouse.pem                                  HAProxy's frontend certificate and key
 #
 # Member names and addresses follow deploy/inventory.example.yaml; set

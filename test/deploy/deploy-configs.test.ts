@@ -96,7 +96,7 @@ describe('systemd units', () => {
     writeFileSync(join(dir, 'apisix.service'), '[Unit]\nDescription=APISIX (stand-in for the package unit)\n[Service]\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target\n');
     return dir;
   }
-  const units = ['gatehouse-cms.service', 'gatehouse-decision.service', 'gatehouse-etcd-proxy.service', 'etcd.service', 'apisix.service'];
+  const units = ['gatehouse-cms.service', 'gatehouse-decision.service', 'etcd.service', 'apisix.service'];
   // Lines about our units; systemd also reports on unrelated units of the host.
   const aboutOurs = (output: string) => output.split('\n').filter((line) => /gatehouse|etcd\.service|apisix/.test(line));
 
@@ -120,7 +120,7 @@ describe('systemd units', () => {
     expect(read('deploy/app-node/gatehouse-cms.service')).toContain(`/opt/gatehouse/${pkg.bin['gatehouse-cms']}`);
     expect(read('deploy/app-node/gatehouse-decision.service')).toContain(`/opt/gatehouse/${pkg.bin['gatehouse-decision']}`);
     const files = readdirSync(join(deploy, 'app-node'));
-    for (const unit of ['gatehouse-cms.service', 'gatehouse-decision.service', 'gatehouse-etcd-proxy.service', 'apisix.service.d/gatehouse.conf']) {
+    for (const unit of ['gatehouse-cms.service', 'gatehouse-decision.service', 'apisix.service.d/gatehouse.conf']) {
       for (const [, path] of read(`deploy/app-node/${unit}`).matchAll(/^EnvironmentFile=-?(\/etc\/gatehouse\/[^\s]+)$/gm)) {
         const name = path!.replace('/etc/gatehouse/secrets/apisix.env', 'apisix-secrets.env.example').replace('/etc/gatehouse/', '');
         expect(files).toContain(name);
