@@ -1,6 +1,7 @@
 // npm run bench:hairpin — what the LLM route's chain adds to a request, in one
 // run: the same chat completion through the gateway (the APISIX stand-in) on
 //   /llm/v1/chat/completions   jwt -> opa (JSON body) -> vault (cached key) -> path-rewrite
+//   /rag/v1/chat/completions   jwt -> opa (no body), for comparison
 //   /direct/v1/chat/completions  no plugins
 // both to the same OpenAI-compatible stub, with a real Vault, etcd and runner.
 //
@@ -31,6 +32,12 @@ import rego.v1
 
 default allow := false
 
+# The RAG route (no body in the input).
+allow if {
+	input.user.role in data.llm_roles
+	not startswith(input.request.path, "/llm/")
+}
+
 allow if {
 	input.user.role in data.llm_roles
 	input.body.model in data.models
@@ -58,7 +65,7 @@ async function main() {
     const stack = await startLocalStack({
       identity: identity.identityConfig,
       etcdDataRoot: 'bench-etcd',
-      upstreams: { llm: llm.url },
+      upstreams: { llm: llm.url, rag: llm.url },
       routesTemplate: templatePath,
       workDir: join(work, 'stack'),
       opaPath,
@@ -128,6 +135,7 @@ async function main() {
     for (let round = 0; round < rounds; round++) {
       for (const [name, path] of [
         ['direct route, no plugins', '/direct/v1/chat/completions'],
+        ['RAG route: jwt + opa (no body)', '/rag/v1/chat/completions'],
         ['LLM route: jwt + opa(body) + vault(cached) + path-rewrite', '/llm/v1/chat/completions'],
       ] as const) {
         const s = await drive(name, path);
@@ -135,10 +143,10 @@ async function main() {
       }
     }
     await pool.close();
-    const [direct, chain] = [...results.values()].map(medianStats) as [Stats, Stats];
+    const [direct, rag, chain] = [...results.values()].map(medianStats) as [Stats, Stats, Stats];
     console.log(machineLine());
     console.log(`through the APISIX stand-in to an LLM stub; connections: ${connections}; ${seconds}s x ${rounds} rounds (median)\n`);
-    printTable([direct, chain], { ...direct, name: 'direct' });
+    printTable([direct, rag, chain], { ...direct, name: 'direct' });
     console.log(`\nadded by the chain: p50 +${(chain.p50 - direct.p50).toFixed(0)} µs, p99 +${(chain.p99 - direct.p99).toFixed(0)} µs`);
   } finally {
     for (const cleanup of cleanups) await cleanup().catch(() => undefined);
