@@ -319,8 +319,15 @@ describe('failover', () => {
       // dc1 and the witness keep quorum: the CMS takes writes, through HAProxy.
       let put = { status: 0, text: '' };
       let attempts = 0;
-      await until('a write with dc2 gone', async () => (attempts++, (put = await putPolicy(dc.url, 'team-p', 'admin')).status === 200), 30_000);
-      console.log(`dc2 cut off: the CMS took the write at attempt ${attempts}`);
+      const refused: string[] = [];
+      await until('a write with dc2 gone', async () => {
+        attempts++;
+        const started = Date.now();
+        put = await putPolicy(dc.url, 'team-p', 'admin').catch((error: unknown) => ({ status: 0, text: String(error) }));
+        if (put.status !== 200) refused.push(`${put.status} after ${Date.now() - started} ms: ${put.text.slice(0, 100)}`);
+        return put.status === 200;
+      }, 30_000);
+      console.log(`dc2 cut off: the CMS took the write at attempt ${attempts}${refused.length ? `; before: ${refused.join(' | ')}` : ''}`);
       const written = Date.now();
       const delay = await untilEnforced('dc1', tokens.teamPViewer, 403, written, 60_000);
       console.log(`dc2 cut off: a write through HAProxy (answered after ${written - cutAt} ms from the cut) enforced in dc1 after ${delay} ms`);
