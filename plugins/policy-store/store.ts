@@ -108,7 +108,7 @@ export interface EtcdTlsFiles {
 }
 
 export interface EtcdClientOptions {
-  /** Deadline of each attempt of a unary call, ms (a call that fails over makes at most two attempts on a three-member cluster). */
+  /** Deadline of each attempt of a unary call, ms; with several endpoints a failed attempt is retried on another member for up to twice this long (see createEtcdClient). */
   callTimeoutMs?: number;
   /** TLS to the members; the endpoints must then be https://. */
   tls?: EtcdTlsFiles;
