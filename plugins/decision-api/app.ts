@@ -10,11 +10,13 @@
 // reads rule `allow` of package `project.authz` of team-a's policy. As in OPA,
 // `result` is absent when the document is undefined. Callers present a JWT,
 // verified with the same rules as everywhere else, and may ask only about
-// policies the CMS access policy lets them read.
+// policies the CMS access policy lets them read. A call without its own
+// Authorization header, as APISIX's built-in `opa` plugin makes it, is
+// judged by the client token inside its input instead.
 import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import type { Registry } from 'prom-client';
-import { AuthenticationError, type IdentityVerifier } from '../identity/index.js';
+import { AuthenticationError, type Identity, type IdentityVerifier } from '../identity/index.js';
 import { isValidPolicyName } from '../policy-store/names.js';
 import type { PolicyWatcher } from '../policy-watcher/watcher.js';
 import { HttpProblem, sendProblem } from '../../cms/problem.js';
@@ -50,6 +52,33 @@ export function documentAt(packagePath: string[], packageDocument: unknown, path
   let nested: unknown = packageDocument;
   for (const segment of [...packagePath.slice(path.length)].reverse()) nested = { [segment]: nested };
   return nested;
+}
+
+const CREDENTIAL_HEADERS = ['authorization', 'proxy-authorization', 'cookie'];
+
+/** The client's Authorization header inside an APISIX `opa` plugin input, if any. */
+function forwardedAuthorization(input: unknown): string | undefined {
+  const headers = (input as { request?: { headers?: Record<string, unknown> } } | undefined)?.request?.headers;
+  const value = headers?.authorization;
+  if (typeof value === 'string') return value;
+  if (Array.isArray(value) && typeof value[0] === 'string') return value[0];
+  return undefined;
+}
+
+/**
+ * APISIX's input, made into the gateway's: credentials removed (they are not
+ * policy data), the verified identity added as `user` and `project`.
+ */
+function withIdentity(input: Record<string, unknown>, identity: Identity): Record<string, unknown> {
+  const request = input.request as { headers?: Record<string, unknown> } | undefined;
+  const headers = { ...request?.headers };
+  for (const name of CREDENTIAL_HEADERS) delete headers[name];
+  return {
+    ...input,
+    request: { ...request, headers },
+    user: { ...identity.claims, sub: identity.sub, role: identity.role, project: identity.project },
+    project: identity.project,
+  };
 }
 
 export async function buildDecisionApp(options: DecisionApiOptions): Promise<FastifyInstance> {
@@ -97,7 +126,20 @@ export async function buildDecisionApp(options: DecisionApiOptions): Promise<Fas
     request: { headers: { authorization?: string }; params: unknown; body?: unknown },
     reply: import('fastify').FastifyReply,
   ) => {
-    const identity = await options.verifier.verifyAuthorizationHeader(request.headers.authorization);
+    let input: unknown;
+    if (request.body !== undefined) {
+      if (request.body === null || typeof request.body !== 'object' || Array.isArray(request.body)) {
+        throw new HttpProblem({ status: 400, detail: 'the body must be a JSON object like {"input": ...}' });
+      }
+      input = (request.body as { input?: unknown }).input;
+    }
+    // APISIX's built-in `opa` plugin sends no Authorization header of its own,
+    // but its input carries the client's request headers: the end user's
+    // token is then verified from there, with the same rules.
+    const forwarded = request.headers.authorization === undefined ? forwardedAuthorization(input) : undefined;
+    const identity = await options.verifier.verifyAuthorizationHeader(request.headers.authorization ?? forwarded);
+    if (forwarded !== undefined) input = withIdentity(input as Record<string, unknown>, identity);
+
     const path = String((request.params as { '*': string })['*'] ?? '')
       .split('/')
       .filter((s) => s !== '');
@@ -107,13 +149,6 @@ export async function buildDecisionApp(options: DecisionApiOptions): Promise<Fas
     }
     if (!options.access.decide(accessInput('GET', ['policies', policyName], identity)).allow) {
       throw new HttpProblem({ status: 403, detail: 'you may not query this policy' });
-    }
-    let input: unknown;
-    if (request.body !== undefined) {
-      if (request.body === null || typeof request.body !== 'object' || Array.isArray(request.body)) {
-        throw new HttpProblem({ status: 400, detail: 'the body must be a JSON object like {"input": ...}' });
-      }
-      input = (request.body as { input?: unknown }).input;
     }
     const set = options.watcher.current;
     if (!set.isLoaded) throw new HttpProblem({ status: 503, detail: 'policies are not loaded yet', headers: { 'Retry-After': '1' } });

@@ -28,6 +28,7 @@ beforeAll(async () => {
   client = createEtcdClient(etcd.endpoints);
   keys = await createTestKeys();
   await new PolicyWriter(client).put('team-a', SEED_POLICY, { valid_roles: ['admin'] });
+  await new PolicyWriter(client).put('team-c', 'package echo\nimport rego.v1\nheaders := input.request.headers\nuser_sub := input.user.sub\n');
   watcher = new PolicyWatcher({ client, log: pino({ level: 'silent' }) });
   await watcher.start();
   app = await buildDecisionApp({
@@ -93,6 +94,34 @@ describe('decision API', () => {
       expect([url, payload, res.statusCode]).toEqual([url, payload, status]);
       expect(res.headers['content-type']).toMatch(/application\/problem\+json/);
     }
+  });
+
+  it("serves APISIX's built-in opa plugin unchanged: the client's token inside the input decides, and never reaches the policy", async () => {
+    const admin = await keys.token({ sub: 'ada', role: 'admin', project: 'team-a' });
+    const viewer = await keys.token({ sub: 'vic', role: 'viewer', project: 'team-a' });
+    // The document APISIX's `opa` plugin posts (no Authorization header on the call itself).
+    const apisixInput = (token: string) => ({
+      input: {
+        type: 'http',
+        request: { scheme: 'http', method: 'GET', host: 'gw', port: 9080, path: '/rag/ask', headers: { authorization: `Bearer ${token}`, accept: '*/*' }, query: {} },
+        var: { remote_addr: '10.0.0.1', server_port: '9080', timestamp: 1700000000 },
+      },
+    });
+    let res = await app.inject({ method: 'POST', url: '/v1/data/team-a/project/authz', payload: apisixInput(admin) });
+    expect(res.statusCode).toBe(200);
+    expect(res.json()).toEqual({ result: { allow: true } });
+    res = await app.inject({ method: 'POST', url: '/v1/data/team-a/project/authz', payload: apisixInput(viewer) });
+    expect(res.json()).toEqual({ result: { allow: false } });
+    const forged = await keys.badSignatureToken({ sub: 'x', role: 'admin', project: 'team-a' });
+    res = await app.inject({ method: 'POST', url: '/v1/data/team-a/project/authz', payload: apisixInput(forged) });
+    expect(res.statusCode).toBe(401);
+    const otherProject = await keys.token({ sub: 'b', role: 'admin', project: 'team-b' });
+    res = await app.inject({ method: 'POST', url: '/v1/data/team-a/project/authz', payload: apisixInput(otherProject) });
+    expect(res.statusCode).toBe(403);
+    // What the policy saw: the verified user, and no credentials.
+    const carl = await keys.token({ sub: 'carl', role: 'dev', project: 'team-c' });
+    res = await app.inject({ method: 'POST', url: '/v1/data/team-c/echo', payload: apisixInput(carl) });
+    expect(res.json()).toEqual({ result: { headers: { accept: '*/*' }, user_sub: 'carl' } });
   });
 
   it('documentAt walks into and nests above the package document', () => {
