@@ -29,6 +29,7 @@ import { loadPolicyEngine } from '../plugins/policy-engine/index.js';
 import { RpcType, decodeHttpReqCallResponse, type HttpReqCallRequest } from '../plugins/protocol/index.js';
 import type { PolicyInput } from '../plugins/opa/input.js';
 import {
+  driveConcurrently,
   driveRunner,
   machineLine,
   median,
@@ -36,6 +37,7 @@ import {
   newHistogram,
   prepareConf,
   printTable,
+  retryUntilReady,
   socketAccepts,
   startNodeProcess,
   statsOf,
@@ -148,15 +150,9 @@ async function main() {
       if (!answer || answer.action?.type !== 'rewrite') throw new Error(`the chain did not allow the request (frame type ${type}, ${answer?.action?.type})`);
     };
     // Wait until the runner has loaded the policy.
-    for (let i = 0; ; i++) {
-      try {
-        await driveRunner({ name: 'warm-up', socketPath, request: { ...request, confToken: chainToken }, connections: 1, seconds: 0.05, check: expectAllowed });
-        break;
-      } catch (err) {
-        if (i > 200) throw err;
-        await new Promise((r) => setTimeout(r, 50));
-      }
-    }
+    await retryUntilReady(() =>
+      driveRunner({ name: 'warm-up', socketPath, request: { ...request, confToken: chainToken }, connections: 1, seconds: 0.05, check: expectAllowed }),
+    );
 
     // 3: the same decision in-process, on the input document the runner builds.
     const engine = await loadPolicyEngine(compiled.wasm, { data: JSON.stringify(DATA) });
@@ -206,34 +202,8 @@ async function main() {
       const answer = (await response.body.json()) as { result?: { allow?: boolean } };
       if (answer.result?.allow !== true) throw new Error(`opa server did not allow: ${JSON.stringify(answer)}`);
     };
-    for (let i = 0; ; i++) {
-      try {
-        await askOpa();
-        break;
-      } catch (err) {
-        if (i > 200) throw err;
-        await new Promise((r) => setTimeout(r, 50));
-      }
-    }
-    const overHttp = async (): Promise<Stats> => {
-      const histogram = newHistogram();
-      const end = Date.now() + seconds * 1000;
-      let ops = 0;
-      const started = process.hrtime.bigint();
-      await Promise.all(
-        Array.from({ length: connections }, async () => {
-          while (Date.now() < end) {
-            const t0 = process.hrtime.bigint();
-            await askOpa();
-            histogram.recordValue(Number(process.hrtime.bigint() - t0) / 1000);
-            ops++;
-          }
-        }),
-      );
-      const stats = statsOf('opa run --server over HTTP (decision only)', histogram, ops, Number(process.hrtime.bigint() - started) / 1e9);
-      histogram.destroy();
-      return stats;
-    };
+    await retryUntilReady(askOpa);
+    const overHttp = () => driveConcurrently('opa run --server over HTTP (decision only)', connections, seconds, askOpa);
 
     const results = new Map<string, Stats[]>();
     const keep = (s: Stats) => results.set(s.name, [...(results.get(s.name) ?? []), s]);

@@ -19,7 +19,7 @@ import { PolicyStore, createEtcdClient } from '../plugins/policy-store/index.js'
 import { startLocalStack } from '../tools/local-stack/index.js';
 import { startLlmStub } from '../tools/llm-stub/index.js';
 import { startLocalVault } from '../tools/local-vault/index.js';
-import { machineLine, medianStats, newHistogram, printTable, statsOf, type Stats } from './support.js';
+import { driveConcurrently, machineLine, medianStats, printTable, retryUntilReady, type Stats } from './support.js';
 
 const connections = Number(process.env.BENCH_CONNECTIONS ?? 8);
 const seconds = Number(process.env.BENCH_SECONDS ?? 3);
@@ -101,36 +101,10 @@ async function main() {
       if (res.statusCode !== 200) throw new Error(`${path}: ${res.statusCode} ${text}`);
     };
     // Warm up: policies loaded, secret cached, connections open.
-    for (let i = 0; ; i++) {
-      try {
-        await send('/llm/v1/chat/completions');
-        break;
-      } catch (err) {
-        if (i > 200) throw err;
-        await new Promise((r) => setTimeout(r, 50));
-      }
-    }
+    await retryUntilReady(() => send('/llm/v1/chat/completions'));
     await send('/direct/v1/chat/completions');
+    const drive = (name: string, path: string) => driveConcurrently(name, connections, seconds, () => send(path));
 
-    const drive = async (name: string, path: string): Promise<Stats> => {
-      const histogram = newHistogram();
-      const end = Date.now() + seconds * 1000;
-      let ops = 0;
-      const started = process.hrtime.bigint();
-      await Promise.all(
-        Array.from({ length: connections }, async () => {
-          while (Date.now() < end) {
-            const t0 = process.hrtime.bigint();
-            await send(path);
-            histogram.recordValue(Number(process.hrtime.bigint() - t0) / 1000);
-            ops++;
-          }
-        }),
-      );
-      const stats = statsOf(name, histogram, ops, Number(process.hrtime.bigint() - started) / 1e9);
-      histogram.destroy();
-      return stats;
-    };
     const results = new Map<string, Stats[]>();
     for (let round = 0; round < rounds; round++) {
       for (const [name, path] of [

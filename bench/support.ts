@@ -177,3 +177,36 @@ export async function driveRunner(options: {
   histogram.destroy();
   return stats;
 }
+
+/** Runs `op` until it succeeds (a service warming up), at most `attempts` times. */
+export async function retryUntilReady<T>(op: () => Promise<T>, attempts = 200, delayMs = 50): Promise<T> {
+  for (let i = 0; ; i++) {
+    try {
+      return await op();
+    } catch (err) {
+      if (i >= attempts) throw err;
+      await new Promise((r) => setTimeout(r, delayMs));
+    }
+  }
+}
+
+/** `concurrency` loops calling `op` back to back for `seconds`; latency of each call in µs. */
+export async function driveConcurrently(name: string, concurrency: number, seconds: number, op: () => Promise<void>): Promise<Stats> {
+  const histogram = newHistogram();
+  const end = Date.now() + seconds * 1000;
+  let ops = 0;
+  const started = process.hrtime.bigint();
+  await Promise.all(
+    Array.from({ length: concurrency }, async () => {
+      while (Date.now() < end) {
+        const t0 = process.hrtime.bigint();
+        await op();
+        histogram.recordValue(Number(process.hrtime.bigint() - t0) / 1000);
+        ops++;
+      }
+    }),
+  );
+  const stats = statsOf(name, histogram, ops, Number(process.hrtime.bigint() - started) / 1e9);
+  histogram.destroy();
+  return stats;
+}

@@ -13,6 +13,7 @@ import { mkdir, rm } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { stopChild } from '../child-process.js';
 
 /** The repository root, from this file's place in the tree (source or dist). */
 function repositoryRoot(): string {
@@ -102,13 +103,7 @@ export async function startLocalEtcd(options: LocalEtcdOptions = {}): Promise<Lo
   async function stop(): Promise<void> {
     const running = child;
     child = undefined;
-    // A process killed by a signal has a null exitCode but a signalCode.
-    if (!running || running.exitCode !== null || running.signalCode !== null) return;
-    const exited = new Promise((resolve) => running.once('exit', resolve));
-    running.kill('SIGTERM');
-    const killTimer = setTimeout(() => running.kill('SIGKILL'), 5_000);
-    await exited;
-    clearTimeout(killTimer);
+    await stopChild(running);
   }
 
   await launch();

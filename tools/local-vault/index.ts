@@ -28,6 +28,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { freePort } from '../local-etcd/index.js';
 import { findRepoRoot } from '../apisix-standin/index.js';
+import { stopChild } from '../child-process.js';
 
 export const vaultBinary = process.env.VAULT_BINARY || join(findRepoRoot(fileURLToPath(new URL('.', import.meta.url))), '.local/bin/vault');
 
@@ -130,12 +131,7 @@ export async function startLocalVault(options: { port?: number } = {}): Promise<
   async function stop(): Promise<void> {
     const running = child;
     child = undefined;
-    if (!running || running.exitCode !== null || running.signalCode !== null) return;
-    const exited = new Promise((resolve) => running.once('exit', resolve));
-    running.kill('SIGTERM');
-    const killTimer = setTimeout(() => running.kill('SIGKILL'), 5_000);
-    await exited;
-    clearTimeout(killTimer);
+    await stopChild(running);
   }
 
   async function request<T = any>(method: string, path: string, options: RequestOptions = {}): Promise<VaultResponse<T>> {
