@@ -178,7 +178,10 @@ describe('RAG -> gateway -> LLM', () => {
   });
 
   it('Vault stopped: the cached key is served until the maximum staleness, then 503', async () => {
-    expect((await callLlm(tokens.ragA, chat('llama-3'))).status).toBe(200); // freshly cached
+    // Let the cached entry expire so the next request fetches it afresh: the
+    // stale window below then starts now, not up to one TTL ago.
+    await new Promise((r) => setTimeout(r, SECRET_TTL_SECONDS * 1000 + 100));
+    expect((await callLlm(tokens.ragA, chat('llama-3'))).status).toBe(200);
     await vault.stop();
     const stoppedAt = Date.now();
     llm.requests.length = 0;
