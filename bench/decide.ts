@@ -22,7 +22,7 @@ import { Pool } from 'undici';
 import { exportJWK, generateKeyPair, SignJWT } from 'jose';
 import { pino } from 'pino';
 import { startLocalEtcd, freePort } from '../tools/local-etcd/index.js';
-import { RegoCompiler } from '../cms/rego-compiler.js';
+import { RegoCompiler, policySubmission } from '../cms/rego-compiler.js';
 import { buildCmsApp } from '../cms/app.js';
 import { PolicyStore, createEtcdClient } from '../plugins/policy-store/index.js';
 import { loadPolicyEngine } from '../plugins/policy-engine/index.js';
@@ -92,15 +92,7 @@ async function main() {
     const compiled = await compiler.compile(POLICY, JSON.stringify(DATA));
     const client = createEtcdClient(etcd.endpoints);
     const store = new PolicyStore(client);
-    await store.put('bench', {
-      rego: POLICY,
-      dataText: JSON.stringify(DATA),
-      wasm: compiled.wasm,
-      author: 'bench',
-      opaVersion: compiled.opaVersion,
-      entrypoint: compiled.entrypoint,
-      syntaxVersion: compiled.syntaxVersion,
-    });
+    await store.put('bench', policySubmission(POLICY, JSON.stringify(DATA), compiled, 'bench'));
 
     // 1 + 2: one runner, driven over its socket.
     const socketPath = join(work, 'runner.sock');

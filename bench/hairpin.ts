@@ -14,7 +14,7 @@ import { Pool } from 'undici';
 import { pino } from 'pino';
 import { parse, stringify } from 'yaml';
 import { createDemoIdentity } from '../cms/demo.js';
-import { RegoCompiler } from '../cms/rego-compiler.js';
+import { RegoCompiler, policySubmission } from '../cms/rego-compiler.js';
 import { PolicyStore, createEtcdClient } from '../plugins/policy-store/index.js';
 import { startLocalStack } from '../tools/local-stack/index.js';
 import { startLlmStub } from '../tools/llm-stub/index.js';
@@ -76,15 +76,7 @@ async function main() {
 
     const client = createEtcdClient(stack.etcdEndpoints);
     const compiled = await new RegoCompiler({ opaPath }).compile(POLICY, JSON.stringify(DATA));
-    await new PolicyStore(client).put('bench', {
-      rego: POLICY,
-      dataText: JSON.stringify(DATA),
-      wasm: compiled.wasm,
-      author: 'bench',
-      opaVersion: compiled.opaVersion,
-      entrypoint: compiled.entrypoint,
-      syntaxVersion: compiled.syntaxVersion,
-    });
+    await new PolicyStore(client).put('bench', policySubmission(POLICY, JSON.stringify(DATA), compiled, 'bench'));
     client.close();
 
     const ragToken = await identity.sign({ sub: 'rag', role: 'rag-service', project: 'bench' });

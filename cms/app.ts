@@ -39,7 +39,7 @@ import { createCmsMetrics } from './metrics.js';
 import { openApiDocument } from './openapi.js';
 import { parsePolicyBody } from './policy-body.js';
 import { HttpProblem, ProblemType, sendProblem } from './problem.js';
-import { CompilerUnavailableError, RegoCompileError, RegoCompiler } from './rego-compiler.js';
+import { CompilerUnavailableError, RegoCompileError, RegoCompiler, policySubmission } from './rego-compiler.js';
 
 export interface CmsAppOptions {
   etcdEndpoints: string[];
@@ -283,19 +283,7 @@ export async function buildCmsApp(options: CmsAppOptions): Promise<FastifyInstan
       throw error;
     }
     const identity = request.identity as Identity;
-    const result = await store.put(
-      name,
-      {
-        rego: body.rego,
-        dataText: body.dataText,
-        wasm: compiled.wasm,
-        author: identity.sub,
-        opaVersion: compiled.opaVersion,
-        entrypoint: compiled.entrypoint,
-        syntaxVersion: compiled.syntaxVersion,
-      },
-      conditions,
-    );
+    const result = await store.put(name, policySubmission(body.rego, body.dataText, compiled, identity.sub), conditions);
     metrics.etcdWriteDuration.observe({ operation: 'put' }, result.etcdMs / 1000);
     metrics.policyWrites.inc({ operation: 'put', outcome: result.created ? 'created' : 'replaced' });
     audit(request, result.created ? 'create' : 'replace', result.meta, { syntaxVersion: compiled.syntaxVersion });

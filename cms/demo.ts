@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { exportJWK, generateKeyPair, SignJWT } from 'jose';
 import { PLATFORM_POLICY_NAME, PolicyStore, createEtcdClient } from '../plugins/policy-store/index.js';
 import type { IdentityConfig } from '../plugins/identity/index.js';
-import { RegoCompiler } from './rego-compiler.js';
+import { RegoCompiler, policySubmission } from './rego-compiler.js';
 
 /** The seed's example policy object (section 4.1), verbatim: Rego v0 syntax. */
 export const EXAMPLE_POLICY = {
@@ -121,15 +121,7 @@ export async function seedDemoPolicies(options: SeedOptions): Promise<string[]> 
       try {
         await store.put(
           name,
-          {
-            rego: policy.rego,
-            dataText,
-            wasm: compiled.wasm,
-            author,
-            opaVersion: compiled.opaVersion,
-            entrypoint: compiled.entrypoint,
-            syntaxVersion: compiled.syntaxVersion,
-          },
+          policySubmission(policy.rego, dataText, compiled, author),
           current ? { ifVersion: [current.meta.version] } : { ifAbsent: true },
         );
         written.push(name);

@@ -23,6 +23,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 import { list as listTar } from 'tar'; // reads the gzipped bundle opa writes, without a tar binary
+import type { PolicySubmission } from '../plugins/policy-store/index.js';
 
 const run = promisify(execFile);
 
@@ -44,6 +45,19 @@ export interface CompiledPolicy {
   syntaxVersion: RegoSyntaxVersion;
   opaVersion: string;
   durationMs: number;
+}
+
+/** A compiled policy as the store writes it: source, data text, wasm and how it was built. */
+export function policySubmission(rego: string, dataText: string, compiled: CompiledPolicy, author: string): PolicySubmission {
+  return {
+    rego,
+    dataText,
+    wasm: compiled.wasm,
+    author,
+    opaVersion: compiled.opaVersion,
+    entrypoint: compiled.entrypoint,
+    syntaxVersion: compiled.syntaxVersion,
+  };
 }
 
 /** The Rego (or its data) is wrong: the caller's fault, with OPA's diagnostics. */

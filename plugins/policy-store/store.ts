@@ -276,6 +276,25 @@ function firstValue(op: IResponseOp | undefined): IKeyValue | undefined {
   return op?.response_range?.kvs?.[0];
 }
 
+/** One stored version from its keys, or null when any of the three is missing. */
+function storedPolicy(
+  meta: IKeyValue | undefined,
+  source: IKeyValue | undefined,
+  data: IKeyValue | undefined,
+  wasm?: IKeyValue,
+): StoredPolicy | null {
+  if (!meta || !source || !data) return null;
+  const rego = source.value.toString('utf8');
+  const dataText = data.value.toString('utf8');
+  return {
+    meta: JSON.parse(meta.value.toString('utf8')) as PolicyMetadata,
+    rego,
+    dataText,
+    body: renderPolicyObject(rego, dataText),
+    ...(wasm ? { wasm: wasm.value } : {}),
+  };
+}
+
 export class PolicyStore {
   readonly historyRetention: number;
 
@@ -314,16 +333,7 @@ export class PolicyStore {
     const response = await this.etcd(() => this.client.if(keys.meta, 'Create', '>', 0).then(...reads).commit());
     if (!response.succeeded) return null;
     const [meta, source, data, wasm] = response.responses.map(firstValue);
-    if (!meta || !source || !data) return null;
-    const rego = source.value.toString('utf8');
-    const dataText = data.value.toString('utf8');
-    return {
-      meta: JSON.parse(meta.value.toString('utf8')) as PolicyMetadata,
-      rego,
-      dataText,
-      body: renderPolicyObject(rego, dataText),
-      ...(wasm ? { wasm: wasm.value } : {}),
-    };
+    return storedPolicy(meta, source, data, wasm);
   }
 
   /** Metadata of every current policy, sorted by name. */
@@ -363,15 +373,7 @@ export class PolicyStore {
     );
     if (!response.succeeded) return null;
     const [meta, source, data] = response.responses.map(firstValue);
-    if (!meta || !source || !data) return null;
-    const rego = source.value.toString('utf8');
-    const dataText = data.value.toString('utf8');
-    return {
-      meta: JSON.parse(meta.value.toString('utf8')) as PolicyMetadata,
-      rego,
-      dataText,
-      body: renderPolicyObject(rego, dataText),
-    };
+    return storedPolicy(meta, source, data);
   }
 
   private async readMeta(name: string): Promise<{ meta: PolicyMetadata; modRevision: string } | null> {

@@ -2,7 +2,7 @@
 // and store the CMS uses, for tests that need policies without the HTTP API.
 import { join } from 'node:path';
 import type { Etcd3 } from 'etcd3';
-import { RegoCompiler } from '../../cms/rego-compiler.js';
+import { RegoCompiler, policySubmission } from '../../cms/rego-compiler.js';
 import { PolicyStore } from '../../plugins/policy-store/index.js';
 import { repoRoot } from './runner-process.js';
 
@@ -24,15 +24,7 @@ export class PolicyWriter {
       compiled = await this.compiler.compile(rego, JSON.stringify(data));
       this.compiled.set(rego, compiled);
     }
-    const result = await this.store.put(name, {
-      rego,
-      dataText: JSON.stringify(data),
-      wasm: compiled.wasm,
-      author,
-      opaVersion: compiled.opaVersion,
-      entrypoint: compiled.entrypoint,
-      syntaxVersion: compiled.syntaxVersion,
-    });
+    const result = await this.store.put(name, policySubmission(rego, JSON.stringify(data), compiled, author));
     return result.meta.version;
   }
 }
