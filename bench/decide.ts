@@ -24,8 +24,9 @@ import { pino } from 'pino';
 import { startLocalEtcd, freePort } from '../tools/local-etcd/index.js';
 import { RegoCompiler, policySubmission } from '../cms/rego-compiler.js';
 import { buildCmsApp } from '../cms/app.js';
-import { PolicyStore, createEtcdClient } from '../plugins/policy-store/index.js';
-import { loadPolicyEngine } from '../plugins/policy-engine/index.js';
+import { PolicyStore } from '../policy/store/index.js';
+import { createEtcdClient } from '../etcd/index.js';
+import { loadPolicyEngine } from '../policy/engine/index.js';
 import { RpcType, decodeHttpReqCallResponse, type HttpReqCallRequest } from '../plugins/protocol/index.js';
 import type { PolicyInput } from '../plugins/opa/input.js';
 import {

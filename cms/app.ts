@@ -18,10 +18,8 @@ import {
   createIdentityVerifier,
   type Identity,
   type IdentityConfig,
-} from '../plugins/identity/index.js';
+} from '../identity/index.js';
 import {
-  createEtcdClient,
-  type EtcdTlsFiles,
   isValidPolicyName,
   PolicyNotFoundError,
   PolicyStore,
@@ -32,13 +30,14 @@ import {
   type PolicyMetadata,
   type StoredPolicy,
   type WriteConditions,
-} from '../plugins/policy-store/index.js';
-import { accessInput, loadAccessPolicy } from './access.js';
+} from '../policy/store/index.js';
+import { createEtcdClient, type EtcdTlsFiles } from '../etcd/index.js';
+import { accessInput, loadAccessPolicy } from '../policy/access/index.js';
 import { DEFAULT_BODY_LIMIT_BYTES, DEFAULT_COMPILE_TIMEOUT_MS, defaultAccessPolicyWasmPath } from './config.js';
 import { createCmsMetrics } from './metrics.js';
 import { openApiDocument } from './openapi.js';
 import { parsePolicyBody } from './policy-body.js';
-import { HttpProblem, ProblemType, sendProblem } from './problem.js';
+import { HttpProblem, ProblemType, sendProblem } from '../http/problem.js';
 import { CompilerUnavailableError, RegoCompileError, RegoCompiler, policySubmission } from './rego-compiler.js';
 
 export interface CmsAppOptions {

@@ -10,15 +10,17 @@
  *   OPA_COMPILE_TIMEOUT_MS  deadline of each opa process (default 30000)
  *   CMS_BODY_LIMIT_BYTES    largest accepted PUT body; larger is 413 (default 262144)
  *   CMS_HISTORY_RETENTION   versions kept per policy (default 50)
- *   CMS_ACCESS_POLICY_WASM  compiled access policy (default <package>/dist/cms/access-policy/access.wasm)
+ *   CMS_ACCESS_POLICY_WASM  compiled access policy (default <package>/dist/policy/access/access.wasm)
  *   LOG_LEVEL               pino level (default info)
- *   JWT_*                   token verification, see plugins/identity/config.ts
+ *   JWT_*                   token verification, see identity/config.ts
  */
 import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { identityConfigFromEnv, type IdentityConfig } from '../plugins/identity/index.js';
-import { DEFAULT_ETCD_CALL_TIMEOUT_MS, DEFAULT_HISTORY_RETENTION, etcdClientOptionsFromEnv, type EtcdTlsFiles } from '../plugins/policy-store/index.js';
+import { identityConfigFromEnv, type IdentityConfig } from '../identity/index.js';
+import { DEFAULT_HISTORY_RETENTION } from '../policy/store/index.js';
+import { defaultAccessPolicyWasmPath } from '../policy/access/index.js';
+import { DEFAULT_ETCD_CALL_TIMEOUT_MS, etcdClientOptionsFromEnv, type EtcdTlsFiles } from '../etcd/index.js';
 
 export const DEFAULT_BODY_LIMIT_BYTES = 256 * 1024;
 export const DEFAULT_COMPILE_TIMEOUT_MS = 30_000;
@@ -54,9 +56,7 @@ export function defaultOpaPath(): string {
   return join(packageRoot(), '.local', 'bin', 'opa');
 }
 
-export function defaultAccessPolicyWasmPath(): string {
-  return join(packageRoot(), 'dist', 'cms', 'access-policy', 'access.wasm');
-}
+export { defaultAccessPolicyWasmPath };
 
 function positiveInteger(env: NodeJS.ProcessEnv, name: string, fallback: number): number {
   const raw = env[name]?.trim();

@@ -9,8 +9,9 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { exportJWK, generateKeyPair, SignJWT } from 'jose';
-import { PLATFORM_POLICY_NAME, PolicyStore, createEtcdClient } from '../plugins/policy-store/index.js';
-import type { IdentityConfig } from '../plugins/identity/index.js';
+import { PLATFORM_POLICY_NAME, PolicyStore } from '../policy/store/index.js';
+import { createEtcdClient } from '../etcd/index.js';
+import type { IdentityConfig } from '../identity/index.js';
 import { RegoCompiler, policySubmission } from './rego-compiler.js';
 
 /** The seed's example policy object (section 4.1), verbatim: Rego v0 syntax. */

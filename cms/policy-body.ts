@@ -5,7 +5,7 @@
  * are refused rather than silently resolved.
  */
 import { parse, stringify } from 'lossless-json';
-import { HttpProblem, ProblemType } from './problem.js';
+import { HttpProblem, ProblemType } from '../http/problem.js';
 
 export interface PolicyBody {
   rego: string;

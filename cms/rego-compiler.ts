@@ -23,7 +23,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 import { list as listTar } from 'tar'; // reads the gzipped bundle opa writes, without a tar binary
-import type { PolicySubmission } from '../plugins/policy-store/index.js';
+import type { PolicySubmission } from '../policy/store/index.js';
 
 const run = promisify(execFile);
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // Compiles the Rego policies that ship with Gatehouse to wasm, after tsc:
-//   cms/access-policy/access.rego -> dist/cms/access-policy/access.wasm
+//   policy/access/access.rego -> dist/policy/access/access.wasm
 // It uses the same compiler code (dist/cms/rego-compiler.js) and the same
 // real opa (OPA_PATH, default .local/bin/opa) as the CMS uses for every PUT.
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
@@ -11,7 +11,7 @@ const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const { RegoCompiler, RegoCompileError } = await import(join(root, 'dist/cms/rego-compiler.js'));
 
 const policies = [
-  { source: 'cms/access-policy/access.rego', output: 'dist/cms/access-policy/access.wasm' },
+  { source: 'policy/access/access.rego', output: 'dist/policy/access/access.wasm' },
 ];
 
 const compiler = new RegoCompiler({ opaPath: process.env.OPA_PATH || join(root, '.local/bin/opa') });

@@ -1,7 +1,7 @@
 // How the verified identity travels along a chain: the `jwt` plugin puts it
 // in the call context, later plugins (opa, vault) read it from there.
 import type { CallContext } from '../api/plugin.js';
-import type { Identity } from '../identity/index.js';
+import type { Identity } from '../../identity/index.js';
 
 const IDENTITY_KEY = 'gatehouse.identity';
 

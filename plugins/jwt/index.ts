@@ -6,7 +6,7 @@
 import type { Plugin } from '../api/plugin.js';
 import { ConfError } from '../api/plugin.js';
 import { jsonConfParser } from '../api/json-conf.js';
-import { AuthenticationError, type IdentityVerifier } from '../identity/index.js';
+import { AuthenticationError, type IdentityVerifier } from '../../identity/index.js';
 import { IDENTITY_HEADERS, OWNED_HEADER_PREFIX, setCallerIdentity } from './identity-context.js';
 
 export interface JwtConf {

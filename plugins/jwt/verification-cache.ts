@@ -4,8 +4,8 @@
 // nor `maxAgeMs`, so a key removed from the JWKS stops working within that.
 // Failures are never cached.
 import { LRUCache } from 'lru-cache';
-import type { Identity, IdentityVerifier } from '../identity/index.js';
-import { bearerToken } from '../identity/index.js';
+import type { Identity, IdentityVerifier } from '../../identity/index.js';
+import { bearerToken } from '../../identity/index.js';
 
 export interface VerificationCacheOptions {
   maxEntries?: number;

@@ -13,10 +13,10 @@ import type { Plugin } from '../api/plugin.js';
 import { ConfError } from '../api/plugin.js';
 import type { StopResponse } from '../api/http.js';
 import { jsonConfParser } from '../api/json-conf.js';
-import { isValidPolicyName, PLATFORM_POLICY_NAME } from '../policy-store/names.js';
-import type { PolicySet, LoadedPolicy } from '../policy-watcher/policy-set.js';
+import { isValidPolicyName, PLATFORM_POLICY_NAME } from '../../policy/store/names.js';
+import type { PolicySet, LoadedPolicy } from '../../policy/watcher/policy-set.js';
 import { callerIdentity } from '../jwt/identity-context.js';
-import type { Identity } from '../identity/index.js';
+import type { Identity } from '../../identity/index.js';
 import { buildPolicyInput, type PolicyInput, type VerifiedUser } from './input.js';
 import { readDecision, type Decision } from './decision.js';
 

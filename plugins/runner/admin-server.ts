@@ -3,7 +3,7 @@
 import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import type { Registry } from 'prom-client';
-import type { PolicyWatcher } from '../policy-watcher/watcher.js';
+import type { PolicyWatcher } from '../../policy/watcher/watcher.js';
 
 export async function startAdminServer(options: {
   host: string;

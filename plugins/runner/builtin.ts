@@ -3,7 +3,7 @@ import type { AnyPlugin } from '../api/plugin.js';
 import { examplePlugin } from '../example/index.js';
 import { createJwtPlugin } from '../jwt/index.js';
 import { createOpaPlugin, type DecisionRecorder, type PolicySource } from '../opa/index.js';
-import type { IdentityVerifier } from '../identity/index.js';
+import type { IdentityVerifier } from '../../identity/index.js';
 import { createVaultPlugin, type VaultPluginDeps } from '../vault/index.js';
 import { pathRewritePlugin } from '../path-rewrite/index.js';
 

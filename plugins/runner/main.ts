@@ -8,18 +8,18 @@ import { Runner } from './server.js';
 import { builtinPlugins } from './builtin.js';
 import { createRunnerMetrics } from './metrics.js';
 import { startAdminServer } from './admin-server.js';
-import { createIdentityVerifier, identityConfigFromEnv, type IdentityVerifier } from '../identity/index.js';
-import { createEtcdClient, etcdClientOptionsFromEnv } from '../policy-store/index.js';
-import { PolicyWatcher, type SwapEvent } from '../policy-watcher/watcher.js';
-import { PolicySet } from '../policy-watcher/policy-set.js';
-import { snapshotPath } from '../policy-watcher/snapshot.js';
-import { loadAccessPolicy, type AccessPolicy } from '../../cms/access.js';
+import { createIdentityVerifier, identityConfigFromEnv, type IdentityVerifier } from '../../identity/index.js';
+import { createEtcdClient, etcdClientOptionsFromEnv } from '../../etcd/index.js';
+import { PolicyWatcher, type SwapEvent } from '../../policy/watcher/watcher.js';
+import { PolicySet } from '../../policy/watcher/policy-set.js';
+import { snapshotPath } from '../../policy/watcher/snapshot.js';
+import { loadAccessPolicy, type AccessPolicy, defaultAccessPolicyWasmPath } from '../../policy/access/index.js';
 import { cachingVerifier } from '../jwt/verification-cache.js';
 import { vaultConfigFromEnv, type VaultConfig } from '../vault/config.js';
 import { VaultSession } from '../vault/session.js';
 
 const log = createLogger('gatehouse-runner');
-const ACCESS_POLICY_WASM = fileURLToPath(new URL('../../cms/access-policy/access.wasm', import.meta.url));
+const ACCESS_POLICY_WASM = defaultAccessPolicyWasmPath();
 
 function identityVerifier(): { verifier: IdentityVerifier | null; error?: string } {
   try {

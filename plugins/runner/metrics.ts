@@ -4,7 +4,7 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { DecisionRecorder } from '../opa/index.js';
 import type { VaultEvents } from '../vault/index.js';
-import type { PolicyWatcher, SwapEvent } from '../policy-watcher/watcher.js';
+import type { PolicyWatcher, SwapEvent } from '../../policy/watcher/watcher.js';
 
 export interface RunnerMetrics {
   registry: Registry;

@@ -11,7 +11,7 @@ import type { Plugin } from '../api/plugin.js';
 import { ConfError } from '../api/plugin.js';
 import { jsonConfParser } from '../api/json-conf.js';
 import { callerIdentity } from '../jwt/identity-context.js';
-import { isValidPolicyName } from '../policy-store/names.js';
+import { isValidPolicyName } from '../../policy/store/names.js';
 import { SecretCache, SecretUnavailableError } from './secret-cache.js';
 import type { VaultSession } from './session.js';
 

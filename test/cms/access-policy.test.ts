@@ -1,6 +1,6 @@
 /**
  * The access policy: its own `opa test` suite, and the wasm the build ships
- * (dist/cms/access-policy/access.wasm) deciding exactly like `opa eval` on
+ * (dist/policy/access/access.wasm) deciding exactly like `opa eval` on
  * the Rego source.
  */
 import { execFile } from 'node:child_process';
@@ -9,13 +9,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
-import { ACCESS_POLICY_ENTRYPOINT, loadAccessPolicy, type AccessInput } from '../../cms/access.js';
+import { ACCESS_POLICY_ENTRYPOINT, loadAccessPolicy, type AccessInput } from '../../policy/access/index.js';
 import { defaultAccessPolicyWasmPath, packageRoot } from '../../cms/config.js';
-import { loadPolicyEngine } from '../../plugins/policy-engine/index.js';
+import { loadPolicyEngine } from '../../policy/engine/index.js';
 import { OPA_PATH } from './harness.js';
 
 const run = promisify(execFile);
-const policyDir = join(packageRoot(), 'cms', 'access-policy');
+const policyDir = join(packageRoot(), 'policy', 'access');
 
 describe('access policy', () => {
   it('passes its opa test suite', async () => {

@@ -4,7 +4,7 @@
  */
 import { createHash } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parsePolicyKey, renderPolicyObject, type PolicyMetadata } from '../../plugins/policy-store/index.js';
+import { parsePolicyKey, renderPolicyObject, type PolicyMetadata } from '../../policy/store/index.js';
 import { policyBody, SEED_EXAMPLE_BODY, startHarness, V1_POLICY, type Cms, type Harness, type EtcdSnapshot } from './harness.js';
 
 let harness: Harness;

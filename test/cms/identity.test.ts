@@ -9,7 +9,7 @@ import {
   IdentityConfigError,
   type IdentityConfig,
   type IdentityVerifier,
-} from '../../plugins/identity/index.js';
+} from '../../identity/index.js';
 import { createTestKeys, type TestKeys } from '../support/jwt.js';
 
 let keys: TestKeys;

@@ -1,6 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
-  createEtcdClient,
   isValidPolicyName,
   parsePolicyKey,
   POLICIES_PREFIX,
@@ -8,7 +7,8 @@ import {
   PolicyStore,
   PreconditionFailedError,
   type PolicySubmission,
-} from '../../plugins/policy-store/index.js';
+} from '../../policy/store/index.js';
+import { createEtcdClient } from '../../etcd/index.js';
 import { startEtcd, type TestEtcd } from '../support/etcd.js';
 
 describe('policy names', () => {

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { RegoCompileError, RegoCompiler } from '../../cms/rego-compiler.js';
 import { EXAMPLE_POLICY } from '../../cms/demo.js';
-import { loadPolicyEngine } from '../../plugins/policy-engine/index.js';
+import { loadPolicyEngine } from '../../policy/engine/index.js';
 import { OPA_PATH } from './harness.js';
 
 const compiler = new RegoCompiler({ opaPath: OPA_PATH });

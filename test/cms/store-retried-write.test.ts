@@ -7,7 +7,8 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Etcd3 } from 'etcd3';
-import { createEtcdClient, policyKeys, PolicyStore, type PolicySubmission } from '../../plugins/policy-store/index.js';
+import { policyKeys, PolicyStore, type PolicySubmission } from '../../policy/store/index.js';
+import { createEtcdClient } from '../../etcd/index.js';
 import { startEtcd, type TestEtcd } from '../support/etcd.js';
 
 let etcd: TestEtcd;

@@ -13,7 +13,7 @@ import { startVault, type TestVault } from '../support/vault.js';
 import { PolicyWriter, opaPath } from '../support/policies.js';
 import { startLlmStub, type LlmStub } from '../../tools/llm-stub/index.js';
 import { startLocalStack, type LocalStack } from '../../tools/local-stack/index.js';
-import { createEtcdClient } from '../../plugins/policy-store/index.js';
+import { createEtcdClient } from '../../etcd/index.js';
 import { freePort } from '../../tools/local-etcd/index.js';
 
 // The seed's example policy, extended for the LLM route with a model

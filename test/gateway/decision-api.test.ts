@@ -8,14 +8,14 @@ import type { Etcd3 } from 'etcd3';
 import { startEtcd, type TestEtcd } from '../support/etcd.js';
 import { createTestKeys, type TestKeys } from '../support/jwt.js';
 import { PolicyWriter } from '../support/policies.js';
-import { createEtcdClient } from '../../plugins/policy-store/index.js';
-import { PolicyWatcher } from '../../plugins/policy-watcher/watcher.js';
-import { createIdentityVerifier } from '../../plugins/identity/index.js';
-import { loadAccessPolicy } from '../../cms/access.js';
-import { buildDecisionApp, documentAt } from '../../plugins/decision-api/app.js';
+import { createEtcdClient } from '../../etcd/index.js';
+import { PolicyWatcher } from '../../policy/watcher/watcher.js';
+import { createIdentityVerifier } from '../../identity/index.js';
+import { loadAccessPolicy, defaultAccessPolicyWasmPath } from '../../policy/access/index.js';
+import { buildDecisionApp, documentAt } from '../../decision-api/app.js';
 
 const SEED_POLICY = 'package project.authz\n\ndefault allow = false\n\nallow {\n  input.user.role == "admin"\n}';
-const accessWasm = fileURLToPath(new URL('../../dist/cms/access-policy/access.wasm', import.meta.url));
+const accessWasm = defaultAccessPolicyWasmPath();
 
 let etcd: TestEtcd;
 let client: Etcd3;

@@ -24,7 +24,7 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { RegoCompiler } from '../../cms/rego-compiler.js';
-import { loadPolicyEngine, type PolicyEngine } from '../../plugins/policy-engine/index.js';
+import { loadPolicyEngine, type PolicyEngine } from '../../policy/engine/index.js';
 import { readDecision } from '../../plugins/opa/decision.js';
 import type { PolicyInput } from '../../plugins/opa/input.js';
 import { generateInputs, seedFromEnv } from '../support/input-generator.js';

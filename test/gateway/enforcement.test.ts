@@ -13,7 +13,7 @@ import { ApisixClient, request, text } from '../support/apisix-client.js';
 import { startTcpProxy, hostPort } from '../support/tcp-proxy.js';
 import { freePort } from '../../tools/local-etcd/index.js';
 import { pino } from 'pino';
-import { createEtcdClient } from '../../plugins/policy-store/index.js';
+import { createEtcdClient } from '../../etcd/index.js';
 import { buildCmsApp } from '../../cms/app.js';
 import type { RewriteAction, StopAction, TextEntry } from '../../plugins/protocol/index.js';
 

@@ -8,8 +8,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
 import { freePort } from '../../tools/local-etcd/index.js';
-import { createEtcdClient, etcdClientOptionsFromEnv, PolicyStore, StoreUnavailableError } from '../../plugins/policy-store/index.js';
-import { PolicyWatcher } from '../../plugins/policy-watcher/watcher.js';
+import { PolicyStore, StoreUnavailableError } from '../../policy/store/index.js';
+import { createEtcdClient, etcdClientOptionsFromEnv } from '../../etcd/index.js';
+import { PolicyWatcher } from '../../policy/watcher/watcher.js';
 import { PolicyWriter } from '../support/policies.js';
 import { repoRoot } from '../support/runner-process.js';
 

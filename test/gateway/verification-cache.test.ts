@@ -3,7 +3,7 @@
 // never remembered.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTestKeys, type TestKeys } from '../support/jwt.js';
-import { createIdentityVerifier, type IdentityVerifier } from '../../plugins/identity/index.js';
+import { createIdentityVerifier, type IdentityVerifier } from '../../identity/index.js';
 import { cachingVerifier } from '../../plugins/jwt/verification-cache.js';
 
 let keys: TestKeys;

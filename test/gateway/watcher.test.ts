@@ -8,9 +8,9 @@ import type { Etcd3 } from 'etcd3';
 import { startEtcd, type TestEtcd } from '../support/etcd.js';
 import { startTcpProxy, hostPort, type TcpProxy } from '../support/tcp-proxy.js';
 import { PolicyWriter } from '../support/policies.js';
-import { createEtcdClient } from '../../plugins/policy-store/index.js';
-import { PolicyWatcher } from '../../plugins/policy-watcher/watcher.js';
-import { PolicySet } from '../../plugins/policy-watcher/policy-set.js';
+import { createEtcdClient } from '../../etcd/index.js';
+import { PolicyWatcher } from '../../policy/watcher/watcher.js';
+import { PolicySet } from '../../policy/watcher/policy-set.js';
 
 const log = pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent' });
 

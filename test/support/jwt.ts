@@ -12,7 +12,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { base64url, exportJWK, generateKeyPair, SignJWT, type JWTPayload } from 'jose';
-import type { IdentityConfig } from '../../plugins/identity/index.js';
+import type { IdentityConfig } from '../../identity/index.js';
 
 export const TEST_ISSUER = 'https://issuer.gatehouse.test';
 export const TEST_AUDIENCE = 'gatehouse-cms';

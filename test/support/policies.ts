@@ -3,7 +3,7 @@
 import { join } from 'node:path';
 import type { Etcd3 } from 'etcd3';
 import { RegoCompiler, policySubmission } from '../../cms/rego-compiler.js';
-import { PolicyStore } from '../../plugins/policy-store/index.js';
+import { PolicyStore } from '../../policy/store/index.js';
 import { repoRoot } from './runner-process.js';
 
 export const opaPath = process.env.OPA_PATH || join(repoRoot, '.local/bin/opa');

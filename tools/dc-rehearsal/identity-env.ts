@@ -1,6 +1,6 @@
 // The JWT_* environment that the CMS, the decision API and the runner read
-// (plugins/identity/config.ts), from an identity configuration.
-import type { IdentityConfig } from '../../plugins/identity/index.js';
+// (identity/config.ts), from an identity configuration.
+import type { IdentityConfig } from '../../identity/index.js';
 
 export function identityEnv(identity: IdentityConfig): Record<string, string> {
   return {

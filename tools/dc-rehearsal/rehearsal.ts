@@ -192,7 +192,7 @@ export async function startRehearsal(options: RehearsalOptions): Promise<Rehears
     writeFileSync(routesPath, pointRoutesAt(template, { cms: `127.0.0.1:${p.cms}`, 'decision-api': `127.0.0.1:${p.decision}`, rag: '127.0.0.1:8082' }));
     const node = process.execPath;
     launch(`${dc}-rag`, dc, [node, join(root, 'dist/tools/dc-rehearsal/echo-upstream.js')], { SITE: dc, PORT: '8082' });
-    launch(`${dc}-decision`, dc, [node, join(root, 'dist/plugins/decision-api/main.js')], {
+    launch(`${dc}-decision`, dc, [node, join(root, 'dist/decision-api/main.js')], {
       ...common,
       DECISION_HOST: '127.0.0.1',
       DECISION_PORT: String(p.decision),

@@ -11,12 +11,12 @@ import type { Logger } from 'pino';
 import { Registry } from 'prom-client';
 import { parse, stringify } from 'yaml';
 import { buildCmsApp } from '../../cms/app.js';
-import { loadAccessPolicy } from '../../cms/access.js';
-import type { IdentityConfig } from '../../plugins/identity/index.js';
-import { createIdentityVerifier } from '../../plugins/identity/index.js';
-import { createEtcdClient } from '../../plugins/policy-store/index.js';
-import { PolicyWatcher } from '../../plugins/policy-watcher/watcher.js';
-import { buildDecisionApp } from '../../plugins/decision-api/app.js';
+import { loadAccessPolicy, defaultAccessPolicyWasmPath } from '../../policy/access/index.js';
+import type { IdentityConfig } from '../../identity/index.js';
+import { createIdentityVerifier } from '../../identity/index.js';
+import { createEtcdClient } from '../../etcd/index.js';
+import { PolicyWatcher } from '../../policy/watcher/watcher.js';
+import { buildDecisionApp } from '../../decision-api/app.js';
 import { startStandin, findRepoRoot, type StandinHandle } from '../apisix-standin/index.js';
 import { startLocalEtcd, type LocalEtcd } from '../local-etcd/index.js';
 
@@ -117,7 +117,7 @@ export async function startLocalStack(options: LocalStackOptions): Promise<Local
     const decision = await buildDecisionApp({
       watcher,
       verifier: createIdentityVerifier(options.identity),
-      access: await loadAccessPolicy(join(root, 'dist', 'cms', 'access-policy', 'access.wasm')),
+      access: await loadAccessPolicy(defaultAccessPolicyWasmPath()),
       log: log.child({ component: 'decision-api' }),
       registry: new Registry(),
     });

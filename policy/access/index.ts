@@ -1,13 +1,28 @@
 /**
- * Enforcement of the access policy (cms/access-policy/access.rego), compiled
+ * Enforcement of the access policy (policy/access/access.rego), compiled
  * to wasm at build time and evaluated with the same engine the gateway uses.
  * Anything but a well-formed "allow: true" is a refusal.
  */
+import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
-import type { Identity } from '../plugins/identity/index.js';
-import { loadPolicyEngine } from '../plugins/policy-engine/index.js';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { Identity } from '../../identity/index.js';
+import { loadPolicyEngine } from '../engine/index.js';
 
 export const ACCESS_POLICY_ENTRYPOINT = 'gatehouse/cms/access';
+
+/** Where `npm run build` puts the compiled access policy: <package>/dist/policy/access/access.wasm. */
+export function defaultAccessPolicyWasmPath(): string {
+  // From source (tests) and from dist alike: the package root is the nearest folder with package.json.
+  let dir = dirname(fileURLToPath(import.meta.url));
+  while (!existsSync(join(dir, 'package.json'))) {
+    const parent = dirname(dir);
+    if (parent === dir) throw new Error('cannot find the Gatehouse package root');
+    dir = parent;
+  }
+  return join(dir, 'dist', 'policy', 'access', 'access.wasm');
+}
 
 export interface AccessInput {
   method: string;

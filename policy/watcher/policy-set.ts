@@ -2,8 +2,8 @@
 // builds a new set off to the side and swaps it in with one assignment, so a
 // decision that takes the current set once sees every policy of one etcd
 // transaction, never a mix of old and new.
-import type { PolicyEngine } from '../policy-engine/index.js';
-import type { PolicyMetadata } from '../policy-store/index.js';
+import type { PolicyEngine } from '../engine/index.js';
+import type { PolicyMetadata } from '../store/index.js';
 
 export interface LoadedPolicy {
   name: string;

@@ -9,12 +9,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import { createLogger } from '../runner/logger.js';
+import { createLogger } from '../plugins/runner/logger.js';
 import { createIdentityVerifier, identityConfigFromEnv } from '../identity/index.js';
-import { createEtcdClient, etcdClientOptionsFromEnv } from '../policy-store/index.js';
-import { PolicyWatcher } from '../policy-watcher/watcher.js';
-import { snapshotPath } from '../policy-watcher/snapshot.js';
-import { loadAccessPolicy } from '../../cms/access.js';
+import { createEtcdClient, etcdClientOptionsFromEnv } from '../etcd/index.js';
+import { PolicyWatcher } from '../policy/watcher/watcher.js';
+import { snapshotPath } from '../policy/watcher/snapshot.js';
+import { loadAccessPolicy, defaultAccessPolicyWasmPath } from '../policy/access/index.js';
 import { buildDecisionApp } from './app.js';
 
 const log = createLogger('gatehouse-decision');
@@ -36,7 +36,7 @@ async function main() {
   const app = await buildDecisionApp({
     watcher,
     verifier: createIdentityVerifier(identityConfigFromEnv()),
-    access: await loadAccessPolicy(fileURLToPath(new URL('../../cms/access-policy/access.wasm', import.meta.url))),
+    access: await loadAccessPolicy(defaultAccessPolicyWasmPath()),
     log,
     registry,
     onDecision(policy, outcome, seconds) {

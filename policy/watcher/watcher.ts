@@ -18,8 +18,8 @@ import { EventEmitter } from 'node:events';
 import { createHash } from 'node:crypto';
 import type { Etcd3, IKeyValue, IEvent, Namespace, Watcher as EtcdWatch } from 'etcd3';
 import type { Logger } from 'pino';
-import { loadPolicyEngine } from '../policy-engine/index.js';
-import { POLICIES_PREFIX, parsePolicyKey, policyKeys, type PolicyMetadata } from '../policy-store/index.js';
+import { loadPolicyEngine } from '../engine/index.js';
+import { POLICIES_PREFIX, parsePolicyKey, policyKeys, type PolicyMetadata } from '../store/index.js';
 import { PolicySet, type LoadedPolicy } from './policy-set.js';
 import { readSnapshot, writeSnapshot } from './snapshot.js';
 

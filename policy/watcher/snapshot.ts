@@ -3,7 +3,7 @@
 // when etcd cannot be reached at start; once etcd answers, etcd wins.
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import type { PolicyMetadata } from '../policy-store/index.js';
+import type { PolicyMetadata } from '../store/index.js';
 import type { PolicySet } from './policy-set.js';
 
 export interface SnapshotEntry {

@@ -1,6 +1,6 @@
 # Who may do what on the policy CMS API: the seed's permission table, as the
 # single source of truth. The CMS evaluates it (compiled to wasm at build time,
-# dist/cms/access-policy/access.wasm) before it looks at anything else in a
+# dist/policy/access/access.wasm) before it looks at anything else in a
 # request; the gateway's `opa` plugin loads the same file for /policies/*.
 #
 # Input contract

@@ -17,11 +17,11 @@ import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import type { Registry } from 'prom-client';
 import { AuthenticationError, type Identity, type IdentityVerifier } from '../identity/index.js';
-import { isValidPolicyName } from '../policy-store/names.js';
-import type { PolicyWatcher } from '../policy-watcher/watcher.js';
-import { HttpProblem, sendProblem } from '../../cms/problem.js';
-import type { AccessPolicy } from '../../cms/access.js';
-import { accessInput } from '../../cms/access.js';
+import { isValidPolicyName } from '../policy/store/names.js';
+import type { PolicyWatcher } from '../policy/watcher/watcher.js';
+import { HttpProblem, sendProblem } from '../http/problem.js';
+import type { AccessPolicy } from '../policy/access/index.js';
+import { accessInput } from '../policy/access/index.js';
 
 export interface DecisionApiOptions {
   watcher: PolicyWatcher;
