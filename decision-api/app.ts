@@ -158,7 +158,8 @@ export async function buildDecisionApp(options: DecisionApiOptions): Promise<Fas
     const started = process.hrtime.bigint();
     let document: unknown;
     try {
-      document = policy.engine.evaluate(input, policy.meta.entrypoint);
+      const engine = policy.readyEngine() ?? (await policy.engine());
+      document = engine.evaluate(input, policy.meta.entrypoint);
     } catch (err) {
       options.onDecision?.(policyName, 'error', Number(process.hrtime.bigint() - started) / 1e9);
       throw new HttpProblem({ status: 500, detail: `policy evaluation failed: ${String(err)}` });

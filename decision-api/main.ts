@@ -13,7 +13,8 @@ import { createLogger } from '../plugins/runner/logger.js';
 import { createIdentityVerifier, identityConfigFromEnv } from '../identity/index.js';
 import { createEtcdClient, etcdClientOptionsFromEnv } from '../etcd/index.js';
 import { PolicyWatcher } from '../policy/watcher/watcher.js';
-import { snapshotPath } from '../policy/watcher/snapshot.js';
+import { snapshotDir } from '../policy/watcher/snapshot.js';
+import { EngineCache, policyCacheBytesFromEnv } from '../policy/engine/cache.js';
 import { loadAccessPolicy, defaultAccessPolicyWasmPath } from '../policy/access/index.js';
 import { buildDecisionApp } from './app.js';
 
@@ -31,7 +32,9 @@ async function main() {
   const latency = new Histogram({ name: 'gatehouse_decision_api_evaluation_seconds', help: 'Policy evaluation time', buckets: [0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01], registers: [registry] });
 
   const etcd = createEtcdClient(endpoints, etcdClientOptionsFromEnv());
-  const watcher = new PolicyWatcher({ client: etcd, log: log.child({ component: 'policy-watcher' }), snapshotPath: snapshotPath(stateDir) });
+  const watcher = new PolicyWatcher({ client: etcd, log: log.child({ component: 'policy-watcher' }), snapshotDir: snapshotDir(stateDir),
+    engines: new EngineCache({ budgetBytes: policyCacheBytesFromEnv('DECISION_POLICY_CACHE_MB') }),
+  });
   await watcher.start();
   const app = await buildDecisionApp({
     watcher,

@@ -170,7 +170,9 @@ export function createOpaPlugin(source: PolicySource, recorder: DecisionRecorder
 
         let decision: Decision;
         try {
-          decision = readDecision(policy.engine.evaluate(input, policy.meta.entrypoint));
+          // Built on first use (a cold project); never a reason to deny, only to wait.
+          const engine = policy.readyEngine() ?? (await policy.engine());
+          decision = readDecision(engine.evaluate(input, policy.meta.entrypoint));
         } catch (err) {
           recorder.record(choice.kind, 'error', seconds());
           ctx.log.error({ policy: policy.name, err: String(err), requestId: request.id }, 'policy evaluation failed; denying');

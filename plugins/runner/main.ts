@@ -12,7 +12,8 @@ import { createIdentityVerifier, identityConfigFromEnv, type IdentityVerifier } 
 import { createEtcdClient, etcdClientOptionsFromEnv } from '../../etcd/index.js';
 import { PolicyWatcher, type SwapEvent } from '../../policy/watcher/watcher.js';
 import { PolicySet } from '../../policy/watcher/policy-set.js';
-import { snapshotPath } from '../../policy/watcher/snapshot.js';
+import { snapshotDir } from '../../policy/watcher/snapshot.js';
+import { EngineCache, policyCacheBytesFromEnv } from '../../policy/engine/cache.js';
 import { loadAccessPolicy, type AccessPolicy, defaultAccessPolicyWasmPath } from '../../policy/access/index.js';
 import { cachingVerifier } from '../jwt/verification-cache.js';
 import { vaultConfigFromEnv, type VaultConfig } from '../vault/config.js';
@@ -52,7 +53,7 @@ async function main(): Promise<void> {
 
   const etcd = config.etcdEndpoints.length > 0 ? createEtcdClient(config.etcdEndpoints, etcdClientOptionsFromEnv()) : null;
   const watcher = etcd
-    ? new PolicyWatcher({ client: etcd, log: log.child({ component: 'policy-watcher' }), snapshotPath: snapshotPath(config.stateDir) })
+    ? new PolicyWatcher({ client: etcd, log: log.child({ component: 'policy-watcher' }), snapshotDir: snapshotDir(config.stateDir), engines: new EngineCache({ budgetBytes: policyCacheBytesFromEnv('RUNNER_POLICY_CACHE_MB') }) })
     : null;
   if (watcher) {
     metrics.watch(watcher);

@@ -31,6 +31,8 @@ export interface PolicyEngine {
    * result set is empty.
    */
   evaluate(input: unknown, entrypoint?: string): unknown;
+  /** The instance's linear memory now, bytes (it grows with data and evaluations, never shrinks). */
+  readonly memoryBytes: number;
 }
 
 export class PolicyEngineError extends Error {
@@ -46,24 +48,42 @@ function toWasmData(data: PolicyData): object | ArrayBuffer {
   return bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength) as ArrayBuffer;
 }
 
-export async function loadPolicyEngine(
-  wasm: Uint8Array,
-  options: { data?: PolicyData } = {},
-): Promise<PolicyEngine> {
-  let policy: LoadedPolicy;
+/**
+ * Compiles policy wasm once, to instantiate many times (projects that share
+ * Rego share the module, each with its own data). V8 compiles off the main
+ * thread, so other decisions go on meanwhile.
+ */
+export async function compilePolicyModule(wasm: Uint8Array): Promise<WebAssembly.Module> {
   try {
     // A Node Buffer may be a view into a shared pool, and both Buffer#slice and
     // a species-aware Uint8Array#slice can land in that pool again; constructing
     // a plain Uint8Array from it copies into an ArrayBuffer of exactly its bytes.
-    policy = await loadPolicy(new Uint8Array(wasm).buffer);
+    return await WebAssembly.compile(new Uint8Array(wasm).buffer);
   } catch (cause) {
+    throw new PolicyEngineError('not a loadable OPA wasm policy', { cause });
+  }
+}
+
+export async function loadPolicyEngine(
+  wasm: Uint8Array | WebAssembly.Module,
+  options: { data?: PolicyData } = {},
+): Promise<PolicyEngine> {
+  let policy: LoadedPolicy;
+  try {
+    policy = await loadPolicy(wasm instanceof WebAssembly.Module ? wasm : await compilePolicyModule(wasm));
+  } catch (cause) {
+    if (cause instanceof PolicyEngineError) throw cause;
     throw new PolicyEngineError('not a loadable OPA wasm policy', { cause });
   }
   const entrypoints = Object.keys((policy.entrypoints ?? {}) as Record<string, number>);
   if (options.data !== undefined) policy.setData(toWasmData(options.data));
 
+  const memory = (policy as unknown as { mem: WebAssembly.Memory }).mem;
   return {
     entrypoints,
+    get memoryBytes() {
+      return memory.buffer.byteLength;
+    },
     setData(data) {
       policy.setData(toWasmData(data));
     },

@@ -5,3 +5,4 @@
 export * from './names.js';
 export * from './keys.js';
 export * from './store.js';
+export * from './scan.js';

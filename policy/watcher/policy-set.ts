@@ -1,22 +1,51 @@
-// An immutable set of loaded policies at one etcd revision. The watcher
-// builds a new set off to the side and swaps it in with one assignment, so a
+// An immutable set of policies at one etcd revision. The watcher builds a
+// new set off to the side and swaps it in with one assignment, so a
 // decision that takes the current set once sees every policy of one etcd
 // transaction, never a mix of old and new.
+//
+// A policy in the set holds its bytes (metadata, data text, the shared wasm);
+// its engine lives in the EngineCache and is built on first use, so a set
+// can hold ten thousand policies while only the busy ones take memory.
+import type { EngineCache } from '../engine/cache.js';
 import type { PolicyEngine } from '../engine/index.js';
 import type { PolicyMetadata } from '../store/index.js';
 
 export interface LoadedPolicy {
   name: string;
   meta: PolicyMetadata;
-  engine: PolicyEngine;
   /** The etcd revision of the transaction that wrote this version. */
   modRevision: number;
-  /** The data document as JSON text (kept for the on-disk snapshot). */
+  /** The data document as JSON text, exactly as stored. */
   dataText: string;
-  /** The compiled policy (kept for the on-disk snapshot). */
+  dataSha256: string;
+  /** The compiled policy, checked against meta.wasmSha256 (one buffer per distinct module). */
   wasm: Uint8Array;
   /** When this process swapped it in (ms since the epoch). */
   loadedAt: number;
+  /** The engine if it is built already, else undefined. */
+  readyEngine(): PolicyEngine | undefined;
+  /** The engine, built if need be; rejects when the wasm or data cannot be loaded. */
+  engine(): Promise<PolicyEngine>;
+}
+
+export interface PolicyBytes {
+  name: string;
+  meta: PolicyMetadata;
+  modRevision: number;
+  dataText: string;
+  dataSha256: string;
+  wasm: Uint8Array;
+}
+
+/** A policy of a set, its engine drawn from `engines`. */
+export function loadedPolicy(bytes: PolicyBytes, engines: EngineCache, loadedAt = Date.now()): LoadedPolicy {
+  const source = { wasmSha256: bytes.meta.wasmSha256, wasm: bytes.wasm, dataSha256: bytes.dataSha256, dataText: bytes.dataText };
+  return {
+    ...bytes,
+    loadedAt,
+    readyEngine: () => engines.ready(source),
+    engine: () => engines.engine(source),
+  };
 }
 
 /** Where the current set came from: etcd, the local last-known-good snapshot, or nothing yet. */

@@ -1,59 +1,265 @@
 // The last-known-good policy set on local disk, so a gateway that starts
 // while etcd is away still enforces the policies it last saw. It is only read
 // when etcd cannot be reached at start; once etcd answers, etcd wins.
-import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
-import type { PolicyMetadata } from '../store/index.js';
+//
+// Incremental and verified:
+//
+//   <dir>/manifest.json              {"format":2,"revision":...,"savedAt":...}
+//   <dir>/policies/<name>.json       one per policy: metadata, mod revision,
+//                                    the data's sha256, and a sha256 of itself
+//   <dir>/data/<sha256>.json         data documents, by content
+//   <dir>/modules/<sha256>.wasm      compiled policies, by content (shared)
+//
+// A change writes its policy's file, a data file or module only when that
+// content is new, and the manifest: a few hundred bytes for a policy edit,
+// whatever the number of policies. Every file is written under an
+// unpredictable temporary name and renamed into place; the directory is
+// private to the gateway's user (0700, files 0600). Reading checks every
+// file against its sha256: a snapshot with any file missing or altered is
+// not used at all (decisions then wait for etcd, failing closed), since a
+// partial set would silently drop some tenants' rules.
+//
+// Each etcd transaction of the store changes one policy, so a crash between
+// a policy file and the manifest leaves every policy at a version etcd had;
+// the manifest's revision is then a little behind, which is harmless: the
+// snapshot is never used to resume a watch.
+import { createHash, randomUUID } from 'node:crypto';
+import { chmod, mkdir, readdir, readFile, rename, unlink, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { isValidPolicyName, type PolicyMetadata } from '../store/index.js';
 import type { PolicySet } from './policy-set.js';
 
-export interface SnapshotEntry {
+export const SNAPSHOT_FORMAT = 2;
+
+export function snapshotDir(stateDir: string): string {
+  return join(stateDir, 'policy-snapshot');
+}
+
+export interface SnapshotPolicy {
   meta: PolicyMetadata;
   modRevision: number;
   dataText: string;
-  wasmBase64: string;
+  dataSha256: string;
+  wasm: Buffer;
 }
 
-export interface SnapshotFile {
-  format: 1;
+export interface Snapshot {
   revision: number;
   savedAt: string;
-  policies: SnapshotEntry[];
+  policies: SnapshotPolicy[];
 }
 
-export const SNAPSHOT_FILE_NAME = 'policies.snapshot.json';
-
-export function snapshotPath(stateDir: string): string {
-  return join(stateDir, SNAPSHOT_FILE_NAME);
+interface Manifest {
+  format: number;
+  revision: number;
+  savedAt: string;
 }
 
-export async function writeSnapshot(path: string, set: PolicySet): Promise<void> {
-  const file: SnapshotFile = {
-    format: 1,
-    revision: set.revision,
-    savedAt: new Date().toISOString(),
-    policies: [...set.policies.values()].map((p) => ({
-      meta: p.meta,
-      modRevision: p.modRevision,
-      dataText: p.dataText,
-      wasmBase64: Buffer.from(p.wasm).toString('base64'),
-    })),
-  };
-  await mkdir(dirname(path), { recursive: true });
-  // Write then rename: a crash mid-write never leaves a torn snapshot.
-  const temporary = `${path}.${process.pid}.tmp`;
-  await writeFile(temporary, JSON.stringify(file), { mode: 0o600 });
-  await rename(temporary, path);
+interface PolicyFile {
+  meta: PolicyMetadata;
+  modRevision: number;
+  dataSha256: string;
 }
 
-/** The snapshot, or null when there is none or it cannot be read. */
-export async function readSnapshot(path: string): Promise<SnapshotFile | null> {
-  let text: string;
-  try {
-    text = await readFile(path, 'utf8');
-  } catch {
-    return null;
+export class SnapshotCorruptError extends Error {
+  override readonly name = 'SnapshotCorruptError';
+}
+
+export function sha256Hex(bytes: string | Uint8Array): string {
+  return createHash('sha256').update(bytes).digest('hex');
+}
+
+const SHA256_FILE = /^([0-9a-f]{64})\.(json|wasm)$/;
+
+/** The text of a policy file: its fields, then a checksum over exactly the text before it. */
+function policyFileText(entry: PolicyFile): string {
+  const body = JSON.stringify(entry);
+  return `${body}\n${sha256Hex(body)}\n`;
+}
+
+function parsePolicyFile(text: string, file: string): PolicyFile {
+  const [body, checksum] = text.split('\n');
+  if (body === undefined || checksum === undefined || sha256Hex(body) !== checksum) {
+    throw new SnapshotCorruptError(`${file} does not match its checksum`);
   }
-  const parsed = JSON.parse(text) as SnapshotFile;
-  if (parsed.format !== 1 || !Array.isArray(parsed.policies)) throw new Error(`${path}: unknown snapshot format`);
-  return parsed;
+  return JSON.parse(body) as PolicyFile;
+}
+
+/** Writes a file whole or not at all: an unpredictable temporary name, then a rename. */
+async function writeAtomically(path: string, dir: string, content: string | Uint8Array): Promise<number> {
+  const temporary = join(dir, `.${randomUUID()}.tmp`);
+  // 'wx': never follow or reuse something that is already there.
+  await writeFile(temporary, content, { mode: 0o600, flag: 'wx' });
+  try {
+    await rename(temporary, path);
+  } catch (error) {
+    await unlink(temporary).catch(() => undefined);
+    throw error;
+  }
+  return typeof content === 'string' ? Buffer.byteLength(content) : content.byteLength;
+}
+
+async function ensurePrivateDir(path: string): Promise<void> {
+  await mkdir(path, { recursive: true, mode: 0o700 });
+  // mkdir leaves an existing directory's mode alone.
+  await chmod(path, 0o700);
+}
+
+async function listDir(path: string): Promise<string[]> {
+  try {
+    return await readdir(path);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return [];
+    throw error;
+  }
+}
+
+/** What is on disk, so that a write only adds what changed. */
+interface OnDisk {
+  policies: Map<string, number>;
+  data: Set<string>;
+  modules: Set<string>;
+}
+
+export interface SnapshotWriteResult {
+  bytes: number;
+  files: number;
+}
+
+/**
+ * Keeps a snapshot directory in step with the policy sets given to it. Not
+ * safe for concurrent writes: the watcher chains them.
+ */
+export class SnapshotWriter {
+  private onDisk: OnDisk | null = null;
+  /** Bytes and files written since this writer was made (for measurements). */
+  readonly totals: SnapshotWriteResult = { bytes: 0, files: 0 };
+
+  constructor(readonly dir: string) {}
+
+  private async scan(): Promise<OnDisk> {
+    for (const sub of ['', 'policies', 'data', 'modules']) await ensurePrivateDir(join(this.dir, sub));
+    const onDisk: OnDisk = { policies: new Map(), data: new Set(), modules: new Set() };
+    for (const file of await listDir(join(this.dir, 'policies'))) {
+      if (!file.endsWith('.json')) continue;
+      try {
+        const entry = parsePolicyFile(await readFile(join(this.dir, 'policies', file), 'utf8'), file);
+        onDisk.policies.set(file.slice(0, -'.json'.length), entry.modRevision);
+      } catch {
+        // Unreadable: not known, so it is rewritten (or removed) by this write.
+      }
+    }
+    for (const [sub, set] of [['data', onDisk.data], ['modules', onDisk.modules]] as const) {
+      for (const file of await listDir(join(this.dir, sub))) {
+        const match = SHA256_FILE.exec(file);
+        if (match) set.add(match[1]!);
+      }
+    }
+    return onDisk;
+  }
+
+  async write(set: PolicySet): Promise<SnapshotWriteResult> {
+    this.onDisk ??= await this.scan();
+    const onDisk = this.onDisk;
+    const result: SnapshotWriteResult = { bytes: 0, files: 0 };
+    const count = (bytes: number) => {
+      result.bytes += bytes;
+      result.files++;
+    };
+    const wantedData = new Set<string>();
+    const wantedModules = new Set<string>();
+    for (const policy of set.policies.values()) {
+      wantedData.add(policy.dataSha256);
+      wantedModules.add(policy.meta.wasmSha256);
+      if (!onDisk.modules.has(policy.meta.wasmSha256)) {
+        count(await writeAtomically(join(this.dir, 'modules', `${policy.meta.wasmSha256}.wasm`), this.dir, policy.wasm));
+        onDisk.modules.add(policy.meta.wasmSha256);
+      }
+      if (!onDisk.data.has(policy.dataSha256)) {
+        count(await writeAtomically(join(this.dir, 'data', `${policy.dataSha256}.json`), this.dir, policy.dataText));
+        onDisk.data.add(policy.dataSha256);
+      }
+      if (onDisk.policies.get(policy.name) !== policy.modRevision) {
+        const text = policyFileText({ meta: policy.meta, modRevision: policy.modRevision, dataSha256: policy.dataSha256 });
+        count(await writeAtomically(join(this.dir, 'policies', `${policy.name}.json`), this.dir, text));
+        onDisk.policies.set(policy.name, policy.modRevision);
+      }
+    }
+    for (const name of [...onDisk.policies.keys()]) {
+      if (set.policies.has(name)) continue;
+      await unlink(join(this.dir, 'policies', `${name}.json`)).catch(() => undefined);
+      onDisk.policies.delete(name);
+    }
+    const manifest: Manifest = { format: SNAPSHOT_FORMAT, revision: set.revision, savedAt: new Date().toISOString() };
+    count(await writeAtomically(join(this.dir, 'manifest.json'), this.dir, JSON.stringify(manifest)));
+    // Content no policy names any more; removed after the manifest, so a crash keeps what the files name.
+    for (const [sub, wanted, have, ext] of [
+      ['data', wantedData, onDisk.data, 'json'],
+      ['modules', wantedModules, onDisk.modules, 'wasm'],
+    ] as const) {
+      for (const sha of [...have]) {
+        if (wanted.has(sha)) continue;
+        await unlink(join(this.dir, sub, `${sha}.${ext}`)).catch(() => undefined);
+        have.delete(sha);
+      }
+    }
+    this.totals.bytes += result.bytes;
+    this.totals.files += result.files;
+    return result;
+  }
+}
+
+/**
+ * The snapshot, or null when there is none. Throws SnapshotCorruptError when
+ * any file it needs is missing or does not match its sha256.
+ */
+export async function readSnapshot(dir: string): Promise<Snapshot | null> {
+  let manifestText: string;
+  try {
+    manifestText = await readFile(join(dir, 'manifest.json'), 'utf8');
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    throw error;
+  }
+  let manifest: Manifest;
+  try {
+    manifest = JSON.parse(manifestText) as Manifest;
+  } catch {
+    throw new SnapshotCorruptError('manifest.json is not JSON');
+  }
+  if (manifest.format !== SNAPSHOT_FORMAT || !Number.isSafeInteger(manifest.revision)) {
+    throw new SnapshotCorruptError(`manifest.json: unknown snapshot format ${String(manifest.format)}`);
+  }
+  const modules = new Map<string, Buffer>();
+  const data = new Map<string, string>();
+  const readVerified = async (path: string, sha: string): Promise<Buffer> => {
+    let bytes: Buffer;
+    try {
+      bytes = await readFile(path);
+    } catch {
+      throw new SnapshotCorruptError(`${path} is missing`);
+    }
+    if (sha256Hex(bytes) !== sha) throw new SnapshotCorruptError(`${path} does not match its sha256`);
+    return bytes;
+  };
+  const policies: SnapshotPolicy[] = [];
+  for (const file of (await listDir(join(dir, 'policies'))).sort()) {
+    if (!file.endsWith('.json')) continue;
+    const name = file.slice(0, -'.json'.length);
+    const entry = parsePolicyFile(await readFile(join(dir, 'policies', file), 'utf8'), file);
+    if (!isValidPolicyName(name) || entry.meta?.name !== name) throw new SnapshotCorruptError(`${file} does not hold policy ${name}`);
+    const wasmSha = entry.meta.wasmSha256;
+    if (!modules.has(wasmSha)) modules.set(wasmSha, await readVerified(join(dir, 'modules', `${wasmSha}.wasm`), wasmSha));
+    if (!data.has(entry.dataSha256)) {
+      data.set(entry.dataSha256, (await readVerified(join(dir, 'data', `${entry.dataSha256}.json`), entry.dataSha256)).toString('utf8'));
+    }
+    policies.push({
+      meta: entry.meta,
+      modRevision: entry.modRevision,
+      dataText: data.get(entry.dataSha256)!,
+      dataSha256: entry.dataSha256,
+      wasm: modules.get(wasmSha)!,
+    });
+  }
+  return { revision: manifest.revision, savedAt: manifest.savedAt, policies };
 }

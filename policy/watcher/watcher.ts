@@ -1,9 +1,14 @@
-// Keeps a PolicySet current from etcd: one range read of /policies/, then a
-// watch from the next revision. Changes apply per etcd transaction (all
-// events of one revision at once). When the watch drops, the etcd client
-// resumes it from the last revision seen; when that revision was compacted,
-// the watcher reads everything again. If etcd cannot be reached at start,
-// the last-known-good snapshot on disk is enforced until etcd answers.
+// Keeps a PolicySet current from etcd: a paged read of every current policy
+// at one pinned revision (policy/store/scan.ts: no response grows with the
+// number of policies, history is never read, each distinct wasm is read
+// once), then a watch from the next revision. Changes apply per etcd
+// transaction (all events of one revision at once); a changed policy's
+// engine is built before its swap, so it enforces from its first decision.
+// Other policies' engines are built on first use, within the EngineCache's
+// budget. When the watch drops, the etcd client resumes it from the last
+// revision seen; when that revision was compacted, the watcher reads
+// everything again. If etcd cannot be reached at start, the last-known-good
+// snapshot on disk is enforced until etcd answers.
 //
 // A watch stream can also go silent without failing: the member it runs on
 // is cut off (packets dropped), or the stream was opened on a connection
@@ -15,21 +20,34 @@
 // own (re)connection, unanswered for `stallTimeoutMs` is replaced by a new
 // stream, on another member, resuming from the last revision applied.
 import { EventEmitter } from 'node:events';
-import { createHash } from 'node:crypto';
 import type { Etcd3, IKeyValue, IEvent, Namespace, Watcher as EtcdWatch } from 'etcd3';
 import type { Logger } from 'pino';
-import { loadPolicyEngine } from '../engine/index.js';
-import { POLICIES_PREFIX, parsePolicyKey, policyKeys, type PolicyMetadata } from '../store/index.js';
-import { PolicySet, type LoadedPolicy } from './policy-set.js';
-import { readSnapshot, writeSnapshot } from './snapshot.js';
+import { EngineCache, type EngineCacheStats } from '../engine/cache.js';
+import {
+  PLATFORM_POLICY_NAME,
+  POLICIES_PREFIX,
+  PinnedRevisionCompactedError,
+  parsePolicyKey,
+  policyKeys,
+  readConsistentCut,
+  type ConsistentCut,
+  type ConsistentCutOptions,
+  type PolicyMetadata,
+} from '../store/index.js';
+import { PolicySet, loadedPolicy, type LoadedPolicy, type PolicyBytes } from './policy-set.js';
+import { SnapshotWriter, readSnapshot, sha256Hex } from './snapshot.js';
 
 export type WatchState = 'starting' | 'watching' | 'disconnected' | 'unavailable';
 
 export interface PolicyWatcherOptions {
   client: Etcd3;
   log: Logger;
-  /** Where the last-known-good snapshot lives; no snapshot when absent. */
-  snapshotPath?: string;
+  /** The directory of the last-known-good snapshot (see snapshot.ts); no snapshot when absent. */
+  snapshotDir?: string;
+  /** Where engines are built and kept (a default budget when absent). */
+  engines?: EngineCache;
+  /** Page sizes of the start-up read, and a hook between pages (tests). */
+  scan?: Pick<ConsistentCutOptions, 'pageKeys' | 'batchNames' | 'onPage'>;
   /** Delay between attempts to reach etcd when it is away (ms). */
   retryMs?: number;
   /** A watch stream quiet for this long is asked whether it still answers (ms, default 1000). */
@@ -56,7 +74,12 @@ export interface WatcherStatus {
   policies: number;
   /** Seconds since the watcher last knew it was in step with etcd (0 while watching). */
   staleSeconds: number;
+  /** Engines built and kept, within the cache budget. */
+  engines: EngineCacheStats;
 }
+
+/** Attempts of a paged read that etcd's compaction overtakes before giving up (and retrying later). */
+const MAX_CUT_ATTEMPTS = 5;
 
 interface PolicyParts {
   meta?: IKeyValue;
@@ -90,9 +113,15 @@ export class PolicyWatcher extends EventEmitter {
   private stopped = false;
   private retryTimer: NodeJS.Timeout | null = null;
   private snapshotWrite: Promise<void> = Promise.resolve();
+  private readonly snapshot: SnapshotWriter | null;
+  readonly engines: EngineCache;
+  /** One buffer per distinct wasm the current set names (policies share them). */
+  private wasmBySha = new Map<string, Uint8Array>();
 
   constructor(private readonly options: PolicyWatcherOptions) {
     super();
+    this.engines = options.engines ?? new EngineCache();
+    this.snapshot = options.snapshotDir ? new SnapshotWriter(options.snapshotDir) : null;
     this.checkIntervalMs = options.checkIntervalMs ?? DEFAULT_WATCH_CHECK_INTERVAL_MS;
     this.stallTimeoutMs = options.stallTimeoutMs ?? DEFAULT_WATCH_STALL_TIMEOUT_MS;
   }
@@ -109,6 +138,7 @@ export class PolicyWatcher extends EventEmitter {
       revision: this.set.revision,
       policies: this.set.policies.size,
       staleSeconds: this.state === 'watching' ? 0 : (Date.now() - this.outOfStepSince) / 1000,
+      engines: this.engines.stats,
     };
   }
 
@@ -160,24 +190,63 @@ export class PolicyWatcher extends EventEmitter {
   private async resync(): Promise<void> {
     this.abandonWatch();
 
-    const response = await this.options.client.getAll().prefix(POLICIES_PREFIX).exec();
-    const revision = Number(response.header.revision);
-    const byName = new Map<string, PolicyParts>();
-    for (const kv of response.kvs) collect(byName, kv, false);
+    // Modules this process holds already are not read again; they are
+    // pinned here so that a swap meanwhile cannot drop them.
+    const held = new Map<string, Uint8Array>();
+    const known = (sha: string) => {
+      const bytes = this.wasmBySha.get(sha);
+      if (bytes) held.set(sha, bytes);
+      return bytes !== undefined;
+    };
+    const cut = await this.readCut(known);
+    for (const { name, reason } of cut.unreadable) {
+      this.options.log.error({ policy: name, reason }, 'policy in etcd cannot be loaded; it is not enforced');
+    }
 
     await this.enqueue(async () => {
       const policies = new Map<string, LoadedPolicy>();
-      for (const [name, parts] of byName) {
-        const loaded = await this.load(name, parts).catch((err) => {
-          this.options.log.error({ policy: name, err: String(err) }, 'policy in etcd cannot be loaded; it is not enforced');
-          return null;
-        });
-        if (loaded) policies.set(name, loaded);
+      for (const record of cut.records) {
+        const wasm = cut.modules.get(record.meta.wasmSha256) ?? held.get(record.meta.wasmSha256);
+        if (!wasm) continue; // cannot happen: every record's module was read or held
+        policies.set(record.name, this.policy({ ...record, dataSha256: sha256Hex(record.dataText), wasm }));
       }
-      this.swap(new PolicySet(revision, policies, 'etcd'), [...policies.values()].map((p) => ({ name: p.name, policy: p, propagationMs: null })));
+      await this.warmUp(policies);
+      this.swap(new PolicySet(cut.revision, policies, 'etcd'), [...policies.values()].map((p) => ({ name: p.name, policy: p, propagationMs: null })));
     });
-    this.options.log.info({ revision, policies: [...byName.keys()] }, 'policies loaded from etcd');
-    await this.startWatch(revision + 1);
+    this.options.log.info({ revision: cut.revision, policies: cut.records.length, modules: cut.modules.size }, 'policies loaded from etcd');
+    await this.startWatch(cut.revision + 1);
+  }
+
+  /** A consistent paged read, started again when compaction overtakes it. */
+  private async readCut(known: (sha: string) => boolean): Promise<ConsistentCut> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await readConsistentCut(this.options.client, { ...this.options.scan, known });
+      } catch (error) {
+        if (!(error instanceof PinnedRevisionCompactedError) || attempt >= MAX_CUT_ATTEMPTS) throw error;
+        this.options.log.info({ attempt }, 'etcd compacted the revision of the paged read; reading again');
+      }
+    }
+  }
+
+  /** A policy of the next set; its wasm buffer shared with every policy of the same module. */
+  private policy(bytes: PolicyBytes): LoadedPolicy {
+    const sha = bytes.meta.wasmSha256;
+    const wasm = this.wasmBySha.get(sha) ?? bytes.wasm;
+    this.wasmBySha.set(sha, wasm);
+    return loadedPolicy({ ...bytes, wasm }, this.engines);
+  }
+
+  /**
+   * Builds, before a set is swapped in, the engine every decision asks for
+   * (the platform policy's). Others are built on first use. A failure is
+   * logged; the decision then fails closed when it asks.
+   */
+  private async warmUp(policies: ReadonlyMap<string, LoadedPolicy>): Promise<void> {
+    const platform = policies.get(PLATFORM_POLICY_NAME);
+    await platform?.engine().catch((err) => {
+      this.options.log.error({ policy: platform.name, err: String(err) }, 'platform policy cannot be loaded');
+    });
   }
 
   /**
@@ -357,78 +426,75 @@ export class PolicyWatcher extends EventEmitter {
     }
   }
 
-  /** Builds a loaded policy from its keys; fetches parts missing from the event batch at that revision. */
-  private async load(name: string, parts: PolicyParts, atRevision?: number): Promise<LoadedPolicy> {
+  /**
+   * A new version from its keys, its engine built (ready before the swap).
+   * Parts missing from the event batch are read at that revision; the wasm
+   * is not read at all when a policy already holds the same module.
+   */
+  private async load(name: string, parts: PolicyParts, atRevision: number): Promise<LoadedPolicy> {
     const keys = policyKeys(name);
     const fetch = async (part: IKeyValue | undefined, key: string): Promise<Buffer> => {
       if (part) return part.value;
-      let query = this.options.client.get(key);
-      if (atRevision !== undefined) query = query.revision(String(atRevision));
-      const value = await query.buffer();
+      const value = await this.options.client.get(key).revision(String(atRevision)).buffer();
       if (value === null) throw new Error(`${key} is missing`);
       return value;
     };
     if (!parts.meta) throw new Error(`${keys.meta} is missing`);
     const meta = JSON.parse(parts.meta.value.toString('utf8')) as PolicyMetadata;
-    const [data, wasm] = await Promise.all([fetch(parts.data, keys.data), fetch(parts.wasm, keys.wasm)]);
-    const digest = createHash('sha256').update(wasm).digest('hex');
-    if (digest !== meta.wasmSha256) throw new Error(`wasm of ${name} does not match its metadata sha256`);
+    const held = this.wasmBySha.get(meta.wasmSha256);
+    const [data, wasm] = await Promise.all([fetch(parts.data, keys.data), held ?? fetch(parts.wasm, keys.wasm)]);
+    if (!held && sha256Hex(wasm) !== meta.wasmSha256) throw new Error(`wasm of ${name} does not match its metadata sha256`);
     const dataText = data.toString('utf8');
-    const engine = await loadPolicyEngine(wasm, { data: dataText });
-    return {
-      name,
-      meta,
-      engine,
-      modRevision: Number(parts.meta.mod_revision),
-      dataText,
-      wasm,
-      loadedAt: Date.now(),
-    };
+    const policy = this.policy({ name, meta, modRevision: Number(parts.meta.mod_revision), dataText, dataSha256: sha256Hex(dataText), wasm });
+    await policy.engine();
+    return policy;
   }
 
   private swap(next: PolicySet, swaps: SwapEvent[]): void {
     this.set = next;
+    // Modules no policy of the set names any more are let go.
+    if (this.wasmBySha.size > 0) {
+      const named = new Set<string>();
+      for (const policy of next.policies.values()) named.add(policy.meta.wasmSha256);
+      for (const sha of [...this.wasmBySha.keys()]) if (!named.has(sha)) this.wasmBySha.delete(sha);
+    }
     for (const swap of swaps) this.emit('swap', swap);
     this.emit('revision', next.revision);
     this.persist();
   }
 
+  /** Brings the snapshot in step with the current set, off the decision path; only the newest set is written. */
   private persist(): void {
-    const path = this.options.snapshotPath;
-    if (!path || this.set.source !== 'etcd') return;
+    const snapshot = this.snapshot;
+    if (!snapshot || this.set.source !== 'etcd') return;
     const set = this.set;
     this.snapshotWrite = this.snapshotWrite
-      .then(() => (this.set === set ? writeSnapshot(path, set) : undefined))
+      .then(async () => {
+        if (this.set !== set) return;
+        const written = await snapshot.write(set);
+        this.emit('snapshot', { revision: set.revision, ...written });
+      })
       .catch((err) => this.options.log.warn({ err: String(err) }, 'could not write the policy snapshot'));
   }
 
   private async loadSnapshot(): Promise<void> {
-    const path = this.options.snapshotPath;
-    const file = path ? await readSnapshot(path).catch((err) => {
-      this.options.log.error({ err: String(err) }, 'policy snapshot unreadable');
-      return null;
-    }) : null;
+    const dir = this.options.snapshotDir;
+    const file = dir
+      ? await readSnapshot(dir).catch((err) => {
+          this.options.log.error({ err: String(err) }, 'policy snapshot unusable');
+          return null;
+        })
+      : null;
     if (!file) {
-      this.options.log.error('no policies: etcd unreachable and no snapshot; every decision is denied until etcd answers');
+      this.options.log.error('no policies: etcd unreachable and no usable snapshot; every decision is denied until etcd answers');
       this.setState('unavailable');
       return;
     }
     await this.enqueue(async () => {
       if (this.set.source === 'etcd') return; // etcd answered meanwhile: it wins
       const policies = new Map<string, LoadedPolicy>();
-      for (const entry of file.policies) {
-        const wasm = Buffer.from(entry.wasmBase64, 'base64');
-        const engine = await loadPolicyEngine(wasm, { data: entry.dataText });
-        policies.set(entry.meta.name, {
-          name: entry.meta.name,
-          meta: entry.meta,
-          engine,
-          modRevision: entry.modRevision,
-          dataText: entry.dataText,
-          wasm,
-          loadedAt: Date.now(),
-        });
-      }
+      for (const entry of file.policies) policies.set(entry.meta.name, this.policy({ name: entry.meta.name, ...entry }));
+      await this.warmUp(policies);
       this.set = new PolicySet(file.revision, policies, 'snapshot');
       this.outOfStepSince = Date.parse(file.savedAt) || Date.now();
       this.emit('revision', file.revision);

@@ -43,9 +43,9 @@ afterAll(async () => {
   await etcd?.cleanup();
 });
 
-async function startWatcher(endpoints: string[], snapshotPath?: string): Promise<PolicyWatcher> {
+async function startWatcher(endpoints: string[], snapshotDir?: string): Promise<PolicyWatcher> {
   const client = createEtcdClient(endpoints, { callTimeoutMs: 500 });
-  const watcher = new PolicyWatcher({ client, log, retryMs: 100, ...(snapshotPath ? { snapshotPath } : {}) });
+  const watcher = new PolicyWatcher({ client, log, retryMs: 100, ...(snapshotDir ? { snapshotDir } : {}) });
   await watcher.start();
   cleanups.push(async () => {
     await watcher.stop();
@@ -62,10 +62,11 @@ async function until(check: () => boolean, what: string, timeoutMs = 10_000): Pr
   }
 }
 
-function decide(set: PolicySet, name: string, role: string) {
+async function decide(set: PolicySet, name: string, role: string) {
   const policy = set.get(name);
   if (!policy) return undefined;
-  return policy.engine.evaluate({ user: { role } }, policy.meta.entrypoint) as { allow: boolean; version: number };
+  const engine = await policy.engine();
+  return engine.evaluate({ user: { role } }, policy.meta.entrypoint) as { allow: boolean; version: number };
 }
 
 describe('policy watcher', () => {
@@ -73,12 +74,12 @@ describe('policy watcher', () => {
     await writer.put('team-a', VERSIONED, { allowed_role: 'viewer', version: 1 });
     const watcher = await startWatcher(etcd.endpoints);
     expect(watcher.current.source).toBe('etcd');
-    expect(decide(watcher.current, 'team-a', 'viewer')).toMatchObject({ allow: true, version: 1 });
+    expect(await decide(watcher.current, 'team-a', 'viewer')).toMatchObject({ allow: true, version: 1 });
 
     await writer.put('team-a', VERSIONED, { allowed_role: 'editor', version: 2 });
     await until(() => watcher.current.get('team-a')?.meta.version === 2, 'version 2');
-    expect(decide(watcher.current, 'team-a', 'viewer')).toMatchObject({ allow: false, version: 2 });
-    expect(decide(watcher.current, 'team-a', 'editor')).toMatchObject({ allow: true, version: 2 });
+    expect(await decide(watcher.current, 'team-a', 'viewer')).toMatchObject({ allow: false, version: 2 });
+    expect(await decide(watcher.current, 'team-a', 'editor')).toMatchObject({ allow: true, version: 2 });
 
     await writer.store.delete('team-a');
     await until(() => watcher.current.get('team-a') === undefined, 'the delete');
@@ -94,7 +95,7 @@ describe('policy watcher', () => {
       while (running) {
         const set = watcher.current;
         const policy = set.get('atomic')!;
-        const result = decide(set, 'atomic', `r${policy.meta.version}`)!;
+        const result = (await decide(set, 'atomic', `r${policy.meta.version}`))!;
         // Data version, rules and metadata all come from one transaction.
         expect(result.version).toBe(policy.meta.version);
         expect(result.allow).toBe(true);
@@ -115,13 +116,13 @@ describe('policy watcher', () => {
     cleanups.push(() => proxy.close());
     await writer.put('outage', VERSIONED, { allowed_role: 'viewer', version: 1 });
     const watcher = await startWatcher([proxy.url]);
-    expect(decide(watcher.current, 'outage', 'viewer')?.allow).toBe(true);
+    expect((await decide(watcher.current, 'outage', 'viewer'))?.allow).toBe(true);
 
     proxy.cut();
     await until(() => watcher.status.state !== 'watching', 'the watch to notice');
     await new Promise((r) => setTimeout(r, 300));
     expect(watcher.status.staleSeconds).toBeGreaterThan(0.2);
-    expect(decide(watcher.current, 'outage', 'viewer')?.allow).toBe(true);
+    expect((await decide(watcher.current, 'outage', 'viewer'))?.allow).toBe(true);
 
     await writer.put('outage', VERSIONED, { allowed_role: 'editor', version: 2 });
     proxy.restore();
@@ -156,7 +157,7 @@ describe('policy watcher', () => {
     // A quiet stream is asked every second and replaced when it leaves the
     // question two seconds unanswered; keepalive alone would take up to 9 s.
     expect(recoveredMs).toBeLessThan(5_000);
-    expect(decide(watcher.current, 'silent', 'admin')?.allow).toBe(true);
+    expect((await decide(watcher.current, 'silent', 'admin'))?.allow).toBe(true);
     await until(() => watcher.status.state === 'watching', 'watching again');
 
     // And it keeps watching on the healthy member.
@@ -188,7 +189,7 @@ describe('policy watcher', () => {
 
   it('starts from the last-known-good snapshot when etcd is unreachable; etcd wins once it answers', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'gh-snapshot-'));
-    const snapshot = join(dir, 'policies.snapshot.json');
+    const snapshot = join(dir, 'policy-snapshot');
     await writer.put('snap', VERSIONED, { allowed_role: 'viewer', version: 1 });
     const first = await startWatcher(etcd.endpoints, snapshot);
     await new Promise((r) => setTimeout(r, 200)); // the snapshot is written in the background
@@ -199,14 +200,14 @@ describe('policy watcher', () => {
     proxy.cut();
     const second = await startWatcher([proxy.url], snapshot);
     expect(second.current.source).toBe('snapshot');
-    expect(decide(second.current, 'snap', 'viewer')?.allow).toBe(true);
+    expect((await decide(second.current, 'snap', 'viewer'))?.allow).toBe(true);
     expect(second.status.state).toBe('unavailable');
 
     await writer.put('snap', VERSIONED, { allowed_role: 'editor', version: 2 });
     proxy.restore();
     await until(() => second.current.source === 'etcd', 'etcd to take over from the snapshot');
-    expect(decide(second.current, 'snap', 'viewer')?.allow).toBe(false);
-    expect(decide(second.current, 'snap', 'editor')?.allow).toBe(true);
+    expect((await decide(second.current, 'snap', 'viewer'))?.allow).toBe(false);
+    expect((await decide(second.current, 'snap', 'editor'))?.allow).toBe(true);
   });
 
   it('without etcd and without a snapshot, nothing is loaded (decisions must fail closed)', async () => {

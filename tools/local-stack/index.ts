@@ -108,7 +108,7 @@ export async function startLocalStack(options: LocalStackOptions): Promise<Local
     cleanups.push(() => cms.close());
 
     const decisionEtcd = createEtcdClient(etcdEndpoints);
-    const watcher = new PolicyWatcher({ client: decisionEtcd, log: log.child({ component: 'decision-api' }), snapshotPath: join(workDir, 'decision-state', 'policies.snapshot.json') });
+    const watcher = new PolicyWatcher({ client: decisionEtcd, log: log.child({ component: 'decision-api' }), snapshotDir: join(workDir, 'decision-state', 'policy-snapshot') });
     await watcher.start();
     cleanups.push(async () => {
       await watcher.stop();

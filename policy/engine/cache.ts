@@ -1,0 +1,145 @@
+/**
+ * Policy engines within a memory budget, shared where policies are the same.
+ *
+ * A gateway holds every policy's bytes (small: metadata, data text, and one
+ * copy of each distinct wasm), but only as many live engines as its budget
+ * allows, least recently used evicted. Two levels, each an LRU:
+ *
+ *   modules    compiled wasm, keyed by the wasm's sha256: projects running
+ *              the same Rego share one compiled module.
+ *   instances  one instance of a module with one data document, keyed by
+ *              (wasm sha256, data sha256): projects with the same Rego and
+ *              the same data share an instance too.
+ *
+ * Evicting changes nothing a caller can observe but time: the next decision
+ * of an evicted policy instantiates it again from the same bytes. Building is
+ * asynchronous (V8 compiles wasm off the main thread), and concurrent
+ * requests for one engine wait on one build, so a cold project's first
+ * decision does not hold up decisions of engines already built.
+ *
+ * Sizes: an instance counts its linear memory (the wasm's own heap, where
+ * the data document lives; at least 320 KiB), measured when it is built; a
+ * module counts its wasm bytes twice (the compiled code is about that size).
+ */
+import { LRUCache } from 'lru-cache';
+import { compilePolicyModule, loadPolicyEngine, type PolicyEngine } from './index.js';
+
+export const DEFAULT_POLICY_CACHE_BYTES = 256 * 1024 * 1024;
+
+/** What an engine is built from: the verified wasm and the data document. */
+export interface EngineSource {
+  wasmSha256: string;
+  wasm: Uint8Array;
+  dataSha256: string;
+  dataText: string;
+}
+
+export interface EngineCacheStats {
+  instances: number;
+  instanceBytes: number;
+  modules: number;
+  moduleBytes: number;
+  /** Counters since start. */
+  compiles: number;
+  instantiations: number;
+  evictions: number;
+}
+
+export interface EngineCacheOptions {
+  /** Total budget, bytes; a quarter of it for compiled modules. */
+  budgetBytes?: number;
+}
+
+const MODULE_COST_FACTOR = 2;
+
+export class EngineCache {
+  private readonly modules: LRUCache<string, Promise<WebAssembly.Module>>;
+  private readonly instances: LRUCache<string, PolicyEngine>;
+  /** Builds in progress, so concurrent first decisions share one. */
+  private readonly building = new Map<string, Promise<PolicyEngine>>();
+  private counters = { compiles: 0, instantiations: 0, evictions: 0 };
+
+  constructor(options: EngineCacheOptions = {}) {
+    const budget = options.budgetBytes ?? DEFAULT_POLICY_CACHE_BYTES;
+    if (!Number.isFinite(budget) || budget < 1024 * 1024) throw new RangeError('the policy cache budget must be at least 1 MiB');
+    this.modules = new LRUCache({
+      maxSize: Math.floor(budget / 4),
+      // Sizes are set per entry (the bytes are known when the compile starts).
+      sizeCalculation: () => 1,
+    });
+    this.instances = new LRUCache({
+      maxSize: budget - Math.floor(budget / 4),
+      sizeCalculation: (engine) => Math.max(1, engine.memoryBytes),
+      dispose: (_engine, _key, reason) => {
+        if (reason === 'evict') this.counters.evictions++;
+      },
+    });
+  }
+
+  static key(source: Pick<EngineSource, 'wasmSha256' | 'dataSha256'>): string {
+    return `${source.wasmSha256}:${source.dataSha256}`;
+  }
+
+  /** The engine when it is built already (and marks it recently used), else undefined. */
+  ready(source: Pick<EngineSource, 'wasmSha256' | 'dataSha256'>): PolicyEngine | undefined {
+    return this.instances.get(EngineCache.key(source));
+  }
+
+  /** The engine, built if need be. Rejects when the wasm or data cannot be loaded. */
+  engine(source: EngineSource): Promise<PolicyEngine> {
+    const key = EngineCache.key(source);
+    const cached = this.instances.get(key);
+    if (cached) return Promise.resolve(cached);
+    let build = this.building.get(key);
+    if (!build) {
+      build = this.build(key, source).finally(() => this.building.delete(key));
+      this.building.set(key, build);
+    }
+    return build;
+  }
+
+  private async build(key: string, source: EngineSource): Promise<PolicyEngine> {
+    const module = await this.module(source);
+    const engine = await loadPolicyEngine(module, { data: source.dataText });
+    this.counters.instantiations++;
+    this.instances.set(key, engine);
+    return engine;
+  }
+
+  private module(source: EngineSource): Promise<WebAssembly.Module> {
+    let compiled = this.modules.get(source.wasmSha256);
+    if (!compiled) {
+      this.counters.compiles++;
+      compiled = compilePolicyModule(source.wasm);
+      // A module that does not compile is not kept: the error is the caller's, each time.
+      compiled.catch(() => this.modules.delete(source.wasmSha256));
+      this.modules.set(source.wasmSha256, compiled, { size: Math.max(1, source.wasm.byteLength * MODULE_COST_FACTOR) });
+    }
+    return compiled;
+  }
+
+  get stats(): EngineCacheStats {
+    return {
+      instances: this.instances.size,
+      instanceBytes: this.instances.calculatedSize,
+      modules: this.modules.size,
+      moduleBytes: this.modules.calculatedSize,
+      ...this.counters,
+    };
+  }
+
+  /** Drops every engine (the bytes stay with their owners). */
+  clear(): void {
+    this.instances.clear();
+    this.modules.clear();
+  }
+}
+
+/** A cache budget in MiB from the environment variable `name` (e.g. RUNNER_POLICY_CACHE_MB); the default when unset. */
+export function policyCacheBytesFromEnv(name: string, env: NodeJS.ProcessEnv = process.env): number {
+  const raw = env[name]?.trim();
+  if (!raw) return DEFAULT_POLICY_CACHE_BYTES;
+  const mib = Number(raw);
+  if (!Number.isFinite(mib) || mib < 1) throw new Error(`${name} must be a number of MiB, at least 1`);
+  return Math.floor(mib * 1024 * 1024);
+}
