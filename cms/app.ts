@@ -38,7 +38,7 @@ import { createCmsMetrics } from './metrics.js';
 import { openApiDocument } from './openapi.js';
 import { parsePolicyBody } from './policy-body.js';
 import { HttpProblem, ProblemType, sendProblem } from '../http/problem.js';
-import { CompilerUnavailableError, RegoCompileError, RegoCompiler, policySubmission } from './rego-compiler.js';
+import { CompilerBusyError, CompilerUnavailableError, RegoCompileError, RegoCompiler, policySubmission } from './rego-compiler.js';
 
 export interface CmsAppOptions {
   etcdEndpoints: string[];
@@ -50,6 +50,9 @@ export interface CmsAppOptions {
   compileTimeoutMs?: number;
   bodyLimitBytes?: number;
   historyRetention?: number;
+  compileConcurrency?: number;
+  compileQueue?: number;
+  etcdMaxRequestBytes?: number;
   accessPolicyWasmPath?: string;
   /** pino logger for requests and audit lines; default: info level to stderr. */
   logger?: Logger;
@@ -163,11 +166,16 @@ export async function buildCmsApp(options: CmsAppOptions): Promise<FastifyInstan
   const compiler = new RegoCompiler({
     opaPath: options.opaPath,
     timeoutMs: options.compileTimeoutMs ?? DEFAULT_COMPILE_TIMEOUT_MS,
+    ...(options.compileConcurrency ? { concurrency: options.compileConcurrency } : {}),
+    ...(options.compileQueue ? { maxQueued: options.compileQueue } : {}),
   });
   // Fail at start, not at the first PUT, when opa is missing.
   await compiler.opaVersion();
   const etcd = createEtcdClient(options.etcdEndpoints, { callTimeoutMs: options.etcdCallTimeoutMs, ...(options.etcdTls ? { tls: options.etcdTls } : {}) });
-  const store = new PolicyStore(etcd, { historyRetention: options.historyRetention });
+  const store = new PolicyStore(etcd, {
+    historyRetention: options.historyRetention,
+    ...(options.etcdMaxRequestBytes ? { maxRequestBytes: options.etcdMaxRequestBytes } : {}),
+  });
   const metrics = createCmsMetrics();
 
   const app = Fastify({
@@ -247,12 +255,35 @@ export async function buildCmsApp(options: CmsAppOptions): Promise<FastifyInstan
   }
 
   app.get('/policies', async (request, reply) => {
-    const policies = await store.list();
+    const { limit, after } = listQuery(request.query);
     // The same policy decides which names a caller may see: those it could GET.
-    const visible = policies.filter(
-      (meta) => access.decide(accessInput('GET', ['policies', meta.name], request.identity ?? undefined)).allow,
-    );
-    return reply.type('application/json').send({ policies: visible.map(summary) });
+    // Pages are read until this one is full of what the caller may see; a
+    // caller who may see few names gets a continuation after a bounded read.
+    const visible: PolicyMetadata[] = [];
+    let cursor = after;
+    let scanned = 0;
+    let next: string | null = null;
+    for (;;) {
+      const page = await store.listPage({ limit, ...(cursor === undefined ? {} : { after: cursor }) });
+      let full = false;
+      for (const meta of page.policies) {
+        if (visible.length === limit) {
+          full = true;
+          break;
+        }
+        if (access.decide(accessInput('GET', ['policies', meta.name], request.identity ?? undefined)).allow) visible.push(meta);
+        cursor = meta.name;
+        scanned++;
+      }
+      if (!full && page.next === null) break;
+      if (full || visible.length === limit || scanned >= MAX_NAMES_SCANNED_PER_LIST) {
+        next = cursor ?? null;
+        break;
+      }
+    }
+    return reply
+      .type('application/json')
+      .send({ policies: visible.map(summary), ...(next === null ? {} : { next_page_token: encodePageToken(next) }) });
   });
   methodNotAllowed('/policies', ['GET']);
 
@@ -354,6 +385,33 @@ export async function buildCmsApp(options: CmsAppOptions): Promise<FastifyInstan
   return app;
 }
 
+/** Names one GET /policies reads at most while filtering what the caller may see. */
+const MAX_NAMES_SCANNED_PER_LIST = 5_000;
+export const DEFAULT_LIST_LIMIT = 100;
+export const MAX_LIST_LIMIT = 1_000;
+const PAGE_TOKEN_PREFIX = 'after:';
+
+/** An opaque continuation: the last name of the previous page. */
+function encodePageToken(after: string): string {
+  return Buffer.from(`${PAGE_TOKEN_PREFIX}${after}`).toString('base64url');
+}
+
+function listQuery(query: unknown): { limit: number; after?: string } {
+  const { limit: rawLimit, page_token: token, ...rest } = (query ?? {}) as Record<string, unknown>;
+  const unknown = Object.keys(rest);
+  if (unknown.length > 0) throw new HttpProblem({ status: 400, detail: `unknown query parameter ${unknown[0]}; GET /policies takes limit and page_token` });
+  let limit = DEFAULT_LIST_LIMIT;
+  if (rawLimit !== undefined) {
+    limit = typeof rawLimit === 'string' && /^\d{1,4}$/.test(rawLimit) ? Number(rawLimit) : NaN;
+    if (!(limit >= 1 && limit <= MAX_LIST_LIMIT)) throw new HttpProblem({ status: 400, detail: `limit must be an integer from 1 to ${MAX_LIST_LIMIT}` });
+  }
+  if (token === undefined) return { limit };
+  const text = typeof token === 'string' && /^[A-Za-z0-9_-]{1,200}$/.test(token) ? Buffer.from(token, 'base64url').toString('utf8') : '';
+  const after = text.startsWith(PAGE_TOKEN_PREFIX) ? text.slice(PAGE_TOKEN_PREFIX.length) : '';
+  if (!isValidPolicyName(after)) throw new HttpProblem({ status: 400, detail: 'page_token is not a token this API gave out' });
+  return { limit, after };
+}
+
 function notFound(what: string): HttpProblem {
   return new HttpProblem({ status: 404, type: ProblemType.policyNotFound, title: 'Policy not found', detail: `no policy ${what}` });
 }
@@ -389,13 +447,24 @@ function toProblem(error: unknown, request: FastifyRequest): HttpProblem {
   if (error instanceof WriteConflictError) {
     return new HttpProblem({ status: 409, type: ProblemType.writeConflict, title: 'Conflict', detail: error.message });
   }
-  if (error instanceof PolicyTooLargeError) return new HttpProblem({ status: 413, detail: error.message });
+  if (error instanceof PolicyTooLargeError) {
+    return new HttpProblem({ status: 413, type: ProblemType.policyTooLarge, title: 'Policy too large', detail: error.message });
+  }
   if (error instanceof StoreUnavailableError) {
     return new HttpProblem({
       status: 503,
       type: ProblemType.storeUnavailable,
       title: 'Policy store unavailable',
       detail: 'etcd did not answer in time; a write is one transaction, so it happened entirely or not at all',
+      headers: { 'Retry-After': '1' },
+    });
+  }
+  if (error instanceof CompilerBusyError) {
+    return new HttpProblem({
+      status: 503,
+      type: ProblemType.compilerBusy,
+      title: 'Compiler busy',
+      detail: error.message,
       headers: { 'Retry-After': '1' },
     });
   }

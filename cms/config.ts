@@ -10,6 +10,9 @@
  *   OPA_COMPILE_TIMEOUT_MS  deadline of each opa process (default 30000)
  *   CMS_BODY_LIMIT_BYTES    largest accepted PUT body; larger is 413 (default 262144)
  *   CMS_HISTORY_RETENTION   versions kept per policy (default 50)
+ *   CMS_COMPILE_CONCURRENCY compiles running at once (default: the number of cores)
+ *   CMS_COMPILE_QUEUE       compiles waiting for a slot; past it a PUT gets 503 with Retry-After (default 4 per core)
+ *   ETCD_MAX_REQUEST_BYTES  the etcd members' --max-request-bytes; a policy whose write is larger gets 413 (default 1572864)
  *   CMS_ACCESS_POLICY_WASM  compiled access policy (default <package>/dist/policy/access/access.wasm)
  *   LOG_LEVEL               pino level (default info)
  *   JWT_*                   token verification, see identity/config.ts
@@ -18,7 +21,8 @@ import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { identityConfigFromEnv, type IdentityConfig } from '../identity/index.js';
-import { DEFAULT_HISTORY_RETENTION } from '../policy/store/index.js';
+import { availableParallelism } from 'node:os';
+import { DEFAULT_ETCD_MAX_REQUEST_BYTES, DEFAULT_HISTORY_RETENTION } from '../policy/store/index.js';
 import { defaultAccessPolicyWasmPath } from '../policy/access/index.js';
 import { DEFAULT_ETCD_CALL_TIMEOUT_MS, etcdClientOptionsFromEnv, type EtcdTlsFiles } from '../etcd/index.js';
 
@@ -37,6 +41,11 @@ export interface CmsConfig {
   compileTimeoutMs: number;
   bodyLimitBytes: number;
   historyRetention: number;
+  /** Compiles running at once, and how many may wait before a PUT is refused with 503. */
+  compileConcurrency: number;
+  compileQueue: number;
+  /** etcd's --max-request-bytes: a policy whose write would be larger is refused with 413. */
+  etcdMaxRequestBytes: number;
   accessPolicyWasmPath: string;
   logLevel: string;
 }
@@ -84,6 +93,9 @@ export function cmsConfigFromEnv(env: NodeJS.ProcessEnv = process.env): CmsConfi
     compileTimeoutMs: positiveInteger(env, 'OPA_COMPILE_TIMEOUT_MS', DEFAULT_COMPILE_TIMEOUT_MS),
     bodyLimitBytes: positiveInteger(env, 'CMS_BODY_LIMIT_BYTES', DEFAULT_BODY_LIMIT_BYTES),
     historyRetention: positiveInteger(env, 'CMS_HISTORY_RETENTION', DEFAULT_HISTORY_RETENTION),
+    compileConcurrency: positiveInteger(env, 'CMS_COMPILE_CONCURRENCY', availableParallelism()),
+    compileQueue: positiveInteger(env, 'CMS_COMPILE_QUEUE', 4 * availableParallelism()),
+    etcdMaxRequestBytes: positiveInteger(env, 'ETCD_MAX_REQUEST_BYTES', DEFAULT_ETCD_MAX_REQUEST_BYTES),
     accessPolicyWasmPath: env.CMS_ACCESS_POLICY_WASM?.trim() || defaultAccessPolicyWasmPath(),
     logLevel: env.LOG_LEVEL?.trim() || 'info',
   };

@@ -31,7 +31,15 @@ export const openApiDocument = {
   paths: {
     '/policies': {
       get: {
-        summary: 'List the policies the caller may read',
+        summary: 'List the policies the caller may read, a page at a time',
+        description:
+          'Policies come in key order (a name followed by "/" sorts as bytes). A page holds at most `limit` policies; ' +
+          'when more may follow, `next_page_token` is present: pass it as `page_token` for the next page. ' +
+          'Each page is read at one etcd revision; a policy written between two pages may or may not appear.',
+        parameters: [
+          { name: 'limit', in: 'query', required: false, schema: { type: 'integer', minimum: 1, maximum: 1000, default: 100 } },
+          { name: 'page_token', in: 'query', required: false, schema: { type: 'string' }, description: 'next_page_token of the previous page' },
+        ],
         responses: {
           '200': {
             description: 'policy summaries',
@@ -39,11 +47,16 @@ export const openApiDocument = {
               'application/json': {
                 schema: {
                   type: 'object',
-                  properties: { policies: { type: 'array', items: { $ref: '#/components/schemas/PolicySummary' } } },
+                  required: ['policies'],
+                  properties: {
+                    policies: { type: 'array', items: { $ref: '#/components/schemas/PolicySummary' } },
+                    next_page_token: { type: 'string', description: 'present when another page may follow' },
+                  },
                 },
               },
             },
           },
+          '400': problem,
           ...authErrors,
           '503': problem,
         },

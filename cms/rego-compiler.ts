@@ -17,11 +17,13 @@
  *      options, for OPA's messages with row and column.
  */
 import { execFile } from 'node:child_process';
+import { availableParallelism } from 'node:os';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
+import pLimit, { type LimitFunction } from 'p-limit';
 import { list as listTar } from 'tar'; // reads the gzipped bundle opa writes, without a tar binary
 import type { PolicySubmission } from '../policy/store/index.js';
 
@@ -68,6 +70,11 @@ export class RegoCompileError extends Error {
   }
 }
 
+/** Too many compiles are running and waiting already: try again shortly (nothing was started). */
+export class CompilerBusyError extends Error {
+  override readonly name = 'CompilerBusyError';
+}
+
 /** opa itself could not run (missing, crashed, timed out): our fault. */
 export class CompilerUnavailableError extends Error {
   override readonly name = 'CompilerUnavailableError';
@@ -76,6 +83,10 @@ export class CompilerUnavailableError extends Error {
 export interface RegoCompilerOptions {
   opaPath: string;
   timeoutMs?: number;
+  /** Compiles running at once (each runs two or three opa processes); default: the number of cores. */
+  concurrency?: number;
+  /** Compiles that may wait for a slot; one more is refused with CompilerBusyError. Default: 4 per slot. */
+  maxQueued?: number;
 }
 
 const POLICY_FILE = 'policy.rego';
@@ -154,10 +165,16 @@ export class RegoCompiler {
   readonly opaPath: string;
   private readonly timeoutMs: number;
   private versionPromise: Promise<string> | undefined;
+  /** Bounds the opa processes: a burst of writes queues, a flood is refused, never a fork storm. */
+  private readonly slots: LimitFunction;
+  private readonly maxQueued: number;
 
   constructor(options: RegoCompilerOptions) {
     this.opaPath = options.opaPath;
     this.timeoutMs = options.timeoutMs ?? 30_000;
+    const concurrency = options.concurrency ?? availableParallelism();
+    this.slots = pLimit(concurrency);
+    this.maxQueued = options.maxQueued ?? 4 * concurrency;
   }
 
   private async opa(args: string[], cwd: string): Promise<ProcessResult> {
@@ -192,7 +209,15 @@ export class RegoCompiler {
     return this.versionPromise;
   }
 
-  async compile(rego: string, dataText = '{}'): Promise<CompiledPolicy> {
+  /** Compiles, or refuses at once with CompilerBusyError when the queue is full. */
+  compile(rego: string, dataText = '{}'): Promise<CompiledPolicy> {
+    if (this.slots.pendingCount >= this.maxQueued) {
+      return Promise.reject(new CompilerBusyError(`${this.slots.activeCount} policies are compiling and ${this.slots.pendingCount} waiting; try again shortly`));
+    }
+    return this.slots(() => this.compileNow(rego, dataText));
+  }
+
+  private async compileNow(rego: string, dataText: string): Promise<CompiledPolicy> {
     const started = performance.now();
     const opaVersion = await this.opaVersion();
     const workDir = await mkdtemp(join(tmpdir(), 'gatehouse-rego-'));

@@ -20,6 +20,8 @@ export const ProblemType = {
   writeConflict: 'urn:gatehouse:problem:write-conflict',
   storeUnavailable: 'urn:gatehouse:problem:store-unavailable',
   compilerUnavailable: 'urn:gatehouse:problem:compiler-unavailable',
+  compilerBusy: 'urn:gatehouse:problem:compiler-busy',
+  policyTooLarge: 'urn:gatehouse:problem:policy-too-large',
 } as const;
 
 export interface ProblemInit {

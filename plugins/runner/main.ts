@@ -58,7 +58,10 @@ async function main(): Promise<void> {
   if (watcher) {
     metrics.watch(watcher);
     watcher.on('swap', (swap: SwapEvent) => {
-      // One line per policy change reaching this gateway: what, which version, how fast.
+      // One line per policy change reaching this gateway: what, which version,
+      // how fast. Not for the policies of a full read (the watcher logs one
+      // line for those, however many there are).
+      if (swap.policy !== null && swap.propagationMs === null) return;
       log.info(
         {
           policy: swap.name,

@@ -97,6 +97,42 @@ export function createRunnerMetrics(): RunnerMetrics {
         },
       });
       new Gauge({
+        name: 'gatehouse_policy_engines',
+        help: 'Policy engines built and kept (within RUNNER_POLICY_CACHE_MB), by what they are',
+        labelNames: ['kind'] as const,
+        registers: [registry],
+        collect() {
+          const stats = watcher.engines.stats;
+          this.set({ kind: 'instances' }, stats.instances);
+          this.set({ kind: 'modules' }, stats.modules);
+        },
+      });
+      new Gauge({
+        name: 'gatehouse_policy_engine_bytes',
+        help: 'Bytes the kept policy engines are counted at, against the cache budget',
+        labelNames: ['kind'] as const,
+        registers: [registry],
+        collect() {
+          const stats = watcher.engines.stats;
+          this.set({ kind: 'instances' }, stats.instanceBytes);
+          this.set({ kind: 'modules' }, stats.moduleBytes);
+        },
+      });
+      const reported = { compiles: 0, instantiations: 0, evictions: 0 };
+      new Counter({
+        name: 'gatehouse_policy_engine_events_total',
+        help: 'Module compilations, instantiations and evictions of policy engines',
+        labelNames: ['event'] as const,
+        registers: [registry],
+        collect() {
+          const stats = watcher.engines.stats;
+          for (const event of ['compiles', 'instantiations', 'evictions'] as const) {
+            this.inc({ event }, stats[event] - reported[event]);
+            reported[event] = stats[event];
+          }
+        },
+      });
+      new Gauge({
         name: 'gatehouse_policies_loaded',
         help: 'Number of policies loaded',
         registers: [registry],

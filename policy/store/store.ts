@@ -6,8 +6,18 @@
 import { createHash } from 'node:crypto';
 import { Range, type Etcd3, type IKeyValue, type IResponseOp } from 'etcd3';
 import { policyKeys, POLICIES_PREFIX, parsePolicyKey, type HistoryPart } from './keys.js';
+import { currentRevision, policyNamesPage } from './scan.js';
 
 export const DEFAULT_HISTORY_RETENTION = 50;
+/**
+ * etcd's default --max-request-bytes (1.5 MiB). A write is one transaction
+ * holding the Rego and the data twice (current and history), the wasm and
+ * the metadata twice; a larger one is refused by etcd, so the store refuses
+ * it first, with the sizes (PolicyTooLargeError).
+ */
+export const DEFAULT_ETCD_MAX_REQUEST_BYTES = 1.5 * 1024 * 1024;
+/** Room kept for the transaction's own encoding (compares, op headers, prune ranges). */
+const TXN_OVERHEAD_BYTES = 4 * 1024;
 /** Attempts of an unconditional write before giving up to a stream of concurrent writers. */
 const MAX_WRITE_ATTEMPTS = 5;
 
@@ -115,16 +125,24 @@ function storedPolicy(
   };
 }
 
+export interface ListPage {
+  policies: PolicyMetadata[];
+  /** The last name of this page, to continue after; null on the last page. */
+  next: string | null;
+}
+
 export class PolicyStore {
   readonly historyRetention: number;
+  readonly maxRequestBytes: number;
 
   constructor(
     private readonly client: Etcd3,
-    options: { historyRetention?: number } = {},
+    options: { historyRetention?: number; maxRequestBytes?: number } = {},
   ) {
     const retention = options.historyRetention ?? DEFAULT_HISTORY_RETENTION;
     if (!Number.isSafeInteger(retention) || retention < 1) throw new RangeError('history retention must be at least 1');
     this.historyRetention = retention;
+    this.maxRequestBytes = options.maxRequestBytes ?? DEFAULT_ETCD_MAX_REQUEST_BYTES;
   }
 
   /** Turns any etcd client failure into StoreUnavailableError (or a size refusal). */
@@ -133,7 +151,7 @@ export class PolicyStore {
       return await call();
     } catch (error) {
       const message = error instanceof Error ? error.message : String(error);
-      if (message.includes('request is too large')) {
+      if (message.includes('request is too large') || message.includes('larger than max')) {
         throw new PolicyTooLargeError('the policy is too large for etcd', { cause: error });
       }
       throw new StoreUnavailableError('etcd is unavailable', { cause: error });
@@ -156,18 +174,40 @@ export class PolicyStore {
     return storedPolicy(meta, source, data, wasm);
   }
 
-  /** Metadata of every current policy, sorted by name. */
-  async list(): Promise<PolicyMetadata[]> {
-    const keys = await this.etcd(() => this.client.getAll().prefix(POLICIES_PREFIX).keys());
-    const metaKeys = keys.filter((key) => {
-      const parsed = parsePolicyKey(key);
-      return parsed?.kind === 'current' && parsed.part === 'meta';
+  /**
+   * One page of current policies' metadata, in key order (see scan.ts), after
+   * the name `after`. Pages are bounded reads: no response grows with the
+   * number of policies. A page is one consistent revision; consecutive pages
+   * are not (a policy written between them shows in a later page, or not).
+   */
+  async listPage(options: { after?: string; limit: number }): Promise<ListPage> {
+    if (!Number.isSafeInteger(options.limit) || options.limit < 1) throw new RangeError('a page holds at least one policy');
+    return this.etcd(async () => {
+      const revision = await currentRevision(this.client);
+      const page = await policyNamesPage(this.client, { revision, limit: options.limit, ...(options.after === undefined ? {} : { after: options.after }) });
+      if (page.names.length === 0) return { policies: [], next: null };
+      const response = await this.client
+        .if(POLICIES_PREFIX, 'Mod', '<', Number.MAX_SAFE_INTEGER) // always true: a read-only transaction
+        .then(...page.names.map((name) => this.client.get(policyKeys(name).meta).revision(revision)))
+        .commit();
+      const policies = response.responses
+        .map(firstValue)
+        .filter((kv): kv is IKeyValue => kv !== undefined)
+        .map((kv) => JSON.parse(kv.value.toString('utf8')) as PolicyMetadata);
+      return { policies, next: page.more ? page.names[page.names.length - 1]! : null };
     });
-    const values = await this.etcd(() => Promise.all(metaKeys.map((key) => this.client.get(key).string())));
-    return values
-      .filter((value): value is string => value !== null)
-      .map((value) => JSON.parse(value) as PolicyMetadata)
-      .sort((a, b) => a.name.localeCompare(b.name));
+  }
+
+  /** Metadata of every current policy, in key order, read page by page. */
+  async list(): Promise<PolicyMetadata[]> {
+    const all: PolicyMetadata[] = [];
+    let after: string | undefined;
+    for (;;) {
+      const page = await this.listPage({ limit: 100, ...(after === undefined ? {} : { after }) });
+      all.push(...page.policies);
+      if (page.next === null) return all;
+      after = page.next;
+    }
   }
 
   /** Metadata of the retained versions, newest first. Survives a delete of the policy. */
@@ -264,6 +304,15 @@ export class PolicyStore {
         this.client.put(keys.meta).value(metaText),
         ...this.pruneHistoryOps(name, version),
       ];
+      this.checkSize(name, [
+        [keys.source, submission.rego],
+        [keys.data, submission.dataText],
+        [keys.wasm, wasm],
+        [keys.history('meta', version), metaText],
+        [keys.history('source', version), submission.rego],
+        [keys.history('data', version), submission.dataText],
+        [keys.meta, metaText],
+      ]);
       const guard = current
         ? this.client.if(keys.meta, 'Mod', '==', current.modRevision)
         : this.client.if(keys.meta, 'Create', '==', 0);
@@ -273,6 +322,18 @@ export class PolicyStore {
       }
     }
     throw new WriteConflictError('too many concurrent writes to this policy; try again');
+  }
+
+  /** Refuses a write whose transaction etcd would refuse for its size, saying how big it is and why. */
+  private checkSize(name: string, puts: [string, string | Buffer][]): void {
+    let bytes = TXN_OVERHEAD_BYTES;
+    for (const [key, value] of puts) bytes += Buffer.byteLength(key) + (typeof value === 'string' ? Buffer.byteLength(value) : value.byteLength);
+    if (bytes <= this.maxRequestBytes) return;
+    const mib = (n: number) => `${(n / 1024 / 1024).toFixed(2)} MiB`;
+    throw new PolicyTooLargeError(
+      `policy ${name} would be a ${mib(bytes)} etcd write, over etcd's limit of ${mib(this.maxRequestBytes)}: ` +
+        'the Rego and the data are stored twice (current version and history) beside the compiled wasm; make the Rego or the data smaller',
+    );
   }
 
   /**
