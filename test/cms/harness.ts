@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import type { FastifyInstance } from 'fastify';
 import { pino } from 'pino';
-import { Etcd3 } from 'etcd3';
+import { Etcd3, Range } from 'etcd3';
 import { buildCmsApp, type CmsAppOptions } from '../../cms/app.js';
 import { defaultAccessPolicyWasmPath, packageRoot } from '../../cms/config.js';
 import { startEtcd, type TestEtcd } from '../support/etcd.js';
@@ -140,10 +140,18 @@ export async function startHarness(): Promise<Harness> {
     etcdClient,
     startCms,
     async snapshot() {
-      const response = await etcdClient.getAll().prefix('/policies/').exec();
+      // In pages at one revision: all of /policies/ may not fit one gRPC response.
       const snapshotKeys: Record<string, string> = {};
-      for (const kv of response.kvs) snapshotKeys[kv.key.toString()] = kv.value.toString('hex');
-      return { revision: response.header.revision, keys: snapshotKeys };
+      const first = await etcdClient.get('/policies/').exec();
+      const revision = first.header.revision;
+      let start = '/policies/';
+      for (;;) {
+        const page = await etcdClient.getAll().inRange(new Range(start, '/policies0')).revision(revision).limit(10).exec();
+        for (const kv of page.kvs) snapshotKeys[kv.key.toString()] = kv.value.toString('hex');
+        if (!page.more || page.kvs.length === 0) break;
+        start = `${page.kvs[page.kvs.length - 1]!.key.toString()}\0`;
+      }
+      return { revision, keys: snapshotKeys };
     },
     async close() {
       for (const cms of [...running]) await cms.stop();

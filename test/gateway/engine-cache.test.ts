@@ -1,0 +1,199 @@
+// Engines within a budget, and the incremental snapshot, on real compiled
+// policies from a real etcd.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pino } from 'pino';
+import type { Etcd3 } from 'etcd3';
+import { startEtcd, type TestEtcd } from '../support/etcd.js';
+import { PolicyWriter } from '../support/policies.js';
+import { hostPort, startTcpProxy, type TcpProxy } from '../support/tcp-proxy.js';
+import { createEtcdClient } from '../../etcd/index.js';
+import { EngineCache } from '../../policy/engine/cache.js';
+import { PolicyWatcher } from '../../policy/watcher/watcher.js';
+import { SnapshotCorruptError, readSnapshot } from '../../policy/watcher/snapshot.js';
+
+const log = pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent' });
+
+const OWNED = `package owned
+import rego.v1
+default allow := false
+allow if input.user == data.owner
+owner := data.owner
+`;
+const LISTED = `package listed
+import rego.v1
+default allow := false
+allow if input.user in data.users
+`;
+
+let etcd: TestEtcd;
+let client: Etcd3;
+let writer: PolicyWriter;
+const cleanups: (() => Promise<void> | void)[] = [];
+const PROJECTS = 20;
+const nameOf = (i: number) => `t-${String(i).padStart(2, '0')}`;
+
+beforeAll(async () => {
+  etcd = await startEtcd();
+  client = createEtcdClient(etcd.endpoints);
+  writer = new PolicyWriter(client);
+  for (let i = 0; i < PROJECTS; i++) {
+    await writer.put(nameOf(i), i % 2 ? LISTED : OWNED, i % 2 ? { users: [`u${i}`] } : { owner: `u${i}` });
+  }
+});
+
+afterAll(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+  client?.close();
+  await etcd?.cleanup();
+});
+
+async function startWatcher(options: { engines?: EngineCache; snapshotDir?: string; endpoints?: string[] } = {}): Promise<PolicyWatcher> {
+  const watcherClient = createEtcdClient(options.endpoints ?? etcd.endpoints, { callTimeoutMs: 500 });
+  const watcher = new PolicyWatcher({
+    client: watcherClient,
+    log,
+    retryMs: 100,
+    ...(options.engines ? { engines: options.engines } : {}),
+    ...(options.snapshotDir ? { snapshotDir: options.snapshotDir } : {}),
+  });
+  await watcher.start();
+  cleanups.push(async () => {
+    await watcher.stop();
+    watcherClient.close();
+  });
+  return watcher;
+}
+
+async function allows(watcher: PolicyWatcher, name: string, user: string): Promise<boolean> {
+  const policy = watcher.current.get(name)!;
+  const result = (await policy.engine()).evaluate({ user }, policy.meta.entrypoint) as { allow: boolean };
+  return result.allow;
+}
+
+const files = (dir: string): string[] => {
+  try {
+    return readdirSync(dir);
+  } catch {
+    return [];
+  }
+};
+
+async function until(check: () => boolean, what: string, timeoutMs = 10_000) {
+  const deadline = Date.now() + timeoutMs;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+describe('engine cache', () => {
+  it('builds engines on first use, shares modules, and an evicted project decides exactly as before', async () => {
+    // 3 MiB: a quarter for the two compiled modules, the rest for about seven of the twenty instances.
+    const engines = new EngineCache({ budgetBytes: 3 * 1024 * 1024 });
+    const watcher = await startWatcher({ engines });
+    expect(watcher.current.policies.size).toBe(PROJECTS);
+    expect(engines.stats.instances).toBe(0); // nothing built before a decision asks
+
+    const decisions = async () => {
+      const seen: boolean[] = [];
+      for (let i = 0; i < PROJECTS; i++) {
+        seen.push(await allows(watcher, nameOf(i), `u${i}`), await allows(watcher, nameOf(i), `u${i + 1}`));
+      }
+      return seen;
+    };
+    const first = await decisions();
+    expect(first).toEqual(Array.from({ length: PROJECTS }, () => [true, false]).flat());
+    expect(engines.stats.evictions).toBeGreaterThan(0);
+    expect(engines.stats.instances).toBeLessThan(PROJECTS / 2);
+    const second = await decisions();
+    expect(second).toEqual(first);
+    // Two distinct modules, compiled once each however often their projects were evicted.
+    expect(engines.stats.compiles).toBe(2);
+    expect(engines.stats.instantiations).toBeGreaterThanOrEqual(2 * PROJECTS);
+  });
+
+  it('concurrent first decisions of a cold project share one build', async () => {
+    const engines = new EngineCache();
+    const watcher = await startWatcher({ engines });
+    const policy = watcher.current.get(nameOf(4))!;
+    expect(policy.readyEngine()).toBeUndefined();
+    const built = await Promise.all(Array.from({ length: 10 }, () => policy.engine()));
+    expect(new Set(built).size).toBe(1);
+    expect(engines.stats.instantiations).toBe(1);
+    expect(policy.readyEngine()).toBe(built[0]);
+  });
+
+  it('a written policy is built before it is swapped in', async () => {
+    const engines = new EngineCache();
+    const watcher = await startWatcher({ engines });
+    const built = engines.stats.instantiations;
+    await writer.put('fresh', OWNED, { owner: 'f' });
+    await until(() => watcher.current.get('fresh') !== undefined, 'the new policy');
+    expect(watcher.current.get('fresh')!.readyEngine()).toBeDefined();
+    expect(engines.stats.instantiations).toBe(built + 1);
+    await writer.store.delete('fresh');
+  });
+});
+
+describe('incremental snapshot', () => {
+  it('writes only what changed, checks every file when read, and is private', async () => {
+    const dir = join(mkdtempSync(join(tmpdir(), 'gh-snap-')), 'snapshot');
+    const watcher = await startWatcher({ snapshotDir: dir });
+    const writes: { revision: number; bytes: number; files: number }[] = [];
+    watcher.on('snapshot', (written) => writes.push(written));
+    await until(() => files(join(dir, 'policies')).length === PROJECTS && files(dir).includes('manifest.json'), 'the first snapshot');
+    expect(readdirSync(join(dir, 'modules'))).toHaveLength(2); // one file per distinct module
+    expect(statSync(dir).mode & 0o777).toBe(0o700);
+    expect(statSync(join(dir, 'policies', `${nameOf(0)}.json`)).mode & 0o777).toBe(0o600);
+
+    // One project's data changes: its file, its new data, the manifest. Nothing else.
+    const modulesBefore = readdirSync(join(dir, 'modules')).map((f) => statSync(join(dir, 'modules', f)).mtimeMs);
+    await writer.put(nameOf(2), OWNED, { owner: 'someone-else' });
+    await until(() => watcher.current.get(nameOf(2))?.dataText === '{"owner":"someone-else"}', 'the change to reach the watcher');
+    await until(() => writes.some((w) => w.revision === watcher.current.revision), 'the incremental write');
+    const write = writes.find((w) => w.revision === watcher.current.revision)!;
+    expect(write.files).toBe(3);
+    expect(write.bytes).toBeLessThan(2_000);
+    expect(readdirSync(join(dir, 'modules')).map((f) => statSync(join(dir, 'modules', f)).mtimeMs)).toEqual(modulesBefore);
+    // The old data file, which no policy names any more, is gone; no temporary file is left.
+    expect(readdirSync(join(dir, 'data'))).toHaveLength(PROJECTS);
+    expect(readdirSync(dir).filter((f) => f.endsWith('.tmp'))).toEqual([]);
+
+    const snapshot = (await readSnapshot(dir))!;
+    expect(snapshot.policies).toHaveLength(PROJECTS);
+    expect(snapshot.policies.find((p) => p.meta.name === nameOf(2))?.dataText).toBe('{"owner":"someone-else"}');
+
+    // A snapshot started from (etcd unreachable) decides like etcd did.
+    const proxy: TcpProxy = await startTcpProxy(hostPort(etcd.endpoints[0]!));
+    cleanups.push(() => proxy.close());
+    proxy.cut();
+    const offline = await startWatcher({ snapshotDir: dir, endpoints: [proxy.url] });
+    expect(offline.current.source).toBe('snapshot');
+    expect(await allows(offline, nameOf(2), 'someone-else')).toBe(true);
+    expect(await allows(offline, nameOf(3), 'u3')).toBe(true);
+    expect(await allows(offline, nameOf(3), 'u4')).toBe(false);
+
+    // One altered byte in a module: the snapshot is refused whole, and a gateway fails closed.
+    const moduleFile = join(dir, 'modules', readdirSync(join(dir, 'modules'))[0]!);
+    const bytes = readFileSync(moduleFile);
+    bytes[bytes.length - 1] = bytes[bytes.length - 1]! ^ 0xff;
+    writeFileSync(moduleFile, bytes);
+    await expect(readSnapshot(dir)).rejects.toBeInstanceOf(SnapshotCorruptError);
+    const refused = await startWatcher({ snapshotDir: dir, endpoints: [proxy.url] });
+    expect(refused.current.source).toBe('none');
+    expect(refused.current.isLoaded).toBe(false);
+  });
+
+  it('an altered policy file is refused too', async () => {
+    const dir = join(mkdtempSync(join(tmpdir(), 'gh-snap-')), 'snapshot');
+    const watcher = await startWatcher({ snapshotDir: dir });
+    await until(() => files(join(dir, 'policies')).length === watcher.current.policies.size && files(dir).includes('manifest.json'), 'the snapshot');
+    await new Promise((r) => setTimeout(r, 100));
+    const file = join(dir, 'policies', `${nameOf(1)}.json`);
+    writeFileSync(file, readFileSync(file, 'utf8').replace('"version":1', '"version":7'));
+    await expect(readSnapshot(dir)).rejects.toThrow(/checksum/);
+  });
+});
