@@ -142,6 +142,8 @@ export async function driveRunner(options: {
   name: string;
   socketPath: string;
   request: HttpReqCallRequest;
+  /** When given, calls rotate through these instead of sending `request` each time. */
+  requests?: HttpReqCallRequest[];
   connections: number;
   seconds: number;
   answerExtra?: (info: ExtraInfoRequest) => Uint8Array | null;
@@ -158,7 +160,8 @@ export async function driveRunner(options: {
       let id = c << 22;
       while (Date.now() < end) {
         const t0 = process.hrtime.bigint();
-        await conn.send(RpcType.HTTPReqCall, encodeHttpReqCallRequest({ ...options.request, id: id++ }));
+        const request = options.requests ? options.requests[calls % options.requests.length]! : options.request;
+        await conn.send(RpcType.HTTPReqCall, encodeHttpReqCallRequest({ ...request, id: id++ }));
         let frame = await conn.next();
         while (frame.type === RpcType.ExtraInfo) {
           const info = decodeExtraInfoRequest(frame.payload);

@@ -37,6 +37,8 @@ export interface LocalEtcdOptions {
   clientPort?: number;
   peerPort?: number;
   binary?: string;
+  /** More etcd flags, e.g. --quota-backend-bytes for a benchmark's large data set. */
+  extraArgs?: string[];
 }
 
 export async function freePort(): Promise<number> {
@@ -83,6 +85,7 @@ export async function startLocalEtcd(options: LocalEtcdOptions = {}): Promise<Lo
     '--initial-advertise-peer-urls', peerUrl,
     '--initial-cluster', `local=${peerUrl}`,
     '--log-level', 'warn',
+    ...(options.extraArgs ?? []),
   ];
   const binary = options.binary ?? process.env.ETCD_BINARY ?? 'etcd';
   let child: ChildProcess | undefined;
