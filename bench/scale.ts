@@ -61,6 +61,8 @@ import rego.v1
 
 default allow := false
 
+template := ${k}
+
 # Template ${k}: every team on it has its own roles in data.
 allow if {
 	input.user.role in data.roles
@@ -97,7 +99,8 @@ function filesUnder(dir: string): Map<string, { size: number; mtimeMs: number }>
   const walk = (d: string) => {
     for (const name of readdirSync(d)) {
       const path = join(d, name);
-      const stat = statSync(path);
+      const stat = statSync(path, { throwIfNoEntry: false });
+      if (!stat) continue; // removed meanwhile (the snapshot drops content nothing names)
       if (stat.isDirectory()) walk(path);
       else found.set(path, { size: stat.size, mtimeMs: stat.mtimeMs });
     }
@@ -186,6 +189,30 @@ async function main() {
         LOG_LEVEL: 'info',
       });
       const socket = (i: number) => join(work, `${projects}-${i}.sock`);
+      const untilEnforcing = async (i: number, confToken: number, project: number, since: number) => {
+        const probe = { ...(await requestFor(project)), confToken };
+        for (;;) {
+          const enforcing = await (async () => {
+            const conn = await openRunnerConnection(socket(i));
+            try {
+              await conn.send(RpcType.HTTPReqCall, encodeHttpReqCallRequest(probe));
+              const frame = await conn.next();
+              return frame.type === RpcType.HTTPReqCall && decodeHttpReqCallResponse(frame.payload).action?.type === 'rewrite';
+            } finally {
+              conn.destroy();
+            }
+          })().catch(() => false);
+          if (enforcing) return;
+          if (performance.now() - since > 120_000) throw new Error(`runner ${i} did not enforce within 120 s`);
+          await new Promise((r) => setTimeout(r, 5));
+        }
+      };
+      // A runner writes its whole snapshot once after start (off the decision path, but on its thread): wait it out
+      // before measuring steady-state figures.
+      const untilSnapshotWritten = async (i: number) => {
+        const manifest = join(work, `state-${projects}-${i}`, 'policy-snapshot', 'manifest.json');
+        while (!statSync(manifest, { throwIfNoEntry: false })) await new Promise((r) => setTimeout(r, 20));
+      };
 
       // Start -> enforcing: from spawn to the first allowed decision of a project.
       const spawnedAt = performance.now();
@@ -196,18 +223,9 @@ async function main() {
         { name: 'opa', value: '{"policies":["platform","caller-project"]}' },
       ]);
       const probeProject = projects - 1;
-      const probe = { ...(await requestFor(probeProject)), confToken: chain };
-      for (;;) {
-        const conn = await openRunnerConnection(socket(0));
-        await conn.send(RpcType.HTTPReqCall, encodeHttpReqCallRequest(probe));
-        const frame = await conn.next();
-        conn.destroy();
-        const answer = decodeHttpReqCallResponse(frame.payload);
-        if (answer.action?.type === 'rewrite') break;
-        if (performance.now() - spawnedAt > 120_000) throw new Error('the runner did not enforce within 120 s');
-        await new Promise((r) => setTimeout(r, 5));
-      }
+      await untilEnforcing(0, chain, probeProject, spawnedAt);
       const startToEnforcingMs = performance.now() - spawnedAt;
+      await untilSnapshotWritten(0);
 
       // Hot set: busy projects whose engines are built.
       const hotProjects = Array.from({ length: Math.min(HOT_SET, projects) }, (_, k) => (k * 7919) % projects);
@@ -258,6 +276,10 @@ async function main() {
         { name: 'jwt', value: '{}' },
         { name: 'opa', value: '{"policies":["platform","caller-project"]}' },
       ])));
+      for (let i = 1; i < runnerCount; i++) {
+        await untilEnforcing(i, chains[i]!, probeProject, performance.now());
+        await untilSnapshotWritten(i);
+      }
       let serving = true;
       const traffic = runners.map(async (_, i) => {
         const requests = hotRequests.map((r) => ({ ...r, confToken: chains[i]! }));
@@ -267,37 +289,40 @@ async function main() {
       const snapshotDir = join(work, `state-${projects}-0`, 'policy-snapshot');
       const propagation: number[] = [];
       let snapshotBytesPerChange = 0;
-      for (let w = 1; w <= propagationWrites; w++) {
-        const before = filesUnder(snapshotDir);
-        const result = await store.put(projectName(target), policySubmission(moduleSource(target % modules.length), JSON.stringify({ roles: [`role-${target}`], write: w }), moduleOf(target), 'bench'));
-        const returnedAt = Date.now();
-        const version = result.meta.version;
-        const deadline = Date.now() + 20_000;
-        let swapped: number[] = [];
-        while (Date.now() < deadline) {
-          swapped = runners
-            .map((r) => r.lines.map((line) => {
-              if (!line.includes('"policy version enforced"')) return null;
-              const entry = JSON.parse(line) as { policy: string; version: number; swappedAt: number };
-              return entry.policy === projectName(target) && entry.version === version ? entry.swappedAt : null;
-            }).find((x) => x !== null))
-            .filter((x): x is number => typeof x === 'number');
-          if (swapped.length === runners.length) break;
-          await new Promise((r) => setTimeout(r, 1));
-        }
-        if (swapped.length !== runners.length) throw new Error(`write ${w} reached ${swapped.length}/${runners.length} runners`);
-        propagation.push(Math.max(...swapped) - returnedAt);
-        if (w === propagationWrites) {
-          await new Promise((r) => setTimeout(r, 300)); // the snapshot is written off the decision path
-          const after = filesUnder(snapshotDir);
-          for (const [path, file] of after) {
-            const old = before.get(path);
-            if (!old || old.mtimeMs !== file.mtimeMs) snapshotBytesPerChange += file.size;
+      try {
+        for (let w = 1; w <= propagationWrites; w++) {
+          const before = filesUnder(snapshotDir);
+          const result = await store.put(projectName(target), policySubmission(moduleSource(target % modules.length), JSON.stringify({ roles: [`role-${target}`], write: w }), moduleOf(target), 'bench'));
+          const returnedAt = Date.now();
+          const version = result.meta.version;
+          const deadline = Date.now() + 20_000;
+          let swapped: number[] = [];
+          while (Date.now() < deadline) {
+            swapped = runners
+              .map((r) => r.lines.map((line) => {
+                if (!line.includes('"policy version enforced"')) return null;
+                const entry = JSON.parse(line) as { policy: string; version: number; swappedAt: number };
+                return entry.policy === projectName(target) && entry.version === version ? entry.swappedAt : null;
+              }).find((x) => x !== null))
+              .filter((x): x is number => typeof x === 'number');
+            if (swapped.length === runners.length) break;
+            await new Promise((r) => setTimeout(r, 1));
+          }
+          if (swapped.length !== runners.length) throw new Error(`write ${w} reached ${swapped.length}/${runners.length} runners`);
+          propagation.push(Math.max(...swapped) - returnedAt);
+          if (w === propagationWrites) {
+            await new Promise((r) => setTimeout(r, 300)); // the snapshot is written off the decision path
+            const after = filesUnder(snapshotDir);
+            for (const [path, file] of after) {
+              const old = before.get(path);
+              if (!old || old.mtimeMs !== file.mtimeMs) snapshotBytesPerChange += file.size;
+            }
           }
         }
+      } finally {
+        serving = false;
+        await Promise.allSettled(traffic);
       }
-      serving = false;
-      await Promise.all(traffic);
       const snapshotTotalBytes = [...filesUnder(snapshotDir).values()].reduce((sum, f) => sum + f.size, 0);
       client.close();
       return {
@@ -314,6 +339,9 @@ async function main() {
         snapshotBytesPerChange,
         snapshotTotalBytes,
       };
+    } catch (error) {
+      for (const p of processes) console.error(`[bench:scale] runner pid ${p.child.pid} exit ${p.child.exitCode} ${p.child.signalCode}:\n${p.lines.filter((l) => !l.includes('"level":30')).slice(-15).join('\n')}`);
+      throw error;
     } finally {
       await Promise.all(processes.map((p) => p.stop()));
       await etcd.cleanup();

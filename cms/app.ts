@@ -177,6 +177,13 @@ export async function buildCmsApp(options: CmsAppOptions): Promise<FastifyInstan
     ...(options.etcdMaxRequestBytes ? { maxRequestBytes: options.etcdMaxRequestBytes } : {}),
   });
   const metrics = createCmsMetrics();
+  // Policies written before the index of current policies existed get their
+  // entries (a no-op when it is in step); in the background, so that a CMS
+  // starts while etcd is away.
+  store
+    .rebuildIndex()
+    .then((fixed) => fixed > 0 && logger.info({ fixed }, 'index of current policies rebuilt'))
+    .catch((err: unknown) => logger.warn({ err: String(err) }, 'could not check the index of current policies; it is checked at the next start'));
 
   const app = Fastify({
     loggerInstance: logger as FastifyBaseLogger,

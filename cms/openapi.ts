@@ -33,7 +33,7 @@ export const openApiDocument = {
       get: {
         summary: 'List the policies the caller may read, a page at a time',
         description:
-          'Policies come in key order (a name followed by "/" sorts as bytes). A page holds at most `limit` policies; ' +
+          'Policies come by name (byte order). A page holds at most `limit` policies; ' +
           'when more may follow, `next_page_token` is present: pass it as `page_token` for the next page. ' +
           'Each page is read at one etcd revision; a policy written between two pages may or may not appear.',
         parameters: [

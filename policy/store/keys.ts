@@ -13,6 +13,18 @@
  *
  * <v> is the version zero-padded to 12 digits so that key order is version order.
  *
+ * Beside them, one index of the current policies, outside the policies'
+ * own prefixes so that it is contiguous:
+ *
+ *   /policy-index/<name>                     a copy of /policies/<name>/meta
+ *
+ * It is written and deleted in the same transaction as the meta key, so at
+ * every revision it names exactly the current policies. Reading every policy
+ * (a gateway's start-up, the CMS's list) pages through it instead of ranging
+ * over /policies/, where each policy's history and wasm sit between its
+ * current keys and etcd 3.4 walks every key of a range for each page.
+ * Watchers do not watch it: /policies/<name>/meta stays the commit marker.
+ *
  * Every write (put or delete) of a policy is ONE etcd transaction, so all
  * of its keys change at the same revision. A watcher should treat
  * `/policies/<name>/meta` as the commit marker: on a PUT event of a meta key,
@@ -25,6 +37,7 @@
 import { assertValidPolicyName, isValidPolicyName } from './names.js';
 
 export const POLICIES_PREFIX = '/policies/';
+export const POLICY_INDEX_PREFIX = '/policy-index/';
 
 const VERSION_DIGITS = 12;
 
@@ -38,6 +51,8 @@ export type ParsedPolicyKey =
 export interface PolicyKeys {
   /** Every key of this policy starts with it (current and history). */
   prefix: string;
+  /** Its entry in the index of current policies. */
+  index: string;
   meta: string;
   source: string;
   data: string;
@@ -57,6 +72,7 @@ export function policyKeys(name: string): PolicyKeys {
   const prefix = `${POLICIES_PREFIX}${name}/`;
   return {
     prefix,
+    index: `${POLICY_INDEX_PREFIX}${name}`,
     meta: `${prefix}meta`,
     source: `${prefix}source`,
     data: `${prefix}data`,
@@ -68,6 +84,13 @@ export function policyKeys(name: string): PolicyKeys {
 
 const CURRENT_PARTS: readonly string[] = ['meta', 'source', 'data', 'wasm'];
 const HISTORY_PARTS: readonly string[] = ['meta', 'source', 'data'];
+
+/** The policy name of an index key, or null. */
+export function parseIndexKey(key: string): string | null {
+  if (!key.startsWith(POLICY_INDEX_PREFIX)) return null;
+  const name = key.slice(POLICY_INDEX_PREFIX.length);
+  return isValidPolicyName(name) ? name : null;
+}
 
 /** Recognises a Gatehouse policy key; anything else (including malformed keys) gives null. */
 export function parsePolicyKey(key: string): ParsedPolicyKey | null {

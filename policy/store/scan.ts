@@ -1,32 +1,32 @@
 /**
  * Reading every current policy from etcd in pages, at one pinned revision.
  *
- * The key layout (keys.ts) puts each policy's history between its current
- * keys, so one range over /policies/ would carry every retained version and
- * every wasm in a single response, growing with the number of policies
- * until it no longer fits a gRPC message. Instead:
+ * One range over /policies/ would carry every retained version and every
+ * wasm in a single response, growing with the number of policies until it
+ * no longer fits a gRPC message. Instead:
  *
- *   1. The revision is pinned first; every later read asks for it, so the
- *      whole read is one consistent cut: a write that lands meanwhile is
- *      either wholly in it (committed at or before the pin) or wholly out.
- *   2. Names come from key-only pages of bounded size. A page that ends
- *      inside a policy's history jumps past the rest of that history.
- *   3. meta and data of the names found come in read-only transactions of
- *      a bounded number of names.
- *   4. wasm is read once per distinct sha256 (projects sharing Rego share
+ *   1. Names come from the index of current policies (keys.ts), in pages of
+ *      bounded size. The first page pins the revision; every later read asks
+ *      for it, so the whole read is one consistent cut: a write that lands
+ *      meanwhile is either wholly in it (committed at or before the pin) or
+ *      wholly out.
+ *   2. meta and data of those names come in read-only transactions of a
+ *      bounded number of names, a few at a time.
+ *   3. wasm is read once per distinct sha256 (projects sharing Rego share
  *      the module), skipping the ones the caller already holds.
  *
- * No response grows with the number of policies. When etcd compacts the
- * pinned revision away mid-read, the read fails with PinnedRevisionCompactedError;
- * the caller starts again at a new revision (see readConsistentCut).
+ * No response grows with the number of policies, and history is never read.
+ * When etcd compacts the pinned revision away mid-read, the read fails with
+ * PinnedRevisionCompactedError; the caller starts again at a new revision.
  */
 import { createHash } from 'node:crypto';
 import { Range, type Etcd3, type IKeyValue } from 'etcd3';
-import { POLICIES_PREFIX, parsePolicyKey, policyKeys } from './keys.js';
+import pLimit from 'p-limit';
+import { POLICIES_PREFIX, POLICY_INDEX_PREFIX, parseIndexKey, parsePolicyKey, policyKeys } from './keys.js';
 import type { PolicyMetadata } from './store.js';
 
-/** Keys per name-discovery page (key-only, ~60 bytes each). */
-export const DEFAULT_SCAN_PAGE_KEYS = 1_000;
+/** meta+data transactions in flight at once during a full read. */
+const READ_CONCURRENCY = 4;
 /** Names per meta+data transaction: two reads each, within etcd's default --max-txn-ops of 128. */
 export const DEFAULT_READ_BATCH_NAMES = 50;
 
@@ -39,7 +39,7 @@ function prefixEnd(prefix: string): string {
   return prefix.slice(0, -1) + String.fromCharCode(prefix.charCodeAt(prefix.length - 1) + 1);
 }
 
-const POLICIES_END = prefixEnd(POLICIES_PREFIX);
+const INDEX_END = prefixEnd(POLICY_INDEX_PREFIX);
 
 function isCompaction(error: unknown): boolean {
   return error instanceof Error && /compacted/i.test(error.message);
@@ -60,40 +60,77 @@ export async function currentRevision(client: Etcd3): Promise<number> {
   return Number(response.header.revision);
 }
 
-export interface NamePageOptions {
-  revision: number;
-  /** Start after this policy name (a continuation); from the first name when absent. */
-  after?: string;
-  /** At most this many names. */
-  limit: number;
-  pageKeys?: number;
+/** Index entries per page: a name and a copy of its metadata, about 400 bytes each. */
+export const DEFAULT_INDEX_PAGE = 1_000;
+
+export interface IndexEntry {
+  name: string;
+  meta: PolicyMetadata;
+  /** The entry as stored (the metadata JSON). */
+  text: string;
 }
 
 /**
- * Names of current policies (those with a meta key) at `revision`, in key
- * order, after `after`. `more` tells whether another name follows.
+ * One page of the index of current policies, by name (byte order), after
+ * `after`, at `revision` (the current one when absent, given back).
  */
-export async function policyNamesPage(client: Etcd3, options: NamePageOptions): Promise<{ names: string[]; more: boolean }> {
-  const pageKeys = options.pageKeys ?? DEFAULT_SCAN_PAGE_KEYS;
-  let cursor = options.after === undefined ? POLICIES_PREFIX : prefixEnd(policyKeys(options.after).prefix);
-  const names: string[] = [];
-  for (;;) {
-    const keys = await pinned(() =>
-      client.getAll().inRange(new Range(cursor, POLICIES_END)).revision(options.revision).limit(pageKeys).keys(),
-    );
-    for (const key of keys) {
-      const parsed = parsePolicyKey(key);
-      if (parsed?.kind !== 'current' || parsed.part !== 'meta') continue;
-      // One more than asked for tells whether there is a next page.
-      if (names.length === options.limit) return { names, more: true };
-      names.push(parsed.name);
-    }
-    if (keys.length < pageKeys) return { names, more: false };
-    const last = keys[keys.length - 1]!;
-    const parsed = parsePolicyKey(last);
-    // Inside a history: the rest of it holds no current key, jump past it.
-    cursor = parsed?.kind === 'history' ? prefixEnd(policyKeys(parsed.name).historyPrefix(parsed.part)) : `${last}\0`;
+export async function indexPage(
+  client: Etcd3,
+  options: { after?: string; limit: number; revision?: number },
+): Promise<{ revision: number; entries: IndexEntry[]; more: boolean }> {
+  const start = options.after === undefined ? POLICY_INDEX_PREFIX : `${policyKeys(options.after).index}\0`;
+  let query = client.getAll().inRange(new Range(start, INDEX_END)).limit(options.limit + 1);
+  if (options.revision !== undefined) query = query.revision(options.revision);
+  const response = await pinned(() => query.exec());
+  const entries: IndexEntry[] = [];
+  for (const kv of response.kvs.slice(0, options.limit)) {
+    const name = parseIndexKey(kv.key.toString('utf8'));
+    if (name === null) continue;
+    const text = kv.value.toString('utf8');
+    entries.push({ name, meta: JSON.parse(text) as PolicyMetadata, text });
   }
+  return { revision: Number(response.header.revision), entries, more: response.kvs.length > options.limit };
+}
+
+/**
+ * The key space of names under /policies/, cut by their first character (a
+ * name starts with [0-9a-z]). Only rebuilding the index ranges there: each
+ * page's range ends at its partition's end, because etcd 3.4 walks its
+ * in-memory index from a range's start to its end for every request,
+ * whatever the limit.
+ */
+const PARTITIONS = [...'0123456789abcdefghijklmnopqrstuvwxyz'].map((first) => ({
+  start: `${POLICIES_PREFIX}${first}`,
+  end: `${POLICIES_PREFIX}${String.fromCharCode(first.charCodeAt(0) + 1)}`,
+}));
+
+/** Keys per page of the raw scan (key-only, ~40 bytes each). */
+const SCAN_PAGE_KEYS = 5_000;
+
+/**
+ * Names of current policies (those with a meta key) at `revision`, from the
+ * policies' own keys rather than the index: what rebuilding the index reads.
+ * Key-only pages; a page that ends inside a policy's history jumps past it.
+ */
+export async function scanPolicyNames(client: Etcd3, revision: number, pageKeys = SCAN_PAGE_KEYS): Promise<string[]> {
+  const names: string[] = [];
+  for (const partition of PARTITIONS) {
+    let cursor = partition.start;
+    for (;;) {
+      const keys = await pinned(() =>
+        client.getAll().inRange(new Range(cursor, partition.end)).revision(revision).limit(pageKeys).keys(),
+      );
+      for (const key of keys) {
+        const parsed = parsePolicyKey(key);
+        if (parsed?.kind === 'current' && parsed.part === 'meta') names.push(parsed.name);
+      }
+      if (keys.length < pageKeys) break;
+      const last = keys[keys.length - 1]!;
+      const parsed = parsePolicyKey(last);
+      cursor = parsed?.kind === 'history' ? prefixEnd(policyKeys(parsed.name).historyPrefix(parsed.part)) : `${last}\0`;
+    }
+  }
+  return names;
 }
 
 /** A policy's current metadata and data, as read at one revision. */
@@ -156,9 +193,9 @@ export interface ConsistentCut {
 export interface ConsistentCutOptions {
   /** Modules the caller holds already (by sha256): not read again. */
   known?: (wasmSha256: string) => boolean;
-  pageKeys?: number;
+  indexPage?: number;
   batchNames?: number;
-  /** Called after each page of names (tests use it to write or compact mid-read). */
+  /** Called after each page of the index (tests use it to write or compact mid-read). */
   onPage?: (page: { revision: number; names: string[] }) => Promise<void> | void;
 }
 
@@ -168,17 +205,24 @@ export interface ConsistentCutOptions {
  * (start again), and etcd's own errors when it cannot be reached.
  */
 export async function readConsistentCut(client: Etcd3, options: ConsistentCutOptions = {}): Promise<ConsistentCut> {
-  const revision = await currentRevision(client);
+  const pageSize = options.indexPage ?? DEFAULT_INDEX_PAGE;
   const batch = options.batchNames ?? DEFAULT_READ_BATCH_NAMES;
-  const records: CurrentPolicyRecord[] = [];
+  const names: string[] = [];
+  let revision: number | undefined;
   let after: string | undefined;
   for (;;) {
-    const page = await policyNamesPage(client, { revision, limit: batch, ...(after === undefined ? {} : { after }), ...(options.pageKeys ? { pageKeys: options.pageKeys } : {}) });
-    await options.onPage?.({ revision, names: page.names });
-    records.push(...(await readCurrentRecords(client, page.names, revision)));
+    const page = await indexPage(client, { limit: pageSize, ...(revision === undefined ? {} : { revision }), ...(after === undefined ? {} : { after }) });
+    revision ??= page.revision;
+    const found = page.entries.map((entry) => entry.name);
+    names.push(...found);
+    await options.onPage?.({ revision, names: found });
     if (!page.more) break;
-    after = page.names[page.names.length - 1];
+    after = found[found.length - 1];
   }
+  const reads = pLimit(READ_CONCURRENCY);
+  const batches: string[][] = [];
+  for (let i = 0; i < names.length; i += batch) batches.push(names.slice(i, i + batch));
+  const records = (await Promise.all(batches.map((slice) => reads(() => readCurrentRecords(client, slice, revision!))))).flat();
 
   // One read per distinct module; when a holder's copy is unusable
   // (missing, or not the bytes its metadata names), the next holder's is tried.
@@ -190,18 +234,18 @@ export async function readConsistentCut(client: Etcd3, options: ConsistentCutOpt
   }
   const modules = new Map<string, Buffer>();
   const failed = new Map<string, string>();
-  for (const [sha, candidates] of holders) {
+  await Promise.all([...holders].map(([sha, candidates]) => reads(async () => {
     for (const record of candidates) {
       try {
         modules.set(sha, await readPolicyWasm(client, record.name, revision, sha));
         failed.delete(sha);
-        break;
+        return;
       } catch (error) {
         if (error instanceof PinnedRevisionCompactedError) throw error;
         failed.set(sha, (error as Error).message);
       }
     }
-  }
+  })));
   return {
     revision,
     records: records.filter((r) => !failed.has(r.meta.wasmSha256)),
@@ -209,3 +253,4 @@ export async function readConsistentCut(client: Etcd3, options: ConsistentCutOpt
     unreadable: records.filter((r) => failed.has(r.meta.wasmSha256)).map((r) => ({ name: r.name, reason: failed.get(r.meta.wasmSha256)! })),
   };
 }
+

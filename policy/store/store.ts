@@ -6,7 +6,7 @@
 import { createHash } from 'node:crypto';
 import { Range, type Etcd3, type IKeyValue, type IResponseOp } from 'etcd3';
 import { policyKeys, POLICIES_PREFIX, parsePolicyKey, type HistoryPart } from './keys.js';
-import { currentRevision, policyNamesPage } from './scan.js';
+import { currentRevision, indexPage, scanPolicyNames } from './scan.js';
 
 export const DEFAULT_HISTORY_RETENTION = 50;
 /**
@@ -175,30 +175,57 @@ export class PolicyStore {
   }
 
   /**
-   * One page of current policies' metadata, in key order (see scan.ts), after
-   * the name `after`. Pages are bounded reads: no response grows with the
-   * number of policies. A page is one consistent revision; consecutive pages
-   * are not (a policy written between them shows in a later page, or not).
+   * One page of current policies' metadata, by name (byte order), after the
+   * name `after`: one bounded read of the index (see keys.ts).
    */
   async listPage(options: { after?: string; limit: number }): Promise<ListPage> {
     if (!Number.isSafeInteger(options.limit) || options.limit < 1) throw new RangeError('a page holds at least one policy');
+    const page = await this.etcd(() => indexPage(this.client, { limit: options.limit, ...(options.after === undefined ? {} : { after: options.after }) }));
+    return { policies: page.entries.map((entry) => entry.meta), next: page.more ? page.entries[page.entries.length - 1]!.name : null };
+  }
+
+  /**
+   * Brings the index of current policies (keys.ts) in step with the policies'
+   * meta keys: an entry for every policy that has none or an outdated one, no
+   * entry for a policy that is gone. Each fix is a transaction guarded by the
+   * meta key's revision, so it cannot undo a concurrent write. Data written
+   * before the index existed needs it once; the CMS runs it at start.
+   * Returns the number of entries fixed.
+   */
+  async rebuildIndex(): Promise<number> {
     return this.etcd(async () => {
       const revision = await currentRevision(this.client);
-      const page = await policyNamesPage(this.client, { revision, limit: options.limit, ...(options.after === undefined ? {} : { after: options.after }) });
-      if (page.names.length === 0) return { policies: [], next: null };
-      const response = await this.client
-        .if(POLICIES_PREFIX, 'Mod', '<', Number.MAX_SAFE_INTEGER) // always true: a read-only transaction
-        .then(...page.names.map((name) => this.client.get(policyKeys(name).meta).revision(revision)))
-        .commit();
-      const policies = response.responses
-        .map(firstValue)
-        .filter((kv): kv is IKeyValue => kv !== undefined)
-        .map((kv) => JSON.parse(kv.value.toString('utf8')) as PolicyMetadata);
-      return { policies, next: page.more ? page.names[page.names.length - 1]! : null };
+      const names = new Set(await scanPolicyNames(this.client, revision));
+      const indexed = new Map<string, string>();
+      let after: string | undefined;
+      for (;;) {
+        const page = await indexPage(this.client, { limit: 1_000, revision, ...(after === undefined ? {} : { after }) });
+        for (const entry of page.entries) indexed.set(entry.name, entry.text);
+        if (!page.more) break;
+        after = page.entries[page.entries.length - 1]!.name;
+      }
+      let fixed = 0;
+      for (const name of names) {
+        const keys = policyKeys(name);
+        const meta = (await this.client.get(keys.meta).revision(revision).exec()).kvs[0];
+        if (!meta || indexed.get(name) === meta.value.toString('utf8')) continue;
+        const done = await this.client
+          .if(keys.meta, 'Mod', '==', meta.mod_revision)
+          .then(this.client.put(keys.index).value(meta.value))
+          .commit();
+        if (done.succeeded) fixed++;
+      }
+      for (const name of indexed.keys()) {
+        if (names.has(name)) continue;
+        const keys = policyKeys(name);
+        const done = await this.client.if(keys.meta, 'Create', '==', 0).then(this.client.delete().key(keys.index)).commit();
+        if (done.succeeded) fixed++;
+      }
+      return fixed;
     });
   }
 
-  /** Metadata of every current policy, in key order, read page by page. */
+  /** Metadata of every current policy, by name, read page by page. */
   async list(): Promise<PolicyMetadata[]> {
     const all: PolicyMetadata[] = [];
     let after: string | undefined;
@@ -302,6 +329,7 @@ export class PolicyStore {
         this.client.put(keys.history('source', version)).value(submission.rego),
         this.client.put(keys.history('data', version)).value(submission.dataText),
         this.client.put(keys.meta).value(metaText),
+        this.client.put(keys.index).value(metaText),
         ...this.pruneHistoryOps(name, version),
       ];
       this.checkSize(name, [
@@ -312,6 +340,7 @@ export class PolicyStore {
         [keys.history('source', version), submission.rego],
         [keys.history('data', version), submission.dataText],
         [keys.meta, metaText],
+        [keys.index, metaText],
       ]);
       const guard = current
         ? this.client.if(keys.meta, 'Mod', '==', current.modRevision)
@@ -390,6 +419,7 @@ export class PolicyStore {
             this.client.delete().key(keys.data),
             this.client.delete().key(keys.wasm),
             this.client.delete().key(keys.meta),
+            this.client.delete().key(keys.index),
           )
           .commit(),
       );

@@ -47,7 +47,7 @@ export interface PolicyWatcherOptions {
   /** Where engines are built and kept (a default budget when absent). */
   engines?: EngineCache;
   /** Page sizes of the start-up read, and a hook between pages (tests). */
-  scan?: Pick<ConsistentCutOptions, 'pageKeys' | 'batchNames' | 'onPage'>;
+  scan?: Pick<ConsistentCutOptions, 'indexPage' | 'batchNames' | 'onPage'>;
   /** Delay between attempts to reach etcd when it is away (ms). */
   retryMs?: number;
   /** A watch stream quiet for this long is asked whether it still answers (ms, default 1000). */
@@ -198,7 +198,12 @@ export class PolicyWatcher extends EventEmitter {
       if (bytes) held.set(sha, bytes);
       return bytes !== undefined;
     };
+    const readStarted = performance.now();
     const cut = await this.readCut(known);
+    const readMs = Math.round(performance.now() - readStarted);
+    if (cut.records.length === 0 && (await this.options.client.getAll().prefix(POLICIES_PREFIX).limit(1).keys()).length > 0) {
+      this.options.log.warn('etcd holds policies but no index of them: start the CMS once, it rebuilds the index (until then none is enforced)');
+    }
     for (const { name, reason } of cut.unreadable) {
       this.options.log.error({ policy: name, reason }, 'policy in etcd cannot be loaded; it is not enforced');
     }
@@ -213,7 +218,7 @@ export class PolicyWatcher extends EventEmitter {
       await this.warmUp(policies);
       this.swap(new PolicySet(cut.revision, policies, 'etcd'), [...policies.values()].map((p) => ({ name: p.name, policy: p, propagationMs: null })));
     });
-    this.options.log.info({ revision: cut.revision, policies: cut.records.length, modules: cut.modules.size }, 'policies loaded from etcd');
+    this.options.log.info({ revision: cut.revision, policies: cut.records.length, modules: cut.modules.size, readMs }, 'policies loaded from etcd');
     await this.startWatch(cut.revision + 1);
   }
 

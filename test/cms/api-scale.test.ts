@@ -40,12 +40,11 @@ async function listAll(token: string, limit: number): Promise<{ names: string[];
 }
 
 describe('GET /policies pages', () => {
-  it('a platform admin pages through every policy once, in key order', async () => {
+  it('a platform admin pages through every policy once, by name', async () => {
     const { names, pages } = await listAll(harness.tokens.admin, 4);
     expect(names).toHaveLength(NAMES.length);
     expect(new Set(names)).toEqual(new Set(NAMES));
-    // "a-b" sorts before "a": keys are compared as bytes, and "-" < "/".
-    expect(names.indexOf('a-b')).toBeLessThan(names.indexOf('a'));
+    expect(names).toEqual([...NAMES].sort());
     expect(pages).toBe(Math.ceil(NAMES.length / 4));
   });
 

@@ -7,7 +7,7 @@ import type { Etcd3 } from 'etcd3';
 import { startEtcd, type TestEtcd } from '../support/etcd.js';
 import { PolicyWriter } from '../support/policies.js';
 import { createEtcdClient } from '../../etcd/index.js';
-import { readConsistentCut, policyNamesPage, currentRevision } from '../../policy/store/index.js';
+import { readConsistentCut, scanPolicyNames, currentRevision, policyKeys, PolicyStore } from '../../policy/store/index.js';
 import { PolicyWatcher } from '../../policy/watcher/watcher.js';
 
 const log = pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent' });
@@ -41,20 +41,25 @@ afterAll(async () => {
   await etcd?.cleanup();
 });
 
-const small = { pageKeys: 5, batchNames: 4 };
+const small = { indexPage: 5, batchNames: 4 };
 
 describe('paged read of every current policy', () => {
-  it('finds every name in key order through small pages, history included between them', async () => {
+  it('the raw scan (what rebuilds the index) finds every name through small pages, history between them', async () => {
     const revision = await currentRevision(client);
-    const found: string[] = [];
-    let after: string | undefined;
-    for (;;) {
-      const page = await policyNamesPage(client, { revision, limit: 4, pageKeys: 5, ...(after ? { after } : {}) });
-      found.push(...page.names);
-      if (!page.more) break;
-      after = page.names.at(-1);
-    }
-    expect(found).toEqual(names);
+    expect(await scanPolicyNames(client, revision, 5)).toEqual(names);
+  });
+
+  it('an index that lost entries, or holds a stale one, is rebuilt from the policies themselves', async () => {
+    const keys = policyKeys('p-05');
+    const entry = await client.get(keys.index).buffer();
+    await client.delete().key(keys.index);
+    await client.put(policyKeys('ghost').index).value(entry!);
+    const broken = await readConsistentCut(client, small);
+    expect(broken.records.map((r) => r.name)).not.toContain('p-05');
+    expect(await new PolicyStore(client).rebuildIndex()).toBe(2);
+    const fixed = await readConsistentCut(client, small);
+    expect(fixed.records.map((r) => r.name)).toEqual(names);
+    expect(await new PolicyStore(client).rebuildIndex()).toBe(0);
   });
 
   it('reads each distinct module once, and none the caller holds', async () => {
