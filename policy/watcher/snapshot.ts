@@ -116,9 +116,13 @@ async function listDir(path: string): Promise<string[]> {
 
 /** What is on disk, so that a write only adds what changed. */
 interface OnDisk {
-  policies: Map<string, number>;
+  /** Policy files on disk, with what they name. */
+  policies: Map<string, { modRevision: number; dataSha256: string; wasmSha256: string }>;
   data: Set<string>;
   modules: Set<string>;
+  /** How many written policy files name each data document and module. */
+  dataRefs: Map<string, number>;
+  moduleRefs: Map<string, number>;
 }
 
 export interface SnapshotWriteResult {
@@ -139,12 +143,18 @@ export class SnapshotWriter {
 
   private async scan(): Promise<OnDisk> {
     for (const sub of ['', 'policies', 'data', 'modules']) await ensurePrivateDir(join(this.dir, sub));
-    const onDisk: OnDisk = { policies: new Map(), data: new Set(), modules: new Set() };
+    const onDisk: OnDisk = { policies: new Map(), data: new Set(), modules: new Set(), dataRefs: new Map(), moduleRefs: new Map() };
     for (const file of await listDir(join(this.dir, 'policies'))) {
       if (!file.endsWith('.json')) continue;
       try {
         const entry = parsePolicyFile(await readFile(join(this.dir, 'policies', file), 'utf8'), file);
-        onDisk.policies.set(file.slice(0, -'.json'.length), entry.modRevision);
+        onDisk.policies.set(file.slice(0, -'.json'.length), {
+          modRevision: entry.modRevision,
+          dataSha256: entry.dataSha256,
+          wasmSha256: entry.meta.wasmSha256,
+        });
+        onDisk.dataRefs.set(entry.dataSha256, (onDisk.dataRefs.get(entry.dataSha256) ?? 0) + 1);
+        onDisk.moduleRefs.set(entry.meta.wasmSha256, (onDisk.moduleRefs.get(entry.meta.wasmSha256) ?? 0) + 1);
       } catch {
         // Unreadable: not known, so it is rewritten (or removed) by this write.
       }
@@ -158,7 +168,14 @@ export class SnapshotWriter {
     return onDisk;
   }
 
-  async write(set: PolicySet): Promise<SnapshotWriteResult> {
+  /**
+   * Brings the directory in step with `set`. `changed` names the policies
+   * that may differ from what was last written; 'all' compares every one
+   * (after a full read, or the first time). Work and bytes are in proportion
+   * to what changed, not to the number of policies.
+   */
+  async write(set: PolicySet, changed: ReadonlySet<string> | 'all' = 'all'): Promise<SnapshotWriteResult> {
+    const first = this.onDisk === null;
     this.onDisk ??= await this.scan();
     const onDisk = this.onDisk;
     const result: SnapshotWriteResult = { bytes: 0, files: 0 };
@@ -166,11 +183,31 @@ export class SnapshotWriter {
       result.bytes += bytes;
       result.files++;
     };
-    const wantedData = new Set<string>();
-    const wantedModules = new Set<string>();
-    for (const policy of set.policies.values()) {
-      wantedData.add(policy.dataSha256);
-      wantedModules.add(policy.meta.wasmSha256);
+    const unreferenced = { data: new Set<string>(), modules: new Set<string>() };
+    const refer = (refs: Map<string, number>, sha: string, delta: number, gone: Set<string>) => {
+      const n = (refs.get(sha) ?? 0) + delta;
+      if (n > 0) {
+        refs.set(sha, n);
+        gone.delete(sha);
+      } else {
+        refs.delete(sha);
+        gone.add(sha);
+      }
+    };
+    const names = changed === 'all' || first ? new Set([...set.policies.keys(), ...onDisk.policies.keys()]) : changed;
+    for (const name of names) {
+      const policy = set.get(name);
+      const written = onDisk.policies.get(name);
+      if (policy && written?.modRevision === policy.modRevision) continue;
+      if (written) {
+        refer(onDisk.dataRefs, written.dataSha256, -1, unreferenced.data);
+        refer(onDisk.moduleRefs, written.wasmSha256, -1, unreferenced.modules);
+      }
+      if (!policy) {
+        await unlink(join(this.dir, 'policies', `${name}.json`)).catch(() => undefined);
+        onDisk.policies.delete(name);
+        continue;
+      }
       if (!onDisk.modules.has(policy.meta.wasmSha256)) {
         count(await writeAtomically(join(this.dir, 'modules', `${policy.meta.wasmSha256}.wasm`), this.dir, policy.wasm));
         onDisk.modules.add(policy.meta.wasmSha256);
@@ -179,30 +216,27 @@ export class SnapshotWriter {
         count(await writeAtomically(join(this.dir, 'data', `${policy.dataSha256}.json`), this.dir, policy.dataText));
         onDisk.data.add(policy.dataSha256);
       }
-      if (onDisk.policies.get(policy.name) !== policy.modRevision) {
+      if (written?.modRevision !== policy.modRevision) {
         const text = policyFileText({ meta: policy.meta, modRevision: policy.modRevision, dataSha256: policy.dataSha256 });
-        count(await writeAtomically(join(this.dir, 'policies', `${policy.name}.json`), this.dir, text));
-        onDisk.policies.set(policy.name, policy.modRevision);
+        count(await writeAtomically(join(this.dir, 'policies', `${name}.json`), this.dir, text));
       }
-    }
-    for (const name of [...onDisk.policies.keys()]) {
-      if (set.policies.has(name)) continue;
-      await unlink(join(this.dir, 'policies', `${name}.json`)).catch(() => undefined);
-      onDisk.policies.delete(name);
+      onDisk.policies.set(name, { modRevision: policy.modRevision, dataSha256: policy.dataSha256, wasmSha256: policy.meta.wasmSha256 });
+      refer(onDisk.dataRefs, policy.dataSha256, 1, unreferenced.data);
+      refer(onDisk.moduleRefs, policy.meta.wasmSha256, 1, unreferenced.modules);
     }
     const manifest: Manifest = { format: SNAPSHOT_FORMAT, revision: set.revision, savedAt: new Date().toISOString() };
     count(await writeAtomically(join(this.dir, 'manifest.json'), this.dir, JSON.stringify(manifest)));
-    // Content no policy names any more; removed after the manifest, so a crash keeps what the files name.
-    for (const [sub, wanted, have, ext] of [
-      ['data', wantedData, onDisk.data, 'json'],
-      ['modules', wantedModules, onDisk.modules, 'wasm'],
-    ] as const) {
-      for (const sha of [...have]) {
-        if (wanted.has(sha)) continue;
+    // Content no policy file names any more; removed after the manifest, so a crash keeps what the files name.
+    const sweep = async (sub: string, have: Set<string>, refs: Map<string, number>, candidates: Iterable<string>, ext: string) => {
+      for (const sha of candidates) {
+        if (refs.has(sha) || !have.has(sha)) continue;
         await unlink(join(this.dir, sub, `${sha}.${ext}`)).catch(() => undefined);
         have.delete(sha);
       }
-    }
+    };
+    // The first write also removes what an earlier process left and nothing names.
+    await sweep('data', onDisk.data, onDisk.dataRefs, first ? [...onDisk.data] : unreferenced.data, 'json');
+    await sweep('modules', onDisk.modules, onDisk.moduleRefs, first ? [...onDisk.modules] : unreferenced.modules, 'wasm');
     this.totals.bytes += result.bytes;
     this.totals.files += result.files;
     return result;

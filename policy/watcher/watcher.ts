@@ -117,6 +117,10 @@ export class PolicyWatcher extends EventEmitter {
   readonly engines: EngineCache;
   /** One buffer per distinct wasm the current set names (policies share them). */
   private wasmBySha = new Map<string, Uint8Array>();
+  /** How many policies of the current set name each module: at 0 its bytes are let go. */
+  private modulesInUse = new Map<string, number>();
+  /** Policies changed since the snapshot was last written ('all' after a full read). */
+  private snapshotPending: Set<string> | 'all' = 'all';
 
   constructor(private readonly options: PolicyWatcherOptions) {
     super();
@@ -216,7 +220,7 @@ export class PolicyWatcher extends EventEmitter {
         policies.set(record.name, this.policy({ ...record, dataSha256: sha256Hex(record.dataText), wasm }));
       }
       await this.warmUp(policies);
-      this.swap(new PolicySet(cut.revision, policies, 'etcd'), [...policies.values()].map((p) => ({ name: p.name, policy: p, propagationMs: null })));
+      this.swap(new PolicySet(cut.revision, policies, 'etcd'), [...policies.values()].map((p) => ({ name: p.name, policy: p, propagationMs: null })), true);
     });
     this.options.log.info({ revision: cut.revision, policies: cut.records.length, modules: cut.modules.size, readMs }, 'policies loaded from etcd');
     await this.startWatch(cut.revision + 1);
@@ -427,7 +431,7 @@ export class PolicyWatcher extends EventEmitter {
           this.options.log.error({ policy: name, revision, err: String(err) }, 'new policy version cannot be loaded; keeping the previous one');
         }
       }
-      this.swap(new PolicySet(revision, next, 'etcd'), swaps);
+      this.swap(new PolicySet(revision, next, 'etcd'), swaps, false);
     }
   }
 
@@ -455,17 +459,41 @@ export class PolicyWatcher extends EventEmitter {
     return policy;
   }
 
-  private swap(next: PolicySet, swaps: SwapEvent[]): void {
+  /**
+   * Makes `next` current. `full`: it replaces everything (a full read);
+   * otherwise only the policies named in `swaps` changed, and the work here
+   * is in proportion to them, not to the number of policies.
+   */
+  private swap(next: PolicySet, swaps: SwapEvent[], full: boolean): void {
+    const previous = this.set;
     this.set = next;
     // Modules no policy of the set names any more are let go.
-    if (this.wasmBySha.size > 0) {
-      const named = new Set<string>();
-      for (const policy of next.policies.values()) named.add(policy.meta.wasmSha256);
-      for (const sha of [...this.wasmBySha.keys()]) if (!named.has(sha)) this.wasmBySha.delete(sha);
+    if (full) {
+      this.modulesInUse = new Map();
+      for (const policy of next.policies.values()) this.countModule(policy.meta.wasmSha256, 1);
+      for (const sha of [...this.wasmBySha.keys()]) if (!this.modulesInUse.has(sha)) this.wasmBySha.delete(sha);
+      this.snapshotPending = 'all';
+    } else {
+      for (const swap of swaps) {
+        if (swap.policy) this.countModule(swap.policy.meta.wasmSha256, 1);
+        const old = previous.get(swap.name);
+        if (old) this.countModule(old.meta.wasmSha256, -1);
+        if (this.snapshotPending !== 'all') this.snapshotPending.add(swap.name);
+      }
     }
     for (const swap of swaps) this.emit('swap', swap);
     this.emit('revision', next.revision);
     this.persist();
+  }
+
+  private countModule(sha: string, delta: number): void {
+    const count = (this.modulesInUse.get(sha) ?? 0) + delta;
+    if (count > 0) {
+      this.modulesInUse.set(sha, count);
+      return;
+    }
+    this.modulesInUse.delete(sha);
+    this.wasmBySha.delete(sha);
   }
 
   /** Brings the snapshot in step with the current set, off the decision path; only the newest set is written. */
@@ -476,7 +504,12 @@ export class PolicyWatcher extends EventEmitter {
     this.snapshotWrite = this.snapshotWrite
       .then(async () => {
         if (this.set !== set) return;
-        const written = await snapshot.write(set);
+        const changed = this.snapshotPending;
+        this.snapshotPending = new Set();
+        const written = await snapshot.write(set, changed).catch((err: unknown) => {
+          this.snapshotPending = 'all'; // in step again at the next write, from scratch
+          throw err;
+        });
         this.emit('snapshot', { revision: set.revision, ...written });
       })
       .catch((err) => this.options.log.warn({ err: String(err) }, 'could not write the policy snapshot'));

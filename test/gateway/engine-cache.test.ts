@@ -187,6 +187,28 @@ describe('incremental snapshot', () => {
     expect(refused.current.isLoaded).toBe(false);
   });
 
+  it('a restarted gateway rewrites nothing that is in step; a deleted policy takes its files with it', async () => {
+    const dir = join(mkdtempSync(join(tmpdir(), 'gh-snap-')), 'snapshot');
+    const first = await startWatcher({ snapshotDir: dir });
+    await until(() => files(join(dir, 'policies')).length === first.current.policies.size && files(dir).includes('manifest.json'), 'the snapshot');
+    await first.stop();
+
+    const second = await startWatcher({ snapshotDir: dir });
+    const writes: { revision: number; bytes: number; files: number }[] = [];
+    second.on('snapshot', (written) => writes.push(written));
+    await writer.put('short-lived', OWNED, { owner: 'unique-to-short-lived' });
+    await until(() => writes.some((w) => w.revision === second.current.revision && second.current.get('short-lived') !== undefined), 'the new policy on disk');
+    // Its policy file, its data, the manifest: the existing files were found in step, not rewritten.
+    expect(writes.reduce((n, w) => n + w.files, 0)).toBeLessThanOrEqual(4);
+    const dataFiles = files(join(dir, 'data')).length;
+
+    await writer.store.delete('short-lived');
+    await until(() => second.current.get('short-lived') === undefined, 'the delete');
+    await until(() => !files(join(dir, 'policies')).includes('short-lived.json'), 'the policy file to go');
+    await until(() => files(join(dir, 'data')).length === dataFiles - 1, 'its data file to go');
+    expect((await readSnapshot(dir))!.policies.map((p) => p.meta.name)).not.toContain('short-lived');
+  });
+
   it('an altered policy file is refused too', async () => {
     const dir = join(mkdtempSync(join(tmpdir(), 'gh-snap-')), 'snapshot');
     const watcher = await startWatcher({ snapshotDir: dir });
