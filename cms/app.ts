@@ -91,8 +91,29 @@ function pathSegments(url: string): string[] {
     });
 }
 
-function isPolicyApiRequest(url: string): boolean {
-  return url === '/policies' || url.startsWith('/policies/') || url.startsWith('/policies?');
+/**
+ * The path the router matched, as segments: the route's pattern with its
+ * parameters filled in (fastify has decoded them), so that identity and
+ * the permission table judge exactly what the handler will act on, however
+ * the client spelled it (`/%70olicies/platform` is `/policies/:name` with
+ * name "platform"). A request no route matches is judged by its decoded path.
+ */
+function routedSegments(request: FastifyRequest): string[] {
+  const pattern = request.routeOptions.url;
+  if (pattern === undefined) return pathSegments(request.url);
+  const params = (request.params ?? {}) as Record<string, string | undefined>;
+  return pattern
+    .split('/')
+    .slice(1)
+    .map((segment) => (segment.startsWith(':') ? (params[segment.slice(1)] ?? '') : segment));
+}
+
+/** The identity the onRequest hook established; refuses when there is none (never expected: defence in depth). */
+function verifiedIdentity(request: FastifyRequest): Identity {
+  if (!request.identity) {
+    throw new HttpProblem({ status: 401, type: ProblemType.unauthenticated, title: 'Unauthorized', detail: 'no verified identity', headers: { 'WWW-Authenticate': wwwAuthenticate() } });
+  }
+  return request.identity;
 }
 
 function wwwAuthenticate(error?: AuthenticationError): string {
@@ -215,10 +236,11 @@ export async function buildCmsApp(options: CmsAppOptions): Promise<FastifyInstan
 
   app.addHook('onRequest', async (request, reply) => {
     reply.header('Cache-Control', 'no-store');
-    if (!isPolicyApiRequest(request.url)) return;
+    const segments = routedSegments(request);
+    if (segments[0] !== 'policies') return;
     reply.header('Vary', 'Authorization');
     request.identity = await verifier.verifyAuthorizationHeader(request.headers.authorization);
-    const decision = access.decide(accessInput(request.method, pathSegments(request.url), request.identity));
+    const decision = access.decide(accessInput(request.method, segments, request.identity));
     if (!decision.allow) {
       throw new HttpProblem({ status: 403, type: ProblemType.forbidden, title: 'Forbidden', detail: decision.reason });
     }
@@ -262,6 +284,7 @@ export async function buildCmsApp(options: CmsAppOptions): Promise<FastifyInstan
   }
 
   app.get('/policies', async (request, reply) => {
+    const identity = verifiedIdentity(request);
     const { limit, after } = listQuery(request.query);
     // The same policy decides which names a caller may see: those it could GET.
     // Pages are read until this one is full of what the caller may see; a
@@ -278,7 +301,7 @@ export async function buildCmsApp(options: CmsAppOptions): Promise<FastifyInstan
           full = true;
           break;
         }
-        if (access.decide(accessInput('GET', ['policies', meta.name], request.identity ?? undefined)).allow) visible.push(meta);
+        if (access.decide(accessInput('GET', ['policies', meta.name], identity)).allow) visible.push(meta);
         cursor = meta.name;
         scanned++;
       }
@@ -295,6 +318,7 @@ export async function buildCmsApp(options: CmsAppOptions): Promise<FastifyInstan
   methodNotAllowed('/policies', ['GET']);
 
   app.get('/policies/:name', async (request, reply) => {
+    verifiedIdentity(request);
     const name = policyName(request);
     const policy = await store.get(name);
     if (!policy) throw notFound(name);
@@ -302,6 +326,7 @@ export async function buildCmsApp(options: CmsAppOptions): Promise<FastifyInstan
   });
 
   app.put('/policies/:name', async (request, reply) => {
+    verifiedIdentity(request);
     const name = policyName(request);
     if (typeof request.body !== 'string') {
       throw new HttpProblem({ status: 415, detail: 'the body must be a policy object sent as application/json' });
@@ -319,7 +344,7 @@ export async function buildCmsApp(options: CmsAppOptions): Promise<FastifyInstan
       metrics.policyWrites.inc({ operation: 'put', outcome: 'compile_error' });
       throw error;
     }
-    const identity = request.identity as Identity;
+    const identity = verifiedIdentity(request);
     const result = await store.put(name, policySubmission(body.rego, body.dataText, compiled, identity.sub), conditions);
     metrics.etcdWriteDuration.observe({ operation: 'put' }, result.etcdMs / 1000);
     metrics.policyWrites.inc({ operation: 'put', outcome: result.created ? 'created' : 'replaced' });
@@ -333,6 +358,7 @@ export async function buildCmsApp(options: CmsAppOptions): Promise<FastifyInstan
   });
 
   app.delete('/policies/:name', async (request, reply) => {
+    verifiedIdentity(request);
     const name = policyName(request);
     const started = performance.now();
     const deleted = await store.delete(name, writeConditions(request));
@@ -344,6 +370,7 @@ export async function buildCmsApp(options: CmsAppOptions): Promise<FastifyInstan
   methodNotAllowed('/policies/:name', ['GET', 'PUT', 'DELETE']);
 
   app.get('/policies/:name/history', async (request, reply) => {
+    verifiedIdentity(request);
     const name = policyName(request);
     const versions = await store.history(name);
     if (versions.length === 0) throw notFound(name);
@@ -352,6 +379,7 @@ export async function buildCmsApp(options: CmsAppOptions): Promise<FastifyInstan
   methodNotAllowed('/policies/:name/history', ['GET']);
 
   app.get('/policies/:name/history/:version', async (request, reply) => {
+    verifiedIdentity(request);
     const name = policyName(request);
     const { version } = request.params as { version: string };
     if (!/^[1-9]\d{0,11}$/.test(version)) {
