@@ -33,6 +33,7 @@ import {
 } from '../policy/store/index.js';
 import { createEtcdClient, type EtcdTlsFiles } from '../etcd/index.js';
 import { accessInput, loadAccessPolicy } from '../policy/access/index.js';
+import { loadPolicyEngine } from '../policy/engine/index.js';
 import { DEFAULT_BODY_LIMIT_BYTES, DEFAULT_COMPILE_TIMEOUT_MS, defaultAccessPolicyWasmPath } from './config.js';
 import { createCmsMetrics } from './metrics.js';
 import { openApiDocument } from './openapi.js';
@@ -344,6 +345,7 @@ export async function buildCmsApp(options: CmsAppOptions): Promise<FastifyInstan
       metrics.policyWrites.inc({ operation: 'put', outcome: 'compile_error' });
       throw error;
     }
+    await checkLoads(compiled.wasm, body.dataText, compiled.entrypoint);
     const identity = verifiedIdentity(request);
     const result = await store.put(name, policySubmission(body.rego, body.dataText, compiled, identity.sub), conditions);
     metrics.etcdWriteDuration.observe({ operation: 'put' }, result.etcdMs / 1000);
@@ -418,6 +420,29 @@ export async function buildCmsApp(options: CmsAppOptions): Promise<FastifyInstan
 
   await app.ready();
   return app;
+}
+
+/**
+ * What `opa build` accepts, the gateway's engine may still refuse (data with
+ * a lone surrogate such as "\ud800" parses in Go, not in the wasm's JSON
+ * parser; a module may fail at evaluation). The policy is loaded with its
+ * data in the engine every gateway uses, and evaluated once on an empty
+ * input, before anything is written: a refusal is the author's 400, never a
+ * version the gateways cannot enforce.
+ */
+async function checkLoads(wasm: Uint8Array, dataText: string, entrypoint: string): Promise<void> {
+  try {
+    const engine = await loadPolicyEngine(wasm, { data: dataText });
+    engine.evaluate({}, entrypoint);
+  } catch (error) {
+    const reason = error instanceof Error ? (error.cause instanceof Error ? `${error.message}: ${error.cause.message}` : error.message) : String(error);
+    throw new HttpProblem({
+      status: 400,
+      type: ProblemType.policyDoesNotLoad,
+      title: 'Policy does not load',
+      detail: `the compiled policy does not load or evaluate in the gateway's engine: ${reason}`,
+    });
+  }
 }
 
 /** Names one GET /policies reads at most while filtering what the caller may see. */

@@ -22,6 +22,7 @@ export const ProblemType = {
   compilerUnavailable: 'urn:gatehouse:problem:compiler-unavailable',
   compilerBusy: 'urn:gatehouse:problem:compiler-busy',
   policyTooLarge: 'urn:gatehouse:problem:policy-too-large',
+  policyDoesNotLoad: 'urn:gatehouse:problem:policy-does-not-load',
 } as const;
 
 export interface ProblemInit {

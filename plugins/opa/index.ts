@@ -15,6 +15,7 @@ import type { StopResponse } from '../api/http.js';
 import { jsonConfParser } from '../api/json-conf.js';
 import { isValidPolicyName, PLATFORM_POLICY_NAME } from '../../policy/store/names.js';
 import type { PolicySet, LoadedPolicy } from '../../policy/watcher/policy-set.js';
+import type { PolicyEngine } from '../../policy/engine/index.js';
 import { callerIdentity } from '../jwt/identity-context.js';
 import type { Identity } from '../../identity/index.js';
 import { buildPolicyInput, type PolicyInput, type VerifiedUser } from './input.js';
@@ -168,10 +169,19 @@ export function createOpaPlugin(source: PolicySource, recorder: DecisionRecorder
           }
         }
 
+        let engine: PolicyEngine;
+        try {
+          // Built on first use (a cold project). A policy that exists but
+          // cannot be loaded denies: for the platform policy, every request.
+          engine = policy.readyEngine() ?? (await policy.engine());
+        } catch (err) {
+          recorder.record(choice.kind, 'error', seconds());
+          ctx.log.error({ policy: policy.name, err: String(err), requestId: request.id }, 'policy cannot be loaded; denying');
+          response.problem(500, 'a policy this request needs cannot be loaded');
+          return;
+        }
         let decision: Decision;
         try {
-          // Built on first use (a cold project); never a reason to deny, only to wait.
-          const engine = policy.readyEngine() ?? (await policy.engine());
           decision = readDecision(engine.evaluate(input, policy.meta.entrypoint));
         } catch (err) {
           recorder.record(choice.kind, 'error', seconds());

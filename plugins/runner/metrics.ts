@@ -133,6 +133,14 @@ export function createRunnerMetrics(): RunnerMetrics {
         },
       });
       new Gauge({
+        name: 'gatehouse_policies_unloadable',
+        help: 'Policies that exist but cannot be loaded: every decision that needs one is denied (names in /readyz)',
+        registers: [registry],
+        collect() {
+          this.set(watcher.unloadable().length);
+        },
+      });
+      new Gauge({
         name: 'gatehouse_policies_loaded',
         help: 'Number of policies loaded',
         registers: [registry],

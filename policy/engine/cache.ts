@@ -39,6 +39,8 @@ export interface EngineCacheStats {
   instanceBytes: number;
   modules: number;
   moduleBytes: number;
+  /** (module, data) pairs that failed to load, remembered so they fail fast. */
+  unloadable: number;
   /** Counters since start. */
   compiles: number;
   instantiations: number;
@@ -57,6 +59,12 @@ export class EngineCache {
   private readonly instances: LRUCache<string, PolicyEngine>;
   /** Builds in progress, so concurrent first decisions share one. */
   private readonly building = new Map<string, Promise<PolicyEngine>>();
+  /**
+   * Builds that failed (a module that does not compile, data the engine
+   * refuses), by the same content key: the same bytes fail the same way, so
+   * later decisions are denied at once instead of paying for the build again.
+   */
+  private readonly failed = new LRUCache<string, Error>({ max: 10_000 });
   private counters = { compiles: 0, instantiations: 0, evictions: 0 };
 
   constructor(options: EngineCacheOptions = {}) {
@@ -90,9 +98,16 @@ export class EngineCache {
     const key = EngineCache.key(source);
     const cached = this.instances.get(key);
     if (cached) return Promise.resolve(cached);
+    const failure = this.failed.get(key);
+    if (failure) return Promise.reject(failure);
     let build = this.building.get(key);
     if (!build) {
-      build = this.build(key, source).finally(() => this.building.delete(key));
+      build = this.build(key, source)
+        .catch((error: unknown) => {
+          this.failed.set(key, error instanceof Error ? error : new Error(String(error)));
+          throw error;
+        })
+        .finally(() => this.building.delete(key));
       this.building.set(key, build);
     }
     return build;
@@ -118,8 +133,14 @@ export class EngineCache {
     return compiled;
   }
 
+  /** Why the engine of `source` failed to load, when it did. */
+  failure(source: Pick<EngineSource, 'wasmSha256' | 'dataSha256'>): Error | undefined {
+    return this.failed.peek(EngineCache.key(source));
+  }
+
   get stats(): EngineCacheStats {
     return {
+      unloadable: this.failed.size,
       instances: this.instances.size,
       instanceBytes: this.instances.calculatedSize,
       modules: this.modules.size,
@@ -132,6 +153,7 @@ export class EngineCache {
   clear(): void {
     this.instances.clear();
     this.modules.clear();
+    this.failed.clear();
   }
 }
 

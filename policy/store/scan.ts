@@ -23,7 +23,7 @@ import { createHash } from 'node:crypto';
 import { Range, type Etcd3, type IKeyValue } from 'etcd3';
 import pLimit from 'p-limit';
 import { POLICIES_PREFIX, POLICY_INDEX_PREFIX, parseIndexKey, parsePolicyKey, policyKeys } from './keys.js';
-import type { PolicyMetadata } from './store.js';
+import { unknownMetadata, type PolicyMetadata } from './store.js';
 
 /** meta+data transactions in flight at once during a full read. */
 const READ_CONCURRENCY = 4;
@@ -140,9 +140,16 @@ export interface CurrentPolicyRecord {
   /** The revision of the transaction that wrote this version. */
   modRevision: number;
   dataText: string;
+  /**
+   * Why this policy cannot be enforced, when it cannot (its metadata is not
+   * JSON, its data or wasm is missing, its wasm does not match its sha256).
+   * Such a policy exists all the same: a gateway denies for it rather than
+   * treat it as absent.
+   */
+  broken?: string;
 }
 
-/** meta and data of `names` at `revision`; a name without a meta key there is left out. */
+/** meta and data of `names` at `revision`; a name without a meta key there is left out (it is not current). */
 export async function readCurrentRecords(
   client: Etcd3,
   names: string[],
@@ -160,13 +167,20 @@ export async function readCurrentRecords(
   names.forEach((name, i) => {
     const meta: IKeyValue | undefined = response.responses[2 * i]?.response_range?.kvs?.[0];
     const data: IKeyValue | undefined = response.responses[2 * i + 1]?.response_range?.kvs?.[0];
-    if (!meta || !data) return;
-    records.push({
-      name,
-      meta: JSON.parse(meta.value.toString('utf8')) as PolicyMetadata,
-      modRevision: Number(meta.mod_revision),
-      dataText: data.value.toString('utf8'),
-    });
+    if (!meta) return;
+    const modRevision = Number(meta.mod_revision);
+    let parsed: PolicyMetadata;
+    try {
+      parsed = JSON.parse(meta.value.toString('utf8')) as PolicyMetadata;
+    } catch {
+      records.push({ name, meta: unknownMetadata(name), modRevision, dataText: '{}', broken: 'its metadata is not JSON' });
+      return;
+    }
+    if (!data) {
+      records.push({ name, meta: parsed, modRevision, dataText: '{}', broken: 'its data key is missing' });
+      return;
+    }
+    records.push({ name, meta: parsed, modRevision, dataText: data.value.toString('utf8') });
   });
   return records;
 }
@@ -186,8 +200,6 @@ export interface ConsistentCut {
   records: CurrentPolicyRecord[];
   /** wasm by sha256, for every module the records name that `known` did not already hold. */
   modules: Map<string, Buffer>;
-  /** Policies none of whose holders' wasm could be read or matched its sha256 (they are not in `records`). */
-  unreadable: { name: string; reason: string }[];
 }
 
 export interface ConsistentCutOptions {
@@ -229,7 +241,7 @@ export async function readConsistentCut(client: Etcd3, options: ConsistentCutOpt
   const holders = new Map<string, CurrentPolicyRecord[]>();
   for (const record of records) {
     const sha = record.meta.wasmSha256;
-    if (options.known?.(sha)) continue;
+    if (record.broken || options.known?.(sha)) continue;
     holders.set(sha, [...(holders.get(sha) ?? []), record]);
   }
   const modules = new Map<string, Buffer>();
@@ -248,9 +260,8 @@ export async function readConsistentCut(client: Etcd3, options: ConsistentCutOpt
   })));
   return {
     revision,
-    records: records.filter((r) => !failed.has(r.meta.wasmSha256)),
+    records: records.map((r) => (!r.broken && failed.has(r.meta.wasmSha256) ? { ...r, broken: failed.get(r.meta.wasmSha256)! } : r)),
     modules,
-    unreadable: records.filter((r) => failed.has(r.meta.wasmSha256)).map((r) => ({ name: r.name, reason: failed.get(r.meta.wasmSha256)! })),
   };
 }
 

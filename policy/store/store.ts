@@ -39,6 +39,21 @@ export interface PolicyMetadata {
   syntaxVersion: 'v0' | 'v1';
 }
 
+/** Stands in for the metadata of a policy whose own cannot be read (it is then enforced as unloadable: denied). */
+export function unknownMetadata(name: string): PolicyMetadata {
+  return {
+    name,
+    version: 0,
+    sha256: '',
+    wasmSha256: '',
+    author: '',
+    updatedAt: new Date(0).toISOString(),
+    opaVersion: '',
+    entrypoint: '',
+    syntaxVersion: 'v1',
+  };
+}
+
 export interface StoredPolicy {
   meta: PolicyMetadata;
   rego: string;

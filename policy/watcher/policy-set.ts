@@ -22,6 +22,11 @@ export interface LoadedPolicy {
   wasm: Uint8Array;
   /** When this process swapped it in (ms since the epoch). */
   loadedAt: number;
+  /**
+   * Why this policy cannot be enforced, when it cannot: it exists, so
+   * decisions that need it are denied (never treated as absent).
+   */
+  broken?: string;
   /** The engine if it is built already, else undefined. */
   readyEngine(): PolicyEngine | undefined;
   /** The engine, built if need be; rejects when the wasm or data cannot be loaded. */
@@ -35,10 +40,19 @@ export interface PolicyBytes {
   dataText: string;
   dataSha256: string;
   wasm: Uint8Array;
+  broken?: string;
+}
+
+export class PolicyUnloadableError extends Error {
+  override readonly name = 'PolicyUnloadableError';
 }
 
 /** A policy of a set, its engine drawn from `engines`. */
 export function loadedPolicy(bytes: PolicyBytes, engines: EngineCache, loadedAt = Date.now()): LoadedPolicy {
+  if (bytes.broken !== undefined) {
+    const error = new PolicyUnloadableError(`policy ${bytes.name} cannot be loaded: ${bytes.broken}`);
+    return { ...bytes, loadedAt, readyEngine: () => undefined, engine: () => Promise.reject(error) };
+  }
   const source = { wasmSha256: bytes.meta.wasmSha256, wasm: bytes.wasm, dataSha256: bytes.dataSha256, dataText: bytes.dataText };
   return {
     ...bytes,
@@ -68,5 +82,12 @@ export class PolicySet {
   /** False until policies were loaded from etcd or a snapshot: decisions must then fail closed. */
   get isLoaded(): boolean {
     return this.source !== 'none';
+  }
+
+  /** Policies that exist but cannot be enforced (decisions that need them are denied). */
+  get unloadable(): { name: string; reason: string }[] {
+    const found: { name: string; reason: string }[] = [];
+    for (const policy of this.policies.values()) if (policy.broken !== undefined) found.push({ name: policy.name, reason: policy.broken });
+    return found;
   }
 }

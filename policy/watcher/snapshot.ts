@@ -41,6 +41,8 @@ export interface SnapshotPolicy {
   dataText: string;
   dataSha256: string;
   wasm: Buffer;
+  /** The policy existed but could not be loaded: it is restored as such, and denies. */
+  broken?: string;
 }
 
 export interface Snapshot {
@@ -59,6 +61,8 @@ interface PolicyFile {
   meta: PolicyMetadata;
   modRevision: number;
   dataSha256: string;
+  /** Set for a policy that exists but cannot be loaded (no data or module file then). */
+  broken?: string;
 }
 
 export class SnapshotCorruptError extends Error {
@@ -117,7 +121,7 @@ async function listDir(path: string): Promise<string[]> {
 /** What is on disk, so that a write only adds what changed. */
 interface OnDisk {
   /** Policy files on disk, with what they name. */
-  policies: Map<string, { modRevision: number; dataSha256: string; wasmSha256: string }>;
+  policies: Map<string, { modRevision: number; dataSha256?: string; wasmSha256?: string }>;
   data: Set<string>;
   modules: Set<string>;
   /** How many written policy files name each data document and module. */
@@ -148,11 +152,12 @@ export class SnapshotWriter {
       if (!file.endsWith('.json')) continue;
       try {
         const entry = parsePolicyFile(await readFile(join(this.dir, 'policies', file), 'utf8'), file);
-        onDisk.policies.set(file.slice(0, -'.json'.length), {
-          modRevision: entry.modRevision,
-          dataSha256: entry.dataSha256,
-          wasmSha256: entry.meta.wasmSha256,
-        });
+        const name = file.slice(0, -'.json'.length);
+        if (entry.broken !== undefined) {
+          onDisk.policies.set(name, { modRevision: entry.modRevision });
+          continue;
+        }
+        onDisk.policies.set(name, { modRevision: entry.modRevision, dataSha256: entry.dataSha256, wasmSha256: entry.meta.wasmSha256 });
         onDisk.dataRefs.set(entry.dataSha256, (onDisk.dataRefs.get(entry.dataSha256) ?? 0) + 1);
         onDisk.moduleRefs.set(entry.meta.wasmSha256, (onDisk.moduleRefs.get(entry.meta.wasmSha256) ?? 0) + 1);
       } catch {
@@ -184,7 +189,8 @@ export class SnapshotWriter {
       result.files++;
     };
     const unreferenced = { data: new Set<string>(), modules: new Set<string>() };
-    const refer = (refs: Map<string, number>, sha: string, delta: number, gone: Set<string>) => {
+    const refer = (refs: Map<string, number>, sha: string | undefined, delta: number, gone: Set<string>) => {
+      if (sha === undefined) return;
       const n = (refs.get(sha) ?? 0) + delta;
       if (n > 0) {
         refs.set(sha, n);
@@ -206,6 +212,12 @@ export class SnapshotWriter {
       if (!policy) {
         await unlink(join(this.dir, 'policies', `${name}.json`)).catch(() => undefined);
         onDisk.policies.delete(name);
+        continue;
+      }
+      if (policy.broken !== undefined) {
+        const text = policyFileText({ meta: policy.meta, modRevision: policy.modRevision, dataSha256: '', broken: policy.broken });
+        count(await writeAtomically(join(this.dir, 'policies', `${name}.json`), this.dir, text));
+        onDisk.policies.set(name, { modRevision: policy.modRevision });
         continue;
       }
       if (!onDisk.modules.has(policy.meta.wasmSha256)) {
@@ -282,6 +294,10 @@ export async function readSnapshot(dir: string): Promise<Snapshot | null> {
     const name = file.slice(0, -'.json'.length);
     const entry = parsePolicyFile(await readFile(join(dir, 'policies', file), 'utf8'), file);
     if (!isValidPolicyName(name) || entry.meta?.name !== name) throw new SnapshotCorruptError(`${file} does not hold policy ${name}`);
+    if (entry.broken !== undefined) {
+      policies.push({ meta: entry.meta, modRevision: entry.modRevision, dataText: '{}', dataSha256: '', wasm: Buffer.alloc(0), broken: String(entry.broken) });
+      continue;
+    }
     const wasmSha = entry.meta.wasmSha256;
     if (!modules.has(wasmSha)) modules.set(wasmSha, await readVerified(join(dir, 'modules', `${wasmSha}.wasm`), wasmSha));
     if (!data.has(entry.dataSha256)) {

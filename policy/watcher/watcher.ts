@@ -33,6 +33,7 @@ import {
   type ConsistentCut,
   type ConsistentCutOptions,
   type PolicyMetadata,
+  unknownMetadata,
 } from '../store/index.js';
 import { PolicySet, loadedPolicy, type LoadedPolicy, type PolicyBytes } from './policy-set.js';
 import { SnapshotWriter, readSnapshot, sha256Hex } from './snapshot.js';
@@ -76,6 +77,8 @@ export interface WatcherStatus {
   staleSeconds: number;
   /** Engines built and kept, within the cache budget. */
   engines: EngineCacheStats;
+  /** Policies that exist but cannot be enforced: every decision that needs them is denied. */
+  unloadable: { name: string; reason: string }[];
 }
 
 /** Attempts of a paged read that etcd's compaction overtakes before giving up (and retrying later). */
@@ -143,7 +146,21 @@ export class PolicyWatcher extends EventEmitter {
       policies: this.set.policies.size,
       staleSeconds: this.state === 'watching' ? 0 : (Date.now() - this.outOfStepSince) / 1000,
       engines: this.engines.stats,
+      unloadable: this.unloadable(),
     };
+  }
+
+  /** Policies of the current set that cannot be loaded: found so when read, or when their engine was first built. */
+  unloadable(): { name: string; reason: string }[] {
+    const found = this.set.unloadable;
+    if (this.engines.stats.unloadable > 0) {
+      for (const policy of this.set.policies.values()) {
+        if (policy.broken !== undefined) continue;
+        const failure = this.engines.failure({ wasmSha256: policy.meta.wasmSha256, dataSha256: policy.dataSha256 });
+        if (failure) found.push({ name: policy.name, reason: failure.message });
+      }
+    }
+    return found;
   }
 
   /**
@@ -208,16 +225,16 @@ export class PolicyWatcher extends EventEmitter {
     if (cut.records.length === 0 && (await this.options.client.getAll().prefix(POLICIES_PREFIX).limit(1).keys()).length > 0) {
       this.options.log.warn('etcd holds policies but no index of them: start the CMS once, it rebuilds the index (until then none is enforced)');
     }
-    for (const { name, reason } of cut.unreadable) {
-      this.options.log.error({ policy: name, reason }, 'policy in etcd cannot be loaded; it is not enforced');
+    for (const record of cut.records) {
+      if (record.broken) this.options.log.error({ policy: record.name, reason: record.broken }, 'policy in etcd cannot be loaded; every decision that needs it is denied');
     }
 
     await this.enqueue(async () => {
       const policies = new Map<string, LoadedPolicy>();
       for (const record of cut.records) {
         const wasm = cut.modules.get(record.meta.wasmSha256) ?? held.get(record.meta.wasmSha256);
-        if (!wasm) continue; // cannot happen: every record's module was read or held
-        policies.set(record.name, this.policy({ ...record, dataSha256: sha256Hex(record.dataText), wasm }));
+        const broken = record.broken ?? (wasm ? undefined : 'its wasm could not be read');
+        policies.set(record.name, this.policy({ ...record, dataSha256: sha256Hex(record.dataText), wasm: wasm ?? new Uint8Array(), ...(broken ? { broken } : {}) }));
       }
       await this.warmUp(policies);
       this.swap(new PolicySet(cut.revision, policies, 'etcd'), [...policies.values()].map((p) => ({ name: p.name, policy: p, propagationMs: null })), true);
@@ -240,6 +257,7 @@ export class PolicyWatcher extends EventEmitter {
 
   /** A policy of the next set; its wasm buffer shared with every policy of the same module. */
   private policy(bytes: PolicyBytes): LoadedPolicy {
+    if (bytes.broken !== undefined) return loadedPolicy(bytes, this.engines);
     const sha = bytes.meta.wasmSha256;
     const wasm = this.wasmBySha.get(sha) ?? bytes.wasm;
     this.wasmBySha.set(sha, wasm);
@@ -427,8 +445,15 @@ export class PolicyWatcher extends EventEmitter {
           next.set(name, loaded);
           swaps.push({ name, policy: loaded, propagationMs: Date.now() - Date.parse(loaded.meta.updatedAt) });
         } catch (err) {
-          // Keep enforcing the version already loaded rather than nothing.
-          this.options.log.error({ policy: name, revision, err: String(err) }, 'new policy version cannot be loaded; keeping the previous one');
+          // Not the previous version (the CMS reports this one as current),
+          // not nothing (a missing platform policy restricts nothing): this
+          // policy now denies every decision that needs it, until a version
+          // that loads replaces it.
+          const reason = err instanceof Error ? err.message : String(err);
+          this.options.log.error({ policy: name, revision, reason }, 'new policy version cannot be loaded; every decision that needs it is denied');
+          const broken = this.policy({ ...unloadableBytes(name, parts), broken: reason });
+          next.set(name, broken);
+          swaps.push({ name, policy: broken, propagationMs: null });
         }
       }
       this.swap(new PolicySet(revision, next, 'etcd'), swaps, false);
@@ -540,6 +565,17 @@ export class PolicyWatcher extends EventEmitter {
     this.options.log.warn({ revision: file.revision, savedAt: file.savedAt, policies: file.policies.length }, 'enforcing the last-known-good snapshot until etcd answers');
     this.setState('unavailable');
   }
+}
+
+/** What is known of a policy version that cannot be loaded: its metadata when it parses. */
+function unloadableBytes(name: string, parts: PolicyParts): PolicyBytes {
+  let meta = unknownMetadata(name);
+  try {
+    if (parts.meta) meta = { ...unknownMetadata(name), ...(JSON.parse(parts.meta.value.toString('utf8')) as PolicyMetadata), name };
+  } catch {
+    // keep the stand-in
+  }
+  return { name, meta, modRevision: Number(parts.meta?.mod_revision ?? 0), dataText: '{}', dataSha256: sha256Hex('{}'), wasm: new Uint8Array() };
 }
 
 function collect(byName: Map<string, PolicyParts>, kv: IKeyValue, deleted: boolean): void {
