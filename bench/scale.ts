@@ -53,6 +53,11 @@ const HOT_SET = 64;
 const here = fileURLToPath(new URL('.', import.meta.url));
 const root = join(here, '..', '..');
 const runnerScript = join(here, '../plugins/runner/main.js');
+/**
+ * A runner built from an earlier commit, measured beside this one with one
+ * project (how it was before): BENCH_BASELINE_RUNNER=<its dist/plugins/runner/main.js>.
+ */
+const baselineScript = process.env.BENCH_BASELINE_RUNNER || null;
 const opaPath = process.env.OPA_PATH || join(root, '.local/bin/opa');
 const ISSUER = 'https://issuer.bench.gatehouse';
 const AUDIENCE = 'gatehouse';
@@ -76,6 +81,7 @@ allow if {
 
 interface Row {
   projects: number;
+  label: string;
   seedSeconds: number;
   startToEnforcingMs: number;
   coldP50Ms: number | null;
@@ -99,8 +105,15 @@ function rssMiB(pid: number): number {
   return match ? Number(match[1]) / 1024 : NaN;
 }
 
-function filesUnder(dir: string): Map<string, { size: number; mtimeMs: number }> {
+function filesUnder(dir: string, exists = true): Map<string, { size: number; mtimeMs: number }> {
   const found = new Map<string, { size: number; mtimeMs: number }>();
+  // An earlier runner kept one file beside where the directory is now.
+  if (!exists) dir = join(dir, '..', 'policies.snapshot.json');
+  const single = statSync(dir, { throwIfNoEntry: false });
+  if (single?.isFile()) {
+    found.set(dir, { size: single.size, mtimeMs: single.mtimeMs });
+    return found;
+  }
   const walk = (d: string) => {
     for (const name of readdirSync(d)) {
       const path = join(d, name);
@@ -163,6 +176,9 @@ async function main() {
 
   interface Gateway {
     projects: number;
+    /** The runner's main.js, and what the rows call it. */
+    script: string;
+    label: string;
     etcd: LocalEtcd;
     client: ReturnType<typeof createEtcdClient>;
     store: PolicyStore;
@@ -176,6 +192,7 @@ async function main() {
     moduleOf: (i: number) => CompiledPolicy;
     untilEnforcing: (i: number, confToken: number, project: number, since: number) => Promise<void>;
     untilSnapshotWritten: (i: number) => Promise<void>;
+    snapshotDir: string;
     row: Partial<Row> & { projects: number };
   }
 
@@ -183,26 +200,30 @@ async function main() {
   try {
     // 1. Each scale on its own etcd and runner, set up one after the other
     //    (start and cold figures are taken alone); all stay up for step 2.
+    if (baselineScript) {
+      gateways.push(await setUp(1, baselineScript, 'before, 1'));
+      console.error('[bench:scale] the baseline runner set up');
+    }
     for (const projects of [1, ...scales]) {
-      gateways.push(await setUp(projects));
+      gateways.push(await setUp(projects, runnerScript, String(projects)));
       console.error(`[bench:scale] ${projects} projects set up`);
     }
     // 2. Hot decisions side by side: rounds alternate over the scales, the
     //    same hot project (and the same hot set of 64 where there are 64).
-    const single = new Map<number, Stats[]>();
-    const rotating = new Map<number, Stats[]>();
+    const single = new Map<string, Stats[]>();
+    const rotating = new Map<string, Stats[]>();
     for (let round = 0; round < rounds; round++) {
       for (const g of gateways) {
         const hot = { ...g.hotRequests[0]!, confToken: g.chain };
-        single.set(g.projects, [...(single.get(g.projects) ?? []), await driveRunner({ name: `${g.projects}`, socketPath: g.socket(0), request: hot, connections, seconds, check: allowed })]);
+        single.set(g.label, [...(single.get(g.label) ?? []), await driveRunner({ name: `${g.projects}`, socketPath: g.socket(0), request: hot, connections, seconds, check: allowed })]);
         if (g.projects >= HOT_SET) {
-          rotating.set(g.projects, [...(rotating.get(g.projects) ?? []), await driveRunner({ name: `${g.projects}`, socketPath: g.socket(0), request: hot, requests: g.hotRequests, connections, seconds, check: allowed })]);
+          rotating.set(g.label, [...(rotating.get(g.label) ?? []), await driveRunner({ name: `${g.projects}`, socketPath: g.socket(0), request: hot, requests: g.hotRequests, connections, seconds, check: allowed })]);
         }
       }
     }
     for (const g of gateways) {
-      g.row.hot = medianStats(single.get(g.projects)!);
-      g.row.hotSet = rotating.has(g.projects) ? medianStats(rotating.get(g.projects)!) : null;
+      g.row.hot = medianStats(single.get(g.label)!);
+      g.row.hotSet = rotating.has(g.label) ? medianStats(rotating.get(g.label)!) : null;
       g.row.rssMiB = rssMiB(g.processes[0]!.child.pid!);
     }
     // 3. Propagation under traffic, one scale at a time.
@@ -219,7 +240,7 @@ async function main() {
   }
   const rows = gateways.map((g) => g.row as Row);
 
-  async function setUp(projects: number): Promise<Gateway> {
+  async function setUp(projects: number, script: string, label: string): Promise<Gateway> {
     const etcd: LocalEtcd = await startLocalEtcd({ dataRoot: 'bench-etcd', extraArgs: ['--quota-backend-bytes', String(8 * 1024 ** 3)] });
     const processes: BenchProcess[] = [];
     const client = createEtcdClient(etcd.endpoints);
@@ -233,7 +254,8 @@ async function main() {
       ),
     );
     const seedSeconds = (performance.now() - seedStarted) / 1000;
-    const socket = (i: number) => join(work, `${projects}-${i}.sock`);
+    const tag = `${gateways.length}-${projects}`;
+    const socket = (i: number) => join(work, `${tag}-${i}.sock`);
     const env = (i: number) => ({
       JWT_JWKS_FILE: jwksFile,
       JWT_ISSUER: ISSUER,
@@ -241,7 +263,7 @@ async function main() {
       ETCD_ENDPOINTS: etcd.endpoints.join(','),
       APISIX_LISTEN_ADDRESS: `unix:${socket(i)}`,
       RUNNER_METRICS_PORT: 'off',
-      RUNNER_STATE_DIR: join(work, `state-${projects}-${i}`),
+      RUNNER_STATE_DIR: join(work, `state-${tag}-${i}`),
       LOG_LEVEL: 'info',
     });
     const untilEnforcing = async (i: number, confToken: number, project: number, since: number) => {
@@ -265,8 +287,10 @@ async function main() {
     // A runner writes its whole snapshot once after start (off the decision
     // path, but on its thread): wait it out before steady-state figures.
     const untilSnapshotWritten = async (i: number) => {
-      const manifest = join(work, `state-${projects}-${i}`, 'policy-snapshot', 'manifest.json');
-      while (!statSync(manifest, { throwIfNoEntry: false })) await new Promise((r) => setTimeout(r, 20));
+      const state = join(work, `state-${tag}-${i}`);
+      // Today's snapshot directory, or an earlier runner's single file.
+      const written = () => statSync(join(state, 'policy-snapshot', 'manifest.json'), { throwIfNoEntry: false }) ?? statSync(join(state, 'policies.snapshot.json'), { throwIfNoEntry: false });
+      while (!written()) await new Promise((r) => setTimeout(r, 20));
     };
     const conf = [
       { name: 'jwt', value: '{}' },
@@ -275,7 +299,7 @@ async function main() {
 
     // Start -> enforcing: from spawn to the first allowed decision of a project.
     const spawnedAt = performance.now();
-    processes.push(await startNodeProcess(runnerScript, [], env(0), () => socketAccepts(socket(0))));
+    processes.push(await startNodeProcess(script, [], env(0), () => socketAccepts(socket(0))));
     const chain = await prepareConf(socket(0), conf);
     const probeProject = projects - 1;
     await untilEnforcing(0, chain, probeProject, spawnedAt);
@@ -331,14 +355,17 @@ async function main() {
       moduleOf,
       untilEnforcing,
       untilSnapshotWritten,
-      row: { projects, seedSeconds, startToEnforcingMs, coldP50Ms, coldP99Ms, hotDuringColdP99Us },
+      script,
+      label,
+      snapshotDir: join(work, `state-${tag}-0`, 'policy-snapshot'),
+      row: { projects, label, seedSeconds, startToEnforcingMs, coldP50Ms, coldP99Ms, hotDuringColdP99Us },
     };
   }
 
   /** More runners, each serving its hot set, while writes land: PUT returned -> every runner enforces. */
   async function propagation(g: Gateway): Promise<Pick<Row, 'propagationP50Ms' | 'propagationP99Ms' | 'snapshotBytesPerChange' | 'snapshotTotalBytes'>> {
     const { projects, socket } = g;
-    for (let i = 1; i < runnerCount; i++) g.processes.push(await startNodeProcess(runnerScript, [], g.env(i), () => socketAccepts(socket(i))));
+    for (let i = 1; i < runnerCount; i++) g.processes.push(await startNodeProcess(g.script, [], g.env(i), () => socketAccepts(socket(i))));
     const runners = g.processes.slice(0, runnerCount);
     const chains = await Promise.all(runners.map((_, i) => prepareConf(socket(i), [
       { name: 'jwt', value: '{}' },
@@ -354,12 +381,12 @@ async function main() {
       while (serving) await driveRunner({ name: 'traffic', socketPath: socket(i), request: requests[0]!, requests, connections: 2, seconds: 0.5 });
     });
     const target = g.hotProjects[1] ?? 0;
-    const snapshotDir = join(work, `state-${projects}-0`, 'policy-snapshot');
+    const snapshotDir = g.snapshotDir;
     const times: number[] = [];
     let snapshotBytesPerChange = 0;
     try {
       for (let w = 1; w <= propagationWrites; w++) {
-        const before = filesUnder(snapshotDir);
+        const before = filesUnder(snapshotDir, g.script === runnerScript);
         const result = await g.store.put(projectName(target), policySubmission(moduleSource(target % modules.length), JSON.stringify({ roles: [`role-${target}`], write: w }), g.moduleOf(target), 'bench'));
         const returnedAt = Date.now();
         const version = result.meta.version;
@@ -380,7 +407,7 @@ async function main() {
         times.push(Math.max(...swapped) - returnedAt);
         if (w === propagationWrites) {
           await new Promise((r) => setTimeout(r, 300)); // the snapshot is written off the decision path
-          for (const [path, file] of filesUnder(snapshotDir)) {
+          for (const [path, file] of filesUnder(snapshotDir, g.script === runnerScript)) {
             const old = before.get(path);
             if (!old || old.mtimeMs !== file.mtimeMs) snapshotBytesPerChange += file.size;
           }
@@ -394,11 +421,11 @@ async function main() {
       propagationP50Ms: pct(times, 50),
       propagationP99Ms: pct(times, 99),
       snapshotBytesPerChange,
-      snapshotTotalBytes: [...filesUnder(snapshotDir).values()].reduce((sum, f) => sum + f.size, 0),
+      snapshotTotalBytes: [...filesUnder(snapshotDir, g.script === runnerScript).values()].reduce((sum, f) => sum + f.size, 0),
     };
   }
 
-  const one = rows[0]!;
+  const one = rows.find((r) => r.label === '1')!;
   const fmt = (x: number | null | undefined, digits = 0) => (x === null || x === undefined ? '–' : x.toFixed(digits));
   console.log(machineLine());
   console.log(
@@ -409,7 +436,7 @@ async function main() {
   console.log('|---:|---:|---:|---:|---:|---:|---:|---:|');
   for (const r of rows) {
     console.log(
-      `| ${r.projects} | ${r.seedSeconds.toFixed(1)} | ${r.startToEnforcingMs.toFixed(0)} | ${fmt(r.coldP50Ms, 1)} / ${fmt(r.coldP99Ms, 1)} | ${fmt(r.hotDuringColdP99Us)} | ` +
+      `| ${r.label} | ${r.seedSeconds.toFixed(1)} | ${r.startToEnforcingMs.toFixed(0)} | ${fmt(r.coldP50Ms, 1)} / ${fmt(r.coldP99Ms, 1)} | ${fmt(r.hotDuringColdP99Us)} | ` +
         `${r.rssMiB.toFixed(0)} | ${(r.snapshotTotalBytes / 1024 / 1024).toFixed(1)} | ${r.snapshotBytesPerChange} |`,
     );
   }
@@ -418,7 +445,7 @@ async function main() {
   console.log('|---:|---:|---:|---:|---:|---:|---:|---:|');
   for (const r of rows) {
     console.log(
-      `| ${r.projects} | ${Math.round(r.hot.opsPerSecond)} | ${r.hot.p50.toFixed(0)} | ${r.hot.p99.toFixed(0)} | ${(r.hot.p99 / one.hot.p99).toFixed(2)}x | ` +
+      `| ${r.label} | ${Math.round(r.hot.opsPerSecond)} | ${r.hot.p50.toFixed(0)} | ${r.hot.p99.toFixed(0)} | ${(r.hot.p99 / one.hot.p99).toFixed(2)}x | ` +
         `${r.hotSet ? Math.round(r.hotSet.opsPerSecond) : '–'} | ${fmt(r.hotSet?.p99)} | ${r.propagationP50Ms} / ${r.propagationP99Ms} |`,
     );
   }
