@@ -2,7 +2,13 @@
 // them. The FlatBuffers JavaScript runtime has no verifier: a forged offset or
 // vector length would make it read garbage or loop over billions of entries.
 // Every table, vector and string our schema can hold is checked to lie inside
-// the buffer, so decoding work is bounded by the payload size.
+// the buffer. In-bounds is not enough: FlatBuffers lets many offsets point at
+// one table or string, so a small frame could decode into hundreds of
+// megabytes (20,000 header entries, all the same 12 KB string). What decoding
+// would produce is therefore counted too, strings and tables alike, and a
+// payload that would decode into more than twice its own size (plus a little
+// room) is refused as malformed: decoding work and memory stay bounded by the
+// payload size.
 
 export class MalformedPayloadError extends Error {
   constructor(message: string) {
@@ -79,12 +85,28 @@ export const Schema = {
   },
 } satisfies Record<string, TableSpec>;
 
+/** What a decoded table costs beyond its strings: the object and its slots. */
+const DECODED_TABLE_BYTES = 32;
+/** Room for small payloads, whose fixed overheads are a larger share. */
+const DECODED_SLACK_BYTES = 64 * 1024;
+
+/** The most a payload of `length` bytes may decode into. */
+export function decodedBudget(length: number): number {
+  return 2 * length + DECODED_SLACK_BYTES;
+}
+
 /** Throws MalformedPayloadError unless `buf` is a well-formed buffer of `root`. */
 export function verifyPayload(buf: Uint8Array, root: TableSpec): void {
   const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
   const len = buf.byteLength;
   const fail = (what: string): never => {
     throw new MalformedPayloadError(`malformed ${root.name} payload: ${what}`);
+  };
+  const budget = decodedBudget(len);
+  let decoded = 0;
+  const produce = (bytes: number) => {
+    decoded += bytes;
+    if (decoded > budget) fail(`it would decode into more than ${budget} bytes (entries sharing data)`);
   };
   const need = (pos: number, size: number, what: string) => {
     if (pos < 0 || size < 0 || pos + size > len) fail(`${what} out of bounds`);
@@ -104,6 +126,7 @@ export function verifyPayload(buf: Uint8Array, root: TableSpec): void {
   };
 
   const table = (pos: number, spec: TableSpec): void => {
+    produce(DECODED_TABLE_BYTES);
     need(pos, 4, `${spec.name} table`);
     const vtable = pos - view.getInt32(pos, true);
     need(vtable, 4, `${spec.name} vtable`);
@@ -134,13 +157,14 @@ export function verifyPayload(buf: Uint8Array, root: TableSpec): void {
           if (at !== null) {
             const { start, count } = vector(at, 1, `${spec.name}.${what}`);
             need(start + count, 1, `${spec.name}.${what} terminator`);
+            produce(count);
           }
           slot += 1;
           break;
         }
         case 'bytes': {
           const at = fieldAt(slot, 4, what);
-          if (at !== null) vector(at, 1, `${spec.name}.${what}`);
+          if (at !== null) produce(vector(at, 1, `${spec.name}.${what}`).count);
           slot += 1;
           break;
         }

@@ -3,6 +3,28 @@ import { randomBytes } from 'node:crypto';
 import * as codec from '../../plugins/protocol/codec.js';
 import { FrameDecoder, encodeFrame, MAX_PAYLOAD_SIZE, RpcType, FrameTooLargeError } from '../../plugins/protocol/frame.js';
 import type { HttpReqCallRequest } from '../../plugins/protocol/messages.js';
+import * as flatbuffers from 'flatbuffers';
+import { Req as FbReqCallReq } from '../../plugins/protocol/generated/a6/httpreq-call/req.js';
+import { TextEntry as FbTextEntry } from '../../plugins/protocol/generated/a6/text-entry.js';
+import { decodedBudget } from '../../plugins/protocol/verify.js';
+
+/** An HTTPReqCall whose `count` header entries all point at one entry with a `valueBytes`-byte value. */
+function aliasedHeaders(count: number, valueBytes: number): Uint8Array {
+  const builder = new flatbuffers.Builder(1024);
+  const name = builder.createString('x-padding');
+  const value = builder.createString('v'.repeat(valueBytes));
+  FbTextEntry.startTextEntry(builder);
+  FbTextEntry.addName(builder, name);
+  FbTextEntry.addValue(builder, value);
+  const entry = FbTextEntry.endTextEntry(builder);
+  const headers = FbReqCallReq.createHeadersVector(builder, new Array(count).fill(entry));
+  const path = builder.createString('/');
+  FbReqCallReq.startReq(builder);
+  FbReqCallReq.addPath(builder, path);
+  FbReqCallReq.addHeaders(builder, headers);
+  builder.finish(FbReqCallReq.endReq(builder));
+  return builder.asUint8Array();
+}
 
 const sampleReq: HttpReqCallRequest = {
   id: (3 << 22) + 7,
@@ -88,6 +110,25 @@ describe('malformed payloads', () => {
       // A prefix can only decode if everything it references lies inside it.
       expect(decoded).toBeDefined();
     }
+  });
+
+  it('entries sharing one string cannot decode into more than the budget: refused as malformed, quickly', () => {
+    // 20,000 headers, one 12 KB value: an 80 KB frame that would decode into 240 MB.
+    const forged = aliasedHeaders(20_000, 12 * 1024);
+    expect(forged.byteLength).toBeLessThan(100 * 1024);
+    const started = performance.now();
+    expect(() => codec.decodeHttpReqCallRequest(forged)).toThrow(/would decode into more than/);
+    expect(performance.now() - started).toBeLessThan(1_000);
+    // Sharing within the budget still decodes (a few repeated entries are not an attack).
+    const small = codec.decodeHttpReqCallRequest(aliasedHeaders(3, 100));
+    expect(small.headers).toHaveLength(3);
+    expect(decodedBudget(forged.byteLength)).toBeLessThan(20_000 * 12 * 1024);
+  });
+
+  it('a legitimate frame near the size limit, all one body or many distinct headers, decodes', () => {
+    const headers = Array.from({ length: 5_000 }, (_, i) => ({ name: `x-h${i}`, value: 'v'.repeat(200) }));
+    const back = codec.decodeHttpReqCallRequest(codec.encodeHttpReqCallRequest({ ...sampleReq, headers }));
+    expect(back.headers).toHaveLength(5_000);
   });
 
   it('random and bit-flipped buffers either decode or throw MalformedPayloadError', () => {

@@ -1,6 +1,9 @@
 // Conformance of the runner to APISIX's ext-plugin protocol, driven only
 // through its socket, as APISIX would (../shared/reference/apisix-ext-plugin.md).
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import * as flatbuffers from 'flatbuffers';
+import { Req as FbReqCallReq } from '../../plugins/protocol/generated/a6/httpreq-call/req.js';
+import { TextEntry as FbTextEntry } from '../../plugins/protocol/generated/a6/text-entry.js';
 import { existsSync, statSync } from 'node:fs';
 import { connect } from 'node:net';
 import { createHash } from 'node:crypto';
@@ -347,6 +350,24 @@ describe('bad frames never crash or wedge the runner', () => {
     }
     const { frames } = await rawExchange(encodeFrame(RpcType.PrepareConf, payload));
     badRequestFrame()(frames);
+    await expectRunnerHealthy();
+  });
+
+  it('a small frame whose entries share one string (it would decode into 240 MB) is refused like any malformed frame', async () => {
+    const builder = new flatbuffers.Builder(1024);
+    const name = builder.createString('x-padding');
+    const value = builder.createString('v'.repeat(12 * 1024));
+    FbTextEntry.startTextEntry(builder);
+    FbTextEntry.addName(builder, name);
+    FbTextEntry.addValue(builder, value);
+    const entry = FbTextEntry.endTextEntry(builder);
+    const headers = FbReqCallReq.createHeadersVector(builder, new Array(20_000).fill(entry));
+    FbReqCallReq.startReq(builder);
+    FbReqCallReq.addHeaders(builder, headers);
+    builder.finish(FbReqCallReq.endReq(builder));
+    const { frames, closed } = await rawExchange(encodeFrame(RpcType.HTTPReqCall, builder.asUint8Array()));
+    badRequestFrame()(frames);
+    expect(closed).toBe(true);
     await expectRunnerHealthy();
   });
 
