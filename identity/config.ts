@@ -2,9 +2,11 @@
  * Identity configuration, read from the environment by both the CMS and the
  * gateway's `jwt` plugin so that the two verify tokens identically.
  *
- *   JWT_JWKS_FILE                path of a JWKS JSON file (re-read when a token names an unknown kid)
+ *   JWT_JWKS_FILE                path of a JWKS JSON file (re-read when it changes, and when a token names an unknown kid)
  *   JWT_JWKS_URL                 https URL of a JWKS (cached, re-fetched on an unknown kid)
  *                                exactly one of the two must be set
+ *   JWT_JWKS_ALLOW_HTTP          "true" accepts an http:// JWT_JWKS_URL (keys fetched in the clear: tests only)
+ *   JWT_MAX_TOKEN_LIFETIME_SECONDS  refuse tokens whose exp - iat is longer (iat then required); unset: no limit
  *   JWT_ISSUER                   required `iss`
  *   JWT_AUDIENCE                 required `aud`; several accepted values separated by commas
  *   JWT_ALGORITHMS               allow-list, comma separated (default RS256,ES256,EdDSA); "none" is never accepted
@@ -27,6 +29,10 @@ export interface IdentityConfig {
   algorithms: string[];
   clockToleranceSeconds: number;
   claimNames: ClaimNames;
+  /** Longest accepted exp - iat; tokens must then carry iat. */
+  maxTokenLifetimeSeconds?: number;
+  /** Accept an http:// JWKS URL (keys fetched in the clear, so anyone on the path could forge tokens). */
+  allowPlainHttpJwks?: boolean;
 }
 
 export const DEFAULT_ALGORITHMS = ['RS256', 'ES256', 'EdDSA'];
@@ -61,7 +67,25 @@ export function validateIdentityConfig(config: IdentityConfig): IdentityConfig {
   if (!Number.isFinite(config.clockToleranceSeconds) || config.clockToleranceSeconds < 0) {
     throw new IdentityConfigError('clock tolerance must be a non-negative number of seconds');
   }
+  if (config.jwks.kind === 'url' && config.jwks.url.protocol !== 'https:') {
+    if (config.jwks.url.protocol !== 'http:') throw new IdentityConfigError('the JWKS URL must be https://');
+    if (!config.allowPlainHttpJwks) {
+      throw new IdentityConfigError('the JWKS URL is plain http: keys fetched in the clear can be replaced on the way; use https, or set JWT_JWKS_ALLOW_HTTP=true for tests');
+    }
+  }
+  const lifetime = config.maxTokenLifetimeSeconds;
+  if (lifetime !== undefined && (!Number.isFinite(lifetime) || lifetime <= 0)) {
+    throw new IdentityConfigError('the maximum token lifetime must be a positive number of seconds');
+  }
   return config;
+}
+
+function parseUrl(text: string): URL {
+  try {
+    return new URL(text);
+  } catch {
+    throw new IdentityConfigError('JWT_JWKS_URL is not a URL');
+  }
 }
 
 export function identityConfigFromEnv(env: NodeJS.ProcessEnv = process.env): IdentityConfig {
@@ -73,7 +97,7 @@ export function identityConfigFromEnv(env: NodeJS.ProcessEnv = process.env): Ide
   const tolerance = env.JWT_CLOCK_TOLERANCE_SECONDS?.trim();
   const algorithms = list(env.JWT_ALGORITHMS);
   return validateIdentityConfig({
-    jwks: file ? { kind: 'file', path: file } : { kind: 'url', url: new URL(url as string) },
+    jwks: file ? { kind: 'file', path: file } : { kind: 'url', url: parseUrl(url as string) },
     issuer: required(env, 'JWT_ISSUER'),
     audience: list(required(env, 'JWT_AUDIENCE')),
     algorithms: algorithms.length > 0 ? algorithms : DEFAULT_ALGORITHMS,
@@ -83,5 +107,7 @@ export function identityConfigFromEnv(env: NodeJS.ProcessEnv = process.env): Ide
       role: env.JWT_CLAIM_ROLE?.trim() || DEFAULT_CLAIM_NAMES.role,
       project: env.JWT_CLAIM_PROJECT?.trim() || DEFAULT_CLAIM_NAMES.project,
     },
+    ...(env.JWT_MAX_TOKEN_LIFETIME_SECONDS?.trim() ? { maxTokenLifetimeSeconds: Number(env.JWT_MAX_TOKEN_LIFETIME_SECONDS.trim()) } : {}),
+    ...(env.JWT_JWKS_ALLOW_HTTP?.trim() === 'true' ? { allowPlainHttpJwks: true } : {}),
   });
 }

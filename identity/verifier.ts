@@ -1,4 +1,4 @@
-import { readFile } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import {
   createLocalJWKSet,
   createRemoteJWKSet,
@@ -31,30 +31,76 @@ export interface IdentityVerifier {
   verifyToken(token: string): Promise<Identity>;
   /** Extracts the bearer token from an Authorization header value, then verifies it. */
   verifyAuthorizationHeader(header: string | undefined): Promise<Identity>;
+  /**
+   * Changes whenever the signing keys change (a JWKS file re-read with other
+   * contents), so that whoever remembers verifications forgets them: a key
+   * removed from the file revokes its tokens at once. Cheap; it looks at the
+   * file at most once a second, in the background.
+   */
+  keysGeneration(): number;
 }
 
 /** Minimum time between two reads of a JWKS file triggered by unknown kids. */
 const FILE_RELOAD_COOLDOWN_MS = 1_000;
 
+/** How often a JWKS file is looked at for changes. */
+const FILE_CHECK_INTERVAL_MS = 1_000;
+
+interface KeyResolver {
+  getKey: JWTVerifyGetKey;
+  generation(): number;
+}
+
 /**
- * A key resolver over a JWKS file that re-reads the file when a token names
- * a kid it does not hold, so keys can be rotated without a restart.
+ * A key resolver over a JWKS file that re-reads the file when it changes
+ * (checked at most once a second) and when a token names a kid it does not
+ * hold: keys rotate without a restart, and a key removed from the file
+ * stops verifying within about a second.
  */
-function fileKeyResolver(path: string): JWTVerifyGetKey {
+function fileKeyResolver(path: string): KeyResolver {
   let keySet: JWTVerifyGetKey | undefined;
+  let loadedText: string | undefined;
+  let generation = 0;
   let lastLoadAt = 0;
+  let lastCheckAt = 0;
+  let checking: Promise<void> | null = null;
   async function load(): Promise<JWTVerifyGetKey> {
     lastLoadAt = Date.now();
     let text: string;
     try {
       text = await readFile(path, 'utf8');
-      keySet = createLocalJWKSet(JSON.parse(text));
+      const next = createLocalJWKSet(JSON.parse(text));
+      if (text !== loadedText) generation++;
+      loadedText = text;
+      keySet = next;
     } catch (cause) {
+      // Unreadable or not a JWKS: nothing verifies until it is fixed (fail closed).
+      if (keySet !== undefined) generation++;
+      keySet = undefined;
+      loadedText = undefined;
       throw new AuthenticationError('keys_unavailable', 'signing keys are unavailable', { cause });
     }
     return keySet;
   }
-  return async (header, token) => {
+  /** Re-reads the file when its contents may have changed (size, time, inode). */
+  let seen = '';
+  function check(): void {
+    if (checking || Date.now() - lastCheckAt < FILE_CHECK_INTERVAL_MS) return;
+    lastCheckAt = Date.now();
+    checking = stat(path)
+      .then((info) => `${info.ino}:${info.size}:${info.mtimeMs}`, () => 'missing')
+      .then(async (now) => {
+        if (now === seen) return;
+        seen = now;
+        await load().catch(() => undefined);
+      })
+      .finally(() => {
+        checking = null;
+      });
+  }
+  const getKey: JWTVerifyGetKey = async (header, token) => {
+    check();
+    await checking;
     const current = keySet ?? (await load());
     try {
       return await current(header, token);
@@ -65,12 +111,20 @@ function fileKeyResolver(path: string): JWTVerifyGetKey {
       throw error;
     }
   };
+  return {
+    getKey,
+    generation() {
+      check();
+      return generation;
+    },
+  };
 }
 
-function keyResolver(config: IdentityConfig): JWTVerifyGetKey {
+function keyResolver(config: IdentityConfig): KeyResolver {
   if (config.jwks.kind === 'file') return fileKeyResolver(config.jwks.path);
   // jose caches the set and re-fetches it (at most every cooldownDuration) when a kid is unknown.
-  return createRemoteJWKSet(config.jwks.url, { timeoutDuration: 5_000, cooldownDuration: 30_000 });
+  const remote = createRemoteJWKSet(config.jwks.url, { timeoutDuration: 5_000, cooldownDuration: 30_000 });
+  return { getKey: remote, generation: () => 0 };
 }
 
 function refuse(failure: AuthenticationError['failure'], reason: string, cause?: unknown): AuthenticationError {
@@ -112,7 +166,8 @@ function stringClaim(payload: JWTPayload, name: string): string | null {
 
 export function createIdentityVerifier(config: IdentityConfig): IdentityVerifier {
   validateIdentityConfig(config);
-  const getKey = keyResolver(config);
+  const keys = keyResolver(config);
+  const getKey = keys.getKey;
   const allowed = new Set(config.algorithms);
 
   async function verifyToken(token: string): Promise<Identity> {
@@ -136,10 +191,15 @@ export function createIdentityVerifier(config: IdentityConfig): IdentityVerifier
         audience: config.audience,
         algorithms: config.algorithms,
         clockTolerance: config.clockToleranceSeconds,
-        requiredClaims: ['exp'], // a token that never expires is refused
+        // A token that never expires is refused; with a lifetime limit, so is one that does not say when it was issued.
+        requiredClaims: config.maxTokenLifetimeSeconds === undefined ? ['exp'] : ['exp', 'iat'],
       }));
     } catch (error) {
       throw translateJoseError(error);
+    }
+    const lifetime = config.maxTokenLifetimeSeconds;
+    if (lifetime !== undefined && typeof payload.exp === 'number' && typeof payload.iat === 'number' && payload.exp - payload.iat > lifetime) {
+      throw refuse('invalid_claims', `token lifetime (exp - iat) exceeds ${lifetime} seconds`);
     }
     const sub = stringClaim(payload, config.claimNames.sub);
     if (sub === null) throw refuse('missing_subject', 'token has no subject');
@@ -158,6 +218,7 @@ export function createIdentityVerifier(config: IdentityConfig): IdentityVerifier
     async verifyAuthorizationHeader(header) {
       return verifyToken(bearerToken(header));
     },
+    keysGeneration: () => keys.generation(),
   };
 }
 

@@ -1,7 +1,8 @@
 // Remembers successful verifications by token, briefly: a client sends the
 // same token on every request, and an ES256 signature check costs far more
 // than the rest of the chain. An entry never outlives the token's `exp`,
-// nor `maxAgeMs`, so a key removed from the JWKS stops working within that.
+// nor `maxAgeMs`, nor a change of the signing keys: a key removed from the
+// JWKS file stops working at once (within the verifier's look at the file).
 // Failures are never cached.
 import { LRUCache } from 'lru-cache';
 import type { Identity, IdentityVerifier } from '../../identity/index.js';
@@ -16,15 +17,16 @@ export interface VerificationCacheOptions {
 export function cachingVerifier(inner: IdentityVerifier, options: VerificationCacheOptions = {}): IdentityVerifier {
   const now = options.now ?? Date.now;
   const maxAgeMs = options.maxAgeMs ?? 30_000;
-  const cache = new LRUCache<string, { identity: Identity; until: number }>({ max: options.maxEntries ?? 10_000 });
+  const cache = new LRUCache<string, { identity: Identity; until: number; keys: number }>({ max: options.maxEntries ?? 10_000 });
 
   async function verifyToken(token: string): Promise<Identity> {
+    const keys = inner.keysGeneration();
     const hit = cache.get(token);
-    if (hit && hit.until > now()) return hit.identity;
+    if (hit && hit.until > now() && hit.keys === keys) return hit.identity;
     const identity = await inner.verifyToken(token);
     const exp = typeof identity.claims.exp === 'number' ? identity.claims.exp * 1000 : Number.POSITIVE_INFINITY;
     const until = Math.min(now() + maxAgeMs, exp);
-    if (until > now()) cache.set(token, { identity, until });
+    if (until > now()) cache.set(token, { identity, until, keys: inner.keysGeneration() });
     return identity;
   }
 
@@ -33,5 +35,6 @@ export function cachingVerifier(inner: IdentityVerifier, options: VerificationCa
     async verifyAuthorizationHeader(header) {
       return verifyToken(bearerToken(header));
     },
+    keysGeneration: () => inner.keysGeneration(),
   };
 }

@@ -103,6 +103,15 @@ describe('identity verification', () => {
     expect((await rotating.verifyToken(await sign('k2', second.privateKey))).sub).toBe('k2');
   });
 
+  it('refuses a token that lives longer than the maximum lifetime, or does not say when it was issued', async () => {
+    const limited = createIdentityVerifier({ ...config, maxTokenLifetimeSeconds: 600 });
+    expect((await limited.verifyToken(await keys.token({ sub: 'short' }, { expiresIn: '5m' }))).sub).toBe('short');
+    expect(await failureOf(limited.verifyToken(await keys.token({ sub: 'long' }, { expiresIn: '2h' })))).toBe('invalid_claims');
+    const { privateKey } = await generateKeyPair('ES256', { extractable: true });
+    const noIat = await new SignJWT({ sub: 'x' }).setProtectedHeader({ alg: 'ES256', kid: keys.kid }).setIssuer(keys.issuer).setAudience(keys.audience).setExpirationTime('5m').sign(privateKey);
+    expect(await failureOf(limited.verifyToken(noIat))).not.toBe(null);
+  });
+
   it('reads configurable claim names', async () => {
     const custom = createIdentityVerifier({ ...config, claimNames: { sub: 'uid', role: 'gh_role', project: 'team' } });
     const identity = await custom.verifyToken(await keys.token({ uid: 'u-1', gh_role: 'platform_admin', team: 'team-z' }));
@@ -131,5 +140,15 @@ describe('identity configuration from the environment', () => {
     expect(() => identityConfigFromEnv({ ...base, JWT_ISSUER: '' })).toThrow(IdentityConfigError);
     expect(() => identityConfigFromEnv({ ...base, JWT_ALGORITHMS: 'ES256,none' })).toThrow(IdentityConfigError);
     expect(() => identityConfigFromEnv({ ...base, JWT_CLOCK_TOLERANCE_SECONDS: '-1' })).toThrow(IdentityConfigError);
+    expect(() => identityConfigFromEnv({ ...base, JWT_MAX_TOKEN_LIFETIME_SECONDS: '0' })).toThrow(IdentityConfigError);
+  });
+
+  it('refuses a plain-http JWKS URL unless explicitly allowed', () => {
+    const url = { JWT_JWKS_URL: 'http://idp.internal/jwks', JWT_ISSUER: 'https://i', JWT_AUDIENCE: 'a' };
+    expect(() => identityConfigFromEnv(url)).toThrow(/plain http/);
+    expect(() => identityConfigFromEnv({ ...url, JWT_JWKS_URL: 'ftp://idp/jwks' })).toThrow(IdentityConfigError);
+    expect(identityConfigFromEnv({ ...url, JWT_JWKS_ALLOW_HTTP: 'true' }).jwks).toEqual({ kind: 'url', url: new URL('http://idp.internal/jwks') });
+    expect(identityConfigFromEnv({ ...url, JWT_JWKS_URL: 'https://idp/jwks' }).jwks.kind).toBe('url');
+    expect(identityConfigFromEnv({ ...base, JWT_MAX_TOKEN_LIFETIME_SECONDS: '900' }).maxTokenLifetimeSeconds).toBe(900);
   });
 });

@@ -2,6 +2,9 @@
 // entry never outlives the token's exp or the maximum age, and failures are
 // never remembered.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { writeFile } from 'node:fs/promises';
+import type { webcrypto } from 'node:crypto';
+import { exportJWK, generateKeyPair, SignJWT } from 'jose';
 import { createTestKeys, type TestKeys } from '../support/jwt.js';
 import { createIdentityVerifier, type IdentityVerifier } from '../../identity/index.js';
 import { cachingVerifier } from '../../plugins/jwt/verification-cache.js';
@@ -12,6 +15,7 @@ let calls = 0;
 const counting: IdentityVerifier = {
   verifyToken: (token) => (calls++, real.verifyToken(token)),
   verifyAuthorizationHeader: (header) => (calls++, real.verifyAuthorizationHeader(header)),
+  keysGeneration: () => real.keysGeneration(),
 };
 
 beforeAll(async () => {
@@ -59,5 +63,38 @@ describe('verification cache', () => {
     await expect(verifier.verifyToken(forged)).rejects.toMatchObject({ failure: 'bad_signature' });
     await expect(verifier.verifyToken(forged)).rejects.toMatchObject({ failure: 'bad_signature' });
     expect(calls).toBe(2);
+  });
+
+  it('a key removed from the JWKS file revokes its tokens within about a second, cached or not', async () => {
+    const file = `${keys.jwksFile}.revocable`;
+    const kept = await generateKeyPair('ES256', { extractable: true });
+    const revoked = await generateKeyPair('ES256', { extractable: true });
+    const jwk = async (key: webcrypto.CryptoKey, kid: string) => ({ ...(await exportJWK(key)), kid, alg: 'ES256' });
+    await writeFile(file, JSON.stringify({ keys: [await jwk(kept.publicKey, 'kept'), await jwk(revoked.publicKey, 'revoked')] }));
+    const verifier = cachingVerifier(
+      createIdentityVerifier({
+        jwks: { kind: 'file', path: file },
+        issuer: keys.issuer,
+        audience: [keys.audience],
+        algorithms: ['ES256'],
+        clockToleranceSeconds: 0,
+        claimNames: { sub: 'sub', role: 'role', project: 'project' },
+      }),
+      { maxAgeMs: 60_000 },
+    );
+    const sign = (kid: string, key: webcrypto.CryptoKey) =>
+      new SignJWT({ sub: kid }).setProtectedHeader({ alg: 'ES256', kid }).setIssuer(keys.issuer).setAudience(keys.audience).setExpirationTime('1h').sign(key);
+    const revokedToken = await sign('revoked', revoked.privateKey);
+    const keptToken = await sign('kept', kept.privateKey);
+    expect((await verifier.verifyToken(revokedToken)).sub).toBe('revoked'); // now cached for a minute
+    await writeFile(file, JSON.stringify({ keys: [await jwk(kept.publicKey, 'kept')] }));
+    const deadline = Date.now() + 3_000;
+    let refused = false;
+    while (!refused && Date.now() < deadline) {
+      refused = await verifier.verifyToken(revokedToken).then(() => false, () => true);
+      if (!refused) await new Promise((r) => setTimeout(r, 50));
+    }
+    expect(refused).toBe(true);
+    expect((await verifier.verifyToken(keptToken)).sub).toBe('kept');
   });
 });
