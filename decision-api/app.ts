@@ -138,7 +138,9 @@ export async function buildDecisionApp(options: DecisionApiOptions): Promise<Fas
     // token is then verified from there, with the same rules.
     const forwarded = request.headers.authorization === undefined ? forwardedAuthorization(input) : undefined;
     const identity = await options.verifier.verifyAuthorizationHeader(request.headers.authorization ?? forwarded);
-    if (forwarded !== undefined) input = withIdentity(input as Record<string, unknown>, identity);
+    // Whichever token it came from, `user` and `project` are the verified
+    // identity's, never what the caller wrote into the input.
+    if (input !== null && typeof input === 'object' && !Array.isArray(input)) input = withIdentity(input as Record<string, unknown>, identity);
 
     const path = String((request.params as { '*': string })['*'] ?? '')
       .split('/')

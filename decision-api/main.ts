@@ -23,7 +23,8 @@ const log = createLogger('gatehouse-decision');
 async function main() {
   const endpoints = (process.env.ETCD_ENDPOINTS ?? 'http://127.0.0.1:2379').split(',').map((s) => s.trim()).filter(Boolean);
   const port = Number(process.env.DECISION_PORT ?? 8181);
-  const host = process.env.DECISION_HOST ?? '0.0.0.0';
+  // Loopback unless told otherwise, like the CMS: only APISIX (on the same node) should reach it.
+  const host = process.env.DECISION_HOST?.trim() || '127.0.0.1';
   const stateDir = process.env.DECISION_STATE_DIR || join(tmpdir(), 'gatehouse-decision-state');
 
   const registry = new Registry();

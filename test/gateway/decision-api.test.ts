@@ -50,18 +50,20 @@ afterAll(async () => {
 
 describe('decision API', () => {
   it('answers like OPA: {"result": ...} at any depth, no result when undefined', async () => {
-    const token = await keys.token({ sub: 'rag', role: 'project_user', project: 'team-a' });
-    const ask = (url: string, input: unknown) =>
+    // `user` in the input is always the verified identity: the token's role decides.
+    const admin = await keys.token({ sub: 'rag', role: 'admin', project: 'team-a' });
+    const viewer = await keys.token({ sub: 'rag', role: 'viewer', project: 'team-a' });
+    const ask = (url: string, input: unknown, token = admin) =>
       app.inject({ method: 'POST', url, headers: { authorization: `Bearer ${token}` }, payload: { input } });
 
-    let res = await ask('/v1/data/team-a/project/authz/allow', { user: { role: 'admin' } });
+    let res = await ask('/v1/data/team-a/project/authz/allow', {});
     expect(res.statusCode).toBe(200);
     expect(res.json()).toEqual({ result: true });
-    res = await ask('/v1/data/team-a/project/authz/allow', { user: { role: 'viewer' } });
+    res = await ask('/v1/data/team-a/project/authz/allow', {}, viewer);
     expect(res.json()).toEqual({ result: false });
-    res = await ask('/v1/data/team-a/project/authz', { user: { role: 'admin' } });
+    res = await ask('/v1/data/team-a/project/authz', {});
     expect(res.json()).toEqual({ result: { allow: true } });
-    res = await ask('/v1/data/team-a/project', { user: { role: 'admin' } });
+    res = await ask('/v1/data/team-a/project', {});
     expect(res.json()).toEqual({ result: { authz: { allow: true } } });
     res = await ask('/v1/data/team-a/project/authz/no_such_rule', {});
     expect(res.json()).toEqual({});
@@ -122,6 +124,25 @@ describe('decision API', () => {
     const carl = await keys.token({ sub: 'carl', role: 'dev', project: 'team-c' });
     res = await app.inject({ method: 'POST', url: '/v1/data/team-c/echo', payload: apisixInput(carl) });
     expect(res.json()).toEqual({ result: { headers: { accept: '*/*' }, user_sub: 'carl' } });
+  });
+
+  it("a caller's own token: the user it writes into the input is replaced by the verified identity", async () => {
+    const viewer = await keys.token({ sub: 'vic', role: 'viewer', project: 'team-a' });
+    let res = await app.inject({
+      method: 'POST',
+      url: '/v1/data/team-a/project/authz/allow',
+      headers: { authorization: `Bearer ${viewer}` },
+      payload: { input: { user: { role: 'admin', sub: 'root' }, project: 'team-b' } },
+    });
+    expect(res.json()).toEqual({ result: false });
+    const carl = await keys.token({ sub: 'carl', role: 'dev', project: 'team-c' });
+    res = await app.inject({
+      method: 'POST',
+      url: '/v1/data/team-c/echo/user_sub',
+      headers: { authorization: `Bearer ${carl}` },
+      payload: { input: { user: { sub: 'mallory' } } },
+    });
+    expect(res.json()).toEqual({ result: 'carl' });
   });
 
   it('documentAt walks into and nests above the package document', () => {
