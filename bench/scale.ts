@@ -16,7 +16,7 @@
 //
 // Env: BENCH_SCALE_PROJECTS ("1000,10000"), BENCH_SCALE_MODULES (300),
 // BENCH_SECONDS (3), BENCH_RUNNERS (2), BENCH_PROPAGATION_WRITES (20),
-// BENCH_COLD_SAMPLE (200), BENCH_CONNECTIONS (8).
+// BENCH_COLD_SAMPLE (200), BENCH_CONNECTIONS (8), BENCH_ROUNDS (4), BENCH_BASELINE_RUNNER.
 import { readFileSync, readdirSync, statSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -47,7 +47,7 @@ const runnerCount = Number(process.env.BENCH_RUNNERS ?? 2);
 const propagationWrites = Number(process.env.BENCH_PROPAGATION_WRITES ?? 20);
 const coldSample = Number(process.env.BENCH_COLD_SAMPLE ?? 200);
 const connections = Number(process.env.BENCH_CONNECTIONS ?? 8);
-const rounds = Number(process.env.BENCH_ROUNDS ?? 3);
+const rounds = Number(process.env.BENCH_ROUNDS ?? 4);
 const HOT_SET = 64;
 
 const here = fileURLToPath(new URL('.', import.meta.url));
@@ -213,7 +213,8 @@ async function main() {
     const single = new Map<string, Stats[]>();
     const rotating = new Map<string, Stats[]>();
     for (let round = 0; round < rounds; round++) {
-      for (const g of gateways) {
+      // Each round starts with the next scale, so no scale always goes first.
+      for (const g of [...gateways.slice(round % gateways.length), ...gateways.slice(0, round % gateways.length)]) {
         const hot = { ...g.hotRequests[0]!, confToken: g.chain };
         single.set(g.label, [...(single.get(g.label) ?? []), await driveRunner({ name: `${g.projects}`, socketPath: g.socket(0), request: hot, connections, seconds, check: allowed })]);
         if (g.projects >= HOT_SET) {
