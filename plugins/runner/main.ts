@@ -104,6 +104,7 @@ async function main(): Promise<void> {
           ttlMs: vault.config?.secretTtlMs ?? 60_000,
           maxStalenessMs: vault.config?.maxStalenessMs ?? 300_000,
           events: metrics.vault,
+          allowedPaths: vault.config?.allowedPaths ?? [],
           ...(vault.error ? { configError: vault.error } : {}),
         },
       }),

@@ -9,6 +9,13 @@
 //   VAULT_TIMEOUT_MS            per request (default 2000)
 //   VAULT_SECRET_TTL_SECONDS    how long a secret is used before it is read again (default 60)
 //   VAULT_MAX_STALENESS_SECONDS how long past that a cached secret is served while Vault is away (default 300)
+//   VAULT_ALLOWED_PATHS         what vault confs may name: comma-separated <mount>:<path> templates
+//                               (default secret:llm/{project}); a conf naming anything else is refused
+//   VAULT_ALLOW_SHARED_PATHS    "true" lets an allowed template lack {project} (one secret for every project)
+//
+// Anyone who can reach the runner's socket can prepare a chain; the allow-list
+// keeps such a chain to the secrets the routes are meant to read, and
+// {project} ties each read to the verified token's project.
 import { readFileSync } from 'node:fs';
 
 export interface VaultConfig {
@@ -19,6 +26,39 @@ export interface VaultConfig {
   timeoutMs: number;
   secretTtlMs: number;
   maxStalenessMs: number;
+  /** The (mount, path template) pairs vault confs may name. */
+  allowedPaths: VaultPathTemplate[];
+}
+
+export interface VaultPathTemplate {
+  mount: string;
+  /** Path as written in confs, {project} included. */
+  path: string;
+}
+
+export const DEFAULT_VAULT_ALLOWED_PATHS = 'secret:llm/{project}';
+
+const MOUNT = /^[A-Za-z0-9_-]+(\/[A-Za-z0-9_-]+)*$/;
+const PATH = /^([A-Za-z0-9_-]+|\{project\})(\/([A-Za-z0-9_-]+|\{project\}))*$/;
+
+/** Parses VAULT_ALLOWED_PATHS; a template without {project} needs `allowShared`. */
+export function parseAllowedPaths(raw: string, allowShared: boolean): VaultPathTemplate[] {
+  const templates = raw
+    .split(',')
+    .map((entry) => entry.trim())
+    .filter(Boolean)
+    .map((entry) => {
+      const colon = entry.indexOf(':');
+      const mount = entry.slice(0, colon);
+      const path = entry.slice(colon + 1);
+      if (colon < 1 || !MOUNT.test(mount) || !PATH.test(path)) throw new Error(`VAULT_ALLOWED_PATHS: "${entry}" is not <mount>:<path>`);
+      if (!path.includes('{project}') && !allowShared) {
+        throw new Error(`VAULT_ALLOWED_PATHS: "${entry}" has no {project}, so every project would read the same secret; set VAULT_ALLOW_SHARED_PATHS=true if that is meant`);
+      }
+      return { mount, path };
+    });
+  if (templates.length === 0) throw new Error('VAULT_ALLOWED_PATHS lists nothing');
+  return templates;
 }
 
 function seconds(name: string, raw: string | undefined, fallback: number): number {
@@ -48,5 +88,6 @@ export function vaultConfigFromEnv(env: NodeJS.ProcessEnv = process.env): VaultC
     timeoutMs: Number(env.VAULT_TIMEOUT_MS ?? 2000),
     secretTtlMs: seconds('VAULT_SECRET_TTL_SECONDS', env.VAULT_SECRET_TTL_SECONDS, 60),
     maxStalenessMs: seconds('VAULT_MAX_STALENESS_SECONDS', env.VAULT_MAX_STALENESS_SECONDS, 300),
+    allowedPaths: parseAllowedPaths(env.VAULT_ALLOWED_PATHS ?? DEFAULT_VAULT_ALLOWED_PATHS, env.VAULT_ALLOW_SHARED_PATHS?.trim() === 'true'),
   };
 }

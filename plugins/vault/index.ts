@@ -14,6 +14,7 @@ import { callerIdentity } from '../jwt/identity-context.js';
 import { isValidPolicyName } from '../../policy/store/names.js';
 import { SecretCache, SecretUnavailableError } from './secret-cache.js';
 import type { VaultSession } from './session.js';
+import type { VaultPathTemplate } from './config.js';
 
 export interface VaultConf {
   mount: string;
@@ -52,6 +53,8 @@ export interface VaultPluginDeps {
   maxStalenessMs: number;
   events?: VaultEvents;
   configError?: string;
+  /** What confs may name (VAULT_ALLOWED_PATHS); everything else is refused at PrepareConf. */
+  allowedPaths: VaultPathTemplate[];
 }
 
 export function createVaultPlugin(deps: VaultPluginDeps): Plugin<VaultConf> & { cache: SecretCache<Record<string, unknown>> | null } {
@@ -75,6 +78,9 @@ export function createVaultPlugin(deps: VaultPluginDeps): Plugin<VaultConf> & { 
     parseConf(raw) {
       if (!session) throw new ConfError(`vault: Vault is not configured (${deps.configError ?? 'VAULT_ADDR unset'})`);
       const conf = parse(raw);
+      if (!deps.allowedPaths.some((allowed) => allowed.mount === conf.mount && allowed.path === conf.path)) {
+        throw new ConfError(`vault: ${conf.mount}:${conf.path} is not in VAULT_ALLOWED_PATHS`);
+      }
       conf.header = conf.header.toLowerCase();
       conf.strip_headers = conf.strip_headers.map((h) => h.toLowerCase());
       return conf;

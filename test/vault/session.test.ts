@@ -25,6 +25,7 @@ function session(roleId: string, secretId: string): VaultSession {
     timeoutMs: 2000,
     secretTtlMs: 60_000,
     maxStalenessMs: 300_000,
+    allowedPaths: [],
   };
   return new VaultSession(config, pino({ level: 'silent' }));
 }
