@@ -257,3 +257,47 @@ describe('etcd: the three member configs form one cluster', () => {
     expect(await client('witness').get('/policies/probe').string()).toBe('v2');
   });
 });
+
+describe('what nginx lets through to the runner', () => {
+  // The files whose settings the runner reads from its environment.
+  const runnerSources = [
+    'plugins/runner/config.ts',
+    'plugins/runner/main.ts',
+    'identity/config.ts',
+    'plugins/vault/config.ts',
+    'etcd/client.ts',
+    'policy/engine/cache.ts',
+  ];
+  // Set by APISIX itself when it starts the runner, not passed from its own environment.
+  const setByApisix = new Set(['APISIX_LISTEN_ADDRESS', 'APISIX_CONF_EXPIRE_TIME']);
+
+  it('every variable the runner reads is listed in nginx_config.envs of both configs', () => {
+    const used = new Set<string>();
+    for (const file of runnerSources) {
+      for (const match of read(file).matchAll(/\b(?:env|process\.env)\.([A-Z][A-Z0-9_]+)\b|['"`]((?:ETCD|JWT|VAULT|RUNNER|OPA|LOG)_[A-Z0-9_]+)['"`]/g)) {
+        used.add((match[1] ?? match[2])!);
+      }
+    }
+    for (const name of setByApisix) used.delete(name);
+    expect(used.size).toBeGreaterThan(20);
+    for (const config of ['apisix-conf/config.yaml', 'apisix-conf/config-traditional.yaml']) {
+      const envs = parseGatewayConfig(read(config)).envs;
+      expect([...used].filter((name) => !envs.includes(name)), config).toEqual([]);
+    }
+  });
+});
+
+describe("the runner socket's directory", () => {
+  it('is locked to root and the workers\' group, which is the group the workers run as', () => {
+    const lines = read('deploy/app-node/gatehouse.tmpfiles.conf').split('\n').filter((line) => line.trim() && !line.startsWith('#'));
+    const lock = lines.map((line) => line.trim().split(/\s+/)).find((fields) => fields[1] === '/usr/local/apisix/conf');
+    expect(lock, 'a tmpfiles line for /usr/local/apisix/conf').toBeDefined();
+    const [type, , mode, owner, group] = lock!;
+    expect(['d', 'z', 'Z']).toContain(type);
+    expect(mode).toBe('0750');
+    expect(owner).toBe('root');
+    const user = (parse(read('apisix-conf/config-traditional.yaml')) as { nginx_config?: { user?: string } }).nginx_config?.user ?? '';
+    const [, workerGroup] = user.split(/\s+/);
+    expect(workerGroup, 'nginx_config.user names the workers\' group').toBe(group);
+  });
+});
