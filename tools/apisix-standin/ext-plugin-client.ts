@@ -82,8 +82,6 @@ export interface ExtPluginClientOptions {
 /** What the stand-in tells the phase code after a call. */
 export type CallOutcome<T> = { kind: 'answered'; value: T } | { kind: 'failed' } | { kind: 'degraded' };
 
-/** Only the first 100 request headers reach the runner (ngx.req.get_headers's default). */
-export const MAX_HEADERS_SENT = 100;
 
 interface IdleEntry {
   conn: FrameConnection;
@@ -238,10 +236,14 @@ export function binaryAddress(address: string): Uint8Array {
   return bytes;
 }
 
-/** The HTTPReqCall header list: the first 100 header lines, grouped by name; `host` is the upstream host. */
+/**
+ * The HTTPReqCall header list: every header line, grouped by name; `host` is
+ * the upstream host. APISIX 3.9 reads them with `ngx.req.get_headers(0)`
+ * (apisix/core/request.lua): no limit, unlike the function's default of 100.
+ */
 export function headersForRunner(lines: readonly HeaderLine[], upstreamHost: string): TextEntry[] {
   const grouped = new Map<string, string[]>();
-  for (const line of lines.slice(0, MAX_HEADERS_SENT)) {
+  for (const line of lines) {
     const list = grouped.get(line.name);
     if (list) list.push(line.value);
     else grouped.set(line.name, [line.value]);

@@ -6,7 +6,6 @@ import type { Dispatcher } from 'undici';
 import type { HeaderLine, RequestState } from './request-state.js';
 import type { Upstream, UpstreamNode } from './routes.js';
 import { uriSafeEncode } from './uri.js';
-import { MAX_HEADERS_SENT } from './ext-plugin-client.js';
 
 /** Hop-by-hop request headers nginx does not pass on (plus those it recomputes). */
 const HOP_BY_HOP = new Set([
@@ -80,7 +79,7 @@ export class UpstreamProxy {
   /**
    * `viaLuaClient`: ext-plugin-post-resp fetches the upstream with
    * lua-resty-http instead of nginx's proxy: it sends the request headers as
-   * `core.request.headers()` gives them (the first 100, Host as the request
+   * `core.request.headers()` gives them (all of them, Host as the request
    * has it), with none of nginx's X-Forwarded-* or pass_host handling.
    */
   async forward(upstream: Upstream, state: RequestState, bodyLimitBytes: number, viaLuaClient = false): Promise<UpstreamResult> {
@@ -90,8 +89,7 @@ export class UpstreamProxy {
     const target = UpstreamProxy.upstreamTarget(state);
 
     const headers: [string, string][] = [];
-    const lines = viaLuaClient ? state.headers.slice(0, MAX_HEADERS_SENT) : state.headers;
-    for (const line of lines) {
+    for (const line of state.headers) {
       if (HOP_BY_HOP.has(line.name)) continue;
       if (!viaLuaClient && (line.name === 'host' || line.name.startsWith('x-forwarded-') || line.name === 'x-real-ip')) continue;
       headers.push([line.name, line.value]);

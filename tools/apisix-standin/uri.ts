@@ -70,16 +70,17 @@ export function percentDecode(text: string, plusIsSpace: boolean): string | null
   return Buffer.from(bytes).toString('utf8');
 }
 
-/** The default number of arguments `ngx.req.get_uri_args()` returns. */
-export const MAX_URI_ARGS = 100;
-
-/** `ngx.req.get_uri_args()`: repeated names become several values, `?flag` becomes `true`. */
-export function parseQuery(query: string, maxArgs = MAX_URI_ARGS): ArgTable {
+/**
+ * `ngx.req.get_uri_args(max)`: repeated names become several values, `?flag`
+ * becomes `true`. APISIX 3.9 asks for them with max 0, no limit
+ * (apisix/core/request.lua get_uri_args); `maxArgs` 0 means that.
+ */
+export function parseQuery(query: string, maxArgs = 0): ArgTable {
   const args: ArgTable = new Map();
   let count = 0;
   for (const part of query.split('&')) {
     if (part === '') continue;
-    if (count >= maxArgs) break;
+    if (maxArgs > 0 && count >= maxArgs) break;
     count++;
     const eq = part.indexOf('=');
     const name = percentDecode(eq === -1 ? part : part.slice(0, eq), true) ?? '';
