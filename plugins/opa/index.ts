@@ -32,6 +32,7 @@ export interface OpaConf {
   withBody: boolean;
   withVars: boolean;
   maxBodyBytes: number;
+  allowTruncated: boolean;
 }
 
 interface RawOpaConf {
@@ -39,6 +40,7 @@ interface RawOpaConf {
   with_body: boolean;
   with_vars: boolean;
   max_body_bytes: number;
+  allow_truncated: boolean;
 }
 
 const schema = {
@@ -54,6 +56,8 @@ const schema = {
     with_body: { type: 'boolean', default: false },
     with_vars: { type: 'boolean', default: false },
     max_body_bytes: { type: 'integer', minimum: 0, maximum: 16_777_215, default: 1_048_576 },
+    // A request part of which the policy cannot see (a body over max_body_bytes) is denied unless this is set.
+    allow_truncated: { type: 'boolean', default: false },
   },
 };
 
@@ -112,7 +116,7 @@ export function createOpaPlugin(source: PolicySource, recorder: DecisionRecorder
       if (policies.some((p) => p.kind === 'cms-access') && !source.cmsAccess) {
         throw new ConfError('opa: the CMS access policy is not available (build it with npm run build)');
       }
-      return { policies, withBody: conf.with_body, withVars: conf.with_vars, maxBodyBytes: conf.max_body_bytes };
+      return { policies, withBody: conf.with_body, withVars: conf.with_vars, maxBodyBytes: conf.max_body_bytes, allowTruncated: conf.allow_truncated };
     },
 
     async requestFilter(conf, request, response, ctx) {
@@ -122,6 +126,11 @@ export function createOpaPlugin(source: PolicySource, recorder: DecisionRecorder
         { user: userOf(identity), project: identity?.project ?? null },
         { withBody: conf.withBody, withVars: conf.withVars, maxBodyBytes: conf.maxBodyBytes },
       );
+      if (input.truncated && !conf.allowTruncated) {
+        // The upstream would get what the policy never saw.
+        response.problem(413, `the request body is larger than the ${conf.maxBodyBytes} bytes this route's policies may read`);
+        return;
+      }
       // One set for the whole decision: every policy comes from the same etcd transaction.
       const set = source.current();
       for (const choice of conf.policies) {

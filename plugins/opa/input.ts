@@ -9,7 +9,14 @@
 //     "user":    { "sub", "role", "project", ...other verified claims } | null,
 //     "project": "<the caller's project>" | null,
 //     "body":    <parsed JSON, or text>          (only when the route asks for it)
+//     "truncated": {"body": true}                 (only when something was withheld, see below)
 //   }
+//
+// A body larger than the route's `max_body_bytes` is not shown (`body` is
+// null and `truncated.body` is true); the size is checked from
+// Content-Length before the body is fetched. The `opa` plugin denies such
+// requests unless the route sets `allow_truncated`, because the upstream
+// receives the whole body while the policy would judge none of it.
 //
 // `headers` and `query` map a name to a string, or to an array when repeated;
 // a bare query flag (`?debug`) is `true`, as in APISIX. The Authorization
@@ -44,6 +51,8 @@ export interface PolicyInput {
   user: VerifiedUser | null;
   project: string | null;
   body?: unknown;
+  /** Present when part of the request was withheld from the policy. */
+  truncated?: { body?: true };
 }
 
 /** Headers that never reach a policy. */
@@ -59,7 +68,7 @@ export interface InputOptions {
   withVars: boolean;
   /** Fetch the request body (ExtraInfo) and parse it when it is JSON. */
   withBody: boolean;
-  /** Bodies larger than this are not parsed; `body` is then null. */
+  /** Bodies larger than this are not shown: `body` is then null and `truncated.body` true. */
   maxBodyBytes: number;
 }
 
@@ -85,8 +94,7 @@ function queryMap(entries: readonly { name: string; value: string | null }[]): P
   return out;
 }
 
-function parseBody(bytes: Uint8Array, contentType: string | null, maxBytes: number): unknown {
-  if (bytes.length > maxBytes) return null;
+function parseBody(bytes: Uint8Array, contentType: string | null): unknown {
   const text = Buffer.from(bytes).toString('utf8');
   if (contentType && /^application\/([\w.+-]*\+)?json\b/i.test(contentType.trim())) {
     try {
@@ -134,7 +142,15 @@ export async function buildPolicyInput(
     project: identity.project,
   };
   if (options.withBody) {
-    input.body = parseBody(await request.body(), request.headers.get('content-type'), options.maxBodyBytes);
+    // Too large by its own account: not even fetched.
+    const declared = Number(request.headers.get('content-length') ?? Number.NaN);
+    const bytes = Number.isFinite(declared) && declared > options.maxBodyBytes ? null : await request.body();
+    if (bytes === null || bytes.length > options.maxBodyBytes) {
+      input.body = null;
+      input.truncated = { body: true };
+    } else {
+      input.body = parseBody(bytes, request.headers.get('content-type'));
+    }
   }
   return input;
 }

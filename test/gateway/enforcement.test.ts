@@ -59,6 +59,14 @@ allow if {
 }
 `;
 
+// Allows a request whose body was withheld (the route must say allow_truncated), or a small one with ok: true.
+const TRUNCATION_AWARE = `package sizes
+import rego.v1
+default allow := false
+allow if input.truncated.body
+allow if input.body.ok == true
+`;
+
 let etcd: TestEtcd;
 let admin: Etcd3;
 let writer: PolicyWriter;
@@ -121,6 +129,7 @@ beforeAll(async () => {
   await writer.put('llm', BODY_AWARE, { models: ['gpt-4o-mini', 'llama-3'], max_tokens: 1024 });
   await writer.put('quota', OBJECT_DECISION, { limit: 10 });
   await writer.put('strict', NO_CREDENTIALS_IN_INPUT, {});
+  await writer.put('sizes', TRUNCATION_AWARE, {});
 });
 
 afterAll(async () => {
@@ -228,6 +237,25 @@ describe('jwt + opa in the runner', () => {
     const blind = await decide(runner, conf(['jwt', {}], ['opa', { policies: ['caller-project'] }]), { method: 'POST', headers }, ok);
     expect(statusOf(blind)).toBe(403);
     expect(blind.extraInfo).toEqual([]);
+  });
+
+  it('a body over max_body_bytes is denied (413) unless the route allows it, and is not fetched when Content-Length says so', async () => {
+    const user = await keys.token({ sub: 'rag', role: 'service', project: 'sizes' });
+    const chain = (extra: object) => conf(['jwt', {}], ['opa', { policies: ['caller-project'], with_body: true, max_body_bytes: 64, ...extra }]);
+    const json = { name: 'content-type', value: 'application/json' };
+    const small = JSON.stringify({ ok: true });
+    const big = JSON.stringify({ ok: true, padding: 'x'.repeat(200) });
+    const declared = (body: string) => [bearer(user), json, { name: 'content-length', value: String(Buffer.byteLength(body)) }];
+
+    await until(async () => statusOf(await decide(runner, chain({}), { method: 'POST', headers: declared(small) }, small)) === 'pass', 'a small body to pass');
+    const refused = await decide(runner, chain({}), { method: 'POST', headers: declared(big) }, big);
+    expect(statusOf(refused)).toBe(413);
+    expect(refused.extraInfo).toEqual([]); // Content-Length was enough: the body was never fetched
+    // Without Content-Length (chunked) the body is fetched, found too large, and refused all the same.
+    expect(statusOf(await decide(runner, chain({}), { method: 'POST', headers: [bearer(user), json] }, big))).toBe(413);
+    // A route that allows it lets the policy decide, knowing the body was withheld.
+    const allowed = await decide(runner, chain({ allow_truncated: true }), { method: 'POST', headers: declared(big) }, big);
+    expect(statusOf(allowed)).toBe('pass');
   });
 
   it('object decisions set status, reason and headers as APISIX reads them', async () => {
