@@ -219,7 +219,7 @@ export async function buildCmsApp(options: CmsAppOptions): Promise<FastifyInstan
     for (const method of [route.method].flat()) app.cmsRoutes.push({ method, url: route.url });
   });
   app.addHook('onClose', async () => {
-    await etcd.close();
+    etcd.close();
   });
 
   // The body is kept as text: parsePolicyBody needs the exact digits.

@@ -132,7 +132,7 @@ export async function seedDemoPolicies(options: SeedOptions): Promise<string[]> 
       }
     }
   } finally {
-    await client.close();
+    client.close();
   }
   return written;
 }

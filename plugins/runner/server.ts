@@ -65,7 +65,14 @@ export class Runner {
       expireSeconds: options.confExpireSeconds,
       ...(options.maxConfEntries ? { maxEntries: options.maxConfEntries } : {}),
     });
-    this.server = createServer((socket) => this.serve(socket));
+    this.server = createServer((socket) => {
+      // serve() handles its own errors; anything left (an answer that cannot
+      // be written) ends this connection only, never the process.
+      this.serve(socket).catch((err: unknown) => {
+        this.log.warn({ err }, 'connection failed');
+        socket.destroy();
+      });
+    });
     this.server.maxConnections = 65_536;
   }
 

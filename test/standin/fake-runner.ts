@@ -70,7 +70,9 @@ export class FakeRunner {
   private constructor() {
     this.dir = mkdtempSync(join(tmpdir(), 'fake-runner-'));
     this.socketPath = join(this.dir, 'runner.sock');
-    this.server = createServer((socket) => this.serve(socket));
+    this.server = createServer((socket) => {
+      this.serve(socket).catch(() => socket.destroy());
+    });
   }
 
   static async start(): Promise<FakeRunner> {
