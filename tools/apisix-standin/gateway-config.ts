@@ -13,6 +13,13 @@ export interface GatewayConfig {
   pathForTest: string | null;
   /** `nginx_config.envs`: `NAME` passes the variable through, `NAME=value` sets it. */
   envs: string[];
+  /**
+   * https upstreams: whether their certificates are verified (nginx's
+   * `proxy_ssl_verify on`, from nginx_config.http_server_configuration_snippet),
+   * and against which bundle (`apisix.ssl.ssl_trusted_certificate`; the
+   * system's roots when absent).
+   */
+  upstreamTls: { verify: boolean; trustedCertificate: string | null };
 }
 
 export class GatewayConfigError extends Error {
@@ -74,7 +81,13 @@ export function parseGatewayConfig(text: string, source = 'config.yaml'): Gatewa
     }
     envs = nginx.envs as string[];
   }
-  return { nodeListen, runnerCmd, pathForTest, envs };
+  const snippet = isObject(nginx) && typeof nginx.http_server_configuration_snippet === 'string' ? nginx.http_server_configuration_snippet : '';
+  const ssl = isObject(apisix) && isObject(apisix.ssl) ? apisix.ssl : {};
+  const upstreamTls = {
+    verify: /(^|;|\n)\s*proxy_ssl_verify\s+on\s*;/.test(snippet),
+    trustedCertificate: typeof ssl.ssl_trusted_certificate === 'string' ? ssl.ssl_trusted_certificate : null,
+  };
+  return { nodeListen, runnerCmd, pathForTest, envs, upstreamTls };
 }
 
 /**

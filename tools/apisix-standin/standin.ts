@@ -114,7 +114,7 @@ export async function startStandin(options: StandinOptions = {}): Promise<Standi
   const routesPath = options.routesPath ?? join(root, 'apisix-conf', 'apisix.yaml');
   const gatewayConfig: GatewayConfig = existsSync(configPath)
     ? loadGatewayConfig(configPath)
-    : { nodeListen: null, runnerCmd: null, pathForTest: null, envs: [] };
+    : { nodeListen: null, runnerCmd: null, pathForTest: null, envs: [], upstreamTls: { verify: false, trustedCertificate: null } };
   const confExpireSeconds = options.confExpireSeconds ?? 3600;
   const bodyLimitBytes = options.bodyLimitBytes ?? DEFAULT_BODY_LIMIT_BYTES;
   const keepQueryOnPathRewrite = options.keepQueryOnPathRewrite ?? false;
@@ -198,7 +198,7 @@ export async function startStandin(options: StandinOptions = {}): Promise<Standi
     supervisor.start();
   }
 
-  const upstreamProxy = new UpstreamProxy();
+  const upstreamProxy = new UpstreamProxy(gatewayConfig.upstreamTls);
   const context: HandlerContext = {
     log,
     client,

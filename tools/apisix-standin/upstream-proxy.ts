@@ -1,6 +1,7 @@
 // Sending the (possibly rewritten) request to the route's upstream with
 // undici, the way nginx's proxy module (or, for ext-plugin-post-resp,
 // lua-resty-http) would, and reading the whole answer.
+import { readFileSync } from 'node:fs';
 import { Agent, errors as undiciErrors, request } from 'undici';
 import type { Dispatcher } from 'undici';
 import type { HeaderLine, RequestState } from './request-state.js';
@@ -59,6 +60,10 @@ export class UpstreamError extends Error {
 export class UpstreamProxy {
   private readonly agents = new Map<number, Agent>();
   private readonly roundRobin = new WeakMap<Upstream, number>();
+  private trusted: Buffer | undefined;
+
+  /** `tls`: verify https upstreams' certificates (as nginx with proxy_ssl_verify on), against this bundle or the system's roots. */
+  constructor(private readonly tls: { verify: boolean; trustedCertificate: string | null } = { verify: false, trustedCertificate: null }) {}
 
   /** Weighted round robin over the nodes with a weight above 0. */
   pickNode(upstream: Upstream): UpstreamNode {
@@ -167,8 +172,15 @@ export class UpstreamProxy {
   private agent(connectTimeoutSeconds: number): Agent {
     let agent = this.agents.get(connectTimeoutSeconds);
     if (!agent) {
-      // nginx does not verify upstream certificates unless proxy_ssl_verify is on.
-      agent = new Agent({ connect: { timeout: connectTimeoutSeconds * 1000, rejectUnauthorized: false } });
+      // nginx verifies upstream certificates only with proxy_ssl_verify on (config.yaml turns it on).
+      if (this.tls.verify && this.tls.trustedCertificate && !this.trusted) this.trusted = readFileSync(this.tls.trustedCertificate);
+      agent = new Agent({
+        connect: {
+          timeout: connectTimeoutSeconds * 1000,
+          rejectUnauthorized: this.tls.verify,
+          ...(this.tls.verify && this.trusted ? { ca: this.trusted } : {}),
+        },
+      });
       this.agents.set(connectTimeoutSeconds, agent);
     }
     return agent;
