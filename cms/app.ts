@@ -48,6 +48,8 @@ export interface CmsAppOptions {
   etcdCallTimeoutMs?: number;
   /** TLS to etcd (https:// endpoints). */
   etcdTls?: EtcdTlsFiles;
+  /** etcd user and password, when etcd has auth on and the CMS does not authenticate by certificate. */
+  etcdAuth?: { username: string; password: string };
   compileTimeoutMs?: number;
   bodyLimitBytes?: number;
   historyRetention?: number;
@@ -193,7 +195,11 @@ export async function buildCmsApp(options: CmsAppOptions): Promise<FastifyInstan
   });
   // Fail at start, not at the first PUT, when opa is missing.
   await compiler.opaVersion();
-  const etcd = createEtcdClient(options.etcdEndpoints, { callTimeoutMs: options.etcdCallTimeoutMs, ...(options.etcdTls ? { tls: options.etcdTls } : {}) });
+  const etcd = createEtcdClient(options.etcdEndpoints, {
+    callTimeoutMs: options.etcdCallTimeoutMs,
+    ...(options.etcdTls ? { tls: options.etcdTls } : {}),
+    ...(options.etcdAuth ? { auth: options.etcdAuth } : {}),
+  });
   const store = new PolicyStore(etcd, {
     historyRetention: options.historyRetention,
     ...(options.etcdMaxRequestBytes ? { maxRequestBytes: options.etcdMaxRequestBytes } : {}),

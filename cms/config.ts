@@ -6,6 +6,7 @@
  *   ETCD_ENDPOINTS          comma-separated etcd URLs (default http://127.0.0.1:2379)
  *   ETCD_CALL_TIMEOUT_MS    deadline of each etcd call attempt; past it the request gets 503 (default 2000)
  *   ETCD_CACERT, ETCD_CERT, ETCD_KEY  TLS to etcd (https:// endpoints): CA, client certificate and key (PEM files)
+ *   ETCD_USERNAME, ETCD_PASSWORD (or ETCD_PASSWORD_FILE)  etcd user, when auth is on and the certificate does not name it
  *   OPA_PATH                the opa binary (default <package>/.local/bin/opa)
  *   OPA_COMPILE_TIMEOUT_MS  deadline of each opa process (default 30000)
  *   CMS_BODY_LIMIT_BYTES    largest accepted PUT body; larger is 413 (default 262144)
@@ -36,6 +37,8 @@ export interface CmsConfig {
   etcdCallTimeoutMs: number;
   /** TLS to etcd, from ETCD_CACERT, ETCD_CERT, ETCD_KEY. */
   etcdTls?: EtcdTlsFiles;
+  /** etcd user, from ETCD_USERNAME and ETCD_PASSWORD (or ETCD_PASSWORD_FILE). */
+  etcdAuth?: { username: string; password: string };
   identity: IdentityConfig;
   opaPath: string;
   compileTimeoutMs: number;
@@ -81,13 +84,14 @@ export function cmsConfigFromEnv(env: NodeJS.ProcessEnv = process.env): CmsConfi
     .map((endpoint) => endpoint.trim())
     .filter(Boolean);
   if (endpoints.length === 0) throw new Error('ETCD_ENDPOINTS lists no endpoint');
-  const etcdTls = etcdClientOptionsFromEnv(env).tls;
+  const { tls: etcdTls, auth: etcdAuth } = etcdClientOptionsFromEnv(env);
   return {
     port: positiveInteger(env, 'PORT', 8081),
     host: env.HOST?.trim() || '127.0.0.1',
     etcdEndpoints: endpoints,
     etcdCallTimeoutMs: positiveInteger(env, 'ETCD_CALL_TIMEOUT_MS', DEFAULT_ETCD_CALL_TIMEOUT_MS),
     ...(etcdTls ? { etcdTls } : {}),
+    ...(etcdAuth ? { etcdAuth } : {}),
     identity: identityConfigFromEnv(env),
     opaPath: env.OPA_PATH?.trim() || defaultOpaPath(),
     compileTimeoutMs: positiveInteger(env, 'OPA_COMPILE_TIMEOUT_MS', DEFAULT_COMPILE_TIMEOUT_MS),

@@ -93,6 +93,8 @@ export const DEMO_LLM_SECRET = { mount: 'secret', path: `llm/${DEMO_PROJECT}`, f
 
 export interface SeedOptions {
   etcdEndpoints: string[];
+  /** etcd user, when etcd has auth on (the CMS's: it writes policies). */
+  etcdAuth?: { username: string; password: string };
   opaPath: string;
   /** Recorded as the author of the seeded versions. */
   author?: string;
@@ -104,7 +106,7 @@ export interface SeedOptions {
  * keeps whatever a user wrote). Returns the names it wrote.
  */
 export async function seedDemoPolicies(options: SeedOptions): Promise<string[]> {
-  const client = createEtcdClient(options.etcdEndpoints);
+  const client = createEtcdClient(options.etcdEndpoints, options.etcdAuth ? { auth: options.etcdAuth } : {});
   const store = new PolicyStore(client);
   const compiler = new RegoCompiler({ opaPath: options.opaPath });
   const written: string[] = [];

@@ -36,6 +36,11 @@ export interface EtcdClientOptions {
   callTimeoutMs?: number;
   /** TLS to the members; the endpoints must then be https://. */
   tls?: EtcdTlsFiles;
+  /**
+   * etcd user and password, when the cluster has auth enabled and this
+   * client does not authenticate with its certificate's common name.
+   */
+  auth?: { username: string; password: string };
 }
 
 /**
@@ -66,14 +71,25 @@ export const ETCD_GRPC_KEEPALIVE = {
 /** How long a member that failed a call is skipped before one call may try it again. */
 export const ETCD_MEMBER_RETRY_AFTER_MS = 5_000;
 
-/** ETCD_CACERT, ETCD_CERT, ETCD_KEY (PEM file paths) as createEtcdClient options. */
+/**
+ * ETCD_CACERT, ETCD_CERT, ETCD_KEY (PEM file paths), and ETCD_USERNAME with
+ * ETCD_PASSWORD or ETCD_PASSWORD_FILE, as createEtcdClient options.
+ */
 export function etcdClientOptionsFromEnv(env: NodeJS.ProcessEnv = process.env): EtcdClientOptions {
   const file = (name: string) => env[name]?.trim() || undefined;
   const caFile = file('ETCD_CACERT');
   const certFile = file('ETCD_CERT');
   const keyFile = file('ETCD_KEY');
-  if (!caFile && !certFile && !keyFile) return {};
-  return { tls: { ...(caFile ? { caFile } : {}), ...(certFile ? { certFile } : {}), ...(keyFile ? { keyFile } : {}) } };
+  const username = env.ETCD_USERNAME?.trim();
+  let password = env.ETCD_PASSWORD;
+  const passwordFile = file('ETCD_PASSWORD_FILE');
+  if (passwordFile) password = readPem(passwordFile, 'password file').toString('utf8').replace(/\r?\n$/, '');
+  if (Boolean(username) !== (password !== undefined && password !== '')) {
+    throw new Error('an etcd user needs its password, and a password its user (ETCD_USERNAME, ETCD_PASSWORD or ETCD_PASSWORD_FILE)');
+  }
+  const auth = username && password ? { auth: { username, password } } : {};
+  if (!caFile && !certFile && !keyFile) return auth;
+  return { tls: { ...(caFile ? { caFile } : {}), ...(certFile ? { certFile } : {}), ...(keyFile ? { keyFile } : {}) }, ...auth };
 }
 
 function readPem(path: string, what: string): Buffer {
@@ -179,6 +195,7 @@ export function createEtcdClient(endpoints: string[], options: EtcdClientOptions
   return new Etcd3({
     hosts: endpoints,
     ...(credentials ? { credentials } : {}),
+    ...(options.auth ? { auth: options.auth } : {}),
     grpcOptions: { ...ETCD_GRPC_KEEPALIVE },
     // Evaluated for each attempt (etcd3 resolves call options inside the
     // retried function), so a retry gets a fresh deadline.

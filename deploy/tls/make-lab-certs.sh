@@ -10,7 +10,9 @@
 #   etcd-<member>.crt/.key                         member certificate: server and peer
 #                                                  (install as /etc/etcd/tls/server.* and peer.*)
 #   apisix-etcd-client.crt/.key                    APISIX -> etcd
-#   gatehouse-etcd-client.crt/.key                 Gatehouse (CMS, runner, decision API) -> etcd
+#   gatehouse-cms-etcd-client.crt/.key             the CMS -> etcd (CN gatehouse-cms: reads and writes policies)
+#   gatehouse-gateway-etcd-client.crt/.key         runner and decision API -> etcd (CN gatehouse-gateway: reads only)
+#   gatehouse-etcd-client.crt/.key                 operators' tools -> etcd (CN gatehouse-admin: etcd's root role)
 #   gatehouse.pem                                  HAProxy's frontend certificate and key
 #
 # Member names and addresses follow deploy/inventory.example.yaml; set
@@ -40,7 +42,10 @@ issue etcd-dc1 etcd-dc1 serverAuth,clientAuth "DNS:etcd-dc1.gatehouse.internal,I
 issue etcd-dc2 etcd-dc2 serverAuth,clientAuth "DNS:etcd-dc2.gatehouse.internal,IP:10.20.2.21,$extra"
 issue etcd-witness etcd-witness serverAuth,clientAuth "DNS:etcd-witness.gatehouse.internal,IP:10.30.2.21,$extra"
 issue apisix-etcd-client apisix clientAuth "DNS:apisix"
-issue gatehouse-etcd-client gatehouse clientAuth "DNS:gatehouse"
+# With etcd's auth on, a certificate's common name is its etcd user (policy/store/etcd-auth.ts).
+issue gatehouse-cms-etcd-client gatehouse-cms clientAuth "DNS:gatehouse-cms"
+issue gatehouse-gateway-etcd-client gatehouse-gateway clientAuth "DNS:gatehouse-gateway"
+issue gatehouse-etcd-client gatehouse-admin clientAuth "DNS:gatehouse-admin"
 issue frontend gatehouse.example.com serverAuth "DNS:gatehouse.example.com,$extra"
 cat frontend.crt frontend.key > gatehouse.pem
 rm -f frontend.crt frontend.key ca.srl

@@ -14,6 +14,9 @@ import { parseGatewayConfig } from '../../tools/apisix-standin/index.js';
 import { freePort } from '../../tools/local-etcd/index.js';
 import { ETCD_MEMBERS, loadInventory, localEtcdConfig, type EtcdMember, type LocalEtcdAddress } from '../../tools/dc-rehearsal/deploy-files.js';
 import { repoRoot } from '../support/runner-process.js';
+import { randomBytes } from 'node:crypto';
+import { enableEtcdAuth } from '../../policy/store/index.js';
+import { deploymentAuthSetup } from '../../tools/etcd-auth/setup.js';
 
 const deploy = join(repoRoot, 'deploy');
 const read = (path: string) => readFileSync(join(repoRoot, path), 'utf8');
@@ -172,13 +175,14 @@ describe('etcd: the three member configs form one cluster', () => {
   const output: string[] = [];
   const tlsFor = (member: EtcdMember) => ({ caFile: join(certs, 'ca.crt'), certFile: join(certs, `etcd-${member}.crt`), keyFile: join(certs, `etcd-${member}.key`) });
 
-  /** A gRPC client over TLS to one member, with the app nodes' client certificate unless told otherwise. */
-  function client(member: EtcdMember, withCert = true): Etcd3 {
+  /** A gRPC client over TLS to one member, with the operators' client certificate unless told otherwise. */
+  function client(member: EtcdMember, withCert: boolean | string = true): Etcd3 {
+    const cert = typeof withCert === 'string' ? withCert : 'gatehouse-etcd-client';
     const created = new Etcd3({
       hosts: `https://127.0.0.1:${addresses[member].clientPort}`,
       credentials: {
         rootCertificate: readFileSync(join(certs, 'ca.crt')),
-        ...(withCert ? { certChain: readFileSync(join(certs, 'gatehouse-etcd-client.crt')), privateKey: readFileSync(join(certs, 'gatehouse-etcd-client.key')) } : {}),
+        ...(withCert ? { certChain: readFileSync(join(certs, `${cert}.crt`)), privateKey: readFileSync(join(certs, `${cert}.key`)) } : {}),
       },
       defaultCallOptions: (context) => (context.isStream ? {} : { deadline: Date.now() + 3_000 }),
       faultHandling: { host: () => noop, global: noop },
@@ -255,6 +259,24 @@ describe('etcd: the three member configs form one cluster', () => {
     }
     expect(written).toBe(true);
     expect(await client('witness').get('/policies/probe').string()).toBe('v2');
+  });
+
+  // Last: it turns access control on for this cluster.
+  it("with access control on, the certificates' common names are the users: the CMS writes, gateways only read", async () => {
+    await enableEtcdAuth(client('dc2'), deploymentAuthSetup(randomBytes(24).toString('hex')));
+    const gateway = client('dc2', 'gatehouse-gateway-etcd-client');
+    expect(await gateway.get('/policies/probe').string()).toBe('v2');
+    await expect(gateway.put('/policies/probe').value('allow-all')).rejects.toThrow(/permission denied/i);
+    await expect(gateway.put('/policy-index/evil').value('x')).rejects.toThrow(/permission denied/i);
+    const cms = client('witness', 'gatehouse-cms-etcd-client');
+    await cms.put('/policies/probe').value('v3');
+    expect(await gateway.get('/policies/probe').string()).toBe('v3');
+    await expect(cms.put('/apisix/routes/1').value('{}')).rejects.toThrow(/permission denied/i);
+    const apisix = client('dc2', 'apisix-etcd-client');
+    await apisix.put('/apisix/routes/1').value('{}');
+    await expect(apisix.get('/policies/probe').string()).rejects.toThrow(/permission denied/i);
+    // The operators' certificate is root.
+    await client('witness').put('/policies/probe').value('v4');
   });
 });
 

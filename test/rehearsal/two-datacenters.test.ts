@@ -7,6 +7,8 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Etcd3 } from 'etcd3';
+import { createEtcdClient } from '../../etcd/index.js';
+import { policyKeys } from '../../policy/store/index.js';
 import { createTestKeys, type TestKeys } from '../support/jwt.js';
 import { opaPath } from '../support/policies.js';
 import { identityEnv } from '../../tools/dc-rehearsal/identity-env.js';
@@ -187,6 +189,23 @@ describe('two active datacenters behind HAProxy', () => {
 });
 
 describe('etcd', () => {
+  it("access control: a gateway's credential reads policies and cannot write them; no credential reads nothing", async () => {
+    const gateway = createEtcdClient(dc.etcdEndpoints, { auth: dc.etcdUsers.gateway });
+    const anonymous = new Etcd3({ hosts: dc.etcdEndpoints });
+    try {
+      expect(await gateway.get(policyKeys('team-p').meta).string()).not.toBeNull();
+      for (const key of [policyKeys('team-p').meta, policyKeys('evil').wasm, policyKeys('evil').index]) {
+        await expect(gateway.put(key).value('allow-all'), key).rejects.toThrow(/permission denied/i);
+      }
+      await expect(gateway.delete().key(policyKeys('team-p').meta)).rejects.toThrow(/permission denied/i);
+      await expect(anonymous.get(policyKeys('team-p').meta).string()).rejects.toThrow(/user name is empty|permission denied|not authenticated|invalid auth token/i);
+      // The CMS's credential is the one that writes: every PUT of these tests goes through it.
+    } finally {
+      gateway.close();
+      anonymous.close();
+    }
+  });
+
   it('losing one member (datacenter 2\'s own): reads, writes and propagation continue', async () => {
     const t = Date.now();
     await dc.stopEtcd('dc2');
@@ -248,7 +267,7 @@ describe('etcd', () => {
     expect(quorumBack).toBe(true);
 
     // Nothing of the refused writes reached etcd.
-    const etcd = new Etcd3({ hosts: dc.etcdEndpoints });
+    const etcd = new Etcd3({ hosts: dc.etcdEndpoints, auth: dc.etcdUsers.root });
     try {
       expect(await etcd.getAll().prefix('/policies/team-q/').keys()).toEqual([]);
     } finally {

@@ -6,9 +6,12 @@
 // deploy/etcd's configs. Every process is started detached with its output in
 // a log file, so that `npm run dc:up` can leave the rehearsal running.
 import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { findRepoRoot } from '../apisix-standin/index.js';
+import { createEtcdClient } from '../../etcd/index.js';
+import { CMS_USER, GATEWAY_USER, enableEtcdAuth } from '../../policy/store/index.js';
 import { pointRoutesAt } from '../local-stack/index.js';
 import { localEtcdConfig, localHaproxyConfig, ETCD_MEMBERS, loadInventory, type EtcdMember, type LocalEtcdAddress } from './deploy-files.js';
 import { createNetwork, destroyNetwork, hostAddress, namespaceName, setLink, siteAddress, SITES, type NetworkPlan, type Site } from './netns.js';
@@ -47,6 +50,12 @@ export interface Rehearsal {
   statsUrl: string;
   sites: Record<Datacenter, SiteUrls>;
   etcdEndpoints: string[];
+  /**
+   * etcd has auth on, as in deploy/: the CMS's user reads and writes
+   * policies, the gateways' (runner, decision API) only reads them, root
+   * does anything.
+   */
+  etcdUsers: Record<'root' | 'cms' | 'gateway', { username: string; password: string }>;
   /** SIGKILL every process of a datacenter's app node (a crashed VM). */
   killAppNode(dc: Datacenter): void;
   startAppNode(dc: Datacenter): Promise<void>;
@@ -156,6 +165,13 @@ export async function startRehearsal(options: RehearsalOptions): Promise<Rehears
   ) as Record<EtcdMember, LocalEtcdAddress>;
   const endpointOf = (member: EtcdMember) => `http://${etcdAddresses[member].ip}:${etcdAddresses[member].clientPort}`;
   const etcdEndpoints = ETCD_MEMBERS.map(endpointOf);
+  const password = () => randomBytes(18).toString('base64url');
+  const etcdUsers = {
+    root: { username: 'root', password: password() },
+    cms: { username: CMS_USER, password: password() },
+    gateway: { username: GATEWAY_USER, password: password() },
+  };
+  const asUser = (user: { username: string; password: string }) => ({ ETCD_USERNAME: user.username, ETCD_PASSWORD: user.password });
 
   async function startEtcd(member: EtcdMember): Promise<void> {
     const dataDir = join(work, `etcd-${member}`);
@@ -187,6 +203,7 @@ export async function startRehearsal(options: RehearsalOptions): Promise<Rehears
     // left out here, as for the members.
     const members = [endpointOf(own), ...ETCD_MEMBERS.filter((m) => m !== own).map(endpointOf)].join(',');
     const common = { ...options.identityEnv, ETCD_ENDPOINTS: members, OPA_PATH: options.opaPath, LOG_LEVEL: logLevel };
+    const gatewayUser = asUser(etcdUsers.gateway);
     const routesPath = join(dir, 'apisix.yaml');
     const template = readFileSync(join(root, 'apisix-conf', 'apisix.yaml'), 'utf8');
     writeFileSync(routesPath, pointRoutesAt(template, { cms: `127.0.0.1:${p.cms}`, 'decision-api': `127.0.0.1:${p.decision}`, rag: '127.0.0.1:8082' }));
@@ -194,13 +211,15 @@ export async function startRehearsal(options: RehearsalOptions): Promise<Rehears
     launch(`${dc}-rag`, dc, [node, join(root, 'dist/tools/dc-rehearsal/echo-upstream.js')], { SITE: dc, PORT: '8082' });
     launch(`${dc}-decision`, dc, [node, join(root, 'dist/decision-api/main.js')], {
       ...common,
+      ...gatewayUser,
       DECISION_HOST: '127.0.0.1',
       DECISION_PORT: String(p.decision),
       DECISION_STATE_DIR: join(dir, 'decision-state'),
     });
-    launch(`${dc}-cms`, dc, [node, join(root, 'dist/cms/main.js')], { ...common, HOST: '0.0.0.0', PORT: String(p.cms) });
+    launch(`${dc}-cms`, dc, [node, join(root, 'dist/cms/main.js')], { ...common, ...asUser(etcdUsers.cms), HOST: '0.0.0.0', PORT: String(p.cms) });
     launch(`${dc}-gateway`, dc, [node, join(root, 'dist/tools/apisix-standin/main.js'), '--config', join(root, 'apisix-conf', 'config.yaml'), '--routes', routesPath, '--port', String(p.gateway)], {
       ...common,
+      ...gatewayUser,
       GATEWAY_HOST: '0.0.0.0',
       RUNNER_METRICS_HOST: sites[dc].ip,
       RUNNER_METRICS_PORT: String(p.runner_health),
@@ -249,6 +268,13 @@ export async function startRehearsal(options: RehearsalOptions): Promise<Rehears
         return ((await response.json()) as { health?: string }).health === 'true';
       }, 30_000, () => tail(join(work, 'logs', `etcd-${member}.log`)));
     }
+    // Access control as deploy/ sets it up (policy/store/etcd-auth.ts), before any service connects.
+    const setup = createEtcdClient(etcdEndpoints);
+    try {
+      await enableEtcdAuth(setup, { rootPassword: etcdUsers.root.password, cmsPassword: etcdUsers.cms.password, gatewayPassword: etcdUsers.gateway.password });
+    } finally {
+      setup.close();
+    }
     await Promise.all(DATACENTERS.map(startAppNode));
 
     const haproxyConfig = join(work, 'haproxy.cfg');
@@ -279,6 +305,7 @@ export async function startRehearsal(options: RehearsalOptions): Promise<Rehears
     statsUrl,
     sites,
     etcdEndpoints,
+    etcdUsers,
     killAppNode,
     startAppNode,
     stopEtcd,

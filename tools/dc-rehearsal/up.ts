@@ -16,7 +16,7 @@ async function main() {
   const opaPath = process.env.OPA_PATH || join(root, '.local/bin/opa');
   const identity = await createDemoIdentity(join(workDir, 'identity'));
   const rehearsal = await startRehearsal({ ...REHEARSAL_PLAN, workDir, identityEnv: identityEnv(identity.identityConfig), opaPath });
-  const seeded = await seedDemoPolicies({ etcdEndpoints: rehearsal.etcdEndpoints, opaPath });
+  const seeded = await seedDemoPolicies({ etcdEndpoints: rehearsal.etcdEndpoints, etcdAuth: rehearsal.etcdUsers.cms, opaPath });
   const t = identity.tokens;
   const p = REHEARSAL_PLAN.prefix;
   process.stdout.write(`
