@@ -134,11 +134,12 @@ async function gatewayDecision(project: number, role: number): Promise<number | 
 }
 
 async function apiDecision(project: number, role: number): Promise<unknown> {
-  const bearer = await keys.token({ sub: `rag-${project}`, role: 'project_user', project: projectName(project) });
+  // The decision API puts the verified identity in the input: the token's role decides.
+  const bearer = await keys.token({ sub: `rag-${project}`, role: roleOf(role), project: projectName(project) });
   const response = await fetch(`${decisionUrl}/v1/data/${projectName(project)}/project/authz/allow`, {
     method: 'POST',
     headers: { authorization: `Bearer ${bearer}`, 'content-type': 'application/json' },
-    body: JSON.stringify({ input: { user: { role: roleOf(role) } } }),
+    body: JSON.stringify({ input: {} }),
   });
   expect(response.status).toBe(200);
   return ((await response.json()) as { result?: unknown }).result;
