@@ -163,6 +163,7 @@ export async function buildDecisionApp(options: DecisionApiOptions): Promise<Fas
       const engine = policy.readyEngine() ?? (await policy.engine());
       document = engine.evaluate(input, policy.meta.entrypoint);
     } catch (err) {
+      policy.discardEngine();
       options.onDecision?.(policyName, 'error', Number(process.hrtime.bigint() - started) / 1e9);
       throw new HttpProblem({ status: 500, detail: `policy evaluation failed: ${String(err)}` });
     }

@@ -194,6 +194,8 @@ export function createOpaPlugin(source: PolicySource, recorder: DecisionRecorder
           decision = readDecision(engine.evaluate(input, policy.meta.entrypoint));
         } catch (err) {
           recorder.record(choice.kind, 'error', seconds());
+          // Out of memory (POLICY_MEMORY_MAX_MB) or aborted: the instance's heap is suspect, build a fresh one next time.
+          policy.discardEngine();
           ctx.log.error({ policy: policy.name, err: String(err), requestId: request.id }, 'policy evaluation failed; denying');
           response.problem(500, 'policy evaluation failed');
           return;

@@ -88,6 +88,14 @@ export class EngineCache {
     return `${source.wasmSha256}:${source.dataSha256}`;
   }
 
+  /**
+   * Forgets the engine of `source` (an evaluation failed in it: its heap may
+   * be in any state); the next decision builds a fresh one.
+   */
+  discard(source: Pick<EngineSource, 'wasmSha256' | 'dataSha256'>): void {
+    this.instances.delete(EngineCache.key(source));
+  }
+
   /** The engine when it is built already (and marks it recently used), else undefined. */
   ready(source: Pick<EngineSource, 'wasmSha256' | 'dataSha256'>): PolicyEngine | undefined {
     return this.instances.get(EngineCache.key(source));

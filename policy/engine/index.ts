@@ -64,13 +64,30 @@ export async function compilePolicyModule(wasm: Uint8Array): Promise<WebAssembly
   }
 }
 
+/**
+ * The most linear memory one policy instance may use (its data document and
+ * each evaluation's heap), from POLICY_MEMORY_MAX_MB (default 64). An
+ * evaluation that needs more fails (the decision is denied) instead of
+ * holding hundreds of MiB; data that does not fit cannot be loaded, so the
+ * CMS refuses it. The CMS, the runner and the decision API must agree on it.
+ */
+export function policyMemoryMaxBytes(env: NodeJS.ProcessEnv = process.env): number {
+  const raw = env.POLICY_MEMORY_MAX_MB?.trim();
+  const mib = raw ? Number(raw) : 64;
+  if (!Number.isFinite(mib) || mib < 1 || mib > 4096) throw new Error('POLICY_MEMORY_MAX_MB must be a number of MiB from 1 to 4096');
+  return Math.floor(mib * 1024 * 1024);
+}
+
+const WASM_PAGE_BYTES = 64 * 1024;
+
 export async function loadPolicyEngine(
   wasm: Uint8Array | WebAssembly.Module,
-  options: { data?: PolicyData } = {},
+  options: { data?: PolicyData; maxMemoryBytes?: number } = {},
 ): Promise<PolicyEngine> {
   let policy: LoadedPolicy;
+  const maximum = Math.max(5, Math.floor((options.maxMemoryBytes ?? policyMemoryMaxBytes()) / WASM_PAGE_BYTES));
   try {
-    policy = await loadPolicy(wasm instanceof WebAssembly.Module ? wasm : await compilePolicyModule(wasm));
+    policy = await loadPolicy(wasm instanceof WebAssembly.Module ? wasm : await compilePolicyModule(wasm), { initial: Math.min(5, maximum), maximum });
   } catch (cause) {
     if (cause instanceof PolicyEngineError) throw cause;
     throw new PolicyEngineError('not a loadable OPA wasm policy', { cause });

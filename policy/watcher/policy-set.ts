@@ -31,6 +31,8 @@ export interface LoadedPolicy {
   readyEngine(): PolicyEngine | undefined;
   /** The engine, built if need be; rejects when the wasm or data cannot be loaded. */
   engine(): Promise<PolicyEngine>;
+  /** Drops the built engine after an evaluation failed in it (the next decision builds a fresh one). */
+  discardEngine(): void;
 }
 
 export interface PolicyBytes {
@@ -51,7 +53,7 @@ export class PolicyUnloadableError extends Error {
 export function loadedPolicy(bytes: PolicyBytes, engines: EngineCache, loadedAt = Date.now()): LoadedPolicy {
   if (bytes.broken !== undefined) {
     const error = new PolicyUnloadableError(`policy ${bytes.name} cannot be loaded: ${bytes.broken}`);
-    return { ...bytes, loadedAt, readyEngine: () => undefined, engine: () => Promise.reject(error) };
+    return { ...bytes, loadedAt, readyEngine: () => undefined, engine: () => Promise.reject(error), discardEngine: () => undefined };
   }
   const source = { wasmSha256: bytes.meta.wasmSha256, wasm: bytes.wasm, dataSha256: bytes.dataSha256, dataText: bytes.dataText };
   return {
@@ -59,6 +61,7 @@ export function loadedPolicy(bytes: PolicyBytes, engines: EngineCache, loadedAt 
     loadedAt,
     readyEngine: () => engines.ready(source),
     engine: () => engines.engine(source),
+    discardEngine: () => engines.discard(source),
   };
 }
 
