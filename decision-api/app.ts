@@ -160,10 +160,8 @@ export async function buildDecisionApp(options: DecisionApiOptions): Promise<Fas
     const started = process.hrtime.bigint();
     let document: unknown;
     try {
-      const engine = policy.readyEngine() ?? (await policy.engine());
-      document = engine.evaluate(input, policy.meta.entrypoint);
+      document = await policy.evaluate(identity.project ?? '', input);
     } catch (err) {
-      policy.discardEngine();
       options.onDecision?.(policyName, 'error', Number(process.hrtime.bigint() - started) / 1e9);
       throw new HttpProblem({ status: 500, detail: `policy evaluation failed: ${String(err)}` });
     }

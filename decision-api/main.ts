@@ -15,6 +15,8 @@ import { createEtcdClient, etcdClientOptionsFromEnv } from '../etcd/index.js';
 import { PolicyWatcher } from '../policy/watcher/watcher.js';
 import { snapshotDir } from '../policy/watcher/snapshot.js';
 import { EngineCache, policyCacheBytesFromEnv } from '../policy/engine/cache.js';
+import { evaluationPoolFromEnv } from '../policy/engine/pool.js';
+import { policyMemoryMaxBytes } from '../policy/engine/index.js';
 import { loadAccessPolicy, defaultAccessPolicyWasmPath } from '../policy/access/index.js';
 import { buildDecisionApp } from './app.js';
 
@@ -33,8 +35,12 @@ async function main() {
   const latency = new Histogram({ name: 'gatehouse_decision_api_evaluation_seconds', help: 'Policy evaluation time', buckets: [0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01], registers: [registry] });
 
   const etcd = createEtcdClient(endpoints, etcdClientOptionsFromEnv());
+  const cacheBytes = policyCacheBytesFromEnv('DECISION_POLICY_CACHE_MB');
+  const aborted = new Counter({ name: 'gatehouse_decision_api_evaluations_aborted_total', help: 'Evaluations stopped at their deadline or failed (memory ceiling, abort)', labelNames: ['reason'] as const, registers: [registry] });
+  const pool = evaluationPoolFromEnv({ cacheBytes, memoryMaxBytes: policyMemoryMaxBytes(), onAbort: (reason) => aborted.inc({ reason }) });
   const watcher = new PolicyWatcher({ client: etcd, log: log.child({ component: 'policy-watcher' }), snapshotDir: snapshotDir(stateDir),
-    engines: new EngineCache({ budgetBytes: policyCacheBytesFromEnv('DECISION_POLICY_CACHE_MB') }),
+    engines: new EngineCache({ budgetBytes: cacheBytes }),
+    ...(pool ? { pool } : {}),
   });
   await watcher.start();
   const app = await buildDecisionApp({
@@ -57,6 +63,7 @@ async function main() {
     log.info({ signal }, 'shutting down');
     await app.close();
     await watcher.stop();
+    await pool?.close();
     etcd.close();
     log.flush();
     process.exit(0);

@@ -14,8 +14,8 @@ import { ConfError } from '../api/plugin.js';
 import type { StopResponse } from '../api/http.js';
 import { jsonConfParser } from '../api/json-conf.js';
 import { isValidPolicyName, PLATFORM_POLICY_NAME } from '../../policy/store/names.js';
-import type { PolicySet, LoadedPolicy } from '../../policy/watcher/policy-set.js';
-import type { PolicyEngine } from '../../policy/engine/index.js';
+import { PolicyUnloadableError, type PolicySet, type LoadedPolicy } from '../../policy/watcher/policy-set.js';
+import { PolicyEngineError } from '../../policy/engine/index.js';
 import { callerIdentity } from '../jwt/identity-context.js';
 import type { Identity } from '../../identity/index.js';
 import { buildPolicyInput, type PolicyInput, type VerifiedUser } from './input.js';
@@ -178,26 +178,17 @@ export function createOpaPlugin(source: PolicySource, recorder: DecisionRecorder
           }
         }
 
-        let engine: PolicyEngine;
-        try {
-          // Built on first use (a cold project). A policy that exists but
-          // cannot be loaded denies: for the platform policy, every request.
-          engine = policy.readyEngine() ?? (await policy.engine());
-        } catch (err) {
-          recorder.record(choice.kind, 'error', seconds());
-          ctx.log.error({ policy: policy.name, err: String(err), requestId: request.id }, 'policy cannot be loaded; denying');
-          response.problem(500, 'a policy this request needs cannot be loaded');
-          return;
-        }
         let decision: Decision;
         try {
-          decision = readDecision(engine.evaluate(input, policy.meta.entrypoint));
+          // The engine is built on first use (a cold project); evaluation is
+          // bounded in time and memory, per tenant (the caller's project).
+          decision = readDecision(await policy.evaluate(identity?.project ?? '', input));
         } catch (err) {
           recorder.record(choice.kind, 'error', seconds());
-          // Out of memory (POLICY_MEMORY_MAX_MB) or aborted: the instance's heap is suspect, build a fresh one next time.
-          policy.discardEngine();
-          ctx.log.error({ policy: policy.name, err: String(err), requestId: request.id }, 'policy evaluation failed; denying');
-          response.problem(500, 'policy evaluation failed');
+          // A policy that exists but cannot be loaded denies (the platform policy: every request).
+          const unloadable = err instanceof PolicyUnloadableError || err instanceof PolicyEngineError;
+          ctx.log.error({ policy: policy.name, err: String(err), requestId: request.id }, unloadable ? 'policy cannot be loaded; denying' : 'policy evaluation failed; denying');
+          response.problem(500, unloadable ? 'a policy this request needs cannot be loaded' : 'policy evaluation failed');
           return;
         }
         recorder.record(choice.kind, decision.allow ? 'allow' : 'deny', seconds());

@@ -14,6 +14,8 @@ import { PolicyWatcher, type SwapEvent } from '../../policy/watcher/watcher.js';
 import { PolicySet } from '../../policy/watcher/policy-set.js';
 import { snapshotDir } from '../../policy/watcher/snapshot.js';
 import { EngineCache, policyCacheBytesFromEnv } from '../../policy/engine/cache.js';
+import { evaluationPoolFromEnv } from '../../policy/engine/pool.js';
+import { policyMemoryMaxBytes } from '../../policy/engine/index.js';
 import { loadAccessPolicy, type AccessPolicy, defaultAccessPolicyWasmPath } from '../../policy/access/index.js';
 import { cachingVerifier } from '../jwt/verification-cache.js';
 import { vaultConfigFromEnv, type VaultConfig } from '../vault/config.js';
@@ -52,8 +54,17 @@ async function main(): Promise<void> {
   const metrics = createRunnerMetrics();
 
   const etcd = config.etcdEndpoints.length > 0 ? createEtcdClient(config.etcdEndpoints, etcdClientOptionsFromEnv()) : null;
+  const cacheBytes = policyCacheBytesFromEnv('RUNNER_POLICY_CACHE_MB');
+  // Decisions run in worker threads, under a deadline, tenants apart (policy/engine/pool.ts).
+  const pool = etcd ? evaluationPoolFromEnv({ cacheBytes, memoryMaxBytes: policyMemoryMaxBytes(), onAbort: (reason) => metrics.evaluationAborted(reason) }) : null;
   const watcher = etcd
-    ? new PolicyWatcher({ client: etcd, log: log.child({ component: 'policy-watcher' }), snapshotDir: snapshotDir(config.stateDir), engines: new EngineCache({ budgetBytes: policyCacheBytesFromEnv('RUNNER_POLICY_CACHE_MB') }) })
+    ? new PolicyWatcher({
+        client: etcd,
+        log: log.child({ component: 'policy-watcher' }),
+        snapshotDir: snapshotDir(config.stateDir),
+        engines: new EngineCache({ budgetBytes: cacheBytes }),
+        ...(pool ? { pool } : {}),
+      })
     : null;
   if (watcher) {
     metrics.watch(watcher);
@@ -143,6 +154,7 @@ async function main(): Promise<void> {
         await admin?.close();
         await watching;
         await watcher?.stop();
+        await pool?.close();
         vault.session?.stop();
         etcd?.close();
       })

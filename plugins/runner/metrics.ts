@@ -8,6 +8,8 @@ import type { PolicyWatcher, SwapEvent } from '../../policy/watcher/watcher.js';
 
 export interface RunnerMetrics {
   registry: Registry;
+  /** An evaluation stopped at its deadline, or failed (out of memory, aborted). */
+  evaluationAborted(reason: 'timeout' | 'error'): void;
   decisions: DecisionRecorder;
   vault: VaultEvents;
   watch(watcher: PolicyWatcher): void;
@@ -56,8 +58,18 @@ export function createRunnerMetrics(): RunnerMetrics {
     registers: [registry],
   });
 
+  const aborted = new Counter({
+    name: 'gatehouse_policy_evaluations_aborted_total',
+    help: 'Evaluations stopped at their deadline (POLICY_EVAL_TIMEOUT_MS) or failed (memory ceiling, abort); each was denied and its instance replaced',
+    labelNames: ['reason'] as const,
+    registers: [registry],
+  });
+
   return {
     registry,
+    evaluationAborted(reason) {
+      aborted.inc({ reason });
+    },
     vault: {
       secret(event) {
         vaultSecrets.inc({ outcome: event });
@@ -101,8 +113,8 @@ export function createRunnerMetrics(): RunnerMetrics {
         help: 'Policy engines built and kept (within RUNNER_POLICY_CACHE_MB), by what they are',
         labelNames: ['kind'] as const,
         registers: [registry],
-        collect() {
-          const stats = watcher.engines.stats;
+        async collect() {
+          const stats = await watcher.engineStats();
           this.set({ kind: 'instances' }, stats.instances);
           this.set({ kind: 'modules' }, stats.modules);
         },
@@ -112,8 +124,8 @@ export function createRunnerMetrics(): RunnerMetrics {
         help: 'Bytes the kept policy engines are counted at, against the cache budget',
         labelNames: ['kind'] as const,
         registers: [registry],
-        collect() {
-          const stats = watcher.engines.stats;
+        async collect() {
+          const stats = await watcher.engineStats();
           this.set({ kind: 'instances' }, stats.instanceBytes);
           this.set({ kind: 'modules' }, stats.moduleBytes);
         },
@@ -124,8 +136,8 @@ export function createRunnerMetrics(): RunnerMetrics {
         help: 'Module compilations, instantiations and evictions of policy engines',
         labelNames: ['event'] as const,
         registers: [registry],
-        collect() {
-          const stats = watcher.engines.stats;
+        async collect() {
+          const stats = await watcher.engineStats();
           for (const event of ['compiles', 'instantiations', 'evictions'] as const) {
             this.inc({ event }, stats[event] - reported[event]);
             reported[event] = stats[event];

@@ -50,6 +50,8 @@ export interface EngineCacheStats {
 export interface EngineCacheOptions {
   /** Total budget, bytes; a quarter of it for compiled modules. */
   budgetBytes?: number;
+  /** Each instance's memory ceiling (default: POLICY_MEMORY_MAX_MB). */
+  maxMemoryBytes?: number;
 }
 
 const MODULE_COST_FACTOR = 2;
@@ -66,8 +68,10 @@ export class EngineCache {
    */
   private readonly failed = new LRUCache<string, Error>({ max: 10_000 });
   private counters = { compiles: 0, instantiations: 0, evictions: 0 };
+  private readonly maxMemoryBytes: number | undefined;
 
   constructor(options: EngineCacheOptions = {}) {
+    this.maxMemoryBytes = options.maxMemoryBytes;
     const budget = options.budgetBytes ?? DEFAULT_POLICY_CACHE_BYTES;
     if (!Number.isFinite(budget) || budget < 1024 * 1024) throw new RangeError('the policy cache budget must be at least 1 MiB');
     this.modules = new LRUCache({
@@ -123,7 +127,7 @@ export class EngineCache {
 
   private async build(key: string, source: EngineSource): Promise<PolicyEngine> {
     const module = await this.module(source);
-    const engine = await loadPolicyEngine(module, { data: source.dataText });
+    const engine = await loadPolicyEngine(module, { data: source.dataText, ...(this.maxMemoryBytes ? { maxMemoryBytes: this.maxMemoryBytes } : {}) });
     this.counters.instantiations++;
     this.instances.set(key, engine);
     return engine;

@@ -8,6 +8,7 @@
 // can hold ten thousand policies while only the busy ones take memory.
 import type { EngineCache } from '../engine/cache.js';
 import type { PolicyEngine } from '../engine/index.js';
+import type { EvaluationPool } from '../engine/pool.js';
 import type { PolicyMetadata } from '../store/index.js';
 
 export interface LoadedPolicy {
@@ -33,6 +34,15 @@ export interface LoadedPolicy {
   engine(): Promise<PolicyEngine>;
   /** Drops the built engine after an evaluation failed in it (the next decision builds a fresh one). */
   discardEngine(): void;
+  /**
+   * Evaluates the policy's entrypoint for a request of `tenant` (the
+   * caller's project): in the evaluation pool when there is one (deadline,
+   * tenants apart), else here. Rejects when the policy cannot be loaded or
+   * the evaluation fails.
+   */
+  evaluate(tenant: string, input: unknown): Promise<unknown>;
+  /** Builds the engine wherever decisions will run (before a swap). */
+  prepare(): Promise<void>;
 }
 
 export interface PolicyBytes {
@@ -49,19 +59,41 @@ export class PolicyUnloadableError extends Error {
   override readonly name = 'PolicyUnloadableError';
 }
 
-/** A policy of a set, its engine drawn from `engines`. */
-export function loadedPolicy(bytes: PolicyBytes, engines: EngineCache, loadedAt = Date.now()): LoadedPolicy {
+/** A policy of a set, its engine drawn from `engines`, evaluated in `pool` when there is one. */
+export function loadedPolicy(bytes: PolicyBytes, engines: EngineCache, pool: EvaluationPool | null = null, loadedAt = Date.now()): LoadedPolicy {
   if (bytes.broken !== undefined) {
     const error = new PolicyUnloadableError(`policy ${bytes.name} cannot be loaded: ${bytes.broken}`);
-    return { ...bytes, loadedAt, readyEngine: () => undefined, engine: () => Promise.reject(error), discardEngine: () => undefined };
+    return {
+      ...bytes,
+      loadedAt,
+      readyEngine: () => undefined,
+      engine: () => Promise.reject(error),
+      discardEngine: () => undefined,
+      evaluate: () => Promise.reject(error),
+      prepare: () => Promise.reject(error),
+    };
   }
   const source = { wasmSha256: bytes.meta.wasmSha256, wasm: bytes.wasm, dataSha256: bytes.dataSha256, dataText: bytes.dataText };
+  const target = { source, entrypoint: bytes.meta.entrypoint };
   return {
     ...bytes,
     loadedAt,
     readyEngine: () => engines.ready(source),
     engine: () => engines.engine(source),
     discardEngine: () => engines.discard(source),
+    evaluate: pool
+      ? (tenant, input) => pool.evaluate(tenant, target, input)
+      : async (_tenant, input) => {
+          const engine = engines.ready(source) ?? (await engines.engine(source));
+          try {
+            return engine.evaluate(input, bytes.meta.entrypoint);
+          } catch (error) {
+            // Out of memory or aborted: the instance's heap is suspect, build a fresh one next time.
+            engines.discard(source);
+            throw error;
+          }
+        },
+    prepare: pool ? () => pool.prepare(target) : async () => void (await engines.engine(source)),
   };
 }
 

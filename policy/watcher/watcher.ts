@@ -23,6 +23,7 @@ import { EventEmitter } from 'node:events';
 import type { Etcd3, IKeyValue, IEvent, Namespace, Watcher as EtcdWatch } from 'etcd3';
 import type { Logger } from 'pino';
 import { EngineCache, type EngineCacheStats } from '../engine/cache.js';
+import type { EvaluationPool } from '../engine/pool.js';
 import {
   PLATFORM_POLICY_NAME,
   POLICIES_PREFIX,
@@ -47,6 +48,8 @@ export interface PolicyWatcherOptions {
   snapshotDir?: string;
   /** Where engines are built and kept (a default budget when absent). */
   engines?: EngineCache;
+  /** Where decisions are evaluated (deadline, tenants apart); on the calling thread when absent. */
+  pool?: EvaluationPool;
   /** Page sizes of the start-up read, and a hook between pages (tests). */
   scan?: Pick<ConsistentCutOptions, 'indexPage' | 'batchNames' | 'onPage'>;
   /** Delay between attempts to reach etcd when it is away (ms). */
@@ -131,6 +134,11 @@ export class PolicyWatcher extends EventEmitter {
     this.snapshot = options.snapshotDir ? new SnapshotWriter(options.snapshotDir) : null;
     this.checkIntervalMs = options.checkIntervalMs ?? DEFAULT_WATCH_CHECK_INTERVAL_MS;
     this.stallTimeoutMs = options.stallTimeoutMs ?? DEFAULT_WATCH_STALL_TIMEOUT_MS;
+  }
+
+  /** Engines where decisions run: the evaluation pool's workers, or this thread's cache. */
+  async engineStats(): Promise<EngineCacheStats> {
+    return this.options.pool ? this.options.pool.stats() : this.engines.stats;
   }
 
   /** The current set; take it once per decision. */
@@ -257,11 +265,11 @@ export class PolicyWatcher extends EventEmitter {
 
   /** A policy of the next set; its wasm buffer shared with every policy of the same module. */
   private policy(bytes: PolicyBytes): LoadedPolicy {
-    if (bytes.broken !== undefined) return loadedPolicy(bytes, this.engines);
+    if (bytes.broken !== undefined) return loadedPolicy(bytes, this.engines, this.options.pool ?? null);
     const sha = bytes.meta.wasmSha256;
     const wasm = this.wasmBySha.get(sha) ?? bytes.wasm;
     this.wasmBySha.set(sha, wasm);
-    return loadedPolicy({ ...bytes, wasm }, this.engines);
+    return loadedPolicy({ ...bytes, wasm }, this.engines, this.options.pool ?? null);
   }
 
   /**
@@ -269,10 +277,13 @@ export class PolicyWatcher extends EventEmitter {
    * (the platform policy's). Others are built on first use. A failure is
    * logged; the decision then fails closed when it asks.
    */
-  private async warmUp(policies: ReadonlyMap<string, LoadedPolicy>): Promise<void> {
+  private async warmUp(policies: Map<string, LoadedPolicy>): Promise<void> {
     const platform = policies.get(PLATFORM_POLICY_NAME);
-    await platform?.engine().catch((err) => {
-      this.options.log.error({ policy: platform.name, err: String(err) }, 'platform policy cannot be loaded');
+    if (!platform || platform.broken !== undefined) return;
+    await platform.prepare().catch((err: unknown) => {
+      const reason = err instanceof Error ? err.message : String(err);
+      this.options.log.error({ policy: platform.name, reason }, 'platform policy cannot be loaded; every request is denied');
+      policies.set(platform.name, this.policy({ ...platform, broken: reason }));
     });
   }
 
@@ -480,7 +491,7 @@ export class PolicyWatcher extends EventEmitter {
     if (!held && sha256Hex(wasm) !== meta.wasmSha256) throw new Error(`wasm of ${name} does not match its metadata sha256`);
     const dataText = data.toString('utf8');
     const policy = this.policy({ name, meta, modRevision: Number(parts.meta.mod_revision), dataText, dataSha256: sha256Hex(dataText), wasm });
-    await policy.engine();
+    await policy.prepare();
     return policy;
   }
 

@@ -290,6 +290,7 @@ describe('what nginx lets through to the runner', () => {
     'etcd/client.ts',
     'policy/engine/cache.ts',
     'policy/engine/index.ts',
+    'policy/engine/pool.ts',
   ];
   // Set by APISIX itself when it starts the runner, not passed from its own environment.
   const setByApisix = new Set(['APISIX_LISTEN_ADDRESS', 'APISIX_CONF_EXPIRE_TIME']);

@@ -86,11 +86,11 @@ beforeAll(async () => {
     JWT_ISSUER: keys.issuer,
     JWT_AUDIENCE: keys.audience,
   };
-  // 4 MiB: room for about nine instances of the 48 projects' engines.
+  // 8 MiB over two evaluation workers: each holds the three modules and about nine of the 48 projects' instances.
   const metricsPort = await freePort();
   runnerMetricsUrl = `http://127.0.0.1:${metricsPort}/metrics`;
   runner = await startRunner({
-    env: { ...env, RUNNER_STATE_DIR: mkdtempSync(join(tmpdir(), 'gh-scale-')), RUNNER_POLICY_CACHE_MB: '4', RUNNER_METRICS_PORT: String(metricsPort) },
+    env: { ...env, RUNNER_STATE_DIR: mkdtempSync(join(tmpdir(), 'gh-scale-')), RUNNER_POLICY_CACHE_MB: '8', POLICY_EVAL_WORKERS: '2', RUNNER_METRICS_PORT: String(metricsPort) },
   });
   const port = await freePort();
   decisionUrl = `http://127.0.0.1:${port}`;
@@ -102,6 +102,7 @@ beforeAll(async () => {
       DECISION_PORT: String(port),
       DECISION_STATE_DIR: mkdtempSync(join(tmpdir(), 'gh-scale-decision-')),
       DECISION_POLICY_CACHE_MB: '4',
+      POLICY_EVAL_WORKERS: '2',
     },
     stdio: ['ignore', 'ignore', 'pipe'],
   });
@@ -163,7 +164,7 @@ describe('ten times more policies than one etcd response can carry', () => {
     }
     const metrics = await (await fetch(runnerMetricsUrl)).text();
     const counter = (event: string) => Number(new RegExp(`gatehouse_policy_engine_events_total\\{event="${event}"\\} (\\d+)`).exec(metrics)?.[1]);
-    // Engines were evicted and built again; the three modules were compiled about once each.
+    // Engines were evicted and built again; the three modules were compiled once per worker.
     expect(counter('evictions')).toBeGreaterThan(PROJECTS);
     expect(counter('instantiations')).toBeGreaterThan(PROJECTS);
     expect(counter('compiles')).toBeLessThanOrEqual(6);

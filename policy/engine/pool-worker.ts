@@ -1,0 +1,55 @@
+// One evaluation worker of the EvaluationPool (pool.ts). It keeps its own
+// engines (an EngineCache within its share of the budget) and the sources
+// it was sent, and answers one message at a time: evaluations run
+// synchronously here, off the request thread, so the pool can stop this
+// worker when one runs past its deadline.
+import { parentPort, workerData } from 'node:worker_threads';
+import { LRUCache } from 'lru-cache';
+import { EngineCache, type EngineSource } from './cache.js';
+
+export interface WorkerSettings {
+  cacheBytes: number;
+  memoryMaxBytes: number;
+}
+
+export type WorkerRequest =
+  | { type: 'eval'; id: number; key: string; entrypoint: string; input: ArrayBuffer | null; source?: EngineSource }
+  | { type: 'prepare'; id: number; key: string; source: EngineSource }
+  | { type: 'stats'; id: number };
+
+export type WorkerAnswer =
+  | { id: number; ok: true; result: unknown }
+  | { id: number; ok: false; error: string; needSource?: true; unloadable?: true };
+
+const settings = workerData as WorkerSettings;
+const engines = new EngineCache({ budgetBytes: settings.cacheBytes, maxMemoryBytes: settings.memoryMaxBytes });
+/** Sources by engine key; wasm buffers are shared between keys of one module. */
+const sources = new LRUCache<string, EngineSource>({ max: 50_000 });
+
+async function handle(message: WorkerRequest): Promise<WorkerAnswer> {
+  if (message.type === 'stats') return { id: message.id, ok: true, result: engines.stats };
+  if (message.source) sources.set(message.key, message.source);
+  const source = sources.get(message.key);
+  if (!source) return { id: message.id, ok: false, error: 'source not known here', needSource: true };
+  let engine;
+  try {
+    engine = await engines.engine(source);
+  } catch (error) {
+    return { id: message.id, ok: false, error: error instanceof Error ? error.message : String(error), unloadable: true };
+  }
+  if (message.type === 'prepare') return { id: message.id, ok: true, result: null };
+  try {
+    // The input arrives as JSON bytes, which the engine reads as is.
+    return { id: message.id, ok: true, result: engine.evaluate(message.input ?? undefined, message.entrypoint) };
+  } catch (error) {
+    // Out of memory, or aborted: this instance's heap is suspect.
+    engines.discard(source);
+    return { id: message.id, ok: false, error: error instanceof Error ? error.message : String(error) };
+  }
+}
+
+// One message at a time, in order.
+let queue: Promise<void> = Promise.resolve();
+parentPort!.on('message', (message: WorkerRequest) => {
+  queue = queue.then(async () => parentPort!.postMessage(await handle(message)));
+});

@@ -1,0 +1,261 @@
+/**
+ * Policy evaluation off the request thread, under a deadline, with tenants
+ * kept apart in time.
+ *
+ * OPA's wasm evaluates synchronously: on the runner's own thread, one
+ * evaluation that runs for seconds (an input-driven `numbers.range`, `walk`,
+ * a large comprehension) would hold every other tenant's decision. Here
+ * evaluations run in worker threads, each with its own engines:
+ *
+ * - a deadline per evaluation (POLICY_EVAL_TIMEOUT_MS): past it the worker
+ *   is stopped (V8 interrupts wasm too) and replaced, and that decision
+ *   fails closed;
+ * - each instance's memory has a ceiling (POLICY_MEMORY_MAX_MB, enforced by
+ *   the engine): past it that decision fails and the instance is replaced;
+ * - a tenant (the caller's project) has at most workers - 1 evaluations in
+ *   flight, and waiting tenants are served in turn, so a tenant sending
+ *   runaway requests holds at most that many workers while others go on.
+ *
+ * A worker is sent a policy's bytes the first time it needs them; it keeps
+ * them (and asks again if it let them go).
+ */
+import { availableParallelism } from 'node:os';
+import { Worker } from 'node:worker_threads';
+import { fileURLToPath } from 'node:url';
+import { EngineCache, type EngineCacheStats, type EngineSource } from './cache.js';
+import { PolicyEngineError } from './index.js';
+import type { WorkerAnswer, WorkerRequest } from './pool-worker.js';
+
+export const DEFAULT_EVAL_TIMEOUT_MS = 500;
+
+export class EvaluationTimeoutError extends Error {
+  override readonly name = 'EvaluationTimeoutError';
+}
+
+/** What to evaluate: a policy's engine source and entrypoint, on behalf of a tenant. */
+export interface EvaluationTarget {
+  source: EngineSource;
+  entrypoint: string;
+}
+
+export interface EvaluationPoolOptions {
+  workers: number;
+  timeoutMs?: number;
+  /** The engine budget, shared out between the workers. */
+  cacheBytes: number;
+  memoryMaxBytes: number;
+  /** Told of every evaluation stopped or failed: 'timeout' or 'error'. */
+  onAbort?: (reason: 'timeout' | 'error', tenant: string) => void;
+}
+
+interface Job {
+  tenant: string;
+  target: EvaluationTarget;
+  input: ArrayBuffer | null;
+  resolve: (value: unknown) => void;
+  reject: (error: Error) => void;
+}
+
+interface Slot {
+  worker: Worker;
+  /** Engine keys whose source this worker was sent. */
+  known: Set<string>;
+  job: Job | null;
+  timer: NodeJS.Timeout | null;
+  /** Answers awaited from this worker, by message id. */
+  waiting: Map<number, (answer: WorkerAnswer) => void>;
+}
+
+const WORKER_SCRIPT = fileURLToPath(new URL('./pool-worker.js', import.meta.url));
+
+export class EvaluationPool {
+  private readonly slots: Slot[] = [];
+  private readonly queues = new Map<string, Job[]>();
+  /** Tenants with waiting jobs, in the order they are served. */
+  private readonly turn: string[] = [];
+  private readonly inFlight = new Map<string, number>();
+  private readonly perTenant: number;
+  private readonly timeoutMs: number;
+  private nextId = 1;
+  private closed = false;
+  readonly counters = { evaluations: 0, timeouts: 0, errors: 0, restarts: 0 };
+
+  constructor(private readonly options: EvaluationPoolOptions) {
+    const workers = Math.max(2, Math.floor(options.workers));
+    this.perTenant = workers - 1;
+    this.timeoutMs = options.timeoutMs ?? DEFAULT_EVAL_TIMEOUT_MS;
+    for (let i = 0; i < workers; i++) this.slots.push(this.spawn());
+  }
+
+  private spawn(): Slot {
+    const worker = new Worker(WORKER_SCRIPT, {
+      workerData: { cacheBytes: Math.floor(this.options.cacheBytes / Math.max(2, this.options.workers)), memoryMaxBytes: this.options.memoryMaxBytes },
+    });
+    const slot: Slot = { worker, known: new Set(), job: null, timer: null, waiting: new Map() };
+    worker.on('message', (answer: WorkerAnswer) => slot.waiting.get(answer.id)?.(answer));
+    worker.on('error', () => undefined); // an 'exit' follows; replace() handles it
+    worker.on('exit', () => {
+      if (!this.closed && this.slots.includes(slot)) this.replace(slot, new Error('the evaluation worker exited'));
+    });
+    worker.unref();
+    return slot;
+  }
+
+  /** Stops a slot's worker, fails what it was doing, and puts a fresh worker in its place. */
+  private replace(slot: Slot, error: Error): void {
+    const index = this.slots.indexOf(slot);
+    if (index < 0) return;
+    this.counters.restarts++;
+    if (slot.timer) clearTimeout(slot.timer);
+    const job = slot.job;
+    slot.job = null;
+    for (const answer of slot.waiting.values()) answer({ id: -1, ok: false, error: error.message });
+    slot.waiting.clear();
+    void slot.worker.terminate();
+    this.slots[index] = this.spawn();
+    if (job) this.finish(job, null, error);
+    this.dispatch();
+  }
+
+  private send(slot: Slot, message: WorkerRequest, transfer: ArrayBuffer[] = []): Promise<WorkerAnswer> {
+    return new Promise((resolve) => {
+      slot.waiting.set(message.id, (answer) => {
+        slot.waiting.delete(message.id);
+        resolve(answer);
+      });
+      slot.worker.postMessage(message, transfer);
+    });
+  }
+
+  /** Evaluates `target` for `tenant`; rejects on an engine that cannot load, a failed evaluation, or the deadline. */
+  evaluate(tenant: string, target: EvaluationTarget, input: unknown): Promise<unknown> {
+    if (this.closed) return Promise.reject(new Error('the evaluation pool is closed'));
+    const bytes = input === undefined ? null : (new TextEncoder().encode(JSON.stringify(input)).buffer as ArrayBuffer);
+    return new Promise((resolve, reject) => {
+      const job: Job = { tenant, target, input: bytes, resolve, reject };
+      const queue = this.queues.get(tenant);
+      if (queue) queue.push(job);
+      else {
+        this.queues.set(tenant, [job]);
+        this.turn.push(tenant);
+      }
+      this.dispatch();
+    });
+  }
+
+  /** Builds `target`'s engine in every worker (a policy being swapped in is ready before its first decision). */
+  async prepare(target: EvaluationTarget): Promise<void> {
+    const key = EngineCache.key(target.source);
+    const answers = await Promise.all(
+      this.slots.map((slot) => {
+        slot.known.add(key);
+        return this.send(slot, { type: 'prepare', id: this.nextId++, key, source: target.source });
+      }),
+    );
+    const failed = answers.find((answer) => !answer.ok && answer.unloadable);
+    if (failed && !failed.ok) throw new PolicyEngineError(failed.error);
+  }
+
+  /** The workers' engine caches, added up (a worker busy past the deadline answers after it is replaced: then zeros). */
+  async stats(): Promise<EngineCacheStats> {
+    const total: EngineCacheStats = { unloadable: 0, instances: 0, instanceBytes: 0, modules: 0, moduleBytes: 0, compiles: 0, instantiations: 0, evictions: 0 };
+    const answers = await Promise.all(this.slots.map((slot) => this.send(slot, { type: 'stats', id: this.nextId++ })));
+    for (const answer of answers) {
+      if (!answer.ok) continue;
+      const stats = answer.result as EngineCacheStats;
+      for (const key of Object.keys(total) as (keyof EngineCacheStats)[]) total[key] += stats[key];
+    }
+    return total;
+  }
+
+  private dispatch(): void {
+    for (const slot of this.slots) {
+      if (slot.job) continue;
+      const job = this.nextJob();
+      if (!job) return;
+      this.run(slot, job);
+    }
+  }
+
+  /** The first waiting job of the next tenant in turn that is under its share of workers. */
+  private nextJob(): Job | null {
+    for (let i = 0; i < this.turn.length; i++) {
+      const tenant = this.turn[i]!;
+      if ((this.inFlight.get(tenant) ?? 0) >= this.perTenant) continue;
+      const queue = this.queues.get(tenant)!;
+      const job = queue.shift()!;
+      this.turn.splice(i, 1);
+      if (queue.length > 0) this.turn.push(tenant); // back of the line
+      else this.queues.delete(tenant);
+      return job;
+    }
+    return null;
+  }
+
+  private run(slot: Slot, job: Job): void {
+    slot.job = job;
+    this.inFlight.set(job.tenant, (this.inFlight.get(job.tenant) ?? 0) + 1);
+    this.counters.evaluations++;
+    slot.timer = setTimeout(() => {
+      this.counters.timeouts++;
+      this.options.onAbort?.('timeout', job.tenant);
+      this.replace(slot, new EvaluationTimeoutError(`policy evaluation ran past ${this.timeoutMs} ms`));
+    }, this.timeoutMs);
+    const key = EngineCache.key(job.target.source);
+    const attempt = async (withSource: boolean): Promise<void> => {
+      const input = job.input === null ? null : job.input.slice(0);
+      const message: WorkerRequest = { type: 'eval', id: this.nextId++, key, entrypoint: job.target.entrypoint, input, ...(withSource ? { source: job.target.source } : {}) };
+      if (withSource) slot.known.add(key);
+      const answer = await this.send(slot, message, input ? [input] : []);
+      if (slot.job !== job) return; // replaced meanwhile: already failed
+      if (!answer.ok && answer.needSource && !withSource) return attempt(true);
+      if (slot.timer) clearTimeout(slot.timer);
+      slot.job = null;
+      if (answer.ok) this.finish(job, answer.result, null);
+      else {
+        if (!answer.unloadable) {
+          this.counters.errors++;
+          this.options.onAbort?.('error', job.tenant);
+        }
+        this.finish(job, null, answer.unloadable ? new PolicyEngineError(answer.error) : new Error(answer.error));
+      }
+      this.dispatch();
+    };
+    void attempt(!slot.known.has(key));
+  }
+
+  private finish(job: Job, result: unknown, error: Error | null): void {
+    const left = (this.inFlight.get(job.tenant) ?? 1) - 1;
+    if (left > 0) this.inFlight.set(job.tenant, left);
+    else this.inFlight.delete(job.tenant);
+    if (error) job.reject(error);
+    else job.resolve(result);
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    for (const slot of this.slots) if (slot.timer) clearTimeout(slot.timer);
+    for (const [, queue] of this.queues) for (const job of queue) job.reject(new Error('the evaluation pool is closed'));
+    this.queues.clear();
+    await Promise.all(this.slots.map((slot) => slot.worker.terminate()));
+  }
+}
+
+/**
+ * The pool the environment asks for: POLICY_EVAL_WORKERS workers (default:
+ * the number of cores, at least 2; 0 evaluates on the calling thread, with
+ * no deadline), POLICY_EVAL_TIMEOUT_MS per evaluation (default 500).
+ */
+export function evaluationPoolFromEnv(
+  options: Omit<EvaluationPoolOptions, 'workers' | 'timeoutMs'>,
+  env: NodeJS.ProcessEnv = process.env,
+): EvaluationPool | null {
+  const rawWorkers = env.POLICY_EVAL_WORKERS?.trim();
+  const workers = rawWorkers ? Number(rawWorkers) : Math.max(2, availableParallelism());
+  if (!Number.isInteger(workers) || workers < 0 || workers > 64) throw new Error('POLICY_EVAL_WORKERS must be a whole number from 0 to 64');
+  if (workers === 0) return null;
+  const rawTimeout = env.POLICY_EVAL_TIMEOUT_MS?.trim();
+  const timeoutMs = rawTimeout ? Number(rawTimeout) : DEFAULT_EVAL_TIMEOUT_MS;
+  if (!Number.isFinite(timeoutMs) || timeoutMs < 1) throw new Error('POLICY_EVAL_TIMEOUT_MS must be a positive number of milliseconds');
+  return new EvaluationPool({ ...options, workers, timeoutMs });
+}
