@@ -1,0 +1,188 @@
+// npm run bench:isolation — what bounding evaluation costs a normal decision,
+// and what it buys when a tenant sends runaway requests. Side by side in one
+// run, alternating rounds, two runners on the same etcd and policies:
+//
+//   pool       decisions in the evaluation pool (POLICY_EVAL_WORKERS default:
+//              the cores; POLICY_EVAL_TIMEOUT_MS 500)
+//   in-thread  POLICY_EVAL_WORKERS=0: decisions on the runner's own thread
+//              (only the memory ceiling bounds an evaluation)
+//
+// Each runner serves tenant "calm" (a normal policy) alone, then again while
+// tenant "slow" keeps two requests in flight whose evaluation runs until
+// stopped. Reported: calm's throughput and latency, and p99 with the runaway
+// tenant vs without.
+//
+// Env: BENCH_CONNECTIONS (8), BENCH_SECONDS (3), BENCH_ROUNDS (3).
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { exportJWK, generateKeyPair, SignJWT } from 'jose';
+import { startLocalEtcd } from '../tools/local-etcd/index.js';
+import { RegoCompiler, policySubmission } from '../cms/rego-compiler.js';
+import { PolicyStore } from '../policy/store/index.js';
+import { createEtcdClient } from '../etcd/index.js';
+import { RpcType, decodeHttpReqCallResponse, encodeHttpReqCallRequest, type HttpReqCallRequest } from '../plugins/protocol/index.js';
+import {
+  driveRunner,
+  machineLine,
+  medianStats,
+  openRunnerConnection,
+  prepareConf,
+  printTable,
+  retryUntilReady,
+  socketAccepts,
+  startNodeProcess,
+  type BenchProcess,
+  type Stats,
+} from './support.js';
+
+const connections = Number(process.env.BENCH_CONNECTIONS ?? 8);
+const seconds = Number(process.env.BENCH_SECONDS ?? 3);
+const rounds = Number(process.env.BENCH_ROUNDS ?? 3);
+
+const here = fileURLToPath(new URL('.', import.meta.url));
+const root = join(here, '..', '..');
+const runnerScript = join(here, '../plugins/runner/main.js');
+const opaPath = process.env.OPA_PATH || join(root, '.local/bin/opa');
+const ISSUER = 'https://issuer.bench.gatehouse';
+const AUDIENCE = 'gatehouse';
+
+const CALM = `package project.authz
+import rego.v1
+default allow := false
+allow if {
+	input.user.role in data.roles
+	input.request.method in {"GET", "POST"}
+	startswith(input.request.path, "/rag/")
+}
+`;
+// Work that grows with n * n and allocates little: only a deadline stops it.
+const SLOW = `package project.authz
+import rego.v1
+default allow := false
+r := numbers.range(1, to_number(input.request.query.n))
+allow if {
+	every a in r {
+		every b in r {
+			a + b > 0
+		}
+	}
+}
+`;
+
+async function main() {
+  const work = mkdtempSync(join(tmpdir(), 'gh-bench-isolation-'));
+  const etcd = await startLocalEtcd({ dataRoot: 'bench-etcd' });
+  const processes: BenchProcess[] = [];
+  try {
+    const { privateKey, publicKey } = await generateKeyPair('ES256', { extractable: true });
+    const jwksFile = join(work, 'jwks.json');
+    writeFileSync(jwksFile, JSON.stringify({ keys: [{ ...(await exportJWK(publicKey)), kid: 'bench', alg: 'ES256', use: 'sig' }] }));
+    const sign = (project: string) =>
+      new SignJWT({ sub: `u-${project}`, role: 'analyst', project }).setProtectedHeader({ alg: 'ES256', kid: 'bench' }).setIssuer(ISSUER).setAudience(AUDIENCE).setIssuedAt().setExpirationTime('2h').sign(privateKey);
+
+    const compiler = new RegoCompiler({ opaPath });
+    const client = createEtcdClient(etcd.endpoints);
+    const store = new PolicyStore(client);
+    await store.put('calm', policySubmission(CALM, '{"roles":["analyst"]}', await compiler.compile(CALM), 'bench'));
+    await store.put('slow', policySubmission(SLOW, '{}', await compiler.compile(SLOW), 'bench'));
+    client.close();
+
+    const request = async (project: string, n: number): Promise<HttpReqCallRequest> => ({
+      id: 0,
+      srcIp: new Uint8Array([10, 0, 0, 7]),
+      method: 'POST',
+      path: '/rag/ask',
+      args: [{ name: 'n', value: String(n) }],
+      headers: [{ name: 'authorization', value: `Bearer ${await sign(project)}` }],
+      confToken: 0,
+    });
+    const calmRequest = await request('calm', 0);
+    const slowRequest = await request('slow', 50_000);
+    const allowed = (type: number, payload: Buffer) => {
+      const answer = type === RpcType.HTTPReqCall ? decodeHttpReqCallResponse(payload) : null;
+      if (!answer || answer.action?.type !== 'rewrite') throw new Error(`calm was not allowed (frame ${type}, ${answer?.action?.type})`);
+    };
+
+    const runners: { name: string; socket: string; token: number }[] = [];
+    for (const [name, workers] of [['pool', ''], ['in-thread', '0']] as const) {
+      const socket = join(work, `${name}.sock`);
+      processes.push(
+        await startNodeProcess(
+          runnerScript,
+          [],
+          {
+            JWT_JWKS_FILE: jwksFile,
+            JWT_ISSUER: ISSUER,
+            JWT_AUDIENCE: AUDIENCE,
+            ETCD_ENDPOINTS: etcd.endpoints.join(','),
+            APISIX_LISTEN_ADDRESS: `unix:${socket}`,
+            RUNNER_METRICS_PORT: 'off',
+            RUNNER_STATE_DIR: join(work, `state-${name}`),
+            ...(workers ? { POLICY_EVAL_WORKERS: workers } : {}),
+          },
+          () => socketAccepts(socket),
+        ),
+      );
+      const token = await prepareConf(socket, [
+        { name: 'jwt', value: '{}' },
+        { name: 'opa', value: '{"policies":["platform","caller-project"]}' },
+      ]);
+      runners.push({ name, socket, token });
+      await retryUntilReady(() => driveRunner({ name: 'warm', socketPath: socket, request: { ...calmRequest, confToken: token }, connections: 1, seconds: 0.2, check: allowed }));
+    }
+
+    /** Keeps two runaway requests in flight on `socket` until stopped. */
+    const runaway = (socket: string, token: number) => {
+      let running = true;
+      const loops = [0, 1].map(async () => {
+        while (running) {
+          const conn = await openRunnerConnection(socket);
+          try {
+            await conn.send(RpcType.HTTPReqCall, encodeHttpReqCallRequest({ ...slowRequest, confToken: token }));
+            await conn.next();
+          } finally {
+            conn.destroy();
+          }
+        }
+      });
+      return async () => {
+        running = false;
+        await Promise.allSettled(loops);
+      };
+    };
+
+    const results = new Map<string, Stats[]>();
+    const keep = (stats: Stats) => results.set(stats.name, [...(results.get(stats.name) ?? []), stats]);
+    for (let round = 0; round < rounds; round++) {
+      for (const r of round % 2 === 0 ? runners : [...runners].reverse()) {
+        const calm = { ...calmRequest, confToken: r.token };
+        keep(await driveRunner({ name: `${r.name}: calm alone`, socketPath: r.socket, request: calm, connections, seconds, check: allowed }));
+        const stop = runaway(r.socket, r.token);
+        await new Promise((resolve) => setTimeout(resolve, 100));
+        keep(await driveRunner({ name: `${r.name}: calm while "slow" runs away`, socketPath: r.socket, request: calm, connections, seconds, check: allowed }));
+        await stop();
+      }
+    }
+    const summary = [...results.values()].map(medianStats);
+    const named = (name: string) => summary.find((s) => s.name === name)!;
+    console.log(machineLine());
+    console.log(`calm: ${connections} connections, ${seconds} s x ${rounds} rounds (median); slow: 2 requests in flight, each running until stopped\n`);
+    printTable(summary, { ...named('in-thread: calm alone'), name: 'in-thread alone' });
+    console.log('');
+    for (const r of runners) {
+      const alone = named(`${r.name}: calm alone`);
+      const loaded = named(`${r.name}: calm while "slow" runs away`);
+      console.log(`${r.name}: calm p99 with a runaway tenant / alone = ${(loaded.p99 / alone.p99).toFixed(2)}x; p50 ${(loaded.p50 / alone.p50).toFixed(2)}x`);
+    }
+  } finally {
+    await Promise.all(processes.map((p) => p.stop()));
+    await etcd.cleanup();
+  }
+}
+
+main().catch((err) => {
+  console.error(err);
+  process.exitCode = 1;
+});
