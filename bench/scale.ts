@@ -16,7 +16,8 @@
 //
 // Env: BENCH_SCALE_PROJECTS ("1000,10000"), BENCH_SCALE_MODULES (300),
 // BENCH_SECONDS (3), BENCH_RUNNERS (2), BENCH_PROPAGATION_WRITES (20),
-// BENCH_COLD_SAMPLE (200), BENCH_CONNECTIONS (8), BENCH_ROUNDS (4), BENCH_BASELINE_RUNNER.
+// BENCH_COLD_SAMPLE (200), BENCH_CONNECTIONS (8), BENCH_ROUNDS (4), BENCH_BASELINE_RUNNER;
+// POLICY_EVAL_WORKERS is passed to the runners (0: evaluation on their own thread).
 import { readFileSync, readdirSync, statSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -266,6 +267,8 @@ async function main() {
       RUNNER_METRICS_PORT: 'off',
       RUNNER_STATE_DIR: join(work, `state-${tag}-${i}`),
       LOG_LEVEL: 'info',
+      // Where decisions are evaluated (the evaluation pool, or the runner's thread with 0).
+      ...(process.env.POLICY_EVAL_WORKERS ? { POLICY_EVAL_WORKERS: process.env.POLICY_EVAL_WORKERS } : {}),
     });
     const untilEnforcing = async (i: number, confToken: number, project: number, since: number) => {
       const probe = { ...(await requestFor(project)), confToken };
