@@ -100,18 +100,58 @@ export function loadedPolicy(bytes: PolicyBytes, engines: EngineCache, pool: Eva
 /** Where the current set came from: etcd, the local last-known-good snapshot, or nothing yet. */
 export type PolicySource = 'etcd' | 'snapshot' | 'none';
 
+/**
+ * A set is a base map and a small overlay of the changes since (null: a
+ * deletion). Applying a change copies only the overlay, so a swap costs in
+ * proportion to recent changes rather than to ten thousand policies; the
+ * overlay is folded into a new base once it holds a sixteenth of the base.
+ */
 export class PolicySet {
   static readonly empty = new PolicySet(0, new Map(), 'none');
+  private merged: ReadonlyMap<string, LoadedPolicy> | null;
 
   constructor(
     /** The etcd revision this set reflects (0 when nothing was loaded). */
     readonly revision: number,
-    readonly policies: ReadonlyMap<string, LoadedPolicy>,
+    private readonly base: ReadonlyMap<string, LoadedPolicy>,
     readonly source: PolicySource,
-  ) {}
+    private readonly overlay: ReadonlyMap<string, LoadedPolicy | null> = new Map(),
+  ) {
+    this.merged = overlay.size === 0 ? base : null;
+  }
 
   get(name: string): LoadedPolicy | undefined {
-    return this.policies.get(name);
+    const changed = this.overlay.get(name);
+    if (changed !== undefined) return changed ?? undefined;
+    return this.base.get(name);
+  }
+
+  /** Every policy, by name (built once per set when it has an overlay: for whole-set work, not per decision). */
+  get policies(): ReadonlyMap<string, LoadedPolicy> {
+    if (!this.merged) {
+      const merged = new Map(this.base);
+      for (const [name, policy] of this.overlay) {
+        if (policy) merged.set(name, policy);
+        else merged.delete(name);
+      }
+      this.merged = merged;
+    }
+    return this.merged;
+  }
+
+  /** This set with `changes` applied (a null deletes), at `revision`. */
+  with(revision: number, changes: ReadonlyMap<string, LoadedPolicy | null>, source: PolicySource = this.source): PolicySet {
+    if (this.overlay.size + changes.size > Math.max(64, this.base.size / 16)) {
+      const base = new Map(this.policies);
+      for (const [name, policy] of changes) {
+        if (policy) base.set(name, policy);
+        else base.delete(name);
+      }
+      return new PolicySet(revision, base, source);
+    }
+    const overlay = new Map(this.overlay);
+    for (const [name, policy] of changes) overlay.set(name, policy);
+    return new PolicySet(revision, this.base, source, overlay);
   }
 
   /** False until policies were loaded from etcd or a snapshot: decisions must then fail closed. */

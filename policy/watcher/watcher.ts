@@ -443,11 +443,14 @@ export class PolicyWatcher extends EventEmitter {
       if (revision <= this.set.revision) continue; // already part of the current set
       const byName = new Map<string, PolicyParts>();
       for (const event of byRevision.get(revision)!) collect(byName, event.kv, event.type === 'Delete');
-      const next = new Map(this.set.policies);
+      const next = new Map<string, LoadedPolicy | null>();
       const swaps: SwapEvent[] = [];
       for (const [name, parts] of byName) {
         if (parts.deleted) {
-          if (next.delete(name)) swaps.push({ name, policy: null, propagationMs: null });
+          if (this.set.get(name) !== undefined) {
+            next.set(name, null);
+            swaps.push({ name, policy: null, propagationMs: null });
+          }
           continue;
         }
         if (!parts.meta) continue; // only the meta key marks a new version
@@ -467,7 +470,7 @@ export class PolicyWatcher extends EventEmitter {
           swaps.push({ name, policy: broken, propagationMs: null });
         }
       }
-      this.swap(new PolicySet(revision, next, 'etcd'), swaps, false);
+      this.swap(this.set.with(revision, next, 'etcd'), swaps, false);
     }
   }
 
