@@ -7,7 +7,6 @@
 //   everywhere), DECISION_STATE_DIR (snapshot).
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { createLogger } from '../plugins/runner/logger.js';
 import { createIdentityVerifier, identityConfigFromEnv } from '../identity/index.js';

@@ -1,6 +1,5 @@
 #!/usr/bin/env node
 // gatehouse-runner: the process APISIX starts through `ext-plugin.cmd`.
-import { fileURLToPath } from 'node:url';
 import { createLogger } from './logger.js';
 import { runnerConfigFromEnv } from './config.js';
 import { PluginRegistry } from './registry.js';

@@ -160,13 +160,6 @@ export class EngineCache {
       ...this.counters,
     };
   }
-
-  /** Drops every engine (the bytes stay with their owners). */
-  clear(): void {
-    this.instances.clear();
-    this.modules.clear();
-    this.failed.clear();
-  }
 }
 
 /** A cache budget in MiB from the environment variable `name` (e.g. RUNNER_POLICY_CACHE_MB); the default when unset. */

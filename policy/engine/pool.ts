@@ -78,7 +78,6 @@ export class EvaluationPool {
   private readonly timeoutMs: number;
   private nextId = 1;
   private closed = false;
-  readonly counters = { evaluations: 0, timeouts: 0, errors: 0, restarts: 0 };
 
   constructor(private readonly options: EvaluationPoolOptions) {
     const workers = Math.max(2, Math.floor(options.workers));
@@ -105,7 +104,6 @@ export class EvaluationPool {
   private replace(slot: Slot, error: Error): void {
     const index = this.slots.indexOf(slot);
     if (index < 0) return;
-    this.counters.restarts++;
     if (slot.timer) clearTimeout(slot.timer);
     const job = slot.job;
     slot.job = null;
@@ -195,9 +193,7 @@ export class EvaluationPool {
   private run(slot: Slot, job: Job): void {
     slot.job = job;
     this.inFlight.set(job.tenant, (this.inFlight.get(job.tenant) ?? 0) + 1);
-    this.counters.evaluations++;
     slot.timer = setTimeout(() => {
-      this.counters.timeouts++;
       this.options.onAbort?.('timeout', job.tenant);
       this.replace(slot, new EvaluationTimeoutError(`policy evaluation ran past ${this.timeoutMs} ms`));
     }, this.timeoutMs);
@@ -214,7 +210,6 @@ export class EvaluationPool {
       if (answer.ok) this.finish(job, answer.result, null);
       else {
         if (!answer.unloadable) {
-          this.counters.errors++;
           this.options.onAbort?.('error', job.tenant);
         }
         this.finish(job, null, answer.unloadable ? new PolicyEngineError(answer.error) : new Error(answer.error));

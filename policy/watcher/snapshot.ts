@@ -140,8 +140,6 @@ export interface SnapshotWriteResult {
  */
 export class SnapshotWriter {
   private onDisk: OnDisk | null = null;
-  /** Bytes and files written since this writer was made (for measurements). */
-  readonly totals: SnapshotWriteResult = { bytes: 0, files: 0 };
 
   constructor(readonly dir: string) {}
 
@@ -249,8 +247,6 @@ export class SnapshotWriter {
     // The first write also removes what an earlier process left and nothing names.
     await sweep('data', onDisk.data, onDisk.dataRefs, first ? [...onDisk.data] : unreferenced.data, 'json');
     await sweep('modules', onDisk.modules, onDisk.moduleRefs, first ? [...onDisk.modules] : unreferenced.modules, 'wasm');
-    this.totals.bytes += result.bytes;
-    this.totals.files += result.files;
     return result;
   }
 }
