@@ -11,7 +11,8 @@ import type { PolicyEngine } from '../engine/index.js';
 import type { EvaluationPool } from '../engine/pool.js';
 import type { PolicyMetadata } from '../store/index.js';
 
-export interface LoadedPolicy {
+/** What a policy version is made of, as read from etcd or the snapshot. */
+export interface PolicyBytes {
   name: string;
   meta: PolicyMetadata;
   /** The etcd revision of the transaction that wrote this version. */
@@ -21,19 +22,20 @@ export interface LoadedPolicy {
   dataSha256: string;
   /** The compiled policy, checked against meta.wasmSha256 (one buffer per distinct module). */
   wasm: Uint8Array;
-  /** When this process swapped it in (ms since the epoch). */
-  loadedAt: number;
   /**
    * Why this policy cannot be enforced, when it cannot: it exists, so
    * decisions that need it are denied (never treated as absent).
    */
   broken?: string;
+}
+
+export interface LoadedPolicy extends PolicyBytes {
+  /** When this process swapped it in (ms since the epoch). */
+  loadedAt: number;
   /** The engine if it is built already, else undefined. */
   readyEngine(): PolicyEngine | undefined;
   /** The engine, built if need be; rejects when the wasm or data cannot be loaded. */
   engine(): Promise<PolicyEngine>;
-  /** Drops the built engine after an evaluation failed in it (the next decision builds a fresh one). */
-  discardEngine(): void;
   /**
    * Evaluates the policy's entrypoint for a request of `tenant` (the
    * caller's project): in the evaluation pool when there is one (deadline,
@@ -43,16 +45,6 @@ export interface LoadedPolicy {
   evaluate(tenant: string, input: unknown): Promise<unknown>;
   /** Builds the engine wherever decisions will run (before a swap). */
   prepare(): Promise<void>;
-}
-
-export interface PolicyBytes {
-  name: string;
-  meta: PolicyMetadata;
-  modRevision: number;
-  dataText: string;
-  dataSha256: string;
-  wasm: Uint8Array;
-  broken?: string;
 }
 
 export class PolicyUnloadableError extends Error {
@@ -68,7 +60,6 @@ export function loadedPolicy(bytes: PolicyBytes, engines: EngineCache, pool: Eva
       loadedAt,
       readyEngine: () => undefined,
       engine: () => Promise.reject(error),
-      discardEngine: () => undefined,
       evaluate: () => Promise.reject(error),
       prepare: () => Promise.reject(error),
     };
@@ -80,7 +71,6 @@ export function loadedPolicy(bytes: PolicyBytes, engines: EngineCache, pool: Eva
     loadedAt,
     readyEngine: () => engines.ready(source),
     engine: () => engines.engine(source),
-    discardEngine: () => engines.discard(source),
     evaluate: pool
       ? (tenant, input) => pool.evaluate(tenant, target, input)
       : async (_tenant, input) => {
@@ -137,6 +127,18 @@ export class PolicySet {
       this.merged = merged;
     }
     return this.merged;
+  }
+
+  /** How many policies the set holds, counted without merging the overlay. */
+  get size(): number {
+    if (this.merged) return this.merged.size;
+    let size = this.base.size;
+    for (const [name, policy] of this.overlay) {
+      const inBase = this.base.has(name);
+      if (policy && !inBase) size++;
+      else if (!policy && inBase) size--;
+    }
+    return size;
   }
 
   /** This set with `changes` applied (a null deletes), at `revision`. */

@@ -151,7 +151,7 @@ export class PolicyWatcher extends EventEmitter {
       state: this.state,
       source: this.set.source,
       revision: this.set.revision,
-      policies: this.set.policies.size,
+      policies: this.set.size,
       staleSeconds: this.state === 'watching' ? 0 : (Date.now() - this.outOfStepSince) / 1000,
       engines: this.engines.stats,
       unloadable: this.unloadable(),

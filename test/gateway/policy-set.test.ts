@@ -30,6 +30,7 @@ describe('policy set', () => {
       // The earlier set is untouched: a decision holding it sees one revision.
       if (revision % 97 === 0) expect(before.revision).toBe(revision - 1);
       if (revision % 250 === 0 || revision === 2_999) {
+        expect(set.size).toBe(reference.size);
         expect(new Map(set.policies)).toEqual(reference);
         for (const name of ['p0', 'p1999', 'p2400', 'nope']) expect(set.get(name)).toBe(reference.get(name));
       }
@@ -44,6 +45,7 @@ describe('policy set', () => {
     expect(base.get('b')).toBeUndefined();
     expect(next.get('a')?.meta.version).toBe(2);
     expect(gone.get('a')).toBeUndefined();
+    expect(gone.size).toBe(1);
     expect([...gone.policies.keys()]).toEqual(['b']);
   });
 });
