@@ -5,6 +5,7 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 import type { DecisionRecorder } from '../opa/index.js';
 import type { VaultEvents } from '../vault/index.js';
 import type { PolicyWatcher, SwapEvent } from '../../policy/watcher/watcher.js';
+import type { EngineCacheStats } from '../../policy/engine/cache.js';
 
 export interface RunnerMetrics {
   registry: Registry;
@@ -108,13 +109,17 @@ export function createRunnerMetrics(): RunnerMetrics {
           this.set(watcher.status.state === 'watching' ? 1 : 0);
         },
       });
+      // Three metrics read the same figures, collected together in one scrape:
+      // with the evaluation pool, one question to the workers serves all three.
+      let asking: Promise<EngineCacheStats> | null = null;
+      const engineStats = () => (asking ??= watcher.engineStats().finally(() => (asking = null)));
       new Gauge({
         name: 'gatehouse_policy_engines',
         help: 'Policy engines built and kept (within RUNNER_POLICY_CACHE_MB), by what they are',
         labelNames: ['kind'] as const,
         registers: [registry],
         async collect() {
-          const stats = await watcher.engineStats();
+          const stats = await engineStats();
           this.set({ kind: 'instances' }, stats.instances);
           this.set({ kind: 'modules' }, stats.modules);
         },
@@ -125,7 +130,7 @@ export function createRunnerMetrics(): RunnerMetrics {
         labelNames: ['kind'] as const,
         registers: [registry],
         async collect() {
-          const stats = await watcher.engineStats();
+          const stats = await engineStats();
           this.set({ kind: 'instances' }, stats.instanceBytes);
           this.set({ kind: 'modules' }, stats.moduleBytes);
         },
@@ -137,7 +142,7 @@ export function createRunnerMetrics(): RunnerMetrics {
         labelNames: ['event'] as const,
         registers: [registry],
         async collect() {
-          const stats = await watcher.engineStats();
+          const stats = await engineStats();
           for (const event of ['compiles', 'instantiations', 'evictions'] as const) {
             this.inc({ event }, stats[event] - reported[event]);
             reported[event] = stats[event];
