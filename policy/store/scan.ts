@@ -93,6 +93,31 @@ export async function indexPage(
 }
 
 /**
+ * The whole index of current policies, page by page, at `revision` (pinned
+ * by the first page when absent, and given back).
+ */
+export async function readIndex(
+  client: Etcd3,
+  options: { revision?: number; pageSize?: number; onPage?: (revision: number, entries: IndexEntry[]) => Promise<void> | void } = {},
+): Promise<{ revision: number; entries: IndexEntry[] }> {
+  const entries: IndexEntry[] = [];
+  let revision = options.revision;
+  let after: string | undefined;
+  for (;;) {
+    const page = await indexPage(client, {
+      limit: options.pageSize ?? DEFAULT_INDEX_PAGE,
+      ...(revision === undefined ? {} : { revision }),
+      ...(after === undefined ? {} : { after }),
+    });
+    revision ??= page.revision;
+    entries.push(...page.entries);
+    await options.onPage?.(revision, page.entries);
+    if (!page.more) return { revision, entries };
+    after = page.entries[page.entries.length - 1]!.name;
+  }
+}
+
+/**
  * The key space of names under /policies/, cut by their first character (a
  * name starts with [0-9a-z]). Only rebuilding the index ranges there: each
  * page's range ends at its partition's end, because etcd 3.4 walks its
@@ -149,24 +174,31 @@ export interface CurrentPolicyRecord {
   broken?: string;
 }
 
+/**
+ * The values of `keys` at `revision`, in one read-only transaction (keep
+ * `keys` within etcd's --max-txn-ops, 128 by default); undefined for a key
+ * absent there.
+ */
+export async function readKeysAt(client: Etcd3, keys: string[], revision: number): Promise<(IKeyValue | undefined)[]> {
+  if (keys.length === 0) return [];
+  // A read-only transaction needs a compare; this one always holds (no key's
+  // mod revision reaches 2^53), so the reads run in `then`.
+  const reads = keys.map((key) => client.get(key).revision(revision));
+  const response = await pinned(() => client.if(POLICIES_PREFIX, 'Mod', '<', Number.MAX_SAFE_INTEGER).then(...reads).commit());
+  return keys.map((_, i) => response.responses[i]?.response_range?.kvs?.[0]);
+}
+
 /** meta and data of `names` at `revision`; a name without a meta key there is left out (it is not current). */
 export async function readCurrentRecords(
   client: Etcd3,
   names: string[],
   revision: number,
 ): Promise<CurrentPolicyRecord[]> {
-  if (names.length === 0) return [];
-  const reads = names.flatMap((name) => {
-    const keys = policyKeys(name);
-    return [client.get(keys.meta).revision(revision), client.get(keys.data).revision(revision)];
-  });
-  // A read-only transaction needs a compare; this one always holds (no key's
-  // mod revision reaches 2^53), so the reads run in `then`.
-  const response = await pinned(() => client.if(POLICIES_PREFIX, 'Mod', '<', Number.MAX_SAFE_INTEGER).then(...reads).commit());
+  const values = await readKeysAt(client, names.flatMap((name) => [policyKeys(name).meta, policyKeys(name).data]), revision);
   const records: CurrentPolicyRecord[] = [];
   names.forEach((name, i) => {
-    const meta: IKeyValue | undefined = response.responses[2 * i]?.response_range?.kvs?.[0];
-    const data: IKeyValue | undefined = response.responses[2 * i + 1]?.response_range?.kvs?.[0];
+    const meta = values[2 * i];
+    const data = values[2 * i + 1];
     if (!meta) return;
     const modRevision = Number(meta.mod_revision);
     let parsed: PolicyMetadata;
@@ -219,22 +251,16 @@ export interface ConsistentCutOptions {
 export async function readConsistentCut(client: Etcd3, options: ConsistentCutOptions = {}): Promise<ConsistentCut> {
   const pageSize = options.indexPage ?? DEFAULT_INDEX_PAGE;
   const batch = options.batchNames ?? DEFAULT_READ_BATCH_NAMES;
-  const names: string[] = [];
-  let revision: number | undefined;
-  let after: string | undefined;
-  for (;;) {
-    const page = await indexPage(client, { limit: pageSize, ...(revision === undefined ? {} : { revision }), ...(after === undefined ? {} : { after }) });
-    revision ??= page.revision;
-    const found = page.entries.map((entry) => entry.name);
-    names.push(...found);
-    await options.onPage?.({ revision, names: found });
-    if (!page.more) break;
-    after = found[found.length - 1];
-  }
+  const index = await readIndex(client, {
+    pageSize,
+    ...(options.onPage ? { onPage: (revision: number, entries: IndexEntry[]) => options.onPage!({ revision, names: entries.map((e) => e.name) }) } : {}),
+  });
+  const revision = index.revision;
+  const names = index.entries.map((entry) => entry.name);
   const reads = pLimit(READ_CONCURRENCY);
   const batches: string[][] = [];
   for (let i = 0; i < names.length; i += batch) batches.push(names.slice(i, i + batch));
-  const records = (await Promise.all(batches.map((slice) => reads(() => readCurrentRecords(client, slice, revision!))))).flat();
+  const records = (await Promise.all(batches.map((slice) => reads(() => readCurrentRecords(client, slice, revision))))).flat();
 
   // One read per distinct module; when a holder's copy is unusable
   // (missing, or not the bytes its metadata names), the next holder's is tried.

@@ -6,7 +6,7 @@
 import { createHash } from 'node:crypto';
 import { Range, type Etcd3, type IKeyValue, type IResponseOp } from 'etcd3';
 import { policyKeys, POLICIES_PREFIX, parsePolicyKey, type HistoryPart } from './keys.js';
-import { currentRevision, indexPage, scanPolicyNames } from './scan.js';
+import { currentRevision, indexPage, readIndex, readKeysAt, scanPolicyNames } from './scan.js';
 
 export const DEFAULT_HISTORY_RETENTION = 50;
 /**
@@ -210,19 +210,18 @@ export class PolicyStore {
   async rebuildIndex(): Promise<number> {
     return this.etcd(async () => {
       const revision = await currentRevision(this.client);
-      const names = new Set(await scanPolicyNames(this.client, revision));
-      const indexed = new Map<string, string>();
-      let after: string | undefined;
-      for (;;) {
-        const page = await indexPage(this.client, { limit: 1_000, revision, ...(after === undefined ? {} : { after }) });
-        for (const entry of page.entries) indexed.set(entry.name, entry.text);
-        if (!page.more) break;
-        after = page.entries[page.entries.length - 1]!.name;
+      const names = await scanPolicyNames(this.client, revision);
+      const current = new Set(names);
+      const indexed = new Map((await readIndex(this.client, { revision })).entries.map((entry) => [entry.name, entry.text]));
+      // The metas, a hundred to a read, compared with their index entries.
+      const metas: (IKeyValue | undefined)[] = [];
+      for (let i = 0; i < names.length; i += 100) {
+        metas.push(...(await readKeysAt(this.client, names.slice(i, i + 100).map((name) => policyKeys(name).meta), revision)));
       }
       let fixed = 0;
-      for (const name of names) {
+      for (const [i, name] of names.entries()) {
         const keys = policyKeys(name);
-        const meta = (await this.client.get(keys.meta).revision(revision).exec()).kvs[0];
+        const meta = metas[i];
         if (!meta || indexed.get(name) === meta.value.toString('utf8')) continue;
         const done = await this.client
           .if(keys.meta, 'Mod', '==', meta.mod_revision)
@@ -231,7 +230,7 @@ export class PolicyStore {
         if (done.succeeded) fixed++;
       }
       for (const name of indexed.keys()) {
-        if (names.has(name)) continue;
+        if (current.has(name)) continue;
         const keys = policyKeys(name);
         const done = await this.client.if(keys.meta, 'Create', '==', 0).then(this.client.delete().key(keys.index)).commit();
         if (done.succeeded) fixed++;
