@@ -19,7 +19,6 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Pool } from 'undici';
-import { exportJWK, generateKeyPair, SignJWT } from 'jose';
 import { pino } from 'pino';
 import { startLocalEtcd, freePort } from '../tools/local-etcd/index.js';
 import { RegoCompiler, policySubmission } from '../cms/rego-compiler.js';
@@ -30,6 +29,9 @@ import { loadPolicyEngine } from '../policy/engine/index.js';
 import { RpcType, decodeHttpReqCallResponse, type HttpReqCallRequest } from '../plugins/protocol/index.js';
 import type { PolicyInput } from '../plugins/opa/input.js';
 import {
+  BENCH_AUDIENCE,
+  BENCH_ISSUER,
+  benchIdentity,
   driveConcurrently,
   driveRunner,
   machineLine,
@@ -57,8 +59,8 @@ const root = join(here, '..', '..');
 const runnerScript = join(here, '../plugins/runner/main.js');
 const opaPath = process.env.OPA_PATH || join(root, '.local/bin/opa');
 
-const ISSUER = 'https://issuer.bench.gatehouse';
-const AUDIENCE = 'gatehouse';
+const ISSUER = BENCH_ISSUER;
+const AUDIENCE = BENCH_AUDIENCE;
 const POLICY = `package project.authz
 import rego.v1
 
@@ -79,14 +81,11 @@ async function main() {
   const processes: BenchProcess[] = [];
   try {
     // Identity: one signing key, its JWKS on disk, one token per role.
-    const { privateKey, publicKey } = await generateKeyPair('ES256', { extractable: true });
-    const jwksFile = join(work, 'jwks.json');
-    writeFileSync(jwksFile, JSON.stringify({ keys: [{ ...(await exportJWK(publicKey)), kid: 'bench', alg: 'ES256', use: 'sig' }] }));
-    const sign = (claims: Record<string, unknown>) =>
-      new SignJWT(claims).setProtectedHeader({ alg: 'ES256', kid: 'bench' }).setIssuer(ISSUER).setAudience(AUDIENCE).setIssuedAt().setExpirationTime('2h').sign(privateKey);
-    const analyst = await sign({ sub: 'ana', role: 'analyst', project: 'bench' });
-    const platformAdmin = await sign({ sub: 'root', role: 'platform_admin' });
-    const identityEnv = { JWT_JWKS_FILE: jwksFile, JWT_ISSUER: ISSUER, JWT_AUDIENCE: AUDIENCE, ETCD_ENDPOINTS: etcd.endpoints.join(',') };
+    const identity = await benchIdentity(work);
+    const jwksFile = identity.jwksFile;
+    const analyst = await identity.sign({ sub: 'ana', role: 'analyst', project: 'bench' });
+    const platformAdmin = await identity.sign({ sub: 'root', role: 'platform_admin' });
+    const identityEnv = { ...identity.env, ETCD_ENDPOINTS: etcd.endpoints.join(',') };
 
     // The policy: compiled by the real opa, stored as the CMS stores it.
     const compiler = new RegoCompiler({ opaPath });

@@ -13,17 +13,17 @@
 // tenant vs without.
 //
 // Env: BENCH_CONNECTIONS (8), BENCH_SECONDS (3), BENCH_ROUNDS (3).
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { exportJWK, generateKeyPair, SignJWT } from 'jose';
 import { startLocalEtcd } from '../tools/local-etcd/index.js';
 import { RegoCompiler, policySubmission } from '../cms/rego-compiler.js';
 import { PolicyStore } from '../policy/store/index.js';
 import { createEtcdClient } from '../etcd/index.js';
 import { RpcType, decodeHttpReqCallResponse, encodeHttpReqCallRequest, type HttpReqCallRequest } from '../plugins/protocol/index.js';
 import {
+  benchIdentity,
   driveRunner,
   machineLine,
   medianStats,
@@ -45,8 +45,6 @@ const here = fileURLToPath(new URL('.', import.meta.url));
 const root = join(here, '..', '..');
 const runnerScript = join(here, '../plugins/runner/main.js');
 const opaPath = process.env.OPA_PATH || join(root, '.local/bin/opa');
-const ISSUER = 'https://issuer.bench.gatehouse';
-const AUDIENCE = 'gatehouse';
 
 const CALM = `package project.authz
 import rego.v1
@@ -76,11 +74,8 @@ async function main() {
   const etcd = await startLocalEtcd({ dataRoot: 'bench-etcd' });
   const processes: BenchProcess[] = [];
   try {
-    const { privateKey, publicKey } = await generateKeyPair('ES256', { extractable: true });
-    const jwksFile = join(work, 'jwks.json');
-    writeFileSync(jwksFile, JSON.stringify({ keys: [{ ...(await exportJWK(publicKey)), kid: 'bench', alg: 'ES256', use: 'sig' }] }));
-    const sign = (project: string) =>
-      new SignJWT({ sub: `u-${project}`, role: 'analyst', project }).setProtectedHeader({ alg: 'ES256', kid: 'bench' }).setIssuer(ISSUER).setAudience(AUDIENCE).setIssuedAt().setExpirationTime('2h').sign(privateKey);
+    const identity = await benchIdentity(work);
+    const sign = (project: string) => identity.sign({ sub: `u-${project}`, role: 'analyst', project });
 
     const compiler = new RegoCompiler({ opaPath });
     const client = createEtcdClient(etcd.endpoints);
@@ -113,9 +108,7 @@ async function main() {
           runnerScript,
           [],
           {
-            JWT_JWKS_FILE: jwksFile,
-            JWT_ISSUER: ISSUER,
-            JWT_AUDIENCE: AUDIENCE,
+            ...identity.env,
             ETCD_ENDPOINTS: etcd.endpoints.join(','),
             APISIX_LISTEN_ADDRESS: `unix:${socket}`,
             RUNNER_METRICS_PORT: 'off',

@@ -18,11 +18,10 @@
 // BENCH_SECONDS (3), BENCH_RUNNERS (2), BENCH_PROPAGATION_WRITES (20),
 // BENCH_COLD_SAMPLE (200), BENCH_CONNECTIONS (8), BENCH_ROUNDS (4), BENCH_BASELINE_RUNNER;
 // POLICY_EVAL_WORKERS is passed to the runners (0: evaluation on their own thread).
-import { readFileSync, readdirSync, statSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { readFileSync, readdirSync, statSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { exportJWK, generateKeyPair, SignJWT } from 'jose';
 import pLimit from 'p-limit';
 import { startLocalEtcd, type LocalEtcd } from '../tools/local-etcd/index.js';
 import { RegoCompiler, policySubmission, type CompiledPolicy } from '../cms/rego-compiler.js';
@@ -30,6 +29,7 @@ import { PolicyStore } from '../policy/store/index.js';
 import { createEtcdClient } from '../etcd/index.js';
 import { RpcType, decodeHttpReqCallResponse, encodeHttpReqCallRequest, type HttpReqCallRequest } from '../plugins/protocol/index.js';
 import {
+  benchIdentity,
   driveRunner,
   machineLine,
   medianStats,
@@ -60,8 +60,6 @@ const runnerScript = join(here, '../plugins/runner/main.js');
  */
 const baselineScript = process.env.BENCH_BASELINE_RUNNER || null;
 const opaPath = process.env.OPA_PATH || join(root, '.local/bin/opa');
-const ISSUER = 'https://issuer.bench.gatehouse';
-const AUDIENCE = 'gatehouse';
 
 const projectName = (i: number) => `p${String(i).padStart(5, '0')}`;
 const moduleSource = (k: number) => `package project.authz
@@ -130,20 +128,12 @@ function filesUnder(dir: string, exists = true): Map<string, { size: number; mti
 
 async function main() {
   const work = mkdtempSync(join(tmpdir(), 'gh-bench-scale-'));
-  const { privateKey, publicKey } = await generateKeyPair('ES256', { extractable: true });
-  const jwksFile = join(work, 'jwks.json');
-  writeFileSync(jwksFile, JSON.stringify({ keys: [{ ...(await exportJWK(publicKey)), kid: 'bench', alg: 'ES256', use: 'sig' }] }));
+  const identity = await benchIdentity(work);
   const tokens = new Map<number, string>();
   const tokenFor = async (i: number) => {
     let token = tokens.get(i);
     if (!token) {
-      token = await new SignJWT({ sub: `u${i}`, role: `role-${i}`, project: projectName(i) })
-        .setProtectedHeader({ alg: 'ES256', kid: 'bench' })
-        .setIssuer(ISSUER)
-        .setAudience(AUDIENCE)
-        .setIssuedAt()
-        .setExpirationTime('2h')
-        .sign(privateKey);
+      token = await identity.sign({ sub: `u${i}`, role: `role-${i}`, project: projectName(i) });
       tokens.set(i, token);
     }
     return token;
@@ -259,9 +249,7 @@ async function main() {
     const tag = `${gateways.length}-${projects}`;
     const socket = (i: number) => join(work, `${tag}-${i}.sock`);
     const env = (i: number) => ({
-      JWT_JWKS_FILE: jwksFile,
-      JWT_ISSUER: ISSUER,
-      JWT_AUDIENCE: AUDIENCE,
+      ...identity.env,
       ETCD_ENDPOINTS: etcd.endpoints.join(','),
       APISIX_LISTEN_ADDRESS: `unix:${socket(i)}`,
       RUNNER_METRICS_PORT: 'off',
@@ -368,7 +356,7 @@ async function main() {
 
   /** More runners, each serving its hot set, while writes land: PUT returned -> every runner enforces. */
   async function propagation(g: Gateway): Promise<Pick<Row, 'propagationP50Ms' | 'propagationP99Ms' | 'snapshotBytesPerChange' | 'snapshotTotalBytes'>> {
-    const { projects, socket } = g;
+    const { socket } = g;
     for (let i = 1; i < runnerCount; i++) g.processes.push(await startNodeProcess(g.script, [], g.env(i), () => socketAccepts(socket(i))));
     const runners = g.processes.slice(0, runnerCount);
     const chains = await Promise.all(runners.map((_, i) => prepareConf(socket(i), [

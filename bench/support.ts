@@ -1,7 +1,10 @@
 // What the benchmarks share: starting processes on sockets, driving the
 // runner as APISIX does, HDR histograms and printing.
 import { spawn, type ChildProcess } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
+import { join } from 'node:path';
+import { exportJWK, generateKeyPair, SignJWT } from 'jose';
 import { cpus, totalmem } from 'node:os';
 import hdr from 'hdr-histogram-js';
 import {
@@ -15,6 +18,30 @@ import {
   type HttpReqCallRequest,
   type ExtraInfoRequest,
 } from '../plugins/protocol/index.js';
+
+export const BENCH_ISSUER = 'https://issuer.bench.gatehouse';
+export const BENCH_AUDIENCE = 'gatehouse';
+
+export interface BenchIdentity {
+  jwksFile: string;
+  /** JWT_JWKS_FILE, JWT_ISSUER, JWT_AUDIENCE for the processes under test. */
+  env: Record<'JWT_JWKS_FILE' | 'JWT_ISSUER' | 'JWT_AUDIENCE', string>;
+  /** A token for `claims`, valid for two hours. */
+  sign(claims: Record<string, unknown>): Promise<string>;
+}
+
+/** One ES256 signing key, its JWKS written to `dir`, and tokens signed with it. */
+export async function benchIdentity(dir: string): Promise<BenchIdentity> {
+  const { privateKey, publicKey } = await generateKeyPair('ES256', { extractable: true });
+  const jwksFile = join(dir, 'jwks.json');
+  writeFileSync(jwksFile, JSON.stringify({ keys: [{ ...(await exportJWK(publicKey)), kid: 'bench', alg: 'ES256', use: 'sig' }] }));
+  return {
+    jwksFile,
+    env: { JWT_JWKS_FILE: jwksFile, JWT_ISSUER: BENCH_ISSUER, JWT_AUDIENCE: BENCH_AUDIENCE },
+    sign: (claims) =>
+      new SignJWT(claims).setProtectedHeader({ alg: 'ES256', kid: 'bench' }).setIssuer(BENCH_ISSUER).setAudience(BENCH_AUDIENCE).setIssuedAt().setExpirationTime('2h').sign(privateKey),
+  };
+}
 
 export interface Stats {
   name: string;
