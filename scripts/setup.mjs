@@ -6,9 +6,12 @@
 //   etcd, haproxy, keepalived, flatc -> Debian packages, when missing from PATH
 //   opa           -> built once from the pinned Go module in tools/opa
 //   vault         -> built once from the pinned Go module in tools/vault
+//   apisix        -> APISIX 3.9.1 built once from the APISIX kit (tools/apisix/kit/README.md),
+//                    unless APISIX_HOME names an installed one
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, readFileSync, statSync, writeFileSync, mkdirSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { createHash } from 'node:crypto';
+import { cpSync, existsSync, readFileSync, rmSync, statSync, writeFileSync, mkdirSync } from 'node:fs';
+import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
@@ -96,11 +99,65 @@ function ensureVault() {
   writeFileSync(stampFile, `${version}\n`);
 }
 
+// The kit lives beside the checkout (../shared/apisix-kit), or beside the
+// repository a clone was made from; APISIX_KIT names it explicitly.
+function findApisixKit() {
+  const candidates = [];
+  if (process.env.APISIX_KIT) candidates.push(resolve(process.env.APISIX_KIT));
+  candidates.push(join(root, '..', 'shared', 'apisix-kit'));
+  const origin = spawnSync('git', ['config', 'remote.origin.url'], { cwd: root, encoding: 'utf8' }).stdout?.trim();
+  if (origin && isAbsolute(origin)) candidates.push(join(origin, '..', 'shared', 'apisix-kit'));
+  return candidates.find((dir) => existsSync(join(dir, 'build.sh'))) ?? null;
+}
+
+function apisixBuildId(kit) {
+  const hash = createHash('sha256');
+  hash.update(readFileSync(join(kit, 'build.sh')));
+  hash.update(readFileSync(join(root, 'tools/apisix/kit/jit-uuid.lua')));
+  return `apisix-3.9.1 ${hash.digest('hex').slice(0, 16)}`;
+}
+
+function ensureApisix() {
+  if (process.env.APISIX_HOME) {
+    if (!existsSync(join(process.env.APISIX_HOME, 'apisix', 'cli', 'apisix.lua'))) {
+      throw new Error(`APISIX_HOME=${process.env.APISIX_HOME} holds no APISIX (apisix/cli/apisix.lua is missing)`);
+    }
+    if (!onPath('openresty')) throw new Error('APISIX_HOME is set but no `openresty` is on PATH');
+    return;
+  }
+  const kit = findApisixKit();
+  if (!kit) {
+    log('no APISIX kit and no APISIX_HOME: the gateway tests and `npm start` use the APISIX stand-in');
+    return;
+  }
+  const target = join(root, '.local', 'apisix');
+  const stampFile = join(target, 'build.id');
+  const id = apisixBuildId(kit);
+  if (existsSync(stampFile) && readFileSync(stampFile, 'utf8').trim() === id) return;
+  log(`building APISIX 3.9.1 from ${kit} into .local/apisix (first time only, about two minutes)`);
+  // The kit is read-only and its lua-resty-jit-uuid tree lacks lib/: build from
+  // a copy with the module APISIX needs added (tools/apisix/kit/README.md).
+  const staging = join(root, '.local', 'apisix-kit');
+  rmSync(staging, { recursive: true, force: true });
+  cpSync(kit, staging, { recursive: true });
+  run('chmod', ['-R', 'u+w', staging]);
+  const uuidModule = join(staging, 'src/lua-resty-jit-uuid/lib/resty/jit-uuid.lua');
+  if (!existsSync(uuidModule)) {
+    mkdirSync(dirname(uuidModule), { recursive: true });
+    cpSync(join(root, 'tools/apisix/kit/jit-uuid.lua'), uuidModule);
+  }
+  rmSync(target, { recursive: true, force: true });
+  run('bash', [join(staging, 'build.sh'), target]);
+  rmSync(staging, { recursive: true, force: true });
+  writeFileSync(stampFile, `${id}\n`);
+}
+
 try {
   ensureNodeModules();
   ensureDebianPackages();
   ensureOpa();
   ensureVault();
+  ensureApisix();
 } catch (err) {
   log(`failed: ${err.message}`);
   process.exit(1);

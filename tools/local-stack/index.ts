@@ -1,15 +1,16 @@
 // The whole Gatehouse stack on one machine, as `npm start` runs it and as the
 // end-to-end tests use it: a real etcd, the CMS, the decision API, and the
-// APISIX stand-in which starts the real runner through config.yaml's
-// ext-plugin.cmd, with the routes of apisix-conf/apisix.yaml pointed at the
-// local upstreams.
+// gateway: the real APISIX (tools/apisix) with apisix-conf/config.yaml, which
+// starts the real runner through ext-plugin.cmd, serving the routes of
+// apisix-conf/apisix.yaml pointed at the local upstreams. On a machine without
+// APISIX the APISIX stand-in takes its place, and says so.
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import { Registry } from 'prom-client';
-import { parse, stringify } from 'yaml';
+import { parseDocument, Scalar, YAMLMap } from 'yaml';
 import { buildCmsApp } from '../../cms/app.js';
 import { loadAccessPolicy, defaultAccessPolicyWasmPath } from '../../policy/access/index.js';
 import type { IdentityConfig } from '../../identity/index.js';
@@ -17,7 +18,8 @@ import { createIdentityVerifier } from '../../identity/index.js';
 import { createEtcdClient } from '../../etcd/index.js';
 import { PolicyWatcher } from '../../policy/watcher/watcher.js';
 import { buildDecisionApp } from '../../decision-api/app.js';
-import { startStandin, findRepoRoot, type StandinHandle } from '../apisix-standin/index.js';
+import { startStandin, findRepoRoot } from '../apisix-standin/index.js';
+import { findApisix, freePort, startApisix } from '../apisix/index.js';
 import { startLocalEtcd, type LocalEtcd } from '../local-etcd/index.js';
 
 export interface LocalStackOptions {
@@ -39,11 +41,37 @@ export interface LocalStackOptions {
   /** Extra environment for the runner (it passes nginx's envs filter only if listed in config.yaml). */
   runnerEnv?: Record<string, string>;
   logger: Logger;
+  /** Stand-in only: its upstream read timeout. */
   readTimeoutMs?: number;
+  /**
+   * Which gateway: the real APISIX, the stand-in, or (default, or
+   * GATEHOUSE_GATEWAY) APISIX when this machine has it, else the stand-in.
+   */
+  gateway?: GatewayChoice;
+}
+
+export type GatewayChoice = 'apisix' | 'standin' | 'auto';
+
+/** What the stack's users need of either gateway. */
+export interface StackGateway {
+  kind: 'apisix' | 'standin';
+  url: string;
+  port: number;
+  stop(): Promise<void>;
+  /** Recent lines of the runner's output (APISIX: its error.log, where it writes them). */
+  runnerOutput(): string[];
+}
+
+export function gatewayChoice(env: NodeJS.ProcessEnv = process.env): GatewayChoice {
+  const value = env.GATEHOUSE_GATEWAY ?? 'auto';
+  if (value !== 'apisix' && value !== 'standin' && value !== 'auto') {
+    throw new Error(`GATEHOUSE_GATEWAY must be apisix, standin or auto, not ${JSON.stringify(value)}`);
+  }
+  return value;
 }
 
 export interface LocalStack {
-  gateway: StandinHandle;
+  gateway: StackGateway;
   cmsUrl: string;
   decisionUrl: string;
   etcdEndpoints: string[];
@@ -54,18 +82,28 @@ export interface LocalStack {
 
 type RoutesDocument = { upstreams?: { id: string; nodes: Record<string, number>; scheme?: string; pass_host?: string }[] };
 
-/** The routes file with each upstream's nodes replaced by the given address (`host:port` or a URL). */
+/**
+ * The routes file with each upstream's nodes replaced by the given address
+ * (`host:port` or a URL). The rest of the file is kept as written: APISIX
+ * reads it with its own small YAML parser, which takes what apisix.yaml holds
+ * but not every rendering of it (a long string folded over lines, say).
+ */
 export function pointRoutesAt(template: string, addresses: Record<string, string>): string {
-  const doc = parse(template) as RoutesDocument;
-  for (const upstream of doc.upstreams ?? []) {
+  const doc = parseDocument(template);
+  const upstreams = (doc.toJS() as RoutesDocument).upstreams ?? [];
+  upstreams.forEach((upstream, index) => {
     const address = addresses[upstream.id];
-    if (!address) continue;
+    if (!address) return;
     const scheme = /^(https?):\/\//.exec(address)?.[1] ?? 'http';
-    upstream.nodes = { [address.replace(/^https?:\/\//, '').replace(/\/.*$/, '')]: 1 };
-    upstream.scheme = scheme;
-  }
+    const hostPort = new Scalar(address.replace(/^https?:\/\//, '').replace(/\/.*$/, ''));
+    hostPort.type = Scalar.QUOTE_DOUBLE; // as written in apisix.yaml: a key with colons, quoted
+    const node = new YAMLMap();
+    node.set(hostPort, 1);
+    doc.setIn(['upstreams', index, 'nodes'], node);
+    doc.setIn(['upstreams', index, 'scheme'], scheme);
+  });
   // Standalone mode only reads a file that ends with #END.
-  return `${stringify(doc)}#END\n`;
+  return `${doc.toString({ lineWidth: 0 }).replace(/\n#END\s*$/, '').trimEnd()}\n#END\n`;
 }
 
 function address(app: FastifyInstance): string {
@@ -136,24 +174,43 @@ export async function startLocalStack(options: LocalStackOptions): Promise<Local
       ...(options.identity.jwks.kind === 'file' ? { JWT_JWKS_FILE: options.identity.jwks.path } : { JWT_JWKS_URL: options.identity.jwks.url.href }),
     };
     const metricsPort = options.ports?.runnerMetrics ?? 'off';
-    const gateway = await startStandin({
-      repoRoot: root,
-      routesPath,
-      port: options.ports?.gateway ?? 0,
-      ...(options.readTimeoutMs ? { readTimeoutMs: options.readTimeoutMs } : {}),
-      parentEnv: {
-        PATH: process.env.PATH ?? '',
-        LOG_LEVEL: process.env.LOG_LEVEL ?? 'info',
-        ETCD_ENDPOINTS: etcdEndpoints.join(','),
-        OPA_PATH: options.opaPath,
-        RUNNER_STATE_DIR: join(workDir, 'runner-state'),
-        RUNNER_METRICS_PORT: String(metricsPort),
-        ...identityEnv,
-        ...options.runnerEnv,
-      },
-      logger: log.child({ component: 'gateway' }),
-    });
-    cleanups.push(() => gateway.stop());
+    const runnerEnv = {
+      PATH: process.env.PATH ?? '',
+      LOG_LEVEL: process.env.LOG_LEVEL ?? 'info',
+      ETCD_ENDPOINTS: etcdEndpoints.join(','),
+      OPA_PATH: options.opaPath,
+      RUNNER_STATE_DIR: join(workDir, 'runner-state'),
+      RUNNER_METRICS_PORT: String(metricsPort),
+      ...identityEnv,
+      ...options.runnerEnv,
+    };
+    const choice = options.gateway ?? gatewayChoice();
+    const installation = choice === 'standin' ? null : findApisix(root);
+    if (choice === 'apisix' && !installation) throw new Error('GATEHOUSE_GATEWAY=apisix, but this machine has no APISIX (run `npm run setup`, or set APISIX_HOME)');
+    let gateway: StackGateway;
+    if (installation) {
+      gateway = await startApisix({
+        installation,
+        repoRoot: root,
+        routesPath,
+        port: options.ports?.gateway || (await freePort()),
+        env: runnerEnv,
+        logger: log.child({ component: 'gateway' }),
+      });
+    } else {
+      if (choice === 'auto') log.warn('no APISIX on this machine: the APISIX stand-in serves the routes (tools/apisix-standin)');
+      const standin = await startStandin({
+        repoRoot: root,
+        routesPath,
+        port: options.ports?.gateway ?? 0,
+        ...(options.readTimeoutMs ? { readTimeoutMs: options.readTimeoutMs } : {}),
+        parentEnv: runnerEnv,
+        logger: log.child({ component: 'gateway' }),
+      });
+      gateway = { kind: 'standin', url: standin.url, port: standin.port, stop: () => standin.stop(), runnerOutput: () => standin.runnerOutput() };
+    }
+    const started = gateway;
+    cleanups.push(() => started.stop());
 
     return {
       gateway,

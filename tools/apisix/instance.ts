@@ -1,0 +1,223 @@
+// One running APISIX: its own prefix directory (conf/, logs/, the runner's
+// socket) beside a shared installation, rendered by APISIX's own CLI from one
+// of apisix-conf/'s config files and started as APISIX's CLI would start it.
+//
+// Several instances run at once (parallel tests, the two datacenters of the
+// rehearsal), so each gets its own prefix: links to the installation's
+// apisix/, deps/ and bin/, a copy of its conf/ with our config.yaml. APISIX's
+// CLI takes the current directory as APISIX's home when it is started as
+// ./apisix/cli/apisix.lua, which is what bin/apisix does in a source tree.
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { chmodSync, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { createConnection, createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { isAbsolute, join } from 'node:path';
+import type { Logger } from 'pino';
+import { parseDocument, type Document } from 'yaml';
+import type { ApisixInstallation } from './installation.js';
+
+export interface ApisixInstanceOptions {
+  installation: ApisixInstallation;
+  repoRoot: string;
+  /** The config.yaml to start from (default apisix-conf/config.yaml). */
+  configPath?: string;
+  /** Standalone mode: the routes file, copied to conf/apisix.yaml (APISIX re-reads that copy every second). */
+  routesPath?: string;
+  host?: string;
+  port: number;
+  /** The instance's directory (created); default a new one under the system's temp directory. */
+  prefix?: string;
+  /** Environment for nginx; only the names config.yaml lists in nginx_config.envs reach the runner. */
+  env: Record<string, string>;
+  /** nginx worker processes (default: config.yaml's, which is `auto`). */
+  workerProcesses?: number;
+  /** Further edits of the rendered config.yaml (for example traditional mode's etcd and Admin API). */
+  edit?: (config: Document) => void;
+}
+
+export interface PreparedApisix {
+  prefix: string;
+  /** The openresty command line that starts this instance in the foreground. */
+  command: [string, ...string[]];
+  env: Record<string, string>;
+}
+
+export class ApisixStartError extends Error {}
+
+function run(command: string, args: string[], options: { cwd: string; env: Record<string, string> }): string {
+  const result = spawnSync(command, args, { ...options, encoding: 'utf8' });
+  const output = `${result.stdout ?? ''}${result.stderr ?? ''}`;
+  if (result.status !== 0) {
+    throw new ApisixStartError(`${command} ${args.join(' ')} failed (${result.status ?? result.signal ?? result.error?.message}):\n${output}`);
+  }
+  return output;
+}
+
+/** ext-plugin.cmd as the privileged agent must see it: node is this node, paths are absolute. */
+function absoluteRunnerCmd(cmd: unknown, repoRoot: string): string[] | null {
+  if (!Array.isArray(cmd) || cmd.some((arg) => typeof arg !== 'string')) return null;
+  return (cmd as string[]).map((arg, i) => {
+    if (i === 0 && arg === 'node') return process.execPath;
+    if (i > 0 && !isAbsolute(arg) && existsSync(join(repoRoot, arg))) return join(repoRoot, arg);
+    return arg;
+  });
+}
+
+/** Renders the instance's conf/ and nginx.conf with APISIX's CLI; starts nothing. */
+export function prepareApisix(options: ApisixInstanceOptions): PreparedApisix {
+  const { installation, repoRoot } = options;
+  const prefix = options.prefix ?? mkdtempSync(join(tmpdir(), 'gatehouse-apisix-'));
+  mkdirSync(join(prefix, 'conf'), { recursive: true });
+  mkdirSync(join(prefix, 'logs'), { recursive: true });
+  // nginx's workers run as nobody when the master is root: they must reach
+  // the runner's socket in conf/ (the runner makes the socket itself writable).
+  chmodSync(prefix, 0o755);
+  for (const name of ['apisix', 'deps', 'bin']) {
+    if (existsSync(join(installation.home, name)) && !existsSync(join(prefix, name))) symlinkSync(join(installation.home, name), join(prefix, name));
+  }
+  for (const entry of readdirSync(join(installation.home, 'conf'))) {
+    if (['config.yaml', 'apisix.yaml', 'nginx.conf'].includes(entry) || entry.endsWith('.sock')) continue;
+    cpSync(join(installation.home, 'conf', entry), join(prefix, 'conf', entry), { recursive: true });
+  }
+
+  const configPath = options.configPath ?? join(repoRoot, 'apisix-conf', 'config.yaml');
+  const config = parseDocument(readFileSync(configPath, 'utf8'));
+  config.setIn(['apisix', 'node_listen'], [{ ip: options.host ?? '127.0.0.1', port: options.port }]);
+  const cmd = absoluteRunnerCmd((config.toJS() as { 'ext-plugin'?: { cmd?: unknown } })['ext-plugin']?.cmd, repoRoot);
+  if (cmd) config.setIn(['ext-plugin', 'cmd'], cmd);
+  if (options.workerProcesses) config.setIn(['nginx_config', 'worker_processes'], options.workerProcesses);
+  options.edit?.(config);
+  writeFileSync(join(prefix, 'conf', 'config.yaml'), config.toString());
+  // A copy, not a link: the workers (nobody, under a root master) read it
+  // every second, and the caller's directory may be private.
+  if (options.routesPath) cpSync(options.routesPath, join(prefix, 'conf', 'apisix.yaml'));
+
+  const env = { ...options.env, PATH: `${installation.binDir}:${options.env.PATH ?? process.env.PATH ?? ''}` };
+  const cli = existsSync(join(installation.home, 'bin', 'apisix')) ? join(installation.home, 'bin', 'apisix') : 'apisix';
+  run(cli, ['init'], { cwd: prefix, env });
+  return { prefix, command: [installation.openresty, '-p', `${prefix}/`, '-c', 'conf/nginx.conf', '-g', 'daemon off;'], env };
+}
+
+export interface ApisixHandle {
+  kind: 'apisix';
+  url: string;
+  port: number;
+  prefix: string;
+  /** The nginx master's pid. */
+  pid: number;
+  /** Standalone mode: the routes file APISIX reads (conf/apisix.yaml); a change is live within a second. */
+  routesPath: string;
+  /** The runner's socket, conf/apisix-<master pid>.sock. */
+  socketPath: string;
+  /** Lines of logs/error.log, where APISIX writes the runner's output. */
+  runnerOutput(): string[];
+  /** Resolves when the runner's socket accepts a connection. */
+  waitForRunner(timeoutMs?: number): Promise<void>;
+  stop(): Promise<void>;
+}
+
+/** A free TCP port on the host, for nginx (which cannot listen on port 0 and report it). */
+export async function freePort(host = '127.0.0.1'): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once('error', reject);
+    server.listen(0, host, () => {
+      const address = server.address();
+      server.close(() => (address && typeof address === 'object' ? resolve(address.port) : reject(new Error('no port'))));
+    });
+  });
+}
+
+function connects(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = createConnection(path);
+    socket.once('connect', () => {
+      socket.destroy();
+      resolve(true);
+    });
+    socket.once('error', () => resolve(false));
+  });
+}
+
+function groupAlive(pid: number): boolean {
+  try {
+    process.kill(-pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Prepares and starts APISIX; resolves once it answers HTTP and the runner's socket accepts connections. */
+export async function startApisix(options: ApisixInstanceOptions & { logger: Logger; readyTimeoutMs?: number }): Promise<ApisixHandle> {
+  const log = options.logger;
+  const prepared = prepareApisix(options);
+  const [command, ...args] = prepared.command;
+  // Its own process group: stop() reaches nginx's workers, the privileged agent and the runner it started.
+  const child: ChildProcess = spawn(command, args, { cwd: prepared.prefix, env: prepared.env, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
+  const pid = child.pid;
+  if (pid === undefined) throw new ApisixStartError(`could not start ${command}`);
+  let exited = false;
+  const exit = new Promise<void>((resolve) => child.once('exit', () => {
+    exited = true;
+    resolve();
+  }));
+  let startupOutput = '';
+  const collect = (chunk: Buffer) => {
+    if (startupOutput.length < 64 * 1024) startupOutput += chunk.toString();
+  };
+  child.stdout?.on('data', collect);
+  child.stderr?.on('data', collect);
+
+  const host = options.host ?? '127.0.0.1';
+  const url = `http://${host === '0.0.0.0' ? '127.0.0.1' : host}:${options.port}`;
+  const socketPath = join(prepared.prefix, 'conf', `apisix-${pid}.sock`);
+  const errorLog = join(prepared.prefix, 'logs', 'error.log');
+  const runnerOutput = () => (existsSync(errorLog) ? readFileSync(errorLog, 'utf8').split('\n').filter((line) => line !== '') : []);
+
+  const stop = async () => {
+    if (!exited) {
+      // SIGQUIT: nginx's graceful stop; APISIX then sends the runner SIGTERM.
+      child.kill('SIGQUIT');
+      await Promise.race([exit, sleep(10_000)]);
+    }
+    // Whatever is left of the group (a runner still saving its state, a stuck worker).
+    for (const [signal, waitMs] of [['SIGTERM', 3_000], ['SIGKILL', 1_000]] as const) {
+      if (!groupAlive(pid)) break;
+      try {
+        process.kill(-pid, signal);
+      } catch {
+        break;
+      }
+      for (let waited = 0; waited < waitMs && groupAlive(pid); waited += 50) await sleep(50);
+    }
+  };
+
+  const waitForRunner = async (timeoutMs = 30_000) => {
+    const deadline = Date.now() + timeoutMs;
+    while (!(await connects(socketPath))) {
+      if (exited) throw new ApisixStartError(`APISIX exited:\n${startupOutput}\n${runnerOutput().slice(-30).join('\n')}`);
+      if (Date.now() > deadline) throw new ApisixStartError(`the runner's socket ${socketPath} did not come up:\n${runnerOutput().slice(-30).join('\n')}`);
+      await sleep(50);
+    }
+  };
+
+  try {
+    const deadline = Date.now() + (options.readyTimeoutMs ?? 30_000);
+    for (;;) {
+      if (exited) throw new ApisixStartError(`APISIX exited at start:\n${startupOutput}\n${runnerOutput().slice(-30).join('\n')}`);
+      const answered = await fetch(`${url}/`, { signal: AbortSignal.timeout(1_000) }).then((r) => r.arrayBuffer().then(() => true), () => false);
+      if (answered) break;
+      if (Date.now() > deadline) throw new ApisixStartError(`APISIX did not answer on ${url}:\n${runnerOutput().slice(-30).join('\n')}`);
+      await sleep(100);
+    }
+    await waitForRunner(Math.max(1_000, deadline - Date.now()));
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+  log.info({ url, prefix: prepared.prefix, pid }, 'APISIX started');
+  return { kind: 'apisix', url, port: options.port, prefix: prepared.prefix, routesPath: join(prepared.prefix, 'conf', 'apisix.yaml'), pid, socketPath, runnerOutput, waitForRunner, stop };
+}
