@@ -1,4 +1,4 @@
-// End to end through the APISIX stand-in, the real runner (jwt + opa), the
+// End to end through APISIX, the real runner (jwt + opa), the
 // CMS and a real etcd, with a recording RAG upstream on loopback.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { mkdtempSync } from 'node:fs';
@@ -10,6 +10,7 @@ import { createTestKeys, type TestKeys } from '../support/jwt.js';
 import { startRecordingUpstream, type RecordingUpstream } from '../support/upstream.js';
 import { opaPath } from '../support/policies.js';
 import { startLocalStack, type LocalStack } from '../../tools/local-stack/index.js';
+import { SERVER_HEADER, testGateway } from '../support/gateway.js';
 
 // The seed's example policy object (section 4.1), verbatim.
 const SEED_POLICY_BODY =
@@ -37,6 +38,7 @@ beforeAll(async () => {
     upstreams: { rag: rag.url },
     workDir: mkdtempSync(join(tmpdir(), 'gh-stack-')),
     opaPath,
+    gateway: testGateway(),
     logger: pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent' }),
   });
   tokens.admin = await keys.token({ sub: 'root', role: 'platform_admin' });
@@ -49,6 +51,16 @@ afterAll(async () => {
   await stack?.stop();
   await rag?.close();
   await keys?.cleanup();
+});
+
+describe('the gateway', () => {
+  it('is the real APISIX (the stand-in only where GATEHOUSE_GATEWAY=standin asks for it)', async () => {
+    const kind = testGateway();
+    expect(stack.gateway.kind).toBe(kind);
+    const res = await call('GET', '/no-route-here');
+    expect(res.status).toBe(404);
+    expect(res.headers.get('server')).toMatch(SERVER_HEADER[kind]);
+  });
 });
 
 describe('the CMS behind the gateway follows the seed table', () => {

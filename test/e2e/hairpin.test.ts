@@ -1,4 +1,4 @@
-// The RAG -> LLM hairpin end to end: the stand-in gateway and the real runner
+// The RAG -> LLM hairpin end to end: APISIX and the real runner
 // (jwt -> opa with the JSON body -> vault -> path-rewrite), a real Vault
 // (AppRole, KV v2), a real etcd and compiled policies, and an LLM stub that
 // records what reached it.
@@ -13,6 +13,7 @@ import { startVault, type TestVault } from '../support/vault.js';
 import { PolicyWriter, opaPath } from '../support/policies.js';
 import { startLlmStub, type LlmStub } from '../../tools/llm-stub/index.js';
 import { startLocalStack, type LocalStack } from '../../tools/local-stack/index.js';
+import { testGateway } from '../support/gateway.js';
 import { createEtcdClient } from '../../etcd/index.js';
 import { freePort } from '../../tools/local-etcd/index.js';
 
@@ -84,6 +85,7 @@ beforeAll(async () => {
     upstreams: { llm: llm.url, rag: llm.url },
     workDir: mkdtempSync(join(tmpdir(), 'gh-hairpin-')),
     opaPath,
+    gateway: testGateway(),
     ports: { runnerMetrics: metricsPort },
     runnerEnv: {
       LOG_LEVEL: 'debug',

@@ -10,6 +10,7 @@ import { Etcd3 } from 'etcd3';
 import { createEtcdClient } from '../../etcd/index.js';
 import { policyKeys } from '../../policy/store/index.js';
 import { createTestKeys, type TestKeys } from '../support/jwt.js';
+import { SERVER_HEADER, testGateway } from '../support/gateway.js';
 import { opaPath } from '../support/policies.js';
 import { identityEnv } from '../../tools/dc-rehearsal/identity-env.js';
 import { startRehearsal, type Datacenter, type Rehearsal } from '../../tools/dc-rehearsal/rehearsal.js';
@@ -137,6 +138,7 @@ beforeAll(async () => {
       claimNames: { sub: 'sub', role: 'role', project: 'project' },
     }),
     opaPath,
+    gateway: testGateway(),
   });
   tokens.admin = await keys.token({ sub: 'root', role: 'platform_admin' });
   tokens.teamAAdmin = await keys.token({ sub: 'alice', role: 'admin', project: 'team-a' });
@@ -169,6 +171,14 @@ describe('two active datacenters behind HAProxy', () => {
     const t = Date.now();
     await until('both sites seen', async () => new Set(load.since(t).map((o) => o.site)).size === 2, 10_000);
     expect(failures(load.since(t))).toHaveLength(0);
+  });
+
+  it('each app node runs the real APISIX (the stand-in only where GATEHOUSE_GATEWAY=standin asks for it)', async () => {
+    for (const site of ['dc1', 'dc2'] as const) {
+      const response = await fetch(`${dc.sites[site].gateway}/no-route-here`);
+      expect(response.status).toBe(404);
+      expect(response.headers.get('server'), site).toMatch(SERVER_HEADER[testGateway()]);
+    }
   });
 
   it("a policy written through datacenter 1's CMS is enforced in datacenter 2 within the budget", async () => {

@@ -12,7 +12,8 @@ import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { pino } from 'pino';
 import { loadGatewayConfig } from './gateway-config.js';
-import { findRepoRoot, startStandin } from './standin.js';
+import { findRepoRoot } from '../repo-root.js';
+import { startStandin } from './standin.js';
 
 async function main(): Promise<void> {
   const { values } = parseArgs({

@@ -28,6 +28,7 @@ import { loadRoutesFile, matchRoute, type Route } from './routes.js';
 import { RunnerSupervisor } from './runner-process.js';
 import { UpstreamError, UpstreamProxy } from './upstream-proxy.js';
 import { normalizeRequestPath, splitRequestTarget } from './uri.js';
+import { findRepoRoot } from '../repo-root.js';
 
 /** The Server header: says plainly that this is not a real APISIX. */
 export const STANDIN_SERVER_HEADER = 'APISIX/3 (Gatehouse stand-in)';
@@ -94,17 +95,6 @@ export interface StandinHandle {
   flushTokens(): void;
   /** PrepareConf / HTTPReqCall / HTTPRespCall counts and token flushes. */
   stats(): { prepareConf: number; httpReqCall: number; httpRespCall: number; tokenFlushes: number; cachedTokens: number; idleConnections: number };
-}
-
-/** The repository root: the nearest directory above this file holding package.json. */
-export function findRepoRoot(from = dirname(fileURLToPath(import.meta.url))): string {
-  let dir = from;
-  for (;;) {
-    if (existsSync(join(dir, 'package.json'))) return dir;
-    const parent = dirname(dir);
-    if (parent === dir) throw new Error(`no package.json above ${from}`);
-    dir = parent;
-  }
 }
 
 export async function startStandin(options: StandinOptions = {}): Promise<StandinHandle> {

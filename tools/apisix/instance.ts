@@ -98,6 +98,17 @@ export function prepareApisix(options: ApisixInstanceOptions): PreparedApisix {
   return { prefix, command: [installation.openresty, '-p', `${prefix}/`, '-c', 'conf/nginx.conf', '-g', 'daemon off;'], env };
 }
 
+/**
+ * APISIX's own check of a config: `apisix test` renders nginx.conf from it
+ * (validating config.yaml against APISIX's schema) and runs `nginx -t` on the
+ * result. Throws ApisixStartError with APISIX's words when it refuses.
+ */
+export function testApisixConfig(options: ApisixInstanceOptions): string {
+  const prepared = prepareApisix(options);
+  const cli = existsSync(join(options.installation.home, 'bin', 'apisix')) ? join(options.installation.home, 'bin', 'apisix') : 'apisix';
+  return run(cli, ['test'], { cwd: prepared.prefix, env: prepared.env });
+}
+
 export interface ApisixHandle {
   kind: 'apisix';
   url: string;

@@ -6,7 +6,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parse, stringify } from 'yaml';
-import { findRepoRoot } from '../apisix-standin/index.js';
+import { findRepoRoot } from '../repo-root.js';
 
 export const ETCD_MEMBERS = ['dc1', 'dc2', 'witness'] as const;
 export type EtcdMember = (typeof ETCD_MEMBERS)[number];

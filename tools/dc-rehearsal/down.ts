@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // npm run dc:down: stops the rehearsal dc:up started and removes its network.
-import { findRepoRoot } from '../apisix-standin/index.js';
+import { findRepoRoot } from '../repo-root.js';
 import { destroyNetwork } from './netns.js';
 import { teardownFromStateFile } from './rehearsal.js';
 import { REHEARSAL_PLAN, rehearsalWorkDir } from './plan.js';

@@ -1,15 +1,16 @@
 // Two active datacenters and an etcd witness on one machine, behind a real
 // HAProxy running deploy/lb/haproxy.cfg. Each site is a network namespace
-// (netns.ts); each datacenter runs an app node (the APISIX stand-in with the
-// real runner, the CMS, the decision API, and a RAG stand-in that says which
-// site answered) and an etcd member; the witness runs the third member with
+// (netns.ts); each datacenter runs an app node (APISIX with the real runner,
+// the CMS, the decision API, and a RAG stand-in that says which site
+// answered) and an etcd member; the witness runs the third member with
 // deploy/etcd's configs. Every process is started detached with its output in
 // a log file, so that `npm run dc:up` can leave the rehearsal running.
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { findRepoRoot } from '../apisix-standin/index.js';
+import { findRepoRoot } from '../repo-root.js';
+import { findApisix } from '../apisix/index.js';
 import { createEtcdClient } from '../../etcd/index.js';
 import { CMS_USER, GATEWAY_USER, enableEtcdAuth } from '../../policy/store/index.js';
 import { pointRoutesAt } from '../local-stack/index.js';
@@ -29,11 +30,13 @@ export interface RehearsalOptions extends NetworkPlan {
   /** HAProxy's frontend port on the host side of the bridge (default 8080). */
   frontendPort?: number;
   logLevel?: string;
+  /** The app nodes' gateway (default: APISIX when this machine has it, else the stand-in). */
+  gateway?: 'apisix' | 'standin';
 }
 
 export interface SiteUrls {
   ip: string;
-  /** The datacenter's own gateway (APISIX stand-in), bypassing HAProxy. */
+  /** The datacenter's own gateway (APISIX), bypassing HAProxy. */
   gateway: string;
   cms: string;
   runnerHealth: string;
@@ -117,6 +120,8 @@ export function teardownFromStateFile(workDir: string): boolean {
 
 export async function startRehearsal(options: RehearsalOptions): Promise<Rehearsal> {
   const root = findRepoRoot();
+  // The app nodes run the real APISIX when this machine has it (tools/apisix), else the stand-in.
+  const apisix = (options.gateway ?? (findApisix(root) ? 'apisix' : 'standin')) === 'apisix';
   const p = ports();
   const work = options.workDir;
   teardownFromStateFile(work);
@@ -217,7 +222,14 @@ export async function startRehearsal(options: RehearsalOptions): Promise<Rehears
       DECISION_STATE_DIR: join(dir, 'decision-state'),
     });
     launch(`${dc}-cms`, dc, [node, join(root, 'dist/cms/main.js')], { ...common, ...asUser(etcdUsers.cms), HOST: '0.0.0.0', PORT: String(p.cms) });
-    launch(`${dc}-gateway`, dc, [node, join(root, 'dist/tools/apisix-standin/main.js'), '--config', join(root, 'apisix-conf', 'config.yaml'), '--routes', routesPath, '--port', String(p.gateway)], {
+    const gatewayArgs = ['--config', join(root, 'apisix-conf', 'config.yaml'), '--routes', routesPath, '--port', String(p.gateway)];
+    let gatewayCommand = [node, join(root, 'dist/tools/apisix-standin/main.js'), ...gatewayArgs];
+    if (apisix) {
+      // nginx's workers (nobody, under a root master) pass through to the socket in the prefix.
+      for (const path of [work, dir]) chmodSync(path, 0o711);
+      gatewayCommand = [node, join(root, 'dist/tools/apisix/main.js'), ...gatewayArgs, '--host', '0.0.0.0', '--prefix', join(dir, 'apisix')];
+    }
+    launch(`${dc}-gateway`, dc, gatewayCommand, {
       ...common,
       ...gatewayUser,
       GATEWAY_HOST: '0.0.0.0',

@@ -3,7 +3,7 @@
 // background (npm run dc:down stops it). Needs root (network namespaces).
 import { join } from 'node:path';
 import { createDemoIdentity, seedDemoPolicies, DEMO_PROJECT } from '../../cms/demo.js';
-import { findRepoRoot } from '../apisix-standin/index.js';
+import { findRepoRoot } from '../repo-root.js';
 import { identityEnv } from './identity-env.js';
 import { netnsAvailable } from './netns.js';
 import { startRehearsal } from './rehearsal.js';

@@ -18,7 +18,8 @@ import { createIdentityVerifier } from '../../identity/index.js';
 import { createEtcdClient } from '../../etcd/index.js';
 import { PolicyWatcher } from '../../policy/watcher/watcher.js';
 import { buildDecisionApp } from '../../decision-api/app.js';
-import { startStandin, findRepoRoot } from '../apisix-standin/index.js';
+import { startStandin } from '../apisix-standin/index.js';
+import { findRepoRoot } from '../repo-root.js';
 import { findApisix, freePort, startApisix } from '../apisix/index.js';
 import { startLocalEtcd, type LocalEtcd } from '../local-etcd/index.js';
 

@@ -27,7 +27,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { freePort } from '../local-etcd/index.js';
-import { findRepoRoot } from '../apisix-standin/index.js';
+import { findRepoRoot } from '../repo-root.js';
 import { stopChild } from '../child-process.js';
 
 export const vaultBinary = process.env.VAULT_BINARY || join(findRepoRoot(fileURLToPath(new URL('.', import.meta.url))), '.local/bin/vault');
