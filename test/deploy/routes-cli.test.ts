@@ -1,6 +1,6 @@
-// gatehouse routes export|diff|apply against a local server that answers as
-// APISIX 3's Admin API does, with the repository's real routes file.
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+// gatehouse routes export|diff|apply against the real APISIX Admin API
+// (traditional mode on a real etcd), with the repository's real routes file.
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -10,29 +10,35 @@ import { runCli, type CliIo } from '../../tools/routes-cli/cli.js';
 import { parseRoutesFile } from '../../tools/routes-cli/routes-file.js';
 import { parseRoutes } from '../../tools/apisix-standin/routes.js';
 import { repoRoot } from '../support/runner-process.js';
-import { startFakeAdminApi, type FakeAdminApi } from './fake-admin-api.js';
+import { testGateway } from '../support/gateway.js';
+import { startAdminApi, type AdminApi } from './apisix-admin-api.js';
 
 const routesPath = join(repoRoot, 'apisix-conf', 'apisix.yaml');
 const routesText = () => readFileSync(routesPath, 'utf8');
 type Doc = { routes: Record<string, any>[]; upstreams: Record<string, any>[] };
 const repoDoc = () => parse(routesText()) as Doc;
 
-let admin: FakeAdminApi;
+const onApisix = testGateway() === 'apisix';
+let admin: AdminApi;
 let dir: string;
 
-beforeEach(async () => {
-  admin = await startFakeAdminApi();
-  dir = mkdtempSync(join(tmpdir(), 'gh-routes-'));
+beforeAll(async () => {
+  if (onApisix) admin = await startAdminApi();
+}, 60_000);
+afterAll(async () => {
+  await admin?.close();
 });
-afterEach(async () => {
-  await admin.close();
+beforeEach(async () => {
+  await admin?.reset();
+  dir = mkdtempSync(join(tmpdir(), 'gh-routes-'));
 });
 
 async function cli(args: string[], options: { key?: string | null; confirm?: CliIo['confirm'] } = {}) {
   let out = '';
   let err = '';
-  const env: NodeJS.ProcessEnv = { ADMIN_API_URL: admin.url };
-  if (options.key !== null) env.ADMIN_API_KEY = options.key ?? admin.key;
+  // Export and validation need no Admin API (nothing is sent to this address).
+  const env: NodeJS.ProcessEnv = { ADMIN_API_URL: admin?.url ?? 'http://127.0.0.1:1' };
+  if (options.key !== null) env.ADMIN_API_KEY = options.key ?? admin?.key ?? 'unused';
   const code = await runCli(args, {
     env,
     out: (text) => (out += text),
@@ -120,7 +126,7 @@ describe('payload validation before anything is sent', () => {
     const result = await cli(['routes', 'apply', '--yes', '--file', path]);
     expect(result.code).toBe(1);
     expect(result.err).toMatch(message);
-    expect(admin.requests).toHaveLength(0);
+    expect(admin?.requests ?? []).toHaveLength(0);
   });
 
   it('refuses a routes file without #END', async () => {
@@ -132,7 +138,7 @@ describe('payload validation before anything is sent', () => {
   });
 });
 
-describe('gatehouse routes diff and apply against the Admin API', () => {
+describe.runIf(onApisix)('gatehouse routes diff and apply against the Admin API', () => {
   it('creates upstreams before routes with X-API-KEY, every payload valid, each answered 201', async () => {
     const doc = repoDoc();
     const result = await cli(['routes', 'apply', '--yes']);
@@ -149,9 +155,10 @@ describe('gatehouse routes diff and apply against the Admin API', () => {
     // The diff comes before the first PUT in the output.
     expect(result.out.indexOf('create')).toBeLessThan(result.out.indexOf('PUT '));
     // What APISIX stores is what the file says.
+    const stored = await admin.stored('routes');
     for (const route of doc.routes) {
       const { id, ...body } = route;
-      expect(admin.store.routes.get(id)).toMatchObject(body);
+      expect(stored.get(id)).toMatchObject(body);
     }
   });
 
@@ -178,37 +185,38 @@ describe('gatehouse routes diff and apply against the Admin API', () => {
     expect(applied.code).toBe(0);
     expect(puts().map((r) => r.path)).toEqual([`/apisix/admin/routes/${target.id}`]);
     expect(applied.out).toContain(`PUT routes/${target.id} -> 200`);
-    expect(admin.store.routes.get(target.id)!.priority).toBe(7);
+    expect((await admin.stored('routes')).get(target.id)!.priority).toBe(7);
   });
 
   it('sees a change made by hand on APISIX, even in a field the file does not set', async () => {
     expect((await cli(['routes', 'apply', '--yes'])).code).toBe(0);
     const id = repoDoc().routes[1]!.id as string;
-    admin.store.routes.get(id)!.host = 'sneaky.example';
+    const { create_time: _created, update_time: _updated, ...route } = (await admin.stored('routes')).get(id)!;
+    await admin.put('routes', id, { ...route, host: 'sneaky.example' });
     const diff = await cli(['routes', 'diff']);
     expect(diff.out).toContain(`~ route ${id}: update`);
     expect(diff.out).toContain('host: "sneaky.example" -> (absent)');
     admin.requests.length = 0;
     await cli(['routes', 'apply', '--yes']);
     expect(puts().map((r) => r.path)).toEqual([`/apisix/admin/routes/${id}`]);
-    expect(admin.store.routes.get(id)!.host).toBeUndefined();
+    expect((await admin.stored('routes')).get(id)!.host).toBeUndefined();
   });
 
   it('lists objects APISIX has and the file does not; --prune deletes them, routes before upstreams', async () => {
     expect((await cli(['routes', 'apply', '--yes'])).code).toBe(0);
-    admin.store.upstreams.set('old', { id: 'old', nodes: { '10.0.0.1:80': 1 } });
-    admin.store.routes.set('old', { id: 'old', uri: '/old', upstream_id: 'old' });
+    await admin.put('upstreams', 'old', { nodes: { '10.0.0.1:80': 1 } });
+    await admin.put('routes', 'old', { uri: '/old', upstream_id: 'old' });
     const diff = await cli(['routes', 'diff']);
     expect(diff.out).toContain('- route old: on APISIX, not in the file (kept; --prune deletes it)');
     expect(diff.out).toContain('- upstream old: on APISIX, not in the file');
     admin.requests.length = 0;
     expect((await cli(['routes', 'apply', '--yes'])).code).toBe(0);
-    expect(admin.store.routes.has('old')).toBe(true);
+    expect((await admin.stored('routes')).has('old')).toBe(true);
     const pruned = await cli(['routes', 'apply', '--yes', '--prune']);
     expect(pruned.code, pruned.err).toBe(0);
     expect(admin.requests.filter((r) => r.method === 'DELETE').map((r) => r.path)).toEqual(['/apisix/admin/routes/old', '/apisix/admin/upstreams/old']);
-    expect(admin.store.routes.has('old')).toBe(false);
-    expect(admin.store.upstreams.has('old')).toBe(false);
+    expect((await admin.stored('routes')).has('old')).toBe(false);
+    expect((await admin.stored('upstreams')).has('old')).toBe(false);
   });
 
   it('asks before applying: no terminal and no --yes, or a "no", applies nothing', async () => {
@@ -230,7 +238,7 @@ describe('gatehouse routes diff and apply against the Admin API', () => {
     const wrong = await cli(['routes', 'apply', '--yes'], { key: 'not-the-key' });
     expect(wrong.code).toBe(1);
     expect(wrong.err).toMatch(/401.*ADMIN_API_KEY/);
-    expect(admin.store.routes.size + admin.store.upstreams.size).toBe(0);
+    expect((await admin.stored('routes')).size + (await admin.stored('upstreams')).size).toBe(0);
     const missing = await cli(['routes', 'diff'], { key: null });
     expect(missing.code).toBe(2);
     expect(missing.err).toMatch(/ADMIN_API_KEY must be set/);
@@ -239,6 +247,6 @@ describe('gatehouse routes diff and apply against the Admin API', () => {
   it('a diff never writes', async () => {
     await cli(['routes', 'diff']);
     expect(admin.requests.every((r) => r.method === 'GET')).toBe(true);
-    expect(admin.store.routes.size).toBe(0);
+    expect((await admin.stored('routes')).size).toBe(0);
   });
 });
