@@ -3,7 +3,8 @@
 // LLM_PORT (8083), VAULT_PORT (8200), RUNNER_METRICS_PORT (9091) and
 // ETCD_CLIENT_PORT (2379). etcd's data is kept under .local/stack-etcd, so
 // policies survive a restart; Vault runs in dev mode (in memory) and is
-// seeded again each time.
+// seeded again each time. STACK_NAME (default "default") keeps a second
+// stack's etcd data, demo keys and APISIX prefix apart from the first's.
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { pino } from 'pino';
@@ -19,7 +20,10 @@ const port = (name: string, fallback: number) => Number(process.env[name] ?? fal
 async function main() {
   const log = pino({ name: 'gatehouse-local', level: process.env.LOG_LEVEL ?? 'warn' }, pino.destination(2));
   const opaPath = process.env.OPA_PATH || join(root, '.local/bin/opa');
-  const identity = await createDemoIdentity(join(root, '.local', 'demo'));
+  const stackName = process.env.STACK_NAME ?? 'default';
+  if (!/^[a-z0-9][a-z0-9-]{0,40}$/.test(stackName)) throw new Error(`STACK_NAME must be lower-case letters, digits and dashes, not ${JSON.stringify(stackName)}`);
+  const suffix = stackName === 'default' ? '' : `-${stackName}`;
+  const identity = await createDemoIdentity(join(root, '.local', `demo${suffix}`));
   const ragPort = port('RAG_PORT', 8082);
   const rag = await startDemoRag(ragPort);
   const llm = await startLlmStub(port('LLM_PORT', 8083));
@@ -29,7 +33,9 @@ async function main() {
   const gatewayRole = await vault.createAppRole('gatehouse-gateway', 'path "secret/data/llm/*" { capabilities = ["read"] }');
   const stack = await startLocalStack({
     identity: identity.identityConfig,
-    etcdName: 'default',
+    etcdName: stackName,
+    workDir: join(root, '.local', `stack${suffix}`),
+    apisixPrefix: join(root, '.local', `stack${suffix}`, 'apisix'),
     etcdClientPort: port('ETCD_CLIENT_PORT', 2379),
     ports: {
       gateway: port('GATEWAY_PORT', 9080),
@@ -39,7 +45,7 @@ async function main() {
     },
     upstreams: { rag: `127.0.0.1:${ragPort}`, llm: llm.url },
     opaPath,
-    // The stand-in logs the runner's output at warn, as APISIX does: keep the runner to warnings.
+    // APISIX logs the runner's output at warn in its error.log: keep the runner to warnings.
     runnerEnv: {
       LOG_LEVEL: process.env.LOG_LEVEL ?? 'warn',
       VAULT_ADDR: vault.addr,
@@ -51,18 +57,20 @@ async function main() {
   const seeded = await seedDemoPolicies({ etcdEndpoints: stack.etcdEndpoints, opaPath });
 
   const gw = stack.gateway.url;
+  const gatewayLabel = stack.gateway.kind === 'apisix' ? 'APISIX 3.9.1' : 'APISIX STAND-IN, not APISIX';
+  const gatewayLogs = stack.gateway.logDir ? `\n  gateway logs              ${stack.gateway.logDir}  (error.log has the runner's output)` : '';
   const t = identity.tokens;
   const out = process.stdout;
   out.write(`
 Gatehouse local stack is up.
 
-  gateway (APISIX stand-in) ${gw}
+  gateway (${gatewayLabel}) ${gw}
   CMS (direct)              ${stack.cmsUrl}        (/healthz, /readyz, /metrics, /openapi.json)
   decision API (direct)     ${stack.decisionUrl}
   runner metrics            http://127.0.0.1:${port('RUNNER_METRICS_PORT', 9091)}/metrics  (/healthz, /readyz)
   Vault (dev mode)          ${vault.addr}  (the demo project's LLM key at ${DEMO_LLM_SECRET.mount}/${DEMO_LLM_SECRET.path})
   LLM (OpenAI-compatible stub) ${llm.url}
-  etcd                      ${stack.etcdEndpoints.join(', ')}
+  etcd                      ${stack.etcdEndpoints.join(', ')}${gatewayLogs}
   seeded policies           ${seeded.length ? seeded.join(', ') : 'none new (kept from the last run)'}
 
 Demo tokens (12 h): platform admin "ada", project user "dev" of "${DEMO_PROJECT}", project user "eve" of "other-team".

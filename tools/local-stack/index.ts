@@ -42,6 +42,12 @@ export interface LocalStackOptions {
   /** Extra environment for the runner (it passes nginx's envs filter only if listed in config.yaml). */
   runnerEnv?: Record<string, string>;
   logger: Logger;
+  /**
+   * APISIX's prefix directory (conf/, logs/, the runner's socket); default a
+   * new one under the system's temp directory. nginx's workers (nobody, when
+   * started by root) must be able to pass through every directory above it.
+   */
+  apisixPrefix?: string;
   /** Stand-in only: its upstream read timeout. */
   readTimeoutMs?: number;
   /**
@@ -61,6 +67,8 @@ export interface StackGateway {
   stop(): Promise<void>;
   /** Recent lines of the runner's output (APISIX: its error.log, where it writes them). */
   runnerOutput(): string[];
+  /** APISIX: its logs/ directory. */
+  logDir?: string;
 }
 
 export function gatewayChoice(env: NodeJS.ProcessEnv = process.env): GatewayChoice {
@@ -190,14 +198,16 @@ export async function startLocalStack(options: LocalStackOptions): Promise<Local
     if (choice === 'apisix' && !installation) throw new Error('GATEHOUSE_GATEWAY=apisix, but this machine has no APISIX (run `npm run setup`, or set APISIX_HOME)');
     let gateway: StackGateway;
     if (installation) {
-      gateway = await startApisix({
+      const apisix = await startApisix({
         installation,
         repoRoot: root,
+        ...(options.apisixPrefix ? { prefix: options.apisixPrefix } : {}),
         routesPath,
         port: options.ports?.gateway || (await freePort()),
         env: runnerEnv,
         logger: log.child({ component: 'gateway' }),
       });
+      gateway = { ...apisix, logDir: join(apisix.prefix, 'logs') };
     } else {
       if (choice === 'auto') log.warn('no APISIX on this machine: the APISIX stand-in serves the routes (tools/apisix-standin)');
       const standin = await startStandin({

@@ -1,0 +1,93 @@
+// `npm start`'s stack (dist/scripts/start.js) as a user meets it: it comes
+// up on the real APISIX, and the curl lines it prints give the answers their
+// comments promise.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { freePort } from '../../tools/apisix/index.js';
+import { testGateway } from '../support/gateway.js';
+import { repoRoot } from '../support/runner-process.js';
+
+const stackName = `test-${process.pid}`;
+let start: ChildProcess;
+let printed = '';
+
+beforeAll(async () => {
+  const ports: Record<string, string> = {};
+  for (const name of ['GATEWAY_PORT', 'CMS_PORT', 'DECISION_PORT', 'RAG_PORT', 'LLM_PORT', 'VAULT_PORT', 'RUNNER_METRICS_PORT', 'ETCD_CLIENT_PORT']) {
+    ports[name] = String(await freePort());
+  }
+  start = spawn(process.execPath, [join(repoRoot, 'dist/scripts/start.js')], {
+    cwd: repoRoot,
+    env: { ...process.env, ...ports, STACK_NAME: stackName, GATEHOUSE_GATEWAY: testGateway(), LOG_LEVEL: 'warn' },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let errors = '';
+  start.stderr!.on('data', (chunk: Buffer) => (errors += chunk.toString()));
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`npm start did not come up in 120 s:\n${printed}\n${errors}`)), 120_000);
+    start.stdout!.on('data', (chunk: Buffer) => {
+      printed += chunk.toString();
+      if (printed.includes('Press Ctrl-C to stop.')) {
+        clearTimeout(timer);
+        resolve();
+      }
+    });
+    start.once('exit', (code) => reject(new Error(`npm start exited (${code}):\n${printed}\n${errors}`)));
+  });
+}, 150_000);
+
+afterAll(async () => {
+  if (start && start.exitCode === null) {
+    const exited = new Promise((resolve) => start.once('exit', resolve));
+    start.kill('SIGTERM');
+    await exited;
+  }
+  for (const dir of [`stack-${stackName}`, `demo-${stackName}`, join('stack-etcd', stackName)]) {
+    rmSync(join(repoRoot, '.local', dir), { recursive: true, force: true });
+  }
+}, 30_000);
+
+/** Each printed curl line's HTTP status, run by bash with the printed exports, in order. */
+function statusesOfCurlLines(): { line: string; status: number }[] {
+  const lines = printed.split('\n');
+  const exports = lines.filter((line) => /^\s*export (ADMIN|DEV|EVE)=/.test(line)).map((line) => line.trim());
+  expect(exports).toHaveLength(3);
+  return lines
+    .filter((line) => line.startsWith('curl '))
+    .map((line) => {
+      // The status instead of the body; -i's headers go to /dev/null with it.
+      const command = line.replace(/^curl -si? /, 'curl -s -o /dev/null -w "%{http_code}" ').replace(/\s+#.*$/, '');
+      const status = Number(execFileSync('bash', ['-c', `${exports.join('\n')}\n${command}`], { encoding: 'utf8' }));
+      return { line, status };
+    });
+}
+
+describe('npm start', () => {
+  it('names the gateway it runs: the real APISIX', () => {
+    expect(printed).toMatch(testGateway() === 'apisix' ? /gateway \(APISIX 3\.9\.1\)/ : /APISIX STAND-IN/);
+  });
+
+  it('every curl line it prints answers as its comment says, through the gateway', () => {
+    const results = statusesOfCurlLines();
+    expect(results.map((r) => r.status)).toEqual([
+      200, // rag as dev
+      403, // rag as eve (no policy for other-team)
+      401, // rag without a token
+      200, // rag with a spoofed role header
+      200, // an allowed model
+      403, // a model the policy does not allow
+      200, // the decision API
+      200, // list policies
+      200, // read the demo project's policy
+      403, // the platform policy as a project user
+      201, // create team-a
+      200, // replace team-a at version 1
+      200, // history
+    ]);
+    const gateway = /gateway \([^)]*\) (http:\/\/\S+)/.exec(printed)?.[1];
+    expect(gateway).toBeTruthy();
+    for (const { line } of results) expect(line).toContain(gateway!);
+  });
+});
