@@ -115,6 +115,14 @@ function deletedArgs(request: GatewayRequest): TextEntry[] {
   return request.args.changes().filter((entry) => entry.value === null);
 }
 
+/**
+ * Upstream headers the answer to HTTPRespCall leaves out. APISIX builds the
+ * client's response itself from the answer: headers that framed the
+ * upstream's message (a content-length for a body a plugin replaced, say)
+ * would be wrong in it, and nginx sets these itself, as its proxy would.
+ */
+const NOT_PASSED_ON = new Set(['content-length', 'transfer-encoding', 'connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'upgrade', 'date', 'server']);
+
 export async function runResponseChain(
   chain: PreparedPlugin[],
   call: HttpRespCallRequest,
@@ -138,8 +146,10 @@ export async function runResponseChain(
   return {
     id: call.id,
     status: changes.status ?? 0,
-    // Headers sent back replace all of the upstream's, so send the full set or none.
-    headers: changes.headersChanged ? response.headers.all() : [],
+    // Always the full set, changed or not: headers sent back replace all of
+    // the upstream's, and with none APISIX keeps the upstream's minus its
+    // exclusion list, which drops content-type, location and www-authenticate.
+    headers: response.headers.all().filter((entry) => !NOT_PASSED_ON.has(entry.name)),
     body: changes.body,
   };
 }

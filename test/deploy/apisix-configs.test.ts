@@ -80,6 +80,7 @@ describe.runIf(onApisix)('APISIX accepts apisix-conf/', () => {
         JWT_AUDIENCE: keys.audience,
         RUNNER_STATE_DIR: mkdtempSync(join(tmpdir(), 'gh-runner-')),
         LOG_LEVEL: 'warn',
+        RUNNER_METRICS_PORT: 'off',
         // The llm route's vault plugin needs a Vault to be configured (not reachable: no token gets that far).
         VAULT_ADDR: 'http://127.0.0.1:1',
         VAULT_TOKEN: 'unused',

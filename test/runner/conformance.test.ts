@@ -284,10 +284,27 @@ describe('HTTPRespCall (ext-plugin-post-resp)', () => {
     expect(text(answer.body)).toBe('hello!');
   });
 
-  it('leaves the response alone when no plugin changes it', async () => {
+  it('leaves the response alone when no plugin changes it: status 0, no body, the headers as they came', async () => {
     const token = await client.prepare([example({ set_headers: { a: 'b' } })]);
-    const answer = await client.respCall({ id: 4, status: 502, headers: [{ name: 'x', value: 'y' }], confToken: token });
-    expect(answer).toMatchObject({ id: 4, status: 0, headers: [], body: null });
+    const headers = [
+      { name: 'x', value: 'y' },
+      { name: 'content-type', value: 'application/json' },
+      { name: 'location', value: '/elsewhere' },
+    ];
+    const answer = await client.respCall({ id: 4, status: 502, headers, confToken: token });
+    // Without headers in the answer APISIX would drop content-type and location (its exclusion list).
+    expect(answer).toMatchObject({ id: 4, status: 0, headers, body: null });
+  });
+
+  it("never passes on the upstream's framing headers, nor the Date and Server nginx sets itself", async () => {
+    const token = await client.prepare([example({ response: { append_body: '!' } })]);
+    const framing = ['content-length', 'transfer-encoding', 'connection', 'keep-alive', 'te', 'trailer', 'upgrade', 'date', 'server'];
+    const answer = await client.respCall(
+      { id: 5, status: 200, headers: [...framing.map((name) => ({ name, value: 'v' })), { name: 'content-type', value: 'text/plain' }], confToken: token },
+      (info) => (info.type === 'respBody' ? Buffer.from('hello') : null),
+    );
+    expect(answer.headers).toEqual([{ name: 'content-type', value: 'text/plain' }]);
+    expect(text(answer.body)).toBe('hello!');
   });
 
   it('unknown token gives CONF_TOKEN_NOT_FOUND', async () => {

@@ -37,6 +37,8 @@ export interface ApisixInstanceOptions {
 
 export interface PreparedApisix {
   prefix: string;
+  /** ext-plugin.path_for_test: the socket of a runner started elsewhere, or null when APISIX starts it. */
+  externalRunnerSocket: string | null;
   /** The openresty command line that starts this instance in the foreground. */
   command: [string, ...string[]];
   env: Record<string, string>;
@@ -88,6 +90,7 @@ export function prepareApisix(options: ApisixInstanceOptions): PreparedApisix {
   if (options.workerProcesses) config.setIn(['nginx_config', 'worker_processes'], options.workerProcesses);
   options.edit?.(config);
   writeFileSync(join(prefix, 'conf', 'config.yaml'), config.toString());
+  const pathForTest = config.getIn(['ext-plugin', 'path_for_test']);
   // A copy, not a link: the workers (nobody, under a root master) read it
   // every second, and the caller's directory may be private.
   if (options.routesPath) cpSync(options.routesPath, join(prefix, 'conf', 'apisix.yaml'));
@@ -95,7 +98,7 @@ export function prepareApisix(options: ApisixInstanceOptions): PreparedApisix {
   const env = { ...options.env, PATH: `${installation.binDir}:${options.env.PATH ?? process.env.PATH ?? ''}` };
   const cli = existsSync(join(installation.home, 'bin', 'apisix')) ? join(installation.home, 'bin', 'apisix') : 'apisix';
   run(cli, ['init'], { cwd: prefix, env });
-  return { prefix, command: [installation.openresty, '-p', `${prefix}/`, '-c', 'conf/nginx.conf', '-g', 'daemon off;'], env };
+  return { prefix, externalRunnerSocket: typeof pathForTest === 'string' ? pathForTest : null, command: [installation.openresty, '-p', `${prefix}/`, '-c', 'conf/nginx.conf', '-g', 'daemon off;'], env };
 }
 
 /**
@@ -118,8 +121,10 @@ export interface ApisixHandle {
   pid: number;
   /** Standalone mode: the routes file APISIX reads (conf/apisix.yaml); a change is live within a second. */
   routesPath: string;
-  /** The runner's socket, conf/apisix-<master pid>.sock. */
+  /** The runner's socket: conf/apisix-<master pid>.sock, or ext-plugin.path_for_test. */
   socketPath: string;
+  /** The pid of the runner APISIX started (the one process of nginx's group that is not nginx), or null. */
+  runnerPid(): number | null;
   /** Lines of logs/error.log, where APISIX writes the runner's output. */
   runnerOutput(): string[];
   /** Resolves when the runner's socket accepts a connection. */
@@ -159,6 +164,24 @@ function groupAlive(pid: number): boolean {
   }
 }
 
+/** The process of nginx's process group that is not nginx: the runner its privileged agent spawned. */
+function runnerInGroup(group: number): number | null {
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
+      // Fields after the command's closing parenthesis: state, ppid, pgrp, ...
+      const pgrp = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[2]);
+      if (pgrp !== group) continue;
+      if (readFileSync(`/proc/${entry}/cmdline`, 'utf8').startsWith('nginx:')) continue;
+      return Number(entry);
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return null;
+}
+
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** Prepares and starts APISIX; resolves once it answers HTTP and the runner's socket accepts connections. */
@@ -186,7 +209,7 @@ export async function startApisix(
 
   const host = options.host ?? '127.0.0.1';
   const url = `http://${host === '0.0.0.0' ? '127.0.0.1' : host}:${options.port}`;
-  const socketPath = join(prepared.prefix, 'conf', `apisix-${pid}.sock`);
+  const socketPath = prepared.externalRunnerSocket ?? join(prepared.prefix, 'conf', `apisix-${pid}.sock`);
   const errorLog = join(prepared.prefix, 'logs', 'error.log');
   const runnerOutput = () => (existsSync(errorLog) ? readFileSync(errorLog, 'utf8').split('\n').filter((line) => line !== '') : []);
 
@@ -232,5 +255,17 @@ export async function startApisix(
     throw err;
   }
   log.info({ url, prefix: prepared.prefix, pid }, 'APISIX started');
-  return { kind: 'apisix', url, port: options.port, prefix: prepared.prefix, routesPath: join(prepared.prefix, 'conf', 'apisix.yaml'), pid, socketPath, runnerOutput, waitForRunner, stop };
+  return {
+    kind: 'apisix',
+    url,
+    port: options.port,
+    prefix: prepared.prefix,
+    routesPath: join(prepared.prefix, 'conf', 'apisix.yaml'),
+    pid,
+    socketPath,
+    runnerPid: () => runnerInGroup(pid),
+    runnerOutput,
+    waitForRunner,
+    stop,
+  };
 }
