@@ -1,26 +1,23 @@
 // https upstreams (the LLM, which receives each project's Vault key) are
 // verified: config.yaml turns on nginx's proxy_ssl_verify against
-// ssl_trusted_certificate, and the stand-in does what nginx then does. An
-// upstream whose certificate the bundle does not vouch for gets nothing,
-// not even the request.
+// apisix.ssl.ssl_trusted_certificate. Checked on the gateway with the
+// repository's config.yaml, only the bundle's path changed: an upstream whose
+// certificate the bundle does not vouch for gets nothing, not even the request.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { pino } from 'pino';
 import { request } from 'undici';
-import { FakeRunner } from './fake-runner.js';
-import { parseGatewayConfig, startStandin, type StandinHandle } from '../../tools/apisix-standin/index.js';
-import { repoRoot } from '../support/runner-process.js';
+import type { Document } from 'yaml';
+import { startTestGateway, type TestGatewayHandle } from '../support/gateway.js';
 
 let dir: string;
 let upstream: Server;
 let upstreamPort = 0;
 let received = 0;
-let fake: FakeRunner;
-const standins: StandinHandle[] = [];
+const gateways: TestGatewayHandle[] = [];
 
 /** A CA, and a certificate it signs for 127.0.0.1. */
 function makeCerts(): void {
@@ -40,56 +37,56 @@ beforeAll(async () => {
   });
   await new Promise<void>((resolve) => upstream.listen(0, '127.0.0.1', resolve));
   upstreamPort = (upstream.address() as { port: number }).port;
-  fake = await FakeRunner.start();
 });
 
 afterAll(async () => {
-  for (const s of standins) await s.stop();
-  await fake?.close();
+  for (const gateway of gateways) await gateway.stop();
   await new Promise((resolve) => upstream?.close(resolve));
   rmSync(dir, { recursive: true, force: true });
 });
 
-async function standinWith(config: string): Promise<StandinHandle> {
-  const configPath = join(dir, `config-${standins.length}.yaml`);
-  writeFileSync(configPath, config);
-  const routesPath = join(dir, 'apisix.yaml');
+async function gatewayWith(editConfig: (config: Document) => void): Promise<TestGatewayHandle> {
+  const routesPath = join(dir, `apisix-${gateways.length}.yaml`);
   writeFileSync(
     routesPath,
     ['routes:', '  - id: llm', '    uri: /llm/*', '    upstream:', '      scheme: https', '      pass_host: node', '      nodes:', `        "127.0.0.1:${upstreamPort}": 1`, '#END', ''].join('\n'),
   );
-  const standin = await startStandin({ configPath, routesPath, runnerSocketPath: fake.socketPath, reloadIntervalMs: null, logger: pino({ level: 'silent' }) });
-  standins.push(standin);
-  return standin;
+  const gateway = await startTestGateway({ routesPath, editConfig });
+  gateways.push(gateway);
+  return gateway;
 }
 
-const verifying = (bundle: string) => `apisix:\n  ssl:\n    ssl_trusted_certificate: ${bundle}\nnginx_config:\n  http_server_configuration_snippet: |\n    proxy_ssl_verify on;\n`;
+const trusting = (bundle: string) => (config: Document) => config.setIn(['apisix', 'ssl', 'ssl_trusted_certificate'], bundle);
 
 describe('https upstreams', () => {
-  it("the repository's configs turn verification on", () => {
-    for (const file of ['apisix-conf/config.yaml', 'apisix-conf/config-traditional.yaml']) {
-      const config = parseGatewayConfig(readFileSync(join(repoRoot, file), 'utf8'));
-      expect(config.upstreamTls.verify, file).toBe(true);
-      expect(config.upstreamTls.trustedCertificate, file).not.toBeNull();
-    }
-  });
-
   it('an upstream whose certificate the trusted bundle does not vouch for gets nothing: 502', async () => {
     // The system's roots do not include the test CA.
-    const standin = await standinWith(verifying('/etc/ssl/certs/ca-certificates.crt'));
+    const gateway = await gatewayWith(trusting('/etc/ssl/certs/ca-certificates.crt'));
     received = 0;
-    const res = await request(`${standin.url}/llm/v1/chat/completions`, { headers: { authorization: 'Bearer sk-project-key' } });
+    const res = await request(`${gateway.url}/llm/v1/chat/completions`, { headers: { authorization: 'Bearer sk-project-key' } });
     await res.body.dump();
     expect(res.statusCode).toBe(502);
     expect(received).toBe(0);
   });
 
   it('an upstream the bundle vouches for is reached', async () => {
-    const standin = await standinWith(verifying(join(dir, 'ca.crt')));
+    const gateway = await gatewayWith(trusting(join(dir, 'ca.crt')));
     received = 0;
-    const res = await request(`${standin.url}/llm/v1/chat/completions`);
+    const res = await request(`${gateway.url}/llm/v1/chat/completions`);
     expect(res.statusCode).toBe(200);
     expect(await res.body.text()).toBe('secret-bearing request served');
+    expect(received).toBe(1);
+  });
+
+  it("it is config.yaml's snippet that verifies: without it the same untrusted upstream gets the key", async () => {
+    const gateway = await gatewayWith((config) => {
+      trusting('/etc/ssl/certs/ca-certificates.crt')(config);
+      config.deleteIn(['nginx_config', 'http_server_configuration_snippet']);
+    });
+    received = 0;
+    const res = await request(`${gateway.url}/llm/v1/chat/completions`, { headers: { authorization: 'Bearer sk-project-key' } });
+    await res.body.dump();
+    expect(res.statusCode).toBe(200);
     expect(received).toBe(1);
   });
 });
