@@ -1,5 +1,5 @@
 // npm run bench:hairpin — what the LLM route's chain adds to a request, in one
-// run: the same chat completion through the gateway (the APISIX stand-in) on
+// run: the same chat completion through the gateway (APISIX) on
 //   /llm/v1/chat/completions   jwt -> opa (JSON body) -> vault (cached key) -> path-rewrite
 //   /rag/v1/chat/completions   jwt -> opa (no body), for comparison
 //   /direct/v1/chat/completions  no plugins
@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Pool } from 'undici';
 import { pino } from 'pino';
-import { parse, stringify } from 'yaml';
+import { parseDocument } from 'yaml';
 import { createDemoIdentity } from '../cms/demo.js';
 import { RegoCompiler, policySubmission } from '../cms/rego-compiler.js';
 import { PolicyStore } from '../policy/store/index.js';
@@ -58,10 +58,11 @@ async function main() {
     const identity = await createDemoIdentity(join(work, 'identity'));
 
     // The repository's routes plus one route with no plugins to the same upstream.
-    const template = parse(readFileSync(join(root, 'apisix-conf/apisix.yaml'), 'utf8')) as { routes: object[] };
-    template.routes.push({ id: 'direct', uris: ['/direct/*'], upstream_id: 'llm' });
+    // Edited as a document and written without folding: APISIX's YAML parser takes the file as written.
+    const template = parseDocument(readFileSync(join(root, 'apisix-conf/apisix.yaml'), 'utf8'));
+    template.addIn(['routes'], { id: 'direct', uris: ['/direct/*'], upstream_id: 'llm' });
     const templatePath = join(work, 'apisix.yaml');
-    writeFileSync(templatePath, `${stringify(template)}#END\n`);
+    writeFileSync(templatePath, `${template.toString({ lineWidth: 0 }).replace(/\n#END\s*$/, '').trimEnd()}\n#END\n`);
 
     const stack = await startLocalStack({
       identity: identity.identityConfig,
@@ -112,7 +113,8 @@ async function main() {
     await pool.close();
     const [direct, rag, chain] = [...results.values()].map(medianStats) as [Stats, Stats, Stats];
     console.log(machineLine());
-    console.log(`through the APISIX stand-in to an LLM stub; connections: ${connections}; ${seconds}s x ${rounds} rounds (median)\n`);
+    const gateway = stack.gateway.kind === 'apisix' ? 'APISIX 3.9.1' : 'the APISIX stand-in';
+    console.log(`through ${gateway} to an LLM stub; connections: ${connections}; ${seconds}s x ${rounds} rounds (median)\n`);
     printTable([direct, rag, chain], { ...direct, name: 'direct' });
     console.log(`\nadded by the chain: p50 +${(chain.p50 - direct.p50).toFixed(0)} µs, p99 +${(chain.p99 - direct.p99).toFixed(0)} µs`);
   } finally {
