@@ -17,6 +17,15 @@ import { startLocalVault } from '../tools/local-vault/index.js';
 const root = fileURLToPath(new URL('../..', import.meta.url));
 const port = (name: string, fallback: number) => Number(process.env[name] ?? fallback);
 
+async function waitUntil(check: () => Promise<boolean>, timeoutMs: number): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (await check().catch(() => false)) return true;
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  return false;
+}
+
 async function main() {
   const log = pino({ name: 'gatehouse-local', level: process.env.LOG_LEVEL ?? 'warn' }, pino.destination(2));
   const opaPath = process.env.OPA_PATH || join(root, '.local/bin/opa');
