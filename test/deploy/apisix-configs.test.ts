@@ -60,6 +60,13 @@ describe.runIf(onApisix)('APISIX accepts apisix-conf/', () => {
     expect(() => check(standalone, (doc) => doc.setIn(['nginx_config', 'http_server_configuration_snippet'], 'proxy_ssl_verify maybe;\n'))).toThrow(/proxy_ssl_verify/);
   });
 
+  it("refuses a prefix nginx's workers could not reach (under a root master they run as nobody)", () => {
+    const closed = mkdtempSync(join(tmpdir(), 'gh-closed-')); // mode 0700
+    const attempt = () => testApisixConfig({ installation: apisixInstallation(), repoRoot, prefix: join(closed, 'apisix'), routesPath: routes, port: 9080, env: { PATH: process.env.PATH ?? '' } });
+    if (process.getuid?.() === 0) expect(attempt).toThrow(/workers \(nobody\) could not reach/);
+    else expect(attempt()).toMatch(/configuration test is successful/);
+  });
+
   // `apisix test` reads neither the routes nor the plugin list's contents: a
   // route APISIX refuses only shows at run time. Every route of apisix.yaml
   // answers through the runner (401 without a token, not 404), with no error logged.

@@ -8,10 +8,10 @@
 // CLI takes the current directory as APISIX's home when it is started as
 // ./apisix/cli/apisix.lua, which is what bin/apisix does in a source tree.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { chmodSync, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { createConnection, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
-import { isAbsolute, join } from 'node:path';
+import { dirname, isAbsolute, join, resolve } from 'node:path';
 import type { Logger } from 'pino';
 import { parseDocument, type Document } from 'yaml';
 import type { ApisixInstallation } from './installation.js';
@@ -65,10 +65,25 @@ function absoluteRunnerCmd(cmd: unknown, repoRoot: string): string[] | null {
   });
 }
 
+/**
+ * Whether nginx's workers can reach a directory: under a root master they run
+ * as nobody, so every directory above it must let others pass through.
+ */
+export function reachableByWorkers(dir: string): boolean {
+  if (process.getuid?.() !== 0) return true;
+  for (let current = resolve(dir); ; current = dirname(current)) {
+    if (existsSync(current) && (statSync(current).mode & 0o001) === 0) return false;
+    if (dirname(current) === current) return true;
+  }
+}
+
 /** Renders the instance's conf/ and nginx.conf with APISIX's CLI; starts nothing. */
 export function prepareApisix(options: ApisixInstanceOptions): PreparedApisix {
   const { installation, repoRoot } = options;
   const prefix = options.prefix ?? mkdtempSync(join(tmpdir(), 'gatehouse-apisix-'));
+  if (!reachableByWorkers(dirname(prefix))) {
+    throw new ApisixStartError(`nginx's workers (nobody) could not reach the runner's socket under ${prefix}: a directory above it is closed to others`);
+  }
   mkdirSync(join(prefix, 'conf'), { recursive: true });
   mkdirSync(join(prefix, 'logs'), { recursive: true });
   // nginx's workers run as nobody when the master is root: they must reach

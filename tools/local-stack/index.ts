@@ -20,7 +20,7 @@ import { PolicyWatcher } from '../../policy/watcher/watcher.js';
 import { buildDecisionApp } from '../../decision-api/app.js';
 import { startStandin } from '../apisix-standin/index.js';
 import { findRepoRoot } from '../repo-root.js';
-import { findApisix, freePort, startApisix } from '../apisix/index.js';
+import { findApisix, freePort, reachableByWorkers, startApisix } from '../apisix/index.js';
 import { startLocalEtcd, type LocalEtcd } from '../local-etcd/index.js';
 
 export interface LocalStackOptions {
@@ -201,7 +201,8 @@ export async function startLocalStack(options: LocalStackOptions): Promise<Local
       const apisix = await startApisix({
         installation,
         repoRoot: root,
-        ...(options.apisixPrefix ? { prefix: options.apisixPrefix } : {}),
+        // A checkout nginx's workers cannot enter (under /root, say) gets its prefix in the temp directory.
+        ...(options.apisixPrefix && reachableByWorkers(options.apisixPrefix) ? { prefix: options.apisixPrefix } : {}),
         routesPath,
         port: options.ports?.gateway || (await freePort()),
         env: runnerEnv,
