@@ -1,87 +1,270 @@
-// npm run bench:runner — drives the runner over its socket as APISIX does
-// (N connections, one call at a time on each) and compares it, in the same
-// run, with the floor: a bare frame round trip over a Unix socket in Node.
+// npm run bench:runner — Gatehouse's runner beside the official Go runner
+// (apache/apisix-go-plugin-runner v0.5.0, bench/go/go-runner: a no-op and a
+// stop plugin), both driven by the same compiled load generator
+// (bench/go/loadgen: N connections, one call at a time on each, as APISIX
+// calls), and a bare echo server as the floor: the load generator must go
+// faster against it than against either runner, or it is measuring itself.
 //
-// Env: BENCH_CONNECTIONS (default 32), BENCH_SECONDS per scenario and round
-// (default 3), BENCH_ROUNDS (default 3; scenarios alternate within a round so
-// machine noise hits them alike; the median of each figure is reported).
-import { mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+// For each scenario: calls/s, p50/p99/p99.9 latency, and CPU per call: the
+// runner's own CPU time (its process tree: primary, workers, threads, from
+// /proc) over the calls it answered. Scenarios alternate within each round
+// so machine noise hits them alike; the median of each figure is reported.
+//
+// Env: BENCH_CONNECTIONS (8), BENCH_SECONDS per scenario and round (5),
+// BENCH_ROUNDS (3), RUNNER_WORKERS for Gatehouse's runner (default: cores).
+import { execFile, execFileSync } from 'node:child_process';
+import { mkdtempSync, readdirSync, readFileSync } from 'node:fs';
+import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { HttpReqCallRequest } from '../plugins/protocol/index.js';
-import {
-  driveRunner,
-  machineLine,
-  medianStats,
-  prepareConf,
-  printTable,
-  socketAccepts,
-  startNodeProcess,
-  type Stats,
-} from './support.js';
+import { promisify } from 'node:util';
+import { RegoCompiler, policySubmission } from '../cms/rego-compiler.js';
+import { createEtcdClient } from '../etcd/index.js';
+import { decodeHttpReqCallResponse, RpcType, type HttpReqCallRequest } from '../plugins/protocol/index.js';
+import { PolicyStore } from '../policy/store/index.js';
+import { startLocalEtcd } from '../tools/local-etcd/index.js';
+import { benchIdentity, driveRunner, machineLine, median, prepareConf, retryUntilReady, socketAccepts, startProcess, type BenchProcess } from './support.js';
 
-const connections = Number(process.env.BENCH_CONNECTIONS ?? 32);
-const seconds = Number(process.env.BENCH_SECONDS ?? 3);
+const connections = Number(process.env.BENCH_CONNECTIONS ?? 8);
+const seconds = Number(process.env.BENCH_SECONDS ?? 5);
 const rounds = Number(process.env.BENCH_ROUNDS ?? 3);
+const workers = Number(process.env.RUNNER_WORKERS ?? availableParallelism());
 const here = fileURLToPath(new URL('.', import.meta.url));
+const root = join(here, '..', '..');
+const bin = join(root, '.local', 'bin');
+const opaPath = process.env.OPA_PATH || join(bin, 'opa');
+const execFileAsync = promisify(execFile);
+
+const POLICY = `package project.authz
+import rego.v1
+
+default allow := false
+
+allow if {
+	input.user.role in data.valid_roles
+	input.request.method in {"GET", "POST"}
+	startswith(input.request.path, "/rag/")
+}
+`;
+const DATA = { valid_roles: ['analyst', 'admin'] };
+
+/** Builds the Go yardstick (cached by Go after the first time). */
+function buildGoTools(): void {
+  const dir = join(root, 'bench', 'go');
+  for (const [out, pkg] of [
+    ['gatehouse-bench-go-runner', './go-runner'],
+    ['gatehouse-ext-plugin-load', './loadgen'],
+    ['gatehouse-ext-plugin-echo', './echo'],
+  ] as const) {
+    execFileSync('go', ['build', '-o', join(bin, out), pkg], { cwd: dir, stdio: 'inherit' });
+  }
+}
+
+const CLOCK_TICKS = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
+
+/** CPU time (µs) of a process and all its descendants, threads included. */
+function treeCpuMicros(rootPid: number): number {
+  const children = new Map<number, number[]>();
+  const cpu = new Map<number, number>();
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      const pid = Number(entry);
+      const ppid = Number(fields[1]);
+      cpu.set(pid, Number(fields[11]) + Number(fields[12])); // utime + stime
+      children.set(ppid, [...(children.get(ppid) ?? []), pid]);
+    } catch {
+      // gone meanwhile
+    }
+  }
+  let ticks = 0;
+  const todo = [rootPid];
+  while (todo.length > 0) {
+    const pid = todo.pop()!;
+    ticks += cpu.get(pid) ?? 0;
+    todo.push(...(children.get(pid) ?? []));
+  }
+  return (ticks * 1e6) / CLOCK_TICKS;
+}
+
+interface LoadResult {
+  calls: number;
+  errors: number;
+  seconds: number;
+  callsPerSecond: number;
+  p50Us: number;
+  p99Us: number;
+  p999Us: number;
+}
+
+interface Row {
+  name: string;
+  callsPerSecond: number;
+  p50: number;
+  p99: number;
+  p999: number;
+  cpuPerCall: number | null;
+  errors: number;
+}
+
+interface Scenario {
+  name: string;
+  server: BenchProcess;
+  conf: { name: string; value: string }[];
+  extraArgs?: string[];
+  /** CPU per call is measured for runners, not for the floor. */
+  measureCpu: boolean;
+}
+
+async function drive(scenario: Scenario): Promise<Row> {
+  const pid = scenario.server.child.pid!;
+  const before = treeCpuMicros(pid);
+  const { stdout } = await execFileAsync(join(bin, 'gatehouse-ext-plugin-load'), [
+    '-socket', scenario.server.socketPath!,
+    '-connections', String(connections),
+    '-seconds', String(seconds),
+    '-warmup', '0',
+    '-conf', JSON.stringify(scenario.conf),
+    ...(scenario.extraArgs ?? []),
+  ]);
+  const after = treeCpuMicros(pid);
+  const result = JSON.parse(stdout) as LoadResult;
+  if (result.errors > 0) throw new Error(`${scenario.name}: ${result.errors} calls failed`);
+  return {
+    name: scenario.name,
+    callsPerSecond: result.callsPerSecond,
+    p50: result.p50Us,
+    p99: result.p99Us,
+    p999: result.p999Us,
+    // Includes the runner's share of the PrepareConf: one call among many.
+    cpuPerCall: scenario.measureCpu ? (after - before) / result.calls : null,
+    errors: result.errors,
+  };
+}
+
+function medianRow(rows: Row[]): Row {
+  const pick = (f: (r: Row) => number) => median(rows.map(f));
+  return {
+    name: rows[0]!.name,
+    callsPerSecond: pick((r) => r.callsPerSecond),
+    p50: pick((r) => r.p50),
+    p99: pick((r) => r.p99),
+    p999: pick((r) => r.p999),
+    cpuPerCall: rows[0]!.cpuPerCall === null ? null : pick((r) => r.cpuPerCall!),
+    errors: rows.reduce((n, r) => n + r.errors, 0),
+  };
+}
+
+function printRows(rows: Row[], baselines: Map<string, Row>): void {
+  console.log('| scenario | calls/s | p50 µs | p99 µs | p99.9 µs | CPU µs/call | calls/s vs Go | p99 vs Go | CPU/call vs Go |');
+  console.log('|---|---:|---:|---:|---:|---:|---:|---:|---:|');
+  const f = (n: number) => n.toFixed(0);
+  for (const row of rows) {
+    const go = baselines.get(row.name);
+    const vs = (a: number | null, b: number | null | undefined) => (a !== null && b ? `${(a / b).toFixed(2)}x` : '');
+    console.log(
+      `| ${row.name} | ${f(row.callsPerSecond)} | ${f(row.p50)} | ${f(row.p99)} | ${f(row.p999)} | ${row.cpuPerCall === null ? '' : row.cpuPerCall.toFixed(1)} | ${vs(row.callsPerSecond, go?.callsPerSecond)} | ${vs(row.p99, go?.p99)} | ${vs(row.cpuPerCall, go?.cpuPerCall)} |`,
+    );
+  }
+}
 
 async function main() {
-  const dir = mkdtempSync(join(tmpdir(), 'gh-bench-'));
-  const floorSocket = join(dir, 'floor.sock');
-  const runnerSocket = join(dir, 'runner.sock');
-  const floor = await startNodeProcess(join(here, 'floor-echo-server.js'), [floorSocket], {}, () => socketAccepts(floorSocket));
-  const runner = await startNodeProcess(
-    join(here, '../plugins/runner/main.js'),
-    [],
-    { APISIX_LISTEN_ADDRESS: `unix:${runnerSocket}`, RUNNER_METRICS_PORT: 'off' },
-    () => socketAccepts(runnerSocket),
-  );
+  buildGoTools();
+  const work = mkdtempSync(join(tmpdir(), 'gh-bench-runner-'));
+  const etcd = await startLocalEtcd({ dataRoot: 'bench-etcd' });
+  const processes: BenchProcess[] = [];
+  const start = async (name: string, command: string, args: string[], env: Record<string, string>) => {
+    const socketPath = join(work, `${name}.sock`);
+    const started = await startProcess(command, args, { ...env, APISIX_LISTEN_ADDRESS: `unix:${socketPath}`, APISIX_CONF_EXPIRE_TIME: '3600' }, () => socketAccepts(socketPath));
+    started.socketPath = socketPath;
+    processes.push(started);
+    return started;
+  };
   try {
-    const example = (conf: object) => [{ name: 'example', value: JSON.stringify(conf) }];
-    const noop = await prepareConf(runnerSocket, example({}));
-    const rewrite = await prepareConf(runnerSocket, example({ set_headers: { 'x-gatehouse': '1', 'x-forged': null }, set_args: { stream: null } }));
-    const withVar = await prepareConf(runnerSocket, example({ echo_var: 'remote_addr' }));
+    const identity = await benchIdentity(work);
+    const analyst = await identity.sign({ sub: 'ana', role: 'analyst', project: 'bench' });
+    const compiled = await new RegoCompiler({ opaPath }).compile(POLICY, JSON.stringify(DATA));
+    const client = createEtcdClient(etcd.endpoints);
+    await new PolicyStore(client).put('bench', policySubmission(POLICY, JSON.stringify(DATA), compiled, 'bench'));
+    client.close();
+
+    const floor = await start('floor', join(bin, 'gatehouse-ext-plugin-echo'), ['-socket', join(work, 'floor.sock')], {});
+    // The Go runner caches confs by PrepareConf's key: one process per conf.
+    const goNoop = await start('go-noop', join(bin, 'gatehouse-bench-go-runner'), [], {});
+    const goStop = await start('go-stop', join(bin, 'gatehouse-bench-go-runner'), [], {});
+    const runnerEnv = {
+      ...identity.env,
+      ETCD_ENDPOINTS: etcd.endpoints.join(','),
+      RUNNER_METRICS_PORT: 'off',
+      RUNNER_STATE_DIR: join(work, 'state'),
+      RUNNER_WORKERS: String(workers),
+    };
+    const gatehouse = await start('gatehouse', process.execPath, [join(here, '../plugins/runner/main.js')], runnerEnv);
+    const gatehouseOne = await start('gatehouse-1', process.execPath, [join(here, '../plugins/runner/main.js')], { ...runnerEnv, RUNNER_STATE_DIR: join(work, 'state-1'), RUNNER_WORKERS: '1' });
+
+    const chain = [
+      { name: 'jwt', value: '{}' },
+      { name: 'opa', value: '{"policies":["caller-project"]}' },
+    ];
+    // Fast and wrong is worthless: the chain must allow this caller (a Rewrite), once the policy is loaded.
     const request: HttpReqCallRequest = {
       id: 0,
-      srcIp: new Uint8Array([10, 0, 0, 7]),
+      srcIp: new Uint8Array([127, 0, 0, 1]),
       method: 'POST',
-      path: '/llm/v1/chat/completions',
-      args: [{ name: 'stream', value: 'false' }],
-      headers: [
-        { name: 'host', value: 'api.example.com' },
-        { name: 'content-type', value: 'application/json' },
-        { name: 'user-agent', value: 'bench' },
-        { name: 'accept', value: '*/*' },
-      ],
-      confToken: 0,
+      path: '/rag/ask',
+      args: [],
+      headers: [{ name: 'authorization', value: `Bearer ${analyst}` }],
+      confToken: await prepareConf(gatehouse.socketPath!, chain),
     };
-    const scenarios: [string, string, number][] = [
-      ['floor: bare frame round trip', floorSocket, 0],
-      ['runner: no-op chain', runnerSocket, noop],
-      ['runner: example plugin (rewrite)', runnerSocket, rewrite],
-      ['runner: example plugin (+1 ExtraInfo var)', runnerSocket, withVar],
+    await retryUntilReady(() =>
+      driveRunner({
+        name: 'check',
+        socketPath: gatehouse.socketPath!,
+        request,
+        connections: 4,
+        seconds: 0.2,
+        check: (type, payload) => {
+          if (type !== RpcType.HTTPReqCall || decodeHttpReqCallResponse(payload).action?.type !== 'rewrite') throw new Error('the jwt + opa chain did not allow the request');
+        },
+      }),
+    );
+
+    const stopConf = (plugin: string, value: object) => [{ name: plugin, value: JSON.stringify(value) }];
+    const chainArgs = ['-method', 'POST', '-path', '/rag/ask', '-header', `authorization: Bearer ${analyst}`];
+    const scenarios: Scenario[] = [
+      { name: 'floor: bare echo (Go)', server: floor, conf: stopConf('noop', {}), measureCpu: false },
+      { name: 'no-op: Go runner', server: goNoop, conf: stopConf('noop', {}), measureCpu: true },
+      { name: `no-op: Gatehouse, ${workers} workers`, server: gatehouse, conf: stopConf('example', {}), measureCpu: true },
+      { name: 'no-op: Gatehouse, 1 process', server: gatehouseOne, conf: stopConf('example', {}), measureCpu: true },
+      { name: 'stop: Go runner', server: goStop, conf: stopConf('stop', { status: 200, body: 'ok' }), measureCpu: true },
+      { name: `stop: Gatehouse, ${workers} workers`, server: gatehouse, conf: stopConf('example', { stop: { status: 200, body: 'ok' } }), measureCpu: true },
+      { name: `jwt + opa: Gatehouse, ${workers} workers`, server: gatehouse, conf: chain, extraArgs: chainArgs, measureCpu: true },
+      { name: 'jwt + opa: Gatehouse, 1 process', server: gatehouseOne, conf: chain, extraArgs: chainArgs, measureCpu: true },
     ];
-    const results = new Map<string, Stats[]>();
+    const results = new Map<string, Row[]>();
     for (let round = 0; round < rounds; round++) {
-      for (const [name, socketPath, confToken] of scenarios) {
-        const stats = await driveRunner({
-          name,
-          socketPath,
-          request: { ...request, confToken },
-          connections,
-          seconds,
-          answerExtra: () => Buffer.from('10.0.0.7'),
-        });
-        results.set(name, [...(results.get(name) ?? []), stats]);
-      }
+      for (const scenario of scenarios) results.set(scenario.name, [...(results.get(scenario.name) ?? []), await drive(scenario)]);
     }
-    const summary = scenarios.map(([name]) => medianStats(results.get(name)!));
+    const rows = scenarios.map((s) => medianRow(results.get(s.name)!));
+    const byName = new Map(rows.map((r) => [r.name, r]));
+    const goNoopRow = byName.get('no-op: Go runner')!;
+    const goStopRow = byName.get('stop: Go runner')!;
+    const baselines = new Map<string, Row>();
+    for (const row of rows) {
+      if (row.name.startsWith('no-op: Gatehouse')) baselines.set(row.name, goNoopRow);
+      if (row.name.startsWith('stop: Gatehouse')) baselines.set(row.name, goStopRow);
+    }
     console.log(machineLine());
-    console.log(`connections: ${connections}, ${seconds}s per scenario, ${rounds} rounds (median)\n`);
-    printTable(summary, { ...summary[0]!, name: 'floor' });
+    console.log(`load: bench/go/loadgen, ${connections} connections, ${seconds}s per scenario, ${rounds} rounds (median); Gatehouse RUNNER_WORKERS=${workers}\n`);
+    printRows(rows, baselines);
+    const floorRow = byName.get('floor: bare echo (Go)')!;
+    const fastestRunner = Math.max(...rows.filter((r) => r !== floorRow).map((r) => r.callsPerSecond));
+    console.log(`\nfloor check: the bare echo went ${(floorRow.callsPerSecond / fastestRunner).toFixed(2)}x the fastest runner ${floorRow.callsPerSecond > fastestRunner ? '(the load generator is not the limit)' : '(NOT faster: the load generator may be the limit)'}`);
   } finally {
-    await Promise.all([floor.stop(), runner.stop()]);
+    for (const p of processes) await p.stop();
+    await etcd.cleanup();
   }
 }
 

@@ -97,18 +97,29 @@ export function printTable(rows: Stats[], baseline: Stats, unit = 'µs'): void {
 
 export interface BenchProcess {
   child: ChildProcess;
+  /** The socket it serves, when it serves one. */
+  socketPath?: string;
   /** Lines written to stderr so far. */
   lines: string[];
   stop(): Promise<void>;
 }
 
-export async function startNodeProcess(
+export function startNodeProcess(
   script: string,
   args: string[],
   env: Record<string, string>,
   ready: () => Promise<boolean>,
 ): Promise<BenchProcess> {
-  const child = spawn(process.execPath, [script, ...args], {
+  return startProcess(process.execPath, [script, ...args], env, ready);
+}
+
+export async function startProcess(
+  command: string,
+  args: string[],
+  env: Record<string, string>,
+  ready: () => Promise<boolean>,
+): Promise<BenchProcess> {
+  const child = spawn(command, args, {
     env: { PATH: process.env.PATH ?? '', LOG_LEVEL: 'warn', ...env },
     stdio: ['ignore', 'ignore', 'pipe'],
   });
@@ -122,8 +133,8 @@ export async function startNodeProcess(
   });
   const deadline = Date.now() + 20_000;
   while (!(await ready())) {
-    if (child.exitCode !== null) throw new Error(`${script} exited: ${lines.slice(-5).join('\n')}`);
-    if (Date.now() > deadline) throw new Error(`${script} did not start: ${lines.slice(-5).join('\n')}`);
+    if (child.exitCode !== null) throw new Error(`${command} exited: ${lines.slice(-5).join('\n')}`);
+    if (Date.now() > deadline) throw new Error(`${command} did not start: ${lines.slice(-5).join('\n')}`);
     await new Promise((r) => setTimeout(r, 25));
   }
   return {

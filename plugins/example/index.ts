@@ -81,6 +81,8 @@ export const examplePlugin: Plugin<ExampleConf> = {
         headers: [...request.headers.entries()],
         args: [...request.args.entries()],
         sharedState: [...ctx.state.keys()],
+        // Which process answered: a runner of several workers serves one socket.
+        pid: process.pid,
       });
       return;
     }

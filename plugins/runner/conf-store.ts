@@ -17,7 +17,7 @@ export interface ConfStoreOptions {
   now?: () => number;
 }
 
-const TOKEN_SPACE = 2 ** 32;
+export const TOKEN_SPACE = 2 ** 32;
 /**
  * Tokens start at (milliseconds since the epoch x 64) mod 2^32. A restarted
  * runner therefore starts ahead of every token its predecessor handed out,
@@ -27,13 +27,23 @@ const TOKEN_SPACE = 2 ** 32;
  */
 const TOKENS_PER_MS = 64;
 
+/** The first token of a runner started now (see above). */
+export function firstToken(now = Date.now()): number {
+  return (now * TOKENS_PER_MS) % TOKEN_SPACE || 1;
+}
+
+/** The token after this one: never zero, wrapping at 2^32. */
+export function nextTokenAfter(token: number): number {
+  return (token + 1) % TOKEN_SPACE || 1;
+}
+
 export class ConfStore {
   private readonly chains: LRUCache<number, PreparedPlugin[]>;
   private nextToken: number;
 
   constructor(options: ConfStoreOptions) {
     const now = options.now ?? Date.now;
-    this.nextToken = (now() * TOKENS_PER_MS) % TOKEN_SPACE || 1;
+    this.nextToken = firstToken(now());
     this.chains = new LRUCache<number, PreparedPlugin[], unknown>({
       max: options.maxEntries ?? 100_000,
       maxSize: options.maxBytes ?? 256 * 1024 * 1024,
@@ -49,9 +59,14 @@ export class ConfStore {
   /** Stores a validated chain and returns its fresh, never-zero token. */
   add(chain: PreparedPlugin[], rawBytes: number): number {
     const token = this.nextToken;
-    this.nextToken = (this.nextToken + 1) % TOKEN_SPACE || 1;
+    this.nextToken = nextTokenAfter(this.nextToken);
     this.chains.set(token, chain, { size: Math.max(1, rawBytes) });
     return token;
+  }
+
+  /** Stores a chain under a token issued elsewhere (by the runner's primary, for every worker alike). */
+  put(token: number, chain: PreparedPlugin[], rawBytes: number): void {
+    this.chains.set(token, chain, { size: Math.max(1, rawBytes) });
   }
 
   get(token: number): PreparedPlugin[] | undefined {

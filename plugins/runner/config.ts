@@ -1,6 +1,6 @@
 // Runner configuration from the environment APISIX gives it (only variables
 // listed under nginx_config.envs in APISIX's config.yaml reach the runner).
-import { tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 export interface RunnerConfig {
@@ -15,6 +15,8 @@ export interface RunnerConfig {
   /** null disables the metrics/health port. */
   metricsPort: number | null;
   metricsHost: string;
+  /** Processes serving the socket (cluster.ts); 1 serves it from this process alone. */
+  workers: number;
 }
 
 function positiveNumber(name: string, raw: string | undefined, fallback: number): number {
@@ -48,5 +50,13 @@ export function runnerConfigFromEnv(env: NodeJS.ProcessEnv = process.env): Runne
     stateDir: env.RUNNER_STATE_DIR || join(tmpdir(), 'gatehouse-runner-state'),
     metricsPort: port('RUNNER_METRICS_PORT', env.RUNNER_METRICS_PORT, 9091),
     metricsHost: env.RUNNER_METRICS_HOST || '127.0.0.1',
+    workers: workerCount(env.RUNNER_WORKERS),
   };
+}
+
+function workerCount(raw: string | undefined): number {
+  if (raw === undefined || raw.trim() === '') return availableParallelism();
+  const value = Number(raw);
+  if (!Number.isInteger(value) || value < 1 || value > 64) throw new Error(`RUNNER_WORKERS must be a whole number from 1 to 64, got ${JSON.stringify(raw)}`);
+  return value;
 }

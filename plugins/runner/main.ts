@@ -1,6 +1,12 @@
 #!/usr/bin/env node
-// gatehouse-runner: the process APISIX starts through `ext-plugin.cmd`.
+// gatehouse-runner: the process APISIX starts through `ext-plugin.cmd`. With
+// RUNNER_WORKERS above 1 (the default: one per core) it becomes the primary
+// of that many worker processes serving the same socket (cluster.ts).
+import cluster from 'node:cluster';
+import { AggregatorRegistry } from 'prom-client';
 import { createLogger } from './logger.js';
+import { runPrimary, WorkerLink } from './cluster.js';
+import { socketPathOf } from './server.js';
 import { runnerConfigFromEnv } from './config.js';
 import { PluginRegistry } from './registry.js';
 import { Runner } from './server.js';
@@ -50,10 +56,37 @@ function vaultFromEnv(): { session: VaultSession | null; config: VaultConfig | n
 
 async function main(): Promise<void> {
   const config = runnerConfigFromEnv();
+  if (cluster.isPrimary && config.workers > 1) {
+    await runPrimary({
+      workers: config.workers,
+      socketPath: socketPathOf(config.listenAddress),
+      confExpireSeconds: config.confExpireSeconds,
+      metrics: config.metricsPort === null ? null : { host: config.metricsHost, port: config.metricsPort },
+      shutdownGraceMs: config.shutdownGraceMs,
+      log,
+    });
+    log.flush();
+    process.exit(0);
+  }
+  await runWorker(config);
+}
+
+async function runWorker(config: ReturnType<typeof runnerConfigFromEnv>): Promise<void> {
+  // As one worker of several: its slot, and whether it replaces one that died.
+  const clustered = cluster.isWorker;
+  const slot = Number(process.env.RUNNER_WORKER_INDEX ?? 0);
+  const respawned = process.env.RUNNER_WORKER_RESPAWN === '1';
   const metrics = createRunnerMetrics();
+  if (clustered) {
+    // The primary's /metrics asks every worker for these (constructing an
+    // AggregatorRegistry is what makes prom-client answer it in a worker).
+    AggregatorRegistry.setRegistries([metrics.registry]);
+    new AggregatorRegistry();
+  }
 
   const etcd = config.etcdEndpoints.length > 0 ? createEtcdClient(config.etcdEndpoints, etcdClientOptionsFromEnv()) : null;
-  const cacheBytes = policyCacheBytesFromEnv('RUNNER_POLICY_CACHE_MB');
+  // The engine budget is the runner's, shared out among its workers.
+  const cacheBytes = Math.floor(policyCacheBytesFromEnv('RUNNER_POLICY_CACHE_MB') / (clustered ? config.workers : 1));
   // Decisions run in worker threads, under a deadline, tenants apart (policy/engine/pool.ts).
   const pool = etcd ? evaluationPoolFromEnv({ cacheBytes, memoryMaxBytes: policyMemoryMaxBytes(), onAbort: (reason) => metrics.evaluationAborted(reason) }) : null;
   const watcher = etcd
@@ -61,6 +94,8 @@ async function main(): Promise<void> {
         client: etcd,
         log: log.child({ component: 'policy-watcher' }),
         snapshotDir: snapshotDir(config.stateDir),
+        // One writer for the shared directory; the others read it when etcd is away at their start.
+        snapshotReadOnly: clustered && slot !== 0,
         engines: new EngineCache({ budgetBytes: cacheBytes }),
         ...(pool ? { pool } : {}),
       })
@@ -95,7 +130,8 @@ async function main(): Promise<void> {
 
   const { verifier, error } = identityVerifier();
   const vault = vaultFromEnv();
-  const runner = new Runner({
+  let link: WorkerLink | null = null;
+  const runner: Runner = new Runner({
     listenAddress: config.listenAddress,
     confExpireSeconds: config.confExpireSeconds,
     shutdownGraceMs: config.shutdownGraceMs,
@@ -120,15 +156,32 @@ async function main(): Promise<void> {
       }),
     ),
     log,
+    ...(clustered ? { issueToken: (entries) => link!.issueToken(entries), removeStaleSocket: false } : {}),
   });
-  // Listen first: PrepareConf must be answered at once; decisions wait for policies (503 until then).
-  await runner.listen();
+  if (clustered) {
+    link = new WorkerLink({
+      adopt: (token, entries) => runner.adoptConf(token, entries),
+      status: () => {
+        const policies = watcher?.status ?? null;
+        return { ready: policies === null || policies.source !== 'none', policies };
+      },
+      log,
+    });
+    // Hold every conf the other workers prepared before taking connections.
+    await link.hello();
+  }
   const watching = watcher?.start();
+  // A worker replacing one that died waits (briefly) for its policies: its
+  // siblings serve meanwhile. Otherwise listen first: PrepareConf must be
+  // answered at once; decisions wait for policies (503 until then).
+  if (respawned && watching) await Promise.race([watching, new Promise((r) => setTimeout(r, 10_000).unref())]);
+  await runner.listen();
   // Log in to Vault now rather than on the first request (which would pay for it).
   vault.session?.ensureLoggedIn().catch((err: Error) => log.warn({ reason: err.message }, 'Vault login failed; retrying on demand'));
 
   let admin: Awaited<ReturnType<typeof startAdminServer>> | null = null;
-  if (config.metricsPort !== null) {
+  // A cluster's primary serves the metrics and health port for all its workers.
+  if (config.metricsPort !== null && !clustered) {
     admin = await startAdminServer({
       host: config.metricsHost,
       port: config.metricsPort,
@@ -165,6 +218,8 @@ async function main(): Promise<void> {
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
+  // A primary that is gone (killed) leaves nobody to issue tokens: stop too.
+  if (clustered) process.on('disconnect', () => stop('primary gone'));
 }
 
 process.on('uncaughtException', (err) => {

@@ -35,12 +35,16 @@ export function createRunnerMetrics(): RunnerMetrics {
   });
   const policyRevision = new Gauge({
     name: 'gatehouse_policy_loaded_revision',
+    // Across a runner's workers (cluster.ts): what the least advanced worker has.
+    aggregator: 'min',
     help: 'etcd revision of the loaded version of each policy',
     labelNames: ['policy'] as const,
     registers: [registry],
   });
   const policyVersion = new Gauge({
     name: 'gatehouse_policy_loaded_version',
+    // Across a runner's workers (cluster.ts): what the least advanced worker has.
+    aggregator: 'min',
     help: 'CMS version (ETag) of the loaded version of each policy',
     labelNames: ['policy'] as const,
     registers: [registry],
@@ -95,6 +99,8 @@ export function createRunnerMetrics(): RunnerMetrics {
       });
       new Gauge({
         name: 'gatehouse_policy_stale_seconds',
+    // Across a runner's workers (cluster.ts): the worst worker.
+    aggregator: 'max',
         help: 'Seconds since the loaded policies were last known to match etcd (0 while watching)',
         registers: [registry],
         collect() {
@@ -103,6 +109,8 @@ export function createRunnerMetrics(): RunnerMetrics {
       });
       new Gauge({
         name: 'gatehouse_policy_watch_up',
+    // Across a runner's workers (cluster.ts): what the least advanced worker has.
+    aggregator: 'min',
         help: '1 while the etcd watch is established',
         registers: [registry],
         collect() {
@@ -115,6 +123,8 @@ export function createRunnerMetrics(): RunnerMetrics {
       const engineStats = () => (asking ??= watcher.engineStats().finally(() => (asking = null)));
       new Gauge({
         name: 'gatehouse_policy_engines',
+    // Across a runner's workers (cluster.ts): all of them together.
+    aggregator: 'sum',
         help: 'Policy engines built and kept (within RUNNER_POLICY_CACHE_MB), by what they are',
         labelNames: ['kind'] as const,
         registers: [registry],
@@ -126,6 +136,8 @@ export function createRunnerMetrics(): RunnerMetrics {
       });
       new Gauge({
         name: 'gatehouse_policy_engine_bytes',
+    // Across a runner's workers (cluster.ts): all of them together.
+    aggregator: 'sum',
         help: 'Bytes the kept policy engines are counted at, against the cache budget',
         labelNames: ['kind'] as const,
         registers: [registry],
@@ -151,6 +163,8 @@ export function createRunnerMetrics(): RunnerMetrics {
       });
       new Gauge({
         name: 'gatehouse_policies_unloadable',
+    // Across a runner's workers (cluster.ts): the worst worker.
+    aggregator: 'max',
         help: 'Policies that exist but cannot be loaded: every decision that needs one is denied (names in /readyz)',
         registers: [registry],
         collect() {
@@ -159,6 +173,8 @@ export function createRunnerMetrics(): RunnerMetrics {
       });
       new Gauge({
         name: 'gatehouse_policies_loaded',
+    // Across a runner's workers (cluster.ts): what the least advanced worker has.
+    aggregator: 'min',
         help: 'Number of policies loaded',
         registers: [registry],
         collect() {

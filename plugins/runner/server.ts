@@ -2,7 +2,7 @@
 // serves the calls each one carries, one after another. Connections are
 // served concurrently: APISIX holds one idle while it prepares a conf on
 // another, so serving one connection at a time would deadlock.
-import { chmodSync, existsSync, lstatSync, unlinkSync } from 'node:fs';
+import { chmodSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import type { Logger } from 'pino';
 import {
@@ -28,6 +28,7 @@ import { ConfError } from '../api/plugin.js';
 import type { ExtraInfoSource } from '../api/http.js';
 import { ConfStore, type PreparedPlugin } from './conf-store.js';
 import type { PluginRegistry } from './registry.js';
+import { removeStaleSocket } from './socket-file.js';
 import { CallAbortedError, ProtocolViolation, problemStop, runRequestChain, runResponseChain } from './chain.js';
 
 export interface RunnerOptions {
@@ -42,6 +43,31 @@ export interface RunnerOptions {
   /** Upper bound on finishing in-flight calls at shutdown (APISIX SIGKILLs 1 s after SIGTERM). */
   shutdownGraceMs?: number;
   maxConfEntries?: number;
+  /**
+   * Where conf tokens come from. Alone, the runner numbers its own chains;
+   * as one worker of several (cluster.ts) it asks the primary, which hands
+   * the chain to every worker before the token is answered, so a token
+   * prepared on one connection is valid on all of them.
+   */
+  issueToken?: (entries: ConfEntry[], chain: PreparedPlugin[], rawBytes: number) => Promise<number>;
+  /** Own the socket file: remove a stale one before listening and ours at stop (default true; a cluster's primary does both). */
+  removeStaleSocket?: boolean;
+}
+
+export interface ConfEntry {
+  name: string;
+  value: string;
+}
+
+export class ConfRefused extends Error {
+  constructor(
+    /** What the log says: 'unknown plugin', 'invalid conf', 'empty plugin list'. */
+    readonly kind: string,
+    readonly plugin: string | null,
+    reason: string,
+  ) {
+    super(reason);
+  }
 }
 
 export function socketPathOf(listenAddress: string): string {
@@ -77,19 +103,23 @@ export class Runner {
   }
 
   async listen(): Promise<void> {
-    removeStaleSocket(this.socketPath);
-    await new Promise<void>((resolve, reject) => {
-      this.server.once('error', reject);
-      // A deep backlog: on a Unix socket a full one refuses connects (EAGAIN)
-      // instead of queueing them, and every nginx worker connects at once at startup.
-      this.server.listen({ path: this.socketPath, backlog: 4096 }, () => {
-        this.server.off('error', reject);
-        resolve();
+    if (this.options.removeStaleSocket !== false) removeStaleSocket(this.socketPath);
+    // Created 0766 from the start (see below), not after a window in which
+    // nginx's workers would be refused.
+    const umask = process.umask(0o011);
+    try {
+      await new Promise<void>((resolve, reject) => {
+        this.server.once('error', reject);
+        // A deep backlog: on a Unix socket a full one refuses connects (EAGAIN)
+        // instead of queueing them, and every nginx worker connects at once at startup.
+        this.server.listen({ path: this.socketPath, backlog: 4096 }, () => {
+          this.server.off('error', reject);
+          resolve();
+        });
       });
-    });
-    // nginx workers usually run as an unprivileged user and must be able to
-    // connect; like the Go runner we open the socket itself and leave access
-    // control to the permissions of the directory that holds it.
+    } finally {
+      process.umask(umask);
+    }
     chmodSync(this.socketPath, 0o766);
     this.log.info({ socket: this.socketPath, plugins: this.options.registry.names }, 'runner listening');
   }
@@ -112,7 +142,7 @@ export class Runner {
     await Promise.race([this.whenIdle(), new Promise((r) => setTimeout(r, grace).unref())]);
     for (const socket of this.connections.keys()) socket.destroy();
     await closed;
-    removeStaleSocket(this.socketPath);
+    if (this.options.removeStaleSocket !== false) removeStaleSocket(this.socketPath);
     this.log.info('runner stopped');
   }
 
@@ -246,30 +276,45 @@ export class Runner {
     }
   }
 
-  private async prepareConf(conn: FrameConnection, payload: Buffer): Promise<void> {
-    const request = decodePrepareConfRequest(payload);
+  /** Validates a plugin list into a chain; throws ConfRefused with the reason. */
+  prepareChain(entries: readonly ConfEntry[]): { chain: PreparedPlugin[]; rawBytes: number } {
     const chain: PreparedPlugin[] = [];
     let rawBytes = 0;
-    for (const entry of request.conf) {
+    for (const entry of entries) {
       const plugin = this.options.registry.get(entry.name);
-      if (!plugin) {
-        this.log.error({ plugin: entry.name, key: request.key }, 'PrepareConf refused: unknown plugin');
-        return this.sendError(conn, 'BAD_REQUEST');
-      }
+      if (!plugin) throw new ConfRefused('unknown plugin', entry.name, `unknown plugin ${JSON.stringify(entry.name)}`);
       try {
         chain.push({ plugin, conf: plugin.parseConf(entry.value) });
       } catch (err) {
-        const reason = err instanceof ConfError ? err.message : String(err);
-        this.log.error({ plugin: entry.name, key: request.key, reason }, 'PrepareConf refused: invalid conf');
-        return this.sendError(conn, 'BAD_REQUEST');
+        throw new ConfRefused('invalid conf', entry.name, err instanceof ConfError ? err.message : String(err));
       }
       rawBytes += entry.name.length + entry.value.length;
     }
-    if (chain.length === 0) {
-      this.log.error({ key: request.key }, 'PrepareConf refused: empty plugin list');
+    if (chain.length === 0) throw new ConfRefused('empty plugin list', null, 'no plugins');
+    return { chain, rawBytes };
+  }
+
+  /** Stores a chain another worker prepared, under the token the primary issued for it. */
+  adoptConf(token: number, entries: readonly ConfEntry[]): void {
+    const { chain, rawBytes } = this.prepareChain(entries);
+    this.confs.put(token, chain, rawBytes);
+  }
+
+  private async prepareConf(conn: FrameConnection, payload: Buffer): Promise<void> {
+    const request = decodePrepareConfRequest(payload);
+    let prepared: { chain: PreparedPlugin[]; rawBytes: number };
+    try {
+      prepared = this.prepareChain(request.conf);
+    } catch (err) {
+      if (!(err instanceof ConfRefused)) throw err;
+      this.log.error({ ...(err.plugin === null ? {} : { plugin: err.plugin }), key: request.key, reason: err.message }, `PrepareConf refused: ${err.kind}`);
       return this.sendError(conn, 'BAD_REQUEST');
     }
-    const confToken = this.confs.add(chain, rawBytes);
+    const { chain, rawBytes } = prepared;
+    const confToken = this.options.issueToken
+      ? await this.options.issueToken(request.conf, chain, rawBytes)
+      : this.confs.add(chain, rawBytes);
+    if (this.options.issueToken) this.confs.put(confToken, chain, rawBytes);
     this.log.debug({ confToken, plugins: request.conf.map((c) => c.name), key: request.key }, 'conf prepared');
     await conn.send(RpcType.PrepareConf, encodePrepareConfResponse({ confToken }));
   }
@@ -277,11 +322,4 @@ export class Runner {
   private async sendError(conn: FrameConnection, code: ErrorCode): Promise<void> {
     await conn.send(RpcType.Error, encodeErrorResponse({ code })).catch(() => undefined);
   }
-}
-
-function removeStaleSocket(path: string): void {
-  if (!existsSync(path)) return;
-  // Only ever remove a socket, never a regular file someone pointed us at.
-  if (lstatSync(path).isSocket()) unlinkSync(path);
-  else throw new Error(`${path} exists and is not a socket`);
 }

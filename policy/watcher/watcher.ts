@@ -46,6 +46,8 @@ export interface PolicyWatcherOptions {
   log: Logger;
   /** The directory of the last-known-good snapshot (see snapshot.ts); no snapshot when absent. */
   snapshotDir?: string;
+  /** Read the snapshot (etcd away at start) but leave writing it to another process sharing the directory. */
+  snapshotReadOnly?: boolean;
   /** Where engines are built and kept (a default budget when absent). */
   engines?: EngineCache;
   /** Where decisions are evaluated (deadline, tenants apart); on the calling thread when absent. */
@@ -131,7 +133,7 @@ export class PolicyWatcher extends EventEmitter {
   constructor(private readonly options: PolicyWatcherOptions) {
     super();
     this.engines = options.engines ?? new EngineCache();
-    this.snapshot = options.snapshotDir ? new SnapshotWriter(options.snapshotDir) : null;
+    this.snapshot = options.snapshotDir && !options.snapshotReadOnly ? new SnapshotWriter(options.snapshotDir) : null;
     this.checkIntervalMs = options.checkIntervalMs ?? DEFAULT_WATCH_CHECK_INTERVAL_MS;
     this.stallTimeoutMs = options.stallTimeoutMs ?? DEFAULT_WATCH_STALL_TIMEOUT_MS;
   }

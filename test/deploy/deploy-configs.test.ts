@@ -293,7 +293,8 @@ describe('what nginx lets through to the runner', () => {
     'policy/engine/pool.ts',
   ];
   // Set by APISIX itself when it starts the runner, not passed from its own environment.
-  const setByApisix = new Set(['APISIX_LISTEN_ADDRESS', 'APISIX_CONF_EXPIRE_TIME']);
+  // Set by APISIX, or by the runner's primary for its own workers (cluster.ts).
+  const setByApisix = new Set(['APISIX_LISTEN_ADDRESS', 'APISIX_CONF_EXPIRE_TIME', 'RUNNER_WORKER_INDEX', 'RUNNER_WORKER_RESPAWN']);
 
   it('every variable the runner reads is listed in nginx_config.envs of both configs', () => {
     const used = new Set<string>();

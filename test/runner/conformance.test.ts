@@ -1,5 +1,7 @@
 // Conformance of the runner to APISIX's ext-plugin protocol, driven only
 // through its socket, as APISIX would (../shared/reference/apisix-ext-plugin.md).
+// One runner process here; conformance-workers.test.ts runs the same suite
+// against a runner of several worker processes.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as flatbuffers from 'flatbuffers';
 import { Req as FbReqCallReq } from '../../plugins/protocol/generated/a6/httpreq-call/req.js';
@@ -28,7 +30,7 @@ let runner: RunnerProcess;
 let client: ApisixClient;
 
 beforeAll(async () => {
-  runner = await startRunner();
+  runner = await startRunner({ env: { RUNNER_WORKERS: process.env.CONFORMANCE_RUNNER_WORKERS ?? '1' } });
   client = await ApisixClient.open(runner.socketPath);
 });
 

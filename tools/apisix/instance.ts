@@ -179,22 +179,28 @@ function groupAlive(pid: number): boolean {
   }
 }
 
-/** The process of nginx's process group that is not nginx: the runner its privileged agent spawned. */
+/**
+ * The runner its privileged agent spawned: the process of nginx's process
+ * group that is not nginx and whose parent is (a runner's own worker
+ * processes have the runner as parent).
+ */
 function runnerInGroup(group: number): number | null {
+  const nginx = new Set<number>();
+  const others: { pid: number; ppid: number }[] = [];
   for (const entry of readdirSync('/proc')) {
     if (!/^\d+$/.test(entry)) continue;
     try {
       const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
       // Fields after the command's closing parenthesis: state, ppid, pgrp, ...
-      const pgrp = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[2]);
-      if (pgrp !== group) continue;
-      if (readFileSync(`/proc/${entry}/cmdline`, 'utf8').startsWith('nginx:')) continue;
-      return Number(entry);
+      const [, ppid, pgrp] = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      if (Number(pgrp) !== group) continue;
+      if (readFileSync(`/proc/${entry}/cmdline`, 'utf8').startsWith('nginx:')) nginx.add(Number(entry));
+      else others.push({ pid: Number(entry), ppid: Number(ppid) });
     } catch {
       // gone meanwhile
     }
   }
-  return null;
+  return others.find((p) => nginx.has(p.ppid))?.pid ?? null;
 }
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));

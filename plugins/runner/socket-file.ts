@@ -1,0 +1,9 @@
+// The runner's socket file: removed when stale, never when it is not a socket.
+import { existsSync, lstatSync, unlinkSync } from 'node:fs';
+
+export function removeStaleSocket(path: string): void {
+  if (!existsSync(path)) return;
+  // Only ever remove a socket, never a regular file someone pointed us at.
+  if (lstatSync(path).isSocket()) unlinkSync(path);
+  else throw new Error(`${path} exists and is not a socket`);
+}
