@@ -9,8 +9,7 @@ export type Bytes = Uint8Array;
 /**
  * A multi-valued, ordered name/value map that remembers what changed, so only
  * changes are sent back to APISIX. A delete is recorded even for a name never
- * seen: APISIX shows the runner only the first 100 request headers, so
- * removing a header must not depend on having seen it.
+ * seen: removing a header must not depend on having been shown it.
  */
 export class FieldMap {
   private readonly values = new Map<string, string[]>();
@@ -115,7 +114,8 @@ export interface GatewayRequestInit {
   id: number;
   method: string;
   path: string;
-  srcIp: string;
+  /** The client address, or how to get it (formatted only when a plugin asks). */
+  srcIp: string | (() => string);
   headers: { name: string; value: string | null }[];
   args: { name: string; value: string | null }[];
 }
@@ -124,28 +124,43 @@ export interface GatewayRequestInit {
 export class GatewayRequest {
   readonly id: number;
   readonly method: string;
-  /** Client address, IPv4 dotted or IPv6 text form. */
-  readonly srcIp: string;
-  readonly headers: FieldMap;
-  readonly args: FieldMap;
   /** The query arguments as APISIX sent them (a bare flag has value null). */
   readonly originalArgs: readonly { name: string; value: string | null }[];
-  /** Headers APISIX adds to the client's response (Rewrite resp_headers). */
-  readonly responseHeaders: FieldMap;
   private currentPath: string;
   private pathChanged = false;
   private newBody: Bytes | null = null;
   private bodyRead: Promise<Bytes> | null = null;
+  // Built on first use: a chain that reads nothing pays for nothing.
+  private address: string | (() => string);
+  private headerMap: FieldMap | null = null;
+  private argMap: FieldMap | null = null;
+  private responseHeaderMap: FieldMap | null = null;
 
-  constructor(init: GatewayRequestInit, private readonly extra: ExtraInfoSource) {
+  constructor(private readonly init: GatewayRequestInit, private readonly extra: ExtraInfoSource) {
     this.id = init.id;
     this.method = init.method;
-    this.srcIp = init.srcIp;
+    this.address = init.srcIp;
     this.currentPath = init.path;
-    this.headers = new FieldMap(init.headers, lowerCase);
-    this.args = new FieldMap(init.args);
     this.originalArgs = init.args;
-    this.responseHeaders = new FieldMap([], lowerCase);
+  }
+
+  /** Client address, IPv4 dotted or IPv6 text form. */
+  get srcIp(): string {
+    if (typeof this.address === 'function') this.address = this.address();
+    return this.address;
+  }
+
+  get headers(): FieldMap {
+    return (this.headerMap ??= new FieldMap(this.init.headers, lowerCase));
+  }
+
+  get args(): FieldMap {
+    return (this.argMap ??= new FieldMap(this.init.args));
+  }
+
+  /** Headers APISIX adds to the client's response (Rewrite resp_headers). */
+  get responseHeaders(): FieldMap {
+    return (this.responseHeaderMap ??= new FieldMap([], lowerCase));
   }
 
   /** The (decoded, normalised) upstream path. */
@@ -183,9 +198,9 @@ export class GatewayRequest {
     return (
       this.pathChanged ||
       this.newBody !== null ||
-      this.headers.isChanged ||
-      this.args.isChanged ||
-      this.responseHeaders.isChanged
+      (this.headerMap?.isChanged ?? false) ||
+      (this.argMap?.isChanged ?? false) ||
+      (this.responseHeaderMap?.isChanged ?? false)
     );
   }
 }
@@ -194,7 +209,11 @@ export class GatewayRequest {
 export class StopResponse {
   private statusCode = 0;
   private payload: Bytes | null = null;
-  readonly headers = new FieldMap([], lowerCase);
+  private headerMap: FieldMap | null = null;
+
+  get headers(): FieldMap {
+    return (this.headerMap ??= new FieldMap([], lowerCase));
+  }
 
   get status(): number {
     return this.statusCode;
@@ -213,7 +232,7 @@ export class StopResponse {
   }
 
   get stopped(): boolean {
-    return this.statusCode !== 0 || this.payload !== null || this.headers.isChanged;
+    return this.statusCode !== 0 || this.payload !== null || (this.headerMap?.isChanged ?? false);
   }
 
   /** Answers with an RFC 9457 problem document. */

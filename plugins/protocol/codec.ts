@@ -21,6 +21,7 @@ import { Info as FbInfo } from './generated/a6/extra-info/info.js';
 import { Req as FbRespCallReq } from './generated/a6/httpresp-call/req.js';
 import { Resp as FbRespCallResp } from './generated/a6/httpresp-call/resp.js';
 import { Schema, verifyPayload, MalformedPayloadError, type TableSpec } from './verify.js';
+import { encodeFrame, RpcType } from './frame.js';
 import {
   ERROR_CODES,
   HTTP_METHODS,
@@ -161,8 +162,7 @@ export function decodeHttpReqCallRequest(payload: Uint8Array): HttpReqCallReques
   };
 }
 
-export function encodeHttpReqCallResponse(msg: HttpReqCallResponse): Uint8Array {
-  const builder = new flatbuffers.Builder(256);
+function buildHttpReqCallResponse(builder: flatbuffers.Builder, msg: HttpReqCallResponse): flatbuffers.Offset {
   let actionType = FbAction.NONE;
   let action = 0;
   const { action: a } = msg;
@@ -196,7 +196,25 @@ export function encodeHttpReqCallResponse(msg: HttpReqCallResponse): Uint8Array 
     FbReqCallResp.addActionType(builder, actionType);
     FbReqCallResp.addAction(builder, action);
   }
-  return finish(builder, FbReqCallResp.endResp(builder));
+  return FbReqCallResp.endResp(builder);
+}
+
+export function encodeHttpReqCallResponse(msg: HttpReqCallResponse): Uint8Array {
+  const builder = new flatbuffers.Builder(256);
+  return finish(builder, buildHttpReqCallResponse(builder, msg));
+}
+
+// The runner answers every HTTPReqCall: it encodes into one reused builder
+// and copies the result straight into the frame (one allocation per answer).
+let answerBuilder = new flatbuffers.Builder(1024);
+
+/** An HTTPReqCall answer as a whole frame; throws FrameTooLargeError beyond the protocol's limit. */
+export function encodeHttpReqCallResponseFrame(msg: HttpReqCallResponse): Buffer {
+  // A huge answer grows the builder; do not keep that memory for the small ones after it.
+  if (answerBuilder.dataBuffer().capacity() > 1024 * 1024) answerBuilder = new flatbuffers.Builder(1024);
+  answerBuilder.clear();
+  answerBuilder.finish(buildHttpReqCallResponse(answerBuilder, msg));
+  return encodeFrame(RpcType.HTTPReqCall, answerBuilder.asUint8Array());
 }
 
 export function decodeHttpReqCallResponse(payload: Uint8Array): HttpReqCallResponse {

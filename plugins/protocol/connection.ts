@@ -48,6 +48,16 @@ export class FrameConnection {
     });
   }
 
+  /**
+   * Writes a whole frame (see encodeFrame) without waiting for the kernel:
+   * the runner's answers. A write that fails closes the connection, which the
+   * next read reports. Throws at once on a connection already closed.
+   */
+  write(frame: Uint8Array): void {
+    if (this.closedWith || this.socket.destroyed) throw this.closedWith ?? new ConnectionClosedError();
+    this.socket.write(frame);
+  }
+
   /** Bytes of a frame that has started to arrive but is not complete. */
   get partialBytes(): number {
     return this.decoder.pendingBytes;

@@ -73,7 +73,7 @@ export async function runRequestChain(
       id: call.id,
       method: call.method,
       path: call.path,
-      srcIp: formatIp(call.srcIp),
+      srcIp: () => formatIp(call.srcIp),
       headers: call.headers,
       args: call.args,
     },

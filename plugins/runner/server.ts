@@ -8,7 +8,6 @@ import type { Logger } from 'pino';
 import {
   ConnectionClosedError,
   FrameConnection,
-  MAX_PAYLOAD_SIZE,
   MalformedPayloadError,
   RpcType,
   decodeExtraInfoResponse,
@@ -17,7 +16,9 @@ import {
   decodePrepareConfRequest,
   encodeErrorResponse,
   encodeExtraInfoRequest,
-  encodeHttpReqCallResponse,
+  encodeHttpReqCallResponseFrame,
+  FrameTooLargeError,
+  MAX_PAYLOAD_SIZE,
   encodeHttpRespCallResponse,
   encodePrepareConfResponse,
   type ErrorCode,
@@ -248,12 +249,16 @@ export class Runner {
         const call = decodeHttpReqCallRequest(frame.payload);
         const chain = this.confs.get(call.confToken);
         if (!chain) return this.sendError(conn, 'CONF_TOKEN_NOT_FOUND');
-        let answer = encodeHttpReqCallResponse(await runRequestChain(chain, call, extra, this.log));
-        if (answer.length > MAX_PAYLOAD_SIZE) {
-          this.log.error({ requestId: call.id, size: answer.length }, 'answer exceeds the frame limit; denying');
-          answer = encodeHttpReqCallResponse({ id: call.id, action: problemStop(500, 'plugin answer too large') });
+        let answer: Buffer;
+        try {
+          answer = encodeHttpReqCallResponseFrame(await runRequestChain(chain, call, extra, this.log));
+        } catch (err) {
+          if (!(err instanceof FrameTooLargeError)) throw err;
+          this.log.error({ requestId: call.id, size: err.size }, 'answer exceeds the frame limit; denying');
+          answer = encodeHttpReqCallResponseFrame({ id: call.id, action: problemStop(500, 'plugin answer too large') });
         }
-        await conn.send(RpcType.HTTPReqCall, answer);
+        // Not awaited: a failed write closes the connection, and the next read says so.
+        conn.write(answer);
         return;
       }
       case RpcType.HTTPRespCall: {
