@@ -6,6 +6,13 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { existsSync } from 'node:fs';
 import { createServer } from 'node:net';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { Etcd3 } from 'etcd3';
+import { createEtcdClient } from '../../etcd/index.js';
+import { startEtcd, type TestEtcd } from '../support/etcd.js';
+import { PolicyWriter } from '../support/policies.js';
 import { startRunner, type RunnerProcess } from '../support/runner-process.js';
 import { ApisixClient, request, text } from '../support/apisix-client.js';
 import type { StopAction } from '../../plugins/protocol/index.js';
@@ -142,6 +149,56 @@ describe('a runner of several workers', () => {
     expect(existsSync(runner.socketPath)).toBe(false);
     for (const pid of workerPids) expect(() => process.kill(pid, 0)).toThrow();
   });
+});
+
+describe('policies on a runner of several workers', () => {
+  let etcd: TestEtcd;
+  let admin: Etcd3;
+  let clustered: RunnerProcess;
+  const policy = (allowed: boolean) => `package project.authz\nimport rego.v1\ndefault allow := ${allowed}\n`;
+
+  beforeAll(async () => {
+    etcd = await startEtcd();
+    admin = createEtcdClient(etcd.endpoints);
+    await new PolicyWriter(admin).put('team', policy(true));
+    clustered = await startRunner({ env: { RUNNER_WORKERS: String(WORKERS), ETCD_ENDPOINTS: etcd.endpoints.join(','), RUNNER_STATE_DIR: mkdtempSync(join(tmpdir(), 'gh-state-')) } });
+  });
+
+  afterAll(async () => {
+    await clustered?.stop();
+    admin?.close();
+    await etcd?.cleanup();
+  });
+
+  it('every worker enforces a new policy version, each from its own watch', async () => {
+    // Allowed, the chain goes on to the example plugin, which says which worker answered.
+    const chain = [{ name: 'opa', value: '{"policies":["project:team"]}' }, ...echo];
+    const preparer = await ApisixClient.open(clustered.socketPath);
+    const token = await preparer.prepare(chain);
+    const byPid = new Map<number, ApisixClient>();
+    const deadline = Date.now() + 15_000;
+    while (byPid.size < WORKERS && Date.now() < deadline) {
+      const client = await ApisixClient.open(clustered.socketPath);
+      const answer = await client.call(request({ confToken: token }));
+      const body = JSON.parse(text((answer.action as StopAction).body)!) as { pid?: number };
+      if (body.pid !== undefined && !byPid.has(body.pid)) byPid.set(body.pid, client);
+      else client.close();
+    }
+    expect(byPid.size).toBe(WORKERS);
+
+    const written = Date.now();
+    await new PolicyWriter(admin).put('team', policy(false));
+    for (const [pid, client] of byPid) {
+      let status: number | undefined;
+      while (status !== 403 && Date.now() - written < 10_000) {
+        const answer = await client.call(request({ confToken: token }));
+        status = (answer.action as StopAction).status;
+      }
+      expect(status, `worker ${pid}`).toBe(403);
+      client.close();
+    }
+    preparer.close();
+  }, 30_000);
 });
 
 async function decisionCount(): Promise<number> {
