@@ -5,6 +5,10 @@
 // calls), and a bare echo server as the floor: the load generator must go
 // faster against it than against either runner, or it is measuring itself.
 //
+// A second floor, a Node server that only reads each frame and writes a
+// canned answer (bench/node-echo.ts), shows what Node's sockets alone cost per
+// call: the least any Node runner can spend.
+//
 // For each scenario: calls/s, p50/p99/p99.9 latency, and CPU per call: the
 // runner's own CPU time (its process tree: primary, workers, threads, from
 // /proc) over the calls it answered. Scenarios alternate within each round
@@ -191,6 +195,8 @@ async function main() {
     client.close();
 
     const floor = await start('floor', join(bin, 'gatehouse-ext-plugin-echo'), ['-socket', join(work, 'floor.sock')], {});
+    // What a Node server pays per call before doing anything: Node's own floor.
+    const nodeFloor = await start('node-floor', process.execPath, [join(here, 'node-echo.js'), join(work, 'node-floor.sock')], {});
     // The Go runner caches confs by PrepareConf's key: one process per conf.
     const goNoop = await start('go-noop', join(bin, 'gatehouse-bench-go-runner'), [], {});
     const goStop = await start('go-stop', join(bin, 'gatehouse-bench-go-runner'), [], {});
@@ -235,6 +241,7 @@ async function main() {
     const chainArgs = ['-method', 'POST', '-path', '/rag/ask', '-header', `authorization: Bearer ${analyst}`];
     const scenarios: Scenario[] = [
       { name: 'floor: bare echo (Go)', server: floor, conf: stopConf('noop', {}), measureCpu: false },
+      { name: 'floor: bare echo (Node, one process)', server: nodeFloor, conf: stopConf('noop', {}), measureCpu: true },
       { name: 'no-op: Go runner', server: goNoop, conf: stopConf('noop', {}), measureCpu: true },
       { name: `no-op: Gatehouse, ${workers} workers`, server: gatehouse, conf: stopConf('example', {}), measureCpu: true },
       { name: 'no-op: Gatehouse, 1 process', server: gatehouseOne, conf: stopConf('example', {}), measureCpu: true },
@@ -260,7 +267,7 @@ async function main() {
     console.log(`load: bench/go/loadgen, ${connections} connections, ${seconds}s per scenario, ${rounds} rounds (median); Gatehouse RUNNER_WORKERS=${workers}\n`);
     printRows(rows, baselines);
     const floorRow = byName.get('floor: bare echo (Go)')!;
-    const fastestRunner = Math.max(...rows.filter((r) => r !== floorRow).map((r) => r.callsPerSecond));
+    const fastestRunner = Math.max(...rows.filter((r) => !r.name.startsWith('floor')).map((r) => r.callsPerSecond));
     console.log(`\nfloor check: the bare echo went ${(floorRow.callsPerSecond / fastestRunner).toFixed(2)}x the fastest runner ${floorRow.callsPerSecond > fastestRunner ? '(the load generator is not the limit)' : '(NOT faster: the load generator may be the limit)'}`);
   } finally {
     for (const p of processes) await p.stop();
