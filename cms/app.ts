@@ -40,6 +40,8 @@ import { openApiDocument } from './openapi.js';
 import { parsePolicyBody } from './policy-body.js';
 import { HttpProblem, ProblemType, sendProblem } from '../http/problem.js';
 import { CompilerBusyError, CompilerUnavailableError, RegoCompileError, RegoCompiler, policySubmission } from './rego-compiler.js';
+import { currentFleetStatus, fleetHeaders, preferredWait, waitForFleet } from './fleet.js';
+import { listGateways } from '../policy/fleet/report.js';
 
 export interface CmsAppOptions {
   etcdEndpoints: string[];
@@ -244,7 +246,7 @@ export async function buildCmsApp(options: CmsAppOptions): Promise<FastifyInstan
   app.addHook('onRequest', async (request, reply) => {
     reply.header('Cache-Control', 'no-store');
     const segments = routedSegments(request);
-    if (segments[0] !== 'policies') return;
+    if (segments[0] !== 'policies' && segments[0] !== 'gateways') return;
     reply.header('Vary', 'Authorization');
     request.identity = await verifier.verifyAuthorizationHeader(request.headers.authorization);
     const decision = access.decide(accessInput(request.method, segments, request.identity));
@@ -340,6 +342,7 @@ export async function buildCmsApp(options: CmsAppOptions): Promise<FastifyInstan
     }
     const body = parsePolicyBody(request.body);
     const conditions = writeConditions(request);
+    const wait = preferredWait(request.headers.prefer);
     // An early, cheap check so a stale ETag does not cost a compile; put re-checks atomically.
     if (conditions.ifVersion !== undefined || conditions.ifAbsent) await store.checkWriteConditions(name, conditions);
 
@@ -362,17 +365,20 @@ export async function buildCmsApp(options: CmsAppOptions): Promise<FastifyInstan
       .header('Last-Modified', new Date(result.meta.updatedAt).toUTCString())
       .header('Server-Timing', `compile;dur=${compiled.durationMs.toFixed(1)}, etcd;dur=${result.etcdMs.toFixed(1)}`);
     if (result.created) reply.header('Location', `/policies/${name}`);
+    if (wait !== null) reply.headers(fleetHeaders(await waitForFleet(etcd, result.revision, wait), wait));
     return reply.code(result.created ? 201 : 200).type('application/json').send(summary(result.meta));
   });
 
   app.delete('/policies/:name', async (request, reply) => {
     verifiedIdentity(request);
     const name = policyName(request);
+    const wait = preferredWait(request.headers.prefer);
     const started = performance.now();
     const deleted = await store.delete(name, writeConditions(request));
     metrics.etcdWriteDuration.observe({ operation: 'delete' }, (performance.now() - started) / 1000);
     metrics.policyWrites.inc({ operation: 'delete', outcome: 'deleted' });
-    audit(request, 'delete', deleted);
+    audit(request, 'delete', deleted.meta);
+    if (wait !== null && deleted.revision !== null) reply.headers(fleetHeaders(await waitForFleet(etcd, deleted.revision, wait), wait));
     return reply.code(204).send();
   });
   methodNotAllowed('/policies/:name', ['GET', 'PUT', 'DELETE']);
@@ -399,6 +405,22 @@ export async function buildCmsApp(options: CmsAppOptions): Promise<FastifyInstan
   });
   methodNotAllowed('/policies/:name/history/:version', ['GET']);
 
+  app.get('/policies/:name/status', async (request, reply) => {
+    verifiedIdentity(request);
+    const name = policyName(request);
+    const current = await store.currentRevision(name);
+    if (!current) throw notFound(name);
+    const status = await currentFleetStatus(etcd, current.revision);
+    return reply.type('application/json').send({ name, version: current.meta.version, ...status });
+  });
+  methodNotAllowed('/policies/:name/status', ['GET']);
+
+  app.get('/gateways', async (request, reply) => {
+    verifiedIdentity(request);
+    return reply.type('application/json').send({ gateways: await listGateways(etcd) });
+  });
+  methodNotAllowed('/gateways', ['GET']);
+
   // Anything else under /policies/ (extra segments, dot segments, empty names): a bad policy path.
   app.route({
     method: ALL_METHODS,
@@ -409,7 +431,7 @@ export async function buildCmsApp(options: CmsAppOptions): Promise<FastifyInstan
         status: 400,
         type: ProblemType.invalidPath,
         title: 'Invalid policy path',
-        detail: 'policy paths are /policies/{name}, /policies/{name}/history and /policies/{name}/history/{version}',
+        detail: 'policy paths are /policies/{name}, /policies/{name}/history, /policies/{name}/history/{version} and /policies/{name}/status',
       });
     },
   });

@@ -11,6 +11,32 @@ const etagHeaders = {
   'Last-Modified': { schema: { type: 'string' } },
 };
 const authErrors = { '401': problem, '403': problem };
+const preferWait = {
+  name: 'Prefer',
+  in: 'header',
+  required: false,
+  schema: { type: 'string', examples: ['wait=10'] },
+  description: 'wait=N (RFC 7240): answer once every live gateway enforces the write, or after N seconds (at most 60), whichever is first',
+};
+const fleetHeaders = {
+  'Preference-Applied': { schema: { type: 'string' }, description: 'wait=N, when Prefer asked to wait' },
+  'Gatehouse-Enforced-By': { schema: { type: 'string', examples: ['3/3'] }, description: 'how many of the live gateways enforce the write (with Prefer: wait)' },
+  'Gatehouse-Behind': { schema: { type: 'string' }, description: 'ids of the gateways that did not enforce it in time (with Prefer: wait)' },
+};
+const gatewayStatus = {
+  type: 'object',
+  properties: {
+    id: { type: 'string' },
+    kind: { enum: ['runner', 'decision-api'] },
+    host: { type: 'string' },
+    datacenter: { type: ['string', 'null'] },
+    revision: { type: 'integer', description: 'etcd revision of the policy set it enforces' },
+    state: { type: 'string' },
+    staleSeconds: { type: 'number' },
+    enforces: { type: 'boolean', description: 'its revision is at or past the policy version\'s' },
+  },
+};
+
 const policyObject = {
   description: 'the policy object, exactly as PUT took it',
   headers: etagHeaders,
@@ -73,14 +99,15 @@ export const openApiDocument = {
         parameters: [
           { name: 'If-Match', in: 'header', required: false, schema: { type: 'string' }, description: 'ETag the policy must have now, or *' },
           { name: 'If-None-Match', in: 'header', required: false, schema: { const: '*' }, description: 'only create' },
+          preferWait,
         ],
         requestBody: {
           required: true,
           content: { 'application/json': { schema: { $ref: '#/components/schemas/PolicyObject' } } },
         },
         responses: {
-          '200': { description: 'replaced', headers: etagHeaders, content: { 'application/json': { schema: { $ref: '#/components/schemas/PolicySummary' } } } },
-          '201': { description: 'created', headers: etagHeaders, content: { 'application/json': { schema: { $ref: '#/components/schemas/PolicySummary' } } } },
+          '200': { description: 'replaced', headers: { ...etagHeaders, ...fleetHeaders }, content: { 'application/json': { schema: { $ref: '#/components/schemas/PolicySummary' } } } },
+          '201': { description: 'created', headers: { ...etagHeaders, ...fleetHeaders }, content: { 'application/json': { schema: { $ref: '#/components/schemas/PolicySummary' } } } },
           '400': problem,
           ...authErrors,
           '409': problem,
@@ -92,8 +119,8 @@ export const openApiDocument = {
       },
       delete: {
         summary: 'Delete a policy (platform admin); its history is kept',
-        parameters: [{ name: 'If-Match', in: 'header', required: false, schema: { type: 'string' } }],
-        responses: { '204': { description: 'deleted' }, '400': problem, ...authErrors, '404': problem, '412': problem, '503': problem },
+        parameters: [{ name: 'If-Match', in: 'header', required: false, schema: { type: 'string' } }, preferWait],
+        responses: { '204': { description: 'deleted', headers: fleetHeaders }, '400': problem, ...authErrors, '404': problem, '412': problem, '503': problem },
       },
     },
     '/policies/{name}/history': {
@@ -119,6 +146,45 @@ export const openApiDocument = {
           '400': problem,
           ...authErrors,
           '404': problem,
+          '503': problem,
+        },
+      },
+    },
+    '/policies/{name}/status': {
+      parameters: [name],
+      get: {
+        summary: 'Which live gateways enforce the current version (same permission as GET)',
+        responses: {
+          '200': {
+            description: 'the current version, its etcd revision, and every live gateway',
+            content: {
+              'application/json': {
+                schema: {
+                  type: 'object',
+                  properties: {
+                    name: { type: 'string' },
+                    version: { type: 'integer' },
+                    revision: { type: 'integer' },
+                    enforcedBy: { type: 'integer' },
+                    gateways: { type: 'array', items: gatewayStatus },
+                  },
+                },
+              },
+            },
+          },
+          '400': problem,
+          ...authErrors,
+          '404': problem,
+          '503': problem,
+        },
+      },
+    },
+    '/gateways': {
+      get: {
+        summary: 'Live gateways (runner workers, decision APIs) and what each enforces (platform admin)',
+        responses: {
+          '200': { description: 'their reports, by id', content: { 'application/json': { schema: { type: 'object', properties: { gateways: { type: 'array', items: { type: 'object' } } } } } } },
+          ...authErrors,
           '503': problem,
         },
       },

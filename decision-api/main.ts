@@ -12,6 +12,7 @@ import { createLogger } from '../plugins/runner/logger.js';
 import { createIdentityVerifier, identityConfigFromEnv } from '../identity/index.js';
 import { createEtcdClient, etcdClientOptionsFromEnv } from '../etcd/index.js';
 import { PolicyWatcher } from '../policy/watcher/watcher.js';
+import { GatewayReporter } from '../policy/fleet/report.js';
 import { snapshotDir } from '../policy/watcher/snapshot.js';
 import { EngineCache, policyCacheBytesFromEnv } from '../policy/engine/cache.js';
 import { evaluationPoolFromEnv } from '../policy/engine/pool.js';
@@ -42,6 +43,9 @@ async function main() {
     ...(pool ? { pool } : {}),
   });
   await watcher.start();
+  // Tells etcd what this decision API enforces (policy/fleet), for the CMS's status.
+  const reporter = new GatewayReporter({ client: etcd, watcher, kind: 'decision-api', datacenter: process.env.GATEHOUSE_DATACENTER || null, log });
+  reporter.start();
   const app = await buildDecisionApp({
     watcher,
     verifier: createIdentityVerifier(identityConfigFromEnv()),
@@ -61,6 +65,7 @@ async function main() {
     stopping = true;
     log.info({ signal }, 'shutting down');
     await app.close();
+    await reporter.stop();
     await watcher.stop();
     await pool?.close();
     etcd.close();

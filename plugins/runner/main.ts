@@ -17,6 +17,7 @@ import { createIdentityVerifier, identityConfigFromEnv, type IdentityVerifier } 
 import { createEtcdClient, etcdClientOptionsFromEnv } from '../../etcd/index.js';
 import { PolicyWatcher, type SwapEvent } from '../../policy/watcher/watcher.js';
 import { PolicySet } from '../../policy/watcher/policy-set.js';
+import { GatewayReporter, gatewayId } from '../../policy/fleet/report.js';
 import { snapshotDir } from '../../policy/watcher/snapshot.js';
 import { EngineCache, policyCacheBytesFromEnv } from '../../policy/engine/cache.js';
 import { evaluationPoolFromEnv } from '../../policy/engine/pool.js';
@@ -171,6 +172,20 @@ async function runWorker(config: ReturnType<typeof runnerConfigFromEnv>): Promis
     await link.hello();
   }
   const watching = watcher?.start();
+  // Tells etcd what this process enforces (policy/fleet): each worker is a gateway of its own.
+  const reporter =
+    watcher && etcd
+      ? new GatewayReporter({
+          client: etcd,
+          watcher,
+          kind: 'runner',
+          // A GATEWAY_ID names the runner; its workers are that name and their slot.
+          ...(clustered && process.env.GATEWAY_ID ? { id: `${gatewayId('runner')}-w${slot}` } : {}),
+          datacenter: process.env.GATEHOUSE_DATACENTER || null,
+          log: log.child({ component: 'fleet' }),
+        })
+      : null;
+  reporter?.start();
   // A worker replacing one that died waits (briefly) for its policies: its
   // siblings serve meanwhile. Otherwise listen first: PrepareConf must be
   // answered at once; decisions wait for policies (503 until then).
@@ -205,6 +220,7 @@ async function runWorker(config: ReturnType<typeof runnerConfigFromEnv>): Promis
       .then(async () => {
         await admin?.close();
         await watching;
+        await reporter?.stop();
         await watcher?.stop();
         await pool?.close();
         vault.session?.stop();

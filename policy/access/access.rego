@@ -19,9 +19,10 @@
 #   status_code   401 without a user, 403 when refused; absent when allowed
 #
 # Platform admins may do anything under /policies (the CMS itself answers
-# 400/404/405 for paths that are not part of the API). Project users may list
-# policies (the CMS shows them only the ones this policy lets them read) and
-# read their own project's policy and its history, never the platform policy.
+# 400/404/405 for paths that are not part of the API) and read /gateways.
+# Project users may list policies (the CMS shows them only the ones this
+# policy lets them read) and read their own project's policy, its history and
+# which gateways enforce it (status), never the platform policy.
 package gatehouse.cms.access
 
 default allow := false
@@ -56,6 +57,13 @@ action := "read" if {
 	count(input.path) == 2
 }
 
+action := "read_status" if {
+	reading
+	under_policies
+	count(input.path) == 3
+	input.path[2] == "status"
+}
+
 action := "read_history" if {
 	reading
 	under_policies
@@ -68,17 +76,23 @@ allow if {
 	under_policies
 }
 
+# The gateways and what each enforces: for platform admins.
+allow if {
+	is_platform_admin
+	input.path[0] == "gateways"
+}
+
 allow if {
 	is_project_user
 	action == "list"
 }
 
 # What project users may ever do; everything else is for platform admins.
-project_user_action if action in {"list", "read", "read_history"}
+project_user_action if action in {"list", "read", "read_history", "read_status"}
 
 allow if {
 	is_project_user
-	action in {"read", "read_history"}
+	action in {"read", "read_history", "read_status"}
 	target == input.user.project
 	target != platform_policy
 }

@@ -97,3 +97,20 @@ test_project_user_without_project_refused if {
 	not decision("GET", ["policies"], {"sub": "x", "role": "project_user", "project": null}).allow
 	not decision("GET", ["policies", ""], {"sub": "x", "role": "project_user", "project": ""}).allow
 }
+
+test_status_follows_read if {
+	decision("GET", ["policies", "team-b", "status"], admin).allow
+	decision("GET", ["policies", "team-a", "status"], team_a_user).allow
+	not decision("GET", ["policies", "team-b", "status"], team_a_user).allow
+	not decision("GET", ["policies", "platform", "status"], platform_project_user).allow
+	not decision("PUT", ["policies", "team-a", "status"], team_a_user).allow
+	anonymous("GET", ["policies", "team-a", "status"]).status_code == 401
+}
+
+test_gateways_for_platform_admins_only if {
+	decision("GET", ["gateways"], admin).allow
+	d := decision("GET", ["gateways"], team_a_user)
+	not d.allow
+	d.status_code == 403
+	anonymous("GET", ["gateways"]).status_code == 401
+}

@@ -4,8 +4,13 @@
  * auth enabled, a compromised gateway cannot write an allow-all policy past
  * the CMS's compile, validation and audit.
  *
- *   role gatehouse-policy-writer   readwrite /policies/ and /policy-index/
- *   role gatehouse-policy-reader   read      /policies/ and /policy-index/
+ *   role gatehouse-policy-writer   readwrite /policies/ and /policy-index/, read /gatehouse/gateways/
+ *   role gatehouse-policy-reader   read      /policies/ and /policy-index/, readwrite /gatehouse/gateways/
+ *
+ * Gateways write their own reports of what they enforce (policy/fleet); the
+ * CMS reads them. A gateway's credential could overwrite another gateway's
+ * report (etcd grants by prefix), which can mislead the CMS's status but
+ * never what any gateway enforces.
  *   user gatehouse-cms       -> writer      (the CMS)
  *   user gatehouse-gateway   -> reader      (runners and the decision API)
  *   user root                -> root        (operators; etcd requires it to enable auth)
@@ -17,7 +22,7 @@
  * (APISIX's /apisix routes in traditional mode) needs its own role.
  */
 import { Range, type Etcd3 } from 'etcd3';
-import { POLICIES_PREFIX, POLICY_INDEX_PREFIX } from './keys.js';
+import { GATEWAYS_PREFIX, POLICIES_PREFIX, POLICY_INDEX_PREFIX } from './keys.js';
 
 export const POLICY_WRITER_ROLE = 'gatehouse-policy-writer';
 export const POLICY_READER_ROLE = 'gatehouse-policy-reader';
@@ -43,9 +48,15 @@ export interface EtcdAuthSetup {
 /** Creates the roles and users and turns auth on. Run once, as a client of an etcd without auth. */
 export async function enableEtcdAuth(client: Etcd3, setup: EtcdAuthSetup): Promise<void> {
   const writer = await client.role(POLICY_WRITER_ROLE).create();
-  await writer.grant(policyKeyRanges().map((range) => ({ permission: 'Readwrite' as const, range })));
+  await writer.grant([
+    ...policyKeyRanges().map((range) => ({ permission: 'Readwrite' as const, range })),
+    { permission: 'Read' as const, range: Range.prefix(GATEWAYS_PREFIX) },
+  ]);
   const reader = await client.role(POLICY_READER_ROLE).create();
-  await reader.grant(policyKeyRanges().map((range) => ({ permission: 'Read' as const, range })));
+  await reader.grant([
+    ...policyKeyRanges().map((range) => ({ permission: 'Read' as const, range })),
+    { permission: 'Readwrite' as const, range: Range.prefix(GATEWAYS_PREFIX) },
+  ]);
   await (await client.user(CMS_USER).create(setup.cmsPassword)).addRole(POLICY_WRITER_ROLE);
   await (await client.user(GATEWAY_USER).create(setup.gatewayPassword)).addRole(POLICY_READER_ROLE);
   for (const extra of setup.extraRoles ?? []) {

@@ -33,11 +33,24 @@
  * check `wasmSha256` from the metadata against the wasm bytes; on a DELETE
  * event of a meta key the policy is gone. Events on other keys alone never
  * mean a new policy version. History keys survive a delete.
+ *
+ * Apart from policies, each live gateway (runner worker, decision API) keeps
+ * one report of what it enforces, under an etcd lease of its own, so that it
+ * vanishes when the gateway does (policy/fleet):
+ *
+ *   /gatehouse/gateways/<id>                 GatewayReport JSON
  */
 import { assertValidPolicyName, isValidPolicyName } from './names.js';
 
 export const POLICIES_PREFIX = '/policies/';
 export const POLICY_INDEX_PREFIX = '/policy-index/';
+export const GATEWAYS_PREFIX = '/gatehouse/gateways/';
+
+/** A gateway's report key; ids are [A-Za-z0-9._-], 1-128 characters. */
+export function gatewayKey(id: string): string {
+  if (!/^[A-Za-z0-9._-]{1,128}$/.test(id)) throw new Error(`invalid gateway id ${JSON.stringify(id)}`);
+  return `${GATEWAYS_PREFIX}${id}`;
+}
 
 const VERSION_DIGITS = 12;
 

@@ -86,6 +86,8 @@ export interface WriteConditions {
 export interface PutResult {
   created: boolean;
   meta: PolicyMetadata;
+  /** The etcd revision of the write: a gateway whose policy set is at or past it enforces this version. */
+  revision: number;
   /** Time spent in etcd calls for this write (reads and the transaction), milliseconds. */
   etcdMs: number;
 }
@@ -360,9 +362,9 @@ export class PolicyStore {
         ? this.client.if(keys.meta, 'Mod', '==', current.modRevision)
         : this.client.if(keys.meta, 'Create', '==', 0);
       const response = await this.etcd(() => guard.then(...ops).commit());
-      if (response.succeeded || (await this.committedEarlier(keys.history('meta', version), metaText))) {
-        return { created: current === null, meta, etcdMs: performance.now() - started };
-      }
+      if (response.succeeded) return { created: current === null, meta, revision: Number(response.header.revision), etcdMs: performance.now() - started };
+      const earlier = await this.committedEarlier(keys.history('meta', version), metaText);
+      if (earlier !== null) return { created: current === null, meta, revision: earlier, etcdMs: performance.now() - started };
     }
     throw new WriteConflictError('too many concurrent writes to this policy; try again');
   }
@@ -392,9 +394,17 @@ export class PolicyStore {
    * committed. A concurrent writer's version never matches, and is handled
    * as before (re-read, re-check, try again on top).
    */
-  private async committedEarlier(historyMetaKey: string, metaText: string): Promise<boolean> {
-    const stored = await this.etcd(() => this.client.get(historyMetaKey).string());
-    return stored === metaText;
+  private async committedEarlier(historyMetaKey: string, metaText: string): Promise<number | null> {
+    const response = await this.etcd(() => this.client.get(historyMetaKey).exec());
+    const kv = response.kvs[0];
+    // The revision our own transaction committed at, when it did.
+    return kv && kv.value.toString('utf8') === metaText ? Number(kv.mod_revision) : null;
+  }
+
+  /** The current version of a policy and the etcd revision it was written at; null when there is none. */
+  async currentRevision(name: string): Promise<{ meta: PolicyMetadata; revision: number } | null> {
+    const current = await this.readMeta(name);
+    return current ? { meta: current.meta, revision: Number(current.modRevision) } : null;
   }
 
   /** Deletes of history entries older than the retention window, for the write of `version`. */
@@ -408,8 +418,12 @@ export class PolicyStore {
     );
   }
 
-  /** Removes the current version (history stays). Throws PolicyNotFoundError when there is none. */
-  async delete(name: string, conditions: WriteConditions = {}): Promise<PolicyMetadata> {
+  /**
+   * Removes the current version (history stays). Throws PolicyNotFoundError
+   * when there is none. The revision is the delete's (null when a retried
+   * delete finds its first attempt, or a concurrent one, already done).
+   */
+  async delete(name: string, conditions: WriteConditions = {}): Promise<{ meta: PolicyMetadata; revision: number | null }> {
     const keys = policyKeys(name);
     let attempted: PolicyMetadata | null = null;
     for (let attempt = 0; attempt < MAX_WRITE_ATTEMPTS; attempt++) {
@@ -418,7 +432,7 @@ export class PolicyStore {
       // had committed (a retried attempt whose first answer was lost) or a
       // concurrent delete removed the same version. Either way the version
       // this request meant to delete is deleted, which is what it asked for.
-      if (!current && attempted) return attempted;
+      if (!current && attempted) return { meta: attempted, revision: null };
       if (!current) {
         if (conditions.ifVersion !== undefined) throw new PreconditionFailedError('the policy does not exist');
         throw new PolicyNotFoundError(`no policy named ${name}`);
@@ -437,7 +451,7 @@ export class PolicyStore {
           )
           .commit(),
       );
-      if (response.succeeded) return current.meta;
+      if (response.succeeded) return { meta: current.meta, revision: Number(response.header.revision) };
     }
     throw new WriteConflictError('too many concurrent writes to this policy; try again');
   }

@@ -107,7 +107,7 @@ describe('a write transaction retried after its commit', () => {
     const lost = loseNextTxnAnswer(client);
     const deleted = await store.delete('retried-delete', { ifVersion: [1] });
     expect(lost.replayed()).toBe(true);
-    expect(deleted.version).toBe(1);
+    expect(deleted.meta.version).toBe(1);
     expect(await client.get(policyKeys('retried-delete').meta).string()).toBeNull();
   });
 });
