@@ -269,6 +269,31 @@ async function main() {
       putReturnedToAll.push(Math.max(...seen.map((s) => s.swappedAt)) - returnedAt);
       commitToSwap.push(...seen.map((s) => s.propagationMs));
     }
+    // Write -> acknowledged by every gateway: the same PUT with and without
+    // Prefer: wait=10 (the CMS answers once every live gateway reports it
+    // enforces the write), alternating; the difference is the wait.
+    const plainPut: number[] = [];
+    const waitedPut: number[] = [];
+    let enforcedBy = '';
+    for (let i = 1; i <= propagationWrites * 2; i++) {
+      const waiting = i % 2 === 0;
+      const started = performance.now();
+      const response = await cmsPool.request({
+        method: 'PUT',
+        path: '/policies/prop',
+        headers: { authorization: `Bearer ${platformAdmin}`, 'content-type': 'application/json', ...(waiting ? { prefer: 'wait=10' } : {}) },
+        body: JSON.stringify({ rego: POLICY, data: { ...DATA, ack: i } }),
+      });
+      await response.body.dump();
+      const took = performance.now() - started;
+      if (response.statusCode >= 300) throw new Error(`CMS PUT answered ${response.statusCode}`);
+      if (waiting) {
+        enforcedBy = String(response.headers['gatehouse-enforced-by']);
+        const [k, n] = enforcedBy.split('/');
+        if (k !== n) throw new Error(`a write was acknowledged by ${enforcedBy} gateways`);
+        waitedPut.push(took);
+      } else plainPut.push(took);
+    }
     await cmsPool.close();
     await cms.close();
     client.close();
@@ -284,6 +309,14 @@ async function main() {
     console.log(`| CMS PUT returns -> all ${runnerCount} runners enforce | ${pct(putReturnedToAll, 50)} | ${pct(putReturnedToAll, 99)} | ${Math.max(...putReturnedToAll)} |`);
     console.log(`| etcd commit (metadata time) -> swap, per runner | ${pct(commitToSwap, 50)} | ${pct(commitToSwap, 99)} | ${Math.max(...commitToSwap)} |`);
     console.log(`(median of "PUT returns -> all enforce": ${median(putReturnedToAll)} ms; negative means the runners swapped before the PUT response reached the client)`);
+    const f1 = (n: number) => n.toFixed(1);
+    console.log('');
+    console.log(`write -> acknowledged by every gateway (Prefer: wait=10; every write acknowledged by ${enforcedBy} gateways), ${propagationWrites} writes each:`);
+    console.log('| measure | p50 ms | p99 ms |');
+    console.log('|---|---:|---:|');
+    console.log(`| PUT answered, no Prefer | ${f1(pct(plainPut, 50))} | ${f1(pct(plainPut, 99))} |`);
+    console.log(`| PUT answered with Prefer: wait (every gateway enforces it) | ${f1(pct(waitedPut, 50))} | ${f1(pct(waitedPut, 99))} |`);
+    console.log(`| the wait: difference of the medians | ${f1(median(waitedPut) - median(plainPut))} | |`);
   } finally {
     await Promise.all(processes.map((p) => p.stop()));
     await etcd.cleanup();

@@ -334,6 +334,42 @@ export async function buildCmsApp(options: CmsAppOptions): Promise<FastifyInstan
     return sendPolicy(request, reply, policy);
   });
 
+  /**
+   * Compiles, checks and writes one version, then answers as a PUT does: a
+   * PUT's body or, for a rollback, a version from the history.
+   */
+  async function writeVersion(
+    request: FastifyRequest,
+    reply: FastifyReply,
+    write: { name: string; rego: string; dataText: string; conditions: WriteConditions; wait: number | null; operation?: string; auditExtra?: Record<string, unknown> },
+  ) {
+    const { name, conditions } = write;
+    // An early, cheap check so a stale ETag does not cost a compile; put re-checks atomically.
+    if (conditions.ifVersion !== undefined || conditions.ifAbsent) await store.checkWriteConditions(name, conditions);
+
+    let compiled;
+    try {
+      compiled = await compiler.compile(write.rego, write.dataText);
+      metrics.compileDuration.observe({ outcome: 'ok' }, compiled.durationMs / 1000);
+    } catch (error) {
+      metrics.policyWrites.inc({ operation: 'put', outcome: 'compile_error' });
+      throw error;
+    }
+    await checkLoads(compiled.wasm, write.dataText, compiled.entrypoint);
+    const identity = verifiedIdentity(request);
+    const result = await store.put(name, policySubmission(write.rego, write.dataText, compiled, identity.sub), conditions);
+    metrics.etcdWriteDuration.observe({ operation: 'put' }, result.etcdMs / 1000);
+    metrics.policyWrites.inc({ operation: 'put', outcome: result.created ? 'created' : 'replaced' });
+    audit(request, write.operation ?? (result.created ? 'create' : 'replace'), result.meta, { syntaxVersion: compiled.syntaxVersion, ...write.auditExtra });
+    reply
+      .header('ETag', etag(result.meta.version))
+      .header('Last-Modified', new Date(result.meta.updatedAt).toUTCString())
+      .header('Server-Timing', `compile;dur=${compiled.durationMs.toFixed(1)}, etcd;dur=${result.etcdMs.toFixed(1)}`);
+    if (result.created) reply.header('Location', `/policies/${name}`);
+    if (write.wait !== null) reply.headers(fleetHeaders(await waitForFleet(etcd, result.revision, write.wait), write.wait));
+    return reply.code(result.created ? 201 : 200).type('application/json').send(summary(result.meta));
+  }
+
   app.put('/policies/:name', async (request, reply) => {
     verifiedIdentity(request);
     const name = policyName(request);
@@ -343,31 +379,26 @@ export async function buildCmsApp(options: CmsAppOptions): Promise<FastifyInstan
     const body = parsePolicyBody(request.body);
     const conditions = writeConditions(request);
     const wait = preferredWait(request.headers.prefer);
-    // An early, cheap check so a stale ETag does not cost a compile; put re-checks atomically.
-    if (conditions.ifVersion !== undefined || conditions.ifAbsent) await store.checkWriteConditions(name, conditions);
-
-    let compiled;
-    try {
-      compiled = await compiler.compile(body.rego, body.dataText);
-      metrics.compileDuration.observe({ outcome: 'ok' }, compiled.durationMs / 1000);
-    } catch (error) {
-      metrics.policyWrites.inc({ operation: 'put', outcome: 'compile_error' });
-      throw error;
-    }
-    await checkLoads(compiled.wasm, body.dataText, compiled.entrypoint);
-    const identity = verifiedIdentity(request);
-    const result = await store.put(name, policySubmission(body.rego, body.dataText, compiled, identity.sub), conditions);
-    metrics.etcdWriteDuration.observe({ operation: 'put' }, result.etcdMs / 1000);
-    metrics.policyWrites.inc({ operation: 'put', outcome: result.created ? 'created' : 'replaced' });
-    audit(request, result.created ? 'create' : 'replace', result.meta, { syntaxVersion: compiled.syntaxVersion });
-    reply
-      .header('ETag', etag(result.meta.version))
-      .header('Last-Modified', new Date(result.meta.updatedAt).toUTCString())
-      .header('Server-Timing', `compile;dur=${compiled.durationMs.toFixed(1)}, etcd;dur=${result.etcdMs.toFixed(1)}`);
-    if (result.created) reply.header('Location', `/policies/${name}`);
-    if (wait !== null) reply.headers(fleetHeaders(await waitForFleet(etcd, result.revision, wait), wait));
-    return reply.code(result.created ? 201 : 200).type('application/json').send(summary(result.meta));
+    return writeVersion(request, reply, { name, rego: body.rego, dataText: body.dataText, conditions, wait });
   });
+
+  // A version from the history written again as the next version: history
+  // stays linear, and the rollback is a write like any other (If-Match,
+  // Prefer: wait, compiled again by today's opa, audited as a rollback).
+  app.post('/policies/:name/rollback', async (request, reply) => {
+    verifiedIdentity(request);
+    const name = policyName(request);
+    if (typeof request.body !== 'string') {
+      throw new HttpProblem({ status: 415, detail: 'the body must be {"version": <n>} sent as application/json' });
+    }
+    const version = rollbackVersion(request.body);
+    const conditions = writeConditions(request);
+    const wait = preferredWait(request.headers.prefer);
+    const old = await store.historyVersion(name, version);
+    if (!old) throw notFound(`${name} version ${version} in the retained history`);
+    return writeVersion(request, reply, { name, rego: old.rego, dataText: old.dataText, conditions, wait, operation: 'rollback', auditExtra: { from: version } });
+  });
+  methodNotAllowed('/policies/:name/rollback', ['POST']);
 
   app.delete('/policies/:name', async (request, reply) => {
     verifiedIdentity(request);
@@ -431,7 +462,7 @@ export async function buildCmsApp(options: CmsAppOptions): Promise<FastifyInstan
         status: 400,
         type: ProblemType.invalidPath,
         title: 'Invalid policy path',
-        detail: 'policy paths are /policies/{name}, /policies/{name}/history, /policies/{name}/history/{version} and /policies/{name}/status',
+        detail: 'policy paths are /policies/{name}, /policies/{name}/history, /policies/{name}/history/{version}, /policies/{name}/status and /policies/{name}/rollback',
       });
     },
   });
@@ -498,6 +529,21 @@ function listQuery(query: unknown): { limit: number; after?: string } {
   const after = text.startsWith(PAGE_TOKEN_PREFIX) ? text.slice(PAGE_TOKEN_PREFIX.length) : '';
   if (!isValidPolicyName(after)) throw new HttpProblem({ status: 400, detail: 'page_token is not a token this API gave out' });
   return { limit, after };
+}
+
+/** The body of a rollback: {"version": <a positive integer>}, nothing else. */
+function rollbackVersion(text: string): number {
+  let body: unknown;
+  try {
+    body = JSON.parse(text);
+  } catch {
+    throw new HttpProblem({ status: 400, type: ProblemType.invalidBody, title: 'Invalid JSON', detail: 'the body must be {"version": <n>}' });
+  }
+  const version = (body as { version?: unknown } | null)?.version;
+  if (typeof body !== 'object' || body === null || Array.isArray(body) || Object.keys(body).some((k) => k !== 'version') || !Number.isSafeInteger(version) || (version as number) < 1) {
+    throw new HttpProblem({ status: 400, type: ProblemType.invalidBody, title: 'Invalid rollback', detail: 'the body must be {"version": <n>}, n a version in the history' });
+  }
+  return version as number;
 }
 
 function notFound(what: string): HttpProblem {

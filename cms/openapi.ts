@@ -179,6 +179,28 @@ export const openApiDocument = {
         },
       },
     },
+    '/policies/{name}/rollback': {
+      parameters: [name],
+      post: {
+        summary: 'Write a version from the history again, as the next version (platform admin)',
+        parameters: [{ name: 'If-Match', in: 'header', required: false, schema: { type: 'string' }, description: 'ETag the policy must have now, or *' }, preferWait],
+        requestBody: {
+          required: true,
+          content: { 'application/json': { schema: { type: 'object', additionalProperties: false, required: ['version'], properties: { version: { type: 'integer', minimum: 1 } } } } },
+        },
+        responses: {
+          '200': { description: 'written as the next version', headers: { ...etagHeaders, ...fleetHeaders }, content: { 'application/json': { schema: { $ref: '#/components/schemas/PolicySummary' } } } },
+          '201': { description: 'written again after a delete', headers: { ...etagHeaders, ...fleetHeaders }, content: { 'application/json': { schema: { $ref: '#/components/schemas/PolicySummary' } } } },
+          '400': problem,
+          ...authErrors,
+          '404': problem,
+          '409': problem,
+          '412': problem,
+          '415': problem,
+          '503': problem,
+        },
+      },
+    },
     '/gateways': {
       get: {
         summary: 'Live gateways (runner workers, decision APIs) and what each enforces (platform admin)',
