@@ -37,9 +37,9 @@ import { loadPolicyEngine } from '../policy/engine/index.js';
 import { DEFAULT_BODY_LIMIT_BYTES, DEFAULT_COMPILE_TIMEOUT_MS, defaultAccessPolicyWasmPath } from './config.js';
 import { createCmsMetrics } from './metrics.js';
 import { openApiDocument } from './openapi.js';
-import { parsePolicyBody } from './policy-body.js';
+import { parsePolicyBody, renderTests } from './policy-body.js';
 import { HttpProblem, ProblemType, sendProblem } from '../http/problem.js';
-import { CompilerBusyError, CompilerUnavailableError, RegoCompileError, RegoCompiler, policySubmission } from './rego-compiler.js';
+import { CompilerBusyError, CompilerUnavailableError, PolicyTestsFailedError, RegoCompileError, RegoCompiler, policySubmission } from './rego-compiler.js';
 import { currentFleetStatus, fleetHeaders, preferredWait, waitForFleet } from './fleet.js';
 import { listGateways } from '../policy/fleet/report.js';
 
@@ -341,7 +341,16 @@ export async function buildCmsApp(options: CmsAppOptions): Promise<FastifyInstan
   async function writeVersion(
     request: FastifyRequest,
     reply: FastifyReply,
-    write: { name: string; rego: string; dataText: string; conditions: WriteConditions; wait: number | null; operation?: string; auditExtra?: Record<string, unknown> },
+    write: {
+      name: string;
+      rego: string;
+      dataText: string;
+      tests: Record<string, string> | null;
+      conditions: WriteConditions;
+      wait: number | null;
+      operation?: string;
+      auditExtra?: Record<string, unknown>;
+    },
   ) {
     const { name, conditions } = write;
     // An early, cheap check so a stale ETag does not cost a compile; put re-checks atomically.
@@ -349,18 +358,23 @@ export async function buildCmsApp(options: CmsAppOptions): Promise<FastifyInstan
 
     let compiled;
     try {
-      compiled = await compiler.compile(write.rego, write.dataText);
+      compiled = await compiler.compile(write.rego, write.dataText, write.tests);
       metrics.compileDuration.observe({ outcome: 'ok' }, compiled.durationMs / 1000);
     } catch (error) {
-      metrics.policyWrites.inc({ operation: 'put', outcome: 'compile_error' });
+      metrics.policyWrites.inc({ operation: 'put', outcome: error instanceof PolicyTestsFailedError ? 'tests_failed' : 'compile_error' });
       throw error;
     }
     await checkLoads(compiled.wasm, write.dataText, compiled.entrypoint);
     const identity = verifiedIdentity(request);
-    const result = await store.put(name, policySubmission(write.rego, write.dataText, compiled, identity.sub), conditions);
+    const testsText = write.tests === null ? null : renderTests(write.tests);
+    const result = await store.put(name, { ...policySubmission(write.rego, write.dataText, compiled, identity.sub), testsText }, conditions);
     metrics.etcdWriteDuration.observe({ operation: 'put' }, result.etcdMs / 1000);
     metrics.policyWrites.inc({ operation: 'put', outcome: result.created ? 'created' : 'replaced' });
-    audit(request, write.operation ?? (result.created ? 'create' : 'replace'), result.meta, { syntaxVersion: compiled.syntaxVersion, ...write.auditExtra });
+    audit(request, write.operation ?? (result.created ? 'create' : 'replace'), result.meta, {
+      syntaxVersion: compiled.syntaxVersion,
+      ...(compiled.tests ? { testsPassed: compiled.tests.passed } : {}),
+      ...write.auditExtra,
+    });
     reply
       .header('ETag', etag(result.meta.version))
       .header('Last-Modified', new Date(result.meta.updatedAt).toUTCString())
@@ -379,8 +393,28 @@ export async function buildCmsApp(options: CmsAppOptions): Promise<FastifyInstan
     const body = parsePolicyBody(request.body);
     const conditions = writeConditions(request);
     const wait = preferredWait(request.headers.prefer);
-    return writeVersion(request, reply, { name, rego: body.rego, dataText: body.dataText, conditions, wait });
+    return writeVersion(request, reply, { name, rego: body.rego, dataText: body.dataText, tests: body.tests, conditions, wait });
   });
+
+  // Everything a PUT checks (compile, load, tests), nothing written.
+  app.post('/policies/:name/check', async (request, reply) => {
+    verifiedIdentity(request);
+    policyName(request);
+    if (typeof request.body !== 'string') {
+      throw new HttpProblem({ status: 415, detail: 'the body must be a policy object sent as application/json' });
+    }
+    const body = parsePolicyBody(request.body);
+    const compiled = await compiler.compile(body.rego, body.dataText, body.tests);
+    await checkLoads(compiled.wasm, body.dataText, compiled.entrypoint);
+    return reply.type('application/json').send({
+      ok: true,
+      entrypoint: compiled.entrypoint,
+      syntaxVersion: compiled.syntaxVersion,
+      opaVersion: compiled.opaVersion,
+      tests: { passed: compiled.tests?.passed ?? 0 },
+    });
+  });
+  methodNotAllowed('/policies/:name/check', ['POST']);
 
   // A version from the history written again as the next version: history
   // stays linear, and the rollback is a write like any other (If-Match,
@@ -396,7 +430,8 @@ export async function buildCmsApp(options: CmsAppOptions): Promise<FastifyInstan
     const wait = preferredWait(request.headers.prefer);
     const old = await store.historyVersion(name, version);
     if (!old) throw notFound(`${name} version ${version} in the retained history`);
-    return writeVersion(request, reply, { name, rego: old.rego, dataText: old.dataText, conditions, wait, operation: 'rollback', auditExtra: { from: version } });
+    const tests = old.testsText === null ? null : (JSON.parse(old.testsText) as Record<string, string>);
+    return writeVersion(request, reply, { name, rego: old.rego, dataText: old.dataText, tests, conditions, wait, operation: 'rollback', auditExtra: { from: version } });
   });
   methodNotAllowed('/policies/:name/rollback', ['POST']);
 
@@ -462,7 +497,7 @@ export async function buildCmsApp(options: CmsAppOptions): Promise<FastifyInstan
         status: 400,
         type: ProblemType.invalidPath,
         title: 'Invalid policy path',
-        detail: 'policy paths are /policies/{name}, /policies/{name}/history, /policies/{name}/history/{version}, /policies/{name}/status and /policies/{name}/rollback',
+        detail: 'policy paths are /policies/{name}, /policies/{name}/history, /policies/{name}/history/{version}, /policies/{name}/status, /policies/{name}/check and /policies/{name}/rollback',
       });
     },
   });
@@ -572,6 +607,15 @@ function toProblem(error: unknown, request: FastifyRequest): HttpProblem {
       title: 'Rego does not compile',
       detail: error.diagnostics.map((d) => d.message).join('; '),
       extensions: { errors: error.diagnostics },
+    });
+  }
+  if (error instanceof PolicyTestsFailedError) {
+    return new HttpProblem({
+      status: 422,
+      type: ProblemType.policyTestsFailed,
+      title: 'Policy tests failed',
+      detail: error.message,
+      extensions: { failures: error.failures, passed: error.passed },
     });
   }
   if (error instanceof PolicyNotFoundError) return notFound((request.params as { name?: string }).name ?? '');

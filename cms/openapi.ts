@@ -114,6 +114,7 @@ export const openApiDocument = {
           '412': problem,
           '413': problem,
           '415': problem,
+          '422': { ...problem, description: 'the policy tests failed (failures: name, package, file, row, message); nothing written' },
           '503': problem,
         },
       },
@@ -179,6 +180,38 @@ export const openApiDocument = {
         },
       },
     },
+    '/policies/{name}/check': {
+      parameters: [name],
+      post: {
+        summary: 'Compile, load and test a policy object as a PUT would, writing nothing (platform admin)',
+        requestBody: { required: true, content: { 'application/json': { schema: { $ref: '#/components/schemas/PolicyObject' } } } },
+        responses: {
+          '200': {
+            description: 'it would be accepted',
+            content: {
+              'application/json': {
+                schema: {
+                  type: 'object',
+                  properties: {
+                    ok: { const: true },
+                    entrypoint: { type: 'string' },
+                    syntaxVersion: { enum: ['v0', 'v1'] },
+                    opaVersion: { type: 'string' },
+                    tests: { type: 'object', properties: { passed: { type: 'integer' } } },
+                  },
+                },
+              },
+            },
+          },
+          '400': problem,
+          ...authErrors,
+          '413': problem,
+          '415': problem,
+          '422': { ...problem, description: 'the policy tests failed' },
+          '503': problem,
+        },
+      },
+    },
     '/policies/{name}/rollback': {
       parameters: [name],
       post: {
@@ -194,6 +227,7 @@ export const openApiDocument = {
           '400': problem,
           ...authErrors,
           '404': problem,
+          '422': { ...problem, description: 'the tests of that version fail now' },
           '409': problem,
           '412': problem,
           '415': problem,
@@ -240,6 +274,13 @@ export const openApiDocument = {
         properties: {
           rego: { type: 'string', minLength: 1, description: 'one Rego module, v1 or v0 syntax; its package is the entrypoint' },
           data: { type: 'object', description: 'the data document; numbers keep their exact value' },
+          tests: {
+            type: 'object',
+            description: 'optional Rego test modules (opa test conventions) by file name; run against the Rego and data before every write, stored and kept in history',
+            propertyNames: { pattern: '^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}_test\\.rego$' },
+            additionalProperties: { type: 'string', minLength: 1 },
+            maxProperties: 32,
+          },
         },
       },
       PolicySummary: {

@@ -1,5 +1,7 @@
 /**
- * The PUT body: exactly `{"rego": <non-empty string>, "data": <object>}`.
+ * The PUT body: `{"rego": <non-empty string>, "data": <object>}`, and
+ * optionally `"tests"`: Rego test modules (`opa test` conventions) by file
+ * name, e.g. {"authz_test.rego": "package project.authz_test ..."}.
  * Parsed with lossless-json so that numbers in `data` keep their exact text
  * (JSON.parse rounds integers past 2^53; OPA does not), and duplicate keys
  * are refused rather than silently resolved.
@@ -11,6 +13,18 @@ export interface PolicyBody {
   rego: string;
   /** `data` re-serialised compactly; every number keeps its original digits. */
   dataText: string;
+  /** The test modules by file name; null when the body has none. */
+  tests: Record<string, string> | null;
+  /** The same as a JSON object with its names sorted (how it is stored); null when none. */
+  testsText: string | null;
+}
+
+export const MAX_TEST_FILES = 32;
+const TEST_FILE_NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}_test\.rego$/;
+
+/** The tests as stored: a JSON object, names sorted, so equal tests are equal text. */
+export function renderTests(tests: Record<string, string>): string {
+  return JSON.stringify(Object.fromEntries(Object.keys(tests).sort().map((name) => [name, tests[name]])));
 }
 
 function invalid(detail: string): HttpProblem {
@@ -34,7 +48,7 @@ export function parsePolicyBody(text: string): PolicyBody {
     });
   }
   if (!isPlainObject(body)) throw invalid('the body must be a JSON object {"rego": string, "data": object}');
-  const unexpected = Object.keys(body).filter((key) => key !== 'rego' && key !== 'data');
+  const unexpected = Object.keys(body).filter((key) => key !== 'rego' && key !== 'data' && key !== 'tests');
   if (unexpected.length > 0) throw invalid(`unexpected member(s): ${unexpected.join(', ')}`);
   if (typeof body.rego !== 'string' || body.rego.trim().length === 0) {
     throw invalid('"rego" must be a non-empty string');
@@ -42,5 +56,21 @@ export function parsePolicyBody(text: string): PolicyBody {
   if (!isPlainObject(body.data)) throw invalid('"data" must be a JSON object');
   const dataText = stringify(body.data);
   if (dataText === undefined) throw invalid('"data" cannot be serialised');
-  return { rego: body.rego, dataText };
+  const tests = body.tests === undefined ? null : parseTests(body.tests);
+  return { rego: body.rego, dataText, tests, testsText: tests === null ? null : renderTests(tests) };
+}
+
+function parseTests(value: unknown): Record<string, string> {
+  if (!isPlainObject(value)) throw invalid('"tests" must be an object of test modules by file name, e.g. {"authz_test.rego": "package ..."}');
+  const names = Object.keys(value);
+  if (names.length === 0) throw invalid('"tests" has no test module; leave it out instead');
+  if (names.length > MAX_TEST_FILES) throw invalid(`"tests" may hold at most ${MAX_TEST_FILES} modules`);
+  const tests: Record<string, string> = {};
+  for (const name of names) {
+    if (!TEST_FILE_NAME.test(name)) throw invalid(`test file name ${JSON.stringify(name)} must be letters, digits, "_", "-" or "." ending in "_test.rego"`);
+    const module = value[name];
+    if (typeof module !== 'string' || module.trim().length === 0) throw invalid(`test module ${name} must be a non-empty string`);
+    tests[name] = module;
+  }
+  return tests;
 }

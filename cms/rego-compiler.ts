@@ -18,7 +18,7 @@
  */
 import { execFile } from 'node:child_process';
 import { availableParallelism } from 'node:os';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -41,6 +41,8 @@ export interface RegoDiagnostic {
 }
 
 export interface CompiledPolicy {
+  /** The policy's tests, when it has some: all of them passed. */
+  tests?: { passed: number };
   wasm: Buffer;
   /** Package path with slashes, e.g. "project/authz". */
   entrypoint: string;
@@ -67,6 +69,28 @@ export class RegoCompileError extends Error {
   override readonly name = 'RegoCompileError';
   constructor(readonly diagnostics: RegoDiagnostic[]) {
     super(diagnostics.map((d) => `${d.row ?? 0}:${d.col ?? 0} ${d.code}: ${d.message}`).join('\n') || 'compile failed');
+  }
+}
+
+export interface PolicyTestFailure {
+  /** The test rule, e.g. "test_viewer_denied". */
+  name: string;
+  /** Its package, e.g. "data.project.authz_test". */
+  package: string;
+  /** The test file and the rule's row in it. */
+  file?: string;
+  row?: number;
+  message: string;
+}
+
+/** The policy compiles but its tests do not all pass: nothing may be written. */
+export class PolicyTestsFailedError extends Error {
+  override readonly name = 'PolicyTestsFailedError';
+  constructor(
+    readonly failures: PolicyTestFailure[],
+    readonly passed: number,
+  ) {
+    super(`${failures.length} of ${failures.length + passed} policy tests failed: ${failures.map((f) => f.name).join(', ')}`);
   }
 }
 
@@ -124,6 +148,8 @@ interface ProcessResult {
 
 function relativeFile(file: unknown): string | undefined {
   if (typeof file !== 'string' || file.length === 0) return undefined;
+  const test = file.match(/(?:^|\/)tests\/([^/]+_test\.rego)$/);
+  if (test) return test[1];
   return file.endsWith(DATA_FILE) ? DATA_FILE : file.endsWith(POLICY_FILE) ? POLICY_FILE : undefined;
 }
 
@@ -155,9 +181,9 @@ function diagnosticsFrom(text: string): RegoDiagnostic[] | null {
 function diagnosticsFromText(text: string, workDir: string): RegoDiagnostic[] {
   const lines = text.split('\n').map((line) => line.replaceAll(`${workDir}/`, '').trim()).filter(Boolean);
   return lines.map((line) => {
-    const match = line.match(/^(?:error: )?(?:\d+ errors? occurred[^:]*: )?(policy\.rego|data\.json):(\d+): (\w+): (.*)$/);
+    const match = line.match(/^(?:error: )?(?:\d+ errors? occurred[^:]*: )?(policy\.rego|data\.json|tests\/[^:/]+_test\.rego):(\d+): (\w+): (.*)$/);
     if (!match) return { code: 'rego_error', message: line };
-    return { file: match[1], row: Number(match[2]), code: match[3] as string, message: match[4] as string };
+    return { file: match[1]!.replace(/^tests\//, ''), row: Number(match[2]), code: match[3] as string, message: match[4] as string };
   });
 }
 
@@ -209,15 +235,21 @@ export class RegoCompiler {
     return this.versionPromise;
   }
 
-  /** Compiles, or refuses at once with CompilerBusyError when the queue is full. */
-  compile(rego: string, dataText = '{}'): Promise<CompiledPolicy> {
+  /**
+   * Compiles, then runs the policy's tests when it has some (with `opa test`,
+   * against the same capabilities, so a test cannot lean on a builtin the
+   * gateway's wasm engine lacks); refuses at once with CompilerBusyError when
+   * the queue is full. Failing tests throw PolicyTestsFailedError; a test
+   * module that does not compile throws RegoCompileError naming its file.
+   */
+  compile(rego: string, dataText = '{}', tests: Record<string, string> | null = null): Promise<CompiledPolicy> {
     if (this.slots.pendingCount >= this.maxQueued) {
       return Promise.reject(new CompilerBusyError(`${this.slots.activeCount} policies are compiling and ${this.slots.pendingCount} waiting; try again shortly`));
     }
-    return this.slots(() => this.compileNow(rego, dataText));
+    return this.slots(() => this.compileNow(rego, dataText, tests));
   }
 
-  private async compileNow(rego: string, dataText: string): Promise<CompiledPolicy> {
+  private async compileNow(rego: string, dataText: string, tests: Record<string, string> | null): Promise<CompiledPolicy> {
     const started = performance.now();
     const opaVersion = await this.opaVersion();
     const workDir = await mkdtemp(join(tmpdir(), 'gatehouse-rego-'));
@@ -240,10 +272,48 @@ export class RegoCompiler {
         throw new RegoCompileError(diagnostics ?? diagnosticsFromText(build.stderr, workDir));
       }
       const wasm = await readBundleWasm(join(workDir, 'bundle.tar.gz'));
-      return { wasm, entrypoint, syntaxVersion, opaVersion, durationMs: performance.now() - started };
+      const tested = tests ? await this.runTests(workDir, tests, syntaxVersion) : null;
+      return { wasm, entrypoint, syntaxVersion, opaVersion, durationMs: performance.now() - started, ...(tested ? { tests: tested } : {}) };
     } finally {
       await rm(workDir, { recursive: true, force: true });
     }
+  }
+
+  /**
+   * `opa test` on the policy, its data and the test modules (in tests/). In
+   * the policy's syntax first; test modules that only parse in the other are
+   * tried in that one (a v0 module beside a v1 policy needs `import rego.v1`
+   * in neither, a v1 module beside a v0 policy needs it).
+   */
+  private async runTests(workDir: string, tests: Record<string, string>, syntax: RegoSyntaxVersion): Promise<{ passed: number }> {
+    await mkdir(join(workDir, 'tests'));
+    const files = Object.keys(tests).map((name) => `tests/${name}`);
+    await Promise.all(Object.entries(tests).map(([name, module]) => writeFile(join(workDir, 'tests', name), module)));
+    const attempt = (v0: boolean) =>
+      this.opa(['test', '--format', 'json', '--capabilities', 'capabilities.json', '--timeout', '10s', ...(v0 ? ['--v0-compatible'] : []), POLICY_FILE, DATA_FILE, ...files], workDir);
+    let result = await attempt(syntax === 'v0');
+    let results = testResults(result.stdout);
+    if (!results) {
+      const other = await attempt(syntax !== 'v0');
+      const otherResults = testResults(other.stdout);
+      if (otherResults) {
+        result = other;
+        results = otherResults;
+      }
+    }
+    if (!results) throw new RegoCompileError(diagnosticsFromText(result.stderr, workDir));
+    if (results.length === 0) throw new RegoCompileError([{ code: 'rego_test_error', message: 'the test modules define no test (rules named test_*)' }]);
+    const failures: PolicyTestFailure[] = results
+      .filter((r) => r.fail || r.error)
+      .map((r) => ({
+        name: r.name,
+        package: r.package,
+        ...(relativeFile(r.location?.file) ? { file: relativeFile(r.location?.file)! } : {}),
+        ...(typeof r.location?.row === 'number' ? { row: r.location.row } : {}),
+        message: r.error?.message ?? `${r.name} failed${r.output ? `; it printed: ${r.output.trim().slice(0, 500)}` : ''}`,
+      }));
+    if (failures.length > 0) throw new PolicyTestsFailedError(failures, results.length - failures.length);
+    return { passed: results.length };
   }
 
   private async parse(workDir: string): Promise<{ syntaxVersion: RegoSyntaxVersion; entrypoint: string }> {
@@ -253,6 +323,27 @@ export class RegoCompiler {
     if (v0.ok) return { syntaxVersion: 'v0', entrypoint: entrypointOf(v0.stdout) };
     // Neither parses: report against v1, today's syntax.
     throw new RegoCompileError(diagnosticsFrom(v1.stderr) ?? diagnosticsFrom(v1.stdout) ?? diagnosticsFromText(v1.stderr, workDir));
+  }
+}
+
+interface OpaTestResult {
+  name: string;
+  package: string;
+  location?: { file?: string; row?: number };
+  fail?: boolean;
+  error?: { message?: string };
+  output?: string;
+}
+
+/** `opa test --format json` results; null when opa printed none (the modules did not load). */
+function testResults(stdout: string): OpaTestResult[] | null {
+  const text = stdout.trim();
+  if (!text.startsWith('[')) return null;
+  try {
+    const parsed = JSON.parse(text) as unknown;
+    return Array.isArray(parsed) ? (parsed as OpaTestResult[]) : null;
+  } catch {
+    return null;
   }
 }
 

@@ -23,6 +23,7 @@ export const ProblemType = {
   compilerBusy: 'urn:gatehouse:problem:compiler-busy',
   policyTooLarge: 'urn:gatehouse:problem:policy-too-large',
   policyDoesNotLoad: 'urn:gatehouse:problem:policy-does-not-load',
+  policyTestsFailed: 'urn:gatehouse:problem:policy-tests-failed',
 } as const;
 
 export interface ProblemInit {

@@ -10,6 +10,8 @@
  *   /policies/<name>/history/meta/<v>        PolicyMetadata of version v
  *   /policies/<name>/history/source/<v>      Rego source of version v
  *   /policies/<name>/history/data/<v>        data JSON text of version v
+ *   /policies/<name>/tests                   the policy's Rego test modules, a JSON object file name -> module (absent: none)
+ *   /policies/<name>/history/tests/<v>       the tests of version v (absent: none)
  *
  * <v> is the version zero-padded to 12 digits so that key order is version order.
  *
@@ -32,7 +34,9 @@
  * from the same watch response: etcd never splits one revision's events), and
  * check `wasmSha256` from the metadata against the wasm bytes; on a DELETE
  * event of a meta key the policy is gone. Events on other keys alone never
- * mean a new policy version. History keys survive a delete.
+ * mean a new policy version. History keys survive a delete. The tests are
+ * the CMS's alone (it runs them before a write): watchers never read them,
+ * and parsePolicyKey does not recognise them.
  *
  * Apart from policies, each live gateway (runner worker, decision API) keeps
  * one report of what it enforces, under an etcd lease of its own, so that it
@@ -55,7 +59,7 @@ export function gatewayKey(id: string): string {
 const VERSION_DIGITS = 12;
 
 export type CurrentPart = 'meta' | 'source' | 'data' | 'wasm';
-export type HistoryPart = 'meta' | 'source' | 'data';
+export type HistoryPart = 'meta' | 'source' | 'data' | 'tests';
 
 export type ParsedPolicyKey =
   | { name: string; kind: 'current'; part: CurrentPart }
@@ -70,6 +74,7 @@ export interface PolicyKeys {
   source: string;
   data: string;
   wasm: string;
+  tests: string;
   /** Prefix of the history entries of one part, e.g. all metadata of past versions. */
   historyPrefix(part: HistoryPart): string;
   history(part: HistoryPart, version: number): string;
@@ -90,6 +95,7 @@ export function policyKeys(name: string): PolicyKeys {
     source: `${prefix}source`,
     data: `${prefix}data`,
     wasm: `${prefix}wasm`,
+    tests: `${prefix}tests`,
     historyPrefix: (part) => `${prefix}history/${part}/`,
     history: (part, version) => `${prefix}history/${part}/${encodeVersion(version)}`,
   };

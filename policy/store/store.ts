@@ -59,7 +59,9 @@ export interface StoredPolicy {
   rego: string;
   /** The data document as JSON text, exactly as it was stored. */
   dataText: string;
-  /** The policy object as JSON text: {"rego": <rego>, "data": <dataText>}. */
+  /** The Rego test modules as a JSON object (file name -> module), or null when the version has none. */
+  testsText: string | null;
+  /** The policy object as JSON text: {"rego": <rego>, "data": <dataText>} (and "tests" when there are some). */
   body: string;
   /** Present when asked for (current versions only). */
   wasm?: Buffer;
@@ -68,6 +70,8 @@ export interface StoredPolicy {
 export interface PolicySubmission {
   rego: string;
   dataText: string;
+  /** The Rego test modules as a JSON object (file name -> module); null or absent: none. */
+  testsText?: string | null;
   wasm: Uint8Array;
   author: string;
   opaVersion: string;
@@ -111,8 +115,8 @@ export class StoreUnavailableError extends Error {
 
 
 /** The policy object text GET returns; data is spliced in as text so its numbers stay exact. */
-export function renderPolicyObject(rego: string, dataText: string): string {
-  return `{"rego":${JSON.stringify(rego)},"data":${dataText}}`;
+export function renderPolicyObject(rego: string, dataText: string, testsText: string | null = null): string {
+  return `{"rego":${JSON.stringify(rego)},"data":${dataText}${testsText === null ? '' : `,"tests":${testsText}`}}`;
 }
 
 function sha256Hex(bytes: string | Uint8Array): string {
@@ -128,16 +132,19 @@ function storedPolicy(
   meta: IKeyValue | undefined,
   source: IKeyValue | undefined,
   data: IKeyValue | undefined,
+  tests: IKeyValue | undefined,
   wasm?: IKeyValue,
 ): StoredPolicy | null {
   if (!meta || !source || !data) return null;
   const rego = source.value.toString('utf8');
   const dataText = data.value.toString('utf8');
+  const testsText = tests ? tests.value.toString('utf8') : null;
   return {
     meta: JSON.parse(meta.value.toString('utf8')) as PolicyMetadata,
     rego,
     dataText,
-    body: renderPolicyObject(rego, dataText),
+    testsText,
+    body: renderPolicyObject(rego, dataText, testsText),
     ...(wasm ? { wasm: wasm.value } : {}),
   };
 }
@@ -182,13 +189,13 @@ export class PolicyStore {
 
   async get(name: string, options: { withWasm?: boolean } = {}): Promise<StoredPolicy | null> {
     const keys = policyKeys(name);
-    const reads = [this.client.get(keys.meta), this.client.get(keys.source), this.client.get(keys.data)];
+    const reads = [this.client.get(keys.meta), this.client.get(keys.source), this.client.get(keys.data), this.client.get(keys.tests)];
     if (options.withWasm) reads.push(this.client.get(keys.wasm));
-    // One read-only transaction: the three or four keys come from the same revision.
+    // One read-only transaction: the keys come from the same revision.
     const response = await this.etcd(() => this.client.if(keys.meta, 'Create', '>', 0).then(...reads).commit());
     if (!response.succeeded) return null;
-    const [meta, source, data, wasm] = response.responses.map(firstValue);
-    return storedPolicy(meta, source, data, wasm);
+    const [meta, source, data, tests, wasm] = response.responses.map(firstValue);
+    return storedPolicy(meta, source, data, tests, wasm);
   }
 
   /**
@@ -271,12 +278,13 @@ export class PolicyStore {
           this.client.get(keys.history('meta', version)),
           this.client.get(keys.history('source', version)),
           this.client.get(keys.history('data', version)),
+          this.client.get(keys.history('tests', version)),
         )
         .commit(),
     );
     if (!response.succeeded) return null;
-    const [meta, source, data] = response.responses.map(firstValue);
-    return storedPolicy(meta, source, data);
+    const [meta, source, data, tests] = response.responses.map(firstValue);
+    return storedPolicy(meta, source, data, tests);
   }
 
   private async readMeta(name: string): Promise<{ meta: PolicyMetadata; modRevision: string } | null> {
@@ -323,7 +331,8 @@ export class PolicyStore {
       const current = await this.readMeta(name);
       this.checkConditions(current?.meta ?? null, conditions);
       const version = current ? current.meta.version + 1 : (await this.lastHistoryVersion(name)) + 1;
-      const body = renderPolicyObject(submission.rego, submission.dataText);
+      const testsText = submission.testsText ?? null;
+      const body = renderPolicyObject(submission.rego, submission.dataText, testsText);
       const meta: PolicyMetadata = {
         name,
         version,
@@ -344,6 +353,9 @@ export class PolicyStore {
         this.client.put(keys.history('meta', version)).value(metaText),
         this.client.put(keys.history('source', version)).value(submission.rego),
         this.client.put(keys.history('data', version)).value(submission.dataText),
+        // A version without tests clears the previous version's.
+        testsText === null ? this.client.delete().key(keys.tests) : this.client.put(keys.tests).value(testsText),
+        ...(testsText === null ? [] : [this.client.put(keys.history('tests', version)).value(testsText)]),
         this.client.put(keys.meta).value(metaText),
         this.client.put(keys.index).value(metaText),
         ...this.pruneHistoryOps(name, version),
@@ -355,6 +367,7 @@ export class PolicyStore {
         [keys.history('meta', version), metaText],
         [keys.history('source', version), submission.rego],
         [keys.history('data', version), submission.dataText],
+        ...(testsText === null ? [] : ([[keys.tests, testsText], [keys.history('tests', version), testsText]] as [string, string][])),
         [keys.meta, metaText],
         [keys.index, metaText],
       ]);
@@ -412,7 +425,7 @@ export class PolicyStore {
     const oldestKept = version - this.historyRetention + 1;
     if (oldestKept <= 1) return [];
     const keys = policyKeys(name);
-    const parts: HistoryPart[] = ['meta', 'source', 'data'];
+    const parts: HistoryPart[] = ['meta', 'source', 'data', 'tests'];
     return parts.map((part) =>
       this.client.delete().range(new Range(keys.history(part, 0), keys.history(part, oldestKept))),
     );
@@ -446,6 +459,7 @@ export class PolicyStore {
             this.client.delete().key(keys.source),
             this.client.delete().key(keys.data),
             this.client.delete().key(keys.wasm),
+            this.client.delete().key(keys.tests),
             this.client.delete().key(keys.meta),
             this.client.delete().key(keys.index),
           )
