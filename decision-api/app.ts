@@ -22,6 +22,7 @@ import type { PolicyWatcher } from '../policy/watcher/watcher.js';
 import { HttpProblem, sendProblem } from '../http/problem.js';
 import type { AccessPolicy } from '../policy/access/index.js';
 import { accessInput } from '../policy/access/index.js';
+import type { DecisionLog } from '../policy/decision-log/index.js';
 
 export interface DecisionApiOptions {
   watcher: PolicyWatcher;
@@ -31,6 +32,8 @@ export interface DecisionApiOptions {
   registry: Registry;
   bodyLimitBytes?: number;
   onDecision?: (policy: string, outcome: 'defined' | 'undefined' | 'error', seconds: number) => void;
+  /** Decision log events (policy/decision-log), when a sink is configured. */
+  decisionLog?: { log: DecisionLog | null; gateway: string };
 }
 
 function walk(document: unknown, path: string[]): unknown {
@@ -158,15 +161,30 @@ export async function buildDecisionApp(options: DecisionApiOptions): Promise<Fas
     if (!policy) throw new HttpProblem({ status: 404, detail: `no policy named ${policyName}` });
 
     const started = process.hrtime.bigint();
+    const logDecision = (result: 'allow' | 'deny' | 'error', status: number) =>
+      options.decisionLog?.log?.emit({
+        time: new Date().toISOString(),
+        gateway: options.decisionLog.gateway,
+        route: `/v1/data/${path.join('/')}`,
+        policies: [{ name: policy.name, version: policy.meta.version, revision: policy.modRevision, result }],
+        result,
+        status,
+        latencyUs: Math.round(Number(process.hrtime.bigint() - started) / 1000),
+        input,
+      });
     let document: unknown;
     try {
       document = await policy.evaluate(identity.project ?? '', input);
     } catch (err) {
       options.onDecision?.(policyName, 'error', Number(process.hrtime.bigint() - started) / 1e9);
+      logDecision('error', 500);
       throw new HttpProblem({ status: 500, detail: `policy evaluation failed: ${String(err)}` });
     }
     const result = document === undefined ? undefined : documentAt(policy.meta.entrypoint.split('/'), document, rest);
     options.onDecision?.(policyName, result === undefined ? 'undefined' : 'defined', Number(process.hrtime.bigint() - started) / 1e9);
+    // The Data API answers a document, not allow or deny: "allow" here means a
+    // defined result, "deny" an undefined one.
+    logDecision(result === undefined ? 'deny' : 'allow', 200);
     reply.header('cache-control', 'no-store');
     return result === undefined ? {} : { result };
   };

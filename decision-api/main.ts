@@ -13,6 +13,7 @@ import { createIdentityVerifier, identityConfigFromEnv } from '../identity/index
 import { createEtcdClient, etcdClientOptionsFromEnv } from '../etcd/index.js';
 import { PolicyWatcher } from '../policy/watcher/watcher.js';
 import { GatewayReporter } from '../policy/fleet/report.js';
+import { decisionLogFromEnv } from '../policy/decision-log/index.js';
 import { snapshotDir } from '../policy/watcher/snapshot.js';
 import { EngineCache, policyCacheBytesFromEnv } from '../policy/engine/cache.js';
 import { evaluationPoolFromEnv } from '../policy/engine/pool.js';
@@ -46,8 +47,14 @@ async function main() {
   // Tells etcd what this decision API enforces (policy/fleet), for the CMS's status.
   const reporter = new GatewayReporter({ client: etcd, watcher, kind: 'decision-api', datacenter: process.env.GATEHOUSE_DATACENTER || null, log });
   reporter.start();
+  const decisionLogEvents = new Counter({ name: 'gatehouse_decision_log_events_total', help: 'Decision log events written to the sink, or dropped because the sink did not keep up', labelNames: ['outcome'] as const, registers: [registry] });
+  const decisionLog = decisionLogFromEnv(process.env, {
+    onWritten: (n) => decisionLogEvents.inc({ outcome: 'written' }, n),
+    onDropped: (n) => decisionLogEvents.inc({ outcome: 'dropped' }, n),
+  });
   const app = await buildDecisionApp({
     watcher,
+    decisionLog: { log: decisionLog, gateway: reporter.id },
     verifier: createIdentityVerifier(identityConfigFromEnv()),
     access: await loadAccessPolicy(defaultAccessPolicyWasmPath()),
     log,
@@ -66,6 +73,7 @@ async function main() {
     log.info({ signal }, 'shutting down');
     await app.close();
     await reporter.stop();
+    await decisionLog?.close();
     await watcher.stop();
     await pool?.close();
     etcd.close();

@@ -17,6 +17,8 @@ export interface CallContext {
   /** Values earlier plugins left for later ones (for example the verified identity). */
   readonly state: Map<string, unknown>;
   readonly log: Logger;
+  /** The APISIX route the call came through (from PrepareConf's key), when known. */
+  readonly route?: string | null;
 }
 
 export interface Plugin<Conf = unknown> {

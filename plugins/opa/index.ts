@@ -9,9 +9,15 @@
 //   "caller-project"  the policy named by the verified `project` claim; none -> deny
 //   "project:<name>"  a fixed project's policy; none -> deny
 //   "cms-access"      the CMS permission table shipped with Gatehouse
-import type { Plugin } from '../api/plugin.js';
+//
+// Decision logs (policy/decision-log), when the runner has a sink
+// (DECISION_LOG): "decision_log": true (the default), false, or
+// {"sample": 0.1, "mask": ["/body/card_number"]} (JSON pointers into the
+// input; credential headers are always masked).
+import type { CallContext, Plugin } from '../api/plugin.js';
 import { ConfError } from '../api/plugin.js';
-import type { StopResponse } from '../api/http.js';
+import type { GatewayRequest, StopResponse } from '../api/http.js';
+import { shouldLog, type DecisionEvent, type DecisionLog, type DecisionLogConf, type DecisionPolicy } from '../../policy/decision-log/index.js';
 import { jsonConfParser } from '../api/json-conf.js';
 import { isValidPolicyName, PLATFORM_POLICY_NAME } from '../../policy/store/names.js';
 import { PolicyUnloadableError, type PolicySet, type LoadedPolicy } from '../../policy/watcher/policy-set.js';
@@ -33,6 +39,7 @@ export interface OpaConf {
   withVars: boolean;
   maxBodyBytes: number;
   allowTruncated: boolean;
+  decisionLog: DecisionLogConf;
 }
 
 interface RawOpaConf {
@@ -41,6 +48,7 @@ interface RawOpaConf {
   with_vars: boolean;
   max_body_bytes: number;
   allow_truncated: boolean;
+  decision_log: boolean | { sample?: number; mask?: string[] };
 }
 
 const schema = {
@@ -58,6 +66,20 @@ const schema = {
     max_body_bytes: { type: 'integer', minimum: 0, maximum: 16_777_215, default: 1_048_576 },
     // A request part of which the policy cannot see (a body over max_body_bytes) is denied unless this is set.
     allow_truncated: { type: 'boolean', default: false },
+    decision_log: {
+      default: true,
+      oneOf: [
+        { type: 'boolean' },
+        {
+          type: 'object',
+          additionalProperties: false,
+          properties: {
+            sample: { type: 'number', exclusiveMinimum: 0, maximum: 1 },
+            mask: { type: 'array', maxItems: 64, items: { type: 'string', pattern: '^(/[^/]+)+$' } },
+          },
+        },
+      ],
+    },
   },
 };
 
@@ -69,6 +91,12 @@ export interface PolicySource {
     reason: string;
     statusCode: number | undefined;
   }) | null;
+}
+
+/** Where decision events go: the runner's log (null: none configured) and this gateway's id. */
+export interface DecisionLogSink {
+  log: DecisionLog | null;
+  gateway: string;
 }
 
 export interface DecisionRecorder {
@@ -106,7 +134,12 @@ function deny(response: StopResponse, decision: Decision): void {
   }
 }
 
-export function createOpaPlugin(source: PolicySource, recorder: DecisionRecorder): Plugin<OpaConf> {
+function decisionLogConf(raw: RawOpaConf['decision_log']): DecisionLogConf {
+  if (typeof raw === 'boolean') return { enabled: raw, sample: 1, mask: [] };
+  return { enabled: true, sample: raw.sample ?? 1, mask: raw.mask ?? [] };
+}
+
+export function createOpaPlugin(source: PolicySource, recorder: DecisionRecorder, decisionLog: DecisionLogSink = { log: null, gateway: '' }): Plugin<OpaConf> {
   const parse = jsonConfParser<RawOpaConf>('opa', schema);
   return {
     name: 'opa',
@@ -116,16 +149,48 @@ export function createOpaPlugin(source: PolicySource, recorder: DecisionRecorder
       if (policies.some((p) => p.kind === 'cms-access') && !source.cmsAccess) {
         throw new ConfError('opa: the CMS access policy is not available (build it with npm run build)');
       }
-      return { policies, withBody: conf.with_body, withVars: conf.with_vars, maxBodyBytes: conf.max_body_bytes, allowTruncated: conf.allow_truncated };
+      return {
+        policies,
+        withBody: conf.with_body,
+        withVars: conf.with_vars,
+        maxBodyBytes: conf.max_body_bytes,
+        allowTruncated: conf.allow_truncated,
+        decisionLog: decisionLogConf(conf.decision_log),
+      };
     },
 
     async requestFilter(conf, request, response, ctx) {
+      const log = decisionLog.log;
+      if (!log || !shouldLog(conf.decisionLog)) return decide(conf, request, response, ctx, null);
+      const started = process.hrtime.bigint();
+      const trail: DecisionTrail = { input: null, policies: [], outcome: null };
+      try {
+        await decide(conf, request, response, ctx, trail);
+      } finally {
+        const status = response.stopped ? response.status || 200 : 200;
+        log.emit({
+          time: new Date().toISOString(),
+          gateway: decisionLog.gateway,
+          route: ctx.route ?? null,
+          policies: trail.policies,
+          result: trail.outcome ?? (response.stopped ? (status >= 500 ? 'error' : 'deny') : 'allow'),
+          status,
+          latencyUs: Math.round(Number(process.hrtime.bigint() - started) / 1000),
+          input: trail.input,
+          mask: conf.decisionLog.mask,
+        });
+      }
+    },
+  };
+
+  async function decide(conf: OpaConf, request: GatewayRequest, response: StopResponse, ctx: CallContext, trail: DecisionTrail | null): Promise<void> {
       const identity = callerIdentity(ctx);
       const input: PolicyInput = await buildPolicyInput(
         request,
         { user: userOf(identity), project: identity?.project ?? null },
         { withBody: conf.withBody, withVars: conf.withVars, maxBodyBytes: conf.maxBodyBytes },
       );
+      if (trail) trail.input = input;
       if (input.truncated && !conf.allowTruncated) {
         // The upstream would get what the policy never saw.
         response.problem(413, `the request body is larger than the ${conf.maxBodyBytes} bytes this route's policies may read`);
@@ -144,6 +209,7 @@ export function createOpaPlugin(source: PolicySource, recorder: DecisionRecorder
             ...(identity ? { user: { sub: identity.sub, role: identity.role, project: identity.project } } : {}),
           });
           recorder.record(choice.kind, decision.allow ? 'allow' : 'deny', seconds());
+          trail?.policies.push({ name: 'cms-access', version: 0, revision: 0, result: decision.allow ? 'allow' : 'deny' });
           if (!decision.allow) {
             deny(response, { allow: false, status: decision.statusCode ?? 403, reason: decision.reason, headers: {} });
             if (decision.statusCode === 401) response.headers.set('www-authenticate', 'Bearer realm="gatehouse"');
@@ -154,6 +220,7 @@ export function createOpaPlugin(source: PolicySource, recorder: DecisionRecorder
 
         if (!set.isLoaded) {
           recorder.record(choice.kind, 'unavailable', seconds());
+          if (trail) trail.outcome = 'unavailable';
           response.problem(503, 'policies are not loaded yet');
           response.headers.set('retry-after', '1');
           return;
@@ -173,6 +240,7 @@ export function createOpaPlugin(source: PolicySource, recorder: DecisionRecorder
           policy = set.get(name);
           if (!policy) {
             recorder.record(choice.kind, 'deny', seconds());
+            trail?.policies.push({ name, version: 0, revision: 0, result: 'absent' });
             response.problem(403, 'no policy is defined for this project');
             return;
           }
@@ -185,6 +253,7 @@ export function createOpaPlugin(source: PolicySource, recorder: DecisionRecorder
           decision = readDecision(await policy.evaluate(identity?.project ?? '', input));
         } catch (err) {
           recorder.record(choice.kind, 'error', seconds());
+          trail?.policies.push({ name: policy.name, version: policy.meta.version, revision: policy.modRevision, result: 'error' });
           // A policy that exists but cannot be loaded denies (the platform policy: every request).
           const unloadable = err instanceof PolicyUnloadableError || err instanceof PolicyEngineError;
           ctx.log.error({ policy: policy.name, err: String(err), requestId: request.id }, unloadable ? 'policy cannot be loaded; denying' : 'policy evaluation failed; denying');
@@ -192,12 +261,19 @@ export function createOpaPlugin(source: PolicySource, recorder: DecisionRecorder
           return;
         }
         recorder.record(choice.kind, decision.allow ? 'allow' : 'deny', seconds());
+        trail?.policies.push({ name: policy.name, version: policy.meta.version, revision: policy.modRevision, result: decision.allow ? 'allow' : 'deny' });
         if (!decision.allow) {
           ctx.log.debug({ policy: policy.name, version: policy.meta.version, requestId: request.id }, 'denied by policy');
           deny(response, decision);
           return;
         }
       }
-    },
-  };
+  }
+}
+
+/** What a decision went through, for its log event. */
+interface DecisionTrail {
+  input: PolicyInput | null;
+  policies: DecisionPolicy[];
+  outcome: DecisionEvent['result'] | null;
 }

@@ -2,7 +2,7 @@
 import type { AnyPlugin } from '../api/plugin.js';
 import { examplePlugin } from '../example/index.js';
 import { createJwtPlugin } from '../jwt/index.js';
-import { createOpaPlugin, type DecisionRecorder, type PolicySource } from '../opa/index.js';
+import { createOpaPlugin, type DecisionLogSink, type DecisionRecorder, type PolicySource } from '../opa/index.js';
 import type { IdentityVerifier } from '../../identity/index.js';
 import { createVaultPlugin, type VaultPluginDeps } from '../vault/index.js';
 import { pathRewritePlugin } from '../path-rewrite/index.js';
@@ -12,6 +12,7 @@ export interface PluginDependencies {
   verifierError?: string;
   policies: PolicySource;
   decisions: DecisionRecorder;
+  decisionLog?: DecisionLogSink;
   vault: VaultPluginDeps;
 }
 
@@ -19,7 +20,7 @@ export function builtinPlugins(deps: PluginDependencies): AnyPlugin[] {
   return [
     examplePlugin,
     createJwtPlugin(deps.verifier, deps.verifierError),
-    createOpaPlugin(deps.policies, deps.decisions),
+    createOpaPlugin(deps.policies, deps.decisions, deps.decisionLog),
     createVaultPlugin(deps.vault),
     pathRewritePlugin,
   ];

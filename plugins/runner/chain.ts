@@ -80,7 +80,7 @@ export async function runRequestChain(
     extra,
   );
   const response = new StopResponse();
-  const ctx: CallContext = { state: new Map(), log };
+  const ctx: CallContext = { state: new Map(), log, route: chain[0]?.route ?? null };
 
   for (const { plugin, conf } of chain) {
     try {

@@ -32,10 +32,10 @@ import { removeStaleSocket } from './socket-file.js';
 /** Messages between the primary and its workers (over cluster's IPC channel). */
 export type ClusterMessage =
   | { type: 'gatehouse:hello' }
-  | { type: 'gatehouse:confs'; confs: { token: number; entries: ConfEntry[] }[] }
-  | { type: 'gatehouse:issue'; id: number; entries: ConfEntry[] }
+  | { type: 'gatehouse:confs'; confs: { token: number; entries: ConfEntry[]; key: string | null }[] }
+  | { type: 'gatehouse:issue'; id: number; entries: ConfEntry[]; key: string | null }
   | { type: 'gatehouse:issued'; id: number; token: number }
-  | { type: 'gatehouse:conf'; token: number; entries: ConfEntry[] }
+  | { type: 'gatehouse:conf'; token: number; entries: ConfEntry[]; key: string | null }
   | { type: 'gatehouse:conf-ack'; token: number }
   | { type: 'gatehouse:status'; id: number }
   | { type: 'gatehouse:status-reply'; id: number; ready: boolean; policies: unknown };
@@ -68,10 +68,10 @@ export async function runPrimary(options: PrimaryOptions): Promise<void> {
   // a connection that would be refused before a worker's chmod. It writes no other file.
   process.umask(0o011);
 
-  const confs = new LRUCache<number, ConfEntry[]>({
+  const confs = new LRUCache<number, { entries: ConfEntry[]; key: string | null }>({
     max: 100_000,
     maxSize: 256 * 1024 * 1024,
-    sizeCalculation: (entries) => Math.max(1, entries.reduce((n, e) => n + e.name.length + e.value.length, 0)),
+    sizeCalculation: ({ entries }) => Math.max(1, entries.reduce((n, e) => n + e.name.length + e.value.length, 0)),
     // As a worker's own store: twice APISIX's expiry (another APISIX worker may pick a token up late).
     ttl: options.confExpireSeconds * 2 * 1000,
     updateAgeOnGet: false,
@@ -98,10 +98,10 @@ export async function runPrimary(options: PrimaryOptions): Promise<void> {
     if (pending.waiting.size === 0) pending.done();
   };
 
-  const issue = async (from: Worker, entries: ConfEntry[]): Promise<number> => {
+  const issue = async (from: Worker, entries: ConfEntry[], key: string | null): Promise<number> => {
     const token = nextToken;
     nextToken = nextTokenAfter(nextToken);
-    confs.set(token, entries);
+    confs.set(token, { entries, key });
     const others = [...members].filter((w) => w !== from);
     if (others.length > 0) {
       await new Promise<void>((resolve) => {
@@ -118,7 +118,7 @@ export async function runPrimary(options: PrimaryOptions): Promise<void> {
             resolve();
           },
         });
-        for (const worker of others) send(worker, { type: 'gatehouse:conf', token, entries });
+        for (const worker of others) send(worker, { type: 'gatehouse:conf', token, entries, key });
       });
     }
     return token;
@@ -133,10 +133,10 @@ export async function runPrimary(options: PrimaryOptions): Promise<void> {
       switch (message.type) {
         case 'gatehouse:hello':
           members.add(worker);
-          send(worker, { type: 'gatehouse:confs', confs: [...confs.entries()].map(([token, entries]) => ({ token, entries })) });
+          send(worker, { type: 'gatehouse:confs', confs: [...confs.entries()].map(([token, conf]) => ({ token, ...conf })) });
           return;
         case 'gatehouse:issue':
-          issue(worker, message.entries).then(
+          issue(worker, message.entries, message.key).then(
             (token) => send(worker, { type: 'gatehouse:issued', id: message.id, token }),
             (err: unknown) => log.error({ err }, 'could not issue a conf token'),
           );
@@ -254,7 +254,7 @@ export class WorkerLink {
   private helloDone: (() => void) | null = null;
 
   constructor(private readonly handlers: {
-    adopt: (token: number, entries: ConfEntry[]) => void;
+    adopt: (token: number, entries: ConfEntry[], key: string | null) => void;
     status: () => { ready: boolean; policies: unknown };
     log: Logger;
   }) {
@@ -262,12 +262,12 @@ export class WorkerLink {
       if (!isClusterMessage(message)) return;
       switch (message.type) {
         case 'gatehouse:confs':
-          for (const { token, entries } of message.confs) this.adopt(token, entries);
+          for (const { token, entries, key } of message.confs) this.adopt(token, entries, key);
           this.helloDone?.();
           this.helloDone = null;
           return;
         case 'gatehouse:conf':
-          this.adopt(message.token, message.entries);
+          this.adopt(message.token, message.entries, message.key);
           process.send?.({ type: 'gatehouse:conf-ack', token: message.token } satisfies ClusterMessage);
           return;
         case 'gatehouse:issued': {
@@ -294,7 +294,7 @@ export class WorkerLink {
   }
 
   /** A token for a chain this worker validated; valid on every worker once it resolves. */
-  issueToken(entries: ConfEntry[], timeoutMs = 5_000): Promise<number> {
+  issueToken(entries: ConfEntry[], key: string | null, timeoutMs = 5_000): Promise<number> {
     return new Promise((resolve, reject) => {
       const id = ++this.requestIds;
       const timer = setTimeout(() => {
@@ -308,13 +308,13 @@ export class WorkerLink {
         },
         reject,
       });
-      process.send?.({ type: 'gatehouse:issue', id, entries: entries.map(({ name, value }) => ({ name, value })) } satisfies ClusterMessage);
+      process.send?.({ type: 'gatehouse:issue', id, entries: entries.map(({ name, value }) => ({ name, value })), key } satisfies ClusterMessage);
     });
   }
 
-  private adopt(token: number, entries: ConfEntry[]): void {
+  private adopt(token: number, entries: ConfEntry[], key: string | null): void {
     try {
-      this.handlers.adopt(token, entries);
+      this.handlers.adopt(token, entries, key);
     } catch (err) {
       // The same code validated it in another worker: only a bug gets here.
       this.handlers.log.error({ err, token }, 'could not adopt a conf another worker prepared');

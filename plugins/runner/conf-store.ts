@@ -5,6 +5,15 @@ import type { AnyPlugin } from '../api/plugin.js';
 export interface PreparedPlugin {
   plugin: AnyPlugin;
   conf: unknown;
+  /** The APISIX route whose conf this is (PrepareConf's key), for decision logs. */
+  route?: string | null;
+}
+
+/** The route id in PrepareConf's key, `route#<id>#<phase>#<conf version>` as APISIX builds it. */
+export function routeOfKey(key: string | null): string | null {
+  if (!key?.startsWith('route#')) return null;
+  const id = key.split('#')[1];
+  return id ? id.slice(0, 256) : null;
 }
 
 export interface ConfStoreOptions {

@@ -18,6 +18,7 @@ import { createEtcdClient, etcdClientOptionsFromEnv } from '../../etcd/index.js'
 import { PolicyWatcher, type SwapEvent } from '../../policy/watcher/watcher.js';
 import { PolicySet } from '../../policy/watcher/policy-set.js';
 import { GatewayReporter, gatewayId } from '../../policy/fleet/report.js';
+import { decisionLogFromEnv } from '../../policy/decision-log/index.js';
 import { snapshotDir } from '../../policy/watcher/snapshot.js';
 import { EngineCache, policyCacheBytesFromEnv } from '../../policy/engine/cache.js';
 import { evaluationPoolFromEnv } from '../../policy/engine/pool.js';
@@ -131,6 +132,10 @@ async function runWorker(config: ReturnType<typeof runnerConfigFromEnv>): Promis
 
   const { verifier, error } = identityVerifier();
   const vault = vaultFromEnv();
+  // This process's name as a gateway: in its fleet report and its decision log events.
+  const gateway = clustered && process.env.GATEWAY_ID ? `${gatewayId('runner')}-w${slot}` : gatewayId('runner');
+  const decisionLog = decisionLogFromEnv(process.env, { onWritten: metrics.decisionLog.written, onDropped: metrics.decisionLog.dropped });
+  if (decisionLog) log.info({ target: process.env.DECISION_LOG }, 'decision log on');
   let link: WorkerLink | null = null;
   const runner: Runner = new Runner({
     listenAddress: config.listenAddress,
@@ -146,6 +151,7 @@ async function runWorker(config: ReturnType<typeof runnerConfigFromEnv>): Promis
           cmsAccess: accessPolicy ? (input) => accessPolicy.decide(input) : null,
         },
         decisions: metrics.decisions,
+        decisionLog: { log: decisionLog, gateway },
         vault: {
           session: vault.session,
           ttlMs: vault.config?.secretTtlMs ?? 60_000,
@@ -157,11 +163,11 @@ async function runWorker(config: ReturnType<typeof runnerConfigFromEnv>): Promis
       }),
     ),
     log,
-    ...(clustered ? { issueToken: (entries) => link!.issueToken(entries), removeStaleSocket: false } : {}),
+    ...(clustered ? { issueToken: (entries, key) => link!.issueToken(entries, key), removeStaleSocket: false } : {}),
   });
   if (clustered) {
     link = new WorkerLink({
-      adopt: (token, entries) => runner.adoptConf(token, entries),
+      adopt: (token, entries, key) => runner.adoptConf(token, entries, key),
       status: () => {
         const policies = watcher?.status ?? null;
         return { ready: policies === null || policies.source !== 'none', policies };
@@ -180,7 +186,7 @@ async function runWorker(config: ReturnType<typeof runnerConfigFromEnv>): Promis
           watcher,
           kind: 'runner',
           // A GATEWAY_ID names the runner; its workers are that name and their slot.
-          ...(clustered && process.env.GATEWAY_ID ? { id: `${gatewayId('runner')}-w${slot}` } : {}),
+          id: gateway,
           datacenter: process.env.GATEHOUSE_DATACENTER || null,
           log: log.child({ component: 'fleet' }),
         })
@@ -223,6 +229,7 @@ async function runWorker(config: ReturnType<typeof runnerConfigFromEnv>): Promis
         await reporter?.stop();
         await watcher?.stop();
         await pool?.close();
+        await decisionLog?.close();
         vault.session?.stop();
         etcd?.close();
       })

@@ -13,6 +13,8 @@ export interface RunnerMetrics {
   evaluationAborted(reason: 'timeout' | 'error'): void;
   decisions: DecisionRecorder;
   vault: VaultEvents;
+  /** Decision log events handed to the sink, or dropped (the buffer was full: the sink is too slow). */
+  decisionLog: { written(n: number): void; dropped(n: number): void };
   watch(watcher: PolicyWatcher): void;
 }
 
@@ -70,8 +72,19 @@ export function createRunnerMetrics(): RunnerMetrics {
     registers: [registry],
   });
 
+  const decisionLogEvents = new Counter({
+    name: 'gatehouse_decision_log_events_total',
+    help: 'Decision log events written to the sink, or dropped because the sink did not keep up (DECISION_LOG_BUFFER full)',
+    labelNames: ['outcome'] as const,
+    registers: [registry],
+  });
+
   return {
     registry,
+    decisionLog: {
+      written: (n) => decisionLogEvents.inc({ outcome: 'written' }, n),
+      dropped: (n) => decisionLogEvents.inc({ outcome: 'dropped' }, n),
+    },
     evaluationAborted(reason) {
       aborted.inc({ reason });
     },

@@ -27,7 +27,7 @@ import {
 } from '../protocol/index.js';
 import { ConfError } from '../api/plugin.js';
 import type { ExtraInfoSource } from '../api/http.js';
-import { ConfStore, type PreparedPlugin } from './conf-store.js';
+import { ConfStore, routeOfKey, type PreparedPlugin } from './conf-store.js';
 import type { PluginRegistry } from './registry.js';
 import { removeStaleSocket } from './socket-file.js';
 import { CallAbortedError, ProtocolViolation, problemStop, runRequestChain, runResponseChain } from './chain.js';
@@ -50,7 +50,7 @@ export interface RunnerOptions {
    * the chain to every worker before the token is answered, so a token
    * prepared on one connection is valid on all of them.
    */
-  issueToken?: (entries: ConfEntry[], chain: PreparedPlugin[], rawBytes: number) => Promise<number>;
+  issueToken?: (entries: ConfEntry[], key: string | null, chain: PreparedPlugin[], rawBytes: number) => Promise<number>;
   /** Own the socket file: remove a stale one before listening and ours at stop (default true; a cluster's primary does both). */
   removeStaleSocket?: boolean;
 }
@@ -282,14 +282,15 @@ export class Runner {
   }
 
   /** Validates a plugin list into a chain; throws ConfRefused with the reason. */
-  prepareChain(entries: readonly ConfEntry[]): { chain: PreparedPlugin[]; rawBytes: number } {
+  prepareChain(entries: readonly ConfEntry[], key: string | null = null): { chain: PreparedPlugin[]; rawBytes: number } {
     const chain: PreparedPlugin[] = [];
+    const route = routeOfKey(key);
     let rawBytes = 0;
     for (const entry of entries) {
       const plugin = this.options.registry.get(entry.name);
       if (!plugin) throw new ConfRefused('unknown plugin', entry.name, `unknown plugin ${JSON.stringify(entry.name)}`);
       try {
-        chain.push({ plugin, conf: plugin.parseConf(entry.value) });
+        chain.push({ plugin, conf: plugin.parseConf(entry.value), route });
       } catch (err) {
         throw new ConfRefused('invalid conf', entry.name, err instanceof ConfError ? err.message : String(err));
       }
@@ -300,8 +301,8 @@ export class Runner {
   }
 
   /** Stores a chain another worker prepared, under the token the primary issued for it. */
-  adoptConf(token: number, entries: readonly ConfEntry[]): void {
-    const { chain, rawBytes } = this.prepareChain(entries);
+  adoptConf(token: number, entries: readonly ConfEntry[], key: string | null = null): void {
+    const { chain, rawBytes } = this.prepareChain(entries, key);
     this.confs.put(token, chain, rawBytes);
   }
 
@@ -309,7 +310,7 @@ export class Runner {
     const request = decodePrepareConfRequest(payload);
     let prepared: { chain: PreparedPlugin[]; rawBytes: number };
     try {
-      prepared = this.prepareChain(request.conf);
+      prepared = this.prepareChain(request.conf, request.key);
     } catch (err) {
       if (!(err instanceof ConfRefused)) throw err;
       this.log.error({ ...(err.plugin === null ? {} : { plugin: err.plugin }), key: request.key, reason: err.message }, `PrepareConf refused: ${err.kind}`);
@@ -317,7 +318,7 @@ export class Runner {
     }
     const { chain, rawBytes } = prepared;
     const confToken = this.options.issueToken
-      ? await this.options.issueToken(request.conf, chain, rawBytes)
+      ? await this.options.issueToken(request.conf, request.key, chain, rawBytes)
       : this.confs.add(chain, rawBytes);
     if (this.options.issueToken) this.confs.put(confToken, chain, rawBytes);
     this.log.debug({ confToken, plugins: request.conf.map((c) => c.name), key: request.key }, 'conf prepared');
