@@ -10,6 +10,9 @@ import { fileURLToPath } from 'node:url';
 import { pino } from 'pino';
 import { createDemoIdentity, demoCurlCommands, seedDemoPolicies, DEMO_PROJECT, DEMO_LLM_SECRET } from '../cms/demo.js';
 import { startLocalStack } from '../tools/local-stack/index.js';
+import { currentFleetStatus } from '../cms/fleet.js';
+import { createEtcdClient } from '../etcd/index.js';
+import { PLATFORM_POLICY_NAME, PolicyStore } from '../policy/store/index.js';
 import { startDemoRag } from '../tools/local-stack/demo-rag.js';
 import { startLlmStub } from '../tools/llm-stub/index.js';
 import { startLocalVault } from '../tools/local-vault/index.js';
@@ -64,6 +67,20 @@ async function main() {
     logger: log,
   });
   const seeded = await seedDemoPolicies({ etcdEndpoints: stack.etcdEndpoints, opaPath });
+  // Up means every curl line below answers as it says: wait (briefly) until
+  // every gateway process enforces the demo policies, as their fleet reports
+  // tell (each of the runner's workers loads and watches on its own).
+  const etcd = createEtcdClient(stack.etcdEndpoints);
+  const demoRevision = Math.max(...(await Promise.all([PLATFORM_POLICY_NAME, DEMO_PROJECT].map(async (name) => (await new PolicyStore(etcd).currentRevision(name))?.revision ?? 0))));
+  const enforced = await waitUntil(async () => {
+    const ready = await fetch(`http://127.0.0.1:${port('RUNNER_METRICS_PORT', 9091)}/readyz`, { signal: AbortSignal.timeout(2_000) });
+    await ready.arrayBuffer();
+    if (!ready.ok) return false;
+    const fleet = await currentFleetStatus(etcd, demoRevision);
+    return fleet.gateways.length > 0 && fleet.enforcedBy === fleet.gateways.length;
+  }, 30_000);
+  etcd.close();
+  if (!enforced) log.warn('the gateway does not enforce the demo policies yet; the first curl lines may answer 403 or 503');
 
   const gw = stack.gateway.url;
   const gatewayLabel = stack.gateway.kind === 'apisix' ? 'APISIX 3.9.1' : 'APISIX STAND-IN, not APISIX';

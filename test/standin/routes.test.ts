@@ -121,7 +121,10 @@ ${body}${upstream}`;
     const query = (path: string, method = 'GET') => matchRoute(loaded, { method, host: 'localhost', path })?.id ?? null;
     expect(query('/policies')).toBe('cms');
     expect(query('/policies/a/history')).toBe('cms');
-    expect(query('/policies/a', 'POST')).toBeNull();
+    // POST reaches the CMS (rollback, check); a method no route lists reaches nothing.
+    expect(query('/policies/a/rollback', 'POST')).toBe('cms');
+    expect(query('/gateways')).toBe('cms');
+    expect(query('/policies/a', 'PATCH')).toBeNull();
     expect(query('/v1/data/team-a/project/authz', 'POST')).toBe('decision-api');
     expect(query('/rag/ask', 'POST')).toBe('rag');
     expect(query('/policiesX')).toBeNull();
