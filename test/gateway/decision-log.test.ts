@@ -58,6 +58,23 @@ describe('the decision log itself', () => {
   });
 });
 
+/** Waits until the runner decides (its policies loaded), asking on a route whose decisions are not logged. */
+async function untilDecided(runner: RunnerProcess, token: string): Promise<void> {
+  const client = await ApisixClient.open(runner.socketPath);
+  try {
+    const confToken = await client.prepare([{ name: 'jwt', value: '{}' }, { name: 'opa', value: '{"policies":["project:team"],"decision_log":false}' }]);
+    const deadline = Date.now() + 15_000;
+    for (;;) {
+      const answer = await client.call(request({ confToken, headers: [{ name: 'authorization', value: `Bearer ${token}` }] }));
+      if (answer.action?.type !== 'stop' || (answer.action as StopAction).status !== 503) return;
+      if (Date.now() > deadline) throw new Error('the runner did not load its policies');
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+  } finally {
+    client.close();
+  }
+}
+
 describe('decision logs from a runner', () => {
   let etcd: TestEtcd;
   let admin: Etcd3;
@@ -124,6 +141,8 @@ describe('decision logs from a runner', () => {
 
   it('one event per decision, with every field; the token, cookies and the route-masked input never written', async () => {
     const adminToken = await keys.token({ sub: 'ada', role: 'admin', project: 'team' });
+    // Policies load after the socket opens: wait for the first real decision (on a route that logs nothing).
+    await untilDecided(runner, adminToken);
     const viewerToken = await keys.token({ sub: 'val', role: 'viewer', project: 'team' });
     expect(await calls({ decision_log: { mask: ['/request/query/card'] } }, adminToken, 1)).toEqual(['pass']);
     expect(await calls({ decision_log: { mask: ['/request/query/card'] } }, viewerToken, 1)).toEqual([403]);
@@ -191,6 +210,7 @@ describe('decision logs from a runner', () => {
       const adminToken = await keys.token({ sub: 'ada', role: 'admin', project: 'team' });
       const client = await ApisixClient.open(stuck.socketPath);
       const confToken = await client.prepare([{ name: 'jwt', value: '{}' }, { name: 'opa', value: '{"policies":["project:team"]}' }]);
+      await untilDecided(stuck, adminToken);
       let passed = 0;
       for (let i = 0; i < 2_000; i++) {
         // Big inputs, so the pipe's buffer fills quickly.
