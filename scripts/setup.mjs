@@ -146,6 +146,12 @@ function ensureApisix() {
     mkdirSync(dirname(uuidModule), { recursive: true });
     cpSync(join(root, 'tools/apisix/kit/jit-uuid.lua'), uuidModule);
   }
+  // Its last line pipes `nginx -V` into `head -1` under pipefail: when head
+  // closes the pipe before nginx has written the rest, nginx dies of SIGPIPE
+  // and the finished build is reported failed (status 141). `nginx -v`
+  // prints the one line wanted.
+  const script = join(staging, 'build.sh');
+  writeFileSync(script, readFileSync(script, 'utf8').replace('/nginx/sbin/nginx" -V 2>&1 | head -1', '/nginx/sbin/nginx" -v 2>&1'));
   rmSync(target, { recursive: true, force: true });
   run('bash', [join(staging, 'build.sh'), target]);
   rmSync(staging, { recursive: true, force: true });
