@@ -1,64 +1,19 @@
 #!/usr/bin/env node
 // gatehouse-runner: the process APISIX starts through `ext-plugin.cmd`. With
 // RUNNER_WORKERS above 1 (the default: one per core) it becomes the primary
-// of that many worker processes serving the same socket (cluster.ts).
+// of that many worker processes serving the same socket (cluster.ts), and
+// loads none of what serves calls (worker.ts), which each worker loads.
 import cluster from 'node:cluster';
-import { AggregatorRegistry } from 'prom-client';
 import { createLogger } from './logger.js';
-import { runPrimary, WorkerLink } from './cluster.js';
-import { socketPathOf } from './server.js';
 import { runnerConfigFromEnv } from './config.js';
-import { PluginRegistry } from './registry.js';
-import { Runner } from './server.js';
-import { builtinPlugins } from './builtin.js';
-import { createRunnerMetrics } from './metrics.js';
-import { startAdminServer } from './admin-server.js';
-import { createIdentityVerifier, identityConfigFromEnv, type IdentityVerifier } from '../../identity/index.js';
-import { createEtcdClient, etcdClientOptionsFromEnv } from '../../etcd/index.js';
-import { PolicyWatcher, type SwapEvent } from '../../policy/watcher/watcher.js';
-import { PolicySet } from '../../policy/watcher/policy-set.js';
-import { GatewayReporter, gatewayId } from '../../policy/fleet/report.js';
-import { decisionLogFromEnv } from '../../policy/decision-log/index.js';
-import { snapshotDir } from '../../policy/watcher/snapshot.js';
-import { EngineCache, policyCacheBytesFromEnv } from '../../policy/engine/cache.js';
-import { evaluationPoolFromEnv } from '../../policy/engine/pool.js';
-import { policyMemoryMaxBytes } from '../../policy/engine/index.js';
-import { loadAccessPolicy, type AccessPolicy, defaultAccessPolicyWasmPath } from '../../policy/access/index.js';
-import { cachingVerifier } from '../jwt/verification-cache.js';
-import { vaultConfigFromEnv, type VaultConfig } from '../vault/config.js';
-import { VaultSession } from '../vault/session.js';
+import { socketPathOf } from './socket-file.js';
 
 const log = createLogger('gatehouse-runner');
-const ACCESS_POLICY_WASM = defaultAccessPolicyWasmPath();
-
-function identityVerifier(): { verifier: IdentityVerifier | null; error?: string } {
-  try {
-    const verifier = createIdentityVerifier(identityConfigFromEnv());
-    const cacheSeconds = Number(process.env.JWT_VERIFY_CACHE_SECONDS ?? 30);
-    if (!Number.isFinite(cacheSeconds) || cacheSeconds < 0) throw new Error('JWT_VERIFY_CACHE_SECONDS must be a number of seconds (0 disables)');
-    return { verifier: cacheSeconds > 0 ? cachingVerifier(verifier, { maxAgeMs: cacheSeconds * 1000 }) : verifier };
-  } catch (err) {
-    const error = (err as Error).message;
-    log.warn({ reason: error }, 'JWT verification not configured; routes using the jwt plugin will fail');
-    return { verifier: null, error };
-  }
-}
-
-function vaultFromEnv(): { session: VaultSession | null; config: VaultConfig | null; error?: string } {
-  try {
-    const config = vaultConfigFromEnv();
-    if (!config) return { session: null, config: null, error: 'VAULT_ADDR is not set' };
-    return { session: new VaultSession(config, log.child({ component: 'vault' })), config };
-  } catch (err) {
-    const error = (err as Error).message;
-    log.warn({ reason: error }, 'Vault not configured; routes using the vault plugin will fail');
-    return { session: null, config: null, error };
-  }
-}
 
 async function main(): Promise<void> {
   const config = runnerConfigFromEnv();
   if (cluster.isPrimary && config.workers > 1) {
+    const { runPrimary } = await import('./cluster.js');
     await runPrimary({
       workers: config.workers,
       socketPath: socketPathOf(config.listenAddress),
@@ -70,179 +25,8 @@ async function main(): Promise<void> {
     log.flush();
     process.exit(0);
   }
+  const { runWorker } = await import('./worker.js');
   await runWorker(config);
-}
-
-async function runWorker(config: ReturnType<typeof runnerConfigFromEnv>): Promise<void> {
-  // As one worker of several: its slot, and whether it replaces one that died.
-  const clustered = cluster.isWorker;
-  const slot = Number(process.env.RUNNER_WORKER_INDEX ?? 0);
-  const respawned = process.env.RUNNER_WORKER_RESPAWN === '1';
-  const metrics = createRunnerMetrics();
-  if (clustered) {
-    // The primary's /metrics asks every worker for these (constructing an
-    // AggregatorRegistry is what makes prom-client answer it in a worker).
-    AggregatorRegistry.setRegistries([metrics.registry]);
-    new AggregatorRegistry();
-  }
-
-  const etcd = config.etcdEndpoints.length > 0 ? createEtcdClient(config.etcdEndpoints, etcdClientOptionsFromEnv()) : null;
-  // The engine budget is the runner's, shared out among its workers.
-  const cacheBytes = Math.floor(policyCacheBytesFromEnv('RUNNER_POLICY_CACHE_MB') / (clustered ? config.workers : 1));
-  // Decisions run in worker threads, under a deadline, tenants apart (policy/engine/pool.ts).
-  const pool = etcd ? evaluationPoolFromEnv({ cacheBytes, memoryMaxBytes: policyMemoryMaxBytes(), onAbort: (reason) => metrics.evaluationAborted(reason) }) : null;
-  const watcher = etcd
-    ? new PolicyWatcher({
-        client: etcd,
-        log: log.child({ component: 'policy-watcher' }),
-        snapshotDir: snapshotDir(config.stateDir),
-        // One writer for the shared directory; the others read it when etcd is away at their start.
-        snapshotReadOnly: clustered && slot !== 0,
-        engines: new EngineCache({ budgetBytes: cacheBytes }),
-        ...(pool ? { pool } : {}),
-      })
-    : null;
-  if (watcher) {
-    metrics.watch(watcher);
-    watcher.on('swap', (swap: SwapEvent) => {
-      // One line per policy change reaching this gateway: what, which version,
-      // how fast. Not for the policies of a full read (the watcher logs one
-      // line for those, however many there are).
-      if (swap.policy !== null && swap.propagationMs === null) return;
-      log.info(
-        {
-          policy: swap.name,
-          version: swap.policy?.meta.version ?? null,
-          revision: swap.policy?.modRevision ?? null,
-          propagationMs: swap.propagationMs,
-          swappedAt: Date.now(),
-        },
-        swap.policy ? 'policy version enforced' : 'policy removed',
-      );
-    });
-  }
-  else log.warn('ETCD_ENDPOINTS is not set: no policies are loaded and the opa plugin denies with 503');
-
-  let accessPolicy: AccessPolicy | null = null;
-  try {
-    accessPolicy = await loadAccessPolicy(ACCESS_POLICY_WASM);
-  } catch (err) {
-    log.warn({ reason: (err as Error).message }, 'CMS access policy unavailable; routes using it will fail');
-  }
-
-  const { verifier, error } = identityVerifier();
-  const vault = vaultFromEnv();
-  // This process's name as a gateway: in its fleet report and its decision log events.
-  const gateway = clustered && process.env.GATEWAY_ID ? `${gatewayId('runner')}-w${slot}` : gatewayId('runner');
-  const decisionLog = decisionLogFromEnv(process.env, { onWritten: metrics.decisionLog.written, onDropped: metrics.decisionLog.dropped });
-  if (decisionLog) log.info({ target: process.env.DECISION_LOG }, 'decision log on');
-  let link: WorkerLink | null = null;
-  const runner: Runner = new Runner({
-    listenAddress: config.listenAddress,
-    confExpireSeconds: config.confExpireSeconds,
-    shutdownGraceMs: config.shutdownGraceMs,
-    stallTimeoutMs: config.stallTimeoutMs,
-    registry: new PluginRegistry(
-      builtinPlugins({
-        verifier,
-        ...(error ? { verifierError: error } : {}),
-        policies: {
-          current: () => watcher?.current ?? PolicySet.empty,
-          cmsAccess: accessPolicy ? (input) => accessPolicy.decide(input) : null,
-        },
-        decisions: metrics.decisions,
-        decisionLog: { log: decisionLog, gateway },
-        vault: {
-          session: vault.session,
-          ttlMs: vault.config?.secretTtlMs ?? 60_000,
-          maxStalenessMs: vault.config?.maxStalenessMs ?? 300_000,
-          events: metrics.vault,
-          allowedPaths: vault.config?.allowedPaths ?? [],
-          ...(vault.error ? { configError: vault.error } : {}),
-        },
-      }),
-    ),
-    log,
-    ...(clustered ? { issueToken: (entries, key) => link!.issueToken(entries, key), removeStaleSocket: false } : {}),
-  });
-  if (clustered) {
-    link = new WorkerLink({
-      adopt: (token, entries, key) => runner.adoptConf(token, entries, key),
-      status: () => {
-        const policies = watcher?.status ?? null;
-        return { ready: policies === null || policies.source !== 'none', policies };
-      },
-      log,
-    });
-    // Hold every conf the other workers prepared before taking connections.
-    await link.hello();
-  }
-  const watching = watcher?.start();
-  // Tells etcd what this process enforces (policy/fleet): each worker is a gateway of its own.
-  const reporter =
-    watcher && etcd
-      ? new GatewayReporter({
-          client: etcd,
-          watcher,
-          kind: 'runner',
-          // A GATEWAY_ID names the runner; its workers are that name and their slot.
-          id: gateway,
-          datacenter: process.env.GATEHOUSE_DATACENTER || null,
-          log: log.child({ component: 'fleet' }),
-        })
-      : null;
-  reporter?.start();
-  // A worker replacing one that died waits (briefly) for its policies: its
-  // siblings serve meanwhile. Otherwise listen first: PrepareConf must be
-  // answered at once; decisions wait for policies (503 until then).
-  if (respawned && watching) await Promise.race([watching, new Promise((r) => setTimeout(r, 10_000).unref())]);
-  await runner.listen();
-  // Log in to Vault now rather than on the first request (which would pay for it).
-  vault.session?.ensureLoggedIn().catch((err: Error) => log.warn({ reason: err.message }, 'Vault login failed; retrying on demand'));
-
-  let admin: Awaited<ReturnType<typeof startAdminServer>> | null = null;
-  // A cluster's primary serves the metrics and health port for all its workers.
-  if (config.metricsPort !== null && !clustered) {
-    admin = await startAdminServer({
-      host: config.metricsHost,
-      port: config.metricsPort,
-      registry: metrics.registry,
-      watcher,
-      log,
-    }).catch((err) => {
-      log.error({ err: (err as Error).message, port: config.metricsPort }, 'metrics port unavailable; serving without it');
-      return null;
-    });
-    if (admin) log.info({ address: admin.server.address() }, 'metrics and health listening');
-  }
-
-  let stopping = false;
-  const stop = (signal: string) => {
-    if (stopping) return;
-    stopping = true;
-    log.info({ signal }, 'shutting down');
-    runner
-      .stop()
-      .then(async () => {
-        await admin?.close();
-        await watching;
-        await reporter?.stop();
-        await watcher?.stop();
-        await pool?.close();
-        await decisionLog?.close();
-        vault.session?.stop();
-        etcd?.close();
-      })
-      .catch((err) => log.error({ err }, 'error while stopping'))
-      .finally(() => {
-        log.flush();
-        process.exit(0);
-      });
-  };
-  process.on('SIGTERM', () => stop('SIGTERM'));
-  process.on('SIGINT', () => stop('SIGINT'));
-  // A primary that is gone (killed) leaves nobody to issue tokens: stop too.
-  if (clustered) process.on('disconnect', () => stop('primary gone'));
 }
 
 process.on('uncaughtException', (err) => {

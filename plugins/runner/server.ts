@@ -29,7 +29,7 @@ import { ConfError } from '../api/plugin.js';
 import type { ExtraInfoSource } from '../api/http.js';
 import { ConfStore, routeOfKey, type PreparedPlugin } from './conf-store.js';
 import type { PluginRegistry } from './registry.js';
-import { removeStaleSocket } from './socket-file.js';
+import { removeStaleSocket, socketPathOf } from './socket-file.js';
 import { CallAbortedError, ProtocolViolation, problemStop, runRequestChain, runResponseChain } from './chain.js';
 
 export interface RunnerOptions {
@@ -71,9 +71,6 @@ export class ConfRefused extends Error {
   }
 }
 
-export function socketPathOf(listenAddress: string): string {
-  return listenAddress.startsWith('unix:') ? listenAddress.slice('unix:'.length) : listenAddress;
-}
 
 export class Runner {
   readonly socketPath: string;

@@ -7,3 +7,8 @@ export function removeStaleSocket(path: string): void {
   if (lstatSync(path).isSocket()) unlinkSync(path);
   else throw new Error(`${path} exists and is not a socket`);
 }
+
+/** APISIX_LISTEN_ADDRESS (`unix:/path.sock`, or a bare path) as a path. */
+export function socketPathOf(listenAddress: string): string {
+  return listenAddress.startsWith('unix:') ? listenAddress.slice('unix:'.length) : listenAddress;
+}

@@ -88,17 +88,17 @@ describe('decision logs from a runner', () => {
     keys = await createTestKeys();
     await new PolicyWriter(admin).put('team', 'package project.authz\nimport rego.v1\ndefault allow := false\nallow if input.user.role == "admin"\n');
     logFile = join(mkdtempSync(join(tmpdir(), 'gh-dlog-')), 'decisions.log');
-    runner = await startRunner({
-      env: {
-        ETCD_ENDPOINTS: etcd.endpoints.join(','),
-        RUNNER_STATE_DIR: mkdtempSync(join(tmpdir(), 'gh-state-')),
-        JWT_JWKS_FILE: keys.jwksFile,
-        JWT_ISSUER: keys.issuer,
-        JWT_AUDIENCE: keys.audience,
-        DECISION_LOG: `file:${logFile}`,
-        GATEWAY_ID: 'gw-test',
-      },
-    });
+    runner = await startRunner({ env: runnerEnv({ DECISION_LOG: `file:${logFile}`, GATEWAY_ID: 'gw-test' }) });
+  });
+
+  /** A runner on the test etcd, trusting the test keys, with its decision log set by `extra`. */
+  const runnerEnv = (extra: Record<string, string>) => ({
+    ETCD_ENDPOINTS: etcd.endpoints.join(','),
+    RUNNER_STATE_DIR: mkdtempSync(join(tmpdir(), 'gh-state-')),
+    JWT_JWKS_FILE: keys.jwksFile,
+    JWT_ISSUER: keys.issuer,
+    JWT_AUDIENCE: keys.audience,
+    ...extra,
   });
 
   afterAll(async () => {
@@ -194,18 +194,7 @@ describe('decision logs from a runner', () => {
         server.close(() => resolve(port));
       });
     });
-    const stuck = await startRunner({
-      env: {
-        ETCD_ENDPOINTS: etcd.endpoints.join(','),
-        RUNNER_STATE_DIR: mkdtempSync(join(tmpdir(), 'gh-state-')),
-        JWT_JWKS_FILE: keys.jwksFile,
-        JWT_ISSUER: keys.issuer,
-        JWT_AUDIENCE: keys.audience,
-        DECISION_LOG: `file:${fifo}`,
-        DECISION_LOG_BUFFER: '50',
-        RUNNER_METRICS_PORT: String(metricsPort),
-      },
-    });
+    const stuck = await startRunner({ env: runnerEnv({ DECISION_LOG: `file:${fifo}`, DECISION_LOG_BUFFER: '50', RUNNER_METRICS_PORT: String(metricsPort) }) });
     try {
       const adminToken = await keys.token({ sub: 'ada', role: 'admin', project: 'team' });
       const client = await ApisixClient.open(stuck.socketPath);

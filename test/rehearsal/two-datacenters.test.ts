@@ -78,14 +78,14 @@ class LoadLoop {
   }
 }
 
-async function call(base: string, method: string, path: string, token: string, body?: string) {
+async function call(base: string, method: string, path: string, token: string, body?: string, headers: Record<string, string> = {}) {
   const response = await fetch(`${base}${path}`, {
     method,
-    headers: { authorization: `Bearer ${token}`, ...(body ? { 'content-type': 'application/json' } : {}) },
+    headers: { authorization: `Bearer ${token}`, ...(body ? { 'content-type': 'application/json' } : {}), ...headers },
     body,
     signal: AbortSignal.timeout(15_000),
   });
-  return { status: response.status, text: await response.text() };
+  return { status: response.status, headers: response.headers, text: await response.text() };
 }
 
 const ragStatus = async (site: Datacenter, token: string) => (await call(dc.sites[site].gateway, 'GET', '/rag/ask', token)).status;
@@ -195,6 +195,24 @@ describe('two active datacenters behind HAProxy', () => {
     expect(local).not.toBeNull();
     expect(local!).toBeLessThan(PROPAGATION_BUDGET_MS);
     expect(failures(load.since(t)), describeFailures(load.since(t))).toHaveLength(0);
+  });
+
+  it('every gateway of both datacenters reports what it enforces; a write that waits is acknowledged by all of them', async () => {
+    type Listed = { gateways: { id: string; kind: string; datacenter: string }[] };
+    const listed = JSON.parse((await call(dc.url, 'GET', '/gateways', tokens.admin!)).text) as Listed;
+    // Each app node: the runner's workers and the decision API, labelled with their datacenter.
+    expect(new Set(listed.gateways.map((g) => g.datacenter))).toEqual(new Set(['dc1', 'dc2']));
+    for (const site of ['dc1', 'dc2']) {
+      const kinds = listed.gateways.filter((g) => g.datacenter === site).map((g) => g.kind);
+      expect(kinds, site).toContain('runner');
+      expect(kinds, site).toContain('decision-api');
+    }
+    const started = Date.now();
+    const put = await call(dc.sites.dc1.gateway, 'PUT', '/policies/team-w', tokens.admin!, policyAllowing('admin'), { prefer: 'wait=10' });
+    expect(put.status).toBe(201);
+    const total = listed.gateways.length;
+    expect(put.headers.get('gatehouse-enforced-by')).toBe(`${total}/${total}`);
+    console.log(`write through dc1 acknowledged by all ${total} gateways of both datacenters after ${Date.now() - started} ms (compile included)`);
   });
 });
 

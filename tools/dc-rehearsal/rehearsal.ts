@@ -207,7 +207,7 @@ export async function startRehearsal(options: RehearsalOptions): Promise<Rehears
     // spreads calls over all of them and fails over between them). TLS is
     // left out here, as for the members.
     const members = [endpointOf(own), ...ETCD_MEMBERS.filter((m) => m !== own).map(endpointOf)].join(',');
-    const common = { ...options.identityEnv, ETCD_ENDPOINTS: members, OPA_PATH: options.opaPath, LOG_LEVEL: logLevel };
+    const common = { ...options.identityEnv, ETCD_ENDPOINTS: members, OPA_PATH: options.opaPath, LOG_LEVEL: logLevel, GATEHOUSE_DATACENTER: dc };
     const gatewayUser = asUser(etcdUsers.gateway);
     const routesPath = join(dir, 'apisix.yaml');
     const template = readFileSync(join(root, 'apisix-conf', 'apisix.yaml'), 'utf8');
