@@ -7,6 +7,7 @@ export default tseslint.config(
   { ignores: ['dist/**', 'node_modules/**', '.local/**', 'plugins/protocol/generated/**', 'tools/vault/**', 'tools/opa/**'] },
   {
     files: ['**/*.ts'],
+    ignores: ['cms/console/app/**'],
     languageOptions: {
       parser: tseslint.parser,
       parserOptions: { project: './tsconfig.test.json', tsconfigRootDir: import.meta.dirname },
@@ -17,6 +18,20 @@ export default tseslint.config(
       '@typescript-eslint/no-misused-promises': 'error',
       '@typescript-eslint/await-thenable': 'error',
       '@typescript-eslint/require-await': 'off',
+    },
+  },
+  {
+    // The web console runs in the browser, with its own tsconfig (DOM types).
+    files: ['cms/console/app/**/*.ts'],
+    languageOptions: {
+      parser: tseslint.parser,
+      parserOptions: { project: './cms/console/app/tsconfig.json', tsconfigRootDir: import.meta.dirname },
+    },
+    plugins: { '@typescript-eslint': tseslint.plugin },
+    rules: {
+      '@typescript-eslint/no-floating-promises': 'error',
+      '@typescript-eslint/no-misused-promises': ['error', { checksVoidReturn: { attributes: false, properties: false } }],
+      '@typescript-eslint/await-thenable': 'error',
     },
   },
 );

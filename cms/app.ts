@@ -11,6 +11,8 @@
  *   4. name (400), body (400), preconditions (412), Rego compile (400)
  *   5. one etcd transaction (503 when etcd does not answer: nothing written)
  */
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { pino, type Logger } from 'pino';
 import {
@@ -34,7 +36,7 @@ import {
 import { createEtcdClient, type EtcdTlsFiles } from '../etcd/index.js';
 import { accessInput, loadAccessPolicy } from '../policy/access/index.js';
 import { loadPolicyEngine } from '../policy/engine/index.js';
-import { DEFAULT_BODY_LIMIT_BYTES, DEFAULT_COMPILE_TIMEOUT_MS, defaultAccessPolicyWasmPath } from './config.js';
+import { DEFAULT_BODY_LIMIT_BYTES, DEFAULT_COMPILE_TIMEOUT_MS, defaultAccessPolicyWasmPath, packageRoot } from './config.js';
 import { createCmsMetrics } from './metrics.js';
 import { openApiDocument } from './openapi.js';
 import { parsePolicyBody, renderTests } from './policy-body.js';
@@ -44,6 +46,12 @@ import { currentFleetStatus, fleetHeaders, preferredWait, waitForFleet } from '.
 import { listGateways } from '../policy/fleet/report.js';
 
 export interface CmsAppOptions {
+  /**
+   * Identities the console offers to sign in with at one click: for the
+   * local stack only (it hands out tokens to whoever asks). Never set it on a
+   * CMS others can reach.
+   */
+  consoleDemoTokens?: { label: string; token: string }[];
   etcdEndpoints: string[];
   identity: IdentityConfig;
   opaPath: string;
@@ -500,6 +508,33 @@ export async function buildCmsApp(options: CmsAppOptions): Promise<FastifyInstan
         detail: 'policy paths are /policies/{name}, /policies/{name}/history, /policies/{name}/history/{version}, /policies/{name}/status, /policies/{name}/check and /policies/{name}/rollback',
       });
     },
+  });
+
+  // The web console (cms/console/app, built into dist/console): static files,
+  // no credentials in them; it calls the API above with the token it is given.
+  const consoleDir = join(packageRoot(), 'dist', 'console');
+  const consoleFiles: Record<string, { file: string; type: string }> = {
+    '/console/': { file: 'index.html', type: 'text/html; charset=utf-8' },
+    '/console/app.js': { file: 'app.js', type: 'text/javascript; charset=utf-8' },
+    '/console/app.css': { file: 'app.css', type: 'text/css; charset=utf-8' },
+  };
+  app.get('/console', { config: { undocumented: true } }, async (_request, reply) => reply.redirect('/console/', 302));
+  for (const [url, { file, type }] of Object.entries(consoleFiles)) {
+    app.get(url, { config: { undocumented: true } }, async (_request, reply) => {
+      const path = join(consoleDir, file);
+      if (!existsSync(path)) throw new HttpProblem({ status: 404, detail: 'the console is not built (npm run build)' });
+      return reply
+        .type(type)
+        // CodeMirror styles itself at run time: inline styles, nothing else inline, nothing from elsewhere.
+        .header('Content-Security-Policy', "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+        .header('X-Content-Type-Options', 'nosniff')
+        .header('Referrer-Policy', 'no-referrer')
+        .send(readFileSync(path));
+    });
+  }
+  app.get('/console/demo-tokens', { config: { undocumented: true } }, async (_request, reply) => {
+    if (!options.consoleDemoTokens) throw new HttpProblem({ status: 404, detail: 'no demo sign-in here' });
+    return reply.type('application/json').send(options.consoleDemoTokens);
   });
 
   app.get('/healthz', async (_request, reply) => reply.send({ status: 'ok' }));

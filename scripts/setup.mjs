@@ -3,7 +3,7 @@
 // and does nothing the second time. Plain JavaScript: it runs before the build.
 //
 //   node modules  -> npm ci, when node_modules is older than package-lock.json
-//   etcd, haproxy, keepalived, flatc -> Debian packages, when missing from PATH
+//   etcd, haproxy, keepalived, flatc, chromium -> Debian packages, when missing from PATH
 //   opa           -> built once from the pinned Go module in tools/opa
 //   vault         -> built once from the pinned Go module in tools/vault
 //   apisix        -> APISIX 3.9.1 built once from the APISIX kit (tools/apisix/kit/README.md),
@@ -44,6 +44,8 @@ function ensureDebianPackages() {
   if (!onPath('keepalived')) wanted.push('keepalived');
   // flatc: only to check (and regenerate) the committed protocol code.
   if (!onPath('flatc')) wanted.push('flatbuffers-compiler');
+  // chromium: the web console's tests drive it with playwright-core (whose own browser download cannot work here).
+  if (!onPath('chromium')) wanted.push('chromium');
   if (wanted.length === 0) return;
   const sudo = process.getuid && process.getuid() === 0 ? [] : ['sudo'];
   const apt = (...args) => run(sudo[0] ?? 'apt-get', sudo.length ? ['apt-get', ...args] : args, {

@@ -56,6 +56,10 @@ async function main() {
       runnerMetrics: port('RUNNER_METRICS_PORT', 9091),
     },
     upstreams: { rag: `127.0.0.1:${ragPort}`, llm: llm.url },
+    consoleDemoTokens: [
+      { label: 'platform admin ada', token: identity.tokens.platformAdmin },
+      { label: `project user dev (${DEMO_PROJECT})`, token: identity.tokens.projectUser },
+    ],
     opaPath,
     // APISIX logs the runner's output at warn in its error.log: keep the runner to warnings.
     runnerEnv: {
@@ -91,6 +95,7 @@ async function main() {
 Gatehouse local stack is up.
 
   gateway (${gatewayLabel}) ${gw}
+  web console               ${gw}/console/  (demo sign-in buttons; or ${stack.cmsUrl}/console/)
   CMS (direct)              ${stack.cmsUrl}        (/healthz, /readyz, /metrics, /openapi.json)
   decision API (direct)     ${stack.decisionUrl}
   runner metrics            http://127.0.0.1:${port('RUNNER_METRICS_PORT', 9091)}/metrics  (/healthz, /readyz)

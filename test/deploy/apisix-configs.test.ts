@@ -95,15 +95,21 @@ describe.runIf(onApisix)('APISIX accepts apisix-conf/', () => {
       logger: pino({ level: 'silent' }),
     });
     try {
-      const doc = parse(readFileSync(routes, 'utf8').replace(/#END\s*$/, '')) as { routes: { id: string; uri?: string; uris?: string[] }[] };
+      const doc = parse(readFileSync(routes, 'utf8').replace(/#END\s*$/, '')) as { routes: { id: string; uri?: string; uris?: string[]; plugins?: object }[] };
       for (const route of doc.routes) {
         const path = (route.uris?.[0] ?? route.uri ?? '').replace('*', 'x');
-        const response = await fetch(`${gateway.url}${path}`);
+        const response = await fetch(`${gateway.url}${path}`, { redirect: 'manual' });
+        if (!route.plugins) {
+          // A route without plugins (the console's static files) goes straight to its upstream, absent here: 502.
+          expect(response.status, route.id).toBe(502);
+          continue;
+        }
         expect(response.status, route.id).toBe(401);
         expect(response.headers.get('content-type'), route.id).toMatch(/application\/problem\+json/);
       }
       expect((await fetch(`${gateway.url}/no-route-here`)).status).toBe(404);
-      expect(gateway.runnerOutput().filter((line) => / \[error\] /.test(line))).toEqual([]);
+      // No error but the console route's absent upstream.
+      expect(gateway.runnerOutput().filter((line) => / \[error\] /.test(line) && !/while connecting to upstream/.test(line))).toEqual([]);
     } finally {
       await gateway.stop();
       await etcd.cleanup();

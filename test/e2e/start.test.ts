@@ -90,4 +90,14 @@ describe('npm start', () => {
     expect(gateway).toBeTruthy();
     for (const { line } of results) expect(line).toContain(gateway!);
   });
+
+  it('serves the web console through the gateway, with the demo sign-in', async () => {
+    const address = /web console\s+(http:\/\/\S+)/.exec(printed)?.[1];
+    expect(address).toMatch(/\/console\/$/);
+    const page = await fetch(address!);
+    expect(page.status).toBe(200);
+    expect(await page.text()).toContain('/console/app.js');
+    const demo = (await (await fetch(`${address!}demo-tokens`)).json()) as { label: string }[];
+    expect(demo.map((d) => d.label)).toEqual(['platform admin ada', 'project user dev (demo)']);
+  });
 });

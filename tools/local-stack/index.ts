@@ -48,6 +48,8 @@ export interface LocalStackOptions {
    * started by root) must be able to pass through every directory above it.
    */
   apisixPrefix?: string;
+  /** Identities the web console offers at one click (the local stack's demo only). */
+  consoleDemoTokens?: { label: string; token: string }[];
   /** Stand-in only: its upstream read timeout. */
   readTimeoutMs?: number;
   /**
@@ -146,6 +148,7 @@ export async function startLocalStack(options: LocalStackOptions): Promise<Local
     }
 
     const cms = await buildCmsApp({
+      ...(options.consoleDemoTokens ? { consoleDemoTokens: options.consoleDemoTokens } : {}),
       etcdEndpoints,
       identity: options.identity,
       opaPath: options.opaPath,
