@@ -3,9 +3,11 @@
 // comments promise.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { freePort } from '../../tools/apisix/index.js';
+import { EXIT, runPolicyCli } from '../../tools/policy-cli/cli.js';
 import { testGateway } from '../support/gateway.js';
 import { repoRoot } from '../support/runner-process.js';
 
@@ -89,6 +91,20 @@ describe('npm start', () => {
     const gateway = /gateway \([^)]*\) (http:\/\/\S+)/.exec(printed)?.[1];
     expect(gateway).toBeTruthy();
     for (const { line } of results) expect(line).toContain(gateway!);
+  });
+
+  it('gatehouse policy round-trips a directory against it: pull, edit, diff, push (waiting for the gateways), status', async () => {
+    const gateway = /gateway \([^)]*\) (http:\/\/\S+)/.exec(printed)![1]!;
+    const admin = /export ADMIN='([^']+)'/.exec(printed)![1]!;
+    const dir = mkdtempSync(join(tmpdir(), 'gh-start-policies-'));
+    const cli = (args: string[]) => runPolicyCli([...args, '--dir', dir], { env: { GATEHOUSE_URL: gateway, GATEHOUSE_TOKEN: admin }, out: () => undefined, err: () => undefined });
+    expect(await cli(['pull', 'demo'])).toBe(EXIT.ok);
+    const dataFile = join(dir, 'demo', 'data.json');
+    writeFileSync(dataFile, readFileSync(dataFile, 'utf8').replace('"llama-3"', '"llama-3", "mistral-7b"'));
+    expect(await cli(['diff', '--exit-code'])).toBe(EXIT.differs);
+    expect(await cli(['push', '--wait', '20'])).toBe(EXIT.ok);
+    expect(await cli(['diff', '--exit-code'])).toBe(EXIT.ok);
+    expect(await cli(['status', 'demo'])).toBe(EXIT.ok);
   });
 
   it('serves the web console through the gateway, with the demo sign-in', async () => {
