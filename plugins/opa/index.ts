@@ -184,90 +184,90 @@ export function createOpaPlugin(source: PolicySource, recorder: DecisionRecorder
   };
 
   async function decide(conf: OpaConf, request: GatewayRequest, response: StopResponse, ctx: CallContext, trail: DecisionTrail | null): Promise<void> {
-      const identity = callerIdentity(ctx);
-      const input: PolicyInput = await buildPolicyInput(
-        request,
-        { user: userOf(identity), project: identity?.project ?? null },
-        { withBody: conf.withBody, withVars: conf.withVars, maxBodyBytes: conf.maxBodyBytes },
-      );
-      if (trail) trail.input = input;
-      if (input.truncated && !conf.allowTruncated) {
-        // The upstream would get what the policy never saw.
-        response.problem(413, `the request body is larger than the ${conf.maxBodyBytes} bytes this route's policies may read`);
+    const identity = callerIdentity(ctx);
+    const input: PolicyInput = await buildPolicyInput(
+      request,
+      { user: userOf(identity), project: identity?.project ?? null },
+      { withBody: conf.withBody, withVars: conf.withVars, maxBodyBytes: conf.maxBodyBytes },
+    );
+    if (trail) trail.input = input;
+    if (input.truncated && !conf.allowTruncated) {
+      // The upstream would get what the policy never saw.
+      response.problem(413, `the request body is larger than the ${conf.maxBodyBytes} bytes this route's policies may read`);
+      return;
+    }
+    // One set for the whole decision: every policy comes from the same etcd transaction.
+    const set = source.current();
+    for (const choice of conf.policies) {
+      const started = process.hrtime.bigint();
+      const seconds = () => Number(process.hrtime.bigint() - started) / 1e9;
+
+      if (choice.kind === 'cms-access') {
+        const decision = source.cmsAccess!({
+          method: request.method,
+          path: pathSegments(request.path),
+          ...(identity ? { user: { sub: identity.sub, role: identity.role, project: identity.project } } : {}),
+        });
+        recorder.record(choice.kind, decision.allow ? 'allow' : 'deny', seconds());
+        trail?.policies.push({ name: 'cms-access', version: 0, revision: 0, result: decision.allow ? 'allow' : 'deny' });
+        if (!decision.allow) {
+          deny(response, { allow: false, status: decision.statusCode ?? 403, reason: decision.reason, headers: {} });
+          if (decision.statusCode === 401) response.headers.set('www-authenticate', 'Bearer realm="gatehouse"');
+          return;
+        }
+        continue;
+      }
+
+      if (!set.isLoaded) {
+        recorder.record(choice.kind, 'unavailable', seconds());
+        if (trail) trail.outcome = 'unavailable';
+        response.problem(503, 'policies are not loaded yet');
+        response.headers.set('retry-after', '1');
         return;
       }
-      // One set for the whole decision: every policy comes from the same etcd transaction.
-      const set = source.current();
-      for (const choice of conf.policies) {
-        const started = process.hrtime.bigint();
-        const seconds = () => Number(process.hrtime.bigint() - started) / 1e9;
 
-        if (choice.kind === 'cms-access') {
-          const decision = source.cmsAccess!({
-            method: request.method,
-            path: pathSegments(request.path),
-            ...(identity ? { user: { sub: identity.sub, role: identity.role, project: identity.project } } : {}),
-          });
-          recorder.record(choice.kind, decision.allow ? 'allow' : 'deny', seconds());
-          trail?.policies.push({ name: 'cms-access', version: 0, revision: 0, result: decision.allow ? 'allow' : 'deny' });
-          if (!decision.allow) {
-            deny(response, { allow: false, status: decision.statusCode ?? 403, reason: decision.reason, headers: {} });
-            if (decision.statusCode === 401) response.headers.set('www-authenticate', 'Bearer realm="gatehouse"');
-            return;
-          }
-          continue;
-        }
-
-        if (!set.isLoaded) {
-          recorder.record(choice.kind, 'unavailable', seconds());
-          if (trail) trail.outcome = 'unavailable';
-          response.problem(503, 'policies are not loaded yet');
-          response.headers.set('retry-after', '1');
+      let policy: LoadedPolicy | undefined;
+      if (choice.kind === 'platform') {
+        policy = set.get(PLATFORM_POLICY_NAME);
+        if (!policy) continue; // no platform policy: nothing to restrict
+      } else {
+        const name = choice.kind === 'project' ? choice.name : identity?.project;
+        if (!name || name === PLATFORM_POLICY_NAME) {
+          recorder.record(choice.kind, 'deny', seconds());
+          response.problem(403, identity ? 'the caller has no project' : 'no verified identity');
           return;
         }
-
-        let policy: LoadedPolicy | undefined;
-        if (choice.kind === 'platform') {
-          policy = set.get(PLATFORM_POLICY_NAME);
-          if (!policy) continue; // no platform policy: nothing to restrict
-        } else {
-          const name = choice.kind === 'project' ? choice.name : identity?.project;
-          if (!name || name === PLATFORM_POLICY_NAME) {
-            recorder.record(choice.kind, 'deny', seconds());
-            response.problem(403, identity ? 'the caller has no project' : 'no verified identity');
-            return;
-          }
-          policy = set.get(name);
-          if (!policy) {
-            recorder.record(choice.kind, 'deny', seconds());
-            trail?.policies.push({ name, version: 0, revision: 0, result: 'absent' });
-            response.problem(403, 'no policy is defined for this project');
-            return;
-          }
-        }
-
-        let decision: Decision;
-        try {
-          // The engine is built on first use (a cold project); evaluation is
-          // bounded in time and memory, per tenant (the caller's project).
-          decision = readDecision(await policy.evaluate(identity?.project ?? '', input));
-        } catch (err) {
-          recorder.record(choice.kind, 'error', seconds());
-          trail?.policies.push({ name: policy.name, version: policy.meta.version, revision: policy.modRevision, result: 'error' });
-          // A policy that exists but cannot be loaded denies (the platform policy: every request).
-          const unloadable = err instanceof PolicyUnloadableError || err instanceof PolicyEngineError;
-          ctx.log.error({ policy: policy.name, err: String(err), requestId: request.id }, unloadable ? 'policy cannot be loaded; denying' : 'policy evaluation failed; denying');
-          response.problem(500, unloadable ? 'a policy this request needs cannot be loaded' : 'policy evaluation failed');
-          return;
-        }
-        recorder.record(choice.kind, decision.allow ? 'allow' : 'deny', seconds());
-        trail?.policies.push({ name: policy.name, version: policy.meta.version, revision: policy.modRevision, result: decision.allow ? 'allow' : 'deny' });
-        if (!decision.allow) {
-          ctx.log.debug({ policy: policy.name, version: policy.meta.version, requestId: request.id }, 'denied by policy');
-          deny(response, decision);
+        policy = set.get(name);
+        if (!policy) {
+          recorder.record(choice.kind, 'deny', seconds());
+          trail?.policies.push({ name, version: 0, revision: 0, result: 'absent' });
+          response.problem(403, 'no policy is defined for this project');
           return;
         }
       }
+
+      let decision: Decision;
+      try {
+        // The engine is built on first use (a cold project); evaluation is
+        // bounded in time and memory, per tenant (the caller's project).
+        decision = readDecision(await policy.evaluate(identity?.project ?? '', input));
+      } catch (err) {
+        recorder.record(choice.kind, 'error', seconds());
+        trail?.policies.push({ name: policy.name, version: policy.meta.version, revision: policy.modRevision, result: 'error' });
+        // A policy that exists but cannot be loaded denies (the platform policy: every request).
+        const unloadable = err instanceof PolicyUnloadableError || err instanceof PolicyEngineError;
+        ctx.log.error({ policy: policy.name, err: String(err), requestId: request.id }, unloadable ? 'policy cannot be loaded; denying' : 'policy evaluation failed; denying');
+        response.problem(500, unloadable ? 'a policy this request needs cannot be loaded' : 'policy evaluation failed');
+        return;
+      }
+      recorder.record(choice.kind, decision.allow ? 'allow' : 'deny', seconds());
+      trail?.policies.push({ name: policy.name, version: policy.meta.version, revision: policy.modRevision, result: decision.allow ? 'allow' : 'deny' });
+      if (!decision.allow) {
+        ctx.log.debug({ policy: policy.name, version: policy.meta.version, requestId: request.id }, 'denied by policy');
+        deny(response, decision);
+        return;
+      }
+    }
   }
 }
 
