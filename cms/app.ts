@@ -39,7 +39,7 @@ import { loadPolicyEngine } from '../policy/engine/index.js';
 import { DEFAULT_BODY_LIMIT_BYTES, DEFAULT_COMPILE_TIMEOUT_MS, defaultAccessPolicyWasmPath, packageRoot } from './config.js';
 import { createCmsMetrics } from './metrics.js';
 import { openApiDocument } from './openapi.js';
-import { parsePolicyBody, renderTests } from './policy-body.js';
+import { parsePolicyBody, renderTests, type PolicyBody } from './policy-body.js';
 import { HttpProblem, ProblemType, sendProblem } from '../http/problem.js';
 import { CompilerBusyError, CompilerUnavailableError, PolicyTestsFailedError, RegoCompileError, RegoCompiler, policySubmission } from './rego-compiler.js';
 import { currentFleetStatus, fleetHeaders, preferredWait, waitForFleet } from './fleet.js';
@@ -395,10 +395,7 @@ export async function buildCmsApp(options: CmsAppOptions): Promise<FastifyInstan
   app.put('/policies/:name', async (request, reply) => {
     verifiedIdentity(request);
     const name = policyName(request);
-    if (typeof request.body !== 'string') {
-      throw new HttpProblem({ status: 415, detail: 'the body must be a policy object sent as application/json' });
-    }
-    const body = parsePolicyBody(request.body);
+    const body = policyBodyOf(request);
     const conditions = writeConditions(request);
     const wait = preferredWait(request.headers.prefer);
     return writeVersion(request, reply, { name, rego: body.rego, dataText: body.dataText, tests: body.tests, conditions, wait });
@@ -408,10 +405,7 @@ export async function buildCmsApp(options: CmsAppOptions): Promise<FastifyInstan
   app.post('/policies/:name/check', async (request, reply) => {
     verifiedIdentity(request);
     policyName(request);
-    if (typeof request.body !== 'string') {
-      throw new HttpProblem({ status: 415, detail: 'the body must be a policy object sent as application/json' });
-    }
-    const body = parsePolicyBody(request.body);
+    const body = policyBodyOf(request);
     const compiled = await compiler.compile(body.rego, body.dataText, body.tests);
     await checkLoads(compiled.wasm, body.dataText, compiled.entrypoint);
     return reply.type('application/json').send({
@@ -599,6 +593,14 @@ function listQuery(query: unknown): { limit: number; after?: string } {
   const after = text.startsWith(PAGE_TOKEN_PREFIX) ? text.slice(PAGE_TOKEN_PREFIX.length) : '';
   if (!isValidPolicyName(after)) throw new HttpProblem({ status: 400, detail: 'page_token is not a token this API gave out' });
   return { limit, after };
+}
+
+/** The policy object of a PUT or a check (415 unless it came as JSON). */
+function policyBodyOf(request: FastifyRequest): PolicyBody {
+  if (typeof request.body !== 'string') {
+    throw new HttpProblem({ status: 415, detail: 'the body must be a policy object sent as application/json' });
+  }
+  return parsePolicyBody(request.body);
 }
 
 /** The body of a rollback: {"version": <a positive integer>}, nothing else. */

@@ -15,8 +15,6 @@ export interface PolicyBody {
   dataText: string;
   /** The test modules by file name; null when the body has none. */
   tests: Record<string, string> | null;
-  /** The same as a JSON object with its names sorted (how it is stored); null when none. */
-  testsText: string | null;
 }
 
 export const MAX_TEST_FILES = 32;
@@ -57,7 +55,7 @@ export function parsePolicyBody(text: string): PolicyBody {
   const dataText = stringify(body.data);
   if (dataText === undefined) throw invalid('"data" cannot be serialised');
   const tests = body.tests === undefined ? null : parseTests(body.tests);
-  return { rego: body.rego, dataText, tests, testsText: tests === null ? null : renderTests(tests) };
+  return { rego: body.rego, dataText, tests };
 }
 
 function parseTests(value: unknown): Record<string, string> {

@@ -305,13 +305,16 @@ export class RegoCompiler {
     if (results.length === 0) throw new RegoCompileError([{ code: 'rego_test_error', message: 'the test modules define no test (rules named test_*)' }]);
     const failures: PolicyTestFailure[] = results
       .filter((r) => r.fail || r.error)
-      .map((r) => ({
-        name: r.name,
-        package: r.package,
-        ...(relativeFile(r.location?.file) ? { file: relativeFile(r.location?.file)! } : {}),
-        ...(typeof r.location?.row === 'number' ? { row: r.location.row } : {}),
-        message: r.error?.message ?? `${r.name} failed${r.output ? `; it printed: ${r.output.trim().slice(0, 500)}` : ''}`,
-      }));
+      .map((r) => {
+        const file = relativeFile(r.location?.file);
+        return {
+          name: r.name,
+          package: r.package,
+          ...(file ? { file } : {}),
+          ...(typeof r.location?.row === 'number' ? { row: r.location.row } : {}),
+          message: r.error?.message ?? `${r.name} failed${r.output ? `; it printed: ${r.output.trim().slice(0, 500)}` : ''}`,
+        };
+      });
     if (failures.length > 0) throw new PolicyTestsFailedError(failures, results.length - failures.length);
     return { passed: results.length };
   }
