@@ -50,7 +50,7 @@ export interface RunnerOptions {
    * the chain to every worker before the token is answered, so a token
    * prepared on one connection is valid on all of them.
    */
-  issueToken?: (entries: ConfEntry[], key: string | null, chain: PreparedPlugin[], rawBytes: number) => Promise<number>;
+  issueToken?: (entries: ConfEntry[], key: string | null) => Promise<number>;
   /** Own the socket file: remove a stale one before listening and ours at stop (default true; a cluster's primary does both). */
   removeStaleSocket?: boolean;
 }
@@ -314,10 +314,13 @@ export class Runner {
       return this.sendError(conn, 'BAD_REQUEST');
     }
     const { chain, rawBytes } = prepared;
-    const confToken = this.options.issueToken
-      ? await this.options.issueToken(request.conf, request.key, chain, rawBytes)
-      : this.confs.add(chain, rawBytes);
-    if (this.options.issueToken) this.confs.put(confToken, chain, rawBytes);
+    let confToken: number;
+    if (this.options.issueToken) {
+      confToken = await this.options.issueToken(request.conf, request.key);
+      this.confs.put(confToken, chain, rawBytes);
+    } else {
+      confToken = this.confs.add(chain, rawBytes);
+    }
     this.log.debug({ confToken, plugins: request.conf.map((c) => c.name), key: request.key }, 'conf prepared');
     await conn.send(RpcType.PrepareConf, encodePrepareConfResponse({ confToken }));
   }
