@@ -10,7 +10,7 @@ import { parseArgs } from 'node:util';
 import { createTwoFilesPatch } from 'diff';
 import { packageRoot } from '../../cms/config.js';
 import { CmsClient, CmsError, versionOf } from './cms-client.js';
-import { filesOf, localNames, policyObject, prettyData, readPolicyDir, readState, sameContent, sha256, writePolicyDir, writeState, type PolicyFiles } from './files.js';
+import { filesOf, localNames, policyObject, prettyData, readPolicyDir, readState, sameContent, writePolicyDir, writeState, type PolicyFiles } from './files.js';
 
 export const POLICY_USAGE = `usage: gatehouse policy <command> [names...] [options]
 
@@ -178,10 +178,10 @@ function details(error: CmsError): string {
   return lines.length ? `${lines.join('\n')}\n` : '';
 }
 
-async function live(client: CmsClient, name: string): Promise<{ files: PolicyFiles; version: number; text: string } | null> {
+async function live(client: CmsClient, name: string): Promise<{ files: PolicyFiles; version: number } | null> {
   const answer = await client.expect('GET', `/policies/${name}`, [200, 404]);
   if (answer.status === 404) return null;
-  return { files: filesOf(answer.text), version: versionOf(answer.headers.etag), text: answer.text };
+  return { files: filesOf(answer.text), version: versionOf(answer.headers.etag) };
 }
 
 async function pull(client: CmsClient, dir: string, names: string[], report: Record<string, unknown>, say: (t: string) => void): Promise<number> {
@@ -190,7 +190,7 @@ async function pull(client: CmsClient, dir: string, names: string[], report: Rec
   for (const name of wanted) {
     const current = await live(client, name);
     if (!current) throw new CliExit(EXIT.failed, `no policy ${name} on the CMS`);
-    writePolicyDir(dir, name, current.files, { version: current.version, sha256: sha256(current.text) });
+    writePolicyDir(dir, name, current.files, { version: current.version });
     pulled.push({ name, version: current.version });
     say(`pulled ${name} version ${current.version}`);
   }
@@ -251,11 +251,11 @@ async function push(client: CmsClient, dir: string, names: string[], wait: numbe
       pushed.push({ name, outcome: 'unchanged', version: current.version });
       continue;
     }
-    // If-Match from what was pulled: a change made on the CMS since then is a conflict, not an overwrite.
-    const condition: Record<string, string> = state ? { 'if-match': `"${state.version}"` } : { 'if-none-match': '*' };
     if (!state && current) {
       throw new CliExit(EXIT.conflict, `${name}: exists on the CMS (version ${current.version}) but was not pulled here; pull it first, so that a push cannot overwrite what you have not seen`);
     }
+    // If-Match from what was pulled: a change made on the CMS since then is a conflict, not an overwrite.
+    const condition: Record<string, string> = state ? { 'if-match': `"${state.version}"` } : { 'if-none-match': '*' };
     let answer;
     try {
       answer = await client.expect('PUT', `/policies/${name}`, [200, 201], {
@@ -272,8 +272,7 @@ async function push(client: CmsClient, dir: string, names: string[], wait: numbe
       throw error;
     }
     const version = versionOf(answer.headers.etag);
-    const summary = JSON.parse(answer.text) as { sha256: string };
-    writeState(dir, name, { version, sha256: summary.sha256 });
+    writeState(dir, name, { version });
     const enforcedBy = answer.headers['gatehouse-enforced-by'];
     const behind = answer.headers['gatehouse-behind'];
     pushed.push({ name, outcome: answer.status === 201 ? 'created' : 'replaced', version, ...(enforcedBy ? { enforcedBy } : {}), ...(behind ? { behind: behind.split(', ') } : {}) });

@@ -1,9 +1,8 @@
 // Policies as files: <dir>/<name>/policy.rego, data.json and *_test.rego,
-// plus .gatehouse.json, what the last pull or push saw of the live version
-// (its ETag and its sha256), so that a push sends If-Match and writes only
-// what changed.
+// plus .gatehouse.json, the version the last pull or push saw live, so that
+// a push sends If-Match. What changed is found by comparing with the live
+// version itself.
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { parse, stringify } from 'lossless-json';
 
@@ -17,8 +16,6 @@ export interface PolicyFiles {
 export interface PulledState {
   /** The version (ETag) the files were pulled at or last pushed as. */
   version: number;
-  /** sha256 of the policy object as the CMS returned it then. */
-  sha256: string;
 }
 
 export const STATE_FILE = '.gatehouse.json';
@@ -34,10 +31,6 @@ export function policyObject(files: PolicyFiles): string {
 export function filesOf(objectText: string): PolicyFiles {
   const object = parse(objectText) as { rego: string; data: unknown; tests?: Record<string, string> };
   return { rego: object.rego, dataText: stringify(object.data) ?? '{}', tests: object.tests ?? {} };
-}
-
-export function sha256(text: string): string {
-  return createHash('sha256').update(text).digest('hex');
 }
 
 function compact(dataText: string): string {
@@ -90,7 +83,7 @@ export function readState(dir: string, name: string): PulledState | null {
   const path = join(dir, name, STATE_FILE);
   if (!existsSync(path)) return null;
   const state = JSON.parse(readFileSync(path, 'utf8')) as PulledState;
-  return Number.isSafeInteger(state.version) && typeof state.sha256 === 'string' ? state : null;
+  return Number.isSafeInteger(state.version) ? { version: state.version } : null;
 }
 
 export function writeState(dir: string, name: string, state: PulledState): void {
