@@ -21,10 +21,7 @@ import { fileURLToPath } from 'node:url';
 import { Pool } from 'undici';
 import { pino } from 'pino';
 import { startLocalEtcd, freePort } from '../tools/local-etcd/index.js';
-import { RegoCompiler, policySubmission } from '../cms/rego-compiler.js';
 import { buildCmsApp } from '../cms/app.js';
-import { PolicyStore } from '../policy/store/index.js';
-import { createEtcdClient } from '../etcd/index.js';
 import { loadPolicyEngine } from '../policy/engine/index.js';
 import { RpcType, decodeHttpReqCallResponse, type HttpReqCallRequest } from '../plugins/protocol/index.js';
 import type { PolicyInput } from '../plugins/opa/input.js';
@@ -46,6 +43,8 @@ import {
   statsOf,
   type BenchProcess,
   type Stats,
+  benchOpaPath,
+  storeBenchPolicy,
 } from './support.js';
 
 const connections = Number(process.env.BENCH_CONNECTIONS ?? 16);
@@ -55,9 +54,8 @@ const runnerCount = Number(process.env.BENCH_RUNNERS ?? 8);
 const propagationWrites = Number(process.env.BENCH_PROPAGATION_WRITES ?? 30);
 
 const here = fileURLToPath(new URL('.', import.meta.url));
-const root = join(here, '..', '..');
 const runnerScript = join(here, '../plugins/runner/main.js');
-const opaPath = process.env.OPA_PATH || join(root, '.local/bin/opa');
+const opaPath = benchOpaPath;
 
 const ISSUER = BENCH_ISSUER;
 const AUDIENCE = BENCH_AUDIENCE;
@@ -88,11 +86,7 @@ async function main() {
     const identityEnv = { ...identity.env, ETCD_ENDPOINTS: etcd.endpoints.join(',') };
 
     // The policy: compiled by the real opa, stored as the CMS stores it.
-    const compiler = new RegoCompiler({ opaPath });
-    const compiled = await compiler.compile(POLICY, JSON.stringify(DATA));
-    const client = createEtcdClient(etcd.endpoints);
-    const store = new PolicyStore(client);
-    await store.put('bench', policySubmission(POLICY, JSON.stringify(DATA), compiled, 'bench'));
+    const compiled = await storeBenchPolicy(etcd.endpoints, 'bench', POLICY, JSON.stringify(DATA));
 
     // 1 + 2: one runner, driven over its socket.
     const socketPath = join(work, 'runner.sock');
@@ -296,7 +290,6 @@ async function main() {
     }
     await cmsPool.close();
     await cms.close();
-    client.close();
 
     const pct = (xs: number[], p: number) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor((p / 100) * xs.length))]!;
     console.log(machineLine());

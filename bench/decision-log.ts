@@ -11,11 +11,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { RegoCompiler, policySubmission } from '../cms/rego-compiler.js';
-import { createEtcdClient } from '../etcd/index.js';
-import { PolicyStore } from '../policy/store/index.js';
 import { startLocalEtcd } from '../tools/local-etcd/index.js';
-import { benchIdentity, machineLine, median, socketAccepts, startProcess, type BenchProcess } from './support.js';
+import { freePort } from '../tools/apisix/index.js';
+import { benchIdentity, storeBenchPolicy, machineLine, median, socketAccepts, startProcess, type BenchProcess } from './support.js';
 
 const connections = Number(process.env.BENCH_CONNECTIONS ?? 8);
 const seconds = Number(process.env.BENCH_SECONDS ?? 3);
@@ -35,10 +33,7 @@ async function main() {
   try {
     const identity = await benchIdentity(work);
     const token = await identity.sign({ sub: 'ana', role: 'analyst', project: 'bench' });
-    const compiled = await new RegoCompiler({ opaPath: join(bin, 'opa') }).compile(POLICY, '{"roles":["analyst"]}');
-    const client = createEtcdClient(etcd.endpoints);
-    await new PolicyStore(client).put('bench', policySubmission(POLICY, '{"roles":["analyst"]}', compiled, 'bench'));
-    client.close();
+    await storeBenchPolicy(etcd.endpoints, 'bench', POLICY, '{"roles":["analyst"]}');
 
     const fifo = join(work, 'stalled.fifo');
     execFileSync('mkfifo', [fifo]);
@@ -50,10 +45,9 @@ async function main() {
       ['decision log to a stalled pipe', { DECISION_LOG: `file:${fifo}`, DECISION_LOG_BUFFER: '10000' }],
     ];
     const servers: { name: string; socket: string; metricsPort: number }[] = [];
-    let port = 19_400 + Math.floor(Math.random() * 500);
     for (const [name, env] of variants) {
       const socket = join(work, `${servers.length}.sock`);
-      const metricsPort = port++;
+      const metricsPort = await freePort();
       processes.push(
         await startProcess(
           process.execPath,

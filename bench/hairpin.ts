@@ -14,19 +14,15 @@ import { Pool } from 'undici';
 import { pino } from 'pino';
 import { parseDocument } from 'yaml';
 import { createDemoIdentity } from '../cms/demo.js';
-import { RegoCompiler, policySubmission } from '../cms/rego-compiler.js';
-import { PolicyStore } from '../policy/store/index.js';
-import { createEtcdClient } from '../etcd/index.js';
-import { startLocalStack } from '../tools/local-stack/index.js';
+import { standaloneRoutesText, startLocalStack } from '../tools/local-stack/index.js';
 import { startLlmStub } from '../tools/llm-stub/index.js';
 import { startLocalVault } from '../tools/local-vault/index.js';
-import { driveConcurrently, machineLine, medianStats, printTable, retryUntilReady, type Stats } from './support.js';
+import { benchOpaPath, driveConcurrently, machineLine, storeBenchPolicy, medianStats, printTable, retryUntilReady, type Stats } from './support.js';
 
 const connections = Number(process.env.BENCH_CONNECTIONS ?? 8);
 const seconds = Number(process.env.BENCH_SECONDS ?? 3);
 const rounds = Number(process.env.BENCH_ROUNDS ?? 3);
 const root = fileURLToPath(new URL('../..', import.meta.url));
-const opaPath = process.env.OPA_PATH || join(root, '.local/bin/opa');
 
 const POLICY = `package project.authz
 import rego.v1
@@ -58,11 +54,10 @@ async function main() {
     const identity = await createDemoIdentity(join(work, 'identity'));
 
     // The repository's routes plus one route with no plugins to the same upstream.
-    // Edited as a document and written without folding: APISIX's YAML parser takes the file as written.
     const template = parseDocument(readFileSync(join(root, 'apisix-conf/apisix.yaml'), 'utf8'));
     template.addIn(['routes'], { id: 'direct', uris: ['/direct/*'], upstream_id: 'llm' });
     const templatePath = join(work, 'apisix.yaml');
-    writeFileSync(templatePath, `${template.toString({ lineWidth: 0 }).replace(/\n#END\s*$/, '').trimEnd()}\n#END\n`);
+    writeFileSync(templatePath, standaloneRoutesText(template));
 
     const stack = await startLocalStack({
       identity: identity.identityConfig,
@@ -70,16 +65,13 @@ async function main() {
       upstreams: { llm: llm.url, rag: llm.url },
       routesTemplate: templatePath,
       workDir: join(work, 'stack'),
-      opaPath,
+      opaPath: benchOpaPath,
       runnerEnv: { LOG_LEVEL: 'warn', VAULT_ADDR: vault.addr, VAULT_ROLE_ID: approle.roleId, VAULT_SECRET_ID: approle.secretId },
       logger: pino({ level: 'warn' }),
     });
     cleanups.unshift(() => stack.stop());
 
-    const client = createEtcdClient(stack.etcdEndpoints);
-    const compiled = await new RegoCompiler({ opaPath }).compile(POLICY, JSON.stringify(DATA));
-    await new PolicyStore(client).put('bench', policySubmission(POLICY, JSON.stringify(DATA), compiled, 'bench'));
-    client.close();
+    await storeBenchPolicy(stack.etcdEndpoints, 'bench', POLICY, JSON.stringify(DATA));
 
     const ragToken = await identity.sign({ sub: 'rag', role: 'rag-service', project: 'bench' });
     const body = JSON.stringify({ model: 'llama-3', max_tokens: 256, messages: [{ role: 'user', content: 'What does Gatehouse do?' }] });

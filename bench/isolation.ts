@@ -18,9 +18,6 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startLocalEtcd } from '../tools/local-etcd/index.js';
-import { RegoCompiler, policySubmission } from '../cms/rego-compiler.js';
-import { PolicyStore } from '../policy/store/index.js';
-import { createEtcdClient } from '../etcd/index.js';
 import { RpcType, decodeHttpReqCallResponse, encodeHttpReqCallRequest, type HttpReqCallRequest } from '../plugins/protocol/index.js';
 import {
   benchIdentity,
@@ -35,6 +32,7 @@ import {
   startNodeProcess,
   type BenchProcess,
   type Stats,
+  storeBenchPolicy,
 } from './support.js';
 
 const connections = Number(process.env.BENCH_CONNECTIONS ?? 8);
@@ -42,9 +40,7 @@ const seconds = Number(process.env.BENCH_SECONDS ?? 3);
 const rounds = Number(process.env.BENCH_ROUNDS ?? 3);
 
 const here = fileURLToPath(new URL('.', import.meta.url));
-const root = join(here, '..', '..');
 const runnerScript = join(here, '../plugins/runner/main.js');
-const opaPath = process.env.OPA_PATH || join(root, '.local/bin/opa');
 
 const CALM = `package project.authz
 import rego.v1
@@ -77,12 +73,8 @@ async function main() {
     const identity = await benchIdentity(work);
     const sign = (project: string) => identity.sign({ sub: `u-${project}`, role: 'analyst', project });
 
-    const compiler = new RegoCompiler({ opaPath });
-    const client = createEtcdClient(etcd.endpoints);
-    const store = new PolicyStore(client);
-    await store.put('calm', policySubmission(CALM, '{"roles":["analyst"]}', await compiler.compile(CALM), 'bench'));
-    await store.put('slow', policySubmission(SLOW, '{}', await compiler.compile(SLOW), 'bench'));
-    client.close();
+    await storeBenchPolicy(etcd.endpoints, 'calm', CALM, '{"roles":["analyst"]}');
+    await storeBenchPolicy(etcd.endpoints, 'slow', SLOW, '{}');
 
     const request = async (project: string, n: number): Promise<HttpReqCallRequest> => ({
       id: 0,

@@ -17,17 +17,15 @@
 // Env: BENCH_CONNECTIONS (8), BENCH_SECONDS per scenario and round (5),
 // BENCH_ROUNDS (3), RUNNER_WORKERS for Gatehouse's runner (default: cores).
 import { execFile, execFileSync } from 'node:child_process';
-import { mkdtempSync, readdirSync, readFileSync } from 'node:fs';
+import { mkdtempSync } from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { RegoCompiler, policySubmission } from '../cms/rego-compiler.js';
-import { createEtcdClient } from '../etcd/index.js';
 import { decodeHttpReqCallResponse, RpcType, type HttpReqCallRequest } from '../plugins/protocol/index.js';
-import { PolicyStore } from '../policy/store/index.js';
 import { startLocalEtcd } from '../tools/local-etcd/index.js';
-import { benchIdentity, driveRunner, machineLine, median, prepareConf, retryUntilReady, socketAccepts, startProcess, type BenchProcess } from './support.js';
+import { processTable } from '../tools/proc.js';
+import { benchIdentity, storeBenchPolicy, driveRunner, machineLine, median, prepareConf, retryUntilReady, socketAccepts, startProcess, type BenchProcess } from './support.js';
 
 const connections = Number(process.env.BENCH_CONNECTIONS ?? 8);
 const seconds = Number(process.env.BENCH_SECONDS ?? 5);
@@ -36,7 +34,6 @@ const workers = Number(process.env.RUNNER_WORKERS ?? availableParallelism());
 const here = fileURLToPath(new URL('.', import.meta.url));
 const root = join(here, '..', '..');
 const bin = join(root, '.local', 'bin');
-const opaPath = process.env.OPA_PATH || join(bin, 'opa');
 const execFileAsync = promisify(execFile);
 
 const POLICY = `package project.authz
@@ -68,27 +65,15 @@ const CLOCK_TICKS = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf
 
 /** CPU time (µs) of a process and all its descendants, threads included. */
 function treeCpuMicros(rootPid: number): number {
-  const children = new Map<number, number[]>();
-  const cpu = new Map<number, number>();
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
-      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      const pid = Number(entry);
-      const ppid = Number(fields[1]);
-      cpu.set(pid, Number(fields[11]) + Number(fields[12])); // utime + stime
-      children.set(ppid, [...(children.get(ppid) ?? []), pid]);
-    } catch {
-      // gone meanwhile
-    }
-  }
+  const table = processTable();
   let ticks = 0;
   const todo = [rootPid];
   while (todo.length > 0) {
     const pid = todo.pop()!;
-    ticks += cpu.get(pid) ?? 0;
-    todo.push(...(children.get(pid) ?? []));
+    for (const p of table) {
+      if (p.pid === pid) ticks += p.cpuTicks;
+      if (p.ppid === pid) todo.push(p.pid);
+    }
   }
   return (ticks * 1e6) / CLOCK_TICKS;
 }
@@ -189,10 +174,7 @@ async function main() {
   try {
     const identity = await benchIdentity(work);
     const analyst = await identity.sign({ sub: 'ana', role: 'analyst', project: 'bench' });
-    const compiled = await new RegoCompiler({ opaPath }).compile(POLICY, JSON.stringify(DATA));
-    const client = createEtcdClient(etcd.endpoints);
-    await new PolicyStore(client).put('bench', policySubmission(POLICY, JSON.stringify(DATA), compiled, 'bench'));
-    client.close();
+    await storeBenchPolicy(etcd.endpoints, 'bench', POLICY, JSON.stringify(DATA));
 
     const floor = await start('floor', join(bin, 'gatehouse-ext-plugin-echo'), ['-socket', join(work, 'floor.sock')], {});
     // What a Node server pays per call before doing anything: Node's own floor.

@@ -18,6 +18,24 @@ import {
   type HttpReqCallRequest,
   type ExtraInfoRequest,
 } from '../plugins/protocol/index.js';
+import { RegoCompiler, policySubmission, type CompiledPolicy } from '../cms/rego-compiler.js';
+import { createEtcdClient } from '../etcd/index.js';
+import { PolicyStore } from '../policy/store/index.js';
+
+/** The opa the benchmarks compile with: OPA_PATH, else the one setup builds. */
+export const benchOpaPath = process.env.OPA_PATH || join(import.meta.dirname, '..', '..', '.local', 'bin', 'opa');
+
+/** Compiles a policy with the real opa and stores it in etcd as the CMS does; returns the compiled policy. */
+export async function storeBenchPolicy(etcdEndpoints: string[], name: string, rego: string, dataText: string): Promise<CompiledPolicy> {
+  const compiled = await new RegoCompiler({ opaPath: benchOpaPath }).compile(rego, dataText);
+  const client = createEtcdClient(etcdEndpoints);
+  try {
+    await new PolicyStore(client).put(name, policySubmission(rego, dataText, compiled, 'bench'));
+  } finally {
+    client.close();
+  }
+  return compiled;
+}
 
 export const BENCH_ISSUER = 'https://issuer.bench.gatehouse';
 export const BENCH_AUDIENCE = 'gatehouse';

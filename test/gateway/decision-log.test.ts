@@ -4,12 +4,12 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execFileSync } from 'node:child_process';
 import { closeSync, constants, mkdtempSync, openSync, readFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import type { Etcd3 } from 'etcd3';
 import { createEtcdClient } from '../../etcd/index.js';
+import { freePort } from '../../tools/apisix/index.js';
 import { DecisionLog, maskInput, type DecisionEvent } from '../../policy/decision-log/index.js';
 import type { StopAction } from '../../plugins/protocol/index.js';
 import { ApisixClient, request } from '../support/apisix-client.js';
@@ -188,12 +188,7 @@ describe('decision logs from a runner', () => {
     execFileSync('mkfifo', [fifo]);
     // A reader that opens the pipe and never reads: once the pipe's buffer is full, every write waits.
     const reader = openSync(fifo, constants.O_RDONLY | constants.O_NONBLOCK);
-    const metricsPort = await new Promise<number>((resolve) => {
-      const server = createServer().listen(0, '127.0.0.1', () => {
-        const port = (server.address() as { port: number }).port;
-        server.close(() => resolve(port));
-      });
-    });
+    const metricsPort = await freePort();
     const stuck = await startRunner({ env: runnerEnv({ DECISION_LOG: `file:${fifo}`, DECISION_LOG_BUFFER: '50', RUNNER_METRICS_PORT: String(metricsPort) }) });
     try {
       const adminToken = await keys.token({ sub: 'ada', role: 'admin', project: 'team' });

@@ -5,7 +5,6 @@
 // workers; SIGTERM stops them all.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { existsSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -13,6 +12,7 @@ import type { Etcd3 } from 'etcd3';
 import { createEtcdClient } from '../../etcd/index.js';
 import { startEtcd, type TestEtcd } from '../support/etcd.js';
 import { PolicyWriter } from '../support/policies.js';
+import { freePort } from '../../tools/apisix/index.js';
 import { startRunner, type RunnerProcess } from '../support/runner-process.js';
 import { ApisixClient, request, text } from '../support/apisix-client.js';
 import type { StopAction } from '../../plugins/protocol/index.js';
@@ -22,15 +22,6 @@ const echo = [{ name: 'example', value: JSON.stringify({ echo_request: true }) }
 
 let runner: RunnerProcess;
 let metricsPort: number;
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const server = createServer().listen(0, '127.0.0.1', () => {
-      const port = (server.address() as { port: number }).port;
-      server.close(() => resolve(port));
-    });
-  });
-}
 
 /** Which worker answered a call on this connection (the example plugin says its pid). */
 async function pidOf(client: ApisixClient, token: number): Promise<number> {

@@ -10,8 +10,7 @@ import { existsSync, mkdtempSync, rmSync, statSync, readFileSync } from 'node:fs
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { connect, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { pino, type Logger } from 'pino';
 import {
   applyRespCallAnswer,

@@ -15,6 +15,7 @@ import { dirname, isAbsolute, join, resolve } from 'node:path';
 import type { Logger } from 'pino';
 import { parseDocument, type Document } from 'yaml';
 import type { ApisixInstallation } from './installation.js';
+import { commandLine, processTable } from '../proc.js';
 
 export interface ApisixInstanceOptions {
   installation: ApisixInstallation;
@@ -53,6 +54,12 @@ function run(command: string, args: string[], options: { cwd: string; env: Recor
     throw new ApisixStartError(`${command} ${args.join(' ')} failed (${result.status ?? result.signal ?? result.error?.message}):\n${output}`);
   }
   return output;
+}
+
+/** APISIX's CLI: bin/apisix of a source tree, else the packages' `apisix` on PATH (it runs the prefix's ./apisix either way). */
+function apisixCli(installation: ApisixInstallation): string {
+  const inTree = join(installation.home, 'bin', 'apisix');
+  return existsSync(inTree) ? inTree : 'apisix';
 }
 
 /** ext-plugin.cmd as the privileged agent must see it: node is this node, paths are absolute. */
@@ -111,8 +118,7 @@ export function prepareApisix(options: ApisixInstanceOptions): PreparedApisix {
   if (options.routesPath) cpSync(options.routesPath, join(prefix, 'conf', 'apisix.yaml'));
 
   const env = { ...options.env, PATH: `${installation.binDir}:${options.env.PATH ?? process.env.PATH ?? ''}` };
-  const cli = existsSync(join(installation.home, 'bin', 'apisix')) ? join(installation.home, 'bin', 'apisix') : 'apisix';
-  run(cli, ['init'], { cwd: prefix, env });
+  run(apisixCli(installation), ['init'], { cwd: prefix, env });
   return { prefix, externalRunnerSocket: typeof pathForTest === 'string' ? pathForTest : null, command: [installation.openresty, '-p', `${prefix}/`, '-c', 'conf/nginx.conf', '-g', 'daemon off;'], env };
 }
 
@@ -123,8 +129,7 @@ export function prepareApisix(options: ApisixInstanceOptions): PreparedApisix {
  */
 export function testApisixConfig(options: ApisixInstanceOptions): string {
   const prepared = prepareApisix(options);
-  const cli = existsSync(join(options.installation.home, 'bin', 'apisix')) ? join(options.installation.home, 'bin', 'apisix') : 'apisix';
-  return run(cli, ['test'], { cwd: prepared.prefix, env: prepared.env });
+  return run(apisixCli(options.installation), ['test'], { cwd: prepared.prefix, env: prepared.env });
 }
 
 export interface ApisixHandle {
@@ -185,22 +190,9 @@ function groupAlive(pid: number): boolean {
  * processes have the runner as parent).
  */
 function runnerInGroup(group: number): number | null {
-  const nginx = new Set<number>();
-  const others: { pid: number; ppid: number }[] = [];
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
-      // Fields after the command's closing parenthesis: state, ppid, pgrp, ...
-      const [, ppid, pgrp] = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      if (Number(pgrp) !== group) continue;
-      if (readFileSync(`/proc/${entry}/cmdline`, 'utf8').startsWith('nginx:')) nginx.add(Number(entry));
-      else others.push({ pid: Number(entry), ppid: Number(ppid) });
-    } catch {
-      // gone meanwhile
-    }
-  }
-  return others.find((p) => nginx.has(p.ppid))?.pid ?? null;
+  const members = processTable().filter((p) => p.pgrp === group);
+  const nginx = new Set(members.filter((p) => commandLine(p.pid)?.startsWith('nginx:')).map((p) => p.pid));
+  return members.find((p) => !nginx.has(p.pid) && nginx.has(p.ppid))?.pid ?? null;
 }
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));

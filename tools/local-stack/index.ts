@@ -10,7 +10,7 @@ import { fileURLToPath } from 'node:url';
 import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import { Registry } from 'prom-client';
-import { parseDocument, Scalar, YAMLMap } from 'yaml';
+import { parseDocument, Scalar, YAMLMap, type Document } from 'yaml';
 import { buildCmsApp } from '../../cms/app.js';
 import { loadAccessPolicy, defaultAccessPolicyWasmPath } from '../../policy/access/index.js';
 import type { IdentityConfig } from '../../identity/index.js';
@@ -113,7 +113,15 @@ export function pointRoutesAt(template: string, addresses: Record<string, string
     doc.setIn(['upstreams', index, 'nodes'], node);
     doc.setIn(['upstreams', index, 'scheme'], scheme);
   });
-  // Standalone mode only reads a file that ends with #END.
+  return standaloneRoutesText(doc);
+}
+
+/**
+ * A routes document as APISIX's standalone mode reads it: never folded (its
+ * YAML parser refuses a long string split over lines), the #END line last
+ * (it reads only a file that ends with one).
+ */
+export function standaloneRoutesText(doc: Document): string {
   return `${doc.toString({ lineWidth: 0 }).replace(/\n#END\s*$/, '').trimEnd()}\n#END\n`;
 }
 

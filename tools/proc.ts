@@ -1,0 +1,38 @@
+// The machine's processes as Linux's /proc tells them: who is whose child,
+// in which process group, and how much CPU each has used. For the tools that
+// look at process trees (an APISIX instance's runner, a benchmark's CPU count).
+import { readdirSync, readFileSync } from 'node:fs';
+
+export interface ProcessEntry {
+  pid: number;
+  ppid: number;
+  pgrp: number;
+  /** utime + stime, in clock ticks (getconf CLK_TCK per second). */
+  cpuTicks: number;
+}
+
+/** Every process now; ones that exit while being read are left out. */
+export function processTable(): ProcessEntry[] {
+  const entries: ProcessEntry[] = [];
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
+      // Fields after the command's closing parenthesis (the command may hold spaces): state, ppid, pgrp, ..., utime (12th), stime (13th).
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      entries.push({ pid: Number(entry), ppid: Number(fields[1]), pgrp: Number(fields[2]), cpuTicks: Number(fields[11]) + Number(fields[12]) });
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return entries;
+}
+
+/** A process's command line as /proc shows it (a title it set itself, for nginx); null when it is gone. */
+export function commandLine(pid: number): string | null {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+  } catch {
+    return null;
+  }
+}
