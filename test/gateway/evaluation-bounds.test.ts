@@ -72,8 +72,10 @@ beforeAll(async () => {
     env: { ...env, RUNNER_STATE_DIR: mkdtempSync(join(tmpdir(), 'gh-bounds-')), POLICY_MEMORY_MAX_MB: '16' },
   });
   metricsPort = await freePort();
+  // A deadline the runaway decisions (n = 20,000: seconds of work) always reach, but long
+  // enough that twenty of the other tenant's decisions fit inside it on a loaded machine.
   timed = await startRunner({
-    env: { ...env, RUNNER_STATE_DIR: mkdtempSync(join(tmpdir(), 'gh-bounds-')), POLICY_MEMORY_MAX_MB: '1024', RUNNER_METRICS_PORT: String(metricsPort) },
+    env: { ...env, RUNNER_STATE_DIR: mkdtempSync(join(tmpdir(), 'gh-bounds-')), POLICY_MEMORY_MAX_MB: '1024', RUNNER_METRICS_PORT: String(metricsPort), POLICY_EVAL_TIMEOUT_MS: '1000' },
   });
 });
 
