@@ -1,6 +1,6 @@
 // What `gatehouse routes apply` would change: each object of the routes file
 // compared with what APISIX stores under the same id.
-import type { AdminApi, StoredObject } from './admin-api.js';
+import { AdminApiError, type AdminApi, type StoredObject } from './admin-api.js';
 import type { AdminObject, Json, JsonObject, RoutesFile } from './routes-file.js';
 
 export type Action =
@@ -138,8 +138,28 @@ export async function applyPlan(api: AdminApi, actions: Action[], prune: boolean
   const extras = actions.filter((action): action is Extract<Action, { op: 'extra' }> => action.op === 'extra');
   for (const kind of ['routes', 'upstreams'] as const) {
     for (const extra of extras.filter((action) => action.kind === kind)) {
-      const status = await api.delete(kind, extra.id);
+      const status = kind === 'upstreams' ? await deleteOnceUnreferenced(api, extra.id) : await api.delete(kind, extra.id);
       log(`DELETE ${kind}/${extra.id} -> ${status}`);
+    }
+  }
+}
+
+// APISIX checks "is a route still using this upstream" against the routes its
+// worker has loaded from etcd, which follow a route DELETE a moment later: the
+// upstream's DELETE right after its route's can be refused with 400 "still
+// using it". Only that refusal is retried, for a few seconds.
+const STILL_USING = /still using/i;
+const UNREFERENCED_WAIT_MS = 5_000;
+
+async function deleteOnceUnreferenced(api: AdminApi, id: string): Promise<number> {
+  const deadline = Date.now() + UNREFERENCED_WAIT_MS;
+  for (let delayMs = 50; ; delayMs = Math.min(delayMs * 2, 500)) {
+    try {
+      return await api.delete('upstreams', id);
+    } catch (error) {
+      const retriable = error instanceof AdminApiError && error.status === 400 && STILL_USING.test(error.message);
+      if (!retriable || Date.now() + delayMs > deadline) throw error;
+      await new Promise((resolve) => setTimeout(resolve, delayMs));
     }
   }
 }
