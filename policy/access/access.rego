@@ -1,7 +1,8 @@
 # Who may do what on the policy CMS API: the seed's permission table, as the
 # single source of truth. The CMS evaluates it (compiled to wasm at build time,
 # dist/policy/access/access.wasm) before it looks at anything else in a
-# request; the gateway's `opa` plugin loads the same file for /policies/*.
+# request; the gateway's `opa` plugin loads the same file for the CMS route
+# (`cms-access`: /policies, /gateways, /budgets, /usage).
 #
 # Input contract
 #   input.method  HTTP method, upper case: "GET", "HEAD", "PUT", "DELETE", ...
@@ -18,11 +19,14 @@
 #   reason        why, in words safe to show the caller
 #   status_code   401 without a user, 403 when refused; absent when allowed
 #
-# Platform admins may do anything under /policies (the CMS itself answers
-# 400/404/405 for paths that are not part of the API) and read /gateways.
-# Project users may list policies (the CMS shows them only the ones this
-# policy lets them read) and read their own project's policy, its history and
-# which gateways enforce it (status), never the platform policy.
+# Platform admins may do anything under /policies, /budgets and /usage (the
+# CMS itself answers 400/404/405 for paths that are not part of the API) and
+# read /gateways. Project users may list policies (the CMS shows them only
+# the ones this policy lets them read) and read their own project's policy,
+# its history and which gateways enforce it (status), never the platform
+# policy; they may read their own project's LLM budget and its history, and
+# its usage. The list of budgets (GET /budgets) is for platform admins: it
+# names every project that has one.
 package gatehouse.cms.access
 
 default allow := false
@@ -41,10 +45,23 @@ is_project_user if {
 
 under_policies if input.path[0] == "policies"
 
+under_budgets if input.path[0] == "budgets"
+
+under_usage if input.path[0] == "usage"
+
+# The budgets and usage part of the API (its own reasons).
+budget_api if under_budgets
+
+budget_api if under_usage
+
 reading if input.method in {"GET", "HEAD"}
 
-# The policy a request is about.
+# The policy, or the project of the budget or usage, a request is about.
 target := input.path[1] if under_policies
+
+target := input.path[1] if under_budgets
+
+target := input.path[1] if under_usage
 
 action := "list" if {
 	reading
@@ -71,9 +88,39 @@ action := "read_history" if {
 	input.path[2] == "history"
 }
 
+action := "read_budget" if {
+	reading
+	under_budgets
+	count(input.path) == 2
+}
+
+action := "read_budget_history" if {
+	reading
+	under_budgets
+	count(input.path) in {3, 4}
+	input.path[2] == "history"
+}
+
+action := "read_usage" if {
+	reading
+	under_usage
+	count(input.path) == 2
+}
+
 allow if {
 	is_platform_admin
 	under_policies
+}
+
+# Budgets (writes, the list of every project's) and usage: everything for platform admins.
+allow if {
+	is_platform_admin
+	under_budgets
+}
+
+allow if {
+	is_platform_admin
+	under_usage
 }
 
 # The gateways and what each enforces: for platform admins.
@@ -88,22 +135,43 @@ allow if {
 }
 
 # What project users may ever do; everything else is for platform admins.
-project_user_action if action in {"list", "read", "read_history", "read_status"}
+project_user_action if action in {"list", "read", "read_history", "read_status", "read_budget", "read_budget_history", "read_usage"}
 
+# "platform" names the platform policy, never a project: no project user
+# reaches it, whatever their claim says.
 allow if {
 	is_project_user
-	action in {"read", "read_history", "read_status"}
+	action in {"read", "read_history", "read_status", "read_budget", "read_budget_history", "read_usage"}
 	target == input.user.project
 	target != platform_policy
 }
 
 reason := "a verified identity is required" if {
 	not has_user
+} else := "platform admins may manage every budget and read all usage" if {
+	allow
+	is_platform_admin
+	budget_api
 } else := "platform admins may manage every policy" if {
 	allow
 	is_platform_admin
+} else := "project users may read their own project's budget and usage" if {
+	allow
+	budget_api
 } else := "project users may list policies and read their own project's policy" if {
 	allow
+} else := "only platform admins may manage budgets or list them" if {
+	is_project_user
+	under_budgets
+	not project_user_action
+} else := "project users may only read their own project's usage" if {
+	is_project_user
+	under_usage
+	not project_user_action
+} else := "project users may only read their own project's budget and usage" if {
+	is_project_user
+	budget_api
+	project_user_action
 } else := "only platform admins may manage policies" if {
 	is_project_user
 	not project_user_action
@@ -112,7 +180,7 @@ reason := "a verified identity is required" if {
 	target == platform_policy
 } else := "project users may only read their own project's policy" if {
 	is_project_user
-} else := "only platform admins and project members may use the policy API"
+} else := "only platform admins and project members may use the CMS API"
 
 status_code := 401 if not has_user
 

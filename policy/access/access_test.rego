@@ -114,3 +114,110 @@ test_gateways_for_platform_admins_only if {
 	d.status_code == 403
 	anonymous("GET", ["gateways"]).status_code == 401
 }
+
+test_admin_manages_budgets_and_reads_usage if {
+	every request in [
+		["GET", ["budgets"]],
+		["GET", ["budgets", "team-b"]],
+		["HEAD", ["budgets", "team-b"]],
+		["PUT", ["budgets", "team-b"]],
+		["DELETE", ["budgets", "team-b"]],
+		["GET", ["budgets", "team-b", "history"]],
+		["GET", ["budgets", "team-b", "history", "2"]],
+		["GET", ["usage", "team-b"]],
+	] {
+		d := decision(request[0], request[1], admin)
+		d.allow
+		d.reason == "platform admins may manage every budget and read all usage"
+		not d.status_code
+	}
+}
+
+test_project_user_reads_own_budget_history_and_usage if {
+	every request in [
+		["GET", ["budgets", "team-a"]],
+		["HEAD", ["budgets", "team-a"]],
+		["GET", ["budgets", "team-a", "history"]],
+		["GET", ["budgets", "team-a", "history", "1"]],
+		["GET", ["usage", "team-a"]],
+		["HEAD", ["usage", "team-a"]],
+	] {
+		d := decision(request[0], request[1], team_a_user)
+		d.allow
+		d.reason == "project users may read their own project's budget and usage"
+	}
+}
+
+test_project_user_never_writes_budgets if {
+	every method in ["PUT", "DELETE", "POST", "PATCH"] {
+		d := decision(method, ["budgets", "team-a"], team_a_user)
+		not d.allow
+		d.status_code == 403
+		d.reason == "only platform admins may manage budgets or list them"
+	}
+}
+
+test_project_user_may_not_list_budgets if {
+	d := decision("GET", ["budgets"], team_a_user)
+	not d.allow
+	d.status_code == 403
+	d.reason == "only platform admins may manage budgets or list them"
+}
+
+test_project_user_may_not_read_other_projects_budget_or_usage if {
+	every path in [
+		["budgets", "team-b"],
+		["budgets", "team-b", "history"],
+		["budgets", "team-b", "history", "1"],
+		["usage", "team-b"],
+	] {
+		d := decision("GET", path, team_a_user)
+		not d.allow
+		d.status_code == 403
+		d.reason == "project users may only read their own project's budget and usage"
+	}
+}
+
+test_usage_is_read_only_for_project_users if {
+	every method in ["PUT", "DELETE", "POST"] {
+		d := decision(method, ["usage", "team-a"], team_a_user)
+		not d.allow
+		d.reason == "project users may only read their own project's usage"
+	}
+	not decision("GET", ["usage", "team-a", "extra"], team_a_user).allow
+	not decision("GET", ["usage"], team_a_user).allow
+}
+
+test_platform_claim_is_no_project_for_budgets if {
+	not decision("GET", ["budgets", "platform"], platform_project_user).allow
+	not decision("GET", ["usage", "platform"], platform_project_user).allow
+	not decision("GET", ["budgets", "platform", "history"], platform_project_user).allow
+}
+
+test_budgets_and_usage_need_an_identity if {
+	every request in [
+		["GET", ["budgets"]],
+		["GET", ["budgets", "team-a"]],
+		["PUT", ["budgets", "team-a"]],
+		["GET", ["usage", "team-a"]],
+	] {
+		d := anonymous(request[0], request[1])
+		not d.allow
+		d.status_code == 401
+	}
+}
+
+test_budgets_need_a_project_or_the_admin_role if {
+	nobody := {"sub": "x", "role": "viewer", "project": null}
+	d := decision("GET", ["budgets", "team-a"], nobody)
+	not d.allow
+	d.status_code == 403
+	not decision("GET", ["usage", "team-a"], nobody).allow
+}
+
+test_policy_reasons_unchanged_by_budgets if {
+	decision("GET", ["policies", "team-b"], admin).reason == "platform admins may manage every policy"
+	decision("GET", ["policies", "team-a"], team_a_user).reason == "project users may list policies and read their own project's policy"
+	decision("GET", ["policies", "team-b"], team_a_user).reason == "project users may only read their own project's policy"
+	decision("GET", ["gateways"], admin).reason == "platform admins may manage every policy"
+}
