@@ -88,9 +88,22 @@ export function budgetProblems(value: unknown): BudgetProblem[] {
   const problems: BudgetProblem[] = [];
   if (!validate(value)) {
     for (const error of validate.errors ?? []) {
-      const pointer = error.instancePath || '/';
-      const detail = error.keyword === 'additionalProperties' ? `unknown field "${String(error.params.additionalProperty)}"` : (error.message ?? 'invalid');
-      problems.push({ pointer, message: detail });
+      // Pointers name the member at fault (RFC 6901: "" is the document, "/" a member named "").
+      if (error.keyword === 'propertyNames') continue; // its cause comes beside it, naming the property
+      let pointer = error.instancePath;
+      let message = error.message ?? 'invalid';
+      if (error.keyword === 'additionalProperties') {
+        const name = String(error.params.additionalProperty);
+        pointer += `/${escapePointer(name)}`;
+        message = `unknown field "${name}"`;
+      } else if (error.keyword === 'required') {
+        pointer += `/${escapePointer(String(error.params.missingProperty))}`;
+        message = 'is required';
+      } else if (error.propertyName !== undefined) {
+        pointer += `/${escapePointer(error.propertyName)}`;
+        message = `the name ${message}`;
+      }
+      problems.push({ pointer, message });
     }
     return problems;
   }
