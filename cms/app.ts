@@ -3,8 +3,8 @@
  * instance that tests and the start script run in-process and `cms/main.ts`
  * serves.
  *
- * Order of checks on every /policies request, so that answers never leak
- * more than the caller may know:
+ * Order of checks on every /policies request (and /budgets, /usage: see
+ * budgets.ts), so that answers never leak more than the caller may know:
  *   1. identity (401 with WWW-Authenticate)          onRequest hook
  *   2. the access policy (403)                        onRequest hook
  *   3. body size (413), media type (415)              fastify, before the handler
@@ -18,7 +18,6 @@ import { pino, type Logger } from 'pino';
 import {
   AuthenticationError,
   createIdentityVerifier,
-  type Identity,
   type IdentityConfig,
 } from '../identity/index.js';
 import {
@@ -44,6 +43,19 @@ import { HttpProblem, ProblemType, sendProblem } from '../http/problem.js';
 import { CompilerBusyError, CompilerUnavailableError, PolicyTestsFailedError, RegoCompileError, RegoCompiler, policySubmission } from './rego-compiler.js';
 import { currentFleetStatus, fleetHeaders, preferredWait, waitForFleet } from './fleet.js';
 import { listGateways } from '../policy/fleet/report.js';
+import {
+  ALL_METHODS,
+  encodePageToken,
+  etag,
+  listQuery,
+  methodNotAllowed as methodNotAllowedOn,
+  notModified,
+  verifiedIdentity,
+  writeConditions,
+  wwwAuthenticate,
+} from './request.js';
+import { budgetRoutes } from './budgets.js';
+import { BudgetStore } from '../budget/store.js';
 
 export interface CmsAppOptions {
   /**
@@ -78,16 +90,13 @@ export interface RegisteredRoute {
 }
 
 declare module 'fastify' {
-  interface FastifyRequest {
-    identity: Identity | null;
-  }
   interface FastifyInstance {
     cmsRoutes: RegisteredRoute[];
   }
 }
 
-const REALM = 'gatehouse';
-const ALL_METHODS = ['GET', 'HEAD', 'PUT', 'POST', 'PATCH', 'DELETE', 'OPTIONS'];
+/** The first path segments the API answers under: identity and the access policy come first there. */
+const API_ROOTS = new Set(['policies', 'gateways', 'budgets', 'usage']);
 
 /** The path part of a request URL as decoded segments ("/policies/a%2Fb" -> ["policies", "a/b"]). */
 function pathSegments(url: string): string[] {
@@ -121,42 +130,6 @@ function routedSegments(request: FastifyRequest): string[] {
     .map((segment) => (segment.startsWith(':') ? (params[segment.slice(1)] ?? '') : segment));
 }
 
-/** The identity the onRequest hook established; refuses when there is none (never expected: defence in depth). */
-function verifiedIdentity(request: FastifyRequest): Identity {
-  if (!request.identity) {
-    throw new HttpProblem({ status: 401, type: ProblemType.unauthenticated, title: 'Unauthorized', detail: 'no verified identity', headers: { 'WWW-Authenticate': wwwAuthenticate() } });
-  }
-  return request.identity;
-}
-
-function wwwAuthenticate(error?: AuthenticationError): string {
-  if (!error || error.failure === 'missing_token') return `Bearer realm="${REALM}"`;
-  return `Bearer realm="${REALM}", error="invalid_token", error_description="${error.publicReason}"`;
-}
-
-function etag(version: number): string {
-  return `"${version}"`;
-}
-
-/** If-Match: `*` or a list of our strong ETags; anything unrecognised can never match. */
-function ifMatchCondition(header: string | undefined): WriteConditions['ifVersion'] {
-  if (header === undefined) return undefined;
-  if (header.trim() === '*') return 'any';
-  return header
-    .split(',')
-    .map((tag) => tag.trim().match(/^"(\d{1,15})"$/)?.[1])
-    .filter((version): version is string => version !== undefined)
-    .map(Number);
-}
-
-function writeConditions(request: FastifyRequest): WriteConditions {
-  const conditions: WriteConditions = {};
-  const ifVersion = ifMatchCondition(request.headers['if-match']);
-  if (ifVersion !== undefined) conditions.ifVersion = ifVersion;
-  if (request.headers['if-none-match']?.trim() === '*') conditions.ifAbsent = true;
-  return conditions;
-}
-
 function policyName(request: FastifyRequest): string {
   const { name } = request.params as { name: string };
   if (!isValidPolicyName(name)) {
@@ -186,10 +159,7 @@ function summary(meta: PolicyMetadata) {
 function sendPolicy(request: FastifyRequest, reply: FastifyReply, policy: StoredPolicy): FastifyReply {
   const tag = etag(policy.meta.version);
   reply.header('ETag', tag).header('Last-Modified', new Date(policy.meta.updatedAt).toUTCString());
-  const ifNoneMatch = request.headers['if-none-match'];
-  if (ifNoneMatch && ifNoneMatch.split(',').some((candidate) => candidate.trim().replace(/^W\//, '') === tag)) {
-    return reply.code(304).send();
-  }
+  if (notModified(request, tag)) return reply.code(304).send();
   return reply.code(200).type('application/json').send(policy.body);
 }
 
@@ -214,6 +184,7 @@ export async function buildCmsApp(options: CmsAppOptions): Promise<FastifyInstan
     historyRetention: options.historyRetention,
     ...(options.etcdMaxRequestBytes ? { maxRequestBytes: options.etcdMaxRequestBytes } : {}),
   });
+  const budgets = new BudgetStore(etcd, { historyRetention: options.historyRetention });
   const metrics = createCmsMetrics();
   // Policies written before the index of current policies existed get their
   // entries (a no-op when it is in step); in the background, so that a CMS
@@ -254,7 +225,7 @@ export async function buildCmsApp(options: CmsAppOptions): Promise<FastifyInstan
   app.addHook('onRequest', async (request, reply) => {
     reply.header('Cache-Control', 'no-store');
     const segments = routedSegments(request);
-    if (segments[0] !== 'policies' && segments[0] !== 'gateways') return;
+    if (!API_ROOTS.has(segments[0] ?? '')) return;
     reply.header('Vary', 'Authorization');
     request.identity = await verifier.verifyAuthorizationHeader(request.headers.authorization);
     const decision = access.decide(accessInput(request.method, segments, request.identity));
@@ -286,23 +257,11 @@ export async function buildCmsApp(options: CmsAppOptions): Promise<FastifyInstan
     );
   }
 
-  /** 405 for the methods a path does not implement (after identity and access, like every /policies answer). */
-  function methodNotAllowed(url: string, implemented: string[]) {
-    const allow = implemented.includes('GET') ? [...implemented, 'HEAD'] : implemented;
-    app.route({
-      method: ALL_METHODS.filter((method) => !allow.includes(method)),
-      url,
-      config: { undocumented: true },
-      handler: async (_request, reply) => {
-        reply.header('Allow', allow.join(', '));
-        throw new HttpProblem({ status: 405, detail: `allowed methods: ${allow.join(', ')}` });
-      },
-    });
-  }
+  const methodNotAllowed = (url: string, implemented: string[]) => methodNotAllowedOn(app, url, implemented);
 
   app.get('/policies', async (request, reply) => {
     const identity = verifiedIdentity(request);
-    const { limit, after } = listQuery(request.query);
+    const { limit, after } = listQuery(request.query, 'GET /policies', isValidPolicyName);
     // The same policy decides which names a caller may see: those it could GET.
     // Pages are read until this one is full of what the caller may see; a
     // caller who may see few names gets a continuation after a bounded read.
@@ -489,6 +448,8 @@ export async function buildCmsApp(options: CmsAppOptions): Promise<FastifyInstan
   });
   methodNotAllowed('/gateways', ['GET']);
 
+  await app.register(budgetRoutes, { store: budgets, metrics });
+
   // Anything else under /policies/ (extra segments, dot segments, empty names): a bad policy path.
   app.route({
     method: ALL_METHODS,
@@ -570,30 +531,6 @@ async function checkLoads(wasm: Uint8Array, dataText: string, entrypoint: string
 
 /** Names one GET /policies reads at most while filtering what the caller may see. */
 const MAX_NAMES_SCANNED_PER_LIST = 5_000;
-export const DEFAULT_LIST_LIMIT = 100;
-export const MAX_LIST_LIMIT = 1_000;
-const PAGE_TOKEN_PREFIX = 'after:';
-
-/** An opaque continuation: the last name of the previous page. */
-function encodePageToken(after: string): string {
-  return Buffer.from(`${PAGE_TOKEN_PREFIX}${after}`).toString('base64url');
-}
-
-function listQuery(query: unknown): { limit: number; after?: string } {
-  const { limit: rawLimit, page_token: token, ...rest } = (query ?? {}) as Record<string, unknown>;
-  const unknown = Object.keys(rest);
-  if (unknown.length > 0) throw new HttpProblem({ status: 400, detail: `unknown query parameter ${unknown[0]}; GET /policies takes limit and page_token` });
-  let limit = DEFAULT_LIST_LIMIT;
-  if (rawLimit !== undefined) {
-    limit = typeof rawLimit === 'string' && /^\d{1,4}$/.test(rawLimit) ? Number(rawLimit) : NaN;
-    if (!(limit >= 1 && limit <= MAX_LIST_LIMIT)) throw new HttpProblem({ status: 400, detail: `limit must be an integer from 1 to ${MAX_LIST_LIMIT}` });
-  }
-  if (token === undefined) return { limit };
-  const text = typeof token === 'string' && /^[A-Za-z0-9_-]{1,200}$/.test(token) ? Buffer.from(token, 'base64url').toString('utf8') : '';
-  const after = text.startsWith(PAGE_TOKEN_PREFIX) ? text.slice(PAGE_TOKEN_PREFIX.length) : '';
-  if (!isValidPolicyName(after)) throw new HttpProblem({ status: 400, detail: 'page_token is not a token this API gave out' });
-  return { limit, after };
-}
 
 /** The policy object of a PUT or a check (415 unless it came as JSON). */
 function policyBodyOf(request: FastifyRequest): PolicyBody {

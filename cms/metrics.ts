@@ -8,6 +8,7 @@ export interface CmsMetrics {
   compileDuration: Histogram<'outcome'>;
   etcdWriteDuration: Histogram<'operation'>;
   policyWrites: Counter<'operation' | 'outcome'>;
+  budgetWrites: Counter<'operation' | 'outcome'>;
 }
 
 export function createCmsMetrics(): CmsMetrics {
@@ -45,6 +46,12 @@ export function createCmsMetrics(): CmsMetrics {
     policyWrites: new Counter({
       name: 'gatehouse_cms_policy_writes_total',
       help: 'Policy writes, by operation and outcome',
+      labelNames: ['operation', 'outcome'],
+      registers: [registry],
+    }),
+    budgetWrites: new Counter({
+      name: 'gatehouse_cms_budget_writes_total',
+      help: 'Budget writes, by operation and outcome',
       labelNames: ['operation', 'outcome'],
       registers: [registry],
     }),

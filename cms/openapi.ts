@@ -37,6 +37,40 @@ const gatewayStatus = {
   },
 };
 
+const project = { name: 'project', in: 'path', required: true, schema: { $ref: '#/components/schemas/ProjectName' } };
+const ifMatch = { name: 'If-Match', in: 'header', required: false, schema: { type: 'string' }, description: 'ETag the budget must have now, or *' };
+const budgetEtagHeaders = {
+  ETag: { description: 'the budget version, e.g. "3"', schema: { type: 'string' } },
+  'Last-Modified': { schema: { type: 'string' } },
+};
+const budgetSummaryResponse = (description: string) => ({
+  description,
+  headers: budgetEtagHeaders,
+  content: { 'application/json': { schema: { $ref: '#/components/schemas/BudgetVersionSummary' } } },
+});
+const windowsSchema = {
+  type: 'array',
+  minItems: 1,
+  maxItems: 4,
+  description: 'at most one window of each kind; a call must fit in every one',
+  items: {
+    type: 'object',
+    additionalProperties: false,
+    required: ['per', 'tokens'],
+    properties: {
+      per: { enum: ['minute', 'hour', 'day', 'month'], description: 'a UTC calendar window' },
+      tokens: { type: 'integer', minimum: 1, maximum: 1e12 },
+    },
+  },
+};
+const usageRecordProperties = {
+  requests: { type: 'integer' },
+  prompt_tokens: { type: 'integer' },
+  completion_tokens: { type: 'integer' },
+  charged_tokens: { type: 'integer', description: 'what the budget was charged: the actual usage, or the reservation when the gateway never saw the usage' },
+  unsettled: { type: 'integer', description: 'calls whose usage the gateway could not see (charged their reservation)' },
+};
+
 const policyObject = {
   description: 'the policy object, exactly as PUT took it',
   headers: etagHeaders,
@@ -49,8 +83,8 @@ export const openApiDocument = {
     title: 'Gatehouse policy CMS',
     version: '0.1.0',
     description:
-      'Validates, compiles (opa build -t wasm) and stores OPA policies in etcd. ' +
-      'Every /policies request needs a bearer JWT; identity (401) and permission (403) are checked before anything else. ' +
+      'Validates, compiles (opa build -t wasm) and stores OPA policies in etcd, and per-project LLM budgets beside them; reports LLM usage. ' +
+      'Every /policies, /gateways, /budgets and /usage request needs a bearer JWT; identity (401) and permission (403) are checked before anything else. ' +
       'Every error is application/problem+json (RFC 9457).',
   },
   security: [{ bearer: [] }],
@@ -252,6 +286,156 @@ export const openApiDocument = {
         responses: { '200': policyObject, '304': { description: 'If-None-Match matched' }, '400': problem, ...authErrors, '404': problem, '503': problem },
       },
     },
+    '/budgets': {
+      get: {
+        summary: 'Projects with a budget in force, a page at a time (platform admin)',
+        description: 'By project (byte order), read at one etcd revision. When more may follow, `next_page_token` is present: pass it as `page_token`.',
+        parameters: [
+          { name: 'limit', in: 'query', required: false, schema: { type: 'integer', minimum: 1, maximum: 1000, default: 100 } },
+          { name: 'page_token', in: 'query', required: false, schema: { type: 'string' }, description: 'next_page_token of the previous page' },
+        ],
+        responses: {
+          '200': {
+            description: 'the current version of each budget',
+            content: {
+              'application/json': {
+                schema: {
+                  type: 'object',
+                  required: ['budgets'],
+                  properties: {
+                    budgets: { type: 'array', items: { $ref: '#/components/schemas/BudgetVersionSummary' } },
+                    next_page_token: { type: 'string', description: 'present when another page may follow' },
+                  },
+                },
+              },
+            },
+          },
+          '400': problem,
+          ...authErrors,
+          '503': problem,
+        },
+      },
+    },
+    '/budgets/{project}': {
+      parameters: [project],
+      get: {
+        summary: "A project's LLM budget (platform admin; project users of that project)",
+        responses: {
+          '200': { description: 'the budget document, exactly as PUT stored it', headers: budgetEtagHeaders, content: { 'application/json': { schema: { $ref: '#/components/schemas/Budget' } } } },
+          '304': { description: 'If-None-Match matched' },
+          '400': problem,
+          ...authErrors,
+          '404': problem,
+          '503': problem,
+        },
+      },
+      put: {
+        summary: "Create or replace a project's LLM budget (platform admin)",
+        description: 'The current budget and its history version are written in one etcd transaction; concurrent writers cannot both win one version.',
+        parameters: [ifMatch, { name: 'If-None-Match', in: 'header', required: false, schema: { const: '*' }, description: 'only create' }],
+        requestBody: { required: true, content: { 'application/json': { schema: { $ref: '#/components/schemas/Budget' } } } },
+        responses: {
+          '200': budgetSummaryResponse('replaced'),
+          '201': budgetSummaryResponse('created'),
+          '400': { ...problem, description: 'an invalid project name, malformed JSON, or an invalid budget (invalid-budget: `errors` lists each problem with its JSON pointer); nothing written' },
+          ...authErrors,
+          '409': problem,
+          '412': problem,
+          '413': problem,
+          '415': problem,
+          '503': problem,
+        },
+      },
+      delete: {
+        summary: "Delete a project's budget (platform admin); history keeps the deletion as a version",
+        parameters: [ifMatch],
+        responses: { '204': { description: 'deleted' }, '400': problem, ...authErrors, '404': problem, '409': problem, '412': problem, '503': problem },
+      },
+    },
+    '/budgets/{project}/history': {
+      parameters: [project],
+      get: {
+        summary: 'Retained versions of a budget, newest first; a deletion is a version (same permission as GET)',
+        responses: {
+          '200': {
+            description: 'version list',
+            content: {
+              'application/json': {
+                schema: {
+                  type: 'object',
+                  properties: {
+                    project: { type: 'string' },
+                    retention: { type: 'integer' },
+                    versions: { type: 'array', items: { $ref: '#/components/schemas/BudgetVersionSummary' } },
+                  },
+                },
+              },
+            },
+          },
+          '400': problem,
+          ...authErrors,
+          '404': problem,
+          '503': problem,
+        },
+      },
+    },
+    '/budgets/{project}/history/{version}': {
+      parameters: [project, version],
+      get: {
+        summary: 'One retained version of a budget (same permission as GET)',
+        responses: {
+          '200': { description: 'the version as stored; budget is null for a deletion', headers: budgetEtagHeaders, content: { 'application/json': { schema: { $ref: '#/components/schemas/StoredBudget' } } } },
+          '304': { description: 'If-None-Match matched' },
+          '400': problem,
+          ...authErrors,
+          '404': problem,
+          '503': problem,
+        },
+      },
+    },
+    '/usage/{project}': {
+      parameters: [project],
+      get: {
+        summary: "A project's LLM usage per model and per hour (platform admin; project users of that project)",
+        description:
+          'Usage of the calls in the UTC hours that start in [from rounded down to its hour, to rounded up to its hour). ' +
+          'Defaults: to = now, from = to minus 24 hours. from must be before to, and the range at most 400 days. ' +
+          'A "+" in an offset must be sent as %2B (a "+" in a query string means a space; a space before the offset is taken as "+").',
+        parameters: [
+          { name: 'from', in: 'query', required: false, schema: { type: 'string', examples: ['2025-06-01T00:00:00Z', '2025-06-01'] }, description: 'an RFC 3339 time, or a date (midnight UTC)' },
+          { name: 'to', in: 'query', required: false, schema: { type: 'string', examples: ['2025-06-02T00:00:00Z'] }, description: 'an RFC 3339 time, or a date (midnight UTC)' },
+        ],
+        responses: {
+          '200': {
+            description: 'totals, per model, and per hour and model in time order',
+            content: {
+              'application/json': {
+                schema: {
+                  type: 'object',
+                  properties: {
+                    project: { type: 'string' },
+                    from: { type: 'string', format: 'date-time', description: 'the first hour counted' },
+                    to: { type: 'string', format: 'date-time', description: 'the end of the last hour counted' },
+                    total: { $ref: '#/components/schemas/UsageRecord' },
+                    models: { type: 'object', additionalProperties: { $ref: '#/components/schemas/UsageRecord' } },
+                    hours: {
+                      type: 'array',
+                      items: {
+                        type: 'object',
+                        properties: { hour: { type: 'string', format: 'date-time' }, model: { type: 'string' }, ...usageRecordProperties },
+                      },
+                    },
+                  },
+                },
+              },
+            },
+          },
+          '400': problem,
+          ...authErrors,
+          '503': problem,
+        },
+      },
+    },
     '/healthz': { get: { summary: 'The process is up', security: [], responses: { '200': { description: 'ok' } } } },
     '/readyz': { get: { summary: 'etcd answers', security: [], responses: { '200': { description: 'ready' }, '503': problem } } },
     '/metrics': {
@@ -267,6 +451,47 @@ export const openApiDocument = {
     securitySchemes: { bearer: { type: 'http', scheme: 'bearer', bearerFormat: 'JWT' } },
     schemas: {
       PolicyName: { type: 'string', pattern: '^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$', description: '"platform" is the platform policy' },
+      ProjectName: { type: 'string', pattern: '^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$', not: { const: 'platform' }, description: 'a project: a policy name other than "platform"' },
+      Budget: {
+        type: 'object',
+        additionalProperties: false,
+        required: ['windows'],
+        description: "a project's LLM token budget (budget/definition.ts)",
+        properties: {
+          windows: windowsSchema,
+          models: {
+            type: 'object',
+            maxProperties: 256,
+            propertyNames: { pattern: '^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$' },
+            additionalProperties: { type: 'object', additionalProperties: false, required: ['windows'], properties: { windows: windowsSchema } },
+            description: 'further limits for calls to one model (charged to both)',
+          },
+          default_max_tokens: { type: 'integer', minimum: 1, maximum: 10000000, description: 'what a call without max_tokens is charged for at most (and sent upstream as its max_tokens); absent: such calls are refused' },
+          block_tokens: { type: 'integer', minimum: 1, maximum: 1e12, description: 'tokens a gateway leases at a time (default: a tenth of the smallest limit)' },
+        },
+      },
+      BudgetVersionSummary: {
+        type: 'object',
+        properties: {
+          project: { type: 'string' },
+          version: { type: 'integer' },
+          deleted: { type: 'boolean', description: 'this version deleted the budget' },
+          sha256: { type: ['string', 'null'], description: 'of the budget document as GET returns it; null for a deletion' },
+          updatedAt: { type: 'string', format: 'date-time' },
+          updatedBy: { type: 'string', description: 'sub of the writer' },
+        },
+      },
+      StoredBudget: {
+        type: 'object',
+        properties: {
+          project: { type: 'string' },
+          version: { type: 'integer' },
+          budget: { oneOf: [{ $ref: '#/components/schemas/Budget' }, { type: 'null' }] },
+          updatedAt: { type: 'string', format: 'date-time' },
+          updatedBy: { type: 'string' },
+        },
+      },
+      UsageRecord: { type: 'object', properties: usageRecordProperties },
       PolicyObject: {
         type: 'object',
         additionalProperties: false,
@@ -305,10 +530,17 @@ export const openApiDocument = {
           detail: { type: 'string' },
           errors: {
             type: 'array',
-            description: 'compile diagnostics (rego-compile-error only)',
+            description: 'compile diagnostics (rego-compile-error), or the problems of a budget (invalid-budget: pointer, message)',
             items: {
               type: 'object',
-              properties: { code: { type: 'string' }, message: { type: 'string' }, file: { type: 'string' }, row: { type: 'integer' }, col: { type: 'integer' } },
+              properties: {
+                code: { type: 'string' },
+                message: { type: 'string' },
+                file: { type: 'string' },
+                row: { type: 'integer' },
+                col: { type: 'integer' },
+                pointer: { type: 'string', description: 'JSON pointer into the submitted budget' },
+              },
             },
           },
         },

@@ -86,6 +86,8 @@ export interface Harness {
   startCms(overrides?: Partial<CmsAppOptions>): Promise<Cms>;
   /** Every key under /policies/ with its value (hex) and the store revision: equal snapshots mean nothing was written. */
   snapshot(): Promise<EtcdSnapshot>;
+  /** The same for budgets, their history and usage (/budgets/, /budget-history/, /usage/). */
+  budgetSnapshot(): Promise<EtcdSnapshot>;
   etcdClient: Etcd3;
   close(): Promise<void>;
 }
@@ -139,20 +141,8 @@ export async function startHarness(): Promise<Harness> {
     tokens,
     etcdClient,
     startCms,
-    async snapshot() {
-      // In pages at one revision: all of /policies/ may not fit one gRPC response.
-      const snapshotKeys: Record<string, string> = {};
-      const first = await etcdClient.get('/policies/').exec();
-      const revision = first.header.revision;
-      let start = '/policies/';
-      for (;;) {
-        const page = await etcdClient.getAll().inRange(new Range(start, '/policies0')).revision(revision).limit(10).exec();
-        for (const kv of page.kvs) snapshotKeys[kv.key.toString()] = kv.value.toString('hex');
-        if (!page.more || page.kvs.length === 0) break;
-        start = `${page.kvs[page.kvs.length - 1]!.key.toString()}\0`;
-      }
-      return { revision, keys: snapshotKeys };
-    },
+    snapshot: () => snapshotOf(etcdClient, ['/policies/']),
+    budgetSnapshot: () => snapshotOf(etcdClient, ['/budgets/', '/budget-history/', '/usage/']),
     async close() {
       for (const cms of [...running]) await cms.stop();
       etcdClient.close();
@@ -160,6 +150,23 @@ export async function startHarness(): Promise<Harness> {
       await etcd.cleanup();
     },
   };
+}
+
+/** Every key under the prefixes, at one revision, read in pages: all of /policies/ may not fit one gRPC response. */
+async function snapshotOf(etcdClient: Etcd3, prefixes: string[]): Promise<EtcdSnapshot> {
+  const snapshotKeys: Record<string, string> = {};
+  const revision = (await etcdClient.get(prefixes[0]!).exec()).header.revision;
+  for (const prefix of prefixes) {
+    const end = Range.prefix(prefix).end;
+    let start = prefix;
+    for (;;) {
+      const page = await etcdClient.getAll().inRange(new Range(start, end)).revision(revision).limit(10).exec();
+      for (const kv of page.kvs) snapshotKeys[kv.key.toString()] = kv.value.toString('hex');
+      if (!page.more || page.kvs.length === 0) break;
+      start = `${page.kvs[page.kvs.length - 1]!.key.toString()}\0`;
+    }
+  }
+  return { revision, keys: snapshotKeys };
 }
 
 export function policyBody(rego: string, data: unknown = {}): string {

@@ -1,0 +1,111 @@
+/**
+ * What every part of the CMS API reads from a request the same way: the
+ * verified identity, If-Match / If-None-Match, ETags, list page tokens, and
+ * the 405 answer for methods a path does not implement.
+ */
+import type { FastifyInstance, FastifyRequest } from 'fastify';
+import type { AuthenticationError, Identity } from '../identity/index.js';
+import { HttpProblem, ProblemType } from '../http/problem.js';
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    identity: Identity | null;
+  }
+}
+
+export const REALM = 'gatehouse';
+export const ALL_METHODS = ['GET', 'HEAD', 'PUT', 'POST', 'PATCH', 'DELETE', 'OPTIONS'];
+
+export function wwwAuthenticate(error?: AuthenticationError): string {
+  if (!error || error.failure === 'missing_token') return `Bearer realm="${REALM}"`;
+  return `Bearer realm="${REALM}", error="invalid_token", error_description="${error.publicReason}"`;
+}
+
+/** The identity the onRequest hook established; refuses when there is none (never expected: defence in depth). */
+export function verifiedIdentity(request: FastifyRequest): Identity {
+  if (!request.identity) {
+    throw new HttpProblem({ status: 401, type: ProblemType.unauthenticated, title: 'Unauthorized', detail: 'no verified identity', headers: { 'WWW-Authenticate': wwwAuthenticate() } });
+  }
+  return request.identity;
+}
+
+export function etag(version: number): string {
+  return `"${version}"`;
+}
+
+/** Preconditions of a write as the stores take them. */
+export interface RequestConditions {
+  /** The current version must be one of these; 'any' means it must exist. */
+  ifVersion?: number[] | 'any';
+  /** It must not exist (If-None-Match: *). */
+  ifAbsent?: boolean;
+}
+
+/** If-Match: `*` or a list of our strong ETags; anything unrecognised can never match. */
+export function ifMatchCondition(header: string | undefined): RequestConditions['ifVersion'] {
+  if (header === undefined) return undefined;
+  if (header.trim() === '*') return 'any';
+  return header
+    .split(',')
+    .map((tag) => tag.trim().match(/^"(\d{1,15})"$/)?.[1])
+    .filter((version): version is string => version !== undefined)
+    .map(Number);
+}
+
+export function writeConditions(request: FastifyRequest): RequestConditions {
+  const conditions: RequestConditions = {};
+  const ifVersion = ifMatchCondition(request.headers['if-match']);
+  if (ifVersion !== undefined) conditions.ifVersion = ifVersion;
+  if (request.headers['if-none-match']?.trim() === '*') conditions.ifAbsent = true;
+  return conditions;
+}
+
+/** Whether a GET's If-None-Match names this ETag (a 304 then). */
+export function notModified(request: FastifyRequest, tag: string): boolean {
+  const ifNoneMatch = request.headers['if-none-match'];
+  return ifNoneMatch !== undefined && ifNoneMatch.split(',').some((candidate) => candidate.trim().replace(/^W\//, '') === tag);
+}
+
+/** 405 for the methods a path does not implement (after identity and access, like every API answer). */
+export function methodNotAllowed(app: FastifyInstance, url: string, implemented: string[]): void {
+  const allow = implemented.includes('GET') ? [...implemented, 'HEAD'] : implemented;
+  app.route({
+    method: ALL_METHODS.filter((method) => !allow.includes(method)),
+    url,
+    config: { undocumented: true },
+    handler: async (_request, reply) => {
+      reply.header('Allow', allow.join(', '));
+      throw new HttpProblem({ status: 405, detail: `allowed methods: ${allow.join(', ')}` });
+    },
+  });
+}
+
+export const DEFAULT_LIST_LIMIT = 100;
+export const MAX_LIST_LIMIT = 1_000;
+const PAGE_TOKEN_PREFIX = 'after:';
+
+/** An opaque continuation: the last name of the previous page. */
+export function encodePageToken(after: string): string {
+  return Buffer.from(`${PAGE_TOKEN_PREFIX}${after}`).toString('base64url');
+}
+
+/**
+ * `limit` and `page_token` of a list request, nothing else. `isName` checks
+ * what a token decodes to, so a token names only something the list could
+ * have given out.
+ */
+export function listQuery(query: unknown, endpoint: string, isName: (name: string) => boolean): { limit: number; after?: string } {
+  const { limit: rawLimit, page_token: token, ...rest } = (query ?? {}) as Record<string, unknown>;
+  const unknown = Object.keys(rest);
+  if (unknown.length > 0) throw new HttpProblem({ status: 400, detail: `unknown query parameter ${unknown[0]}; ${endpoint} takes limit and page_token` });
+  let limit = DEFAULT_LIST_LIMIT;
+  if (rawLimit !== undefined) {
+    limit = typeof rawLimit === 'string' && /^\d{1,4}$/.test(rawLimit) ? Number(rawLimit) : NaN;
+    if (!(limit >= 1 && limit <= MAX_LIST_LIMIT)) throw new HttpProblem({ status: 400, detail: `limit must be an integer from 1 to ${MAX_LIST_LIMIT}` });
+  }
+  if (token === undefined) return { limit };
+  const text = typeof token === 'string' && /^[A-Za-z0-9_-]{1,200}$/.test(token) ? Buffer.from(token, 'base64url').toString('utf8') : '';
+  const after = text.startsWith(PAGE_TOKEN_PREFIX) ? text.slice(PAGE_TOKEN_PREFIX.length) : '';
+  if (!isName(after)) throw new HttpProblem({ status: 400, detail: 'page_token is not a token this API gave out' });
+  return { limit, after };
+}
