@@ -113,7 +113,7 @@ export interface UpstreamAnswer {
 }
 
 /** Upstream headers minus APISIX's exclusion list (used when the runner returns no headers). */
-export function filteredUpstreamHeaders(upstream: UpstreamAnswer): ResponseHeaders {
+export function filteredUpstreamHeaders(upstream: { headers: readonly HeaderLine[] }): ResponseHeaders {
   const headers = new ResponseHeaders();
   for (const line of upstream.headers) {
     if (!EXCLUDED_RESPONSE_HEADERS.has(line.name.toLowerCase())) headers.add(line.name, line.value);
@@ -128,6 +128,16 @@ export function filteredUpstreamHeaders(upstream: UpstreamAnswer): ResponseHeade
  * status); status 0 with no body leaves status and body as they were.
  */
 export function applyRespCallAnswer(upstream: UpstreamAnswer, answer: HttpRespCallResponse): ClientResponse {
+  const head = respCallAnswerHead(upstream, answer);
+  return { ...head, body: head.body ?? upstream.body };
+}
+
+/**
+ * The HTTPRespCall answer applied to the upstream's status and headers
+ * alone: `body` is the runner's body, or null when the upstream's body goes
+ * to the client (whole if the runner read it, else streamed).
+ */
+export function respCallAnswerHead(upstream: Omit<UpstreamAnswer, 'body'>, answer: HttpRespCallResponse): ClientResponse {
   let headers: ResponseHeaders;
   if (answer.headers.length > 0) {
     headers = new ResponseHeaders();
@@ -136,8 +146,7 @@ export function applyRespCallAnswer(upstream: UpstreamAnswer, answer: HttpRespCa
     headers = filteredUpstreamHeaders(upstream);
   }
   const body = answer.body && answer.body.length > 0 ? Buffer.from(answer.body) : null;
-  if (body) return { status: answer.status === 0 ? upstream.status : answer.status, headers, body };
-  return { status: answer.status === 0 ? upstream.status : answer.status, headers, body: upstream.body };
+  return { status: answer.status === 0 ? upstream.status : answer.status, headers, body };
 }
 
 const NGINX_STATUS_TEXT: Record<number, string> = {

@@ -270,7 +270,12 @@ export interface ReqCallAnswer {
 export interface RespCallInput {
   status: number;
   headers: HeaderLine[];
-  body: Buffer;
+  /**
+   * Reads the upstream body whole, as APISIX does only when the runner asks
+   * for RespBody (otherwise it streams the body to the client after the
+   * call); null when it cannot be read.
+   */
+  readBody: () => Promise<Buffer | null>;
 }
 
 export class ExtPluginClient {
@@ -493,7 +498,7 @@ export class ExtPluginClient {
       const request = parse(() => decodeExtraInfoRequest(frame.payload), 'ExtraInfo');
       let result: Uint8Array | null = null;
       if (request.type === 'var') {
-        const value = state.variable(request.name);
+        const value = state.cachedVariable(request.name);
         result = value === null ? null : Buffer.from(value, 'utf8');
       } else if (request.type === 'reqBody') {
         // core.request.get_body() gives nil for an empty body.
@@ -501,7 +506,7 @@ export class ExtPluginClient {
       } else if (response && !response.body.read) {
         // The upstream body can be read once; the client still gets it afterwards.
         response.body.read = true;
-        result = response.upstream.body;
+        result = await response.upstream.readBody();
       }
       await this.send(conn, RpcType.ExtraInfo, encodeExtraInfoResponse({ result }));
     }

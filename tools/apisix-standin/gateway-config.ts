@@ -1,6 +1,7 @@
 // The parts of APISIX's `config.yaml` the stand-in honours: the proxy port,
-// how the plugin runner is started (`ext-plugin.cmd` / `path_for_test`) and
-// which environment variables reach it (`nginx_config.envs`).
+// how the plugin runner is started (`ext-plugin.cmd` / `path_for_test`),
+// which environment variables reach it (`nginx_config.envs`) and which
+// plugins routes may use (`plugins`).
 import { readFileSync } from 'node:fs';
 import { isAbsolute, resolve } from 'node:path';
 import { parse as parseYaml } from 'yaml';
@@ -20,6 +21,8 @@ export interface GatewayConfig {
    * system's roots when absent).
    */
   upstreamTls: { verify: boolean; trustedCertificate: string | null };
+  /** `plugins`: the plugins APISIX loads; null when config.yaml has no list (APISIX's default list then applies). */
+  plugins: string[] | null;
 }
 
 export class GatewayConfigError extends Error {
@@ -87,7 +90,14 @@ export function parseGatewayConfig(text: string, source = 'config.yaml'): Gatewa
     verify: /(^|;|\n)\s*proxy_ssl_verify\s+on\s*;/.test(snippet),
     trustedCertificate: typeof ssl.ssl_trusted_certificate === 'string' ? ssl.ssl_trusted_certificate : null,
   };
-  return { nodeListen, runnerCmd, pathForTest, envs, upstreamTls };
+  let plugins: string[] | null = null;
+  if (doc.plugins !== undefined && doc.plugins !== null) {
+    if (!Array.isArray(doc.plugins) || doc.plugins.some((p) => typeof p !== 'string')) {
+      throw new GatewayConfigError(`${source}: "plugins" must be a list of plugin names`);
+    }
+    plugins = doc.plugins as string[];
+  }
+  return { nodeListen, runnerCmd, pathForTest, envs, upstreamTls, plugins };
 }
 
 /**

@@ -2,6 +2,7 @@
 // ext-plugin phases run: the counterpart of nginx's variables (`ctx.var`)
 // and of the request APISIX will proxy. Rewrites change it; the proxy step
 // reads it.
+import { randomBytes } from 'node:crypto';
 import { encodeQuery, parseQuery, type ArgTable } from './uri.js';
 
 /** A header line; names are lower-cased, as `ngx.req.get_headers()` gives them. */
@@ -70,8 +71,17 @@ export class RequestState {
   upstreamHost: string;
   headers: HeaderLine[];
   body: Buffer;
+  /** nginx's `$request_id`: 16 random bytes in hex, one value for the whole request. */
+  readonly requestId = randomBytes(16).toString('hex');
   /** Headers a Rewrite asked to add to the client's response. */
   readonly responseHeaderAdditions = new ResponseHeaders();
+  /**
+   * Values already read through `ctx.var`, which APISIX caches for the rest
+   * of the request (apisix/core/ctx.lua; all but args and is_args): a header
+   * variable the runner asked for keeps that value in a later log entry,
+   * even after a Rewrite changed the header.
+   */
+  private readonly variableCache = new Map<string, string>();
   private cachedArgs: ArgTable | null = null;
 
   constructor(init: RequestStateInit) {
@@ -123,9 +133,18 @@ export class RequestState {
     return withoutPort.toLowerCase();
   }
 
+  /** `ctx.var[name]`: the cached value when there is one, else the current one, cached unless null. */
+  cachedVariable(name: string, compute: (name: string) => string | null = (n) => this.variable(n)): string | null {
+    const cached = this.variableCache.get(name);
+    if (cached !== undefined) return cached;
+    const value = compute(name);
+    if (value !== null && name !== 'args' && name !== 'is_args') this.variableCache.set(name, value);
+    return value;
+  }
+
   /**
-   * The value of an nginx/APISIX variable, as `ctx.var[name]` gives it to an
-   * ExtraInfo Var request; null when unset (the answer then has no result).
+   * The value of an nginx/APISIX variable now, as `ctx.var[name]` would
+   * compute it; null when unset (an ExtraInfo answer then has no result).
    */
   variable(name: string): string | null {
     switch (name) {
@@ -170,6 +189,8 @@ export class RequestState {
         return this.header('content-length');
       case 'request_length':
         return null;
+      case 'request_id':
+        return this.requestId;
     }
     if (name.startsWith('http_')) return this.header(name.slice(5).replace(/_/g, '-'));
     if (name.startsWith('arg_')) {

@@ -2,6 +2,7 @@
 // matched the way APISIX's radixtree router (`radixtree_host_uri`) does.
 import { readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
+import { parseHttpLoggerConf, type HttpLoggerConf } from './http-logger.js';
 
 export const EXT_PLUGIN_PHASES = ['ext-plugin-pre-req', 'ext-plugin-post-req', 'ext-plugin-post-resp'] as const;
 export type ExtPluginPhase = (typeof EXT_PLUGIN_PHASES)[number];
@@ -37,6 +38,8 @@ export interface Route {
   hosts: string[] | null;
   priority: number;
   plugins: Partial<Record<ExtPluginPhase, ExtPluginConf>>;
+  /** APISIX's http-logger on this route, if any. */
+  httpLogger: HttpLoggerConf | null;
   upstream: Upstream;
   /** Changes whenever the file is reloaded with a change: part of the conf-token key. */
   confVersion: number;
@@ -64,12 +67,72 @@ export function hasEndMarker(text: string): boolean {
   return lines[lines.length - 1]?.trim() === '#END';
 }
 
-export function loadRoutesFile(path: string, confVersion = 1): Route[] {
-  return parseRoutes(readFileSync(path, 'utf8'), confVersion, path);
+/** Plugins the stand-in implements besides the ext-plugin phases. */
+export const OTHER_PLUGINS = ['http-logger'] as const;
+
+export interface ParseRoutesOptions {
+  /**
+   * config.yaml's `plugins` list, when it has one. APISIX skips a route's
+   * plugin that is not listed there without a word (a logger then never
+   * logs); the stand-in refuses such a route instead.
+   */
+  enabledPlugins?: readonly string[] | null;
+  /**
+   * The environment `${{NAME}}` and `${{NAME:=default}}` are resolved from:
+   * APISIX's workers see only what nginx_config.envs lets through (see
+   * runnerEnvironment). Default: none, so only defaults apply.
+   */
+  env?: Readonly<Record<string, string | undefined>>;
+}
+
+/**
+ * APISIX's resolve_conf_var (apisix/cli/file.lua), which standalone mode
+ * applies to apisix.yaml: `${{NAME}}` and `${{NAME:=default}}` in keys and
+ * string values are replaced; a value that used a variable and reads as a
+ * number or as true/false becomes one; a variable without value or default
+ * makes the whole file invalid.
+ */
+export function resolveConfVars(node: unknown, env: Readonly<Record<string, string | undefined>>): unknown {
+  const substitute = (text: string): { value: string; used: boolean } => {
+    let used = false;
+    const value = text.replace(/\$\{\{\s*(\w+[:=]?.*?)\s*\}\}/g, (_, inner: string) => {
+      let name = inner;
+      let fallback: string | undefined;
+      const split = inner.indexOf(':=');
+      if (split !== -1) {
+        fallback = inner.slice(split + 2).trim();
+        name = inner.slice(0, split);
+      }
+      const found = env[name] ?? fallback;
+      if (found === undefined) throw new RouteConfigError(`failed to handle configuration: can't find environment variable ${name}`);
+      used = true;
+      return found;
+    });
+    return { value, used };
+  };
+  if (Array.isArray(node)) return node.map((item) => resolveConfVars(item, env));
+  if (isObject(node)) {
+    const out: Obj = {};
+    for (const [key, value] of Object.entries(node)) out[substitute(key).value] = resolveConfVars(value, env);
+    return out;
+  }
+  if (typeof node !== 'string') return node;
+  const { value, used } = substitute(node);
+  if (!used) return value;
+  // Lua's tonumber: decimal (with exponent) or hexadecimal, surrounding spaces allowed.
+  if (/^\s*[-+]?(\d+\.?\d*([eE][-+]?\d+)?|\.\d+([eE][-+]?\d+)?|0[xX][\da-fA-F]+)\s*$/.test(value)) return Number(value.trim());
+  if (value === 'true') return true;
+  if (value === 'false') return false;
+  return value;
+}
+
+export function loadRoutesFile(path: string, confVersion = 1, options: ParseRoutesOptions = {}): Route[] {
+  return parseRoutes(readFileSync(path, 'utf8'), confVersion, path, options);
 }
 
 /** Parses and validates an `apisix.yaml`; throws RouteConfigError naming the first problem. */
-export function parseRoutes(text: string, confVersion = 1, source = 'apisix.yaml'): Route[] {
+export function parseRoutes(text: string, confVersion = 1, source = 'apisix.yaml', options: ParseRoutesOptions = {}): Route[] {
+  const enabled = options.enabledPlugins ?? null;
   if (!hasEndMarker(text)) throw new RouteConfigError(`${source}: the last line must be "#END"`);
   let doc: unknown;
   try {
@@ -78,6 +141,12 @@ export function parseRoutes(text: string, confVersion = 1, source = 'apisix.yaml
     throw new RouteConfigError(`${source}: invalid YAML: ${(err as Error).message}`);
   }
   if (doc === null || doc === undefined) return [];
+  if (!isObject(doc)) throw new RouteConfigError(`${source}: expected a mapping at the top level`);
+  try {
+    doc = resolveConfVars(doc, options.env ?? {}) as Obj;
+  } catch (err) {
+    throw new RouteConfigError(`${source}: ${(err as Error).message}`);
+  }
   if (!isObject(doc)) throw new RouteConfigError(`${source}: expected a mapping at the top level`);
 
   const upstreams = new Map<string, Upstream>();
@@ -134,15 +203,28 @@ export function parseRoutes(text: string, confVersion = 1, source = 'apisix.yaml
     if (!Number.isInteger(priority)) throw new RouteConfigError(`${where}: "priority" must be an integer`);
 
     const plugins: Route['plugins'] = {};
+    let httpLogger: HttpLoggerConf | null = null;
     if (raw.plugins !== undefined) {
       if (!isObject(raw.plugins)) throw new RouteConfigError(`${where}: "plugins" must be a mapping`);
       for (const [name, conf] of Object.entries(raw.plugins)) {
-        if (!(EXT_PLUGIN_PHASES as readonly string[]).includes(name)) {
+        const isPhase = (EXT_PLUGIN_PHASES as readonly string[]).includes(name);
+        if (!isPhase && !(OTHER_PLUGINS as readonly string[]).includes(name)) {
           // Silently ignoring a plugin (an auth plugin, say) would let requests through that
           // APISIX would refuse: refuse the route instead.
           throw new RouteConfigError(`${where}: plugin "${name}" is not supported by the APISIX stand-in`);
         }
-        plugins[name as ExtPluginPhase] = parseExtPluginConf(conf, `${where}: ${name}`);
+        if (enabled && !enabled.includes(name)) {
+          throw new RouteConfigError(`${where}: plugin "${name}" is not in config.yaml's plugins list (APISIX would skip it silently)`);
+        }
+        if (isPhase) {
+          plugins[name as ExtPluginPhase] = parseExtPluginConf(conf, `${where}: ${name}`);
+          continue;
+        }
+        try {
+          httpLogger = parseHttpLoggerConf(conf);
+        } catch (err) {
+          throw new RouteConfigError(`${where}: ${name}: ${(err as Error).message}`);
+        }
       }
     }
 
@@ -159,7 +241,7 @@ export function parseRoutes(text: string, confVersion = 1, source = 'apisix.yaml
       throw new RouteConfigError(`${where}: needs "upstream" or "upstream_id"`);
     }
 
-    return { id, exactUris, prefixUris, methods, hosts, priority: priority as number, plugins, upstream, confVersion, order };
+    return { id, exactUris, prefixUris, methods, hosts, priority: priority as number, plugins, httpLogger, upstream, confVersion, order };
   });
 }
 

@@ -12,20 +12,14 @@ import { connect, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino, type Logger } from 'pino';
-import {
-  applyRespCallAnswer,
-  applyRewrite,
-  filteredUpstreamHeaders,
-  nginxErrorPage,
-  stopToClientResponse,
-  type ClientResponse,
-} from './answers.js';
+import { applyRewrite, nginxErrorPage, respCallAnswerHead, stopToClientResponse, type ClientResponse } from './answers.js';
 import { ExtPluginClient, GatewayInternalError } from './ext-plugin-client.js';
 import { loadGatewayConfig, resolveRunnerCmd, runnerEnvironment, type GatewayConfig } from './gateway-config.js';
 import { RequestState, ResponseHeaders, type HeaderLine } from './request-state.js';
-import { loadRoutesFile, matchRoute, type Route } from './routes.js';
+import { customLogEntry, HttpLoggers } from './http-logger.js';
+import { loadRoutesFile, matchRoute, type ExtPluginConf, type Route } from './routes.js';
 import { RunnerSupervisor } from './runner-process.js';
-import { UpstreamError, UpstreamProxy } from './upstream-proxy.js';
+import { UpstreamError, UpstreamProxy, type OpenedUpstream } from './upstream-proxy.js';
 import { normalizeRequestPath, splitRequestTarget } from './uri.js';
 import { findRepoRoot } from '../repo-root.js';
 
@@ -103,19 +97,21 @@ export async function startStandin(options: StandinOptions = {}): Promise<Standi
   const routesPath = options.routesPath ?? join(root, 'apisix-conf', 'apisix.yaml');
   const gatewayConfig: GatewayConfig = existsSync(configPath)
     ? loadGatewayConfig(configPath)
-    : { nodeListen: null, runnerCmd: null, pathForTest: null, envs: [], upstreamTls: { verify: false, trustedCertificate: null } };
+    : { nodeListen: null, runnerCmd: null, pathForTest: null, envs: [], upstreamTls: { verify: false, trustedCertificate: null }, plugins: null };
   const confExpireSeconds = options.confExpireSeconds ?? 3600;
   const bodyLimitBytes = options.bodyLimitBytes ?? DEFAULT_BODY_LIMIT_BYTES;
   const keepQueryOnPathRewrite = options.keepQueryOnPathRewrite ?? false;
 
   // Routes: loaded once now (errors are fatal), then re-read like standalone mode.
   let confVersion = 1;
-  let routes = loadRoutesFile(routesPath, confVersion);
+  // `${{NAME}}` in apisix.yaml is resolved from what nginx lets its workers see.
+  const routeOptions = { enabledPlugins: gatewayConfig.plugins, env: runnerEnvironment(gatewayConfig.envs, options.parentEnv ?? process.env, {}) };
+  let routes = loadRoutesFile(routesPath, confVersion, routeOptions);
   let routesStamp = fileStamp(routesPath);
   let lastRoutesText = readFileSync(routesPath, 'utf8');
   const reloadRoutes = () => {
     const stamp = fileStamp(routesPath);
-    const next = loadRoutesFile(routesPath, confVersion + 1);
+    const next = loadRoutesFile(routesPath, confVersion + 1, routeOptions);
     confVersion++;
     routes = next;
     routesStamp = stamp;
@@ -188,10 +184,12 @@ export async function startStandin(options: StandinOptions = {}): Promise<Standi
   }
 
   const upstreamProxy = new UpstreamProxy(gatewayConfig.upstreamTls);
+  const loggers = new HttpLoggers(log.child({ part: 'http-logger' }));
   const context: HandlerContext = {
     log,
     client,
     upstreamProxy,
+    loggers,
     bodyLimitBytes,
     keepQueryOnPathRewrite,
     routes: () => routes,
@@ -209,6 +207,7 @@ export async function startStandin(options: StandinOptions = {}): Promise<Standi
     server.closeAllConnections();
     await new Promise<void>((done) => server.close(() => done()));
     client.close();
+    loggers.stop();
     await supervisor?.stop();
     await upstreamProxy.close();
     if (socketDir) rmSync(socketDir, { recursive: true, force: true });
@@ -292,6 +291,7 @@ interface HandlerContext {
   log: Logger;
   client: ExtPluginClient;
   upstreamProxy: UpstreamProxy;
+  loggers: HttpLoggers;
   bodyLimitBytes: number;
   keepQueryOnPathRewrite: boolean;
   routes: () => readonly Route[];
@@ -328,6 +328,7 @@ async function handleRequest(ctx: HandlerContext, req: IncomingMessage, res: Ser
   const requestUri = req.url ?? '/';
   const { path: rawPath, query } = splitRequestTarget(requestUri);
   const uri = normalizeRequestPath(rawPath);
+  const out = new ClientOutput(res, isHead);
 
   const headers: HeaderLine[] = [];
   for (let i = 0; i < req.rawHeaders.length; i += 2) {
@@ -335,7 +336,7 @@ async function handleRequest(ctx: HandlerContext, req: IncomingMessage, res: Ser
   }
   // nginx refuses a request with two Host headers.
   if (uri === null || headers.filter((h) => h.name === 'host').length > 1) {
-    send(res, isHead, emptyResponse(400));
+    out.send(emptyResponse(400));
     return;
   }
 
@@ -345,7 +346,7 @@ async function handleRequest(ctx: HandlerContext, req: IncomingMessage, res: Ser
   } catch (err) {
     if (err instanceof BodyTooLargeError) {
       res.setHeader('connection', 'close');
-      send(res, isHead, emptyResponse(413));
+      out.send(emptyResponse(413));
       return;
     }
     throw err;
@@ -372,11 +373,17 @@ async function handleRequest(ctx: HandlerContext, req: IncomingMessage, res: Ser
   if (!route) {
     const notFound = new ResponseHeaders();
     notFound.set('content-type', DEFAULT_CONTENT_TYPE);
-    send(res, isHead, { status: 404, headers: notFound, body: Buffer.from('{"error_msg":"404 Route Not Found"}\n') });
+    out.send({ status: 404, headers: notFound, body: Buffer.from('{"error_msg":"404 Route Not Found"}\n') });
     return;
   }
   state.routeId = route.id;
   const log = ctx.log.child({ route: route.id, method, uri });
+  if (route.httpLogger) {
+    // APISIX's log phase: after the response, whatever answered it (upstream, runner or error).
+    const conf = route.httpLogger;
+    if (conf.includeRespBody) out.collectBody();
+    res.once('close', () => ctx.loggers.push(conf, customLogEntry(conf.logFormat, (name) => logVariable(state, out, name), route.id)));
+  }
 
   try {
     for (const phase of ['ext-plugin-pre-req', 'ext-plugin-post-req'] as const) {
@@ -384,7 +391,7 @@ async function handleRequest(ctx: HandlerContext, req: IncomingMessage, res: Ser
       if (!conf) continue;
       const outcome = await ctx.client.httpReqCall(phase, conf, state, route.confVersion);
       if (outcome.kind === 'failed') {
-        send(res, isHead, emptyResponse(503));
+        out.send(emptyResponse(503));
         return;
       }
       if (outcome.kind === 'degraded') continue;
@@ -392,7 +399,7 @@ async function handleRequest(ctx: HandlerContext, req: IncomingMessage, res: Ser
       if (action?.type === 'stop') {
         const stop = stopToClientResponse(action);
         // Headers from an earlier phase's resp_headers are already on ngx.header.
-        send(res, isHead, { ...stop, headers: overlay(state.responseHeaderAdditions, stop.headers) });
+        out.send({ ...stop, headers: overlay(state.responseHeaderAdditions, stop.headers) });
         return;
       }
       if (action?.type === 'rewrite') {
@@ -402,53 +409,232 @@ async function handleRequest(ctx: HandlerContext, req: IncomingMessage, res: Ser
 
     const postResp = route.plugins['ext-plugin-post-resp'];
     if (postResp) {
-      let upstream;
-      try {
-        upstream = await ctx.upstreamProxy.forward(route.upstream, state, ctx.bodyLimitBytes, true);
-      } catch (err) {
-        if (!(err instanceof UpstreamError)) throw err;
-        log.error({ err: err.message }, 'failed to request the upstream');
-        send(res, isHead, emptyResponse(502));
-        return;
-      }
-      const outcome = await ctx.client.httpRespCall(postResp, state, route.confVersion, upstream);
-      if (outcome.kind === 'answered') {
-        const answer = applyRespCallAnswer(upstream, outcome.value);
-        send(res, isHead, { ...answer, headers: overlay(state.responseHeaderAdditions, answer.headers) });
-      } else {
-        // APISIX then sends the upstream body itself, with status 503 on failure (the
-        // upstream status when degraded) and none of the upstream's headers.
-        send(res, isHead, {
-          status: outcome.kind === 'failed' ? 503 : upstream.status,
-          headers: state.responseHeaderAdditions,
-          body: upstream.body,
-        });
-      }
+      await postRespPhase(ctx, postResp, route, state, out, log);
       return;
     }
 
-    let upstream;
+    let upstream: OpenedUpstream;
     try {
-      upstream = await ctx.upstreamProxy.forward(route.upstream, state, ctx.bodyLimitBytes);
+      upstream = await ctx.upstreamProxy.open(route.upstream, state);
     } catch (err) {
       if (!(err instanceof UpstreamError)) throw err;
       log.error({ err: err.message }, 'upstream failed');
-      send(res, isHead, emptyResponse(err.status));
+      out.send(emptyResponse(err.status));
       return;
     }
-    const headers = new ResponseHeaders();
-    for (const line of UpstreamProxy.passedResponseHeaders(upstream.headers)) headers.add(line.name, line.value);
+    const responseHeaders = new ResponseHeaders();
+    for (const line of UpstreamProxy.passedResponseHeaders(upstream.headers)) responseHeaders.add(line.name, line.value);
     // Lua set these on ngx.header before proxying; nginx adds the upstream's next to them.
-    for (const line of state.responseHeaderAdditions.lines) headers.add(line.name, line.value);
-    send(res, isHead, { status: upstream.status, headers, body: upstream.body }, { keepContentLength: isHead });
+    for (const line of state.responseHeaderAdditions.lines) responseHeaders.add(line.name, line.value);
+    // nginx passes the body on as it arrives, with the upstream's content-length if it sent one.
+    await out.stream({ status: upstream.status, headers: responseHeaders }, upstream, { keepContentLength: true, log });
   } catch (err) {
     if (err instanceof GatewayInternalError) {
       log.error({ err: err.message }, 'ext-plugin call failed with a runtime error');
-      send(res, isHead, emptyResponse(500));
+      out.send(emptyResponse(500));
       return;
     }
     throw err;
   }
+}
+
+/**
+ * ext-plugin-post-resp as APISIX 3.9.1 runs it: the upstream is requested
+ * with lua-resty-http and HTTPRespCall sent as soon as its status and
+ * headers are in. The body is read whole only if the runner asks for it
+ * (RespBody); a body the runner returns replaces it; otherwise the
+ * upstream's body is streamed to the client chunk by chunk after the call.
+ */
+async function postRespPhase(ctx: HandlerContext, conf: ExtPluginConf, route: Route, state: RequestState, out: ClientOutput, log: Logger): Promise<void> {
+  let upstream: OpenedUpstream;
+  try {
+    upstream = await ctx.upstreamProxy.open(route.upstream, state, true);
+  } catch (err) {
+    if (!(err instanceof UpstreamError)) throw err;
+    log.error({ err: err.message }, 'failed to request the upstream');
+    out.send(emptyResponse(502));
+    return;
+  }
+  // What the runner's RespBody request read, if it asked.
+  const read: { body: Buffer | null; failed: boolean } = { body: null, failed: false };
+  const readBody = async (): Promise<Buffer | null> => {
+    try {
+      read.body = await upstream.readAll(ctx.bodyLimitBytes);
+    } catch (err) {
+      if (!(err instanceof UpstreamError)) throw err;
+      log.error({ err: err.message }, 'failed to read the upstream response body');
+      read.failed = true;
+    }
+    return read.body;
+  };
+  let outcome;
+  try {
+    outcome = await ctx.client.httpRespCall(conf, state, route.confVersion, { status: upstream.status, headers: upstream.headers, readBody });
+  } catch (err) {
+    upstream.discard();
+    throw err;
+  }
+  let head: ClientResponse;
+  if (outcome.kind === 'answered') {
+    const answer = respCallAnswerHead(upstream, outcome.value);
+    head = { ...answer, headers: overlay(state.responseHeaderAdditions, answer.headers) };
+    if (answer.body) {
+      upstream.discard();
+      out.send(head);
+      return;
+    }
+  } else {
+    // APISIX then sends the upstream body itself, with status 503 on failure (the
+    // upstream status when degraded) and none of the upstream's headers.
+    head = { status: outcome.kind === 'failed' ? 503 : upstream.status, headers: state.responseHeaderAdditions, body: null };
+  }
+  if (read.failed) {
+    // send_response reads the body again, fails, and answers 502 while nothing is sent yet.
+    out.send(emptyResponse(502));
+    return;
+  }
+  const held = read.body;
+  const source: BodySource = held !== null ? { chunks: () => singleChunk(held), discard: () => undefined } : upstream;
+  // The Lua code prints the body with ngx.print: nginx's default type when no content-type is set.
+  if (head.headers.get('content-type').length === 0) head.headers.set('content-type', DEFAULT_CONTENT_TYPE);
+  await out.stream({ status: head.status, headers: head.headers }, source, { keepContentLength: false, log });
+}
+
+async function* singleChunk(body: Buffer): AsyncGenerator<Buffer> {
+  if (body.length > 0) yield body;
+}
+
+/** Variables of a log entry: the request's (as `ctx.var` cached them) and those of the response sent. */
+function logVariable(state: RequestState, out: ClientOutput, name: string): string | null {
+  return state.cachedVariable(name, (n) => {
+    switch (n) {
+      case 'status':
+        return String(out.status);
+      case 'resp_body':
+        // ctx.resp_body is set only by a logger collecting the body, and only at its end.
+        return out.collectedBody() ?? '';
+      case 'body_bytes_sent':
+        return String(out.bodyBytesSent);
+      case 'msec':
+        return (Date.now() / 1000).toFixed(3);
+      case 'time_iso8601':
+        return nginxTime(new Date(), 'iso8601');
+      case 'time_local':
+        return nginxTime(new Date(), 'local');
+      case 'service_id':
+        return null;
+    }
+    return state.variable(n);
+  });
+}
+
+/** nginx's $time_iso8601 (2026-01-02T03:04:05+00:00) and $time_local (02/Jan/2026:03:04:05 +0000), in local time. */
+function nginxTime(date: Date, kind: 'iso8601' | 'local'): string {
+  const pad = (n: number) => String(n).padStart(2, '0');
+  const offset = -date.getTimezoneOffset();
+  const sign = offset >= 0 ? '+' : '-';
+  const hh = pad(Math.floor(Math.abs(offset) / 60));
+  const mm = pad(Math.abs(offset) % 60);
+  const time = `${pad(date.getHours())}:${pad(date.getMinutes())}:${pad(date.getSeconds())}`;
+  if (kind === 'iso8601') return `${date.getFullYear()}-${pad(date.getMonth() + 1)}-${pad(date.getDate())}T${time}${sign}${hh}:${mm}`;
+  const month = ['Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct', 'Nov', 'Dec'][date.getMonth()]!;
+  return `${pad(date.getDate())}/${month}/${date.getFullYear()}:${time} ${sign}${hh}${mm}`;
+}
+
+interface BodySource {
+  chunks(): AsyncIterable<Buffer>;
+  discard(): void;
+}
+
+/**
+ * What goes to the client, and what the log phase needs to know of it: the
+ * status, the body bytes sent and, when a logger asks for it, a copy of the
+ * body taken as it passes (log-util's collect_body: nothing is held back).
+ */
+class ClientOutput {
+  status = 0;
+  bodyBytesSent = 0;
+  private copy: Buffer[] | null = null;
+
+  constructor(
+    readonly res: ServerResponse,
+    readonly isHead: boolean,
+  ) {}
+
+  collectBody(): void {
+    this.copy ??= [];
+  }
+
+  /** The body as sent, once all of it was; null when not collected or the response did not complete. */
+  collectedBody(): string | null {
+    if (this.copy === null || !this.res.writableFinished) return null;
+    return Buffer.concat(this.copy).toString('utf8');
+  }
+
+  /** A whole response (see send). */
+  send(response: ClientResponse, opts: { keepContentLength?: boolean } = {}): void {
+    this.status = response.status;
+    const body = send(this.res, this.isHead, response, opts);
+    if (body && !this.isHead) this.record(body);
+  }
+
+  /**
+   * A response whose body is written chunk by chunk as the source yields it.
+   * A source that fails midway cuts the connection, as nginx does once the
+   * headers are out; a client that goes away stops the source.
+   */
+  async stream(head: { status: number; headers: ResponseHeaders }, source: BodySource, opts: { keepContentLength: boolean; log: Logger }): Promise<void> {
+    const { res } = this;
+    this.status = head.status;
+    writeHead(res, head.status, head.headers, { keepContentLength: opts.keepContentLength || this.isHead });
+    const bodyless = this.isHead || head.status === 204 || head.status === 304 || head.status < 200;
+    if (bodyless) {
+      source.discard();
+      res.end();
+      return;
+    }
+    // Headers go out now, as nginx sends them once the upstream's are in.
+    res.flushHeaders();
+    // A client that goes away stops the upstream at once, not at its next chunk.
+    const onClose = () => {
+      if (!res.writableFinished) source.discard();
+    };
+    res.once('close', onClose);
+    try {
+      for await (const chunk of source.chunks()) {
+        if (res.destroyed) break;
+        this.record(chunk);
+        if (!res.write(chunk)) await waitForDrain(res);
+      }
+    } catch (err) {
+      if (res.destroyed) return;
+      if (!(err instanceof UpstreamError)) throw err;
+      opts.log.error({ err: err.message }, 'upstream body failed midway; closing the client connection');
+      res.destroy();
+      return;
+    } finally {
+      res.off('close', onClose);
+      if (res.destroyed) source.discard();
+    }
+    if (!res.destroyed) res.end();
+  }
+
+  private record(chunk: Buffer): void {
+    this.bodyBytesSent += chunk.length;
+    this.copy?.push(chunk);
+  }
+}
+
+function waitForDrain(res: ServerResponse): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      res.off('drain', done);
+      res.off('close', done);
+      resolve();
+    };
+    res.once('drain', done);
+    res.once('close', done);
+  });
 }
 
 /** core.response.set_header for each name in `top`, over what `base` already holds. */
@@ -468,8 +654,8 @@ function normalizeAddress(address: string): string {
   return address.startsWith('::ffff:') && address.includes('.') ? address.slice(7) : address;
 }
 
-/** Writes a response the way nginx finishes one: its error page when nothing wrote a body for a status >= 300. */
-function send(res: ServerResponse, isHead: boolean, response: ClientResponse, opts: { keepContentLength?: boolean } = {}): void {
+/** Writes a response the way nginx finishes one: its error page when nothing wrote a body for a status >= 300. Returns the body sent. */
+function send(res: ServerResponse, isHead: boolean, response: ClientResponse, opts: { keepContentLength?: boolean } = {}): Buffer | null {
   let body = response.body;
   const headers = new ResponseHeaders();
   for (const line of response.headers.lines) headers.add(line.name, line.value);
@@ -478,6 +664,17 @@ function send(res: ServerResponse, isHead: boolean, response: ClientResponse, op
     if (body) headers.set('content-type', 'text/html; charset=utf-8');
   }
   if (body && body.length > 0 && headers.get('content-type').length === 0) headers.set('content-type', DEFAULT_CONTENT_TYPE);
+  writeHead(res, response.status, headers, opts);
+  const bodyless = response.status === 204 || response.status === 304 || response.status < 200;
+  if (!bodyless && (!opts.keepContentLength || !res.hasHeader('content-length'))) {
+    res.setHeader('content-length', String(body?.length ?? 0));
+  }
+  res.end(isHead ? undefined : body ?? undefined);
+  return body;
+}
+
+/** Status and headers as nginx sends them: its own Server, no Date or framing headers from elsewhere. */
+function writeHead(res: ServerResponse, status: number, headers: ResponseHeaders, opts: { keepContentLength?: boolean }): void {
   const grouped = new Map<string, string[]>();
   for (const line of headers.lines) {
     if (line.name === 'content-length' && !opts.keepContentLength) continue;
@@ -486,12 +683,7 @@ function send(res: ServerResponse, isHead: boolean, response: ClientResponse, op
     if (list) list.push(line.value);
     else grouped.set(line.name, [line.value]);
   }
-  res.statusCode = response.status;
+  res.statusCode = status;
   res.setHeader('server', STANDIN_SERVER_HEADER);
   for (const [name, values] of grouped) res.setHeader(name, values.length === 1 ? values[0]! : values);
-  const bodyless = response.status === 204 || response.status === 304 || response.status < 200;
-  if (!bodyless && (!opts.keepContentLength || !res.hasHeader('content-length'))) {
-    res.setHeader('content-length', String(body?.length ?? 0));
-  }
-  res.end(isHead ? undefined : body ?? undefined);
 }

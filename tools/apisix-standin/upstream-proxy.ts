@@ -1,6 +1,7 @@
 // Sending the (possibly rewritten) request to the route's upstream with
 // undici, the way nginx's proxy module (or, for ext-plugin-post-resp,
-// lua-resty-http) would, and reading the whole answer.
+// lua-resty-http) would. The answer's body is handed over as it arrives, so
+// that it can go on to the client chunk by chunk, as nginx passes it on.
 import { readFileSync } from 'node:fs';
 import { Agent, errors as undiciErrors, request } from 'undici';
 import type { Dispatcher } from 'undici';
@@ -46,6 +47,18 @@ export interface UpstreamResult {
   body: Buffer;
 }
 
+/** An upstream answer whose status and headers have arrived; its body is read as it comes. */
+export interface OpenedUpstream {
+  status: number;
+  headers: HeaderLine[];
+  /** The body's chunks as they arrive; a failure or timeout is thrown as an UpstreamError. */
+  chunks(): AsyncGenerator<Buffer>;
+  /** The whole body; above `limit` bytes an UpstreamError (502). */
+  readAll(limit: number): Promise<Buffer>;
+  /** Drops the rest of the body (closing the connection when unread bytes remain). */
+  discard(): void;
+}
+
 /** Why the upstream could not answer: nginx answers 502 for a failure, 504 for a timeout. */
 export class UpstreamError extends Error {
   constructor(
@@ -88,6 +101,13 @@ export class UpstreamProxy {
    * has it), with none of nginx's X-Forwarded-* or pass_host handling.
    */
   async forward(upstream: Upstream, state: RequestState, bodyLimitBytes: number, viaLuaClient = false): Promise<UpstreamResult> {
+    const opened = await this.open(upstream, state, viaLuaClient);
+    const body = await opened.readAll(bodyLimitBytes);
+    return { status: opened.status, headers: opened.headers, body };
+  }
+
+  /** Sends the request and resolves once the upstream's status and headers are in (see forward for `viaLuaClient`). */
+  async open(upstream: Upstream, state: RequestState, viaLuaClient = false): Promise<OpenedUpstream> {
     const node = this.pickNode(upstream);
     const hostPart = node.host.includes(':') ? `[${node.host}]` : node.host;
     const origin = `${upstream.scheme}://${hostPart}:${node.port}`;
@@ -124,27 +144,40 @@ export class UpstreamProxy {
       throw mapUpstreamError(err);
     }
 
-    const chunks: Buffer[] = [];
-    let size = 0;
-    try {
-      for await (const chunk of response.body) {
-        size += (chunk as Buffer).length;
-        if (size > bodyLimitBytes) {
-          response.body.destroy();
-          throw new UpstreamError(`upstream response body larger than ${bodyLimitBytes} bytes`, 502);
-        }
-        chunks.push(chunk as Buffer);
-      }
-    } catch (err) {
-      throw err instanceof UpstreamError ? err : mapUpstreamError(err);
-    }
-
     const out: HeaderLine[] = [];
     for (const [name, value] of Object.entries(response.headers)) {
       if (value === undefined) continue;
       for (const v of Array.isArray(value) ? value : [value]) out.push({ name: name.toLowerCase(), value: v });
     }
-    return { status: response.statusCode, headers: out, body: Buffer.concat(chunks) };
+    const body = response.body;
+    async function* chunks(): AsyncGenerator<Buffer> {
+      try {
+        for await (const chunk of body) yield chunk as Buffer;
+      } catch (err) {
+        throw mapUpstreamError(err);
+      }
+    }
+    return {
+      status: response.statusCode,
+      headers: out,
+      chunks,
+      async readAll(limit: number): Promise<Buffer> {
+        const parts: Buffer[] = [];
+        let size = 0;
+        for await (const chunk of chunks()) {
+          size += chunk.length;
+          if (size > limit) {
+            body.destroy();
+            throw new UpstreamError(`upstream response body larger than ${limit} bytes`, 502);
+          }
+          parts.push(chunk);
+        }
+        return Buffer.concat(parts);
+      },
+      discard: () => {
+        body.destroy();
+      },
+    };
   }
 
   /** Upstream response headers the client gets after nginx's proxy module. */
