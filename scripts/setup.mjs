@@ -135,7 +135,7 @@ function ensureApisix() {
   const target = join(root, '.local', 'apisix');
   const stampFile = join(target, 'build.id');
   const id = apisixBuildId(kit);
-  if (existsSync(stampFile) && readFileSync(stampFile, 'utf8').trim() === id) return;
+  if (existsSync(stampFile) && readFileSync(stampFile, 'utf8').trim() === id) return ensureApisixLogDeps(target);
   log(`building APISIX 3.9.1 from ${kit} into .local/apisix (first time only, about two minutes)`);
   // The kit is read-only and its lua-resty-jit-uuid tree lacks lib/: build from
   // a copy with the module APISIX needs added (tools/apisix/kit/README.md).
@@ -157,7 +157,21 @@ function ensureApisix() {
   rmSync(target, { recursive: true, force: true });
   run('bash', [join(staging, 'build.sh'), target]);
   rmSync(staging, { recursive: true, force: true });
+  ensureApisixLogDeps(target);
   writeFileSync(stampFile, `${id}\n`);
+}
+
+// APISIX's loggers (http-logger, on the LLM route) load two libraries the kit
+// does not carry: nginx-lua-prometheus (a placeholder: nothing calls it) and
+// lua-ffi-zlib (the one function APISIX calls). Each is added when missing
+// (tools/apisix/kit/README.md).
+function ensureApisixLogDeps(target) {
+  const luaDir = join(target, 'apisix', 'deps', 'share', 'lua', '5.1');
+  if (!existsSync(luaDir)) return;
+  for (const name of ['prometheus.lua', 'ffi-zlib.lua']) {
+    const module = join(luaDir, name);
+    if (!existsSync(module)) cpSync(join(root, 'tools/apisix/kit', name), module);
+  }
 }
 
 try {

@@ -1,16 +1,21 @@
 // Reading a policy's answer the way APISIX's `opa` plugin reads `result`:
 // `true`, or an object whose `allow` is true, lets the request through;
 // anything else denies with `status_code` (default 403), `headers` and
-// `reason`. An undefined result (no rule matched) denies.
+// `reason`. An undefined result (no rule matched) denies. An allowing
+// decision may name a `model` for an LLM call (opa's with_budget).
+import { MODEL_NAME_PATTERN } from '../../budget/definition.js';
 
 export interface Decision {
   allow: boolean;
   status: number;
   reason: unknown;
   headers: Record<string, string>;
+  /** A model the call must use (an LLM route's policy may route a call to another model). */
+  model?: string;
 }
 
 export const DEFAULT_DENY_STATUS = 403;
+const MODEL_NAME = new RegExp(MODEL_NAME_PATTERN);
 
 function isRecord(value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value);
@@ -32,10 +37,12 @@ export function readDecision(result: unknown): Decision {
     }
   }
   const allow = result.allow === true;
+  const model = typeof result.model === 'string' && MODEL_NAME.test(result.model) ? result.model : undefined;
   return {
     allow,
     status: allow ? 200 : validStatus(result.status_code),
     reason: result.reason,
     headers,
+    ...(model ? { model } : {}),
   };
 }

@@ -10,6 +10,12 @@
 //   "project:<name>"  a fixed project's policy; none -> deny
 //   "cms-access"      the CMS permission table shipped with Gatehouse
 //
+// "with_budget": true adds the caller project's LLM budget for this call to
+// the input (`input.budget`, see input.ts), and lets a decision name the
+// model the call must use (`{"allow": true, "model": "..."}`; the first
+// policy in the list that names one wins), which `llm-budget` then charges
+// and sends upstream.
+//
 // Decision logs (policy/decision-log), when the runner has a sink
 // (DECISION_LOG): "decision_log": true (the default), false, or
 // {"sample": 0.1, "mask": ["/body/card_number"]} (JSON pointers into the
@@ -26,6 +32,9 @@ import { callerIdentity } from '../jwt/identity-context.js';
 import type { Identity } from '../../identity/index.js';
 import { buildPolicyInput, type PolicyInput, type VerifiedUser } from './input.js';
 import { readDecision, type Decision } from './decision.js';
+import type { BudgetView, GatewayBudgets } from '../../budget/gateway.js';
+import { LlmCallError } from '../../budget/call.js';
+import { llmCall, setDecidedModel } from '../llm-budget/call-context.js';
 
 export type PolicyChoice =
   | { kind: 'platform' }
@@ -39,6 +48,7 @@ export interface OpaConf {
   withVars: boolean;
   maxBodyBytes: number;
   allowTruncated: boolean;
+  withBudget: boolean;
   decisionLog: DecisionLogConf;
 }
 
@@ -48,6 +58,7 @@ interface RawOpaConf {
   with_vars: boolean;
   max_body_bytes: number;
   allow_truncated: boolean;
+  with_budget: boolean;
   decision_log: boolean | { sample?: number; mask?: string[] };
 }
 
@@ -66,6 +77,7 @@ const schema = {
     max_body_bytes: { type: 'integer', minimum: 0, maximum: 16_777_215, default: 1_048_576 },
     // A request part of which the policy cannot see (a body over max_body_bytes) is denied unless this is set.
     allow_truncated: { type: 'boolean', default: false },
+    with_budget: { type: 'boolean', default: false },
     decision_log: {
       default: true,
       oneOf: [
@@ -139,13 +151,19 @@ function decisionLogConf(raw: RawOpaConf['decision_log']): DecisionLogConf {
   return { enabled: true, sample: raw.sample ?? 1, mask: raw.mask ?? [] };
 }
 
-export function createOpaPlugin(source: PolicySource, recorder: DecisionRecorder, decisionLog: DecisionLogSink = { log: null, gateway: '' }): Plugin<OpaConf> {
+export function createOpaPlugin(
+  source: PolicySource,
+  recorder: DecisionRecorder,
+  decisionLog: DecisionLogSink = { log: null, gateway: '' },
+  budgets: GatewayBudgets | null = null,
+): Plugin<OpaConf> {
   const parse = jsonConfParser<RawOpaConf>('opa', schema);
   return {
     name: 'opa',
     parseConf(raw) {
       const conf = parse(raw);
       const policies = conf.policies.map(parseChoice);
+      if (conf.with_budget && !budgets) throw new ConfError('opa: with_budget needs budgets (ETCD_ENDPOINTS)');
       if (policies.some((p) => p.kind === 'cms-access') && !source.cmsAccess) {
         throw new ConfError('opa: the CMS access policy is not available (build it with npm run build)');
       }
@@ -155,6 +173,7 @@ export function createOpaPlugin(source: PolicySource, recorder: DecisionRecorder
         withVars: conf.with_vars,
         maxBodyBytes: conf.max_body_bytes,
         allowTruncated: conf.allow_truncated,
+        withBudget: conf.with_budget,
         decisionLog: decisionLogConf(conf.decision_log),
       };
     },
@@ -190,6 +209,7 @@ export function createOpaPlugin(source: PolicySource, recorder: DecisionRecorder
       { user: userOf(identity), project: identity?.project ?? null },
       { withBody: conf.withBody, withVars: conf.withVars, maxBodyBytes: conf.maxBodyBytes },
     );
+    if (conf.withBudget) input.budget = await budgetView(ctx, request, identity?.project ?? null);
     if (trail) trail.input = input;
     if (input.truncated && !conf.allowTruncated) {
       // The upstream would get what the policy never saw.
@@ -267,7 +287,17 @@ export function createOpaPlugin(source: PolicySource, recorder: DecisionRecorder
         deny(response, decision);
         return;
       }
+      if (conf.withBudget && decision.model) setDecidedModel(ctx, decision.model);
     }
+  }
+
+  /** The budget a policy sees for this call: null without a project, a budget or a readable call. */
+  async function budgetView(ctx: CallContext, request: GatewayRequest, project: string | null): Promise<BudgetView | null> {
+    const budget = project ? budgets!.budget(project) : null;
+    if (!project || !budget) return null;
+    const call = await llmCall(ctx, request);
+    if (call instanceof LlmCallError) return null;
+    return budgets!.view(project, budget, call, call.model, call.maxTokens ?? budget.default_max_tokens ?? null);
   }
 }
 

@@ -9,6 +9,8 @@
 //     "user":    { "sub", "role", "project", ...other verified claims } | null,
 //     "project": "<the caller's project>" | null,
 //     "body":    <parsed JSON, or text>          (only when the route asks for it)
+//     "budget":  {model, estimated_cost, max_tokens, remaining_tokens, limits: [...]} | null
+//                                                 (only with with_budget: the caller project's LLM budget for this call)
 //     "truncated": {"body": true}                 (only when something was withheld, see below)
 //   }
 //
@@ -22,6 +24,7 @@
 // a bare query flag (`?debug`) is `true`, as in APISIX. The Authorization
 // header never enters the input: credentials are not policy data.
 import type { GatewayRequest } from '../api/http.js';
+import type { BudgetView } from '../../budget/gateway.js';
 
 export interface VerifiedUser {
   sub: string;
@@ -51,6 +54,8 @@ export interface PolicyInput {
   user: VerifiedUser | null;
   project: string | null;
   body?: unknown;
+  /** The project's LLM budget as it stands for this call (opa's with_budget). */
+  budget?: BudgetView | null;
   /** Present when part of the request was withheld from the policy. */
   truncated?: { body?: true };
 }

@@ -6,6 +6,8 @@ import { createOpaPlugin, type DecisionLogSink, type DecisionRecorder, type Poli
 import type { IdentityVerifier } from '../../identity/index.js';
 import { createVaultPlugin, type VaultPluginDeps } from '../vault/index.js';
 import { pathRewritePlugin } from '../path-rewrite/index.js';
+import { createLlmBudgetPlugin } from '../llm-budget/index.js';
+import type { GatewayBudgets } from '../../budget/gateway.js';
 
 export interface PluginDependencies {
   verifier: IdentityVerifier | null;
@@ -14,13 +16,16 @@ export interface PluginDependencies {
   decisions: DecisionRecorder;
   decisionLog?: DecisionLogSink;
   vault: VaultPluginDeps;
+  /** LLM budgets (null without etcd: routes using them are refused at PrepareConf). */
+  budgets: GatewayBudgets | null;
 }
 
 export function builtinPlugins(deps: PluginDependencies): AnyPlugin[] {
   return [
     examplePlugin,
     createJwtPlugin(deps.verifier, deps.verifierError),
-    createOpaPlugin(deps.policies, deps.decisions, deps.decisionLog),
+    createOpaPlugin(deps.policies, deps.decisions, deps.decisionLog, deps.budgets),
+    createLlmBudgetPlugin(deps.budgets),
     createVaultPlugin(deps.vault),
     pathRewritePlugin,
   ];

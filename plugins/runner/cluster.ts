@@ -15,6 +15,8 @@
 //   - the metrics and health port: metrics summed over the workers (gauges by
 //     their own rule, e.g. the lowest revision enforced), ready when every
 //     worker is;
+//   - the settle port (budget-settle.ts): each LLM response posted there goes
+//     to every worker, and the one holding the call settles it;
 //   - the lifecycle: a worker that dies is started again (its calls in
 //     flight are lost with it, nothing else); SIGTERM stops the workers
 //     gracefully, then the primary.
@@ -28,6 +30,7 @@ import { AggregatorRegistry } from 'prom-client';
 import { firstToken, nextTokenAfter } from './conf-store.js';
 import type { ConfEntry } from './server.js';
 import { removeStaleSocket } from './socket-file.js';
+import { startSettleServer, type SettleEntry } from './budget-settle.js';
 
 /** Messages between the primary and its workers (over cluster's IPC channel). */
 export type ClusterMessage =
@@ -38,7 +41,8 @@ export type ClusterMessage =
   | { type: 'gatehouse:conf'; token: number; entries: ConfEntry[]; key: string | null }
   | { type: 'gatehouse:conf-ack'; token: number }
   | { type: 'gatehouse:status'; id: number }
-  | { type: 'gatehouse:status-reply'; id: number; ready: boolean; policies: unknown };
+  | { type: 'gatehouse:status-reply'; id: number; ready: boolean; policies: unknown }
+  | { type: 'gatehouse:settle'; entries: SettleEntry[] };
 
 export function isClusterMessage(message: unknown): message is ClusterMessage {
   return typeof message === 'object' && message !== null && typeof (message as { type?: unknown }).type === 'string' && (message as { type: string }).type.startsWith('gatehouse:');
@@ -48,6 +52,8 @@ export interface PrimaryOptions {
   workers: number;
   socketPath: string;
   confExpireSeconds: number;
+  /** RUNNER_SETTLE_PORT; null: LLM calls are not settled here (no budgets). */
+  settlePort: number | null;
   /** RUNNER_METRICS_HOST/PORT; null: no port. */
   metrics: { host: string; port: number } | null;
   /** How long a stop waits for the workers (each finishes its calls in flight within its own grace). */
@@ -194,6 +200,18 @@ export async function runPrimary(options: PrimaryOptions): Promise<void> {
     return { ready, workers: replies.sort((a, b) => a.worker - b.worker) };
   };
 
+  let settleServer: FastifyInstance | null = null;
+  if (options.settlePort !== null) {
+    // The worker that made a reservation holds it; the others ignore the entry.
+    const settle = (entries: SettleEntry[]) => {
+      for (const worker of members) send(worker, { type: 'gatehouse:settle', entries });
+    };
+    settleServer = await startSettleServer(options.settlePort, settle, log).catch((err: unknown) => {
+      log.error({ err: (err as Error).message, port: options.settlePort }, 'LLM usage settle port unavailable: budgeted calls keep their reservations');
+      return null;
+    });
+  }
+
   let admin: FastifyInstance | null = null;
   if (options.metrics) {
     admin = await startClusterAdmin(options.metrics, status, log).catch((err: unknown) => {
@@ -216,6 +234,7 @@ export async function runPrimary(options: PrimaryOptions): Promise<void> {
       void Promise.all(exited).then(async () => {
         clearTimeout(deadline);
         await admin?.close();
+        await settleServer?.close();
         removeStaleSocket(options.socketPath);
         resolve();
       });
@@ -256,6 +275,7 @@ export class WorkerLink {
   constructor(private readonly handlers: {
     adopt: (token: number, entries: ConfEntry[], key: string | null) => void;
     status: () => { ready: boolean; policies: unknown };
+    settle?: (entries: SettleEntry[]) => void;
     log: Logger;
   }) {
     process.on('message', (message: unknown) => {
@@ -276,6 +296,9 @@ export class WorkerLink {
           waiter?.resolve(message.token);
           return;
         }
+        case 'gatehouse:settle':
+          this.handlers.settle?.(message.entries);
+          return;
         case 'gatehouse:status':
           process.send?.({ type: 'gatehouse:status-reply', id: message.id, ...this.handlers.status() } satisfies ClusterMessage);
           return;

@@ -15,6 +15,8 @@ export interface RunnerConfig {
   /** null disables the metrics/health port. */
   metricsPort: number | null;
   metricsHost: string;
+  /** Where APISIX's http-logger posts LLM responses to settle budgets; null: off (no etcd, or "off"). */
+  settlePort: number | null;
   /** Processes serving the socket (cluster.ts); 1 serves it from this process alone. */
   workers: number;
 }
@@ -43,15 +45,20 @@ export function runnerConfigFromEnv(env: NodeJS.ProcessEnv = process.env): Runne
     shutdownGraceMs: positiveNumber('RUNNER_SHUTDOWN_GRACE_MS', env.RUNNER_SHUTDOWN_GRACE_MS, 800),
     // APISIX's own send/read timeout.
     stallTimeoutMs: positiveNumber('RUNNER_STALL_TIMEOUT_MS', env.RUNNER_STALL_TIMEOUT_MS, 60_000),
-    etcdEndpoints: (env.ETCD_ENDPOINTS ?? '')
-      .split(',')
-      .map((s) => s.trim())
-      .filter(Boolean),
+    etcdEndpoints: etcdEndpointsOf(env),
     stateDir: env.RUNNER_STATE_DIR || join(tmpdir(), 'gatehouse-runner-state'),
     metricsPort: port('RUNNER_METRICS_PORT', env.RUNNER_METRICS_PORT, 9091),
     metricsHost: env.RUNNER_METRICS_HOST || '127.0.0.1',
+    settlePort: etcdEndpointsOf(env).length > 0 ? port('RUNNER_SETTLE_PORT', env.RUNNER_SETTLE_PORT, 9092) : null,
     workers: workerCount(env.RUNNER_WORKERS),
   };
+}
+
+function etcdEndpointsOf(env: NodeJS.ProcessEnv): string[] {
+  return (env.ETCD_ENDPOINTS ?? '')
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
 }
 
 function workerCount(raw: string | undefined): number {

@@ -19,6 +19,7 @@ async function main(): Promise<void> {
       socketPath: socketPathOf(config.listenAddress),
       confExpireSeconds: config.confExpireSeconds,
       metrics: config.metricsPort === null ? null : { host: config.metricsHost, port: config.metricsPort },
+      settlePort: config.settlePort,
       shutdownGraceMs: config.shutdownGraceMs,
       log,
     });

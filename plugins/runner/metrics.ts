@@ -4,6 +4,7 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { DecisionRecorder } from '../opa/index.js';
 import type { VaultEvents } from '../vault/index.js';
+import type { BudgetEvents } from '../../budget/gateway.js';
 import type { PolicyWatcher, SwapEvent } from '../../policy/watcher/watcher.js';
 import type { EngineCacheStats } from '../../policy/engine/cache.js';
 
@@ -15,6 +16,8 @@ export interface RunnerMetrics {
   vault: VaultEvents;
   /** Decision log events handed to the sink, or dropped (the buffer was full: the sink is too slow). */
   decisionLog: { written(n: number): void; dropped(n: number): void };
+  /** LLM calls settled against their budgets, and calls refused. */
+  budgets: BudgetEvents;
   watch(watcher: PolicyWatcher): void;
 }
 
@@ -79,8 +82,38 @@ export function createRunnerMetrics(): RunnerMetrics {
     registers: [registry],
   });
 
+  const llmRequests = new Counter({
+    name: 'gatehouse_llm_requests_total',
+    help: 'LLM calls settled, by project and model; unsettled: the gateway never saw their usage and charged their reservation',
+    labelNames: ['project', 'model', 'settled'] as const,
+    registers: [registry],
+  });
+  const llmTokens = new Counter({
+    name: 'gatehouse_llm_tokens_total',
+    help: 'Tokens of settled LLM calls: prompt and completion as the LLM reported them, charged as the budget counted them',
+    labelNames: ['project', 'model', 'kind'] as const,
+    registers: [registry],
+  });
+  const budgetRefusals = new Counter({
+    name: 'gatehouse_budget_refusals_total',
+    help: 'LLM calls refused by their budget: exhausted (429), unavailable (etcd away and no block held, 503), too-large (can never fit, 400)',
+    labelNames: ['project', 'reason'] as const,
+    registers: [registry],
+  });
+
   return {
     registry,
+    budgets: {
+      settled(project, model, usage) {
+        llmRequests.inc({ project, model, settled: usage.seen ? 'yes' : 'no' });
+        llmTokens.inc({ project, model, kind: 'prompt' }, usage.prompt);
+        llmTokens.inc({ project, model, kind: 'completion' }, usage.completion);
+        llmTokens.inc({ project, model, kind: 'charged' }, usage.charged);
+      },
+      refused(project, reason) {
+        budgetRefusals.inc({ project, reason });
+      },
+    },
     decisionLog: {
       written: (n) => decisionLogEvents.inc({ outcome: 'written' }, n),
       dropped: (n) => decisionLogEvents.inc({ outcome: 'dropped' }, n),

@@ -26,6 +26,8 @@ import { loadAccessPolicy, type AccessPolicy, defaultAccessPolicyWasmPath } from
 import { cachingVerifier } from '../jwt/verification-cache.js';
 import { vaultConfigFromEnv, type VaultConfig } from '../vault/config.js';
 import { VaultSession } from '../vault/session.js';
+import { GatewayBudgets } from '../../budget/gateway.js';
+import { startSettleServer, type SettleEntry } from './budget-settle.js';
 
 const log = createLogger('gatehouse-runner');
 const ACCESS_POLICY_WASM = defaultAccessPolicyWasmPath();
@@ -53,6 +55,16 @@ function vaultFromEnv(): { session: VaultSession | null; config: VaultConfig | n
     log.warn({ reason: error }, 'Vault not configured; routes using the vault plugin will fail');
     return { session: null, config: null, error };
   }
+}
+
+function positiveSeconds(name: string, fallback: number): number {
+  const seconds = Number(process.env[name] || fallback);
+  if (!Number.isFinite(seconds) || seconds <= 0) throw new Error(`${name} must be a positive number of seconds`);
+  return seconds;
+}
+
+function settleTimeoutMs(): number {
+  return positiveSeconds('BUDGET_SETTLE_TIMEOUT_SECONDS', 900) * 1000;
 }
 
 export async function runWorker(config: RunnerConfig): Promise<void> {
@@ -118,6 +130,17 @@ export async function runWorker(config: RunnerConfig): Promise<void> {
   const gateway = clustered && process.env.GATEWAY_ID ? `${gatewayId('runner')}-w${slot}` : gatewayId('runner');
   const decisionLog = decisionLogFromEnv(process.env, { onWritten: metrics.decisionLog.written, onDropped: metrics.decisionLog.dropped });
   if (decisionLog) log.info({ target: process.env.DECISION_LOG }, 'decision log on');
+  // LLM budgets: this process is one holder of the shared ledger (budget/ledger.ts).
+  const budgets = etcd
+    ? new GatewayBudgets({
+        client: etcd,
+        gateway,
+        log: log.child({ component: 'budgets' }),
+        events: metrics.budgets,
+        settleTimeoutMs: settleTimeoutMs(),
+        leaseTtlSeconds: positiveSeconds('BUDGET_HOLDER_TTL_SECONDS', 10),
+      })
+    : null;
   let link: WorkerLink | null = null;
   const runner: Runner = new Runner({
     listenAddress: config.listenAddress,
@@ -142,6 +165,7 @@ export async function runWorker(config: RunnerConfig): Promise<void> {
           allowedPaths: vault.config?.allowedPaths ?? [],
           ...(vault.error ? { configError: vault.error } : {}),
         },
+        budgets,
       }),
     ),
     log,
@@ -154,12 +178,15 @@ export async function runWorker(config: RunnerConfig): Promise<void> {
         const policies = watcher?.status ?? null;
         return { ready: policies === null || policies.source !== 'none', policies };
       },
+      settle: (entries) => settleCalls(entries),
       log,
     });
     // Hold every conf the other workers prepared before taking connections.
     await link.hello();
   }
   const watching = watcher?.start();
+  // Budgets load in the background (retried while etcd is away); budgeted routes answer 503 until then.
+  void budgets?.start();
   // Tells etcd what this process enforces (policy/fleet): each worker is a gateway of its own.
   const reporter =
     watcher && etcd
@@ -198,6 +225,19 @@ export async function runWorker(config: RunnerConfig): Promise<void> {
     if (admin) log.info({ address: admin.server.address() }, 'metrics and health listening');
   }
 
+  function settleCalls(entries: SettleEntry[]): void {
+    for (const entry of entries) budgets?.settle(entry.reservation, entry.status, entry.body);
+  }
+
+  // Alone, this process takes the settle port; in a cluster the primary does.
+  const settleServer =
+    budgets && config.settlePort !== null && !clustered
+      ? await startSettleServer(config.settlePort, settleCalls, log).catch((err: Error) => {
+          log.error({ err: err.message, port: config.settlePort }, 'LLM usage settle port unavailable: budgeted calls keep their reservations');
+          return null;
+        })
+      : null;
+
   let stopping = false;
   const stop = (signal: string) => {
     if (stopping) return;
@@ -207,8 +247,10 @@ export async function runWorker(config: RunnerConfig): Promise<void> {
       .stop()
       .then(async () => {
         await admin?.close();
+        await settleServer?.close();
         await watching;
         await reporter?.stop();
+        await budgets?.stop().catch((err: Error) => log.warn({ err: err.message }, 'budgets not stopped cleanly'));
         await watcher?.stop();
         await pool?.close();
         await decisionLog?.close();

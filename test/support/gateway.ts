@@ -66,7 +66,8 @@ export async function startTestGateway(options: TestGatewayOptions): Promise<Tes
     }
   };
   // Metrics off unless asked for: runners of parallel tests would all want port 9091.
-  const env = { PATH: process.env.PATH ?? '', RUNNER_METRICS_PORT: 'off', ...options.env };
+  // The settle port of its own (the LLM route's http-logger posts there, apisix.yaml reads it from the environment).
+  const env = { PATH: process.env.PATH ?? '', RUNNER_METRICS_PORT: 'off', RUNNER_SETTLE_PORT: String(await freePort()), ...options.env };
   if (kind === 'apisix') {
     const gateway = await startApisix({
       installation: apisixInstallation(),

@@ -31,6 +31,8 @@ export async function startRunner(
       APISIX_CONF_EXPIRE_TIME: String(options.expireSeconds ?? 3600),
       LOG_LEVEL: 'debug',
       RUNNER_METRICS_PORT: 'off',
+      // Like metrics: parallel runners would all want 9092; tests of budgets give a port.
+      RUNNER_SETTLE_PORT: 'off',
       // One process unless a test asks for workers (RUNNER_WORKERS defaults to the cores).
       RUNNER_WORKERS: '1',
       ...options.env,

@@ -31,7 +31,7 @@ export interface LocalStackOptions {
   etcdName?: string;
   etcdClientPort?: number;
   /** Ports; 0 picks a free one. */
-  ports?: { gateway?: number; cms?: number; decision?: number; runnerMetrics?: number | 'off' };
+  ports?: { gateway?: number; cms?: number; decision?: number; runnerMetrics?: number | 'off'; runnerSettle?: number };
   /** Upstreams of routes other than the CMS and the decision API, by upstream id (e.g. rag, llm). */
   upstreams?: Record<string, string>;
   /** Routes template (default apisix-conf/apisix.yaml). */
@@ -201,6 +201,8 @@ export async function startLocalStack(options: LocalStackOptions): Promise<Local
       OPA_PATH: options.opaPath,
       RUNNER_STATE_DIR: join(workDir, 'runner-state'),
       RUNNER_METRICS_PORT: String(metricsPort),
+      // Where the LLM route's http-logger posts responses to settle budgets (apisix.yaml reads it too).
+      RUNNER_SETTLE_PORT: String(options.ports?.runnerSettle || (await freePort())),
       ...identityEnv,
       ...options.runnerEnv,
     };

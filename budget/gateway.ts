@@ -1,0 +1,236 @@
+// The budgets as one gateway process enforces them: the budget of every
+// project (read once, then kept current by an etcd watch on /budgets/), the
+// shared ledger (ledger.ts), the calls in flight and their settling, and the
+// usage they add up to (usage.ts).
+//
+// A call's reservation is named by nginx's $request_id (128 random bits,
+// never sent upstream); APISIX's http-logger later posts the response
+// (status and body) with that id back to the runner, which settles the call
+// to the usage the LLM reported. An id settles once: a post that names no
+// call in flight changes nothing.
+import type { Etcd3 } from 'etcd3';
+import type { Logger } from 'pino';
+import { blockTokens, limitsFor, parseBudget, type Budget, type BudgetLimit } from './definition.js';
+import { BUDGETS_PREFIX, projectOfBudgetKey, type StoredBudget } from './keys.js';
+import { BudgetLedger, type Hold, type ReserveResult } from './ledger.js';
+import { UsageRecorder } from './usage.js';
+import { usageFromResponse, type LlmCall } from './call.js';
+
+/** What names a reservation: nginx's $request_id, 32 hex digits. */
+export const RESERVATION_ID = /^[0-9a-f]{32}$/;
+
+export interface GatewayBudgetsOptions {
+  client: Etcd3;
+  gateway: string;
+  log: Logger;
+  /** A call never settled is charged its reservation after this long (BUDGET_SETTLE_TIMEOUT_SECONDS, default 900). */
+  settleTimeoutMs?: number;
+  leaseTtlSeconds?: number;
+  idleReturnMs?: number;
+  events?: BudgetEvents;
+}
+
+export interface BudgetEvents {
+  /** A call settled: what it used and what the budget was charged. */
+  settled(project: string, model: string, usage: { prompt: number; completion: number; charged: number; seen: boolean }): void;
+  refused(project: string, reason: 'exhausted' | 'unavailable' | 'too-large'): void;
+}
+
+interface InFlight {
+  hold: Hold;
+  project: string;
+  model: string;
+  startedAt: number;
+}
+
+/** What a policy sees of a project's budget for a call (the opa input's `budget`). */
+export interface BudgetView {
+  model: string | null;
+  estimated_cost: number;
+  max_tokens: number | null;
+  /** The smallest remaining of the limits this call is charged against. */
+  remaining_tokens: number;
+  limits: { scope: string; per: string; tokens: number; remaining: number; resets_at: string }[];
+}
+
+export class GatewayBudgets {
+  private readonly budgets = new Map<string, Budget>();
+  private readonly inFlight = new Map<string, InFlight>();
+  readonly ledger: BudgetLedger;
+  readonly usage: UsageRecorder;
+  private loaded = false;
+  private watcher: { cancel(): Promise<void> } | null = null;
+  private sweeper: NodeJS.Timeout | null = null;
+  private stopped = false;
+
+  constructor(private readonly options: GatewayBudgetsOptions) {
+    this.ledger = new BudgetLedger({
+      client: options.client,
+      gateway: options.gateway,
+      log: options.log,
+      ...(options.leaseTtlSeconds ? { leaseTtlSeconds: options.leaseTtlSeconds } : {}),
+      ...(options.idleReturnMs ? { idleReturnMs: options.idleReturnMs } : {}),
+    });
+    this.usage = new UsageRecorder(options.client, options.log);
+  }
+
+  /** Whether the budgets were read from etcd (until then budgeted routes answer 503). */
+  get isLoaded(): boolean {
+    return this.loaded;
+  }
+
+  /** Reads every budget, then follows changes; retried in the background while etcd is away. */
+  async start(): Promise<void> {
+    const sweepEvery = Math.min(10_000, this.settleTimeoutMs);
+    this.sweeper = setInterval(() => this.expire(), sweepEvery);
+    this.sweeper.unref();
+    for (let delay = 500; !this.stopped; delay = Math.min(delay * 2, 10_000)) {
+      try {
+        await this.load();
+        await this.ledger.start();
+        return;
+      } catch (err) {
+        this.options.log.warn({ err: (err as Error).message }, 'budgets not loaded yet; budgeted routes answer 503 until they are');
+        await new Promise((r) => setTimeout(r, delay));
+      }
+    }
+  }
+
+  private get settleTimeoutMs(): number {
+    return this.options.settleTimeoutMs ?? 900_000;
+  }
+
+  private async load(): Promise<void> {
+    const client = this.options.client;
+    const response = await client.getAll().prefix(BUDGETS_PREFIX).exec();
+    this.budgets.clear();
+    for (const kv of response.kvs) this.apply(kv.key.toString('utf8'), kv.value.toString('utf8'));
+    const watcher = await client
+      .watch()
+      .prefix(BUDGETS_PREFIX)
+      .startRevision(String(BigInt(response.header.revision) + 1n))
+      .create();
+    watcher.on('put', (kv) => this.apply(kv.key.toString('utf8'), kv.value.toString('utf8')));
+    watcher.on('delete', (kv) => {
+      const project = projectOfBudgetKey(kv.key.toString('utf8'));
+      if (project) this.budgets.delete(project);
+    });
+    watcher.on('error', (err: Error) => this.options.log.warn({ err: err.message }, 'budget watch error'));
+    this.watcher = watcher;
+    this.loaded = true;
+    this.options.log.info({ budgets: this.budgets.size }, 'budgets loaded');
+  }
+
+  private apply(key: string, text: string): void {
+    const project = projectOfBudgetKey(key);
+    if (!project) return;
+    try {
+      const stored = JSON.parse(text) as StoredBudget;
+      this.budgets.set(project, parseBudget(stored.budget));
+    } catch (err) {
+      // A budget that cannot be read allows nothing (the CMS validates, so this is damage).
+      this.budgets.delete(project);
+      this.options.log.error({ project, err: (err as Error).message }, 'unreadable budget; calls of this project are refused');
+    }
+  }
+
+  budget(project: string): Budget | null {
+    return this.budgets.get(project) ?? null;
+  }
+
+  /** The tokens a call can cost at most, given the completion limit it will be sent with. */
+  static cost(call: LlmCall, maxTokens: number): number {
+    return call.promptTokensBound + maxTokens;
+  }
+
+  view(project: string, budget: Budget, call: LlmCall, model: string | null, maxTokens: number | null): BudgetView {
+    const limits = limitsFor(budget, model);
+    const remaining = this.ledger.remaining(project, limits);
+    return {
+      model,
+      estimated_cost: maxTokens === null ? call.promptTokensBound : GatewayBudgets.cost(call, maxTokens),
+      max_tokens: maxTokens,
+      remaining_tokens: Math.min(...remaining.map((r) => r.remaining)),
+      limits: remaining.map((r) => ({ scope: r.limit.scope, per: r.limit.per, tokens: r.limit.tokens, remaining: r.remaining, resets_at: new Date(r.resetsAt).toISOString() })),
+    };
+  }
+
+  /** Limits a call of this cost can never fit in, whatever is spent. */
+  static tooLarge(budget: Budget, model: string | null, cost: number): BudgetLimit | null {
+    return limitsFor(budget, model).find((limit) => limit.tokens < cost) ?? null;
+  }
+
+  refusedTooLarge(project: string): void {
+    this.options.events?.refused(project, 'too-large');
+  }
+
+  /** Reserves a call's worst case under `id` (its $request_id). */
+  async reserve(id: string, project: string, budget: Budget, model: string | null, cost: number): Promise<{ ok: true } | Exclude<ReserveResult, { ok: true }>> {
+    const limits = limitsFor(budget, model).map((limit) => ({ limit, block: blockTokens(budget, limit) }));
+    const result = await this.ledger.reserve(project, limits, cost);
+    if (!result.ok) {
+      this.options.events?.refused(project, result.reason);
+      return result;
+    }
+    // An id seen twice (it cannot be, from nginx) keeps the first call's reservation as its charge.
+    const earlier = this.inFlight.get(id);
+    if (earlier) this.charge(earlier, 0, 0, earlier.hold.cost, false);
+    this.inFlight.set(id, { hold: result.hold, project, model: model ?? 'unknown', startedAt: Date.now() });
+    return { ok: true };
+  }
+
+  /**
+   * Settles a call from its response as the gateway logged it. The usage the
+   * LLM reported is charged; an error answer without usage never reached the
+   * model and is charged nothing; a success whose usage cannot be read keeps
+   * its reservation. Returns false for an id naming no call in flight.
+   */
+  settle(id: string, status: number, body: string): boolean {
+    const call = this.inFlight.get(id);
+    if (!call) return false;
+    this.inFlight.delete(id);
+    const usage = usageFromResponse(body);
+    if (usage) this.charge(call, usage.prompt, usage.completion, usage.prompt + usage.completion, true);
+    else if (status >= 400) this.charge(call, 0, 0, 0, true);
+    else this.charge(call, 0, 0, call.hold.cost, false);
+    return true;
+  }
+
+  /** Drops a reservation whose call never went upstream (a later plugin stopped it). */
+  cancel(id: string): void {
+    const call = this.inFlight.get(id);
+    if (!call) return;
+    this.inFlight.delete(id);
+    this.ledger.settle(call.hold, 0);
+  }
+
+  private charge(call: InFlight, prompt: number, completion: number, charged: number, seen: boolean): void {
+    this.ledger.settle(call.hold, charged);
+    this.usage.record(call.project, call.model, Date.now(), { requests: 1, prompt_tokens: prompt, completion_tokens: completion, charged_tokens: charged, unsettled: seen ? 0 : 1 });
+    this.options.events?.settled(call.project, call.model, { prompt, completion, charged, seen });
+  }
+
+  /** Calls never settled within the timeout keep their reservation as their charge. */
+  private expire(now = Date.now()): void {
+    for (const [id, call] of this.inFlight) {
+      if (now - call.startedAt < this.settleTimeoutMs) continue;
+      this.inFlight.delete(id);
+      this.options.log.warn({ project: call.project, model: call.model, reserved: call.hold.cost }, 'no usage arrived for a call; charged its reservation');
+      this.charge(call, 0, 0, call.hold.cost, false);
+    }
+  }
+
+  get callsInFlight(): number {
+    return this.inFlight.size;
+  }
+
+  /** Charges calls still in flight their reservation, writes pending usage, gives blocks back. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.sweeper) clearInterval(this.sweeper);
+    await this.watcher?.cancel().catch(() => undefined);
+    this.expire(Number.POSITIVE_INFINITY);
+    await this.usage.flush().catch(() => undefined);
+    await this.ledger.stop();
+  }
+}

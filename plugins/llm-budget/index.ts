@@ -1,0 +1,128 @@
+// `llm-budget`: holds an LLM call to its project's token budget, shared by
+// every gateway through etcd (budget/). Runs after `jwt` (the project) and
+// `opa` (which may name another model), before the credential is injected:
+//
+//   {"missing_budget": "deny"}
+//
+// Before the call: read model, max_tokens and an upper bound of the prompt
+// from the body; a call without max_tokens gets the budget's
+// default_max_tokens (sent upstream, so the bound holds) or is refused; a
+// streamed call is made to end with a usage chunk; then its worst case is
+// reserved in every limit it is charged against, or it is refused with 429,
+// Retry-After and the budget named. The reservation is named by nginx's
+// $request_id. After the call: APISIX's http-logger posts the response with
+// that id back (runner/budget-settle.ts) and the call is settled to the
+// usage the LLM reported.
+import type { Plugin } from '../api/plugin.js';
+import { jsonConfParser } from '../api/json-conf.js';
+import { callerIdentity } from '../jwt/identity-context.js';
+import { GatewayBudgets, RESERVATION_ID } from '../../budget/gateway.js';
+import { LlmCallError } from '../../budget/call.js';
+import { ConfError } from '../api/plugin.js';
+import { decidedModel, llmCall } from './call-context.js';
+
+export interface LlmBudgetConf {
+  missing_budget: 'deny' | 'allow';
+}
+
+const schema = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    // A project without a budget: refused (the default, fail closed), or let through unmetered.
+    missing_budget: { type: 'string', enum: ['deny', 'allow'], default: 'deny' },
+  },
+};
+
+export function createLlmBudgetPlugin(budgets: GatewayBudgets | null, configError = 'ETCD_ENDPOINTS is not set'): Plugin<LlmBudgetConf> {
+  const parse = jsonConfParser<LlmBudgetConf>('llm-budget', schema);
+  return {
+    name: 'llm-budget',
+    parseConf(raw) {
+      if (!budgets) throw new ConfError(`llm-budget: budgets are not available (${configError})`);
+      return parse(raw);
+    },
+
+    async requestFilter(conf, request, response, ctx) {
+      const project = callerIdentity(ctx)?.project ?? null;
+      if (!project) {
+        response.problem(403, 'the caller has no project');
+        return;
+      }
+      if (!budgets!.isLoaded) {
+        response.problem(503, 'budgets are not loaded yet');
+        response.headers.set('retry-after', '1');
+        return;
+      }
+      const budget = budgets!.budget(project);
+      if (!budget) {
+        if (conf.missing_budget === 'allow') return;
+        response.problem(403, 'no LLM budget is defined for this project', { project });
+        return;
+      }
+      const call = await llmCall(ctx, request);
+      if (call instanceof LlmCallError) {
+        response.problem(400, call.message);
+        return;
+      }
+      // The answer is read back for its usage (budget-settle): ask for it uncompressed.
+      request.headers.delete('accept-encoding');
+      const body = { ...call.body };
+      let rewritten = false;
+      const model = decidedModel(ctx) ?? call.model;
+      if (model !== call.model) {
+        body.model = model;
+        rewritten = true;
+      }
+      let maxTokens = call.maxTokens;
+      if (maxTokens === null) {
+        if (budget.default_max_tokens === undefined) {
+          response.problem(400, "this project's budget requires max_tokens on every call", { project });
+          return;
+        }
+        maxTokens = budget.default_max_tokens;
+        body.max_tokens = maxTokens;
+        rewritten = true;
+      }
+      if (call.stream && !call.includeUsage) {
+        // The usage chunk is what the call is settled to.
+        body.stream_options = { ...((body.stream_options as object | undefined) ?? {}), include_usage: true };
+        rewritten = true;
+      }
+      const cost = GatewayBudgets.cost(call, maxTokens);
+      const never = GatewayBudgets.tooLarge(budget, model, cost);
+      if (never) {
+        budgets!.refusedTooLarge(project);
+        response.problem(400, `this call may cost ${cost} tokens, more than the ${never.tokens} a ${never.per} of this budget allows; lower max_tokens or the prompt`, {
+          budget: { project, scope: never.scope, per: never.per, tokens: never.tokens },
+          cost,
+        });
+        return;
+      }
+      const requestId = await request.variable('request_id');
+      if (!requestId || !RESERVATION_ID.test(requestId)) {
+        // Without it the call could never be settled: refuse rather than guess.
+        response.problem(500, 'the gateway gave no request id to settle this call by');
+        return;
+      }
+      const result = await budgets!.reserve(requestId, project, budget, model, cost);
+      if (!result.ok) {
+        if (result.reason === 'unavailable') {
+          response.problem(503, 'the budget ledger is unavailable and this gateway holds no tokens for the call');
+          response.headers.set('retry-after', String(result.retryAfterSeconds));
+          return;
+        }
+        response.problem(429, `the ${result.limit.per} token budget ${result.limit.scope === '*' ? 'of the project' : `for model ${result.limit.scope}`} is spent`, {
+          budget: { project, scope: result.limit.scope, per: result.limit.per, tokens: result.limit.tokens, remaining: result.remaining },
+          cost,
+        });
+        response.headers.set('retry-after', String(result.retryAfterSeconds));
+        return;
+      }
+      if (rewritten) {
+        // APISIX sets the body after the headers, with its own Content-Length.
+        request.setBody(JSON.stringify(body));
+      }
+    },
+  };
+}
