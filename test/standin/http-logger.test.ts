@@ -123,11 +123,13 @@ describe('http-logger in the stand-in', () => {
   });
 
   it('$resp_body is empty without include_resp_body; auth_header goes as Authorization', async () => {
-    await start({ preReq: false, logger: { include_resp_body: false, auth_header: 'Bearer log-token' } });
+    await start({ preReq: false, logger: { include_resp_body: false, auth_header: 'Bearer log-token', uri: `${logs.url}/logs` } });
     await (await fetch(`${standin!.url}/llm/x`)).text();
     const [log] = await logs.waitFor(1);
     expect(JSON.parse(log!.body).body).toBe('');
     expect(log!.headers.authorization).toBe('Bearer log-token');
+    // As lua-resty-http sends it: the `?` of an empty query included.
+    expect(log!.url).toBe('/logs?');
   });
 
   it('logs what the runner answered when it stopped the request', async () => {

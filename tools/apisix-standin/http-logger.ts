@@ -232,7 +232,8 @@ export function postLogs(conf: HttpLoggerConf, body: string, signal?: AbortSigna
     method: 'POST',
     hostname: url.hostname.replace(/^\[|\]$/g, ''),
     port: url.port ? Number(url.port) : https ? 443 : 80,
-    path: `${url.pathname || '/'}${url.search}`,
+    // lua-resty-http is handed neturl's query table: it always writes the `?`, even for no query.
+    path: `${url.pathname || '/'}?${url.search.slice(1)}`,
     headers,
     agent: false,
     timeout: conf.timeout * 1000,
