@@ -15,6 +15,11 @@ import { createEtcdClient } from '../etcd/index.js';
 import { PLATFORM_POLICY_NAME, PolicyStore } from '../policy/store/index.js';
 import { startDemoRag } from '../tools/local-stack/demo-rag.js';
 import { startLlmStub } from '../tools/llm-stub/index.js';
+import { BudgetStore } from '../budget/store.js';
+import type { Budget } from '../budget/definition.js';
+
+/** Tokens per minute and per day; calls without max_tokens are charged (and sent) 256. */
+const DEMO_BUDGET: Budget = { windows: [{ per: 'minute', tokens: 20_000 }, { per: 'day', tokens: 1_000_000 }], default_max_tokens: 256 };
 import { startLocalVault } from '../tools/local-vault/index.js';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
@@ -71,6 +76,7 @@ async function main() {
     logger: log,
   });
   const seeded = await seedDemoPolicies({ etcdEndpoints: stack.etcdEndpoints, opaPath });
+  const budgetSeeded = await seedDemoBudget(stack.etcdEndpoints);
   // Up means every curl line below answers as it says: wait (briefly) until
   // every gateway process enforces the demo policies, as their fleet reports
   // tell (each of the runner's workers loads and watches on its own).
@@ -103,6 +109,7 @@ Gatehouse local stack is up.
   LLM (OpenAI-compatible stub) ${llm.url}
   etcd                      ${stack.etcdEndpoints.join(', ')}${gatewayLogs}
   seeded policies           ${seeded.length ? seeded.join(', ') : 'none new (kept from the last run)'}
+  LLM budget of ${DEMO_PROJECT}${' '.repeat(Math.max(1, 13 - DEMO_PROJECT.length))}${budgetSeeded ? 'seeded: ' : 'kept: '}${JSON.stringify(DEMO_BUDGET)}
 
 Demo tokens (12 h): platform admin "ada", project user "dev" of "${DEMO_PROJECT}", project user "eve" of "other-team".
   export ADMIN='${t.platformAdmin}'
@@ -119,6 +126,10 @@ curl -s ${gw}/rag/ask -H "Authorization: Bearer $DEV" -H 'X-Gatehouse-Role: plat
 # the gateway swaps the caller's token for the project's key from Vault.
 curl -s -X POST ${gw}/llm/v1/chat/completions -H "Authorization: Bearer $DEV" -H 'Content-Type: application/json' --data '{"model":"llama-3","max_tokens":128,"messages":[{"role":"user","content":"hi"}]}'
 curl -s -X POST ${gw}/llm/v1/chat/completions -H "Authorization: Bearer $DEV" -H 'Content-Type: application/json' --data '{"model":"gpt-5","max_tokens":128,"messages":[]}'   # 403: model not allowed
+# Streamed, token by token; every call is charged to the project's LLM budget (usage per model and hour below)
+curl -s -N -X POST ${gw}/llm/v1/chat/completions -H "Authorization: Bearer $DEV" -H 'Content-Type: application/json' --data '{"model":"llama-3","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"hi"}]}'
+curl -s ${gw}/budgets/${DEMO_PROJECT} -H "Authorization: Bearer $DEV"              # 200: the budget (project users read their own)
+curl -s ${gw}/usage/${DEMO_PROJECT} -H "Authorization: Bearer $DEV"                # 200: tokens used per model and hour, the last 24 h
 
 # The decision API (OPA's Data API)
 curl -s -X POST ${gw}/v1/data/${DEMO_PROJECT}/project/authz -H "Authorization: Bearer $DEV" -H 'Content-Type: application/json' --data '{"input":{"user":{"role":"project_user"}}}'
@@ -150,3 +161,16 @@ main().catch((err) => {
   process.stderr.write(`npm start failed: ${err instanceof Error ? err.stack : String(err)}\n`);
   process.exit(1);
 });
+
+/** The demo project's LLM budget, written when it has none (a user's own is kept). */
+async function seedDemoBudget(etcdEndpoints: string[]): Promise<boolean> {
+  const etcd = createEtcdClient(etcdEndpoints);
+  try {
+    const store = new BudgetStore(etcd);
+    if (await store.get(DEMO_PROJECT)) return false;
+    await store.put(DEMO_PROJECT, DEMO_BUDGET, 'gatehouse-demo-seed');
+    return true;
+  } finally {
+    etcd.close();
+  }
+}

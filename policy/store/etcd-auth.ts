@@ -4,13 +4,19 @@
  * auth enabled, a compromised gateway cannot write an allow-all policy past
  * the CMS's compile, validation and audit.
  *
- *   role gatehouse-policy-writer   readwrite /policies/ and /policy-index/, read /gatehouse/gateways/
- *   role gatehouse-policy-reader   read      /policies/ and /policy-index/, readwrite /gatehouse/gateways/
+ *   role gatehouse-policy-writer   readwrite /policies/ and /policy-index/, read /gatehouse/gateways/;
+ *                                  readwrite /budgets/ and /budget-history/, read the budget ledger,
+ *                                  its holders and /usage/
+ *   role gatehouse-policy-reader   read      /policies/ and /policy-index/, readwrite /gatehouse/gateways/;
+ *                                  read /budgets/, readwrite the budget ledger, its holders and /usage/
  *
  * Gateways write their own reports of what they enforce (policy/fleet); the
  * CMS reads them. A gateway's credential could overwrite another gateway's
  * report (etcd grants by prefix), which can mislead the CMS's status but
- * never what any gateway enforces.
+ * never what any gateway enforces. Likewise gateways share the budget ledger
+ * and write usage (budget/keys.ts): a gateway's credential can misstate what
+ * was spent, as the gateway that enforces the budget could anyway; it cannot
+ * change a budget.
  *   user gatehouse-cms       -> writer      (the CMS)
  *   user gatehouse-gateway   -> reader      (runners and the decision API)
  *   user root                -> root        (operators; etcd requires it to enable auth)
@@ -23,6 +29,7 @@
  */
 import { Range, type Etcd3 } from 'etcd3';
 import { GATEWAYS_PREFIX, POLICIES_PREFIX, POLICY_INDEX_PREFIX } from './keys.js';
+import { BUDGET_HISTORY_PREFIX, BUDGETS_PREFIX, HOLDERS_PREFIX, LEDGER_PREFIX, USAGE_PREFIX } from '../../budget/keys.js';
 
 export const POLICY_WRITER_ROLE = 'gatehouse-policy-writer';
 export const POLICY_READER_ROLE = 'gatehouse-policy-reader';
@@ -51,11 +58,15 @@ export async function enableEtcdAuth(client: Etcd3, setup: EtcdAuthSetup): Promi
   await writer.grant([
     ...policyKeyRanges().map((range) => ({ permission: 'Readwrite' as const, range })),
     { permission: 'Read' as const, range: Range.prefix(GATEWAYS_PREFIX) },
+    ...[BUDGETS_PREFIX, BUDGET_HISTORY_PREFIX].map((prefix) => ({ permission: 'Readwrite' as const, range: Range.prefix(prefix) })),
+    ...[LEDGER_PREFIX, HOLDERS_PREFIX, USAGE_PREFIX].map((prefix) => ({ permission: 'Read' as const, range: Range.prefix(prefix) })),
   ]);
   const reader = await client.role(POLICY_READER_ROLE).create();
   await reader.grant([
     ...policyKeyRanges().map((range) => ({ permission: 'Read' as const, range })),
     { permission: 'Readwrite' as const, range: Range.prefix(GATEWAYS_PREFIX) },
+    { permission: 'Read' as const, range: Range.prefix(BUDGETS_PREFIX) },
+    ...[LEDGER_PREFIX, HOLDERS_PREFIX, USAGE_PREFIX].map((prefix) => ({ permission: 'Readwrite' as const, range: Range.prefix(prefix) })),
   ]);
   await (await client.user(CMS_USER).create(setup.cmsPassword)).addRole(POLICY_WRITER_ROLE);
   await (await client.user(GATEWAY_USER).create(setup.gatewayPassword)).addRole(POLICY_READER_ROLE);

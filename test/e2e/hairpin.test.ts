@@ -16,6 +16,7 @@ import { startLocalStack, type LocalStack } from '../../tools/local-stack/index.
 import { testGateway } from '../support/gateway.js';
 import { createEtcdClient } from '../../etcd/index.js';
 import { freePort } from '../../tools/local-etcd/index.js';
+import { BudgetStore } from '../../budget/store.js';
 
 // The seed's example policy, extended for the LLM route with a model
 // allow-list and a max_tokens limit read from the JSON body.
@@ -101,6 +102,9 @@ beforeAll(async () => {
   const writer = new PolicyWriter(etcd);
   await writer.put('team-a', PROJECT_POLICY, PROJECT_DATA);
   await writer.put('team-b', PROJECT_POLICY, PROJECT_DATA);
+  // The LLM route holds every call to its project's token budget (test/e2e/budgets.test.ts): a generous one here.
+  const budgets = new BudgetStore(etcd);
+  for (const project of ['team-a', 'team-b']) await budgets.put(project, { windows: [{ per: 'day', tokens: 10_000_000 }] }, 'test');
   etcd.close();
   tokens.ragA = await keys.token({ sub: 'rag-a', role: 'rag-service', project: 'team-a' });
   tokens.ragB = await keys.token({ sub: 'rag-b', role: 'rag-service', project: 'team-b' });

@@ -80,6 +80,9 @@ describe('npm start', () => {
       200, // rag with a spoofed role header
       200, // an allowed model
       403, // a model the policy does not allow
+      200, // a streamed call, charged to the demo budget
+      200, // the demo budget, as dev
+      200, // dev's project's usage
       200, // the decision API
       200, // list policies
       200, // read the demo project's policy
