@@ -5,7 +5,8 @@
 // tools/apisix-standin/README.md): routes from a standalone apisix.yaml, the
 // runner started from config.yaml's ext-plugin.cmd, conf tokens, ExtraInfo,
 // Stop/Rewrite/HTTPRespCall application, 503/500 on runner failures, and
-// proxying to the upstream. It implements no other APISIX plugin.
+// proxying to the upstream with the answer streamed back. Of APISIX's own
+// plugins it implements http-logger (http-logger.ts), and no other.
 import { existsSync, mkdtempSync, rmSync, statSync, readFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { connect, type AddressInfo } from 'node:net';
@@ -25,7 +26,7 @@ import { findRepoRoot } from '../repo-root.js';
 
 /** The Server header: says plainly that this is not a real APISIX. */
 export const STANDIN_SERVER_HEADER = 'APISIX/3 (Gatehouse stand-in)';
-/** Request and upstream bodies are buffered; above this the client gets 413. */
+/** Request bodies (and upstream bodies a post-resp runner reads) are buffered: above this, 413 (502 for an upstream body). */
 export const DEFAULT_BODY_LIMIT_BYTES = 8 * 1024 * 1024;
 /** nginx's default_type with APISIX's charset. */
 const DEFAULT_CONTENT_TYPE = 'text/plain; charset=utf-8';
