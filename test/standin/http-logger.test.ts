@@ -142,6 +142,20 @@ describe('http-logger in the stand-in', () => {
     expect(upstream.writes).toHaveLength(0);
   });
 
+  it("a client gone before the response began is logged with nginx's 499", async () => {
+    fake.onReqCall = async (req) => {
+      await new Promise((r) => setTimeout(r, 300));
+      return reply.reqCall({ id: req.id, action: null });
+    };
+    await start();
+    const controller = new AbortController();
+    const pending = fetch(`${standin!.url}/llm/x`, { signal: controller.signal }).catch(() => null);
+    setTimeout(() => controller.abort(), 50);
+    await pending;
+    const [log] = await logs.waitFor(1);
+    expect(JSON.parse(log!.body)).toMatchObject({ status: '499', body: '' });
+  });
+
   it('a variable the runner read keeps that value in the log, as ctx.var caches it, even after a Rewrite', async () => {
     let requestId: string | null = null;
     fake.onReqCall = async (req, ctx) => {

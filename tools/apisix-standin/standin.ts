@@ -510,7 +510,8 @@ function logVariable(state: RequestState, out: ClientOutput, name: string): stri
   return state.cachedVariable(name, (n) => {
     switch (n) {
       case 'status':
-        return String(out.status);
+        // nginx's 499: the client closed the connection before the response began.
+        return String(out.res.headersSent ? out.status : 499);
       case 'resp_body':
         // ctx.resp_body is set only by a logger collecting the body, and only at its end.
         return out.collectedBody() ?? '';
