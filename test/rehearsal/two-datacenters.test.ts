@@ -24,7 +24,7 @@ let keys: TestKeys;
 let dc: Rehearsal;
 let workDir: string;
 let load: LoadLoop;
-const tokens = {} as { admin: string; teamAAdmin: string; teamAViewer: string; teamPViewer: string };
+const tokens = {} as { admin: string; teamAAdmin: string; teamBAdmin: string; teamAViewer: string; teamPViewer: string };
 
 /** The seed's example policy, allowing one role. */
 const policyAllowing = (role: string) =>
@@ -142,6 +142,7 @@ beforeAll(async () => {
   });
   tokens.admin = await keys.token({ sub: 'root', role: 'platform_admin' });
   tokens.teamAAdmin = await keys.token({ sub: 'alice', role: 'admin', project: 'team-a' });
+  tokens.teamBAdmin = await keys.token({ sub: 'bob', role: 'admin', project: 'team-b' });
   tokens.teamAViewer = await keys.token({ sub: 'victor', role: 'viewer', project: 'team-a' });
   tokens.teamPViewer = await keys.token({ sub: 'paula', role: 'viewer', project: 'team-p' });
   // The load loop's caller is allowed by team-a's policy; team-p's policy is the one flipped by the tests.
@@ -214,6 +215,89 @@ describe('two active datacenters behind HAProxy', () => {
     expect(put.headers.get('gatehouse-enforced-by')).toBe(`${total}/${total}`);
     console.log(`write through dc1 acknowledged by all ${total} gateways of both datacenters after ${Date.now() - started} ms (compile included)`);
   });
+});
+
+describe('LLM budgets across both datacenters', () => {
+  const budget = { windows: [{ per: 'day', tokens: 1_500 }], block_tokens: 150 };
+  // Prompt bound 31 ("user" + "hello there" + 16) + max_tokens 40: each call's worst case.
+  const WORST_CASE = 71;
+  const chat = JSON.stringify({ model: 'gpt-4o-mini', max_tokens: 40, messages: [{ role: 'user', content: 'hello there' }] });
+  /** Every answer team-b got, from either datacenter. */
+  const teamB: { status: number; text: string }[] = [];
+  const llm = async (site: Datacenter, project = 'team-a') => {
+    const answer = await call(dc.sites[site].gateway, 'POST', '/llm/v1/chat/completions', project === 'team-a' ? tokens.teamAAdmin : tokens.teamBAdmin, chat);
+    if (project === 'team-b') teamB.push(answer);
+    return answer;
+  };
+  /** What the LLM reported in each answer: the ground truth a budget is held to. */
+  const reportedTokens = (answers: { status: number; text: string }[]) =>
+    answers.filter((a) => a.status === 200).reduce((n, a) => n + (JSON.parse(a.text) as { usage: { total_tokens: number } }).usage.total_tokens, 0);
+  type Usage = { total: { requests: number; charged_tokens: number; unsettled: number } };
+  const usageOf = async (project: string) => JSON.parse((await call(dc.url, 'GET', `/usage/${project}`, tokens.admin)).text) as Usage;
+
+  beforeAll(async () => {
+    for (const project of ['team-a', 'team-b']) {
+      const key = await fetch(`${dc.vault.addr}/v1/secret/data/llm/${project}`, {
+        method: 'POST',
+        headers: { 'x-vault-token': dc.vault.token, 'content-type': 'application/json' },
+        body: JSON.stringify({ data: { api_key: `sk-${project}` } }),
+      });
+      expect(key.status).toBe(200);
+      // Written once through HAProxy's CMS (either datacenter), enforced by the gateways of both.
+      expect((await call(dc.url, 'PUT', `/budgets/${project}`, tokens.admin, JSON.stringify(budget))).status).toBe(201);
+    }
+    expect((await putPolicy(dc.url, 'team-b', 'admin')).status).toBe(201);
+    for (const site of ['dc1', 'dc2'] as const) await until(`${site} to allow an LLM call`, async () => (await llm(site, 'team-b')).status === 200, 20_000);
+  }, 60_000);
+
+  it('concurrent callers on both datacenters are admitted up to the budget and not one token more; usage through the CMS matches the LLM', async () => {
+    const burst = await Promise.all(Array.from({ length: 40 }, (_, i) => llm(i % 2 ? 'dc2' : 'dc1')));
+    expect(burst.every((a) => a.status === 200 || a.status === 429), burst.map((a) => a.status).join(',')).toBe(true);
+    const answers = [...burst];
+    for (let i = 0; i < 60; i++) {
+      const answer = await llm(i % 2 ? 'dc2' : 'dc1');
+      answers.push(answer);
+      if (answer.status === 429) break;
+    }
+    const total = reportedTokens(answers);
+    const admitted = answers.filter((a) => a.status === 200).length;
+    console.log(`budget of 1500 tokens, 40 concurrent callers over both datacenters then one at a time: ${admitted} calls admitted, ${total} tokens used`);
+    expect(total).toBeLessThanOrEqual(1_500);
+    expect(1_500 - total).toBeLessThan(WORST_CASE);
+    await until('usage through the CMS to match the LLM', async () => {
+      const usage = await usageOf('team-a');
+      return usage.total.requests === admitted && usage.total.charged_tokens === total && usage.total.unsettled === 0;
+    }, 20_000);
+  }, 120_000);
+
+  it("datacenter 2 cut off while it holds a block: datacenter 1 spends the rest and not one token more; once dc2 is back, usage through the CMS matches the LLM", async () => {
+    // team-b: dc2 takes a block with a call, then loses the network (its etcd member and its gateway).
+    expect((await llm('dc2', 'team-b')).status).toBe(200);
+    dc.setSiteLink('dc2', false);
+    const cutAt = Date.now();
+    let refusedAfter: number | null = null;
+    try {
+      for (let i = 0; i < 60; i++) {
+        const answer = await llm('dc1', 'team-b');
+        if (answer.status !== 200) {
+          expect(answer.status).toBe(429);
+          refusedAfter = Date.now() - cutAt;
+          break;
+        }
+      }
+    } finally {
+      dc.setSiteLink('dc2', true);
+    }
+    expect(refusedAfter).not.toBeNull();
+    const total = reportedTokens(teamB);
+    console.log(`dc2 cut off holding a block: dc1 spent the rest of team-b's budget and was refused after ${refusedAfter} ms; ${total} of 1500 tokens used in all`);
+    // Zero overspend: what the LLM answered, over both datacenters and the partition, is within the budget.
+    expect(total).toBeLessThanOrEqual(1_500);
+    await until('usage through the CMS to match the LLM once dc2 is back', async () => {
+      const usage = await usageOf('team-b');
+      return usage.total.requests === teamB.filter((a) => a.status === 200).length && usage.total.charged_tokens === total;
+    }, 30_000);
+  }, 120_000);
 });
 
 describe('etcd', () => {

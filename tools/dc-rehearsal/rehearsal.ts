@@ -2,8 +2,9 @@
 // HAProxy running deploy/lb/haproxy.cfg. Each site is a network namespace
 // (netns.ts); each datacenter runs an app node (APISIX with the real runner,
 // the CMS, the decision API, and a RAG stand-in that says which site
-// answered) and an etcd member; the witness runs the third member with
-// deploy/etcd's configs. Every process is started detached with its output in
+// answered, and an LLM stub behind the LLM route) and an etcd member; the
+// witness runs the third member with deploy/etcd's configs, and the Vault
+// (dev mode) that holds the projects' LLM keys. Every process is started detached with its output in
 // a log file, so that `npm run dc:up` can leave the rehearsal running.
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -14,12 +15,15 @@ import { findApisix } from '../apisix/index.js';
 import { createEtcdClient } from '../../etcd/index.js';
 import { CMS_USER, GATEWAY_USER, enableEtcdAuth } from '../../policy/store/index.js';
 import { pointRoutesAt } from '../local-stack/index.js';
+import { vaultBinary } from '../local-vault/index.js';
 import { localEtcdConfig, localHaproxyConfig, ETCD_MEMBERS, loadInventory, type EtcdMember, type LocalEtcdAddress } from './deploy-files.js';
 import { createNetwork, destroyNetwork, hostAddress, namespaceName, setLink, siteAddress, SITES, type NetworkPlan, type Site } from './netns.js';
 
 export type Datacenter = 'dc1' | 'dc2';
 export const DATACENTERS: Datacenter[] = ['dc1', 'dc2'];
-const APP_PROCESSES = ['rag', 'decision', 'cms', 'gateway'] as const;
+const APP_PROCESSES = ['rag', 'llm', 'decision', 'cms', 'gateway'] as const;
+const LLM_PORT = 8083;
+const VAULT_PORT = 8200;
 type AppProcess = (typeof APP_PROCESSES)[number];
 
 export interface RehearsalOptions extends NetworkPlan {
@@ -59,6 +63,8 @@ export interface Rehearsal {
    * does anything.
    */
   etcdUsers: Record<'root' | 'cms' | 'gateway', { username: string; password: string }>;
+  /** The witness's Vault (dev mode, KV v2 at secret/): the LLM route's keys, `secret/llm/<project>`. */
+  vault: { addr: string; token: string };
   /** SIGKILL every process of a datacenter's app node (a crashed VM). */
   killAppNode(dc: Datacenter): void;
   startAppNode(dc: Datacenter): Promise<void>;
@@ -191,6 +197,14 @@ export async function startRehearsal(options: RehearsalOptions): Promise<Rehears
     killGroup(`etcd-${member}`);
   }
 
+  // Vault on the witness, reachable from both datacenters; the runners read with its token.
+  const vault = { addr: `http://${siteAddress(options, 'witness')}:${VAULT_PORT}`, token: `root-${randomBytes(12).toString('hex')}` };
+  function startVault(): void {
+    launch('vault', 'witness', [vaultBinary, 'server', '-dev', `-dev-listen-address=${siteAddress(options, 'witness')}:${VAULT_PORT}`, `-dev-root-token-id=${vault.token}`, '-dev-no-store-token', '-log-level=warn'], {
+      HOME: work,
+    });
+  }
+
   const sites = Object.fromEntries(
     DATACENTERS.map((dc) => {
       const ip = siteAddress(options, dc);
@@ -211,9 +225,13 @@ export async function startRehearsal(options: RehearsalOptions): Promise<Rehears
     const gatewayUser = asUser(etcdUsers.gateway);
     const routesPath = join(dir, 'apisix.yaml');
     const template = readFileSync(join(root, 'apisix-conf', 'apisix.yaml'), 'utf8');
-    writeFileSync(routesPath, pointRoutesAt(template, { cms: `127.0.0.1:${p.cms}`, 'decision-api': `127.0.0.1:${p.decision}`, rag: '127.0.0.1:8082' }));
+    writeFileSync(
+      routesPath,
+      pointRoutesAt(template, { cms: `127.0.0.1:${p.cms}`, 'decision-api': `127.0.0.1:${p.decision}`, rag: '127.0.0.1:8082', llm: `http://127.0.0.1:${LLM_PORT}` }),
+    );
     const node = process.execPath;
     launch(`${dc}-rag`, dc, [node, join(root, 'dist/tools/dc-rehearsal/echo-upstream.js')], { SITE: dc, PORT: '8082' });
+    launch(`${dc}-llm`, dc, [node, join(root, 'dist/tools/dc-rehearsal/llm-upstream.js')], { PORT: String(LLM_PORT) });
     launch(`${dc}-decision`, dc, [node, join(root, 'dist/decision-api/main.js')], {
       ...common,
       ...gatewayUser,
@@ -236,6 +254,8 @@ export async function startRehearsal(options: RehearsalOptions): Promise<Rehears
       RUNNER_METRICS_HOST: sites[dc].ip,
       RUNNER_METRICS_PORT: String(p.runner_health),
       RUNNER_STATE_DIR: join(dir, 'runner-state'),
+      VAULT_ADDR: vault.addr,
+      VAULT_TOKEN: vault.token,
     });
     const hint = () => APP_PROCESSES.map((name) => tail(join(work, 'logs', `${dc}-${name}.log`))).join('\n');
     await waitFor(`${dc} runner`, () => answers(`${sites[dc].runnerHealth}/readyz`, true), 30_000, hint);
@@ -280,6 +300,8 @@ export async function startRehearsal(options: RehearsalOptions): Promise<Rehears
         return ((await response.json()) as { health?: string }).health === 'true';
       }, 30_000, () => tail(join(work, 'logs', `etcd-${member}.log`)));
     }
+    startVault();
+    await waitFor('Vault on the witness', () => answers(`${vault.addr}/v1/sys/health`, true), 30_000, () => tail(join(work, 'logs', 'vault.log')));
     // Access control as deploy/ sets it up (policy/store/etcd-auth.ts), before any service connects.
     const setup = createEtcdClient(etcdEndpoints);
     try {
@@ -318,6 +340,7 @@ export async function startRehearsal(options: RehearsalOptions): Promise<Rehears
     sites,
     etcdEndpoints,
     etcdUsers,
+    vault,
     killAppNode,
     startAppNode,
     stopEtcd,
