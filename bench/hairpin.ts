@@ -1,6 +1,8 @@
 // npm run bench:hairpin — what the LLM route's chain adds to a request, in one
 // run: the same chat completion through the gateway (APISIX) on
-//   /llm/v1/chat/completions   jwt -> opa (JSON body) -> vault (cached key) -> path-rewrite
+//   /llm/v1/chat/completions   jwt -> opa (JSON body, budget) -> llm-budget -> vault (cached key) -> path-rewrite,
+//                              and http-logger posting each response back to settle the budget
+//   /llm-unmetered/...         the same route without budgets (what budget checking adds)
 //   /rag/v1/chat/completions   jwt -> opa (no body), for comparison
 //   /direct/v1/chat/completions  no plugins
 // both to the same OpenAI-compatible stub, with a real Vault, etcd and runner.
@@ -17,6 +19,9 @@ import { createDemoIdentity } from '../cms/demo.js';
 import { standaloneRoutesText, startLocalStack } from '../tools/local-stack/index.js';
 import { startLlmStub } from '../tools/llm-stub/index.js';
 import { startLocalVault } from '../tools/local-vault/index.js';
+import { createEtcdClient } from '../etcd/index.js';
+import { BudgetStore } from '../budget/store.js';
+import { readUsage } from '../budget/usage.js';
 import { benchOpaPath, driveConcurrently, machineLine, storeBenchPolicy, medianStats, printTable, retryUntilReady, type Stats } from './support.js';
 
 const connections = Number(process.env.BENCH_CONNECTIONS ?? 8);
@@ -56,6 +61,20 @@ async function main() {
     // The repository's routes plus one route with no plugins to the same upstream.
     const template = parseDocument(readFileSync(join(root, 'apisix-conf/apisix.yaml'), 'utf8'));
     template.addIn(['routes'], { id: 'direct', uris: ['/direct/*'], upstream_id: 'llm' });
+    // The LLM route as it was before budgets: no llm-budget, no budget in the input, no http-logger.
+    const llmRoute = (template.toJS() as { routes: { id: string; plugins: Record<string, { conf: { name: string; value: string }[] }> }[] }).routes.find((r) => r.id === 'llm')!;
+    const unmetered = structuredClone(llmRoute) as typeof llmRoute & { uris: string[] };
+    unmetered.id = 'llm-unmetered';
+    unmetered.uris = ['/llm-unmetered/*'];
+    delete (unmetered.plugins as Record<string, unknown>)['http-logger'];
+    unmetered.plugins['ext-plugin-pre-req']!.conf = unmetered.plugins['ext-plugin-pre-req']!.conf
+      .filter((entry) => entry.name !== 'llm-budget')
+      .map((entry) => {
+        if (entry.name === 'opa') return { ...entry, value: JSON.stringify({ ...JSON.parse(entry.value), with_budget: false }) };
+        if (entry.name === 'path-rewrite') return { ...entry, value: JSON.stringify({ strip_prefix: '/llm-unmetered' }) };
+        return entry;
+      });
+    template.addIn(['routes'], unmetered);
     const templatePath = join(work, 'apisix.yaml');
     writeFileSync(templatePath, standaloneRoutesText(template));
 
@@ -72,6 +91,10 @@ async function main() {
     cleanups.unshift(() => stack.stop());
 
     await storeBenchPolicy(stack.etcdEndpoints, 'bench', POLICY, JSON.stringify(DATA));
+    // A budget that never runs out: what is measured is the checking, reserving and settling.
+    const etcd = createEtcdClient(stack.etcdEndpoints);
+    await new BudgetStore(etcd).put('bench', { windows: [{ per: 'day', tokens: 1e12 }], block_tokens: 1e9 }, 'bench');
+    etcd.close();
 
     const ragToken = await identity.sign({ sub: 'rag', role: 'rag-service', project: 'bench' });
     const body = JSON.stringify({ model: 'llama-3', max_tokens: 256, messages: [{ role: 'user', content: 'What does Gatehouse do?' }] });
@@ -89,6 +112,7 @@ async function main() {
     // Warm up: policies loaded, secret cached, connections open.
     await retryUntilReady(() => send('/llm/v1/chat/completions'));
     await send('/direct/v1/chat/completions');
+    await send('/llm-unmetered/v1/chat/completions');
     const drive = (name: string, path: string) => driveConcurrently(name, connections, seconds, () => send(path));
 
     const results = new Map<string, Stats[]>();
@@ -96,19 +120,28 @@ async function main() {
       for (const [name, path] of [
         ['direct route, no plugins', '/direct/v1/chat/completions'],
         ['RAG route: jwt + opa (no body)', '/rag/v1/chat/completions'],
-        ['LLM route: jwt + opa(body) + vault(cached) + path-rewrite', '/llm/v1/chat/completions'],
+        ['LLM route without budgets: jwt + opa(body) + vault(cached) + path-rewrite', '/llm-unmetered/v1/chat/completions'],
+        ['LLM route: + budget in opa input + llm-budget + http-logger settle', '/llm/v1/chat/completions'],
       ] as const) {
         const s = await drive(name, path);
         results.set(name, [...(results.get(name) ?? []), s]);
       }
     }
     await pool.close();
-    const [direct, rag, chain] = [...results.values()].map(medianStats) as [Stats, Stats, Stats];
+    const [direct, rag, chain, budgeted] = [...results.values()].map(medianStats) as [Stats, Stats, Stats, Stats];
     console.log(machineLine());
     const gateway = stack.gateway.kind === 'apisix' ? 'APISIX 3.9.1' : 'the APISIX stand-in';
     console.log(`through ${gateway} to an LLM stub; connections: ${connections}; ${seconds}s x ${rounds} rounds (median)\n`);
-    printTable([direct, rag, chain], { ...direct, name: 'direct' });
+    printTable([direct, rag, chain, budgeted], { ...direct, name: 'direct' });
     console.log(`\nadded by the chain: p50 +${(chain.p50 - direct.p50).toFixed(0)} µs, p99 +${(chain.p99 - direct.p99).toFixed(0)} µs`);
+    console.log(
+      `added by budget checking: p50 +${(budgeted.p50 - chain.p50).toFixed(0)} µs, p99 +${(budgeted.p99 - chain.p99).toFixed(0)} µs; throughput ${(budgeted.opsPerSecond / chain.opsPerSecond).toFixed(2)}x the route without budgets`,
+    );
+    await new Promise((r) => setTimeout(r, 2_000)); // the last responses' settling and usage writes
+    const reader = createEtcdClient(stack.etcdEndpoints);
+    const usage = await readUsage(reader, 'bench', Date.now() - 3_600_000, Date.now() + 1);
+    reader.close();
+    console.log(`settled: ${usage.total.requests} calls charged ${usage.total.charged_tokens} tokens (${usage.total.unsettled} unsettled)`);
   } finally {
     for (const cleanup of cleanups) await cleanup().catch(() => undefined);
   }

@@ -212,8 +212,10 @@ export class BudgetLedger {
       if (attempt < 2 && this.othersHold(pool) > 0) await this.waitForChange(pool.key, this.options.wantWaitMs ?? 300);
       else break;
     }
+    // What the window could still give once every call in flight is settled (settled usage
+    // not yet folded into the record counts as spent).
     const record = this.seen.get(pool.key);
-    const left = record ? pool.limit.tokens - record.consumed : pool.limit.tokens;
+    const left = (record ? pool.limit.tokens - record.consumed : pool.limit.tokens) - pool.spent;
     // Tokens held by calls in flight come back within seconds; an exhausted window only when it ends.
     const retryAfterSeconds = left >= cost ? 1 : Math.max(1, Math.ceil((pool.windowEnd - Date.now()) / 1000));
     return { remaining: Math.max(0, free(pool)), retryAfterSeconds, reason: 'exhausted' };
