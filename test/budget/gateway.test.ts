@@ -1,0 +1,104 @@
+// A gateway process's budgets against a real etcd: the budgets it follows
+// (written by the CMS's store), and how a call is settled from its response.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { pino } from 'pino';
+import type { Etcd3 } from 'etcd3';
+import { startEtcd, type TestEtcd } from '../support/etcd.js';
+import { createEtcdClient } from '../../etcd/index.js';
+import { GatewayBudgets } from '../../budget/gateway.js';
+import { BudgetStore } from '../../budget/store.js';
+import { readUsage } from '../../budget/usage.js';
+import { budgetKey } from '../../budget/keys.js';
+import { readLlmCall } from '../../budget/call.js';
+import type { Budget } from '../../budget/definition.js';
+
+let etcd: TestEtcd;
+let admin: Etcd3;
+let gateway: GatewayBudgets;
+const events: string[] = [];
+const BUDGET: Budget = { windows: [{ per: 'day', tokens: 1_000 }], default_max_tokens: 50 };
+const id = (n: number) => n.toString(16).padStart(32, '0');
+
+async function until(check: () => boolean | Promise<boolean>, timeoutMs = 5_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error('timed out');
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+beforeAll(async () => {
+  etcd = await startEtcd();
+  admin = createEtcdClient(etcd.endpoints);
+  await new BudgetStore(admin).put('alpha', BUDGET, 'test');
+  gateway = new GatewayBudgets({
+    client: createEtcdClient(etcd.endpoints),
+    gateway: 'test-gateway',
+    log: pino({ level: 'silent' }),
+    settleTimeoutMs: 300,
+    events: {
+      settled: (project, model, usage) => events.push(`${project} ${model} ${usage.prompt}+${usage.completion} charged ${usage.charged} ${usage.seen ? 'seen' : 'unseen'}`),
+      refused: (project, reason) => events.push(`${project} refused ${reason}`),
+    },
+  });
+  await gateway.start();
+}, 60_000);
+
+afterAll(async () => {
+  await gateway?.stop();
+  admin?.close();
+  await etcd?.stop();
+});
+
+describe('gateway budgets', () => {
+  it('follows the budgets written through the store: created, changed, deleted', async () => {
+    expect(gateway.isLoaded).toBe(true);
+    expect(gateway.budget('alpha')).toEqual(BUDGET);
+    const store = new BudgetStore(admin);
+    await store.put('beta', BUDGET, 'test');
+    await until(() => gateway.budget('beta') !== null);
+    await store.put('beta', { windows: [{ per: 'minute', tokens: 5 }] }, 'test');
+    await until(() => gateway.budget('beta')?.windows[0]?.per === 'minute');
+    await store.delete('beta', 'test');
+    await until(() => gateway.budget('beta') === null);
+  });
+
+  it('fails closed on a damaged budget: the project has none', async () => {
+    await admin.put(budgetKey('gamma')).value('{"budget": {"windows": "lots"}}');
+    await new BudgetStore(admin).put('delta', BUDGET, 'test');
+    await until(() => gateway.budget('delta') !== null);
+    expect(gateway.budget('gamma')).toBeNull();
+  });
+
+  it('settles to the usage of an answer, charges nothing for an error without usage, keeps the reservation when the usage cannot be seen', async () => {
+    const call = readLlmCall(new TextEncoder().encode(JSON.stringify({ model: 'm1', max_tokens: 50, messages: [{ role: 'user', content: 'hi' }] })));
+    const cost = GatewayBudgets.cost(call, 50);
+    for (const n of [1, 2, 3]) expect(await gateway.reserve(id(n), 'alpha', BUDGET, 'm1', cost)).toEqual({ ok: true });
+    expect(gateway.callsInFlight).toBe(3);
+    events.length = 0;
+    expect(gateway.settle(id(1), 200, JSON.stringify({ usage: { prompt_tokens: 4, completion_tokens: 6 } }))).toBe(true);
+    expect(gateway.settle(id(2), 502, '<html>bad gateway</html>')).toBe(true);
+    expect(gateway.settle(id(3), 200, 'data: {"choices": []}\n\n')).toBe(true);
+    // Once only; an id naming no call changes nothing.
+    expect(gateway.settle(id(1), 200, JSON.stringify({ usage: { prompt_tokens: 0, completion_tokens: 0 } }))).toBe(false);
+    expect(gateway.settle(id(99), 200, '')).toBe(false);
+    expect(events).toEqual([`alpha m1 4+6 charged 10 seen`, `alpha m1 0+0 charged 0 seen`, `alpha m1 0+0 charged ${cost} unseen`]);
+    await gateway.usage.flush();
+    const usage = await readUsage(admin, 'alpha', Date.now() - 3_600_000, Date.now() + 1);
+    expect(usage.models.m1).toEqual({ requests: 3, prompt_tokens: 4, completion_tokens: 6, charged_tokens: 10 + cost, unsettled: 1 });
+  });
+
+  it('charges a call never settled its reservation once the settle timeout passes', async () => {
+    events.length = 0;
+    expect(await gateway.reserve(id(10), 'alpha', BUDGET, 'm2', 40)).toEqual({ ok: true });
+    await until(() => events.length > 0, 15_000);
+    expect(events).toEqual(['alpha m2 0+0 charged 40 unseen']);
+    expect(gateway.settle(id(10), 200, '{"usage": {"prompt_tokens": 1, "completion_tokens": 1}}')).toBe(false);
+  });
+
+  it('refuses a call that does not fit and names the limit', async () => {
+    const result = await gateway.reserve(id(20), 'alpha', BUDGET, 'm1', 2_000);
+    expect(result).toMatchObject({ ok: false, reason: 'exhausted', limit: { scope: '*', per: 'day', tokens: 1_000 } });
+    expect(events).toContain('alpha refused exhausted');
+  });
+});
