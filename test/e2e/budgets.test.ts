@@ -33,10 +33,8 @@ allow if input.budget != null
 # (for the project without a budget: the gateway refuses it all the same)
 allow if data.allow_without_budget
 
+# The package's document is the decision: {"allow": true, "model": "llama-3"}.
 model := "llama-3" if input.budget.remaining_tokens < data.cheap_below
-
-result := {"allow": allow, "model": model} if model
-result := {"allow": allow} if not model
 `;
 const HOLDER_TTL_SECONDS = 2;
 
