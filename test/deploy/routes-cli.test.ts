@@ -158,8 +158,26 @@ describe.runIf(onApisix)('gatehouse routes diff and apply against the Admin API'
     const stored = await admin.stored('routes');
     for (const route of doc.routes) {
       const { id, ...body } = route;
-      expect(stored.get(id)).toMatchObject(body);
+      // ${{VAR:=default}} resolved as standalone APISIX resolves it (RUNNER_SETTLE_PORT is not set here).
+      expect(stored.get(id)).toMatchObject(JSON.parse(JSON.stringify(body).replaceAll('${{RUNNER_SETTLE_PORT:=9092}}', '9092')));
     }
+    expect(JSON.stringify(stored.get('llm'))).toContain('http://127.0.0.1:9092/budget/usage');
+  });
+
+  it('resolves ${{VAR}} from its environment, as standalone APISIX does; an unset one without a default is refused, nothing sent', async () => {
+    const withPort = await runCli(['routes', 'apply', '--yes'], { env: { ADMIN_API_URL: admin.url, ADMIN_API_KEY: admin.key, RUNNER_SETTLE_PORT: '9555' }, out: () => undefined, err: () => undefined });
+    expect(withPort).toBe(0);
+    expect(JSON.stringify((await admin.stored('routes')).get('llm'))).toContain('http://127.0.0.1:9555/budget/usage');
+    const before = admin.requests.length;
+    const file = writeVariant((doc) => {
+      doc.routes[0]!.desc = '${{GATEHOUSE_SURELY_UNSET}}';
+    });
+    const refused = await cli(['routes', 'apply', '--yes', '--file', file]);
+    expect(refused.code).not.toBe(0);
+    expect(refused.err).toMatch(/GATEHOUSE_SURELY_UNSET/);
+    expect(admin.requests.slice(before).filter((r) => r.method === 'PUT')).toHaveLength(0);
+    // Back to the repository's file as the other tests expect it.
+    expect((await cli(['routes', 'apply', '--yes'])).code).toBe(0);
   });
 
   it('is idempotent: a second apply sends no PUT, although APISIX added ids, timestamps and defaults', async () => {

@@ -9,7 +9,7 @@ import { parseArgs } from 'node:util';
 import { packageRoot } from '../../cms/config.js';
 import { AdminApi } from './admin-api.js';
 import { applyPlan, pendingChanges, plan, renderPlan } from './plan.js';
-import { exportStandalone, loadRoutesFile } from './routes-file.js';
+import { exportStandalone, loadRoutesFile, resolveEnvReferences } from './routes-file.js';
 
 export const USAGE = `usage: gatehouse routes <export|diff|apply> [options]
 
@@ -79,7 +79,8 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
       return 2;
     }
     const api = new AdminApi(url, key);
-    const actions = await plan(api, file);
+    // The Admin API stores what it is given: ${{VAR}} references are resolved here, as standalone APISIX would.
+    const actions = await plan(api, resolveEnvReferences(file, io.env));
     io.out(renderPlan(actions, values.prune));
     const pending = pendingChanges(actions, values.prune);
     if (command === 'diff' || pending === 0) {

@@ -27,6 +27,20 @@ const DEFAULTS: Record<string, Record<string, Json>> = {
   routes: { status: 1, priority: 0 },
   upstreams: { type: 'roundrobin', scheme: 'http', pass_host: 'pass', hash_on: 'vars' },
   plugin: { allow_degradation: false },
+  // APISIX 3.9.1's http-logger schema, with its batch processor's (utils/batch-processor.lua).
+  'http-logger': {
+    timeout: 3,
+    include_req_body: false,
+    include_resp_body: false,
+    concat_method: 'json',
+    ssl_verify: false,
+    name: 'http logger',
+    max_retry_count: 0,
+    retry_delay: 1,
+    buffer_duration: 60,
+    inactive_timeout: 5,
+    batch_max_size: 1000,
+  },
 };
 
 function stripDefaults(stored: Json | undefined, wanted: Json | undefined, defaults: Record<string, Json>): Json | undefined {
@@ -51,7 +65,8 @@ export function normalizeStored(kind: AdminObject['kind'], stored: JsonObject, w
     if (isObject(top.plugins) && isObject(wanted.plugins)) {
       const plugins: JsonObject = {};
       for (const [name, conf] of Object.entries(top.plugins)) {
-        plugins[name] = name.startsWith('ext-plugin-') ? (stripDefaults(conf, wanted.plugins[name], DEFAULTS.plugin!) as Json) : conf;
+        const defaults = name.startsWith('ext-plugin-') ? DEFAULTS.plugin : DEFAULTS[name];
+        plugins[name] = defaults ? (stripDefaults(conf, wanted.plugins[name], defaults) as Json) : conf;
       }
       top.plugins = plugins;
     }
