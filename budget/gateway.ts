@@ -100,22 +100,46 @@ export class GatewayBudgets {
     return this.options.settleTimeoutMs ?? 900_000;
   }
 
+  private async reload(): Promise<void> {
+    for (let delay = 500; !this.stopped; delay = Math.min(delay * 2, 10_000)) {
+      try {
+        return await this.load();
+      } catch (err) {
+        this.options.log.warn({ err: (err as Error).message }, 'budgets not read again yet; enforcing the ones loaded');
+        await new Promise((r) => setTimeout(r, delay));
+      }
+    }
+  }
+
   private async load(): Promise<void> {
     const client = this.options.client;
     const response = await client.getAll().prefix(BUDGETS_PREFIX).exec();
+    // Replaced in one step once read (no await in between): until then the loaded budgets stay in force.
     this.budgets.clear();
     for (const kv of response.kvs) this.apply(kv.key.toString('utf8'), kv.value.toString('utf8'));
-    const watcher = await client
+    // On a namespace of its own (same keys), hence its own etcd3 watch manager
+    // and gRPC stream: one watch dropped after a cancel cannot upset another.
+    // Not awaited: it starts from the revision read, so nothing is missed.
+    const watcher = client
+      .namespace('')
       .watch()
       .prefix(BUDGETS_PREFIX)
       .startRevision(String(BigInt(response.header.revision) + 1n))
-      .create();
+      .watcher();
     watcher.on('put', (kv) => this.apply(kv.key.toString('utf8'), kv.value.toString('utf8')));
     watcher.on('delete', (kv) => {
       const project = projectOfBudgetKey(kv.key.toString('utf8'));
       if (project) this.budgets.delete(project);
     });
-    watcher.on('error', (err: Error) => this.options.log.warn({ err: err.message }, 'budget watch error'));
+    watcher.on('error', (err: Error) => {
+      // A canceled watch (most often: the revision to resume from was
+      // compacted away) may have missed changes: read every budget again.
+      if (this.watcher !== watcher || this.stopped) return;
+      this.options.log.warn({ err: err.message }, 'budget watch canceled; reading every budget again');
+      this.watcher = null;
+      void watcher.cancel().catch(() => undefined);
+      void this.reload();
+    });
     this.watcher = watcher;
     this.loaded = true;
     this.options.log.info({ budgets: this.budgets.size }, 'budgets loaded');

@@ -22,7 +22,7 @@
 // lives on its blocks, cannot take new ones, and its blocks are charged in
 // full once its lease runs out.
 import { randomUUID } from 'node:crypto';
-import type { Etcd3, Lease } from 'etcd3';
+import type { Etcd3, Lease, Watcher as EtcdWatcher } from 'etcd3';
 import type { Logger } from 'pino';
 import { windowBounds, type BudgetLimit } from './definition.js';
 import { holderKey, HOLDERS_PREFIX, LEDGER_PREFIX, ledgerKey, type Allocation } from './keys.js';
@@ -103,7 +103,23 @@ export class BudgetLedger {
 
   async start(): Promise<void> {
     await this.ensureHolder();
-    const watcher = await this.options.client.watch().prefix(LEDGER_PREFIX).create();
+    const watcher = await this.watchLedger();
+    // Reservations work without the watch; waiting (briefly) for it means
+    // other holders' requests for spare tokens are heard from the first call.
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, 2_000);
+      timer.unref();
+      watcher.once('connected', () => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+  }
+
+  /** Follows every ledger record: what remains (for views) and who asks for spare tokens. */
+  private async watchLedger(): Promise<EtcdWatcher> {
+    // Its own namespace, hence its own watch stream (see budget/gateway.ts).
+    const watcher = this.options.client.namespace('').watch().prefix(LEDGER_PREFIX).watcher();
     watcher.on('put', (kv) => {
       const key = kv.key.toString('utf8');
       try {
@@ -115,8 +131,21 @@ export class BudgetLedger {
       }
     });
     watcher.on('delete', (kv) => this.seen.delete(kv.key.toString('utf8')));
-    watcher.on('error', (err: Error) => this.options.log.warn({ err: err.message }, 'budget ledger watch error'));
+    watcher.on('error', (err: Error) => {
+      // Canceled (its resume revision compacted, say): watch again from now.
+      // What it missed only delays a view or a give-back; every write is checked by compare-and-swap.
+      if (this.watcher !== watcher || this.stopped) return;
+      this.options.log.warn({ err: err.message }, 'budget ledger watch canceled; watching again');
+      this.watcher = null;
+      void watcher.cancel().catch(() => undefined);
+      const retry = (delay: number) =>
+        this.watchLedger().catch(() => {
+          if (!this.stopped) setTimeout(() => void retry(Math.min(delay * 2, 10_000)), delay).unref();
+        });
+      void retry(500);
+    });
     this.watcher = watcher;
+    return watcher;
   }
 
   /** Gives every block back and drops the lease. */

@@ -4,6 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { pino } from 'pino';
 import type { Etcd3 } from 'etcd3';
 import { startEtcd, type TestEtcd } from '../support/etcd.js';
+import { startTcpProxy, hostPort } from '../support/tcp-proxy.js';
 import { createEtcdClient } from '../../etcd/index.js';
 import { GatewayBudgets } from '../../budget/gateway.js';
 import { BudgetStore } from '../../budget/store.js';
@@ -101,4 +102,34 @@ describe('gateway budgets', () => {
     expect(result).toMatchObject({ ok: false, reason: 'exhausted', limit: { scope: '*', per: 'day', tokens: 1_000 } });
     expect(events).toContain('alpha refused exhausted');
   });
+});
+
+describe('gateway budgets when etcd compacts what a cut-off watch missed', () => {
+  it('reads every budget again and enforces what is current', async () => {
+    const proxy = await startTcpProxy(hostPort(etcd.endpoints[0]!));
+    const client = createEtcdClient([proxy.url], { callTimeoutMs: 500 });
+    const budgets = new GatewayBudgets({ client, gateway: 'cut-off', log: pino({ level: process.env.DEBUG_BUDGETS ? 'debug' : 'silent' }) });
+    try {
+      await budgets.start();
+      const store = new BudgetStore(admin);
+      await store.put('epsilon', BUDGET, 'test');
+      await until(() => budgets.budget('epsilon') !== null);
+      proxy.cut();
+      // While it is away: one budget changes, one goes, one comes; then etcd compacts its history.
+      await store.put('epsilon', { windows: [{ per: 'hour', tokens: 7 }] }, 'test');
+      await store.delete('alpha', 'test');
+      await store.put('zeta', BUDGET, 'test');
+      const { header } = await admin.get('/anything').exec();
+      await admin.kv.compact({ revision: header.revision, physical: true });
+      proxy.restore();
+      await until(() => budgets.budget('zeta') !== null && budgets.budget('alpha') === null && budgets.budget('epsilon')?.windows[0]?.per === 'hour', 20_000);
+      // And it follows changes again.
+      await store.put('eta', BUDGET, 'test');
+      await until(() => budgets.budget('eta') !== null);
+    } finally {
+      await budgets.stop();
+      client.close();
+      await proxy.close();
+    }
+  }, 40_000);
 });

@@ -21,6 +21,7 @@ import { BudgetStore } from '../../budget/store.js';
 import { readUsage } from '../../budget/usage.js';
 import { HOLDERS_PREFIX, ledgerKey, type Allocation } from '../../budget/keys.js';
 import { windowBounds, type Budget } from '../../budget/definition.js';
+import { freePort } from '../../tools/local-etcd/index.js';
 
 const POLICY = `package project.authz
 import rego.v1
@@ -45,6 +46,7 @@ let admin: Etcd3;
 let llm: LlmStub;
 const stacks: LocalStack[] = [];
 const workDirs: string[] = [];
+const metricsPorts: number[] = [];
 const tokens: Record<string, string> = {};
 
 interface CallResult {
@@ -129,6 +131,7 @@ beforeAll(async () => {
   for (const [i, workers] of [1, 2].entries()) {
     const workDir = mkdtempSync(join(tmpdir(), `gh-budgets-${i}-`));
     workDirs.push(workDir);
+    metricsPorts.push(await freePort());
     stacks.push(
       await startLocalStack({
         identity: keys.identityConfig,
@@ -137,6 +140,7 @@ beforeAll(async () => {
         workDir,
         opaPath,
         gateway: testGateway(),
+        ports: { runnerMetrics: metricsPorts[i]! },
         runnerEnv: {
           VAULT_ADDR: vault.addr,
           VAULT_ROLE_ID: approle.roleId,
@@ -205,6 +209,21 @@ describe('LLM budgets across gateways', () => {
     });
     // ...up to the budget: what is left cannot pay for one more call's worst case (prompt bound 31 + max_tokens 40).
     expect(1_500 - total).toBeLessThan(71);
+    // The runners' metrics count the same, summed over both gateways (and the second one's two workers).
+    const counted = { charged: 0, prompt: 0, completion: 0, requests: 0 };
+    for (const port of metricsPorts) {
+      const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+      for (const line of text.split('\n')) {
+        const tokens = /^gatehouse_llm_tokens_total\{(.*)\} (\d+)$/.exec(line);
+        if (tokens && tokens[1]!.includes('project="team-a"')) {
+          const kind = /kind="(\w+)"/.exec(tokens[1]!)![1] as 'charged' | 'prompt' | 'completion';
+          counted[kind] += Number(tokens[2]);
+        }
+        const requests = /^gatehouse_llm_requests_total\{(.*)\} (\d+)$/.exec(line);
+        if (requests && requests[1]!.includes('project="team-a"')) counted.requests += Number(requests[2]);
+      }
+    }
+    expect(counted).toEqual({ charged: total, prompt: usage.total.prompt_tokens, completion: usage.total.completion_tokens, requests: used.length });
   }, 120_000);
 
   it('a streamed completion through the gateway arrives incrementally and is charged what the LLM reported', async () => {
