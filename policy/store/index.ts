@@ -6,4 +6,3 @@ export * from './names.js';
 export * from './keys.js';
 export * from './store.js';
 export * from './scan.js';
-export * from './etcd-auth.js';

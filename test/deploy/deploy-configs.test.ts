@@ -15,7 +15,7 @@ import { freePort } from '../../tools/local-etcd/index.js';
 import { ETCD_MEMBERS, loadInventory, localEtcdConfig, type EtcdMember, type LocalEtcdAddress } from '../../tools/dc-rehearsal/deploy-files.js';
 import { repoRoot } from '../support/runner-process.js';
 import { randomBytes } from 'node:crypto';
-import { enableEtcdAuth } from '../../policy/store/index.js';
+import { enableEtcdAuth } from '../../tools/etcd-auth/roles.js';
 import { deploymentAuthSetup } from '../../tools/etcd-auth/setup.js';
 
 const deploy = join(repoRoot, 'deploy');

@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { findRepoRoot } from '../repo-root.js';
 import { findApisix } from '../apisix/index.js';
 import { createEtcdClient } from '../../etcd/index.js';
-import { CMS_USER, GATEWAY_USER, enableEtcdAuth } from '../../policy/store/index.js';
+import { CMS_USER, GATEWAY_USER, enableEtcdAuth } from '../etcd-auth/roles.js';
 import { pointRoutesAt } from '../local-stack/index.js';
 import { vaultBinary } from '../local-vault/index.js';
 import { localEtcdConfig, localHaproxyConfig, ETCD_MEMBERS, loadInventory, type EtcdMember, type LocalEtcdAddress } from './deploy-files.js';
@@ -302,7 +302,7 @@ export async function startRehearsal(options: RehearsalOptions): Promise<Rehears
     }
     startVault();
     await waitFor('Vault on the witness', () => answers(`${vault.addr}/v1/sys/health`, true), 30_000, () => tail(join(work, 'logs', 'vault.log')));
-    // Access control as deploy/ sets it up (policy/store/etcd-auth.ts), before any service connects.
+    // Access control as deploy/ sets it up (tools/etcd-auth/roles.ts), before any service connects.
     const setup = createEtcdClient(etcdEndpoints);
     try {
       await enableEtcdAuth(setup, { rootPassword: etcdUsers.root.password, cmsPassword: etcdUsers.cms.password, gatewayPassword: etcdUsers.gateway.password });

@@ -13,7 +13,7 @@
 // Users named like the certificates' common names authenticate by
 // certificate; their passwords (required by etcd 3.4) are random and unused.
 import { createEtcdClient, etcdClientOptionsFromEnv } from '../../etcd/index.js';
-import { enableEtcdAuth } from '../../policy/store/index.js';
+import { enableEtcdAuth } from './roles.js';
 import { deploymentAuthSetup } from './setup.js';
 
 async function main(): Promise<void> {

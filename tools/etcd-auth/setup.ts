@@ -1,7 +1,7 @@
-// The users and roles deploy/ names, for enableEtcdAuth (policy/store/etcd-auth.ts).
+// The users and roles deploy/ names, for enableEtcdAuth (roles.ts).
 import { randomBytes } from 'node:crypto';
 import { Range } from 'etcd3';
-import type { EtcdAuthSetup } from '../../policy/store/index.js';
+import type { EtcdAuthSetup } from './roles.js';
 
 /** What deploy/ names: the APISIX user (CN of apisix-etcd-client) and its prefix, the operators' CN. */
 export function deploymentAuthSetup(rootPassword: string): EtcdAuthSetup {

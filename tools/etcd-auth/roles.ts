@@ -28,7 +28,7 @@
  * (APISIX's /apisix routes in traditional mode) needs its own role.
  */
 import { Range, type Etcd3 } from 'etcd3';
-import { GATEWAYS_PREFIX, POLICIES_PREFIX, POLICY_INDEX_PREFIX } from './keys.js';
+import { GATEWAYS_PREFIX, POLICIES_PREFIX, POLICY_INDEX_PREFIX } from '../../policy/store/keys.js';
 import { BUDGET_HISTORY_PREFIX, BUDGETS_PREFIX, HOLDERS_PREFIX, LEDGER_PREFIX, USAGE_PREFIX } from '../../budget/keys.js';
 
 export const POLICY_WRITER_ROLE = 'gatehouse-policy-writer';
