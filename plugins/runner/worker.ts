@@ -57,14 +57,14 @@ function vaultFromEnv(): { session: VaultSession | null; config: VaultConfig | n
   }
 }
 
-function positiveSeconds(name: string, fallback: number): number {
-  const seconds = Number(process.env[name] || fallback);
+function positiveSeconds(name: string, raw: string | undefined, fallback: number): number {
+  const seconds = Number(raw || fallback);
   if (!Number.isFinite(seconds) || seconds <= 0) throw new Error(`${name} must be a positive number of seconds`);
   return seconds;
 }
 
 function settleTimeoutMs(): number {
-  return positiveSeconds('BUDGET_SETTLE_TIMEOUT_SECONDS', 900) * 1000;
+  return positiveSeconds('BUDGET_SETTLE_TIMEOUT_SECONDS', process.env.BUDGET_SETTLE_TIMEOUT_SECONDS, 900) * 1000;
 }
 
 export async function runWorker(config: RunnerConfig): Promise<void> {
@@ -138,7 +138,7 @@ export async function runWorker(config: RunnerConfig): Promise<void> {
         log: log.child({ component: 'budgets' }),
         events: metrics.budgets,
         settleTimeoutMs: settleTimeoutMs(),
-        leaseTtlSeconds: positiveSeconds('BUDGET_HOLDER_TTL_SECONDS', 10),
+        leaseTtlSeconds: positiveSeconds('BUDGET_HOLDER_TTL_SECONDS', process.env.BUDGET_HOLDER_TTL_SECONDS, 10),
       })
     : null;
   let link: WorkerLink | null = null;

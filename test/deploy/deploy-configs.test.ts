@@ -285,6 +285,7 @@ describe('what nginx lets through to the runner', () => {
   const runnerSources = [
     'plugins/runner/config.ts',
     'plugins/runner/main.ts',
+    'plugins/runner/worker.ts',
     'identity/config.ts',
     'plugins/vault/config.ts',
     'etcd/client.ts',
