@@ -8,6 +8,9 @@
 // 3-4), counted as 8, plus 8 for the reply's priming. The bound is loose
 // (real prompts run about 4 bytes a token) but never low, which is what a
 // reservation needs: the call is settled to its actual usage afterwards.
+// Images are not text: each image part counts IMAGE_TOKENS_BOUND, above what
+// the providers document for one image at its largest (OpenAI's patch-based
+// models: 1,536 patches x 1.62 = 2,489; tiled: 1,105; Anthropic: about 1,600).
 
 export interface LlmCall {
   /** The model asked for, or null when the body names none. */
@@ -29,14 +32,19 @@ export class LlmCallError extends Error {
 
 const MESSAGE_OVERHEAD = 8;
 const REPLY_PRIMING = 8;
+export const IMAGE_TOKENS_BOUND = 4_096;
 
 const utf8Length = (text: string) => Buffer.byteLength(text, 'utf8');
 
-/** Bytes of every string in a value (message content may be text or an array of parts). */
+/** Bytes of every string in a value (message content may be text or an array of parts), and a bound per image part. */
 function textBytes(value: unknown): number {
   if (typeof value === 'string') return utf8Length(value);
   if (Array.isArray(value)) return value.reduce((n: number, item) => n + textBytes(item), 0);
-  if (value && typeof value === 'object') return Object.values(value).reduce((n: number, item) => n + textBytes(item), 0);
+  if (value && typeof value === 'object') {
+    const record = value as Record<string, unknown>;
+    const image = record.type === 'image_url' || record.type === 'image' || record.type === 'input_image' ? IMAGE_TOKENS_BOUND : 0;
+    return image + Object.values(record).reduce((n: number, item) => n + textBytes(item), 0);
+  }
   return 0;
 }
 
@@ -68,7 +76,9 @@ export function readLlmCall(bytes: Uint8Array): LlmCall {
   }
   // Tools and response formats are sent to the model as text too.
   promptTokensBound += textBytes(record.tools) + textBytes(record.functions) + textBytes(record.response_format);
-  const maxTokens = positiveInteger(record.max_completion_tokens, 'max_completion_tokens') ?? positiveInteger(record.max_tokens, 'max_tokens');
+  // Both may be sent; which one an upstream honours varies, so the larger bounds the call.
+  const completionLimits = [positiveInteger(record.max_completion_tokens, 'max_completion_tokens'), positiveInteger(record.max_tokens, 'max_tokens')].filter((n): n is number => n !== null);
+  const maxTokens = completionLimits.length > 0 ? Math.max(...completionLimits) : null;
   const n = positiveInteger(record.n, 'n') ?? 1;
   if (n !== 1) throw new LlmCallError('n other than 1 is not supported on a budgeted route');
   if (record.stream !== undefined && typeof record.stream !== 'boolean') throw new LlmCallError('stream must be a boolean');

@@ -1,6 +1,6 @@
 // Reading an LLM call's worst case from its body, and its usage from the answer.
 import { describe, expect, it } from 'vitest';
-import { LlmCallError, readLlmCall, usageFromResponse } from '../../budget/call.js';
+import { IMAGE_TOKENS_BOUND, LlmCallError, readLlmCall, usageFromResponse } from '../../budget/call.js';
 import { promptTokens } from '../../tools/llm-stub/index.js';
 
 const bytes = (value: unknown) => new TextEncoder().encode(typeof value === 'string' ? value : JSON.stringify(value));
@@ -19,11 +19,20 @@ describe('readLlmCall', () => {
     expect(call.promptTokensBound).toBeGreaterThanOrEqual(promptTokens(messages));
   });
 
-  it('reads max_completion_tokens first, streaming and include_usage, and completions with a prompt', () => {
+  it('bounds the completion by the larger of max_tokens and max_completion_tokens; reads streaming, include_usage, and completions with a prompt', () => {
     const call = readLlmCall(bytes({ model: 'm', max_tokens: 5, max_completion_tokens: 7, stream: true, stream_options: { include_usage: true }, messages: [] }));
     expect(call).toMatchObject({ maxTokens: 7, stream: true, includeUsage: true, promptTokensBound: 8 });
+    // An upstream that honours max_tokens over max_completion_tokens could answer 10,000.
+    expect(readLlmCall(bytes({ max_tokens: 10_000, max_completion_tokens: 10, messages: [] })).maxTokens).toBe(10_000);
     expect(readLlmCall(bytes({ model: 'm', prompt: 'abc' })).promptTokensBound).toBe(3 + 8);
     expect(readLlmCall(bytes({ messages: [] })).maxTokens).toBeNull();
+  });
+
+  it('counts each image part at the bound of one image, whatever its URL\'s length', () => {
+    const image = { type: 'image_url', image_url: { url: 'https://x.example/a.png' } };
+    const withImages = readLlmCall(bytes({ messages: [{ role: 'user', content: [{ type: 'text', text: 'what is this?' }, image, image] }] }));
+    const withoutImages = readLlmCall(bytes({ messages: [{ role: 'user', content: [{ type: 'text', text: 'what is this?' }] }] }));
+    expect(withImages.promptTokensBound - withoutImages.promptTokensBound).toBe(2 * (IMAGE_TOKENS_BOUND + Buffer.byteLength('image_urlhttps://x.example/a.png')));
   });
 
   it.each([
