@@ -2,6 +2,7 @@
 // in etcd (budget/keys.ts). Gateways add to it in the background, coalesced
 // (one transaction per hour and model touched, about once a second); the CMS
 // reads it back for a time range.
+import { randomUUID } from 'node:crypto';
 import { Range, type Etcd3 } from 'etcd3';
 import type { Logger } from 'pino';
 import { emptyUsage, HOUR_MS, parseUsageKey, usageKey, usagePrefix, type UsageRecord } from './keys.js';
@@ -22,19 +23,35 @@ function parseRecord(text: string): UsageRecord {
   return record;
 }
 
-/** Adds `delta` to one usage record (compare-and-swap, retried on a concurrent write). */
-export async function addUsage(client: Etcd3, project: string, hourStart: number, model: string, delta: UsageRecord): Promise<void> {
+/** How many of its latest additions a record remembers, to recognise one retried after its answer was lost. */
+const REMEMBERED_OPS = 64;
+
+/**
+ * Adds `delta` to one usage record (compare-and-swap, retried on a concurrent
+ * write). With an `op` id, an addition whose commit went through but whose
+ * answer was lost (and that is tried again) is recognised and counted once.
+ */
+export async function addUsage(client: Etcd3, project: string, hourStart: number, model: string, delta: UsageRecord, op?: string): Promise<void> {
   const key = usageKey(project, hourStart, model);
   for (let attempt = 0; attempt < 20; attempt++) {
     const current = await client.get(key).exec();
     const kv = current.kvs[0];
-    const record = kv ? parseRecord(kv.value.toString('utf8')) : emptyUsage();
+    const text = kv?.value.toString('utf8');
+    const ops = text ? opsOf(text) : [];
+    if (op && ops.includes(op)) return;
+    const record = text ? parseRecord(text) : emptyUsage();
     addInto(record, delta);
+    const stored = op ? { ...record, ops: [...ops, op].slice(-REMEMBERED_OPS) } : { ...record, ops };
     const guard = kv ? client.if(key, 'Mod', '==', kv.mod_revision) : client.if(key, 'Create', '==', 0);
-    const result = await guard.then(client.put(key).value(JSON.stringify(record))).commit();
+    const result = await guard.then(client.put(key).value(JSON.stringify(stored))).commit();
     if (result.succeeded) return;
   }
   throw new Error(`usage record ${key} kept changing under 20 attempts`);
+}
+
+function opsOf(text: string): string[] {
+  const ops = (JSON.parse(text) as { ops?: unknown }).ops;
+  return Array.isArray(ops) ? ops.filter((o): o is string => typeof o === 'string') : [];
 }
 
 export interface UsageSummary {
@@ -70,11 +87,13 @@ export { usagePrefix };
 /**
  * A gateway's pending usage, written in the background: calls add in memory,
  * a flush a second later writes one transaction per (project, hour, model).
- * A failed write keeps its delta for the next flush; nothing is lost while
- * the process lives.
+ * A failed write is tried again as it was, with the same op id (so one that
+ * went through after all is not counted twice); nothing is lost while the
+ * process lives.
  */
 export class UsageRecorder {
   private readonly pending = new Map<string, { project: string; hour: number; model: string; delta: UsageRecord }>();
+  private retry: { project: string; hour: number; model: string; delta: UsageRecord; op: string }[] = [];
   private timer: NodeJS.Timeout | null = null;
   private flushing: Promise<void> | null = null;
 
@@ -90,6 +109,10 @@ export class UsageRecorder {
     const entry = this.pending.get(id);
     if (entry) addInto(entry.delta, delta);
     else this.pending.set(id, { project, hour, model, delta: { ...delta } });
+    this.schedule();
+  }
+
+  private schedule(): void {
     this.timer ??= setTimeout(() => void this.flush(), this.flushDelayMs);
     this.timer.unref();
   }
@@ -99,16 +122,18 @@ export class UsageRecorder {
     if (this.timer) clearTimeout(this.timer);
     this.timer = null;
     while (this.flushing) await this.flushing;
-    if (this.pending.size === 0) return;
-    const batch = [...this.pending.values()];
+    if (this.pending.size === 0 && this.retry.length === 0) return;
+    const batch = [...this.retry, ...[...this.pending.values()].map((entry) => ({ ...entry, op: randomUUID() }))];
     this.pending.clear();
+    this.retry = [];
     this.flushing = (async () => {
       for (const entry of batch) {
         try {
-          await addUsage(this.client, entry.project, entry.hour, entry.model, entry.delta);
+          await addUsage(this.client, entry.project, entry.hour, entry.model, entry.delta, entry.op);
         } catch (err) {
           this.log.warn({ project: entry.project, model: entry.model, err: (err as Error).message }, 'usage not written yet; kept for the next flush');
-          this.record(entry.project, entry.model, entry.hour, entry.delta);
+          this.retry.push(entry);
+          this.schedule();
         }
       }
     })();
