@@ -53,18 +53,31 @@ describe('budget ledger', () => {
     const holders = await Promise.all(['g1', 'g2', 'g3'].map((g) => ledger(g)));
     const limit = { scope: '*', per: 'day' as const, tokens: 1_000 };
     const request: LimitRequest = { limit, block: 100 };
-    // 90 calls of worst case 37, settled to their full cost: exactly floor(1000 / 37) = 27 fit.
+    // 90 callers with a worst case of 37, settled to their full cost: exactly floor(1000 / 37) = 27 fit.
+    // Each honours Retry-After as a client does: a short one (the tokens are
+    // held by calls in flight or by another holder) is waited out, a refusal
+    // that names the window's end is final.
+    const refusals: number[] = [];
     const results = await Promise.all(
       Array.from({ length: 90 }, async (_, i) => {
-        const result = await holders[i % 3]!.reserve('alpha', [request], 37);
-        if (result.ok) setTimeout(() => holders[i % 3]!.settle(result.hold, 37), 5);
-        return result.ok;
+        for (let attempt = 0; attempt < 10; attempt++) {
+          const result = await holders[i % 3]!.reserve('alpha', [request], 37);
+          if (result.ok) {
+            setTimeout(() => holders[i % 3]!.settle(result.hold, 37), 5);
+            return true;
+          }
+          refusals.push(result.retryAfterSeconds);
+          if (result.retryAfterSeconds > 2) return false;
+          await new Promise((r) => setTimeout(r, result.retryAfterSeconds * 1000));
+        }
+        throw new Error('still told to retry after ten attempts');
       }),
     );
     const admitted = results.filter(Boolean).length;
     expect(admitted * 37).toBeLessThanOrEqual(1_000);
-    // Every call refused found no room once the others gave their spare tokens back.
+    // Admitted up to the budget: every final refusal came once no room was left.
     expect(admitted).toBe(27);
+    expect(refusals.filter((seconds) => seconds > 2)).toHaveLength(90 - 27);
     await new Promise((r) => setTimeout(r, 1_500));
     const record = (await allocation('alpha', limit))!;
     expect(record.consumed + heldTotal(record)).toBeLessThanOrEqual(1_000);
