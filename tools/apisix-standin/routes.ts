@@ -3,6 +3,7 @@
 import { readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
 import { parseHttpLoggerConf, type HttpLoggerConf } from './http-logger.js';
+import { resolveConfVars } from '../apisix/conf-vars.js';
 
 export const EXT_PLUGIN_PHASES = ['ext-plugin-pre-req', 'ext-plugin-post-req', 'ext-plugin-post-resp'] as const;
 export type ExtPluginPhase = (typeof EXT_PLUGIN_PHASES)[number];
@@ -83,47 +84,6 @@ export interface ParseRoutesOptions {
    * runnerEnvironment). Default: none, so only defaults apply.
    */
   env?: Readonly<Record<string, string | undefined>>;
-}
-
-/**
- * APISIX's resolve_conf_var (apisix/cli/file.lua), which standalone mode
- * applies to apisix.yaml: `${{NAME}}` and `${{NAME:=default}}` in keys and
- * string values are replaced; a value that used a variable and reads as a
- * number or as true/false becomes one; a variable without value or default
- * makes the whole file invalid.
- */
-export function resolveConfVars(node: unknown, env: Readonly<Record<string, string | undefined>>): unknown {
-  const substitute = (text: string): { value: string; used: boolean } => {
-    let used = false;
-    const value = text.replace(/\$\{\{\s*(\w+[:=]?.*?)\s*\}\}/g, (_, inner: string) => {
-      let name = inner;
-      let fallback: string | undefined;
-      const split = inner.indexOf(':=');
-      if (split !== -1) {
-        fallback = inner.slice(split + 2).trim();
-        name = inner.slice(0, split);
-      }
-      const found = env[name] ?? fallback;
-      if (found === undefined) throw new RouteConfigError(`failed to handle configuration: can't find environment variable ${name}`);
-      used = true;
-      return found;
-    });
-    return { value, used };
-  };
-  if (Array.isArray(node)) return node.map((item) => resolveConfVars(item, env));
-  if (isObject(node)) {
-    const out: Obj = {};
-    for (const [key, value] of Object.entries(node)) out[substitute(key).value] = resolveConfVars(value, env);
-    return out;
-  }
-  if (typeof node !== 'string') return node;
-  const { value, used } = substitute(node);
-  if (!used) return value;
-  // Lua's tonumber: decimal (with exponent) or hexadecimal, surrounding spaces allowed.
-  if (/^\s*[-+]?(\d+\.?\d*([eE][-+]?\d+)?|\.\d+([eE][-+]?\d+)?|0[xX][\da-fA-F]+)\s*$/.test(value)) return Number(value.trim());
-  if (value === 'true') return true;
-  if (value === 'false') return false;
-  return value;
 }
 
 export function loadRoutesFile(path: string, confVersion = 1, options: ParseRoutesOptions = {}): Route[] {

@@ -3,6 +3,7 @@
 import { readFileSync } from 'node:fs';
 import { parse, stringify } from 'yaml';
 import { validateRoute, validateUpstream, RouteSchemaError } from './schema.js';
+import { ConfVarError, resolveConfVars } from '../apisix/conf-vars.js';
 
 export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
 export type JsonObject = { [key: string]: Json };
@@ -97,25 +98,21 @@ export function exportStandalone(file: RoutesFile): string {
 }
 
 /**
- * Resolves `${{NAME}}` and `${{NAME:=default}}` in every string of the file,
- * as APISIX does when it reads apisix.yaml in standalone mode. Its Admin API
- * stores what it is given, so the routes sent there are resolved here, from
- * this process's environment; a reference to an unset variable without a
- * default is an error, as it is for APISIX.
+ * Resolves `${{NAME}}` and `${{NAME:=default}}` in the file as APISIX does
+ * when it reads apisix.yaml in standalone mode (tools/apisix/conf-vars.ts).
+ * Its Admin API stores what it is given, so the routes sent there are
+ * resolved here, from this process's environment; a reference to an unset
+ * variable without a default is an error, as it is for APISIX.
  */
 export function resolveEnvReferences(file: RoutesFile, env: NodeJS.ProcessEnv): RoutesFile {
-  const resolveText = (text: string, where: string): string =>
-    text.replace(/\$\{\{\s*([A-Za-z0-9_]+)(?::=(.*?))?\s*\}\}/g, (_match, name: string, fallback: string | undefined) => {
-      const value = env[name] ?? fallback?.trim();
-      if (value === undefined) throw new RouteSchemaError(`${where}: \${{${name}}} names an environment variable that is not set`);
-      return value;
+  const objects = (list: AdminObject[]) =>
+    list.map((object) => {
+      try {
+        return { ...object, body: resolveConfVars(object.body, env) as JsonObject };
+      } catch (error) {
+        if (!(error instanceof ConfVarError)) throw error;
+        throw new RouteSchemaError(`${object.kind.slice(0, -1)} "${object.id}": ${error.message}`);
+      }
     });
-  const walk = (value: Json, where: string): Json => {
-    if (typeof value === 'string') return resolveText(value, where);
-    if (Array.isArray(value)) return value.map((item) => walk(item, where));
-    if (isObject(value)) return Object.fromEntries(Object.entries(value).map(([key, item]) => [key, walk(item, where)]));
-    return value;
-  };
-  const objects = (list: AdminObject[]) => list.map((object) => ({ ...object, body: walk(object.body, `${object.kind.slice(0, -1)} "${object.id}"`) as JsonObject }));
   return { upstreams: objects(file.upstreams), routes: objects(file.routes) };
 }
