@@ -10,8 +10,9 @@
 // call in flight changes nothing.
 import type { Etcd3 } from 'etcd3';
 import type { Logger } from 'pino';
-import { blockTokens, limitsFor, parseBudget, type Budget, type BudgetLimit } from './definition.js';
-import { BUDGETS_PREFIX, projectOfBudgetKey, type StoredBudget } from './keys.js';
+import { blockTokens, limitsFor, type Budget, type BudgetLimit } from './definition.js';
+import { BUDGETS_PREFIX, projectOfBudgetKey } from './keys.js';
+import { parseStoredBudget } from './store.js';
 import { BudgetLedger, type Hold, type ReserveResult } from './ledger.js';
 import { UsageRecorder } from './usage.js';
 import { usageFromResponse, type LlmCall } from './call.js';
@@ -84,28 +85,21 @@ export class GatewayBudgets {
     const sweepEvery = Math.min(10_000, this.settleTimeoutMs);
     this.sweeper = setInterval(() => this.expire(), sweepEvery);
     this.sweeper.unref();
-    for (let delay = 500; !this.stopped; delay = Math.min(delay * 2, 10_000)) {
-      try {
-        await this.load();
-        await this.ledger.start();
-        return;
-      } catch (err) {
-        this.options.log.warn({ err: (err as Error).message }, 'budgets not loaded yet; budgeted routes answer 503 until they are');
-        await new Promise((r) => setTimeout(r, delay));
-      }
-    }
+    await this.untilDone(() => this.load(), 'budgets not loaded yet; budgeted routes answer 503 until they are');
+    await this.untilDone(() => this.ledger.start(), 'budget ledger not reachable yet; calls that need a block are refused');
   }
 
   private get settleTimeoutMs(): number {
     return this.options.settleTimeoutMs ?? 900_000;
   }
 
-  private async reload(): Promise<void> {
+  /** Runs `task` until it succeeds (or the budgets stop), backing off from 0.5 s to 10 s. */
+  private async untilDone(task: () => Promise<void>, failure: string): Promise<void> {
     for (let delay = 500; !this.stopped; delay = Math.min(delay * 2, 10_000)) {
       try {
-        return await this.load();
+        return await task();
       } catch (err) {
-        this.options.log.warn({ err: (err as Error).message }, 'budgets not read again yet; enforcing the ones loaded');
+        this.options.log.warn({ err: (err as Error).message }, failure);
         await new Promise((r) => setTimeout(r, delay));
       }
     }
@@ -138,7 +132,7 @@ export class GatewayBudgets {
       this.options.log.warn({ err: err.message }, 'budget watch canceled; reading every budget again');
       this.watcher = null;
       void watcher.cancel().catch(() => undefined);
-      void this.reload();
+      void this.untilDone(() => this.load(), 'budgets not read again yet; enforcing the ones loaded');
     });
     this.watcher = watcher;
     this.loaded = true;
@@ -149,8 +143,10 @@ export class GatewayBudgets {
     const project = projectOfBudgetKey(key);
     if (!project) return;
     try {
-      const stored = JSON.parse(text) as StoredBudget;
-      this.budgets.set(project, parseBudget(stored.budget));
+      // The store's own reader: the project must be the key's, the budget valid; a deleted one is none.
+      const stored = parseStoredBudget(text, project, key);
+      if (stored.budget === null) throw new Error(`${key} holds no budget`);
+      this.budgets.set(project, stored.budget);
     } catch (err) {
       // A budget that cannot be read allows nothing (the CMS validates, so this is damage).
       this.budgets.delete(project);
@@ -218,14 +214,6 @@ export class GatewayBudgets {
     else if (status >= 400) this.charge(call, 0, 0, 0, true);
     else this.charge(call, 0, 0, call.hold.cost, false);
     return true;
-  }
-
-  /** Drops a reservation whose call never went upstream (a later plugin stopped it). */
-  cancel(id: string): void {
-    const call = this.inFlight.get(id);
-    if (!call) return;
-    this.inFlight.delete(id);
-    this.ledger.settle(call.hold, 0);
   }
 
   private charge(call: InFlight, prompt: number, completion: number, charged: number, seen: boolean): void {
