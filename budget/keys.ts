@@ -46,6 +46,8 @@ export interface Allocation {
   held: Record<string, number>;
   /** A holder that could not get a block asks the others to return what they do not use. */
   wanted?: { by: string; at: number };
+  /** The write that made this version (holder and sequence): a commit retried after its answer was lost is recognised by it. */
+  op?: string;
 }
 
 export interface UsageRecord {

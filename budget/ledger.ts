@@ -83,6 +83,17 @@ const WANTED_FOR_MS = 2_000;
 
 const free = (pool: Pool) => pool.held - pool.spent - pool.reserved;
 
+/** What every holder but `me` holds in a record. */
+const heldByOthers = (record: Allocation, me: string | null) => Object.entries(record.held).reduce((n, [holder, tokens]) => (holder === me ? n : n + tokens), 0);
+
+/** This holder's blocks are gone (reclaimed, or its lease lost): what it held is `held` now, and calls in flight settle into nothing. */
+function forget(pool: Pool, held: number): void {
+  pool.held = held;
+  pool.spent = 0;
+  pool.reserved = 0;
+  pool.epoch += 1;
+}
+
 export class BudgetLedger {
   private lease: Lease | null = null;
   private holderId: string | null = null;
@@ -96,10 +107,6 @@ export class BudgetLedger {
   private stopped = false;
 
   constructor(private readonly options: LedgerOptions) {}
-
-  get holder(): string | null {
-    return this.holderId;
-  }
 
   async start(): Promise<void> {
     await this.ensureHolder();
@@ -188,10 +195,7 @@ export class BudgetLedger {
       const record = this.seen.get(key);
       const pool = this.pools.get(key);
       let remaining = limit.tokens;
-      if (record) {
-        const othersHeld = Object.entries(record.held).reduce((n, [holder, tokens]) => (holder === this.holderId ? n : n + tokens), 0);
-        remaining = limit.tokens - record.consumed - othersHeld;
-      }
+      if (record) remaining = limit.tokens - record.consumed - heldByOthers(record, this.holderId);
       if (pool) remaining -= pool.spent + pool.reserved;
       return { limit, remaining: Math.max(0, remaining), resetsAt: end };
     });
@@ -238,7 +242,8 @@ export class BudgetLedger {
         return true;
       }
       // Others hold spare tokens: they were asked to give them back; wait for the record to change.
-      if (attempt < 2 && this.othersHold(pool) > 0) await this.waitForChange(pool.key, this.options.wantWaitMs ?? 300);
+      const record = this.seen.get(pool.key);
+      if (attempt < 2 && record && heldByOthers(record, this.holderId) > 0) await this.waitForChange(pool.key, this.options.wantWaitMs ?? 300);
       else break;
     }
     // What the window could still give once every call in flight is settled (settled usage
@@ -248,12 +253,6 @@ export class BudgetLedger {
     // Tokens held by calls in flight come back within seconds; an exhausted window only when it ends.
     const retryAfterSeconds = left >= cost ? 1 : Math.max(1, Math.ceil((pool.windowEnd - Date.now()) / 1000));
     return { remaining: Math.max(0, free(pool)), retryAfterSeconds, reason: 'exhausted' };
-  }
-
-  private othersHold(pool: Pool): number {
-    const record = this.seen.get(pool.key);
-    if (!record) return 0;
-    return Object.entries(record.held).reduce((n, [holder, tokens]) => (holder === this.holderId ? n : n + tokens), 0);
   }
 
   /**
@@ -284,7 +283,7 @@ export class BudgetLedger {
       const fold = pool.spent;
       record.consumed += fold;
       const heldAfterFold = Math.max(0, (record.held[me] ?? 0) - fold);
-      const othersHeld = Object.entries(record.held).reduce((n, [holder, tokens]) => (holder === me ? n : n + tokens), 0);
+      const othersHeld = heldByOthers(record, me);
       const room = record.limit - record.consumed - othersHeld - heldAfterFold;
       const grant = room >= need ? Math.min(room, want) : 0;
       const newHeld = heldAfterFold + grant;
@@ -334,10 +333,7 @@ export class BudgetLedger {
   private reconcile(pool: Pool, record: Allocation, me: string): void {
     if (pool.held > 0 && (record.held[me] ?? 0) < pool.held) {
       this.options.log.warn({ key: pool.key, held: pool.held, recorded: record.held[me] ?? 0 }, 'budget blocks were reclaimed (lease lost); calls in flight settle into nothing');
-      pool.held = record.held[me] ?? 0;
-      pool.spent = 0;
-      pool.reserved = 0;
-      pool.epoch += 1;
+      forget(pool, record.held[me] ?? 0);
     }
   }
 
@@ -352,7 +348,7 @@ export class BudgetLedger {
   private async write(pool: Pool, record: Allocation, modRevision: string | null): Promise<boolean> {
     const client = this.options.client;
     const op = `${this.holderId}#${++this.opCounter}`;
-    const value = JSON.stringify({ ...record, op });
+    const value = JSON.stringify({ ...record, op } satisfies Allocation);
     const put =
       modRevision === null
         ? client.put(pool.key).value(value).lease(await this.windowLease(pool.windowEnd))
@@ -363,7 +359,7 @@ export class BudgetLedger {
     } catch (err) {
       // The client may have retried a commit that went through: the record then carries this op.
       const { allocation } = await this.read(pool.key);
-      if ((allocation as (Allocation & { op?: string }) | null)?.op === op) return true;
+      if (allocation?.op === op) return true;
       throw err;
     }
   }
@@ -392,12 +388,7 @@ export class BudgetLedger {
       this.options.log.warn({ err: err.message, holder }, 'budget holder lease lost: its blocks will be charged in full; taking new ones under a new lease');
       this.lease = null;
       this.holderId = null;
-      for (const pool of this.pools.values()) {
-        pool.held = 0;
-        pool.spent = 0;
-        pool.reserved = 0;
-        pool.epoch += 1;
-      }
+      for (const pool of this.pools.values()) forget(pool, 0);
     });
     this.lease = lease;
     this.holderId = holder;

@@ -5,7 +5,7 @@
 import { randomUUID } from 'node:crypto';
 import { Range, type Etcd3 } from 'etcd3';
 import type { Logger } from 'pino';
-import { emptyUsage, HOUR_MS, parseUsageKey, usageKey, usagePrefix, type UsageRecord } from './keys.js';
+import { emptyUsage, HOUR_MS, parseUsageKey, usageKey, type UsageRecord } from './keys.js';
 
 const USAGE_FIELDS = ['requests', 'prompt_tokens', 'completion_tokens', 'charged_tokens', 'unsettled'] as const;
 
@@ -13,14 +13,16 @@ function addInto(target: UsageRecord, delta: UsageRecord): void {
   for (const field of USAGE_FIELDS) target[field] += delta[field];
 }
 
-function parseRecord(text: string): UsageRecord {
-  const parsed = JSON.parse(text) as Partial<UsageRecord>;
+/** A stored record: its counts, and the ids of the latest additions it remembers. */
+function parseStored(text: string): { record: UsageRecord; ops: string[] } {
+  const parsed = JSON.parse(text) as Partial<UsageRecord> & { ops?: unknown };
   const record = emptyUsage();
   for (const field of USAGE_FIELDS) {
     const value = parsed[field];
     if (typeof value === 'number' && Number.isFinite(value)) record[field] = value;
   }
-  return record;
+  const ops = Array.isArray(parsed.ops) ? parsed.ops.filter((o): o is string => typeof o === 'string') : [];
+  return { record, ops };
 }
 
 /** How many of its latest additions a record remembers, to recognise one retried after its answer was lost. */
@@ -36,10 +38,8 @@ export async function addUsage(client: Etcd3, project: string, hourStart: number
   for (let attempt = 0; attempt < 20; attempt++) {
     const current = await client.get(key).exec();
     const kv = current.kvs[0];
-    const text = kv?.value.toString('utf8');
-    const ops = text ? opsOf(text) : [];
+    const { record, ops } = kv ? parseStored(kv.value.toString('utf8')) : { record: emptyUsage(), ops: [] };
     if (op && ops.includes(op)) return;
-    const record = text ? parseRecord(text) : emptyUsage();
     addInto(record, delta);
     const stored = op ? { ...record, ops: [...ops, op].slice(-REMEMBERED_OPS) } : { ...record, ops };
     const guard = kv ? client.if(key, 'Mod', '==', kv.mod_revision) : client.if(key, 'Create', '==', 0);
@@ -47,11 +47,6 @@ export async function addUsage(client: Etcd3, project: string, hourStart: number
     if (result.succeeded) return;
   }
   throw new Error(`usage record ${key} kept changing under 20 attempts`);
-}
-
-function opsOf(text: string): string[] {
-  const ops = (JSON.parse(text) as { ops?: unknown }).ops;
-  return Array.isArray(ops) ? ops.filter((o): o is string => typeof o === 'string') : [];
 }
 
 export interface UsageSummary {
@@ -73,16 +68,13 @@ export async function readUsage(client: Etcd3, project: string, fromMs: number, 
   for (const kv of kvs) {
     const where = parseUsageKey(project, kv.key.toString('utf8'));
     if (!where) continue;
-    const record = parseRecord(kv.value.toString('utf8'));
+    const { record } = parseStored(kv.value.toString('utf8'));
     addInto(summary.total, record);
     addInto((summary.models[where.model] ??= emptyUsage()), record);
     summary.hours.push({ hour: new Date(where.hour).toISOString(), model: where.model, ...record });
   }
   return summary;
 }
-
-/** The prefix of a project's usage records (for deleting them with the project, or listing). */
-export { usagePrefix };
 
 /**
  * A gateway's pending usage, written in the background: calls add in memory,
