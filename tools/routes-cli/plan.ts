@@ -23,10 +23,17 @@ const METADATA = new Set(['id', 'create_time', 'update_time']);
  * file leaves out is ignored only when it holds exactly this default; any
  * other leftover (a host someone added by hand, say) counts as a change.
  */
-const DEFAULTS: Record<string, Record<string, Json>> = {
+const DEFAULTS: Record<AdminObject['kind'], Record<string, Json>> = {
   routes: { status: 1, priority: 0 },
   upstreams: { type: 'roundrobin', scheme: 'http', pass_host: 'pass', hash_on: 'vars' },
-  plugin: { allow_degradation: false },
+};
+
+/** The same for the confs of the plugins the routes use, by plugin name. */
+const EXT_PLUGIN_DEFAULTS: Record<string, Json> = { allow_degradation: false };
+const PLUGIN_DEFAULTS: Record<string, Record<string, Json>> = {
+  'ext-plugin-pre-req': EXT_PLUGIN_DEFAULTS,
+  'ext-plugin-post-req': EXT_PLUGIN_DEFAULTS,
+  'ext-plugin-post-resp': EXT_PLUGIN_DEFAULTS,
   // APISIX 3.9.1's http-logger schema, with its batch processor's (utils/batch-processor.lua).
   'http-logger': {
     timeout: 3,
@@ -57,15 +64,15 @@ function stripDefaults(stored: Json | undefined, wanted: Json | undefined, defau
 export function normalizeStored(kind: AdminObject['kind'], stored: JsonObject, wanted: JsonObject): JsonObject {
   const copy: JsonObject = {};
   for (const [key, value] of Object.entries(stored)) if (!METADATA.has(key)) copy[key] = value;
-  const top = stripDefaults(copy, wanted, DEFAULTS[kind]!) as JsonObject;
+  const top = stripDefaults(copy, wanted, DEFAULTS[kind]) as JsonObject;
   if (kind === 'routes') {
     if (isObject(top.upstream) && isObject(wanted.upstream)) {
-      top.upstream = stripDefaults(top.upstream, wanted.upstream, DEFAULTS.upstreams!) as JsonObject;
+      top.upstream = stripDefaults(top.upstream, wanted.upstream, DEFAULTS.upstreams) as JsonObject;
     }
     if (isObject(top.plugins) && isObject(wanted.plugins)) {
       const plugins: JsonObject = {};
       for (const [name, conf] of Object.entries(top.plugins)) {
-        const defaults = name.startsWith('ext-plugin-') ? DEFAULTS.plugin : DEFAULTS[name];
+        const defaults = PLUGIN_DEFAULTS[name];
         plugins[name] = defaults ? (stripDefaults(conf, wanted.plugins[name], defaults) as Json) : conf;
       }
       top.plugins = plugins;
