@@ -11,6 +11,7 @@ import { pino } from 'pino';
 import { createDemoIdentity, demoCurlCommands, seedDemoPolicies, DEMO_PROJECT, DEMO_LLM_SECRET } from '../cms/demo.js';
 import { startLocalStack } from '../tools/local-stack/index.js';
 import { currentFleetStatus } from '../cms/fleet.js';
+import type { Etcd3 } from 'etcd3';
 import { createEtcdClient } from '../etcd/index.js';
 import { PLATFORM_POLICY_NAME, PolicyStore } from '../policy/store/index.js';
 import { startDemoRag } from '../tools/local-stack/demo-rag.js';
@@ -76,11 +77,11 @@ async function main() {
     logger: log,
   });
   const seeded = await seedDemoPolicies({ etcdEndpoints: stack.etcdEndpoints, opaPath });
-  const budgetSeeded = await seedDemoBudget(stack.etcdEndpoints);
+  const etcd = createEtcdClient(stack.etcdEndpoints);
+  const budgetSeeded = await seedDemoBudget(etcd);
   // Up means every curl line below answers as it says: wait (briefly) until
   // every gateway process enforces the demo policies, as their fleet reports
   // tell (each of the runner's workers loads and watches on its own).
-  const etcd = createEtcdClient(stack.etcdEndpoints);
   const demoRevision = Math.max(...(await Promise.all([PLATFORM_POLICY_NAME, DEMO_PROJECT].map(async (name) => (await new PolicyStore(etcd).currentRevision(name))?.revision ?? 0))));
   const enforced = await waitUntil(async () => {
     const ready = await fetch(`http://127.0.0.1:${port('RUNNER_METRICS_PORT', 9091)}/readyz`, { signal: AbortSignal.timeout(2_000) });
@@ -163,14 +164,9 @@ main().catch((err) => {
 });
 
 /** The demo project's LLM budget, written when it has none (a user's own is kept). */
-async function seedDemoBudget(etcdEndpoints: string[]): Promise<boolean> {
-  const etcd = createEtcdClient(etcdEndpoints);
-  try {
-    const store = new BudgetStore(etcd);
-    if (await store.get(DEMO_PROJECT)) return false;
-    await store.put(DEMO_PROJECT, DEMO_BUDGET, 'gatehouse-demo-seed');
-    return true;
-  } finally {
-    etcd.close();
-  }
+async function seedDemoBudget(etcd: Etcd3): Promise<boolean> {
+  const store = new BudgetStore(etcd);
+  if (await store.get(DEMO_PROJECT)) return false;
+  await store.put(DEMO_PROJECT, DEMO_BUDGET, 'gatehouse-demo-seed');
+  return true;
 }
