@@ -206,10 +206,7 @@ export async function runPrimary(options: PrimaryOptions): Promise<void> {
     const settle = (entries: SettleEntry[]) => {
       for (const worker of members) send(worker, { type: 'gatehouse:settle', entries });
     };
-    settleServer = await startSettleServer(options.settlePort, settle, log).catch((err: unknown) => {
-      log.error({ err: (err as Error).message, port: options.settlePort }, 'LLM usage settle port unavailable: budgeted calls keep their reservations');
-      return null;
-    });
+    settleServer = await startSettleServer(options.settlePort, settle, log);
   }
 
   let admin: FastifyInstance | null = null;

@@ -178,7 +178,7 @@ export async function runWorker(config: RunnerConfig): Promise<void> {
         const policies = watcher?.status ?? null;
         return { ready: policies === null || policies.source !== 'none', policies };
       },
-      settle: (entries) => settleCalls(entries),
+      settle: settleCalls,
       log,
     });
     // Hold every conf the other workers prepared before taking connections.
@@ -230,13 +230,7 @@ export async function runWorker(config: RunnerConfig): Promise<void> {
   }
 
   // Alone, this process takes the settle port; in a cluster the primary does.
-  const settleServer =
-    budgets && config.settlePort !== null && !clustered
-      ? await startSettleServer(config.settlePort, settleCalls, log).catch((err: Error) => {
-          log.error({ err: err.message, port: config.settlePort }, 'LLM usage settle port unavailable: budgeted calls keep their reservations');
-          return null;
-        })
-      : null;
+  const settleServer = budgets && config.settlePort !== null && !clustered ? await startSettleServer(config.settlePort, settleCalls, log) : null;
 
   let stopping = false;
   const stop = (signal: string) => {

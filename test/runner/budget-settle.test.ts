@@ -44,13 +44,16 @@ describe.each([1, 2])('the settle port with %i worker(s)', (workers) => {
     for (const body of ['{"reservation":', '"text"', '[1, 2]', JSON.stringify({ reservation: 'b'.repeat(32), status: 'two hundred' })]) {
       const res = await post(body);
       expect(res.status, body).toBe(400);
-      expect(res.headers.get('content-type'), body).toMatch(/json/);
+      expect(res.headers.get('content-type'), body).toMatch(/application\/problem\+json/);
       await res.arrayBuffer();
     }
     // Refused as soon as the size is known: a 413, or the connection closed while the client still writes.
     const oversize = await post('x'.repeat(33 * 1024 * 1024)).then((res) => res.status, (err: Error) => (err.cause as { code?: string } | undefined)?.code ?? err.message);
     expect([413, 'EPIPE', 'ECONNRESET']).toContain(oversize);
-    expect((await post('reservation=1', 'application/x-www-form-urlencoded')).status).toBe(415);
+    const wrongType = await post('reservation=1', 'application/x-www-form-urlencoded');
+    expect(wrongType.status).toBe(415);
+    expect(wrongType.headers.get('content-type')).toMatch(/application\/problem\+json/);
+    await wrongType.arrayBuffer();
     expect(target().runner.child.exitCode).toBeNull();
     // and it still takes entries afterwards
     expect((await post('[]')).status).toBe(204);
