@@ -14,6 +14,7 @@ import { startVault, type TestVault } from '../support/vault.js';
 import { startEtcd, type TestEtcd } from '../support/etcd.js';
 import { PolicyWriter, opaPath } from '../support/policies.js';
 import { testGateway } from '../support/gateway.js';
+import { spendTheRest } from '../support/budget-client.js';
 import { startLlmStub, type LlmStub } from '../../tools/llm-stub/index.js';
 import { startLocalStack, type LocalStack } from '../../tools/local-stack/index.js';
 import { createEtcdClient } from '../../etcd/index.js';
@@ -76,23 +77,6 @@ async function allocation(project: string): Promise<Allocation | null> {
 /** What the LLM stub reported for calls of one project (each project calls its own model name). */
 function reported(project: string) {
   return llm.usage.filter((u) => u.model === `m-${project}`);
-}
-
-/**
- * Calls until the budget says it is spent, as a client honouring Retry-After
- * does: a 429 with a short Retry-After (calls in flight hold the budget until
- * settled) is waited out and tried again; one that names the window's end stops.
- */
-async function spendTheRest(gateways: number[], project: string): Promise<void> {
-  for (let i = 0; i < 100; i++) {
-    const r = await call(gateways[i % gateways.length]!, project);
-    if (r.status === 200) continue;
-    expect(r.status).toBe(429);
-    const retryAfter = Number(r.headers.get('retry-after'));
-    if (retryAfter > 2) return;
-    await new Promise((resolve) => setTimeout(resolve, retryAfter * 1000));
-  }
-  throw new Error('the budget never said it was spent');
 }
 
 async function until(what: string, check: () => Promise<boolean>, timeoutMs = 15_000): Promise<void> {
@@ -191,7 +175,7 @@ describe('LLM budgets across gateways', () => {
     expect(problem.budget).toMatchObject({ project: 'team-a', scope: '*', per: 'day', tokens: 1_500 });
 
     // Spend what is left, one call at a time, until the budget says it is spent.
-    await spendTheRest([0, 1], 'team-a');
+    await spendTheRest((i) => call(i % 2, 'team-a'));
     const used = reported('team-a');
     const total = used.reduce((n, u) => n + u.totalTokens, 0);
     // Not one token more than the budget...
@@ -312,7 +296,7 @@ describe('LLM budgets across gateways', () => {
     await until('the dead holder lease to expire', async () => !(await admin.getAll().prefix(HOLDERS_PREFIX).keys()).some((k) => deadHolders.some((h) => k.endsWith(h))), 30_000);
     // ...then the other gateway reclaims it: charged in full, never handed out twice.
     const afterKill = reported('team-c').length;
-    await spendTheRest([0], 'team-c');
+    await spendTheRest(() => call(0, 'team-c'));
     await until('gateway 0 to settle and give back', async () => {
       const record = await allocation('team-c');
       return record !== null && Object.keys(record.held).length === 0;

@@ -12,6 +12,7 @@ import { policyKeys } from '../../policy/store/index.js';
 import { createTestKeys, type TestKeys } from '../support/jwt.js';
 import { SERVER_HEADER, testGateway } from '../support/gateway.js';
 import { opaPath } from '../support/policies.js';
+import { spendTheRest } from '../support/budget-client.js';
 import { identityEnv } from '../../tools/dc-rehearsal/identity-env.js';
 import { startRehearsal, type Datacenter, type Rehearsal } from '../../tools/dc-rehearsal/rehearsal.js';
 import { loadInventory } from '../../tools/dc-rehearsal/deploy-files.js';
@@ -232,24 +233,6 @@ describe('LLM budgets across both datacenters', () => {
   /** What the LLM reported in each answer: the ground truth a budget is held to. */
   const reportedTokens = (answers: { status: number; text: string; headers: Headers }[]) =>
     answers.filter((a) => a.status === 200).reduce((n, a) => n + (JSON.parse(a.text) as { usage: { total_tokens: number } }).usage.total_tokens, 0);
-  /**
-   * Calls until the budget says it is spent, as a client honouring Retry-After
-   * does: a short one (calls in flight, or a block another gateway may still
-   * give back) is waited out; one naming the window's end stops.
-   */
-  const spendTheRest = async (sites: Datacenter[], project: string) => {
-    const answers: { status: number; text: string; headers: Headers }[] = [];
-    for (let i = 0; i < 100; i++) {
-      const answer = await llm(sites[i % sites.length]!, project);
-      answers.push(answer);
-      if (answer.status === 200) continue;
-      expect(answer.status).toBe(429);
-      const retryAfter = Number(answer.headers.get('retry-after'));
-      if (retryAfter > 2) return answers;
-      await new Promise((resolve) => setTimeout(resolve, retryAfter * 1000));
-    }
-    throw new Error('the budget never said it was spent');
-  };
   type Usage = { total: { requests: number; charged_tokens: number; unsettled: number } };
   const usageOf = async (project: string) => JSON.parse((await call(dc.url, 'GET', `/usage/${project}`, tokens.admin)).text) as Usage;
 
@@ -271,7 +254,7 @@ describe('LLM budgets across both datacenters', () => {
   it('concurrent callers on both datacenters are admitted up to the budget and not one token more; usage through the CMS matches the LLM', async () => {
     const burst = await Promise.all(Array.from({ length: 40 }, (_, i) => llm(i % 2 ? 'dc2' : 'dc1')));
     expect(burst.every((a) => a.status === 200 || a.status === 429), burst.map((a) => a.status).join(',')).toBe(true);
-    const answers = [...burst, ...(await spendTheRest(['dc1', 'dc2'], 'team-a'))];
+    const answers = [...burst, ...(await spendTheRest((i) => llm(i % 2 ? 'dc2' : 'dc1')))];
     const total = reportedTokens(answers);
     const admitted = answers.filter((a) => a.status === 200).length;
     console.log(`budget of 1500 tokens, 40 concurrent callers over both datacenters then one at a time: ${admitted} calls admitted, ${total} tokens used`);
@@ -291,7 +274,7 @@ describe('LLM budgets across both datacenters', () => {
     let refusedAfter: number | null = null;
     try {
       // dc2's block is out of reach until its lease expires; then dc1 reclaims it, charged in full.
-      await spendTheRest(['dc1'], 'team-b');
+      await spendTheRest(() => llm('dc1', 'team-b'));
       refusedAfter = Date.now() - cutAt;
     } finally {
       dc.setSiteLink('dc2', true);
