@@ -20,6 +20,9 @@ import { usageFromResponse, type LlmCall } from './call.js';
 /** What names a reservation: nginx's $request_id, 32 hex digits. */
 export const RESERVATION_ID = /^[0-9a-f]{32}$/;
 
+/** How long a call waits for a process's budgets to be read from etcd before it is refused with 503. */
+export const BUDGETS_LOAD_WAIT_MS = 3_000;
+
 export interface GatewayBudgetsOptions {
   client: Etcd3;
   gateway: string;
@@ -60,6 +63,7 @@ export class GatewayBudgets {
   readonly ledger: BudgetLedger;
   readonly usage: UsageRecorder;
   private loaded = false;
+  private readonly loadWaiters: (() => void)[] = [];
   private watcher: { cancel(): Promise<void> } | null = null;
   private sweeper: NodeJS.Timeout | null = null;
   private stopped = false;
@@ -78,6 +82,22 @@ export class GatewayBudgets {
   /** Whether the budgets were read from etcd (until then budgeted routes answer 503). */
   get isLoaded(): boolean {
     return this.loaded;
+  }
+
+  /**
+   * Whether the budgets are loaded, waiting up to `timeoutMs` for them: a
+   * call that reaches a process just started (or respawned) waits out the
+   * one etcd read rather than being refused.
+   */
+  whenLoaded(timeoutMs: number): Promise<boolean> {
+    if (this.loaded) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => resolve(this.loaded), timeoutMs);
+      this.loadWaiters.push(() => {
+        clearTimeout(timer);
+        resolve(true);
+      });
+    });
   }
 
   /** Reads every budget, then follows changes; retried in the background while etcd is away. */
@@ -136,6 +156,7 @@ export class GatewayBudgets {
     });
     this.watcher = watcher;
     this.loaded = true;
+    for (const wake of this.loadWaiters.splice(0)) wake();
     this.options.log.info({ budgets: this.budgets.size }, 'budgets loaded');
   }
 

@@ -16,7 +16,7 @@
 import type { Plugin } from '../api/plugin.js';
 import { jsonConfParser } from '../api/json-conf.js';
 import { callerIdentity } from '../jwt/identity-context.js';
-import { GatewayBudgets, RESERVATION_ID } from '../../budget/gateway.js';
+import { BUDGETS_LOAD_WAIT_MS, GatewayBudgets, RESERVATION_ID } from '../../budget/gateway.js';
 import { LlmCallError } from '../../budget/call.js';
 import { ConfError } from '../api/plugin.js';
 import { decidedModel, llmCall } from './call-context.js';
@@ -49,7 +49,7 @@ export function createLlmBudgetPlugin(budgets: GatewayBudgets | null, configErro
         response.problem(403, 'the caller has no project');
         return;
       }
-      if (!budgets!.isLoaded) {
+      if (!(await budgets!.whenLoaded(BUDGETS_LOAD_WAIT_MS))) {
         response.problem(503, 'budgets are not loaded yet');
         response.headers.set('retry-after', '1');
         return;

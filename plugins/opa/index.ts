@@ -32,7 +32,7 @@ import { callerIdentity } from '../jwt/identity-context.js';
 import type { Identity } from '../../identity/index.js';
 import { buildPolicyInput, type PolicyInput, type VerifiedUser } from './input.js';
 import { readDecision, type Decision } from './decision.js';
-import type { BudgetView, GatewayBudgets } from '../../budget/gateway.js';
+import { BUDGETS_LOAD_WAIT_MS, type BudgetView, type GatewayBudgets } from '../../budget/gateway.js';
 import { LlmCallError } from '../../budget/call.js';
 import { llmCall, setDecidedModel } from '../llm-budget/call-context.js';
 
@@ -209,7 +209,16 @@ export function createOpaPlugin(
       { user: userOf(identity), project: identity?.project ?? null },
       { withBody: conf.withBody, withVars: conf.withVars, maxBodyBytes: conf.maxBodyBytes },
     );
-    if (conf.withBudget) input.budget = await budgetView(ctx, request, identity?.project ?? null);
+    if (conf.withBudget) {
+      // Without the budgets read, a policy would see "no budget" where there is one.
+      if (!(await budgets!.whenLoaded(BUDGETS_LOAD_WAIT_MS))) {
+        if (trail) trail.outcome = 'unavailable';
+        response.problem(503, 'budgets are not loaded yet');
+        response.headers.set('retry-after', '1');
+        return;
+      }
+      input.budget = await budgetView(ctx, request, identity?.project ?? null);
+    }
     if (trail) trail.input = input;
     if (input.truncated && !conf.allowTruncated) {
       // The upstream would get what the policy never saw.

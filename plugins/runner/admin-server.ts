@@ -3,13 +3,13 @@
 import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import type { Registry } from 'prom-client';
-import type { PolicyWatcher } from '../../policy/watcher/watcher.js';
 
 export async function startAdminServer(options: {
   host: string;
   port: number;
   registry: Registry;
-  watcher: PolicyWatcher | null;
+  /** Whether this process can make decisions, and what it knows of its policies (and budgets). */
+  readiness: () => { ready: boolean; policies: unknown };
   log: Logger;
 }): Promise<FastifyInstance> {
   // Request lines are logged at info; this port is scraped every few seconds, so only warnings and up.
@@ -20,12 +20,9 @@ export async function startAdminServer(options: {
   });
   app.get('/healthz', async () => ({ status: 'ok' }));
   app.get('/readyz', async (_request, reply) => {
-    const policies = options.watcher?.status ?? null;
-    // Ready when decisions can be made: policies loaded from etcd or from the
-    // last-known-good snapshot (staleness is reported, not fatal).
-    const ready = policies === null || policies.source !== 'none';
+    const { ready, ...state } = options.readiness();
     reply.code(ready ? 200 : 503);
-    return { status: ready ? 'ready' : 'not ready', policies };
+    return { status: ready ? 'ready' : 'not ready', ...state };
   });
   await app.listen({ host: options.host, port: options.port });
   return app;

@@ -33,6 +33,13 @@ import { removeStaleSocket } from './socket-file.js';
 import { startSettleServer, type SettleEntry } from './budget-settle.js';
 
 /** Messages between the primary and its workers (over cluster's IPC channel). */
+/** Whether a worker can make decisions: its policies (and LLM budgets, when it has them) loaded. */
+export interface WorkerReadiness {
+  ready: boolean;
+  policies: unknown;
+  budgets?: 'loaded' | 'not loaded';
+}
+
 export type ClusterMessage =
   | { type: 'gatehouse:hello' }
   | { type: 'gatehouse:confs'; confs: { token: number; entries: ConfEntry[]; key: string | null }[] }
@@ -41,7 +48,7 @@ export type ClusterMessage =
   | { type: 'gatehouse:conf'; token: number; entries: ConfEntry[]; key: string | null }
   | { type: 'gatehouse:conf-ack'; token: number }
   | { type: 'gatehouse:status'; id: number }
-  | { type: 'gatehouse:status-reply'; id: number; ready: boolean; policies: unknown }
+  | { type: 'gatehouse:status-reply'; id: number } & WorkerReadiness
   | { type: 'gatehouse:settle'; entries: SettleEntry[] };
 
 export function isClusterMessage(message: unknown): message is ClusterMessage {
@@ -88,7 +95,7 @@ export async function runPrimary(options: PrimaryOptions): Promise<void> {
   const members = new Set<Worker>();
   const slots = new Map<Worker, number>();
   const pendingAcks = new Map<number, { waiting: Set<Worker>; done: () => void }>();
-  const statusWaiters = new Map<number, (reply: { ready: boolean; policies: unknown }) => void>();
+  const statusWaiters = new Map<number, (reply: WorkerReadiness) => void>();
   let requestIds = 0;
   let stopping = false;
   const respawnDelay = new Map<number, number>();
@@ -151,7 +158,7 @@ export async function runPrimary(options: PrimaryOptions): Promise<void> {
           ackFrom(worker, message.token);
           return;
         case 'gatehouse:status-reply':
-          statusWaiters.get(message.id)?.({ ready: message.ready, policies: message.policies });
+          statusWaiters.get(message.id)?.({ ready: message.ready, policies: message.policies, ...(message.budgets ? { budgets: message.budgets } : {}) });
           return;
         default:
           return;
@@ -181,7 +188,7 @@ export async function runPrimary(options: PrimaryOptions): Promise<void> {
     const replies = await Promise.all(
       workers.map(
         (worker) =>
-          new Promise<{ worker: number; ready: boolean; policies: unknown }>((resolve) => {
+          new Promise<{ worker: number } & WorkerReadiness>((resolve) => {
             const id = ++requestIds;
             const timer = setTimeout(() => {
               statusWaiters.delete(id);
@@ -271,7 +278,7 @@ export class WorkerLink {
 
   constructor(private readonly handlers: {
     adopt: (token: number, entries: ConfEntry[], key: string | null) => void;
-    status: () => { ready: boolean; policies: unknown };
+    status: () => WorkerReadiness;
     settle?: (entries: SettleEntry[]) => void;
     log: Logger;
   }) {

@@ -5,7 +5,7 @@
 import cluster from 'node:cluster';
 import { AggregatorRegistry } from 'prom-client';
 import { createLogger } from './logger.js';
-import { WorkerLink } from './cluster.js';
+import { WorkerLink, type WorkerReadiness } from './cluster.js';
 import type { RunnerConfig } from './config.js';
 import { PluginRegistry } from './registry.js';
 import { Runner } from './server.js';
@@ -141,6 +141,15 @@ export async function runWorker(config: RunnerConfig): Promise<void> {
         leaseTtlSeconds: positiveSeconds('BUDGET_HOLDER_TTL_SECONDS', process.env.BUDGET_HOLDER_TTL_SECONDS, 10),
       })
     : null;
+  // Ready when decisions can be made: policies loaded from etcd or from the
+  // last-known-good snapshot (staleness is reported, not fatal), and the LLM
+  // budgets read.
+  function readiness(): WorkerReadiness {
+    const policies = watcher?.status ?? null;
+    const policiesReady = policies === null || policies.source !== 'none';
+    if (!budgets) return { ready: policiesReady, policies };
+    return { ready: policiesReady && budgets.isLoaded, policies, budgets: budgets.isLoaded ? 'loaded' : 'not loaded' };
+  }
   let link: WorkerLink | null = null;
   const runner: Runner = new Runner({
     listenAddress: config.listenAddress,
@@ -174,10 +183,7 @@ export async function runWorker(config: RunnerConfig): Promise<void> {
   if (clustered) {
     link = new WorkerLink({
       adopt: (token, entries, key) => runner.adoptConf(token, entries, key),
-      status: () => {
-        const policies = watcher?.status ?? null;
-        return { ready: policies === null || policies.source !== 'none', policies };
-      },
+      status: readiness,
       settle: settleCalls,
       log,
     });
@@ -216,7 +222,7 @@ export async function runWorker(config: RunnerConfig): Promise<void> {
       host: config.metricsHost,
       port: config.metricsPort,
       registry: metrics.registry,
-      watcher,
+      readiness,
       log,
     }).catch((err) => {
       log.error({ err: (err as Error).message, port: config.metricsPort }, 'metrics port unavailable; serving without it');

@@ -105,6 +105,27 @@ describe('gateway budgets', () => {
 });
 
 describe('gateway budgets when etcd compacts what a cut-off watch missed', () => {
+  it('a call that comes before the budgets are read waits for them, and is told they are not loaded only when they do not come', async () => {
+    const proxy = await startTcpProxy(hostPort(etcd.endpoints[0]!));
+    proxy.cut();
+    const client = createEtcdClient([proxy.url], { callTimeoutMs: 300 });
+    const budgets = new GatewayBudgets({ client, gateway: 'late', log: pino({ level: 'silent' }) });
+    try {
+      const starting = budgets.start();
+      expect(await budgets.whenLoaded(200)).toBe(false);
+      const waiting = budgets.whenLoaded(10_000);
+      proxy.restore();
+      expect(await waiting).toBe(true);
+      expect(budgets.budget('alpha')).toEqual(BUDGET);
+      await starting;
+      expect(await budgets.whenLoaded(0)).toBe(true);
+    } finally {
+      await budgets.stop();
+      client.close();
+      await proxy.close();
+    }
+  }, 20_000);
+
   it('reads every budget again and enforces what is current', async () => {
     const proxy = await startTcpProxy(hostPort(etcd.endpoints[0]!));
     const client = createEtcdClient([proxy.url], { callTimeoutMs: 500 });

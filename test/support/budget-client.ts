@@ -7,6 +7,7 @@ import { expect } from 'vitest';
 export interface BudgetedAnswer {
   status: number;
   headers: Headers;
+  text?: string;
 }
 
 /** Calls `callAt(0)`, `callAt(1)`, ... until the budget says it is spent; every answer, in order. */
@@ -16,7 +17,7 @@ export async function spendTheRest<A extends BudgetedAnswer>(callAt: (i: number)
     const answer = await callAt(i);
     answers.push(answer);
     if (answer.status === 200) continue;
-    expect(answer.status).toBe(429);
+    expect(answer.status, answer.text).toBe(429);
     const retryAfter = Number(answer.headers.get('retry-after'));
     if (retryAfter > 2) return answers;
     await new Promise((resolve) => setTimeout(resolve, retryAfter * 1000));
