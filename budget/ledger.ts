@@ -38,6 +38,13 @@ export interface LedgerOptions {
   idleReturnMs?: number;
   /** How long a refused holder waits for the others to return spare tokens (default 300 ms). */
   wantWaitMs?: number;
+  /**
+   * How long a call that needs a new block may wait for etcd (default 5 s):
+   * an election or a member failing over is waited out; past it the call is
+   * refused as unavailable (503), and calls queued behind it are refused at
+   * once while etcd stays away.
+   */
+  unavailableWaitMs?: number;
 }
 
 export interface LimitRequest {
@@ -81,6 +88,14 @@ interface RecordRead {
 /** How long a `wanted` mark asks the other holders to give back spare tokens. */
 const WANTED_FOR_MS = 2_000;
 
+/** Write attempts that lost a compare-and-swap to another holder, at least, before a take gives up. */
+const MIN_CAS_ATTEMPTS = 20;
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** A pause after a lost compare-and-swap, random so that holders writing together fall out of step. */
+const casBackoff = (attempt: number) => sleep(Math.random() * Math.min(100, 5 * 2 ** attempt));
+
 const free = (pool: Pool) => pool.held - pool.spent - pool.reserved;
 
 /** What every holder but `me` holds in a record. */
@@ -105,6 +120,8 @@ export class BudgetLedger {
   private watcher: { cancel(): Promise<void> } | null = null;
   private opCounter = 0;
   private stopped = false;
+  /** Set when the last attempt to reach the ledger failed: calls past their wait are then refused without another. */
+  private unreachable = false;
 
   constructor(private readonly options: LedgerOptions) {}
 
@@ -168,9 +185,11 @@ export class BudgetLedger {
   /** Reserves `cost` tokens in every limit, or none of them. */
   async reserve(project: string, limits: LimitRequest[], cost: number, nowMs = Date.now()): Promise<ReserveResult> {
     const parts: Hold['parts'] = [];
+    // Measured from the call's arrival: time queued behind other calls of the pool counts.
+    const deadline = Date.now() + (this.options.unavailableWaitMs ?? 5_000);
     for (const request of limits) {
       const pool = this.pool(project, request.limit, nowMs);
-      const result = await this.serial(pool, () => this.reserveIn(pool, request, cost));
+      const result = await this.serial(pool, () => this.reserveIn(pool, request, cost, deadline));
       if (result !== true) {
         for (const part of parts) this.release(part.pool, part.epoch, cost, 0);
         return { ok: false, limit: request.limit, ...result };
@@ -222,7 +241,7 @@ export class BudgetLedger {
     return run;
   }
 
-  private async reserveIn(pool: Pool, request: LimitRequest, cost: number): Promise<true | { remaining: number; retryAfterSeconds: number; reason: 'exhausted' | 'unavailable' }> {
+  private async reserveIn(pool: Pool, request: LimitRequest, cost: number, deadline: number): Promise<true | { remaining: number; retryAfterSeconds: number; reason: 'exhausted' | 'unavailable' }> {
     if (free(pool) >= cost) {
       pool.reserved += cost;
       this.cancelIdle(pool);
@@ -231,7 +250,7 @@ export class BudgetLedger {
     for (let attempt = 0; attempt < 3; attempt++) {
       let outcome: 'granted' | 'exhausted';
       try {
-        outcome = await this.take(pool, Math.max(cost - free(pool), Math.min(request.block, request.limit.tokens)), cost - free(pool), attempt > 0);
+        outcome = await this.takeWithin(deadline, () => this.take(pool, Math.max(cost - free(pool), Math.min(request.block, request.limit.tokens)), cost - free(pool), attempt > 0, deadline));
       } catch (err) {
         this.options.log.warn({ key: pool.key, err: (err as Error).message }, 'budget ledger unavailable; refusing calls that need a new block');
         return { remaining: Math.max(0, free(pool)), retryAfterSeconds: 1, reason: 'unavailable' };
@@ -256,16 +275,44 @@ export class BudgetLedger {
   }
 
   /**
+   * Runs a take until it answers or `deadline` passes, pausing 50 ms to 1 s
+   * between failures (etcd unreachable, slow, or electing a leader). One
+   * attempt is always made unless the ledger was unreachable at the last
+   * one and the deadline has passed: calls queued behind a failing one are
+   * then refused without waiting out another.
+   */
+  private async takeWithin<T>(deadline: number, take: () => Promise<T>): Promise<T> {
+    if (this.unreachable && Date.now() >= deadline) throw new Error('the budget ledger was unreachable at the last attempt');
+    for (let delay = 50; ; delay = Math.min(delay * 2, 1_000)) {
+      try {
+        const result = await take();
+        this.unreachable = false;
+        return result;
+      } catch (err) {
+        this.unreachable = true;
+        if (this.stopped || Date.now() + delay >= deadline) throw err;
+        this.options.log.debug({ err: (err as Error).message }, 'budget ledger not reachable; trying again');
+        await sleep(delay);
+      }
+    }
+  }
+
+  /**
    * One compare-and-swap on the record: folds settled usage into consumed,
    * reclaims dead holders' blocks, and takes up to `want` tokens (at least
    * `need`, or nothing). When nothing fits and others hold tokens, marks the
    * record wanted.
    */
-  private async take(pool: Pool, want: number, need: number, askOthers: boolean): Promise<'granted' | 'exhausted'> {
+  private async take(pool: Pool, want: number, need: number, askOthers: boolean, deadline: number): Promise<'granted' | 'exhausted'> {
     const me = await this.ensureHolder();
     const client = this.options.client;
-    for (let attempt = 0; attempt < 20; attempt++) {
+    // Lost compare-and-swaps mean etcd answers and others write: keep trying, out of step, until the call's deadline.
+    for (let attempt = 0; attempt < MIN_CAS_ATTEMPTS || Date.now() < deadline; attempt++) {
+      if (attempt > 0) await casBackoff(attempt);
       const { allocation, modRevision } = await this.read(pool.key);
+      // Read after the record, never beside it: a holder registers before it
+      // first writes a record, so every holder the record names is seen here
+      // unless its lease is gone.
       const live = new Set((await client.getAll().prefix(HOLDERS_PREFIX).keys()).map((k) => k.slice(HOLDERS_PREFIX.length)));
       const record: Allocation = allocation ?? { limit: pool.limit.tokens, consumed: 0, held: {} };
       record.limit = pool.limit.tokens;
@@ -297,7 +344,7 @@ export class BudgetLedger {
       pool.held = newHeld;
       return grant > 0 ? 'granted' : 'exhausted';
     }
-    throw new Error(`budget record ${pool.key} kept changing under 20 attempts`);
+    throw new Error(`budget record ${pool.key} kept changing under every attempt to write it`);
   }
 
   /** Gives back what calls in flight do not hold, folding settled usage in. */
@@ -305,7 +352,8 @@ export class BudgetLedger {
     if (pool.held === 0 && pool.spent === 0) return;
     const me = this.holderId;
     if (!me) return;
-    for (let attempt = 0; attempt < 20; attempt++) {
+    for (let attempt = 0; attempt < MIN_CAS_ATTEMPTS; attempt++) {
+      if (attempt > 0) await casBackoff(attempt);
       const { allocation, modRevision } = await this.read(pool.key);
       if (!allocation) {
         // The window's record expired: nothing left to give back.

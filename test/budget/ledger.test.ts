@@ -170,4 +170,38 @@ import { pino } from 'pino';
       await proxy.close();
     }
   }, 30_000);
+
+  it('a call that needs a block waits out a short loss of etcd; calls queued behind a failed wait are refused at once', async () => {
+    const proxy = await startTcpProxy(hostPort(etcd.endpoints[0]!));
+    const c = createEtcdClient([proxy.url], { callTimeoutMs: 300 });
+    clients.push(c);
+    const a = new BudgetLedger({ client: c, gateway: 'blip', log, unavailableWaitMs: 2_000 });
+    await a.start();
+    const limit = { scope: '*', per: 'day' as const, tokens: 1_000 };
+    const request: LimitRequest = { limit, block: 50 };
+    try {
+      // etcd away for about a second (an election, a member failing over): the call waits and is admitted.
+      proxy.cut();
+      const waiting = a.reserve('zeta', [request], 50);
+      await new Promise((r) => setTimeout(r, 800));
+      proxy.restore();
+      const admitted = await waiting;
+      expect(admitted.ok).toBe(true);
+      // Away for good: the first call waits its 2 s and is refused; the nine queued behind it are refused as soon as their turn comes.
+      proxy.cut();
+      const started = Date.now();
+      const refused = await Promise.all(Array.from({ length: 10 }, () => a.reserve('zeta', [request], 50)));
+      const elapsed = Date.now() - started;
+      expect(refused.map((r) => (r.ok ? 'ok' : r.reason))).toEqual(Array(10).fill('unavailable'));
+      // Ten waits one after another would be 20 s.
+      expect(elapsed).toBeLessThan(6_000);
+      // Back again: the next call reaches the ledger.
+      proxy.restore();
+      expect((await a.reserve('zeta', [request], 50)).ok).toBe(true);
+    } finally {
+      proxy.restore();
+      await a.stop();
+      await proxy.close();
+    }
+  }, 30_000);
 });
