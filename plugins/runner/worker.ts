@@ -142,13 +142,13 @@ export async function runWorker(config: RunnerConfig): Promise<void> {
       })
     : null;
   // Ready when decisions can be made: policies loaded from etcd or from the
-  // last-known-good snapshot (staleness is reported, not fatal), and the LLM
-  // budgets read.
+  // last-known-good snapshot (staleness is reported, not fatal). Whether the
+  // LLM budgets are read is reported, not required: they have no snapshot,
+  // and a node restarted while etcd is away still enforces every other route.
   function readiness(): WorkerReadiness {
     const policies = watcher?.status ?? null;
-    const policiesReady = policies === null || policies.source !== 'none';
-    if (!budgets) return { ready: policiesReady, policies };
-    return { ready: policiesReady && budgets.isLoaded, policies, budgets: budgets.isLoaded ? 'loaded' : 'not loaded' };
+    const ready = policies === null || policies.source !== 'none';
+    return budgets ? { ready, policies, budgets: budgets.isLoaded ? 'loaded' : 'not loaded' } : { ready, policies };
   }
   let link: WorkerLink | null = null;
   const runner: Runner = new Runner({

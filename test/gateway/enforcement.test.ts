@@ -376,7 +376,7 @@ describe('propagation and resilience', () => {
     const adminUser = await keys.token({ sub: 'ada', role: 'admin', project: 'demo' });
     // The metrics port opens just after the socket.
     await until(() => admin('/readyz').then((r) => r.status === 200, () => false), 'readiness');
-    // Ready means the LLM budgets are read too (budgeted routes would answer 503 before).
+    // It says whether the LLM budgets are read (budgeted routes answer 503 until they are).
     expect(((await (await admin('/readyz')).json()) as { budgets: string }).budgets).toBe('loaded');
     await decide(runner, chain, { headers: [bearer(adminUser)] });
     const metrics = await (await admin('/metrics')).text();
