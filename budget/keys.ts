@@ -46,8 +46,8 @@ export interface Allocation {
   held: Record<string, number>;
   /** A holder that could not get a block asks the others to return what they do not use. */
   wanted?: { by: string; at: number };
-  /** The write that made this version (holder and sequence): a commit retried after its answer was lost is recognised by it. */
-  op?: string;
+  /** Each live holder's latest write to the record (holder and sequence): a write whose answer was lost is recognised by it. */
+  ops?: Record<string, string>;
 }
 
 export interface UsageRecord {

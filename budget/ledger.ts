@@ -76,8 +76,27 @@ interface Pool {
   reserved: number;
   /** Bumped when the blocks were lost (lease gone): older holds settle into nothing. */
   epoch: number;
+  /**
+   * Writes whose answer was lost (each guarded on the revision it read, so
+   * at most one of them can ever commit): the one a later read shows is
+   * applied then; a later write that commits means none of them can.
+   */
+  unconfirmed: { op: string; effect: WriteEffect }[];
   queue: Promise<unknown>;
   idleTimer: NodeJS.Timeout | null;
+}
+
+/** What a write of the record means for this holder's own accounts once it commits. */
+interface WriteEffect {
+  /** Settled usage folded into `consumed`. */
+  fold: number;
+  /** What the record now says this holder holds. */
+  held: number;
+}
+
+function applyWrite(pool: Pool, effect: WriteEffect): void {
+  pool.spent -= effect.fold;
+  pool.held = effect.held;
 }
 
 interface RecordRead {
@@ -103,6 +122,7 @@ const heldByOthers = (record: Allocation, me: string | null) => Object.entries(r
 
 /** This holder's blocks are gone (reclaimed, or its lease lost): what it held is `held` now, and calls in flight settle into nothing. */
 function forget(pool: Pool, held: number): void {
+  pool.unconfirmed = [];
   pool.held = held;
   pool.spent = 0;
   pool.reserved = 0;
@@ -227,7 +247,7 @@ export class BudgetLedger {
     const key = ledgerKey(project, limit.scope, limit.per, start);
     let pool = this.pools.get(key);
     if (!pool) {
-      pool = { key, limit, windowEnd: end, held: 0, spent: 0, reserved: 0, epoch: 0, queue: Promise.resolve(), idleTimer: null };
+      pool = { key, limit, windowEnd: end, held: 0, spent: 0, reserved: 0, epoch: 0, unconfirmed: [], queue: Promise.resolve(), idleTimer: null };
       this.pools.set(key, pool);
     }
     pool.limit = limit;
@@ -325,6 +345,7 @@ export class BudgetLedger {
           this.options.log.info({ key: pool.key, holder, tokens }, 'reclaimed a dead gateway\'s budget block (charged in full)');
         }
       }
+      for (const holder of Object.keys(record.ops ?? {})) if (holder !== me && !live.has(holder)) delete record.ops![holder];
       // Settled usage becomes consumed; usage over a call's reservation (an
       // upstream ignoring max_tokens) is charged too, as it happened.
       const fold = pool.spent;
@@ -338,10 +359,7 @@ export class BudgetLedger {
       else delete record.held[me];
       if (grant > 0 && record.wanted?.by === me) delete record.wanted;
       if (grant === 0 && askOthers && othersHeld > 0) record.wanted = { by: me, at: Date.now() };
-      const committed = await this.write(pool, record, modRevision);
-      if (!committed) continue;
-      pool.spent -= fold;
-      pool.held = newHeld;
+      if (!(await this.write(pool, me, record, modRevision, { fold, held: newHeld }))) continue;
       return grant > 0 ? 'granted' : 'exhausted';
     }
     throw new Error(`budget record ${pool.key} kept changing under every attempt to write it`);
@@ -359,6 +377,7 @@ export class BudgetLedger {
         // The window's record expired: nothing left to give back.
         pool.held = 0;
         pool.spent = 0;
+        pool.unconfirmed = [];
         return;
       }
       this.reconcile(pool, allocation, me);
@@ -369,16 +388,22 @@ export class BudgetLedger {
       const newHeld = Math.min(Math.max(0, mine - fold), pool.reserved);
       if (newHeld > 0) allocation.held[me] = newHeld;
       else delete allocation.held[me];
-      if (await this.write(pool, allocation, modRevision)) {
-        pool.spent -= fold;
-        pool.held = newHeld;
-        return;
-      }
+      if (await this.write(pool, me, allocation, modRevision, { fold, held: newHeld })) return;
     }
   }
 
-  /** When the record no longer lists this holder as holding what it thinks, its blocks were reclaimed. */
+  /**
+   * Brings this holder's accounts in step with the record: first a write
+   * whose answer was lost, if the record shows it went through; then, when
+   * the record lists less than this holder thinks it holds, its blocks were
+   * reclaimed.
+   */
   private reconcile(pool: Pool, record: Allocation, me: string): void {
+    const landed = pool.unconfirmed.find((write) => write.op === record.ops?.[me]);
+    if (landed) {
+      applyWrite(pool, landed.effect);
+      pool.unconfirmed = [];
+    }
     if (pool.held > 0 && (record.held[me] ?? 0) < pool.held) {
       this.options.log.warn({ key: pool.key, held: pool.held, recorded: record.held[me] ?? 0 }, 'budget blocks were reclaimed (lease lost); calls in flight settle into nothing');
       forget(pool, record.held[me] ?? 0);
@@ -392,24 +417,38 @@ export class BudgetLedger {
     return { allocation: JSON.parse(kv.value.toString('utf8')) as Allocation, modRevision: kv.mod_revision };
   }
 
-  /** Writes the record if nobody changed it since it was read; a new record lives under its window's lease. */
-  private async write(pool: Pool, record: Allocation, modRevision: string | null): Promise<boolean> {
+  /**
+   * Writes the record if nobody changed it since it was read (a new record
+   * lives under its window's lease) and, once it commits, applies `effect`
+   * to this holder's accounts. A write whose answer is lost may still have
+   * gone through: it is applied when a later read shows its op.
+   */
+  private async write(pool: Pool, me: string, record: Allocation, modRevision: string | null, effect: WriteEffect): Promise<boolean> {
     const client = this.options.client;
-    const op = `${this.holderId}#${++this.opCounter}`;
-    const value = JSON.stringify({ ...record, op } satisfies Allocation);
+    const op = `${me}#${++this.opCounter}`;
+    const value = JSON.stringify({ ...record, ops: { ...record.ops, [me]: op } } satisfies Allocation);
     const put =
       modRevision === null
         ? client.put(pool.key).value(value).lease(await this.windowLease(pool.windowEnd))
         : client.put(pool.key).value(value).ignoreLease();
     const guard = modRevision === null ? client.if(pool.key, 'Create', '==', 0) : client.if(pool.key, 'Mod', '==', modRevision);
+    let committed: boolean;
     try {
-      return (await guard.then(put).commit()).succeeded;
+      committed = (await guard.then(put).commit()).succeeded;
     } catch (err) {
-      // The client may have retried a commit that went through: the record then carries this op.
+      // It may have gone through (or still go through): a read of the record tells.
+      pool.unconfirmed.push({ op, effect });
       const { allocation } = await this.read(pool.key);
-      if (allocation?.op === op) return true;
-      throw err;
+      if (allocation) this.reconcile(pool, allocation, me);
+      if (allocation?.ops?.[me] !== op) throw err;
+      return true;
     }
+    if (committed) {
+      // Written on the revision it read: no earlier write of this holder can commit now.
+      pool.unconfirmed = [];
+      applyWrite(pool, effect);
+    }
+    return committed;
   }
 
   private windowLease(windowEnd: number): Promise<string> {

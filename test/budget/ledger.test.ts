@@ -171,6 +171,68 @@ import { pino } from 'pino';
     }
   }, 30_000);
 
+  it('a write whose answer is lost is counted once: at once when a read shows it, or at the next write when even the read fails', async () => {
+    // etcd commits the write; its answer (and the read after it) never comes back, as when a link drops at that moment.
+    const faults = { loseNextCommitAnswer: false, readsToFailAfterIt: 0, failReads: 0 };
+    const real = client();
+    const faulty = new Proxy(real, {
+      get(target, prop) {
+        if (prop === 'if') {
+          return (...args: Parameters<Etcd3['if']>) => {
+            const guard = target.if(...args);
+            return {
+              then: (...ops: Parameters<typeof guard.then>) => {
+                const txn = guard.then(...ops);
+                return {
+                  commit: async () => {
+                    const answer = await txn.commit();
+                    if (!faults.loseNextCommitAnswer) return answer;
+                    faults.loseNextCommitAnswer = false;
+                    faults.failReads = faults.readsToFailAfterIt;
+                    throw new Error('the answer was lost');
+                  },
+                };
+              },
+            };
+          };
+        }
+        if (prop === 'get') {
+          return (key: string) => {
+            if (faults.failReads === 0) return target.get(key);
+            faults.failReads--;
+            return { exec: () => Promise.reject(new Error('deadline exceeded')) };
+          };
+        }
+        const value = Reflect.get(target, prop, target) as unknown;
+        return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+      },
+    });
+    const a = new BudgetLedger({ client: faulty, gateway: 'lossy', log, idleReturnMs: 60_000 });
+    await a.start();
+    const limit = { scope: '*', per: 'day' as const, tokens: 1_000 };
+    const request: LimitRequest = { limit, block: 100 };
+    const first = await a.reserve('theta', [request], 50);
+    if (!first.ok) throw new Error('refused');
+    a.settle(first.hold, 30);
+    // The next block's write folds the 30 in; its answer and the read after it are lost: the call is retried and admitted.
+    faults.loseNextCommitAnswer = true;
+    faults.readsToFailAfterIt = 1;
+    const second = await a.reserve('theta', [request], 80);
+    if (!second.ok) throw new Error('refused');
+    a.settle(second.hold, 80);
+    // Lost again, but the read after it shows the write.
+    faults.loseNextCommitAnswer = true;
+    faults.readsToFailAfterIt = 0;
+    const third = await a.reserve('theta', [request], 500);
+    if (!third.ok) throw new Error('refused');
+    a.settle(third.hold, 7);
+    await a.stop();
+    // Counted once each: 30 + 80 + 7, and nothing held.
+    const record = (await allocation('theta', limit))!;
+    expect(record.consumed).toBe(117);
+    expect(record.held).toEqual({});
+  }, 30_000);
+
   it('a call that needs a block waits out a short loss of etcd; calls queued behind a failed wait are refused at once', async () => {
     const proxy = await startTcpProxy(hostPort(etcd.endpoints[0]!));
     const c = createEtcdClient([proxy.url], { callTimeoutMs: 300 });
