@@ -96,8 +96,13 @@ const schema = {
 };
 
 /** Where policies come from: the watcher's current set, and the shipped CMS access policy. */
+/** How long a decision waits for a process's first policy set before it is refused with 503. */
+export const POLICIES_LOAD_WAIT_MS = 3_000;
+
 export interface PolicySource {
   current(): PolicySet;
+  /** Whether a set is loaded, waiting up to `timeoutMs` for the first one (absent: no waiting). */
+  whenLoaded?(timeoutMs: number): Promise<boolean>;
   cmsAccess: ((input: { method: string; path: string[]; user?: { sub: string; role: string | null; project: string | null } }) => {
     allow: boolean;
     reason: string;
@@ -226,6 +231,8 @@ export function createOpaPlugin(
       return;
     }
     // One set for the whole decision: every policy comes from the same etcd transaction.
+    // A process just started waits briefly for its first one.
+    if (!source.current().isLoaded) await source.whenLoaded?.(POLICIES_LOAD_WAIT_MS);
     const set = source.current();
     for (const choice of conf.policies) {
       const started = process.hrtime.bigint();

@@ -162,6 +162,7 @@ export async function runWorker(config: RunnerConfig): Promise<void> {
         ...(error ? { verifierError: error } : {}),
         policies: {
           current: () => watcher?.current ?? PolicySet.empty,
+          whenLoaded: (timeoutMs) => watcher?.whenLoaded(timeoutMs) ?? Promise.resolve(false),
           cmsAccess: accessPolicy ? (input) => accessPolicy.decide(input) : null,
         },
         decisions: metrics.decisions,

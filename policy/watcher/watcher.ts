@@ -148,6 +148,28 @@ export class PolicyWatcher extends EventEmitter {
     return this.set;
   }
 
+  /**
+   * Whether a set is loaded (from etcd or the snapshot), waiting up to
+   * `timeoutMs` for one: a decision that reaches a process just started
+   * waits out its first read rather than being refused.
+   */
+  whenLoaded(timeoutMs: number): Promise<boolean> {
+    if (this.set.isLoaded) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const onRevision = () => {
+        if (!this.set.isLoaded) return;
+        clearTimeout(timer);
+        this.off('revision', onRevision);
+        resolve(true);
+      };
+      const timer = setTimeout(() => {
+        this.off('revision', onRevision);
+        resolve(this.set.isLoaded);
+      }, timeoutMs);
+      this.on('revision', onRevision);
+    });
+  }
+
   get status(): WatcherStatus {
     return {
       state: this.state,

@@ -149,10 +149,11 @@ beforeAll(async () => {
   tokens['no-budget'] = await keys.token({ sub: 'rag-x', role: 'rag-service', project: 'team-x' });
   await writer.put('team-x', POLICY, { cheap_below: 0, allow_without_budget: true });
   // Both gateways enforce the policies and know the budgets: every runner worker says so.
-  type Readiness = { budgets?: string; workers?: { budgets?: string }[] };
-  const budgetsRead = (r: Readiness) => (r.workers ?? [r]).every((w) => w.budgets === 'loaded');
+  type Readiness = { status: string; budgets?: string; workers?: { budgets?: string }[] };
+  const enforcing = (r: Readiness) => r.status === 'ready' && (r.workers ?? [r]).every((w) => w.budgets === 'loaded');
   for (const port of metricsPorts) {
-    await until(`runner on ${port} to have read the budgets`, async () => budgetsRead((await fetch(`http://127.0.0.1:${port}/readyz`).then((r) => r.json(), () => ({ budgets: 'no answer' }))) as Readiness), 30_000);
+    const readiness = () => fetch(`http://127.0.0.1:${port}/readyz`).then((r) => r.json() as Promise<Readiness>, () => ({ status: 'no answer' }));
+    await until(`runner on ${port} to have read the policies and the budgets`, async () => enforcing(await readiness()), 30_000);
   }
   for (const gateway of [0, 1]) await until(`gateway ${gateway} to allow a call`, async () => (await call(gateway, 'team-b')).status === 200, 30_000);
 }, 240_000);

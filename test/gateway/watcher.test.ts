@@ -217,7 +217,12 @@ describe('policy watcher', () => {
     const watcher = await startWatcher([proxy.url], join(mkdtempSync(join(tmpdir(), 'gh-nosnap-')), 'none.json'));
     expect(watcher.current.isLoaded).toBe(false);
     expect(watcher.status.state).toBe('unavailable');
+    // A decision waiting for the first set is told when none came in time, and when one comes.
+    expect(await watcher.whenLoaded(200)).toBe(false);
+    const waiting = watcher.whenLoaded(10_000);
     proxy.restore();
-    await until(() => watcher.current.isLoaded, 'etcd to answer');
+    expect(await waiting).toBe(true);
+    expect(watcher.current.isLoaded).toBe(true);
+    expect(watcher.listenerCount('revision')).toBe(0);
   });
 });
