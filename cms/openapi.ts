@@ -3,14 +3,41 @@
  * routes in app.ts; a test checks that every registered route is in it and
  * that it lists nothing else.
  */
+/** A schema of components/schemas. */
+const ref = (schema: string) => ({ $ref: `#/components/schemas/${schema}` });
+/** A JSON body of this schema. */
+const json = (schema: object) => ({ 'application/json': { schema } });
 const problem = { $ref: '#/components/responses/Problem' };
-const name = { name: 'name', in: 'path', required: true, schema: { $ref: '#/components/schemas/PolicyName' } };
+const name = { name: 'name', in: 'path', required: true, schema: ref('PolicyName') };
 const version = { name: 'version', in: 'path', required: true, schema: { type: 'integer', minimum: 1 } };
 const etagHeaders = {
   ETag: { description: 'the policy version, e.g. "3"', schema: { type: 'string' } },
   'Last-Modified': { schema: { type: 'string' } },
 };
-const authErrors = { '401': problem, '403': problem };
+/** A resource's retained versions, newest first: its key, the retention, a summary of each. */
+const versionList = (key: string, summary: string) => ({
+  description: 'version list',
+  content: json({ type: 'object', properties: { [key]: { type: 'string' }, retention: { type: 'integer' }, versions: { type: 'array', items: ref(summary) } } }),
+});
+/** The query of a paged list. */
+const pageParameters = [
+  { name: 'limit', in: 'query', required: false, schema: { type: 'integer', minimum: 1, maximum: 1000, default: 100 } },
+  { name: 'page_token', in: 'query', required: false, schema: { type: 'string' }, description: 'next_page_token of the previous page' },
+];
+/** One page of a list: the items under `key`, and where the next page starts. */
+const page = (description: string, key: string, item: string) => ({
+  description,
+  content: json({
+    type: 'object',
+    required: [key],
+    properties: {
+      [key]: { type: 'array', items: ref(item) },
+      next_page_token: { type: 'string', description: 'present when another page may follow' },
+    },
+  }),
+});
+/** These statuses, each a problem+json answer. */
+const problems = (...statuses: number[]) => Object.fromEntries(statuses.map((status) => [String(status), problem]));
 const preferWait = {
   name: 'Prefer',
   in: 'header',
@@ -37,7 +64,7 @@ const gatewayStatus = {
   },
 };
 
-const project = { name: 'project', in: 'path', required: true, schema: { $ref: '#/components/schemas/ProjectName' } };
+const project = { name: 'project', in: 'path', required: true, schema: ref('ProjectName') };
 const ifMatch = { name: 'If-Match', in: 'header', required: false, schema: { type: 'string' }, description: 'ETag the budget must have now, or *' };
 const budgetEtagHeaders = {
   ETag: { description: 'the budget version, e.g. "3"', schema: { type: 'string' } },
@@ -46,7 +73,7 @@ const budgetEtagHeaders = {
 const budgetSummaryResponse = (description: string) => ({
   description,
   headers: budgetEtagHeaders,
-  content: { 'application/json': { schema: { $ref: '#/components/schemas/BudgetVersionSummary' } } },
+  content: json(ref('BudgetVersionSummary')),
 });
 const windowsSchema = {
   type: 'array',
@@ -74,7 +101,7 @@ const usageRecordProperties = {
 const policyObject = {
   description: 'the policy object, exactly as PUT took it',
   headers: etagHeaders,
-  content: { 'application/json': { schema: { $ref: '#/components/schemas/PolicyObject' } } },
+  content: json(ref('PolicyObject')),
 };
 
 export const openApiDocument = {
@@ -96,29 +123,10 @@ export const openApiDocument = {
           'Policies come by name (byte order). A page holds at most `limit` policies; ' +
           'when more may follow, `next_page_token` is present: pass it as `page_token` for the next page. ' +
           'Each page is read at one etcd revision; a policy written between two pages may or may not appear.',
-        parameters: [
-          { name: 'limit', in: 'query', required: false, schema: { type: 'integer', minimum: 1, maximum: 1000, default: 100 } },
-          { name: 'page_token', in: 'query', required: false, schema: { type: 'string' }, description: 'next_page_token of the previous page' },
-        ],
+        parameters: pageParameters,
         responses: {
-          '200': {
-            description: 'policy summaries',
-            content: {
-              'application/json': {
-                schema: {
-                  type: 'object',
-                  required: ['policies'],
-                  properties: {
-                    policies: { type: 'array', items: { $ref: '#/components/schemas/PolicySummary' } },
-                    next_page_token: { type: 'string', description: 'present when another page may follow' },
-                  },
-                },
-              },
-            },
-          },
-          '400': problem,
-          ...authErrors,
-          '503': problem,
+          '200': page('policy summaries', 'policies', 'PolicySummary'),
+          ...problems(400, 401, 403, 503),
         },
       },
     },
@@ -126,7 +134,7 @@ export const openApiDocument = {
       parameters: [name],
       get: {
         summary: 'Get a policy (platform admin; project user of that project; "platform": platform admin only)',
-        responses: { '200': policyObject, '304': { description: 'If-None-Match matched' }, '400': problem, ...authErrors, '404': problem, '503': problem },
+        responses: { '200': policyObject, '304': { description: 'If-None-Match matched' }, ...problems(400, 401, 403, 404, 503) },
       },
       put: {
         summary: 'Create or replace a policy (platform admin)',
@@ -137,17 +145,12 @@ export const openApiDocument = {
         ],
         requestBody: {
           required: true,
-          content: { 'application/json': { schema: { $ref: '#/components/schemas/PolicyObject' } } },
+          content: json(ref('PolicyObject')),
         },
         responses: {
-          '200': { description: 'replaced', headers: { ...etagHeaders, ...fleetHeaders }, content: { 'application/json': { schema: { $ref: '#/components/schemas/PolicySummary' } } } },
-          '201': { description: 'created', headers: { ...etagHeaders, ...fleetHeaders }, content: { 'application/json': { schema: { $ref: '#/components/schemas/PolicySummary' } } } },
-          '400': problem,
-          ...authErrors,
-          '409': problem,
-          '412': problem,
-          '413': problem,
-          '415': problem,
+          '200': { description: 'replaced', headers: { ...etagHeaders, ...fleetHeaders }, content: json(ref('PolicySummary')) },
+          '201': { description: 'created', headers: { ...etagHeaders, ...fleetHeaders }, content: json(ref('PolicySummary')) },
+          ...problems(400, 401, 403, 409, 412, 413, 415),
           '422': { ...problem, description: 'the policy tests failed (failures: name, package, file, row, message); nothing written' },
           '503': problem,
         },
@@ -155,7 +158,7 @@ export const openApiDocument = {
       delete: {
         summary: 'Delete a policy (platform admin); its history is kept',
         parameters: [{ name: 'If-Match', in: 'header', required: false, schema: { type: 'string' } }, preferWait],
-        responses: { '204': { description: 'deleted', headers: fleetHeaders }, '400': problem, ...authErrors, '404': problem, '412': problem, '503': problem },
+        responses: { '204': { description: 'deleted', headers: fleetHeaders }, ...problems(400, 401, 403, 404, 412, 503) },
       },
     },
     '/policies/{name}/history': {
@@ -163,25 +166,8 @@ export const openApiDocument = {
       get: {
         summary: 'Retained versions of a policy, newest first (same permission as GET)',
         responses: {
-          '200': {
-            description: 'version list',
-            content: {
-              'application/json': {
-                schema: {
-                  type: 'object',
-                  properties: {
-                    name: { type: 'string' },
-                    retention: { type: 'integer' },
-                    versions: { type: 'array', items: { $ref: '#/components/schemas/PolicySummary' } },
-                  },
-                },
-              },
-            },
-          },
-          '400': problem,
-          ...authErrors,
-          '404': problem,
-          '503': problem,
+          '200': versionList('name', 'PolicySummary'),
+          ...problems(400, 401, 403, 404, 503),
         },
       },
     },
@@ -192,25 +178,18 @@ export const openApiDocument = {
         responses: {
           '200': {
             description: 'the current version, its etcd revision, and every live gateway',
-            content: {
-              'application/json': {
-                schema: {
-                  type: 'object',
-                  properties: {
-                    name: { type: 'string' },
-                    version: { type: 'integer' },
-                    revision: { type: 'integer' },
-                    enforcedBy: { type: 'integer' },
-                    gateways: { type: 'array', items: gatewayStatus },
-                  },
-                },
+            content: json({
+              type: 'object',
+              properties: {
+                name: { type: 'string' },
+                version: { type: 'integer' },
+                revision: { type: 'integer' },
+                enforcedBy: { type: 'integer' },
+                gateways: { type: 'array', items: gatewayStatus },
               },
-            },
+            }),
           },
-          '400': problem,
-          ...authErrors,
-          '404': problem,
-          '503': problem,
+          ...problems(400, 401, 403, 404, 503),
         },
       },
     },
@@ -218,29 +197,22 @@ export const openApiDocument = {
       parameters: [name],
       post: {
         summary: 'Compile, load and test a policy object as a PUT would, writing nothing (platform admin)',
-        requestBody: { required: true, content: { 'application/json': { schema: { $ref: '#/components/schemas/PolicyObject' } } } },
+        requestBody: { required: true, content: json(ref('PolicyObject')) },
         responses: {
           '200': {
             description: 'it would be accepted',
-            content: {
-              'application/json': {
-                schema: {
-                  type: 'object',
-                  properties: {
-                    ok: { const: true },
-                    entrypoint: { type: 'string' },
-                    syntaxVersion: { enum: ['v0', 'v1'] },
-                    opaVersion: { type: 'string' },
-                    tests: { type: 'object', properties: { passed: { type: 'integer' } } },
-                  },
-                },
+            content: json({
+              type: 'object',
+              properties: {
+                ok: { const: true },
+                entrypoint: { type: 'string' },
+                syntaxVersion: { enum: ['v0', 'v1'] },
+                opaVersion: { type: 'string' },
+                tests: { type: 'object', properties: { passed: { type: 'integer' } } },
               },
-            },
+            }),
           },
-          '400': problem,
-          ...authErrors,
-          '413': problem,
-          '415': problem,
+          ...problems(400, 401, 403, 413, 415),
           '422': { ...problem, description: 'the policy tests failed' },
           '503': problem,
         },
@@ -253,19 +225,14 @@ export const openApiDocument = {
         parameters: [{ name: 'If-Match', in: 'header', required: false, schema: { type: 'string' }, description: 'ETag the policy must have now, or *' }, preferWait],
         requestBody: {
           required: true,
-          content: { 'application/json': { schema: { type: 'object', additionalProperties: false, required: ['version'], properties: { version: { type: 'integer', minimum: 1 } } } } },
+          content: json({ type: 'object', additionalProperties: false, required: ['version'], properties: { version: { type: 'integer', minimum: 1 } } }),
         },
         responses: {
-          '200': { description: 'written as the next version', headers: { ...etagHeaders, ...fleetHeaders }, content: { 'application/json': { schema: { $ref: '#/components/schemas/PolicySummary' } } } },
-          '201': { description: 'written again after a delete', headers: { ...etagHeaders, ...fleetHeaders }, content: { 'application/json': { schema: { $ref: '#/components/schemas/PolicySummary' } } } },
-          '400': problem,
-          ...authErrors,
-          '404': problem,
+          '200': { description: 'written as the next version', headers: { ...etagHeaders, ...fleetHeaders }, content: json(ref('PolicySummary')) },
+          '201': { description: 'written again after a delete', headers: { ...etagHeaders, ...fleetHeaders }, content: json(ref('PolicySummary')) },
+          ...problems(400, 401, 403, 404),
           '422': { ...problem, description: 'the tests of that version fail now' },
-          '409': problem,
-          '412': problem,
-          '415': problem,
-          '503': problem,
+          ...problems(409, 412, 415, 503),
         },
       },
     },
@@ -273,9 +240,8 @@ export const openApiDocument = {
       get: {
         summary: 'Live gateways (runner workers, decision APIs) and what each enforces (platform admin)',
         responses: {
-          '200': { description: 'their reports, by id', content: { 'application/json': { schema: { type: 'object', properties: { gateways: { type: 'array', items: { type: 'object' } } } } } } },
-          ...authErrors,
-          '503': problem,
+          '200': { description: 'their reports, by id', content: json({ type: 'object', properties: { gateways: { type: 'array', items: { type: 'object' } } } }) },
+          ...problems(401, 403, 503),
         },
       },
     },
@@ -283,36 +249,17 @@ export const openApiDocument = {
       parameters: [name, version],
       get: {
         summary: 'One retained version of a policy (same permission as GET)',
-        responses: { '200': policyObject, '304': { description: 'If-None-Match matched' }, '400': problem, ...authErrors, '404': problem, '503': problem },
+        responses: { '200': policyObject, '304': { description: 'If-None-Match matched' }, ...problems(400, 401, 403, 404, 503) },
       },
     },
     '/budgets': {
       get: {
         summary: 'Projects with a budget in force, a page at a time (platform admin)',
         description: 'By project (byte order), read at one etcd revision. When more may follow, `next_page_token` is present: pass it as `page_token`.',
-        parameters: [
-          { name: 'limit', in: 'query', required: false, schema: { type: 'integer', minimum: 1, maximum: 1000, default: 100 } },
-          { name: 'page_token', in: 'query', required: false, schema: { type: 'string' }, description: 'next_page_token of the previous page' },
-        ],
+        parameters: pageParameters,
         responses: {
-          '200': {
-            description: 'the current version of each budget',
-            content: {
-              'application/json': {
-                schema: {
-                  type: 'object',
-                  required: ['budgets'],
-                  properties: {
-                    budgets: { type: 'array', items: { $ref: '#/components/schemas/BudgetVersionSummary' } },
-                    next_page_token: { type: 'string', description: 'present when another page may follow' },
-                  },
-                },
-              },
-            },
-          },
-          '400': problem,
-          ...authErrors,
-          '503': problem,
+          '200': page('the current version of each budget', 'budgets', 'BudgetVersionSummary'),
+          ...problems(400, 401, 403, 503),
         },
       },
     },
@@ -321,35 +268,27 @@ export const openApiDocument = {
       get: {
         summary: "A project's LLM budget (platform admin; project users of that project)",
         responses: {
-          '200': { description: 'the budget document, exactly as PUT stored it', headers: budgetEtagHeaders, content: { 'application/json': { schema: { $ref: '#/components/schemas/Budget' } } } },
+          '200': { description: 'the budget document, exactly as PUT stored it', headers: budgetEtagHeaders, content: json(ref('Budget')) },
           '304': { description: 'If-None-Match matched' },
-          '400': problem,
-          ...authErrors,
-          '404': problem,
-          '503': problem,
+          ...problems(400, 401, 403, 404, 503),
         },
       },
       put: {
         summary: "Create or replace a project's LLM budget (platform admin)",
         description: 'The current budget and its history version are written in one etcd transaction; concurrent writers cannot both win one version.',
         parameters: [ifMatch, { name: 'If-None-Match', in: 'header', required: false, schema: { const: '*' }, description: 'only create' }],
-        requestBody: { required: true, content: { 'application/json': { schema: { $ref: '#/components/schemas/Budget' } } } },
+        requestBody: { required: true, content: json(ref('Budget')) },
         responses: {
           '200': budgetSummaryResponse('replaced'),
           '201': budgetSummaryResponse('created'),
           '400': { ...problem, description: 'an invalid project name, malformed JSON, or an invalid budget (invalid-budget: `errors` lists each problem with its JSON pointer); nothing written' },
-          ...authErrors,
-          '409': problem,
-          '412': problem,
-          '413': problem,
-          '415': problem,
-          '503': problem,
+          ...problems(401, 403, 409, 412, 413, 415, 503),
         },
       },
       delete: {
         summary: "Delete a project's budget (platform admin); history keeps the deletion as a version",
         parameters: [ifMatch],
-        responses: { '204': { description: 'deleted' }, '400': problem, ...authErrors, '404': problem, '409': problem, '412': problem, '503': problem },
+        responses: { '204': { description: 'deleted' }, ...problems(400, 401, 403, 404, 409, 412, 503) },
       },
     },
     '/budgets/{project}/history': {
@@ -357,25 +296,8 @@ export const openApiDocument = {
       get: {
         summary: 'Retained versions of a budget, newest first; a deletion is a version (same permission as GET)',
         responses: {
-          '200': {
-            description: 'version list',
-            content: {
-              'application/json': {
-                schema: {
-                  type: 'object',
-                  properties: {
-                    project: { type: 'string' },
-                    retention: { type: 'integer' },
-                    versions: { type: 'array', items: { $ref: '#/components/schemas/BudgetVersionSummary' } },
-                  },
-                },
-              },
-            },
-          },
-          '400': problem,
-          ...authErrors,
-          '404': problem,
-          '503': problem,
+          '200': versionList('project', 'BudgetVersionSummary'),
+          ...problems(400, 401, 403, 404, 503),
         },
       },
     },
@@ -384,12 +306,9 @@ export const openApiDocument = {
       get: {
         summary: 'One retained version of a budget (same permission as GET)',
         responses: {
-          '200': { description: 'the version as stored; budget is null for a deletion', headers: budgetEtagHeaders, content: { 'application/json': { schema: { $ref: '#/components/schemas/StoredBudget' } } } },
+          '200': { description: 'the version as stored; budget is null for a deletion', headers: budgetEtagHeaders, content: json(ref('StoredBudget')) },
           '304': { description: 'If-None-Match matched' },
-          '400': problem,
-          ...authErrors,
-          '404': problem,
-          '503': problem,
+          ...problems(400, 401, 403, 404, 503),
         },
       },
     },
@@ -408,31 +327,25 @@ export const openApiDocument = {
         responses: {
           '200': {
             description: 'totals, per model, and per hour and model in time order',
-            content: {
-              'application/json': {
-                schema: {
-                  type: 'object',
-                  properties: {
-                    project: { type: 'string' },
-                    from: { type: 'string', format: 'date-time', description: 'the first hour counted' },
-                    to: { type: 'string', format: 'date-time', description: 'the end of the last hour counted' },
-                    total: { $ref: '#/components/schemas/UsageRecord' },
-                    models: { type: 'object', additionalProperties: { $ref: '#/components/schemas/UsageRecord' } },
-                    hours: {
-                      type: 'array',
-                      items: {
-                        type: 'object',
-                        properties: { hour: { type: 'string', format: 'date-time' }, model: { type: 'string' }, ...usageRecordProperties },
-                      },
-                    },
+            content: json({
+              type: 'object',
+              properties: {
+                project: { type: 'string' },
+                from: { type: 'string', format: 'date-time', description: 'the first hour counted' },
+                to: { type: 'string', format: 'date-time', description: 'the end of the last hour counted' },
+                total: ref('UsageRecord'),
+                models: { type: 'object', additionalProperties: ref('UsageRecord') },
+                hours: {
+                  type: 'array',
+                  items: {
+                    type: 'object',
+                    properties: { hour: { type: 'string', format: 'date-time' }, model: { type: 'string' }, ...usageRecordProperties },
                   },
                 },
               },
-            },
+            }),
           },
-          '400': problem,
-          ...authErrors,
-          '503': problem,
+          ...problems(400, 401, 403, 503),
         },
       },
     },
@@ -486,7 +399,7 @@ export const openApiDocument = {
         properties: {
           project: { type: 'string' },
           version: { type: 'integer' },
-          budget: { oneOf: [{ $ref: '#/components/schemas/Budget' }, { type: 'null' }] },
+          budget: { oneOf: [ref('Budget'), { type: 'null' }] },
           updatedAt: { type: 'string', format: 'date-time' },
           updatedBy: { type: 'string' },
         },
@@ -549,7 +462,7 @@ export const openApiDocument = {
     responses: {
       Problem: {
         description: 'RFC 9457 problem details',
-        content: { 'application/problem+json': { schema: { $ref: '#/components/schemas/Problem' } } },
+        content: { 'application/problem+json': { schema: ref('Problem') } },
       },
     },
   },
