@@ -24,6 +24,7 @@ import {
   type StoredBudget,
 } from './keys.js';
 import { readUsage, type UsageSummary } from './usage.js';
+import { checkWriteConditions, PreconditionFailedError, StoreUnavailableError, WriteConflictError, type WriteConditions } from '../etcd/store-errors.js';
 
 export const DEFAULT_BUDGET_HISTORY_RETENTION = 50;
 /**
@@ -52,13 +53,6 @@ export interface CurrentBudget {
   modRevision: number;
 }
 
-/** Preconditions of a write (the CMS maps If-Match / If-None-Match onto them). */
-export interface BudgetWriteConditions {
-  /** The current version must be one of these; 'any' means a budget must exist. */
-  ifVersion?: number[] | 'any';
-  /** No budget may exist. */
-  ifAbsent?: boolean;
-}
 
 export interface BudgetPutResult {
   created: boolean;
@@ -83,16 +77,6 @@ export interface BudgetListPage {
 
 export class BudgetNotFoundError extends Error {
   override readonly name = 'BudgetNotFoundError';
-}
-export class BudgetPreconditionFailedError extends Error {
-  override readonly name = 'BudgetPreconditionFailedError';
-}
-export class BudgetWriteConflictError extends Error {
-  override readonly name = 'BudgetWriteConflictError';
-}
-/** etcd could not be reached or did not answer in time; a write was not made (or, lost in flight, made whole: one transaction). */
-export class BudgetStoreUnavailableError extends Error {
-  override readonly name = 'BudgetStoreUnavailableError';
 }
 /** A stored value that is not a StoredBudget of its key (written past the store). */
 export class StoredBudgetInvalidError extends Error {
@@ -166,12 +150,12 @@ export class BudgetStore {
     this.historyRetention = retention;
   }
 
-  /** Turns any etcd client failure into BudgetStoreUnavailableError. */
+  /** Turns any etcd client failure into StoreUnavailableError. */
   private async etcd<T>(call: () => Promise<T>): Promise<T> {
     try {
       return await call();
     } catch (error) {
-      throw new BudgetStoreUnavailableError('etcd is unavailable', { cause: error });
+      throw new StoreUnavailableError('budget', { cause: error });
     }
   }
 
@@ -297,17 +281,8 @@ export class BudgetStore {
     return { kv, current: parsed, lastVersion: Number.isSafeInteger(lastVersion) ? lastVersion : 0 };
   }
 
-  private checkConditions(state: WriteState, conditions: BudgetWriteConditions): void {
-    const exists = state.kv !== undefined;
-    if (conditions.ifAbsent && exists) throw new BudgetPreconditionFailedError('the budget already exists');
-    const expected = conditions.ifVersion;
-    if (expected === undefined) return;
-    if (!exists) throw new BudgetPreconditionFailedError('the budget does not exist');
-    if (expected === 'any') return;
-    const version = state.current?.stored.version;
-    if (version === undefined || !expected.includes(version)) {
-      throw new BudgetPreconditionFailedError(version === undefined ? 'the stored budget has no readable version' : `the budget is at version ${version}`);
-    }
+  private checkConditions(state: WriteState, conditions: WriteConditions): void {
+    checkWriteConditions('the budget', { exists: state.kv !== undefined, version: state.current?.stored.version }, conditions);
   }
 
   private nextVersion(state: WriteState): number {
@@ -343,9 +318,9 @@ export class BudgetStore {
   /**
    * Creates or replaces a project's budget as the next version. A writer that
    * loses a race re-reads, re-checks its conditions (a stale If-Match is then
-   * BudgetPreconditionFailedError) and, without any, writes on top of the winner.
+   * PreconditionFailedError) and, without any, writes on top of the winner.
    */
-  async put(project: string, budget: Budget, author: string, conditions: BudgetWriteConditions = {}): Promise<BudgetPutResult> {
+  async put(project: string, budget: Budget, author: string, conditions: WriteConditions = {}): Promise<BudgetPutResult> {
     checkProject(project);
     const document = parseBudget(budget);
     for (let attempt = 0; attempt < MAX_WRITE_ATTEMPTS; attempt++) {
@@ -364,19 +339,19 @@ export class BudgetStore {
       const earlier = await this.committedEarlier(project, version, text);
       if (earlier !== null) return { created, stored, revision: earlier };
     }
-    throw new BudgetWriteConflictError('too many concurrent writes to this budget; try again');
+    throw new WriteConflictError('too many concurrent writes to this budget; try again');
   }
 
   /**
    * Removes the budget in force, writing the deletion as the next history
    * version (budget null). BudgetNotFoundError when there is none.
    */
-  async delete(project: string, author: string, conditions: BudgetWriteConditions = {}): Promise<BudgetDeleteResult> {
+  async delete(project: string, author: string, conditions: WriteConditions = {}): Promise<BudgetDeleteResult> {
     checkProject(project);
     for (let attempt = 0; attempt < MAX_WRITE_ATTEMPTS; attempt++) {
       const state = await this.readState(project);
       if (!state.kv) {
-        if (conditions.ifVersion !== undefined) throw new BudgetPreconditionFailedError('the budget does not exist');
+        if (conditions.ifVersion !== undefined) throw new PreconditionFailedError('the budget does not exist');
         throw new BudgetNotFoundError(`no budget for ${project}`);
       }
       this.checkConditions(state, conditions);
@@ -393,7 +368,7 @@ export class BudgetStore {
       const earlier = await this.committedEarlier(project, version, text);
       if (earlier !== null) return { deleted: state.current.stored, stored, revision: earlier };
     }
-    throw new BudgetWriteConflictError('too many concurrent writes to this budget; try again');
+    throw new WriteConflictError('too many concurrent writes to this budget; try again');
   }
 }
 

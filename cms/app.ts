@@ -25,9 +25,6 @@ import {
   PolicyNotFoundError,
   PolicyStore,
   PolicyTooLargeError,
-  PreconditionFailedError,
-  StoreUnavailableError,
-  WriteConflictError,
   type PolicyMetadata,
   type StoredPolicy,
   type WriteConditions,
@@ -50,6 +47,7 @@ import {
   listQuery,
   methodNotAllowed as methodNotAllowedOn,
   notModified,
+  storeProblem,
   verifiedIdentity,
   writeConditions,
   wwwAuthenticate,
@@ -593,23 +591,10 @@ function toProblem(error: unknown, request: FastifyRequest): HttpProblem {
     });
   }
   if (error instanceof PolicyNotFoundError) return notFound((request.params as { name?: string }).name ?? '');
-  if (error instanceof PreconditionFailedError) {
-    return new HttpProblem({ status: 412, type: ProblemType.preconditionFailed, title: 'Precondition Failed', detail: error.message });
-  }
-  if (error instanceof WriteConflictError) {
-    return new HttpProblem({ status: 409, type: ProblemType.writeConflict, title: 'Conflict', detail: error.message });
-  }
+  const shared = storeProblem(error);
+  if (shared) return shared;
   if (error instanceof PolicyTooLargeError) {
     return new HttpProblem({ status: 413, type: ProblemType.policyTooLarge, title: 'Policy too large', detail: error.message });
-  }
-  if (error instanceof StoreUnavailableError) {
-    return new HttpProblem({
-      status: 503,
-      type: ProblemType.storeUnavailable,
-      title: 'Policy store unavailable',
-      detail: 'etcd did not answer in time; a write is one transaction, so it happened entirely or not at all',
-      headers: { 'Retry-After': '1' },
-    });
   }
   if (error instanceof CompilerBusyError) {
     return new HttpProblem({

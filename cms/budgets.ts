@@ -21,9 +21,6 @@ import { HOUR_MS, isBudgetProject, type StoredBudget } from '../budget/keys.js';
 import {
   budgetSha256,
   BudgetNotFoundError,
-  BudgetPreconditionFailedError,
-  BudgetStoreUnavailableError,
-  BudgetWriteConflictError,
   StoredBudgetInvalidError,
   type BudgetStore,
 } from '../budget/store.js';
@@ -189,24 +186,9 @@ export function usageRange(query: unknown, nowMs: number): { fromMs: number; toM
   return { fromMs: Math.max(start, EARLIEST_USAGE_MS), toMs };
 }
 
-/** The budget store's failures as problems (anything else goes on to app.ts's handler). */
-function storeProblem(error: unknown): HttpProblem | null {
+/** The budget store's own failures as problems (the ones every store shares, and anything else, go on to app.ts's handler). */
+function budgetProblem(error: unknown): HttpProblem | null {
   if (error instanceof BudgetNotFoundError) return notFound(error.message);
-  if (error instanceof BudgetPreconditionFailedError) {
-    return new HttpProblem({ status: 412, type: ProblemType.preconditionFailed, title: 'Precondition Failed', detail: error.message });
-  }
-  if (error instanceof BudgetWriteConflictError) {
-    return new HttpProblem({ status: 409, type: ProblemType.writeConflict, title: 'Conflict', detail: error.message });
-  }
-  if (error instanceof BudgetStoreUnavailableError) {
-    return new HttpProblem({
-      status: 503,
-      type: ProblemType.storeUnavailable,
-      title: 'Budget store unavailable',
-      detail: 'etcd did not answer in time; a write is one transaction, so it happened entirely or not at all',
-      headers: { 'Retry-After': '1' },
-    });
-  }
   if (error instanceof StoredBudgetInvalidError) {
     return new HttpProblem({ status: 500, type: BudgetProblemType.storedBudgetInvalid, title: 'Stored budget unreadable', detail: error.message });
   }
@@ -215,7 +197,7 @@ function storeProblem(error: unknown): HttpProblem | null {
 
 export const budgetRoutes: FastifyPluginAsync<BudgetRoutesOptions> = async (app, { store, metrics }) => {
   app.setErrorHandler((error, request, reply) => {
-    const problem = storeProblem(error);
+    const problem = budgetProblem(error);
     if (!problem) throw error;
     if (problem.status >= 500) request.log.error({ err: error }, 'request failed');
     return sendProblem(reply, problem);

@@ -1,11 +1,13 @@
 /**
  * What every part of the CMS API reads from a request the same way: the
  * verified identity, If-Match / If-None-Match, ETags, list page tokens, and
- * the 405 answer for methods a path does not implement.
+ * the 405 answer for methods a path does not implement; and how the stores'
+ * shared failures are answered.
  */
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { AuthenticationError, Identity } from '../identity/index.js';
 import { HttpProblem, ProblemType } from '../http/problem.js';
+import { PreconditionFailedError, StoreUnavailableError, WriteConflictError, type WriteConditions } from '../etcd/store-errors.js';
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -33,16 +35,8 @@ export function etag(version: number): string {
   return `"${version}"`;
 }
 
-/** Preconditions of a write as the stores take them. */
-export interface RequestConditions {
-  /** The current version must be one of these; 'any' means it must exist. */
-  ifVersion?: number[] | 'any';
-  /** It must not exist (If-None-Match: *). */
-  ifAbsent?: boolean;
-}
-
 /** If-Match: `*` or a list of our strong ETags; anything unrecognised can never match. */
-export function ifMatchCondition(header: string | undefined): RequestConditions['ifVersion'] {
+export function ifMatchCondition(header: string | undefined): WriteConditions['ifVersion'] {
   if (header === undefined) return undefined;
   if (header.trim() === '*') return 'any';
   return header
@@ -52,8 +46,8 @@ export function ifMatchCondition(header: string | undefined): RequestConditions[
     .map(Number);
 }
 
-export function writeConditions(request: FastifyRequest): RequestConditions {
-  const conditions: RequestConditions = {};
+export function writeConditions(request: FastifyRequest): WriteConditions {
+  const conditions: WriteConditions = {};
   const ifVersion = ifMatchCondition(request.headers['if-match']);
   if (ifVersion !== undefined) conditions.ifVersion = ifVersion;
   if (request.headers['if-none-match']?.trim() === '*') conditions.ifAbsent = true;
@@ -108,4 +102,24 @@ export function listQuery(query: unknown, endpoint: string, isName: (name: strin
   const after = text.startsWith(PAGE_TOKEN_PREFIX) ? text.slice(PAGE_TOKEN_PREFIX.length) : '';
   if (!isName(after)) throw new HttpProblem({ status: 400, detail: 'page_token is not a token this API gave out' });
   return { limit, after };
+}
+
+/** A failure every store shares (etcd/store-errors.ts) as its answer; null for any other error. */
+export function storeProblem(error: unknown): HttpProblem | null {
+  if (error instanceof PreconditionFailedError) {
+    return new HttpProblem({ status: 412, type: ProblemType.preconditionFailed, title: 'Precondition Failed', detail: error.message });
+  }
+  if (error instanceof WriteConflictError) {
+    return new HttpProblem({ status: 409, type: ProblemType.writeConflict, title: 'Conflict', detail: error.message });
+  }
+  if (error instanceof StoreUnavailableError) {
+    return new HttpProblem({
+      status: 503,
+      type: ProblemType.storeUnavailable,
+      title: `${error.store.charAt(0).toUpperCase()}${error.store.slice(1)} store unavailable`,
+      detail: 'etcd did not answer in time; a write is one transaction, so it happened entirely or not at all',
+      headers: { 'Retry-After': '1' },
+    });
+  }
+  return null;
 }

@@ -6,6 +6,10 @@
 import { createHash } from 'node:crypto';
 import { Range, type Etcd3, type IKeyValue, type IResponseOp } from 'etcd3';
 import { policyKeys, POLICIES_PREFIX, parsePolicyKey, type HistoryPart } from './keys.js';
+import { checkWriteConditions, PreconditionFailedError, StoreUnavailableError, WriteConflictError, type WriteConditions } from '../../etcd/store-errors.js';
+
+// The failures and conditions shared with the other stores, as this store's API.
+export { PreconditionFailedError, StoreUnavailableError, WriteConflictError, type WriteConditions };
 import { currentRevision, indexPage, readIndex, readKeysAt, scanPolicyNames } from './scan.js';
 
 export const DEFAULT_HISTORY_RETENTION = 50;
@@ -79,13 +83,6 @@ export interface PolicySubmission {
   syntaxVersion: 'v0' | 'v1';
 }
 
-/** Preconditions of a write, in store terms (the CMS maps If-Match / If-None-Match onto them). */
-export interface WriteConditions {
-  /** The current version must be one of these; 'any' means the policy must exist. */
-  ifVersion?: number[] | 'any';
-  /** The policy must not exist. */
-  ifAbsent?: boolean;
-}
 
 export interface PutResult {
   created: boolean;
@@ -99,18 +96,8 @@ export interface PutResult {
 export class PolicyNotFoundError extends Error {
   override readonly name = 'PolicyNotFoundError';
 }
-export class PreconditionFailedError extends Error {
-  override readonly name = 'PreconditionFailedError';
-}
-export class WriteConflictError extends Error {
-  override readonly name = 'WriteConflictError';
-}
 export class PolicyTooLargeError extends Error {
   override readonly name = 'PolicyTooLargeError';
-}
-/** etcd could not be reached or did not answer in time; nothing was written. */
-export class StoreUnavailableError extends Error {
-  override readonly name = 'StoreUnavailableError';
 }
 
 
@@ -178,7 +165,7 @@ export class PolicyStore {
       if (message.includes('request is too large') || message.includes('larger than max')) {
         throw new PolicyTooLargeError('the policy is too large for etcd', { cause: error });
       }
-      throw new StoreUnavailableError('etcd is unavailable', { cause: error });
+      throw new StoreUnavailableError('policy', { cause: error });
     }
   }
 
@@ -304,13 +291,7 @@ export class PolicyStore {
   }
 
   private checkConditions(current: PolicyMetadata | null, conditions: WriteConditions): void {
-    if (conditions.ifAbsent && current) throw new PreconditionFailedError('the policy already exists');
-    const expected = conditions.ifVersion;
-    if (expected === undefined) return;
-    if (!current) throw new PreconditionFailedError('the policy does not exist');
-    if (expected !== 'any' && !expected.includes(current.version)) {
-      throw new PreconditionFailedError(`the policy is at version ${current.version}`);
-    }
+    checkWriteConditions('the policy', { exists: current !== null, version: current?.version }, conditions);
   }
 
   /** Raises PreconditionFailedError if the conditions do not hold now (an early check; put re-checks atomically). */

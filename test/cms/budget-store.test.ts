@@ -8,15 +8,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Etcd3 } from 'etcd3';
 import type { Budget } from '../../budget/definition.js';
 import { budgetHistoryKey, budgetHistoryPrefix, budgetKey, emptyUsage, HOUR_MS, type StoredBudget } from '../../budget/keys.js';
-import {
-  BudgetNotFoundError,
-  BudgetPreconditionFailedError,
-  BudgetStore,
-  BudgetStoreUnavailableError,
-  StoredBudgetInvalidError,
-} from '../../budget/store.js';
+import { BudgetNotFoundError, BudgetStore, StoredBudgetInvalidError } from '../../budget/store.js';
 import { addUsage, readUsage } from '../../budget/usage.js';
-import { createEtcdClient } from '../../etcd/index.js';
+import { createEtcdClient, PreconditionFailedError, StoreUnavailableError } from '../../etcd/index.js';
 import { startEtcd, type TestEtcd } from '../support/etcd.js';
 
 let etcd: TestEtcd;
@@ -90,12 +84,12 @@ describe('writes', () => {
   });
 
   it('preconditions: If-Match versions, * and create-only', async () => {
-    await expect(store.put('one-txn', budget(1), 'ada', { ifVersion: [3] })).rejects.toBeInstanceOf(BudgetPreconditionFailedError);
-    await expect(store.put('absent-one', budget(1), 'ada', { ifVersion: 'any' })).rejects.toBeInstanceOf(BudgetPreconditionFailedError);
-    await expect(store.put('one-txn', budget(1), 'ada', { ifAbsent: true })).rejects.toBeInstanceOf(BudgetPreconditionFailedError);
-    await expect(store.delete('one-txn', 'ada', { ifVersion: [1, 2] })).rejects.toBeInstanceOf(BudgetPreconditionFailedError);
+    await expect(store.put('one-txn', budget(1), 'ada', { ifVersion: [3] })).rejects.toBeInstanceOf(PreconditionFailedError);
+    await expect(store.put('absent-one', budget(1), 'ada', { ifVersion: 'any' })).rejects.toBeInstanceOf(PreconditionFailedError);
+    await expect(store.put('one-txn', budget(1), 'ada', { ifAbsent: true })).rejects.toBeInstanceOf(PreconditionFailedError);
+    await expect(store.delete('one-txn', 'ada', { ifVersion: [1, 2] })).rejects.toBeInstanceOf(PreconditionFailedError);
     await expect(store.delete('absent-one', 'ada')).rejects.toBeInstanceOf(BudgetNotFoundError);
-    await expect(store.delete('absent-one', 'ada', { ifVersion: 'any' })).rejects.toBeInstanceOf(BudgetPreconditionFailedError);
+    await expect(store.delete('absent-one', 'ada', { ifVersion: 'any' })).rejects.toBeInstanceOf(PreconditionFailedError);
     expect(await historyVersions('one-txn')).toEqual([4, 3, 2, 1]);
     expect(await client.getAll().prefix(budgetHistoryPrefix('absent-one')).keys()).toEqual([]);
     expect((await store.put('one-txn', budget(5), 'ada', { ifVersion: [9, 4] })).stored.version).toBe(5);
@@ -122,7 +116,7 @@ describe('concurrent writers', () => {
       const results = await Promise.allSettled(writers.map((w, n) => new BudgetStore(w).put(project, budget(100 + n), `w${n}`, { ifVersion: [1] })));
       const won = results.filter((r) => r.status === 'fulfilled');
       expect(won).toHaveLength(1);
-      for (const r of results) if (r.status === 'rejected') expect(r.reason).toBeInstanceOf(BudgetPreconditionFailedError);
+      for (const r of results) if (r.status === 'rejected') expect(r.reason).toBeInstanceOf(PreconditionFailedError);
       expect(await historyVersions(project)).toEqual([2, 1]);
       const winner = (won[0] as PromiseFulfilledResult<Awaited<ReturnType<BudgetStore['put']>>>).value;
       expect((await store.get(project))?.stored).toEqual(winner.stored);
@@ -225,7 +219,7 @@ describe('stored values written past the store', () => {
     await client.put(budgetKey('corrupt')).value('{"not":"a budget"}');
     await expect(store.get('corrupt')).rejects.toBeInstanceOf(StoredBudgetInvalidError);
     await expect(store.delete('corrupt', 'ada')).rejects.toBeInstanceOf(StoredBudgetInvalidError);
-    await expect(store.put('corrupt', budget(1), 'ada', { ifVersion: [1] })).rejects.toBeInstanceOf(BudgetPreconditionFailedError);
+    await expect(store.put('corrupt', budget(1), 'ada', { ifVersion: [1] })).rejects.toBeInstanceOf(PreconditionFailedError);
     const replaced = await store.put('corrupt', budget(1), 'ada');
     expect(replaced).toMatchObject({ created: false, stored: { version: 1 } });
     expect((await store.get('corrupt'))?.stored.budget).toEqual(budget(1));
@@ -305,7 +299,7 @@ describe('usage', () => {
 });
 
 describe('etcd away', () => {
-  it('every operation fails with BudgetStoreUnavailableError, and nothing is written', async () => {
+  it('every operation fails with StoreUnavailableError, and nothing is written', async () => {
     await store.put('steady', budget(1), 'ada');
     const before = (await client.getAll().prefix('/budget').exec()).kvs.map((kv) => [kv.key.toString(), kv.value.toString(), kv.mod_revision]);
     await etcd.stop();
@@ -322,7 +316,7 @@ describe('etcd away', () => {
       ];
       for (const attempt of await Promise.allSettled(attempts)) {
         expect(attempt.status).toBe('rejected');
-        expect((attempt as PromiseRejectedResult).reason).toBeInstanceOf(BudgetStoreUnavailableError);
+        expect((attempt as PromiseRejectedResult).reason).toBeInstanceOf(StoreUnavailableError);
       }
     } finally {
       await etcd.restart();
