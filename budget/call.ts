@@ -54,6 +54,9 @@ function positiveInteger(value: unknown, field: string): number | null {
   return value;
 }
 
+/** The longest model name a call may give (providers' ids, fine-tuned ones and ARNs included, are far shorter). */
+export const MAX_MODEL_NAME_LENGTH = 256;
+
 /** Reads a chat completion (`messages`) or completion (`prompt`) request. */
 export function readLlmCall(bytes: Uint8Array): LlmCall {
   let body: unknown;
@@ -65,6 +68,10 @@ export function readLlmCall(bytes: Uint8Array): LlmCall {
   if (!body || typeof body !== 'object' || Array.isArray(body)) throw new LlmCallError('the request body must be a JSON object');
   const record = body as Record<string, unknown>;
   if (record.model !== undefined && typeof record.model !== 'string') throw new LlmCallError('model must be a string');
+  if (typeof record.model === 'string' && (record.model.length === 0 || record.model.length > MAX_MODEL_NAME_LENGTH)) {
+    // A model names etcd keys (limits, usage): bounded, as every provider's model ids are.
+    throw new LlmCallError(`model must be 1 to ${MAX_MODEL_NAME_LENGTH} characters`);
+  }
   let promptTokensBound: number;
   if (Array.isArray(record.messages)) {
     // Every field of a message counts (role, name, content, tool calls): all of it is sent to the model.

@@ -11,7 +11,7 @@
 import type { Etcd3 } from 'etcd3';
 import type { Logger } from 'pino';
 import { blockTokens, limitsFor, type Budget, type BudgetLimit } from './definition.js';
-import { BUDGETS_PREFIX, projectOfBudgetKey } from './keys.js';
+import { BUDGETS_PREFIX, HOUR_MS, projectOfBudgetKey } from './keys.js';
 import { parseStoredBudget } from './store.js';
 import { BudgetLedger, type Hold, type ReserveResult } from './ledger.js';
 import { UsageRecorder } from './usage.js';
@@ -19,6 +19,17 @@ import { usageFromResponse, type LlmCall } from './call.js';
 
 /** What names a reservation: nginx's $request_id, 32 hex digits. */
 export const RESERVATION_ID = /^[0-9a-f]{32}$/;
+
+/**
+ * A model is whatever the caller writes in the body; an unknown one costs
+ * nothing (the LLM refuses it), so unchecked, one caller could make a usage
+ * record and a metrics series per call. Usage is recorded under a call's
+ * model when the budget names it, or when the LLM took the call (it
+ * answered with usage or a success), and then for at most this many models
+ * per project and hour in a process; the rest under OTHER_MODELS.
+ */
+export const USAGE_MODELS_PER_HOUR = 64;
+export const OTHER_MODELS = '(other)';
 
 /** How long a call waits for a process's budgets to be read from etcd before it is refused with 503. */
 export const BUDGETS_LOAD_WAIT_MS = 3_000;
@@ -43,7 +54,10 @@ export interface BudgetEvents {
 interface InFlight {
   hold: Hold;
   project: string;
+  /** The model the call was sent with ('unknown' when it named none). */
   model: string;
+  /** Whether the project's budget names that model (its usage is then always recorded under it). */
+  named: boolean;
   startedAt: number;
 }
 
@@ -60,6 +74,8 @@ export interface BudgetView {
 export class GatewayBudgets {
   private readonly budgets = new Map<string, Budget>();
   private readonly inFlight = new Map<string, InFlight>();
+  /** The models given their own usage records, per project, in the current hour. */
+  private usageModels = { hour: 0, byProject: new Map<string, Set<string>>() };
   readonly ledger: BudgetLedger;
   readonly usage: UsageRecorder;
   private loaded = false;
@@ -215,9 +231,25 @@ export class GatewayBudgets {
     }
     // An id seen twice (it cannot be, from nginx) keeps the first call's reservation as its charge.
     const earlier = this.inFlight.get(id);
-    if (earlier) this.charge(earlier, 0, 0, earlier.hold.cost, false);
-    this.inFlight.set(id, { hold: result.hold, project, model: model ?? 'unknown', startedAt: Date.now() });
+    if (earlier) this.charge(earlier, this.usageModel(earlier, null), 0, 0, earlier.hold.cost, false);
+    const named = model !== null && budget.models?.[model] !== undefined;
+    this.inFlight.set(id, { hold: result.hold, project, model: model ?? 'unknown', named, startedAt: Date.now() });
     return { ok: true };
+  }
+
+  /** The model a call's usage is recorded under (see USAGE_MODELS_PER_HOUR); `taken`: whether the LLM took the call, null when unknown. */
+  private usageModel(call: InFlight, taken: boolean | null, nowMs = Date.now()): string {
+    const { project, model } = call;
+    if (call.named) return model;
+    if (taken === false) return OTHER_MODELS;
+    const hour = Math.floor(nowMs / HOUR_MS);
+    if (this.usageModels.hour !== hour) this.usageModels = { hour, byProject: new Map() };
+    let seen = this.usageModels.byProject.get(project);
+    if (!seen) this.usageModels.byProject.set(project, (seen = new Set()));
+    if (seen.has(model)) return model;
+    if (seen.size >= USAGE_MODELS_PER_HOUR) return OTHER_MODELS;
+    seen.add(model);
+    return model;
   }
 
   /**
@@ -231,16 +263,17 @@ export class GatewayBudgets {
     if (!call) return false;
     this.inFlight.delete(id);
     const usage = usageFromResponse(body);
-    if (usage) this.charge(call, usage.prompt, usage.completion, usage.prompt + usage.completion, true);
-    else if (status >= 400) this.charge(call, 0, 0, 0, true);
-    else this.charge(call, 0, 0, call.hold.cost, false);
+    const model = this.usageModel(call, usage !== null || status < 400);
+    if (usage) this.charge(call, model, usage.prompt, usage.completion, usage.prompt + usage.completion, true);
+    else if (status >= 400) this.charge(call, model, 0, 0, 0, true);
+    else this.charge(call, model, 0, 0, call.hold.cost, false);
     return true;
   }
 
-  private charge(call: InFlight, prompt: number, completion: number, charged: number, seen: boolean): void {
+  private charge(call: InFlight, model: string, prompt: number, completion: number, charged: number, seen: boolean): void {
     this.ledger.settle(call.hold, charged);
-    this.usage.record(call.project, call.model, Date.now(), { requests: 1, prompt_tokens: prompt, completion_tokens: completion, charged_tokens: charged, unsettled: seen ? 0 : 1 });
-    this.options.events?.settled(call.project, call.model, { prompt, completion, charged, seen });
+    this.usage.record(call.project, model, Date.now(), { requests: 1, prompt_tokens: prompt, completion_tokens: completion, charged_tokens: charged, unsettled: seen ? 0 : 1 });
+    this.options.events?.settled(call.project, model, { prompt, completion, charged, seen });
   }
 
   /** Calls never settled within the timeout keep their reservation as their charge. */
@@ -249,7 +282,7 @@ export class GatewayBudgets {
       if (now - call.startedAt < this.settleTimeoutMs) continue;
       this.inFlight.delete(id);
       this.options.log.warn({ project: call.project, model: call.model, reserved: call.hold.cost }, 'no usage arrived for a call; charged its reservation');
-      this.charge(call, 0, 0, call.hold.cost, false);
+      this.charge(call, this.usageModel(call, null), 0, 0, call.hold.cost, false);
     }
   }
 

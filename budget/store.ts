@@ -39,10 +39,13 @@ const MAX_WRITE_ATTEMPTS = 10;
  */
 const LIST_READ_BATCH = 25;
 /**
- * Usage is read a week at a time: one etcd range per week keeps each answer
- * bounded (hours x models records) however long the asked range is.
+ * Usage is read a day at a time: one etcd range per day keeps each answer
+ * bounded however long the asked range is. A day is 24 hours x the models
+ * each gateway process records per hour (at most 64 of its own, see
+ * budget/gateway.ts) x a record of a hundred or two bytes: under a MiB for
+ * a dozen processes, well within gRPC's 4 MiB message limit.
  */
-const USAGE_READ_SPAN_MS = 7 * 24 * HOUR_MS;
+const USAGE_READ_SPAN_MS = 24 * HOUR_MS;
 
 /** A stored version that holds a budget (every current one does). */
 export type BudgetVersion = StoredBudget & { budget: Budget };
@@ -234,7 +237,7 @@ export class BudgetStore {
 
   /**
    * Usage of a project's LLM calls in the hours that start in [fromMs, toMs)
-   * (budget/usage.ts), read a week at a time and added up.
+   * (budget/usage.ts), read a day at a time and added up.
    */
   async usage(project: string, fromMs: number, toMs: number): Promise<UsageSummary> {
     checkProject(project);

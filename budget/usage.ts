@@ -2,7 +2,13 @@
 // in etcd (budget/keys.ts). Gateways add to it in the background, coalesced
 // (one transaction per hour and model touched, about once a second); the CMS
 // reads it back for a time range.
-import { randomUUID } from 'node:crypto';
+//
+// An addition whose commit went through but whose answer was lost is tried
+// again, and must count once. Each writer (a gateway process) numbers its
+// additions, writes those to one record in order, and the record keeps the
+// latest number of each writer: a small map, however many additions, and
+// exact however long the retry comes after (a datacenter cut off for hours).
+import { randomBytes } from 'node:crypto';
 import { Range, type Etcd3 } from 'etcd3';
 import type { Logger } from 'pino';
 import { emptyUsage, HOUR_MS, parseUsageKey, usageKey, type UsageRecord } from './keys.js';
@@ -13,35 +19,42 @@ function addInto(target: UsageRecord, delta: UsageRecord): void {
   for (const field of USAGE_FIELDS) target[field] += delta[field];
 }
 
-/** A stored record: its counts, and the ids of the latest additions it remembers. */
-function parseStored(text: string): { record: UsageRecord; ops: string[] } {
-  const parsed = JSON.parse(text) as Partial<UsageRecord> & { ops?: unknown };
+/** Which writer made an addition, and its number: a writer's additions to one record are numbered upwards. */
+export interface UsageOp {
+  writer: string;
+  seq: number;
+}
+
+/** A stored record: its counts, and the latest addition of each writer. */
+function parseStored(text: string): { record: UsageRecord; writers: Record<string, number> } {
+  const parsed = JSON.parse(text) as Partial<UsageRecord> & { writers?: unknown };
   const record = emptyUsage();
   for (const field of USAGE_FIELDS) {
     const value = parsed[field];
     if (typeof value === 'number' && Number.isFinite(value)) record[field] = value;
   }
-  const ops = Array.isArray(parsed.ops) ? parsed.ops.filter((o): o is string => typeof o === 'string') : [];
-  return { record, ops };
+  const writers: Record<string, number> = {};
+  if (parsed.writers && typeof parsed.writers === 'object') {
+    for (const [writer, seq] of Object.entries(parsed.writers)) if (typeof seq === 'number') writers[writer] = seq;
+  }
+  return { record, writers };
 }
-
-/** How many of its latest additions a record remembers, to recognise one retried after its answer was lost. */
-const REMEMBERED_OPS = 64;
 
 /**
  * Adds `delta` to one usage record (compare-and-swap, retried on a concurrent
- * write). With an `op` id, an addition whose commit went through but whose
- * answer was lost (and that is tried again) is recognised and counted once.
+ * write). With an `op`, an addition the record already holds (its commit
+ * went through, its answer was lost, and it is tried again) is not counted
+ * twice: the record keeps each writer's latest number.
  */
-export async function addUsage(client: Etcd3, project: string, hourStart: number, model: string, delta: UsageRecord, op?: string): Promise<void> {
+export async function addUsage(client: Etcd3, project: string, hourStart: number, model: string, delta: UsageRecord, op?: UsageOp): Promise<void> {
   const key = usageKey(project, hourStart, model);
   for (let attempt = 0; attempt < 20; attempt++) {
     const current = await client.get(key).exec();
     const kv = current.kvs[0];
-    const { record, ops } = kv ? parseStored(kv.value.toString('utf8')) : { record: emptyUsage(), ops: [] };
-    if (op && ops.includes(op)) return;
+    const { record, writers } = kv ? parseStored(kv.value.toString('utf8')) : { record: emptyUsage(), writers: {} };
+    if (op && (writers[op.writer] ?? 0) >= op.seq) return;
     addInto(record, delta);
-    const stored = op ? { ...record, ops: [...ops, op].slice(-REMEMBERED_OPS) } : { ...record, ops };
+    const stored = { ...record, writers: op ? { ...writers, [op.writer]: op.seq } : writers };
     const guard = kv ? client.if(key, 'Mod', '==', kv.mod_revision) : client.if(key, 'Create', '==', 0);
     const result = await guard.then(client.put(key).value(JSON.stringify(stored))).commit();
     if (result.succeeded) return;
@@ -76,16 +89,27 @@ export async function readUsage(client: Etcd3, project: string, fromMs: number, 
   return summary;
 }
 
+interface PendingUsage {
+  project: string;
+  hour: number;
+  model: string;
+  delta: UsageRecord;
+}
+
 /**
  * A gateway's pending usage, written in the background: calls add in memory,
  * a flush a second later writes one transaction per (project, hour, model).
- * A failed write is tried again as it was, with the same op id (so one that
- * went through after all is not counted twice); nothing is lost while the
- * process lives.
+ * A failed write is tried again as it was, with the same number (so one that
+ * went through after all is not counted twice), before anything newer for
+ * the same record; nothing is lost while the process lives.
  */
 export class UsageRecorder {
-  private readonly pending = new Map<string, { project: string; hour: number; model: string; delta: UsageRecord }>();
-  private retry: { project: string; hour: number; model: string; delta: UsageRecord; op: string }[] = [];
+  private readonly pending = new Map<string, PendingUsage>();
+  /** Writes that failed, by record: each goes before any newer addition to its record. */
+  private retry = new Map<string, PendingUsage & { op: UsageOp }>();
+  /** This process as a writer of usage records: random, so a restarted process is a new writer. */
+  private readonly writer = randomBytes(9).toString('base64url');
+  private seq = 0;
   private timer: NodeJS.Timeout | null = null;
   private flushing: Promise<void> | null = null;
 
@@ -97,7 +121,7 @@ export class UsageRecorder {
 
   record(project: string, model: string, atMs: number, delta: UsageRecord): void {
     const hour = Math.floor(atMs / HOUR_MS) * HOUR_MS;
-    const id = `${project}\n${hour}\n${model}`;
+    const id = recordId(project, hour, model);
     const entry = this.pending.get(id);
     if (entry) addInto(entry.delta, delta);
     else this.pending.set(id, { project, hour, model, delta: { ...delta } });
@@ -114,18 +138,26 @@ export class UsageRecorder {
     if (this.timer) clearTimeout(this.timer);
     this.timer = null;
     while (this.flushing) await this.flushing;
-    if (this.pending.size === 0 && this.retry.length === 0) return;
-    const batch = [...this.retry, ...[...this.pending.values()].map((entry) => ({ ...entry, op: randomUUID() }))];
-    this.pending.clear();
-    this.retry = [];
+    if (this.pending.size === 0 && this.retry.size === 0) return;
+    const retries = this.retry;
+    this.retry = new Map();
     this.flushing = (async () => {
-      for (const entry of batch) {
+      for (const [id, entry] of retries) {
         try {
           await addUsage(this.client, entry.project, entry.hour, entry.model, entry.delta, entry.op);
         } catch (err) {
-          this.log.warn({ project: entry.project, model: entry.model, err: (err as Error).message }, 'usage not written yet; kept for the next flush');
-          this.retry.push(entry);
-          this.schedule();
+          this.failed(id, entry, err as Error);
+        }
+      }
+      // Numbered only now: a record's additions go in the order of their numbers.
+      const batch = [...this.pending].filter(([id]) => !this.retry.has(id));
+      for (const [id] of batch) this.pending.delete(id);
+      for (const [id, entry] of batch) {
+        const numbered = { ...entry, op: { writer: this.writer, seq: ++this.seq } };
+        try {
+          await addUsage(this.client, entry.project, entry.hour, entry.model, entry.delta, numbered.op);
+        } catch (err) {
+          this.failed(id, numbered, err as Error);
         }
       }
     })();
@@ -135,4 +167,14 @@ export class UsageRecorder {
       this.flushing = null;
     }
   }
+
+  private failed(id: string, entry: PendingUsage & { op: UsageOp }, err: Error): void {
+    this.log.warn({ project: entry.project, model: entry.model, err: err.message }, 'usage not written yet; kept for the next flush');
+    this.retry.set(id, entry);
+    this.schedule();
+  }
+}
+
+function recordId(project: string, hour: number, model: string): string {
+  return `${project}\n${hour}\n${model}`;
 }

@@ -40,6 +40,8 @@ describe('readLlmCall', () => {
     ['an array', [], /JSON object/],
     ['no messages or prompt', { model: 'm' }, /neither messages nor prompt/],
     ['a model that is not a string', { model: 3, messages: [] }, /model must be a string/],
+    ['an empty model', { model: '', messages: [] }, /model must be 1 to 256 characters/],
+    ['a model name longer than any provider gives', { model: 'm'.repeat(257), messages: [] }, /model must be 1 to 256 characters/],
     ['max_tokens as text', { messages: [], max_tokens: '10' }, /max_tokens must be a positive integer/],
     ['max_tokens zero', { messages: [], max_tokens: 0 }, /max_tokens/],
     ['a fractional max_completion_tokens', { messages: [], max_completion_tokens: 1.5 }, /max_completion_tokens/],

@@ -71,7 +71,7 @@ describe('gateway budgets', () => {
     expect(gateway.budget('gamma')).toBeNull();
   });
 
-  it('settles to the usage of an answer, charges nothing for an error without usage, keeps the reservation when the usage cannot be seen', async () => {
+  it('settles to the usage of an answer, charges nothing for an error without usage (recorded under (other): the LLM did not take the model), keeps the reservation when the usage cannot be seen', async () => {
     const call = readLlmCall(new TextEncoder().encode(JSON.stringify({ model: 'm1', max_tokens: 50, messages: [{ role: 'user', content: 'hi' }] })));
     const cost = GatewayBudgets.cost(call, 50);
     for (const n of [1, 2, 3]) expect(await gateway.reserve(id(n), 'alpha', BUDGET, 'm1', cost)).toEqual({ ok: true });
@@ -83,10 +83,36 @@ describe('gateway budgets', () => {
     // Once only; an id naming no call changes nothing.
     expect(gateway.settle(id(1), 200, JSON.stringify({ usage: { prompt_tokens: 0, completion_tokens: 0 } }))).toBe(false);
     expect(gateway.settle(id(99), 200, '')).toBe(false);
-    expect(events).toEqual([`alpha m1 4+6 charged 10 seen`, `alpha m1 0+0 charged 0 seen`, `alpha m1 0+0 charged ${cost} unseen`]);
+    expect(events).toEqual([`alpha m1 4+6 charged 10 seen`, `alpha (other) 0+0 charged 0 seen`, `alpha m1 0+0 charged ${cost} unseen`]);
     await gateway.usage.flush();
     const usage = await readUsage(admin, 'alpha', Date.now() - 3_600_000, Date.now() + 1);
-    expect(usage.models.m1).toEqual({ requests: 3, prompt_tokens: 4, completion_tokens: 6, charged_tokens: 10 + cost, unsettled: 1 });
+    expect(usage.models.m1).toEqual({ requests: 2, prompt_tokens: 4, completion_tokens: 6, charged_tokens: 10 + cost, unsettled: 1 });
+    expect(usage.models['(other)']).toEqual({ requests: 1, prompt_tokens: 0, completion_tokens: 0, charged_tokens: 0, unsettled: 0 });
+  });
+
+  it('records usage under at most 64 models per project and hour, besides the ones its budget names; models the LLM refused under (other)', async () => {
+    const budget: Budget = { windows: [{ per: 'day', tokens: 1_000_000 }], models: { named: { windows: [{ per: 'day', tokens: 1_000_000 }] } } };
+    await new BudgetStore(admin).put('kappa', budget, 'test');
+    let n = 1_000;
+    const call = async (model: string, status: number, body: string) => {
+      const callId = id(++n);
+      expect(await gateway.reserve(callId, 'kappa', budget, model, 10)).toEqual({ ok: true });
+      expect(gateway.settle(callId, status, body)).toBe(true);
+    };
+    const answered = JSON.stringify({ usage: { prompt_tokens: 1, completion_tokens: 1 } });
+    // A caller names 500 models the LLM does not know: each refused, none gets a record of its own.
+    for (let i = 0; i < 500; i++) await call(`bogus-${i}`, 404, '{"error": {"message": "no such model"}}');
+    // 70 models the LLM answers: the first 64 get their own; the budget's own model always does.
+    for (let i = 0; i < 70; i++) await call(`real-${i}`, 200, answered);
+    await call('named', 200, answered);
+    await gateway.usage.flush();
+    const usage = await readUsage(admin, 'kappa', Date.now() - 3_600_000, Date.now() + 1);
+    const models = Object.keys(usage.models);
+    expect(models.filter((m) => m.startsWith('real-'))).toHaveLength(64);
+    expect(models).toContain('named');
+    expect(models.filter((m) => m.startsWith('bogus-'))).toEqual([]);
+    expect(usage.models['(other)']).toMatchObject({ requests: 500 + 6, charged_tokens: 6 * 2 });
+    expect(usage.total.requests).toBe(571);
   });
 
   it('charges a call never settled its reservation once the settle timeout passes', async () => {

@@ -6,6 +6,7 @@ import { pino } from 'pino';
 import type { Etcd3 } from 'etcd3';
 import { startEtcd, type TestEtcd } from '../support/etcd.js';
 import { startTcpProxy, hostPort } from '../support/tcp-proxy.js';
+import { faultyEtcd } from '../support/faulty-etcd.js';
 import { createEtcdClient } from '../../etcd/index.js';
 import { BudgetLedger, type LimitRequest } from '../../budget/ledger.js';
 import { HOLDERS_PREFIX, ledgerKey, type Allocation } from '../../budget/keys.js';
@@ -173,40 +174,7 @@ import { pino } from 'pino';
 
   it('a write whose answer is lost is counted once: at once when a read shows it, or at the next write when even the read fails', async () => {
     // etcd commits the write; its answer (and the read after it) never comes back, as when a link drops at that moment.
-    const faults = { loseNextCommitAnswer: false, readsToFailAfterIt: 0, failReads: 0 };
-    const real = client();
-    const faulty = new Proxy(real, {
-      get(target, prop) {
-        if (prop === 'if') {
-          return (...args: Parameters<Etcd3['if']>) => {
-            const guard = target.if(...args);
-            return {
-              then: (...ops: Parameters<typeof guard.then>) => {
-                const txn = guard.then(...ops);
-                return {
-                  commit: async () => {
-                    const answer = await txn.commit();
-                    if (!faults.loseNextCommitAnswer) return answer;
-                    faults.loseNextCommitAnswer = false;
-                    faults.failReads = faults.readsToFailAfterIt;
-                    throw new Error('the answer was lost');
-                  },
-                };
-              },
-            };
-          };
-        }
-        if (prop === 'get') {
-          return (key: string) => {
-            if (faults.failReads === 0) return target.get(key);
-            faults.failReads--;
-            return { exec: () => Promise.reject(new Error('deadline exceeded')) };
-          };
-        }
-        const value = Reflect.get(target, prop, target) as unknown;
-        return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
-      },
-    });
+    const { client: faulty, faults } = faultyEtcd(client());
     const a = new BudgetLedger({ client: faulty, gateway: 'lossy', log, idleReturnMs: 60_000 });
     await a.start();
     const limit = { scope: '*', per: 'day' as const, tokens: 1_000 };
@@ -215,14 +183,14 @@ import { pino } from 'pino';
     if (!first.ok) throw new Error('refused');
     a.settle(first.hold, 30);
     // The next block's write folds the 30 in; its answer and the read after it are lost: the call is retried and admitted.
-    faults.loseNextCommitAnswer = true;
-    faults.readsToFailAfterIt = 1;
+    faults.loseCommitAnswers = 1;
+    faults.readsToFailAfterLoss = 1;
     const second = await a.reserve('theta', [request], 80);
     if (!second.ok) throw new Error('refused');
     a.settle(second.hold, 80);
     // Lost again, but the read after it shows the write.
-    faults.loseNextCommitAnswer = true;
-    faults.readsToFailAfterIt = 0;
+    faults.loseCommitAnswers = 1;
+    faults.readsToFailAfterLoss = 0;
     const third = await a.reserve('theta', [request], 500);
     if (!third.ok) throw new Error('refused');
     a.settle(third.hold, 7);

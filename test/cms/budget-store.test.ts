@@ -1,7 +1,7 @@
 /**
  * The budget store on a real etcd: one transaction per write (current key and
  * history version), versions 1, 2, 3... that concurrent writers cannot share,
- * deletions kept as versions, retention, listing in pages, usage read a week
+ * deletions kept as versions, retention, listing in pages, usage read a day
  * at a time, and etcd away.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
