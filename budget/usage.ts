@@ -72,6 +72,23 @@ export interface UsageSummary {
   hours: ({ hour: string; model: string } & UsageRecord)[];
 }
 
+/** A summary by UTC day instead of hour: the same totals, `days` in place of `hours`. */
+export type DailyUsageSummary = Omit<UsageSummary, 'hours'> & { days: ({ day: string; model: string } & UsageRecord)[] };
+
+/** Adds a summary's hours up by UTC day (YYYY-MM-DD) and model, in time order. */
+export function usageByDay(summary: UsageSummary): DailyUsageSummary {
+  const { hours, ...rest } = summary;
+  const days = new Map<string, { day: string; model: string } & UsageRecord>();
+  for (const { hour, model, ...record } of hours) {
+    const day = hour.slice(0, 10);
+    const key = `${day}\n${model}`;
+    let entry = days.get(key);
+    if (!entry) days.set(key, (entry = { day, model, ...emptyUsage() }));
+    addInto(entry, record);
+  }
+  return { ...rest, days: [...days.values()] };
+}
+
 /** The usage of calls in the hours that start in [fromMs, toMs). */
 export async function readUsage(client: Etcd3, project: string, fromMs: number, toMs: number): Promise<UsageSummary> {
   const fromHour = Math.floor(fromMs / HOUR_MS) * HOUR_MS;

@@ -12,12 +12,13 @@
  *   GET    /budgets/{project}/history             retained versions, newest first
  *   GET    /budgets/{project}/history/{version}   one retained version
  *   GET    /budgets                               projects with a budget, in pages
- *   GET    /usage/{project}?from=&to=             usage per model and per hour
+ *   GET    /usage/{project}?from=&to=&group=      usage per model, and per hour (or day)
  */
 import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify';
 import { parse as parseJson } from 'lossless-json';
 import { budgetProblems, type Budget } from '../budget/definition.js';
 import { HOUR_MS, isBudgetProject, type StoredBudget } from '../budget/keys.js';
+import { usageByDay } from '../budget/usage.js';
 import {
   budgetSha256,
   BudgetNotFoundError,
@@ -166,11 +167,12 @@ export function parseUsageTime(text: string): number | null {
   return date.getTime() + ((hour * 60 + minute - offsetMinutes) * 60 + second) * 1000 + millis;
 }
 
-/** `from` and `to` of GET /usage/{project}, nothing else; the last day by default. */
-export function usageRange(query: unknown, nowMs: number): { fromMs: number; toMs: number } {
-  const { from, to, ...rest } = (query ?? {}) as Record<string, unknown>;
+/** `from`, `to` and `group` of GET /usage/{project}, nothing else; the last day, by hour, by default. */
+export function usageQuery(query: unknown, nowMs: number): { fromMs: number; toMs: number; group: 'hour' | 'day' } {
+  const { from, to, group = 'hour', ...rest } = (query ?? {}) as Record<string, unknown>;
   const unknown = Object.keys(rest);
-  if (unknown.length > 0) throw invalidUsageQuery(`unknown query parameter ${unknown[0]}; GET /usage/{project} takes from and to`);
+  if (unknown.length > 0) throw invalidUsageQuery(`unknown query parameter ${unknown[0]}; GET /usage/{project} takes from, to and group`);
+  if (group !== 'hour' && group !== 'day') throw invalidUsageQuery('group must be hour or day');
   const time = (name: string, value: unknown): number | undefined => {
     if (value === undefined) return undefined;
     if (typeof value !== 'string') throw invalidUsageQuery(`${name} is given more than once`);
@@ -183,7 +185,7 @@ export function usageRange(query: unknown, nowMs: number): { fromMs: number; toM
   const start = time('from', from) ?? toMs - DEFAULT_USAGE_RANGE_MS;
   if (!(start < toMs)) throw invalidUsageQuery('from must be before to');
   if (toMs - start > MAX_USAGE_RANGE_DAYS * 24 * HOUR_MS) throw invalidUsageQuery(`the range may span at most ${MAX_USAGE_RANGE_DAYS} days`);
-  return { fromMs: Math.max(start, EARLIEST_USAGE_MS), toMs };
+  return { fromMs: Math.max(start, EARLIEST_USAGE_MS), toMs, group };
 }
 
 /** The budget store's own failures as problems (the ones every store shares, and anything else, go on to app.ts's handler). */
@@ -289,8 +291,9 @@ export const budgetRoutes: FastifyPluginAsync<BudgetRoutesOptions> = async (app,
   app.get('/usage/:project', async (request, reply) => {
     verifiedIdentity(request);
     const project = projectOf(request);
-    const { fromMs, toMs } = usageRange(request.query, Date.now());
-    return reply.type('application/json').send(await store.usage(project, fromMs, toMs));
+    const { fromMs, toMs, group } = usageQuery(request.query, Date.now());
+    const usage = await store.usage(project, fromMs, toMs);
+    return reply.type('application/json').send(group === 'day' ? usageByDay(usage) : usage);
   });
   methodNotAllowed(app, '/usage/:project', ['GET']);
 

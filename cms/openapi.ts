@@ -315,7 +315,7 @@ export const openApiDocument = {
     '/usage/{project}': {
       parameters: [project],
       get: {
-        summary: "A project's LLM usage per model and per hour (platform admin; project users of that project)",
+        summary: "A project's LLM usage per model, and per hour or day (platform admin; project users of that project)",
         description:
           'Usage of the calls in the UTC hours that start in [from rounded down to its hour, to rounded up to its hour). ' +
           'Defaults: to = now, from = to minus 24 hours. from must be before to, and the range at most 400 days. ' +
@@ -323,10 +323,11 @@ export const openApiDocument = {
         parameters: [
           { name: 'from', in: 'query', required: false, schema: { type: 'string', examples: ['2025-06-01T00:00:00Z', '2025-06-01'] }, description: 'an RFC 3339 time, or a date (midnight UTC)' },
           { name: 'to', in: 'query', required: false, schema: { type: 'string', examples: ['2025-06-02T00:00:00Z'] }, description: 'an RFC 3339 time, or a date (midnight UTC)' },
+          { name: 'group', in: 'query', required: false, schema: { enum: ['hour', 'day'], default: 'hour' }, description: 'hour: `hours`, per hour and model; day: `days`, per UTC day and model' },
         ],
         responses: {
           '200': {
-            description: 'totals, per model, and per hour and model in time order',
+            description: 'totals, per model, and per hour (or day) and model in time order',
             content: json({
               type: 'object',
               properties: {
@@ -337,9 +338,18 @@ export const openApiDocument = {
                 models: { type: 'object', additionalProperties: ref('UsageRecord') },
                 hours: {
                   type: 'array',
+                  description: 'with group=hour',
                   items: {
                     type: 'object',
                     properties: { hour: { type: 'string', format: 'date-time' }, model: { type: 'string' }, ...usageRecordProperties },
+                  },
+                },
+                days: {
+                  type: 'array',
+                  description: 'with group=day (the first and last day may hold part of a day, when from and to are not midnight)',
+                  items: {
+                    type: 'object',
+                    properties: { day: { type: 'string', format: 'date' }, model: { type: 'string' }, ...usageRecordProperties },
                   },
                 },
               },

@@ -111,6 +111,26 @@ describe('ranges', () => {
     expect(body.total.requests).toBe(21);
   });
 
+  it('group=day: the same totals, added up per UTC day and model; group=hour is the default', async () => {
+    const range = `from=${iso(DAY + HOUR_MS)}&to=${iso(DAY + 25 * HOUR_MS)}`;
+    const byHour = expected(DAY + HOUR_MS, DAY + 25 * HOUR_MS);
+    expect((await usage(`?${range}&group=hour`)).json()).toEqual(byHour);
+    const body = (await usage(`?${range}&group=day`)).json();
+    const { hours: _hours, ...totals } = byHour;
+    const sum = (...records: UsageRecord[]) => records.reduce((a, b) => ({ requests: a.requests + b.requests, prompt_tokens: a.prompt_tokens + b.prompt_tokens, completion_tokens: a.completion_tokens + b.completion_tokens, charged_tokens: a.charged_tokens + b.charged_tokens, unsettled: a.unsettled + b.unsettled }));
+    // Day one from 01:00 (gpt-4o once, org/model@v1, llama-3 at 23:00), day two's first hour (llama-3).
+    expect(body).toEqual({
+      ...totals,
+      days: [
+        { day: date(DAY), model: 'gpt-4o', ...record(3, 300, 30, 1) },
+        { day: date(DAY), model: 'org/model@v1', ...record(4, 40, 4) },
+        { day: date(DAY), model: 'llama-3', ...record(5, 500, 0) },
+        { day: date(DAY + 24 * HOUR_MS), model: 'llama-3', ...record(6, 600, 60) },
+      ],
+    });
+    expect(sum(...body.days.map(({ day: _d, model: _m, ...r }: { day: string; model: string } & UsageRecord) => r))).toEqual(totals.total);
+  });
+
   it('a project without usage has zeros', async () => {
     const response = await cms.request('GET', `/usage/quiet?from=${iso(DAY)}&to=${iso(DAY + HOUR_MS)}`, admin());
     expect(response.status).toBe(200);
@@ -164,6 +184,8 @@ describe('bad parameters: 400 problem+json', () => {
     ['from given twice', `?from=${iso(DAY)}&from=${iso(DAY)}&to=${iso(DAY + HOUR_MS)}`],
     ['an unknown parameter', `?since=${date(DAY)}`],
     ['an unknown parameter beside good ones', `?from=${iso(DAY)}&to=${iso(DAY + HOUR_MS)}&model=gpt-4o`],
+    ['a group other than hour or day', `?from=${iso(DAY)}&to=${iso(DAY + HOUR_MS)}&group=week`],
+    ['group given twice', `?from=${iso(DAY)}&to=${iso(DAY + HOUR_MS)}&group=day&group=day`],
   ];
   for (const [what, query] of bad) {
     it(what, async () => {
