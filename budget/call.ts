@@ -12,6 +12,8 @@
 // the providers document for one image at its largest (OpenAI's patch-based
 // models: 1,536 patches x 1.62 = 2,489; tiled: 1,105; Anthropic: about 1,600).
 
+import { isModelName } from './definition.js';
+
 export interface LlmCall {
   /** The model asked for, or null when the body names none. */
   model: string | null;
@@ -54,9 +56,6 @@ function positiveInteger(value: unknown, field: string): number | null {
   return value;
 }
 
-/** The longest model name a call may give (providers' ids, fine-tuned ones and ARNs included, are far shorter). */
-export const MAX_MODEL_NAME_LENGTH = 256;
-
 /** Reads a chat completion (`messages`) or completion (`prompt`) request. */
 export function readLlmCall(bytes: Uint8Array): LlmCall {
   let body: unknown;
@@ -68,9 +67,9 @@ export function readLlmCall(bytes: Uint8Array): LlmCall {
   if (!body || typeof body !== 'object' || Array.isArray(body)) throw new LlmCallError('the request body must be a JSON object');
   const record = body as Record<string, unknown>;
   if (record.model !== undefined && typeof record.model !== 'string') throw new LlmCallError('model must be a string');
-  if (typeof record.model === 'string' && (record.model.length === 0 || record.model.length > MAX_MODEL_NAME_LENGTH)) {
-    // A model names etcd keys (limits, usage): bounded, as every provider's model ids are.
-    throw new LlmCallError(`model must be 1 to ${MAX_MODEL_NAME_LENGTH} characters`);
+  if (typeof record.model === 'string' && !isModelName(record.model)) {
+    // A model names etcd keys (limits, usage) and metrics series: the same rule as a budget's models.
+    throw new LlmCallError('model must be a model name: 1 to 128 letters, digits and . _ : / @ + -, the first a letter or digit');
   }
   let promptTokensBound: number;
   if (Array.isArray(record.messages)) {

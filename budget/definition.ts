@@ -35,6 +35,12 @@ export interface Budget {
 
 /** Model names as OpenAI-compatible APIs spell them: letters, digits and . _ : / @ + -. */
 export const MODEL_NAME_PATTERN = '^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$';
+const MODEL_NAME = new RegExp(MODEL_NAME_PATTERN);
+
+/** Whether a text is a model name, the one rule for a budget's models, a call's and a policy decision's. */
+export function isModelName(name: string): boolean {
+  return MODEL_NAME.test(name);
+}
 const MAX_TOKENS = 1e12;
 
 const windowsSchema = {

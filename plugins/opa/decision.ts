@@ -3,7 +3,7 @@
 // anything else denies with `status_code` (default 403), `headers` and
 // `reason`. An undefined result (no rule matched) denies. An allowing
 // decision may name a `model` for an LLM call (opa's with_budget).
-import { MODEL_NAME_PATTERN } from '../../budget/definition.js';
+import { isModelName } from '../../budget/definition.js';
 
 export interface Decision {
   allow: boolean;
@@ -15,7 +15,6 @@ export interface Decision {
 }
 
 export const DEFAULT_DENY_STATUS = 403;
-const MODEL_NAME = new RegExp(MODEL_NAME_PATTERN);
 
 function isRecord(value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value);
@@ -37,7 +36,7 @@ export function readDecision(result: unknown): Decision {
     }
   }
   const allow = result.allow === true;
-  const model = typeof result.model === 'string' && MODEL_NAME.test(result.model) ? result.model : undefined;
+  const model = typeof result.model === 'string' && isModelName(result.model) ? result.model : undefined;
   return {
     allow,
     status: allow ? 200 : validStatus(result.status_code),
