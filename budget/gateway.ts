@@ -95,7 +95,7 @@ export class GatewayBudgets {
     this.usage = new UsageRecorder(options.client, options.log);
   }
 
-  /** Whether the budgets were read from etcd (until then budgeted routes answer 503). */
+  /** Whether the budgets were read from etcd (until then budgeted calls wait for them, up to BUDGETS_LOAD_WAIT_MS, then answer 503). */
   get isLoaded(): boolean {
     return this.loaded;
   }
@@ -121,7 +121,7 @@ export class GatewayBudgets {
     const sweepEvery = Math.min(10_000, this.settleTimeoutMs);
     this.sweeper = setInterval(() => this.expire(), sweepEvery);
     this.sweeper.unref();
-    await this.untilDone(() => this.load(), 'budgets not loaded yet; budgeted routes answer 503 until they are');
+    await this.untilDone(() => this.load(), 'budgets not loaded yet; budgeted calls answer 503 until they are');
     await this.untilDone(() => this.ledger.start(), 'budget ledger not reachable yet; calls that need a block are refused');
   }
 

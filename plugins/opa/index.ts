@@ -95,10 +95,10 @@ const schema = {
   },
 };
 
-/** Where policies come from: the watcher's current set, and the shipped CMS access policy. */
 /** How long a decision waits for a process's first policy set before it is refused with 503. */
 export const POLICIES_LOAD_WAIT_MS = 3_000;
 
+/** Where policies come from: the watcher's current set, and the shipped CMS access policy. */
 export interface PolicySource {
   current(): PolicySet;
   /** Whether a set is loaded, waiting up to `timeoutMs` for the first one (absent: no waiting). */

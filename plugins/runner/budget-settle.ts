@@ -5,8 +5,8 @@
 // cluster the primary's, which passes each entry to its workers: the one
 // holding the call settles it):
 //
-//   http-logger: {"uri": "http://127.0.0.1:9092/budget/usage", "batch_max_size": 1,
-//                 "include_resp_body": true,
+//   http-logger: {"uri": "http://127.0.0.1:9092/budget/usage", "batch_max_size": 100,
+//                 "inactive_timeout": 1, "include_resp_body": true,
 //                 "log_format": {"reservation": "$request_id",
 //                                "status": "$status", "body": "$resp_body"}}
 //

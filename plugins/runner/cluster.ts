@@ -32,7 +32,6 @@ import type { ConfEntry } from './server.js';
 import { removeStaleSocket } from './socket-file.js';
 import { startSettleServer, type SettleEntry } from './budget-settle.js';
 
-/** Messages between the primary and its workers (over cluster's IPC channel). */
 /** Whether a worker can make decisions: its policies (and LLM budgets, when it has them) loaded. */
 export interface WorkerReadiness {
   ready: boolean;
@@ -40,6 +39,7 @@ export interface WorkerReadiness {
   budgets?: 'loaded' | 'not loaded';
 }
 
+/** Messages between the primary and its workers (over cluster's IPC channel). */
 export type ClusterMessage =
   | { type: 'gatehouse:hello' }
   | { type: 'gatehouse:confs'; confs: { token: number; entries: ConfEntry[]; key: string | null }[] }
@@ -157,9 +157,11 @@ export async function runPrimary(options: PrimaryOptions): Promise<void> {
         case 'gatehouse:conf-ack':
           ackFrom(worker, message.token);
           return;
-        case 'gatehouse:status-reply':
-          statusWaiters.get(message.id)?.({ ready: message.ready, policies: message.policies, ...(message.budgets ? { budgets: message.budgets } : {}) });
+        case 'gatehouse:status-reply': {
+          const { type: _type, id, ...readiness } = message;
+          statusWaiters.get(id)?.(readiness);
           return;
+        }
         default:
           return;
       }

@@ -37,6 +37,10 @@ function port(name: string, raw: string | undefined, fallback: number | null): n
 }
 
 export function runnerConfigFromEnv(env: NodeJS.ProcessEnv = process.env): RunnerConfig {
+  const etcdEndpoints = (env.ETCD_ENDPOINTS ?? '')
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
   return {
     // APISIX always sets it; the default serves a runner started by hand
     // for `ext-plugin.path_for_test`.
@@ -45,20 +49,13 @@ export function runnerConfigFromEnv(env: NodeJS.ProcessEnv = process.env): Runne
     shutdownGraceMs: positiveNumber('RUNNER_SHUTDOWN_GRACE_MS', env.RUNNER_SHUTDOWN_GRACE_MS, 800),
     // APISIX's own send/read timeout.
     stallTimeoutMs: positiveNumber('RUNNER_STALL_TIMEOUT_MS', env.RUNNER_STALL_TIMEOUT_MS, 60_000),
-    etcdEndpoints: etcdEndpointsOf(env),
+    etcdEndpoints,
     stateDir: env.RUNNER_STATE_DIR || join(tmpdir(), 'gatehouse-runner-state'),
     metricsPort: port('RUNNER_METRICS_PORT', env.RUNNER_METRICS_PORT, 9091),
     metricsHost: env.RUNNER_METRICS_HOST || '127.0.0.1',
-    settlePort: etcdEndpointsOf(env).length > 0 ? port('RUNNER_SETTLE_PORT', env.RUNNER_SETTLE_PORT, 9092) : null,
+    settlePort: etcdEndpoints.length > 0 ? port('RUNNER_SETTLE_PORT', env.RUNNER_SETTLE_PORT, 9092) : null,
     workers: workerCount(env.RUNNER_WORKERS),
   };
-}
-
-function etcdEndpointsOf(env: NodeJS.ProcessEnv): string[] {
-  return (env.ETCD_ENDPOINTS ?? '')
-    .split(',')
-    .map((s) => s.trim())
-    .filter(Boolean);
 }
 
 function workerCount(raw: string | undefined): number {

@@ -192,7 +192,7 @@ export async function runWorker(config: RunnerConfig): Promise<void> {
     await link.hello();
   }
   const watching = watcher?.start();
-  // Budgets load in the background (retried while etcd is away); budgeted routes answer 503 until then.
+  // Budgets load in the background (retried while etcd is away); budgeted calls wait briefly for them, then answer 503.
   void budgets?.start();
   // Tells etcd what this process enforces (policy/fleet): each worker is a gateway of its own.
   const reporter =
