@@ -231,7 +231,7 @@ export class GatewayBudgets {
     }
     // An id seen twice (it cannot be, from nginx) keeps the first call's reservation as its charge.
     const earlier = this.inFlight.get(id);
-    if (earlier) this.charge(earlier, this.usageModel(earlier, null), 0, 0, earlier.hold.cost, false);
+    if (earlier) this.charge(earlier, null, 0, 0, earlier.hold.cost, false);
     const named = model !== null && budget.models?.[model] !== undefined;
     this.inFlight.set(id, { hold: result.hold, project, model: model ?? 'unknown', named, startedAt: Date.now() });
     return { ok: true };
@@ -263,14 +263,15 @@ export class GatewayBudgets {
     if (!call) return false;
     this.inFlight.delete(id);
     const usage = usageFromResponse(body);
-    const model = this.usageModel(call, usage !== null || status < 400);
-    if (usage) this.charge(call, model, usage.prompt, usage.completion, usage.prompt + usage.completion, true);
-    else if (status >= 400) this.charge(call, model, 0, 0, 0, true);
-    else this.charge(call, model, 0, 0, call.hold.cost, false);
+    if (usage) this.charge(call, true, usage.prompt, usage.completion, usage.prompt + usage.completion, true);
+    else if (status >= 400) this.charge(call, false, 0, 0, 0, true);
+    else this.charge(call, true, 0, 0, call.hold.cost, false);
     return true;
   }
 
-  private charge(call: InFlight, model: string, prompt: number, completion: number, charged: number, seen: boolean): void {
+  /** `taken`: whether the LLM took the call (it answered with usage or a success), null when nobody knows. */
+  private charge(call: InFlight, taken: boolean | null, prompt: number, completion: number, charged: number, seen: boolean): void {
+    const model = this.usageModel(call, taken);
     this.ledger.settle(call.hold, charged);
     this.usage.record(call.project, model, Date.now(), { requests: 1, prompt_tokens: prompt, completion_tokens: completion, charged_tokens: charged, unsettled: seen ? 0 : 1 });
     this.options.events?.settled(call.project, model, { prompt, completion, charged, seen });
@@ -282,7 +283,7 @@ export class GatewayBudgets {
       if (now - call.startedAt < this.settleTimeoutMs) continue;
       this.inFlight.delete(id);
       this.options.log.warn({ project: call.project, model: call.model, reserved: call.hold.cost }, 'no usage arrived for a call; charged its reservation');
-      this.charge(call, this.usageModel(call, null), 0, 0, call.hold.cost, false);
+      this.charge(call, null, 0, 0, call.hold.cost, false);
     }
   }
 
