@@ -156,25 +156,23 @@ export class UsageRecorder {
     this.timer = null;
     while (this.flushing) await this.flushing;
     if (this.pending.size === 0 && this.retry.size === 0) return;
-    const retries = this.retry;
+    // The failed writes first, then what is pending.
+    const batch: [string, PendingUsage & { op?: UsageOp }][] = [...this.retry, ...this.pending];
     this.retry = new Map();
     this.flushing = (async () => {
-      for (const [id, entry] of retries) {
-        try {
-          await addUsage(this.client, entry.project, entry.hour, entry.model, entry.delta, entry.op);
-        } catch (err) {
-          this.failed(id, entry, err as Error);
-        }
-      }
-      // Numbered only now: a record's additions go in the order of their numbers.
-      const batch = [...this.pending].filter(([id]) => !this.retry.has(id));
-      for (const [id] of batch) this.pending.delete(id);
       for (const [id, entry] of batch) {
-        const numbered = { ...entry, op: { writer: this.writer, seq: ++this.seq } };
+        let write = entry as PendingUsage & { op: UsageOp };
+        if (!entry.op) {
+          // Behind a failed write of its record, it stays pending; numbered only when written,
+          // so a record's additions go in the order of their numbers.
+          if (this.retry.has(id)) continue;
+          this.pending.delete(id);
+          write = { ...entry, op: { writer: this.writer, seq: ++this.seq } };
+        }
         try {
-          await addUsage(this.client, entry.project, entry.hour, entry.model, entry.delta, numbered.op);
+          await addUsage(this.client, write.project, write.hour, write.model, write.delta, write.op);
         } catch (err) {
-          this.failed(id, numbered, err as Error);
+          this.failed(id, write, err as Error);
         }
       }
     })();
