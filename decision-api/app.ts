@@ -12,14 +12,23 @@
 // verified with the same rules as everywhere else, and may ask only about
 // policies the CMS access policy lets them read. A call without its own
 // Authorization header, as APISIX's built-in `opa` plugin makes it, is
-// judged by the client token inside its input instead.
+// judged by the client token inside its input instead; when that input has
+// the plugin's shape (`"type": "http"`), a client without a valid token or
+// without access to the policy gets its refusal as a decision the plugin
+// understands: 200 with {"result": {"allow": false, "status_code": 401 or
+// 403, "headers": {...}, "reason": <problem document>}}, so APISIX answers
+// the client 401 or 403 (the plugin turns any other answer into 503).
+//
+// Credentials never reach a policy: the headers and query parameters
+// http/credentials names, in any case, are taken out of the input.
 import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import type { Registry } from 'prom-client';
 import { AuthenticationError, type Identity, type IdentityVerifier } from '../identity/index.js';
 import { isValidPolicyName } from '../policy/store/names.js';
 import type { PolicyWatcher } from '../policy/watcher/watcher.js';
-import { HttpProblem, sendProblem } from '../http/problem.js';
+import { HttpProblem, PROBLEM_CONTENT_TYPE, sendProblem } from '../http/problem.js';
+import { isCredentialHeader, isCredentialQueryParameter, maskCredentialQuery } from '../http/credentials.js';
 import type { AccessPolicy } from '../policy/access/index.js';
 import { accessInput } from '../policy/access/index.js';
 import type { DecisionLog } from '../policy/decision-log/index.js';
@@ -57,31 +66,77 @@ export function documentAt(packagePath: string[], packageDocument: unknown, path
   return nested;
 }
 
-const CREDENTIAL_HEADERS = ['authorization', 'proxy-authorization', 'cookie'];
-
-/** The client's Authorization header inside an APISIX `opa` plugin input, if any. */
+/**
+ * The client's Authorization header inside an APISIX `opa` plugin input, if
+ * any, whatever the case of its name. Two different values are refused: which
+ * one the upstream would act on is not ours to guess.
+ */
 function forwardedAuthorization(input: unknown): string | undefined {
-  const headers = (input as { request?: { headers?: Record<string, unknown> } } | undefined)?.request?.headers;
-  const value = headers?.authorization;
-  if (typeof value === 'string') return value;
-  if (Array.isArray(value) && typeof value[0] === 'string') return value[0];
-  return undefined;
+  const headers = (input as { request?: { headers?: unknown } } | null | undefined)?.request?.headers;
+  if (!headers || typeof headers !== 'object') return undefined;
+  const values = new Set<unknown>();
+  for (const [name, value] of Object.entries(headers)) {
+    if (name.toLowerCase() === 'authorization') for (const one of Array.isArray(value) ? value : [value]) values.add(one);
+  }
+  if (values.size > 1) throw new AuthenticationError('malformed_token', 'the request carries more than one Authorization header');
+  const [value] = values;
+  return typeof value === 'string' ? value : undefined;
+}
+
+/** Whether the input is the document APISIX's built-in `opa` plugin sends. */
+function isPluginInput(input: unknown): boolean {
+  return input !== null && typeof input === 'object' && (input as { type?: unknown }).type === 'http';
+}
+
+/** A map (headers, query) without the entries whose names are credentials. */
+function withoutCredentials(map: unknown, isCredential: (name: string) => boolean): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  if (map && typeof map === 'object' && !Array.isArray(map)) {
+    for (const [name, value] of Object.entries(map)) if (!isCredential(name)) out[name] = value;
+  }
+  return out;
 }
 
 /**
  * APISIX's input, made into the gateway's: credentials removed (they are not
- * policy data), the verified identity added as `user` and `project`.
+ * policy data: credential headers and query parameters, whatever the case of
+ * their names, and credential values in a query string written into the
+ * path), the verified identity added as `user` and `project`.
  */
 function withIdentity(input: Record<string, unknown>, identity: Identity): Record<string, unknown> {
-  const request = input.request as { headers?: Record<string, unknown> } | undefined;
-  const headers = { ...request?.headers };
-  for (const name of CREDENTIAL_HEADERS) delete headers[name];
+  const given = input.request;
+  const request: Record<string, unknown> = given && typeof given === 'object' && !Array.isArray(given) ? { ...given } : {};
+  request.headers = withoutCredentials(request.headers, (name) => isCredentialHeader(name));
+  if (request.query !== undefined) {
+    request.query = typeof request.query === 'string' ? maskCredentialQuery(`?${request.query}`).slice(1) : withoutCredentials(request.query, isCredentialQueryParameter);
+  }
+  for (const field of ['path', 'uri']) {
+    const value = request[field];
+    if (typeof value === 'string') request[field] = maskCredentialQuery(value);
+  }
   return {
     ...input,
-    request: { ...request, headers },
+    request,
     user: { ...identity.claims, sub: identity.sub, role: identity.role, project: identity.project },
     project: identity.project,
   };
+}
+
+/** The refusal of an end user (no valid token: 401; no access to the policy: 403) as an APISIX `opa` plugin decision; null for any other error. */
+function clientRefusal(err: unknown): { allow: false; status_code: number; headers: Record<string, string>; reason: Record<string, unknown> } | null {
+  let problem: HttpProblem;
+  if (err instanceof AuthenticationError && !err.isServerSide) problem = authenticationProblem(err);
+  else if (err instanceof HttpProblem && (err.status === 401 || err.status === 403)) problem = err;
+  else return null;
+  return { allow: false, status_code: problem.status, headers: { ...problem.headers, 'Content-Type': PROBLEM_CONTENT_TYPE }, reason: problem.toJSON() };
+}
+
+function authenticationProblem(error: AuthenticationError): HttpProblem {
+  return new HttpProblem({
+    status: 401,
+    detail: error.publicReason,
+    headers: { 'WWW-Authenticate': error.failure === 'missing_token' ? 'Bearer realm="gatehouse"' : `Bearer realm="gatehouse", error="invalid_token"` },
+  });
 }
 
 export async function buildDecisionApp(options: DecisionApiOptions): Promise<FastifyInstance> {
@@ -96,14 +151,7 @@ export async function buildDecisionApp(options: DecisionApiOptions): Promise<Fas
     if (error instanceof HttpProblem) return sendProblem(reply, error);
     if (error instanceof AuthenticationError) {
       if (error.isServerSide) return sendProblem(reply, new HttpProblem({ status: 503, detail: 'token verification is unavailable' }));
-      return sendProblem(
-        reply,
-        new HttpProblem({
-          status: 401,
-          detail: error.publicReason,
-          headers: { 'WWW-Authenticate': error.failure === 'missing_token' ? 'Bearer realm="gatehouse"' : `Bearer realm="gatehouse", error="invalid_token"` },
-        }),
-      );
+      return sendProblem(reply, authenticationProblem(error));
     }
     const status = error.statusCode && error.statusCode >= 400 && error.statusCode < 500 ? error.statusCode : 500;
     if (status === 500) request.log.error({ err: error }, 'decision request failed');
@@ -138,9 +186,22 @@ export async function buildDecisionApp(options: DecisionApiOptions): Promise<Fas
     }
     // APISIX's built-in `opa` plugin sends no Authorization header of its own,
     // but its input carries the client's request headers: the end user's
-    // token is then verified from there, with the same rules.
-    const forwarded = request.headers.authorization === undefined ? forwardedAuthorization(input) : undefined;
-    const identity = await options.verifier.verifyAuthorizationHeader(request.headers.authorization ?? forwarded);
+    // token is then verified from there, with the same rules. The plugin
+    // turns any answer but 200 into 503: its client's refusal (401, 403) is
+    // answered as a decision instead.
+    const fromPlugin = request.headers.authorization === undefined && isPluginInput(input);
+    const refuse = (err: unknown) => {
+      const refusal = fromPlugin ? clientRefusal(err) : null;
+      if (!refusal) throw err;
+      reply.header('cache-control', 'no-store');
+      return { result: refusal };
+    };
+    let identity: Identity;
+    try {
+      identity = await options.verifier.verifyAuthorizationHeader(request.headers.authorization ?? forwardedAuthorization(input));
+    } catch (err) {
+      return refuse(err);
+    }
     // Whichever token it came from, `user` and `project` are the verified
     // identity's, never what the caller wrote into the input.
     if (input !== null && typeof input === 'object' && !Array.isArray(input)) input = withIdentity(input as Record<string, unknown>, identity);
@@ -153,7 +214,7 @@ export async function buildDecisionApp(options: DecisionApiOptions): Promise<Fas
       throw new HttpProblem({ status: 400, detail: 'the path must start with a policy name: /v1/data/<policy>/<path>' });
     }
     if (!options.access.decide(accessInput('GET', ['policies', policyName], identity)).allow) {
-      throw new HttpProblem({ status: 403, detail: 'you may not query this policy' });
+      return refuse(new HttpProblem({ status: 403, detail: 'you may not query this policy' }));
     }
     const set = options.watcher.current;
     if (!set.isLoaded) throw new HttpProblem({ status: 503, detail: 'policies are not loaded yet', headers: { 'Retry-After': '1' } });

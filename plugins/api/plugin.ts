@@ -19,6 +19,12 @@ export interface CallContext {
   readonly log: Logger;
   /** The APISIX route the call came through (from PrepareConf's key), when known. */
   readonly route?: string | null;
+  /**
+   * Request headers the chain's plugins name as credentials under their
+   * confs (Plugin.credentialHeaders), lower-case: beyond http/credentials'
+   * fixed list, they never enter a policy input either.
+   */
+  readonly credentialHeaders?: ReadonlySet<string>;
 }
 
 export interface Plugin<Conf = unknown> {
@@ -29,6 +35,12 @@ export interface Plugin<Conf = unknown> {
    * APISIX's global lock: keep it fast and free of I/O. Throw ConfError.
    */
   parseConf(raw: string): Conf;
+  /**
+   * Request headers that carry credentials under this conf (ones the plugin
+   * strips or injects), beyond http/credentials' fixed list. Asked once per
+   * prepared chain, not per request.
+   */
+  credentialHeaders?(conf: Conf): readonly string[];
   /**
    * Runs for `ext-plugin-pre-req` / `ext-plugin-post-req`. Change `request` to
    * rewrite it; set anything on `response` to answer the client and stop the chain.

@@ -19,7 +19,8 @@
 // Decision logs (policy/decision-log), when the runner has a sink
 // (DECISION_LOG): "decision_log": true (the default), false, or
 // {"sample": 0.1, "mask": ["/body/card_number"]} (JSON pointers into the
-// input; credential headers are always masked).
+// input; credential headers and query parameters, http/credentials, never
+// enter the input and are always masked).
 import type { CallContext, Plugin } from '../api/plugin.js';
 import { ConfError } from '../api/plugin.js';
 import type { GatewayRequest, StopResponse } from '../api/http.js';
@@ -212,7 +213,7 @@ export function createOpaPlugin(
     const input: PolicyInput = await buildPolicyInput(
       request,
       { user: userOf(identity), project: identity?.project ?? null },
-      { withBody: conf.withBody, withVars: conf.withVars, maxBodyBytes: conf.maxBodyBytes },
+      { withBody: conf.withBody, withVars: conf.withVars, maxBodyBytes: conf.maxBodyBytes, credentialHeaders: ctx.credentialHeaders },
     );
     if (conf.withBudget) {
       // Without the budgets read, a policy would see "no budget" where there is one.

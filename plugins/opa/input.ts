@@ -21,9 +21,13 @@
 // receives the whole body while the policy would judge none of it.
 //
 // `headers` and `query` map a name to a string, or to an array when repeated;
-// a bare query flag (`?debug`) is `true`, as in APISIX. The Authorization
-// header never enters the input: credentials are not policy data.
+// a bare query flag (`?debug`) is `true`, as in APISIX. Credentials are not
+// policy data: the headers and query parameters http/credentials names (the
+// Authorization header, cookies, API keys, `?key=`, `?access_token=`, ...),
+// and the headers the chain names as credentials (a vault conf's), never
+// enter the input.
 import type { GatewayRequest } from '../api/http.js';
+import { isCredentialHeader, isCredentialQueryParameter } from '../../http/credentials.js';
 import type { BudgetView } from '../../budget/gateway.js';
 
 export interface VerifiedUser {
@@ -60,9 +64,6 @@ export interface PolicyInput {
   truncated?: { body?: true };
 }
 
-/** Headers that never reach a policy. */
-const WITHHELD_HEADERS = new Set(['authorization', 'proxy-authorization', 'cookie']);
-
 export interface InputOptions {
   /**
    * Ask APISIX for `host`, `scheme`, `server_addr`, `server_port` and
@@ -75,12 +76,14 @@ export interface InputOptions {
   withBody: boolean;
   /** Bodies larger than this are not shown: `body` is then null and `truncated.body` true. */
   maxBodyBytes: number;
+  /** Credential headers beyond http/credentials' (lower-case), withheld too: the chain's (CallContext.credentialHeaders). */
+  credentialHeaders?: ReadonlySet<string>;
 }
 
-function headerMap(request: GatewayRequest): Record<string, string | string[]> {
+function headerMap(request: GatewayRequest, credentialHeaders: ReadonlySet<string> | undefined): Record<string, string | string[]> {
   const out: Record<string, string | string[]> = {};
   for (const name of request.headers.keys()) {
-    if (WITHHELD_HEADERS.has(name)) continue;
+    if (isCredentialHeader(name, credentialHeaders)) continue;
     const values = request.headers.getAll(name);
     out[name] = values.length === 1 ? values[0]! : values;
   }
@@ -90,6 +93,7 @@ function headerMap(request: GatewayRequest): Record<string, string | string[]> {
 function queryMap(entries: readonly { name: string; value: string | null }[]): PolicyInput['request']['query'] {
   const out: PolicyInput['request']['query'] = {};
   for (const { name, value } of entries) {
+    if (isCredentialQueryParameter(name)) continue;
     const v: string | true = value === null ? true : value;
     const existing = out[name];
     if (existing === undefined) out[name] = v;
@@ -133,7 +137,7 @@ export async function buildPolicyInput(
       host: vars.host ?? request.headers.get('host') ?? '',
       port: vars.server_port === null ? null : Number(vars.server_port),
       path: request.path,
-      headers: headerMap(request),
+      headers: headerMap(request, options.credentialHeaders),
       query: queryMap(request.originalArgs),
     },
     var: {

@@ -62,6 +62,18 @@ function stopAction(response: StopResponse): StopAction {
   return { type: 'stop', status, headers, body };
 }
 
+/** Each prepared chain's credential headers (Plugin.credentialHeaders), worked out on its first call. */
+const chainCredentialHeaders = new WeakMap<PreparedPlugin[], ReadonlySet<string>>();
+
+function credentialHeadersOf(chain: PreparedPlugin[]): ReadonlySet<string> {
+  let names = chainCredentialHeaders.get(chain);
+  if (!names) {
+    names = new Set(chain.flatMap(({ plugin, conf }) => plugin.credentialHeaders?.(conf) ?? []).map((name) => name.toLowerCase()));
+    chainCredentialHeaders.set(chain, names);
+  }
+  return names;
+}
+
 export async function runRequestChain(
   chain: PreparedPlugin[],
   call: HttpReqCallRequest,
@@ -80,7 +92,7 @@ export async function runRequestChain(
     extra,
   );
   const response = new StopResponse();
-  const ctx: CallContext = { state: new Map(), log, route: chain[0]?.route ?? null };
+  const ctx: CallContext = { state: new Map(), log, route: chain[0]?.route ?? null, credentialHeaders: credentialHeadersOf(chain) };
 
   for (const { plugin, conf } of chain) {
     try {

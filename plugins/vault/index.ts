@@ -25,8 +25,8 @@ export interface VaultConf {
   strip_headers: string[];
 }
 
-/** Client credentials that never go past the gateway on a route with this plugin. */
-const ALWAYS_STRIPPED = ['authorization', 'proxy-authorization', 'api-key', 'x-api-key'];
+/** Client credentials that never go past the gateway on a route with this plugin (each one in http/credentials' list). */
+export const ALWAYS_STRIPPED = ['authorization', 'proxy-authorization', 'api-key', 'x-api-key'];
 
 const schema = {
   type: 'object',
@@ -84,6 +84,11 @@ export function createVaultPlugin(deps: VaultPluginDeps): Plugin<VaultConf> & { 
       conf.header = conf.header.toLowerCase();
       conf.strip_headers = conf.strip_headers.map((h) => h.toLowerCase());
       return conf;
+    },
+
+    // What it strips and what it injects: never policy input, never logged.
+    credentialHeaders(conf) {
+      return [...ALWAYS_STRIPPED, conf.header, ...conf.strip_headers];
     },
 
     async requestFilter(conf, request, response, ctx) {

@@ -10,6 +10,7 @@
 //   DECISION_LOG_BUFFER=10000                                     events held at most
 import { createWriteStream } from 'node:fs';
 import type { Writable } from 'node:stream';
+import { isCredentialHeader, isCredentialQueryParameter, maskCredentialQuery, MASKED } from '../../http/credentials.js';
 
 export interface DecisionPolicy {
   name: string;
@@ -44,9 +45,6 @@ export interface DecisionLogStats {
   buffered: number;
 }
 
-/** Request headers that are never written: credentials and sessions. */
-export const ALWAYS_MASKED_HEADERS = ['authorization', 'proxy-authorization', 'cookie', 'set-cookie', 'x-api-key', 'x-gatehouse-token'];
-const MASK = '[masked]';
 
 export class DecisionLog {
   private readonly buffer: DecisionEvent[] = [];
@@ -142,15 +140,27 @@ function serialize(event: DecisionEvent): string {
 
 /**
  * A copy of the input with credentials and the given JSON pointers masked:
- * the request's credential headers always (the verified identity is in
- * `user`; the token itself is never logged), anything else a route names.
+ * always the request's credential headers and credential query parameters
+ * (http/credentials, whatever the case of their names), in `query` and in a
+ * query string written into `path` or `uri` (the verified identity is in
+ * `user`; the token itself is never logged), and anything else a route names.
  */
 export function maskInput(input: unknown, pointers: readonly string[]): unknown {
   const copy = structuredClone(input) as Record<string, unknown> | null;
   if (!copy || typeof copy !== 'object') return copy;
-  const headers = (copy.request as { headers?: Record<string, unknown> } | undefined)?.headers;
-  if (headers && typeof headers === 'object') {
-    for (const name of ALWAYS_MASKED_HEADERS) if (name in headers) headers[name] = MASK;
+  const request = copy.request as Record<string, unknown> | undefined;
+  if (request && typeof request === 'object') {
+    const { headers, query } = request;
+    if (headers && typeof headers === 'object') {
+      for (const name of Object.keys(headers)) if (isCredentialHeader(name)) (headers as Record<string, unknown>)[name] = MASKED;
+    }
+    if (query && typeof query === 'object') {
+      for (const name of Object.keys(query)) if (isCredentialQueryParameter(name)) (query as Record<string, unknown>)[name] = MASKED;
+    }
+    for (const field of ['path', 'uri']) {
+      const value = request[field];
+      if (typeof value === 'string') request[field] = maskCredentialQuery(value);
+    }
   }
   for (const pointer of pointers) maskPointer(copy, pointer);
   return copy;
@@ -164,7 +174,7 @@ function maskPointer(root: Record<string, unknown>, pointer: string): void {
     node = (node as Record<string, unknown>)[parts[i]!];
   }
   const last = parts[parts.length - 1];
-  if (last !== undefined && node && typeof node === 'object' && last in node) (node as Record<string, unknown>)[last] = MASK;
+  if (last !== undefined && node && typeof node === 'object' && last in node) (node as Record<string, unknown>)[last] = MASKED;
 }
 
 /** The decision log the environment asks for; null when DECISION_LOG is unset or off. */

@@ -13,6 +13,8 @@ import { PolicyWatcher } from '../../policy/watcher/watcher.js';
 import { createIdentityVerifier } from '../../identity/index.js';
 import { loadAccessPolicy, defaultAccessPolicyWasmPath } from '../../policy/access/index.js';
 import { buildDecisionApp, documentAt } from '../../decision-api/app.js';
+import { Writable } from 'node:stream';
+import { DecisionLog } from '../../policy/decision-log/index.js';
 
 const SEED_POLICY = 'package project.authz\n\ndefault allow = false\n\nallow {\n  input.user.role == "admin"\n}';
 const accessWasm = defaultAccessPolicyWasmPath();
@@ -22,6 +24,9 @@ let client: Etcd3;
 let watcher: PolicyWatcher;
 let app: FastifyInstance;
 let keys: TestKeys;
+/** What the app's decision log wrote. */
+let logged = '';
+let decisionLog: DecisionLog;
 
 beforeAll(async () => {
   etcd = await startEtcd();
@@ -29,6 +34,8 @@ beforeAll(async () => {
   keys = await createTestKeys();
   await new PolicyWriter(client).put('team-a', SEED_POLICY, { valid_roles: ['admin'] });
   await new PolicyWriter(client).put('team-c', 'package echo\nimport rego.v1\nheaders := input.request.headers\nuser_sub := input.user.sub\n');
+  await new PolicyWriter(client).put('team-d', 'package echo\nimport rego.v1\nrequest := input.request\n');
+  decisionLog = new DecisionLog(new Writable({ write: (chunk: Buffer, _encoding, done) => ((logged += chunk.toString()), done()) }));
   watcher = new PolicyWatcher({ client, log: pino({ level: 'silent' }) });
   await watcher.start();
   app = await buildDecisionApp({
@@ -37,6 +44,7 @@ beforeAll(async () => {
     access: await loadAccessPolicy(accessWasm),
     log: pino({ level: 'silent' }),
     registry: new Registry(),
+    decisionLog: { log: decisionLog, gateway: 'test' },
   });
 });
 
@@ -114,16 +122,81 @@ describe('decision API', () => {
     expect(res.json()).toEqual({ result: { allow: true } });
     res = await app.inject({ method: 'POST', url: '/v1/data/team-a/project/authz', payload: apisixInput(viewer) });
     expect(res.json()).toEqual({ result: { allow: false } });
+    // Refusals of the client are decisions the plugin reads (it turns any answer but 200 into 503).
     const forged = await keys.badSignatureToken({ sub: 'x', role: 'admin', project: 'team-a' });
     res = await app.inject({ method: 'POST', url: '/v1/data/team-a/project/authz', payload: apisixInput(forged) });
-    expect(res.statusCode).toBe(401);
+    expect(res.statusCode).toBe(200);
+    expect(res.json()).toMatchObject({
+      result: {
+        allow: false,
+        status_code: 401,
+        headers: { 'WWW-Authenticate': 'Bearer realm="gatehouse", error="invalid_token"', 'Content-Type': 'application/problem+json' },
+        reason: { status: 401, title: 'Unauthorized', detail: expect.any(String) },
+      },
+    });
     const otherProject = await keys.token({ sub: 'b', role: 'admin', project: 'team-b' });
     res = await app.inject({ method: 'POST', url: '/v1/data/team-a/project/authz', payload: apisixInput(otherProject) });
-    expect(res.statusCode).toBe(403);
+    expect(res.statusCode).toBe(200);
+    expect(res.json()).toMatchObject({ result: { allow: false, status_code: 403, reason: { status: 403, detail: 'you may not query this policy' } } });
+    const anonymous = apisixInput('');
+    anonymous.input.request.headers = { accept: '*/*' } as typeof anonymous.input.request.headers;
+    res = await app.inject({ method: 'POST', url: '/v1/data/team-a/project/authz', payload: anonymous });
+    expect(res.statusCode).toBe(200);
+    expect(res.json()).toMatchObject({ result: { allow: false, status_code: 401, headers: { 'WWW-Authenticate': 'Bearer realm="gatehouse"' } } });
+    // A caller with a token of its own is the Data API's client: its refusal stays an HTTP status.
+    res = await app.inject({ method: 'POST', url: '/v1/data/team-a/project/authz', headers: { authorization: `Bearer ${forged}` }, payload: apisixInput(admin) });
+    expect(res.statusCode).toBe(401);
     // What the policy saw: the verified user, and no credentials.
     const carl = await keys.token({ sub: 'carl', role: 'dev', project: 'team-c' });
     res = await app.inject({ method: 'POST', url: '/v1/data/team-c/echo', payload: apisixInput(carl) });
     expect(res.json()).toEqual({ result: { headers: { accept: '*/*' }, user_sub: 'carl' } });
+  });
+
+  it('credentials reach neither the policy nor the decision log, whatever the case of their names', async () => {
+    const carl = await keys.token({ sub: 'carl', role: 'dev', project: 'team-d' });
+    const admin = await keys.token({ sub: 'ada', role: 'admin', project: 'team-a' });
+    // Header names as Go's http.Header writes them, and credential query parameters.
+    const request = (authorization: string) => ({
+      scheme: 'http',
+      method: 'GET',
+      path: '/v1/chat?api-version=1&key=PATH-KEY-1',
+      headers: {
+        Authorization: authorization,
+        'Proxy-Authorization': 'Basic PROXY-SECRET-1',
+        Cookie: 'sid=COOKIE-1',
+        'Set-Cookie': 'sid=COOKIE-2',
+        'Api-Key': 'AZURE-KEY-SECRET-1',
+        'X-Api-Key': 'ANTHROPIC-KEY-1',
+        Accept: '*/*',
+      },
+      query: { 'api-version': '1', Key: 'QUERY-KEY-1', access_token: 'QUERY-TOKEN-1', TOKEN: 'QUERY-TOKEN-2', api_key: ['QUERY-KEY-2'] },
+    });
+    let res = await app.inject({
+      method: 'POST',
+      url: '/v1/data/team-d/echo/request',
+      headers: { authorization: `Bearer ${carl}` },
+      payload: { input: { request: request('Bearer CALLER-TOKEN-1') } },
+    });
+    expect(res.statusCode).toBe(200);
+    expect(res.json()).toEqual({
+      result: { scheme: 'http', method: 'GET', path: '/v1/chat?api-version=1&key=[masked]', headers: { Accept: '*/*' }, query: { 'api-version': '1' } },
+    });
+    // APISIX's plugin shape, the client's token under `Authorization`: verified, then withheld.
+    res = await app.inject({ method: 'POST', url: '/v1/data/team-a/project/authz', payload: { input: { type: 'http', request: request(`Bearer ${admin}`) } } });
+    expect(res.json()).toEqual({ result: { allow: true } });
+    res = await app.inject({ method: 'POST', url: '/v1/data/team-d/echo/request/headers', payload: { input: { type: 'http', request: request(`Bearer ${carl}`) } } });
+    expect(res.json()).toEqual({ result: { Accept: '*/*' } });
+    // Two different Authorization headers (names differing in case): refused, not one of them picked.
+    const twice = request(`Bearer ${admin}`);
+    (twice.headers as Record<string, string>).authorization = `Bearer ${carl}`;
+    res = await app.inject({ method: 'POST', url: '/v1/data/team-a/project/authz', payload: { input: { type: 'http', request: twice } } });
+    expect(res.json()).toMatchObject({ result: { allow: false, status_code: 401 } });
+
+    const deadline = Date.now() + 5_000;
+    while (logged.split('\n').filter(Boolean).length < 3 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
+    expect(logged).toContain('/v1/data/team-d/echo/request');
+    expect(logged).not.toMatch(/CALLER-TOKEN|PROXY-SECRET|COOKIE-|AZURE-KEY|ANTHROPIC-KEY|QUERY-KEY|QUERY-TOKEN|PATH-KEY/);
+    for (const token of [carl, admin]) expect(logged).not.toContain(token.split('.')[2]);
   });
 
   it("a caller's own token: the user it writes into the input is replaced by the verified identity", async () => {

@@ -11,6 +11,8 @@ import type { Etcd3 } from 'etcd3';
 import { createEtcdClient } from '../../etcd/index.js';
 import { freePort } from '../../tools/apisix/index.js';
 import { DecisionLog, maskInput, type DecisionEvent } from '../../policy/decision-log/index.js';
+import { isCredentialHeader } from '../../http/credentials.js';
+import { ALWAYS_STRIPPED } from '../../plugins/vault/index.js';
 import type { StopAction } from '../../plugins/protocol/index.js';
 import { ApisixClient, request } from '../support/apisix-client.js';
 import { startEtcd, type TestEtcd } from '../support/etcd.js';
@@ -40,6 +42,41 @@ describe('the decision log itself', () => {
     expect(masked.request.query).toEqual({ card: '[masked]', q: 'x' });
     expect(masked.body).toEqual({ password: '[masked]', user: 'u' });
     expect(input.body.password).toBe('p'); // the decision's own input is untouched
+  });
+
+  it('masks every credential shape: header names in any case, api-key, credential query parameters, a query string in the path', () => {
+    const input = {
+      request: {
+        path: '/deployments/x?api-version=2024&key=PATH-KEY-1&Access_Token=PATH-TOKEN-1',
+        headers: {
+          Authorization: 'Bearer CALLER-TOKEN-1',
+          'Proxy-Authorization': 'Basic PROXY-1',
+          Cookie: 'sid=COOKIE-1',
+          'Set-Cookie': 'sid=COOKIE-2',
+          'api-key': 'AZURE-KEY-SECRET-1',
+          'X-API-KEY': 'ANTHROPIC-KEY-1',
+          'X-Gatehouse-Token': 'GH-TOKEN-1',
+          Accept: '*/*',
+        },
+        query: { key: 'QUERY-KEY-1', API_KEY: 'QUERY-KEY-2', token: ['QUERY-TOKEN-1', 'QUERY-TOKEN-2'], access_token: 'QUERY-TOKEN-3', q: 'x' },
+      },
+    };
+    const masked = maskInput(input, []) as typeof input;
+    expect(masked.request.headers).toEqual({
+      Authorization: '[masked]',
+      'Proxy-Authorization': '[masked]',
+      Cookie: '[masked]',
+      'Set-Cookie': '[masked]',
+      'api-key': '[masked]',
+      'X-API-KEY': '[masked]',
+      'X-Gatehouse-Token': '[masked]',
+      Accept: '*/*',
+    });
+    expect(masked.request.query).toEqual({ key: '[masked]', API_KEY: '[masked]', token: '[masked]', access_token: '[masked]', q: 'x' });
+    expect(masked.request.path).toBe('/deployments/x?api-version=2024&key=[masked]&Access_Token=[masked]');
+    expect(JSON.stringify(masked)).not.toMatch(/CALLER-TOKEN|PROXY-1|COOKIE-|AZURE-KEY|ANTHROPIC-KEY|GH-TOKEN|QUERY-KEY|QUERY-TOKEN|PATH-KEY|PATH-TOKEN/);
+    // Every header the vault plugin always strips, and the one it injects by default, is a credential.
+    for (const name of [...ALWAYS_STRIPPED, 'authorization']) expect([name, isCredentialHeader(name)]).toEqual([name, true]);
   });
 
   it('a sink that never drains: emit returns at once, the buffer stays bounded, the rest is dropped and counted', async () => {
@@ -98,6 +135,9 @@ describe('decision logs from a runner', () => {
     JWT_JWKS_FILE: keys.jwksFile,
     JWT_ISSUER: keys.issuer,
     JWT_AUDIENCE: keys.audience,
+    // The vault plugin needs a Vault configured to take a conf; none is reached (the tests read only decisions).
+    VAULT_ADDR: 'http://127.0.0.1:1',
+    VAULT_TOKEN: 'unused',
     ...extra,
   });
 
@@ -155,10 +195,10 @@ describe('decision logs from a runner', () => {
       expect(line.policies[0].revision).toBeGreaterThan(0);
       expect(typeof line.latencyUs).toBe('number');
       expect(new Date(line.time).getTime()).toBeGreaterThan(Date.now() - 60_000);
-      // The policy input never holds the token or cookies; other credentials are masked in the log.
+      // The policy input never holds the token, cookies or API keys.
       expect(line.input.request.headers).not.toHaveProperty('authorization');
       expect(line.input.request.headers).not.toHaveProperty('cookie');
-      expect(line.input.request.headers['x-api-key']).toBe('[masked]');
+      expect(line.input.request.headers).not.toHaveProperty('x-api-key');
       expect(JSON.stringify(line)).not.toContain('k-123');
       expect(JSON.stringify(line)).not.toContain('sid=42');
       expect(line.input.request.query.card).toBe('[masked]');
@@ -167,6 +207,58 @@ describe('decision logs from a runner', () => {
     }
     expect(allowed).toMatchObject({ result: 'allow', status: 200, input: { user: { sub: 'ada', role: 'admin' } } });
     expect(denied).toMatchObject({ result: 'deny', status: 403, input: { user: { sub: 'val' } } });
+  });
+
+  it("credentials in any shape never reach the policy input nor the log: api-key, query keys and tokens, the route's vault headers", async () => {
+    const adminToken = await keys.token({ sub: 'ada', role: 'admin', project: 'team' });
+    await untilDecided(runner, adminToken);
+    const client = await ApisixClient.open(runner.socketPath);
+    let answer;
+    try {
+      const confToken = await client.prepare(
+        [
+          { name: 'jwt', value: '{"forward_identity":false}' },
+          { name: 'opa', value: '{"policies":["project:team"]}' },
+          // Strips the client's x-llm-key and x-upstream-secret, injects x-llm-key (its Vault is not reached here).
+          { name: 'vault', value: JSON.stringify({ path: 'llm/{project}', field: 'api_key', header: 'X-LLM-Key', format: '{value}', strip_headers: ['x-upstream-secret'] }) },
+        ],
+        'route#creds#ext-plugin-pre-req#1',
+      );
+      answer = await client.call(
+        request({
+          confToken,
+          path: '/openai/deployments/gpt/chat/completions',
+          args: [
+            { name: 'api-version', value: '2024-06-01' },
+            { name: 'key', value: 'QUERY-KEY-1' },
+            { name: 'API_KEY', value: 'QUERY-KEY-2' },
+            { name: 'access_token', value: 'QUERY-TOKEN-1' },
+            { name: 'Token', value: 'QUERY-TOKEN-2' },
+          ],
+          headers: [
+            { name: 'Authorization', value: `Bearer ${adminToken}` },
+            { name: 'api-key', value: 'AZURE-KEY-SECRET-1' },
+            { name: 'Set-Cookie', value: 'sid=COOKIE-1' },
+            { name: 'x-gatehouse-token', value: 'GH-TOKEN-1' },
+            { name: 'X-LLM-Key', value: 'CLIENT-LLM-KEY-1' },
+            { name: 'x-upstream-secret', value: 'UPSTREAM-SECRET-1' },
+            { name: 'accept', value: 'application/json' },
+          ],
+        }),
+      );
+    } finally {
+      client.close();
+    }
+    // The policy allowed; the unreachable Vault then refused.
+    expect((answer.action as StopAction).status).toBe(503);
+    const deadline = Date.now() + 5_000;
+    let line: Record<string, any> | undefined;
+    while (!(line = lines().find((l) => l.route === 'creds')) && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
+    expect(line).toMatchObject({ result: 'allow', status: 200 });
+    expect(line!.input.request.headers).toEqual({ accept: 'application/json' });
+    expect(line!.input.request.query).toEqual({ 'api-version': '2024-06-01' });
+    expect(JSON.stringify(line)).not.toMatch(/QUERY-KEY|QUERY-TOKEN|AZURE-KEY|COOKIE-1|GH-TOKEN|CLIENT-LLM-KEY|UPSTREAM-SECRET/);
+    expect(JSON.stringify(line)).not.toContain(adminToken.split('.')[2]);
   });
 
   it('a route can turn its log off, or sample it', async () => {
