@@ -31,13 +31,23 @@ import {
 } from '../policy/store/index.js';
 import { createEtcdClient, type EtcdTlsFiles } from '../etcd/index.js';
 import { accessInput, loadAccessPolicy } from '../policy/access/index.js';
-import { loadPolicyEngine } from '../policy/engine/index.js';
-import { DEFAULT_BODY_LIMIT_BYTES, DEFAULT_COMPILE_TIMEOUT_MS, defaultAccessPolicyWasmPath, packageRoot } from './config.js';
+import { createHash } from 'node:crypto';
+import { policyMemoryMaxBytes } from '../policy/engine/index.js';
+import { EvaluationMemoryError, EvaluationPool, EvaluationTimeoutError, evaluationTimeoutMs } from '../policy/engine/pool.js';
+import { DEFAULT_BODY_LIMIT_BYTES, DEFAULT_CHECK_WORKERS, DEFAULT_COMPILE_TIMEOUT_MS, DEFAULT_OPA_MEMORY_MAX_MB, DEFAULT_TEST_CONCURRENCY, defaultAccessPolicyWasmPath, packageRoot } from './config.js';
 import { createCmsMetrics } from './metrics.js';
 import { openApiDocument } from './openapi.js';
 import { parsePolicyBody, renderTests, type PolicyBody } from './policy-body.js';
 import { HttpProblem, ProblemType, sendProblem } from '../http/problem.js';
-import { CompilerBusyError, CompilerUnavailableError, PolicyTestsFailedError, RegoCompileError, RegoCompiler, policySubmission } from './rego-compiler.js';
+import {
+  CompilerBusyError,
+  CompilerUnavailableError,
+  PolicyTestsFailedError,
+  PolicyTestsStoppedError,
+  RegoCompileError,
+  RegoCompiler,
+  policySubmission,
+} from './rego-compiler.js';
 import { currentFleetStatus, fleetHeaders, preferredWait, waitForFleet } from './fleet.js';
 import { listGateways } from '../policy/fleet/report.js';
 import {
@@ -71,6 +81,15 @@ export interface CmsAppOptions {
   /** etcd user and password, when etcd has auth on and the CMS does not authenticate by certificate. */
   etcdAuth?: { username: string; password: string };
   compileTimeoutMs?: number;
+  /** The most memory each opa process may commit, bytes (default OPA_MEMORY_MAX_MB's 256 MiB). */
+  opaMemoryMaxBytes?: number;
+  /** Policy test runs at once (default 2). */
+  testConcurrency?: number;
+  /** Worker threads of the load check (default 2). */
+  checkWorkers?: number;
+  /** The load check's deadline and memory ceiling: the gateways' (default POLICY_EVAL_TIMEOUT_MS, POLICY_MEMORY_MAX_MB). */
+  evalTimeoutMs?: number;
+  policyMemoryMaxBytes?: number;
   bodyLimitBytes?: number;
   historyRetention?: number;
   compileConcurrency?: number;
@@ -170,9 +189,22 @@ export async function buildCmsApp(options: CmsAppOptions): Promise<FastifyInstan
     timeoutMs: options.compileTimeoutMs ?? DEFAULT_COMPILE_TIMEOUT_MS,
     ...(options.compileConcurrency ? { concurrency: options.compileConcurrency } : {}),
     ...(options.compileQueue ? { maxQueued: options.compileQueue } : {}),
+    memoryMaxBytes: options.opaMemoryMaxBytes ?? DEFAULT_OPA_MEMORY_MAX_MB * 1024 * 1024,
+    testConcurrency: options.testConcurrency ?? DEFAULT_TEST_CONCURRENCY,
   });
   // Fail at start, not at the first PUT, when opa is missing.
   await compiler.opaVersion();
+  // The load check evaluates submitted policies: in worker threads, under
+  // the gateways' deadline and memory ceiling (policy/engine/pool.ts), never
+  // on the thread that answers requests.
+  const checkMemoryMaxBytes = options.policyMemoryMaxBytes ?? policyMemoryMaxBytes();
+  const checks = new EvaluationPool({
+    workers: options.checkWorkers ?? DEFAULT_CHECK_WORKERS,
+    timeoutMs: options.evalTimeoutMs ?? evaluationTimeoutMs(),
+    memoryMaxBytes: checkMemoryMaxBytes,
+    // Room for one instance at the ceiling per worker; a checked policy is rarely checked again.
+    cacheBytes: (options.checkWorkers ?? DEFAULT_CHECK_WORKERS) * Math.max(checkMemoryMaxBytes, 4 * 1024 * 1024),
+  });
   const etcd = createEtcdClient(options.etcdEndpoints, {
     callTimeoutMs: options.etcdCallTimeoutMs,
     ...(options.etcdTls ? { tls: options.etcdTls } : {}),
@@ -205,6 +237,7 @@ export async function buildCmsApp(options: CmsAppOptions): Promise<FastifyInstan
   });
   app.addHook('onClose', async () => {
     etcd.close();
+    await checks.close();
   });
 
   // The body is kept as text: parsePolicyBody needs the exact digits.
@@ -326,10 +359,10 @@ export async function buildCmsApp(options: CmsAppOptions): Promise<FastifyInstan
       compiled = await compiler.compile(write.rego, write.dataText, write.tests);
       metrics.compileDuration.observe({ outcome: 'ok' }, compiled.durationMs / 1000);
     } catch (error) {
-      metrics.policyWrites.inc({ operation: 'put', outcome: error instanceof PolicyTestsFailedError ? 'tests_failed' : 'compile_error' });
+      metrics.policyWrites.inc({ operation: 'put', outcome: error instanceof PolicyTestsFailedError ? 'tests_failed' : error instanceof PolicyTestsStoppedError ? 'tests_stopped' : 'compile_error' });
       throw error;
     }
-    await checkLoads(compiled.wasm, write.dataText, compiled.entrypoint);
+    await checkLoads(checks, name, compiled.wasm, write.dataText, compiled.entrypoint);
     const identity = verifiedIdentity(request);
     const testsText = write.tests === null ? null : renderTests(write.tests);
     const result = await store.put(name, { ...policySubmission(write.rego, write.dataText, compiled, identity.sub), testsText }, conditions);
@@ -361,10 +394,10 @@ export async function buildCmsApp(options: CmsAppOptions): Promise<FastifyInstan
   // Everything a PUT checks (compile, load, tests), nothing written.
   app.post('/policies/:name/check', async (request, reply) => {
     verifiedIdentity(request);
-    policyName(request);
+    const name = policyName(request);
     const body = policyBodyOf(request);
     const compiled = await compiler.compile(body.rego, body.dataText, body.tests);
-    await checkLoads(compiled.wasm, body.dataText, compiled.entrypoint);
+    await checkLoads(checks, name, compiled.wasm, body.dataText, compiled.entrypoint);
     return reply.type('application/json').send({
       ok: true,
       entrypoint: compiled.entrypoint,
@@ -510,13 +543,26 @@ export async function buildCmsApp(options: CmsAppOptions): Promise<FastifyInstan
  * parser; a module may fail at evaluation). The policy is loaded with its
  * data in the engine every gateway uses, and evaluated once on an empty
  * input, before anything is written: a refusal is the author's 400, never a
- * version the gateways cannot enforce.
+ * version the gateways cannot enforce. It runs in the evaluation pool, under
+ * the gateways' bounds: an evaluation past their deadline or memory ceiling
+ * is the author's 422, and the CMS answers other requests meanwhile.
  */
-async function checkLoads(wasm: Uint8Array, dataText: string, entrypoint: string): Promise<void> {
+async function checkLoads(checks: EvaluationPool, name: string, wasm: Uint8Array, dataText: string, entrypoint: string): Promise<void> {
+  const sha256 = (bytes: Uint8Array | string) => createHash('sha256').update(bytes).digest('hex');
+  const source = { wasmSha256: sha256(wasm), wasm: new Uint8Array(wasm), dataSha256: sha256(dataText), dataText };
   try {
-    const engine = await loadPolicyEngine(wasm, { data: dataText });
-    engine.evaluate({}, entrypoint);
+    await checks.evaluate(name, { source, entrypoint }, {});
   } catch (error) {
+    if (error instanceof EvaluationTimeoutError || error instanceof EvaluationMemoryError) {
+      const bound = error instanceof EvaluationTimeoutError ? 'time' : 'memory';
+      throw new HttpProblem({
+        status: 422,
+        type: ProblemType.policyEvaluationBound,
+        title: 'Policy evaluation exceeds its bounds',
+        detail: `evaluated once on an empty input, the compiled policy exceeded the gateways' ${bound} bound (${error.message}); gateways would deny every request it decides; nothing was written`,
+        extensions: { bound },
+      });
+    }
     const reason = error instanceof Error ? (error.cause instanceof Error ? `${error.message}: ${error.cause.message}` : error.message) : String(error);
     throw new HttpProblem({
       status: 400,
@@ -588,6 +634,15 @@ function toProblem(error: unknown, request: FastifyRequest): HttpProblem {
       title: 'Policy tests failed',
       detail: error.message,
       extensions: { failures: error.failures, passed: error.passed },
+    });
+  }
+  if (error instanceof PolicyTestsStoppedError) {
+    return new HttpProblem({
+      status: 422,
+      type: ProblemType.policyTestsStopped,
+      title: 'Policy tests stopped',
+      detail: error.message,
+      extensions: { bound: error.resource },
     });
   }
   if (error instanceof PolicyNotFoundError) return notFound((request.params as { name?: string }).name ?? '');

@@ -9,6 +9,13 @@
  *   ETCD_USERNAME, ETCD_PASSWORD (or ETCD_PASSWORD_FILE)  etcd user, when auth is on and the certificate does not name it
  *   OPA_PATH                the opa binary (default <package>/.local/bin/opa)
  *   OPA_COMPILE_TIMEOUT_MS  deadline of each opa process (default 30000)
+ *   OPA_MEMORY_MAX_MB       memory each opa process may commit (its data segment, prlimit --data), and
+ *                           GOMEMLIMIT at 3/4 of it; a test run that needs more is stopped, 422 (default 256)
+ *   CMS_TEST_CONCURRENCY    policy test runs (opa test) at once; others wait for one to end (default 2)
+ *   CMS_CHECK_WORKERS       worker threads the load check (a compiled policy evaluated once on an empty
+ *                           input) runs in, off the request thread (default 2, at least 2)
+ *   POLICY_EVAL_TIMEOUT_MS  the load check's deadline, the gateways' (default 500)
+ *   POLICY_MEMORY_MAX_MB    the load check's memory ceiling per instance, the gateways' (default 64)
  *   CMS_BODY_LIMIT_BYTES    largest accepted PUT body; larger is 413 (default 262144)
  *   CMS_HISTORY_RETENTION   versions kept per policy (default 50)
  *   CMS_COMPILE_CONCURRENCY compiles running at once (default: the number of cores)
@@ -25,10 +32,15 @@ import { identityConfigFromEnv, type IdentityConfig } from '../identity/index.js
 import { availableParallelism } from 'node:os';
 import { DEFAULT_ETCD_MAX_REQUEST_BYTES, DEFAULT_HISTORY_RETENTION } from '../policy/store/index.js';
 import { defaultAccessPolicyWasmPath } from '../policy/access/index.js';
+import { policyMemoryMaxBytes } from '../policy/engine/index.js';
+import { evaluationTimeoutMs } from '../policy/engine/pool.js';
 import { DEFAULT_ETCD_CALL_TIMEOUT_MS, etcdClientOptionsFromEnv, type EtcdTlsFiles } from '../etcd/index.js';
 
 export const DEFAULT_BODY_LIMIT_BYTES = 256 * 1024;
 export const DEFAULT_COMPILE_TIMEOUT_MS = 30_000;
+export const DEFAULT_OPA_MEMORY_MAX_MB = 256;
+export const DEFAULT_TEST_CONCURRENCY = 2;
+export const DEFAULT_CHECK_WORKERS = 2;
 
 export interface CmsConfig {
   port: number;
@@ -42,6 +54,14 @@ export interface CmsConfig {
   identity: IdentityConfig;
   opaPath: string;
   compileTimeoutMs: number;
+  /** The most memory each opa process may commit (hard), bytes. */
+  opaMemoryMaxBytes: number;
+  /** Policy test runs at once. */
+  testConcurrency: number;
+  /** The load check's worker threads, deadline and memory ceiling (the gateways' bounds). */
+  checkWorkers: number;
+  evalTimeoutMs: number;
+  policyMemoryMaxBytes: number;
   bodyLimitBytes: number;
   historyRetention: number;
   /** Compiles running at once, and how many may wait before a PUT is refused with 503. */
@@ -95,6 +115,11 @@ export function cmsConfigFromEnv(env: NodeJS.ProcessEnv = process.env): CmsConfi
     identity: identityConfigFromEnv(env),
     opaPath: env.OPA_PATH?.trim() || defaultOpaPath(),
     compileTimeoutMs: positiveInteger(env, 'OPA_COMPILE_TIMEOUT_MS', DEFAULT_COMPILE_TIMEOUT_MS),
+    opaMemoryMaxBytes: positiveInteger(env, 'OPA_MEMORY_MAX_MB', DEFAULT_OPA_MEMORY_MAX_MB) * 1024 * 1024,
+    testConcurrency: positiveInteger(env, 'CMS_TEST_CONCURRENCY', DEFAULT_TEST_CONCURRENCY),
+    checkWorkers: Math.max(2, positiveInteger(env, 'CMS_CHECK_WORKERS', DEFAULT_CHECK_WORKERS)),
+    evalTimeoutMs: evaluationTimeoutMs(env),
+    policyMemoryMaxBytes: policyMemoryMaxBytes(env),
     bodyLimitBytes: positiveInteger(env, 'CMS_BODY_LIMIT_BYTES', DEFAULT_BODY_LIMIT_BYTES),
     historyRetention: positiveInteger(env, 'CMS_HISTORY_RETENTION', DEFAULT_HISTORY_RETENTION),
     compileConcurrency: positiveInteger(env, 'CMS_COMPILE_CONCURRENCY', availableParallelism()),

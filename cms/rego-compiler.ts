@@ -15,6 +15,14 @@
  *      the build, so OPA itself reads the data document once before it is stored.
  *   3. Only on a failed build: `opa check --format json` with the same
  *      options, for OPA's messages with row and column.
+ *
+ * Each opa process may commit at most `memoryMaxBytes` (its data segment,
+ * through `prlimit --data`: Go reserves address space it never uses, so an
+ * address-space limit would stop opa before it starts, while the data limit
+ * counts only the memory it maps writable), with GOMEMLIMIT at 3/4 of it so
+ * that Go collects before it reaches the wall, and GOMAXPROCS=2 so that its
+ * footprint does not grow with the host's cores. Test runs (`opa test`,
+ * whose memory and time the tests decide) are at most `testConcurrency` at once.
  */
 import { execFile } from 'node:child_process';
 import { availableParallelism } from 'node:os';
@@ -104,6 +112,29 @@ export class CompilerUnavailableError extends Error {
   override readonly name = 'CompilerUnavailableError';
 }
 
+/** The policy's tests were stopped: `opa test` needed more memory, or more time, than a test run may have. Nothing may be written. */
+export class PolicyTestsStoppedError extends Error {
+  override readonly name = 'PolicyTestsStoppedError';
+  constructor(
+    readonly resource: 'memory' | 'time',
+    message: string,
+    options?: ErrorOptions,
+  ) {
+    super(message, options);
+  }
+}
+
+/** An opa process was stopped at its memory limit or its deadline (internal: each step says what that means). */
+class OpaStoppedError extends Error {
+  override readonly name = 'OpaStoppedError';
+  constructor(
+    readonly resource: 'memory' | 'time',
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
 export interface RegoCompilerOptions {
   opaPath: string;
   timeoutMs?: number;
@@ -111,11 +142,25 @@ export interface RegoCompilerOptions {
   concurrency?: number;
   /** Compiles that may wait for a slot; one more is refused with CompilerBusyError. Default: 4 per slot. */
   maxQueued?: number;
+  /** The most memory each opa process may commit, bytes (prlimit --data); default 256 MiB. */
+  memoryMaxBytes?: number;
+  /** Test runs (opa test) at once; a compile whose tests must wait keeps its slot. Default 2. */
+  testConcurrency?: number;
 }
 
 const POLICY_FILE = 'policy.rego';
 const DATA_FILE = 'data.json';
 const MAX_OUTPUT_BYTES = 64 * 1024 * 1024;
+export const DEFAULT_OPA_MEMORY_MAX_BYTES = 256 * 1024 * 1024;
+/**
+ * How Go dies when it cannot map memory (the data limit reached): "fatal
+ * error: runtime: out of memory" or "cannot allocate memory" mostly, but
+ * also a thread it cannot start, or a segmentation fault in the collector
+ * when an allocation of its own fails.
+ */
+const GO_OUT_OF_MEMORY = /^fatal error: |runtime: out of memory|pthread_create failed|^SIGSEGV: segmentation violation|^unexpected fault address/m;
+/** Signals a process at its data limit dies of, without a word (mmap fails where the runtime does not look). */
+const OUT_OF_MEMORY_SIGNALS = new Set(['SIGSEGV', 'SIGBUS', 'SIGABRT']);
 
 /** The capabilities.json shipped by @open-policy-agent/opa-wasm. */
 export function wasmSdkCapabilitiesPath(): string {
@@ -190,7 +235,10 @@ function diagnosticsFromText(text: string, workDir: string): RegoDiagnostic[] {
 export class RegoCompiler {
   readonly opaPath: string;
   private readonly timeoutMs: number;
+  private readonly memoryMaxBytes: number;
   private versionPromise: Promise<string> | undefined;
+  /** Bounds the test runs, whose memory and time the submitted tests decide. */
+  private readonly testSlots: LimitFunction;
   /** Bounds the opa processes: a burst of writes queues, a flood is refused, never a fork storm. */
   private readonly slots: LimitFunction;
   private readonly maxQueued: number;
@@ -198,33 +246,46 @@ export class RegoCompiler {
   constructor(options: RegoCompilerOptions) {
     this.opaPath = options.opaPath;
     this.timeoutMs = options.timeoutMs ?? 30_000;
+    this.memoryMaxBytes = options.memoryMaxBytes ?? DEFAULT_OPA_MEMORY_MAX_BYTES;
+    this.testSlots = pLimit(options.testConcurrency ?? 2);
     const concurrency = options.concurrency ?? availableParallelism();
     this.slots = pLimit(concurrency);
     this.maxQueued = options.maxQueued ?? 4 * concurrency;
   }
 
+  /**
+   * Runs opa under its memory limit and deadline. Throws OpaStoppedError when
+   * it was stopped at either, CompilerUnavailableError when it could not run.
+   */
   private async opa(args: string[], cwd: string): Promise<ProcessResult> {
+    const limit = String(this.memoryMaxBytes);
     try {
-      const { stdout, stderr } = await run(this.opaPath, args, {
+      const { stdout, stderr } = await run('prlimit', [`--data=${limit}:${limit}`, `--stack=${STACK_BYTES}:`, '--', this.opaPath, ...args], {
         cwd,
         timeout: this.timeoutMs,
         maxBuffer: MAX_OUTPUT_BYTES,
-        env: { PATH: process.env.PATH ?? '', HOME: cwd }, // opa needs nothing else; keep secrets out
+        // opa needs nothing else; keep secrets out
+        env: { PATH: process.env.PATH ?? '', HOME: cwd, GOMEMLIMIT: String(Math.floor((this.memoryMaxBytes * 3) / 4)), GOMAXPROCS: '2' },
       });
       return { ok: true, stdout, stderr };
     } catch (error) {
       const failure = error as { code?: unknown; killed?: boolean; signal?: string; stdout?: string; stderr?: string };
-      if (typeof failure.code === 'number' && !failure.killed) {
+      if (GO_OUT_OF_MEMORY.test(failure.stderr ?? '') || (!failure.killed && OUT_OF_MEMORY_SIGNALS.has(failure.signal ?? ''))) {
+        throw new OpaStoppedError('memory', `more than ${mib(this.memoryMaxBytes)} MiB of memory`);
+      }
+      if (failure.code === 'ERR_CHILD_PROCESS_STDIO_MAXBUFFER') throw new OpaStoppedError('memory', `more than ${mib(MAX_OUTPUT_BYTES)} MiB of output`);
+      if (failure.killed) throw new OpaStoppedError('time', `more than ${this.timeoutMs} ms`);
+      if (typeof failure.code === 'number') {
         return { ok: false, stdout: failure.stdout ?? '', stderr: failure.stderr ?? '' };
       }
-      const why = failure.killed || failure.signal ? `timed out or was killed (${failure.signal ?? 'timeout'})` : String(failure.code ?? error);
+      const why = failure.signal ? `was killed (${failure.signal})` : failure.code === 'ENOENT' ? 'prlimit (util-linux) is not installed' : String(failure.code ?? error);
       throw new CompilerUnavailableError(`opa ${args[0]} could not run: ${why}`, { cause: error });
     }
   }
 
   /** `opa version` of the configured binary, e.g. "1.22.3" (cached). */
   opaVersion(): Promise<string> {
-    this.versionPromise ??= this.opa(['version'], tmpdir()).then((result) => {
+    this.versionPromise ??= unavailableWhenStopped(this.opa(['version'], tmpdir())).then((result) => {
       const match = result.stdout.match(/^Version:\s*(\S+)/m);
       if (!result.ok || !match?.[1]) throw new CompilerUnavailableError(`cannot read the version of ${this.opaPath}`);
       return match[1];
@@ -262,12 +323,11 @@ export class RegoCompiler {
       const { syntaxVersion, entrypoint } = await this.parse(workDir);
       const syntaxFlags = syntaxVersion === 'v0' ? ['--v0-compatible'] : [];
       const common = ['--capabilities', 'capabilities.json', ...syntaxFlags];
-      const build = await this.opa(
-        ['build', '-t', 'wasm', '-e', entrypoint, ...common, '-o', 'bundle.tar.gz', POLICY_FILE, DATA_FILE],
-        workDir,
+      const build = await compileStep(
+        this.opa(['build', '-t', 'wasm', '-e', entrypoint, ...common, '-o', 'bundle.tar.gz', POLICY_FILE, DATA_FILE], workDir),
       );
       if (!build.ok) {
-        const check = await this.opa(['check', '--format', 'json', ...common, POLICY_FILE, DATA_FILE], workDir);
+        const check = await compileStep(this.opa(['check', '--format', 'json', ...common, POLICY_FILE, DATA_FILE], workDir));
         const diagnostics = check.ok ? null : diagnosticsFrom(check.stdout) ?? diagnosticsFrom(check.stderr);
         throw new RegoCompileError(diagnostics ?? diagnosticsFromText(build.stderr, workDir));
       }
@@ -283,24 +343,35 @@ export class RegoCompiler {
    * `opa test` on the policy, its data and the test modules (in tests/). In
    * the policy's syntax first; test modules that only parse in the other are
    * tried in that one (a v0 module beside a v1 policy needs `import rego.v1`
-   * in neither, a v1 module beside a v0 policy needs it).
+   * in neither, a v1 module beside a v0 policy needs it). At most
+   * `testConcurrency` runs at once; a run stopped at its memory limit or
+   * deadline is PolicyTestsStoppedError.
    */
   private async runTests(workDir: string, tests: Record<string, string>, syntax: RegoSyntaxVersion): Promise<{ passed: number }> {
     await mkdir(join(workDir, 'tests'));
     const files = Object.keys(tests).map((name) => `tests/${name}`);
     await Promise.all(Object.entries(tests).map(([name, module]) => writeFile(join(workDir, 'tests', name), module)));
-    const attempt = (v0: boolean) =>
-      this.opa(['test', '--format', 'json', '--capabilities', 'capabilities.json', '--timeout', '10s', ...(v0 ? ['--v0-compatible'] : []), POLICY_FILE, DATA_FILE, ...files], workDir);
-    let result = await attempt(syntax === 'v0');
-    let results = testResults(result.stdout);
-    if (!results) {
-      const other = await attempt(syntax !== 'v0');
-      const otherResults = testResults(other.stdout);
-      if (otherResults) {
-        result = other;
-        results = otherResults;
+    const attempt = async (v0: boolean) => {
+      try {
+        return await this.opa(['test', '--format', 'json', '--capabilities', 'capabilities.json', '--timeout', '10s', ...(v0 ? ['--v0-compatible'] : []), POLICY_FILE, DATA_FILE, ...files], workDir);
+      } catch (error) {
+        if (!(error instanceof OpaStoppedError)) throw error;
+        throw new PolicyTestsStoppedError(error.resource, `the policy tests were stopped: opa test needed ${error.message}, more than a test run may have; nothing was written`, { cause: error });
       }
-    }
+    };
+    const { result, results } = await this.testSlots(async () => {
+      let result = await attempt(syntax === 'v0');
+      let results = testResults(result.stdout);
+      if (!results) {
+        const other = await attempt(syntax !== 'v0');
+        const otherResults = testResults(other.stdout);
+        if (otherResults) {
+          result = other;
+          results = otherResults;
+        }
+      }
+      return { result, results };
+    });
     if (!results) throw new RegoCompileError(diagnosticsFromText(result.stderr, workDir));
     if (results.length === 0) throw new RegoCompileError([{ code: 'rego_test_error', message: 'the test modules define no test (rules named test_*)' }]);
     const failures: PolicyTestFailure[] = results
@@ -320,12 +391,39 @@ export class RegoCompiler {
   }
 
   private async parse(workDir: string): Promise<{ syntaxVersion: RegoSyntaxVersion; entrypoint: string }> {
-    const v1 = await this.opa(['parse', '--format', 'json', POLICY_FILE], workDir);
+    const v1 = await compileStep(this.opa(['parse', '--format', 'json', POLICY_FILE], workDir));
     if (v1.ok) return { syntaxVersion: 'v1', entrypoint: entrypointOf(v1.stdout) };
-    const v0 = await this.opa(['parse', '--format', 'json', '--v0-compatible', POLICY_FILE], workDir);
+    const v0 = await compileStep(this.opa(['parse', '--format', 'json', '--v0-compatible', POLICY_FILE], workDir));
     if (v0.ok) return { syntaxVersion: 'v0', entrypoint: entrypointOf(v0.stdout) };
     // Neither parses: report against v1, today's syntax.
     throw new RegoCompileError(diagnosticsFrom(v1.stderr) ?? diagnosticsFrom(v1.stdout) ?? diagnosticsFromText(v1.stderr, workDir));
+  }
+}
+
+const STACK_BYTES = 8 * 1024 * 1024; // each opa thread's stack counts against the data limit: the usual size, whatever the host's
+
+function mib(bytes: number): number {
+  return Math.round(bytes / (1024 * 1024));
+}
+
+/** parse, build, check: a Rego that needs more memory than opa may have does not compile; past the deadline opa is unavailable (as before). */
+async function compileStep(step: Promise<ProcessResult>): Promise<ProcessResult> {
+  try {
+    return await step;
+  } catch (error) {
+    if (!(error instanceof OpaStoppedError)) throw error;
+    if (error.resource === 'memory') throw new RegoCompileError([{ code: 'rego_compile_limit', message: `opa needed ${error.message} to compile this policy` }]);
+    throw new CompilerUnavailableError(`opa needed ${error.message}`, { cause: error });
+  }
+}
+
+/** opa version: stopped is unavailable (an OPA_MEMORY_MAX_MB too small for opa to start fails the CMS at start). */
+async function unavailableWhenStopped(step: Promise<ProcessResult>): Promise<ProcessResult> {
+  try {
+    return await step;
+  } catch (error) {
+    if (error instanceof OpaStoppedError) throw new CompilerUnavailableError(`opa version needed ${error.message}: is OPA_MEMORY_MAX_MB too small?`, { cause: error });
+    throw error;
   }
 }
 

@@ -24,6 +24,8 @@ export const ProblemType = {
   policyTooLarge: 'urn:gatehouse:problem:policy-too-large',
   policyDoesNotLoad: 'urn:gatehouse:problem:policy-does-not-load',
   policyTestsFailed: 'urn:gatehouse:problem:policy-tests-failed',
+  policyTestsStopped: 'urn:gatehouse:problem:policy-tests-stopped',
+  policyEvaluationBound: 'urn:gatehouse:problem:policy-evaluation-bound',
 } as const;
 
 export interface ProblemInit {

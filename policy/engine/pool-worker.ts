@@ -19,7 +19,10 @@ export type WorkerRequest =
 
 export type WorkerAnswer =
   | { id: number; ok: true; result: unknown }
-  | { id: number; ok: false; error: string; needSource?: true; unloadable?: true };
+  | { id: number; ok: false; error: string; needSource?: true; unloadable?: true; outOfMemory?: true };
+
+/** What the engine throws when an evaluation needs more linear memory than the instance's maximum. */
+const OUT_OF_MEMORY = /opa_malloc: failed|Maximum memory size exceeded|WebAssembly\.Memory\.grow/;
 
 const settings = workerData as WorkerSettings;
 const engines = new EngineCache({ budgetBytes: settings.cacheBytes, maxMemoryBytes: settings.memoryMaxBytes });
@@ -35,7 +38,9 @@ async function handle(message: WorkerRequest): Promise<WorkerAnswer> {
   try {
     engine = await engines.engine(source);
   } catch (error) {
-    return { id: message.id, ok: false, error: error instanceof Error ? error.message : String(error), unloadable: true };
+    // With its cause (why the SDK refused the wasm or the data), as the engine said it.
+    const text = error instanceof Error ? (error.cause instanceof Error ? `${error.message}: ${error.cause.message}` : error.message) : String(error);
+    return { id: message.id, ok: false, error: text, unloadable: true };
   }
   if (message.type === 'prepare') return { id: message.id, ok: true, result: null };
   try {
@@ -44,7 +49,8 @@ async function handle(message: WorkerRequest): Promise<WorkerAnswer> {
   } catch (error) {
     // Out of memory, or aborted: this instance's heap is suspect.
     engines.discard(source);
-    return { id: message.id, ok: false, error: error instanceof Error ? error.message : String(error) };
+    const text = error instanceof Error ? error.message : String(error);
+    return { id: message.id, ok: false, error: text, ...(OUT_OF_MEMORY.test(text) ? { outOfMemory: true as const } : {}) };
   }
 }
 

@@ -18,7 +18,11 @@
  *
  * A worker is sent a policy's bytes the first time it needs them; it keeps
  * them (and asks again if it let them go).
+ *
+ * The CMS's load check (a submitted policy evaluated once before it is
+ * written) runs in a pool of its own, under the same bounds.
  */
+import { existsSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { fileURLToPath } from 'node:url';
@@ -30,6 +34,11 @@ export const DEFAULT_EVAL_TIMEOUT_MS = 500;
 
 export class EvaluationTimeoutError extends Error {
   override readonly name = 'EvaluationTimeoutError';
+}
+
+/** The evaluation needed more linear memory than the instance's ceiling (memoryMaxBytes). */
+export class EvaluationMemoryError extends Error {
+  override readonly name = 'EvaluationMemoryError';
 }
 
 /** What to evaluate: a policy's engine source and entrypoint, on behalf of a tenant. */
@@ -66,7 +75,18 @@ interface Slot {
   waiting: Map<number, (answer: WorkerAnswer) => void>;
 }
 
-const WORKER_SCRIPT = fileURLToPath(new URL('./pool-worker.js', import.meta.url));
+/**
+ * The worker script: beside this module once built; when this module runs
+ * from its TypeScript source (the tests, in-process), the built one in dist/,
+ * since a worker thread cannot load TypeScript.
+ */
+function workerScript(): string {
+  const beside = fileURLToPath(new URL('./pool-worker.js', import.meta.url));
+  if (existsSync(beside) || !import.meta.url.endsWith('.ts')) return beside;
+  return fileURLToPath(new URL('../../dist/policy/engine/pool-worker.js', import.meta.url));
+}
+
+const WORKER_SCRIPT = workerScript();
 
 export class EvaluationPool {
   private readonly slots: Slot[] = [];
@@ -212,7 +232,12 @@ export class EvaluationPool {
         if (!answer.unloadable) {
           this.options.onAbort?.('error', job.tenant);
         }
-        this.finish(job, null, answer.unloadable ? new PolicyEngineError(answer.error) : new Error(answer.error));
+        const error = answer.unloadable
+          ? new PolicyEngineError(answer.error)
+          : answer.outOfMemory
+            ? new EvaluationMemoryError(`policy evaluation needed more than ${Math.round(this.options.memoryMaxBytes / (1024 * 1024))} MiB: ${answer.error}`)
+            : new Error(answer.error);
+        this.finish(job, null, error);
       }
       this.dispatch();
     };
@@ -249,8 +274,13 @@ export function evaluationPoolFromEnv(
   const workers = rawWorkers ? Number(rawWorkers) : Math.max(2, availableParallelism());
   if (!Number.isInteger(workers) || workers < 0 || workers > 64) throw new Error('POLICY_EVAL_WORKERS must be a whole number from 0 to 64');
   if (workers === 0) return null;
+  return new EvaluationPool({ ...options, workers, timeoutMs: evaluationTimeoutMs(env) });
+}
+
+/** POLICY_EVAL_TIMEOUT_MS (default 500): the deadline of one evaluation, for the gateways and the CMS's load check alike. */
+export function evaluationTimeoutMs(env: NodeJS.ProcessEnv = process.env): number {
   const rawTimeout = env.POLICY_EVAL_TIMEOUT_MS?.trim();
   const timeoutMs = rawTimeout ? Number(rawTimeout) : DEFAULT_EVAL_TIMEOUT_MS;
   if (!Number.isFinite(timeoutMs) || timeoutMs < 1) throw new Error('POLICY_EVAL_TIMEOUT_MS must be a positive number of milliseconds');
-  return new EvaluationPool({ ...options, workers, timeoutMs });
+  return timeoutMs;
 }
