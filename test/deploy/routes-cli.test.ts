@@ -33,11 +33,11 @@ beforeEach(async () => {
   dir = mkdtempSync(join(tmpdir(), 'gh-routes-'));
 });
 
-async function cli(args: string[], options: { key?: string | null; confirm?: CliIo['confirm'] } = {}) {
+async function cli(args: string[], options: { key?: string | null; confirm?: CliIo['confirm']; env?: NodeJS.ProcessEnv } = {}) {
   let out = '';
   let err = '';
   // Export and validation need no Admin API (nothing is sent to this address).
-  const env: NodeJS.ProcessEnv = { ADMIN_API_URL: admin?.url ?? 'http://127.0.0.1:1' };
+  const env: NodeJS.ProcessEnv = { ...options.env, ADMIN_API_URL: admin?.url ?? 'http://127.0.0.1:1' };
   if (options.key !== null) env.ADMIN_API_KEY = options.key ?? admin?.key ?? 'unused';
   const code = await runCli(args, {
     env,
@@ -172,12 +172,73 @@ describe.runIf(onApisix)('gatehouse routes diff and apply against the Admin API'
     const file = writeVariant((doc) => {
       doc.routes[0]!.desc = '${{GATEHOUSE_SURELY_UNSET}}';
     });
-    const refused = await cli(['routes', 'apply', '--yes', '--file', file]);
+    const refused = await cli(['routes', 'apply', '--yes', '--allow-env', 'GATEHOUSE_SURELY_UNSET', '--file', file]);
     expect(refused.code).not.toBe(0);
-    expect(refused.err).toMatch(/GATEHOUSE_SURELY_UNSET/);
+    expect(refused.err).toMatch(/can't find environment variable GATEHOUSE_SURELY_UNSET/);
     expect(admin.requests.slice(before).filter((r) => r.method === 'PUT')).toHaveLength(0);
     // Back to the repository's file as the other tests expect it.
     expect((await cli(['routes', 'apply', '--yes'])).code).toBe(0);
+  });
+
+  it('resolves no credential and no variable it was not allowed: refused, naming it, nothing sent, the value never printed', async () => {
+    const vaultToken = `hvs.${Math.random().toString(36).slice(2)}${Math.random().toString(36).slice(2)}`;
+    const env = { VAULT_TOKEN: vaultToken, GATEHOUSE_OTHER: 'other-value-31d7' };
+    for (const reference of ['${{ADMIN_API_KEY}}', '${{VAULT_TOKEN}}', '${{VAULT_TOKEN:=fallback}}', 'Bearer ${{VAULT_TOKEN}}', '${{GATEHOUSE_OTHER}}']) {
+      const name = /\{\{(\w+)/.exec(reference)![1]!;
+      const file = writeVariant((doc) => {
+        doc.routes[0]!.desc = reference;
+      });
+      admin.requests.length = 0;
+      const refused = await cli(['routes', 'apply', '--yes', '--file', file], { env });
+      expect(refused.code, reference).toBe(1);
+      expect(refused.err).toContain(`\${{${name}}} is refused`);
+      expect(refused.err).toMatch(name === 'GATEHOUSE_OTHER' ? /routes may use RUNNER_SETTLE_PORT \(--allow-env NAME adds one\)/ : /names a credential/);
+      expect(admin.requests, reference).toHaveLength(0);
+      for (const secret of [admin.key, vaultToken, 'other-value-31d7']) expect(refused.out + refused.err).not.toContain(secret);
+    }
+    expect((await admin.stored('routes')).size).toBe(0);
+    // Nor can a credential be allowed by hand.
+    for (const name of ['VAULT_TOKEN', 'ADMIN_API_KEY', 'ETCD_PASSWORD', 'VAULT_SECRET_ID']) {
+      const allowed = await cli(['routes', 'diff', '--allow-env', name], { env });
+      expect(allowed.code).toBe(2);
+      expect(allowed.err).toContain(`--allow-env ${name}: a credential is never written into a route`);
+    }
+  });
+
+  it('an allowed variable is resolved into what is sent, while the plan shows the reference as the file writes it', async () => {
+    const file = writeVariant((doc) => {
+      doc.routes[0]!.desc = 'owner ${{GATEHOUSE_ROUTE_OWNER}}';
+    });
+    const id = repoDoc().routes[0]!.id as string;
+    const env = { GATEHOUSE_ROUTE_OWNER: 'owner-7f3a9c', RUNNER_SETTLE_PORT: '9777' };
+    const created = await cli(['routes', 'apply', '--yes', '--allow-env', 'GATEHOUSE_ROUTE_OWNER', '--file', file], { env });
+    expect(created.code, created.err).toBe(0);
+    expect(created.out).toContain('"desc":"owner ${{GATEHOUSE_ROUTE_OWNER}}"');
+    expect(created.out).toContain('${{RUNNER_SETTLE_PORT:=9092}}');
+    expect(created.out).toContain('is shown as the file writes it');
+    expect(created.out).not.toContain('owner-7f3a9c');
+    expect(created.out).not.toContain('9777');
+    const sent = puts().find((r) => r.path === `/apisix/admin/routes/${id}`)!.body as Record<string, unknown>;
+    expect(sent.desc).toBe('owner owner-7f3a9c');
+    expect(JSON.stringify((await admin.stored('routes')).get('llm'))).toContain('http://127.0.0.1:9777/budget/usage');
+    // An update shows the file's side as written too.
+    const changed = await cli(['routes', 'diff', '--allow-env', 'GATEHOUSE_ROUTE_OWNER', '--file', file], { env: { ...env, GATEHOUSE_ROUTE_OWNER: 'owner-new-55e1' } });
+    expect(changed.code, changed.err).toBe(0);
+    expect(changed.out).toContain('desc: "owner owner-7f3a9c" -> "owner ${{GATEHOUSE_ROUTE_OWNER}}"');
+    expect(changed.out).not.toContain('owner-new-55e1');
+  });
+
+  it('a credential of its environment that APISIX stores (put there by hand) is printed as [NAME]', async () => {
+    expect((await cli(['routes', 'apply', '--yes'])).code).toBe(0);
+    const vaultToken = `hvs.${Math.random().toString(36).slice(2)}${Math.random().toString(36).slice(2)}`;
+    const id = repoDoc().routes[0]!.id as string;
+    const { create_time: _created, update_time: _updated, ...route } = (await admin.stored('routes')).get(id)!;
+    await admin.put('routes', id, { ...route, desc: `token ${vaultToken} and key ${admin.key}` });
+    const diff = await cli(['routes', 'diff'], { env: { VAULT_TOKEN: vaultToken } });
+    expect(diff.code, diff.err).toBe(0);
+    expect(diff.out).toContain('desc: "token [VAULT_TOKEN] and key [ADMIN_API_KEY]" -> (absent)');
+    expect(diff.out).not.toContain(vaultToken);
+    expect(diff.out).not.toContain(admin.key);
   });
 
   it('is idempotent: a second apply sends no PUT, although APISIX added ids, timestamps and defaults', async () => {

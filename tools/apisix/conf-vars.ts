@@ -1,7 +1,7 @@
 // APISIX's `${{NAME}}` references, resolved as APISIX resolves them: the
 // stand-in when it reads apisix.yaml (as standalone APISIX does), and
 // `gatehouse routes` before it sends routes to the Admin API (which stores
-// what it is given).
+// what it is given), there only for the names it allows.
 
 /** A reference to a variable that is unset and has no default; APISIX refuses the whole file. */
 export class ConfVarError extends Error {
@@ -9,6 +9,23 @@ export class ConfVarError extends Error {
   constructor(readonly variable: string) {
     super(`failed to handle configuration: can't find environment variable ${variable}`);
   }
+}
+
+/** A reference to a variable the caller does not allow (see ResolveOptions.allowed), with or without a default. */
+export class ConfVarNotAllowedError extends Error {
+  override readonly name = 'ConfVarNotAllowedError';
+  constructor(readonly variable: string) {
+    super(`\${{${variable}}} is not a variable that may be resolved here`);
+  }
+}
+
+export interface ResolveOptions {
+  /**
+   * The only names that may be resolved: a reference to any other is refused
+   * (ConfVarNotAllowedError), even with a default. Absent: every name, as
+   * APISIX resolves them.
+   */
+  allowed?: ReadonlySet<string>;
 }
 
 const isObject = (value: unknown): value is Record<string, unknown> => typeof value === 'object' && value !== null && !Array.isArray(value);
@@ -20,7 +37,7 @@ const isObject = (value: unknown): value is Record<string, unknown> => typeof va
  * number or as true/false becomes one; a variable without value or default
  * makes the whole file invalid.
  */
-export function resolveConfVars(node: unknown, env: Readonly<Record<string, string | undefined>>): unknown {
+export function resolveConfVars(node: unknown, env: Readonly<Record<string, string | undefined>>, options: ResolveOptions = {}): unknown {
   const substitute = (text: string): { value: string; used: boolean } => {
     let used = false;
     const value = text.replace(/\$\{\{\s*(\w+[:=]?.*?)\s*\}\}/g, (_, inner: string) => {
@@ -31,6 +48,7 @@ export function resolveConfVars(node: unknown, env: Readonly<Record<string, stri
         fallback = inner.slice(split + 2).trim();
         name = inner.slice(0, split);
       }
+      if (options.allowed && !options.allowed.has(name)) throw new ConfVarNotAllowedError(name);
       const found = env[name] ?? fallback;
       if (found === undefined) throw new ConfVarError(name);
       used = true;
@@ -38,10 +56,10 @@ export function resolveConfVars(node: unknown, env: Readonly<Record<string, stri
     });
     return { value, used };
   };
-  if (Array.isArray(node)) return node.map((item) => resolveConfVars(item, env));
+  if (Array.isArray(node)) return node.map((item) => resolveConfVars(item, env, options));
   if (isObject(node)) {
     const out: Record<string, unknown> = {};
-    for (const [key, value] of Object.entries(node)) out[substitute(key).value] = resolveConfVars(value, env);
+    for (const [key, value] of Object.entries(node)) out[substitute(key).value] = resolveConfVars(value, env, options);
     return out;
   }
   if (typeof node !== 'string') return node;

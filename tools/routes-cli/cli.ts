@@ -9,7 +9,7 @@ import { parseArgs } from 'node:util';
 import { packageRoot } from '../../cms/config.js';
 import { AdminApi } from './admin-api.js';
 import { applyPlan, pendingChanges, plan, renderPlan } from './plan.js';
-import { exportStandalone, loadRoutesFile, resolveEnvReferences } from './routes-file.js';
+import { ROUTE_VARIABLES, exportStandalone, isCredentialName, loadRoutesFile, resolveEnvReferences } from './routes-file.js';
 
 export const USAGE = `usage: gatehouse routes <export|diff|apply> [options]
 
@@ -21,8 +21,13 @@ export const USAGE = `usage: gatehouse routes <export|diff|apply> [options]
            --prune        also delete routes and upstreams APISIX has but the file does not
 
   --file <apisix.yaml>    routes file (default: apisix-conf/apisix.yaml of this package)
+  --allow-env <NAME>      diff/apply: one more variable \${{NAME}} in the file may be resolved
+                          from the environment (repeatable; by default ${ROUTE_VARIABLES.join(', ')};
+                          never a credential: a name with KEY, TOKEN, SECRET, PASSWORD, ...)
 
 Environment: ADMIN_API_URL (e.g. http://127.0.0.1:9180), ADMIN_API_KEY (sent as X-API-KEY).
+The plan prints \${{NAME}} as the file writes it, and any credential of the
+environment that shows up in what APISIX stores as [NAME].
 `;
 
 export interface CliIo {
@@ -45,6 +50,7 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
         out: { type: 'string' },
         yes: { type: 'boolean', short: 'y', default: false },
         prune: { type: 'boolean', default: false },
+        'allow-env': { type: 'string', multiple: true, default: [] },
         help: { type: 'boolean', short: 'h', default: false },
       },
     });
@@ -62,6 +68,21 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
     io.err(USAGE);
     return 2;
   }
+  for (const name of values['allow-env']) {
+    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name)) {
+      io.err(`--allow-env ${JSON.stringify(name)}: not a variable name\n`);
+      return 2;
+    }
+    if (isCredentialName(name)) {
+      io.err(`--allow-env ${name}: a credential is never written into a route\n`);
+      return 2;
+    }
+  }
+  const allowed = new Set([...ROUTE_VARIABLES, ...values['allow-env']]);
+  // What is printed from here on never carries a credential of this environment.
+  const redact = redactor(io.env);
+  const out = (text: string) => io.out(redact(text));
+  const err = (text: string) => io.err(redact(text));
 
   try {
     const file = loadRoutesFile(resolve(values.file ?? join(packageRoot(), 'apisix-conf', 'apisix.yaml')));
@@ -75,34 +96,55 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
     const url = io.env.ADMIN_API_URL?.trim();
     const key = io.env.ADMIN_API_KEY?.trim();
     if (!url || !key) {
-      io.err('ADMIN_API_URL and ADMIN_API_KEY must be set (the key comes from your secret store; none is built in)\n');
+      err('ADMIN_API_URL and ADMIN_API_KEY must be set (the key comes from your secret store; none is built in)\n');
       return 2;
     }
     const api = new AdminApi(url, key);
-    // The Admin API stores what it is given: ${{VAR}} references are resolved here, as standalone APISIX would.
-    const actions = await plan(api, resolveEnvReferences(file, io.env));
-    io.out(renderPlan(actions, values.prune));
+    // The Admin API stores what it is given: ${{VAR}} references are resolved here, as standalone APISIX
+    // would, for the allowed names only; the plan shows them as the file writes them.
+    const actions = await plan(api, resolveEnvReferences(file, io.env, allowed));
+    out(renderPlan(actions, values.prune, file));
     const pending = pendingChanges(actions, values.prune);
     if (command === 'diff' || pending === 0) {
-      if (pending === 0) io.out('APISIX already matches the routes file.\n');
+      if (pending === 0) out('APISIX already matches the routes file.\n');
       return 0;
     }
     if (!values.yes) {
       if (!io.confirm) {
-        io.err('refusing to apply without confirmation: no terminal to ask on; pass --yes\n');
+        err('refusing to apply without confirmation: no terminal to ask on; pass --yes\n');
         return 3;
       }
       if (!(await io.confirm(`Apply ${pending} change(s) to ${url}? [y/N] `))) {
-        io.err('nothing applied\n');
+        err('nothing applied\n');
         return 3;
       }
     }
-    await applyPlan(api, actions, values.prune, (line) => io.out(`${line}\n`));
+    await applyPlan(api, actions, values.prune, (line) => out(`${line}\n`));
     return 0;
   } catch (error) {
-    io.err(`gatehouse routes ${command}: ${(error as Error).message}\n`);
+    err(`gatehouse routes ${command}: ${(error as Error).message}\n`);
     return 1;
   }
+}
+
+/** Shorter values are not taken for credentials (they would garble unrelated text). */
+const MIN_REDACTED_LENGTH = 6;
+
+/**
+ * Replaces, in printed text, the value of every credential of the
+ * environment (the Admin key, tokens, passwords: isCredentialName), as it is
+ * and as JSON writes it, with [NAME]: what APISIX stores may hold one (a route
+ * written by hand, or by an earlier tool), and a diff prints it.
+ */
+export function redactor(env: NodeJS.ProcessEnv): (text: string) => string {
+  const secrets: [string, string][] = [];
+  for (const [name, raw] of Object.entries(env)) {
+    const value = raw?.trim();
+    if (!value || value.length < MIN_REDACTED_LENGTH || !isCredentialName(name)) continue;
+    secrets.push([value, name], [JSON.stringify(value).slice(1, -1), name]);
+  }
+  secrets.sort((a, b) => b[0].length - a[0].length);
+  return (text) => secrets.reduce((redacted, [value, name]) => redacted.replaceAll(value, `[${name}]`), text);
 }
 
 /** A yes/no question on the terminal, or undefined when stdin is not one. */

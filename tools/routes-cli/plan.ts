@@ -126,22 +126,41 @@ export async function plan(api: AdminApi, file: RoutesFile): Promise<Action[]> {
 const singular = (kind: AdminObject['kind']) => (kind === 'routes' ? 'route' : 'upstream');
 const show = (value: Json | undefined) => (value === undefined ? '(absent)' : JSON.stringify(value));
 
-/** The diff as people read it. */
-export function renderPlan(actions: Action[], prune: boolean): string {
+/**
+ * The diff as people read it. With `shown` (the routes file before its
+ * `${{NAME}}` references were resolved), what the file sets is printed as the
+ * file writes it, so a resolved value never appears in the plan.
+ */
+export function renderPlan(actions: Action[], prune: boolean, shown?: RoutesFile): string {
   const lines: string[] = [];
+  const asWritten = (object: AdminObject): JsonObject => {
+    const list = shown ? (object.kind === 'routes' ? shown.routes : shown.upstreams) : [];
+    return list.find((candidate) => candidate.id === object.id)?.body ?? object.body;
+  };
+  let references = false;
   for (const action of actions) {
     if (action.op === 'extra') {
       lines.push(`- ${singular(action.kind)} ${action.id}: on APISIX, not in the file (${prune ? 'will be deleted' : 'kept; --prune deletes it'})`);
       continue;
     }
     const name = `${singular(action.object.kind)} ${action.object.id}`;
-    if (action.op === 'create') lines.push(`+ ${name}: create`, `    ${JSON.stringify(action.object.body)}`);
-    else if (action.op === 'unchanged') lines.push(`  ${name}: unchanged`);
+    const body = asWritten(action.object);
+    if (action.op === 'create') {
+      const text = JSON.stringify(body);
+      references ||= text.includes('${{');
+      lines.push(`+ ${name}: create`, `    ${text}`);
+    } else if (action.op === 'unchanged') lines.push(`  ${name}: unchanged`);
     else {
       lines.push(`~ ${name}: update`);
-      for (const change of action.changes) lines.push(`    ${change.field}: ${show(change.from)} -> ${show(change.to)}`);
+      for (const change of action.changes) {
+        // Top-level fields never hold a reference in their name (the schema knows every one).
+        const to = body === action.object.body ? change.to : body[change.field];
+        references ||= show(to).includes('${{');
+        lines.push(`    ${change.field}: ${show(change.from)} -> ${show(to)}`);
+      }
     }
   }
+  if (references) lines.push('(${{NAME}} is shown as the file writes it; its value is sent, not printed)');
   return `${lines.join('\n')}\n`;
 }
 

@@ -3,7 +3,7 @@
 import { readFileSync } from 'node:fs';
 import { parse, stringify } from 'yaml';
 import { validateRoute, validateUpstream, RouteSchemaError } from './schema.js';
-import { ConfVarError, resolveConfVars } from '../apisix/conf-vars.js';
+import { ConfVarError, ConfVarNotAllowedError, resolveConfVars } from '../apisix/conf-vars.js';
 
 export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
 export type JsonObject = { [key: string]: Json };
@@ -98,20 +98,48 @@ export function exportStandalone(file: RoutesFile): string {
 }
 
 /**
+ * The variables route bodies may refer to with `${{NAME}}` by default: the
+ * settle port of the LLM route's http-logger. Others are added with
+ * `--allow-env NAME`; a credential never (see isCredentialName).
+ */
+export const ROUTE_VARIABLES: readonly string[] = ['RUNNER_SETTLE_PORT'];
+
+/**
+ * Names that hold a secret: the Admin API's key, and anything named a key,
+ * token, secret, password or credential (VAULT_TOKEN, ETCD_PASSWORD,
+ * VAULT_SECRET_ID, VAULT_ROLE_ID, GATEHOUSE_TOKEN, ...). Such a value is
+ * never written into a route, which any holder of the Admin key, and every
+ * diff, would show.
+ */
+export function isCredentialName(name: string): boolean {
+  return /(^|_)(KEY|APIKEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?|AUTH|AUTHORIZATION|PRIVATE|ROLE_ID)(_|$)/i.test(name);
+}
+
+/**
  * Resolves `${{NAME}}` and `${{NAME:=default}}` in the file as APISIX does
  * when it reads apisix.yaml in standalone mode (tools/apisix/conf-vars.ts).
  * Its Admin API stores what it is given, so the routes sent there are
- * resolved here, from this process's environment; a reference to an unset
- * variable without a default is an error, as it is for APISIX.
+ * resolved here, from this process's environment, but only for the names in
+ * `allowed`: a reference to any other name, or to a credential, is refused,
+ * naming it, before anything is sent; so is a reference to an unset variable
+ * without a default, as it is for APISIX.
  */
-export function resolveEnvReferences(file: RoutesFile, env: NodeJS.ProcessEnv): RoutesFile {
+export function resolveEnvReferences(file: RoutesFile, env: NodeJS.ProcessEnv, allowed: ReadonlySet<string>): RoutesFile {
+  const permitted = new Set([...allowed].filter((name) => !isCredentialName(name)));
   const objects = (list: AdminObject[]) =>
     list.map((object) => {
+      const where = `${object.kind.slice(0, -1)} "${object.id}"`;
       try {
-        return { ...object, body: resolveConfVars(object.body, env) as JsonObject };
+        return { ...object, body: resolveConfVars(object.body, env, { allowed: permitted }) as JsonObject };
       } catch (error) {
+        if (error instanceof ConfVarNotAllowedError) {
+          const why = isCredentialName(error.variable)
+            ? 'it names a credential, which is never written into a route'
+            : `routes may use ${[...permitted].sort().join(', ') || 'no variable'} (--allow-env NAME adds one)`;
+          throw new RouteSchemaError(`${where}: \${{${error.variable}}} is refused: ${why}; nothing was sent`);
+        }
         if (!(error instanceof ConfVarError)) throw error;
-        throw new RouteSchemaError(`${object.kind.slice(0, -1)} "${object.id}": ${error.message}`);
+        throw new RouteSchemaError(`${where}: ${error.message}`);
       }
     });
   return { upstreams: objects(file.upstreams), routes: objects(file.routes) };
