@@ -5,8 +5,10 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execFile, execFileSync } from 'node:child_process';
 import { promisify } from 'node:util';
-import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:http';
+import { createServer as createNetServer, type AddressInfo } from 'node:net';
+import { networkInterfaces, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { EXIT, runPolicyCli } from '../../tools/policy-cli/cli.js';
 import { repoRoot, startRunner, type RunnerProcess } from '../support/runner-process.js';
@@ -168,5 +170,162 @@ describe('gatehouse policy', () => {
     });
     expect(out).toMatch(/^\s+3 /);
     expect(existsSync(join(dir, 'team-a', 'policy.rego'))).toBe(true);
+  });
+});
+
+/** A CMS that answers whatever it is told to: names to list, and a policy object (by name) for every GET. */
+async function fakeCms(host: string, names: unknown[], objects: Record<string, unknown>) {
+  const requests: { url: string; authorization: string | undefined }[] = [];
+  const server = createServer((req, res) => {
+    requests.push({ url: req.url ?? '', authorization: req.headers.authorization });
+    const url = new URL(req.url ?? '/', 'http://cms');
+    if (url.pathname === '/policies') return void res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ policies: names.map((name) => ({ name })) }));
+    const name = decodeURIComponent(url.pathname.replace(/^\/policies\//, ''));
+    const object = objects[name] ?? objects['*'];
+    res.writeHead(200, { 'content-type': 'application/json', etag: '"1"' }).end(JSON.stringify(object));
+  });
+  await new Promise<void>((resolve) => server.listen(0, host, resolve));
+  const port = (server.address() as AddressInfo).port;
+  return { port, requests, close: () => new Promise((resolve) => server.close(resolve)) };
+}
+
+/** Every file and folder under root, relative. */
+function tree(root: string): string[] {
+  return readdirSync(root, { recursive: true, encoding: 'utf8' }).sort();
+}
+
+const GOOD = { rego: REGO, data: { roles: ['admin'] }, tests: { 'authz_test.rego': TESTS } };
+
+describe('gatehouse policy pull against a CMS that sends paths for names', () => {
+  async function pullFrom(cmsUrl: string, args: string[], root: string) {
+    let out = '';
+    let err = '';
+    const code = await runPolicyCli(['pull', ...args, '--dir', join(root, 'policies'), '--url', cmsUrl], {
+      env: { GATEHOUSE_TOKEN: 'a-token-for-the-fake-cms' },
+      out: (t) => (out += t),
+      err: (t) => (err += t),
+    });
+    return { code, out, err };
+  }
+
+  it('refuses a listed policy name that is not one (../, absolute, ..): nothing written, inside the folder or out', async () => {
+    for (const bad of ['../escaped', '/tmp/gatehouse-absolute', 'a/../../b', '..', 'UPPER']) {
+      const root = mkdtempSync(join(tmpdir(), 'gh-evil-names-'));
+      const cmsFake = await fakeCms('127.0.0.1', ['good', bad], { '*': GOOD });
+      try {
+        const res = await pullFrom(`http://127.0.0.1:${cmsFake.port}`, [], root);
+        expect(res.code, bad).toBe(EXIT.failed);
+        expect(res.err).toContain(`the CMS listed ${JSON.stringify(bad)}, which is not a policy name: refused, nothing written`);
+        expect(tree(root), bad).toEqual([]);
+        // Only the list was asked for.
+        expect(cmsFake.requests.map((r) => r.url)).toEqual(['/policies?limit=1000']);
+      } finally {
+        await cmsFake.close();
+      }
+    }
+  });
+
+  it('refuses such a name on the command line too, before asking the CMS anything', async () => {
+    const root = mkdtempSync(join(tmpdir(), 'gh-evil-args-'));
+    const cmsFake = await fakeCms('127.0.0.1', [], { '*': GOOD });
+    try {
+      for (const bad of ['../escaped', '/tmp/gatehouse-absolute']) {
+        const res = await pullFrom(`http://127.0.0.1:${cmsFake.port}`, [bad], root);
+        expect(res.code, bad).toBe(EXIT.usage);
+        expect(res.err).toContain(`${JSON.stringify(bad)} is not a policy name`);
+      }
+      expect(cmsFake.requests).toHaveLength(0);
+      expect(tree(root)).toEqual([]);
+    } finally {
+      await cmsFake.close();
+    }
+  });
+
+  it("refuses test file names the CMS's own rule refuses (../, absolute, not *_test.rego): not one policy written", async () => {
+    for (const bad of ['../../pwned_test.rego', '/tmp/gatehouse-pwned_test.rego', 'sub/dir_test.rego', '.gatehouse.json', 'policy.rego']) {
+      const root = mkdtempSync(join(tmpdir(), 'gh-evil-tests-'));
+      const evil = { ...GOOD, tests: { 'authz_test.rego': TESTS, [bad]: TESTS } };
+      const cmsFake = await fakeCms('127.0.0.1', ['good', 'evil'], { good: GOOD, evil });
+      try {
+        const res = await pullFrom(`http://127.0.0.1:${cmsFake.port}`, [], root);
+        expect(res.code, bad).toBe(EXIT.failed);
+        expect(res.err).toContain(`the CMS sent evil in a form it never accepts (test file name ${JSON.stringify(bad)} must be`);
+        expect(tree(root), bad).toEqual([]);
+      } finally {
+        await cmsFake.close();
+      }
+    }
+  });
+
+  it('refuses a plain http:// CMS that is not on this machine unless --insecure: the token is not sent', async () => {
+    const external = Object.values(networkInterfaces())
+      .flat()
+      .find((address) => address && address.family === 'IPv4' && !address.internal)?.address;
+    const cmsFake = await fakeCms('0.0.0.0', ['good'], { '*': GOOD });
+    try {
+      for (const url of [`http://${external ?? '192.0.2.1'}:${cmsFake.port}`, 'http://cms.gatehouse.invalid:9080']) {
+        const root = mkdtempSync(join(tmpdir(), 'gh-insecure-'));
+        const res = await pullFrom(url, [], root);
+        expect(res.code, url).toBe(EXIT.usage);
+        expect(res.err).toMatch(/refusing to send the token over plain http to .*: use https:\/\/, or pass --insecure/);
+        expect(tree(root)).toEqual([]);
+      }
+      expect(cmsFake.requests).toHaveLength(0);
+      // Loopback over http is fine (as every other test here), and so is --insecure, when asked for.
+      if (external) {
+        const root = mkdtempSync(join(tmpdir(), 'gh-insecure-'));
+        const res = await pullFrom(`http://${external}:${cmsFake.port}`, ['--insecure'], root);
+        expect(res.code, res.err).toBe(EXIT.ok);
+        expect(existsSync(join(root, 'policies', 'good', 'authz_test.rego'))).toBe(true);
+        expect(cmsFake.requests[0]?.authorization).toBe('Bearer a-token-for-the-fake-cms');
+      }
+    } finally {
+      await cmsFake.close();
+    }
+  });
+});
+
+describe('gatehouse policy test runs the tests as the CMS gate does', () => {
+  const bin = () => join(repoRoot, (JSON.parse(readFileSync(join(repoRoot, 'package.json'), 'utf8')) as { bin: Record<string, string> }).bin.gatehouse!);
+
+  async function testWithBin(policiesDir: string, env: NodeJS.ProcessEnv) {
+    try {
+      const { stdout, stderr } = await promisify(execFile)(process.execPath, [bin(), 'policy', 'test', '--dir', policiesDir], { encoding: 'utf8', env });
+      return { code: 0, out: stdout + stderr };
+    } catch (error) {
+      const failure = error as { code?: number; stdout?: string; stderr?: string };
+      return { code: failure.code, out: `${failure.stdout ?? ''}${failure.stderr ?? ''}` };
+    }
+  }
+
+  it('a test cannot reach a listener with http.send, nor read GATEHOUSE_TOKEN from opa.runtime().env; the CLI says so', async () => {
+    const connections: string[] = [];
+    const listener = createNetServer((socket) => {
+      connections.push(socket.remoteAddress ?? '?');
+      socket.on('data', () => socket.end('HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok'));
+      socket.on('error', () => undefined);
+    });
+    await new Promise<void>((resolve) => listener.listen(0, '127.0.0.1', resolve));
+    const port = (listener.address() as AddressInfo).port;
+    const token = `tok-${Math.random().toString(36).slice(2)}`;
+    const policies = mkdtempSync(join(tmpdir(), 'gh-sandbox-'));
+    const write = (name: string, test: string) => {
+      mkdirSync(join(policies, name));
+      writeFileSync(join(policies, name, 'policy.rego'), REGO);
+      writeFileSync(join(policies, name, 'data.json'), '{"roles": ["admin"]}');
+      writeFileSync(join(policies, name, 'leak_test.rego'), `package team.authz_test\nimport rego.v1\n\n${test}\n`);
+    };
+    write('sender', `test_send if http.send({"method": "POST", "url": "http://127.0.0.1:${port}/", "body": {"x": 1}}).status_code == 200`);
+    write('reader', 'test_token if startswith(opa.runtime().env.GATEHOUSE_TOKEN, "tok-")');
+    try {
+      const res = await testWithBin(policies, { PATH: process.env.PATH, GATEHOUSE_TOKEN: token });
+      expect(res.code, res.out).toBe(EXIT.refused);
+      expect(res.out).toMatch(/sender: the tests do not load:[\s\S]*undefined function http\.send/);
+      expect(res.out).toMatch(/reader: the tests do not load:[\s\S]*undefined function opa\.runtime/);
+      expect(res.out).not.toContain(token);
+      expect(connections).toEqual([]);
+    } finally {
+      await new Promise((resolve) => listener.close(resolve));
+    }
   });
 });

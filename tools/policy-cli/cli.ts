@@ -4,13 +4,18 @@
 // concurrent change is a conflict and never overwritten.
 import { execFile } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { isIP } from 'node:net';
+import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { parseArgs } from 'node:util';
 import { createTwoFilesPatch } from 'diff';
 import { packageRoot } from '../../cms/config.js';
+import { opaSandboxEnv, writeCompileCapabilities } from '../../cms/opa-capabilities.js';
+import { isValidPolicyName } from '../../policy/store/names.js';
 import { CmsClient, CmsError, versionOf } from './cms-client.js';
-import { filesOf, localNames, policyObject, prettyData, readPolicyDir, readState, sameContent, writePolicyDir, writeState, type PolicyFiles } from './files.js';
+import { checkWritable, filesOf, localNames, policyObject, prettyData, readPolicyDir, readState, sameContent, writePolicyDir, writeState, type PolicyFiles } from './files.js';
 
 export const POLICY_USAGE = `usage: gatehouse policy <command> [names...] [options]
 
@@ -20,7 +25,9 @@ export const POLICY_USAGE = `usage: gatehouse policy <command> [names...] [optio
   push [names]          write what changed, each with If-Match from the version pulled
                         --wait <s>    answer once every gateway enforces it (Prefer: wait)
   check [names]         compile, load and test on the CMS, writing nothing
-  test [names]          run the tests locally with opa (OPA_PATH, else this package's pinned opa)
+  test [names]          run the tests locally with opa (OPA_PATH, else this package's pinned opa),
+                        as the CMS gate runs them: the gateway engine's builtins only (no
+                        http.send, no opa.runtime), an environment of PATH and HOME only
   status <name>         which live gateways enforce the current version
   history <name>        the retained versions
   rollback <name> <v>   write version v again as the next version (--wait <s>)
@@ -28,6 +35,7 @@ export const POLICY_USAGE = `usage: gatehouse policy <command> [names...] [optio
   --dir <dir>           the policies directory (default: ./policies)
   --url <url>           the CMS, or the gateway in front of it (default: GATEHOUSE_URL, else http://127.0.0.1:9080)
   --token-file <file>   the bearer token (default: GATEHOUSE_TOKEN, else GATEHOUSE_TOKEN_FILE)
+  --insecure            allow an http:// URL that is not loopback (the token goes with every call)
   --json                one JSON document on stdout, for scripts
 
 Exit codes: 0 done; 1 failed (network, CMS error); 2 usage or configuration;
@@ -68,6 +76,7 @@ export async function runPolicyCli(argv: string[], io: PolicyCliIo): Promise<num
         json: { type: 'boolean', default: false },
         wait: { type: 'string' },
         'exit-code': { type: 'boolean', default: false },
+        insecure: { type: 'boolean', default: false },
         help: { type: 'boolean', short: 'h', default: false },
       },
     });
@@ -99,10 +108,14 @@ export async function runPolicyCli(argv: string[], io: PolicyCliIo): Promise<num
 
   let code: number = EXIT.ok;
   try {
+    // Names become paths under the directory and the CMS's URLs: the CMS's rule, before anything else.
+    for (const name of command === 'rollback' ? args.slice(0, 1) : args) {
+      if (!isValidPolicyName(name)) throw new CliExit(EXIT.usage, `${JSON.stringify(name)} is not a policy name (lowercase letters, digits and "-", at most 63)`);
+    }
     if (command === 'test') {
       code = await localTest(dir, args.length ? args : localNames(dir), io, report, say);
     } else {
-      const client = cmsClient(values.url, values['token-file'], io);
+      const client = cmsClient(values.url, values['token-file'], values.insecure, io);
       switch (command) {
         case 'pull':
           code = await pull(client, dir, args, report, say);
@@ -156,8 +169,27 @@ function one(args: string[], usage: string): string {
   return args[0]!;
 }
 
-function cmsClient(url: string | undefined, tokenFile: string | undefined, io: PolicyCliIo): CmsClient {
+/** 127.0.0.0/8, ::1 and localhost: a plain http:// URL there never leaves the machine. */
+function isLoopback(hostname: string): boolean {
+  const host = hostname.replace(/^\[(.*)\]$/, '$1').toLowerCase();
+  if (host === 'localhost') return true;
+  if (isIP(host) === 4) return host.startsWith('127.');
+  return host === '::1' || host === '0:0:0:0:0:0:0:1';
+}
+
+function cmsClient(url: string | undefined, tokenFile: string | undefined, insecure: boolean, io: PolicyCliIo): CmsClient {
   const base = url ?? io.env.GATEHOUSE_URL ?? 'http://127.0.0.1:9080';
+  let parsed: URL;
+  try {
+    parsed = new URL(base);
+  } catch {
+    throw new CliExit(EXIT.usage, `${JSON.stringify(base)} is not a URL`);
+  }
+  if (parsed.protocol !== 'https:' && parsed.protocol !== 'http:') throw new CliExit(EXIT.usage, `${parsed.protocol} URLs are not supported: use https://`);
+  // The bearer token travels with every call: in clear text only to this machine, unless asked for.
+  if (parsed.protocol === 'http:' && !isLoopback(parsed.hostname) && !insecure) {
+    throw new CliExit(EXIT.usage, `refusing to send the token over plain http to ${parsed.host}: use https://, or pass --insecure`);
+  }
   const file = tokenFile ?? io.env.GATEHOUSE_TOKEN_FILE;
   const token = (tokenFile ? undefined : io.env.GATEHOUSE_TOKEN) ?? (file && existsSync(file) ? readFileSync(file, 'utf8').trim() : undefined);
   if (!token) throw new CliExit(EXIT.usage, 'no token: set GATEHOUSE_TOKEN, or GATEHOUSE_TOKEN_FILE / --token-file to a file holding it');
@@ -181,18 +213,24 @@ function details(error: CmsError): string {
 async function live(client: CmsClient, name: string): Promise<{ files: PolicyFiles; version: number } | null> {
   const answer = await client.expect('GET', `/policies/${name}`, [200, 404]);
   if (answer.status === 404) return null;
-  return { files: filesOf(answer.text), version: versionOf(answer.headers.etag) };
+  return { files: filesOf(answer.text, name), version: versionOf(answer.headers.etag) };
 }
 
 async function pull(client: CmsClient, dir: string, names: string[], report: Record<string, unknown>, say: (t: string) => void): Promise<number> {
   const wanted = names.length ? names : await client.names();
-  const pulled: { name: string; version: number }[] = [];
+  // Everything read and checked first (names, test file names, paths): one bad answer writes nothing.
+  const fetched: { name: string; files: PolicyFiles; version: number }[] = [];
   for (const name of wanted) {
     const current = await live(client, name);
     if (!current) throw new CliExit(EXIT.failed, `no policy ${name} on the CMS`);
-    writePolicyDir(dir, name, current.files, { version: current.version });
-    pulled.push({ name, version: current.version });
-    say(`pulled ${name} version ${current.version}`);
+    checkWritable(dir, name, current.files);
+    fetched.push({ name, ...current });
+  }
+  const pulled: { name: string; version: number }[] = [];
+  for (const { name, files, version } of fetched) {
+    writePolicyDir(dir, name, files, { version });
+    pulled.push({ name, version });
+    say(`pulled ${name} version ${version}`);
   }
   report.pulled = pulled;
   return EXIT.ok;
@@ -307,6 +345,25 @@ async function check(client: CmsClient, dir: string, names: string[], report: Re
 async function localTest(dir: string, names: string[], io: PolicyCliIo, report: Record<string, unknown>, say: (t: string) => void): Promise<number> {
   const opa = io.env.OPA_PATH || join(packageRoot(), '.local', 'bin', 'opa');
   if (!existsSync(opa)) throw new CliExit(EXIT.usage, `no opa at ${opa}: set OPA_PATH, or run npm run setup in the gatehouse package`);
+  // As the CMS gate runs them (cms/opa-capabilities.ts): the engine's builtins, nothing of this environment.
+  const sandbox = await mkdtemp(join(tmpdir(), 'gatehouse-policy-test-'));
+  try {
+    const capabilities = join(sandbox, 'capabilities.json');
+    await writeCompileCapabilities(capabilities);
+    return await runLocalTests(dir, names, opa, { capabilities, env: opaSandboxEnv(io.env.PATH, sandbox) }, report, say);
+  } finally {
+    await rm(sandbox, { recursive: true, force: true });
+  }
+}
+
+async function runLocalTests(
+  dir: string,
+  names: string[],
+  opa: string,
+  sandbox: { capabilities: string; env: Record<string, string> },
+  report: Record<string, unknown>,
+  say: (t: string) => void,
+): Promise<number> {
   const results: Record<string, unknown>[] = [];
   report.tested = results;
   let code: number = EXIT.ok;
@@ -321,7 +378,11 @@ async function localTest(dir: string, names: string[], io: PolicyCliIo, report: 
     const base = join(dir, name);
     const attempt = async (v0: boolean) => {
       try {
-        const { stdout } = await run(opa, ['test', '--format', 'json', ...(v0 ? ['--v0-compatible'] : []), 'policy.rego', 'data.json', ...tests], { cwd: base });
+        const { stdout } = await run(
+          opa,
+          ['test', '--format', 'json', '--capabilities', sandbox.capabilities, '--timeout', '10s', ...(v0 ? ['--v0-compatible'] : []), 'policy.rego', 'data.json', ...tests],
+          { cwd: base, env: sandbox.env },
+        );
         return stdout;
       } catch (error) {
         const failure = error as { stdout?: string; stderr?: string };

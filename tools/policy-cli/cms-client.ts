@@ -1,6 +1,7 @@
 // The CMS's HTTP API as the policy CLI uses it: every answer kept whole
 // (status, headers, body), problems turned into readable errors.
 import { request } from 'undici';
+import { isValidPolicyName } from '../../policy/store/names.js';
 
 export interface CmsAnswer {
   status: number;
@@ -60,8 +61,12 @@ export class CmsClient {
     let token: string | undefined;
     do {
       const answer = await this.expect('GET', `/policies?limit=1000${token ? `&page_token=${encodeURIComponent(token)}` : ''}`, [200]);
-      const page = JSON.parse(answer.text) as { policies: { name: string }[]; next_page_token?: string };
-      names.push(...page.policies.map((p) => p.name));
+      const page = JSON.parse(answer.text) as { policies: { name: unknown }[]; next_page_token?: string };
+      for (const { name } of page.policies) {
+        // A name becomes a folder and a URL path: one the CMS itself would never accept is refused.
+        if (typeof name !== 'string' || !isValidPolicyName(name)) throw new Error(`the CMS listed ${JSON.stringify(name)}, which is not a policy name: refused, nothing written`);
+        names.push(name);
+      }
       token = page.next_page_token;
     } while (token);
     return names;
