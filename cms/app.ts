@@ -8,7 +8,8 @@
  *   1. identity (401 with WWW-Authenticate)          onRequest hook
  *   2. the access policy (403)                        onRequest hook
  *   3. body size (413), media type (415)              fastify, before the handler
- *   4. name (400), body (400), preconditions (412), Rego compile (400)
+ *   4. name (400), body (400), preconditions (412), Rego compile (400),
+ *      tests (422), the load check under the gateways' bounds (400, 422)
  *   5. one etcd transaction (503 when etcd does not answer: nothing written)
  */
 import { existsSync, readFileSync } from 'node:fs';
