@@ -15,7 +15,7 @@ import { BUDGETS_PREFIX, HOUR_MS, projectOfBudgetKey } from './keys.js';
 import { parseStoredBudget } from './store.js';
 import { BudgetLedger, type Hold, type ReserveResult } from './ledger.js';
 import { UsageRecorder } from './usage.js';
-import { usageFromResponse, type LlmCall } from './call.js';
+import { callCost, usageFromResponse, type LlmCall } from './call.js';
 
 /** What names a reservation: nginx's $request_id, 32 hex digits. */
 export const RESERVATION_ID = /^[0-9a-f]{32}$/;
@@ -197,7 +197,7 @@ export class GatewayBudgets {
 
   /** The tokens a call can cost at most, given the completion limit it will be sent with. */
   static cost(call: LlmCall, maxTokens: number): number {
-    return call.promptTokensBound + maxTokens;
+    return callCost(call, maxTokens);
   }
 
   view(project: string, budget: Budget, call: LlmCall, model: string | null, maxTokens: number | null): BudgetView {

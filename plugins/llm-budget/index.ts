@@ -2,12 +2,21 @@
 // every gateway through etcd (budget/). Runs after `jwt` (the project) and
 // `opa` (which may name another model), before the credential is injected:
 //
-//   {"missing_budget": "deny"}
+//   {"missing_budget": "deny", "path_prefix": "/llm", "endpoints": ["/v1/chat/completions"]}
 //
-// Before the call: read model, max_tokens and an upper bound of the prompt
-// from the body; a call without max_tokens gets the budget's
-// default_max_tokens (sent upstream, so the bound holds) or is refused; a
-// streamed call is made to end with a usage chunk; then its worst case is
+// `endpoints` is the route's allow-list of LLM endpoints (budget/call.ts
+// LLM_ENDPOINTS, each priced the way the upstream bills it; default: chat
+// completions only), named by their path on the upstream. The plugin runs
+// before the route's prefix is taken off (path-rewrite comes later in the
+// chain), so it serves exactly `path_prefix` + an endpoint, POST only:
+// another path is 404, another method 405, before anything else.
+//
+// Before the call: read model, the completion limit, how many completions
+// and an upper bound of the prompt from the body; a call without a limit
+// gets the budget's default_max_tokens (sent upstream, so the bound holds)
+// or is refused; a body the plugin cannot price is 400 naming the member at
+// fault (`errors: [{pointer, message}]`); a streamed call is made to end
+// with a usage chunk; then its worst case is
 // reserved in every limit it is charged against, or it is refused with 429,
 // Retry-After and the budget named. The reservation is named by nginx's
 // $request_id. After the call: APISIX's http-logger posts the response with
@@ -17,12 +26,14 @@ import type { Plugin } from '../api/plugin.js';
 import { jsonConfParser } from '../api/json-conf.js';
 import { callerIdentity } from '../jwt/identity-context.js';
 import { BUDGETS_LOAD_WAIT_MS, GatewayBudgets, RESERVATION_ID } from '../../budget/gateway.js';
-import { LlmCallError } from '../../budget/call.js';
+import { LLM_ENDPOINTS, LlmCallError, type LlmEndpoint } from '../../budget/call.js';
 import { ConfError } from '../api/plugin.js';
 import { decidedModel, llmCall } from './call-context.js';
 
 export interface LlmBudgetConf {
   missing_budget: 'deny' | 'allow';
+  path_prefix: string;
+  endpoints: LlmEndpoint[];
 }
 
 const schema = {
@@ -31,6 +42,10 @@ const schema = {
   properties: {
     // A project without a budget: refused (the default, fail closed), or let through unmetered.
     missing_budget: { type: 'string', enum: ['deny', 'allow'], default: 'deny' },
+    // What precedes an endpoint's path in the path this plugin sees: the route prefix a later path-rewrite strips.
+    path_prefix: { type: 'string', pattern: '^(/[^/]+)*$', default: '' },
+    // Only endpoints the budget prices; anything else is refused, never passed through unpriced.
+    endpoints: { type: 'array', items: { type: 'string', enum: [...LLM_ENDPOINTS] }, minItems: 1, uniqueItems: true, default: ['/v1/chat/completions'] },
   },
 };
 
@@ -44,6 +59,16 @@ export function createLlmBudgetPlugin(budgets: GatewayBudgets | null, configErro
     },
 
     async requestFilter(conf, request, response, ctx) {
+      const endpoint = conf.endpoints.find((e) => request.path === `${conf.path_prefix}${e}`);
+      if (!endpoint) {
+        response.problem(404, `this route serves no LLM endpoint at ${request.path}`, { path: request.path, endpoints: conf.endpoints.map((e) => `${conf.path_prefix}${e}`) });
+        return;
+      }
+      if (request.method !== 'POST') {
+        response.problem(405, `${request.path} takes POST only`, { path: request.path });
+        response.headers.set('allow', 'POST');
+        return;
+      }
       const project = callerIdentity(ctx)?.project ?? null;
       if (!project) {
         response.problem(403, 'the caller has no project');
@@ -60,9 +85,9 @@ export function createLlmBudgetPlugin(budgets: GatewayBudgets | null, configErro
         response.problem(403, 'no LLM budget is defined for this project', { project });
         return;
       }
-      const call = await llmCall(ctx, request);
+      const call = await llmCall(ctx, request, endpoint);
       if (call instanceof LlmCallError) {
-        response.problem(400, call.message);
+        response.problem(400, call.message, { errors: [{ pointer: call.pointer, message: call.message }] });
         return;
       }
       // The answer is read back for its usage (budget-settle): ask for it uncompressed.
@@ -74,17 +99,18 @@ export function createLlmBudgetPlugin(budgets: GatewayBudgets | null, configErro
         body.model = model;
         rewritten = true;
       }
-      let maxTokens = call.maxTokens;
-      if (maxTokens === null) {
+      // An embedding generates nothing: its prompt is its cost.
+      let maxTokens = call.maxTokens ?? 0;
+      if (call.maxTokens === null && call.maxTokensField !== null) {
         if (budget.default_max_tokens === undefined) {
-          response.problem(400, "this project's budget requires max_tokens on every call", { project });
+          response.problem(400, `this project's budget requires ${call.maxTokensField} on every call`, { project, errors: [{ pointer: `/${call.maxTokensField}`, message: 'required' }] });
           return;
         }
         maxTokens = budget.default_max_tokens;
-        body.max_tokens = maxTokens;
+        body[call.maxTokensField] = maxTokens;
         rewritten = true;
       }
-      if (call.stream && !call.includeUsage) {
+      if (call.stream && call.usageNeedsOption && !call.includeUsage) {
         // The usage chunk is what the call is settled to.
         body.stream_options = { ...((body.stream_options as object | undefined) ?? {}), include_usage: true };
         rewritten = true;
@@ -93,7 +119,7 @@ export function createLlmBudgetPlugin(budgets: GatewayBudgets | null, configErro
       const never = GatewayBudgets.tooLarge(budget, model, cost);
       if (never) {
         budgets!.refusedTooLarge(project);
-        response.problem(400, `this call may cost ${cost} tokens, more than the ${never.tokens} a ${never.per} of this budget allows; lower max_tokens or the prompt`, {
+        response.problem(400, `this call may cost ${cost} tokens, more than the ${never.tokens} a ${never.per} of this budget allows; lower the completion limit, the number of completions or the prompt`, {
           budget: { project, scope: never.scope, per: never.per, tokens: never.tokens },
           cost,
         });

@@ -18,8 +18,12 @@
 //   message, the upper bound a budget may estimate a prompt with.
 //
 // A streamed and a whole answer to the same request report the same usage.
+// A chat completion with `n` above 1 is billed n completions (whole answers
+// only; the stub streams one choice). Completions, embeddings and the
+// responses API are answered and billed as endpoints.ts documents.
 import { createServer, type IncomingHttpHeaders, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { answerEndpoint } from './endpoints.js';
 
 export interface LlmStubRequest {
   method: string;
@@ -65,7 +69,7 @@ export interface LlmStub {
   url: string;
   port: number;
   requests: LlmStubRequest[];
-  /** One entry per chat completion answered (200), in the order they were answered. */
+  /** One entry per call answered (200) and billed (chat, completions, embeddings, responses), in the order they were answered. */
   usage: LlmStubUsage[];
   /** Only these `Authorization: Bearer` keys are accepted (all when empty). */
   acceptKeys(keys: string[]): void;
@@ -126,6 +130,8 @@ interface ChatRequest {
   includeUsage: boolean;
   limit: number | null;
   delayMs: number | null;
+  /** Choices asked for (`n`), each billed. */
+  n: number;
 }
 
 function parseChatRequest(body: string): ChatRequest {
@@ -149,9 +155,12 @@ function parseChatRequest(body: string): ChatRequest {
   // OpenAI refuses stream_options on a request that does not stream.
   if (options !== undefined && options !== null && !stream) throw new BadRequest('stream_options is only allowed when stream is true');
   const includeUsage = typeof options === 'object' && options !== null && (options as { include_usage?: unknown }).include_usage === true;
+  const n = req.n ?? 1;
+  if (!Number.isSafeInteger(n) || (n as number) < 1) throw new BadRequest('n must be an integer of at least 1');
+  if ((n as number) > 1 && stream) throw new BadRequest('the stub streams one choice: n above 1 is answered whole only');
   const rawDelay = req.stub_chunk_delay_ms;
   const delayMs = typeof rawDelay === 'number' && rawDelay >= 0 ? rawDelay : null;
-  return { model: typeof req.model === 'string' ? req.model : 'unknown', messages: req.messages, stream, includeUsage, limit, delayMs };
+  return { model: typeof req.model === 'string' ? req.model : 'unknown', messages: req.messages, stream, includeUsage, limit, delayMs, n: n as number };
 }
 
 export async function startLlmStub(portOrOptions: number | LlmStubOptions = {}, hostArg?: string): Promise<LlmStub> {
@@ -196,7 +205,7 @@ export async function startLlmStub(portOrOptions: number | LlmStubOptions = {}, 
         }
         completions++;
         const prompt = promptTokens(chat.messages);
-        const completion = completionTokens(answerWords.join(' '), chat.limit);
+        const completion = completionTokens(answerWords.join(' '), chat.limit) * chat.n;
         const record: LlmStubUsage = {
           id: `chatcmpl-stub-${completions}`,
           model: chat.model,
@@ -220,7 +229,7 @@ export async function startLlmStub(portOrOptions: number | LlmStubOptions = {}, 
             object: 'chat.completion',
             created,
             model: chat.model,
-            choices: [{ index: 0, message: { role: 'assistant', content: answerWords.slice(0, completion).join(' ') }, finish_reason: finishReason }],
+            choices: Array.from({ length: chat.n }, (_, index) => ({ index, message: { role: 'assistant', content: answerWords.slice(0, completion / chat.n).join(' ') }, finish_reason: finishReason })),
             usage: { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion },
           });
           record.tokensWritten = completion;
@@ -234,6 +243,12 @@ export async function startLlmStub(portOrOptions: number | LlmStubOptions = {}, 
           includeUsage: chat.includeUsage,
           delayMs: chat.delayMs ?? chunkDelayMs,
         });
+        return;
+      }
+      const other = req.method === 'POST' ? answerEndpoint(path, body, { answerWords, nextId: () => ++completions, receivedAt }) : null;
+      if (other) {
+        if (other.usage) usage.push(other.usage);
+        send(other.status, other.payload);
         return;
       }
       send(404, { error: { message: `no route ${req.method} ${path}`, type: 'invalid_request_error' } });
