@@ -27,13 +27,13 @@
 import { execFile } from 'node:child_process';
 import { availableParallelism } from 'node:os';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 import pLimit, { type LimitFunction } from 'p-limit';
 import { list as listTar } from 'tar'; // reads the gzipped bundle opa writes, without a tar binary
 import type { PolicySubmission } from '../policy/store/index.js';
+import { opaSandboxEnv, writeCompileCapabilities } from './opa-capabilities.js';
 
 const run = promisify(execFile);
 
@@ -162,29 +162,6 @@ const GO_OUT_OF_MEMORY = /^fatal error: |runtime: out of memory|pthread_create f
 /** Signals a process at its data limit dies of, without a word (mmap fails where the runtime does not look). */
 const OUT_OF_MEMORY_SIGNALS = new Set(['SIGSEGV', 'SIGBUS', 'SIGABRT']);
 
-/** The capabilities.json shipped by @open-policy-agent/opa-wasm. */
-export function wasmSdkCapabilitiesPath(): string {
-  // The package exports only ".", so locate its folder from its main file (src/index.cjs).
-  const main = createRequire(import.meta.url).resolve('@open-policy-agent/opa-wasm');
-  return join(dirname(dirname(main)), 'capabilities.json');
-}
-
-/**
- * The SDK's capabilities list builtins and wasm ABI versions but no language
- * features, and without the `rego_v1` feature opa refuses to parse v1 Rego
- * at all. We keep the SDK's builtins (what it can run) and add the syntax
- * features, which need no runtime support.
- */
-async function writeCompileCapabilities(path: string): Promise<void> {
-  const sdk = JSON.parse(await readFile(wasmSdkCapabilitiesPath(), 'utf8')) as Record<string, unknown>;
-  const capabilities = {
-    ...sdk,
-    features: ['rego_v1', 'keywords_in_refs'],
-    future_keywords: ['contains', 'every', 'if', 'in'],
-  };
-  await writeFile(path, JSON.stringify(capabilities));
-}
-
 interface ProcessResult {
   ok: boolean;
   stdout: string;
@@ -265,7 +242,7 @@ export class RegoCompiler {
         timeout: this.timeoutMs,
         maxBuffer: MAX_OUTPUT_BYTES,
         // opa needs nothing else; keep secrets out
-        env: { PATH: process.env.PATH ?? '', HOME: cwd, GOMEMLIMIT: String(Math.floor((this.memoryMaxBytes * 3) / 4)), GOMAXPROCS: '2' },
+        env: { ...opaSandboxEnv(process.env.PATH, cwd), GOMEMLIMIT: String(Math.floor((this.memoryMaxBytes * 3) / 4)), GOMAXPROCS: '2' },
       });
       return { ok: true, stdout, stderr };
     } catch (error) {
