@@ -137,8 +137,13 @@ export class EvaluationPool {
 
   private send(slot: Slot, message: WorkerRequest, transfer: ArrayBuffer[] = []): Promise<WorkerAnswer> {
     return new Promise((resolve) => {
+      // An idle worker does not keep the process alive, one with an answer owed does: a
+      // process whose only pending work is this (the decision API warming the platform
+      // policy up before it listens) would otherwise exit, status 0, before the answer.
+      if (slot.waiting.size === 0) slot.worker.ref();
       slot.waiting.set(message.id, (answer) => {
         slot.waiting.delete(message.id);
+        if (slot.waiting.size === 0) slot.worker.unref();
         resolve(answer);
       });
       slot.worker.postMessage(message, transfer);

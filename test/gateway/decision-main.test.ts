@@ -8,7 +8,9 @@ import { join } from 'node:path';
 import { startEtcd, type TestEtcd } from '../support/etcd.js';
 import { createTestKeys, type TestKeys } from '../support/jwt.js';
 import { repoRoot } from '../support/runner-process.js';
+import { PolicyWriter } from '../support/policies.js';
 import { freePort } from '../../tools/local-etcd/index.js';
+import { createEtcdClient } from '../../etcd/index.js';
 
 let etcd: TestEtcd;
 let keys: TestKeys;
@@ -72,4 +74,40 @@ describe('gatehouse-decision process', () => {
       child.kill('SIGTERM');
     }
   });
+
+  it('starts with the evaluation pool (the default) when etcd holds a platform policy it warms up first', async () => {
+    const client = createEtcdClient(etcd.endpoints);
+    try {
+      await new PolicyWriter(client).put('platform', 'package gatehouse.platform\nimport rego.v1\ndefault allow := false\nallow if input.user.sub\n');
+    } finally {
+      client.close();
+    }
+    const port = await freePort();
+    const child = spawn(process.execPath, [join(repoRoot, 'dist/decision-api/main.js')], {
+      env: {
+        PATH: process.env.PATH ?? '',
+        ETCD_ENDPOINTS: etcd.endpoints.join(','),
+        JWT_JWKS_FILE: keys.jwksFile,
+        JWT_ISSUER: keys.issuer,
+        JWT_AUDIENCE: keys.audience,
+        DECISION_PORT: String(port),
+        DECISION_STATE_DIR: mkdtempSync(join(tmpdir(), 'gh-decision-')),
+      },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    let stderr = '';
+    child.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+    try {
+      const deadline = Date.now() + 30_000;
+      while (!(await fetch(`http://127.0.0.1:${port}/readyz`).then((r) => r.ok, () => false))) {
+        // Before: the process left with status 0 while the pool's workers (unref'd) built the platform policy's engine.
+        if (child.exitCode !== null) throw new Error(`the decision API exited with status ${child.exitCode} before listening: ${stderr}`);
+        if (Date.now() > deadline) throw new Error(`the decision API did not become ready: ${stderr}`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      expect(child.exitCode).toBeNull();
+    } finally {
+      child.kill('SIGTERM');
+    }
+  }, 60_000);
 });
