@@ -1,8 +1,10 @@
 /**
- * Gatehouse's etcd client: TLS from the environment, gRPC keepalive, and
- * failover across the members of one cluster. The CMS, the gateway's runner
- * and the decision API all connect through createEtcdClient.
+ * Gatehouse's etcd client: TLS from the environment, gRPC keepalive,
+ * failover across the members of one cluster, and a new auth token when
+ * etcd's access control changes. The CMS, the gateway's runner and the
+ * decision API all connect through createEtcdClient.
  */
+import { EventEmitter } from 'node:events';
 import { readFileSync } from 'node:fs';
 import { Etcd3, GRPCDeadlineExceededError, GRPCUnavailableError, isRecoverableError, type IOptions } from 'etcd3';
 import {
@@ -182,6 +184,10 @@ function memberBreakers(): (host: string) => IPolicy<IDefaultPolicyContext> {
  * again at once. Streams (watches) get no deadline; a watch stream on a
  * member that failed is re-established on another one by etcd3 (and see
  * PolicyWatcher for one that goes silent).
+ *
+ * With any number of endpoints, a call etcd refused because its access
+ * control changed meanwhile is tried again with a new token (see
+ * isAuthStoreChanged and renewTokenOnAuthStoreChange).
  */
 export function createEtcdClient(endpoints: string[], options: EtcdClientOptions = {}): Etcd3 {
   const callTimeout = options.callTimeoutMs ?? DEFAULT_ETCD_CALL_TIMEOUT_MS;
@@ -192,7 +198,17 @@ export function createEtcdClient(endpoints: string[], options: EtcdClientOptions
     timeout(2 * callTimeout, TimeoutStrategy.Cooperative),
     retry(handleWhen(isRecoverableError), { maxAttempts: 20, backoff: new ExponentialBackoff({ initialDelay: 50, maxDelay: 500 }) }),
   );
-  return new Etcd3({
+  let renewToken = () => {};
+  const reauthenticate = retry(handleWhen(isAuthStoreChanged), {
+    maxAttempts: ETCD_AUTH_STORE_RETRIES,
+    backoff: new ExponentialBackoff({ initialDelay: 20, maxDelay: 500 }),
+  });
+  // The first retry keeps the token: a write overtaken by a change needs no
+  // other (with a simple token or a certificate, etcd checks each request
+  // against the auth store as it is when the request arrives); a JWT token
+  // carries the store's revision it was issued at, and needs renewing.
+  reauthenticate.onRetry(({ attempt }) => attempt > 1 && renewToken());
+  const client = new Etcd3({
     hosts: endpoints,
     ...(credentials ? { credentials } : {}),
     ...(options.auth ? { auth: options.auth } : {}),
@@ -200,6 +216,68 @@ export function createEtcdClient(endpoints: string[], options: EtcdClientOptions
     // Evaluated for each attempt (etcd3 resolves call options inside the
     // retried function), so a retry gets a fresh deadline.
     defaultCallOptions: (context) => (context.isStream ? {} : { deadline: Date.now() + callTimeout }),
-    faultHandling: endpoints.length > 1 ? { host: memberBreakers(), global: failover } : { host: () => noop, global: noop },
+    faultHandling:
+      endpoints.length > 1 ? { host: memberBreakers(), global: wrap(reauthenticate, failover) } : { host: () => noop, global: reauthenticate },
   });
+  renewToken = renewTokenOnAuthStoreChange(client);
+  return client;
+}
+
+/** How many times a call refused with "revision of auth store is old" is tried again (after 20 ms to 500 ms; from the second time, with a new token). */
+export const ETCD_AUTH_STORE_RETRIES = 5;
+
+const AUTH_STORE_CHANGED = 'revision of auth store is old';
+
+/**
+ * etcd's refusal of a request checked against an older state of its access
+ * control (users, roles, permissions) than the one it is applied under:
+ * gRPC INVALID_ARGUMENT "etcdserver: revision of auth store is old", or a
+ * watch canceled for that reason. It happens to a write that was in flight
+ * while an operator changed a role or added a user (whatever the client
+ * authenticates with: certificate, simple token or JWT), and to every call
+ * made with a JWT token issued before the change. Nothing was applied: the
+ * call may be made again, and with a JWT token it succeeds only with a new
+ * token. etcd's Go client does the same (it authenticates again and retries);
+ * etcd3 (1.1) only does it for "invalid auth token".
+ */
+export function isAuthStoreChanged(error: unknown): boolean {
+  const message = error instanceof Error ? error.message : typeof error === 'string' ? error : '';
+  return message.includes(AUTH_STORE_CHANGED);
+}
+
+/** The parts of etcd3's ConnectionPool (etcd3 1.1, lib/connection-pool.js) used below; not part of its typed API. */
+interface EtcdPoolInternals {
+  authenticator: { invalidateMetadata(): void };
+  withConnection(service: string, fn: (...args: never[]) => unknown, ...rest: unknown[]): Promise<unknown>;
+}
+
+/**
+ * Returns what drops the client's cached auth token, so that its next call
+ * authenticates again; and makes a watch canceled because the auth store
+ * changed drop it too, before the watch's owner hears of the cancel and
+ * watches again (PolicyWatcher, GatewayBudgets and BudgetLedger all do, each
+ * on a new stream, which then carries the new token). Without it, a client
+ * holding a JWT token issued before the change would have every new watch
+ * canceled for good. etcd3 keeps the token in its connection pool, shared
+ * by the client and all its namespaces; that pool is not part of its typed
+ * API, so its shape is checked here, once, when the client is made.
+ */
+function renewTokenOnAuthStoreChange(client: Etcd3): () => void {
+  const pool = (client as unknown as { pool?: Partial<EtcdPoolInternals> }).pool;
+  const authenticator = pool?.authenticator;
+  if (!pool || typeof authenticator?.invalidateMetadata !== 'function' || typeof pool.withConnection !== 'function') {
+    throw new Error('the etcd3 library no longer has the connection pool this client renews auth tokens through (etcd/client.ts)');
+  }
+  const renew = () => authenticator.invalidateMetadata();
+  const withConnection = pool.withConnection.bind(pool);
+  pool.withConnection = async (service, fn, ...rest) => {
+    const result = await withConnection(service, fn, ...rest);
+    if (service === 'Watch' && result instanceof EventEmitter) {
+      result.on('data', (response: { canceled?: boolean; cancel_reason?: string }) => {
+        if (response.canceled && isAuthStoreChanged(response.cancel_reason)) renew();
+      });
+    }
+    return result;
+  };
+  return renew;
 }

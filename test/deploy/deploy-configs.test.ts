@@ -5,8 +5,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { cpSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
-import { Etcd3 } from 'etcd3';
-import { noop } from 'cockatiel';
+import type { Etcd3 } from 'etcd3';
+import { createEtcdClient } from '../../etcd/index.js';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parse } from 'yaml';
@@ -175,17 +175,16 @@ describe('etcd: the three member configs form one cluster', () => {
   const output: string[] = [];
   const tlsFor = (member: EtcdMember) => ({ caFile: join(certs, 'ca.crt'), certFile: join(certs, `etcd-${member}.crt`), keyFile: join(certs, `etcd-${member}.key`) });
 
-  /** A gRPC client over TLS to one member, with the operators' client certificate unless told otherwise. */
+  /**
+   * Gatehouse's etcd client over TLS to one member, with the operators'
+   * client certificate unless told otherwise (as the services connect: a
+   * write that meets a change of access control is tried again).
+   */
   function client(member: EtcdMember, withCert: boolean | string = true): Etcd3 {
     const cert = typeof withCert === 'string' ? withCert : 'gatehouse-etcd-client';
-    const created = new Etcd3({
-      hosts: `https://127.0.0.1:${addresses[member].clientPort}`,
-      credentials: {
-        rootCertificate: readFileSync(join(certs, 'ca.crt')),
-        ...(withCert ? { certChain: readFileSync(join(certs, `${cert}.crt`)), privateKey: readFileSync(join(certs, `${cert}.key`)) } : {}),
-      },
-      defaultCallOptions: (context) => (context.isStream ? {} : { deadline: Date.now() + 3_000 }),
-      faultHandling: { host: () => noop, global: noop },
+    const created = createEtcdClient([`https://127.0.0.1:${addresses[member].clientPort}`], {
+      callTimeoutMs: 3_000,
+      tls: { caFile: join(certs, 'ca.crt'), ...(withCert ? { certFile: join(certs, `${cert}.crt`), keyFile: join(certs, `${cert}.key`) } : {}) },
     });
     clients.push(created);
     return created;
