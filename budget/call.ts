@@ -28,6 +28,7 @@
 // call's predicted output is billed as completion tokens where the model
 // rejects it, so its bytes count on top of the limit.
 
+import { usageOfAnswer } from './answer-usage.js';
 import { isModelName } from './definition.js';
 
 /** The endpoints a budgeted route can price, by their path on the upstream. */
@@ -286,36 +287,8 @@ export function callCost(call: LlmCall, maxTokens: number): number {
   return call.promptTokensBound + call.extraTokensBound + call.completions * maxTokens;
 }
 
-/** Prompt and completion tokens an upstream reported, from a JSON answer or the last usage chunk of a stream. */
+/** Prompt and completion tokens an upstream reported, from a JSON answer or the last usage chunk of a stream (budget/answer-usage.ts); null when it reported none, or none that can be trusted. */
 export function usageFromResponse(body: string): { prompt: number; completion: number } | null {
-  const trimmed = body.trimStart();
-  if (trimmed.startsWith('{')) {
-    try {
-      return usageOf(JSON.parse(trimmed));
-    } catch {
-      return null;
-    }
-  }
-  // Server-sent events: the usage chunk is the last data line carrying usage.
-  let found: { prompt: number; completion: number } | null = null;
-  for (const line of body.split(/\r?\n/)) {
-    if (!line.startsWith('data:')) continue;
-    const data = line.slice(5).trim();
-    if (data === '' || data === '[DONE]') continue;
-    try {
-      found = usageOf(JSON.parse(data)) ?? found;
-    } catch {
-      // a malformed event carries no usage
-    }
-  }
-  return found;
-}
-
-function usageOf(value: unknown): { prompt: number; completion: number } | null {
-  const usage = (value as { usage?: Record<string, unknown> } | null)?.usage;
-  if (!usage || typeof usage !== 'object') return null;
-  const prompt = usage.prompt_tokens ?? usage.input_tokens;
-  const completion = usage.completion_tokens ?? usage.output_tokens ?? 0;
-  if (typeof prompt !== 'number' || typeof completion !== 'number' || prompt < 0 || completion < 0) return null;
-  return { prompt: Math.round(prompt), completion: Math.round(completion) };
+  const usage = usageOfAnswer(body);
+  return usage.kind === 'usage' ? { prompt: usage.prompt, completion: usage.completion } : null;
 }

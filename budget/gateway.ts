@@ -5,9 +5,9 @@
 //
 // A call's reservation is named by nginx's $request_id (128 random bits,
 // never sent upstream); APISIX's http-logger later posts the response
-// (status and body) with that id back to the runner, which settles the call
-// to the usage the LLM reported. An id settles once: a post that names no
-// call in flight changes nothing.
+// (status, the upstream's status and body) with that id back to the runner,
+// which settles the call to the usage the LLM reported (settle). An id
+// settles once: a post that names no call in flight changes nothing.
 import type { Etcd3 } from 'etcd3';
 import type { Logger } from 'pino';
 import { blockTokens, limitsFor, type Budget, type BudgetLimit } from './definition.js';
@@ -15,7 +15,8 @@ import { BUDGETS_PREFIX, HOUR_MS, projectOfBudgetKey } from './keys.js';
 import { parseStoredBudget } from './store.js';
 import { BudgetLedger, type Hold, type ReserveResult } from './ledger.js';
 import { UsageRecorder } from './usage.js';
-import { callCost, usageFromResponse, type LlmCall } from './call.js';
+import type { AnswerUsage } from './answer-usage.js';
+import { callCost, type LlmCall } from './call.js';
 
 /** What names a reservation: nginx's $request_id, 32 hex digits. */
 export const RESERVATION_ID = /^[0-9a-f]{32}$/;
@@ -49,6 +50,32 @@ export interface BudgetEvents {
   /** A call settled: what it used and what the budget was charged. */
   settled(project: string, model: string, usage: { prompt: number; completion: number; charged: number; seen: boolean }): void;
   refused(project: string, reason: 'exhausted' | 'unavailable' | 'too-large'): void;
+  /** The usage an answer reported was not charged (the call kept its reservation): `invalid` (not finite, negative, unreadable) or `implausible` (above what the call could cost). */
+  usageRefused(project: string, reason: 'invalid' | 'implausible'): void;
+}
+
+/** What settling a call needs of its response, as the gateway logged it. */
+export interface SettledAnswer {
+  /** The status the client was sent (nginx's 499: the client left before it). */
+  status: number;
+  /** nginx's $upstream_status: each upstream attempt's status ("502, 200"; "-": no answer), null when no upstream was contacted. */
+  upstreamStatus: string | null;
+  usage: AnswerUsage;
+}
+
+/**
+ * What a provider's count can exceed a call's reservation by: the prompt
+ * bound counts every byte as a token and a completion never runs past its
+ * limit, so only formatting a provider adds beyond the 8 tokens a message
+ * counted can; usage above reservation x (1 + share) + tokens is not
+ * believed (nor above the smallest limit of its windows).
+ */
+export const USAGE_OVERRUN = { share: 0.1, tokens: 64 };
+
+/** Whether the upstream itself refused the call: every attempt answered 4xx (nginx's 499, the client leaving, is not the upstream's). */
+export function refusedByUpstream(upstreamStatus: string): boolean {
+  const attempts = upstreamStatus.split(/[,:]/).map((s) => s.trim());
+  return attempts.every((status) => /^4\d\d$/.test(status) && status !== '499');
 }
 
 interface InFlight {
@@ -58,6 +85,8 @@ interface InFlight {
   model: string;
   /** Whether the project's budget names that model (its usage is then always recorded under it). */
   named: boolean;
+  /** The smallest limit the call is charged against: no call can use more. */
+  limitTokens: number;
   startedAt: number;
 }
 
@@ -233,7 +262,8 @@ export class GatewayBudgets {
     const earlier = this.inFlight.get(id);
     if (earlier) this.charge(earlier, null, 0, 0, earlier.hold.cost, false);
     const named = model !== null && budget.models?.[model] !== undefined;
-    this.inFlight.set(id, { hold: result.hold, project, model: model ?? 'unknown', named, startedAt: Date.now() });
+    const limitTokens = Math.min(...limits.map(({ limit }) => limit.tokens));
+    this.inFlight.set(id, { hold: result.hold, project, model: model ?? 'unknown', named, limitTokens, startedAt: Date.now() });
     return { ok: true };
   }
 
@@ -254,19 +284,41 @@ export class GatewayBudgets {
 
   /**
    * Settles a call from its response as the gateway logged it. The usage the
-   * LLM reported is charged; an error answer without usage never reached the
-   * model and is charged nothing; a success whose usage cannot be read keeps
-   * its reservation. Returns false for an id naming no call in flight.
+   * LLM reported is charged, if it can be believed (USAGE_OVERRUN); usage
+   * that cannot (not finite, negative, unreadable, implausible) is logged,
+   * counted, and the call keeps its reservation. Without usage, a call is
+   * charged nothing only when the upstream itself refused it (4xx), or when
+   * it never reached an upstream and failed; a call the client abandoned,
+   * one the upstream failed (5xx, no answer) and a success without usage
+   * keep their reservation: the provider may have run them. Returns false
+   * for an id naming no call in flight.
    */
-  settle(id: string, status: number, body: string): boolean {
+  settle(id: string, answer: SettledAnswer): boolean {
     const call = this.inFlight.get(id);
     if (!call) return false;
     this.inFlight.delete(id);
-    const usage = usageFromResponse(body);
-    if (usage) this.charge(call, true, usage.prompt, usage.completion, usage.prompt + usage.completion, true);
-    else if (status >= 400) this.charge(call, false, 0, 0, 0, true);
-    else this.charge(call, true, 0, 0, call.hold.cost, false);
+    const { usage, status, upstreamStatus } = answer;
+    const reserved = call.hold.cost;
+    if (usage.kind === 'usage') {
+      const total = usage.prompt + usage.completion;
+      const bound = Math.min(call.limitTokens, Math.ceil(reserved * (1 + USAGE_OVERRUN.share)) + USAGE_OVERRUN.tokens);
+      if (total <= bound) this.charge(call, true, usage.prompt, usage.completion, total, true);
+      else this.refuseUsage(call, 'implausible', `reported ${usage.prompt}+${usage.completion} tokens, above the ${bound} the call could use (reserved ${reserved}, smallest limit ${call.limitTokens})`, status, upstreamStatus);
+    } else if (usage.kind === 'invalid') {
+      this.refuseUsage(call, 'invalid', usage.reason, status, upstreamStatus);
+    } else if (upstreamStatus ? refusedByUpstream(upstreamStatus) : status >= 400) {
+      this.charge(call, false, 0, 0, 0, true);
+    } else {
+      this.charge(call, status < 400 ? true : null, 0, 0, reserved, false);
+    }
     return true;
+  }
+
+  /** Usage that cannot be believed: the call keeps its reservation; logged and counted. */
+  private refuseUsage(call: InFlight, reason: 'invalid' | 'implausible', detail: string, status: number, upstreamStatus: string | null): void {
+    this.options.log.warn({ project: call.project, model: call.model, status, upstreamStatus, reserved: call.hold.cost, detail }, 'usage reported for an LLM call not believed; charged its reservation');
+    this.options.events?.usageRefused(call.project, reason);
+    this.charge(call, null, 0, 0, call.hold.cost, false);
   }
 
   /** `taken`: whether the LLM took the call (it answered with usage or a success), null when nobody knows. */

@@ -167,7 +167,7 @@ export class BudgetLedger {
     watcher.on('put', (kv) => {
       const key = kv.key.toString('utf8');
       try {
-        const allocation = JSON.parse(kv.value.toString('utf8')) as Allocation;
+        const allocation = this.sane(key, JSON.parse(kv.value.toString('utf8')) as Allocation);
         this.seen.set(key, allocation);
         this.onRecord(key, allocation);
       } catch {
@@ -219,10 +219,14 @@ export class BudgetLedger {
     return { ok: true, hold: { cost, parts, settled: false } };
   }
 
-  /** Settles a reservation to what the call used (at most once). */
+  /** Settles a reservation to what the call used (at most once); a count that is not a finite number of at least 0 charges the reservation. */
   settle(hold: Hold, usedTokens: number): void {
     if (hold.settled) return;
     hold.settled = true;
+    if (!Number.isFinite(usedTokens) || usedTokens < 0) {
+      this.options.log.error({ used: String(usedTokens), reserved: hold.cost }, 'a call settled to a token count that is not a finite number of at least 0; charged its reservation');
+      usedTokens = hold.cost;
+    }
     for (const part of hold.parts) this.release(part.pool, part.epoch, hold.cost, usedTokens);
   }
 
@@ -414,7 +418,26 @@ export class BudgetLedger {
     const response = await this.options.client.get(key).exec();
     const kv = response.kvs[0];
     if (!kv) return { allocation: null, modRevision: null };
-    return { allocation: JSON.parse(kv.value.toString('utf8')) as Allocation, modRevision: kv.mod_revision };
+    return { allocation: this.sane(key, JSON.parse(kv.value.toString('utf8')) as Allocation), modRevision: kv.mod_revision };
+  }
+
+  /**
+   * A record as the ledger can trust it: a `consumed` that is not a finite
+   * number of at least 0 (written by a version that let Infinity through,
+   * stored as null) counts as the whole limit, so the window hands out
+   * nothing more; a held block that is not counts as nothing held (its
+   * holder's calls settle into nothing, as for a reclaimed block).
+   */
+  private sane(key: string, record: Allocation): Allocation {
+    const number = (n: unknown): n is number => typeof n === 'number' && Number.isFinite(n) && n >= 0;
+    if (!record || typeof record !== 'object') throw new Error(`budget record ${key} is not an object`);
+    if (!number(record.consumed)) {
+      this.options.log.error({ key, consumed: String(record.consumed) }, 'budget record with a damaged consumed count: the window counts as spent');
+      record.consumed = number(record.limit) ? record.limit : Number.MAX_SAFE_INTEGER;
+    }
+    if (!record.held || typeof record.held !== 'object') record.held = {};
+    for (const [holder, tokens] of Object.entries(record.held)) if (!number(tokens)) delete record.held[holder];
+    return record;
   }
 
   /**

@@ -94,6 +94,12 @@ export function createRunnerMetrics(): RunnerMetrics {
     labelNames: ['project', 'model', 'kind'] as const,
     registers: [registry],
   });
+  const usageRefused = new Counter({
+    name: 'gatehouse_llm_usage_refused_total',
+    help: 'LLM calls whose reported usage was not believed and that were charged their reservation: invalid (not finite, negative, unreadable), implausible (above what the call could cost or its window holds)',
+    labelNames: ['project', 'reason'] as const,
+    registers: [registry],
+  });
   const budgetRefusals = new Counter({
     name: 'gatehouse_budget_refusals_total',
     help: 'LLM calls refused by their budget: exhausted (429), unavailable (etcd away and no block held, 503), too-large (can never fit, 400)',
@@ -112,6 +118,9 @@ export function createRunnerMetrics(): RunnerMetrics {
       },
       refused(project, reason) {
         budgetRefusals.inc({ project, reason });
+      },
+      usageRefused(project, reason) {
+        usageRefused.inc({ project, reason });
       },
     },
     decisionLog: {

@@ -233,7 +233,7 @@ export async function runWorker(config: RunnerConfig): Promise<void> {
   }
 
   function settleCalls(entries: SettleEntry[]): void {
-    for (const entry of entries) budgets?.settle(entry.reservation, entry.status, entry.body);
+    for (const entry of entries) budgets?.settle(entry.reservation, entry);
   }
 
   // Alone, this process takes the settle port; in a cluster the primary does.

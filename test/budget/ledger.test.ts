@@ -38,6 +38,14 @@ async function allocation(project: string, limit: LimitRequest['limit']): Promis
 
 const heldTotal = (a: Allocation) => Object.values(a.held).reduce((n, t) => n + t, 0);
 
+async function until(check: () => Promise<boolean>, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error('timed out');
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
 beforeAll(async () => {
   etcd = await startEtcd();
   admin = createEtcdClient(etcd.endpoints);
@@ -234,4 +242,41 @@ import { pino } from 'pino';
       await proxy.close();
     }
   }, 30_000);
+
+  it('never writes a count that is not a finite number: a call settled to Infinity, NaN or less than 0 is charged its reservation', async () => {
+    const a = await ledger('finite', { idleReturnMs: 50 });
+    const b = await ledger('finite-other', { idleReturnMs: 50 });
+    const limit = { scope: '*', per: 'day' as const, tokens: 1_000 };
+    const request: LimitRequest = { limit, block: 200 };
+    for (const used of [Number.POSITIVE_INFINITY, 1e400, Number.MAX_VALUE * 2, Number.NaN, -50]) {
+      const held = await a.reserve('iota', [request], 100);
+      expect(held.ok).toBe(true);
+      if (held.ok) a.settle(held.hold, used);
+    }
+    const settled = await a.reserve('iota', [request], 100);
+    if (settled.ok) a.settle(settled.hold, 30);
+    // Given back once idle: consumed is a number, the five calls at their reservation and the last at its usage.
+    await until(async () => {
+      const record = await allocation('iota', limit);
+      return record !== null && heldTotal(record) === 0 && record.consumed === 530;
+    });
+    expect(typeof (await allocation('iota', limit))!.consumed).toBe('number');
+    // Both holders go on by the record: 470 left, not more, not less.
+    const fits = await b.reserve('iota', [request], 470);
+    expect(fits.ok).toBe(true);
+    expect((await b.reserve('iota', [request], 1)).ok).toBe(false);
+    if (fits.ok) b.settle(fits.hold, 0);
+    await Promise.all([a.stop(), b.stop()]);
+  }, 30_000);
+
+  it('a record whose consumed count is damaged (null, as an older version wrote Infinity) counts as spent: nobody hands the window out again', async () => {
+    const limit = { scope: '*', per: 'day' as const, tokens: 1_000 };
+    const key = ledgerKey('kappa', '*', 'day', windowBounds('day', Date.now()).start);
+    await admin.put(key).value(JSON.stringify({ limit: 1_000, consumed: null, held: {} }));
+    const a = await ledger('damaged');
+    const refused = await a.reserve('kappa', [{ limit, block: 100 }], 10);
+    expect(refused).toMatchObject({ ok: false, reason: 'exhausted' });
+    await a.stop();
+  }, 30_000);
 });
+

@@ -415,14 +415,25 @@ async function handleRequest(ctx: HandlerContext, req: IncomingMessage, res: Ser
     }
 
     let upstream: OpenedUpstream;
+    // nginx's $upstream_status: "-" until the upstream's status line is in (a client gone before it leaves it so).
+    out.upstreamStatus = '-';
+    // A client gone before the upstream's answer closes the upstream request, as nginx does.
+    const gone = new AbortController();
+    const onClose = () => gone.abort();
+    res.once('close', onClose);
     try {
-      upstream = await ctx.upstreamProxy.open(route.upstream, state);
+      upstream = await ctx.upstreamProxy.open(route.upstream, state, false, gone.signal);
     } catch (err) {
+      if (gone.signal.aborted) return;
       if (!(err instanceof UpstreamError)) throw err;
       log.error({ err: err.message }, 'upstream failed');
+      out.upstreamStatus = String(err.status);
       out.send(emptyResponse(err.status));
       return;
+    } finally {
+      res.off('close', onClose);
     }
+    out.upstreamStatus = String(upstream.status);
     const responseHeaders = new ResponseHeaders();
     for (const line of UpstreamProxy.passedResponseHeaders(upstream.headers)) responseHeaders.add(line.name, line.value);
     // Lua set these on ngx.header before proxying; nginx adds the upstream's next to them.
@@ -512,6 +523,10 @@ function logVariable(state: RequestState, out: ClientOutput, name: string): stri
       case 'status':
         // nginx's 499: the client closed the connection before the response began.
         return String(out.res.headersSent ? out.status : 499);
+      case 'upstream_status':
+        // None when no upstream was contacted (a runner's Stop, an error before proxying, or
+        // ext-plugin-post-resp, which fetches the upstream with lua-resty-http, not nginx's proxy).
+        return out.upstreamStatus;
       case 'resp_body':
         // ctx.resp_body is set only by a logger collecting the body, and only at its end.
         return out.collectedBody() ?? '';
@@ -556,6 +571,8 @@ interface BodySource {
 class ClientOutput {
   status = 0;
   bodyBytesSent = 0;
+  /** nginx's $upstream_status, once the request went to the upstream through nginx's proxy. */
+  upstreamStatus: string | null = null;
   private copy: Buffer[] | null = null;
 
   constructor(

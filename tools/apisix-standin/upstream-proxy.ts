@@ -106,8 +106,12 @@ export class UpstreamProxy {
     return { status: opened.status, headers: opened.headers, body };
   }
 
-  /** Sends the request and resolves once the upstream's status and headers are in (see forward for `viaLuaClient`). */
-  async open(upstream: Upstream, state: RequestState, viaLuaClient = false): Promise<OpenedUpstream> {
+  /**
+   * Sends the request and resolves once the upstream's status and headers
+   * are in (see forward for `viaLuaClient`); `signal` drops the request (nginx
+   * closes the upstream connection when the client leaves).
+   */
+  async open(upstream: Upstream, state: RequestState, viaLuaClient = false, signal?: AbortSignal): Promise<OpenedUpstream> {
     const node = this.pickNode(upstream);
     const hostPart = node.host.includes(':') ? `[${node.host}]` : node.host;
     const origin = `${upstream.scheme}://${hostPart}:${node.port}`;
@@ -139,6 +143,7 @@ export class UpstreamProxy {
         dispatcher: this.agent(upstream.timeout.connect),
         headersTimeout: upstream.timeout.read * 1000,
         bodyTimeout: upstream.timeout.read * 1000,
+        ...(signal ? { signal } : {}),
       });
     } catch (err) {
       throw mapUpstreamError(err);

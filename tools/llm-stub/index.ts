@@ -221,6 +221,7 @@ export async function startLlmStub(portOrOptions: number | LlmStubOptions = {}, 
           lastChunkAt: null,
         };
         usage.push(record);
+        holdAnswer(res, record, body);
         const finishReason = chat.limit !== null && chat.limit < answerWords.length ? 'length' : 'stop';
         const created = Math.floor(receivedAt / 1000);
         if (!chat.stream) {
@@ -321,4 +322,33 @@ async function streamAnswer(
     if (event.token) record.tokensWritten++;
   }
   res.end();
+}
+
+/**
+ * A provider runs (and bills) a call whether or not its client stays for
+ * the answer: a request's `stub_answer_delay_ms` holds the answer back that
+ * long, the call recorded (billed) already; a client that leaves meanwhile
+ * marks it aborted and gets nothing.
+ */
+function holdAnswer(res: ServerResponse, record: LlmStubUsage, body: string): void {
+  const delay = (JSON.parse(body) as { stub_answer_delay_ms?: unknown }).stub_answer_delay_ms;
+  if (typeof delay !== 'number' || !(delay > 0)) return;
+  // What the answer writes meanwhile waits, in order.
+  const held: (() => void)[] = [];
+  const hold = res as unknown as Record<'writeHead' | 'write' | 'end', (...args: unknown[]) => unknown>;
+  const originals = { writeHead: hold.writeHead.bind(res), write: hold.write.bind(res), end: hold.end.bind(res) };
+  for (const method of ['writeHead', 'write', 'end'] as const) {
+    hold[method] = (...args: unknown[]) => {
+      held.push(() => originals[method](...args));
+      return method === 'writeHead' ? res : true;
+    };
+  }
+  res.once('close', () => {
+    if (!res.writableFinished) record.aborted = true;
+  });
+  setTimeout(() => {
+    Object.assign(hold, originals);
+    if (res.destroyed) return;
+    for (const write of held) write();
+  }, delay);
 }
