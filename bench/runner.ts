@@ -24,8 +24,7 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { decodeHttpReqCallResponse, RpcType, type HttpReqCallRequest } from '../plugins/protocol/index.js';
 import { startLocalEtcd } from '../tools/local-etcd/index.js';
-import { processTable } from '../tools/proc.js';
-import { benchIdentity, storeBenchPolicy, driveRunner, machineLine, median, prepareConf, retryUntilReady, socketAccepts, startProcess, type BenchProcess } from './support.js';
+import { benchIdentity, storeBenchPolicy, driveRunner, machineLine, median, prepareConf, retryUntilReady, socketAccepts, startProcess, treeCpuMicros, type BenchProcess } from './support.js';
 
 const connections = Number(process.env.BENCH_CONNECTIONS ?? 8);
 const seconds = Number(process.env.BENCH_SECONDS ?? 5);
@@ -59,23 +58,6 @@ function buildGoTools(): void {
   ] as const) {
     execFileSync('go', ['build', '-o', join(bin, out), pkg], { cwd: dir, stdio: 'inherit' });
   }
-}
-
-const CLOCK_TICKS = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
-
-/** CPU time (µs) of a process and all its descendants, threads included. */
-function treeCpuMicros(rootPid: number): number {
-  const table = processTable();
-  let ticks = 0;
-  const todo = [rootPid];
-  while (todo.length > 0) {
-    const pid = todo.pop()!;
-    for (const p of table) {
-      if (p.pid === pid) ticks += p.cpuTicks;
-      if (p.ppid === pid) todo.push(p.pid);
-    }
-  }
-  return (ticks * 1e6) / CLOCK_TICKS;
 }
 
 interface LoadResult {

@@ -1,6 +1,6 @@
 // What the benchmarks share: starting processes on sockets, driving the
 // runner as APISIX does, HDR histograms and printing.
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { join } from 'node:path';
@@ -21,6 +21,7 @@ import {
 import { RegoCompiler, policySubmission, type CompiledPolicy } from '../cms/rego-compiler.js';
 import { createEtcdClient } from '../etcd/index.js';
 import { PolicyStore } from '../policy/store/index.js';
+import { processTable } from '../tools/proc.js';
 
 /** The opa the benchmarks compile with: OPA_PATH, else the one setup builds. */
 export const benchOpaPath = process.env.OPA_PATH || join(import.meta.dirname, '..', '..', '.local', 'bin', 'opa');
@@ -35,6 +36,23 @@ export async function storeBenchPolicy(etcdEndpoints: string[], name: string, re
     client.close();
   }
   return compiled;
+}
+
+const CLOCK_TICKS = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
+
+/** CPU time (µs: utime + stime from /proc) of a process and all its descendants, threads included. */
+export function treeCpuMicros(rootPid: number): number {
+  const table = processTable();
+  let ticks = 0;
+  const todo = [rootPid];
+  while (todo.length > 0) {
+    const pid = todo.pop()!;
+    for (const p of table) {
+      if (p.pid === pid) ticks += p.cpuTicks;
+      if (p.ppid === pid) todo.push(p.pid);
+    }
+  }
+  return (ticks * 1e6) / CLOCK_TICKS;
 }
 
 export const BENCH_ISSUER = 'https://issuer.bench.gatehouse';

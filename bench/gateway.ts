@@ -1,0 +1,570 @@
+// npm run bench:gateway — the gateway end to end, every way of putting a
+// decision in front of an API side by side in one run: real APISIX 3.9.1 (two
+// nginx workers) in front of the same upstream (bench/go/upstream: 200 "ok",
+// or a whole chat completion with usage for the LLM route), driven by the
+// same compiled HTTP load generator (bench/go/httpload: N keep-alive
+// connections, one request at a time on each).
+//
+//   no plugins                          the floor: the load generator must drive it well above every other row
+//   APISIX opa -> opa run --server      APISIX's built-in `opa` plugin asking an OPA server whose Rego verifies
+//                                       the JWT (io.jwt.decode_verify) and applies the platform and project rules
+//   APISIX opa -> decision API          the same plugin asking Gatehouse's decision API (project policy, the
+//                                       client's token read from the plugin's input)
+//   Go runner: pass-through             the official Go runner (bench/go/go-runner) with its no-op plugin,
+//                                       on an APISIX instance of its own (ext-plugin.cmd is per instance)
+//   Gatehouse: example (pass-through)   Gatehouse's runner, `example {}`
+//   Gatehouse: jwt + opa                /rag/ask as apisix-conf/apisix.yaml has it: platform + caller's project
+//   Gatehouse: LLM route with budgets   /llm/v1/chat/completions as apisix.yaml has it: jwt, opa (body, budget),
+//                                       llm-budget, vault (real Vault, cached key), path-rewrite, http-logger settle
+//
+// Rows alternate within each round (the first one rotating), and the median
+// of each figure over rounds is reported: req/s, p50/p99/p99.9, the CPU per
+// request of the process that decides (the runner's processes, primary and
+// workers; the OPA server; the decision API), of APISIX's nginx processes, and
+// of the load generator, each from /proc (utime + stime) over the round,
+// divided by the requests served in it.
+//
+// Env: BENCH_CONNECTIONS (8), BENCH_SECONDS per row and round (3),
+// BENCH_ROUNDS (3), RUNNER_WORKERS for Gatehouse's runner (default: cores),
+// BENCH_CPU_PROF=<dir>: afterwards, a third APISIX instance whose runner runs
+// under `node --cpu-prof` (primary and workers: cluster passes execArgv on)
+// takes the jwt + opa load alone; the profiles are written to <dir> and the
+// top functions by self time printed.
+import { execFile, execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { connect } from 'node:net';
+import { availableParallelism, tmpdir } from 'node:os';
+import { basename, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { pino } from 'pino';
+import { Document, parseDocument } from 'yaml';
+import { createDemoIdentity, DEMO_PLATFORM_POLICY, DEMO_PROJECT_POLICY } from '../cms/demo.js';
+import { pointRoutesAt, standaloneRoutesText } from '../tools/local-stack/index.js';
+import { startLocalVault } from '../tools/local-vault/index.js';
+import { startLocalEtcd } from '../tools/local-etcd/index.js';
+import { findApisix, freePort, startApisix, type ApisixHandle, type ApisixInstallation } from '../tools/apisix/index.js';
+import { processTable } from '../tools/proc.js';
+import { createEtcdClient } from '../etcd/index.js';
+import { BudgetStore } from '../budget/store.js';
+import { readUsage } from '../budget/usage.js';
+import { PLATFORM_POLICY_NAME } from '../policy/store/index.js';
+import { benchOpaPath, machineLine, median, startProcess, storeBenchPolicy, treeCpuMicros, type BenchProcess } from './support.js';
+
+const connections = Number(process.env.BENCH_CONNECTIONS ?? 8);
+const seconds = Number(process.env.BENCH_SECONDS ?? 3);
+const rounds = Number(process.env.BENCH_ROUNDS ?? 3);
+const workers = Number(process.env.RUNNER_WORKERS ?? availableParallelism());
+const profileDir = process.env.BENCH_CPU_PROF ? resolve(process.env.BENCH_CPU_PROF) : null;
+const here = fileURLToPath(new URL('.', import.meta.url));
+const root = join(here, '..', '..');
+const bin = join(root, '.local', 'bin');
+const execFileAsync = promisify(execFile);
+const PROJECT = 'bench';
+
+/**
+ * What Gatehouse's /rag/ask chain decides, for APISIX's built-in `opa` plugin
+ * and an OPA server: the caller's JWT verified (ES256, issuer, audience,
+ * expiry: the runner's `jwt` plugin), then the platform policy's rule (a
+ * verified caller, no /internal/ path) and the project policy's (the
+ * caller's project, a role it lets in, not an LLM call), as cms/demo.ts
+ * writes them.
+ */
+const OPA_SERVER_POLICY = `package gatehouse.bench
+
+import rego.v1
+
+default allow := false
+
+bearer := substring(input.request.headers.authorization, 7, -1) if startswith(input.request.headers.authorization, "Bearer ")
+
+claims := payload if {
+	[valid, _, payload] := io.jwt.decode_verify(bearer, {"cert": data.jwks, "iss": data.issuer, "aud": data.audience, "alg": "ES256"})
+	valid
+}
+
+# The platform policy.
+platform_allow if {
+	claims.sub
+	not startswith(input.request.path, "/internal/")
+}
+
+# The caller's project policy (this one project's).
+project_allow if {
+	claims.project == data.project
+	claims.role == "admin"
+}
+
+project_allow if {
+	claims.project == data.project
+	not startswith(input.request.path, "/llm/")
+	claims.role in data.valid_roles
+}
+
+allow if {
+	platform_allow
+	project_allow
+}
+
+status_code := 401 if not claims
+`;
+
+/** The Go yardsticks and tools (cached by Go after the first time). */
+function buildGoTools(): Record<'goRunner' | 'load' | 'upstream', string> {
+  const out = { goRunner: join(bin, 'gatehouse-bench-go-runner'), load: join(bin, 'gatehouse-http-load'), upstream: join(bin, 'gatehouse-bench-upstream') };
+  for (const [path, pkg] of [
+    [out.goRunner, './go-runner'],
+    [out.load, './httpload'],
+    [out.upstream, './upstream'],
+  ] as const) {
+    execFileSync('go', ['build', '-o', path, pkg], { cwd: join(root, 'bench', 'go'), stdio: 'inherit' });
+  }
+  return out;
+}
+
+const tcpAccepts = (port: number) =>
+  new Promise<boolean>((resolve) => {
+    const s = connect(port, '127.0.0.1');
+    s.once('connect', () => (s.destroy(), resolve(true)));
+    s.once('error', () => resolve(false));
+  });
+
+const answers = (url: string) => fetch(url, { signal: AbortSignal.timeout(1_000) }).then((r) => r.arrayBuffer().then(() => r.ok), () => false);
+
+/** CPU µs of an nginx instance's processes (its process group) other than the runner's tree. */
+function apisixCpuMicros(apisix: ApisixHandle): number {
+  const runner = apisix.runnerPid();
+  const table = processTable();
+  const runnerTree = new Set<number>();
+  if (runner !== null) {
+    const todo = [runner];
+    while (todo.length > 0) {
+      const pid = todo.pop()!;
+      runnerTree.add(pid);
+      for (const p of table) if (p.ppid === pid) todo.push(p.pid);
+    }
+  }
+  const ticks = table.filter((p) => p.pgrp === apisix.pid && !runnerTree.has(p.pid)).reduce((n, p) => n + p.cpuTicks, 0);
+  return (ticks * 1e6) / clockTicks;
+}
+
+const clockTicks = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
+
+interface LoadResult {
+  calls: number;
+  seconds: number;
+  callsPerSecond: number;
+  served: number;
+  errors: number;
+  statuses: Record<string, number>;
+  reconnects: number;
+  p50Us: number;
+  p99Us: number;
+  p999Us: number;
+  cpuMicrosPerCall: number;
+}
+
+interface Row {
+  name: string;
+  reqPerSecond: number;
+  p50: number;
+  p99: number;
+  p999: number;
+  /** CPU µs per request of the process that decides (runner, OPA, decision API); null for none. */
+  deciderCpu: number | null;
+  apisixCpu: number;
+  loadCpu: number;
+}
+
+interface Scenario {
+  key: 'direct' | 'opaServer' | 'opaDecision' | 'goRunner' | 'example' | 'jwtOpa' | 'llm';
+  name: string;
+  /** Which process decides (its CPU per request is reported). */
+  decider: string;
+  apisix: ApisixHandle;
+  deciderPid: (() => number | null) | null;
+  path: string;
+  method?: string;
+  headers: string[];
+  body?: string;
+}
+
+async function drive(load: string, scenario: Scenario, secondsToRun: number, warmup = 0.5): Promise<Row> {
+  const deciderPid = scenario.deciderPid?.() ?? null;
+  if (scenario.deciderPid && deciderPid === null) throw new Error(`${scenario.name}: its deciding process is not running`);
+  const deciderBefore = deciderPid === null ? 0 : treeCpuMicros(deciderPid);
+  const apisixBefore = apisixCpuMicros(scenario.apisix);
+  const args = ['-url', `${scenario.apisix.url}${scenario.path}`, '-connections', String(connections), '-seconds', String(secondsToRun), '-warmup', String(warmup)];
+  if (scenario.method) args.push('-method', scenario.method);
+  for (const header of scenario.headers) args.push('-header', header);
+  if (scenario.body !== undefined) args.push('-body', scenario.body);
+  const { stdout } = await execFileAsync(load, args, { maxBuffer: 16 * 1024 * 1024 });
+  const deciderAfter = deciderPid === null ? 0 : treeCpuMicros(deciderPid);
+  const apisixAfter = apisixCpuMicros(scenario.apisix);
+  const result = JSON.parse(stdout) as LoadResult;
+  // Fast and wrong is worthless: every answer must be the upstream's 200.
+  if (result.errors > 0 || result.calls === 0) throw new Error(`${scenario.name}: ${result.errors} of ${result.calls + result.errors} requests failed (statuses ${JSON.stringify(result.statuses)})`);
+  return {
+    name: scenario.name,
+    reqPerSecond: result.callsPerSecond,
+    p50: result.p50Us,
+    p99: result.p99Us,
+    p999: result.p999Us,
+    deciderCpu: deciderPid === null ? null : (deciderAfter - deciderBefore) / result.served,
+    apisixCpu: (apisixAfter - apisixBefore) / result.served,
+    loadCpu: result.cpuMicrosPerCall,
+  };
+}
+
+function medianRow(rows: Row[]): Row {
+  const pick = (f: (r: Row) => number) => median(rows.map(f));
+  return {
+    name: rows[0]!.name,
+    reqPerSecond: pick((r) => r.reqPerSecond),
+    p50: pick((r) => r.p50),
+    p99: pick((r) => r.p99),
+    p999: pick((r) => r.p999),
+    deciderCpu: rows[0]!.deciderCpu === null ? null : pick((r) => r.deciderCpu!),
+    apisixCpu: pick((r) => r.apisixCpu),
+    loadCpu: pick((r) => r.loadCpu),
+  };
+}
+
+/** One request through the gateway, for the checks before measuring. */
+async function status(apisix: ApisixHandle, path: string, init: RequestInit = {}): Promise<number> {
+  const res = await fetch(`${apisix.url}${path}`, { ...init, signal: AbortSignal.timeout(10_000) });
+  await res.arrayBuffer();
+  return res.status;
+}
+
+async function expectStatus(what: string, expected: number, get: () => Promise<number>, attempts = 100): Promise<void> {
+  let got = 0;
+  for (let i = 0; i < attempts; i++) {
+    got = await get();
+    if (got === expected) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`${what}: expected ${expected}, got ${got}`);
+}
+
+interface ProfileNode {
+  id: number;
+  callFrame: { functionName: string; url: string; lineNumber: number };
+}
+
+/**
+ * Self time by function over .cpuprofile files (Chrome's format, as node
+ * --cpu-prof writes it), counting only the samples taken between `from` and
+ * `to` (µs of the monotonic clock, which V8's sample times and
+ * process.hrtime share): the load, not the start-up. Functions of the
+ * evaluation pool's threads (a file's thread id other than 0) are marked.
+ */
+function summariseProfiles(files: string[], top: number, from: number, to: number): { lines: string[]; totalMs: number } {
+  const self = new Map<string, number>();
+  let total = 0;
+  for (const file of files) {
+    const profile = JSON.parse(readFileSync(file, 'utf8')) as { nodes: ProfileNode[]; startTime: number; samples: number[]; timeDeltas: number[] };
+    const thread = basename(file).split('.')[4] === '0' ? '' : '[eval thread] ';
+    const byId = new Map(profile.nodes.map((n) => [n.id, n]));
+    let at = profile.startTime;
+    profile.samples.forEach((id, i) => {
+      const delta = Math.max(0, profile.timeDeltas[i] ?? 0);
+      at += delta;
+      if (at < from || at > to) return;
+      const frame = byId.get(id)!.callFrame;
+      const where = frame.url ? ` ${frame.url.replace(/^file:\/\//, '').replace(root, '').replace(/^.*\/node_modules\//, 'node_modules/')}:${frame.lineNumber + 1}` : '';
+      const key = `${thread}${frame.functionName || '(anonymous)'}${where}`;
+      self.set(key, (self.get(key) ?? 0) + delta);
+      total += delta;
+    });
+  }
+  const idle = [...self.entries()].filter(([key]) => key.endsWith('(idle)')).reduce((n, [, us]) => n + us, 0);
+  const lines = [...self.entries()]
+    .sort((a, b) => b[1] - a[1])
+    .slice(0, top)
+    .map(([key, us], i) => `| ${i + 1} | \`${key}\` | ${(us / 1000).toFixed(0)} | ${((100 * us) / total).toFixed(1)}% | ${key.endsWith('(idle)') ? '' : `${((100 * us) / (total - idle)).toFixed(1)}%`} |`);
+  return { lines, totalMs: total / 1000 };
+}
+
+async function main() {
+  const installation: ApisixInstallation | null = findApisix(root);
+  if (!installation) throw new Error('no APISIX on this machine: `npm run setup` builds it from the APISIX kit, or set APISIX_HOME');
+  const tools = buildGoTools();
+  const work = mkdtempSync(join(tmpdir(), 'gh-bench-gateway-'));
+  const logger = pino({ level: 'warn' });
+  const cleanups: (() => Promise<unknown>)[] = [];
+  const processes: BenchProcess[] = [];
+  try {
+    const etcd = await startLocalEtcd({ dataRoot: 'bench-etcd' });
+    cleanups.unshift(() => etcd.cleanup());
+    const vault = await startLocalVault();
+    cleanups.unshift(() => vault.stop());
+    await vault.kvPut('secret', `llm/${PROJECT}`, { api_key: 'sk-bench-0001' });
+    const approle = await vault.createAppRole('gatehouse-gateway', 'path "secret/data/llm/*" { capabilities = ["read"] }');
+    const identity = await createDemoIdentity(join(work, 'identity'));
+    const identityEnv = {
+      JWT_JWKS_FILE: identity.jwksFile,
+      JWT_ISSUER: identity.identityConfig.issuer,
+      JWT_AUDIENCE: identity.identityConfig.audience.join(','),
+      JWT_ALGORITHMS: identity.identityConfig.algorithms.join(','),
+    };
+    const token = await identity.sign({ sub: 'dev', role: 'project_user', project: PROJECT });
+    const outsider = await identity.sign({ sub: 'eve', role: 'project_user', project: 'other-team' });
+
+    // The policies of /rag/ask and /llm: the platform's and the project's, compiled by the real opa.
+    await storeBenchPolicy(etcd.endpoints, PLATFORM_POLICY_NAME, DEMO_PLATFORM_POLICY.rego, JSON.stringify(DEMO_PLATFORM_POLICY.data));
+    await storeBenchPolicy(etcd.endpoints, PROJECT, DEMO_PROJECT_POLICY.rego, JSON.stringify(DEMO_PROJECT_POLICY.data));
+    // A budget that never runs out: what is measured is the checking, reserving and settling.
+    const budgets = createEtcdClient(etcd.endpoints);
+    await new BudgetStore(budgets).put(PROJECT, { windows: [{ per: 'day', tokens: 1e12 }], block_tokens: 1e9 }, 'bench');
+    budgets.close();
+
+    const start = async (command: string, args: string[], env: Record<string, string>, ready: () => Promise<boolean>) => {
+      const started = await startProcess(command, args, env, ready);
+      processes.push(started);
+      return started;
+    };
+    const upstreamPort = await freePort();
+    await start(tools.upstream, ['-addr', `127.0.0.1:${upstreamPort}`], {}, () => tcpAccepts(upstreamPort));
+    const upstream = `127.0.0.1:${upstreamPort}`;
+
+    // opa run --server with the same decision, JWT verification in Rego, and
+    // OPA's cache of io.jwt verification results on (the runner keeps one too).
+    const opaDir = join(work, 'opa');
+    mkdirSync(opaDir);
+    writeFileSync(join(opaDir, 'bench.rego'), OPA_SERVER_POLICY);
+    writeFileSync(
+      join(opaDir, 'data.json'),
+      JSON.stringify({
+        jwks: readFileSync(identity.jwksFile, 'utf8'),
+        issuer: identity.identityConfig.issuer,
+        audience: identity.identityConfig.audience[0],
+        project: PROJECT,
+        valid_roles: DEMO_PROJECT_POLICY.data.valid_roles,
+      }),
+    );
+    writeFileSync(join(opaDir, 'config.yaml'), 'caching:\n  inter_query_builtin_value_cache:\n    named:\n      io_jwt:\n        max_num_entries: 10000\n');
+    const opaPort = await freePort();
+    const opa = await start(
+      benchOpaPath,
+      ['run', '--server', '--addr', `127.0.0.1:${opaPort}`, '--skip-version-check', '--log-level', 'error', '--config-file', join(opaDir, 'config.yaml'), join(opaDir, 'bench.rego'), join(opaDir, 'data.json')],
+      {},
+      () => answers(`http://127.0.0.1:${opaPort}/health`),
+    );
+
+    // Gatehouse's decision API, as deployed: its own process on the same etcd.
+    const decisionPort = await freePort();
+    const decision = await start(
+      // Its log goes to stdout: onto stderr, where startProcess keeps the last lines for its errors (exec: the pid stays node's).
+      '/bin/sh',
+      ['-c', 'exec "$0" "$@" 1>&2', process.execPath, join(here, '..', 'decision-api', 'main.js')],
+      { ...identityEnv, ETCD_ENDPOINTS: etcd.endpoints.join(','), DECISION_PORT: String(decisionPort), DECISION_HOST: '127.0.0.1', DECISION_STATE_DIR: join(work, 'decision-state'), LOG_LEVEL: 'warn' },
+      () => answers(`http://127.0.0.1:${decisionPort}/readyz`),
+    );
+
+    // Gatehouse's instance: the repository's routes (rag, llm) and the rows' own, on one upstream.
+    const routes = parseDocument(pointRoutesAt(readFileSync(join(root, 'apisix-conf', 'apisix.yaml'), 'utf8'), { rag: upstream, llm: upstream }));
+    routes.addIn(['routes'], { id: 'direct', uris: ['/direct/*'], upstream_id: 'rag' });
+    routes.addIn(['routes'], { id: 'opa-server', uris: ['/opa-server/*'], plugins: { opa: { host: `http://127.0.0.1:${opaPort}`, policy: 'gatehouse/bench' } }, upstream_id: 'rag' });
+    routes.addIn(['routes'], { id: 'opa-decision', uris: ['/opa-decision/*'], plugins: { opa: { host: `http://127.0.0.1:${decisionPort}`, policy: `${PROJECT}/project/authz` } }, upstream_id: 'rag' });
+    routes.addIn(['routes'], {
+      id: 'example',
+      uris: ['/example/*'],
+      plugins: { 'ext-plugin-pre-req': { conf: [{ name: 'example', value: '{}' }], allow_degradation: false } },
+      upstream_id: 'rag',
+    });
+    const routesPath = join(work, 'apisix.yaml');
+    writeFileSync(routesPath, standaloneRoutesText(routes));
+
+    const runnerEnv = {
+      PATH: process.env.PATH ?? '',
+      LOG_LEVEL: 'warn',
+      ETCD_ENDPOINTS: etcd.endpoints.join(','),
+      OPA_PATH: benchOpaPath,
+      RUNNER_METRICS_PORT: 'off',
+      RUNNER_WORKERS: String(workers),
+      VAULT_ADDR: vault.addr,
+      VAULT_ROLE_ID: approle.roleId,
+      VAULT_SECRET_ID: approle.secretId,
+      ...identityEnv,
+    };
+    const startGatehouse = async (name: string, editCmd?: (config: Document) => void) =>
+      startApisix({
+        installation,
+        repoRoot: root,
+        routesPath,
+        port: await freePort(),
+        workerProcesses: 2,
+        // Its own settle port and state: the LLM route's http-logger posts to it.
+        env: { ...runnerEnv, RUNNER_STATE_DIR: join(work, `${name}-state`), RUNNER_SETTLE_PORT: String(await freePort()) },
+        // APISIX's own `opa` plugin, as it ships, added to this instance's plugin list only.
+        edit: (config) => {
+          config.addIn(['plugins'], 'opa');
+          editCmd?.(config);
+        },
+        logger,
+      });
+    const gatehouse = await startGatehouse('apisix-gatehouse');
+    cleanups.unshift(() => gatehouse.stop());
+
+    // The Go runner's instance: the same config, its ext-plugin.cmd the Go runner.
+    const goRoutesPath = join(work, 'apisix-go.yaml');
+    writeFileSync(
+      goRoutesPath,
+      standaloneRoutesText(
+        new Document({
+          routes: [{ id: 'go', uris: ['/go/*'], plugins: { 'ext-plugin-pre-req': { conf: [{ name: 'noop', value: '{}' }], allow_degradation: false } }, upstream: { type: 'roundrobin', nodes: { [upstream]: 1 } } }],
+        }),
+      ),
+    );
+    const goApisix = await startApisix({
+      installation,
+      repoRoot: root,
+      routesPath: goRoutesPath,
+      port: await freePort(),
+      workerProcesses: 2,
+      env: { PATH: process.env.PATH ?? '' },
+      edit: (config) => config.setIn(['ext-plugin', 'cmd'], [tools.goRunner]),
+      logger,
+    });
+    cleanups.unshift(() => goApisix.stop());
+
+    const bearer = `authorization: Bearer ${token}`;
+    const llmBody = JSON.stringify({ model: 'llama-3', max_tokens: 256, messages: [{ role: 'user', content: 'What does Gatehouse do?' }] });
+    const runnerPid = (apisix: ApisixHandle) => () => apisix.runnerPid();
+    const scenarios: Scenario[] = [
+      { key: 'direct', name: 'no plugins', decider: '', apisix: gatehouse, deciderPid: null, path: '/direct/ask', headers: [bearer] },
+      { key: 'opaServer', name: 'APISIX opa -> opa run --server (JWT + platform + project in Rego)', decider: 'opa', apisix: gatehouse, deciderPid: () => opa.child.pid ?? null, path: '/opa-server/ask', headers: [bearer] },
+      { key: 'opaDecision', name: 'APISIX opa -> Gatehouse decision API (project policy)', decider: 'decision API', apisix: gatehouse, deciderPid: () => decision.child.pid ?? null, path: '/opa-decision/ask', headers: [bearer] },
+      { key: 'goRunner', name: 'Go runner: pass-through (noop)', decider: 'Go runner', apisix: goApisix, deciderPid: runnerPid(goApisix), path: '/go/ask', headers: [bearer] },
+      { key: 'example', name: 'Gatehouse runner: example (pass-through)', decider: 'runner', apisix: gatehouse, deciderPid: runnerPid(gatehouse), path: '/example/ask', headers: [bearer] },
+      { key: 'jwtOpa', name: 'Gatehouse runner: jwt + opa (platform + project, /rag/ask)', decider: 'runner', apisix: gatehouse, deciderPid: runnerPid(gatehouse), path: '/rag/ask', headers: [bearer] },
+      {
+        key: 'llm',
+        name: 'Gatehouse runner: LLM route with budgets',
+        decider: 'runner',
+        apisix: gatehouse,
+        deciderPid: runnerPid(gatehouse),
+        path: '/llm/v1/chat/completions',
+        method: 'POST',
+        headers: [bearer, 'content-type: application/json'],
+        body: llmBody,
+      },
+    ];
+
+    // Fast and wrong is worthless: each row lets the caller through, and the
+    // deciding ones refuse a caller of another project or without a token.
+    const auth = (t: string) => ({ headers: { authorization: `Bearer ${t}` } });
+    for (const s of scenarios) {
+      const init: RequestInit = { method: s.method ?? 'GET', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, ...(s.body ? { body: s.body } : {}) };
+      await expectStatus(`${s.name}, the project's caller`, 200, () => status(s.apisix, s.path, init));
+    }
+    for (const key of ['opaServer', 'opaDecision', 'jwtOpa'] as const) {
+      const s = scenarios.find((x) => x.key === key)!;
+      await expectStatus(`${s.name}, no token`, 401, () => status(s.apisix, s.path), 1);
+      await expectStatus(`${s.name}, another project's caller`, 403, () => status(s.apisix, s.path, auth(outsider)), 1);
+    }
+    await expectStatus('LLM route, a model the project does not allow', 403, () =>
+      status(gatehouse, '/llm/v1/chat/completions', { method: 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, body: JSON.stringify({ model: 'gpt-5', max_tokens: 16, messages: [] }) }), 1);
+
+    // What the deciding processes spend with no requests at all (watches, reports, timers): CPU per request includes it.
+    const deciders = new Map(scenarios.filter((s) => s.deciderPid).map((s) => [s.decider, s.deciderPid!]));
+    const idleBefore = new Map([...deciders].map(([name, pid]) => [name, treeCpuMicros(pid()!)]));
+    await new Promise((r) => setTimeout(r, 2_000));
+    const idle = [...deciders].map(([name, pid]) => `${name} ${((treeCpuMicros(pid()!) - idleBefore.get(name)!) / 2_000).toFixed(1)} ms/s`);
+
+    const results = new Map<string, Row[]>();
+    for (let round = 0; round < rounds; round++) {
+      for (let i = 0; i < scenarios.length; i++) {
+        const scenario = scenarios[(i + round) % scenarios.length]!;
+        results.set(scenario.key, [...(results.get(scenario.key) ?? []), await drive(tools.load, scenario, seconds)]);
+      }
+    }
+    const rows = new Map(scenarios.map((s) => [s.key, medianRow(results.get(s.key)!)]));
+    const row = (key: Scenario['key']) => rows.get(key)!;
+
+    console.log(machineLine());
+    console.log(
+      `through APISIX 3.9.1 (2 nginx workers) to a Go upstream; load: bench/go/httpload, ${connections} connections; ${seconds}s x ${rounds} rounds (median); ` +
+        `Gatehouse RUNNER_WORKERS=${workers}; loadavg at the end ${readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ')}\n`,
+    );
+    console.log(`CPU with no requests (included in CPU per request): ${idle.join(', ')}\n`);
+    const direct = row('direct');
+    console.log('| scenario | req/s | p50 µs | p99 µs | p99.9 µs | req/s vs no plugins | deciding process | its CPU µs/req | APISIX CPU µs/req | load generator CPU µs/req |');
+    console.log('|---|---:|---:|---:|---:|---:|---|---:|---:|---:|');
+    for (const s of scenarios) {
+      const r = row(s.key);
+      console.log(
+        `| ${r.name} | ${r.reqPerSecond.toFixed(0)} | ${r.p50.toFixed(0)} | ${r.p99.toFixed(0)} | ${r.p999.toFixed(0)} | ${(r.reqPerSecond / direct.reqPerSecond).toFixed(2)}x | ` +
+          `${s.decider} | ${r.deciderCpu === null ? '' : r.deciderCpu.toFixed(1)} | ${r.apisixCpu.toFixed(1)} | ${r.loadCpu.toFixed(1)} |`,
+      );
+    }
+
+    const others = scenarios.filter((s) => s.key !== 'direct').map((s) => row(s.key).reqPerSecond);
+    const floorRatio = direct.reqPerSecond / Math.max(...others);
+    console.log(
+      `\nload generator check: the no-plugin route went ${floorRatio.toFixed(2)}x the fastest other row ` +
+        `${floorRatio >= 1.2 ? '(the load generator is not the limit)' : '(NOT well above: the load generator, or the machine, may be the limit; do not trust the ratios)'}`,
+    );
+    const ratio = (a: number, b: number) => a / b;
+    const targets: [string, number, number, string][] = [
+      ['decision API vs OPA server (req/s, both through APISIX opa)', ratio(row('opaDecision').reqPerSecond, row('opaServer').reqPerSecond), 1.0, 'x'],
+      ['jwt + opa route vs APISIX opa -> OPA server (req/s)', ratio(row('jwtOpa').reqPerSecond, row('opaServer').reqPerSecond), 1.5, 'x'],
+      ['Gatehouse pass-through vs Go runner pass-through (req/s)', ratio(row('example').reqPerSecond, row('goRunner').reqPerSecond), 1.0, 'x'],
+    ];
+    console.log('\n| target | measured | wanted | |');
+    console.log('|---|---:|---:|---|');
+    for (const [what, got, wanted] of targets) console.log(`| ${what} | ${got.toFixed(2)}x | >= ${wanted.toFixed(1)}x | ${got >= wanted ? 'met' : 'NOT met'} |`);
+    const chainCpu = row('jwtOpa').deciderCpu!;
+    console.log(`| runner CPU per request on the /rag/ask chain | ${chainCpu.toFixed(1)} µs | <= 60 µs | ${chainCpu <= 60 ? 'met' : 'NOT met'} |`);
+
+    await new Promise((r) => setTimeout(r, 2_000)); // the last answers' settling and usage writes
+    const reader = createEtcdClient(etcd.endpoints);
+    const usage = await readUsage(reader, PROJECT, Date.now() - 3_600_000, Date.now() + 1);
+    reader.close();
+    console.log(`\nLLM route: ${usage.total.requests} calls settled, ${usage.total.charged_tokens} tokens charged (${usage.total.unsettled} unsettled)`);
+
+    if (profileDir) {
+      // A runner of its own under the profiler, so that the rows above are not.
+      await gatehouse.stop();
+      await goApisix.stop();
+      mkdirSync(profileDir, { recursive: true });
+      const profiled = await startGatehouse('apisix-profiled', (config) => {
+        const cmd = (config.toJS() as { 'ext-plugin': { cmd: string[] } })['ext-plugin'].cmd;
+        config.setIn(['ext-plugin', 'cmd'], [cmd[0], '--cpu-prof', `--cpu-prof-dir=${profileDir}`, ...cmd.slice(1)]);
+      });
+      cleanups.unshift(() => profiled.stop());
+      const s = { ...scenarios.find((x) => x.key === 'jwtOpa')!, apisix: profiled, deciderPid: runnerPid(profiled) };
+      await expectStatus('profiled runner', 200, () => status(profiled, s.path, auth(token)));
+      const primary = profiled.runnerPid()!;
+      const profiledPids = processTable().filter((p) => p.ppid === primary).map((p) => p.pid);
+      const before = new Set(readdirSync(profileDir));
+      const loadFrom = Number(process.hrtime.bigint() / 1000n) + 1_000_000; // after the load generator's 1 s warm-up
+      const r = await drive(tools.load, s, seconds * rounds, 1);
+      const loadTo = Number(process.hrtime.bigint() / 1000n);
+      // The runner stops its workers (SIGTERM) and they write their profiles as they exit.
+      process.kill(primary, 'SIGTERM');
+      for (let waited = 0; waited < 15_000 && [primary, ...profiledPids].some((pid) => existsSync(`/proc/${pid}`)); waited += 100) await new Promise((res) => setTimeout(res, 100));
+      await profiled.stop();
+      const written = readdirSync(profileDir).filter((f) => !before.has(f) && f.endsWith('.cpuprofile'));
+      const ofWorkers = written.filter((f) => profiledPids.some((pid) => basename(f).split('.')[3] === String(pid)));
+      console.log(`\nCPU profile of the runner's workers (pids ${profiledPids.join(', ')}) under the jwt + opa load: ${r.reqPerSecond.toFixed(0)} req/s for ${seconds * rounds}s (with the profiler on)`);
+      console.log(`profiles in ${profileDir}: ${ofWorkers.join(', ') || '(none written)'}`);
+      if (ofWorkers.length > 0) {
+        const { lines, totalMs } = summariseProfiles(ofWorkers.map((f) => join(profileDir, f)), 25, loadFrom, loadTo);
+        console.log(`\nsampled ${totalMs.toFixed(0)} ms during the measured load, over ${ofWorkers.length} threads (workers' main threads and evaluation threads); top 25 by self time:\n`);
+        console.log('| # | function | self ms | % of all | % of non-idle |');
+        console.log('|---:|---|---:|---:|---:|');
+        for (const line of lines) console.log(line);
+      }
+    }
+  } finally {
+    for (const p of processes) await p.stop();
+    for (const cleanup of cleanups) await cleanup().catch(() => undefined);
+  }
+}
+
+main().catch((err) => {
+  console.error(err);
+  process.exitCode = 1;
+});
