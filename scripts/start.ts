@@ -5,6 +5,12 @@
 // policies survive a restart; Vault runs in dev mode (in memory) and is
 // seeded again each time. STACK_NAME (default "default") keeps a second
 // stack's etcd data, demo keys and APISIX prefix apart from the first's.
+//
+// Before starting anything it checks that those ports are free and that no
+// other process uses the stack's etcd data or its directory (a stack of the
+// same STACK_NAME still running), and if not says which and by what, in one
+// line. A start that fails partway stops everything it had started.
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { pino } from 'pino';
@@ -22,9 +28,71 @@ import type { Budget } from '../budget/definition.js';
 /** Tokens per minute and per day; calls without max_tokens are charged (and sent) 256. */
 const DEMO_BUDGET: Budget = { windows: [{ per: 'minute', tokens: 20_000 }, { per: 'day', tokens: 1_000_000 }], default_max_tokens: 256 };
 import { startLocalVault } from '../tools/local-vault/index.js';
+import { directoryHolder, portHolder } from '../tools/in-use.js';
+import { localEtcdDataDir } from '../tools/local-etcd/index.js';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
 const port = (name: string, fallback: number) => Number(process.env[name] ?? fallback);
+
+/** The ports npm start listens on, by the variable that moves each, with their defaults. */
+const PORTS: Record<string, number> = {
+  GATEWAY_PORT: 9080,
+  CMS_PORT: 8081,
+  DECISION_PORT: 8181,
+  RAG_PORT: 8082,
+  LLM_PORT: 8083,
+  VAULT_PORT: 8200,
+  RUNNER_METRICS_PORT: 9091,
+  ETCD_CLIENT_PORT: 2379,
+};
+const ETCD_DATA_ROOT = 'stack-etcd';
+
+/** A start refused before anything was started; its message is the one line to show. */
+class StartRefused extends Error {}
+
+/** What is in the way of this start: ports taken, the stack's etcd data or directory in use; one phrase each. */
+async function obstacles(stackName: string, stackDir: string): Promise<string[]> {
+  const found: string[] = [];
+  for (const [name, fallback] of Object.entries(PORTS)) {
+    const value = port(name, fallback);
+    if (!Number.isInteger(value) || value < 0 || value > 65_535) throw new StartRefused(`${name} must be a port number, not ${JSON.stringify(process.env[name])}`);
+    const holder = value === 0 ? null : await portHolder(value);
+    if (holder) found.push(`port ${value} (${name}) is in use by ${holder}`);
+  }
+  const dirs: [string, string][] = [
+    ['etcd data directory', localEtcdDataDir({ dataRoot: ETCD_DATA_ROOT, name: stackName })],
+    ['stack directory', stackDir],
+  ];
+  for (const [what, dir] of dirs) {
+    const holder = existsSync(dir) ? directoryHolder(dir) : null;
+    if (holder) found.push(`${what} ${dir} is in use by ${holder}`);
+  }
+  return found;
+}
+
+/** What this start has started, stopped last first: on Ctrl-C, and when the start fails partway. */
+const started: (() => Promise<unknown> | unknown)[] = [];
+let stopped: Promise<void> | null = null;
+
+/** Registers how to stop what was just started; stops it at once if the stack is being stopped already. */
+function track(stop: () => Promise<unknown> | unknown): void {
+  if (stopped) void Promise.resolve().then(stop).catch(() => undefined);
+  else started.push(stop);
+}
+
+async function stopAll(): Promise<void> {
+  for (const stop of started.splice(0).reverse()) await Promise.resolve().then(stop).catch(() => undefined);
+}
+
+/** Stops everything started so far and exits; never hangs on the way out (what has not stopped in 15 s is left to the OS). */
+async function shutdown(code: number): Promise<never> {
+  if (!stopped) {
+    setTimeout(() => process.exit(code || 1), 15_000).unref();
+    stopped = stopAll();
+  }
+  await stopped;
+  return process.exit(code);
+}
 
 async function waitUntil(check: () => Promise<boolean>, timeoutMs: number): Promise<boolean> {
   const deadline = Date.now() + timeoutMs;
@@ -39,21 +107,31 @@ async function main() {
   const log = pino({ name: 'gatehouse-local', level: process.env.LOG_LEVEL ?? 'warn' }, pino.destination(2));
   const opaPath = process.env.OPA_PATH || join(root, '.local/bin/opa');
   const stackName = process.env.STACK_NAME ?? 'default';
-  if (!/^[a-z0-9][a-z0-9-]{0,40}$/.test(stackName)) throw new Error(`STACK_NAME must be lower-case letters, digits and dashes, not ${JSON.stringify(stackName)}`);
+  if (!/^[a-z0-9][a-z0-9-]{0,40}$/.test(stackName)) throw new StartRefused(`STACK_NAME must be lower-case letters, digits and dashes, not ${JSON.stringify(stackName)}`);
   const suffix = stackName === 'default' ? '' : `-${stackName}`;
+  const stackDir = join(root, '.local', `stack${suffix}`);
+  const inTheWay = await obstacles(stackName, stackDir);
+  if (inTheWay.length > 0) throw new StartRefused(`cannot start: ${inTheWay.join('; ')}`);
+  // From here on, Ctrl-C stops what has started, also before the stack is up.
+  process.on('SIGINT', () => void shutdown(0));
+  process.on('SIGTERM', () => void shutdown(0));
   const identity = await createDemoIdentity(join(root, '.local', `demo${suffix}`));
   const ragPort = port('RAG_PORT', 8082);
   const rag = await startDemoRag(ragPort);
+  track(() => rag.close());
   const llm = await startLlmStub(port('LLM_PORT', 8083));
+  track(() => llm.close());
   llm.acceptKeys([DEMO_LLM_SECRET.value]);
   const vault = await startLocalVault({ port: port('VAULT_PORT', 8200) });
+  track(() => vault.stop());
   await vault.kvPut(DEMO_LLM_SECRET.mount, DEMO_LLM_SECRET.path, { [DEMO_LLM_SECRET.field]: DEMO_LLM_SECRET.value });
   const gatewayRole = await vault.createAppRole('gatehouse-gateway', 'path "secret/data/llm/*" { capabilities = ["read"] }');
   const stack = await startLocalStack({
     identity: identity.identityConfig,
+    etcdDataRoot: ETCD_DATA_ROOT,
     etcdName: stackName,
-    workDir: join(root, '.local', `stack${suffix}`),
-    apisixPrefix: join(root, '.local', `stack${suffix}`, 'apisix'),
+    workDir: stackDir,
+    apisixPrefix: join(stackDir, 'apisix'),
     etcdClientPort: port('ETCD_CLIENT_PORT', 2379),
     ports: {
       gateway: port('GATEWAY_PORT', 9080),
@@ -76,8 +154,10 @@ async function main() {
     },
     logger: log,
   });
+  track(() => stack.stop());
   const seeded = await seedDemoPolicies({ etcdEndpoints: stack.etcdEndpoints, opaPath });
   const etcd = createEtcdClient(stack.etcdEndpoints);
+  track(() => etcd.close());
   const budgetSeeded = await seedDemoBudget(etcd);
   // Up means every curl line below answers as it says: wait (briefly) until
   // every gateway process enforces the demo policies, as their fleet reports
@@ -140,27 +220,14 @@ ${demoCurlCommands(gw, { platformAdmin: '$ADMIN', projectUser: '$DEV', otherProj
 
 Press Ctrl-C to stop.
 `);
-
-  let stopping = false;
-  const stop = async () => {
-    if (stopping) return;
-    stopping = true;
-    out.write('\nstopping...\n');
-    // Never hang on the way out: whatever has not stopped in 10 s is left to the OS.
-    setTimeout(() => process.exit(1), 10_000).unref();
-    await stack.stop();
-    rag.close();
-    await llm.close();
-    await vault.stop();
-    process.exit(0);
-  };
-  process.on('SIGINT', () => void stop());
-  process.on('SIGTERM', () => void stop());
+  // Runs first: what was started is stopped last first.
+  track(() => out.write('\nstopping...\n'));
 }
 
-main().catch((err) => {
-  process.stderr.write(`npm start failed: ${err instanceof Error ? err.stack : String(err)}\n`);
-  process.exit(1);
+main().catch(async (err) => {
+  // One line when refused; the whole story (a server's output, say) otherwise.
+  process.stderr.write(err instanceof StartRefused ? `npm start: ${err.message}\n` : `npm start failed: ${err instanceof Error ? err.stack : String(err)}\n`);
+  await shutdown(1);
 });
 
 /** The demo project's LLM budget, written when it has none (a user's own is kept). */

@@ -9,11 +9,13 @@
 //   await etcd.cleanup();     // kill it and remove the data
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
 import { mkdir, rm } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { stopChild } from '../child-process.js';
+import { directoryHolder } from '../in-use.js';
 
 /** The repository root, from this file's place in the tree (source or dist). */
 function repositoryRoot(): string {
@@ -69,10 +71,18 @@ async function waitForHealth(clientUrl: string, child: ChildProcess, output: () 
   throw new Error(`etcd did not become healthy:\n${output()}`);
 }
 
+/** Where startLocalEtcd keeps the data of `options` (a random name gets a new directory each time). */
+export function localEtcdDataDir(options: Pick<LocalEtcdOptions, 'dataRoot' | 'name'> = {}): string {
+  return join(repositoryRoot(), '.local', options.dataRoot ?? 'test-etcd', options.name ?? randomBytes(6).toString('hex'));
+}
+
 export async function startLocalEtcd(options: LocalEtcdOptions = {}): Promise<LocalEtcd> {
   const clientPort = options.clientPort ?? (await freePort());
   const peerPort = options.peerPort ?? (await freePort());
-  const dataDir = join(repositoryRoot(), '.local', options.dataRoot ?? 'test-etcd', options.name ?? randomBytes(6).toString('hex'));
+  const dataDir = localEtcdDataDir(options);
+  // Another etcd on the same data waits for its lock for good: say so at once instead.
+  const holder = existsSync(dataDir) ? directoryHolder(dataDir) : null;
+  if (holder) throw new Error(`etcd data directory ${dataDir} is in use by ${holder}`);
   await mkdir(dataDir, { recursive: true });
   const clientUrl = `http://127.0.0.1:${clientPort}`;
   const peerUrl = `http://127.0.0.1:${peerPort}`;
@@ -100,7 +110,12 @@ export async function startLocalEtcd(options: LocalEtcdOptions = {}): Promise<Lo
     started.stdout?.on('data', keepTail);
     started.stderr?.on('data', keepTail);
     child = started;
-    await waitForHealth(clientUrl, started, () => tail);
+    try {
+      await waitForHealth(clientUrl, started, () => tail);
+    } catch (err) {
+      await stop();
+      throw err;
+    }
   }
 
   async function stop(): Promise<void> {
