@@ -29,6 +29,7 @@ import { jsonConfParser } from '../api/json-conf.js';
 import { isValidPolicyName, PLATFORM_POLICY_NAME } from '../../policy/store/names.js';
 import { PolicyUnloadableError, type PolicySet, type LoadedPolicy } from '../../policy/watcher/policy-set.js';
 import { PolicyEngineError } from '../../policy/engine/index.js';
+import { SerialisedInput } from '../../policy/engine/serialised-input.js';
 import { callerIdentity } from '../jwt/identity-context.js';
 import type { Identity } from '../../identity/index.js';
 import { buildPolicyInput, type PolicyInput, type VerifiedUser } from './input.js';
@@ -235,6 +236,8 @@ export function createOpaPlugin(
     // A process just started waits briefly for its first one.
     if (!source.current().isLoaded) await source.whenLoaded?.(POLICIES_LOAD_WAIT_MS);
     const set = source.current();
+    // Serialised once, when the first policy needs it, for every policy of the list.
+    const serialised = new SerialisedInput(input);
     for (const choice of conf.policies) {
       const started = process.hrtime.bigint();
       const seconds = () => Number(process.hrtime.bigint() - started) / 1e9;
@@ -287,7 +290,7 @@ export function createOpaPlugin(
       try {
         // The engine is built on first use (a cold project); evaluation is
         // bounded in time and memory, per tenant (the caller's project).
-        decision = readDecision(await policy.evaluate(identity?.project ?? '', input));
+        decision = readDecision(await policy.evaluate(identity?.project ?? '', serialised));
       } catch (err) {
         recorder.record(choice.kind, 'error', seconds());
         trail?.policies.push({ name: policy.name, version: policy.meta.version, revision: policy.modRevision, result: 'error' });

@@ -9,6 +9,7 @@
 import type { EngineCache } from '../engine/cache.js';
 import type { PolicyEngine } from '../engine/index.js';
 import type { EvaluationPool } from '../engine/pool.js';
+import { engineInput } from '../engine/serialised-input.js';
 import type { PolicyMetadata } from '../store/index.js';
 
 /** What a policy version is made of, as read from etcd or the snapshot. */
@@ -40,7 +41,8 @@ export interface LoadedPolicy extends PolicyBytes {
    * Evaluates the policy's entrypoint for a request of `tenant` (the
    * caller's project): in the evaluation pool when there is one (deadline,
    * tenants apart), else here. Rejects when the policy cannot be loaded or
-   * the evaluation fails.
+   * the evaluation fails. A SerialisedInput (engine/serialised-input.ts)
+   * is serialised once for every policy it is given to.
    */
   evaluate(tenant: string, input: unknown): Promise<unknown>;
   /** Builds the engine wherever decisions will run (before a swap). */
@@ -76,7 +78,7 @@ export function loadedPolicy(bytes: PolicyBytes, engines: EngineCache, pool: Eva
       : async (_tenant, input) => {
           const engine = engines.ready(source) ?? (await engines.engine(source));
           try {
-            return engine.evaluate(input, bytes.meta.entrypoint);
+            return engine.evaluate(engineInput(input), bytes.meta.entrypoint);
           } catch (error) {
             // Out of memory or aborted: the instance's heap is suspect, build a fresh one next time.
             engines.discard(source);
