@@ -75,6 +75,15 @@ describe('codec round trips', () => {
     }
   });
 
+  it('answer strings keep every character: ASCII, non-ASCII, and longer than the ASCII scratch buffer', () => {
+    const values = ['plain', 'caf\u00e9', '\u{1f510} key', 'x'.repeat(4096), 'y'.repeat(5000), `${'z'.repeat(4095)}\u00e9`, ''];
+    const headers = values.map((value, i) => ({ name: `x-h${i}-\u00fc`.slice(0, i % 2 ? 5 : 8), value }));
+    const msg = { id: 1, action: { type: 'rewrite' as const, path: '/p\u00e4th', headers, args: [], respHeaders: [], body: null } };
+    expect(codec.decodeHttpReqCallResponse(codec.encodeHttpReqCallResponse(msg))).toEqual(msg);
+    const frame = codec.encodeHttpReqCallResponseFrame(msg);
+    expect(codec.decodeHttpReqCallResponse(frame.subarray(4))).toEqual(msg);
+  });
+
   it('PrepareConf, ExtraInfo, HTTPRespCall and Err', () => {
     const prep = { conf: [{ name: 'jwt', value: '{}' }, { name: 'opa', value: '{"a":1}' }], key: 'route#1' };
     expect(codec.decodePrepareConfRequest(codec.encodePrepareConfRequest(prep))).toEqual(prep);
