@@ -108,84 +108,97 @@ export function verifyPayload(buf: Uint8Array, root: TableSpec): void {
     decoded += bytes;
     if (decoded > budget) fail(`it would decode into more than ${budget} bytes (entries sharing data)`);
   };
-  const need = (pos: number, size: number, what: string) => {
-    if (pos < 0 || size < 0 || pos + size > len) fail(`${what} out of bounds`);
+  const inBounds = (pos: number, size: number) => pos >= 0 && size >= 0 && pos + size <= len;
+
+  // Every frame is checked, and a check that passes builds no text: a place
+  // is named (table, field slot, vector index) only in a failure's message.
+  const ROOT = -1;
+  const UNION_VALUE = -2;
+  const fieldName = (spec: TableSpec, slot: number) => `${spec.name}.field ${slot}`;
+  const placeName = (spec: TableSpec, slot: number, index: number): string => {
+    if (slot === ROOT) return 'root offset';
+    if (slot === UNION_VALUE) return `${spec.name} union value`;
+    return index < 0 ? fieldName(spec, slot) : `${fieldName(spec, slot)}[${index}]`;
   };
-  const deref = (pos: number, what: string): number => {
-    need(pos, 4, what);
+  const deref = (pos: number, spec: TableSpec, slot: number, index = -1): number => {
+    if (!inBounds(pos, 4)) fail(`${placeName(spec, slot, index)} out of bounds`);
     const target = pos + view.getUint32(pos, true);
-    if (target >= len) fail(`${what} points outside the buffer`);
+    if (target >= len) fail(`${placeName(spec, slot, index)} points outside the buffer`);
     return target;
   };
-  const vector = (pos: number, elemSize: number, what: string): { start: number; count: number } => {
-    const at = deref(pos, what);
-    need(at, 4, `${what} length`);
-    const count = view.getUint32(at, true);
-    need(at + 4, count * elemSize, `${what} elements`);
-    return { start: at + 4, count };
+  /** The length of the vector `vector` last checked (its first element is what it returns). */
+  let vectorLength = 0;
+  const vector = (pos: number, elemSize: number, spec: TableSpec, slot: number): number => {
+    const at = deref(pos, spec, slot);
+    if (!inBounds(at, 4)) fail(`${fieldName(spec, slot)} length out of bounds`);
+    vectorLength = view.getUint32(at, true);
+    if (!inBounds(at + 4, vectorLength * elemSize)) fail(`${fieldName(spec, slot)} elements out of bounds`);
+    return at + 4;
+  };
+  /** Where the field in `slot` of the table at `pos` is, or -1 when it is absent. */
+  const fieldAt = (pos: number, vtable: number, vtableSize: number, inlineSize: number, spec: TableSpec, slot: number, size: number, named = slot, suffix = ''): number => {
+    const off = 4 + slot * 2 < vtableSize ? view.getUint16(vtable + 4 + slot * 2, true) : 0;
+    if (off === 0) return -1;
+    if (off + size > inlineSize) fail(`${fieldName(spec, named)}${suffix} outside its table`);
+    return pos + off;
   };
 
   const table = (pos: number, spec: TableSpec): void => {
     produce(DECODED_TABLE_BYTES);
-    need(pos, 4, `${spec.name} table`);
+    if (!inBounds(pos, 4)) fail(`${spec.name} table out of bounds`);
     const vtable = pos - view.getInt32(pos, true);
-    need(vtable, 4, `${spec.name} vtable`);
+    if (!inBounds(vtable, 4)) fail(`${spec.name} vtable out of bounds`);
     const vtableSize = view.getUint16(vtable, true);
     const inlineSize = view.getUint16(vtable + 2, true);
     if (vtableSize < 4 || vtableSize % 2 !== 0) fail(`${spec.name} vtable size ${vtableSize}`);
-    need(vtable, vtableSize, `${spec.name} vtable`);
-    need(pos, inlineSize, `${spec.name} inline data`);
-    const fieldOffset = (slot: number): number =>
-      4 + slot * 2 < vtableSize ? view.getUint16(vtable + 4 + slot * 2, true) : 0;
-    const fieldAt = (slot: number, size: number, what: string): number | null => {
-      const off = fieldOffset(slot);
-      if (off === 0) return null;
-      if (off + size > inlineSize) fail(`${spec.name}.${what} outside its table`);
-      return pos + off;
-    };
+    if (!inBounds(vtable, vtableSize)) fail(`${spec.name} vtable out of bounds`);
+    if (!inBounds(pos, inlineSize)) fail(`${spec.name} inline data out of bounds`);
 
     let slot = 0;
     for (const field of spec.fields) {
-      const what = `field ${slot}`;
       switch (field.kind) {
         case 'scalar':
-          fieldAt(slot, field.size, what);
+          fieldAt(pos, vtable, vtableSize, inlineSize, spec, slot, field.size);
           slot += 1;
           break;
         case 'string': {
-          const at = fieldAt(slot, 4, what);
-          if (at !== null) {
-            const { start, count } = vector(at, 1, `${spec.name}.${what}`);
-            need(start + count, 1, `${spec.name}.${what} terminator`);
-            produce(count);
+          const at = fieldAt(pos, vtable, vtableSize, inlineSize, spec, slot, 4);
+          if (at >= 0) {
+            const start = vector(at, 1, spec, slot);
+            if (!inBounds(start + vectorLength, 1)) fail(`${fieldName(spec, slot)} terminator out of bounds`);
+            produce(vectorLength);
           }
           slot += 1;
           break;
         }
         case 'bytes': {
-          const at = fieldAt(slot, 4, what);
-          if (at !== null) produce(vector(at, 1, `${spec.name}.${what}`).count);
+          const at = fieldAt(pos, vtable, vtableSize, inlineSize, spec, slot, 4);
+          if (at >= 0) {
+            vector(at, 1, spec, slot);
+            produce(vectorLength);
+          }
           slot += 1;
           break;
         }
         case 'tables': {
-          const at = fieldAt(slot, 4, what);
-          if (at !== null) {
-            const { start, count } = vector(at, 4, `${spec.name}.${what}`);
-            for (let i = 0; i < count; i++) table(deref(start + i * 4, `${spec.name}.${what}[${i}]`), field.table);
+          const at = fieldAt(pos, vtable, vtableSize, inlineSize, spec, slot, 4);
+          if (at >= 0) {
+            const start = vector(at, 4, spec, slot);
+            const count = vectorLength;
+            for (let i = 0; i < count; i++) table(deref(start + i * 4, spec, slot, i), field.table);
           }
           slot += 1;
           break;
         }
         case 'union': {
-          const typeAt = fieldAt(slot, 1, `${what} type`);
-          const type = typeAt === null ? 0 : view.getUint8(typeAt);
-          const valueAt = fieldAt(slot + 1, 4, `${what} value`);
+          const typeAt = fieldAt(pos, vtable, vtableSize, inlineSize, spec, slot, 1, slot, ' type');
+          const type = typeAt < 0 ? 0 : view.getUint8(typeAt);
+          const valueAt = fieldAt(pos, vtable, vtableSize, inlineSize, spec, slot + 1, 4, slot, ' value');
           if (type !== 0) {
             const member = field.members[type];
             if (!member) fail(`${spec.name} union type ${type} is unknown`);
-            if (valueAt === null) fail(`${spec.name} union of type ${type} has no value`);
-            table(deref(valueAt!, `${spec.name} union value`), member!);
+            if (valueAt < 0) fail(`${spec.name} union of type ${type} has no value`);
+            table(deref(valueAt, spec, UNION_VALUE), member!);
           }
           slot += 2;
           break;
@@ -195,5 +208,5 @@ export function verifyPayload(buf: Uint8Array, root: TableSpec): void {
   };
 
   if (len < 8) fail(`${len} bytes is too short for a FlatBuffers table`);
-  table(deref(0, 'root offset'), root);
+  table(deref(0, root, ROOT), root);
 }
