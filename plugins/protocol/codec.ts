@@ -93,7 +93,9 @@ function copyBytes(bytes: Uint8Array | null): Uint8Array | null {
 
 function open(payload: Uint8Array, spec: TableSpec): flatbuffers.ByteBuffer {
   verifyPayload(payload, spec);
-  return new flatbuffers.ByteBuffer(payload);
+  // A plain Uint8Array view of a Buffer: the accessors take a subarray per
+  // string, and a Buffer's subarray constructs another Buffer (several times the cost).
+  return new flatbuffers.ByteBuffer(payload instanceof Buffer ? new Uint8Array(payload.buffer, payload.byteOffset, payload.byteLength) : payload);
 }
 
 export { MalformedPayloadError };
