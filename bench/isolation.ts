@@ -2,10 +2,14 @@
 // and what it buys when a tenant sends runaway requests. Side by side in one
 // run, alternating rounds, two runners on the same etcd and policies:
 //
-//   pool       decisions in the evaluation pool (POLICY_EVAL_WORKERS default:
-//              the cores; POLICY_EVAL_TIMEOUT_MS 500)
-//   in-thread  POLICY_EVAL_WORKERS=0: decisions on the runner's own thread
-//              (only the memory ceiling bounds an evaluation)
+//   in-thread  the default: decisions on the runner's own thread, each
+//              bounded by its fuel (POLICY_EVAL_FUEL, metered in the wasm)
+//              and the memory ceiling; a runaway tenant made to wait
+//   pool       POLICY_EVAL_WORKERS=<cores, at least 2>: decisions in the
+//              evaluation pool (fuel, memory, and POLICY_EVAL_TIMEOUT_MS 500)
+//   unbounded  POLICY_EVAL_FUEL=off: on the runner's own thread, the wasm not
+//              metered (only the memory ceiling bounds an evaluation): what
+//              the bounds are measured against
 //
 // Each runner serves tenant "calm" (a normal policy) alone, then again while
 // tenant "slow" keeps two requests in flight whose evaluation runs until
@@ -15,6 +19,7 @@
 // Env: BENCH_CONNECTIONS (8), BENCH_SECONDS (3), BENCH_ROUNDS (3).
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startLocalEtcd } from '../tools/local-etcd/index.js';
@@ -93,7 +98,12 @@ async function main() {
     };
 
     const runners: { name: string; socket: string; token: number }[] = [];
-    for (const [name, workers] of [['pool', ''], ['in-thread', '0']] as const) {
+    const modes: [string, Record<string, string>][] = [
+      ['in-thread', {}],
+      ['pool', { POLICY_EVAL_WORKERS: String(Math.max(2, availableParallelism())) }],
+      ['unbounded', { POLICY_EVAL_FUEL: 'off' }],
+    ];
+    for (const [name, mode] of modes) {
       const socket = join(work, `${name}.sock`);
       processes.push(
         await startNodeProcess(
@@ -105,7 +115,7 @@ async function main() {
             APISIX_LISTEN_ADDRESS: `unix:${socket}`,
             RUNNER_METRICS_PORT: 'off',
             RUNNER_STATE_DIR: join(work, `state-${name}`),
-            ...(workers ? { POLICY_EVAL_WORKERS: workers } : {}),
+            ...mode,
           },
           () => socketAccepts(socket),
         ),
@@ -154,12 +164,15 @@ async function main() {
     const named = (name: string) => summary.find((s) => s.name === name)!;
     console.log(machineLine());
     console.log(`calm: ${connections} connections, ${seconds} s x ${rounds} rounds (median); slow: 2 requests in flight, each running until stopped\n`);
-    printTable(summary, { ...named('in-thread: calm alone'), name: 'in-thread alone' });
+    printTable(summary, { ...named('unbounded: calm alone'), name: 'unbounded alone' });
     console.log('');
+    const unbounded = named('unbounded: calm alone');
     for (const r of runners) {
       const alone = named(`${r.name}: calm alone`);
       const loaded = named(`${r.name}: calm while "slow" runs away`);
-      console.log(`${r.name}: calm p99 with a runaway tenant / alone = ${(loaded.p99 / alone.p99).toFixed(2)}x; p50 ${(loaded.p50 / alone.p50).toFixed(2)}x`);
+      console.log(
+        `${r.name}: throughput alone / unbounded alone = ${(alone.opsPerSecond / unbounded.opsPerSecond).toFixed(2)}x; calm p99 with a runaway tenant / alone = ${(loaded.p99 / alone.p99).toFixed(2)}x; p50 ${(loaded.p50 / alone.p50).toFixed(2)}x`,
+      );
     }
   } finally {
     await Promise.all(processes.map((p) => p.stop()));

@@ -33,7 +33,7 @@ import {
 import { createEtcdClient, type EtcdTlsFiles } from '../etcd/index.js';
 import { accessInput, loadAccessPolicy } from '../policy/access/index.js';
 import { createHash } from 'node:crypto';
-import { policyMemoryMaxBytes } from '../policy/engine/index.js';
+import { EvaluationBudgetError, policyMemoryMaxBytes } from '../policy/engine/index.js';
 import { EvaluationMemoryError, EvaluationPool, EvaluationTimeoutError, evaluationTimeoutMs } from '../policy/engine/pool.js';
 import { DEFAULT_BODY_LIMIT_BYTES, DEFAULT_CHECK_WORKERS, DEFAULT_COMPILE_TIMEOUT_MS, DEFAULT_OPA_MEMORY_MAX_MB, DEFAULT_TEST_CONCURRENCY, defaultAccessPolicyWasmPath, packageRoot } from './config.js';
 import { createCmsMetrics } from './metrics.js';
@@ -196,8 +196,9 @@ export async function buildCmsApp(options: CmsAppOptions): Promise<FastifyInstan
   // Fail at start, not at the first PUT, when opa is missing.
   await compiler.opaVersion();
   // The load check evaluates submitted policies: in worker threads, under
-  // the gateways' deadline and memory ceiling (policy/engine/pool.ts), never
-  // on the thread that answers requests.
+  // the gateways' fuel, deadline and memory ceiling (policy/engine/pool.ts),
+  // never on the thread that answers requests (its wall clock bounds what
+  // fuel does not meter: the host's builtins, the data's parse).
   const checkMemoryMaxBytes = options.policyMemoryMaxBytes ?? policyMemoryMaxBytes();
   const checks = new EvaluationPool({
     workers: options.checkWorkers ?? DEFAULT_CHECK_WORKERS,
@@ -545,8 +546,9 @@ export async function buildCmsApp(options: CmsAppOptions): Promise<FastifyInstan
  * data in the engine every gateway uses, and evaluated once on an empty
  * input, before anything is written: a refusal is the author's 400, never a
  * version the gateways cannot enforce. It runs in the evaluation pool, under
- * the gateways' bounds: an evaluation past their deadline or memory ceiling
- * is the author's 422, and the CMS answers other requests meanwhile.
+ * the gateways' bounds: an evaluation that burns their fuel, or runs past
+ * their deadline or memory ceiling, is the author's 422, and the CMS answers
+ * other requests meanwhile.
  */
 async function checkLoads(checks: EvaluationPool, name: string, wasm: Uint8Array, dataText: string, entrypoint: string): Promise<void> {
   const sha256 = (bytes: Uint8Array | string) => createHash('sha256').update(bytes).digest('hex');
@@ -554,8 +556,8 @@ async function checkLoads(checks: EvaluationPool, name: string, wasm: Uint8Array
   try {
     await checks.evaluate(name, { source, entrypoint }, {});
   } catch (error) {
-    if (error instanceof EvaluationTimeoutError || error instanceof EvaluationMemoryError) {
-      const bound = error instanceof EvaluationTimeoutError ? 'time' : 'memory';
+    if (error instanceof EvaluationTimeoutError || error instanceof EvaluationMemoryError || error instanceof EvaluationBudgetError) {
+      const bound = error instanceof EvaluationTimeoutError ? 'time' : error instanceof EvaluationMemoryError ? 'memory' : 'fuel';
       throw new HttpProblem({
         status: 422,
         type: ProblemType.policyEvaluationBound,

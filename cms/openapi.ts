@@ -154,7 +154,7 @@ export const openApiDocument = {
           '422': {
             ...problem,
             description:
-              "the policy tests failed (policy-tests-failed; failures: name, package, file, row, message), were stopped at their memory or time bound (policy-tests-stopped), or the compiled policy evaluated on an empty input exceeds the gateways' deadline or memory ceiling (policy-evaluation-bound); nothing written",
+              "the policy tests failed (policy-tests-failed; failures: name, package, file, row, message), were stopped at their memory or time bound (policy-tests-stopped), or the compiled policy evaluated on an empty input burns the gateways' fuel or exceeds their deadline or memory ceiling (policy-evaluation-bound; bound: fuel, time or memory); nothing written",
           },
           '503': problem,
         },

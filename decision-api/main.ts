@@ -16,7 +16,7 @@ import { GatewayReporter } from '../policy/fleet/report.js';
 import { decisionLogFromEnv } from '../policy/decision-log/index.js';
 import { snapshotDir } from '../policy/watcher/snapshot.js';
 import { EngineCache, policyCacheBytesFromEnv } from '../policy/engine/cache.js';
-import { evaluationPoolFromEnv } from '../policy/engine/pool.js';
+import { evaluatorFromEnv } from '../policy/engine/evaluator.js';
 import { policyMemoryMaxBytes } from '../policy/engine/index.js';
 import { loadAccessPolicy, defaultAccessPolicyWasmPath } from '../policy/access/index.js';
 import { buildDecisionApp } from './app.js';
@@ -37,10 +37,11 @@ async function main() {
 
   const etcd = createEtcdClient(endpoints, etcdClientOptionsFromEnv());
   const cacheBytes = policyCacheBytesFromEnv('DECISION_POLICY_CACHE_MB');
-  const aborted = new Counter({ name: 'gatehouse_decision_api_evaluations_aborted_total', help: 'Evaluations stopped at their deadline or failed (memory ceiling, abort)', labelNames: ['reason'] as const, registers: [registry] });
-  const pool = evaluationPoolFromEnv({ cacheBytes, memoryMaxBytes: policyMemoryMaxBytes(), onAbort: (reason) => aborted.inc({ reason }) });
+  const aborted = new Counter({ name: 'gatehouse_decision_api_evaluations_aborted_total', help: 'Evaluations stopped at their deadline or when their fuel was burned, or failed (memory ceiling, abort)', labelNames: ['reason'] as const, registers: [registry] });
+  const engines = new EngineCache({ budgetBytes: cacheBytes });
+  const pool = evaluatorFromEnv({ engines, cacheBytes, memoryMaxBytes: policyMemoryMaxBytes(), onAbort: (reason) => aborted.inc({ reason }) });
   const watcher = new PolicyWatcher({ client: etcd, log: log.child({ component: 'policy-watcher' }), snapshotDir: snapshotDir(stateDir),
-    engines: new EngineCache({ budgetBytes: cacheBytes }),
+    engines,
     ...(pool ? { pool } : {}),
   });
   await watcher.start();

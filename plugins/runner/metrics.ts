@@ -7,11 +7,12 @@ import type { VaultEvents } from '../vault/index.js';
 import type { BudgetEvents } from '../../budget/gateway.js';
 import type { PolicyWatcher, SwapEvent } from '../../policy/watcher/watcher.js';
 import type { EngineCacheStats } from '../../policy/engine/cache.js';
+import type { AbortReason } from '../../policy/engine/evaluator.js';
 
 export interface RunnerMetrics {
   registry: Registry;
-  /** An evaluation stopped at its deadline, or failed (out of memory, aborted). */
-  evaluationAborted(reason: 'timeout' | 'error'): void;
+  /** An evaluation stopped at its deadline or when its fuel was burned, or failed (out of memory, aborted). */
+  evaluationAborted(reason: AbortReason): void;
   decisions: DecisionRecorder;
   vault: VaultEvents;
   /** Decision log events handed to the sink, or dropped (the buffer was full: the sink is too slow). */
@@ -70,7 +71,7 @@ export function createRunnerMetrics(): RunnerMetrics {
 
   const aborted = new Counter({
     name: 'gatehouse_policy_evaluations_aborted_total',
-    help: 'Evaluations stopped at their deadline (POLICY_EVAL_TIMEOUT_MS) or failed (memory ceiling, abort); each was denied and its instance replaced',
+    help: 'Evaluations stopped when their fuel was burned (reason budget, POLICY_EVAL_FUEL) or at their deadline (reason timeout, POLICY_EVAL_TIMEOUT_MS, with the evaluation pool), or failed (reason error: memory ceiling, abort); each was denied and its instance replaced',
     labelNames: ['reason'] as const,
     registers: [registry],
   });

@@ -20,7 +20,7 @@ import { GatewayReporter, gatewayId } from '../../policy/fleet/report.js';
 import { decisionLogFromEnv } from '../../policy/decision-log/index.js';
 import { snapshotDir } from '../../policy/watcher/snapshot.js';
 import { EngineCache, policyCacheBytesFromEnv } from '../../policy/engine/cache.js';
-import { evaluationPoolFromEnv } from '../../policy/engine/pool.js';
+import { evaluatorFromEnv } from '../../policy/engine/evaluator.js';
 import { policyMemoryMaxBytes } from '../../policy/engine/index.js';
 import { loadAccessPolicy, type AccessPolicy, defaultAccessPolicyWasmPath } from '../../policy/access/index.js';
 import { cachingVerifier } from '../jwt/verification-cache.js';
@@ -83,8 +83,10 @@ export async function runWorker(config: RunnerConfig): Promise<void> {
   const etcd = config.etcdEndpoints.length > 0 ? createEtcdClient(config.etcdEndpoints, etcdClientOptionsFromEnv()) : null;
   // The engine budget is the runner's, shared out among its workers.
   const cacheBytes = Math.floor(policyCacheBytesFromEnv('RUNNER_POLICY_CACHE_MB') / (clustered ? config.workers : 1));
-  // Decisions run in worker threads, under a deadline, tenants apart (policy/engine/pool.ts).
-  const pool = etcd ? evaluationPoolFromEnv({ cacheBytes, memoryMaxBytes: policyMemoryMaxBytes(), onAbort: (reason) => metrics.evaluationAborted(reason) }) : null;
+  const engines = new EngineCache({ budgetBytes: cacheBytes });
+  // Decisions run on this thread, bounded by fuel and memory, runaway tenants made to wait; or, with
+  // POLICY_EVAL_WORKERS, in worker threads under a deadline too (policy/engine/evaluator.ts).
+  const pool = etcd ? evaluatorFromEnv({ engines, cacheBytes, memoryMaxBytes: policyMemoryMaxBytes(), onAbort: (reason) => metrics.evaluationAborted(reason) }) : null;
   const watcher = etcd
     ? new PolicyWatcher({
         client: etcd,
@@ -92,7 +94,7 @@ export async function runWorker(config: RunnerConfig): Promise<void> {
         snapshotDir: snapshotDir(config.stateDir),
         // One writer for the shared directory; the others read it when etcd is away at their start.
         snapshotReadOnly: clustered && slot !== 0,
-        engines: new EngineCache({ budgetBytes: cacheBytes }),
+        engines,
         ...(pool ? { pool } : {}),
       })
     : null;

@@ -52,6 +52,8 @@ export interface EngineCacheOptions {
   budgetBytes?: number;
   /** Each instance's memory ceiling (default: POLICY_MEMORY_MAX_MB). */
   maxMemoryBytes?: number;
+  /** Each evaluation's fuel (default: POLICY_EVAL_FUEL; null: as high as it goes). */
+  fuel?: number | null;
 }
 
 const MODULE_COST_FACTOR = 2;
@@ -69,9 +71,11 @@ export class EngineCache {
   private readonly failed = new LRUCache<string, Error>({ max: 10_000 });
   private counters = { compiles: 0, instantiations: 0, evictions: 0 };
   private readonly maxMemoryBytes: number | undefined;
+  private readonly fuel: number | null | undefined;
 
   constructor(options: EngineCacheOptions = {}) {
     this.maxMemoryBytes = options.maxMemoryBytes;
+    this.fuel = options.fuel;
     const budget = options.budgetBytes ?? DEFAULT_POLICY_CACHE_BYTES;
     if (!Number.isFinite(budget) || budget < 1024 * 1024) throw new RangeError('the policy cache budget must be at least 1 MiB');
     this.modules = new LRUCache({
@@ -127,7 +131,11 @@ export class EngineCache {
 
   private async build(key: string, source: EngineSource): Promise<PolicyEngine> {
     const module = await this.module(source);
-    const engine = await loadPolicyEngine(module, { data: source.dataText, ...(this.maxMemoryBytes ? { maxMemoryBytes: this.maxMemoryBytes } : {}) });
+    const engine = await loadPolicyEngine(module, {
+      data: source.dataText,
+      ...(this.maxMemoryBytes ? { maxMemoryBytes: this.maxMemoryBytes } : {}),
+      ...(this.fuel !== undefined ? { fuel: this.fuel ?? 0x7fffffff } : {}),
+    });
     this.counters.instantiations++;
     this.instances.set(key, engine);
     return engine;

@@ -12,6 +12,7 @@
  * integers keep their exact value (JSON.parse would round them).
  */
 import { loadPolicy, type LoadedPolicy } from '@open-policy-agent/opa-wasm';
+import { FUEL_GLOBAL, meterPolicyWasm } from './meter.js';
 
 export type PolicyData = Record<string, unknown> | string;
 
@@ -33,10 +34,17 @@ export interface PolicyEngine {
   evaluate(input: unknown, entrypoint?: string): unknown;
   /** The instance's linear memory now, bytes (it grows with data and evaluations, never shrinks). */
   readonly memoryBytes: number;
+  /** The fuel the last evaluation burned (meter.ts): loop iterations and calls, about the work it did. */
+  readonly fuelUsed: number;
 }
 
 export class PolicyEngineError extends Error {
   override readonly name = 'PolicyEngineError';
+}
+
+/** The evaluation burned its fuel (POLICY_EVAL_FUEL) and was stopped: the decision fails closed. */
+export class EvaluationBudgetError extends Error {
+  override readonly name = 'EvaluationBudgetError';
 }
 
 const encoder = new TextEncoder();
@@ -50,18 +58,42 @@ function toWasmData(data: PolicyData): object | ArrayBuffer {
 
 /**
  * Compiles policy wasm once, to instantiate many times (projects that share
- * Rego share the module, each with its own data). V8 compiles off the main
- * thread, so other decisions go on meanwhile.
+ * Rego share the module, each with its own data). The bytes are first
+ * rewritten to meter the evaluation's work (meter.ts), so that every
+ * evaluation is bounded by its fuel; V8 validates the result as it compiles
+ * it, off the main thread, so other decisions go on meanwhile.
  */
 export async function compilePolicyModule(wasm: Uint8Array): Promise<WebAssembly.Module> {
   try {
-    // A Node Buffer may be a view into a shared pool, and both Buffer#slice and
-    // a species-aware Uint8Array#slice can land in that pool again; constructing
-    // a plain Uint8Array from it copies into an ArrayBuffer of exactly its bytes.
-    return await WebAssembly.compile(new Uint8Array(wasm).buffer);
+    // Unmetered: a plain copy (a Node Buffer may be a view into a shared pool,
+    // and both Buffer#slice and a species-aware Uint8Array#slice can land in
+    // that pool again; constructing a plain Uint8Array copies exactly its bytes).
+    return await WebAssembly.compile(evaluationFuel() === null ? new Uint8Array(wasm).buffer : await meterPolicyWasm(wasm));
   } catch (cause) {
     throw new PolicyEngineError('not a loadable OPA wasm policy', { cause });
   }
+}
+
+/** The default of POLICY_EVAL_FUEL: about 100 ms of the busiest evaluation loop on a 2-core 2.x GHz machine (see evaluationFuel). */
+export const DEFAULT_EVAL_FUEL = 10_000_000;
+const MAX_EVAL_FUEL = 0x7fffffff;
+
+/**
+ * The fuel of one evaluation, from POLICY_EVAL_FUEL (default
+ * DEFAULT_EVAL_FUEL): how many loop iterations and function calls an
+ * evaluation may make before it is stopped and its decision denied. It is a
+ * count, not a time: the same policy and input burn the same fuel on any
+ * machine and under any load, so a decision never depends on how busy the
+ * gateway is. The CMS, the runner and the decision API must agree on it.
+ * `off` (null): modules are not metered, for measuring what metering costs;
+ * then only memory (and the pool's deadline) bound an evaluation.
+ */
+export function evaluationFuel(env: NodeJS.ProcessEnv = process.env): number | null {
+  const raw = env.POLICY_EVAL_FUEL?.trim();
+  if (raw === 'off') return null;
+  const fuel = raw ? Number(raw) : DEFAULT_EVAL_FUEL;
+  if (!Number.isInteger(fuel) || fuel < 1000 || fuel > MAX_EVAL_FUEL) throw new Error(`POLICY_EVAL_FUEL must be a whole number from 1000 to ${MAX_EVAL_FUEL}, or off`);
+  return fuel;
 }
 
 /**
@@ -82,7 +114,7 @@ const WASM_PAGE_BYTES = 64 * 1024;
 
 export async function loadPolicyEngine(
   wasm: Uint8Array | WebAssembly.Module,
-  options: { data?: PolicyData; maxMemoryBytes?: number } = {},
+  options: { data?: PolicyData; maxMemoryBytes?: number; fuel?: number } = {},
 ): Promise<PolicyEngine> {
   let policy: LoadedPolicy;
   const maximum = Math.max(5, Math.floor((options.maxMemoryBytes ?? policyMemoryMaxBytes()) / WASM_PAGE_BYTES));
@@ -93,15 +125,28 @@ export async function loadPolicyEngine(
     throw new PolicyEngineError('not a loadable OPA wasm policy', { cause });
   }
   const entrypoints = Object.keys((policy.entrypoints ?? {}) as Record<string, number>);
+  const { mem: memory, wasmInstance } = policy as unknown as { mem: WebAssembly.Memory; wasmInstance: WebAssembly.Instance };
+  // Absent only from a module compiled without compilePolicyModule: then nothing bounds its evaluations but memory.
+  const fuel = wasmInstance.exports[FUEL_GLOBAL] as WebAssembly.Global | undefined;
+  const budget = options.fuel ?? evaluationFuel() ?? MAX_EVAL_FUEL;
+  /** Loading data is not an evaluation: it is bounded by the data's size, not by the fuel. */
+  const unmetered = () => {
+    if (fuel) fuel.value = MAX_EVAL_FUEL;
+  };
+  unmetered();
   if (options.data !== undefined) policy.setData(toWasmData(options.data));
+  let fuelUsed = 0;
 
-  const memory = (policy as unknown as { mem: WebAssembly.Memory }).mem;
   return {
     entrypoints,
     get memoryBytes() {
       return memory.buffer.byteLength;
     },
+    get fuelUsed() {
+      return fuelUsed;
+    },
     setData(data) {
+      unmetered();
       policy.setData(toWasmData(data));
     },
     evaluate(input, entrypoint) {
@@ -111,7 +156,19 @@ export async function loadPolicyEngine(
       if (entrypoint !== undefined && !entrypoints.includes(entrypoint)) {
         throw new PolicyEngineError(`unknown entrypoint "${entrypoint}" (have ${entrypoints.join(', ')})`);
       }
-      const resultSet = policy.evaluate(input, entrypoint) as Array<{ result: unknown }> | undefined;
+      if (fuel) fuel.value = budget;
+      let resultSet: Array<{ result: unknown }> | undefined;
+      try {
+        resultSet = policy.evaluate(input, entrypoint) as Array<{ result: unknown }> | undefined;
+      } catch (error) {
+        if (fuel && (fuel.value as number) < 0) {
+          fuelUsed = budget;
+          throw new EvaluationBudgetError(`policy evaluation burned its fuel (${budget}) and was stopped`, { cause: error });
+        }
+        throw error;
+      } finally {
+        if (fuel && (fuel.value as number) >= 0) fuelUsed = budget - (fuel.value as number);
+      }
       return resultSet?.[0]?.result;
     },
   };

@@ -19,18 +19,29 @@
  * A worker is sent a policy's bytes the first time it needs them; it keeps
  * them (and asks again if it let them go).
  *
+ * Every evaluation is also bounded by its fuel (POLICY_EVAL_FUEL, metered
+ * inside the wasm: meter.ts), as on the calling thread. The gateways
+ * evaluate on their own thread unless POLICY_EVAL_WORKERS asks for this pool
+ * (evaluator.ts).
+ *
  * The CMS's load check (a submitted policy evaluated once before it is
  * written) runs in a pool of its own, under the same bounds.
  */
 import { existsSync } from 'node:fs';
-import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { fileURLToPath } from 'node:url';
 import { EngineCache, type EngineCacheStats, type EngineSource } from './cache.js';
-import { PolicyEngineError } from './index.js';
-import type { WorkerAnswer, WorkerRequest } from './pool-worker.js';
+import { EvaluationBudgetError, PolicyEngineError, evaluationFuel } from './index.js';
+import type { AbortReason, Evaluator } from './evaluator.js';
+import type { WorkerAnswer, WorkerNotice, WorkerRequest, WorkerSettings } from './pool-worker.js';
 
 export const DEFAULT_EVAL_TIMEOUT_MS = 500;
+/**
+ * How long building an engine in a worker may take (compiling and metering
+ * the wasm, loading the data): not counted against the evaluation's deadline,
+ * since a cold worker meters a module in about a second.
+ */
+const BUILD_TIMEOUT_MS = 30_000;
 
 export class EvaluationTimeoutError extends Error {
   override readonly name = 'EvaluationTimeoutError';
@@ -53,8 +64,10 @@ export interface EvaluationPoolOptions {
   /** The engine budget, shared out between the workers. */
   cacheBytes: number;
   memoryMaxBytes: number;
-  /** Told of every evaluation stopped or failed: 'timeout' or 'error'. */
-  onAbort?: (reason: 'timeout' | 'error', tenant: string) => void;
+  /** Each evaluation's fuel (default: POLICY_EVAL_FUEL as this pool is made; null: not metered). */
+  fuel?: number | null;
+  /** Told of every evaluation stopped or failed: 'timeout', 'budget' (its fuel burned) or 'error'. */
+  onAbort?: (reason: AbortReason, tenant: string) => void;
 }
 
 interface Job {
@@ -73,6 +86,8 @@ interface Slot {
   timer: NodeJS.Timeout | null;
   /** Answers awaited from this worker, by message id. */
   waiting: Map<number, (answer: WorkerAnswer) => void>;
+  /** Jobs are dispatched to a worker once it is ready (its metering warm). */
+  ready: boolean;
 }
 
 /**
@@ -88,7 +103,7 @@ function workerScript(): string {
 
 const WORKER_SCRIPT = workerScript();
 
-export class EvaluationPool {
+export class EvaluationPool implements Evaluator {
   private readonly slots: Slot[] = [];
   private readonly queues = new Map<string, Job[]>();
   /** Tenants with waiting jobs, in the order they are served. */
@@ -96,6 +111,7 @@ export class EvaluationPool {
   private readonly inFlight = new Map<string, number>();
   private readonly perTenant: number;
   private readonly timeoutMs: number;
+  private readonly fuel: number | null;
   private nextId = 1;
   private closed = false;
 
@@ -103,15 +119,26 @@ export class EvaluationPool {
     const workers = Math.max(2, Math.floor(options.workers));
     this.perTenant = workers - 1;
     this.timeoutMs = options.timeoutMs ?? DEFAULT_EVAL_TIMEOUT_MS;
+    this.fuel = options.fuel !== undefined ? options.fuel : evaluationFuel();
     for (let i = 0; i < workers; i++) this.slots.push(this.spawn());
   }
 
   private spawn(): Slot {
     const worker = new Worker(WORKER_SCRIPT, {
-      workerData: { cacheBytes: Math.floor(this.options.cacheBytes / Math.max(2, this.options.workers)), memoryMaxBytes: this.options.memoryMaxBytes },
+      workerData: {
+        cacheBytes: Math.floor(this.options.cacheBytes / Math.max(2, this.options.workers)),
+        memoryMaxBytes: this.options.memoryMaxBytes,
+        fuel: this.fuel,
+      } satisfies WorkerSettings,
     });
-    const slot: Slot = { worker, known: new Set(), job: null, timer: null, waiting: new Map() };
-    worker.on('message', (answer: WorkerAnswer) => slot.waiting.get(answer.id)?.(answer));
+    const slot: Slot = { worker, known: new Set(), job: null, timer: null, waiting: new Map(), ready: false };
+    worker.on('message', (answer: WorkerAnswer | WorkerNotice) => {
+      if ('notice' in answer && answer.notice === 'ready') {
+        slot.ready = true;
+        this.dispatch();
+      } else if ('notice' in answer) this.notice(slot, answer);
+      else slot.waiting.get(answer.id)?.(answer);
+    });
     worker.on('error', () => undefined); // an 'exit' follows; replace() handles it
     worker.on('exit', () => {
       if (!this.closed && this.slots.includes(slot)) this.replace(slot, new Error('the evaluation worker exited'));
@@ -193,7 +220,7 @@ export class EvaluationPool {
 
   private dispatch(): void {
     for (const slot of this.slots) {
-      if (slot.job) continue;
+      if (slot.job || !slot.ready) continue;
       const job = this.nextJob();
       if (!job) return;
       this.run(slot, job);
@@ -215,13 +242,27 @@ export class EvaluationPool {
     return null;
   }
 
+  /** Starts (again) the deadline of the slot's job: the evaluation's, or while its engine is built, the build's. */
+  private deadline(slot: Slot, job: Job, building: boolean): void {
+    if (slot.timer) clearTimeout(slot.timer);
+    slot.timer = setTimeout(
+      () => {
+        this.options.onAbort?.('timeout', job.tenant);
+        this.replace(slot, new EvaluationTimeoutError(building ? `building the policy's engine ran past ${BUILD_TIMEOUT_MS} ms` : `policy evaluation ran past ${this.timeoutMs} ms`));
+      },
+      building ? Math.max(BUILD_TIMEOUT_MS, this.timeoutMs) : this.timeoutMs,
+    );
+  }
+
+  private notice(slot: Slot, notice: WorkerNotice): void {
+    const job = slot.job;
+    if (job && slot.waiting.has(notice.id)) this.deadline(slot, job, notice.notice === 'building');
+  }
+
   private run(slot: Slot, job: Job): void {
     slot.job = job;
     this.inFlight.set(job.tenant, (this.inFlight.get(job.tenant) ?? 0) + 1);
-    slot.timer = setTimeout(() => {
-      this.options.onAbort?.('timeout', job.tenant);
-      this.replace(slot, new EvaluationTimeoutError(`policy evaluation ran past ${this.timeoutMs} ms`));
-    }, this.timeoutMs);
+    this.deadline(slot, job, false);
     const key = EngineCache.key(job.target.source);
     const attempt = async (withSource: boolean): Promise<void> => {
       const input = job.input === null ? null : job.input.slice(0);
@@ -235,13 +276,15 @@ export class EvaluationPool {
       if (answer.ok) this.finish(job, answer.result, null);
       else {
         if (!answer.unloadable) {
-          this.options.onAbort?.('error', job.tenant);
+          this.options.onAbort?.(answer.outOfFuel ? 'budget' : 'error', job.tenant);
         }
         const error = answer.unloadable
           ? new PolicyEngineError(answer.error)
           : answer.outOfMemory
             ? new EvaluationMemoryError(`policy evaluation needed more than ${Math.round(this.options.memoryMaxBytes / (1024 * 1024))} MiB: ${answer.error}`)
-            : new Error(answer.error);
+            : answer.outOfFuel
+              ? new EvaluationBudgetError(answer.error)
+              : new Error(answer.error);
         this.finish(job, null, error);
       }
       this.dispatch();
@@ -264,22 +307,6 @@ export class EvaluationPool {
     this.queues.clear();
     await Promise.all(this.slots.map((slot) => slot.worker.terminate()));
   }
-}
-
-/**
- * The pool the environment asks for: POLICY_EVAL_WORKERS workers (default:
- * the number of cores, at least 2; 0 evaluates on the calling thread, with
- * no deadline), POLICY_EVAL_TIMEOUT_MS per evaluation (default 500).
- */
-export function evaluationPoolFromEnv(
-  options: Omit<EvaluationPoolOptions, 'workers' | 'timeoutMs'>,
-  env: NodeJS.ProcessEnv = process.env,
-): EvaluationPool | null {
-  const rawWorkers = env.POLICY_EVAL_WORKERS?.trim();
-  const workers = rawWorkers ? Number(rawWorkers) : Math.max(2, availableParallelism());
-  if (!Number.isInteger(workers) || workers < 0 || workers > 64) throw new Error('POLICY_EVAL_WORKERS must be a whole number from 0 to 64');
-  if (workers === 0) return null;
-  return new EvaluationPool({ ...options, workers, timeoutMs: evaluationTimeoutMs(env) });
 }
 
 /** POLICY_EVAL_TIMEOUT_MS (default 500): the deadline of one evaluation, for the gateways and the CMS's load check alike. */

@@ -8,7 +8,7 @@
 // can hold ten thousand policies while only the busy ones take memory.
 import type { EngineCache } from '../engine/cache.js';
 import type { PolicyEngine } from '../engine/index.js';
-import type { EvaluationPool } from '../engine/pool.js';
+import type { Evaluator } from '../engine/evaluator.js';
 import { engineInput } from '../engine/serialised-input.js';
 import type { PolicyMetadata } from '../store/index.js';
 
@@ -39,10 +39,11 @@ export interface LoadedPolicy extends PolicyBytes {
   engine(): Promise<PolicyEngine>;
   /**
    * Evaluates the policy's entrypoint for a request of `tenant` (the
-   * caller's project): in the evaluation pool when there is one (deadline,
-   * tenants apart), else here. Rejects when the policy cannot be loaded or
-   * the evaluation fails. A SerialisedInput (engine/serialised-input.ts)
-   * is serialised once for every policy it is given to.
+   * caller's project): by the evaluator when there is one (bounds, tenants
+   * apart: engine/evaluator.ts), else here (fuel and memory bounds only).
+   * Rejects when the policy cannot be loaded or the evaluation fails. A
+   * SerialisedInput (engine/serialised-input.ts) is serialised once for
+   * every policy it is given to.
    */
   evaluate(tenant: string, input: unknown): Promise<unknown>;
   /** Builds the engine wherever decisions will run (before a swap). */
@@ -53,8 +54,8 @@ export class PolicyUnloadableError extends Error {
   override readonly name = 'PolicyUnloadableError';
 }
 
-/** A policy of a set, its engine drawn from `engines`, evaluated in `pool` when there is one. */
-export function loadedPolicy(bytes: PolicyBytes, engines: EngineCache, pool: EvaluationPool | null = null, loadedAt = Date.now()): LoadedPolicy {
+/** A policy of a set, its engine drawn from `engines`, evaluated by `pool` when there is one. */
+export function loadedPolicy(bytes: PolicyBytes, engines: EngineCache, pool: Evaluator | null = null, loadedAt = Date.now()): LoadedPolicy {
   if (bytes.broken !== undefined) {
     const error = new PolicyUnloadableError(`policy ${bytes.name} cannot be loaded: ${bytes.broken}`);
     return {
@@ -80,7 +81,7 @@ export function loadedPolicy(bytes: PolicyBytes, engines: EngineCache, pool: Eva
           try {
             return engine.evaluate(engineInput(input), bytes.meta.entrypoint);
           } catch (error) {
-            // Out of memory or aborted: the instance's heap is suspect, build a fresh one next time.
+            // Out of fuel, out of memory or aborted: the instance's heap is suspect, build a fresh one next time.
             engines.discard(source);
             throw error;
           }

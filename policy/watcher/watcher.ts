@@ -23,7 +23,7 @@ import { EventEmitter } from 'node:events';
 import type { Etcd3, IKeyValue, IEvent, Namespace, Watcher as EtcdWatch } from 'etcd3';
 import type { Logger } from 'pino';
 import { EngineCache, type EngineCacheStats } from '../engine/cache.js';
-import type { EvaluationPool } from '../engine/pool.js';
+import type { Evaluator } from '../engine/evaluator.js';
 import {
   PLATFORM_POLICY_NAME,
   POLICIES_PREFIX,
@@ -50,8 +50,8 @@ export interface PolicyWatcherOptions {
   snapshotReadOnly?: boolean;
   /** Where engines are built and kept (a default budget when absent). */
   engines?: EngineCache;
-  /** Where decisions are evaluated (deadline, tenants apart); on the calling thread when absent. */
-  pool?: EvaluationPool;
+  /** Where decisions are evaluated (bounds, tenants apart: engine/evaluator.ts); on the calling thread, fuel and memory bounds only, when absent. */
+  pool?: Evaluator;
   /** Page sizes of the start-up read, and a hook between pages (tests). */
   scan?: Pick<ConsistentCutOptions, 'indexPage' | 'batchNames' | 'onPage'>;
   /** Delay between attempts to reach etcd when it is away (ms). */
@@ -138,7 +138,7 @@ export class PolicyWatcher extends EventEmitter {
     this.stallTimeoutMs = options.stallTimeoutMs ?? DEFAULT_WATCH_STALL_TIMEOUT_MS;
   }
 
-  /** Engines where decisions run: the evaluation pool's workers, or this thread's cache. */
+  /** Engines where decisions run: the evaluator's (the evaluation pool's workers, or this thread's cache). */
   async engineStats(): Promise<EngineCacheStats> {
     return this.options.pool ? this.options.pool.stats() : this.engines.stats;
   }

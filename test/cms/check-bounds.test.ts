@@ -2,7 +2,7 @@
 // the CMS:
 // - the load check (the compiled policy evaluated once on an empty input)
 //   runs in the gateways' evaluation pool, off the request thread, under
-//   their deadline and memory ceiling: a runaway policy is 422
+//   their fuel, deadline and memory ceiling: a runaway policy is 422
 //   (policy-evaluation-bound) and /healthz answers meanwhile;
 // - `opa test` runs under a memory limit (OPA_MEMORY_MAX_MB) and the opa
 //   deadline, at most CMS_TEST_CONCURRENCY runs at once: tests that need
@@ -75,6 +75,20 @@ afterAll(async () => {
   await harness?.close();
 });
 
+/** A CMS started with these environment variables (its evaluation pool's workers read them when they start). */
+async function startCmsWith(env: Record<string, string>, options: Parameters<Harness['startCms']>[0] = {}): Promise<Cms> {
+  const saved = Object.fromEntries(Object.keys(env).map((name) => [name, process.env[name]]));
+  Object.assign(process.env, env);
+  try {
+    return await harness.startCms(options);
+  } finally {
+    for (const [name, value] of Object.entries(saved)) {
+      if (value === undefined) delete process.env[name];
+      else process.env[name] = value;
+    }
+  }
+}
+
 /** Runs `work` while asking the same CMS for /healthz again and again; gives each answer's latency. */
 async function probingHealth<T>(cms: Cms, work: () => Promise<T>): Promise<{ result: T; latencies: number[] }> {
   let done = false;
@@ -119,15 +133,11 @@ function expectProblem(res: Response, status: number, type: string): Record<stri
 
 describe('the load check runs under the gateways bounds, off the request thread', () => {
   it('a policy past the deadline: PUT and check are 422 within it, nothing written, /healthz answers within 50 ms meanwhile', async () => {
-    // A deadline of a second, and a memory ceiling high enough that time runs
-    // out first (POLICY_MEMORY_MAX_MB, as a gateway with that ceiling has it):
-    // unbounded, this evaluation would hold the thread for half a minute.
-    const memoryMax = process.env.POLICY_MEMORY_MAX_MB;
-    process.env.POLICY_MEMORY_MAX_MB = '1024';
-    const cms = await harness.startCms({ evalTimeoutMs: 1_000 }).finally(() => {
-      if (memoryMax === undefined) delete process.env.POLICY_MEMORY_MAX_MB;
-      else process.env.POLICY_MEMORY_MAX_MB = memoryMax;
-    });
+    // A deadline of a second, and a memory ceiling and fuel high enough that
+    // time runs out first (POLICY_MEMORY_MAX_MB, POLICY_EVAL_FUEL, as a
+    // gateway with them has them): unbounded, this evaluation would hold the
+    // thread for half a minute.
+    const cms = await startCmsWith({ POLICY_MEMORY_MAX_MB: '1024', POLICY_EVAL_FUEL: '2147483647' }, { evalTimeoutMs: 1_000 });
     try {
       const before = await harness.snapshot();
       for (const [method, path] of [
@@ -152,8 +162,30 @@ describe('the load check runs under the gateways bounds, off the request thread'
     }
   });
 
+  it('a policy that burns the fuel (the default POLICY_EVAL_FUEL): 422 naming the fuel bound, long before the deadline, nothing written', async () => {
+    const cms = await startCmsWith({ POLICY_MEMORY_MAX_MB: '1024' }, { evalTimeoutMs: 10_000 });
+    try {
+      const before = await harness.snapshot();
+      const { result, latencies } = await probingHealth(cms, async () => {
+        const started = performance.now();
+        const res = await cms.request('POST', '/policies/team-a/check', { token: harness.tokens.admin, body: body(SLOW) });
+        return { res, elapsed: performance.now() - started };
+      });
+      const problem = expectProblem(result.res, 422, 'urn:gatehouse:problem:policy-evaluation-bound');
+      expect(problem.bound).toBe('fuel');
+      expect(problem.detail).toMatch(/exceeded the gateways' fuel bound \(policy evaluation burned its fuel \(10000000\)/);
+      // Compile plus a fraction of a second of evaluation: the 10 s deadline is never reached.
+      expect(result.elapsed).toBeLessThan(8_000);
+      expectResponsive(latencies);
+      expect(await harness.snapshot()).toEqual(before);
+    } finally {
+      await cms.stop();
+    }
+  });
+
   it('a policy past the memory ceiling (the default 64 MiB): 422 naming the memory bound, nothing written, /healthz answers meanwhile', async () => {
-    const cms = await harness.startCms();
+    // Fuel as high as it goes, so that memory is what runs out.
+    const cms = await startCmsWith({ POLICY_EVAL_FUEL: '2147483647' });
     try {
       const before = await harness.snapshot();
       const { result, latencies } = await probingHealth(cms, () =>

@@ -75,7 +75,7 @@ describe('gatehouse-decision process', () => {
     }
   });
 
-  it('starts with the evaluation pool (the default) when etcd holds a platform policy it warms up first', async () => {
+  it('starts with the evaluation pool (POLICY_EVAL_WORKERS) when etcd holds a platform policy it warms up first', async () => {
     const client = createEtcdClient(etcd.endpoints);
     try {
       await new PolicyWriter(client).put('platform', 'package gatehouse.platform\nimport rego.v1\ndefault allow := false\nallow if input.user.sub\n');
@@ -92,6 +92,7 @@ describe('gatehouse-decision process', () => {
         JWT_AUDIENCE: keys.audience,
         DECISION_PORT: String(port),
         DECISION_STATE_DIR: mkdtempSync(join(tmpdir(), 'gh-decision-')),
+        POLICY_EVAL_WORKERS: '2',
       },
       stdio: ['ignore', 'ignore', 'pipe'],
     });

@@ -1,8 +1,10 @@
 // Evaluation is bounded: in memory (POLICY_MEMORY_MAX_MB: past it the
-// decision fails closed and the instance is replaced) and in time
-// (POLICY_EVAL_TIMEOUT_MS: past it the evaluation worker is stopped and
-// replaced), and a tenant sending runaway requests holds at most one of the
-// two evaluation workers, so other tenants' decisions go on meanwhile.
+// decision fails closed and the instance is replaced) and, in the evaluation
+// pool, in time (POLICY_EVAL_TIMEOUT_MS: past it the evaluation worker is
+// stopped and replaced), and a tenant sending runaway requests holds at most
+// one of the two evaluation workers, so other tenants' decisions go on
+// meanwhile. The fuel bound (test/gateway/metering.test.ts) is set as high as
+// it goes here, so that memory and time are what stop these evaluations.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -67,6 +69,7 @@ beforeAll(async () => {
     JWT_AUDIENCE: keys.audience,
     POLICY_EVAL_WORKERS: '2',
     POLICY_EVAL_TIMEOUT_MS: '300',
+    POLICY_EVAL_FUEL: '2147483647',
   };
   runner = await startRunner({
     env: { ...env, RUNNER_STATE_DIR: mkdtempSync(join(tmpdir(), 'gh-bounds-')), POLICY_MEMORY_MAX_MB: '16' },
@@ -108,7 +111,7 @@ async function decide(n: number, project = 'runaway', on: RunnerProcess = runner
 describe('evaluation memory', () => {
   it('an engine never grows past its ceiling: the evaluation that would is an error', async () => {
     const compiled = await writer.compiler.compile(RUNAWAY);
-    const engine = await loadPolicyEngine(compiled.wasm, { data: '{}', maxMemoryBytes: 16 * 1024 * 1024 });
+    const engine = await loadPolicyEngine(compiled.wasm, { data: '{}', maxMemoryBytes: 16 * 1024 * 1024, fuel: 2147483647 });
     const input = (n: number) => ({ request: { query: { n: String(n) } } });
     expect(engine.evaluate(input(1000), 'project/authz')).toMatchObject({ allow: true });
     expect(() => engine.evaluate(input(50_000_000), 'project/authz')).toThrow();
