@@ -1,7 +1,7 @@
 // The runner's Prometheus metrics: decisions, decision latency, what policy
 // revision is loaded, how long a CMS write took to reach this runner, and
 // how stale the loaded policies are when etcd is away.
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics, type Metric } from 'prom-client';
 import type { DecisionRecorder } from '../opa/index.js';
 import type { VaultEvents } from '../vault/index.js';
 import type { BudgetEvents } from '../../budget/gateway.js';
@@ -22,23 +22,111 @@ export interface RunnerMetrics {
   watch(watcher: PolicyWatcher): void;
 }
 
+type DecisionKind = Parameters<DecisionRecorder['record']>[0];
+type DecisionOutcome = Parameters<DecisionRecorder['record']>[1];
+
+/**
+ * Decision latency by kind of policy, counted in plain arrays: prom-client's
+ * observe() checks and hashes its labels at every call, and a request makes
+ * one or two decisions. It reads as a prom-client histogram (the same series,
+ * text and JSON, so the cluster's primary sums it across workers as before).
+ */
+class DecisionHistogram {
+  readonly type = 'histogram';
+  readonly aggregator = 'sum';
+  private readonly series = new Map<string, { counts: number[]; sum: number; count: number }>();
+
+  constructor(
+    readonly name: string,
+    readonly help: string,
+    private readonly upperBounds: readonly number[],
+  ) {}
+
+  observe(policy: string, seconds: number): void {
+    let series = this.series.get(policy);
+    if (!series) {
+      series = { counts: this.upperBounds.map(() => 0), sum: 0, count: 0 };
+      this.series.set(policy, series);
+    }
+    const bounds = this.upperBounds;
+    for (let i = 0; i < bounds.length; i++) {
+      if (seconds <= bounds[i]!) {
+        series.counts[i]!++;
+        break;
+      }
+    }
+    series.sum += seconds;
+    series.count++;
+  }
+
+  /** As prom-client's Histogram#getForPromString: bucket labels, the series' labels shared. */
+  getForPromString() {
+    const values: { labels: Record<string, string | number>; sharedLabels: Record<string, string>; value: number; metricName: string; exemplar?: null }[] = [];
+    for (const [policy, series] of this.series) {
+      const shared = { policy };
+      let cumulative = 0;
+      this.upperBounds.forEach((le, i) => {
+        cumulative += series.counts[i]!;
+        values.push({ labels: { le }, sharedLabels: shared, value: cumulative, metricName: `${this.name}_bucket`, exemplar: null });
+      });
+      values.push(
+        { labels: { le: '+Inf' }, sharedLabels: shared, value: series.count, metricName: `${this.name}_bucket`, exemplar: null },
+        { labels: {}, sharedLabels: shared, value: series.sum, metricName: `${this.name}_sum` },
+        { labels: {}, sharedLabels: shared, value: series.count, metricName: `${this.name}_count` },
+      );
+    }
+    return { name: this.name, help: this.help, type: this.type, values, aggregator: this.aggregator };
+  }
+
+  /** As prom-client's Histogram#get: the series' labels joined into each value's. */
+  get() {
+    const data = this.getForPromString();
+    return {
+      ...data,
+      values: data.values.map(({ sharedLabels, labels, ...value }) => ({ ...value, labels: { ...labels, ...sharedLabels } })),
+    };
+  }
+
+  reset(): void {
+    this.series.clear();
+  }
+}
+
+/** Decision latencies (see DecisionHistogram) in `registry` as gatehouse_decision_seconds. */
+export function decisionLatencyHistogram(registry: Registry): DecisionHistogram {
+  const histogram = new DecisionHistogram(
+    'gatehouse_decision_seconds',
+    'Time to evaluate one policy for one request',
+    [0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05],
+  );
+  registry.registerMetric(histogram as unknown as Metric);
+  return histogram;
+}
+
 export function createRunnerMetrics(): RunnerMetrics {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry, prefix: 'gatehouse_runner_' });
 
-  const decisionsTotal = new Counter({
+  // Decisions are counted here and handed to the counter when it is read
+  // (its labels checked and hashed once per series and scrape, not per decision).
+  type Pending = { kind: DecisionKind; outcome: DecisionOutcome; n: number };
+  const decisionCounts = new Map<DecisionKind, Map<DecisionOutcome, Pending>>();
+  // In the order first seen, as the counter would list them.
+  const decisionSeries: Pending[] = [];
+  new Counter({
     name: 'gatehouse_decisions_total',
     help: 'Policy decisions by kind of policy and outcome',
     labelNames: ['policy', 'outcome'] as const,
     registers: [registry],
+    collect() {
+      for (const pending of decisionSeries) {
+        if (pending.n === 0) continue;
+        this.inc({ policy: pending.kind, outcome: pending.outcome }, pending.n);
+        pending.n = 0;
+      }
+    },
   });
-  const decisionSeconds = new Histogram({
-    name: 'gatehouse_decision_seconds',
-    help: 'Time to evaluate one policy for one request',
-    labelNames: ['policy'] as const,
-    buckets: [0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05],
-    registers: [registry],
-  });
+  const decisionSeconds = decisionLatencyHistogram(registry);
   const policyRevision = new Gauge({
     name: 'gatehouse_policy_loaded_revision',
     // Across a runner's workers (cluster.ts): what the least advanced worker has.
@@ -138,8 +226,16 @@ export function createRunnerMetrics(): RunnerMetrics {
     },
     decisions: {
       record(kind, outcome, seconds) {
-        decisionsTotal.inc({ policy: kind, outcome });
-        if (outcome === 'allow' || outcome === 'deny') decisionSeconds.observe({ policy: kind }, seconds);
+        let byOutcome = decisionCounts.get(kind);
+        if (!byOutcome) decisionCounts.set(kind, (byOutcome = new Map()));
+        const pending = byOutcome.get(outcome);
+        if (pending) pending.n++;
+        else {
+          const series = { kind, outcome, n: 1 };
+          byOutcome.set(outcome, series);
+          decisionSeries.push(series);
+        }
+        if (outcome === 'allow' || outcome === 'deny') decisionSeconds.observe(kind, seconds);
       },
     },
     watch(watcher) {
