@@ -29,6 +29,7 @@ import { jsonConfParser } from '../api/json-conf.js';
 import { isValidPolicyName, PLATFORM_POLICY_NAME } from '../../policy/store/names.js';
 import { PolicyUnloadableError, type PolicySet, type LoadedPolicy } from '../../policy/watcher/policy-set.js';
 import { PolicyEngineError } from '../../policy/engine/index.js';
+import { WasmUnavailableError } from '../../policy/engine/cache.js';
 import { SerialisedInput } from '../../policy/engine/serialised-input.js';
 import { callerIdentity } from '../jwt/identity-context.js';
 import type { Identity } from '../../identity/index.js';
@@ -295,6 +296,12 @@ export function createOpaPlugin(
         recorder.record(choice.kind, 'error', seconds());
         trail?.policies.push({ name: policy.name, version: policy.meta.version, revision: policy.modRevision, result: 'error' });
         // A policy that exists but cannot be loaded denies (the platform policy: every request).
+        if (err instanceof WasmUnavailableError) {
+          // Its module is neither on disk nor readable from etcd right now: fail closed, the next decision tries again.
+          ctx.log.error({ policy: policy.name, err: String(err), requestId: request.id }, 'policy module cannot be read for now; denying');
+          response.problem(503, 'a policy this request needs cannot be read right now');
+          return;
+        }
         const unloadable = err instanceof PolicyUnloadableError || err instanceof PolicyEngineError;
         ctx.log.error({ policy: policy.name, err: String(err), requestId: request.id }, unloadable ? 'policy cannot be loaded; denying' : 'policy evaluation failed; denying');
         response.problem(500, unloadable ? 'a policy this request needs cannot be loaded' : 'policy evaluation failed');

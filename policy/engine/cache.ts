@@ -1,9 +1,10 @@
 /**
  * Policy engines within a memory budget, shared where policies are the same.
  *
- * A gateway holds every policy's bytes (small: metadata, data text, and one
- * copy of each distinct wasm), but only as many live engines as its budget
- * allows, least recently used evicted. Two levels, each an LRU:
+ * A gateway holds every policy's metadata and data text, but no wasm (a
+ * source's loader reads it when its module is compiled), and only as many
+ * live engines as its budget allows, least recently used evicted. Two
+ * levels, each an LRU:
  *
  *   modules    compiled wasm, keyed by the wasm's sha256: projects running
  *              the same Rego share one compiled module.
@@ -26,12 +27,29 @@ import { compilePolicyModule, loadPolicyEngine, type PolicyEngine } from './inde
 
 export const DEFAULT_POLICY_CACHE_BYTES = 256 * 1024 * 1024;
 
-/** What an engine is built from: the verified wasm and the data document. */
+/** Reads a module's verified wasm when it is compiled (a gateway keeps no wasm in memory: policy/watcher/modules.ts). */
+export type WasmLoader = () => Promise<Uint8Array>;
+
+/** What an engine is built from: the verified wasm (or its loader) and the data document. */
 export interface EngineSource {
   wasmSha256: string;
-  wasm: Uint8Array;
+  wasm: Uint8Array | WasmLoader;
   dataSha256: string;
   dataText: string;
+}
+
+/**
+ * A loader could not get the wasm for now (not on disk, etcd away): the
+ * decision fails closed, and the failure is not remembered, so the next one
+ * tries again.
+ */
+export class WasmUnavailableError extends Error {
+  override readonly name = 'WasmUnavailableError';
+}
+
+/** `source` with its wasm read (for a worker thread, which cannot be handed a loader). */
+export async function withWasmBytes<T extends EngineSource>(source: T): Promise<T & { wasm: Uint8Array }> {
+  return typeof source.wasm === 'function' ? { ...source, wasm: await source.wasm() } : (source as T & { wasm: Uint8Array });
 }
 
 export interface EngineCacheStats {
@@ -63,6 +81,8 @@ export class EngineCache {
   private readonly instances: LRUCache<string, PolicyEngine>;
   /** Builds in progress, so concurrent first decisions share one. */
   private readonly building = new Map<string, Promise<PolicyEngine>>();
+  /** Modules whose wasm is being read by their loader, so builds of one module share one read. */
+  private readonly loading = new Map<string, Promise<WebAssembly.Module>>();
   /**
    * Builds that failed (a module that does not compile, data the engine
    * refuses), by the same content key: the same bytes fail the same way, so
@@ -120,7 +140,7 @@ export class EngineCache {
     if (!build) {
       build = this.build(key, source)
         .catch((error: unknown) => {
-          this.failed.set(key, error instanceof Error ? error : new Error(String(error)));
+          if (!(error instanceof WasmUnavailableError)) this.failed.set(key, error instanceof Error ? error : new Error(String(error)));
           throw error;
         })
         .finally(() => this.building.delete(key));
@@ -142,14 +162,22 @@ export class EngineCache {
   }
 
   private module(source: EngineSource): Promise<WebAssembly.Module> {
-    let compiled = this.modules.get(source.wasmSha256);
-    if (!compiled) {
-      this.counters.compiles++;
-      compiled = compilePolicyModule(source.wasm);
-      // A module that does not compile is not kept: the error is the caller's, each time.
-      compiled.catch(() => this.modules.delete(source.wasmSha256));
-      this.modules.set(source.wasmSha256, compiled, { size: Math.max(1, source.wasm.byteLength * MODULE_COST_FACTOR) });
-    }
+    const sha = source.wasmSha256;
+    const known = this.modules.get(sha) ?? this.loading.get(sha);
+    if (known) return known;
+    if (typeof source.wasm !== 'function') return this.compile(sha, source.wasm);
+    // Read first (its size is then known), by one load however many builds wait on it.
+    const loading = source.wasm().then((wasm) => this.compile(sha, wasm)).finally(() => this.loading.delete(sha));
+    this.loading.set(sha, loading);
+    return loading;
+  }
+
+  private compile(sha: string, wasm: Uint8Array): Promise<WebAssembly.Module> {
+    this.counters.compiles++;
+    const compiled = compilePolicyModule(wasm);
+    // A module that does not compile is not kept: the error is the caller's, each time.
+    compiled.catch(() => this.modules.delete(sha));
+    this.modules.set(sha, compiled, { size: Math.max(1, wasm.byteLength * MODULE_COST_FACTOR) });
     return compiled;
   }
 

@@ -30,7 +30,7 @@
 import { existsSync } from 'node:fs';
 import { Worker } from 'node:worker_threads';
 import { fileURLToPath } from 'node:url';
-import { EngineCache, type EngineCacheStats, type EngineSource } from './cache.js';
+import { EngineCache, withWasmBytes, type EngineCacheStats, type EngineSource } from './cache.js';
 import { EvaluationBudgetError, PolicyEngineError, evaluationFuel } from './index.js';
 import type { AbortReason, Evaluator } from './evaluator.js';
 import type { WorkerAnswer, WorkerNotice, WorkerRequest, WorkerSettings } from './pool-worker.js';
@@ -196,10 +196,11 @@ export class EvaluationPool implements Evaluator {
   /** Builds `target`'s engine in every worker (a policy being swapped in is ready before its first decision). */
   async prepare(target: EvaluationTarget): Promise<void> {
     const key = EngineCache.key(target.source);
+    const source = await withWasmBytes(target.source);
     const answers = await Promise.all(
       this.slots.map((slot) => {
         slot.known.add(key);
-        return this.send(slot, { type: 'prepare', id: this.nextId++, key, source: target.source });
+        return this.send(slot, { type: 'prepare', id: this.nextId++, key, source });
       }),
     );
     const failed = answers.find((answer) => !answer.ok && answer.unloadable);
@@ -265,8 +266,20 @@ export class EvaluationPool implements Evaluator {
     this.deadline(slot, job, false);
     const key = EngineCache.key(job.target.source);
     const attempt = async (withSource: boolean): Promise<void> => {
+      let source: EngineSource | undefined;
+      try {
+        // A worker thread cannot be handed a loader: the wasm is read here, when the worker lacks the module.
+        if (withSource) source = await withWasmBytes(job.target.source);
+      } catch (error) {
+        if (slot.job !== job) return;
+        if (slot.timer) clearTimeout(slot.timer);
+        slot.job = null;
+        this.finish(job, null, error instanceof Error ? error : new Error(String(error)));
+        this.dispatch();
+        return;
+      }
       const input = job.input === null ? null : job.input.slice(0);
-      const message: WorkerRequest = { type: 'eval', id: this.nextId++, key, entrypoint: job.target.entrypoint, input, ...(withSource ? { source: job.target.source } : {}) };
+      const message: WorkerRequest = { type: 'eval', id: this.nextId++, key, entrypoint: job.target.entrypoint, input, ...(source ? { source } : {}) };
       if (withSource) slot.known.add(key);
       const answer = await this.send(slot, message, input ? [input] : []);
       if (slot.job !== job) return; // replaced meanwhile: already failed

@@ -13,7 +13,9 @@
  *   2. meta and data of those names come in read-only transactions of a
  *      bounded number of names, a few at a time.
  *   3. wasm is read once per distinct sha256 (projects sharing Rego share
- *      the module), skipping the ones the caller already holds.
+ *      the module), skipping the ones the caller already holds; or not at
+ *      all (`modules: false`, what a gateway does: it reads each module when
+ *      it first builds its engine, policy/watcher/modules.ts).
  *
  * No response grows with the number of policies, and history is never read.
  * When etcd compacts the pinned revision away mid-read, the read fails with
@@ -235,6 +237,8 @@ export interface ConsistentCut {
 }
 
 export interface ConsistentCutOptions {
+  /** false: no module is read (a gateway reads each when it builds its engine); `modules` is then empty. */
+  modules?: boolean;
   /** Modules the caller holds already (by sha256): not read again. */
   known?: (wasmSha256: string) => boolean;
   indexPage?: number;
@@ -267,7 +271,7 @@ export async function readConsistentCut(client: Etcd3, options: ConsistentCutOpt
   const holders = new Map<string, CurrentPolicyRecord[]>();
   for (const record of records) {
     const sha = record.meta.wasmSha256;
-    if (record.broken || options.known?.(sha)) continue;
+    if (record.broken || options.modules === false || options.known?.(sha)) continue;
     holders.set(sha, [...(holders.get(sha) ?? []), record]);
   }
   const modules = new Map<string, Buffer>();

@@ -3,10 +3,12 @@
 // decision that takes the current set once sees every policy of one etcd
 // transaction, never a mix of old and new.
 //
-// A policy in the set holds its bytes (metadata, data text, the shared wasm);
-// its engine lives in the EngineCache and is built on first use, so a set
-// can hold ten thousand policies while only the busy ones take memory.
-import type { EngineCache } from '../engine/cache.js';
+// A policy in the set holds its metadata and data text, and a loader of its
+// wasm (read from the snapshot directory or etcd when its module is
+// compiled: modules.ts); its engine lives in the EngineCache and is built on
+// first use, so a set can hold ten thousand policies, each of its own Rego,
+// while only the busy ones take memory.
+import type { EngineCache, WasmLoader } from '../engine/cache.js';
 import type { PolicyEngine } from '../engine/index.js';
 import type { Evaluator } from '../engine/evaluator.js';
 import { engineInput } from '../engine/serialised-input.js';
@@ -21,8 +23,8 @@ export interface PolicyBytes {
   /** The data document as JSON text, exactly as stored. */
   dataText: string;
   dataSha256: string;
-  /** The compiled policy, checked against meta.wasmSha256 (one buffer per distinct module). */
-  wasm: Uint8Array;
+  /** Reads the compiled policy, checked against meta.wasmSha256, when its module is compiled (not kept). */
+  wasm: WasmLoader;
   /**
    * Why this policy cannot be enforced, when it cannot: it exists, so
    * decisions that need it are denied (never treated as absent).

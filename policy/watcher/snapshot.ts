@@ -10,6 +10,13 @@
 //   <dir>/data/<sha256>.json         data documents, by content
 //   <dir>/modules/<sha256>.wasm      compiled policies, by content (shared)
 //
+// Modules are not held in memory: the writer has a policy's module written
+// by the ModuleStore (modules.ts), which reads it from etcd only when it is
+// not on disk already (a watch event's wasm is written as it arrives), and
+// the ModuleStore reads modules from here when an engine is built. Any
+// process sharing the directory may add a module (same content, same name,
+// written whole); only one writes the rest.
+//
 // A change writes its policy's file, a data file or module only when that
 // content is new, and the manifest: a few hundred bytes for a policy edit,
 // whatever the number of policies. Every file is written under an
@@ -27,6 +34,9 @@ import { createHash, randomUUID } from 'node:crypto';
 import { chmod, mkdir, readdir, readFile, rename, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { isValidPolicyName, type PolicyMetadata } from '../store/index.js';
+import pLimit from 'p-limit';
+import { WasmUnavailableError } from '../engine/cache.js';
+import type { ModuleStore } from './modules.js';
 import type { PolicySet } from './policy-set.js';
 
 export const SNAPSHOT_FORMAT = 2;
@@ -40,7 +50,6 @@ export interface SnapshotPolicy {
   modRevision: number;
   dataText: string;
   dataSha256: string;
-  wasm: Buffer;
   /** The policy existed but could not be loaded: it is restored as such, and denies. */
   broken?: string;
 }
@@ -132,7 +141,12 @@ interface OnDisk {
 export interface SnapshotWriteResult {
   bytes: number;
   files: number;
+  /** Policies left as they were on disk: their module could not be read for now (etcd away); write them again later. */
+  unwritten: string[];
 }
+
+/** Modules written at once while a write fills the directory. */
+const MODULE_WRITES = 8;
 
 /**
  * Keeps a snapshot directory in step with the policy sets given to it. Not
@@ -141,7 +155,10 @@ export interface SnapshotWriteResult {
 export class SnapshotWriter {
   private onDisk: OnDisk | null = null;
 
-  constructor(readonly dir: string) {}
+  constructor(
+    readonly dir: string,
+    private readonly modules: Pick<ModuleStore, 'persist'>,
+  ) {}
 
   private async scan(): Promise<OnDisk> {
     for (const sub of ['', 'policies', 'data', 'modules']) await ensurePrivateDir(join(this.dir, sub));
@@ -181,7 +198,7 @@ export class SnapshotWriter {
     const first = this.onDisk === null;
     this.onDisk ??= await this.scan();
     const onDisk = this.onDisk;
-    const result: SnapshotWriteResult = { bytes: 0, files: 0 };
+    const result: SnapshotWriteResult = { bytes: 0, files: 0, unwritten: [] };
     const count = (bytes: number) => {
       result.bytes += bytes;
       result.files++;
@@ -199,10 +216,44 @@ export class SnapshotWriter {
       }
     };
     const names = changed === 'all' || first ? new Set([...set.policies.keys(), ...onDisk.policies.keys()]) : changed;
+    // Modules not on disk yet, a few at a time: a failure that may pass
+    // leaves its policies as they were (written again later), one for good
+    // (etcd does not hold the module, or holds it altered) writes them as broken.
+    const moduleOutcome = new Map<string, Promise<string | null | 'unavailable'>>();
+    const writes = pLimit(MODULE_WRITES);
     for (const name of names) {
       const policy = set.get(name);
+      if (!policy || policy.broken !== undefined || onDisk.policies.get(name)?.modRevision === policy.modRevision) continue;
+      const sha = policy.meta.wasmSha256;
+      if (onDisk.modules.has(sha) || moduleOutcome.has(sha)) continue;
+      const ref = { name, wasmSha256: sha, modRevision: policy.modRevision };
+      moduleOutcome.set(
+        sha,
+        writes(() => this.modules.persist(ref)).then(
+          (bytes) => {
+            if (bytes > 0) count(bytes);
+            onDisk.modules.add(sha);
+            return null;
+          },
+          (error: unknown) => (error instanceof WasmUnavailableError ? 'unavailable' : error instanceof Error ? error.message : String(error)),
+        ),
+      );
+    }
+    const moduleFailure = new Map<string, string | 'unavailable'>();
+    for (const [sha, outcome] of moduleOutcome) {
+      const failure = await outcome;
+      if (failure !== null) moduleFailure.set(sha, failure);
+    }
+    for (const name of names) {
+      const found = set.get(name);
       const written = onDisk.policies.get(name);
-      if (policy && written?.modRevision === policy.modRevision) continue;
+      if (found && written?.modRevision === found.modRevision) continue;
+      const failure = found && found.broken === undefined ? moduleFailure.get(found.meta.wasmSha256) : undefined;
+      if (failure === 'unavailable') {
+        result.unwritten.push(name);
+        continue;
+      }
+      const policy = found && failure !== undefined ? { ...found, broken: failure } : found;
       if (written) {
         refer(onDisk.dataRefs, written.dataSha256, -1, unreferenced.data);
         refer(onDisk.moduleRefs, written.wasmSha256, -1, unreferenced.modules);
@@ -217,10 +268,6 @@ export class SnapshotWriter {
         count(await writeAtomically(join(this.dir, 'policies', `${name}.json`), this.dir, text));
         onDisk.policies.set(name, { modRevision: policy.modRevision });
         continue;
-      }
-      if (!onDisk.modules.has(policy.meta.wasmSha256)) {
-        count(await writeAtomically(join(this.dir, 'modules', `${policy.meta.wasmSha256}.wasm`), this.dir, policy.wasm));
-        onDisk.modules.add(policy.meta.wasmSha256);
       }
       if (!onDisk.data.has(policy.dataSha256)) {
         count(await writeAtomically(join(this.dir, 'data', `${policy.dataSha256}.json`), this.dir, policy.dataText));
@@ -272,7 +319,8 @@ export async function readSnapshot(dir: string): Promise<Snapshot | null> {
   if (manifest.format !== SNAPSHOT_FORMAT || !Number.isSafeInteger(manifest.revision)) {
     throw new SnapshotCorruptError(`manifest.json: unknown snapshot format ${String(manifest.format)}`);
   }
-  const modules = new Map<string, Buffer>();
+  // Modules are checked (read and hashed), not kept: a gateway reads them again when it builds their engines.
+  const modules = new Set<string>();
   const data = new Map<string, string>();
   const readVerified = async (path: string, sha: string): Promise<Buffer> => {
     let bytes: Buffer;
@@ -291,11 +339,14 @@ export async function readSnapshot(dir: string): Promise<Snapshot | null> {
     const entry = parsePolicyFile(await readFile(join(dir, 'policies', file), 'utf8'), file);
     if (!isValidPolicyName(name) || entry.meta?.name !== name) throw new SnapshotCorruptError(`${file} does not hold policy ${name}`);
     if (entry.broken !== undefined) {
-      policies.push({ meta: entry.meta, modRevision: entry.modRevision, dataText: '{}', dataSha256: '', wasm: Buffer.alloc(0), broken: String(entry.broken) });
+      policies.push({ meta: entry.meta, modRevision: entry.modRevision, dataText: '{}', dataSha256: '', broken: String(entry.broken) });
       continue;
     }
     const wasmSha = entry.meta.wasmSha256;
-    if (!modules.has(wasmSha)) modules.set(wasmSha, await readVerified(join(dir, 'modules', `${wasmSha}.wasm`), wasmSha));
+    if (!modules.has(wasmSha)) {
+      await readVerified(join(dir, 'modules', `${wasmSha}.wasm`), wasmSha);
+      modules.add(wasmSha);
+    }
     if (!data.has(entry.dataSha256)) {
       data.set(entry.dataSha256, (await readVerified(join(dir, 'data', `${entry.dataSha256}.json`), entry.dataSha256)).toString('utf8'));
     }
@@ -304,7 +355,6 @@ export async function readSnapshot(dir: string): Promise<Snapshot | null> {
       modRevision: entry.modRevision,
       dataText: data.get(entry.dataSha256)!,
       dataSha256: entry.dataSha256,
-      wasm: modules.get(wasmSha)!,
     });
   }
   return { revision: manifest.revision, savedAt: manifest.savedAt, policies };

@@ -1,7 +1,10 @@
 // Keeps a PolicySet current from etcd: a paged read of every current policy
 // at one pinned revision (policy/store/scan.ts: no response grows with the
-// number of policies, history is never read, each distinct wasm is read
-// once), then a watch from the next revision. Changes apply per etcd
+// number of policies, history is never read; metadata and data only), then
+// a watch from the next revision. No wasm is held: a policy's module is read
+// when its engine is built, from the snapshot directory or etcd
+// (modules.ts), and the snapshot writer fills the directory with every
+// module the set names, off the decision path. Changes apply per etcd
 // transaction (all events of one revision at once); a changed policy's
 // engine is built before its swap, so it enforces from its first decision.
 // Other policies' engines are built on first use, within the EngineCache's
@@ -22,7 +25,7 @@
 import { EventEmitter } from 'node:events';
 import type { Etcd3, IKeyValue, IEvent, Namespace, Watcher as EtcdWatch } from 'etcd3';
 import type { Logger } from 'pino';
-import { EngineCache, type EngineCacheStats } from '../engine/cache.js';
+import { EngineCache, WasmUnavailableError, type EngineCacheStats } from '../engine/cache.js';
 import type { Evaluator } from '../engine/evaluator.js';
 import {
   PLATFORM_POLICY_NAME,
@@ -38,6 +41,8 @@ import {
 } from '../store/index.js';
 import { PolicySet, loadedPolicy, type LoadedPolicy, type PolicyBytes } from './policy-set.js';
 import { SnapshotWriter, readSnapshot, sha256Hex } from './snapshot.js';
+import { ModuleStore, type ModuleStoreStats } from './modules.js';
+import { join } from 'node:path';
 
 export type WatchState = 'starting' | 'watching' | 'disconnected' | 'unavailable';
 
@@ -82,6 +87,8 @@ export interface WatcherStatus {
   staleSeconds: number;
   /** Engines built and kept, within the cache budget. */
   engines: EngineCacheStats;
+  /** Wasm this process holds outside its engines (being read, or a new version's while it is built), and reads so far. */
+  modules: ModuleStoreStats;
   /** Policies that exist but cannot be enforced: every decision that needs them is denied. */
   unloadable: { name: string; reason: string }[];
 }
@@ -123,17 +130,18 @@ export class PolicyWatcher extends EventEmitter {
   private snapshotWrite: Promise<void> = Promise.resolve();
   private readonly snapshot: SnapshotWriter | null;
   readonly engines: EngineCache;
-  /** One buffer per distinct wasm the current set names (policies share them). */
-  private wasmBySha = new Map<string, Uint8Array>();
-  /** How many policies of the current set name each module: at 0 its bytes are let go. */
-  private modulesInUse = new Map<string, number>();
+  /** Where modules are read from when engines are built (the snapshot directory, then etcd). */
+  readonly modules: ModuleStore;
+  /** The snapshot is being written again soon (some modules could not be read when it was last written). */
+  private snapshotRetry: NodeJS.Timeout | null = null;
   /** Policies changed since the snapshot was last written ('all' after a full read). */
   private snapshotPending: Set<string> | 'all' = 'all';
 
   constructor(private readonly options: PolicyWatcherOptions) {
     super();
     this.engines = options.engines ?? new EngineCache();
-    this.snapshot = options.snapshotDir && !options.snapshotReadOnly ? new SnapshotWriter(options.snapshotDir) : null;
+    this.modules = new ModuleStore(options.client, options.snapshotDir ? join(options.snapshotDir, 'modules') : null);
+    this.snapshot = options.snapshotDir && !options.snapshotReadOnly ? new SnapshotWriter(options.snapshotDir, this.modules) : null;
     this.checkIntervalMs = options.checkIntervalMs ?? DEFAULT_WATCH_CHECK_INTERVAL_MS;
     this.stallTimeoutMs = options.stallTimeoutMs ?? DEFAULT_WATCH_STALL_TIMEOUT_MS;
   }
@@ -178,6 +186,7 @@ export class PolicyWatcher extends EventEmitter {
       policies: this.set.size,
       staleSeconds: this.state === 'watching' ? 0 : (Date.now() - this.outOfStepSince) / 1000,
       engines: this.engines.stats,
+      modules: this.modules.stats,
       unloadable: this.unloadable(),
     };
   }
@@ -215,6 +224,7 @@ export class PolicyWatcher extends EventEmitter {
     this.stopped = true;
     if (this.retryTimer) clearTimeout(this.retryTimer);
     if (this.checkTimer) clearInterval(this.checkTimer);
+    if (this.snapshotRetry) clearTimeout(this.snapshotRetry);
     const watch = this.watch;
     const probe = this.probe;
     this.watch = null;
@@ -243,16 +253,8 @@ export class PolicyWatcher extends EventEmitter {
   private async resync(): Promise<void> {
     this.abandonWatch();
 
-    // Modules this process holds already are not read again; they are
-    // pinned here so that a swap meanwhile cannot drop them.
-    const held = new Map<string, Uint8Array>();
-    const known = (sha: string) => {
-      const bytes = this.wasmBySha.get(sha);
-      if (bytes) held.set(sha, bytes);
-      return bytes !== undefined;
-    };
     const readStarted = performance.now();
-    const cut = await this.readCut(known);
+    const cut = await this.readCut();
     const readMs = Math.round(performance.now() - readStarted);
     if (cut.records.length === 0 && (await this.options.client.getAll().prefix(POLICIES_PREFIX).limit(1).keys()).length > 0) {
       this.options.log.warn('etcd holds policies but no index of them: start the CMS once, it rebuilds the index (until then none is enforced)');
@@ -264,22 +266,21 @@ export class PolicyWatcher extends EventEmitter {
     await this.enqueue(async () => {
       const policies = new Map<string, LoadedPolicy>();
       for (const record of cut.records) {
-        const wasm = cut.modules.get(record.meta.wasmSha256) ?? held.get(record.meta.wasmSha256);
-        const broken = record.broken ?? (wasm ? undefined : 'its wasm could not be read');
-        policies.set(record.name, this.policy({ ...record, dataSha256: sha256Hex(record.dataText), wasm: wasm ?? new Uint8Array(), ...(broken ? { broken } : {}) }));
+        policies.set(record.name, this.policy({ ...record, dataSha256: sha256Hex(record.dataText) }));
       }
       await this.warmUp(policies);
       this.swap(new PolicySet(cut.revision, policies, 'etcd'), [...policies.values()].map((p) => ({ name: p.name, policy: p, propagationMs: null })), true);
     });
-    this.options.log.info({ revision: cut.revision, policies: cut.records.length, modules: cut.modules.size, readMs }, 'policies loaded from etcd');
+    this.options.log.info({ revision: cut.revision, policies: cut.records.length, readMs }, 'policies loaded from etcd');
     await this.startWatch(cut.revision + 1);
   }
 
   /** A consistent paged read, started again when compaction overtakes it. */
-  private async readCut(known: (sha: string) => boolean): Promise<ConsistentCut> {
+  private async readCut(): Promise<ConsistentCut> {
     for (let attempt = 1; ; attempt++) {
       try {
-        return await readConsistentCut(this.options.client, { ...this.options.scan, known });
+        // Metadata and data: modules are read when their engines are built.
+        return await readConsistentCut(this.options.client, { ...this.options.scan, modules: false });
       } catch (error) {
         if (!(error instanceof PinnedRevisionCompactedError) || attempt >= MAX_CUT_ATTEMPTS) throw error;
         this.options.log.info({ attempt }, 'etcd compacted the revision of the paged read; reading again');
@@ -287,13 +288,10 @@ export class PolicyWatcher extends EventEmitter {
     }
   }
 
-  /** A policy of the next set; its wasm buffer shared with every policy of the same module. */
-  private policy(bytes: PolicyBytes): LoadedPolicy {
-    if (bytes.broken !== undefined) return loadedPolicy(bytes, this.engines, this.options.pool ?? null);
-    const sha = bytes.meta.wasmSha256;
-    const wasm = this.wasmBySha.get(sha) ?? bytes.wasm;
-    this.wasmBySha.set(sha, wasm);
-    return loadedPolicy({ ...bytes, wasm }, this.engines, this.options.pool ?? null);
+  /** A policy of the next set, its wasm read (from the snapshot directory or etcd) when its module is compiled. */
+  private policy(bytes: Omit<PolicyBytes, 'wasm'>): LoadedPolicy {
+    const ref = { name: bytes.name, wasmSha256: bytes.meta.wasmSha256, modRevision: bytes.modRevision };
+    return loadedPolicy({ ...bytes, wasm: () => this.modules.load(ref) }, this.engines, this.options.pool ?? null);
   }
 
   /**
@@ -306,6 +304,11 @@ export class PolicyWatcher extends EventEmitter {
     if (!platform || platform.broken !== undefined) return;
     await platform.prepare().catch((err: unknown) => {
       const reason = err instanceof Error ? err.message : String(err);
+      if (err instanceof WasmUnavailableError) {
+        // Not for good: its first decision tries again (and fails closed until then).
+        this.options.log.warn({ policy: platform.name, reason }, 'platform policy not built yet; its module cannot be read for now');
+        return;
+      }
       this.options.log.error({ policy: platform.name, reason }, 'platform policy cannot be loaded; every request is denied');
       policies.set(platform.name, this.policy({ ...platform, broken: reason }));
     });
@@ -513,13 +516,20 @@ export class PolicyWatcher extends EventEmitter {
     };
     if (!parts.meta) throw new Error(`${keys.meta} is missing`);
     const meta = JSON.parse(parts.meta.value.toString('utf8')) as PolicyMetadata;
-    const held = this.wasmBySha.get(meta.wasmSha256);
-    const [data, wasm] = await Promise.all([fetch(parts.data, keys.data), held ?? fetch(parts.wasm, keys.wasm)]);
-    if (!held && sha256Hex(wasm) !== meta.wasmSha256) throw new Error(`wasm of ${name} does not match its metadata sha256`);
-    const dataText = data.toString('utf8');
-    const policy = this.policy({ name, meta, modRevision: Number(parts.meta.mod_revision), dataText, dataSha256: sha256Hex(dataText), wasm });
-    await policy.prepare();
-    return policy;
+    // The event carries the new version's wasm (etcd never splits a transaction's events): it is
+    // written to the snapshot directory and held while the engine is built, then let go.
+    const data = await fetch(parts.data, keys.data);
+    const wasm = parts.wasm?.value;
+    if (wasm && sha256Hex(wasm) !== meta.wasmSha256) throw new Error(`wasm of ${name} does not match its metadata sha256`);
+    const release = wasm ? await this.modules.hold(meta.wasmSha256, wasm) : () => undefined;
+    try {
+      const dataText = data.toString('utf8');
+      const policy = this.policy({ name, meta, modRevision: Number(parts.meta.mod_revision), dataText, dataSha256: sha256Hex(dataText) });
+      await policy.prepare();
+      return policy;
+    } finally {
+      release();
+    }
   }
 
   /**
@@ -528,35 +538,12 @@ export class PolicyWatcher extends EventEmitter {
    * is in proportion to them, not to the number of policies.
    */
   private swap(next: PolicySet, swaps: SwapEvent[], full: boolean): void {
-    const previous = this.set;
     this.set = next;
-    // Modules no policy of the set names any more are let go.
-    if (full) {
-      this.modulesInUse = new Map();
-      for (const policy of next.policies.values()) this.countModule(policy.meta.wasmSha256, 1);
-      for (const sha of [...this.wasmBySha.keys()]) if (!this.modulesInUse.has(sha)) this.wasmBySha.delete(sha);
-      this.snapshotPending = 'all';
-    } else {
-      for (const swap of swaps) {
-        if (swap.policy) this.countModule(swap.policy.meta.wasmSha256, 1);
-        const old = previous.get(swap.name);
-        if (old) this.countModule(old.meta.wasmSha256, -1);
-        if (this.snapshotPending !== 'all') this.snapshotPending.add(swap.name);
-      }
-    }
+    if (full) this.snapshotPending = 'all';
+    else if (this.snapshotPending !== 'all') for (const swap of swaps) this.snapshotPending.add(swap.name);
     for (const swap of swaps) this.emit('swap', swap);
     this.emit('revision', next.revision);
     this.persist();
-  }
-
-  private countModule(sha: string, delta: number): void {
-    const count = (this.modulesInUse.get(sha) ?? 0) + delta;
-    if (count > 0) {
-      this.modulesInUse.set(sha, count);
-      return;
-    }
-    this.modulesInUse.delete(sha);
-    this.wasmBySha.delete(sha);
   }
 
   /** Brings the snapshot in step with the current set, off the decision path; only the newest set is written. */
@@ -573,6 +560,17 @@ export class PolicyWatcher extends EventEmitter {
           this.snapshotPending = 'all'; // in step again at the next write, from scratch
           throw err;
         });
+        if (written.unwritten.length > 0) {
+          // Modules etcd could not give for now: those policies are written again shortly.
+          const pending = this.snapshotPending as Set<string> | 'all'; // changes may have come meanwhile
+          if (pending !== 'all') for (const name of written.unwritten) pending.add(name);
+          this.options.log.warn({ policies: written.unwritten.length }, 'policy snapshot: some modules could not be read from etcd; writing them again shortly');
+          this.snapshotRetry ??= setTimeout(() => {
+            this.snapshotRetry = null;
+            if (!this.stopped) this.persist();
+          }, this.options.retryMs ?? 1000);
+          this.snapshotRetry.unref();
+        }
         this.emit('snapshot', { revision: set.revision, ...written });
       })
       .catch((err) => this.options.log.warn({ err: String(err) }, 'could not write the policy snapshot'));
@@ -606,14 +604,14 @@ export class PolicyWatcher extends EventEmitter {
 }
 
 /** What is known of a policy version that cannot be loaded: its metadata when it parses. */
-function unloadableBytes(name: string, parts: PolicyParts): PolicyBytes {
+function unloadableBytes(name: string, parts: PolicyParts): Omit<PolicyBytes, 'wasm'> {
   let meta = unknownMetadata(name);
   try {
     if (parts.meta) meta = { ...unknownMetadata(name), ...(JSON.parse(parts.meta.value.toString('utf8')) as PolicyMetadata), name };
   } catch {
     // keep the stand-in
   }
-  return { name, meta, modRevision: Number(parts.meta?.mod_revision ?? 0), dataText: '{}', dataSha256: sha256Hex('{}'), wasm: new Uint8Array() };
+  return { name, meta, modRevision: Number(parts.meta?.mod_revision ?? 0), dataText: '{}', dataSha256: sha256Hex('{}') };
 }
 
 function collect(byName: Map<string, PolicyParts>, kv: IKeyValue, deleted: boolean): void {
