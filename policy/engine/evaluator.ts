@@ -21,6 +21,7 @@ import { LRUCache } from 'lru-cache';
 import { EngineCache, type EngineCacheStats } from './cache.js';
 import { EvaluationBudgetError, evaluationFuel } from './index.js';
 import { engineInput } from './serialised-input.js';
+import { startMetering } from './metering.js';
 import { EvaluationPool, evaluationTimeoutMs, type EvaluationPoolOptions, type EvaluationTarget } from './pool.js';
 
 export type AbortReason = 'timeout' | 'budget' | 'error';
@@ -55,6 +56,8 @@ export class ThreadEvaluator implements Evaluator {
   constructor(private readonly options: ThreadEvaluatorOptions) {
     const fuel = evaluationFuel();
     this.longFuel = fuel === null ? Infinity : Math.floor(fuel * (options.longShare ?? 0.1));
+    // Modules are metered in a worker thread (metering.ts), started now so that binaryen is warm by the first cold policy.
+    if (fuel !== null) startMetering();
   }
 
   async evaluate(tenant: string, target: EvaluationTarget, input: unknown): Promise<unknown> {

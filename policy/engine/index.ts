@@ -12,7 +12,8 @@
  * integers keep their exact value (JSON.parse would round them).
  */
 import { loadPolicy, type LoadedPolicy } from '@open-policy-agent/opa-wasm';
-import { FUEL_GLOBAL, meterPolicyWasm } from './meter.js';
+import { FUEL_GLOBAL } from './meter.js';
+import { meterWasm } from './metering.js';
 
 export type PolicyData = Record<string, unknown> | string;
 
@@ -60,15 +61,16 @@ function toWasmData(data: PolicyData): object | ArrayBuffer {
  * Compiles policy wasm once, to instantiate many times (projects that share
  * Rego share the module, each with its own data). The bytes are first
  * rewritten to meter the evaluation's work (meter.ts), so that every
- * evaluation is bounded by its fuel; V8 validates the result as it compiles
- * it, off the main thread, so other decisions go on meanwhile.
+ * evaluation is bounded by its fuel, in the metering worker (metering.ts);
+ * V8 validates the result as it compiles it, off the main thread too, so
+ * other decisions go on meanwhile.
  */
 export async function compilePolicyModule(wasm: Uint8Array): Promise<WebAssembly.Module> {
   try {
     // Unmetered: a plain copy (a Node Buffer may be a view into a shared pool,
     // and both Buffer#slice and a species-aware Uint8Array#slice can land in
     // that pool again; constructing a plain Uint8Array copies exactly its bytes).
-    return await WebAssembly.compile(evaluationFuel() === null ? new Uint8Array(wasm).buffer : await meterPolicyWasm(wasm));
+    return await WebAssembly.compile(evaluationFuel() === null ? new Uint8Array(wasm).buffer : await meterWasm(wasm));
   } catch (cause) {
     throw new PolicyEngineError('not a loadable OPA wasm policy', { cause });
   }

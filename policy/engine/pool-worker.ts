@@ -8,6 +8,7 @@ import { LRUCache } from 'lru-cache';
 import { EngineCache, type EngineSource } from './cache.js';
 import { EvaluationBudgetError } from './index.js';
 import { warmUpMetering } from './meter.js';
+import { meterOnThisThread } from './metering.js';
 
 export interface WorkerSettings {
   cacheBytes: number;
@@ -31,6 +32,8 @@ export type WorkerAnswer =
 /** What the engine throws when an evaluation needs more linear memory than the instance's maximum. */
 const OUT_OF_MEMORY = /opa_malloc: failed|Maximum memory size exceeded|WebAssembly\.Memory\.grow/;
 
+// This thread is off the request path already: it meters its modules itself (warm before its first job).
+meterOnThisThread();
 const settings = workerData as WorkerSettings;
 const engines = new EngineCache({ budgetBytes: settings.cacheBytes, maxMemoryBytes: settings.memoryMaxBytes, fuel: settings.fuel });
 /** Sources by engine key; wasm buffers are shared between keys of one module. */
