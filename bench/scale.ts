@@ -14,9 +14,20 @@
 // compiled once by the real opa; the other projects share those modules with
 // data of their own, as teams sharing a template would.
 //
+// The distinct-policies row ("distinct N") gives every project a wasm of its
+// own, as tenants writing their own Rego would. Compiling ten thousand Rego
+// modules with opa takes over an hour here (~0.5 s each), so it does not:
+// the same few hundred compiled modules are made distinct by a constant
+// inside the wasm (the string `marker`, in the module's data section,
+// rewritten per project with one of the same length), so every module
+// differs in sha256 and in its marker's value while its code and size are
+// those of a real compiled policy. The gateway loads each as it would any
+// module (the row's decisions are allowed by them).
+//
 // Env: BENCH_SCALE_PROJECTS ("1000,10000"), BENCH_SCALE_MODULES (300),
 // BENCH_SECONDS (3), BENCH_RUNNERS (2), BENCH_PROPAGATION_WRITES (20),
-// BENCH_COLD_SAMPLE (200), BENCH_CONNECTIONS (8), BENCH_ROUNDS (4), BENCH_BASELINE_RUNNER;
+// BENCH_COLD_SAMPLE (200), BENCH_CONNECTIONS (8), BENCH_ROUNDS (4), BENCH_BASELINE_RUNNER,
+// BENCH_DISTINCT_PROJECTS (10000; 0: no distinct-policies row);
 // POLICY_EVAL_WORKERS is passed to the runners (0: evaluation on their own thread).
 import { readFileSync, readdirSync, statSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -49,6 +60,7 @@ const propagationWrites = Number(process.env.BENCH_PROPAGATION_WRITES ?? 20);
 const coldSample = Number(process.env.BENCH_COLD_SAMPLE ?? 200);
 const connections = Number(process.env.BENCH_CONNECTIONS ?? 8);
 const rounds = Number(process.env.BENCH_ROUNDS ?? 4);
+const distinctProjects = Number(process.env.BENCH_DISTINCT_PROJECTS ?? 10_000);
 const HOT_SET = 64;
 
 const here = fileURLToPath(new URL('.', import.meta.url));
@@ -61,6 +73,19 @@ const runnerScript = join(here, '../plugins/runner/main.js');
 const baselineScript = process.env.BENCH_BASELINE_RUNNER || null;
 const opaPath = process.env.OPA_PATH || join(root, '.local/bin/opa');
 
+/** A constant of every module, rewritten per project (same length) for the distinct-policies row. */
+const MARKER = 'gh-variant-0000000000';
+const markerOf = (i: number) => `gh-variant-${String(i).padStart(10, '0')}`;
+
+/** `module` made distinct for project `i`: its marker rewritten in place. */
+function distinctModule(module: CompiledPolicy, i: number): CompiledPolicy {
+  const at = module.wasm.indexOf(MARKER);
+  if (at < 0 || module.wasm.indexOf(MARKER, at + 1) >= 0) throw new Error('the marker is not in the compiled module exactly once');
+  const wasm = Buffer.from(module.wasm);
+  wasm.write(markerOf(i), at, 'latin1');
+  return { ...module, wasm };
+}
+
 const projectName = (i: number) => `p${String(i).padStart(5, '0')}`;
 const moduleSource = (k: number) => `package project.authz
 import rego.v1
@@ -68,6 +93,8 @@ import rego.v1
 default allow := false
 
 template := ${k}
+
+marker := "${MARKER}"
 
 # Template ${k}: every team on it has its own roles in data.
 allow if {
@@ -99,15 +126,21 @@ interface Row {
 
 const pct = (xs: number[], p: number) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor((p / 100) * xs.length))]!;
 
+/** RSS of a process and every process under it (a runner's primary and its workers). */
 function rssMiB(pid: number): number {
   const match = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-  return match ? Number(match[1]) / 1024 : NaN;
+  let total = match ? Number(match[1]) / 1024 : NaN;
+  for (const task of readdirSync(`/proc/${pid}/task`)) {
+    const children = readFileSync(`/proc/${pid}/task/${task}/children`, 'utf8').trim();
+    for (const child of children ? children.split(/\s+/) : []) total += rssMiB(Number(child));
+  }
+  return total;
 }
 
 function filesUnder(dir: string, exists = true): Map<string, { size: number; mtimeMs: number }> {
   const found = new Map<string, { size: number; mtimeMs: number }>();
   // An earlier runner kept one file beside where the directory is now.
-  if (!exists) dir = join(dir, '..', 'policies.snapshot.json');
+  if (!exists && !statSync(dir, { throwIfNoEntry: false })?.isDirectory()) dir = join(dir, '..', 'policies.snapshot.json');
   const single = statSync(dir, { throwIfNoEntry: false });
   if (single?.isFile()) {
     found.set(dir, { size: single.size, mtimeMs: single.mtimeMs });
@@ -184,6 +217,8 @@ async function main() {
     untilEnforcing: (i: number, confToken: number, project: number, since: number) => Promise<void>;
     untilSnapshotWritten: (i: number) => Promise<void>;
     snapshotDir: string;
+    /** Started on another gateway's etcd (which that one stops). */
+    sharesEtcd: boolean;
     row: Partial<Row> & { projects: number };
   }
 
@@ -198,6 +233,16 @@ async function main() {
     for (const projects of [1, ...scales]) {
       gateways.push(await setUp(projects, runnerScript, String(projects)));
       console.error(`[bench:scale] ${projects} projects set up`);
+    }
+    if (distinctProjects > 0) {
+      // One etcd seeded once, the runners before and after started on it one after the other.
+      const seeded = await setUp(distinctProjects, runnerScript, `distinct ${distinctProjects}`, true);
+      gateways.push(seeded);
+      console.error(`[bench:scale] ${distinctProjects} distinct policies set up`);
+      if (baselineScript) {
+        gateways.push(await setUp(distinctProjects, baselineScript, `before, distinct ${distinctProjects}`, true, seeded));
+        console.error('[bench:scale] the baseline runner on distinct policies set up');
+      }
     }
     // 2. Hot decisions side by side: rounds alternate over the scales, the
     //    same hot project (and the same hot set of 64 where there are 64).
@@ -217,6 +262,7 @@ async function main() {
       g.row.hot = medianStats(single.get(g.label)!);
       g.row.hotSet = rotating.has(g.label) ? medianStats(rotating.get(g.label)!) : null;
       g.row.rssMiB = rssMiB(g.processes[0]!.child.pid!);
+      g.row.snapshotTotalBytes = [...filesUnder(g.snapshotDir, g.script === runnerScript).values()].reduce((sum, f) => sum + f.size, 0);
     }
     // 3. Propagation under traffic, one scale at a time.
     for (const g of gateways) {
@@ -226,26 +272,30 @@ async function main() {
   } finally {
     for (const g of gateways) {
       await Promise.all(g.processes.map((p) => p.stop()));
+      if (g.sharesEtcd) continue;
       g.client.close();
       await g.etcd.cleanup();
     }
   }
   const rows = gateways.map((g) => g.row as Row);
 
-  async function setUp(projects: number, script: string, label: string): Promise<Gateway> {
-    const etcd: LocalEtcd = await startLocalEtcd({ dataRoot: 'bench-etcd', extraArgs: ['--quota-backend-bytes', String(8 * 1024 ** 3)] });
+  async function setUp(projects: number, script: string, label: string, distinct = false, on?: Gateway): Promise<Gateway> {
+    const etcd: LocalEtcd = on?.etcd ?? (await startLocalEtcd({ dataRoot: 'bench-etcd', extraArgs: ['--quota-backend-bytes', String(8 * 1024 ** 3)] }));
     const processes: BenchProcess[] = [];
-    const client = createEtcdClient(etcd.endpoints);
-    const store = new PolicyStore(client);
-    const moduleOf = (i: number) => modules[i % Math.min(modules.length, projects)]!;
+    const client = on?.client ?? createEtcdClient(etcd.endpoints);
+    const store = on?.store ?? new PolicyStore(client);
+    const shared = (i: number) => modules[i % Math.min(modules.length, projects)]!;
+    const moduleOf = distinct ? (i: number) => distinctModule(shared(i), i) : shared;
     const seedStarted = performance.now();
     const limit = pLimit(32);
-    await Promise.all(
-      Array.from({ length: projects }, (_, i) =>
-        limit(() => store.put(projectName(i), policySubmission(moduleSource(i % modules.length), JSON.stringify({ roles: [`role-${i}`] }), moduleOf(i), 'bench'))),
-      ),
-    );
-    const seedSeconds = (performance.now() - seedStarted) / 1000;
+    if (!on) {
+      await Promise.all(
+        Array.from({ length: projects }, (_, i) =>
+          limit(() => store.put(projectName(i), policySubmission(moduleSource(i % modules.length), JSON.stringify({ roles: [`role-${i}`] }), moduleOf(i), 'bench'))),
+        ),
+      );
+    }
+    const seedSeconds = on ? on.row.seedSeconds ?? 0 : (performance.now() - seedStarted) / 1000;
     const tag = `${gateways.length}-${projects}`;
     const socket = (i: number) => join(work, `${tag}-${i}.sock`);
     const env = (i: number) => ({
@@ -350,6 +400,7 @@ async function main() {
       script,
       label,
       snapshotDir: join(work, `state-${tag}-0`, 'policy-snapshot'),
+      sharesEtcd: on !== undefined,
       row: { projects, label, seedSeconds, startToEnforcingMs, coldP50Ms, coldP99Ms, hotDuringColdP99Us },
     };
   }
@@ -421,7 +472,7 @@ async function main() {
   const fmt = (x: number | null | undefined, digits = 0) => (x === null || x === undefined ? '–' : x.toFixed(digits));
   console.log(machineLine());
   console.log(
-    `distinct modules: ${Math.min(moduleCount, largest)}; engine cache: default (256 MiB); hot: ${connections} connections, ${seconds} s x ${rounds} rounds alternating over the scales (median); ` +
+    `distinct modules: ${Math.min(moduleCount, largest)} (the distinct rows: every project its own, made from those); RSS: the runner's primary and workers (default workers); engine cache: default (256 MiB); hot: ${connections} connections, ${seconds} s x ${rounds} rounds alternating over the scales (median); ` +
       `cold sample: ${coldSample}; propagation: ${runnerCount} runners serving traffic, ${propagationWrites} writes\n`,
   );
   console.log('| projects | seed s | start → enforcing ms | cold first decision p50 / p99 ms | hot-set p99 µs during cold sweep | RSS MiB | snapshot MiB | snapshot bytes per change |');
