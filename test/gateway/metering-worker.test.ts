@@ -49,7 +49,7 @@ describe('metering in a worker thread', () => {
    * thread used between two ticks (unlike the delay, not lengthened while the thread waits for a
    * core that other threads or processes hold: two cores here, shared with other tests).
    */
-  async function probedCompile(wasm: Uint8Array): Promise<{ cpu: number; delay: number; seen: string }> {
+  async function probedCompile(wasm: Uint8Array): Promise<{ cpu: number; delay: number; elapsed: number; seen: string }> {
     const histogram = monitorEventLoopDelay({ resolution: 5 });
     let lastCpu = threadCpuMs();
     let cpu = 0;
@@ -74,24 +74,21 @@ describe('metering in a worker thread', () => {
     const delay = histogram.max / 1e6;
     const seen = `${wasm.byteLength} bytes compiled in ${elapsed.toFixed(0)} ms; at most ${cpu} ms CPU of this thread between two ticks; max event loop delay ${delay.toFixed(0)} ms`;
     console.log(seen);
-    return { cpu, delay, seen };
+    return { cpu, delay, elapsed, seen };
   }
 
   // First in this file: the process has not metered anything yet, as a gateway just started.
   it('compiling fresh, large modules keeps the event loop turning (on the calling thread it was held for hundreds of ms)', async () => {
     expect(isMainThread).toBe(true); // threadCpuMs reads this thread's time
-    // binaryen starting (its own wasm compiled on every core V8 has) may lengthen the delay here, but holds no CPU of this thread.
-    const cold = await probedCompile((await compiler.compile(large(150, 'cold'), '{}')).wasm);
-    expect(cold.cpu, cold.seen).toBeLessThan(50);
-    // Once binaryen is warm, new modules: at least one of three with the loop never delayed 50 ms, on a machine shared with other tests
-    // (on the calling thread, each held the loop for hundreds of ms).
-    const delays: number[] = [];
-    for (const salt of ['warm-1', 'warm-2', 'warm-3']) {
-      const warm = await probedCompile((await compiler.compile(large(150, salt), '{}')).wasm);
-      expect(warm.cpu, warm.seen).toBeLessThan(50);
-      delays.push(warm.delay);
+    // Cold (binaryen starting in the worker), then three new modules once it is warm. On the calling thread, each held
+    // the loop for its whole metering: hundreds of ms of this thread's CPU at a stretch, the delay about the compile's time.
+    // Here the thread is idle meanwhile; the delay may still grow while it waits for a core (two, shared with other
+    // tests: up to a few hundred ms seen under load), never for the whole compile.
+    for (const salt of ['cold', 'warm-1', 'warm-2', 'warm-3']) {
+      const { cpu, delay, elapsed, seen } = await probedCompile((await compiler.compile(large(150, salt), '{}')).wasm);
+      expect(cpu, seen).toBeLessThan(50);
+      expect(delay, seen).toBeLessThan(elapsed / 2);
     }
-    expect(Math.min(...delays), delays.map((d) => d.toFixed(0)).join(' ms, ')).toBeLessThan(50);
   }, 120_000);
 
   it('meters to the very bytes the calling thread does, and the module decides as the wasm opa built', async () => {
