@@ -302,6 +302,7 @@ async function main() {
     console.log(`| CMS PUT returns -> all ${runnerCount} runners enforce | ${pct(putReturnedToAll, 50)} | ${pct(putReturnedToAll, 99)} | ${Math.max(...putReturnedToAll)} |`);
     console.log(`| etcd commit (metadata time) -> swap, per runner | ${pct(commitToSwap, 50)} | ${pct(commitToSwap, 99)} | ${Math.max(...commitToSwap)} |`);
     console.log(`(median of "PUT returns -> all enforce": ${median(putReturnedToAll)} ms; negative means the runners swapped before the PUT response reached the client)`);
+    console.log(`(each write in order, PUT returns -> all enforce, ms: ${putReturnedToAll.join(' ')})`);
     const f1 = (n: number) => n.toFixed(1);
     console.log('');
     console.log(`write -> acknowledged by every gateway (Prefer: wait=10; every write acknowledged by ${enforcedBy} gateways), ${propagationWrites} writes each:`);
