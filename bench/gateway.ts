@@ -32,7 +32,6 @@
 // top functions by self time printed.
 import { execFile, execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { connect } from 'node:net';
 import { availableParallelism, tmpdir } from 'node:os';
 import { basename, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -49,6 +48,7 @@ import { createEtcdClient } from '../etcd/index.js';
 import { BudgetStore } from '../budget/store.js';
 import { readUsage } from '../budget/usage.js';
 import { PLATFORM_POLICY_NAME } from '../policy/store/index.js';
+import { answers, buildGoTools, expectStatus, status, tcpAccepts } from './gateway-stack.js';
 import { benchOpaPath, machineLine, median, startProcess, storeBenchPolicy, treeCpuMicros, type BenchProcess } from './support.js';
 
 const connections = Number(process.env.BENCH_CONNECTIONS ?? 8);
@@ -58,7 +58,6 @@ const workers = Number(process.env.RUNNER_WORKERS ?? availableParallelism());
 const profileDir = process.env.BENCH_CPU_PROF ? resolve(process.env.BENCH_CPU_PROF) : null;
 const here = fileURLToPath(new URL('.', import.meta.url));
 const root = join(here, '..', '..');
-const bin = join(root, '.local', 'bin');
 const execFileAsync = promisify(execFile);
 const PROJECT = 'bench';
 
@@ -108,28 +107,6 @@ allow if {
 
 status_code := 401 if not claims
 `;
-
-/** The Go yardsticks and tools (cached by Go after the first time). */
-function buildGoTools(): Record<'goRunner' | 'load' | 'upstream', string> {
-  const out = { goRunner: join(bin, 'gatehouse-bench-go-runner'), load: join(bin, 'gatehouse-http-load'), upstream: join(bin, 'gatehouse-bench-upstream') };
-  for (const [path, pkg] of [
-    [out.goRunner, './go-runner'],
-    [out.load, './httpload'],
-    [out.upstream, './upstream'],
-  ] as const) {
-    execFileSync('go', ['build', '-o', path, pkg], { cwd: join(root, 'bench', 'go'), stdio: 'inherit' });
-  }
-  return out;
-}
-
-const tcpAccepts = (port: number) =>
-  new Promise<boolean>((resolve) => {
-    const s = connect(port, '127.0.0.1');
-    s.once('connect', () => (s.destroy(), resolve(true)));
-    s.once('error', () => resolve(false));
-  });
-
-const answers = (url: string) => fetch(url, { signal: AbortSignal.timeout(1_000) }).then((r) => r.arrayBuffer().then(() => r.ok), () => false);
 
 /** CPU µs of an nginx instance's processes (its process group) other than the runner's tree. */
 function apisixCpuMicros(apisix: ApisixHandle): number {
@@ -228,23 +205,6 @@ function medianRow(rows: Row[]): Row {
     apisixCpu: pick((r) => r.apisixCpu),
     loadCpu: pick((r) => r.loadCpu),
   };
-}
-
-/** One request through the gateway, for the checks before measuring. */
-async function status(apisix: ApisixHandle, path: string, init: RequestInit = {}): Promise<number> {
-  const res = await fetch(`${apisix.url}${path}`, { ...init, signal: AbortSignal.timeout(10_000) });
-  await res.arrayBuffer();
-  return res.status;
-}
-
-async function expectStatus(what: string, expected: number, get: () => Promise<number>, attempts = 100): Promise<void> {
-  let got = 0;
-  for (let i = 0; i < attempts; i++) {
-    got = await get();
-    if (got === expected) return;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`${what}: expected ${expected}, got ${got}`);
 }
 
 interface ProfileNode {

@@ -1,0 +1,342 @@
+// npm run bench:soak — the gateway held under load for a long time while its
+// policy keeps changing: real APISIX 3.9.1 (two nginx workers) with
+// Gatehouse's runner in front of the Go upstream (bench/go/upstream), the
+// route /rag/ask as apisix-conf/apisix.yaml has it (jwt + opa: the platform
+// policy and the caller's project policy).
+//
+//   1. the route's maximum: bench/go/httpload on a closed loop (N keep-alive
+//      connections, one request at a time on each) for BENCH_SOAK_MAX_SECONDS;
+//   2. BENCH_SOAK_LOAD (0.8) of that rate for BENCH_SOAK_SECONDS, paced on an
+//      open loop (httpload -rate: each connection on a fixed schedule; a
+//      request held back by a slow answer has its latency counted from when
+//      it was due), one line of calls, errors, p50 and p99 per interval
+//      (BENCH_SOAK_INTERVAL; default a third of the run, between 10 s and a
+//      minute: a minute in the full run, 30 s in a 90 s one);
+//   3. meanwhile, once a second, a new version of the project's policy,
+//      compiled by the real opa and stored as the CMS stores it: new data each
+//      time (a revision number), the Rego alternating between two texts so
+//      the module changes too (each new module is metered by the runner
+//      before it is used); every version keeps allowing the caller;
+//   4. every 5 s, the RSS of every process of the gateway (nginx master,
+//      workers and helpers, the runner's primary and workers) and of etcd.
+//
+// Targets: zero errors (any answer other than the upstream's 200, any failed
+// policy write); the RSS of every process flat (growth <= 5% from the end of
+// the first interval to the end); p99 of the last interval within 1.5x of
+// the first.
+//
+// Env: BENCH_SOAK_SECONDS (600), BENCH_SOAK_LOAD (0.8), BENCH_CONNECTIONS (8),
+// BENCH_SOAK_MAX_SECONDS (10), BENCH_SOAK_INTERVAL (s), RUNNER_WORKERS (default: cores).
+import { execFile } from 'node:child_process';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { availableParallelism, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { pino } from 'pino';
+import { parseDocument } from 'yaml';
+import { createDemoIdentity, DEMO_PLATFORM_POLICY, DEMO_PROJECT_POLICY } from '../cms/demo.js';
+import { RegoCompiler, policySubmission } from '../cms/rego-compiler.js';
+import { pointRoutesAt, standaloneRoutesText } from '../tools/local-stack/index.js';
+import { startLocalVault } from '../tools/local-vault/index.js';
+import { startLocalEtcd } from '../tools/local-etcd/index.js';
+import { findApisix, freePort, startApisix, type ApisixHandle } from '../tools/apisix/index.js';
+import { commandLine, processTable } from '../tools/proc.js';
+import { createEtcdClient } from '../etcd/index.js';
+import { PLATFORM_POLICY_NAME, PolicyStore } from '../policy/store/index.js';
+import { buildGoTools, expectStatus, status, tcpAccepts } from './gateway-stack.js';
+import { benchOpaPath, machineLine, startProcess, storeBenchPolicy, type BenchProcess } from './support.js';
+
+const seconds = Number(process.env.BENCH_SOAK_SECONDS ?? 600);
+const loadShare = Number(process.env.BENCH_SOAK_LOAD ?? 0.8);
+const connections = Number(process.env.BENCH_CONNECTIONS ?? 8);
+const maxSeconds = Number(process.env.BENCH_SOAK_MAX_SECONDS ?? 10);
+const workers = Number(process.env.RUNNER_WORKERS ?? availableParallelism());
+const interval = Number(process.env.BENCH_SOAK_INTERVAL ?? Math.min(60, Math.max(10, seconds / 3)));
+const RSS_EVERY_MS = 5_000;
+const here = fileURLToPath(new URL('.', import.meta.url));
+const root = join(here, '..', '..');
+const execFileAsync = promisify(execFile);
+const PROJECT = 'bench';
+
+/** The second Rego the writer alternates to: the same decision, one more rule (so a new module). */
+const PROJECT_REGO_B = `${DEMO_PROJECT_POLICY.rego}
+# The soak's second text: the same decision, a rule more.
+soak_revision := data.soak_revision
+`;
+
+interface LoadLine {
+  calls: number;
+  errors: number;
+  statuses?: Record<string, number>;
+  callsPerSecond: number;
+  p50Us: number;
+  p99Us: number;
+}
+
+interface IntervalLine {
+  interval: number;
+  fromS: number;
+  seconds: number;
+  calls: number;
+  errors: number;
+  p50Us: number;
+  p99Us: number;
+  maxUs: number;
+}
+
+/** Kilobytes of resident memory of a process (VmRSS) and its anonymous part (RssAnon: heap, not mapped files), or null once it is gone. */
+function rssKiB(pid: number): { kib: number; anon: number } | null {
+  try {
+    const text = readFileSync(`/proc/${pid}/status`, 'utf8');
+    const field = (name: string) => Number(new RegExp(`^${name}:\\s+(\\d+) kB`, 'm').exec(text)?.[1] ?? NaN);
+    const kib = field('VmRSS');
+    return Number.isNaN(kib) ? null : { kib, anon: field('RssAnon') };
+  } catch {
+    return null;
+  }
+}
+
+/** The processes to watch, by a stable label: the gateway's (nginx's group, the runner's tree) and etcd. */
+function watchedProcesses(apisix: ApisixHandle, etcdPid: number | null): Map<string, number> {
+  const table = processTable();
+  const out = new Map<string, number>();
+  const runner = apisix.runnerPid();
+  const runnerTree = new Set<number>();
+  if (runner !== null) {
+    out.set('runner primary', runner);
+    table
+      .filter((p) => p.ppid === runner)
+      .sort((a, b) => a.pid - b.pid)
+      .forEach((p, i) => out.set(`runner worker ${i + 1}`, p.pid));
+    const todo = [runner];
+    while (todo.length > 0) {
+      const pid = todo.pop()!;
+      runnerTree.add(pid);
+      for (const p of table) if (p.ppid === pid) todo.push(p.pid);
+    }
+  }
+  const counts = new Map<string, number>();
+  for (const p of table.filter((x) => x.pgrp === apisix.pid && !runnerTree.has(x.pid)).sort((a, b) => a.pid - b.pid)) {
+    const title = (commandLine(p.pid) ?? '').replace(/\0/g, ' ').trim();
+    const kind = p.pid === apisix.pid ? 'nginx master' : /^nginx: (.*?) process/.exec(title)?.[1] ? `nginx ${/^nginx: (.*?) process/.exec(title)![1]}` : 'nginx other';
+    const n = (counts.get(kind) ?? 0) + 1;
+    counts.set(kind, n);
+    out.set(kind === 'nginx master' ? kind : `${kind} ${n}`, p.pid);
+  }
+  if (etcdPid !== null) out.set('etcd', etcdPid);
+  return out;
+}
+
+/** etcd, the one process among this one's descendants whose command line runs etcd on that data dir. */
+function findEtcd(dataDir: string): number | null {
+  const table = processTable();
+  const mine = new Set([process.pid]);
+  for (let grew = true; grew; ) {
+    grew = false;
+    for (const p of table) if (mine.has(p.ppid) && !mine.has(p.pid)) (mine.add(p.pid), (grew = true));
+  }
+  return [...mine].find((pid) => pid !== process.pid && (commandLine(pid) ?? '').includes(dataDir)) ?? null;
+}
+
+async function main() {
+  const installation = findApisix(root);
+  if (!installation) throw new Error('no APISIX on this machine: `npm run setup` builds it from the APISIX kit, or set APISIX_HOME');
+  if (!(seconds > 0 && loadShare > 0 && loadShare <= 1 && connections >= 1 && maxSeconds > 0)) throw new Error('want BENCH_SOAK_SECONDS > 0, 0 < BENCH_SOAK_LOAD <= 1, BENCH_CONNECTIONS >= 1');
+  const tools = buildGoTools();
+  const work = mkdtempSync(join(tmpdir(), 'gh-bench-soak-'));
+  const logger = pino({ level: 'warn' });
+  const cleanups: (() => Promise<unknown>)[] = [];
+  const processes: BenchProcess[] = [];
+  try {
+    const etcd = await startLocalEtcd({ dataRoot: 'bench-etcd' });
+    cleanups.unshift(() => etcd.cleanup());
+    const etcdPid = findEtcd(etcd.dataDir);
+    const vault = await startLocalVault();
+    cleanups.unshift(() => vault.stop());
+    const approle = await vault.createAppRole('gatehouse-gateway', 'path "secret/data/llm/*" { capabilities = ["read"] }');
+    const identity = await createDemoIdentity(join(work, 'identity'));
+    const token = await identity.sign({ sub: 'dev', role: 'project_user', project: PROJECT });
+    const outsider = await identity.sign({ sub: 'eve', role: 'project_user', project: 'other-team' });
+
+    await storeBenchPolicy(etcd.endpoints, PLATFORM_POLICY_NAME, DEMO_PLATFORM_POLICY.rego, JSON.stringify(DEMO_PLATFORM_POLICY.data));
+    await storeBenchPolicy(etcd.endpoints, PROJECT, DEMO_PROJECT_POLICY.rego, JSON.stringify({ ...DEMO_PROJECT_POLICY.data, soak_revision: 0 }));
+
+    const upstreamPort = await freePort();
+    processes.push(await startProcess(tools.upstream, ['-addr', `127.0.0.1:${upstreamPort}`], {}, () => tcpAccepts(upstreamPort)));
+    const upstream = `127.0.0.1:${upstreamPort}`;
+    const routesPath = join(work, 'apisix.yaml');
+    writeFileSync(routesPath, standaloneRoutesText(parseDocument(pointRoutesAt(readFileSync(join(root, 'apisix-conf', 'apisix.yaml'), 'utf8'), { rag: upstream, llm: upstream }))));
+    const gateway = await startApisix({
+      installation,
+      repoRoot: root,
+      routesPath,
+      port: await freePort(),
+      workerProcesses: 2,
+      env: {
+        PATH: process.env.PATH ?? '',
+        LOG_LEVEL: 'warn',
+        ETCD_ENDPOINTS: etcd.endpoints.join(','),
+        OPA_PATH: benchOpaPath,
+        RUNNER_METRICS_PORT: 'off',
+        RUNNER_WORKERS: String(workers),
+        RUNNER_STATE_DIR: join(work, 'runner-state'),
+        RUNNER_SETTLE_PORT: String(await freePort()),
+        VAULT_ADDR: vault.addr,
+        VAULT_ROLE_ID: approle.roleId,
+        VAULT_SECRET_ID: approle.secretId,
+        JWT_JWKS_FILE: identity.jwksFile,
+        JWT_ISSUER: identity.identityConfig.issuer,
+        JWT_AUDIENCE: identity.identityConfig.audience.join(','),
+        JWT_ALGORITHMS: identity.identityConfig.algorithms.join(','),
+      },
+      logger,
+    });
+    cleanups.unshift(() => gateway.stop());
+
+    // Fast and wrong is worthless: the caller is let through, another project's caller and no token are not.
+    const path = '/rag/ask';
+    await expectStatus("the project's caller", 200, () => status(gateway, path, { headers: { authorization: `Bearer ${token}` } }));
+    await expectStatus('no token', 401, () => status(gateway, path), 1);
+    await expectStatus("another project's caller", 403, () => status(gateway, path, { headers: { authorization: `Bearer ${outsider}` } }), 1);
+
+    const loadArgs = ['-url', `${gateway.url}${path}`, '-connections', String(connections), '-header', `authorization: Bearer ${token}`];
+    const runLoad = async (args: string[]) => {
+      const { stdout } = await execFileAsync(tools.load, [...loadArgs, ...args], { maxBuffer: 64 * 1024 * 1024 });
+      return stdout.trim().split('\n').map((l) => JSON.parse(l) as unknown);
+    };
+
+    // 1. The maximum, on a closed loop.
+    const [max] = (await runLoad(['-seconds', String(maxSeconds), '-warmup', '1'])) as [LoadLine];
+    if (max.errors > 0 || max.calls === 0) throw new Error(`the maximum's run: ${max.errors} errors of ${max.calls + max.errors} (statuses ${JSON.stringify(max.statuses)})`);
+    const rate = Math.max(1, Math.round(max.callsPerSecond * loadShare));
+
+    // 3. The policy writer: a new version once a second, on a fixed schedule (a write that runs late is not made up).
+    const compiler = new RegoCompiler({ opaPath: benchOpaPath });
+    const writes = { made: 0, failed: 0, skipped: 0, ms: [] as number[], firstRevision: 0, lastRevision: 0, failures: [] as string[] };
+    let writing = true;
+    const writer = (async () => {
+      const client = createEtcdClient(etcd.endpoints);
+      const store = new PolicyStore(client);
+      const began = Date.now();
+      try {
+        for (let n = 1; writing; n++) {
+          const due = began + (n - 1) * 1_000;
+          const wait = due - Date.now();
+          if (wait < -1_000) {
+            writes.skipped++;
+            continue;
+          }
+          if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+          if (!writing) break;
+          const t0 = performance.now();
+          try {
+            const rego = n % 2 === 0 ? DEMO_PROJECT_POLICY.rego : PROJECT_REGO_B;
+            const dataText = JSON.stringify({ ...DEMO_PROJECT_POLICY.data, soak_revision: n });
+            const compiled = await compiler.compile(rego, dataText);
+            const put = await store.put(PROJECT, policySubmission(rego, dataText, compiled, 'bench-soak'));
+            if (writes.firstRevision === 0) writes.firstRevision = put.revision;
+            writes.lastRevision = put.revision;
+            writes.made++;
+            writes.ms.push(performance.now() - t0);
+          } catch (err) {
+            writes.failed++;
+            if (writes.failures.length < 5) writes.failures.push(String(err));
+          }
+        }
+      } finally {
+        client.close();
+      }
+    })();
+
+    // 4. RSS every 5 s, per process (by label; a label whose pid changes is a restart, reported).
+    const rss = new Map<string, { pid: number; samples: { t: number; kib: number; anon: number }[]; restarted: boolean }>();
+    const loadStart = Date.now();
+    const sample = () => {
+      const t = (Date.now() - loadStart) / 1000;
+      for (const [label, pid] of watchedProcesses(gateway, etcdPid)) {
+        const got = rssKiB(pid);
+        if (got === null) continue;
+        const entry = rss.get(label) ?? { pid, samples: [], restarted: false };
+        if (entry.pid !== pid) entry.restarted = true;
+        entry.pid = pid;
+        entry.samples.push({ t, ...got });
+        rss.set(label, entry);
+      }
+    };
+    sample();
+    const sampler = setInterval(sample, RSS_EVERY_MS);
+
+    // 2. The soak itself: the paced load, one line per interval.
+    let lines: unknown[];
+    try {
+      lines = await runLoad(['-seconds', String(seconds), '-warmup', '0', '-rate', String(rate), '-interval', String(interval)]);
+    } finally {
+      clearInterval(sampler);
+      sample();
+      writing = false;
+      await writer;
+    }
+    const total = lines.at(-1) as LoadLine & { statuses: Record<string, number> };
+    const intervals = lines.slice(0, -1) as IntervalLine[];
+
+    console.log(machineLine());
+    console.log(
+      `through APISIX 3.9.1 (2 nginx workers) to a Go upstream, /rag/ask (Gatehouse jwt + opa: platform + project policy); load: bench/go/httpload, ${connections} connections; ` +
+        `Gatehouse RUNNER_WORKERS=${workers}; loadavg at the end ${readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ')}\n`,
+    );
+    console.log(`maximum (closed loop, ${maxSeconds}s): ${max.callsPerSecond.toFixed(0)} req/s, p50 ${max.p50Us.toFixed(0)} µs, p99 ${max.p99Us.toFixed(0)} µs`);
+    console.log(`soak: ${(loadShare * 100).toFixed(0)}% of it = ${rate} req/s paced (open loop) for ${seconds}s, intervals of ${interval}s; statuses ${JSON.stringify(total.statuses)}`);
+    const writeMs = [...writes.ms].sort((a, b) => a - b);
+    console.log(
+      `policy writes (compile with opa + store, new data each, Rego alternating between two texts): ${writes.made} made, ${writes.failed} failed, ${writes.skipped} skipped (ran late), ` +
+        `etcd revisions ${writes.firstRevision}..${writes.lastRevision}, write time p50 ${(writeMs[Math.floor(writeMs.length / 2)] ?? 0).toFixed(0)} ms, max ${(writeMs.at(-1) ?? 0).toFixed(0)} ms` +
+        (writes.failures.length > 0 ? `\n  first failures: ${writes.failures.join(' | ')}` : ''),
+    );
+
+    console.log('\n| interval | from s | req/s | errors | p50 µs | p99 µs | max µs |');
+    console.log('|---:|---:|---:|---:|---:|---:|---:|');
+    for (const l of intervals) console.log(`| ${l.interval + 1} | ${l.fromS.toFixed(0)} | ${(l.calls / l.seconds).toFixed(0)} | ${l.errors} | ${l.p50Us.toFixed(0)} | ${l.p99Us.toFixed(0)} | ${l.maxUs.toFixed(0)} |`);
+
+    // RSS at the end of the first interval (a minute in the full run) against the end.
+    const baseAt = interval;
+    console.log(`\n| process | pid | RSS MiB at ${baseAt.toFixed(0)}s | RSS MiB at the end | growth | max MiB | anonymous (heap) MiB at ${baseAt.toFixed(0)}s -> end |`);
+    console.log('|---|---:|---:|---:|---:|---:|---:|');
+    let rssOk = true;
+    let maxGrowth = -Infinity;
+    const grown: string[] = [];
+    for (const [label, { pid, samples, restarted }] of [...rss].sort((a, b) => a[0].localeCompare(b[0]))) {
+      const base = samples.find((s) => s.t >= baseAt - RSS_EVERY_MS / 2000) ?? samples[0]!;
+      const end = samples.at(-1)!;
+      const growth = (end.kib - base.kib) / base.kib;
+      const ok = !restarted && growth <= 0.05;
+      maxGrowth = Math.max(maxGrowth, growth);
+      if (!ok) (rssOk = false, grown.push(label));
+      const mib = (k: number) => (k / 1024).toFixed(1);
+      console.log(`| ${label}${restarted ? ' (RESTARTED)' : ''} | ${pid} | ${mib(base.kib)} | ${mib(end.kib)} | ${(growth * 100).toFixed(1)}% | ${mib(Math.max(...samples.map((s) => s.kib)))} | ${mib(base.anon)} -> ${mib(end.anon)} |`);
+    }
+
+    const errors = total.errors + writes.failed;
+    const first = intervals[0]!;
+    const last = intervals.at(-1)!;
+    const p99Ratio = last.p99Us / first.p99Us;
+    const achieved = total.callsPerSecond / rate;
+    const verdict = (ok: boolean) => (ok ? 'PASS' : 'FAIL');
+    console.log('\n| target | measured | wanted | |');
+    console.log('|---|---:|---:|---|');
+    console.log(`| errors (non-200 answers, broken connections, failed policy writes) | ${total.errors} + ${writes.failed} | 0 | ${verdict(errors === 0)} |`);
+    console.log(`| RSS of every process, growth from ${baseAt.toFixed(0)}s to the end | max ${(maxGrowth * 100).toFixed(1)}%${grown.length ? ` (${grown.join(', ')})` : ''} | <= 5% | ${verdict(rssOk)} |`);
+    console.log(`| p99 of the last interval vs the first | ${last.p99Us.toFixed(0)} / ${first.p99Us.toFixed(0)} µs = ${p99Ratio.toFixed(2)}x | <= 1.5x | ${verdict(p99Ratio <= 1.5)} |`);
+    console.log(`| (load held: req/s served vs paced) | ${(achieved * 100).toFixed(1)}% | ~100% | ${achieved >= 0.98 ? 'held' : 'NOT held: the gateway or the machine fell behind'} |`);
+    console.log(`| (policy writes, one a second) | ${writes.made} in ${seconds}s | ${Math.floor(seconds)} | ${writes.skipped === 0 ? 'kept up' : `${writes.skipped} ran late`} |`);
+    if (errors > 0 || !rssOk || p99Ratio > 1.5) process.exitCode = 1;
+  } finally {
+    for (const p of processes) await p.stop();
+    for (const cleanup of cleanups) await cleanup().catch(() => undefined);
+  }
+}
+
+main().catch((err) => {
+  console.error(err);
+  process.exitCode = 1;
+});
