@@ -112,15 +112,16 @@ async function probingHealth<T>(cms: Cms, work: () => Promise<T>): Promise<{ res
 
 /**
  * /healthz answered within 50 ms while the check ran. A blocked thread shows
- * as one probe that waits the whole evaluation (seconds); on a shared
- * 2-core machine a probe may now and then wait 50 ms for the CPU alone, so
- * two such are tolerated, none past 250 ms.
+ * as one probe that waits the whole evaluation (a second and more here:
+ * none may pass 250 ms); on a shared 2-core machine a probe may now and then
+ * wait 50 ms for the CPU alone, so a few such are tolerated (a tenth of the
+ * probes, at least two).
  */
 function expectResponsive(latencies: number[]): void {
   const shown = `healthz latencies (ms): ${latencies.map((l) => l.toFixed(0)).join(' ')}`;
   expect(latencies.length, shown).toBeGreaterThan(10);
   expect(Math.max(...latencies), shown).toBeLessThan(250);
-  expect(latencies.filter((l) => l >= 50).length, shown).toBeLessThanOrEqual(2);
+  expect(latencies.filter((l) => l >= 50).length, shown).toBeLessThanOrEqual(Math.max(2, Math.floor(latencies.length / 10)));
 }
 
 function expectProblem(res: Response, status: number, type: string): Record<string, unknown> {

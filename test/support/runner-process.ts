@@ -44,7 +44,9 @@ export async function startRunner(
   child.stderr!.on('data', (c: Buffer) => (stderr += c.toString()));
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
 
-  const deadline = Date.now() + 10_000;
+  // Generous: a runner starts in about 1.5 s, but several started at once on a
+  // loaded 2-core machine (each also warming binaryen in its metering thread) take longer.
+  const deadline = Date.now() + 20_000;
   for (;;) {
     if (child.exitCode !== null) throw new Error(`runner exited early: ${stderr}`);
     if (await canConnect(socketPath)) break;
