@@ -23,6 +23,7 @@ import { readUsage } from '../../budget/usage.js';
 import { ledgerKey, type Allocation } from '../../budget/keys.js';
 import { windowBounds, type Budget } from '../../budget/definition.js';
 import { freePort } from '../../tools/local-etcd/index.js';
+import { runnerHasReadBudgets } from '../support/budget-client.js';
 
 const POLICY = `package project.authz
 import rego.v1
@@ -117,10 +118,7 @@ beforeAll(async () => {
     await budgets.put(project, budget, 'test');
     tokens[project] = await keys.token({ sub: `rag-${project}`, role: 'rag-service', project });
   }
-  type Readiness = { status: string; budgets?: string; workers?: { budgets?: string }[] };
-  const enforcing = (r: Readiness) => r.status === 'ready' && (r.workers ?? [r]).every((w) => w.budgets === 'loaded');
-  const readiness = () => fetch(`http://127.0.0.1:${metricsPort}/readyz`).then((r) => r.json() as Promise<Readiness>, () => ({ status: 'no answer' }));
-  await until('the runner to have read the policies and the budgets', async () => enforcing(await readiness()), 30_000);
+  await until('the runner to have read the policies and the budgets', () => runnerHasReadBudgets(metricsPort), 30_000);
   // One call the gateway lets through (policies, budgets, Vault all in place), then nothing of it is left in flight.
   await until('the gateway to allow a call', async () => {
     const r = await post('small', body('small', { max_tokens: 1 }));

@@ -20,7 +20,7 @@ import { startVault, type TestVault } from '../support/vault.js';
 import { startEtcd, type TestEtcd } from '../support/etcd.js';
 import { PolicyWriter, opaPath } from '../support/policies.js';
 import { testGateway } from '../support/gateway.js';
-import { spendTheRest } from '../support/budget-client.js';
+import { runnerHasReadBudgets, spendTheRest } from '../support/budget-client.js';
 import { repoRoot } from '../support/runner-process.js';
 import { startLlmStub, type LlmStub } from '../../tools/llm-stub/index.js';
 import { startLocalStack, standaloneRoutesText, type LocalStack } from '../../tools/local-stack/index.js';
@@ -149,10 +149,7 @@ beforeAll(async () => {
     await budgets.put(project, budget, 'test');
     tokens[project] = await keys.token({ sub: `rag-${project}`, role: 'rag-service', project });
   }
-  type Readiness = { status: string; budgets?: string; workers?: { budgets?: string }[] };
-  const enforcing = (r: Readiness) => r.status === 'ready' && (r.workers ?? [r]).every((w) => w.budgets === 'loaded');
-  const readiness = () => fetch(`http://127.0.0.1:${metricsPort}/readyz`).then((r) => r.json() as Promise<Readiness>, () => ({ status: 'no answer' }));
-  await until('the runner to have read the policies and the budgets', async () => enforcing(await readiness()), 30_000);
+  await until('the runner to have read the policies and the budgets', () => runnerHasReadBudgets(metricsPort), 30_000);
   const hello = { model: 'm-sh-misc', max_tokens: 5, messages: [{ role: 'user', content: 'hello' }] };
   await until('the gateway to allow a call', async () => (await post('/llm/v1/chat/completions', 'sh-misc', hello)).status === 200, 30_000);
 }, 240_000);

@@ -14,7 +14,7 @@ import { startVault, type TestVault } from '../support/vault.js';
 import { startEtcd, type TestEtcd } from '../support/etcd.js';
 import { PolicyWriter, opaPath } from '../support/policies.js';
 import { testGateway } from '../support/gateway.js';
-import { spendTheRest } from '../support/budget-client.js';
+import { runnerHasReadBudgets, spendTheRest } from '../support/budget-client.js';
 import { startLlmStub, type LlmStub } from '../../tools/llm-stub/index.js';
 import { startLocalStack, type LocalStack } from '../../tools/local-stack/index.js';
 import { createEtcdClient } from '../../etcd/index.js';
@@ -149,11 +149,8 @@ beforeAll(async () => {
   tokens['no-budget'] = await keys.token({ sub: 'rag-x', role: 'rag-service', project: 'team-x' });
   await writer.put('team-x', POLICY, { cheap_below: 0, allow_without_budget: true });
   // Both gateways enforce the policies and know the budgets: every runner worker says so.
-  type Readiness = { status: string; budgets?: string; workers?: { budgets?: string }[] };
-  const enforcing = (r: Readiness) => r.status === 'ready' && (r.workers ?? [r]).every((w) => w.budgets === 'loaded');
   for (const port of metricsPorts) {
-    const readiness = () => fetch(`http://127.0.0.1:${port}/readyz`).then((r) => r.json() as Promise<Readiness>, () => ({ status: 'no answer' }));
-    await until(`runner on ${port} to have read the policies and the budgets`, async () => enforcing(await readiness()), 30_000);
+    await until(`runner on ${port} to have read the policies and the budgets`, () => runnerHasReadBudgets(port), 30_000);
   }
   for (const gateway of [0, 1]) await until(`gateway ${gateway} to allow a call`, async () => (await call(gateway, 'team-b')).status === 200, 30_000);
 }, 240_000);

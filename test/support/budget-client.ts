@@ -40,3 +40,14 @@ export async function spendTheRest<A extends BudgetedAnswer>(callAt: (i: number)
   }
   throw new Error('the budget never said it was spent');
 }
+
+type Readiness = { status: string; budgets?: string; workers?: { budgets?: string }[] };
+
+/** Whether the runner whose metrics port this is enforces its policies and has read the budgets, in every worker (its /readyz). */
+export async function runnerHasReadBudgets(metricsPort: number): Promise<boolean> {
+  const readiness = await fetch(`http://127.0.0.1:${metricsPort}/readyz`).then(
+    (r) => r.json() as Promise<Readiness>,
+    () => ({ status: 'no answer' }) as Readiness,
+  );
+  return readiness.status === 'ready' && (readiness.workers ?? [readiness]).every((w) => w.budgets === 'loaded');
+}
