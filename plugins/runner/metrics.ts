@@ -299,15 +299,15 @@ export function createRunnerMetrics(): RunnerMetrics {
           this.set({ kind: 'modules' }, stats.moduleBytes);
         },
       });
-      const reported = { compiles: 0, instantiations: 0, evictions: 0 };
+      const reported = { compiles: 0, instantiations: 0, evictions: 0, released: 0 };
       new Counter({
         name: 'gatehouse_policy_engine_events_total',
-        help: 'Module compilations, instantiations and evictions of policy engines',
+        help: 'Module compilations, instantiations, evictions (the budget) and releases (no current policy names the engine) of policy engines',
         labelNames: ['event'] as const,
         registers: [registry],
         async collect() {
           const stats = await engineStats();
-          for (const event of ['compiles', 'instantiations', 'evictions'] as const) {
+          for (const event of ['compiles', 'instantiations', 'evictions', 'released'] as const) {
             this.inc({ event }, stats[event] - reported[event]);
             reported[event] = stats[event];
           }

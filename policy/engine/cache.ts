@@ -18,6 +18,12 @@
  * requests for one engine wait on one build, so a cold project's first
  * decision does not hold up decisions of engines already built.
  *
+ * A watcher tells the cache which engines its current policies name
+ * (`hold` / `release`): an engine no current policy names any more (a
+ * superseded version, a deleted policy) is dropped at once instead of
+ * waiting for the budget to evict it, so a gateway's memory follows what it
+ * enforces, however many versions were written.
+ *
  * Sizes: an instance counts its linear memory (the wasm's own heap, where
  * the data document lives; at least 320 KiB), measured when it is built; a
  * module counts its wasm bytes twice (the compiled code is about that size).
@@ -63,6 +69,8 @@ export interface EngineCacheStats {
   compiles: number;
   instantiations: number;
   evictions: number;
+  /** Engines dropped because no current policy named them any more. */
+  released: number;
 }
 
 export interface EngineCacheOptions {
@@ -89,7 +97,10 @@ export class EngineCache {
    * later decisions are denied at once instead of paying for the build again.
    */
   private readonly failed = new LRUCache<string, Error>({ max: 10_000 });
-  private counters = { compiles: 0, instantiations: 0, evictions: 0 };
+  private counters = { compiles: 0, instantiations: 0, evictions: 0, released: 0 };
+  /** How many current policies name each engine and each module (hold / release). */
+  private readonly instanceHolders = new Map<string, number>();
+  private readonly moduleHolders = new Map<string, number>();
   private readonly maxMemoryBytes: number | undefined;
   private readonly fuel: number | null | undefined;
 
@@ -122,6 +133,25 @@ export class EngineCache {
    */
   discard(source: Pick<EngineSource, 'wasmSha256' | 'dataSha256'>): void {
     this.instances.delete(EngineCache.key(source));
+  }
+
+  /** A current policy names `source`'s engine: it is kept (within the budget) until released as often as held. */
+  hold(source: Pick<EngineSource, 'wasmSha256' | 'dataSha256'>): void {
+    const key = EngineCache.key(source);
+    this.instanceHolders.set(key, (this.instanceHolders.get(key) ?? 0) + 1);
+    this.moduleHolders.set(source.wasmSha256, (this.moduleHolders.get(source.wasmSha256) ?? 0) + 1);
+  }
+
+  /**
+   * A policy that named `source`'s engine is no longer current. When no
+   * current policy names it, the engine goes, and so does its module when
+   * no current policy names that; a decision still running on it finishes
+   * (it holds the engine itself).
+   */
+  release(source: Pick<EngineSource, 'wasmSha256' | 'dataSha256'>): void {
+    const key = EngineCache.key(source);
+    if (countDown(this.instanceHolders, key) === 0 && this.instances.delete(key)) this.counters.released++;
+    if (countDown(this.moduleHolders, source.wasmSha256) === 0) this.modules.delete(source.wasmSha256);
   }
 
   /** The engine when it is built already (and marks it recently used), else undefined. */
@@ -205,4 +235,16 @@ export function policyCacheBytesFromEnv(name: string, env: NodeJS.ProcessEnv = p
   const mib = Number(raw);
   if (!Number.isFinite(mib) || mib < 1) throw new Error(`${name} must be a number of MiB, at least 1`);
   return Math.floor(mib * 1024 * 1024);
+}
+
+/** Decrements `key`'s count (removing it at zero); the count after, or -1 when it was not held. */
+function countDown(counts: Map<string, number>, key: string): number {
+  const count = counts.get(key);
+  if (count === undefined) return -1;
+  if (count <= 1) {
+    counts.delete(key);
+    return 0;
+  }
+  counts.set(key, count - 1);
+  return count - 1;
 }

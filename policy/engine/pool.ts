@@ -209,7 +209,7 @@ export class EvaluationPool implements Evaluator {
 
   /** The workers' engine caches, added up (a worker busy past the deadline answers after it is replaced: then zeros). */
   async stats(): Promise<EngineCacheStats> {
-    const total: EngineCacheStats = { unloadable: 0, instances: 0, instanceBytes: 0, modules: 0, moduleBytes: 0, compiles: 0, instantiations: 0, evictions: 0 };
+    const total: EngineCacheStats = { unloadable: 0, instances: 0, instanceBytes: 0, modules: 0, moduleBytes: 0, compiles: 0, instantiations: 0, evictions: 0, released: 0 };
     const answers = await Promise.all(this.slots.map((slot) => this.send(slot, { type: 'stats', id: this.nextId++ })));
     for (const answer of answers) {
       if (!answer.ok) continue;

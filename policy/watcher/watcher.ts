@@ -538,12 +538,37 @@ export class PolicyWatcher extends EventEmitter {
    * is in proportion to them, not to the number of policies.
    */
   private swap(next: PolicySet, swaps: SwapEvent[], full: boolean): void {
+    if (full) this.retarget(this.set.policies.values(), next.policies.values());
+    else
+      this.retarget(
+        swaps.map((swap) => this.set.get(swap.name)),
+        swaps.map((swap) => swap.policy),
+      );
     this.set = next;
     if (full) this.snapshotPending = 'all';
     else if (this.snapshotPending !== 'all') for (const swap of swaps) this.snapshotPending.add(swap.name);
     for (const swap of swaps) this.emit('swap', swap);
     this.emit('revision', next.revision);
     this.persist();
+  }
+
+  /**
+   * Tells the engine cache which engines the policies coming in name and
+   * which ones the policies going out named, so an engine no current policy
+   * names is dropped at once (not kept until the budget evicts it).
+   */
+  private retarget(outgoing: Iterable<LoadedPolicy | null | undefined>, incoming: Iterable<LoadedPolicy | null | undefined>): void {
+    const engineOf = (policy: LoadedPolicy | null | undefined) =>
+      policy && policy.broken === undefined ? { wasmSha256: policy.meta.wasmSha256, dataSha256: policy.dataSha256 } : null;
+    // Incoming first: an engine both name never drops to no holder in between.
+    for (const policy of incoming) {
+      const engine = engineOf(policy);
+      if (engine) this.engines.hold(engine);
+    }
+    for (const policy of outgoing) {
+      const engine = engineOf(policy);
+      if (engine) this.engines.release(engine);
+    }
   }
 
   /** Brings the snapshot in step with the current set, off the decision path; only the newest set is written. */
@@ -594,6 +619,7 @@ export class PolicyWatcher extends EventEmitter {
       const policies = new Map<string, LoadedPolicy>();
       for (const entry of file.policies) policies.set(entry.meta.name, this.policy({ name: entry.meta.name, ...entry }));
       await this.warmUp(policies);
+      this.retarget(this.set.policies.values(), policies.values());
       this.set = new PolicySet(file.revision, policies, 'snapshot');
       this.outOfStepSince = Date.parse(file.savedAt) || Date.now();
       this.emit('revision', file.revision);

@@ -136,6 +136,48 @@ describe('engine cache', () => {
     expect(engines.stats.instantiations).toBe(built + 1);
     await writer.store.delete('fresh');
   });
+
+  it('keeps no engine or module that no current policy names: superseded versions and deleted policies go at once', async () => {
+    const engines = new EngineCache();
+    const watcher = await startWatcher({ engines });
+    // A project shares its module with others: only its superseded engines may go, never the shared module.
+    const before = engines.stats;
+    for (let v = 1; v <= 12; v++) {
+      await writer.put('churn', v % 2 ? OWNED : LISTED, v % 2 ? { owner: `v${v}` } : { users: [`v${v}`] });
+      await until(() => watcher.current.get('churn')?.dataText.includes(`"v${v}"`) === true, `version ${v}`);
+    }
+    expect(await allows(watcher, 'churn', 'v12')).toBe(true);
+    // Twelve versions were built; the one current is all that stays of them.
+    expect(engines.stats.instantiations - before.instantiations).toBeGreaterThanOrEqual(12);
+    expect(engines.stats.instances - before.instances).toBe(1);
+    expect(engines.stats.released - before.released).toBe(11);
+    expect(engines.stats.evictions).toBe(0);
+
+    await writer.store.delete('churn');
+    await until(() => watcher.current.get('churn') === undefined, 'the delete');
+    expect(engines.stats.instances - before.instances).toBe(0);
+    expect(engines.stats.released - before.released).toBe(12);
+    // Both modules are still named by the twenty projects: still compiled, never compiled again.
+    expect(engines.stats.modules).toBe(2);
+    expect(await allows(watcher, nameOf(0), 'u0')).toBe(true);
+    expect(engines.stats.compiles).toBe(2);
+  });
+
+  it('drops a module when the last policy running it moves to another', async () => {
+    const engines = new EngineCache();
+    const watcher = await startWatcher({ engines });
+    const ONLY = `package only\nimport rego.v1\ndefault allow := false\nallow if input.user == "solo"\n`;
+    await writer.put('solo', ONLY, {});
+    await until(() => watcher.current.get('solo') !== undefined, 'the policy');
+    expect(engines.stats.modules).toBe(1);
+    await writer.put('solo', OWNED, { owner: 'solo' });
+    await until(() => watcher.current.get('solo')?.dataText === '{"owner":"solo"}', 'the new version');
+    // The old module (ONLY) is gone; OWNED's is compiled for the new version.
+    expect(engines.stats.modules).toBe(1);
+    expect(engines.stats.instances).toBe(1);
+    expect(await allows(watcher, 'solo', 'solo')).toBe(true);
+    await writer.store.delete('solo');
+  });
 });
 
 describe('incremental snapshot', () => {
