@@ -129,8 +129,7 @@ function ensureApisix() {
   }
   const kit = findApisixKit();
   if (!kit) {
-    log('no APISIX kit and no APISIX_HOME: the gateway tests and `npm start` use the APISIX stand-in');
-    return;
+    throw new Error('no APISIX kit (../shared/apisix-kit) and no APISIX_HOME: the gateway tests and `npm start` run on APISIX 3.9.1');
   }
   const target = join(root, '.local', 'apisix');
   const stampFile = join(target, 'build.id');

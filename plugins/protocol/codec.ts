@@ -1,6 +1,6 @@
 // Encoders and decoders for every ext-plugin message, in both directions:
-// the runner decodes what APISIX sends and encodes its answers; the local
-// APISIX stand-in and the conformance tests do the opposite. Decoders verify
+// the runner decodes what APISIX sends and encodes its answers; the
+// conformance tests and benchmarks do the opposite. Decoders verify
 // the buffer first and throw MalformedPayloadError on anything malformed.
 import * as flatbuffers from 'flatbuffers';
 import { TextEntry as FbTextEntry } from './generated/a6/text-entry.js';

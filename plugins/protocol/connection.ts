@@ -1,6 +1,6 @@
 // A socket carrying ext-plugin frames, with an awaitable "next frame". Both
 // ends use it: the runner (which must wait for ExtraInfo answers mid-call)
-// and the APISIX side (the local stand-in, tests and benchmarks).
+// and the APISIX side (the runner's protocol tests and benchmarks).
 import type { Socket } from 'node:net';
 import { FrameDecoder, encodeFrame, type Frame, type RpcType } from './frame.js';
 

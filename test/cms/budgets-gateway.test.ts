@@ -11,7 +11,6 @@ import { HOUR_MS } from '../../budget/keys.js';
 import { addUsage } from '../../budget/usage.js';
 import { createEtcdClient } from '../../etcd/index.js';
 import { startLocalStack, type LocalStack } from '../../tools/local-stack/index.js';
-import { testGateway } from '../support/gateway.js';
 import { createTestKeys, type TestKeys } from '../support/jwt.js';
 import { opaPath } from '../support/policies.js';
 
@@ -35,7 +34,6 @@ beforeAll(async () => {
     etcdDataRoot: 'test-etcd',
     workDir: mkdtempSync(join(tmpdir(), 'gh-budget-stack-')),
     opaPath,
-    gateway: testGateway(),
     logger: pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent' }),
   });
   tokens.admin = await keys.token({ sub: 'root', role: 'platform_admin' });

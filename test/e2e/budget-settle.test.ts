@@ -14,7 +14,6 @@ import { createTestKeys, type TestKeys } from '../support/jwt.js';
 import { startVault, type TestVault } from '../support/vault.js';
 import { startEtcd, type TestEtcd } from '../support/etcd.js';
 import { PolicyWriter, opaPath } from '../support/policies.js';
-import { testGateway } from '../support/gateway.js';
 import { startLlmStub, type LlmStub, type LlmStubUsage } from '../../tools/llm-stub/index.js';
 import { startLocalStack, type LocalStack } from '../../tools/local-stack/index.js';
 import { createEtcdClient } from '../../etcd/index.js';
@@ -105,7 +104,6 @@ beforeAll(async () => {
     upstreams: { llm: llm.url, rag: llm.url },
     workDir: mkdtempSync(join(tmpdir(), 'gh-budget-settle-')),
     opaPath,
-    gateway: testGateway(),
     ports: { runnerMetrics: metricsPort },
     runnerEnv: { VAULT_ADDR: vault.addr, VAULT_ROLE_ID: approle.roleId, VAULT_SECRET_ID: approle.secretId, GATEWAY_ID: 'settle-gateway' },
     logger: pino({ level: 'silent' }),

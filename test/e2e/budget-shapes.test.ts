@@ -19,7 +19,6 @@ import { createTestKeys, type TestKeys } from '../support/jwt.js';
 import { startVault, type TestVault } from '../support/vault.js';
 import { startEtcd, type TestEtcd } from '../support/etcd.js';
 import { PolicyWriter, opaPath } from '../support/policies.js';
-import { testGateway } from '../support/gateway.js';
 import { runnerHasReadBudgets, spendTheRest } from '../support/budget-client.js';
 import { repoRoot } from '../support/runner-process.js';
 import { startLlmStub, type LlmStub } from '../../tools/llm-stub/index.js';
@@ -136,7 +135,6 @@ beforeAll(async () => {
     routesTemplate: routesTemplate(workDir),
     workDir,
     opaPath,
-    gateway: testGateway(),
     ports: { runnerMetrics: metricsPort },
     runnerEnv: { VAULT_ADDR: vault.addr, VAULT_ROLE_ID: approle.roleId, VAULT_SECRET_ID: approle.secretId, RUNNER_WORKERS: '1', GATEWAY_ID: 'gateway-shapes' },
     logger: pino({ level: 'silent' }),

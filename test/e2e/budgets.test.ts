@@ -13,7 +13,6 @@ import { createTestKeys, type TestKeys } from '../support/jwt.js';
 import { startVault, type TestVault } from '../support/vault.js';
 import { startEtcd, type TestEtcd } from '../support/etcd.js';
 import { PolicyWriter, opaPath } from '../support/policies.js';
-import { testGateway } from '../support/gateway.js';
 import { runnerHasReadBudgets, spendTheRest } from '../support/budget-client.js';
 import { startLlmStub, type LlmStub } from '../../tools/llm-stub/index.js';
 import { startLocalStack, type LocalStack } from '../../tools/local-stack/index.js';
@@ -123,7 +122,6 @@ beforeAll(async () => {
         upstreams: { llm: llm.url, rag: llm.url },
         workDir,
         opaPath,
-        gateway: testGateway(),
         ports: { runnerMetrics: metricsPorts[i]! },
         runnerEnv: {
           VAULT_ADDR: vault.addr,

@@ -13,7 +13,6 @@ import { startVault, type TestVault } from '../support/vault.js';
 import { PolicyWriter, opaPath } from '../support/policies.js';
 import { startLlmStub, type LlmStub } from '../../tools/llm-stub/index.js';
 import { startLocalStack, type LocalStack } from '../../tools/local-stack/index.js';
-import { testGateway } from '../support/gateway.js';
 import { createEtcdClient } from '../../etcd/index.js';
 import { freePort } from '../../tools/local-etcd/index.js';
 import { BudgetStore } from '../../budget/store.js';
@@ -86,7 +85,6 @@ beforeAll(async () => {
     upstreams: { llm: llm.url, rag: llm.url },
     workDir: mkdtempSync(join(tmpdir(), 'gh-hairpin-')),
     opaPath,
-    gateway: testGateway(),
     ports: { runnerMetrics: metricsPort },
     runnerEnv: {
       LOG_LEVEL: 'debug',

@@ -1,5 +1,4 @@
-// Streamed LLM completions end to end: the gateway under test (APISIX 3.9.1,
-// or the stand-in with GATEHOUSE_GATEWAY=standin) with the real runner
+// Streamed LLM completions end to end: APISIX 3.9.1 with the real runner
 // running the LLM route's chain (jwt -> opa with the JSON body -> vault ->
 // path-rewrite), a real etcd, Vault and compiled policies, and the LLM stub
 // writing one chunk every 50 ms. The client must get the chunks as they are
@@ -14,7 +13,7 @@ import { createEtcdClient } from '../../etcd/index.js';
 import { startLlmStub, type LlmStub, type LlmStubUsage } from '../../tools/llm-stub/index.js';
 import { standaloneRoutesText } from '../../tools/local-stack/index.js';
 import { startEtcd, type TestEtcd } from '../support/etcd.js';
-import { startTestGateway, testGateway, type TestGatewayHandle } from '../support/gateway.js';
+import { startTestGateway, type TestGatewayHandle } from '../support/gateway.js';
 import { startLogReceiver, type LogReceiver, type ReceivedLog } from '../support/http-logger.js';
 import { createTestKeys, type TestKeys } from '../support/jwt.js';
 import { PolicyWriter, opaPath } from '../support/policies.js';
@@ -219,7 +218,7 @@ const logsFor = async (path: string, count: number): Promise<ReceivedLog[]> => {
   }
 };
 
-describe(`streamed completions through the gateway (${testGateway()})`, () => {
+describe('streamed completions through APISIX', () => {
   it('arrive chunk by chunk through the chain, with the usage chunk when asked for', async () => {
     const { read, usage } = await streamed('/llm/v1/chat/completions', { stream_options: { include_usage: true } });
     expectIncremental(read, usage);

@@ -8,9 +8,8 @@ import { chmodSync, existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { request } from 'undici';
-import { waitForSocket } from '../../tools/apisix-standin/index.js';
 import { startTestGateway, type TestGatewayHandle } from '../support/gateway.js';
-import { runnerBin } from '../support/runner-process.js';
+import { runnerBin, waitForSocket } from '../support/runner-process.js';
 import { startRecordingUpstream, type RecordingUpstream } from '../support/upstream.js';
 
 interface RouteDef {
@@ -70,25 +69,25 @@ function routesYaml(upstreamPort: number): string {
 let dir: string;
 let routesPath: string;
 let upstream: RecordingUpstream;
-let standin: TestGatewayHandle;
+let gateway: TestGatewayHandle;
 
-async function call(standinUrl: string, path: string, init: { method?: string; headers?: Record<string, string>; body?: string } = {}) {
-  const res = await request(`${standinUrl}${path}`, { method: (init.method ?? 'GET') as 'GET', headers: init.headers, body: init.body });
+async function call(gatewayUrl: string, path: string, init: { method?: string; headers?: Record<string, string>; body?: string } = {}) {
+  const res = await request(`${gatewayUrl}${path}`, { method: (init.method ?? 'GET') as 'GET', headers: init.headers, body: init.body });
   return { status: res.statusCode, headers: res.headers, body: await res.body.text() };
 }
 
 beforeAll(async () => {
   if (!existsSync(runnerBin)) throw new Error(`${runnerBin} is missing: run \`npm run build\` first`);
-  dir = mkdtempSync(join(tmpdir(), 'standin-e2e-'));
+  dir = mkdtempSync(join(tmpdir(), 'gateway-e2e-'));
   upstream = await startRecordingUpstream({ status: 200, body: 'upstream body', headers: { 'content-type': 'text/plain', 'content-language': 'en', 'x-up': 'u' } });
   routesPath = join(dir, 'apisix.yaml');
   writeFileSync(routesPath, routesYaml(upstream.port));
   // The runner comes from apisix-conf/config.yaml's ext-plugin.cmd.
-  standin = await startTestGateway({ routesPath });
+  gateway = await startTestGateway({ routesPath });
 });
 
 afterAll(async () => {
-  await standin?.stop();
+  await gateway?.stop();
   await upstream?.close();
   if (dir) rmSync(dir, { recursive: true, force: true });
 });
@@ -96,7 +95,7 @@ afterAll(async () => {
 describe('through the gateway and the real runner', () => {
   it('Stop: the runner answers, the upstream is not called', async () => {
     upstream.reset();
-    const res = await call(standin.url, '/stop');
+    const res = await call(gateway.url, '/stop');
     expect(res.status).toBe(418);
     expect(res.body).toBe('teapot');
     expect(res.headers['x-a']).toBe('1');
@@ -105,17 +104,17 @@ describe('through the gateway and the real runner', () => {
 
   it('Stop 401 problem+json when a required header is missing; through when present', async () => {
     upstream.reset();
-    const denied = await call(standin.url, '/require');
+    const denied = await call(gateway.url, '/require');
     expect(denied.status).toBe(401);
     expect(denied.headers['content-type']).toBe('application/problem+json');
     expect(JSON.parse(denied.body)).toMatchObject({ status: 401 });
-    const allowed = await call(standin.url, '/require', { headers: { 'x-api-key': 'k' } });
+    const allowed = await call(gateway.url, '/require', { headers: { 'x-api-key': 'k' } });
     expect(allowed.status).toBe(200);
     expect(upstream.requests).toHaveLength(1);
   });
 
   it('Rewrite headers: set and delete (even a header the runner was not asked about)', async () => {
-    const res = await call(standin.url, '/headers', { headers: { 'x-removed': 'spoofed', 'x-kept': 'k' } });
+    const res = await call(gateway.url, '/headers', { headers: { 'x-removed': 'spoofed', 'x-kept': 'k' } });
     expect(res.status).toBe(200);
     expect(res.body).toBe('upstream body');
     const seen = upstream.last();
@@ -125,7 +124,7 @@ describe('through the gateway and the real runner', () => {
   });
 
   it('Rewrite args: set and delete', async () => {
-    await call(standin.url, '/args?a=0&a=9&b=2&c=3');
+    await call(gateway.url, '/args?a=0&a=9&b=2&c=3');
     const url = new URL(upstream.last().url, 'http://x');
     expect(url.pathname).toBe('/args');
     expect(url.searchParams.getAll('a')).toEqual(['1']);
@@ -134,42 +133,42 @@ describe('through the gateway and the real runner', () => {
   });
 
   it('Rewrite path', async () => {
-    await call(standin.url, '/path/old');
+    await call(gateway.url, '/path/old');
     expect(upstream.last().url).toBe('/new/path');
   });
 
   it('Rewrite body', async () => {
-    await call(standin.url, '/body', { method: 'POST', body: 'old' });
+    await call(gateway.url, '/body', { method: 'POST', body: 'old' });
     expect(upstream.last().body.toString()).toBe('new body');
     expect(upstream.last().headers['content-length']).toBe(String('new body'.length));
   });
 
   it('Rewrite resp_headers reach the client, excluded names do not', async () => {
-    const res = await call(standin.url, '/resp');
+    const res = await call(gateway.url, '/resp');
     expect(res.headers['x-resp']).toBe('1');
     expect(res.headers.server).not.toBe('ignored');
     expect(res.headers['x-up']).toBe('u');
   });
 
   it('ExtraInfo Var: remote_addr, route_id (post-req), unset variable deletes the header', async () => {
-    await call(standin.url, '/var');
+    await call(gateway.url, '/var');
     expect(upstream.last().headers['x-var-remote_addr']).toBe('127.0.0.1');
-    await call(standin.url, '/var-route');
+    await call(gateway.url, '/var-route');
     expect(upstream.last().headers['x-var-route_id']).toBe('var-route');
-    await call(standin.url, '/var-unset', { headers: { 'x-var-no_such_variable': 'spoofed' } });
+    await call(gateway.url, '/var-unset', { headers: { 'x-var-no_such_variable': 'spoofed' } });
     expect(upstream.last().headers['x-var-no_such_variable']).toBeUndefined();
   });
 
   it('ExtraInfo ReqBody: the runner hashes the body it fetched', async () => {
     const body = 'hash me please';
-    await call(standin.url, '/echo-body', { method: 'POST', body });
+    await call(gateway.url, '/echo-body', { method: 'POST', body });
     expect(upstream.last().headers['x-body-sha256']).toBe(createHash('sha256').update(body).digest('hex'));
     expect(upstream.last().body.toString()).toBe(body);
   });
 
   it('ext-plugin-post-resp: status, headers and body changed after the upstream answered', async () => {
     upstream.reset();
-    const res = await call(standin.url, '/post');
+    const res = await call(gateway.url, '/post');
     expect(upstream.requests).toHaveLength(1);
     expect(res.status).toBe(299);
     expect(res.headers['x-post']).toBe('1');
@@ -177,7 +176,7 @@ describe('through the gateway and the real runner', () => {
   });
 
   it('ext-plugin-post-resp changing nothing: the upstream status, headers and body reach the client', async () => {
-    const res = await call(standin.url, '/post-keep');
+    const res = await call(gateway.url, '/post-keep');
     expect(res.status).toBe(200);
     expect(res.headers['content-type']).toMatch(/^text\/plain/);
     // On APISIX's exclusion list, so it arrives only because the runner sends the headers back.
@@ -188,38 +187,38 @@ describe('through the gateway and the real runner', () => {
 
   it('an unknown runner plugin or an invalid conf fails PrepareConf: 503', async () => {
     upstream.reset();
-    expect((await call(standin.url, '/unknown')).status).toBe(503);
-    expect((await call(standin.url, '/invalid')).status).toBe(503);
+    expect((await call(gateway.url, '/unknown')).status).toBe(503);
+    expect((await call(gateway.url, '/invalid')).status).toBe(503);
     expect(upstream.requests).toHaveLength(0);
-    expect(standin.runnerOutput().join('\n')).toMatch(/no-such-plugin/);
+    expect(gateway.runnerOutput().join('\n')).toMatch(/no-such-plugin/);
   });
 
   it('allow_degradation lets the request through when PrepareConf fails', async () => {
     upstream.reset();
-    expect((await call(standin.url, '/degrade')).status).toBe(200);
+    expect((await call(gateway.url, '/degrade')).status).toBe(200);
     expect(upstream.requests).toHaveLength(1);
   });
 
   it('a killed runner is respawned 3 s later, the tokens are flushed, and it serves again', async () => {
-    expect((await call(standin.url, '/headers')).status).toBe(200);
-    const pid = standin.runnerPid();
+    expect((await call(gateway.url, '/headers')).status).toBe(200);
+    const pid = gateway.runnerPid();
     expect(pid).not.toBeNull();
     process.kill(pid!, 'SIGKILL');
     const killedAt = Date.now();
-    while (standin.runnerPid() === pid) await new Promise((resolve) => setTimeout(resolve, 20));
+    while (gateway.runnerPid() === pid) await new Promise((resolve) => setTimeout(resolve, 20));
 
     // Meanwhile the runner is gone: 503.
-    expect((await call(standin.url, '/headers')).status).toBe(503);
+    expect((await call(gateway.url, '/headers')).status).toBe(503);
 
     let respawned: number | null = null;
-    while ((respawned = standin.runnerPid()) === null) await new Promise((resolve) => setTimeout(resolve, 50));
+    while ((respawned = gateway.runnerPid()) === null) await new Promise((resolve) => setTimeout(resolve, 50));
     expect(Date.now() - killedAt).toBeGreaterThanOrEqual(2900);
     expect(respawned).not.toBe(pid);
-    await standin.waitForRunner(10_000);
+    await gateway.waitForRunner(10_000);
 
     // The new runner knows none of the old tokens: the gateway prepared the conf again.
     upstream.reset();
-    const res = await call(standin.url, '/headers');
+    const res = await call(gateway.url, '/headers');
     expect(res.status).toBe(200);
     expect(upstream.last().headers['x-added']).toBe('v');
   }, 20_000);

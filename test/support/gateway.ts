@@ -1,40 +1,21 @@
-// Which gateway the gateway tests run on: the real APISIX, which `npm test`'s
-// setup builds from the APISIX kit (or APISIX_HOME names). A machine without
-// it fails these tests rather than quietly testing something else, unless
-// GATEHOUSE_GATEWAY=standin asks for the APISIX stand-in explicitly.
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+// The gateway the gateway tests run on: the real APISIX 3.9.1, which `npm
+// test`'s setup builds from the APISIX kit (or APISIX_HOME names). A machine
+// without it fails these tests rather than quietly testing something else.
 import { pino } from 'pino';
-import { parseDocument, type Document } from 'yaml';
+import type { Document } from 'yaml';
 import { findApisix, freePort, startApisix, type ApisixInstallation } from '../../tools/apisix/index.js';
-import { startStandin } from '../../tools/apisix-standin/index.js';
 import { repoRoot } from './runner-process.js';
-
-export type TestGateway = 'apisix' | 'standin';
-
-export function testGateway(): TestGateway {
-  if (process.env.GATEHOUSE_GATEWAY === 'standin') return 'standin';
-  if (!findApisix(repoRoot)) {
-    throw new Error('no APISIX on this machine: `npm run setup` builds it from ../shared/apisix-kit, or set APISIX_HOME; GATEHOUSE_GATEWAY=standin runs the gateway tests on the APISIX stand-in instead');
-  }
-  return 'apisix';
-}
 
 export function apisixInstallation(): ApisixInstallation {
   const installation = findApisix(repoRoot);
-  if (!installation) throw new Error('no APISIX on this machine (see testGateway)');
+  if (!installation) throw new Error('no APISIX on this machine: `npm run setup` builds it from ../shared/apisix-kit, or set APISIX_HOME');
   return installation;
 }
 
-/** The Server header each gateway answers with (config.yaml turns APISIX's version off). */
-export const SERVER_HEADER: Record<TestGateway, RegExp> = {
-  apisix: /^APISIX$/,
-  standin: /Gatehouse stand-in/,
-};
+/** The Server header APISIX answers with (config.yaml turns its version off). */
+export const SERVER_HEADER = /^APISIX$/;
 
 export interface TestGatewayHandle {
-  kind: TestGateway;
   url: string;
   stop(): Promise<void>;
   runnerOutput(): string[];
@@ -54,9 +35,9 @@ export interface TestGatewayOptions {
   externalRunnerSocket?: string;
 }
 
-/** The gateway under test (see testGateway) with apisix-conf/config.yaml, serving the given routes. */
+/** APISIX with apisix-conf/config.yaml, serving the given routes. */
 export async function startTestGateway(options: TestGatewayOptions): Promise<TestGatewayHandle> {
-  const kind = testGateway();
+  const installation = apisixInstallation();
   const external = options.externalRunnerSocket;
   const edit = (config: Document) => {
     options.editConfig?.(config);
@@ -68,30 +49,15 @@ export async function startTestGateway(options: TestGatewayOptions): Promise<Tes
   // Metrics off unless asked for: runners of parallel tests would all want port 9091.
   // The settle port of its own (the LLM route's http-logger posts there, apisix.yaml reads it from the environment).
   const env = { PATH: process.env.PATH ?? '', RUNNER_METRICS_PORT: 'off', RUNNER_SETTLE_PORT: String(await freePort()), ...options.env };
-  if (kind === 'apisix') {
-    const gateway = await startApisix({
-      installation: apisixInstallation(),
-      repoRoot,
-      routesPath: options.routesPath,
-      port: await freePort(),
-      workerProcesses: 2,
-      env,
-      edit,
-      logger: pino({ level: 'silent' }),
-    });
-    return { kind, url: gateway.url, stop: () => gateway.stop(), runnerOutput: () => gateway.runnerOutput(), runnerPid: () => gateway.runnerPid(), waitForRunner: (ms) => gateway.waitForRunner(ms) };
-  }
-  const config = parseDocument(readFileSync(join(repoRoot, 'apisix-conf', 'config.yaml'), 'utf8'));
-  edit(config);
-  const configPath = join(mkdtempSync(join(tmpdir(), 'gh-standin-conf-')), 'config.yaml');
-  writeFileSync(configPath, config.toString());
-  const standin = await startStandin({
+  const gateway = await startApisix({
+    installation,
     repoRoot,
-    configPath,
     routesPath: options.routesPath,
+    port: await freePort(),
+    workerProcesses: 2,
+    env,
+    edit,
     logger: pino({ level: 'silent' }),
-    parentEnv: env,
-    ...(external ? { runnerSocketPath: external } : {}),
   });
-  return { kind, url: standin.url, stop: () => standin.stop(), runnerOutput: () => standin.runnerOutput(), runnerPid: () => standin.runnerPid(), waitForRunner: (ms) => standin.waitForRunner(ms) };
+  return { url: gateway.url, stop: () => gateway.stop(), runnerOutput: () => gateway.runnerOutput(), runnerPid: () => gateway.runnerPid(), waitForRunner: (ms) => gateway.waitForRunner(ms) };
 }

@@ -18,6 +18,15 @@ export interface RunnerProcess {
   stop(signal?: NodeJS.Signals): Promise<number | null>;
 }
 
+/** Resolves once something accepts connections on `socketPath`. */
+export async function waitForSocket(socketPath: string, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await canConnect(socketPath))) {
+    if (Date.now() > deadline) throw new Error(`nothing listened on ${socketPath} within ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
 export async function startRunner(
   options: { socketPath?: string; env?: Record<string, string>; expireSeconds?: number } = {},
 ): Promise<RunnerProcess> {

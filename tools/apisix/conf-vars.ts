@@ -1,6 +1,5 @@
-// APISIX's `${{NAME}}` references, resolved as APISIX resolves them: the
-// stand-in when it reads apisix.yaml (as standalone APISIX does), and
-// `gatehouse routes` before it sends routes to the Admin API (which stores
+// APISIX's `${{NAME}}` references, resolved as APISIX resolves them (in
+// apisix.yaml, as standalone APISIX does): `gatehouse routes` before it sends routes to the Admin API (which stores
 // what it is given), there only for the names it allows.
 
 /** A reference to a variable that is unset and has no default; APISIX refuses the whole file. */

@@ -1,7 +1,7 @@
 // Where the real APISIX is on this machine: the one setup builds from the
 // APISIX kit into .local/apisix, or one installed some other way and named by
 // APISIX_HOME (with its `openresty` on PATH). Null when there is none; the
-// callers then fall back to the APISIX stand-in and say so.
+// callers then say how to get one.
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';

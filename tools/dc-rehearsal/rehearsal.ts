@@ -34,8 +34,6 @@ export interface RehearsalOptions extends NetworkPlan {
   /** HAProxy's frontend port on the host side of the bridge (default 8080). */
   frontendPort?: number;
   logLevel?: string;
-  /** The app nodes' gateway (default: APISIX when this machine has it, else the stand-in). */
-  gateway?: 'apisix' | 'standin';
 }
 
 export interface SiteUrls {
@@ -126,8 +124,8 @@ export function teardownFromStateFile(workDir: string): boolean {
 
 export async function startRehearsal(options: RehearsalOptions): Promise<Rehearsal> {
   const root = findRepoRoot();
-  // The app nodes run the real APISIX when this machine has it (tools/apisix), else the stand-in.
-  const apisix = (options.gateway ?? (findApisix(root) ? 'apisix' : 'standin')) === 'apisix';
+  // The app nodes run the real APISIX (tools/apisix).
+  if (!findApisix(root)) throw new Error('this machine has no APISIX: run `npm run setup`, or set APISIX_HOME');
   const p = ports();
   const work = options.workDir;
   teardownFromStateFile(work);
@@ -241,12 +239,9 @@ export async function startRehearsal(options: RehearsalOptions): Promise<Rehears
     });
     launch(`${dc}-cms`, dc, [node, join(root, 'dist/cms/main.js')], { ...common, ...asUser(etcdUsers.cms), HOST: '0.0.0.0', PORT: String(p.cms) });
     const gatewayArgs = ['--config', join(root, 'apisix-conf', 'config.yaml'), '--routes', routesPath, '--port', String(p.gateway)];
-    let gatewayCommand = [node, join(root, 'dist/tools/apisix-standin/main.js'), ...gatewayArgs];
-    if (apisix) {
-      // nginx's workers (nobody, under a root master) pass through to the socket in the prefix.
-      for (const path of [work, dir]) chmodSync(path, 0o711);
-      gatewayCommand = [node, join(root, 'dist/tools/apisix/main.js'), ...gatewayArgs, '--host', '0.0.0.0', '--prefix', join(dir, 'apisix')];
-    }
+    // nginx's workers (nobody, under a root master) pass through to the socket in the prefix.
+    for (const path of [work, dir]) chmodSync(path, 0o711);
+    const gatewayCommand = [node, join(root, 'dist/tools/apisix/main.js'), ...gatewayArgs, '--host', '0.0.0.0', '--prefix', join(dir, 'apisix')];
     launch(`${dc}-gateway`, dc, gatewayCommand, {
       ...common,
       ...gatewayUser,

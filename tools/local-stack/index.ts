@@ -2,8 +2,7 @@
 // end-to-end tests use it: a real etcd, the CMS, the decision API, and the
 // gateway: the real APISIX (tools/apisix) with apisix-conf/config.yaml, which
 // starts the real runner through ext-plugin.cmd, serving the routes of
-// apisix-conf/apisix.yaml pointed at the local upstreams. On a machine without
-// APISIX the APISIX stand-in takes its place, and says so.
+// apisix-conf/apisix.yaml pointed at the local upstreams.
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -18,7 +17,6 @@ import { createIdentityVerifier } from '../../identity/index.js';
 import { createEtcdClient } from '../../etcd/index.js';
 import { PolicyWatcher } from '../../policy/watcher/watcher.js';
 import { buildDecisionApp } from '../../decision-api/app.js';
-import { startStandin } from '../apisix-standin/index.js';
 import { findRepoRoot } from '../repo-root.js';
 import { findApisix, freePort, reachableByWorkers, startApisix } from '../apisix/index.js';
 import { startLocalEtcd, type LocalEtcd } from '../local-etcd/index.js';
@@ -50,35 +48,17 @@ export interface LocalStackOptions {
   apisixPrefix?: string;
   /** Identities the web console offers at one click (the local stack's demo only). */
   consoleDemoTokens?: { label: string; token: string }[];
-  /** Stand-in only: its upstream read timeout. */
-  readTimeoutMs?: number;
-  /**
-   * Which gateway: the real APISIX, the stand-in, or (default, or
-   * GATEHOUSE_GATEWAY) APISIX when this machine has it, else the stand-in.
-   */
-  gateway?: GatewayChoice;
 }
 
-export type GatewayChoice = 'apisix' | 'standin' | 'auto';
-
-/** What the stack's users need of either gateway. */
+/** What the stack's users need of the gateway. */
 export interface StackGateway {
-  kind: 'apisix' | 'standin';
   url: string;
   port: number;
   stop(): Promise<void>;
-  /** Recent lines of the runner's output (APISIX: its error.log, where it writes them). */
+  /** Recent lines of the runner's output (from APISIX's error.log, where it writes them). */
   runnerOutput(): string[];
-  /** APISIX: its logs/ directory. */
-  logDir?: string;
-}
-
-export function gatewayChoice(env: NodeJS.ProcessEnv = process.env): GatewayChoice {
-  const value = env.GATEHOUSE_GATEWAY ?? 'auto';
-  if (value !== 'apisix' && value !== 'standin' && value !== 'auto') {
-    throw new Error(`GATEHOUSE_GATEWAY must be apisix, standin or auto, not ${JSON.stringify(value)}`);
-  }
-  return value;
+  /** APISIX's logs/ directory. */
+  logDir: string;
 }
 
 export interface LocalStack {
@@ -206,34 +186,19 @@ export async function startLocalStack(options: LocalStackOptions): Promise<Local
       ...identityEnv,
       ...options.runnerEnv,
     };
-    const choice = options.gateway ?? gatewayChoice();
-    const installation = choice === 'standin' ? null : findApisix(root);
-    if (choice === 'apisix' && !installation) throw new Error('GATEHOUSE_GATEWAY=apisix, but this machine has no APISIX (run `npm run setup`, or set APISIX_HOME)');
-    let gateway: StackGateway;
-    if (installation) {
-      const apisix = await startApisix({
-        installation,
-        repoRoot: root,
-        // A checkout nginx's workers cannot enter (under /root, say) gets its prefix in the temp directory.
-        ...(options.apisixPrefix && reachableByWorkers(options.apisixPrefix) ? { prefix: options.apisixPrefix } : {}),
-        routesPath,
-        port: options.ports?.gateway || (await freePort()),
-        env: runnerEnv,
-        logger: log.child({ component: 'gateway' }),
-      });
-      gateway = { ...apisix, logDir: join(apisix.prefix, 'logs') };
-    } else {
-      if (choice === 'auto') log.warn('no APISIX on this machine: the APISIX stand-in serves the routes (tools/apisix-standin)');
-      const standin = await startStandin({
-        repoRoot: root,
-        routesPath,
-        port: options.ports?.gateway ?? 0,
-        ...(options.readTimeoutMs ? { readTimeoutMs: options.readTimeoutMs } : {}),
-        parentEnv: runnerEnv,
-        logger: log.child({ component: 'gateway' }),
-      });
-      gateway = { kind: 'standin', url: standin.url, port: standin.port, stop: () => standin.stop(), runnerOutput: () => standin.runnerOutput() };
-    }
+    const installation = findApisix(root);
+    if (!installation) throw new Error('this machine has no APISIX: run `npm run setup` (it builds APISIX 3.9.1 from the kit), or set APISIX_HOME');
+    const apisix = await startApisix({
+      installation,
+      repoRoot: root,
+      // A checkout nginx's workers cannot enter (under /root, say) gets its prefix in the temp directory.
+      ...(options.apisixPrefix && reachableByWorkers(options.apisixPrefix) ? { prefix: options.apisixPrefix } : {}),
+      routesPath,
+      port: options.ports?.gateway || (await freePort()),
+      env: runnerEnv,
+      logger: log.child({ component: 'gateway' }),
+    });
+    const gateway: StackGateway = { ...apisix, logDir: join(apisix.prefix, 'logs') };
     const started = gateway;
     cleanups.push(() => started.stop());
 
