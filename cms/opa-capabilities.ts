@@ -4,7 +4,7 @@
  * capabilities.json, so no http.send, no opa.runtime, no net.lookup_ip_addr)
  * plus the syntax features, and an environment that holds nothing but PATH
  * and HOME. The CMS's compile and test gate (rego-compiler.ts) and
- * `gatehouse policy test` (tools/policy-cli) both run opa this way, so a test
+ * `gatehouse policy test` (cli/policy) both run opa this way, so a test
  * that passes locally passes the gate, and neither can reach the network or
  * read a token from the environment.
  */

@@ -7,7 +7,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { freePort } from '../../tools/apisix/index.js';
-import { EXIT, runPolicyCli } from '../../tools/policy-cli/cli.js';
+import { EXIT, runPolicyCli } from '../../cli/policy/command.js';
 import { repoRoot } from '../support/runner-process.js';
 
 const stackName = `test-${process.pid}`;

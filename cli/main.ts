@@ -1,9 +1,9 @@
 #!/usr/bin/env node
-// gatehouse: operator commands. `gatehouse routes ...` (cli.ts) puts the
-// routes in APISIX; `gatehouse policy ...` (tools/policy-cli) keeps policies
-// as code against the CMS.
-import { runCli, terminalConfirm } from './cli.js';
-import { runPolicyCli } from '../policy-cli/cli.js';
+// gatehouse: the shipped operator command. `gatehouse routes ...`
+// (routes/) puts the routes in APISIX; `gatehouse policy ...` (policy/) keeps
+// policies as code against the CMS through the one CMS client (cms-client.ts).
+import { runCli, terminalConfirm } from './routes/command.js';
+import { runPolicyCli } from './policy/command.js';
 
 const argv = process.argv.slice(2);
 const io = { env: process.env, out: (text: string) => process.stdout.write(text), err: (text: string) => process.stderr.write(text) };

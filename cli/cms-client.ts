@@ -1,7 +1,7 @@
 // The CMS's HTTP API as the policy CLI uses it: every answer kept whole
 // (status, headers, body), problems turned into readable errors.
 import { request } from 'undici';
-import { isValidPolicyName } from '../../policy/store/names.js';
+import { isValidPolicyName } from '../policy/store/names.js';
 
 export interface CmsAnswer {
   status: number;

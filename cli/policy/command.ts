@@ -14,7 +14,7 @@ import { createTwoFilesPatch } from 'diff';
 import { packageRoot } from '../../cms/config.js';
 import { opaSandboxEnv, writeCompileCapabilities } from '../../cms/opa-capabilities.js';
 import { isValidPolicyName } from '../../policy/store/names.js';
-import { CmsClient, CmsError, versionOf } from './cms-client.js';
+import { CmsClient, CmsError, versionOf } from '../cms-client.js';
 import { checkWritable, filesOf, localNames, policyObject, prettyData, readPolicyDir, readState, sameContent, writePolicyDir, writeState, type PolicyFiles } from './files.js';
 
 export const POLICY_USAGE = `usage: gatehouse policy <command> [names...] [options]

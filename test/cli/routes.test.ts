@@ -6,10 +6,10 @@ import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parse, stringify } from 'yaml';
-import { runCli, type CliIo } from '../../tools/routes-cli/cli.js';
-import { parseRoutesFile } from '../../tools/routes-cli/routes-file.js';
+import { runCli, type CliIo } from '../../cli/routes/command.js';
+import { parseRoutesFile } from '../../cli/routes/routes-file.js';
 import { repoRoot } from '../support/runner-process.js';
-import { startAdminApi, type AdminApi } from './apisix-admin-api.js';
+import { startAdminApi, type AdminApi } from '../deploy/apisix-admin-api.js';
 
 const routesPath = join(repoRoot, 'apisix-conf', 'apisix.yaml');
 const routesText = () => readFileSync(routesPath, 'utf8');
@@ -86,7 +86,7 @@ describe('gatehouse routes export', () => {
     const out = join(dir, 'exported.yaml');
     expect((await cli(['routes', 'export', '--out', out], { key: null })).code).toBe(0);
     const pkg = JSON.parse(readFileSync(join(repoRoot, 'package.json'), 'utf8')) as { bin: Record<string, string> };
-    expect(pkg.bin.gatehouse).toBe('dist/tools/routes-cli/main.js');
+    expect(pkg.bin.gatehouse).toBe('dist/cli/main.js');
     const fromBin = execFileSync(process.execPath, [join(repoRoot, pkg.bin.gatehouse!), 'routes', 'export'], { encoding: 'utf8' });
     expect(fromBin).toBe(readFileSync(out, 'utf8'));
   });

@@ -3,7 +3,7 @@
 import { readFileSync } from 'node:fs';
 import { parse, stringify } from 'yaml';
 import { validateRoute, validateUpstream, RouteSchemaError } from './schema.js';
-import { ConfVarError, ConfVarNotAllowedError, resolveConfVars } from '../apisix/conf-vars.js';
+import { ConfVarError, ConfVarNotAllowedError, resolveConfVars } from './conf-vars.js';
 
 export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
 export type JsonObject = { [key: string]: Json };

@@ -10,9 +10,9 @@ import { createServer } from 'node:http';
 import { createServer as createNetServer, type AddressInfo } from 'node:net';
 import { networkInterfaces, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { EXIT, runPolicyCli } from '../../tools/policy-cli/cli.js';
+import { EXIT, runPolicyCli } from '../../cli/policy/command.js';
 import { repoRoot, startRunner, type RunnerProcess } from '../support/runner-process.js';
-import { startHarness, type Cms, type Harness } from './harness.js';
+import { startHarness, type Cms, type Harness } from '../cms/harness.js';
 
 let harness: Harness;
 let cms: Cms;
