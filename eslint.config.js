@@ -4,7 +4,7 @@
 import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
-  { ignores: ['dist/**', 'node_modules/**', '.local/**', 'plugins/protocol/generated/**', 'tools/vault/**', 'tools/opa/**'] },
+  { ignores: ['dist/**', 'node_modules/**', '.local/**', 'plugins/protocol/generated/**', 'dev/vault/**', 'dev/opa/**'] },
   {
     files: ['**/*.ts'],
     ignores: ['cms/console/app/**'],

@@ -18,7 +18,7 @@ import hdr from 'hdr-histogram-js';
 import { pino } from 'pino';
 import { buildCmsApp } from '../cms/app.js';
 import { defaultOpaPath, packageRoot } from '../cms/config.js';
-import { createDemoIdentity, EXAMPLE_POLICY } from '../cms/demo.js';
+import { createDemoIdentity, EXAMPLE_POLICY } from '../dev/demo.js';
 
 const PUTS = Number(process.env.BENCH_CMS_PUTS ?? 200);
 const WARMUP = 10;

@@ -20,7 +20,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Pool } from 'undici';
 import { pino } from 'pino';
-import { startLocalEtcd, freePort } from '../tools/local-etcd/index.js';
+import { startLocalEtcd, freePort } from '../dev/local-etcd/index.js';
 import { buildCmsApp } from '../cms/app.js';
 import { loadPolicyEngine } from '../policy/engine/index.js';
 import { RpcType, decodeHttpReqCallResponse, type HttpReqCallRequest } from '../plugins/protocol/index.js';

@@ -11,8 +11,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { startLocalEtcd } from '../tools/local-etcd/index.js';
-import { freePort } from '../tools/apisix/index.js';
+import { startLocalEtcd } from '../dev/local-etcd/index.js';
+import { freePort } from '../dev/apisix/index.js';
 import { benchIdentity, storeBenchPolicy, machineLine, median, socketAccepts, startProcess, type BenchProcess } from './support.js';
 
 const connections = Number(process.env.BENCH_CONNECTIONS ?? 8);

@@ -5,7 +5,7 @@ import { execFileSync } from 'node:child_process';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { ApisixHandle } from '../tools/apisix/index.js';
+import type { ApisixHandle } from '../dev/apisix/index.js';
 
 const root = join(fileURLToPath(new URL('.', import.meta.url)), '..', '..');
 const bin = join(root, '.local', 'bin');

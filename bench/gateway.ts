@@ -38,12 +38,12 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { pino } from 'pino';
 import { Document, parseDocument } from 'yaml';
-import { createDemoIdentity, DEMO_PLATFORM_POLICY, DEMO_PROJECT_POLICY } from '../cms/demo.js';
-import { pointRoutesAt, standaloneRoutesText } from '../tools/local-stack/index.js';
-import { startLocalVault } from '../tools/local-vault/index.js';
-import { startLocalEtcd } from '../tools/local-etcd/index.js';
-import { findApisix, freePort, startApisix, type ApisixHandle, type ApisixInstallation } from '../tools/apisix/index.js';
-import { processTable } from '../tools/proc.js';
+import { createDemoIdentity, DEMO_PLATFORM_POLICY, DEMO_PROJECT_POLICY } from '../dev/demo.js';
+import { pointRoutesAt, standaloneRoutesText } from '../dev/local-stack/index.js';
+import { startLocalVault } from '../dev/local-vault/index.js';
+import { startLocalEtcd } from '../dev/local-etcd/index.js';
+import { findApisix, freePort, startApisix, type ApisixHandle, type ApisixInstallation } from '../dev/apisix/index.js';
+import { processTable } from '../dev/proc.js';
 import { createEtcdClient } from '../etcd/index.js';
 import { BudgetStore } from '../budget/store.js';
 import { readUsage } from '../budget/usage.js';
@@ -66,7 +66,7 @@ const PROJECT = 'bench';
  * and an OPA server: the caller's JWT verified (ES256, issuer, audience,
  * expiry: the runner's `jwt` plugin), then the platform policy's rule (a
  * verified caller, no /internal/ path) and the project policy's (the
- * caller's project, a role it lets in, not an LLM call), as cms/demo.ts
+ * caller's project, a role it lets in, not an LLM call), as dev/demo.ts
  * writes them.
  */
 const OPA_SERVER_POLICY = `package gatehouse.bench

@@ -22,7 +22,7 @@ import { tmpdir } from 'node:os';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { startLocalEtcd } from '../tools/local-etcd/index.js';
+import { startLocalEtcd } from '../dev/local-etcd/index.js';
 import { RpcType, decodeHttpReqCallResponse, encodeHttpReqCallRequest, type HttpReqCallRequest } from '../plugins/protocol/index.js';
 import {
   benchIdentity,

@@ -23,7 +23,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { decodeHttpReqCallResponse, RpcType, type HttpReqCallRequest } from '../plugins/protocol/index.js';
-import { startLocalEtcd } from '../tools/local-etcd/index.js';
+import { startLocalEtcd } from '../dev/local-etcd/index.js';
 import { benchIdentity, storeBenchPolicy, driveRunner, machineLine, median, prepareConf, retryUntilReady, socketAccepts, startProcess, treeCpuMicros, type BenchProcess } from './support.js';
 
 const connections = Number(process.env.BENCH_CONNECTIONS ?? 8);

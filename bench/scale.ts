@@ -34,7 +34,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pLimit from 'p-limit';
-import { startLocalEtcd, type LocalEtcd } from '../tools/local-etcd/index.js';
+import { startLocalEtcd, type LocalEtcd } from '../dev/local-etcd/index.js';
 import { RegoCompiler, policySubmission, type CompiledPolicy } from '../cms/rego-compiler.js';
 import { PolicyStore } from '../policy/store/index.js';
 import { createEtcdClient } from '../etcd/index.js';

@@ -21,7 +21,7 @@ import {
 import { RegoCompiler, policySubmission, type CompiledPolicy } from '../cms/rego-compiler.js';
 import { createEtcdClient } from '../etcd/index.js';
 import { PolicyStore } from '../policy/store/index.js';
-import { processTable } from '../tools/proc.js';
+import { processTable } from '../dev/proc.js';
 
 /** The opa the benchmarks compile with: OPA_PATH, else the one setup builds. */
 export const benchOpaPath = process.env.OPA_PATH || join(import.meta.dirname, '..', '..', '.local', 'bin', 'opa');

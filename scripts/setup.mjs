@@ -4,9 +4,9 @@
 //
 //   node modules  -> npm ci, when node_modules is older than package-lock.json
 //   etcd, haproxy, keepalived, flatc, chromium -> Debian packages, when missing from PATH
-//   opa           -> built once from the pinned Go module in tools/opa
-//   vault         -> built once from the pinned Go module in tools/vault
-//   apisix        -> APISIX 3.9.1 built once from the APISIX kit (tools/apisix/kit/README.md),
+//   opa           -> built once from the pinned Go module in dev/opa
+//   vault         -> built once from the pinned Go module in dev/vault
+//   apisix        -> APISIX 3.9.1 built once from the APISIX kit (dev/apisix/kit/README.md),
 //                    unless APISIX_HOME names an installed one
 import { execFileSync, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -61,9 +61,9 @@ function ensureDebianPackages() {
 }
 
 function pinnedOpaVersion() {
-  const gomod = readFileSync(join(root, 'tools/opa/go.mod'), 'utf8');
+  const gomod = readFileSync(join(root, 'dev/opa/go.mod'), 'utf8');
   const match = gomod.match(/github\.com\/open-policy-agent\/opa (v[\w.\-]+)/);
-  if (!match) throw new Error('tools/opa/go.mod does not pin github.com/open-policy-agent/opa');
+  if (!match) throw new Error('dev/opa/go.mod does not pin github.com/open-policy-agent/opa');
   return match[1];
 }
 
@@ -73,17 +73,17 @@ function ensureOpa() {
   const stampFile = join(root, '.local/bin/opa.version');
   const version = pinnedOpaVersion();
   if (existsSync(bin) && existsSync(stampFile) && readFileSync(stampFile, 'utf8').trim() === version) return;
-  if (!onPath('go')) throw new Error('Go is needed to build opa (tools/opa); install Go 1.26+');
+  if (!onPath('go')) throw new Error('Go is needed to build opa (dev/opa); install Go 1.26+');
   log(`building opa ${version} from the Go module proxy (first time only, a few minutes)`);
   mkdirSync(dirname(bin), { recursive: true });
-  run('go', ['build', '-o', bin, '.'], { cwd: join(root, 'tools/opa') });
+  run('go', ['build', '-o', bin, '.'], { cwd: join(root, 'dev/opa') });
   writeFileSync(stampFile, `${version}\n`);
 }
 
 function pinnedVaultVersion() {
-  const gomod = readFileSync(join(root, 'tools/vault/go.mod'), 'utf8');
+  const gomod = readFileSync(join(root, 'dev/vault/go.mod'), 'utf8');
   const match = gomod.match(/github\.com\/hashicorp\/vault (v[\w.\-]+)/);
-  if (!match) throw new Error('tools/vault/go.mod does not pin github.com/hashicorp/vault');
+  if (!match) throw new Error('dev/vault/go.mod does not pin github.com/hashicorp/vault');
   return match[1];
 }
 
@@ -93,11 +93,11 @@ function ensureVault() {
   const stampFile = join(root, '.local/bin/vault.version');
   const version = pinnedVaultVersion();
   if (existsSync(bin) && existsSync(stampFile) && readFileSync(stampFile, 'utf8').trim() === version) return;
-  if (!onPath('go')) throw new Error('Go is needed to build vault (tools/vault); install Go 1.26+');
+  if (!onPath('go')) throw new Error('Go is needed to build vault (dev/vault); install Go 1.26+');
   log(`building vault ${version} from the Go module proxy (first time only, 10+ minutes on 2 cores)`);
   mkdirSync(dirname(bin), { recursive: true });
-  // Not a bare `go build`: the sdk Vault 1.14 needs is prepared first (tools/vault/build.mjs).
-  run(process.execPath, [join(root, 'tools/vault/build.mjs'), bin]);
+  // Not a bare `go build`: the sdk Vault 1.14 needs is prepared first (dev/vault/build.mjs).
+  run(process.execPath, [join(root, 'dev/vault/build.mjs'), bin]);
   writeFileSync(stampFile, `${version}\n`);
 }
 
@@ -115,7 +115,7 @@ function findApisixKit() {
 function apisixBuildId(kit) {
   const hash = createHash('sha256');
   hash.update(readFileSync(join(kit, 'build.sh')));
-  hash.update(readFileSync(join(root, 'tools/apisix/kit/jit-uuid.lua')));
+  hash.update(readFileSync(join(root, 'dev/apisix/kit/jit-uuid.lua')));
   return `apisix-3.9.1 ${hash.digest('hex').slice(0, 16)}`;
 }
 
@@ -137,7 +137,7 @@ function ensureApisix() {
   if (existsSync(stampFile) && readFileSync(stampFile, 'utf8').trim() === id) return ensureApisixLogDeps(target);
   log(`building APISIX 3.9.1 from ${kit} into .local/apisix (first time only, about two minutes)`);
   // The kit is read-only and its lua-resty-jit-uuid tree lacks lib/: build from
-  // a copy with the module APISIX needs added (tools/apisix/kit/README.md).
+  // a copy with the module APISIX needs added (dev/apisix/kit/README.md).
   const staging = join(root, '.local', 'apisix-kit');
   rmSync(staging, { recursive: true, force: true });
   cpSync(kit, staging, { recursive: true });
@@ -145,7 +145,7 @@ function ensureApisix() {
   const uuidModule = join(staging, 'src/lua-resty-jit-uuid/lib/resty/jit-uuid.lua');
   if (!existsSync(uuidModule)) {
     mkdirSync(dirname(uuidModule), { recursive: true });
-    cpSync(join(root, 'tools/apisix/kit/jit-uuid.lua'), uuidModule);
+    cpSync(join(root, 'dev/apisix/kit/jit-uuid.lua'), uuidModule);
   }
   // Its last line pipes `nginx -V` into `head -1` under pipefail: when head
   // closes the pipe before nginx has written the rest, nginx dies of SIGPIPE
@@ -163,13 +163,13 @@ function ensureApisix() {
 // APISIX's loggers (http-logger, on the LLM route) load two libraries the kit
 // does not carry: nginx-lua-prometheus (a placeholder: nothing calls it) and
 // lua-ffi-zlib (the one function APISIX calls). Each is added when missing
-// (tools/apisix/kit/README.md).
+// (dev/apisix/kit/README.md).
 function ensureApisixLogDeps(target) {
   const luaDir = join(target, 'apisix', 'deps', 'share', 'lua', '5.1');
   if (!existsSync(luaDir)) return;
   for (const name of ['prometheus.lua', 'ffi-zlib.lua']) {
     const module = join(luaDir, name);
-    if (!existsSync(module)) cpSync(join(root, 'tools/apisix/kit', name), module);
+    if (!existsSync(module)) cpSync(join(root, 'dev/apisix/kit', name), module);
   }
 }
 

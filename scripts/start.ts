@@ -14,22 +14,22 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { pino } from 'pino';
-import { createDemoIdentity, demoCurlCommands, seedDemoPolicies, DEMO_PROJECT, DEMO_LLM_SECRET } from '../cms/demo.js';
-import { startLocalStack } from '../tools/local-stack/index.js';
+import { createDemoIdentity, demoCurlCommands, seedDemoPolicies, DEMO_PROJECT, DEMO_LLM_SECRET } from '../dev/demo.js';
+import { startLocalStack } from '../dev/local-stack/index.js';
 import { currentFleetStatus } from '../cms/fleet.js';
 import type { Etcd3 } from 'etcd3';
 import { createEtcdClient } from '../etcd/index.js';
 import { PLATFORM_POLICY_NAME, PolicyStore } from '../policy/store/index.js';
-import { startDemoRag } from '../tools/local-stack/demo-rag.js';
-import { startLlmStub } from '../tools/llm-stub/index.js';
+import { startDemoRag } from '../dev/local-stack/demo-rag.js';
+import { startLlmStub } from '../dev/llm-stub/index.js';
 import { BudgetStore } from '../budget/store.js';
 import type { Budget } from '../budget/definition.js';
 
 /** Tokens per minute and per day; calls without max_tokens are charged (and sent) 256. */
 const DEMO_BUDGET: Budget = { windows: [{ per: 'minute', tokens: 20_000 }, { per: 'day', tokens: 1_000_000 }], default_max_tokens: 256 };
-import { startLocalVault } from '../tools/local-vault/index.js';
-import { directoryHolder, portHolder } from '../tools/in-use.js';
-import { localEtcdDataDir } from '../tools/local-etcd/index.js';
+import { startLocalVault } from '../dev/local-vault/index.js';
+import { directoryHolder, portHolder } from '../dev/in-use.js';
+import { localEtcdDataDir } from '../dev/local-etcd/index.js';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
 const port = (name: string, fallback: number) => Number(process.env[name] ?? fallback);

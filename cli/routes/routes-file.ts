@@ -117,7 +117,7 @@ export function isCredentialName(name: string): boolean {
 
 /**
  * Resolves `${{NAME}}` and `${{NAME:=default}}` in the file as APISIX does
- * when it reads apisix.yaml in standalone mode (tools/apisix/conf-vars.ts).
+ * when it reads apisix.yaml in standalone mode (cli/routes/conf-vars.ts).
  * Its Admin API stores what it is given, so the routes sent there are
  * resolved here, from this process's environment, but only for the names in
  * `allowed`: a reference to any other name, or to a credential, is refused,

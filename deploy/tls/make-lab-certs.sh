@@ -42,7 +42,7 @@ issue etcd-dc1 etcd-dc1 serverAuth,clientAuth "DNS:etcd-dc1.gatehouse.internal,I
 issue etcd-dc2 etcd-dc2 serverAuth,clientAuth "DNS:etcd-dc2.gatehouse.internal,IP:10.20.2.21,$extra"
 issue etcd-witness etcd-witness serverAuth,clientAuth "DNS:etcd-witness.gatehouse.internal,IP:10.30.2.21,$extra"
 issue apisix-etcd-client apisix clientAuth "DNS:apisix"
-# With etcd's auth on, a certificate's common name is its etcd user (tools/etcd-auth/roles.ts).
+# With etcd's auth on, a certificate's common name is its etcd user (deploy/etcd-auth/roles.ts).
 issue gatehouse-cms-etcd-client gatehouse-cms clientAuth "DNS:gatehouse-cms"
 issue gatehouse-gateway-etcd-client gatehouse-gateway clientAuth "DNS:gatehouse-gateway"
 issue gatehouse-etcd-client gatehouse-admin clientAuth "DNS:gatehouse-admin"

@@ -1,7 +1,7 @@
 // Reading an LLM call's worst case from its body, and its usage from the answer.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { IMAGE_TOKENS_BOUND, LLM_ENDPOINTS, LlmCallError, callCost, readLlmCall, usageFromResponse, type LlmEndpoint } from '../../budget/call.js';
-import { promptTokens, startLlmStub, type LlmStub } from '../../tools/llm-stub/index.js';
+import { promptTokens, startLlmStub, type LlmStub } from '../../dev/llm-stub/index.js';
 
 const bytes = (value: unknown) => new TextEncoder().encode(typeof value === 'string' ? value : JSON.stringify(value));
 

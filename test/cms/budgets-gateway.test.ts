@@ -10,7 +10,7 @@ import { pino } from 'pino';
 import { HOUR_MS } from '../../budget/keys.js';
 import { addUsage } from '../../budget/usage.js';
 import { createEtcdClient } from '../../etcd/index.js';
-import { startLocalStack, type LocalStack } from '../../tools/local-stack/index.js';
+import { startLocalStack, type LocalStack } from '../../dev/local-stack/index.js';
 import { createTestKeys, type TestKeys } from '../support/jwt.js';
 import { opaPath } from '../support/policies.js';
 

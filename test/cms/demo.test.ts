@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildCmsApp } from '../../cms/app.js';
-import { createDemoIdentity, DEMO_PROJECT, demoCurlCommands, seedDemoPolicies, type DemoIdentity } from '../../cms/demo.js';
+import { createDemoIdentity, DEMO_PROJECT, demoCurlCommands, seedDemoPolicies, type DemoIdentity } from '../../dev/demo.js';
 import { loadPolicyEngine } from '../../policy/engine/index.js';
 import { PolicyStore } from '../../policy/store/index.js';
 import { createEtcdClient } from '../../etcd/index.js';

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { RegoCompileError, RegoCompiler } from '../../cms/rego-compiler.js';
-import { EXAMPLE_POLICY } from '../../cms/demo.js';
+import { EXAMPLE_POLICY } from '../../dev/demo.js';
 import { loadPolicyEngine } from '../../policy/engine/index.js';
 import { OPA_PATH } from './harness.js';
 

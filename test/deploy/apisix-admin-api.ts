@@ -9,7 +9,7 @@ import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { pino } from 'pino';
 import { createEtcdClient } from '../../etcd/index.js';
-import { freePort, startApisix, type ApisixHandle } from '../../tools/apisix/index.js';
+import { freePort, startApisix, type ApisixHandle } from '../../dev/apisix/index.js';
 import { startEtcd, type TestEtcd } from '../support/etcd.js';
 import { apisixInstallation } from '../support/gateway.js';
 import { repoRoot } from '../support/runner-process.js';

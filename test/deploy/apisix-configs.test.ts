@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
 import { parse } from 'yaml';
-import { freePort, startApisix, testApisixConfig, ApisixStartError } from '../../tools/apisix/index.js';
+import { freePort, startApisix, testApisixConfig, ApisixStartError } from '../../dev/apisix/index.js';
 import { startEtcd } from '../support/etcd.js';
 import { apisixInstallation } from '../support/gateway.js';
 import { createTestKeys } from '../support/jwt.js';

@@ -10,12 +10,12 @@ import { createEtcdClient } from '../../etcd/index.js';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parse } from 'yaml';
-import { freePort } from '../../tools/local-etcd/index.js';
-import { ETCD_MEMBERS, loadInventory, localEtcdConfig, type EtcdMember, type LocalEtcdAddress } from '../../tools/dc-rehearsal/deploy-files.js';
+import { freePort } from '../../dev/local-etcd/index.js';
+import { ETCD_MEMBERS, loadInventory, localEtcdConfig, type EtcdMember, type LocalEtcdAddress } from '../../dev/dc-rehearsal/deploy-files.js';
 import { repoRoot } from '../support/runner-process.js';
 import { randomBytes } from 'node:crypto';
-import { enableEtcdAuth } from '../../tools/etcd-auth/roles.js';
-import { deploymentAuthSetup } from '../../tools/etcd-auth/setup.js';
+import { enableEtcdAuth } from '../../deploy/etcd-auth/roles.js';
+import { deploymentAuthSetup } from '../../deploy/etcd-auth/setup.js';
 
 const deploy = join(repoRoot, 'deploy');
 const read = (path: string) => readFileSync(join(repoRoot, path), 'utf8');

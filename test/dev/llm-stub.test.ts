@@ -2,7 +2,7 @@
 // deterministic usage (the same streamed or whole), max_tokens, and the
 // record of what it reported that budget tests compare a gateway's charge with.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CANNED_ANSWER, PROMPT_TOKENS_PER_MESSAGE, startLlmStub, type LlmStub } from '../../tools/llm-stub/index.js';
+import { CANNED_ANSWER, PROMPT_TOKENS_PER_MESSAGE, startLlmStub, type LlmStub } from '../../dev/llm-stub/index.js';
 import { completionChunks, readSse, sseData } from '../support/sse.js';
 
 let stub: LlmStub;

@@ -14,14 +14,14 @@ import { createTestKeys, type TestKeys } from '../support/jwt.js';
 import { startVault, type TestVault } from '../support/vault.js';
 import { startEtcd, type TestEtcd } from '../support/etcd.js';
 import { PolicyWriter, opaPath } from '../support/policies.js';
-import { startLlmStub, type LlmStub, type LlmStubUsage } from '../../tools/llm-stub/index.js';
-import { startLocalStack, type LocalStack } from '../../tools/local-stack/index.js';
+import { startLlmStub, type LlmStub, type LlmStubUsage } from '../../dev/llm-stub/index.js';
+import { startLocalStack, type LocalStack } from '../../dev/local-stack/index.js';
 import { createEtcdClient } from '../../etcd/index.js';
 import { BudgetStore } from '../../budget/store.js';
 import { readUsage } from '../../budget/usage.js';
 import { ledgerKey, type Allocation } from '../../budget/keys.js';
 import { windowBounds, type Budget } from '../../budget/definition.js';
-import { freePort } from '../../tools/local-etcd/index.js';
+import { freePort } from '../../dev/local-etcd/index.js';
 import { runnerHasReadBudgets } from '../support/budget-client.js';
 
 const POLICY = `package project.authz

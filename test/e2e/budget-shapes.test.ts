@@ -21,14 +21,14 @@ import { startEtcd, type TestEtcd } from '../support/etcd.js';
 import { PolicyWriter, opaPath } from '../support/policies.js';
 import { runnerHasReadBudgets, spendTheRest } from '../support/budget-client.js';
 import { repoRoot } from '../support/runner-process.js';
-import { startLlmStub, type LlmStub } from '../../tools/llm-stub/index.js';
-import { startLocalStack, standaloneRoutesText, type LocalStack } from '../../tools/local-stack/index.js';
+import { startLlmStub, type LlmStub } from '../../dev/llm-stub/index.js';
+import { startLocalStack, standaloneRoutesText, type LocalStack } from '../../dev/local-stack/index.js';
 import { createEtcdClient } from '../../etcd/index.js';
 import { BudgetStore } from '../../budget/store.js';
 import { ledgerKey, type Allocation } from '../../budget/keys.js';
 import { windowBounds } from '../../budget/definition.js';
 import { LLM_ENDPOINTS } from '../../budget/call.js';
-import { freePort } from '../../tools/local-etcd/index.js';
+import { freePort } from '../../dev/local-etcd/index.js';
 
 // The budget decides alone: every call is allowed by policy.
 const POLICY = `package project.authz

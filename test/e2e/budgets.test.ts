@@ -14,14 +14,14 @@ import { startVault, type TestVault } from '../support/vault.js';
 import { startEtcd, type TestEtcd } from '../support/etcd.js';
 import { PolicyWriter, opaPath } from '../support/policies.js';
 import { runnerHasReadBudgets, spendTheRest } from '../support/budget-client.js';
-import { startLlmStub, type LlmStub } from '../../tools/llm-stub/index.js';
-import { startLocalStack, type LocalStack } from '../../tools/local-stack/index.js';
+import { startLlmStub, type LlmStub } from '../../dev/llm-stub/index.js';
+import { startLocalStack, type LocalStack } from '../../dev/local-stack/index.js';
 import { createEtcdClient } from '../../etcd/index.js';
 import { BudgetStore } from '../../budget/store.js';
 import { readUsage } from '../../budget/usage.js';
 import { HOLDERS_PREFIX, ledgerKey, type Allocation } from '../../budget/keys.js';
 import { windowBounds, type Budget } from '../../budget/definition.js';
-import { freePort } from '../../tools/local-etcd/index.js';
+import { freePort } from '../../dev/local-etcd/index.js';
 
 const POLICY = `package project.authz
 import rego.v1

@@ -9,7 +9,7 @@ import { pino } from 'pino';
 import { createTestKeys, type TestKeys } from '../support/jwt.js';
 import { startRecordingUpstream, type RecordingUpstream } from '../support/upstream.js';
 import { opaPath } from '../support/policies.js';
-import { startLocalStack, type LocalStack } from '../../tools/local-stack/index.js';
+import { startLocalStack, type LocalStack } from '../../dev/local-stack/index.js';
 import { SERVER_HEADER } from '../support/gateway.js';
 
 // The seed's example policy object (section 4.1), verbatim.

@@ -11,10 +11,10 @@ import { pino } from 'pino';
 import { createTestKeys, type TestKeys } from '../support/jwt.js';
 import { startVault, type TestVault } from '../support/vault.js';
 import { PolicyWriter, opaPath } from '../support/policies.js';
-import { startLlmStub, type LlmStub } from '../../tools/llm-stub/index.js';
-import { startLocalStack, type LocalStack } from '../../tools/local-stack/index.js';
+import { startLlmStub, type LlmStub } from '../../dev/llm-stub/index.js';
+import { startLocalStack, type LocalStack } from '../../dev/local-stack/index.js';
 import { createEtcdClient } from '../../etcd/index.js';
-import { freePort } from '../../tools/local-etcd/index.js';
+import { freePort } from '../../dev/local-etcd/index.js';
 import { BudgetStore } from '../../budget/store.js';
 
 // The seed's example policy, extended for the LLM route with a model

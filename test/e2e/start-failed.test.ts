@@ -8,10 +8,10 @@ import { spawn } from 'node:child_process';
 import { createServer, type Server } from 'node:net';
 import { rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { freePort } from '../../tools/apisix/index.js';
-import { portHolder } from '../../tools/in-use.js';
-import { startLocalEtcd, type LocalEtcd } from '../../tools/local-etcd/index.js';
-import { processTable } from '../../tools/proc.js';
+import { freePort } from '../../dev/apisix/index.js';
+import { portHolder } from '../../dev/in-use.js';
+import { startLocalEtcd, type LocalEtcd } from '../../dev/local-etcd/index.js';
+import { processTable } from '../../dev/proc.js';
 import { repoRoot } from '../support/runner-process.js';
 
 const PORT_VARIABLES = ['GATEWAY_PORT', 'CMS_PORT', 'DECISION_PORT', 'RAG_PORT', 'LLM_PORT', 'VAULT_PORT', 'RUNNER_METRICS_PORT', 'ETCD_CLIENT_PORT'];

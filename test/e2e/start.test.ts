@@ -6,7 +6,7 @@ import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { freePort } from '../../tools/apisix/index.js';
+import { freePort } from '../../dev/apisix/index.js';
 import { EXIT, runPolicyCli } from '../../cli/policy/command.js';
 import { repoRoot } from '../support/runner-process.js';
 

@@ -23,7 +23,7 @@ import { PolicyWatcher } from '../../policy/watcher/watcher.js';
 import { createIdentityVerifier } from '../../identity/index.js';
 import { loadAccessPolicy, defaultAccessPolicyWasmPath } from '../../policy/access/index.js';
 import { buildDecisionApp } from '../../decision-api/app.js';
-import { freePort, startApisix, type ApisixHandle } from '../../tools/apisix/index.js';
+import { freePort, startApisix, type ApisixHandle } from '../../dev/apisix/index.js';
 
 let etcd: TestEtcd;
 let client: Etcd3;

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import type { Etcd3 } from 'etcd3';
 import { createEtcdClient } from '../../etcd/index.js';
-import { freePort } from '../../tools/apisix/index.js';
+import { freePort } from '../../dev/apisix/index.js';
 import { DecisionLog, maskInput, type DecisionEvent } from '../../policy/decision-log/index.js';
 import { isCredentialHeader } from '../../http/credentials.js';
 import { ALWAYS_STRIPPED } from '../../plugins/vault/index.js';

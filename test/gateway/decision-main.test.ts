@@ -9,7 +9,7 @@ import { startEtcd, type TestEtcd } from '../support/etcd.js';
 import { createTestKeys, type TestKeys } from '../support/jwt.js';
 import { repoRoot } from '../support/runner-process.js';
 import { PolicyWriter } from '../support/policies.js';
-import { freePort } from '../../tools/local-etcd/index.js';
+import { freePort } from '../../dev/local-etcd/index.js';
 import { createEtcdClient } from '../../etcd/index.js';
 
 let etcd: TestEtcd;

@@ -11,7 +11,7 @@ import { PolicyWriter, opaPath } from '../support/policies.js';
 import { startRunner, type RunnerProcess } from '../support/runner-process.js';
 import { ApisixClient, request, text } from '../support/apisix-client.js';
 import { startTcpProxy, hostPort } from '../support/tcp-proxy.js';
-import { freePort } from '../../tools/local-etcd/index.js';
+import { freePort } from '../../dev/local-etcd/index.js';
 import { pino } from 'pino';
 import { createEtcdClient } from '../../etcd/index.js';
 import { buildCmsApp } from '../../cms/app.js';

@@ -15,8 +15,8 @@ import { pino } from 'pino';
 import { Range, type Etcd3 } from 'etcd3';
 import { createEtcdClient } from '../../etcd/index.js';
 import { buildCmsApp } from '../../cms/app.js';
-import { CMS_USER, GATEWAY_USER, POLICY_READER_ROLE, POLICY_WRITER_ROLE, enableEtcdAuth, type EtcdAuthSetup } from '../../tools/etcd-auth/roles.js';
-import { startLocalEtcd, type LocalEtcd } from '../../tools/local-etcd/index.js';
+import { CMS_USER, GATEWAY_USER, POLICY_READER_ROLE, POLICY_WRITER_ROLE, enableEtcdAuth, type EtcdAuthSetup } from '../../deploy/etcd-auth/roles.js';
+import { startLocalEtcd, type LocalEtcd } from '../../dev/local-etcd/index.js';
 import { startEtcd } from '../support/etcd.js';
 import { createTestKeys, type TestKeys } from '../support/jwt.js';
 import { PolicyWriter, opaPath } from '../support/policies.js';
@@ -38,7 +38,7 @@ async function until(check: () => Promise<boolean>, what: string, timeoutMs = 20
   }
 }
 
-/** Users and roles as tools/etcd-auth makes them, with passwords. */
+/** Users and roles as deploy/etcd-auth makes them, with passwords. */
 async function withAccessControl(endpoints: string[]): Promise<EtcdAuthSetup> {
   const setup: EtcdAuthSetup = { rootPassword: password(), cmsPassword: password(), gatewayPassword: password() };
   const client = createEtcdClient(endpoints);

@@ -7,7 +7,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
-import { freePort } from '../../tools/local-etcd/index.js';
+import { freePort } from '../../dev/local-etcd/index.js';
 import { PolicyStore, StoreUnavailableError } from '../../policy/store/index.js';
 import { createEtcdClient, etcdClientOptionsFromEnv } from '../../etcd/index.js';
 import { PolicyWatcher } from '../../policy/watcher/watcher.js';

@@ -16,7 +16,7 @@ import { PolicyWriter } from '../support/policies.js';
 import { startRunner, type RunnerProcess } from '../support/runner-process.js';
 import { ApisixClient, request } from '../support/apisix-client.js';
 import { createEtcdClient } from '../../etcd/index.js';
-import { freePort } from '../../tools/local-etcd/index.js';
+import { freePort } from '../../dev/local-etcd/index.js';
 import { loadPolicyEngine } from '../../policy/engine/index.js';
 import type { RewriteAction, StopAction } from '../../plugins/protocol/index.js';
 

@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { loadPolicy } from '@open-policy-agent/opa-wasm';
 import type { Etcd3 } from 'etcd3';
 import { RegoCompiler } from '../../cms/rego-compiler.js';
-import { DEMO_PLATFORM_POLICY, DEMO_PROJECT_POLICY, EXAMPLE_POLICY } from '../../cms/demo.js';
+import { DEMO_PLATFORM_POLICY, DEMO_PROJECT_POLICY, EXAMPLE_POLICY } from '../../dev/demo.js';
 import { DEFAULT_EVAL_FUEL, EvaluationBudgetError, evaluationFuel, loadPolicyEngine } from '../../policy/engine/index.js';
 import { FUEL_GLOBAL, meterPolicyWasm } from '../../policy/engine/meter.js';
 import { EngineCache } from '../../policy/engine/cache.js';
@@ -28,7 +28,7 @@ import { createTestKeys, type TestKeys } from '../support/jwt.js';
 import { startRunner, type RunnerProcess } from '../support/runner-process.js';
 import { ApisixClient, request } from '../support/apisix-client.js';
 import { createEtcdClient } from '../../etcd/index.js';
-import { freePort } from '../../tools/local-etcd/index.js';
+import { freePort } from '../../dev/local-etcd/index.js';
 import type { RewriteAction, StopAction } from '../../plugins/protocol/index.js';
 
 // n * n steps that allocate little: only fuel (or a deadline) stops it. Unbounded, n = 4000 runs for seconds.

@@ -13,7 +13,7 @@ import { createTestKeys, type TestKeys } from '../support/jwt.js';
 import { PolicyWriter } from '../support/policies.js';
 import { repoRoot, startRunner, type RunnerProcess } from '../support/runner-process.js';
 import { ApisixClient, request } from '../support/apisix-client.js';
-import { freePort } from '../../tools/local-etcd/index.js';
+import { freePort } from '../../dev/local-etcd/index.js';
 import { createEtcdClient } from '../../etcd/index.js';
 import type { StopAction, RewriteAction } from '../../plugins/protocol/index.js';
 

@@ -1,7 +1,7 @@
 // The two-datacenter rehearsal under failure, with traffic flowing through
 // HAProxy the whole time: a load loop of RAG calls (an allowed caller) that
 // counts every failure. Each site lives in its own network namespace; see
-// tools/dc-rehearsal.
+// dev/dc-rehearsal.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -13,9 +13,9 @@ import { createTestKeys, type TestKeys } from '../support/jwt.js';
 import { SERVER_HEADER } from '../support/gateway.js';
 import { opaPath } from '../support/policies.js';
 import { spendTheRest } from '../support/budget-client.js';
-import { identityEnv } from '../../tools/dc-rehearsal/identity-env.js';
-import { startRehearsal, type Datacenter, type Rehearsal } from '../../tools/dc-rehearsal/rehearsal.js';
-import { loadInventory } from '../../tools/dc-rehearsal/deploy-files.js';
+import { identityEnv } from '../../dev/dc-rehearsal/identity-env.js';
+import { startRehearsal, type Datacenter, type Rehearsal } from '../../dev/dc-rehearsal/rehearsal.js';
+import { loadInventory } from '../../dev/dc-rehearsal/deploy-files.js';
 
 /** The propagation budget: a policy written in one datacenter is enforced in both within it. */
 const PROPAGATION_BUDGET_MS = 1_000;

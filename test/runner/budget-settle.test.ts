@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SettleBatchReader, SettleFormatError } from '../../plugins/runner/budget-settle.js';
 import { startEtcd, type TestEtcd } from '../support/etcd.js';
 import { startRunner, type RunnerProcess } from '../support/runner-process.js';
-import { freePort } from '../../tools/local-etcd/index.js';
+import { freePort } from '../../dev/local-etcd/index.js';
 
 let etcd: TestEtcd;
 const runners: { runner: RunnerProcess; url: string; workers: number }[] = [];

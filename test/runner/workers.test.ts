@@ -12,7 +12,7 @@ import type { Etcd3 } from 'etcd3';
 import { createEtcdClient } from '../../etcd/index.js';
 import { startEtcd, type TestEtcd } from '../support/etcd.js';
 import { PolicyWriter } from '../support/policies.js';
-import { freePort } from '../../tools/apisix/index.js';
+import { freePort } from '../../dev/apisix/index.js';
 import { startRunner, type RunnerProcess } from '../support/runner-process.js';
 import { ApisixClient, request, text } from '../support/apisix-client.js';
 import type { StopAction } from '../../plugins/protocol/index.js';

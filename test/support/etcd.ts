@@ -1,5 +1,5 @@
 /**
- * A real etcd for integration tests (see tools/local-etcd): Debian's `etcd`
+ * A real etcd for integration tests (see dev/local-etcd): Debian's `etcd`
  * binary on free loopback ports, data under <repo>/.local/test-etcd/<random>.
  *
  *   const etcd = await startEtcd();
@@ -8,7 +8,7 @@
  *   await etcd.restart();     // same ports, same data
  *   await etcd.cleanup();     // kill it and remove the data (afterAll)
  */
-import { startLocalEtcd, type LocalEtcd } from '../../tools/local-etcd/index.js';
+import { startLocalEtcd, type LocalEtcd } from '../../dev/local-etcd/index.js';
 
 export type TestEtcd = LocalEtcd;
 

@@ -3,7 +3,7 @@
 // without it fails these tests rather than quietly testing something else.
 import { pino } from 'pino';
 import type { Document } from 'yaml';
-import { findApisix, freePort, startApisix, type ApisixInstallation } from '../../tools/apisix/index.js';
+import { findApisix, freePort, startApisix, type ApisixInstallation } from '../../dev/apisix/index.js';
 import { repoRoot } from './runner-process.js';
 
 export function apisixInstallation(): ApisixInstallation {

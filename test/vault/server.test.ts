@@ -1,4 +1,4 @@
-// The real Vault dev server (tools/vault) does what the gateway's `vault`
+// The real Vault dev server (dev/vault) does what the gateway's `vault`
 // plugin will rely on: KV v2 reads at <mount>/data/<path>, AppRole login,
 // token lookup and renewal with the role's TTLs, a policy limiting a role to
 // secret/data/llm/*, 403 for unknown tokens, and a restart that forgets

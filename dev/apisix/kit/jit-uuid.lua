@@ -1,4 +1,4 @@
--- resty.jit-uuid for the APISIX kit build (tools/apisix/kit/README.md).
+-- resty.jit-uuid for the APISIX kit build (dev/apisix/kit/README.md).
 --
 -- The kit's lua-resty-jit-uuid tree ships without its lib/ folder, so the
 -- module APISIX requires is missing. APISIX 3.9.1 calls only seed() and

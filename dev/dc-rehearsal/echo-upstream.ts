@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // The RAG application's place in the rehearsal: answers every request with
 // the datacenter it runs in, so that a client behind HAProxy sees who served it.
-//   SITE=dc1 PORT=8082 node dist/tools/dc-rehearsal/echo-upstream.js
+//   SITE=dc1 PORT=8082 node dist/dev/dc-rehearsal/echo-upstream.js
 import { createServer } from 'node:http';
 
 const site = process.env.SITE ?? 'unknown';

@@ -1,6 +1,6 @@
 /**
  * A real Vault on loopback for tests, benchmarks and `npm start`: HashiCorp
- * Vault built from the Go module proxy by `npm run setup` (tools/vault,
+ * Vault built from the Go module proxy by `npm run setup` (dev/vault,
  * binary in .local/bin/vault, or VAULT_BINARY), run as `vault server -dev` on
  * a free loopback port.
  *
@@ -91,7 +91,7 @@ async function waitForHealth(addr: string, child: ChildProcess, output: () => st
 
 export async function startLocalVault(options: { port?: number } = {}): Promise<LocalVault> {
   if (!existsSync(vaultBinary)) {
-    throw new Error(`no vault binary at ${vaultBinary}: run \`npm run setup\` (builds tools/vault) or set VAULT_BINARY`);
+    throw new Error(`no vault binary at ${vaultBinary}: run \`npm run setup\` (builds dev/vault) or set VAULT_BINARY`);
   }
   const port = options.port ?? (await freePort());
   const addr = `http://127.0.0.1:${port}`;

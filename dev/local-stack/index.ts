@@ -1,6 +1,6 @@
 // The whole Gatehouse stack on one machine, as `npm start` runs it and as the
 // end-to-end tests use it: a real etcd, the CMS, the decision API, and the
-// gateway: the real APISIX (tools/apisix) with apisix-conf/config.yaml, which
+// gateway: the real APISIX (dev/apisix) with apisix-conf/config.yaml, which
 // starts the real runner through ext-plugin.cmd, serving the routes of
 // apisix-conf/apisix.yaml pointed at the local upstreams.
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';

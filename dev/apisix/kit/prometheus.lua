@@ -1,5 +1,5 @@
 -- Gatehouse: a placeholder for nginx-lua-prometheus (knyar/nginx-lua-prometheus),
--- which the APISIX kit does not carry (tools/apisix/kit/README.md).
+-- which the APISIX kit does not carry (dev/apisix/kit/README.md).
 --
 -- APISIX's batch processor, which its loggers use (Gatehouse's LLM route
 -- posts responses back to the runner with http-logger), requires
@@ -11,7 +11,7 @@ local _M = { _VERSION = "gatehouse-placeholder" }
 
 function _M.init()
     error("nginx-lua-prometheus is not installed in this APISIX build: "
-          .. "the prometheus plugin is unavailable (tools/apisix/kit/README.md)")
+          .. "the prometheus plugin is unavailable (dev/apisix/kit/README.md)")
 end
 
 return _M

@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { findRepoRoot } from '../repo-root.js';
 import { findApisix } from '../apisix/index.js';
 import { createEtcdClient } from '../../etcd/index.js';
-import { CMS_USER, GATEWAY_USER, enableEtcdAuth } from '../etcd-auth/roles.js';
+import { CMS_USER, GATEWAY_USER, enableEtcdAuth } from '../../deploy/etcd-auth/roles.js';
 import { pointRoutesAt } from '../local-stack/index.js';
 import { vaultBinary } from '../local-vault/index.js';
 import { localEtcdConfig, localHaproxyConfig, ETCD_MEMBERS, loadInventory, type EtcdMember, type LocalEtcdAddress } from './deploy-files.js';
@@ -124,7 +124,7 @@ export function teardownFromStateFile(workDir: string): boolean {
 
 export async function startRehearsal(options: RehearsalOptions): Promise<Rehearsal> {
   const root = findRepoRoot();
-  // The app nodes run the real APISIX (tools/apisix).
+  // The app nodes run the real APISIX (dev/apisix).
   if (!findApisix(root)) throw new Error('this machine has no APISIX: run `npm run setup`, or set APISIX_HOME');
   const p = ports();
   const work = options.workDir;
@@ -228,8 +228,8 @@ export async function startRehearsal(options: RehearsalOptions): Promise<Rehears
       pointRoutesAt(template, { cms: `127.0.0.1:${p.cms}`, 'decision-api': `127.0.0.1:${p.decision}`, rag: '127.0.0.1:8082', llm: `http://127.0.0.1:${LLM_PORT}` }),
     );
     const node = process.execPath;
-    launch(`${dc}-rag`, dc, [node, join(root, 'dist/tools/dc-rehearsal/echo-upstream.js')], { SITE: dc, PORT: '8082' });
-    launch(`${dc}-llm`, dc, [node, join(root, 'dist/tools/dc-rehearsal/llm-upstream.js')], { PORT: String(LLM_PORT) });
+    launch(`${dc}-rag`, dc, [node, join(root, 'dist/dev/dc-rehearsal/echo-upstream.js')], { SITE: dc, PORT: '8082' });
+    launch(`${dc}-llm`, dc, [node, join(root, 'dist/dev/dc-rehearsal/llm-upstream.js')], { PORT: String(LLM_PORT) });
     launch(`${dc}-decision`, dc, [node, join(root, 'dist/decision-api/main.js')], {
       ...common,
       ...gatewayUser,
@@ -241,7 +241,7 @@ export async function startRehearsal(options: RehearsalOptions): Promise<Rehears
     const gatewayArgs = ['--config', join(root, 'apisix-conf', 'config.yaml'), '--routes', routesPath, '--port', String(p.gateway)];
     // nginx's workers (nobody, under a root master) pass through to the socket in the prefix.
     for (const path of [work, dir]) chmodSync(path, 0o711);
-    const gatewayCommand = [node, join(root, 'dist/tools/apisix/main.js'), ...gatewayArgs, '--host', '0.0.0.0', '--prefix', join(dir, 'apisix')];
+    const gatewayCommand = [node, join(root, 'dist/dev/apisix/main.js'), ...gatewayArgs, '--host', '0.0.0.0', '--prefix', join(dir, 'apisix')];
     launch(`${dc}-gateway`, dc, gatewayCommand, {
       ...common,
       ...gatewayUser,
@@ -297,7 +297,7 @@ export async function startRehearsal(options: RehearsalOptions): Promise<Rehears
     }
     startVault();
     await waitFor('Vault on the witness', () => answers(`${vault.addr}/v1/sys/health`, true), 30_000, () => tail(join(work, 'logs', 'vault.log')));
-    // Access control as deploy/ sets it up (tools/etcd-auth/roles.ts), before any service connects.
+    // Access control as deploy/ sets it up (deploy/etcd-auth/roles.ts), before any service connects.
     const setup = createEtcdClient(etcdEndpoints);
     try {
       await enableEtcdAuth(setup, { rootPassword: etcdUsers.root.password, cmsPassword: etcdUsers.cms.password, gatewayPassword: etcdUsers.gateway.password });

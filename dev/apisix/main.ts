@@ -4,7 +4,7 @@
 // where a gateway must be a process of its own (the two-datacenter rehearsal);
 // SIGTERM or SIGINT stop APISIX gracefully (SIGQUIT), and its exit status is ours.
 //
-//   node dist/tools/apisix/main.js [--config apisix-conf/config.yaml]
+//   node dist/dev/apisix/main.js [--config apisix-conf/config.yaml]
 //        [--routes apisix-conf/apisix.yaml] [--host 127.0.0.1] [--port 9080] [--prefix DIR]
 //
 // The environment is passed to nginx, which hands the runner the variables

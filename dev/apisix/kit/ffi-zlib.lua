@@ -1,5 +1,5 @@
 -- Gatehouse: the part of lua-ffi-zlib (hamishforbes/lua-ffi-zlib) that APISIX
--- 3.9.1 calls, which the APISIX kit does not carry (tools/apisix/kit/README.md).
+-- 3.9.1 calls, which the APISIX kit does not carry (dev/apisix/kit/README.md).
 --
 -- APISIX's loggers decode a gzip-encoded response body before logging it
 -- (apisix/utils/content-decode.lua) with

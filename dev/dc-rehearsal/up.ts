@@ -2,7 +2,7 @@
 // npm run dc:up: the two-datacenter rehearsal, left running in the
 // background (npm run dc:down stops it). Needs root (network namespaces).
 import { join } from 'node:path';
-import { createDemoIdentity, seedDemoPolicies, DEMO_PROJECT } from '../../cms/demo.js';
+import { createDemoIdentity, seedDemoPolicies, DEMO_PROJECT } from '../demo.js';
 import { findRepoRoot } from '../repo-root.js';
 import { identityEnv } from './identity-env.js';
 import { netnsAvailable } from './netns.js';

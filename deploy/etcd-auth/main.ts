@@ -8,7 +8,7 @@
 //   ETCD_ENDPOINTS=https://etcd-dc1.gatehouse.internal:2379,... \
 //   ETCD_CACERT=/etc/gatehouse/tls/ca.crt \
 //   ETCD_CERT=/etc/gatehouse/tls/gatehouse-etcd-client.crt ETCD_KEY=/etc/gatehouse/tls/gatehouse-etcd-client.key \
-//   ETCD_ROOT_PASSWORD=... node /opt/gatehouse/dist/tools/etcd-auth/main.js
+//   ETCD_ROOT_PASSWORD=... node /opt/gatehouse/dist/deploy/etcd-auth/main.js
 //
 // Users named like the certificates' common names authenticate by
 // certificate; their passwords (required by etcd 3.4) are random and unused.

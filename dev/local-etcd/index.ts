@@ -12,16 +12,11 @@ import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, rm } from 'node:fs/promises';
 import { createServer } from 'node:net';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { stopChild } from '../child-process.js';
 import { directoryHolder } from '../in-use.js';
+import { findRepoRoot } from '../repo-root.js';
 
-/** The repository root, from this file's place in the tree (source or dist). */
-function repositoryRoot(): string {
-  const here = dirname(fileURLToPath(import.meta.url));
-  return here.includes(`${join('dist', 'tools')}`) ? join(here, '..', '..', '..') : join(here, '..', '..');
-}
 
 export interface LocalEtcd {
   endpoints: string[];
@@ -73,7 +68,7 @@ async function waitForHealth(clientUrl: string, child: ChildProcess, output: () 
 
 /** Where startLocalEtcd keeps the data of `options` (a random name gets a new directory each time). */
 export function localEtcdDataDir(options: Pick<LocalEtcdOptions, 'dataRoot' | 'name'> = {}): string {
-  return join(repositoryRoot(), '.local', options.dataRoot ?? 'test-etcd', options.name ?? randomBytes(6).toString('hex'));
+  return join(findRepoRoot(), '.local', options.dataRoot ?? 'test-etcd', options.name ?? randomBytes(6).toString('hex'));
 }
 
 export async function startLocalEtcd(options: LocalEtcdOptions = {}): Promise<LocalEtcd> {

@@ -32,7 +32,7 @@ function makeWritable(path) {
 
 const gomod = readFileSync(join(here, 'go.mod'), 'utf8');
 const sdkVersion = gomod.match(/^\s*github\.com\/hashicorp\/vault\/sdk (v[\w.\-]+)\s*$/m)?.[1];
-if (!sdkVersion) throw new Error('tools/vault/go.mod does not pin github.com/hashicorp/vault/sdk');
+if (!sdkVersion) throw new Error('dev/vault/go.mod does not pin github.com/hashicorp/vault/sdk');
 
 // Checked against go.sum like any other download.
 const { Dir: sdkDir } = JSON.parse(go(['mod', 'download', '-json', `github.com/hashicorp/vault/sdk@${sdkVersion}`]));
@@ -49,7 +49,7 @@ const source = readFileSync(backendFile, 'utf8');
 const found = source.split(check).length - 1;
 // Exactly the two lines of sdk v0.9.2; anything else means a new sdk pin needs a fresh look.
 if (found !== 2) throw new Error(`expected the ExistenceCheck panic twice in ${backendFile}, found it ${found} times`);
-writeFileSync(backendFile, source.replaceAll(check, '// relaxed for Vault 1.14 (tools/vault/build.mjs)'));
+writeFileSync(backendFile, source.replaceAll(check, '// relaxed for Vault 1.14 (dev/vault/build.mjs)'));
 
 mkdirSync(dirname(out), { recursive: true });
 go(['build', '-o', out, '.'], { stdio: 'inherit' });

@@ -12,7 +12,7 @@ import { exportJWK, generateKeyPair, SignJWT } from 'jose';
 import { PLATFORM_POLICY_NAME, PolicyStore } from '../policy/store/index.js';
 import { createEtcdClient } from '../etcd/index.js';
 import type { IdentityConfig } from '../identity/index.js';
-import { RegoCompiler, policySubmission } from './rego-compiler.js';
+import { RegoCompiler, policySubmission } from '../cms/rego-compiler.js';
 
 /** The seed's example policy object (section 4.1), verbatim: Rego v0 syntax. */
 export const EXAMPLE_POLICY = {
