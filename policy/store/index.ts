@@ -4,5 +4,6 @@
  */
 export * from './names.js';
 export * from './keys.js';
+export * from './metadata.js';
 export * from './store.js';
 export * from './scan.js';

@@ -25,7 +25,7 @@ import { createHash } from 'node:crypto';
 import { Range, type Etcd3, type IKeyValue } from 'etcd3';
 import pLimit from 'p-limit';
 import { POLICIES_PREFIX, POLICY_INDEX_PREFIX, parseIndexKey, parsePolicyKey, policyKeys } from './keys.js';
-import { unknownMetadata, type PolicyMetadata } from './store.js';
+import { unknownMetadata, type PolicyMetadata } from './metadata.js';
 
 /** meta+data transactions in flight at once during a full read. */
 const READ_CONCURRENCY = 4;

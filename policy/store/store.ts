@@ -11,6 +11,7 @@ import { checkWriteConditions, PreconditionFailedError, StoreUnavailableError, W
 // The failures and conditions shared with the other stores, as this store's API.
 export { PreconditionFailedError, StoreUnavailableError, WriteConflictError, type WriteConditions };
 import { currentRevision, indexPage, readIndex, readKeysAt, scanPolicyNames } from './scan.js';
+import type { PolicyMetadata } from './metadata.js';
 
 export const DEFAULT_HISTORY_RETENTION = 50;
 /**
@@ -24,39 +25,6 @@ export const DEFAULT_ETCD_MAX_REQUEST_BYTES = 1.5 * 1024 * 1024;
 const TXN_OVERHEAD_BYTES = 4 * 1024;
 /** Attempts of an unconditional write before giving up to a stream of concurrent writers. */
 const MAX_WRITE_ATTEMPTS = 5;
-
-export interface PolicyMetadata {
-  name: string;
-  /** Monotonic per name, starting at 1; it continues after a delete. The CMS's ETag. */
-  version: number;
-  /** sha256 (hex) of the policy object text as GET returns it: {"rego":...,"data":...}. */
-  sha256: string;
-  /** sha256 (hex) of the compiled wasm under the wasm key. */
-  wasmSha256: string;
-  /** `sub` of the identity that wrote this version. */
-  author: string;
-  /** ISO 8601 time of the write. */
-  updatedAt: string;
-  opaVersion: string;
-  /** The wasm entrypoint: the module's package path with slashes, e.g. "project/authz". */
-  entrypoint: string;
-  syntaxVersion: 'v0' | 'v1';
-}
-
-/** Stands in for the metadata of a policy whose own cannot be read (it is then enforced as unloadable: denied). */
-export function unknownMetadata(name: string): PolicyMetadata {
-  return {
-    name,
-    version: 0,
-    sha256: '',
-    wasmSha256: '',
-    author: '',
-    updatedAt: new Date(0).toISOString(),
-    opaVersion: '',
-    entrypoint: '',
-    syntaxVersion: 'v1',
-  };
-}
 
 export interface StoredPolicy {
   meta: PolicyMetadata;

@@ -1,0 +1,35 @@
+// What the store writes under a policy's meta key (keys.ts): read by the
+// store's operations (store.ts) and by its scans (scan.ts) alike.
+
+export interface PolicyMetadata {
+  name: string;
+  /** Monotonic per name, starting at 1; it continues after a delete. The CMS's ETag. */
+  version: number;
+  /** sha256 (hex) of the policy object text as GET returns it: {"rego":...,"data":...}. */
+  sha256: string;
+  /** sha256 (hex) of the compiled wasm under the wasm key. */
+  wasmSha256: string;
+  /** `sub` of the identity that wrote this version. */
+  author: string;
+  /** ISO 8601 time of the write. */
+  updatedAt: string;
+  opaVersion: string;
+  /** The wasm entrypoint: the module's package path with slashes, e.g. "project/authz". */
+  entrypoint: string;
+  syntaxVersion: 'v0' | 'v1';
+}
+
+/** Stands in for the metadata of a policy whose own cannot be read (it is then enforced as unloadable: denied). */
+export function unknownMetadata(name: string): PolicyMetadata {
+  return {
+    name,
+    version: 0,
+    sha256: '',
+    wasmSha256: '',
+    author: '',
+    updatedAt: new Date(0).toISOString(),
+    opaVersion: '',
+    entrypoint: '',
+    syntaxVersion: 'v1',
+  };
+}
