@@ -33,8 +33,8 @@ import {
 import { createEtcdClient, type EtcdTlsFiles } from '../etcd/index.js';
 import { accessInput, loadAccessPolicy } from '../policy/access/index.js';
 import { createHash } from 'node:crypto';
-import { EvaluationBudgetError, policyMemoryMaxBytes } from '../policy/engine/index.js';
-import { EvaluationMemoryError, EvaluationPool, EvaluationTimeoutError, evaluationTimeoutMs } from '../policy/engine/pool.js';
+import { DEFAULT_POLICY_MEMORY_MAX_BYTES, EvaluationBudgetError } from '../policy/engine/index.js';
+import { DEFAULT_EVAL_TIMEOUT_MS, EvaluationMemoryError, EvaluationPool, EvaluationTimeoutError } from '../policy/engine/pool.js';
 import { DEFAULT_BODY_LIMIT_BYTES, DEFAULT_CHECK_WORKERS, DEFAULT_COMPILE_TIMEOUT_MS, DEFAULT_OPA_MEMORY_MAX_MB, DEFAULT_TEST_CONCURRENCY, defaultAccessPolicyWasmPath, packageRoot } from './config.js';
 import { createCmsMetrics } from './metrics.js';
 import { openApiDocument } from './openapi.js';
@@ -91,6 +91,8 @@ export interface CmsAppOptions {
   /** The load check's deadline and memory ceiling: the gateways' (default POLICY_EVAL_TIMEOUT_MS, POLICY_MEMORY_MAX_MB). */
   evalTimeoutMs?: number;
   policyMemoryMaxBytes?: number;
+  /** The load check's fuel: the gateways' (default POLICY_EVAL_FUEL's; null: modules not metered). */
+  evalFuel?: number | null;
   bodyLimitBytes?: number;
   historyRetention?: number;
   compileConcurrency?: number;
@@ -199,10 +201,11 @@ export async function buildCmsApp(options: CmsAppOptions): Promise<FastifyInstan
   // the gateways' fuel, deadline and memory ceiling (policy/engine/pool.ts),
   // never on the thread that answers requests (its wall clock bounds what
   // fuel does not meter: the host's builtins, the data's parse).
-  const checkMemoryMaxBytes = options.policyMemoryMaxBytes ?? policyMemoryMaxBytes();
+  const checkMemoryMaxBytes = options.policyMemoryMaxBytes ?? DEFAULT_POLICY_MEMORY_MAX_BYTES;
   const checks = new EvaluationPool({
     workers: options.checkWorkers ?? DEFAULT_CHECK_WORKERS,
-    timeoutMs: options.evalTimeoutMs ?? evaluationTimeoutMs(),
+    timeoutMs: options.evalTimeoutMs ?? DEFAULT_EVAL_TIMEOUT_MS,
+    ...(options.evalFuel !== undefined ? { fuel: options.evalFuel } : {}),
     memoryMaxBytes: checkMemoryMaxBytes,
     // Room for one instance at the ceiling per worker; a checked policy is rarely checked again.
     cacheBytes: (options.checkWorkers ?? DEFAULT_CHECK_WORKERS) * Math.max(checkMemoryMaxBytes, 4 * 1024 * 1024),

@@ -16,6 +16,7 @@
  *                           input) runs in, off the request thread (default 2, at least 2)
  *   POLICY_EVAL_TIMEOUT_MS  the load check's deadline, the gateways' (default 500)
  *   POLICY_MEMORY_MAX_MB    the load check's memory ceiling per instance, the gateways' (default 64)
+ *   POLICY_EVAL_FUEL        the load check's fuel per evaluation, the gateways' (default 10000000; off: not metered)
  *   CMS_BODY_LIMIT_BYTES    largest accepted PUT body; larger is 413 (default 262144)
  *   CMS_HISTORY_RETENTION   versions kept per policy (default 50)
  *   CMS_COMPILE_CONCURRENCY compiles running at once (default: the number of cores)
@@ -32,7 +33,7 @@ import { identityConfigFromEnv, type IdentityConfig } from '../identity/index.js
 import { availableParallelism } from 'node:os';
 import { DEFAULT_ETCD_MAX_REQUEST_BYTES, DEFAULT_HISTORY_RETENTION } from '../policy/store/index.js';
 import { defaultAccessPolicyWasmPath } from '../policy/access/index.js';
-import { policyMemoryMaxBytes } from '../policy/engine/index.js';
+import { evaluationFuel, policyMemoryMaxBytes } from '../policy/engine/index.js';
 import { evaluationTimeoutMs } from '../policy/engine/pool.js';
 import { DEFAULT_ETCD_CALL_TIMEOUT_MS, etcdClientOptionsFromEnv, type EtcdTlsFiles } from '../etcd/index.js';
 
@@ -62,6 +63,8 @@ export interface CmsConfig {
   checkWorkers: number;
   evalTimeoutMs: number;
   policyMemoryMaxBytes: number;
+  /** null: modules not metered (POLICY_EVAL_FUEL=off). */
+  evalFuel: number | null;
   bodyLimitBytes: number;
   historyRetention: number;
   /** Compiles running at once, and how many may wait before a PUT is refused with 503. */
@@ -120,6 +123,7 @@ export function cmsConfigFromEnv(env: NodeJS.ProcessEnv = process.env): CmsConfi
     checkWorkers: Math.max(2, positiveInteger(env, 'CMS_CHECK_WORKERS', DEFAULT_CHECK_WORKERS)),
     evalTimeoutMs: evaluationTimeoutMs(env),
     policyMemoryMaxBytes: policyMemoryMaxBytes(env),
+    evalFuel: evaluationFuel(env),
     bodyLimitBytes: positiveInteger(env, 'CMS_BODY_LIMIT_BYTES', DEFAULT_BODY_LIMIT_BYTES),
     historyRetention: positiveInteger(env, 'CMS_HISTORY_RETENTION', DEFAULT_HISTORY_RETENTION),
     compileConcurrency: positiveInteger(env, 'CMS_COMPILE_CONCURRENCY', availableParallelism()),

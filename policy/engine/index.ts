@@ -76,6 +76,9 @@ export async function compilePolicyModule(wasm: Uint8Array): Promise<WebAssembly
   }
 }
 
+/** The default of POLICY_MEMORY_MAX_MB, bytes (see policyMemoryMaxBytes). */
+export const DEFAULT_POLICY_MEMORY_MAX_BYTES = 64 * 1024 * 1024;
+
 /** The default of POLICY_EVAL_FUEL: about 100 ms of the busiest evaluation loop on a 2-core 2.x GHz machine (see evaluationFuel). */
 export const DEFAULT_EVAL_FUEL = 10_000_000;
 const MAX_EVAL_FUEL = 0x7fffffff;

@@ -11,6 +11,7 @@
 import { readdirSync, readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startHarness, type Cms, type Harness, type Response } from './harness.js';
+import { evaluationFuel, policyMemoryMaxBytes } from '../../policy/engine/index.js';
 
 let harness: Harness;
 
@@ -75,18 +76,9 @@ afterAll(async () => {
   await harness?.close();
 });
 
-/** A CMS started with these environment variables (its evaluation pool's workers read them when they start). */
+/** A CMS started with these environment variables (read as cms/config.ts reads them: the load check's fuel and memory ceiling). */
 async function startCmsWith(env: Record<string, string>, options: Parameters<Harness['startCms']>[0] = {}): Promise<Cms> {
-  const saved = Object.fromEntries(Object.keys(env).map((name) => [name, process.env[name]]));
-  Object.assign(process.env, env);
-  try {
-    return await harness.startCms(options);
-  } finally {
-    for (const [name, value] of Object.entries(saved)) {
-      if (value === undefined) delete process.env[name];
-      else process.env[name] = value;
-    }
-  }
+  return harness.startCms({ policyMemoryMaxBytes: policyMemoryMaxBytes(env), evalFuel: evaluationFuel(env), ...options });
 }
 
 /** Runs `work` while asking the same CMS for /healthz again and again; gives each answer's latency. */
