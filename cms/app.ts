@@ -4,7 +4,7 @@
  * serves.
  *
  * Order of checks on every /policies request (and /budgets, /usage: see
- * budgets.ts), so that answers never leak more than the caller may know:
+ * routes/budgets.ts), so that answers never leak more than the caller may know:
  *   1. identity (401 with WWW-Authenticate)          onRequest hook
  *   2. the access policy (403)                        onRequest hook
  *   3. body size (413), media type (415)              fastify, before the handler
@@ -63,7 +63,7 @@ import {
   writeConditions,
   wwwAuthenticate,
 } from './request.js';
-import { budgetRoutes } from './budgets.js';
+import { budgetRoutes } from './routes/budgets.js';
 import { BudgetStore } from '../budget/store.js';
 
 export interface CmsAppOptions {

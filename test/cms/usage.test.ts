@@ -6,7 +6,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { emptyUsage, HOUR_MS, type UsageRecord } from '../../budget/keys.js';
 import { addUsage } from '../../budget/usage.js';
-import { parseUsageTime } from '../../cms/budgets.js';
+import { parseUsageTime } from '../../cms/routes/budgets.js';
 import { startHarness, type Cms, type Harness, type Response } from './harness.js';
 
 let harness: Harness;

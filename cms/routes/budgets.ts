@@ -16,17 +16,17 @@
  */
 import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify';
 import { parse as parseJson } from 'lossless-json';
-import { budgetProblems, type Budget } from '../budget/definition.js';
-import { HOUR_MS, isBudgetProject, type StoredBudget } from '../budget/keys.js';
-import { usageByDay } from '../budget/usage.js';
+import { budgetProblems, type Budget } from '../../budget/definition.js';
+import { HOUR_MS, isBudgetProject, type StoredBudget } from '../../budget/keys.js';
+import { usageByDay } from '../../budget/usage.js';
 import {
   budgetSha256,
   BudgetNotFoundError,
   StoredBudgetInvalidError,
   type BudgetStore,
-} from '../budget/store.js';
-import { HttpProblem, ProblemType, sendProblem } from '../http/problem.js';
-import type { CmsMetrics } from './metrics.js';
+} from '../../budget/store.js';
+import { HttpProblem, ProblemType, sendProblem } from '../../http/problem.js';
+import type { CmsMetrics } from '../metrics.js';
 import {
   ALL_METHODS,
   encodePageToken,
@@ -36,7 +36,7 @@ import {
   notModified,
   verifiedIdentity,
   writeConditions,
-} from './request.js';
+} from '../request.js';
 
 export const BudgetProblemType = {
   invalidProject: 'urn:gatehouse:problem:invalid-project-name',
