@@ -37,7 +37,7 @@ import { DEFAULT_POLICY_MEMORY_MAX_BYTES, EvaluationBudgetError } from '../polic
 import { DEFAULT_EVAL_TIMEOUT_MS, EvaluationMemoryError, EvaluationPool, EvaluationTimeoutError } from '../policy/engine/pool.js';
 import { DEFAULT_BODY_LIMIT_BYTES, DEFAULT_CHECK_WORKERS, DEFAULT_COMPILE_TIMEOUT_MS, DEFAULT_OPA_MEMORY_MAX_MB, DEFAULT_TEST_CONCURRENCY, defaultAccessPolicyWasmPath, packageRoot } from './config.js';
 import { createCmsMetrics } from './metrics.js';
-import { openApiDocument } from './openapi.js';
+import { openApiDocument } from './routes/openapi.js';
 import { parsePolicyBody, renderTests, type PolicyBody } from './policy-body.js';
 import { HttpProblem, ProblemType, sendProblem } from '../http/problem.js';
 import {

@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadPolicyEngine } from '../../policy/engine/index.js';
 import { policyKeys } from '../../policy/store/index.js';
-import { openApiDocument } from '../../cms/openapi.js';
+import { openApiDocument } from '../../cms/routes/openapi.js';
 import { policyBody, SEED_EXAMPLE_BODY, startHarness, V1_POLICY, type Cms, type Harness } from './harness.js';
 
 let harness: Harness;
