@@ -52,3 +52,20 @@ export interface Plugin<Conf = unknown> {
 
 /** Erases a plugin's conf type, for registries holding plugins of many kinds. */
 export type AnyPlugin = Plugin<any>;
+
+/**
+ * Stands in for a plugin whose dependency this runner does not have (no
+ * token verifier, no budgets, no Vault): every conf naming it is refused at
+ * PrepareConf with `reason`, so no route ever runs it.
+ */
+export function unavailablePlugin(name: string, reason: string): Plugin<never> {
+  return {
+    name,
+    parseConf() {
+      throw new ConfError(`${name}: ${reason}`);
+    },
+    requestFilter() {
+      throw new Error(`${name}: ${reason}`);
+    },
+  };
+}

@@ -3,11 +3,21 @@
 // the gateway owns. A client can never spoof those headers: they are deleted
 // on every request, seen or not (APISIX shows the runner only the first 100
 // request headers, the rest still reach the upstream).
-import type { Plugin } from '../api/plugin.js';
-import { ConfError } from '../api/plugin.js';
+import { unavailablePlugin, type Plugin } from '../api/plugin.js';
 import { jsonConfParser } from '../api/json-conf.js';
+import { identitySlot } from '../api/slots.js';
 import { AuthenticationError, type IdentityVerifier } from '../../identity/index.js';
-import { IDENTITY_HEADERS, OWNED_HEADER_PREFIX, setCallerIdentity } from './identity-context.js';
+
+/**
+ * Headers the gateway owns: it sets them from the verified identity and
+ * deletes whatever a client sent under these names.
+ */
+export const IDENTITY_HEADERS = {
+  sub: 'x-gatehouse-sub',
+  role: 'x-gatehouse-role',
+  project: 'x-gatehouse-project',
+} as const;
+export const OWNED_HEADER_PREFIX = 'x-gatehouse-';
 
 export interface JwtConf {
   /** Set x-gatehouse-sub/-role/-project on the upstream request (default true). */
@@ -33,13 +43,14 @@ function challenge(error?: AuthenticationError): string {
 
 /** `verifier` is null when JWT_* is not configured: routes naming `jwt` then fail at PrepareConf. */
 export function createJwtPlugin(verifier: IdentityVerifier | null, configError?: string): Plugin<JwtConf> {
-  const parse = jsonConfParser<JwtConf>('jwt', schema);
+  if (!verifier) return unavailablePlugin('jwt', `token verification is not configured (${configError ?? 'JWT_* unset'})`);
+  return verifyingPlugin(verifier);
+}
+
+function verifyingPlugin(verifier: IdentityVerifier): Plugin<JwtConf> {
   return {
     name: 'jwt',
-    parseConf(raw) {
-      if (!verifier) throw new ConfError(`jwt: token verification is not configured (${configError ?? 'JWT_* unset'})`);
-      return parse(raw);
-    },
+    parseConf: jsonConfParser<JwtConf>('jwt', schema),
 
     async requestFilter(conf, request, response, ctx) {
       for (const name of Object.values(IDENTITY_HEADERS)) request.headers.delete(name);
@@ -49,7 +60,7 @@ export function createJwtPlugin(verifier: IdentityVerifier | null, configError?:
 
       let identity;
       try {
-        identity = await verifier!.verifyAuthorizationHeader(request.headers.get('authorization') ?? undefined);
+        identity = await verifier.verifyAuthorizationHeader(request.headers.get('authorization') ?? undefined);
       } catch (err) {
         if (!(err instanceof AuthenticationError)) throw err;
         ctx.log.info({ failure: err.failure, requestId: request.id }, 'token refused');
@@ -62,7 +73,7 @@ export function createJwtPlugin(verifier: IdentityVerifier | null, configError?:
         return;
       }
 
-      setCallerIdentity(ctx, identity);
+      identitySlot.set(ctx, identity);
       if (conf.forward_identity) {
         request.headers.set(IDENTITY_HEADERS.sub, identity.sub);
         if (identity.role !== null) request.headers.set(IDENTITY_HEADERS.role, identity.role);

@@ -22,13 +22,11 @@
 // $request_id. After the call: APISIX's http-logger posts the response with
 // that id back (runner/budget-settle.ts) and the call is settled to the
 // usage the LLM reported.
-import type { Plugin } from '../api/plugin.js';
+import { unavailablePlugin, type Plugin } from '../api/plugin.js';
 import { jsonConfParser } from '../api/json-conf.js';
-import { callerIdentity } from '../jwt/identity-context.js';
+import { decidedModelSlot, identitySlot, llmCall } from '../api/slots.js';
 import { BUDGETS_LOAD_WAIT_MS, GatewayBudgets, RESERVATION_ID } from '../../budget/gateway.js';
 import { LLM_ENDPOINTS, LlmCallError, type LlmEndpoint } from '../../budget/call.js';
-import { ConfError } from '../api/plugin.js';
-import { decidedModel, llmCall } from './call-context.js';
 
 export interface LlmBudgetConf {
   missing_budget: 'deny' | 'allow';
@@ -49,14 +47,16 @@ const schema = {
   },
 };
 
+/** `budgets` is null without etcd: routes naming `llm-budget` then fail at PrepareConf. */
 export function createLlmBudgetPlugin(budgets: GatewayBudgets | null, configError = 'ETCD_ENDPOINTS is not set'): Plugin<LlmBudgetConf> {
-  const parse = jsonConfParser<LlmBudgetConf>('llm-budget', schema);
+  if (!budgets) return unavailablePlugin('llm-budget', `budgets are not available (${configError})`);
+  return meteringPlugin(budgets);
+}
+
+function meteringPlugin(budgets: GatewayBudgets): Plugin<LlmBudgetConf> {
   return {
     name: 'llm-budget',
-    parseConf(raw) {
-      if (!budgets) throw new ConfError(`llm-budget: budgets are not available (${configError})`);
-      return parse(raw);
-    },
+    parseConf: jsonConfParser<LlmBudgetConf>('llm-budget', schema),
 
     async requestFilter(conf, request, response, ctx) {
       const endpoint = conf.endpoints.find((e) => request.path === `${conf.path_prefix}${e}`);
@@ -69,17 +69,17 @@ export function createLlmBudgetPlugin(budgets: GatewayBudgets | null, configErro
         response.headers.set('allow', 'POST');
         return;
       }
-      const project = callerIdentity(ctx)?.project ?? null;
+      const project = identitySlot.get(ctx)?.project ?? null;
       if (!project) {
         response.problem(403, 'the caller has no project');
         return;
       }
-      if (!(await budgets!.whenLoaded(BUDGETS_LOAD_WAIT_MS))) {
+      if (!(await budgets.whenLoaded(BUDGETS_LOAD_WAIT_MS))) {
         response.problem(503, 'budgets are not loaded yet');
         response.headers.set('retry-after', '1');
         return;
       }
-      const budget = budgets!.budget(project);
+      const budget = budgets.budget(project);
       if (!budget) {
         if (conf.missing_budget === 'allow') return;
         response.problem(403, 'no LLM budget is defined for this project', { project });
@@ -94,7 +94,7 @@ export function createLlmBudgetPlugin(budgets: GatewayBudgets | null, configErro
       request.headers.delete('accept-encoding');
       const body = { ...call.body };
       let rewritten = false;
-      const model = decidedModel(ctx) ?? call.model;
+      const model = decidedModelSlot.get(ctx) ?? call.model;
       if (model !== call.model) {
         body.model = model;
         rewritten = true;
@@ -118,7 +118,7 @@ export function createLlmBudgetPlugin(budgets: GatewayBudgets | null, configErro
       const cost = GatewayBudgets.cost(call, maxTokens);
       const never = GatewayBudgets.tooLarge(budget, model, cost);
       if (never) {
-        budgets!.refusedTooLarge(project);
+        budgets.refusedTooLarge(project);
         response.problem(400, `this call may cost ${cost} tokens, more than the ${never.tokens} a ${never.per} of this budget allows; lower the completion limit, the number of completions or the prompt`, {
           budget: { project, scope: never.scope, per: never.per, tokens: never.tokens },
           cost,
@@ -131,7 +131,7 @@ export function createLlmBudgetPlugin(budgets: GatewayBudgets | null, configErro
         response.problem(500, 'the gateway gave no request id to settle this call by');
         return;
       }
-      const result = await budgets!.reserve(requestId, project, budget, model, cost);
+      const result = await budgets.reserve(requestId, project, budget, model, cost);
       if (!result.ok) {
         if (result.reason === 'unavailable') {
           response.problem(503, 'the budget ledger is unavailable and this gateway holds no tokens for the call');

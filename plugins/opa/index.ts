@@ -31,13 +31,12 @@ import { PolicyUnloadableError, type PolicySet, type LoadedPolicy } from '../../
 import { PolicyEngineError } from '../../policy/engine/index.js';
 import { WasmUnavailableError } from '../../policy/engine/cache.js';
 import { SerialisedInput } from '../../policy/engine/serialised-input.js';
-import { callerIdentity } from '../jwt/identity-context.js';
+import { decidedModelSlot, identitySlot, llmCall } from '../api/slots.js';
 import type { Identity } from '../../identity/index.js';
 import { buildPolicyInput, type PolicyInput, type VerifiedUser } from './input.js';
 import { readDecision, type Decision } from './decision.js';
 import { BUDGETS_LOAD_WAIT_MS, type BudgetView, type GatewayBudgets } from '../../budget/gateway.js';
 import { LlmCallError } from '../../budget/call.js';
-import { llmCall, setDecidedModel } from '../llm-budget/call-context.js';
 
 export type PolicyChoice =
   | { kind: 'platform' }
@@ -45,13 +44,17 @@ export type PolicyChoice =
   | { kind: 'project'; name: string }
   | { kind: 'cms-access' };
 
+/** A choice as a prepared conf holds it: "cms-access" with the policy it names. */
+export type PreparedChoice = Exclude<PolicyChoice, { kind: 'cms-access' }> | { kind: 'cms-access'; policy: CmsAccessPolicy };
+
 export interface OpaConf {
-  policies: PolicyChoice[];
+  policies: PreparedChoice[];
   withBody: boolean;
   withVars: boolean;
   maxBodyBytes: number;
   allowTruncated: boolean;
-  withBudget: boolean;
+  /** The budgets a decision shows its policies (with_budget); null without with_budget. */
+  budgets: GatewayBudgets | null;
   decisionLog: DecisionLogConf;
 }
 
@@ -101,16 +104,20 @@ const schema = {
 /** How long a decision waits for a process's first policy set before it is refused with 503. */
 export const POLICIES_LOAD_WAIT_MS = 3_000;
 
+/** The CMS permission table shipped with Gatehouse, compiled. */
+export type CmsAccessPolicy = (input: { method: string; path: string[]; user?: { sub: string; role: string | null; project: string | null } }) => {
+  allow: boolean;
+  reason: string;
+  statusCode: number | undefined;
+};
+
 /** Where policies come from: the watcher's current set, and the shipped CMS access policy. */
 export interface PolicySource {
   current(): PolicySet;
   /** Whether a set is loaded, waiting up to `timeoutMs` for the first one (absent: no waiting). */
   whenLoaded?(timeoutMs: number): Promise<boolean>;
-  cmsAccess: ((input: { method: string; path: string[]; user?: { sub: string; role: string | null; project: string | null } }) => {
-    allow: boolean;
-    reason: string;
-    statusCode: number | undefined;
-  }) | null;
+  /** Null when it is not built: routes naming "cms-access" then fail at PrepareConf. */
+  cmsAccess: CmsAccessPolicy | null;
 }
 
 /** Where decision events go: the runner's log (null: none configured) and this gateway's id. */
@@ -159,29 +166,37 @@ function decisionLogConf(raw: RawOpaConf['decision_log']): DecisionLogConf {
   return { enabled: true, sample: raw.sample ?? 1, mask: raw.mask ?? [] };
 }
 
-export function createOpaPlugin(
-  source: PolicySource,
-  recorder: DecisionRecorder,
-  decisionLog: DecisionLogSink = { log: null, gateway: '' },
-  budgets: GatewayBudgets | null = null,
-): Plugin<OpaConf> {
+export interface OpaPluginDeps {
+  policies: PolicySource;
+  decisions: DecisionRecorder;
+  /** Absent: no decision log. */
+  decisionLog?: DecisionLogSink;
+  /** LLM budgets; null or absent without etcd: routes asking with_budget then fail at PrepareConf. */
+  budgets?: GatewayBudgets | null;
+}
+
+export function createOpaPlugin(deps: OpaPluginDeps): Plugin<OpaConf> {
+  const { policies: source, decisions: recorder, decisionLog = { log: null, gateway: '' }, budgets = null } = deps;
   const parse = jsonConfParser<RawOpaConf>('opa', schema);
   return {
     name: 'opa',
     parseConf(raw) {
       const conf = parse(raw);
-      const policies = conf.policies.map(parseChoice);
+      const choices = conf.policies.map(parseChoice);
       if (conf.with_budget && !budgets) throw new ConfError('opa: with_budget needs budgets (ETCD_ENDPOINTS)');
-      if (policies.some((p) => p.kind === 'cms-access') && !source.cmsAccess) {
-        throw new ConfError('opa: the CMS access policy is not available (build it with npm run build)');
-      }
+      const cmsAccess = source.cmsAccess;
+      const policies = choices.map((choice): PreparedChoice => {
+        if (choice.kind !== 'cms-access') return choice;
+        if (!cmsAccess) throw new ConfError('opa: the CMS access policy is not available (build it with npm run build)');
+        return { kind: 'cms-access', policy: cmsAccess };
+      });
       return {
         policies,
         withBody: conf.with_body,
         withVars: conf.with_vars,
         maxBodyBytes: conf.max_body_bytes,
         allowTruncated: conf.allow_truncated,
-        withBudget: conf.with_budget,
+        budgets: conf.with_budget ? budgets : null,
         decisionLog: decisionLogConf(conf.decision_log),
       };
     },
@@ -211,21 +226,21 @@ export function createOpaPlugin(
   };
 
   async function decide(conf: OpaConf, request: GatewayRequest, response: StopResponse, ctx: CallContext, trail: DecisionTrail | null): Promise<void> {
-    const identity = callerIdentity(ctx);
+    const identity = identitySlot.get(ctx);
     const input: PolicyInput = await buildPolicyInput(
       request,
       { user: userOf(identity), project: identity?.project ?? null },
       { withBody: conf.withBody, withVars: conf.withVars, maxBodyBytes: conf.maxBodyBytes, credentialHeaders: ctx.credentialHeaders },
     );
-    if (conf.withBudget) {
+    if (conf.budgets) {
       // Without the budgets read, a policy would see "no budget" where there is one.
-      if (!(await budgets!.whenLoaded(BUDGETS_LOAD_WAIT_MS))) {
+      if (!(await conf.budgets.whenLoaded(BUDGETS_LOAD_WAIT_MS))) {
         if (trail) trail.outcome = 'unavailable';
         response.problem(503, 'budgets are not loaded yet');
         response.headers.set('retry-after', '1');
         return;
       }
-      input.budget = await budgetView(ctx, request, identity?.project ?? null);
+      input.budget = await budgetView(conf.budgets, ctx, request, identity?.project ?? null);
     }
     if (trail) trail.input = input;
     if (input.truncated && !conf.allowTruncated) {
@@ -244,7 +259,7 @@ export function createOpaPlugin(
       const seconds = () => Number(process.hrtime.bigint() - started) / 1e9;
 
       if (choice.kind === 'cms-access') {
-        const decision = source.cmsAccess!({
+        const decision = choice.policy({
           method: request.method,
           path: pathSegments(request.path),
           ...(identity ? { user: { sub: identity.sub, role: identity.role, project: identity.project } } : {}),
@@ -314,17 +329,18 @@ export function createOpaPlugin(
         deny(response, decision);
         return;
       }
-      if (conf.withBudget && decision.model) setDecidedModel(ctx, decision.model);
+      // The first policy of the list that names a model decides it.
+      if (conf.budgets && decision.model && !decidedModelSlot.has(ctx)) decidedModelSlot.set(ctx, decision.model);
     }
   }
 
   /** The budget a policy sees for this call: null without a project, a budget or a readable call. */
-  async function budgetView(ctx: CallContext, request: GatewayRequest, project: string | null): Promise<BudgetView | null> {
-    const budget = project ? budgets!.budget(project) : null;
+  async function budgetView(budgets: GatewayBudgets, ctx: CallContext, request: GatewayRequest, project: string | null): Promise<BudgetView | null> {
+    const budget = project ? budgets.budget(project) : null;
     if (!project || !budget) return null;
     const call = await llmCall(ctx, request);
     if (call instanceof LlmCallError) return null;
-    return budgets!.view(project, budget, call, call.model, call.maxTokens ?? budget.default_max_tokens ?? null);
+    return budgets.view(project, budget, call, call.model, call.maxTokens ?? budget.default_max_tokens ?? null);
   }
 }
 

@@ -24,7 +24,7 @@ export function builtinPlugins(deps: PluginDependencies): AnyPlugin[] {
   return [
     examplePlugin,
     createJwtPlugin(deps.verifier, deps.verifierError),
-    createOpaPlugin(deps.policies, deps.decisions, deps.decisionLog, deps.budgets),
+    createOpaPlugin({ policies: deps.policies, decisions: deps.decisions, decisionLog: deps.decisionLog, budgets: deps.budgets }),
     createLlmBudgetPlugin(deps.budgets),
     createVaultPlugin(deps.vault),
     pathRewritePlugin,

@@ -7,10 +7,9 @@
 //
 // Whatever credential the client sent is removed first. The secret never
 // enters logs, errors, metrics or policy input (this plugin runs after opa).
-import type { Plugin } from '../api/plugin.js';
-import { ConfError } from '../api/plugin.js';
+import { ConfError, unavailablePlugin, type Plugin } from '../api/plugin.js';
 import { jsonConfParser } from '../api/json-conf.js';
-import { callerIdentity } from '../jwt/identity-context.js';
+import { identitySlot } from '../api/slots.js';
 import { isValidPolicyName } from '../../policy/store/names.js';
 import { SecretCache, SecretUnavailableError } from './secret-cache.js';
 import type { VaultSession } from './session.js';
@@ -57,26 +56,25 @@ export interface VaultPluginDeps {
   allowedPaths: VaultPathTemplate[];
 }
 
+/** Without a session (VAULT_ADDR unset), routes naming `vault` fail at PrepareConf. */
 export function createVaultPlugin(deps: VaultPluginDeps): Plugin<VaultConf> & { cache: SecretCache<Record<string, unknown>> | null } {
-  const parse = jsonConfParser<VaultConf>('vault', schema);
   const session = deps.session;
-  const cache = session
-    ? new SecretCache<Record<string, unknown>>({
-        fetch: (key) => {
-          const [mount, path] = JSON.parse(key) as [string, string];
-          return session.readKv2(mount, path);
-        },
-        ttlMs: deps.ttlMs,
-        maxStalenessMs: deps.maxStalenessMs,
-        onEvent: (event) => deps.events?.secret(event),
-      })
-    : null;
+  if (!session) return { ...unavailablePlugin('vault', `Vault is not configured (${deps.configError ?? 'VAULT_ADDR unset'})`), cache: null };
+  const cache = new SecretCache<Record<string, unknown>>({
+    fetch: (key) => {
+      const [mount, path] = JSON.parse(key) as [string, string];
+      return session.readKv2(mount, path);
+    },
+    ttlMs: deps.ttlMs,
+    maxStalenessMs: deps.maxStalenessMs,
+    onEvent: (event) => deps.events?.secret(event),
+  });
+  const parse = jsonConfParser<VaultConf>('vault', schema);
 
   return {
     name: 'vault',
     cache,
     parseConf(raw) {
-      if (!session) throw new ConfError(`vault: Vault is not configured (${deps.configError ?? 'VAULT_ADDR unset'})`);
       const conf = parse(raw);
       if (!deps.allowedPaths.some((allowed) => allowed.mount === conf.mount && allowed.path === conf.path)) {
         throw new ConfError(`vault: ${conf.mount}:${conf.path} is not in VAULT_ALLOWED_PATHS`);
@@ -96,7 +94,7 @@ export function createVaultPlugin(deps: VaultPluginDeps): Plugin<VaultConf> & { 
 
       let path = conf.path;
       if (path.includes('{project}')) {
-        const project = callerIdentity(ctx)?.project ?? null;
+        const project = identitySlot.get(ctx)?.project ?? null;
         // The claim is checked again here: it becomes part of a Vault path.
         if (!project || !isValidPolicyName(project)) {
           response.problem(403, 'the caller has no project');
@@ -107,7 +105,7 @@ export function createVaultPlugin(deps: VaultPluginDeps): Plugin<VaultConf> & { 
 
       let secret: Record<string, unknown>;
       try {
-        secret = await cache!.get(JSON.stringify([conf.mount, path]));
+        secret = await cache.get(JSON.stringify([conf.mount, path]));
       } catch (error) {
         if (!(error instanceof SecretUnavailableError)) throw error;
         const cause = error.cause as { message?: string; status?: number | null } | undefined;
