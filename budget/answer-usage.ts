@@ -167,15 +167,15 @@ export class UsageScanner {
         case '}':
         case ']':
           this.depth--;
-          if (this.depth === 1 && this.capture !== null) this.endCapture(true);
+          if (this.depth === 1 && this.capture !== null) this.endCapture({ withCloser: true });
           else if (this.depth === 0) {
-            if (this.capture !== null) this.endCapture(false);
+            if (this.capture !== null) this.endCapture({ withCloser: false });
             this.closed = true;
           } else if (this.depth < 0) this.broken = true;
           break;
         case ',':
           if (this.depth === 1) {
-            if (this.capture !== null) this.endCapture(false);
+            if (this.capture !== null) this.endCapture({ withCloser: false });
             this.expectKey = true;
           }
           break;
@@ -243,7 +243,7 @@ export class UsageScanner {
   }
 
   /** The `usage` member's value is read: `withCloser`: its last character captured closes it (an object's `}`). */
-  private endCapture(withCloser: boolean): void {
+  private endCapture({ withCloser }: { withCloser: boolean }): void {
     const raw = this.capture!;
     this.capture = null;
     if (this.captureTooLong) {

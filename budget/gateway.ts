@@ -90,6 +90,19 @@ interface InFlight {
   startedAt: number;
 }
 
+/** What a settled call is charged, and what is known of it. */
+interface Charge {
+  /** Whether the LLM took the call (it answered with usage or a success), null when nobody knows. */
+  taken: boolean | null;
+  /** The tokens the LLM reported (0: none reported). */
+  prompt?: number;
+  completion?: number;
+  /** What the budget is charged: the usage, nothing, or the reservation. */
+  charged: number;
+  /** Whether the call is settled from what its answer showed (false: charged its reservation, counted unsettled). */
+  seen: boolean;
+}
+
 /** What a policy sees of a project's budget for a call (the opa input's `budget`). */
 export interface BudgetView {
   model: string | null;
@@ -260,7 +273,7 @@ export class GatewayBudgets {
     }
     // An id seen twice (it cannot be, from nginx) keeps the first call's reservation as its charge.
     const earlier = this.inFlight.get(id);
-    if (earlier) this.charge(earlier, null, 0, 0, earlier.hold.cost, false);
+    if (earlier) this.charge(earlier, { taken: null, charged: earlier.hold.cost, seen: false });
     const named = model !== null && budget.models?.[model] !== undefined;
     const limitTokens = Math.min(...limits.map(({ limit }) => limit.tokens));
     this.inFlight.set(id, { hold: result.hold, project, model: model ?? 'unknown', named, limitTokens, startedAt: Date.now() });
@@ -302,14 +315,14 @@ export class GatewayBudgets {
     if (usage.kind === 'usage') {
       const total = usage.prompt + usage.completion;
       const bound = Math.min(call.limitTokens, Math.ceil(reserved * (1 + USAGE_OVERRUN.share)) + USAGE_OVERRUN.tokens);
-      if (total <= bound) this.charge(call, true, usage.prompt, usage.completion, total, true);
+      if (total <= bound) this.charge(call, { taken: true, prompt: usage.prompt, completion: usage.completion, charged: total, seen: true });
       else this.refuseUsage(call, 'implausible', `reported ${usage.prompt}+${usage.completion} tokens, above the ${bound} the call could use (reserved ${reserved}, smallest limit ${call.limitTokens})`, status, upstreamStatus);
     } else if (usage.kind === 'invalid') {
       this.refuseUsage(call, 'invalid', usage.reason, status, upstreamStatus);
     } else if (upstreamStatus ? refusedByUpstream(upstreamStatus) : status >= 400) {
-      this.charge(call, false, 0, 0, 0, true);
+      this.charge(call, { taken: false, charged: 0, seen: true });
     } else {
-      this.charge(call, status < 400 ? true : null, 0, 0, reserved, false);
+      this.charge(call, { taken: status < 400 ? true : null, charged: reserved, seen: false });
     }
     return true;
   }
@@ -318,11 +331,10 @@ export class GatewayBudgets {
   private refuseUsage(call: InFlight, reason: 'invalid' | 'implausible', detail: string, status: number, upstreamStatus: string | null): void {
     this.options.log.warn({ project: call.project, model: call.model, status, upstreamStatus, reserved: call.hold.cost, detail }, 'usage reported for an LLM call not believed; charged its reservation');
     this.options.events?.usageRefused(call.project, reason);
-    this.charge(call, null, 0, 0, call.hold.cost, false);
+    this.charge(call, { taken: null, charged: call.hold.cost, seen: false });
   }
 
-  /** `taken`: whether the LLM took the call (it answered with usage or a success), null when nobody knows. */
-  private charge(call: InFlight, taken: boolean | null, prompt: number, completion: number, charged: number, seen: boolean): void {
+  private charge(call: InFlight, { taken, prompt = 0, completion = 0, charged, seen }: Charge): void {
     const model = this.usageModel(call, taken);
     this.ledger.settle(call.hold, charged);
     this.usage.record(call.project, model, Date.now(), { requests: 1, prompt_tokens: prompt, completion_tokens: completion, charged_tokens: charged, unsettled: seen ? 0 : 1 });
@@ -335,7 +347,7 @@ export class GatewayBudgets {
       if (now - call.startedAt < this.settleTimeoutMs) continue;
       this.inFlight.delete(id);
       this.options.log.warn({ project: call.project, model: call.model, reserved: call.hold.cost }, 'no usage arrived for a call; charged its reservation');
-      this.charge(call, null, 0, 0, call.hold.cost, false);
+      this.charge(call, { taken: null, charged: call.hold.cost, seen: false });
     }
   }
 

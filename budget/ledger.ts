@@ -274,7 +274,9 @@ export class BudgetLedger {
     for (let attempt = 0; attempt < 3; attempt++) {
       let outcome: 'granted' | 'exhausted';
       try {
-        outcome = await this.takeWithin(deadline, () => this.take(pool, Math.max(cost - free(pool), Math.min(request.block, request.limit.tokens)), cost - free(pool), attempt > 0, deadline));
+        outcome = await this.takeWithin(deadline, () =>
+          this.take(pool, { want: Math.max(cost - free(pool), Math.min(request.block, request.limit.tokens)), need: cost - free(pool), askOthers: attempt > 0, deadline }),
+        );
       } catch (err) {
         this.options.log.warn({ key: pool.key, err: (err as Error).message }, 'budget ledger unavailable; refusing calls that need a new block');
         return { remaining: Math.max(0, free(pool)), retryAfterSeconds: 1, reason: 'unavailable' };
@@ -325,9 +327,9 @@ export class BudgetLedger {
    * One compare-and-swap on the record: folds settled usage into consumed,
    * reclaims dead holders' blocks, and takes up to `want` tokens (at least
    * `need`, or nothing). When nothing fits and others hold tokens, marks the
-   * record wanted.
+   * record wanted (with `askOthers`). Lost swaps are tried again until `deadline`.
    */
-  private async take(pool: Pool, want: number, need: number, askOthers: boolean, deadline: number): Promise<'granted' | 'exhausted'> {
+  private async take(pool: Pool, { want, need, askOthers, deadline }: { want: number; need: number; askOthers: boolean; deadline: number }): Promise<'granted' | 'exhausted'> {
     const me = await this.ensureHolder();
     const client = this.options.client;
     // Lost compare-and-swaps mean etcd answers and others write: keep trying, out of step, until the call's deadline.
