@@ -26,9 +26,7 @@
  *   LOG_LEVEL               pino level (default info)
  *   JWT_*                   token verification, see identity/config.ts
  */
-import { existsSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { opaPath } from '../paths/index.js';
 import { identityConfigFromEnv, type IdentityConfig } from '../identity/index.js';
 import { availableParallelism } from 'node:os';
 import { DEFAULT_ETCD_MAX_REQUEST_BYTES, DEFAULT_HISTORY_RETENTION } from '../policy/store/index.js';
@@ -76,19 +74,11 @@ export interface CmsConfig {
   logLevel: string;
 }
 
-/** The folder holding Gatehouse's package.json, whether running from dist/ or from sources. */
-export function packageRoot(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  while (!existsSync(join(dir, 'package.json'))) {
-    const parent = dirname(dir);
-    if (parent === dir) throw new Error('cannot find the Gatehouse package root');
-    dir = parent;
-  }
-  return dir;
-}
+// The package root and the opa binary are found in paths/ (re-exported for the CMS's and the benchmarks' imports).
+export { packageRoot } from '../paths/index.js';
 
 export function defaultOpaPath(): string {
-  return join(packageRoot(), '.local', 'bin', 'opa');
+  return opaPath();
 }
 
 export { defaultAccessPolicyWasmPath };
@@ -116,7 +106,7 @@ export function cmsConfigFromEnv(env: NodeJS.ProcessEnv = process.env): CmsConfi
     ...(etcdTls ? { etcdTls } : {}),
     ...(etcdAuth ? { etcdAuth } : {}),
     identity: identityConfigFromEnv(env),
-    opaPath: env.OPA_PATH?.trim() || defaultOpaPath(),
+    opaPath: opaPath(env.OPA_PATH),
     compileTimeoutMs: positiveInteger(env, 'OPA_COMPILE_TIMEOUT_MS', DEFAULT_COMPILE_TIMEOUT_MS),
     opaMemoryMaxBytes: positiveInteger(env, 'OPA_MEMORY_MAX_MB', DEFAULT_OPA_MEMORY_MAX_MB) * 1024 * 1024,
     testConcurrency: positiveInteger(env, 'CMS_TEST_CONCURRENCY', DEFAULT_TEST_CONCURRENCY),

@@ -11,7 +11,7 @@ import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { parseArgs } from 'node:util';
 import { createTwoFilesPatch } from 'diff';
-import { packageRoot } from '../../cms/config.js';
+import { opaPath } from '../../paths/index.js';
 import { opaSandboxEnv, writeCompileCapabilities } from '../../cms/opa-capabilities.js';
 import { isValidPolicyName } from '../../policy/store/names.js';
 import { CmsClient, CmsError, versionOf } from '../cms-client.js';
@@ -343,7 +343,7 @@ async function check(client: CmsClient, dir: string, names: string[], report: Re
 }
 
 async function localTest(dir: string, names: string[], io: PolicyCliIo, report: Record<string, unknown>, say: (t: string) => void): Promise<number> {
-  const opa = io.env.OPA_PATH || join(packageRoot(), '.local', 'bin', 'opa');
+  const opa = opaPath(io.env.OPA_PATH);
   if (!existsSync(opa)) throw new CliExit(EXIT.usage, `no opa at ${opa}: set OPA_PATH, or run npm run setup in the gatehouse package`);
   // As the CMS gate runs them (cms/opa-capabilities.ts): the engine's builtins, nothing of this environment.
   const sandbox = await mkdtemp(join(tmpdir(), 'gatehouse-policy-test-'));

@@ -6,7 +6,7 @@ import { writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline/promises';
 import { parseArgs } from 'node:util';
-import { packageRoot } from '../../cms/config.js';
+import { packageRoot } from '../../paths/index.js';
 import { AdminApi } from './admin-api.js';
 import { applyPlan, pendingChanges, plan, renderPlan } from './plan.js';
 import { ROUTE_VARIABLES, exportStandalone, isCredentialName, loadRoutesFile, resolveEnvReferences } from './routes-file.js';

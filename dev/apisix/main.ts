@@ -12,7 +12,7 @@
 import { spawn } from 'node:child_process';
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { findRepoRoot } from '../repo-root.js';
+import { packageRoot } from '../../paths/index.js';
 import { findApisix } from './installation.js';
 import { prepareApisix } from './instance.js';
 
@@ -26,7 +26,7 @@ function main(): void {
       prefix: { type: 'string' },
     },
   });
-  const root = findRepoRoot();
+  const root = packageRoot();
   const installation = findApisix(root);
   if (!installation) throw new Error('no APISIX on this machine: run `npm run setup`, or set APISIX_HOME');
   const port = Number(values.port ?? 9080);

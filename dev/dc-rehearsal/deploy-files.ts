@@ -6,7 +6,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parse, stringify } from 'yaml';
-import { findRepoRoot } from '../repo-root.js';
+import { packageRoot } from '../../paths/index.js';
 
 export const ETCD_MEMBERS = ['dc1', 'dc2', 'witness'] as const;
 export type EtcdMember = (typeof ETCD_MEMBERS)[number];
@@ -19,7 +19,7 @@ export interface Inventory {
 }
 
 export function deployDir(): string {
-  return join(findRepoRoot(), 'deploy');
+  return join(packageRoot(), 'deploy');
 }
 
 export function loadInventory(dir = deployDir()): Inventory {

@@ -10,7 +10,7 @@ import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { chmodSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { findRepoRoot } from '../repo-root.js';
+import { packageRoot } from '../../paths/index.js';
 import { findApisix } from '../apisix/index.js';
 import { createEtcdClient } from '../../etcd/index.js';
 import { CMS_USER, GATEWAY_USER, enableEtcdAuth } from '../../deploy/etcd-auth/roles.js';
@@ -123,7 +123,7 @@ export function teardownFromStateFile(workDir: string): boolean {
 }
 
 export async function startRehearsal(options: RehearsalOptions): Promise<Rehearsal> {
-  const root = findRepoRoot();
+  const root = packageRoot();
   // The app nodes run the real APISIX (dev/apisix).
   if (!findApisix(root)) throw new Error('this machine has no APISIX: run `npm run setup`, or set APISIX_HOME');
   const p = ports();

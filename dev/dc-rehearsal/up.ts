@@ -3,7 +3,7 @@
 // background (npm run dc:down stops it). Needs root (network namespaces).
 import { join } from 'node:path';
 import { createDemoIdentity, seedDemoPolicies, DEMO_PROJECT } from '../demo.js';
-import { findRepoRoot } from '../repo-root.js';
+import { opaPath as opaBinary, packageRoot } from '../../paths/index.js';
 import { identityEnv } from './identity-env.js';
 import { netnsAvailable } from './netns.js';
 import { startRehearsal } from './rehearsal.js';
@@ -11,9 +11,9 @@ import { REHEARSAL_PLAN, rehearsalWorkDir } from './plan.js';
 
 async function main() {
   if (!netnsAvailable()) throw new Error('the rehearsal needs root and `ip netns` (network namespaces)');
-  const root = findRepoRoot();
+  const root = packageRoot();
   const workDir = rehearsalWorkDir(root);
-  const opaPath = process.env.OPA_PATH || join(root, '.local/bin/opa');
+  const opaPath = opaBinary(process.env.OPA_PATH);
   const identity = await createDemoIdentity(join(workDir, 'identity'));
   const rehearsal = await startRehearsal({ ...REHEARSAL_PLAN, workDir, identityEnv: identityEnv(identity.identityConfig), opaPath });
   const seeded = await seedDemoPolicies({ etcdEndpoints: rehearsal.etcdEndpoints, etcdAuth: rehearsal.etcdUsers.cms, opaPath });

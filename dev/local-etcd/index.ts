@@ -15,7 +15,7 @@ import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { stopChild } from '../child-process.js';
 import { directoryHolder } from '../in-use.js';
-import { findRepoRoot } from '../repo-root.js';
+import { packageRoot } from '../../paths/index.js';
 
 
 export interface LocalEtcd {
@@ -68,7 +68,7 @@ async function waitForHealth(clientUrl: string, child: ChildProcess, output: () 
 
 /** Where startLocalEtcd keeps the data of `options` (a random name gets a new directory each time). */
 export function localEtcdDataDir(options: Pick<LocalEtcdOptions, 'dataRoot' | 'name'> = {}): string {
-  return join(findRepoRoot(), '.local', options.dataRoot ?? 'test-etcd', options.name ?? randomBytes(6).toString('hex'));
+  return join(packageRoot(), '.local', options.dataRoot ?? 'test-etcd', options.name ?? randomBytes(6).toString('hex'));
 }
 
 export async function startLocalEtcd(options: LocalEtcdOptions = {}): Promise<LocalEtcd> {

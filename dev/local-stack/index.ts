@@ -5,7 +5,6 @@
 // apisix-conf/apisix.yaml pointed at the local upstreams.
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import { Registry } from 'prom-client';
@@ -17,7 +16,7 @@ import { createIdentityVerifier } from '../../identity/index.js';
 import { createEtcdClient } from '../../etcd/index.js';
 import { PolicyWatcher } from '../../policy/watcher/watcher.js';
 import { buildDecisionApp } from '../../decision-api/app.js';
-import { findRepoRoot } from '../repo-root.js';
+import { packageRoot } from '../../paths/index.js';
 import { findApisix, freePort, reachableByWorkers, startApisix } from '../apisix/index.js';
 import { startLocalEtcd, type LocalEtcd } from '../local-etcd/index.js';
 
@@ -112,7 +111,7 @@ function address(app: FastifyInstance): string {
 }
 
 export async function startLocalStack(options: LocalStackOptions): Promise<LocalStack> {
-  const root = findRepoRoot(fileURLToPath(new URL('.', import.meta.url)));
+  const root = packageRoot();
   const workDir = options.workDir ?? join(root, '.local', 'stack');
   mkdirSync(workDir, { recursive: true });
   const log = options.logger;

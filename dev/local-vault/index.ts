@@ -25,12 +25,11 @@ import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { freePort } from '../local-etcd/index.js';
-import { findRepoRoot } from '../repo-root.js';
+import { packageRoot } from '../../paths/index.js';
 import { stopChild } from '../child-process.js';
 
-export const vaultBinary = process.env.VAULT_BINARY || join(findRepoRoot(fileURLToPath(new URL('.', import.meta.url))), '.local/bin/vault');
+export const vaultBinary = process.env.VAULT_BINARY || join(packageRoot(), '.local/bin/vault');
 
 export interface VaultResponse<T = any> {
   status: number;

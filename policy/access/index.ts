@@ -3,10 +3,9 @@
  * to wasm at build time and evaluated with the same engine the gateway uses.
  * Anything but a well-formed "allow: true" is a refusal.
  */
-import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
+import { packageRoot } from '../../paths/index.js';
 import type { Identity } from '../../identity/index.js';
 import { loadPolicyEngine } from '../engine/index.js';
 
@@ -14,14 +13,7 @@ export const ACCESS_POLICY_ENTRYPOINT = 'gatehouse/cms/access';
 
 /** Where `npm run build` puts the compiled access policy: <package>/dist/policy/access/access.wasm. */
 export function defaultAccessPolicyWasmPath(): string {
-  // From source (tests) and from dist alike: the package root is the nearest folder with package.json.
-  let dir = dirname(fileURLToPath(import.meta.url));
-  while (!existsSync(join(dir, 'package.json'))) {
-    const parent = dirname(dir);
-    if (parent === dir) throw new Error('cannot find the Gatehouse package root');
-    dir = parent;
-  }
-  return join(dir, 'dist', 'policy', 'access', 'access.wasm');
+  return join(packageRoot(), 'dist', 'policy', 'access', 'access.wasm');
 }
 
 export interface AccessInput {
