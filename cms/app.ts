@@ -12,8 +12,6 @@
  *      tests (422), the load check under the gateways' bounds (400, 422)
  *   5. one etcd transaction (503 when etcd does not answer: nothing written)
  */
-import { existsSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { pino, type Logger } from 'pino';
 import {
@@ -35,9 +33,8 @@ import { accessInput, loadAccessPolicy } from '../policy/access/index.js';
 import { createHash } from 'node:crypto';
 import { DEFAULT_POLICY_MEMORY_MAX_BYTES, EvaluationBudgetError } from '../policy/engine/index.js';
 import { DEFAULT_EVAL_TIMEOUT_MS, EvaluationMemoryError, EvaluationPool, EvaluationTimeoutError } from '../policy/engine/pool.js';
-import { DEFAULT_BODY_LIMIT_BYTES, DEFAULT_CHECK_WORKERS, DEFAULT_COMPILE_TIMEOUT_MS, DEFAULT_OPA_MEMORY_MAX_MB, DEFAULT_TEST_CONCURRENCY, defaultAccessPolicyWasmPath, packageRoot } from './config.js';
+import { DEFAULT_BODY_LIMIT_BYTES, DEFAULT_CHECK_WORKERS, DEFAULT_COMPILE_TIMEOUT_MS, DEFAULT_OPA_MEMORY_MAX_MB, DEFAULT_TEST_CONCURRENCY, defaultAccessPolicyWasmPath } from './config.js';
 import { createCmsMetrics } from './metrics.js';
-import { openApiDocument } from './routes/openapi.js';
 import { parsePolicyBody, renderTests, type PolicyBody } from './policy-body.js';
 import { HttpProblem, ProblemType, sendProblem } from '../http/problem.js';
 import {
@@ -50,7 +47,6 @@ import {
   policySubmission,
 } from './rego-compiler.js';
 import { currentFleetStatus, fleetHeaders, preferredWait, waitForFleet } from './fleet.js';
-import { listGateways } from '../policy/fleet/report.js';
 import {
   ALL_METHODS,
   encodePageToken,
@@ -64,6 +60,11 @@ import {
   wwwAuthenticate,
 } from './request.js';
 import { budgetRoutes } from './routes/budgets.js';
+import { consoleRoutes } from './routes/console.js';
+import { gatewayRoutes } from './routes/gateways.js';
+import { healthRoutes } from './routes/health.js';
+import { metricsRoutes } from './routes/metrics.js';
+import { openApiRoutes } from './routes/openapi.js';
 import { BudgetStore } from '../budget/store.js';
 
 export interface CmsAppOptions {
@@ -478,12 +479,7 @@ export async function buildCmsApp(options: CmsAppOptions): Promise<FastifyInstan
   });
   methodNotAllowed('/policies/:name/status', ['GET']);
 
-  app.get('/gateways', async (request, reply) => {
-    verifiedIdentity(request);
-    return reply.type('application/json').send({ gateways: await listGateways(etcd) });
-  });
-  methodNotAllowed('/gateways', ['GET']);
-
+  await app.register(gatewayRoutes, { etcd });
   await app.register(budgetRoutes, { store: budgets, metrics });
 
   // Anything else under /policies/ (extra segments, dot segments, empty names): a bad policy path.
@@ -501,42 +497,10 @@ export async function buildCmsApp(options: CmsAppOptions): Promise<FastifyInstan
     },
   });
 
-  // The web console (cms/console/app, built into dist/console): static files,
-  // no credentials in them; it calls the API above with the token it is given.
-  const consoleDir = join(packageRoot(), 'dist', 'console');
-  const consoleFiles: Record<string, { file: string; type: string }> = {
-    '/console/': { file: 'index.html', type: 'text/html; charset=utf-8' },
-    '/console/app.js': { file: 'app.js', type: 'text/javascript; charset=utf-8' },
-    '/console/app.css': { file: 'app.css', type: 'text/css; charset=utf-8' },
-  };
-  app.get('/console', { config: { undocumented: true } }, async (_request, reply) => reply.redirect('/console/', 302));
-  for (const [url, { file, type }] of Object.entries(consoleFiles)) {
-    app.get(url, { config: { undocumented: true } }, async (_request, reply) => {
-      const path = join(consoleDir, file);
-      if (!existsSync(path)) throw new HttpProblem({ status: 404, detail: 'the console is not built (npm run build)' });
-      return reply
-        .type(type)
-        // CodeMirror styles itself at run time: inline styles, nothing else inline, nothing from elsewhere.
-        .header('Content-Security-Policy', "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
-        .header('X-Content-Type-Options', 'nosniff')
-        .header('Referrer-Policy', 'no-referrer')
-        .send(readFileSync(path));
-    });
-  }
-  app.get('/console/demo-tokens', { config: { undocumented: true } }, async (_request, reply) => {
-    if (!options.consoleDemoTokens) throw new HttpProblem({ status: 404, detail: 'no demo sign-in here' });
-    return reply.type('application/json').send(options.consoleDemoTokens);
-  });
-
-  app.get('/healthz', async (_request, reply) => reply.send({ status: 'ok' }));
-  app.get('/readyz', async (_request, reply) => {
-    await store.ping();
-    return reply.send({ status: 'ready' });
-  });
-  app.get('/metrics', async (_request, reply) =>
-    reply.type(metrics.registry.contentType).send(await metrics.registry.metrics()),
-  );
-  app.get('/openapi.json', async (_request, reply) => reply.type('application/json').send(openApiDocument));
+  await app.register(consoleRoutes, options.consoleDemoTokens ? { demoTokens: options.consoleDemoTokens } : {});
+  await app.register(healthRoutes, { store });
+  await app.register(metricsRoutes, { metrics });
+  await app.register(openApiRoutes);
 
   await app.ready();
   return app;
