@@ -28,6 +28,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"gatehouse/bench-go/internal/load"
 	"math"
 	"net"
 	"net/url"
@@ -39,19 +40,6 @@ import (
 	"syscall"
 	"time"
 )
-
-type headerFlags []string
-
-func (h *headerFlags) String() string { return strings.Join(*h, ", ") }
-
-func (h *headerFlags) Set(s string) error {
-	name, value, ok := strings.Cut(s, ":")
-	if !ok || strings.TrimSpace(name) == "" {
-		return fmt.Errorf("want \"name: value\", got %q", s)
-	}
-	*h = append(*h, strings.TrimSpace(name)+": "+strings.TrimSpace(value))
-	return nil
-}
 
 type result struct {
 	// Calls counted (after the warm-up) and their rate.
@@ -71,10 +59,7 @@ type result struct {
 	CPUMicrosPerCall float64 `json:"cpuMicrosPerCall"`
 }
 
-func fail(format string, args ...interface{}) {
-	fmt.Fprintf(os.Stderr, "http-load: "+format+"\n", args...)
-	os.Exit(1)
-}
+var fail = load.Failer("http-load")
 
 type worker struct {
 	address  string
@@ -269,19 +254,8 @@ func cpuMicros() float64 {
 	return float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e3
 }
 
-func percentileUs(sorted []int64, p float64) float64 {
-	if len(sorted) == 0 {
-		return 0
-	}
-	i := int(math.Ceil(p*float64(len(sorted)))) - 1
-	if i < 0 {
-		i = 0
-	}
-	return float64(sorted[i]) / 1e3
-}
-
 func main() {
-	var headers headerFlags
+	var headers load.Headers
 	target := flag.String("url", "", "URL to call (http only, required)")
 	method := flag.String("method", "GET", "request method")
 	body := flag.String("body", "", "request body")
@@ -307,7 +281,7 @@ func main() {
 	var req strings.Builder
 	fmt.Fprintf(&req, "%s %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: gatehouse-http-load\r\n", strings.ToUpper(*method), u.RequestURI(), u.Host)
 	for _, h := range headers {
-		req.WriteString(h + "\r\n")
+		req.WriteString(h.Name + ": " + h.Value + "\r\n")
 	}
 	if *body != "" || *method != "GET" {
 		fmt.Fprintf(&req, "Content-Length: %d\r\n", len(*body))
@@ -375,9 +349,9 @@ func main() {
 		res.Seconds = end.Sub(measureFrom).Seconds()
 		res.CallsPerSecond = float64(res.Calls) / res.Seconds
 	}
-	res.P50Us = percentileUs(all, 0.50)
-	res.P99Us = percentileUs(all, 0.99)
-	res.P999Us = percentileUs(all, 0.999)
+	res.P50Us = load.PercentileUs(all, 0.50)
+	res.P99Us = load.PercentileUs(all, 0.99)
+	res.P999Us = load.PercentileUs(all, 0.999)
 	if res.Served > 0 {
 		res.CPUMicrosPerCall = cpu / float64(res.Served)
 	}
@@ -427,7 +401,7 @@ func printIntervals(workers []*worker, from, to, every time.Duration) {
 		if end := from + time.Duration(i+1)*every; end > to {
 			span = to - (from + time.Duration(i)*every)
 		}
-		line := intervalLine{Interval: i, FromS: (time.Duration(i) * every).Seconds(), Seconds: span.Seconds(), Calls: len(lat[i]), Errors: errs[i], P50Us: percentileUs(lat[i], 0.5), P99Us: percentileUs(lat[i], 0.99)}
+		line := intervalLine{Interval: i, FromS: (time.Duration(i) * every).Seconds(), Seconds: span.Seconds(), Calls: len(lat[i]), Errors: errs[i], P50Us: load.PercentileUs(lat[i], 0.5), P99Us: load.PercentileUs(lat[i], 0.99)}
 		if len(lat[i]) > 0 {
 			line.MaxUs = float64(lat[i][len(lat[i])-1]) / 1e3
 		}

@@ -14,6 +14,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"gatehouse/bench-go/internal/load"
 	"io"
 	"math"
 	"net"
@@ -37,23 +38,8 @@ const (
 	maxPayload     = 1<<24 - 1
 )
 
-type entry struct {
-	Name  string `json:"name"`
-	Value string `json:"value"`
-}
-
-type headerFlags []entry
-
-func (h *headerFlags) String() string { return fmt.Sprint(*h) }
-
-func (h *headerFlags) Set(s string) error {
-	name, value, ok := strings.Cut(s, ":")
-	if !ok || strings.TrimSpace(name) == "" {
-		return fmt.Errorf("want \"name: value\", got %q", s)
-	}
-	*h = append(*h, entry{strings.ToLower(strings.TrimSpace(name)), strings.TrimSpace(value)})
-	return nil
-}
+// entry is a name and a value: a header, a conf entry.
+type entry = load.Header
 
 type result struct {
 	Calls          int     `json:"calls"`
@@ -66,13 +52,10 @@ type result struct {
 	ConfToken      uint32  `json:"confToken"`
 }
 
-func fail(format string, args ...interface{}) {
-	fmt.Fprintf(os.Stderr, "ext-plugin-load: "+format+"\n", args...)
-	os.Exit(1)
-}
+var fail = load.Failer("ext-plugin-load")
 
 func main() {
-	var extra headerFlags
+	var extra load.Headers
 	socket := flag.String("socket", "", "runner's Unix socket path (required)")
 	conns := flag.Int("connections", 8, "concurrent connections, one goroutine each")
 	seconds := flag.Float64("seconds", 5, "measured duration in seconds")
@@ -104,10 +87,10 @@ func main() {
 	}
 
 	headers := append([]entry{
-		{"host", "api.example.com"},
-		{"content-type", "application/json"},
-		{"user-agent", "bench"},
-		{"accept", "*/*"},
+		{Name: "host", Value: "api.example.com"},
+		{Name: "content-type", Value: "application/json"},
+		{Name: "user-agent", Value: "bench"},
+		{Name: "accept", Value: "*/*"},
 	}, extra...)
 
 	var workers []*worker
@@ -167,24 +150,12 @@ func main() {
 		res.Seconds = end.Sub(measureFrom).Seconds()
 		res.CallsPerSecond = float64(res.Calls) / res.Seconds
 	}
-	res.P50Us = percentileUs(all, 0.50)
-	res.P99Us = percentileUs(all, 0.99)
-	res.P999Us = percentileUs(all, 0.999)
+	res.P50Us = load.PercentileUs(all, 0.50)
+	res.P99Us = load.PercentileUs(all, 0.99)
+	res.P999Us = load.PercentileUs(all, 0.999)
 
 	out, _ := json.Marshal(res)
 	fmt.Println(string(out))
-}
-
-// percentileUs returns the nearest-rank percentile of sorted ns samples, in µs.
-func percentileUs(sorted []int64, p float64) float64 {
-	if len(sorted) == 0 {
-		return 0
-	}
-	i := int(math.Ceil(p*float64(len(sorted)))) - 1
-	if i < 0 {
-		i = 0
-	}
-	return float64(sorted[i]) / 1e3
 }
 
 // frame prefixes a payload with the ext-plugin header: type, 3-byte length.
@@ -270,7 +241,7 @@ func buildReqCall(path string, m A6.Method, headers []entry, token uint32) []byt
 	b := flatbuffers.NewBuilder(1024)
 	ip := b.CreateByteVector([]byte{127, 0, 0, 1})
 	p := b.CreateString(path)
-	args := vectorOf(b, textEntries(b, []entry{{"stream", "false"}}))
+	args := vectorOf(b, textEntries(b, []entry{{Name: "stream", Value: "false"}}))
 	hdrs := vectorOf(b, textEntries(b, headers))
 	hrc.ReqStart(b)
 	hrc.ReqAddId(b, 1)

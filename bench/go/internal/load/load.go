@@ -1,0 +1,52 @@
+// Package load holds what the benchmarks' load generators share: repeated
+// "name: value" header flags, nearest-rank percentiles of latency samples,
+// and the way a generator gives up on bad flags.
+package load
+
+import (
+	"fmt"
+	"math"
+	"os"
+	"strings"
+)
+
+// Header is one -header flag, its name trimmed and lower-cased.
+type Header struct {
+	Name  string `json:"name"`
+	Value string `json:"value"`
+}
+
+// Headers collects repeated -header "name: value" flags (flag.Value).
+type Headers []Header
+
+func (h *Headers) String() string { return fmt.Sprint(*h) }
+
+func (h *Headers) Set(s string) error {
+	name, value, ok := strings.Cut(s, ":")
+	if !ok || strings.TrimSpace(name) == "" {
+		return fmt.Errorf("want \"name: value\", got %q", s)
+	}
+	*h = append(*h, Header{strings.ToLower(strings.TrimSpace(name)), strings.TrimSpace(value)})
+	return nil
+}
+
+// PercentileUs returns the nearest-rank percentile p (0..1) of sorted
+// nanosecond samples, in µs; 0 without samples.
+func PercentileUs(sorted []int64, p float64) float64 {
+	if len(sorted) == 0 {
+		return 0
+	}
+	i := int(math.Ceil(p*float64(len(sorted)))) - 1
+	if i < 0 {
+		i = 0
+	}
+	return float64(sorted[i]) / 1e3
+}
+
+// Failer prints "<name>: <message>" on stderr and exits 1.
+func Failer(name string) func(format string, args ...interface{}) {
+	return func(format string, args ...interface{}) {
+		fmt.Fprintf(os.Stderr, name+": "+format+"\n", args...)
+		os.Exit(1)
+	}
+}
