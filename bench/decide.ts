@@ -45,6 +45,8 @@ import {
   type Stats,
   benchOpaPath,
   storeBenchPolicy,
+  BENCH_PROJECT_DATA,
+  BENCH_PROJECT_POLICY,
 } from './support.js';
 
 const connections = Number(process.env.BENCH_CONNECTIONS ?? 16);
@@ -59,19 +61,8 @@ const opaPath = benchOpaPath;
 
 const ISSUER = BENCH_ISSUER;
 const AUDIENCE = BENCH_AUDIENCE;
-const POLICY = `package project.authz
-import rego.v1
-
-default allow := false
-
-allow if {
-	input.user.role in data.valid_roles
-	input.request.method in {"GET", "POST"}
-	startswith(input.request.path, "/rag/")
-	not input.request.headers["x-debug-override"]
-}
-`;
-const DATA = { valid_roles: ['analyst', 'admin'] };
+const POLICY = BENCH_PROJECT_POLICY;
+const DATA = BENCH_PROJECT_DATA;
 
 async function main() {
   const work = mkdtempSync(join(tmpdir(), 'gh-bench-decide-'));

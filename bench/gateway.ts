@@ -49,7 +49,7 @@ import { BudgetStore } from '../budget/store.js';
 import { readUsage } from '../budget/usage.js';
 import { PLATFORM_POLICY_NAME } from '../policy/store/index.js';
 import { answers, buildGoTools, expectStatus, status, tcpAccepts } from './gateway-stack.js';
-import { benchOpaPath, machineLine, median, startProcess, storeBenchPolicy, treeCpuMicros, type BenchProcess } from './support.js';
+import { benchOpaPath, machineLine, median, runBench, startProcess, storeBenchPolicy, treeCpuMicros, type BenchProcess, type BenchScope } from './support.js';
 
 const connections = Number(process.env.BENCH_CONNECTIONS ?? 8);
 const seconds = Number(process.env.BENCH_SECONDS ?? 3);
@@ -246,285 +246,275 @@ function summariseProfiles(files: string[], top: number, from: number, to: numbe
   return { lines, totalMs: total / 1000 };
 }
 
-async function main() {
+async function main({ processes, cleanups }: BenchScope) {
   const installation: ApisixInstallation | null = findApisix(root);
   if (!installation) throw new Error('no APISIX on this machine: `npm run setup` builds it from the APISIX kit, or set APISIX_HOME');
   const tools = buildGoTools();
   const work = mkdtempSync(join(tmpdir(), 'gh-bench-gateway-'));
   const logger = pino({ level: 'warn' });
-  const cleanups: (() => Promise<unknown>)[] = [];
-  const processes: BenchProcess[] = [];
-  try {
-    const etcd = await startLocalEtcd({ dataRoot: 'bench-etcd' });
-    cleanups.unshift(() => etcd.cleanup());
-    const vault = await startLocalVault();
-    cleanups.unshift(() => vault.stop());
-    await vault.kvPut('secret', `llm/${PROJECT}`, { api_key: 'sk-bench-0001' });
-    const approle = await vault.createAppRole('gatehouse-gateway', 'path "secret/data/llm/*" { capabilities = ["read"] }');
-    const identity = await createDemoIdentity(join(work, 'identity'));
-    const identityEnv = {
-      JWT_JWKS_FILE: identity.jwksFile,
-      JWT_ISSUER: identity.identityConfig.issuer,
-      JWT_AUDIENCE: identity.identityConfig.audience.join(','),
-      JWT_ALGORITHMS: identity.identityConfig.algorithms.join(','),
-    };
-    const token = await identity.sign({ sub: 'dev', role: 'project_user', project: PROJECT });
-    const outsider = await identity.sign({ sub: 'eve', role: 'project_user', project: 'other-team' });
+  const etcd = await startLocalEtcd({ dataRoot: 'bench-etcd' });
+  cleanups.unshift(() => etcd.cleanup());
+  const vault = await startLocalVault();
+  cleanups.unshift(() => vault.stop());
+  await vault.kvPut('secret', `llm/${PROJECT}`, { api_key: 'sk-bench-0001' });
+  const approle = await vault.createAppRole('gatehouse-gateway', 'path "secret/data/llm/*" { capabilities = ["read"] }');
+  const identity = await createDemoIdentity(join(work, 'identity'));
+  const identityEnv = {
+    JWT_JWKS_FILE: identity.jwksFile,
+    JWT_ISSUER: identity.identityConfig.issuer,
+    JWT_AUDIENCE: identity.identityConfig.audience.join(','),
+    JWT_ALGORITHMS: identity.identityConfig.algorithms.join(','),
+  };
+  const token = await identity.sign({ sub: 'dev', role: 'project_user', project: PROJECT });
+  const outsider = await identity.sign({ sub: 'eve', role: 'project_user', project: 'other-team' });
 
-    // The policies of /rag/ask and /llm: the platform's and the project's, compiled by the real opa.
-    await storeBenchPolicy(etcd.endpoints, PLATFORM_POLICY_NAME, DEMO_PLATFORM_POLICY.rego, JSON.stringify(DEMO_PLATFORM_POLICY.data));
-    await storeBenchPolicy(etcd.endpoints, PROJECT, DEMO_PROJECT_POLICY.rego, JSON.stringify(DEMO_PROJECT_POLICY.data));
-    // A budget that never runs out: what is measured is the checking, reserving and settling.
-    const budgets = createEtcdClient(etcd.endpoints);
-    await new BudgetStore(budgets).put(PROJECT, { windows: [{ per: 'day', tokens: 1e12 }], block_tokens: 1e9 }, 'bench');
-    budgets.close();
+  // The policies of /rag/ask and /llm: the platform's and the project's, compiled by the real opa.
+  await storeBenchPolicy(etcd.endpoints, PLATFORM_POLICY_NAME, DEMO_PLATFORM_POLICY.rego, JSON.stringify(DEMO_PLATFORM_POLICY.data));
+  await storeBenchPolicy(etcd.endpoints, PROJECT, DEMO_PROJECT_POLICY.rego, JSON.stringify(DEMO_PROJECT_POLICY.data));
+  // A budget that never runs out: what is measured is the checking, reserving and settling.
+  const budgets = createEtcdClient(etcd.endpoints);
+  await new BudgetStore(budgets).put(PROJECT, { windows: [{ per: 'day', tokens: 1e12 }], block_tokens: 1e9 }, 'bench');
+  budgets.close();
 
-    const start = async (command: string, args: string[], env: Record<string, string>, ready: () => Promise<boolean>) => {
-      const started = await startProcess(command, args, env, ready);
-      processes.push(started);
-      return started;
-    };
-    const upstreamPort = await freePort();
-    await start(tools.upstream, ['-addr', `127.0.0.1:${upstreamPort}`], {}, () => tcpAccepts(upstreamPort));
-    const upstream = `127.0.0.1:${upstreamPort}`;
+  const start = async (command: string, args: string[], env: Record<string, string>, ready: () => Promise<boolean>) => {
+    const started = await startProcess(command, args, env, ready);
+    processes.push(started);
+    return started;
+  };
+  const upstreamPort = await freePort();
+  await start(tools.upstream, ['-addr', `127.0.0.1:${upstreamPort}`], {}, () => tcpAccepts(upstreamPort));
+  const upstream = `127.0.0.1:${upstreamPort}`;
 
-    // opa run --server with the same decision, JWT verification in Rego, and
-    // OPA's cache of io.jwt verification results on (the runner keeps one too).
-    const opaDir = join(work, 'opa');
-    mkdirSync(opaDir);
-    writeFileSync(join(opaDir, 'bench.rego'), OPA_SERVER_POLICY);
-    writeFileSync(
-      join(opaDir, 'data.json'),
-      JSON.stringify({
-        jwks: readFileSync(identity.jwksFile, 'utf8'),
-        issuer: identity.identityConfig.issuer,
-        audience: identity.identityConfig.audience[0],
-        project: PROJECT,
-        valid_roles: DEMO_PROJECT_POLICY.data.valid_roles,
-      }),
-    );
-    writeFileSync(join(opaDir, 'config.yaml'), 'caching:\n  inter_query_builtin_value_cache:\n    named:\n      io_jwt:\n        max_num_entries: 10000\n');
-    const opaPort = await freePort();
-    const opa = await start(
-      benchOpaPath,
-      ['run', '--server', '--addr', `127.0.0.1:${opaPort}`, '--skip-version-check', '--log-level', 'error', '--config-file', join(opaDir, 'config.yaml'), join(opaDir, 'bench.rego'), join(opaDir, 'data.json')],
-      {},
-      () => answers(`http://127.0.0.1:${opaPort}/health`),
-    );
+  // opa run --server with the same decision, JWT verification in Rego, and
+  // OPA's cache of io.jwt verification results on (the runner keeps one too).
+  const opaDir = join(work, 'opa');
+  mkdirSync(opaDir);
+  writeFileSync(join(opaDir, 'bench.rego'), OPA_SERVER_POLICY);
+  writeFileSync(
+    join(opaDir, 'data.json'),
+    JSON.stringify({
+      jwks: readFileSync(identity.jwksFile, 'utf8'),
+      issuer: identity.identityConfig.issuer,
+      audience: identity.identityConfig.audience[0],
+      project: PROJECT,
+      valid_roles: DEMO_PROJECT_POLICY.data.valid_roles,
+    }),
+  );
+  writeFileSync(join(opaDir, 'config.yaml'), 'caching:\n  inter_query_builtin_value_cache:\n    named:\n      io_jwt:\n        max_num_entries: 10000\n');
+  const opaPort = await freePort();
+  const opa = await start(
+    benchOpaPath,
+    ['run', '--server', '--addr', `127.0.0.1:${opaPort}`, '--skip-version-check', '--log-level', 'error', '--config-file', join(opaDir, 'config.yaml'), join(opaDir, 'bench.rego'), join(opaDir, 'data.json')],
+    {},
+    () => answers(`http://127.0.0.1:${opaPort}/health`),
+  );
 
-    // Gatehouse's decision API, as deployed: its own process on the same etcd.
-    const decisionPort = await freePort();
-    const decision = await start(
-      // Its log goes to stdout: onto stderr, where startProcess keeps the last lines for its errors (exec: the pid stays node's).
-      '/bin/sh',
-      ['-c', 'exec "$0" "$@" 1>&2', process.execPath, join(here, '..', 'decision-api', 'main.js')],
-      { ...identityEnv, ETCD_ENDPOINTS: etcd.endpoints.join(','), DECISION_PORT: String(decisionPort), DECISION_HOST: '127.0.0.1', DECISION_STATE_DIR: join(work, 'decision-state'), LOG_LEVEL: 'warn' },
-      () => answers(`http://127.0.0.1:${decisionPort}/readyz`),
-    );
+  // Gatehouse's decision API, as deployed: its own process on the same etcd.
+  const decisionPort = await freePort();
+  const decision = await start(
+    // Its log goes to stdout: onto stderr, where startProcess keeps the last lines for its errors (exec: the pid stays node's).
+    '/bin/sh',
+    ['-c', 'exec "$0" "$@" 1>&2', process.execPath, join(here, '..', 'decision-api', 'main.js')],
+    { ...identityEnv, ETCD_ENDPOINTS: etcd.endpoints.join(','), DECISION_PORT: String(decisionPort), DECISION_HOST: '127.0.0.1', DECISION_STATE_DIR: join(work, 'decision-state'), LOG_LEVEL: 'warn' },
+    () => answers(`http://127.0.0.1:${decisionPort}/readyz`),
+  );
 
-    // Gatehouse's instance: the repository's routes (rag, llm) and the rows' own, on one upstream.
-    const routes = parseDocument(pointRoutesAt(readFileSync(join(root, 'apisix-conf', 'apisix.yaml'), 'utf8'), { rag: upstream, llm: upstream }));
-    routes.addIn(['routes'], { id: 'direct', uris: ['/direct/*'], upstream_id: 'rag' });
-    routes.addIn(['routes'], { id: 'opa-server', uris: ['/opa-server/*'], plugins: { opa: { host: `http://127.0.0.1:${opaPort}`, policy: 'gatehouse/bench' } }, upstream_id: 'rag' });
-    routes.addIn(['routes'], { id: 'opa-decision', uris: ['/opa-decision/*'], plugins: { opa: { host: `http://127.0.0.1:${decisionPort}`, policy: `${PROJECT}/project/authz` } }, upstream_id: 'rag' });
-    routes.addIn(['routes'], {
-      id: 'example',
-      uris: ['/example/*'],
-      plugins: { 'ext-plugin-pre-req': { conf: [{ name: 'example', value: '{}' }], allow_degradation: false } },
-      upstream_id: 'rag',
-    });
-    const routesPath = join(work, 'apisix.yaml');
-    writeFileSync(routesPath, standaloneRoutesText(routes));
+  // Gatehouse's instance: the repository's routes (rag, llm) and the rows' own, on one upstream.
+  const routes = parseDocument(pointRoutesAt(readFileSync(join(root, 'apisix-conf', 'apisix.yaml'), 'utf8'), { rag: upstream, llm: upstream }));
+  routes.addIn(['routes'], { id: 'direct', uris: ['/direct/*'], upstream_id: 'rag' });
+  routes.addIn(['routes'], { id: 'opa-server', uris: ['/opa-server/*'], plugins: { opa: { host: `http://127.0.0.1:${opaPort}`, policy: 'gatehouse/bench' } }, upstream_id: 'rag' });
+  routes.addIn(['routes'], { id: 'opa-decision', uris: ['/opa-decision/*'], plugins: { opa: { host: `http://127.0.0.1:${decisionPort}`, policy: `${PROJECT}/project/authz` } }, upstream_id: 'rag' });
+  routes.addIn(['routes'], {
+    id: 'example',
+    uris: ['/example/*'],
+    plugins: { 'ext-plugin-pre-req': { conf: [{ name: 'example', value: '{}' }], allow_degradation: false } },
+    upstream_id: 'rag',
+  });
+  const routesPath = join(work, 'apisix.yaml');
+  writeFileSync(routesPath, standaloneRoutesText(routes));
 
-    const runnerEnv = {
-      PATH: process.env.PATH ?? '',
-      LOG_LEVEL: 'warn',
-      ETCD_ENDPOINTS: etcd.endpoints.join(','),
-      OPA_PATH: benchOpaPath,
-      RUNNER_METRICS_PORT: 'off',
-      RUNNER_WORKERS: String(workers),
-      VAULT_ADDR: vault.addr,
-      VAULT_ROLE_ID: approle.roleId,
-      VAULT_SECRET_ID: approle.secretId,
-      ...identityEnv,
-    };
-    const startGatehouse = async (name: string, editCmd?: (config: Document) => void) =>
-      startApisix({
-        installation,
-        repoRoot: root,
-        routesPath,
-        port: await freePort(),
-        workerProcesses: 2,
-        // Its own settle port and state: the LLM route's http-logger posts to it.
-        env: { ...runnerEnv, RUNNER_STATE_DIR: join(work, `${name}-state`), RUNNER_SETTLE_PORT: String(await freePort()) },
-        // APISIX's own `opa` plugin, as it ships, added to this instance's plugin list only.
-        edit: (config) => {
-          config.addIn(['plugins'], 'opa');
-          editCmd?.(config);
-        },
-        logger,
-      });
-    const gatehouse = await startGatehouse('apisix-gatehouse');
-    cleanups.unshift(() => gatehouse.stop());
-
-    // The Go runner's instance: the same config, its ext-plugin.cmd the Go runner.
-    const goRoutesPath = join(work, 'apisix-go.yaml');
-    writeFileSync(
-      goRoutesPath,
-      standaloneRoutesText(
-        new Document({
-          routes: [{ id: 'go', uris: ['/go/*'], plugins: { 'ext-plugin-pre-req': { conf: [{ name: 'noop', value: '{}' }], allow_degradation: false } }, upstream: { type: 'roundrobin', nodes: { [upstream]: 1 } } }],
-        }),
-      ),
-    );
-    const goApisix = await startApisix({
+  const runnerEnv = {
+    PATH: process.env.PATH ?? '',
+    LOG_LEVEL: 'warn',
+    ETCD_ENDPOINTS: etcd.endpoints.join(','),
+    OPA_PATH: benchOpaPath,
+    RUNNER_METRICS_PORT: 'off',
+    RUNNER_WORKERS: String(workers),
+    VAULT_ADDR: vault.addr,
+    VAULT_ROLE_ID: approle.roleId,
+    VAULT_SECRET_ID: approle.secretId,
+    ...identityEnv,
+  };
+  const startGatehouse = async (name: string, editCmd?: (config: Document) => void) =>
+    startApisix({
       installation,
       repoRoot: root,
-      routesPath: goRoutesPath,
+      routesPath,
       port: await freePort(),
       workerProcesses: 2,
-      env: { PATH: process.env.PATH ?? '' },
-      edit: (config) => config.setIn(['ext-plugin', 'cmd'], [tools.goRunner]),
+      // Its own settle port and state: the LLM route's http-logger posts to it.
+      env: { ...runnerEnv, RUNNER_STATE_DIR: join(work, `${name}-state`), RUNNER_SETTLE_PORT: String(await freePort()) },
+      // APISIX's own `opa` plugin, as it ships, added to this instance's plugin list only.
+      edit: (config) => {
+        config.addIn(['plugins'], 'opa');
+        editCmd?.(config);
+      },
       logger,
     });
-    cleanups.unshift(() => goApisix.stop());
+  const gatehouse = await startGatehouse('apisix-gatehouse');
+  cleanups.unshift(() => gatehouse.stop());
 
-    const bearer = `authorization: Bearer ${token}`;
-    const llmBody = JSON.stringify({ model: 'llama-3', max_tokens: 256, messages: [{ role: 'user', content: 'What does Gatehouse do?' }] });
-    const runnerPid = (apisix: ApisixHandle) => () => apisix.runnerPid();
-    const scenarios: Scenario[] = [
-      { key: 'direct', name: 'no plugins', decider: '', apisix: gatehouse, deciderPid: null, path: '/direct/ask', headers: [bearer] },
-      { key: 'opaServer', name: 'APISIX opa -> opa run --server (JWT + platform + project in Rego)', decider: 'opa', apisix: gatehouse, deciderPid: () => opa.child.pid ?? null, path: '/opa-server/ask', headers: [bearer] },
-      { key: 'opaDecision', name: 'APISIX opa -> Gatehouse decision API (project policy)', decider: 'decision API', apisix: gatehouse, deciderPid: () => decision.child.pid ?? null, path: '/opa-decision/ask', headers: [bearer] },
-      { key: 'goRunner', name: 'Go runner: pass-through (noop)', decider: 'Go runner', apisix: goApisix, deciderPid: runnerPid(goApisix), path: '/go/ask', headers: [bearer] },
-      { key: 'example', name: 'Gatehouse runner: example (pass-through)', decider: 'runner', apisix: gatehouse, deciderPid: runnerPid(gatehouse), path: '/example/ask', headers: [bearer] },
-      { key: 'jwtOpa', name: 'Gatehouse runner: jwt + opa (platform + project, /rag/ask)', decider: 'runner', apisix: gatehouse, deciderPid: runnerPid(gatehouse), path: '/rag/ask', headers: [bearer] },
-      {
-        key: 'llm',
-        name: 'Gatehouse runner: LLM route with budgets',
-        decider: 'runner',
-        apisix: gatehouse,
-        deciderPid: runnerPid(gatehouse),
-        path: '/llm/v1/chat/completions',
-        method: 'POST',
-        headers: [bearer, 'content-type: application/json'],
-        body: llmBody,
-      },
-    ];
+  // The Go runner's instance: the same config, its ext-plugin.cmd the Go runner.
+  const goRoutesPath = join(work, 'apisix-go.yaml');
+  writeFileSync(
+    goRoutesPath,
+    standaloneRoutesText(
+      new Document({
+        routes: [{ id: 'go', uris: ['/go/*'], plugins: { 'ext-plugin-pre-req': { conf: [{ name: 'noop', value: '{}' }], allow_degradation: false } }, upstream: { type: 'roundrobin', nodes: { [upstream]: 1 } } }],
+      }),
+    ),
+  );
+  const goApisix = await startApisix({
+    installation,
+    repoRoot: root,
+    routesPath: goRoutesPath,
+    port: await freePort(),
+    workerProcesses: 2,
+    env: { PATH: process.env.PATH ?? '' },
+    edit: (config) => config.setIn(['ext-plugin', 'cmd'], [tools.goRunner]),
+    logger,
+  });
+  cleanups.unshift(() => goApisix.stop());
 
-    // Fast and wrong is worthless: each row lets the caller through, and the
-    // deciding ones refuse a caller of another project or without a token.
-    const auth = (t: string) => ({ headers: { authorization: `Bearer ${t}` } });
-    for (const s of scenarios) {
-      const init: RequestInit = { method: s.method ?? 'GET', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, ...(s.body ? { body: s.body } : {}) };
-      await expectStatus(`${s.name}, the project's caller`, 200, () => status(s.apisix, s.path, init));
+  const bearer = `authorization: Bearer ${token}`;
+  const llmBody = JSON.stringify({ model: 'llama-3', max_tokens: 256, messages: [{ role: 'user', content: 'What does Gatehouse do?' }] });
+  const runnerPid = (apisix: ApisixHandle) => () => apisix.runnerPid();
+  const scenarios: Scenario[] = [
+    { key: 'direct', name: 'no plugins', decider: '', apisix: gatehouse, deciderPid: null, path: '/direct/ask', headers: [bearer] },
+    { key: 'opaServer', name: 'APISIX opa -> opa run --server (JWT + platform + project in Rego)', decider: 'opa', apisix: gatehouse, deciderPid: () => opa.child.pid ?? null, path: '/opa-server/ask', headers: [bearer] },
+    { key: 'opaDecision', name: 'APISIX opa -> Gatehouse decision API (project policy)', decider: 'decision API', apisix: gatehouse, deciderPid: () => decision.child.pid ?? null, path: '/opa-decision/ask', headers: [bearer] },
+    { key: 'goRunner', name: 'Go runner: pass-through (noop)', decider: 'Go runner', apisix: goApisix, deciderPid: runnerPid(goApisix), path: '/go/ask', headers: [bearer] },
+    { key: 'example', name: 'Gatehouse runner: example (pass-through)', decider: 'runner', apisix: gatehouse, deciderPid: runnerPid(gatehouse), path: '/example/ask', headers: [bearer] },
+    { key: 'jwtOpa', name: 'Gatehouse runner: jwt + opa (platform + project, /rag/ask)', decider: 'runner', apisix: gatehouse, deciderPid: runnerPid(gatehouse), path: '/rag/ask', headers: [bearer] },
+    {
+      key: 'llm',
+      name: 'Gatehouse runner: LLM route with budgets',
+      decider: 'runner',
+      apisix: gatehouse,
+      deciderPid: runnerPid(gatehouse),
+      path: '/llm/v1/chat/completions',
+      method: 'POST',
+      headers: [bearer, 'content-type: application/json'],
+      body: llmBody,
+    },
+  ];
+
+  // Fast and wrong is worthless: each row lets the caller through, and the
+  // deciding ones refuse a caller of another project or without a token.
+  const auth = (t: string) => ({ headers: { authorization: `Bearer ${t}` } });
+  for (const s of scenarios) {
+    const init: RequestInit = { method: s.method ?? 'GET', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, ...(s.body ? { body: s.body } : {}) };
+    await expectStatus(`${s.name}, the project's caller`, 200, () => status(s.apisix, s.path, init));
+  }
+  for (const key of ['opaServer', 'opaDecision', 'jwtOpa'] as const) {
+    const s = scenarios.find((x) => x.key === key)!;
+    await expectStatus(`${s.name}, no token`, 401, () => status(s.apisix, s.path), 1);
+    await expectStatus(`${s.name}, another project's caller`, 403, () => status(s.apisix, s.path, auth(outsider)), 1);
+  }
+  await expectStatus('LLM route, a model the project does not allow', 403, () =>
+    status(gatehouse, '/llm/v1/chat/completions', { method: 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, body: JSON.stringify({ model: 'gpt-5', max_tokens: 16, messages: [] }) }), 1);
+
+  // What the deciding processes spend with no requests at all (watches, reports, timers): CPU per request includes it.
+  const deciders = new Map(scenarios.filter((s) => s.deciderPid).map((s) => [s.decider, s.deciderPid!]));
+  const idleBefore = new Map([...deciders].map(([name, pid]) => [name, treeCpuMicros(pid()!)]));
+  await new Promise((r) => setTimeout(r, 2_000));
+  const idle = [...deciders].map(([name, pid]) => `${name} ${((treeCpuMicros(pid()!) - idleBefore.get(name)!) / 2_000).toFixed(1)} ms/s`);
+
+  const results = new Map<string, Row[]>();
+  for (let round = 0; round < rounds; round++) {
+    for (let i = 0; i < scenarios.length; i++) {
+      const scenario = scenarios[(i + round) % scenarios.length]!;
+      results.set(scenario.key, [...(results.get(scenario.key) ?? []), await drive(tools.load, scenario, seconds)]);
     }
-    for (const key of ['opaServer', 'opaDecision', 'jwtOpa'] as const) {
-      const s = scenarios.find((x) => x.key === key)!;
-      await expectStatus(`${s.name}, no token`, 401, () => status(s.apisix, s.path), 1);
-      await expectStatus(`${s.name}, another project's caller`, 403, () => status(s.apisix, s.path, auth(outsider)), 1);
-    }
-    await expectStatus('LLM route, a model the project does not allow', 403, () =>
-      status(gatehouse, '/llm/v1/chat/completions', { method: 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, body: JSON.stringify({ model: 'gpt-5', max_tokens: 16, messages: [] }) }), 1);
+  }
+  const rows = new Map(scenarios.map((s) => [s.key, medianRow(results.get(s.key)!)]));
+  const row = (key: Scenario['key']) => rows.get(key)!;
 
-    // What the deciding processes spend with no requests at all (watches, reports, timers): CPU per request includes it.
-    const deciders = new Map(scenarios.filter((s) => s.deciderPid).map((s) => [s.decider, s.deciderPid!]));
-    const idleBefore = new Map([...deciders].map(([name, pid]) => [name, treeCpuMicros(pid()!)]));
-    await new Promise((r) => setTimeout(r, 2_000));
-    const idle = [...deciders].map(([name, pid]) => `${name} ${((treeCpuMicros(pid()!) - idleBefore.get(name)!) / 2_000).toFixed(1)} ms/s`);
-
-    const results = new Map<string, Row[]>();
-    for (let round = 0; round < rounds; round++) {
-      for (let i = 0; i < scenarios.length; i++) {
-        const scenario = scenarios[(i + round) % scenarios.length]!;
-        results.set(scenario.key, [...(results.get(scenario.key) ?? []), await drive(tools.load, scenario, seconds)]);
-      }
-    }
-    const rows = new Map(scenarios.map((s) => [s.key, medianRow(results.get(s.key)!)]));
-    const row = (key: Scenario['key']) => rows.get(key)!;
-
-    console.log(machineLine());
+  console.log(machineLine());
+  console.log(
+    `through APISIX 3.9.1 (2 nginx workers) to a Go upstream; load: bench/go/httpload, ${connections} connections; ${seconds}s x ${rounds} rounds (median); ` +
+      `Gatehouse RUNNER_WORKERS=${workers}; loadavg at the end ${readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ')}\n`,
+  );
+  console.log(`CPU with no requests (included in CPU per request): ${idle.join(', ')}\n`);
+  const direct = row('direct');
+  console.log('| scenario | req/s | p50 µs | p99 µs | p99.9 µs | req/s vs no plugins | deciding process | its CPU µs/req | APISIX CPU µs/req | load generator CPU µs/req |');
+  console.log('|---|---:|---:|---:|---:|---:|---|---:|---:|---:|');
+  for (const s of scenarios) {
+    const r = row(s.key);
     console.log(
-      `through APISIX 3.9.1 (2 nginx workers) to a Go upstream; load: bench/go/httpload, ${connections} connections; ${seconds}s x ${rounds} rounds (median); ` +
-        `Gatehouse RUNNER_WORKERS=${workers}; loadavg at the end ${readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ')}\n`,
+      `| ${r.name} | ${r.reqPerSecond.toFixed(0)} | ${r.p50.toFixed(0)} | ${r.p99.toFixed(0)} | ${r.p999.toFixed(0)} | ${(r.reqPerSecond / direct.reqPerSecond).toFixed(2)}x | ` +
+        `${s.decider} | ${r.deciderCpu === null ? '' : r.deciderCpu.toFixed(1)} | ${r.apisixCpu.toFixed(1)} | ${r.loadCpu.toFixed(1)} |`,
     );
-    console.log(`CPU with no requests (included in CPU per request): ${idle.join(', ')}\n`);
-    const direct = row('direct');
-    console.log('| scenario | req/s | p50 µs | p99 µs | p99.9 µs | req/s vs no plugins | deciding process | its CPU µs/req | APISIX CPU µs/req | load generator CPU µs/req |');
-    console.log('|---|---:|---:|---:|---:|---:|---|---:|---:|---:|');
-    for (const s of scenarios) {
-      const r = row(s.key);
-      console.log(
-        `| ${r.name} | ${r.reqPerSecond.toFixed(0)} | ${r.p50.toFixed(0)} | ${r.p99.toFixed(0)} | ${r.p999.toFixed(0)} | ${(r.reqPerSecond / direct.reqPerSecond).toFixed(2)}x | ` +
-          `${s.decider} | ${r.deciderCpu === null ? '' : r.deciderCpu.toFixed(1)} | ${r.apisixCpu.toFixed(1)} | ${r.loadCpu.toFixed(1)} |`,
-      );
+  }
+
+  const others = scenarios.filter((s) => s.key !== 'direct').map((s) => row(s.key).reqPerSecond);
+  const floorRatio = direct.reqPerSecond / Math.max(...others);
+  console.log(
+    `\nload generator check: the no-plugin route went ${floorRatio.toFixed(2)}x the fastest other row ` +
+      `${floorRatio >= 1.2 ? '(the load generator is not the limit)' : '(NOT well above: the load generator, or the machine, may be the limit; do not trust the ratios)'}`,
+  );
+  const ratio = (a: number, b: number) => a / b;
+  const targets: [string, number, number, string][] = [
+    ['decision API vs OPA server (req/s, both through APISIX opa)', ratio(row('opaDecision').reqPerSecond, row('opaServer').reqPerSecond), 1.0, 'x'],
+    ['jwt + opa route vs APISIX opa -> OPA server (req/s)', ratio(row('jwtOpa').reqPerSecond, row('opaServer').reqPerSecond), 1.5, 'x'],
+    ['Gatehouse pass-through vs Go runner pass-through (req/s)', ratio(row('example').reqPerSecond, row('goRunner').reqPerSecond), 1.0, 'x'],
+  ];
+  console.log('\n| target | measured | wanted | |');
+  console.log('|---|---:|---:|---|');
+  for (const [what, got, wanted] of targets) console.log(`| ${what} | ${got.toFixed(2)}x | >= ${wanted.toFixed(1)}x | ${got >= wanted ? 'met' : 'NOT met'} |`);
+  const chainCpu = row('jwtOpa').deciderCpu!;
+  console.log(`| runner CPU per request on the /rag/ask chain | ${chainCpu.toFixed(1)} µs | <= 60 µs | ${chainCpu <= 60 ? 'met' : 'NOT met'} |`);
+
+  await new Promise((r) => setTimeout(r, 2_000)); // the last answers' settling and usage writes
+  const reader = createEtcdClient(etcd.endpoints);
+  const usage = await readUsage(reader, PROJECT, Date.now() - 3_600_000, Date.now() + 1);
+  reader.close();
+  console.log(`\nLLM route: ${usage.total.requests} calls settled, ${usage.total.charged_tokens} tokens charged (${usage.total.unsettled} unsettled)`);
+
+  if (profileDir) {
+    // A runner of its own under the profiler, so that the rows above are not.
+    await gatehouse.stop();
+    await goApisix.stop();
+    mkdirSync(profileDir, { recursive: true });
+    const profiled = await startGatehouse('apisix-profiled', (config) => {
+      const cmd = (config.toJS() as { 'ext-plugin': { cmd: string[] } })['ext-plugin'].cmd;
+      config.setIn(['ext-plugin', 'cmd'], [cmd[0], '--cpu-prof', `--cpu-prof-dir=${profileDir}`, ...cmd.slice(1)]);
+    });
+    cleanups.unshift(() => profiled.stop());
+    const s = { ...scenarios.find((x) => x.key === 'jwtOpa')!, apisix: profiled, deciderPid: runnerPid(profiled) };
+    await expectStatus('profiled runner', 200, () => status(profiled, s.path, auth(token)));
+    const primary = profiled.runnerPid()!;
+    const profiledPids = processTable().filter((p) => p.ppid === primary).map((p) => p.pid);
+    const before = new Set(readdirSync(profileDir));
+    const loadFrom = Number(process.hrtime.bigint() / 1000n) + 1_000_000; // after the load generator's 1 s warm-up
+    const r = await drive(tools.load, s, seconds * rounds, 1);
+    const loadTo = Number(process.hrtime.bigint() / 1000n);
+    // The runner stops its workers (SIGTERM) and they write their profiles as they exit.
+    process.kill(primary, 'SIGTERM');
+    for (let waited = 0; waited < 15_000 && [primary, ...profiledPids].some((pid) => existsSync(`/proc/${pid}`)); waited += 100) await new Promise((res) => setTimeout(res, 100));
+    await profiled.stop();
+    const written = readdirSync(profileDir).filter((f) => !before.has(f) && f.endsWith('.cpuprofile'));
+    const ofWorkers = written.filter((f) => profiledPids.some((pid) => basename(f).split('.')[3] === String(pid)));
+    console.log(`\nCPU profile of the runner's workers (pids ${profiledPids.join(', ')}) under the jwt + opa load: ${r.reqPerSecond.toFixed(0)} req/s for ${seconds * rounds}s (with the profiler on)`);
+    console.log(`profiles in ${profileDir}: ${ofWorkers.join(', ') || '(none written)'}`);
+    if (ofWorkers.length > 0) {
+      const { lines, totalMs } = summariseProfiles(ofWorkers.map((f) => join(profileDir, f)), 25, loadFrom, loadTo);
+      console.log(`\nsampled ${totalMs.toFixed(0)} ms during the measured load, over ${ofWorkers.length} threads (workers' main threads and evaluation threads); top 25 by self time:\n`);
+      console.log('| # | function | self ms | % of all | % of non-idle |');
+      console.log('|---:|---|---:|---:|---:|');
+      for (const line of lines) console.log(line);
     }
-
-    const others = scenarios.filter((s) => s.key !== 'direct').map((s) => row(s.key).reqPerSecond);
-    const floorRatio = direct.reqPerSecond / Math.max(...others);
-    console.log(
-      `\nload generator check: the no-plugin route went ${floorRatio.toFixed(2)}x the fastest other row ` +
-        `${floorRatio >= 1.2 ? '(the load generator is not the limit)' : '(NOT well above: the load generator, or the machine, may be the limit; do not trust the ratios)'}`,
-    );
-    const ratio = (a: number, b: number) => a / b;
-    const targets: [string, number, number, string][] = [
-      ['decision API vs OPA server (req/s, both through APISIX opa)', ratio(row('opaDecision').reqPerSecond, row('opaServer').reqPerSecond), 1.0, 'x'],
-      ['jwt + opa route vs APISIX opa -> OPA server (req/s)', ratio(row('jwtOpa').reqPerSecond, row('opaServer').reqPerSecond), 1.5, 'x'],
-      ['Gatehouse pass-through vs Go runner pass-through (req/s)', ratio(row('example').reqPerSecond, row('goRunner').reqPerSecond), 1.0, 'x'],
-    ];
-    console.log('\n| target | measured | wanted | |');
-    console.log('|---|---:|---:|---|');
-    for (const [what, got, wanted] of targets) console.log(`| ${what} | ${got.toFixed(2)}x | >= ${wanted.toFixed(1)}x | ${got >= wanted ? 'met' : 'NOT met'} |`);
-    const chainCpu = row('jwtOpa').deciderCpu!;
-    console.log(`| runner CPU per request on the /rag/ask chain | ${chainCpu.toFixed(1)} µs | <= 60 µs | ${chainCpu <= 60 ? 'met' : 'NOT met'} |`);
-
-    await new Promise((r) => setTimeout(r, 2_000)); // the last answers' settling and usage writes
-    const reader = createEtcdClient(etcd.endpoints);
-    const usage = await readUsage(reader, PROJECT, Date.now() - 3_600_000, Date.now() + 1);
-    reader.close();
-    console.log(`\nLLM route: ${usage.total.requests} calls settled, ${usage.total.charged_tokens} tokens charged (${usage.total.unsettled} unsettled)`);
-
-    if (profileDir) {
-      // A runner of its own under the profiler, so that the rows above are not.
-      await gatehouse.stop();
-      await goApisix.stop();
-      mkdirSync(profileDir, { recursive: true });
-      const profiled = await startGatehouse('apisix-profiled', (config) => {
-        const cmd = (config.toJS() as { 'ext-plugin': { cmd: string[] } })['ext-plugin'].cmd;
-        config.setIn(['ext-plugin', 'cmd'], [cmd[0], '--cpu-prof', `--cpu-prof-dir=${profileDir}`, ...cmd.slice(1)]);
-      });
-      cleanups.unshift(() => profiled.stop());
-      const s = { ...scenarios.find((x) => x.key === 'jwtOpa')!, apisix: profiled, deciderPid: runnerPid(profiled) };
-      await expectStatus('profiled runner', 200, () => status(profiled, s.path, auth(token)));
-      const primary = profiled.runnerPid()!;
-      const profiledPids = processTable().filter((p) => p.ppid === primary).map((p) => p.pid);
-      const before = new Set(readdirSync(profileDir));
-      const loadFrom = Number(process.hrtime.bigint() / 1000n) + 1_000_000; // after the load generator's 1 s warm-up
-      const r = await drive(tools.load, s, seconds * rounds, 1);
-      const loadTo = Number(process.hrtime.bigint() / 1000n);
-      // The runner stops its workers (SIGTERM) and they write their profiles as they exit.
-      process.kill(primary, 'SIGTERM');
-      for (let waited = 0; waited < 15_000 && [primary, ...profiledPids].some((pid) => existsSync(`/proc/${pid}`)); waited += 100) await new Promise((res) => setTimeout(res, 100));
-      await profiled.stop();
-      const written = readdirSync(profileDir).filter((f) => !before.has(f) && f.endsWith('.cpuprofile'));
-      const ofWorkers = written.filter((f) => profiledPids.some((pid) => basename(f).split('.')[3] === String(pid)));
-      console.log(`\nCPU profile of the runner's workers (pids ${profiledPids.join(', ')}) under the jwt + opa load: ${r.reqPerSecond.toFixed(0)} req/s for ${seconds * rounds}s (with the profiler on)`);
-      console.log(`profiles in ${profileDir}: ${ofWorkers.join(', ') || '(none written)'}`);
-      if (ofWorkers.length > 0) {
-        const { lines, totalMs } = summariseProfiles(ofWorkers.map((f) => join(profileDir, f)), 25, loadFrom, loadTo);
-        console.log(`\nsampled ${totalMs.toFixed(0)} ms during the measured load, over ${ofWorkers.length} threads (workers' main threads and evaluation threads); top 25 by self time:\n`);
-        console.log('| # | function | self ms | % of all | % of non-idle |');
-        console.log('|---:|---|---:|---:|---:|');
-        for (const line of lines) console.log(line);
-      }
-    }
-  } finally {
-    for (const p of processes) await p.stop();
-    for (const cleanup of cleanups) await cleanup().catch(() => undefined);
   }
 }
 
-main().catch((err) => {
-  console.error(err);
-  process.exitCode = 1;
-});
+runBench(main);

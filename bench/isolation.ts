@@ -38,6 +38,8 @@ import {
   type BenchProcess,
   type Stats,
   storeBenchPolicy,
+  BENCH_PROJECT_DATA,
+  BENCH_PROJECT_POLICY,
 } from './support.js';
 
 const connections = Number(process.env.BENCH_CONNECTIONS ?? 8);
@@ -47,15 +49,8 @@ const rounds = Number(process.env.BENCH_ROUNDS ?? 3);
 const here = fileURLToPath(new URL('.', import.meta.url));
 const runnerScript = join(here, '../plugins/runner/main.js');
 
-const CALM = `package project.authz
-import rego.v1
-default allow := false
-allow if {
-	input.user.role in data.roles
-	input.request.method in {"GET", "POST"}
-	startswith(input.request.path, "/rag/")
-}
-`;
+// A tenant whose policy decides in microseconds.
+const CALM = BENCH_PROJECT_POLICY;
 // Work that grows with n * n and allocates little: only a deadline stops it.
 const SLOW = `package project.authz
 import rego.v1
@@ -78,7 +73,7 @@ async function main() {
     const identity = await benchIdentity(work);
     const sign = (project: string) => identity.sign({ sub: `u-${project}`, role: 'analyst', project });
 
-    await storeBenchPolicy(etcd.endpoints, 'calm', CALM, '{"roles":["analyst"]}');
+    await storeBenchPolicy(etcd.endpoints, 'calm', CALM, JSON.stringify(BENCH_PROJECT_DATA));
     await storeBenchPolicy(etcd.endpoints, 'slow', SLOW, '{}');
 
     const request = async (project: string, n: number): Promise<HttpReqCallRequest> => ({

@@ -24,7 +24,7 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { decodeHttpReqCallResponse, RpcType, type HttpReqCallRequest } from '../plugins/protocol/index.js';
 import { startLocalEtcd } from '../dev/local-etcd/index.js';
-import { benchIdentity, storeBenchPolicy, driveRunner, machineLine, median, prepareConf, retryUntilReady, socketAccepts, startProcess, treeCpuMicros, type BenchProcess } from './support.js';
+import { BENCH_PROJECT_DATA, BENCH_PROJECT_POLICY, benchIdentity, storeBenchPolicy, driveRunner, machineLine, median, prepareConf, retryUntilReady, socketAccepts, startProcess, treeCpuMicros, type BenchProcess } from './support.js';
 
 const connections = Number(process.env.BENCH_CONNECTIONS ?? 8);
 const seconds = Number(process.env.BENCH_SECONDS ?? 5);
@@ -35,18 +35,8 @@ const root = join(here, '..', '..');
 const bin = join(root, '.local', 'bin');
 const execFileAsync = promisify(execFile);
 
-const POLICY = `package project.authz
-import rego.v1
-
-default allow := false
-
-allow if {
-	input.user.role in data.valid_roles
-	input.request.method in {"GET", "POST"}
-	startswith(input.request.path, "/rag/")
-}
-`;
-const DATA = { valid_roles: ['analyst', 'admin'] };
+const POLICY = BENCH_PROJECT_POLICY;
+const DATA = BENCH_PROJECT_DATA;
 
 /** Builds the Go yardstick (cached by Go after the first time). */
 function buildGoTools(): void {

@@ -51,7 +51,7 @@ import { commandLine, processTable } from '../dev/proc.js';
 import { createEtcdClient } from '../etcd/index.js';
 import { PLATFORM_POLICY_NAME, PolicyStore } from '../policy/store/index.js';
 import { buildGoTools, expectStatus, status, tcpAccepts } from './gateway-stack.js';
-import { benchOpaPath, machineLine, startProcess, storeBenchPolicy, type BenchProcess } from './support.js';
+import { benchOpaPath, machineLine, runBench, startProcess, storeBenchPolicy, type BenchProcess, type BenchScope } from './support.js';
 
 const seconds = Number(process.env.BENCH_SOAK_SECONDS ?? 600);
 const loadShare = Number(process.env.BENCH_SOAK_LOAD ?? 0.8);
@@ -145,207 +145,197 @@ function findEtcd(dataDir: string): number | null {
   return [...mine].find((pid) => pid !== process.pid && (commandLine(pid) ?? '').includes(dataDir)) ?? null;
 }
 
-async function main() {
+async function main({ processes, cleanups }: BenchScope) {
   const installation = findApisix(root);
   if (!installation) throw new Error('no APISIX on this machine: `npm run setup` builds it from the APISIX kit, or set APISIX_HOME');
   if (!(seconds > 0 && loadShare > 0 && loadShare <= 1 && connections >= 1 && maxSeconds > 0)) throw new Error('want BENCH_SOAK_SECONDS > 0, 0 < BENCH_SOAK_LOAD <= 1, BENCH_CONNECTIONS >= 1');
   const tools = buildGoTools();
   const work = mkdtempSync(join(tmpdir(), 'gh-bench-soak-'));
   const logger = pino({ level: 'warn' });
-  const cleanups: (() => Promise<unknown>)[] = [];
-  const processes: BenchProcess[] = [];
-  try {
-    const etcd = await startLocalEtcd({
-      dataRoot: 'bench-etcd',
-      extraArgs: ['--auto-compaction-mode', 'periodic', '--auto-compaction-retention', process.env.BENCH_SOAK_ETCD_RETENTION ?? '1m'],
-    });
-    cleanups.unshift(() => etcd.cleanup());
-    const etcdPid = findEtcd(etcd.dataDir);
-    const vault = await startLocalVault();
-    cleanups.unshift(() => vault.stop());
-    const approle = await vault.createAppRole('gatehouse-gateway', 'path "secret/data/llm/*" { capabilities = ["read"] }');
-    const identity = await createDemoIdentity(join(work, 'identity'));
-    const token = await identity.sign({ sub: 'dev', role: 'project_user', project: PROJECT });
-    const outsider = await identity.sign({ sub: 'eve', role: 'project_user', project: 'other-team' });
+  const etcd = await startLocalEtcd({
+    dataRoot: 'bench-etcd',
+    extraArgs: ['--auto-compaction-mode', 'periodic', '--auto-compaction-retention', process.env.BENCH_SOAK_ETCD_RETENTION ?? '1m'],
+  });
+  cleanups.unshift(() => etcd.cleanup());
+  const etcdPid = findEtcd(etcd.dataDir);
+  const vault = await startLocalVault();
+  cleanups.unshift(() => vault.stop());
+  const approle = await vault.createAppRole('gatehouse-gateway', 'path "secret/data/llm/*" { capabilities = ["read"] }');
+  const identity = await createDemoIdentity(join(work, 'identity'));
+  const token = await identity.sign({ sub: 'dev', role: 'project_user', project: PROJECT });
+  const outsider = await identity.sign({ sub: 'eve', role: 'project_user', project: 'other-team' });
 
-    await storeBenchPolicy(etcd.endpoints, PLATFORM_POLICY_NAME, DEMO_PLATFORM_POLICY.rego, JSON.stringify(DEMO_PLATFORM_POLICY.data));
-    await storeBenchPolicy(etcd.endpoints, PROJECT, DEMO_PROJECT_POLICY.rego, JSON.stringify({ ...DEMO_PROJECT_POLICY.data, soak_revision: 0 }));
+  await storeBenchPolicy(etcd.endpoints, PLATFORM_POLICY_NAME, DEMO_PLATFORM_POLICY.rego, JSON.stringify(DEMO_PLATFORM_POLICY.data));
+  await storeBenchPolicy(etcd.endpoints, PROJECT, DEMO_PROJECT_POLICY.rego, JSON.stringify({ ...DEMO_PROJECT_POLICY.data, soak_revision: 0 }));
 
-    const upstreamPort = await freePort();
-    processes.push(await startProcess(tools.upstream, ['-addr', `127.0.0.1:${upstreamPort}`], {}, () => tcpAccepts(upstreamPort)));
-    const upstream = `127.0.0.1:${upstreamPort}`;
-    const routesPath = join(work, 'apisix.yaml');
-    writeFileSync(routesPath, standaloneRoutesText(parseDocument(pointRoutesAt(readFileSync(join(root, 'apisix-conf', 'apisix.yaml'), 'utf8'), { rag: upstream, llm: upstream }))));
-    const gateway = await startApisix({
-      installation,
-      repoRoot: root,
-      routesPath,
-      port: await freePort(),
-      workerProcesses: 2,
-      env: {
-        PATH: process.env.PATH ?? '',
-        LOG_LEVEL: 'warn',
-        ETCD_ENDPOINTS: etcd.endpoints.join(','),
-        OPA_PATH: benchOpaPath,
-        RUNNER_METRICS_PORT: 'off',
-        RUNNER_WORKERS: String(workers),
-        RUNNER_STATE_DIR: join(work, 'runner-state'),
-        RUNNER_SETTLE_PORT: String(await freePort()),
-        VAULT_ADDR: vault.addr,
-        VAULT_ROLE_ID: approle.roleId,
-        VAULT_SECRET_ID: approle.secretId,
-        JWT_JWKS_FILE: identity.jwksFile,
-        JWT_ISSUER: identity.identityConfig.issuer,
-        JWT_AUDIENCE: identity.identityConfig.audience.join(','),
-        JWT_ALGORITHMS: identity.identityConfig.algorithms.join(','),
-      },
-      logger,
-    });
-    cleanups.unshift(() => gateway.stop());
+  const upstreamPort = await freePort();
+  processes.push(await startProcess(tools.upstream, ['-addr', `127.0.0.1:${upstreamPort}`], {}, () => tcpAccepts(upstreamPort)));
+  const upstream = `127.0.0.1:${upstreamPort}`;
+  const routesPath = join(work, 'apisix.yaml');
+  writeFileSync(routesPath, standaloneRoutesText(parseDocument(pointRoutesAt(readFileSync(join(root, 'apisix-conf', 'apisix.yaml'), 'utf8'), { rag: upstream, llm: upstream }))));
+  const gateway = await startApisix({
+    installation,
+    repoRoot: root,
+    routesPath,
+    port: await freePort(),
+    workerProcesses: 2,
+    env: {
+      PATH: process.env.PATH ?? '',
+      LOG_LEVEL: 'warn',
+      ETCD_ENDPOINTS: etcd.endpoints.join(','),
+      OPA_PATH: benchOpaPath,
+      RUNNER_METRICS_PORT: 'off',
+      RUNNER_WORKERS: String(workers),
+      RUNNER_STATE_DIR: join(work, 'runner-state'),
+      RUNNER_SETTLE_PORT: String(await freePort()),
+      VAULT_ADDR: vault.addr,
+      VAULT_ROLE_ID: approle.roleId,
+      VAULT_SECRET_ID: approle.secretId,
+      JWT_JWKS_FILE: identity.jwksFile,
+      JWT_ISSUER: identity.identityConfig.issuer,
+      JWT_AUDIENCE: identity.identityConfig.audience.join(','),
+      JWT_ALGORITHMS: identity.identityConfig.algorithms.join(','),
+    },
+    logger,
+  });
+  cleanups.unshift(() => gateway.stop());
 
-    // Fast and wrong is worthless: the caller is let through, another project's caller and no token are not.
-    const path = '/rag/ask';
-    await expectStatus("the project's caller", 200, () => status(gateway, path, { headers: { authorization: `Bearer ${token}` } }));
-    await expectStatus('no token', 401, () => status(gateway, path), 1);
-    await expectStatus("another project's caller", 403, () => status(gateway, path, { headers: { authorization: `Bearer ${outsider}` } }), 1);
+  // Fast and wrong is worthless: the caller is let through, another project's caller and no token are not.
+  const path = '/rag/ask';
+  await expectStatus("the project's caller", 200, () => status(gateway, path, { headers: { authorization: `Bearer ${token}` } }));
+  await expectStatus('no token', 401, () => status(gateway, path), 1);
+  await expectStatus("another project's caller", 403, () => status(gateway, path, { headers: { authorization: `Bearer ${outsider}` } }), 1);
 
-    const loadArgs = ['-url', `${gateway.url}${path}`, '-connections', String(connections), '-header', `authorization: Bearer ${token}`];
-    const runLoad = async (args: string[]) => {
-      const { stdout } = await execFileAsync(tools.load, [...loadArgs, ...args], { maxBuffer: 64 * 1024 * 1024 });
-      return stdout.trim().split('\n').map((l) => JSON.parse(l) as unknown);
-    };
+  const loadArgs = ['-url', `${gateway.url}${path}`, '-connections', String(connections), '-header', `authorization: Bearer ${token}`];
+  const runLoad = async (args: string[]) => {
+    const { stdout } = await execFileAsync(tools.load, [...loadArgs, ...args], { maxBuffer: 64 * 1024 * 1024 });
+    return stdout.trim().split('\n').map((l) => JSON.parse(l) as unknown);
+  };
 
-    // 1. The maximum, on a closed loop.
-    const [max] = (await runLoad(['-seconds', String(maxSeconds), '-warmup', '1'])) as [LoadLine];
-    if (max.errors > 0 || max.calls === 0) throw new Error(`the maximum's run: ${max.errors} errors of ${max.calls + max.errors} (statuses ${JSON.stringify(max.statuses)})`);
-    const rate = Math.max(1, Math.round(max.callsPerSecond * loadShare));
+  // 1. The maximum, on a closed loop.
+  const [max] = (await runLoad(['-seconds', String(maxSeconds), '-warmup', '1'])) as [LoadLine];
+  if (max.errors > 0 || max.calls === 0) throw new Error(`the maximum's run: ${max.errors} errors of ${max.calls + max.errors} (statuses ${JSON.stringify(max.statuses)})`);
+  const rate = Math.max(1, Math.round(max.callsPerSecond * loadShare));
 
-    // 3. The policy writer: a new version once a second, on a fixed schedule (a write that runs late is not made up).
-    const compiler = new RegoCompiler({ opaPath: benchOpaPath });
-    const writes = { made: 0, failed: 0, skipped: 0, ms: [] as number[], firstRevision: 0, lastRevision: 0, failures: [] as string[] };
-    let writing = true;
-    const writer = (async () => {
-      const client = createEtcdClient(etcd.endpoints);
-      const store = new PolicyStore(client);
-      const began = Date.now();
-      try {
-        for (let n = 1; writing; n++) {
-          const due = began + (n - 1) * 1_000;
-          const wait = due - Date.now();
-          if (wait < -1_000) {
-            writes.skipped++;
-            continue;
-          }
-          if (wait > 0) await new Promise((r) => setTimeout(r, wait));
-          if (!writing) break;
-          const t0 = performance.now();
-          try {
-            const rego = n % 2 === 0 ? DEMO_PROJECT_POLICY.rego : PROJECT_REGO_B;
-            const dataText = JSON.stringify({ ...DEMO_PROJECT_POLICY.data, soak_revision: n });
-            const compiled = await compiler.compile(rego, dataText);
-            const put = await store.put(PROJECT, policySubmission(rego, dataText, compiled, 'bench-soak'));
-            if (writes.firstRevision === 0) writes.firstRevision = put.revision;
-            writes.lastRevision = put.revision;
-            writes.made++;
-            writes.ms.push(performance.now() - t0);
-          } catch (err) {
-            writes.failed++;
-            if (writes.failures.length < 5) writes.failures.push(String(err));
-          }
-        }
-      } finally {
-        client.close();
-      }
-    })();
-
-    // 4. RSS every 5 s, per process (by label; a label whose pid changes is a restart, reported).
-    const rss = new Map<string, { pid: number; samples: { t: number; kib: number; anon: number }[]; restarted: boolean }>();
-    const loadStart = Date.now();
-    const sample = () => {
-      const t = (Date.now() - loadStart) / 1000;
-      for (const [label, pid] of watchedProcesses(gateway, etcdPid)) {
-        const got = rssKiB(pid);
-        if (got === null) continue;
-        const entry = rss.get(label) ?? { pid, samples: [], restarted: false };
-        if (entry.pid !== pid) entry.restarted = true;
-        entry.pid = pid;
-        entry.samples.push({ t, ...got });
-        rss.set(label, entry);
-      }
-    };
-    sample();
-    const sampler = setInterval(sample, RSS_EVERY_MS);
-
-    // 2. The soak itself: the paced load, one line per interval.
-    let lines: unknown[];
+  // 3. The policy writer: a new version once a second, on a fixed schedule (a write that runs late is not made up).
+  const compiler = new RegoCompiler({ opaPath: benchOpaPath });
+  const writes = { made: 0, failed: 0, skipped: 0, ms: [] as number[], firstRevision: 0, lastRevision: 0, failures: [] as string[] };
+  let writing = true;
+  const writer = (async () => {
+    const client = createEtcdClient(etcd.endpoints);
+    const store = new PolicyStore(client);
+    const began = Date.now();
     try {
-      lines = await runLoad(['-seconds', String(seconds), '-warmup', '0', '-rate', String(rate), '-interval', String(interval)]);
+      for (let n = 1; writing; n++) {
+        const due = began + (n - 1) * 1_000;
+        const wait = due - Date.now();
+        if (wait < -1_000) {
+          writes.skipped++;
+          continue;
+        }
+        if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+        if (!writing) break;
+        const t0 = performance.now();
+        try {
+          const rego = n % 2 === 0 ? DEMO_PROJECT_POLICY.rego : PROJECT_REGO_B;
+          const dataText = JSON.stringify({ ...DEMO_PROJECT_POLICY.data, soak_revision: n });
+          const compiled = await compiler.compile(rego, dataText);
+          const put = await store.put(PROJECT, policySubmission(rego, dataText, compiled, 'bench-soak'));
+          if (writes.firstRevision === 0) writes.firstRevision = put.revision;
+          writes.lastRevision = put.revision;
+          writes.made++;
+          writes.ms.push(performance.now() - t0);
+        } catch (err) {
+          writes.failed++;
+          if (writes.failures.length < 5) writes.failures.push(String(err));
+        }
+      }
     } finally {
-      clearInterval(sampler);
-      sample();
-      writing = false;
-      await writer;
+      client.close();
     }
-    const total = lines.at(-1) as LoadLine & { statuses: Record<string, number> };
-    const intervals = lines.slice(0, -1) as IntervalLine[];
+  })();
 
-    console.log(machineLine());
-    console.log(
-      `through APISIX 3.9.1 (2 nginx workers) to a Go upstream, /rag/ask (Gatehouse jwt + opa: platform + project policy); load: bench/go/httpload, ${connections} connections; ` +
-        `Gatehouse RUNNER_WORKERS=${workers}; loadavg at the end ${readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ')}\n`,
-    );
-    console.log(`maximum (closed loop, ${maxSeconds}s): ${max.callsPerSecond.toFixed(0)} req/s, p50 ${max.p50Us.toFixed(0)} µs, p99 ${max.p99Us.toFixed(0)} µs`);
-    console.log(`soak: ${(loadShare * 100).toFixed(0)}% of it = ${rate} req/s paced (open loop) for ${seconds}s, intervals of ${interval}s; statuses ${JSON.stringify(total.statuses)}`);
-    const writeMs = [...writes.ms].sort((a, b) => a - b);
-    console.log(
-      `policy writes (compile with opa + store, new data each, Rego alternating between two texts): ${writes.made} made, ${writes.failed} failed, ${writes.skipped} skipped (ran late), ` +
-        `etcd revisions ${writes.firstRevision}..${writes.lastRevision}, write time p50 ${(writeMs[Math.floor(writeMs.length / 2)] ?? 0).toFixed(0)} ms, max ${(writeMs.at(-1) ?? 0).toFixed(0)} ms` +
-        (writes.failures.length > 0 ? `\n  first failures: ${writes.failures.join(' | ')}` : ''),
-    );
-
-    console.log('\n| interval | from s | req/s | errors | p50 µs | p99 µs | max µs |');
-    console.log('|---:|---:|---:|---:|---:|---:|---:|');
-    for (const l of intervals) console.log(`| ${l.interval + 1} | ${l.fromS.toFixed(0)} | ${(l.calls / l.seconds).toFixed(0)} | ${l.errors} | ${l.p50Us.toFixed(0)} | ${l.p99Us.toFixed(0)} | ${l.maxUs.toFixed(0)} |`);
-
-    // RSS at the end of the first interval (a minute in the full run) against the end.
-    const baseAt = interval;
-    console.log(`\n| process | pid | RSS MiB at ${baseAt.toFixed(0)}s | RSS MiB at the end | growth | max MiB | anonymous (heap) MiB at ${baseAt.toFixed(0)}s -> end |`);
-    console.log('|---|---:|---:|---:|---:|---:|---:|');
-    let rssOk = true;
-    let maxGrowth = -Infinity;
-    const grown: string[] = [];
-    for (const [label, { pid, samples, restarted }] of [...rss].sort((a, b) => a[0].localeCompare(b[0]))) {
-      const base = samples.find((s) => s.t >= baseAt - RSS_EVERY_MS / 2000) ?? samples[0]!;
-      const end = samples.at(-1)!;
-      const growth = (end.kib - base.kib) / base.kib;
-      const ok = !restarted && growth <= 0.05;
-      maxGrowth = Math.max(maxGrowth, growth);
-      if (!ok) (rssOk = false, grown.push(label));
-      const mib = (k: number) => (k / 1024).toFixed(1);
-      console.log(`| ${label}${restarted ? ' (RESTARTED)' : ''} | ${pid} | ${mib(base.kib)} | ${mib(end.kib)} | ${(growth * 100).toFixed(1)}% | ${mib(Math.max(...samples.map((s) => s.kib)))} | ${mib(base.anon)} -> ${mib(end.anon)} |`);
+  // 4. RSS every 5 s, per process (by label; a label whose pid changes is a restart, reported).
+  const rss = new Map<string, { pid: number; samples: { t: number; kib: number; anon: number }[]; restarted: boolean }>();
+  const loadStart = Date.now();
+  const sample = () => {
+    const t = (Date.now() - loadStart) / 1000;
+    for (const [label, pid] of watchedProcesses(gateway, etcdPid)) {
+      const got = rssKiB(pid);
+      if (got === null) continue;
+      const entry = rss.get(label) ?? { pid, samples: [], restarted: false };
+      if (entry.pid !== pid) entry.restarted = true;
+      entry.pid = pid;
+      entry.samples.push({ t, ...got });
+      rss.set(label, entry);
     }
+  };
+  sample();
+  const sampler = setInterval(sample, RSS_EVERY_MS);
 
-    const errors = total.errors + writes.failed;
-    const first = intervals[0]!;
-    const last = intervals.at(-1)!;
-    const p99Ratio = last.p99Us / first.p99Us;
-    const achieved = total.callsPerSecond / rate;
-    const verdict = (ok: boolean) => (ok ? 'PASS' : 'FAIL');
-    console.log('\n| target | measured | wanted | |');
-    console.log('|---|---:|---:|---|');
-    console.log(`| errors (non-200 answers, broken connections, failed policy writes) | ${total.errors} + ${writes.failed} | 0 | ${verdict(errors === 0)} |`);
-    console.log(`| RSS of every process, growth from ${baseAt.toFixed(0)}s to the end | max ${(maxGrowth * 100).toFixed(1)}%${grown.length ? ` (${grown.join(', ')})` : ''} | <= 5% | ${verdict(rssOk)} |`);
-    console.log(`| p99 of the last interval vs the first | ${last.p99Us.toFixed(0)} / ${first.p99Us.toFixed(0)} µs = ${p99Ratio.toFixed(2)}x | <= 1.5x | ${verdict(p99Ratio <= 1.5)} |`);
-    console.log(`| (load held: req/s served vs paced) | ${(achieved * 100).toFixed(1)}% | ~100% | ${achieved >= 0.98 ? 'held' : 'NOT held: the gateway or the machine fell behind'} |`);
-    console.log(`| (policy writes, one a second) | ${writes.made} in ${seconds}s | ${Math.floor(seconds)} | ${writes.skipped === 0 ? 'kept up' : `${writes.skipped} ran late`} |`);
-    if (errors > 0 || !rssOk || p99Ratio > 1.5) process.exitCode = 1;
+  // 2. The soak itself: the paced load, one line per interval.
+  let lines: unknown[];
+  try {
+    lines = await runLoad(['-seconds', String(seconds), '-warmup', '0', '-rate', String(rate), '-interval', String(interval)]);
   } finally {
-    for (const p of processes) await p.stop();
-    for (const cleanup of cleanups) await cleanup().catch(() => undefined);
+    clearInterval(sampler);
+    sample();
+    writing = false;
+    await writer;
   }
+  const total = lines.at(-1) as LoadLine & { statuses: Record<string, number> };
+  const intervals = lines.slice(0, -1) as IntervalLine[];
+
+  console.log(machineLine());
+  console.log(
+    `through APISIX 3.9.1 (2 nginx workers) to a Go upstream, /rag/ask (Gatehouse jwt + opa: platform + project policy); load: bench/go/httpload, ${connections} connections; ` +
+      `Gatehouse RUNNER_WORKERS=${workers}; loadavg at the end ${readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ')}\n`,
+  );
+  console.log(`maximum (closed loop, ${maxSeconds}s): ${max.callsPerSecond.toFixed(0)} req/s, p50 ${max.p50Us.toFixed(0)} µs, p99 ${max.p99Us.toFixed(0)} µs`);
+  console.log(`soak: ${(loadShare * 100).toFixed(0)}% of it = ${rate} req/s paced (open loop) for ${seconds}s, intervals of ${interval}s; statuses ${JSON.stringify(total.statuses)}`);
+  const writeMs = [...writes.ms].sort((a, b) => a - b);
+  console.log(
+    `policy writes (compile with opa + store, new data each, Rego alternating between two texts): ${writes.made} made, ${writes.failed} failed, ${writes.skipped} skipped (ran late), ` +
+      `etcd revisions ${writes.firstRevision}..${writes.lastRevision}, write time p50 ${(writeMs[Math.floor(writeMs.length / 2)] ?? 0).toFixed(0)} ms, max ${(writeMs.at(-1) ?? 0).toFixed(0)} ms` +
+      (writes.failures.length > 0 ? `\n  first failures: ${writes.failures.join(' | ')}` : ''),
+  );
+
+  console.log('\n| interval | from s | req/s | errors | p50 µs | p99 µs | max µs |');
+  console.log('|---:|---:|---:|---:|---:|---:|---:|');
+  for (const l of intervals) console.log(`| ${l.interval + 1} | ${l.fromS.toFixed(0)} | ${(l.calls / l.seconds).toFixed(0)} | ${l.errors} | ${l.p50Us.toFixed(0)} | ${l.p99Us.toFixed(0)} | ${l.maxUs.toFixed(0)} |`);
+
+  // RSS at the end of the first interval (a minute in the full run) against the end.
+  const baseAt = interval;
+  console.log(`\n| process | pid | RSS MiB at ${baseAt.toFixed(0)}s | RSS MiB at the end | growth | max MiB | anonymous (heap) MiB at ${baseAt.toFixed(0)}s -> end |`);
+  console.log('|---|---:|---:|---:|---:|---:|---:|');
+  let rssOk = true;
+  let maxGrowth = -Infinity;
+  const grown: string[] = [];
+  for (const [label, { pid, samples, restarted }] of [...rss].sort((a, b) => a[0].localeCompare(b[0]))) {
+    const base = samples.find((s) => s.t >= baseAt - RSS_EVERY_MS / 2000) ?? samples[0]!;
+    const end = samples.at(-1)!;
+    const growth = (end.kib - base.kib) / base.kib;
+    const ok = !restarted && growth <= 0.05;
+    maxGrowth = Math.max(maxGrowth, growth);
+    if (!ok) (rssOk = false, grown.push(label));
+    const mib = (k: number) => (k / 1024).toFixed(1);
+    console.log(`| ${label}${restarted ? ' (RESTARTED)' : ''} | ${pid} | ${mib(base.kib)} | ${mib(end.kib)} | ${(growth * 100).toFixed(1)}% | ${mib(Math.max(...samples.map((s) => s.kib)))} | ${mib(base.anon)} -> ${mib(end.anon)} |`);
+  }
+
+  const errors = total.errors + writes.failed;
+  const first = intervals[0]!;
+  const last = intervals.at(-1)!;
+  const p99Ratio = last.p99Us / first.p99Us;
+  const achieved = total.callsPerSecond / rate;
+  const verdict = (ok: boolean) => (ok ? 'PASS' : 'FAIL');
+  console.log('\n| target | measured | wanted | |');
+  console.log('|---|---:|---:|---|');
+  console.log(`| errors (non-200 answers, broken connections, failed policy writes) | ${total.errors} + ${writes.failed} | 0 | ${verdict(errors === 0)} |`);
+  console.log(`| RSS of every process, growth from ${baseAt.toFixed(0)}s to the end | max ${(maxGrowth * 100).toFixed(1)}%${grown.length ? ` (${grown.join(', ')})` : ''} | <= 5% | ${verdict(rssOk)} |`);
+  console.log(`| p99 of the last interval vs the first | ${last.p99Us.toFixed(0)} / ${first.p99Us.toFixed(0)} µs = ${p99Ratio.toFixed(2)}x | <= 1.5x | ${verdict(p99Ratio <= 1.5)} |`);
+  console.log(`| (load held: req/s served vs paced) | ${(achieved * 100).toFixed(1)}% | ~100% | ${achieved >= 0.98 ? 'held' : 'NOT held: the gateway or the machine fell behind'} |`);
+  console.log(`| (policy writes, one a second) | ${writes.made} in ${seconds}s | ${Math.floor(seconds)} | ${writes.skipped === 0 ? 'kept up' : `${writes.skipped} ran late`} |`);
+  if (errors > 0 || !rssOk || p99Ratio > 1.5) process.exitCode = 1;
 }
 
-main().catch((err) => {
-  console.error(err);
-  process.exitCode = 1;
-});
+runBench(main);

@@ -55,6 +55,21 @@ export function treeCpuMicros(rootPid: number): number {
   return (ticks * 1e6) / CLOCK_TICKS;
 }
 
+/** The project policy the runner and decision benchmarks decide with: a role from the data, the method, the path, a header. */
+export const BENCH_PROJECT_POLICY = `package project.authz
+import rego.v1
+
+default allow := false
+
+allow if {
+	input.user.role in data.valid_roles
+	input.request.method in {"GET", "POST"}
+	startswith(input.request.path, "/rag/")
+	not input.request.headers["x-debug-override"]
+}
+`;
+export const BENCH_PROJECT_DATA = { valid_roles: ['analyst', 'admin'] };
+
 export const BENCH_ISSUER = 'https://issuer.bench.gatehouse';
 export const BENCH_AUDIENCE = 'gatehouse';
 
@@ -138,6 +153,27 @@ export interface BenchProcess {
   /** Lines written to stderr so far. */
   lines: string[];
   stop(): Promise<void>;
+}
+
+/** What a benchmark started, stopped when it ends however it ends: the processes, then the cleanups in order. */
+export interface BenchScope {
+  processes: BenchProcess[];
+  cleanups: (() => Promise<unknown>)[];
+}
+
+/** Runs a benchmark's main, stops what it started, and sets a failing exit code on an error. */
+export function runBench(main: (scope: BenchScope) => Promise<void>): void {
+  const scope: BenchScope = { processes: [], cleanups: [] };
+  const stopAll = async () => {
+    for (const p of scope.processes) await p.stop();
+    for (const cleanup of scope.cleanups) await cleanup().catch(() => undefined);
+  };
+  main(scope)
+    .finally(stopAll)
+    .catch((err: unknown) => {
+      console.error(err);
+      process.exitCode = 1;
+    });
 }
 
 export function startNodeProcess(
