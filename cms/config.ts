@@ -33,7 +33,7 @@ import { DEFAULT_ETCD_MAX_REQUEST_BYTES, DEFAULT_HISTORY_RETENTION } from '../po
 import { defaultAccessPolicyWasmPath } from '../policy/access/index.js';
 import { evaluationFuel, policyMemoryMaxBytes } from '../policy/engine/index.js';
 import { evaluationTimeoutMs } from '../policy/engine/pool.js';
-import { DEFAULT_ETCD_CALL_TIMEOUT_MS, etcdClientOptionsFromEnv, type EtcdTlsFiles } from '../etcd/index.js';
+import { DEFAULT_ETCD_CALL_TIMEOUT_MS, etcdClientOptionsFromEnv, etcdEndpoints, type EtcdTlsFiles } from '../etcd/index.js';
 
 export const DEFAULT_BODY_LIMIT_BYTES = 256 * 1024;
 export const DEFAULT_COMPILE_TIMEOUT_MS = 30_000;
@@ -92,10 +92,7 @@ function positiveInteger(env: NodeJS.ProcessEnv, name: string, fallback: number)
 }
 
 export function cmsConfigFromEnv(env: NodeJS.ProcessEnv = process.env): CmsConfig {
-  const endpoints = (env.ETCD_ENDPOINTS ?? 'http://127.0.0.1:2379')
-    .split(',')
-    .map((endpoint) => endpoint.trim())
-    .filter(Boolean);
+  const endpoints = etcdEndpoints(env);
   if (endpoints.length === 0) throw new Error('ETCD_ENDPOINTS lists no endpoint');
   const { tls: etcdTls, auth: etcdAuth } = etcdClientOptionsFromEnv(env);
   return {

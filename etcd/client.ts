@@ -1,5 +1,5 @@
 /**
- * Gatehouse's etcd client: TLS from the environment, gRPC keepalive,
+ * Gatehouse's etcd client: TLS (etcd/config.ts reads it from the environment), gRPC keepalive,
  * failover across the members of one cluster, and a new auth token when
  * etcd's access control changes. The CMS, the gateway's runner and the
  * decision API all connect through createEtcdClient.
@@ -73,28 +73,8 @@ export const ETCD_GRPC_KEEPALIVE = {
 /** How long a member that failed a call is skipped before one call may try it again. */
 export const ETCD_MEMBER_RETRY_AFTER_MS = 5_000;
 
-/**
- * ETCD_CACERT, ETCD_CERT, ETCD_KEY (PEM file paths), and ETCD_USERNAME with
- * ETCD_PASSWORD or ETCD_PASSWORD_FILE, as createEtcdClient options.
- */
-export function etcdClientOptionsFromEnv(env: NodeJS.ProcessEnv = process.env): EtcdClientOptions {
-  const file = (name: string) => env[name]?.trim() || undefined;
-  const caFile = file('ETCD_CACERT');
-  const certFile = file('ETCD_CERT');
-  const keyFile = file('ETCD_KEY');
-  const username = env.ETCD_USERNAME?.trim();
-  let password = env.ETCD_PASSWORD;
-  const passwordFile = file('ETCD_PASSWORD_FILE');
-  if (passwordFile) password = readPem(passwordFile, 'password file').toString('utf8').replace(/\r?\n$/, '');
-  if (Boolean(username) !== (password !== undefined && password !== '')) {
-    throw new Error('an etcd user needs its password, and a password its user (ETCD_USERNAME, ETCD_PASSWORD or ETCD_PASSWORD_FILE)');
-  }
-  const auth = username && password ? { auth: { username, password } } : {};
-  if (!caFile && !certFile && !keyFile) return auth;
-  return { tls: { ...(caFile ? { caFile } : {}), ...(certFile ? { certFile } : {}), ...(keyFile ? { keyFile } : {}) }, ...auth };
-}
-
-function readPem(path: string, what: string): Buffer {
+/** A file the etcd client needs (a PEM, a password file), or an error naming it. */
+export function readEtcdFile(path: string, what: string): Buffer {
   try {
     return readFileSync(path);
   } catch (error) {
@@ -110,9 +90,9 @@ function etcdCredentials(endpoints: string[], tls: EtcdTlsFiles | undefined): IO
   if (plain.length > 0) throw new Error(`etcd TLS settings are given but these endpoints are not https://: ${plain.join(', ')}`);
   return {
     // grpc-js falls back to the system's roots when there is no CA; etcd3's type insists on one.
-    rootCertificate: (tls.caFile ? readPem(tls.caFile, 'CA certificate') : null) as Buffer,
+    rootCertificate: (tls.caFile ? readEtcdFile(tls.caFile, 'CA certificate') : null) as Buffer,
     ...(tls.certFile && tls.keyFile
-      ? { certChain: readPem(tls.certFile, 'client certificate'), privateKey: readPem(tls.keyFile, 'client key') }
+      ? { certChain: readEtcdFile(tls.certFile, 'client certificate'), privateKey: readEtcdFile(tls.keyFile, 'client key') }
       : {}),
   };
 }

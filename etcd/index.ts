@@ -1,2 +1,3 @@
 export * from './client.js';
 export * from './store-errors.js';
+export * from './config.js';

@@ -1,6 +1,7 @@
 /**
- * Identity configuration, read from the environment by both the CMS and the
- * gateway's `jwt` plugin so that the two verify tokens identically.
+ * Identity configuration from the environment (each service's configuration
+ * module reads it), the same for the CMS and the gateway's `jwt` plugin so
+ * that the two verify tokens identically.
  *
  *   JWT_JWKS_FILE                path of a JWKS JSON file (re-read when it changes, and when a token names an unknown kid)
  *   JWT_JWKS_URL                 https URL of a JWKS (cached, re-fetched on an unknown kid)
@@ -88,7 +89,7 @@ function parseUrl(text: string): URL {
   }
 }
 
-export function identityConfigFromEnv(env: NodeJS.ProcessEnv = process.env): IdentityConfig {
+export function identityConfigFromEnv(env: NodeJS.ProcessEnv): IdentityConfig {
   const file = env.JWT_JWKS_FILE?.trim();
   const url = env.JWT_JWKS_URL?.trim();
   if (Boolean(file) === Boolean(url)) {

@@ -12,17 +12,17 @@
 //
 // Users named like the certificates' common names authenticate by
 // certificate; their passwords (required by etcd 3.4) are random and unused.
-import { createEtcdClient, etcdClientOptionsFromEnv } from '../../etcd/index.js';
+import { createEtcdClient, etcdClientOptionsFromEnv, etcdEndpoints } from '../../etcd/index.js';
 import { enableEtcdAuth } from './roles.js';
 import { deploymentAuthSetup } from './setup.js';
 
 async function main(): Promise<void> {
-  const endpoints = (process.env.ETCD_ENDPOINTS ?? '').split(',').map((e) => e.trim()).filter(Boolean);
+  const endpoints = etcdEndpoints(process.env, { optional: true });
   const rootPassword = process.env.ETCD_ROOT_PASSWORD ?? '';
   if (endpoints.length === 0 || rootPassword.length < 16) {
     throw new Error('set ETCD_ENDPOINTS, and ETCD_ROOT_PASSWORD (at least 16 characters; keep it in the secret store)');
   }
-  const client = createEtcdClient(endpoints, etcdClientOptionsFromEnv());
+  const client = createEtcdClient(endpoints, etcdClientOptionsFromEnv(process.env));
   try {
     await enableEtcdAuth(client, deploymentAuthSetup(rootPassword));
   } finally {

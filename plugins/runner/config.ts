@@ -1,7 +1,47 @@
-// Runner configuration from the environment APISIX gives it (only variables
-// listed under nginx_config.envs in APISIX's config.yaml reach the runner).
+// The runner's configuration: the only part of the runner that reads its
+// environment, which APISIX gives it (only variables listed under
+// nginx_config.envs in APISIX's config.yaml reach the runner). Everything
+// else takes what it needs from RunnerConfig.
+//
+//   APISIX_LISTEN_ADDRESS        the socket to serve (APISIX sets it; default unix:<tmp>/gatehouse-runner.sock)
+//   APISIX_CONF_EXPIRE_TIME      seconds a prepared conf is kept (APISIX sets it; default 3600)
+//   RUNNER_WORKERS               processes serving the socket (default: the number of cores; 1 serves it alone)
+//   RUNNER_SHUTDOWN_GRACE_MS     how long calls in flight may finish at a stop (default 800)
+//   RUNNER_STALL_TIMEOUT_MS      a connection silent mid-message this long is closed (default 60000, APISIX's own)
+//   RUNNER_STATE_DIR             where the last-known-good policy snapshot is kept (default <tmp>/gatehouse-runner-state)
+//   RUNNER_METRICS_PORT, RUNNER_METRICS_HOST  metrics and health (default 9091 on 127.0.0.1; "off": none)
+//   RUNNER_SETTLE_PORT           where APISIX's http-logger posts LLM answers to settle budgets (default 9092; "off"; none without etcd)
+//   LOG_LEVEL                    pino level (default info)
+//   ETCD_ENDPOINTS               comma-separated etcd URLs; unset: no policies are enforced (the opa plugin denies with 503)
+//   ETCD_CACERT, ETCD_CERT, ETCD_KEY, ETCD_USERNAME, ETCD_PASSWORD, ETCD_PASSWORD_FILE  TLS and user towards etcd (etcd/config.ts)
+//   JWT_*                        token verification (identity/config.ts); not set: routes using the jwt plugin fail
+//   JWT_VERIFY_CACHE_SECONDS     how long a verified token is remembered (default 30; 0: not at all)
+//   VAULT_*                      Vault access for the vault plugin (plugins/vault/config.ts)
+//   GATEWAY_ID                   this runner's name in the fleet report and decision logs (default host-runner-pid;
+//                                a cluster's workers are <GATEWAY_ID>-w<slot>)
+//   GATEHOUSE_DATACENTER         the datacenter named in the fleet report (default none)
+//   GATEWAY_REPORT_TTL_SECONDS   how long a dead runner's fleet report outlives it (default 10, 2 to 3600)
+//   DECISION_LOG                 stdout, file:<path> or off (default off); DECISION_LOG_BUFFER events may wait (default 10000)
+//   RUNNER_POLICY_CACHE_MB       memory for built policy engines, shared out among the workers (default 256)
+//   POLICY_EVAL_WORKERS          0: decisions on the worker's own thread; N: in a pool of N threads (default 0)
+//   POLICY_EVAL_FUEL             loop iterations and calls one evaluation may make (default 10000000; off: not metered)
+//   POLICY_MEMORY_MAX_MB         memory one policy instance may use (default 64)
+//   POLICY_EVAL_TIMEOUT_MS       the pool's deadline per evaluation (default 500)
+//   BUDGET_SETTLE_TIMEOUT_SECONDS  how long a call's reservation waits for its answer's usage (default 900)
+//   BUDGET_HOLDER_TTL_SECONDS    the lease of this runner's share of the budget ledger (default 10)
+//   RUNNER_WORKER_INDEX, RUNNER_WORKER_RESPAWN  set by the primary for each worker it forks (cluster.ts), not by hand
+//
+// Without ETCD_ENDPOINTS, what only matters with etcd (the POLICY_*, BUDGET_*
+// and GATEWAY_REPORT_TTL_SECONDS variables, etcd's TLS) is not read.
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { etcdClientOptionsFromEnv, etcdEndpoints, type EtcdClientOptions } from '../../etcd/index.js';
+import { identityConfigFromEnv, type IdentityConfig } from '../../identity/index.js';
+import { evaluationSettings, type EvaluationSettings } from '../../policy/engine/evaluator.js';
+import { policyCacheBytesFromEnv } from '../../policy/engine/cache.js';
+import { decisionLogSettings, type DecisionLogSettings } from '../../policy/decision-log/index.js';
+import { reportTtlSeconds } from '../../policy/fleet/report.js';
+import { vaultConfigFromEnv, type VaultConfig } from '../vault/config.js';
 
 export interface RunnerConfig {
   listenAddress: string;
@@ -10,6 +50,8 @@ export interface RunnerConfig {
   stallTimeoutMs: number;
   /** Empty when policies are not enforced by this runner (the opa plugin then denies with 503). */
   etcdEndpoints: string[];
+  /** TLS and user towards etcd. */
+  etcdClient: EtcdClientOptions;
   /** Where the last-known-good policy snapshot is kept. */
   stateDir: string;
   /** null disables the metrics/health port. */
@@ -19,6 +61,22 @@ export interface RunnerConfig {
   settlePort: number | null;
   /** Processes serving the socket (cluster.ts); 1 serves it from this process alone. */
   workers: number;
+  logLevel: string;
+  /** As one worker of a cluster: its slot, and whether it replaces one that died (set by the primary). */
+  worker: { slot: number; respawned: boolean };
+  /** GATEWAY_ID, when set. */
+  gatewayId: string | null;
+  datacenter: string | null;
+  reportTtlSeconds: number;
+  /** The whole runner's engine budget, bytes (its workers share it out). */
+  policyCacheBytes: number;
+  evaluation: EvaluationSettings;
+  decisionLog: DecisionLogSettings | null;
+  budgets: { settleTimeoutMs: number; holderTtlSeconds: number };
+  /** Token verification, or why it is not configured (routes using the jwt plugin then fail). */
+  identity: { config: IdentityConfig; verifyCacheSeconds: number } | { error: string };
+  /** Vault access (null: VAULT_ADDR unset), or why its configuration is refused; without it routes using the vault plugin fail. */
+  vault: { config: VaultConfig | null } | { error: string };
 }
 
 function positiveNumber(name: string, raw: string | undefined, fallback: number): number {
@@ -26,6 +84,12 @@ function positiveNumber(name: string, raw: string | undefined, fallback: number)
   const value = Number(raw);
   if (!Number.isFinite(value) || value <= 0) throw new Error(`${name} must be a positive number, got ${JSON.stringify(raw)}`);
   return value;
+}
+
+function positiveSeconds(name: string, raw: string | undefined, fallback: number): number {
+  const seconds = Number(raw || fallback);
+  if (!Number.isFinite(seconds) || seconds <= 0) throw new Error(`${name} must be a positive number of seconds`);
+  return seconds;
 }
 
 function port(name: string, raw: string | undefined, fallback: number | null): number | null {
@@ -36,11 +100,15 @@ function port(name: string, raw: string | undefined, fallback: number | null): n
   return value;
 }
 
+/** LOG_LEVEL (default info), for the logger made before the rest is read. */
+export function logLevelFromEnv(env: NodeJS.ProcessEnv = process.env): string {
+  return env.LOG_LEVEL ?? 'info';
+}
+
 export function runnerConfigFromEnv(env: NodeJS.ProcessEnv = process.env): RunnerConfig {
-  const etcdEndpoints = (env.ETCD_ENDPOINTS ?? '')
-    .split(',')
-    .map((s) => s.trim())
-    .filter(Boolean);
+  const endpoints = etcdEndpoints(env, { optional: true });
+  // What only a runner with etcd uses is read only then (defaults otherwise).
+  const withEtcd: NodeJS.ProcessEnv = endpoints.length > 0 ? env : {};
   return {
     // APISIX always sets it; the default serves a runner started by hand
     // for `ext-plugin.path_for_test`.
@@ -49,13 +117,47 @@ export function runnerConfigFromEnv(env: NodeJS.ProcessEnv = process.env): Runne
     shutdownGraceMs: positiveNumber('RUNNER_SHUTDOWN_GRACE_MS', env.RUNNER_SHUTDOWN_GRACE_MS, 800),
     // APISIX's own send/read timeout.
     stallTimeoutMs: positiveNumber('RUNNER_STALL_TIMEOUT_MS', env.RUNNER_STALL_TIMEOUT_MS, 60_000),
-    etcdEndpoints,
+    etcdEndpoints: endpoints,
+    etcdClient: endpoints.length > 0 ? etcdClientOptionsFromEnv(env) : {},
     stateDir: env.RUNNER_STATE_DIR || join(tmpdir(), 'gatehouse-runner-state'),
     metricsPort: port('RUNNER_METRICS_PORT', env.RUNNER_METRICS_PORT, 9091),
     metricsHost: env.RUNNER_METRICS_HOST || '127.0.0.1',
-    settlePort: etcdEndpoints.length > 0 ? port('RUNNER_SETTLE_PORT', env.RUNNER_SETTLE_PORT, 9092) : null,
+    settlePort: endpoints.length > 0 ? port('RUNNER_SETTLE_PORT', env.RUNNER_SETTLE_PORT, 9092) : null,
     workers: workerCount(env.RUNNER_WORKERS),
+    logLevel: logLevelFromEnv(env),
+    worker: { slot: Number(env.RUNNER_WORKER_INDEX ?? 0), respawned: env.RUNNER_WORKER_RESPAWN === '1' },
+    gatewayId: env.GATEWAY_ID || null,
+    datacenter: env.GATEHOUSE_DATACENTER || null,
+    reportTtlSeconds: reportTtlSeconds(withEtcd),
+    policyCacheBytes: policyCacheBytesFromEnv('RUNNER_POLICY_CACHE_MB', env),
+    evaluation: evaluationSettings(withEtcd),
+    decisionLog: decisionLogSettings(env),
+    budgets: {
+      settleTimeoutMs: positiveSeconds('BUDGET_SETTLE_TIMEOUT_SECONDS', withEtcd.BUDGET_SETTLE_TIMEOUT_SECONDS, 900) * 1000,
+      holderTtlSeconds: positiveSeconds('BUDGET_HOLDER_TTL_SECONDS', withEtcd.BUDGET_HOLDER_TTL_SECONDS, 10),
+    },
+    identity: identityFromEnv(env),
+    vault: vaultFromEnv(env),
   };
+}
+
+function identityFromEnv(env: NodeJS.ProcessEnv): RunnerConfig['identity'] {
+  try {
+    const config = identityConfigFromEnv(env);
+    const verifyCacheSeconds = Number(env.JWT_VERIFY_CACHE_SECONDS ?? 30);
+    if (!Number.isFinite(verifyCacheSeconds) || verifyCacheSeconds < 0) throw new Error('JWT_VERIFY_CACHE_SECONDS must be a number of seconds (0 disables)');
+    return { config, verifyCacheSeconds };
+  } catch (err) {
+    return { error: (err as Error).message };
+  }
+}
+
+function vaultFromEnv(env: NodeJS.ProcessEnv): RunnerConfig['vault'] {
+  try {
+    return { config: vaultConfigFromEnv(env) };
+  } catch (err) {
+    return { error: (err as Error).message };
+  }
 }
 
 function workerCount(raw: string | undefined): number {

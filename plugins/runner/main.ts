@@ -5,10 +5,10 @@
 // loads none of what serves calls (worker.ts), which each worker loads.
 import cluster from 'node:cluster';
 import { createLogger } from './logger.js';
-import { runnerConfigFromEnv } from './config.js';
+import { logLevelFromEnv, runnerConfigFromEnv } from './config.js';
 import { socketPathOf } from './socket-file.js';
 
-const log = createLogger('gatehouse-runner');
+const log = createLogger('gatehouse-runner', logLevelFromEnv());
 
 async function main(): Promise<void> {
   const config = runnerConfigFromEnv();

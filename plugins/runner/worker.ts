@@ -12,31 +12,28 @@ import { Runner } from './server.js';
 import { builtinPlugins } from './builtin.js';
 import { createRunnerMetrics } from './metrics.js';
 import { startAdminServer } from './admin-server.js';
-import { createIdentityVerifier, identityConfigFromEnv, type IdentityVerifier } from '../../identity/index.js';
-import { createEtcdClient, etcdClientOptionsFromEnv } from '../../etcd/index.js';
-import { PolicyWatcher, type SwapEvent } from '../../policy/watcher/watcher.js';
+import { createIdentityVerifier, type IdentityVerifier } from '../../identity/index.js';
+import { createEtcdClient } from '../../etcd/index.js';
+import { type SwapEvent } from '../../policy/watcher/watcher.js';
 import { PolicySet } from '../../policy/watcher/policy-set.js';
-import { GatewayReporter, gatewayId } from '../../policy/fleet/report.js';
-import { decisionLogFromEnv } from '../../policy/decision-log/index.js';
-import { snapshotDir } from '../../policy/watcher/snapshot.js';
-import { EngineCache, policyCacheBytesFromEnv } from '../../policy/engine/cache.js';
-import { evaluatorFromEnv } from '../../policy/engine/evaluator.js';
-import { policyMemoryMaxBytes } from '../../policy/engine/index.js';
+import { gatewayId } from '../../policy/fleet/report.js';
+import { openDecisionLog } from '../../policy/decision-log/index.js';
+import { createEnforcer } from '../../policy/enforcer.js';
 import { loadAccessPolicy, type AccessPolicy, defaultAccessPolicyWasmPath } from '../../policy/access/index.js';
 import { cachingVerifier } from '../jwt/verification-cache.js';
-import { vaultConfigFromEnv, type VaultConfig } from '../vault/config.js';
+import type { VaultConfig } from '../vault/config.js';
 import { VaultSession } from '../vault/session.js';
 import { GatewayBudgets } from '../../budget/gateway.js';
 import { startSettleServer, type SettleEntry } from './budget-settle.js';
+import type { Logger } from 'pino';
 
-const log = createLogger('gatehouse-runner');
 const ACCESS_POLICY_WASM = defaultAccessPolicyWasmPath();
 
-function identityVerifier(): { verifier: IdentityVerifier | null; error?: string } {
+function identityVerifier(identity: RunnerConfig['identity'], log: Logger): { verifier: IdentityVerifier | null; error?: string } {
   try {
-    const verifier = createIdentityVerifier(identityConfigFromEnv());
-    const cacheSeconds = Number(process.env.JWT_VERIFY_CACHE_SECONDS ?? 30);
-    if (!Number.isFinite(cacheSeconds) || cacheSeconds < 0) throw new Error('JWT_VERIFY_CACHE_SECONDS must be a number of seconds (0 disables)');
+    if ('error' in identity) throw new Error(identity.error);
+    const verifier = createIdentityVerifier(identity.config);
+    const cacheSeconds = identity.verifyCacheSeconds;
     return { verifier: cacheSeconds > 0 ? cachingVerifier(verifier, { maxAgeMs: cacheSeconds * 1000 }) : verifier };
   } catch (err) {
     const error = (err as Error).message;
@@ -45,11 +42,11 @@ function identityVerifier(): { verifier: IdentityVerifier | null; error?: string
   }
 }
 
-function vaultFromEnv(): { session: VaultSession | null; config: VaultConfig | null; error?: string } {
+function vaultSession(vault: RunnerConfig['vault'], log: Logger): { session: VaultSession | null; config: VaultConfig | null; error?: string } {
   try {
-    const config = vaultConfigFromEnv();
-    if (!config) return { session: null, config: null, error: 'VAULT_ADDR is not set' };
-    return { session: new VaultSession(config, log.child({ component: 'vault' })), config };
+    if ('error' in vault) throw new Error(vault.error);
+    if (!vault.config) return { session: null, config: null, error: 'VAULT_ADDR is not set' };
+    return { session: new VaultSession(vault.config, log.child({ component: 'vault' })), config: vault.config };
   } catch (err) {
     const error = (err as Error).message;
     log.warn({ reason: error }, 'Vault not configured; routes using the vault plugin will fail');
@@ -57,21 +54,11 @@ function vaultFromEnv(): { session: VaultSession | null; config: VaultConfig | n
   }
 }
 
-function positiveSeconds(name: string, raw: string | undefined, fallback: number): number {
-  const seconds = Number(raw || fallback);
-  if (!Number.isFinite(seconds) || seconds <= 0) throw new Error(`${name} must be a positive number of seconds`);
-  return seconds;
-}
-
-function settleTimeoutMs(): number {
-  return positiveSeconds('BUDGET_SETTLE_TIMEOUT_SECONDS', process.env.BUDGET_SETTLE_TIMEOUT_SECONDS, 900) * 1000;
-}
-
 export async function runWorker(config: RunnerConfig): Promise<void> {
+  const log = createLogger('gatehouse-runner', config.logLevel);
   // As one worker of several: its slot, and whether it replaces one that died.
   const clustered = cluster.isWorker;
-  const slot = Number(process.env.RUNNER_WORKER_INDEX ?? 0);
-  const respawned = process.env.RUNNER_WORKER_RESPAWN === '1';
+  const { slot, respawned } = config.worker;
   const metrics = createRunnerMetrics();
   if (clustered) {
     // The primary's /metrics asks every worker for these (constructing an
@@ -80,24 +67,32 @@ export async function runWorker(config: RunnerConfig): Promise<void> {
     new AggregatorRegistry();
   }
 
-  const etcd = config.etcdEndpoints.length > 0 ? createEtcdClient(config.etcdEndpoints, etcdClientOptionsFromEnv()) : null;
-  // The engine budget is the runner's, shared out among its workers.
-  const cacheBytes = Math.floor(policyCacheBytesFromEnv('RUNNER_POLICY_CACHE_MB') / (clustered ? config.workers : 1));
-  const engines = new EngineCache({ budgetBytes: cacheBytes });
-  // Decisions run on this thread, bounded by fuel and memory, runaway tenants made to wait; or, with
-  // POLICY_EVAL_WORKERS, in worker threads under a deadline too (policy/engine/evaluator.ts).
-  const pool = etcd ? evaluatorFromEnv({ engines, cacheBytes, memoryMaxBytes: policyMemoryMaxBytes(), onAbort: (reason) => metrics.evaluationAborted(reason) }) : null;
-  const watcher = etcd
-    ? new PolicyWatcher({
+  // This process's name as a gateway: in its fleet report and its decision log events.
+  // A GATEWAY_ID names the runner; its workers are that name and their slot.
+  const gateway = clustered && config.gatewayId ? `${gatewayId('runner', config.gatewayId)}-w${slot}` : gatewayId('runner', config.gatewayId);
+  const decisionLogHooks = { onDecisionLogWritten: metrics.decisionLog.written, onDecisionLogDropped: metrics.decisionLog.dropped };
+  const etcd = config.etcdEndpoints.length > 0 ? createEtcdClient(config.etcdEndpoints, config.etcdClient) : null;
+  // The policy pipeline (policy/enforcer.ts); each worker is a gateway of its own in the fleet report.
+  const enforcer = etcd
+    ? createEnforcer({
         client: etcd,
-        log: log.child({ component: 'policy-watcher' }),
-        snapshotDir: snapshotDir(config.stateDir),
+        log,
+        kind: 'runner',
+        gateway,
+        datacenter: config.datacenter,
+        reportTtlSeconds: config.reportTtlSeconds,
+        stateDir: config.stateDir,
         // One writer for the shared directory; the others read it when etcd is away at their start.
         snapshotReadOnly: clustered && slot !== 0,
-        engines,
-        ...(pool ? { pool } : {}),
+        // The engine budget is the runner's, shared out among its workers.
+        cacheBytes: Math.floor(config.policyCacheBytes / (clustered ? config.workers : 1)),
+        evaluation: config.evaluation,
+        decisionLog: config.decisionLog,
+        onAbort: (reason) => metrics.evaluationAborted(reason),
+        ...decisionLogHooks,
       })
     : null;
+  const watcher = enforcer?.watcher ?? null;
   if (watcher) {
     metrics.watch(watcher);
     watcher.on('swap', (swap: SwapEvent) => {
@@ -126,12 +121,16 @@ export async function runWorker(config: RunnerConfig): Promise<void> {
     log.warn({ reason: (err as Error).message }, 'CMS access policy unavailable; routes using it will fail');
   }
 
-  const { verifier, error } = identityVerifier();
-  const vault = vaultFromEnv();
-  // This process's name as a gateway: in its fleet report and its decision log events.
-  const gateway = clustered && process.env.GATEWAY_ID ? `${gatewayId('runner')}-w${slot}` : gatewayId('runner');
-  const decisionLog = decisionLogFromEnv(process.env, { onWritten: metrics.decisionLog.written, onDropped: metrics.decisionLog.dropped });
-  if (decisionLog) log.info({ target: process.env.DECISION_LOG }, 'decision log on');
+  const { verifier, error } = identityVerifier(config.identity, log);
+  const vault = vaultSession(config.vault, log);
+  // Without etcd there is no enforcer, but decisions the opa plugin refuses are still logged.
+  const decisionLog = enforcer
+    ? enforcer.decisionLog
+    : config.decisionLog && openDecisionLog(config.decisionLog, { onWritten: decisionLogHooks.onDecisionLogWritten, onDropped: decisionLogHooks.onDecisionLogDropped });
+  if (decisionLog && config.decisionLog) {
+    const { target } = config.decisionLog;
+    log.info({ target: target.kind === 'stdout' ? 'stdout' : `file:${target.path}` }, 'decision log on');
+  }
   // LLM budgets: this process is one holder of the shared ledger (budget/ledger.ts).
   const budgets = etcd
     ? new GatewayBudgets({
@@ -139,8 +138,8 @@ export async function runWorker(config: RunnerConfig): Promise<void> {
         gateway,
         log: log.child({ component: 'budgets' }),
         events: metrics.budgets,
-        settleTimeoutMs: settleTimeoutMs(),
-        leaseTtlSeconds: positiveSeconds('BUDGET_HOLDER_TTL_SECONDS', process.env.BUDGET_HOLDER_TTL_SECONDS, 10),
+        settleTimeoutMs: config.budgets.settleTimeoutMs,
+        leaseTtlSeconds: config.budgets.holderTtlSeconds,
       })
     : null;
   // Ready when decisions can be made: policies loaded from etcd or from the
@@ -193,23 +192,10 @@ export async function runWorker(config: RunnerConfig): Promise<void> {
     // Hold every conf the other workers prepared before taking connections.
     await link.hello();
   }
-  const watching = watcher?.start();
+  // Policies load and the fleet report starts (the enforcer tells etcd what this process enforces).
+  const watching = enforcer?.start();
   // Budgets load in the background (retried while etcd is away); budgeted calls wait briefly for them, then answer 503.
   void budgets?.start();
-  // Tells etcd what this process enforces (policy/fleet): each worker is a gateway of its own.
-  const reporter =
-    watcher && etcd
-      ? new GatewayReporter({
-          client: etcd,
-          watcher,
-          kind: 'runner',
-          // A GATEWAY_ID names the runner; its workers are that name and their slot.
-          id: gateway,
-          datacenter: process.env.GATEHOUSE_DATACENTER || null,
-          log: log.child({ component: 'fleet' }),
-        })
-      : null;
-  reporter?.start();
   // A worker replacing one that died waits (briefly) for its policies: its
   // siblings serve meanwhile. Otherwise listen first: PrepareConf must be
   // answered at once; decisions wait for policies (503 until then).
@@ -252,11 +238,10 @@ export async function runWorker(config: RunnerConfig): Promise<void> {
         await admin?.close();
         await settleServer?.close();
         await watching;
-        await reporter?.stop();
         await budgets?.stop().catch((err: Error) => log.warn({ err: err.message }, 'budgets not stopped cleanly'));
-        await watcher?.stop();
-        await pool?.close();
-        await decisionLog?.close();
+        // Stops reporting, watching and evaluating, and flushes the decision log.
+        if (enforcer) await enforcer.close();
+        else await decisionLog?.close();
         vault.session?.stop();
         etcd?.close();
       })

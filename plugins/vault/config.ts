@@ -69,7 +69,7 @@ function seconds(name: string, raw: string | undefined, fallback: number): numbe
 }
 
 /** null when VAULT_ADDR is unset: the vault plugin then refuses its confs. */
-export function vaultConfigFromEnv(env: NodeJS.ProcessEnv = process.env): VaultConfig | null {
+export function vaultConfigFromEnv(env: NodeJS.ProcessEnv): VaultConfig | null {
   if (!env.VAULT_ADDR) return null;
   let auth: VaultConfig['auth'];
   if (env.VAULT_ROLE_ID) {

@@ -177,20 +177,28 @@ function maskPointer(root: Record<string, unknown>, pointer: string): void {
   if (last !== undefined && node && typeof node === 'object' && last in node) (node as Record<string, unknown>)[last] = MASKED;
 }
 
-/** The decision log the environment asks for; null when DECISION_LOG is unset or off. */
-export function decisionLogFromEnv(
-  env: NodeJS.ProcessEnv = process.env,
-  hooks: { onWritten?: (n: number) => void; onDropped?: (n: number) => void } = {},
-): DecisionLog | null {
+/** Where decision log events go, and how many may wait for the sink (DECISION_LOG, DECISION_LOG_BUFFER). */
+export interface DecisionLogSettings {
+  /** stdout, or a file events are appended to. */
+  target: { kind: 'stdout' } | { kind: 'file'; path: string };
+  maxBuffered: number;
+}
+
+/** The decision log `env` asks for (DECISION_LOG: stdout, file:<path> or off; DECISION_LOG_BUFFER, default 10000); null when unset or off. */
+export function decisionLogSettings(env: NodeJS.ProcessEnv): DecisionLogSettings | null {
   const target = env.DECISION_LOG?.trim() ?? '';
   if (target === '' || target === 'off') return null;
   const maxBuffered = env.DECISION_LOG_BUFFER ? Number(env.DECISION_LOG_BUFFER) : 10_000;
   if (!Number.isInteger(maxBuffered) || maxBuffered < 1 || maxBuffered > 10_000_000) throw new Error('DECISION_LOG_BUFFER must be a whole number of events');
-  let sink: Writable;
-  if (target === 'stdout') sink = process.stdout;
-  else if (target.startsWith('file:') && target.length > 5) sink = createWriteStream(target.slice(5), { flags: 'a', mode: 0o600 });
-  else throw new Error(`DECISION_LOG must be stdout, file:<path> or off, not ${JSON.stringify(target)}`);
-  return new DecisionLog(sink, { maxBuffered, ...hooks });
+  if (target === 'stdout') return { target: { kind: 'stdout' }, maxBuffered };
+  if (target.startsWith('file:') && target.length > 5) return { target: { kind: 'file', path: target.slice(5) }, maxBuffered };
+  throw new Error(`DECISION_LOG must be stdout, file:<path> or off, not ${JSON.stringify(target)}`);
+}
+
+/** The decision log `settings` describe, its sink open. */
+export function openDecisionLog(settings: DecisionLogSettings, hooks: { onWritten?: (n: number) => void; onDropped?: (n: number) => void } = {}): DecisionLog {
+  const sink: Writable = settings.target.kind === 'stdout' ? process.stdout : createWriteStream(settings.target.path, { flags: 'a', mode: 0o600 });
+  return new DecisionLog(sink, { maxBuffered: settings.maxBuffered, ...hooks });
 }
 
 /** Per-route choice, from the opa plugin's conf: off, on, or sampled, with extra masks. */

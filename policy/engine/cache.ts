@@ -29,7 +29,7 @@
  * module counts its wasm bytes twice (the compiled code is about that size).
  */
 import { LRUCache } from 'lru-cache';
-import { compilePolicyModule, loadPolicyEngine, type PolicyEngine } from './index.js';
+import { DEFAULT_EVAL_FUEL, compilePolicyModule, loadPolicyEngine, type PolicyEngine } from './index.js';
 
 export const DEFAULT_POLICY_CACHE_BYTES = 256 * 1024 * 1024;
 
@@ -76,9 +76,9 @@ export interface EngineCacheStats {
 export interface EngineCacheOptions {
   /** Total budget, bytes; a quarter of it for compiled modules. */
   budgetBytes?: number;
-  /** Each instance's memory ceiling (default: POLICY_MEMORY_MAX_MB). */
+  /** Each instance's memory ceiling (default: POLICY_MEMORY_MAX_MB's, 64 MiB). */
   maxMemoryBytes?: number;
-  /** Each evaluation's fuel (default: POLICY_EVAL_FUEL; null: as high as it goes). */
+  /** Each evaluation's fuel (default: POLICY_EVAL_FUEL's, DEFAULT_EVAL_FUEL; null: modules not metered). */
   fuel?: number | null;
 }
 
@@ -102,11 +102,12 @@ export class EngineCache {
   private readonly instanceHolders = new Map<string, number>();
   private readonly moduleHolders = new Map<string, number>();
   private readonly maxMemoryBytes: number | undefined;
-  private readonly fuel: number | null | undefined;
+  /** Each evaluation's fuel; null: modules compiled unmetered. */
+  readonly fuel: number | null;
 
   constructor(options: EngineCacheOptions = {}) {
     this.maxMemoryBytes = options.maxMemoryBytes;
-    this.fuel = options.fuel;
+    this.fuel = options.fuel === undefined ? DEFAULT_EVAL_FUEL : options.fuel;
     const budget = options.budgetBytes ?? DEFAULT_POLICY_CACHE_BYTES;
     if (!Number.isFinite(budget) || budget < 1024 * 1024) throw new RangeError('the policy cache budget must be at least 1 MiB');
     this.modules = new LRUCache({
@@ -184,7 +185,7 @@ export class EngineCache {
     const engine = await loadPolicyEngine(module, {
       data: source.dataText,
       ...(this.maxMemoryBytes ? { maxMemoryBytes: this.maxMemoryBytes } : {}),
-      ...(this.fuel !== undefined ? { fuel: this.fuel ?? 0x7fffffff } : {}),
+      fuel: this.fuel ?? 0x7fffffff,
     });
     this.counters.instantiations++;
     this.instances.set(key, engine);
@@ -204,7 +205,7 @@ export class EngineCache {
 
   private compile(sha: string, wasm: Uint8Array): Promise<WebAssembly.Module> {
     this.counters.compiles++;
-    const compiled = compilePolicyModule(wasm);
+    const compiled = compilePolicyModule(wasm, { metered: this.fuel !== null });
     // A module that does not compile is not kept: the error is the caller's, each time.
     compiled.catch(() => this.modules.delete(sha));
     this.modules.set(sha, compiled, { size: Math.max(1, wasm.byteLength * MODULE_COST_FACTOR) });
@@ -229,7 +230,7 @@ export class EngineCache {
 }
 
 /** A cache budget in MiB from the environment variable `name` (e.g. RUNNER_POLICY_CACHE_MB); the default when unset. */
-export function policyCacheBytesFromEnv(name: string, env: NodeJS.ProcessEnv = process.env): number {
+export function policyCacheBytesFromEnv(name: string, env: NodeJS.ProcessEnv): number {
   const raw = env[name]?.trim();
   if (!raw) return DEFAULT_POLICY_CACHE_BYTES;
   const mib = Number(raw);

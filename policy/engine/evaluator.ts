@@ -19,10 +19,10 @@
  */
 import { LRUCache } from 'lru-cache';
 import { EngineCache, type EngineCacheStats } from './cache.js';
-import { EvaluationBudgetError, evaluationFuel } from './index.js';
+import { EvaluationBudgetError, evaluationFuel, policyMemoryMaxBytes } from './index.js';
 import { engineInput } from './serialised-input.js';
 import { startMetering } from './metering.js';
-import { EvaluationPool, evaluationTimeoutMs, type EvaluationPoolOptions, type EvaluationTarget } from './pool.js';
+import { EvaluationPool, evaluationTimeoutMs, type EvaluationTarget } from './pool.js';
 
 export type AbortReason = 'timeout' | 'budget' | 'error';
 
@@ -40,6 +40,7 @@ export interface Evaluator {
 export const THREAD_PENALTY_FACTOR = 9;
 
 export interface ThreadEvaluatorOptions {
+  /** The engines, built with the fuel every evaluation gets (EngineCache's fuel). */
   engines: EngineCache;
   /** An evaluation that burns more than this share of the fuel counts as long (default 0.1). */
   longShare?: number;
@@ -54,7 +55,7 @@ export class ThreadEvaluator implements Evaluator {
   private readonly longFuel: number;
 
   constructor(private readonly options: ThreadEvaluatorOptions) {
-    const fuel = evaluationFuel();
+    const fuel = options.engines.fuel;
     this.longFuel = fuel === null ? Infinity : Math.floor(fuel * (options.longShare ?? 0.1));
     // Modules are metered in a worker thread (metering.ts), started now so that binaryen is warm by the first cold policy.
     if (fuel !== null) startMetering();
@@ -106,21 +107,36 @@ export class ThreadEvaluator implements Evaluator {
   async close(): Promise<void> {}
 }
 
-/**
- * The evaluator the environment asks for: POLICY_EVAL_WORKERS (default 0)
- * workers in an evaluation pool with POLICY_EVAL_TIMEOUT_MS (default 500)
- * per evaluation, or, with 0, `engines` on the calling thread. Fuel and
- * memory bound every evaluation either way.
- */
-export function evaluatorFromEnv(
-  options: Omit<EvaluationPoolOptions, 'workers' | 'timeoutMs'> & { engines: EngineCache },
-  env: NodeJS.ProcessEnv = process.env,
-): Evaluator {
+/** How a process evaluates its decisions: its services' configuration reads it from the environment (evaluationSettings). */
+export interface EvaluationSettings {
+  /** POLICY_EVAL_WORKERS (default 0): 0 evaluates on the calling thread; N in an evaluation pool of N worker threads. */
+  workers: number;
+  /** POLICY_EVAL_FUEL (default DEFAULT_EVAL_FUEL); null (off): modules not metered. */
+  fuel: number | null;
+  /** POLICY_MEMORY_MAX_MB (default 64), bytes: each instance's memory ceiling. */
+  memoryMaxBytes: number;
+  /** POLICY_EVAL_TIMEOUT_MS (default 500): the pool's deadline per evaluation. */
+  timeoutMs: number;
+}
+
+/** The evaluation settings in `env` (POLICY_EVAL_WORKERS, POLICY_EVAL_FUEL, POLICY_MEMORY_MAX_MB, POLICY_EVAL_TIMEOUT_MS); throws on nonsense. */
+export function evaluationSettings(env: NodeJS.ProcessEnv): EvaluationSettings {
   const rawWorkers = env.POLICY_EVAL_WORKERS?.trim();
   const workers = rawWorkers ? Number(rawWorkers) : 0;
   if (!Number.isInteger(workers) || workers < 0 || workers > 64) throw new Error('POLICY_EVAL_WORKERS must be a whole number from 0 to 64');
-  evaluationFuel(env); // a bad POLICY_EVAL_FUEL fails at start, not at the first decision
-  const { engines, ...pool } = options;
-  if (workers === 0) return new ThreadEvaluator({ engines, ...(options.onAbort ? { onAbort: options.onAbort } : {}) });
-  return new EvaluationPool({ ...pool, workers, timeoutMs: evaluationTimeoutMs(env) });
+  return { workers, fuel: evaluationFuel(env), memoryMaxBytes: policyMemoryMaxBytes(env), timeoutMs: evaluationTimeoutMs(env) };
+}
+
+/**
+ * The evaluator `settings` ask for: `workers` workers in an evaluation pool
+ * with `timeoutMs` per evaluation, or, with 0, `engines` on the calling
+ * thread. Fuel and memory bound every evaluation either way (`engines` must
+ * be built with the same fuel and memory ceiling).
+ */
+export function createEvaluator(
+  options: EvaluationSettings & { engines: EngineCache; cacheBytes: number; onAbort?: (reason: AbortReason, tenant: string) => void },
+): Evaluator {
+  const { engines, workers, timeoutMs, fuel, memoryMaxBytes, cacheBytes, onAbort } = options;
+  if (workers === 0) return new ThreadEvaluator({ engines, ...(onAbort ? { onAbort } : {}) });
+  return new EvaluationPool({ workers, timeoutMs, fuel, memoryMaxBytes, cacheBytes, ...(onAbort ? { onAbort } : {}) });
 }

@@ -63,14 +63,15 @@ function toWasmData(data: PolicyData): object | ArrayBuffer {
  * rewritten to meter the evaluation's work (meter.ts), so that every
  * evaluation is bounded by its fuel, in the metering worker (metering.ts);
  * V8 validates the result as it compiles it, off the main thread too, so
- * other decisions go on meanwhile.
+ * other decisions go on meanwhile. `metered: false` (POLICY_EVAL_FUEL=off)
+ * compiles the bytes as they are.
  */
-export async function compilePolicyModule(wasm: Uint8Array): Promise<WebAssembly.Module> {
+export async function compilePolicyModule(wasm: Uint8Array, options: { metered?: boolean } = {}): Promise<WebAssembly.Module> {
   try {
     // Unmetered: a plain copy (a Node Buffer may be a view into a shared pool,
     // and both Buffer#slice and a species-aware Uint8Array#slice can land in
     // that pool again; constructing a plain Uint8Array copies exactly its bytes).
-    return await WebAssembly.compile(evaluationFuel() === null ? new Uint8Array(wasm).buffer : await meterWasm(wasm));
+    return await WebAssembly.compile(options.metered === false ? new Uint8Array(wasm).buffer : await meterWasm(wasm));
   } catch (cause) {
     throw new PolicyEngineError('not a loadable OPA wasm policy', { cause });
   }
@@ -93,7 +94,7 @@ const MAX_EVAL_FUEL = 0x7fffffff;
  * `off` (null): modules are not metered, for measuring what metering costs;
  * then only memory (and the pool's deadline) bound an evaluation.
  */
-export function evaluationFuel(env: NodeJS.ProcessEnv = process.env): number | null {
+export function evaluationFuel(env: NodeJS.ProcessEnv): number | null {
   const raw = env.POLICY_EVAL_FUEL?.trim();
   if (raw === 'off') return null;
   const fuel = raw ? Number(raw) : DEFAULT_EVAL_FUEL;
@@ -108,9 +109,9 @@ export function evaluationFuel(env: NodeJS.ProcessEnv = process.env): number | n
  * holding hundreds of MiB; data that does not fit cannot be loaded, so the
  * CMS refuses it. The CMS, the runner and the decision API must agree on it.
  */
-export function policyMemoryMaxBytes(env: NodeJS.ProcessEnv = process.env): number {
+export function policyMemoryMaxBytes(env: NodeJS.ProcessEnv): number {
   const raw = env.POLICY_MEMORY_MAX_MB?.trim();
-  const mib = raw ? Number(raw) : 64;
+  const mib = raw ? Number(raw) : DEFAULT_POLICY_MEMORY_MAX_BYTES / (1024 * 1024);
   if (!Number.isFinite(mib) || mib < 1 || mib > 4096) throw new Error('POLICY_MEMORY_MAX_MB must be a number of MiB from 1 to 4096');
   return Math.floor(mib * 1024 * 1024);
 }
@@ -122,7 +123,7 @@ export async function loadPolicyEngine(
   options: { data?: PolicyData; maxMemoryBytes?: number; fuel?: number } = {},
 ): Promise<PolicyEngine> {
   let policy: LoadedPolicy;
-  const maximum = Math.max(5, Math.floor((options.maxMemoryBytes ?? policyMemoryMaxBytes()) / WASM_PAGE_BYTES));
+  const maximum = Math.max(5, Math.floor((options.maxMemoryBytes ?? DEFAULT_POLICY_MEMORY_MAX_BYTES) / WASM_PAGE_BYTES));
   try {
     policy = await loadPolicy(wasm instanceof WebAssembly.Module ? wasm : await compilePolicyModule(wasm), { initial: Math.min(5, maximum), maximum });
   } catch (cause) {
@@ -133,7 +134,7 @@ export async function loadPolicyEngine(
   const { mem: memory, wasmInstance } = policy as unknown as { mem: WebAssembly.Memory; wasmInstance: WebAssembly.Instance };
   // Absent only from a module compiled without compilePolicyModule: then nothing bounds its evaluations but memory.
   const fuel = wasmInstance.exports[FUEL_GLOBAL] as WebAssembly.Global | undefined;
-  const budget = options.fuel ?? evaluationFuel() ?? MAX_EVAL_FUEL;
+  const budget = options.fuel ?? DEFAULT_EVAL_FUEL;
   /** Loading data is not an evaluation: it is bounded by the data's size, not by the fuel. */
   const unmetered = () => {
     if (fuel) fuel.value = MAX_EVAL_FUEL;

@@ -31,7 +31,7 @@ import { existsSync } from 'node:fs';
 import { Worker } from 'node:worker_threads';
 import { fileURLToPath } from 'node:url';
 import { EngineCache, withWasmBytes, type EngineCacheStats, type EngineSource } from './cache.js';
-import { EvaluationBudgetError, PolicyEngineError, evaluationFuel } from './index.js';
+import { DEFAULT_EVAL_FUEL, EvaluationBudgetError, PolicyEngineError } from './index.js';
 import type { AbortReason, Evaluator } from './evaluator.js';
 import type { WorkerAnswer, WorkerNotice, WorkerRequest, WorkerSettings } from './pool-worker.js';
 
@@ -64,7 +64,7 @@ export interface EvaluationPoolOptions {
   /** The engine budget, shared out between the workers. */
   cacheBytes: number;
   memoryMaxBytes: number;
-  /** Each evaluation's fuel (default: POLICY_EVAL_FUEL as this pool is made; null: not metered). */
+  /** Each evaluation's fuel (default: POLICY_EVAL_FUEL's, DEFAULT_EVAL_FUEL; null: not metered). */
   fuel?: number | null;
   /** Told of every evaluation stopped or failed: 'timeout', 'budget' (its fuel burned) or 'error'. */
   onAbort?: (reason: AbortReason, tenant: string) => void;
@@ -119,7 +119,7 @@ export class EvaluationPool implements Evaluator {
     const workers = Math.max(2, Math.floor(options.workers));
     this.perTenant = workers - 1;
     this.timeoutMs = options.timeoutMs ?? DEFAULT_EVAL_TIMEOUT_MS;
-    this.fuel = options.fuel !== undefined ? options.fuel : evaluationFuel();
+    this.fuel = options.fuel !== undefined ? options.fuel : DEFAULT_EVAL_FUEL;
     for (let i = 0; i < workers; i++) this.slots.push(this.spawn());
   }
 
@@ -323,7 +323,7 @@ export class EvaluationPool implements Evaluator {
 }
 
 /** POLICY_EVAL_TIMEOUT_MS (default 500): the deadline of one evaluation, for the gateways and the CMS's load check alike. */
-export function evaluationTimeoutMs(env: NodeJS.ProcessEnv = process.env): number {
+export function evaluationTimeoutMs(env: NodeJS.ProcessEnv): number {
   const rawTimeout = env.POLICY_EVAL_TIMEOUT_MS?.trim();
   const timeoutMs = rawTimeout ? Number(rawTimeout) : DEFAULT_EVAL_TIMEOUT_MS;
   if (!Number.isFinite(timeoutMs) || timeoutMs < 1) throw new Error('POLICY_EVAL_TIMEOUT_MS must be a positive number of milliseconds');

@@ -45,7 +45,7 @@ export interface GatewayReporterOptions {
   log: Logger;
   id?: string;
   datacenter?: string | null;
-  /** The lease's TTL: how long a dead gateway's report outlives it (default GATEWAY_REPORT_TTL_SECONDS, else 10 s). */
+  /** The lease's TTL: how long a dead gateway's report outlives it (GATEWAY_REPORT_TTL_SECONDS; default 10 s). */
   ttlSeconds?: number;
   minIntervalMs?: number;
   refreshMs?: number;
@@ -53,17 +53,20 @@ export interface GatewayReporterOptions {
 
 const MAX_NAMES = 20;
 
-function reportTtlSeconds(env: NodeJS.ProcessEnv = process.env): number {
+export const DEFAULT_REPORT_TTL_SECONDS = 10;
+
+/** GATEWAY_REPORT_TTL_SECONDS in `env` (default DEFAULT_REPORT_TTL_SECONDS). */
+export function reportTtlSeconds(env: NodeJS.ProcessEnv): number {
   const raw = env.GATEWAY_REPORT_TTL_SECONDS;
-  if (raw === undefined || raw === '') return 10;
+  if (raw === undefined || raw === '') return DEFAULT_REPORT_TTL_SECONDS;
   const value = Number(raw);
   if (!Number.isInteger(value) || value < 2 || value > 3600) throw new Error('GATEWAY_REPORT_TTL_SECONDS must be a whole number of seconds from 2 to 3600');
   return value;
 }
 
-/** GATEWAY_ID, else host-kind-pid: unique per process, readable in a list. */
-export function gatewayId(kind: GatewayKind, env: NodeJS.ProcessEnv = process.env): string {
-  const id = env.GATEWAY_ID || `${hostname()}-${kind}-${process.pid}`;
+/** `configured` (GATEWAY_ID), else host-kind-pid: unique per process, readable in a list. */
+export function gatewayId(kind: GatewayKind, configured?: string | null): string {
+  const id = configured || `${hostname()}-${kind}-${process.pid}`;
   return id.replace(/[^A-Za-z0-9._-]/g, '_').slice(0, 128);
 }
 
@@ -156,7 +159,7 @@ export class GatewayReporter {
 
   private currentLease(): Lease {
     if (this.lease) return this.lease;
-    const lease = this.options.client.lease(this.options.ttlSeconds ?? reportTtlSeconds());
+    const lease = this.options.client.lease(this.options.ttlSeconds ?? DEFAULT_REPORT_TTL_SECONDS);
     lease.on('lost', (err: Error) => {
       // Expired (etcd away longer than the TTL) or revoked: a new lease, the report again.
       if (this.lease === lease) this.lease = null;

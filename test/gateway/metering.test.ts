@@ -18,7 +18,7 @@ import { DEMO_PLATFORM_POLICY, DEMO_PROJECT_POLICY, EXAMPLE_POLICY } from '../..
 import { DEFAULT_EVAL_FUEL, EvaluationBudgetError, evaluationFuel, loadPolicyEngine } from '../../policy/engine/index.js';
 import { FUEL_GLOBAL, meterPolicyWasm } from '../../policy/engine/meter.js';
 import { EngineCache } from '../../policy/engine/cache.js';
-import { ThreadEvaluator, evaluatorFromEnv, type AbortReason } from '../../policy/engine/evaluator.js';
+import { ThreadEvaluator, createEvaluator, evaluationSettings, type AbortReason } from '../../policy/engine/evaluator.js';
 import { EvaluationPool } from '../../policy/engine/pool.js';
 import { defaultAccessPolicyWasmPath } from '../../policy/access/index.js';
 import { generateInputs } from '../support/input-generator.js';
@@ -156,11 +156,13 @@ describe('the metered wasm', () => {
 describe('evaluation on the calling thread (the default evaluator)', () => {
   it('is what the environment gives without POLICY_EVAL_WORKERS; the pool with it', async () => {
     const engines = new EngineCache();
-    expect(evaluatorFromEnv({ engines, cacheBytes: 64 * 1024 * 1024, memoryMaxBytes: 64 * 1024 * 1024 }, {})).toBeInstanceOf(ThreadEvaluator);
-    const pool = evaluatorFromEnv({ engines, cacheBytes: 64 * 1024 * 1024, memoryMaxBytes: 64 * 1024 * 1024 }, { POLICY_EVAL_WORKERS: '2' });
+    expect(evaluationSettings({})).toEqual({ workers: 0, fuel: DEFAULT_EVAL_FUEL, memoryMaxBytes: 64 * 1024 * 1024, timeoutMs: 500 });
+    expect(createEvaluator({ ...evaluationSettings({}), engines, cacheBytes: 64 * 1024 * 1024 })).toBeInstanceOf(ThreadEvaluator);
+    const pool = createEvaluator({ ...evaluationSettings({ POLICY_EVAL_WORKERS: '2' }), engines, cacheBytes: 64 * 1024 * 1024 });
     expect(pool).toBeInstanceOf(EvaluationPool);
     await pool.close();
-    expect(() => evaluatorFromEnv({ engines, cacheBytes: 1, memoryMaxBytes: 1 }, { POLICY_EVAL_FUEL: 'x' })).toThrow(/POLICY_EVAL_FUEL/);
+    expect(() => evaluationSettings({ POLICY_EVAL_FUEL: 'x' })).toThrow(/POLICY_EVAL_FUEL/);
+    expect(() => evaluationSettings({ POLICY_EVAL_WORKERS: '-1' })).toThrow(/POLICY_EVAL_WORKERS/);
   });
 
   it('denies and counts a runaway evaluation, replaces the instance, makes that tenant wait and not the others', async () => {

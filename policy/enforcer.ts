@@ -1,0 +1,111 @@
+/**
+ * The policy pipeline of a process that enforces policies (each runner
+ * worker, each decision API), assembled in one place: the etcd client it is
+ * given -> engine cache -> evaluator (this thread or a pool) -> policy
+ * watcher (with its last-known-good snapshot) -> fleet report -> decision
+ * log. Both services build theirs here from their configuration and use what
+ * it returns; close() stops it in order (the etcd client stays the caller's).
+ */
+import type { Etcd3 } from 'etcd3';
+import type { Logger } from 'pino';
+import { EngineCache } from './engine/cache.js';
+import { createEvaluator, type AbortReason, type EvaluationSettings, type Evaluator } from './engine/evaluator.js';
+import { PolicyWatcher } from './watcher/watcher.js';
+import { snapshotDir } from './watcher/snapshot.js';
+import { GatewayReporter, type GatewayKind } from './fleet/report.js';
+import { openDecisionLog, type DecisionLog, type DecisionLogSettings } from './decision-log/index.js';
+
+export interface EnforcerOptions {
+  /** The service's etcd client (it may share it, e.g. with the LLM budgets, and closes it itself). */
+  client: Etcd3;
+  log: Logger;
+  kind: GatewayKind;
+  /** This process's name as a gateway: its fleet report's key and the `gateway` of its decision log events (policy/fleet gatewayId). */
+  gateway: string;
+  /** GATEHOUSE_DATACENTER, in the fleet report. */
+  datacenter: string | null;
+  /** The fleet report lease's TTL, s (default 10). */
+  reportTtlSeconds?: number;
+  /** Where the last-known-good snapshot is kept (a `policies` directory is made in it). */
+  stateDir: string;
+  /** Read the snapshot but leave writing it to another process sharing the directory. */
+  snapshotReadOnly?: boolean;
+  /** The engines' memory budget, bytes (RUNNER_POLICY_CACHE_MB, DECISION_POLICY_CACHE_MB). */
+  cacheBytes: number;
+  evaluation: EvaluationSettings;
+  /** null: no decision log. */
+  decisionLog: DecisionLogSettings | null;
+  /** Told of every evaluation stopped or failed (metrics). */
+  onAbort?: (reason: AbortReason, tenant: string) => void;
+  /** Told of decision log events written to the sink, or dropped because it did not keep up (metrics). */
+  onDecisionLogWritten?: (n: number) => void;
+  onDecisionLogDropped?: (n: number) => void;
+}
+
+export interface Enforcer {
+  readonly watcher: PolicyWatcher;
+  readonly reporter: GatewayReporter;
+  readonly decisionLog: DecisionLog | null;
+  readonly evaluator: Evaluator;
+  /**
+   * Starts watching and reporting. Resolves once a first policy set is in
+   * place (from etcd, else from the snapshot) or neither exists; it never
+   * rejects (etcd is retried in the background).
+   */
+  start(): Promise<void>;
+  /** Stops reporting (the report goes at once), watching and evaluating, and flushes the decision log. */
+  close(): Promise<void>;
+}
+
+export function createEnforcer(options: EnforcerOptions): Enforcer {
+  const { evaluation } = options;
+  const engines = new EngineCache({ budgetBytes: options.cacheBytes, maxMemoryBytes: evaluation.memoryMaxBytes, fuel: evaluation.fuel });
+  // Decisions run on this thread, bounded by fuel and memory, runaway tenants made to wait; or, with
+  // POLICY_EVAL_WORKERS, in worker threads under a deadline too (engine/evaluator.ts).
+  const evaluator = createEvaluator({ ...evaluation, engines, cacheBytes: options.cacheBytes, ...(options.onAbort ? { onAbort: options.onAbort } : {}) });
+  const watcher = new PolicyWatcher({
+    client: options.client,
+    log: options.log.child({ component: 'policy-watcher' }),
+    snapshotDir: snapshotDir(options.stateDir),
+    snapshotReadOnly: options.snapshotReadOnly ?? false,
+    engines,
+    pool: evaluator,
+  });
+  // Tells etcd what this process enforces (policy/fleet), for the CMS's status.
+  const reporter = new GatewayReporter({
+    client: options.client,
+    watcher,
+    kind: options.kind,
+    id: options.gateway,
+    datacenter: options.datacenter,
+    log: options.log.child({ component: 'fleet' }),
+    ...(options.reportTtlSeconds !== undefined ? { ttlSeconds: options.reportTtlSeconds } : {}),
+  });
+  const decisionLog = options.decisionLog
+    ? openDecisionLog(options.decisionLog, {
+        ...(options.onDecisionLogWritten ? { onWritten: options.onDecisionLogWritten } : {}),
+        ...(options.onDecisionLogDropped ? { onDropped: options.onDecisionLogDropped } : {}),
+      })
+    : null;
+  let started: Promise<void> | null = null;
+  return {
+    watcher,
+    reporter,
+    decisionLog,
+    evaluator,
+    start() {
+      if (!started) {
+        started = watcher.start();
+        reporter.start();
+      }
+      return started;
+    },
+    async close() {
+      await started;
+      await reporter.stop();
+      await watcher.stop();
+      await evaluator.close();
+      await decisionLog?.close();
+    },
+  };
+}
