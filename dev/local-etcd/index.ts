@@ -7,13 +7,13 @@
 //   await etcd.stop();        // kill it, keep the data (to test an outage)
 //   await etcd.restart();     // same ports, same data
 //   await etcd.cleanup();     // kill it and remove the data
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, rm } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
-import { stopChild } from '../child-process.js';
+import { localServerProcess } from '../child-process.js';
 import { directoryHolder } from '../in-use.js';
 import { packageRoot } from '../../paths/index.js';
 
@@ -93,31 +93,8 @@ export async function startLocalEtcd(options: LocalEtcdOptions = {}): Promise<Lo
     ...(options.extraArgs ?? []),
   ];
   const binary = options.binary ?? process.env.ETCD_BINARY ?? 'etcd';
-  let child: ChildProcess | undefined;
-  let tail = '';
-
-  async function launch(): Promise<void> {
-    tail = '';
-    const started = spawn(binary, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    const keepTail = (chunk: Buffer) => {
-      tail = (tail + chunk.toString()).slice(-4_000);
-    };
-    started.stdout?.on('data', keepTail);
-    started.stderr?.on('data', keepTail);
-    child = started;
-    try {
-      await waitForHealth(clientUrl, started, () => tail);
-    } catch (err) {
-      await stop();
-      throw err;
-    }
-  }
-
-  async function stop(): Promise<void> {
-    const running = child;
-    child = undefined;
-    await stopChild(running);
-  }
+  const server = localServerProcess({ command: binary, args, ready: (child, output) => waitForHealth(clientUrl, child, output) });
+  const { launch, stop } = server;
 
   await launch();
   return {

@@ -20,14 +20,14 @@
  * Requests go through plain `fetch` against the HTTP API, not node-vault, so
  * that a bug in the gateway's client cannot hide behind the same client here.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { freePort } from '../local-etcd/index.js';
 import { packageRoot } from '../../paths/index.js';
-import { stopChild } from '../child-process.js';
+import { localServerProcess } from '../child-process.js';
 
 export const vaultBinary = process.env.VAULT_BINARY || join(packageRoot(), '.local/bin/vault');
 
@@ -107,31 +107,7 @@ export async function startLocalVault(options: { port?: number } = {}): Promise<
   // A developer's own VAULT_* variables (VAULT_ADDR, VAULT_TOKEN, VAULT_DEV_*) must not
   // change the test server, so it gets a minimal environment.
   const env = { PATH: process.env.PATH ?? '', HOME: tmpdir() };
-  let child: ChildProcess | undefined;
-  let tail = '';
-
-  async function launch(): Promise<void> {
-    tail = '';
-    const started = spawn(vaultBinary, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
-    const keepTail = (chunk: Buffer) => {
-      tail = (tail + chunk.toString()).slice(-4_000);
-    };
-    started.stdout?.on('data', keepTail);
-    started.stderr?.on('data', keepTail);
-    child = started;
-    try {
-      await waitForHealth(addr, started, () => tail);
-    } catch (err) {
-      await stop();
-      throw err;
-    }
-  }
-
-  async function stop(): Promise<void> {
-    const running = child;
-    child = undefined;
-    await stopChild(running);
-  }
+  const { launch, stop } = localServerProcess({ command: vaultBinary, args, env, ready: (child, output) => waitForHealth(addr, child, output) });
 
   async function request<T = any>(method: string, path: string, options: RequestOptions = {}): Promise<VaultResponse<T>> {
     const headers: Record<string, string> = {};
