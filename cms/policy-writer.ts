@@ -1,0 +1,193 @@
+/**
+ * The one way a policy version reaches etcd. PUT, rollback and DELETE on
+ * /policies (routes/policies.ts) call it, POST /policies/{name}/check runs
+ * its checks without the write; it knows nothing of HTTP, so it is tested on
+ * its own against etcd and opa (test/cms/policy-writer.test.ts).
+ *
+ * A write, in order, so that nothing is written unless every check passes
+ * and a stale precondition costs no compile:
+ *   1. the preconditions (If-Match, If-None-Match), early; the etcd
+ *      transaction checks them again, atomically
+ *   2. compile with opa, the policy's tests run with it (the test gate)
+ *   3. the load check: loaded and evaluated once in the gateways' engine,
+ *      under their bounds
+ *   4. one etcd transaction
+ *   5. metrics and the audit line
+ * Waiting for the gateways to enforce it (Prefer: wait) comes after the
+ * write, in `waitForGateways`, so that the caller can say which version it
+ * wrote before it waits.
+ */
+import { createHash } from 'node:crypto';
+import type { Etcd3 } from 'etcd3';
+import { EvaluationBudgetError } from '../policy/engine/index.js';
+import { EvaluationMemoryError, EvaluationTimeoutError, type EvaluationPool } from '../policy/engine/pool.js';
+import type { PolicyMetadata, PolicyStore, PutResult, WriteConditions } from '../policy/store/index.js';
+import { waitForFleet } from './fleet.js';
+import type { CmsMetrics } from './metrics.js';
+import { renderTests, type PolicyBody } from './policy-body.js';
+import { PolicyTestsFailedError, PolicyTestsStoppedError, policySubmission, type CompiledPolicy, type RegoCompiler } from './rego-compiler.js';
+
+export interface PolicyWriterOptions {
+  compiler: RegoCompiler;
+  /** The load check's evaluation pool: the gateways' fuel, deadline and memory ceiling. */
+  checks: EvaluationPool;
+  store: PolicyStore;
+  /** Where the gateways report the revision they enforce. */
+  etcd: Etcd3;
+  metrics: CmsMetrics;
+}
+
+/** Who writes, and the logger the audit line goes to (a request's: it carries the request id). */
+export interface PolicyAuthor {
+  sub: string;
+  log: { info(object: object, message: string): void };
+}
+
+/** A version as written: the store's answer, and how long opa took. */
+export interface WrittenPolicy extends PutResult {
+  compileMs: number;
+}
+
+/** The compiled policy does not load or evaluate in the gateways' engine: the author's to fix. */
+export class PolicyDoesNotLoadError extends Error {
+  override readonly name = 'PolicyDoesNotLoadError';
+}
+
+/** Evaluated once on an empty input, the policy ran past the gateways' time, memory or fuel bound. */
+export class PolicyEvaluationBoundError extends Error {
+  override readonly name = 'PolicyEvaluationBoundError';
+  constructor(
+    readonly bound: 'time' | 'memory' | 'fuel',
+    message: string,
+    options?: ErrorOptions,
+  ) {
+    super(message, options);
+  }
+}
+
+export class PolicyWriter {
+  private readonly compiler: RegoCompiler;
+  private readonly checks: EvaluationPool;
+  private readonly store: PolicyStore;
+  private readonly etcd: Etcd3;
+  private readonly metrics: CmsMetrics;
+
+  constructor(options: PolicyWriterOptions) {
+    ({ compiler: this.compiler, checks: this.checks, store: this.store, etcd: this.etcd, metrics: this.metrics } = options);
+  }
+
+  /** Everything a write checks (compile, tests, load), nothing written. */
+  async check(name: string, policy: PolicyBody): Promise<CompiledPolicy> {
+    const compiled = await this.compiler.compile(policy.rego, policy.dataText, policy.tests);
+    await this.checkLoads(name, compiled, policy.dataText);
+    return compiled;
+  }
+
+  /** Writes `policy` as the next version of `name` (created or replaced). */
+  write(name: string, policy: PolicyBody, conditions: WriteConditions, author: PolicyAuthor): Promise<WrittenPolicy> {
+    return this.writeVersion(name, policy, conditions, author);
+  }
+
+  /**
+   * Writes a version from the history again, as the next version: history
+   * stays linear, and the rollback is checked like any write (compiled again
+   * by today's opa). Null when the history holds no such version.
+   */
+  async rollback(name: string, version: number, conditions: WriteConditions, author: PolicyAuthor): Promise<WrittenPolicy | null> {
+    const old = await this.store.historyVersion(name, version);
+    if (!old) return null;
+    const tests = old.testsText === null ? null : (JSON.parse(old.testsText) as Record<string, string>);
+    return this.writeVersion(name, { rego: old.rego, dataText: old.dataText, tests }, conditions, author, 'rollback', { from: version });
+  }
+
+  /** Deletes the current version (the history keeps it); PolicyNotFoundError when there is none. */
+  async delete(name: string, conditions: WriteConditions, author: PolicyAuthor): Promise<{ meta: PolicyMetadata; revision: number | null }> {
+    const started = performance.now();
+    const deleted = await this.store.delete(name, conditions);
+    this.metrics.etcdWriteDuration.observe({ operation: 'delete' }, (performance.now() - started) / 1000);
+    this.metrics.policyWrites.inc({ operation: 'delete', outcome: 'deleted' });
+    audit(author, 'delete', deleted.meta);
+    return deleted;
+  }
+
+  /** Waits until every live gateway enforces `revision`, or `seconds` pass (Prefer: wait); the fleet's status then. */
+  waitForGateways(revision: number, seconds: number) {
+    return waitForFleet(this.etcd, revision, seconds);
+  }
+
+  private async writeVersion(
+    name: string,
+    policy: PolicyBody,
+    conditions: WriteConditions,
+    author: PolicyAuthor,
+    operation?: string,
+    auditExtra: Record<string, unknown> = {},
+  ): Promise<WrittenPolicy> {
+    if (conditions.ifVersion !== undefined || conditions.ifAbsent) await this.store.checkWriteConditions(name, conditions);
+    let compiled;
+    try {
+      compiled = await this.compiler.compile(policy.rego, policy.dataText, policy.tests);
+      this.metrics.compileDuration.observe({ outcome: 'ok' }, compiled.durationMs / 1000);
+    } catch (error) {
+      const outcome = error instanceof PolicyTestsFailedError ? 'tests_failed' : error instanceof PolicyTestsStoppedError ? 'tests_stopped' : 'compile_error';
+      this.metrics.policyWrites.inc({ operation: 'put', outcome });
+      throw error;
+    }
+    await this.checkLoads(name, compiled, policy.dataText);
+    const testsText = policy.tests === null ? null : renderTests(policy.tests);
+    const result = await this.store.put(name, { ...policySubmission(policy.rego, policy.dataText, compiled, author.sub), testsText }, conditions);
+    this.metrics.etcdWriteDuration.observe({ operation: 'put' }, result.etcdMs / 1000);
+    this.metrics.policyWrites.inc({ operation: 'put', outcome: result.created ? 'created' : 'replaced' });
+    audit(author, operation ?? (result.created ? 'create' : 'replace'), result.meta, {
+      syntaxVersion: compiled.syntaxVersion,
+      ...(compiled.tests ? { testsPassed: compiled.tests.passed } : {}),
+      ...auditExtra,
+    });
+    return { ...result, compileMs: compiled.durationMs };
+  }
+
+  /**
+   * What `opa build` accepts, the gateway's engine may still refuse (data
+   * with a lone surrogate such as "\ud800" parses in Go, not in the wasm's
+   * JSON parser; a module may fail at evaluation). The policy is loaded with
+   * its data in the engine every gateway uses, and evaluated once on an empty
+   * input, before anything is written: a refusal is the author's, never a
+   * version the gateways cannot enforce. It runs in the evaluation pool,
+   * under the gateways' bounds, so the CMS answers other requests meanwhile.
+   */
+  private async checkLoads(name: string, compiled: CompiledPolicy, dataText: string): Promise<void> {
+    const sha256 = (bytes: Uint8Array | string) => createHash('sha256').update(bytes).digest('hex');
+    const source = { wasmSha256: sha256(compiled.wasm), wasm: new Uint8Array(compiled.wasm), dataSha256: sha256(dataText), dataText };
+    try {
+      await this.checks.evaluate(name, { source, entrypoint: compiled.entrypoint }, {});
+    } catch (error) {
+      if (error instanceof EvaluationTimeoutError || error instanceof EvaluationMemoryError || error instanceof EvaluationBudgetError) {
+        const bound = error instanceof EvaluationTimeoutError ? 'time' : error instanceof EvaluationMemoryError ? 'memory' : 'fuel';
+        throw new PolicyEvaluationBoundError(
+          bound,
+          `evaluated once on an empty input, the compiled policy exceeded the gateways' ${bound} bound (${error.message}); gateways would deny every request it decides; nothing was written`,
+          { cause: error },
+        );
+      }
+      const reason = error instanceof Error ? (error.cause instanceof Error ? `${error.message}: ${error.cause.message}` : error.message) : String(error);
+      throw new PolicyDoesNotLoadError(`the compiled policy does not load or evaluate in the gateway's engine: ${reason}`, { cause: error });
+    }
+  }
+}
+
+function audit(author: PolicyAuthor, operation: string, meta: PolicyMetadata, extra: Record<string, unknown> = {}): void {
+  author.log.info(
+    {
+      audit: {
+        operation,
+        policy: meta.name,
+        version: meta.version,
+        sha256: meta.sha256,
+        wasmSha256: meta.wasmSha256,
+        by: author.sub,
+        ...extra,
+      },
+    },
+    `audit: ${operation} ${meta.name} v${meta.version}`,
+  );
+}
