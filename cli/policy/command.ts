@@ -9,12 +9,12 @@ import { isIP } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
-import { parseArgs } from 'node:util';
 import { createTwoFilesPatch } from 'diff';
 import { opaPath } from '../../paths/index.js';
 import { opaSandboxEnv, writeCompileCapabilities } from '../../cms/opa-capabilities.js';
 import { isValidPolicyName } from '../../policy/store/names.js';
 import { CmsClient, CmsError, versionOf } from '../cms-client.js';
+import { EXIT, parseFlags, type CliIo } from '../io.js';
 import { checkWritable, filesOf, localNames, policyObject, prettyData, readPolicyDir, readState, sameContent, writePolicyDir, writeState, type PolicyFiles } from './files.js';
 
 export const POLICY_USAGE = `usage: gatehouse policy <command> [names...] [options]
@@ -43,14 +43,6 @@ Exit codes: 0 done; 1 failed (network, CMS error); 2 usage or configuration;
 it was pulled); 5 not enforced by every gateway in time; 6 differences (diff --exit-code).
 `;
 
-export const EXIT = { ok: 0, failed: 1, usage: 2, refused: 3, conflict: 4, notEnforced: 5, differs: 6 } as const;
-
-export interface PolicyCliIo {
-  env: NodeJS.ProcessEnv;
-  out: (text: string) => void;
-  err: (text: string) => void;
-  cwd?: string;
-}
 
 class CliExit extends Error {
   constructor(
@@ -63,27 +55,23 @@ class CliExit extends Error {
 
 const run = promisify(execFile);
 
-export async function runPolicyCli(argv: string[], io: PolicyCliIo): Promise<number> {
-  let parsed;
-  try {
-    parsed = parseArgs({
-      args: argv,
-      allowPositionals: true,
-      options: {
-        dir: { type: 'string' },
-        url: { type: 'string' },
-        'token-file': { type: 'string' },
-        json: { type: 'boolean', default: false },
-        wait: { type: 'string' },
-        'exit-code': { type: 'boolean', default: false },
-        insecure: { type: 'boolean', default: false },
-        help: { type: 'boolean', short: 'h', default: false },
-      },
-    });
-  } catch (error) {
-    io.err(`${(error as Error).message}\n${POLICY_USAGE}`);
-    return EXIT.usage;
-  }
+export async function runPolicyCli(argv: string[], io: CliIo): Promise<number> {
+  const parsed = parseFlags(
+    argv,
+    {
+      dir: { type: 'string' },
+      url: { type: 'string' },
+      'token-file': { type: 'string' },
+      json: { type: 'boolean', default: false },
+      wait: { type: 'string' },
+      'exit-code': { type: 'boolean', default: false },
+      insecure: { type: 'boolean', default: false },
+      help: { type: 'boolean', short: 'h', default: false },
+    },
+    POLICY_USAGE,
+    io,
+  );
+  if (!parsed) return EXIT.usage;
   const { values, positionals } = parsed;
   const [command, ...args] = positionals;
   if (values.help || !command) {
@@ -177,7 +165,7 @@ function isLoopback(hostname: string): boolean {
   return host === '::1' || host === '0:0:0:0:0:0:0:1';
 }
 
-function cmsClient(url: string | undefined, tokenFile: string | undefined, insecure: boolean, io: PolicyCliIo): CmsClient {
+function cmsClient(url: string | undefined, tokenFile: string | undefined, insecure: boolean, io: CliIo): CmsClient {
   const base = url ?? io.env.GATEHOUSE_URL ?? 'http://127.0.0.1:9080';
   let parsed: URL;
   try {
@@ -342,7 +330,7 @@ async function check(client: CmsClient, dir: string, names: string[], report: Re
   return code;
 }
 
-async function localTest(dir: string, names: string[], io: PolicyCliIo, report: Record<string, unknown>, say: (t: string) => void): Promise<number> {
+async function localTest(dir: string, names: string[], io: CliIo, report: Record<string, unknown>, say: (t: string) => void): Promise<number> {
   const opa = opaPath(io.env.OPA_PATH);
   if (!existsSync(opa)) throw new CliExit(EXIT.usage, `no opa at ${opa}: set OPA_PATH, or run npm run setup in the gatehouse package`);
   // As the CMS gate runs them (cms/opa-capabilities.ts): the engine's builtins, nothing of this environment.

@@ -5,8 +5,8 @@
 import { writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline/promises';
-import { parseArgs } from 'node:util';
 import { packageRoot } from '../../paths/index.js';
+import { EXIT, parseFlags, type CliIo } from '../io.js';
 import { AdminApi } from './admin-api.js';
 import { applyPlan, pendingChanges, plan, renderPlan } from './plan.js';
 import { ROUTE_VARIABLES, exportStandalone, isCredentialName, loadRoutesFile, resolveEnvReferences } from './routes-file.js';
@@ -30,52 +30,40 @@ The plan prints \${{NAME}} as the file writes it, and any credential of the
 environment that shows up in what APISIX stores as [NAME].
 `;
 
-export interface CliIo {
-  env: NodeJS.ProcessEnv;
-  out: (text: string) => void;
-  err: (text: string) => void;
-  /** Asks a yes/no question; absent when there is no terminal to ask on. */
-  confirm?: (question: string) => Promise<boolean>;
-}
-
 /** Runs the command; returns the process exit code. */
 export async function runCli(argv: string[], io: CliIo): Promise<number> {
-  let parsed;
-  try {
-    parsed = parseArgs({
-      args: argv,
-      allowPositionals: true,
-      options: {
-        file: { type: 'string' },
-        out: { type: 'string' },
-        yes: { type: 'boolean', short: 'y', default: false },
-        prune: { type: 'boolean', default: false },
-        'allow-env': { type: 'string', multiple: true, default: [] },
-        help: { type: 'boolean', short: 'h', default: false },
-      },
-    });
-  } catch (error) {
-    io.err(`${(error as Error).message}\n${USAGE}`);
-    return 2;
-  }
+  const parsed = parseFlags(
+    argv,
+    {
+      file: { type: 'string' },
+      out: { type: 'string' },
+      yes: { type: 'boolean', short: 'y', default: false },
+      prune: { type: 'boolean', default: false },
+      'allow-env': { type: 'string', multiple: true, default: [] },
+      help: { type: 'boolean', short: 'h', default: false },
+    },
+    USAGE,
+    io,
+  );
+  if (!parsed) return EXIT.usage;
   const { values, positionals } = parsed;
   if (values.help) {
     io.out(USAGE);
-    return 0;
+    return EXIT.ok;
   }
   const [group, command, ...rest] = positionals;
   if (group !== 'routes' || !command || !['export', 'diff', 'apply'].includes(command) || rest.length > 0) {
     io.err(USAGE);
-    return 2;
+    return EXIT.usage;
   }
   for (const name of values['allow-env']) {
     if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name)) {
       io.err(`--allow-env ${JSON.stringify(name)}: not a variable name\n`);
-      return 2;
+      return EXIT.usage;
     }
     if (isCredentialName(name)) {
       io.err(`--allow-env ${name}: a credential is never written into a route\n`);
-      return 2;
+      return EXIT.usage;
     }
   }
   const allowed = new Set([...ROUTE_VARIABLES, ...values['allow-env']]);
@@ -90,14 +78,14 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
       const text = exportStandalone(file);
       if (values.out) writeFileSync(values.out, text);
       else io.out(text);
-      return 0;
+      return EXIT.ok;
     }
 
     const url = io.env.ADMIN_API_URL?.trim();
     const key = io.env.ADMIN_API_KEY?.trim();
     if (!url || !key) {
       err('ADMIN_API_URL and ADMIN_API_KEY must be set (the key comes from your secret store; none is built in)\n');
-      return 2;
+      return EXIT.usage;
     }
     const api = new AdminApi(url, key);
     // The Admin API stores what it is given: ${{VAR}} references are resolved here, as standalone APISIX
@@ -107,23 +95,23 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
     const pending = pendingChanges(actions, values.prune);
     if (command === 'diff' || pending === 0) {
       if (pending === 0) out('APISIX already matches the routes file.\n');
-      return 0;
+      return EXIT.ok;
     }
     if (!values.yes) {
       if (!io.confirm) {
         err('refusing to apply without confirmation: no terminal to ask on; pass --yes\n');
-        return 3;
+        return EXIT.refused;
       }
       if (!(await io.confirm(`Apply ${pending} change(s) to ${url}? [y/N] `))) {
         err('nothing applied\n');
-        return 3;
+        return EXIT.refused;
       }
     }
     await applyPlan(api, actions, values.prune, (line) => out(`${line}\n`));
-    return 0;
+    return EXIT.ok;
   } catch (error) {
     err(`gatehouse routes ${command}: ${(error as Error).message}\n`);
-    return 1;
+    return EXIT.failed;
   }
 }
 

@@ -10,7 +10,8 @@ import { createServer } from 'node:http';
 import { createServer as createNetServer, type AddressInfo } from 'node:net';
 import { networkInterfaces, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { EXIT, runPolicyCli } from '../../cli/policy/command.js';
+import { runPolicyCli } from '../../cli/policy/command.js';
+import { EXIT } from '../../cli/io.js';
 import { repoRoot, startRunner, type RunnerProcess } from '../support/runner-process.js';
 import { startHarness, type Cms, type Harness } from '../cms/harness.js';
 
