@@ -50,6 +50,8 @@ export interface CmsAppOptions {
   etcdEndpoints: string[];
   identity: IdentityConfig;
   opaPath: string;
+  /** PATH of the compiler's processes, where prlimit is found (default: this process's PATH). */
+  searchPath?: string;
   etcdCallTimeoutMs?: number;
   /** TLS to etcd (https:// endpoints). */
   etcdTls?: EtcdTlsFiles;
@@ -130,6 +132,7 @@ export async function buildCmsApp(options: CmsAppOptions): Promise<FastifyInstan
   const access = await loadAccessPolicy(options.accessPolicyWasmPath ?? defaultAccessPolicyWasmPath());
   const compiler = new RegoCompiler({
     opaPath: options.opaPath,
+    ...(options.searchPath !== undefined ? { searchPath: options.searchPath } : {}),
     timeoutMs: options.compileTimeoutMs ?? DEFAULT_COMPILE_TIMEOUT_MS,
     ...(options.compileConcurrency ? { concurrency: options.compileConcurrency } : {}),
     ...(options.compileQueue ? { maxQueued: options.compileQueue } : {}),

@@ -8,6 +8,7 @@
  *   ETCD_CACERT, ETCD_CERT, ETCD_KEY  TLS to etcd (https:// endpoints): CA, client certificate and key (PEM files)
  *   ETCD_USERNAME, ETCD_PASSWORD (or ETCD_PASSWORD_FILE)  etcd user, when auth is on and the certificate does not name it
  *   OPA_PATH                the opa binary (default <package>/.local/bin/opa)
+ *   PATH                    where prlimit (and opa, named without a folder) are found; opa's processes get it and HOME, nothing else
  *   OPA_COMPILE_TIMEOUT_MS  deadline of each opa process (default 30000)
  *   OPA_MEMORY_MAX_MB       memory each opa process may commit (its data segment, prlimit --data), and
  *                           GOMEMLIMIT at 3/4 of it; a test run that needs more is stopped, 422 (default 256)
@@ -52,6 +53,8 @@ export interface CmsConfig {
   etcdAuth?: { username: string; password: string };
   identity: IdentityConfig;
   opaPath: string;
+  /** PATH of the compiler's processes. */
+  searchPath: string;
   compileTimeoutMs: number;
   /** The most memory each opa process may commit (hard), bytes. */
   opaMemoryMaxBytes: number;
@@ -83,6 +86,11 @@ export function defaultOpaPath(): string {
 
 export { defaultAccessPolicyWasmPath };
 
+/** PATH, for the compiler's processes (prlimit, opa); the default of a RegoCompiler not given one. */
+export function compilerSearchPath(env: NodeJS.ProcessEnv = process.env): string {
+  return env.PATH ?? '';
+}
+
 function positiveInteger(env: NodeJS.ProcessEnv, name: string, fallback: number): number {
   const raw = env[name]?.trim();
   if (!raw) return fallback;
@@ -104,6 +112,7 @@ export function cmsConfigFromEnv(env: NodeJS.ProcessEnv = process.env): CmsConfi
     ...(etcdAuth ? { etcdAuth } : {}),
     identity: identityConfigFromEnv(env),
     opaPath: opaPath(env.OPA_PATH),
+    searchPath: compilerSearchPath(env),
     compileTimeoutMs: positiveInteger(env, 'OPA_COMPILE_TIMEOUT_MS', DEFAULT_COMPILE_TIMEOUT_MS),
     opaMemoryMaxBytes: positiveInteger(env, 'OPA_MEMORY_MAX_MB', DEFAULT_OPA_MEMORY_MAX_MB) * 1024 * 1024,
     testConcurrency: positiveInteger(env, 'CMS_TEST_CONCURRENCY', DEFAULT_TEST_CONCURRENCY),

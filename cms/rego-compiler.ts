@@ -33,6 +33,7 @@ import { promisify } from 'node:util';
 import pLimit, { type LimitFunction } from 'p-limit';
 import { list as listTar } from 'tar'; // reads the gzipped bundle opa writes, without a tar binary
 import type { PolicySubmission } from '../policy/store/index.js';
+import { compilerSearchPath } from './config.js';
 import { opaSandboxEnv, writeCompileCapabilities } from './opa-capabilities.js';
 
 const run = promisify(execFile);
@@ -137,6 +138,8 @@ class OpaStoppedError extends Error {
 
 export interface RegoCompilerOptions {
   opaPath: string;
+  /** PATH of the opa processes, where prlimit is found (default: the CMS configuration's, cms/config.ts). */
+  searchPath?: string;
   timeoutMs?: number;
   /** Compiles running at once (each runs two or three opa processes); default: the number of cores. */
   concurrency?: number;
@@ -211,6 +214,7 @@ function diagnosticsFromText(text: string, workDir: string): RegoDiagnostic[] {
 
 export class RegoCompiler {
   readonly opaPath: string;
+  private readonly searchPath: string;
   private readonly timeoutMs: number;
   private readonly memoryMaxBytes: number;
   private versionPromise: Promise<string> | undefined;
@@ -222,6 +226,7 @@ export class RegoCompiler {
 
   constructor(options: RegoCompilerOptions) {
     this.opaPath = options.opaPath;
+    this.searchPath = options.searchPath ?? compilerSearchPath();
     this.timeoutMs = options.timeoutMs ?? 30_000;
     this.memoryMaxBytes = options.memoryMaxBytes ?? DEFAULT_OPA_MEMORY_MAX_BYTES;
     this.testSlots = pLimit(options.testConcurrency ?? 2);
@@ -242,7 +247,7 @@ export class RegoCompiler {
         timeout: this.timeoutMs,
         maxBuffer: MAX_OUTPUT_BYTES,
         // opa needs nothing else; keep secrets out
-        env: { ...opaSandboxEnv(process.env.PATH, cwd), GOMEMLIMIT: String(Math.floor((this.memoryMaxBytes * 3) / 4)), GOMAXPROCS: '2' },
+        env: { ...opaSandboxEnv(this.searchPath, cwd), GOMEMLIMIT: String(Math.floor((this.memoryMaxBytes * 3) / 4)), GOMAXPROCS: '2' },
       });
       return { ok: true, stdout, stderr };
     } catch (error) {

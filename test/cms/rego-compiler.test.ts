@@ -1,7 +1,9 @@
 import { describe, expect, it } from 'vitest';
-import { RegoCompileError, RegoCompiler } from '../../cms/rego-compiler.js';
+import { buildCmsApp } from '../../cms/app.js';
+import { CompilerUnavailableError, RegoCompileError, RegoCompiler } from '../../cms/rego-compiler.js';
 import { EXAMPLE_POLICY } from '../../dev/demo.js';
 import { loadPolicyEngine } from '../../policy/engine/index.js';
+import { createTestKeys } from '../support/jwt.js';
 import { OPA_PATH } from './harness.js';
 
 const compiler = new RegoCompiler({ opaPath: OPA_PATH });
@@ -73,5 +75,26 @@ describe('Rego compiler (real opa)', () => {
   it('reports type errors of a v0 module', async () => {
     const diagnostics = await diagnosticsOf('package v0bad\n\nallow {\n  count(1) == "x"\n}\n');
     expect(diagnostics[0]).toMatchObject({ code: 'rego_type_error', row: 4 });
+  });
+});
+
+describe('the compiler\'s PATH comes from the configuration', () => {
+  // opa's processes get PATH and HOME only; prlimit, which starts each one, is found on that PATH.
+  const nowhere = '/nonexistent-gatehouse-path';
+
+  it('a compiler runs opa with the PATH it is given, not the one this process has', async () => {
+    const compile = new RegoCompiler({ opaPath: OPA_PATH, searchPath: nowhere }).compile('package p\nallow := true\n');
+    await expect(compile).rejects.toThrow(CompilerUnavailableError);
+    await expect(compile).rejects.toThrow(/prlimit \(util-linux\) is not installed/);
+  });
+
+  it('the CMS passes its configured PATH to its compiler: with none that holds prlimit it does not start', async () => {
+    const keys = await createTestKeys();
+    try {
+      const start = buildCmsApp({ etcdEndpoints: ['http://127.0.0.1:9'], identity: keys.identityConfig, opaPath: OPA_PATH, searchPath: nowhere });
+      await expect(start).rejects.toThrow(CompilerUnavailableError);
+    } finally {
+      await keys.cleanup();
+    }
   });
 });
