@@ -7,7 +7,8 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { freePort } from '../../dev/apisix/index.js';
-import { EXIT, runPolicyCli } from '../../cli/policy/command.js';
+import { runPolicyCli } from '../../cli/policy/command.js';
+import { EXIT } from '../../cli/io.js';
 import { repoRoot } from '../support/runner-process.js';
 
 const stackName = `test-${process.pid}`;
