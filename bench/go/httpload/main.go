@@ -42,19 +42,14 @@ import (
 )
 
 type result struct {
-	// Calls counted (after the warm-up) and their rate.
-	Calls          int     `json:"calls"`
-	Seconds        float64 `json:"seconds"`
-	CallsPerSecond float64 `json:"callsPerSecond"`
+	// Calls counted (after the warm-up), their rate and latency.
+	load.Summary
 	// Every answer, warm-up included: what the server served while it ran.
 	Served int `json:"served"`
 	// Answers with another status than -status, and broken connections.
 	Errors     int            `json:"errors"`
 	Statuses   map[string]int `json:"statuses"`
 	Reconnects int            `json:"reconnects"`
-	P50Us      float64        `json:"p50Us"`
-	P99Us      float64        `json:"p99Us"`
-	P999Us     float64        `json:"p999Us"`
 	// This process's own CPU time (user + system) over the answers it read.
 	CPUMicrosPerCall float64 `json:"cpuMicrosPerCall"`
 }
@@ -343,15 +338,7 @@ func main() {
 	if *interval > 0 {
 		printIntervals(workers, measureFrom.Sub(start), deadline.Sub(start), time.Duration(*interval*float64(time.Second)))
 	}
-	sort.Slice(all, func(i, j int) bool { return all[i] < all[j] })
-	res.Calls = len(all)
-	if end.After(measureFrom) {
-		res.Seconds = end.Sub(measureFrom).Seconds()
-		res.CallsPerSecond = float64(res.Calls) / res.Seconds
-	}
-	res.P50Us = load.PercentileUs(all, 0.50)
-	res.P99Us = load.PercentileUs(all, 0.99)
-	res.P999Us = load.PercentileUs(all, 0.999)
+	res.Summary = load.Summarize(all, measureFrom, end)
 	if res.Served > 0 {
 		res.CPUMicrosPerCall = cpu / float64(res.Served)
 	}

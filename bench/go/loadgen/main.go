@@ -19,7 +19,6 @@ import (
 	"math"
 	"net"
 	"os"
-	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -42,14 +41,9 @@ const (
 type entry = load.Header
 
 type result struct {
-	Calls          int     `json:"calls"`
-	Errors         int     `json:"errors"`
-	Seconds        float64 `json:"seconds"`
-	CallsPerSecond float64 `json:"callsPerSecond"`
-	P50Us          float64 `json:"p50Us"`
-	P99Us          float64 `json:"p99Us"`
-	P999Us         float64 `json:"p999Us"`
-	ConfToken      uint32  `json:"confToken"`
+	load.Summary
+	Errors    int    `json:"errors"`
+	ConfToken uint32 `json:"confToken"`
 }
 
 var fail = load.Failer("ext-plugin-load")
@@ -144,15 +138,7 @@ func main() {
 			end = w.end
 		}
 	}
-	sort.Slice(all, func(i, j int) bool { return all[i] < all[j] })
-	res.Calls = len(all)
-	if end.After(measureFrom) {
-		res.Seconds = end.Sub(measureFrom).Seconds()
-		res.CallsPerSecond = float64(res.Calls) / res.Seconds
-	}
-	res.P50Us = load.PercentileUs(all, 0.50)
-	res.P99Us = load.PercentileUs(all, 0.99)
-	res.P999Us = load.PercentileUs(all, 0.999)
+	res.Summary = load.Summarize(all, measureFrom, end)
 
 	out, _ := json.Marshal(res)
 	fmt.Println(string(out))

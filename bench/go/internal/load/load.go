@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"sort"
 	"strings"
+	"time"
 )
 
 // Header is one -header flag, its name trimmed and lower-cased.
@@ -49,4 +51,30 @@ func Failer(name string) func(format string, args ...interface{}) {
 		fmt.Fprintf(os.Stderr, name+": "+format+"\n", args...)
 		os.Exit(1)
 	}
+}
+
+// Summary is what every generator reports of the calls it counted (after
+// the warm-up): how many, their rate, and their latency percentiles.
+type Summary struct {
+	Calls          int     `json:"calls"`
+	Seconds        float64 `json:"seconds"`
+	CallsPerSecond float64 `json:"callsPerSecond"`
+	P50Us          float64 `json:"p50Us"`
+	P99Us          float64 `json:"p99Us"`
+	P999Us         float64 `json:"p999Us"`
+}
+
+// Summarize sorts the counted calls' latencies (ns) in place and sums them
+// up over the time from measureFrom to end.
+func Summarize(latencies []int64, measureFrom, end time.Time) Summary {
+	sort.Slice(latencies, func(i, j int) bool { return latencies[i] < latencies[j] })
+	s := Summary{Calls: len(latencies)}
+	if end.After(measureFrom) {
+		s.Seconds = end.Sub(measureFrom).Seconds()
+		s.CallsPerSecond = float64(s.Calls) / s.Seconds
+	}
+	s.P50Us = PercentileUs(latencies, 0.50)
+	s.P99Us = PercentileUs(latencies, 0.99)
+	s.P999Us = PercentileUs(latencies, 0.999)
+	return s
 }
