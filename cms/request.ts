@@ -1,8 +1,8 @@
 /**
  * What every part of the CMS API reads from a request the same way: the
- * verified identity, If-Match / If-None-Match, ETags, list page tokens, and
- * the 405 answer for methods a path does not implement; and how the stores'
- * shared failures are answered.
+ * verified identity, If-Match / If-None-Match, ETags, history versions, list
+ * page tokens, and the 405 answer for methods a path does not implement; and
+ * how the stores' shared failures are answered.
  */
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { AuthenticationError, Identity } from '../identity/index.js';
@@ -72,6 +72,15 @@ export function methodNotAllowed(app: FastifyInstance, url: string, implemented:
       throw new HttpProblem({ status: 405, detail: `allowed methods: ${allow.join(', ')}` });
     },
   });
+}
+
+/** The {version} of a history path: a positive integer (400 otherwise). */
+export function versionOf(request: FastifyRequest): number {
+  const { version } = request.params as { version: string };
+  if (!/^[1-9]\d{0,11}$/.test(version)) {
+    throw new HttpProblem({ status: 400, type: ProblemType.invalidPath, title: 'Invalid version', detail: 'versions are positive integers' });
+  }
+  return Number(version);
 }
 
 export const DEFAULT_LIST_LIMIT = 100;

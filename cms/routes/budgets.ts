@@ -35,6 +35,7 @@ import {
   methodNotAllowed,
   notModified,
   verifiedIdentity,
+  versionOf,
   writeConditions,
 } from '../request.js';
 
@@ -119,14 +120,6 @@ function budgetOf(request: FastifyRequest): Budget {
     });
   }
   return value as Budget;
-}
-
-function versionOf(request: FastifyRequest): number {
-  const { version } = request.params as { version: string };
-  if (!/^[1-9]\d{0,11}$/.test(version)) {
-    throw new HttpProblem({ status: 400, type: ProblemType.invalidPath, title: 'Invalid version', detail: 'versions are positive integers' });
-  }
-  return Number(version);
 }
 
 function invalidUsageQuery(detail: string): HttpProblem {

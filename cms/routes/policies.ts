@@ -32,7 +32,7 @@ import { currentFleetStatus, fleetHeaders, preferredWait } from '../fleet.js';
 import { parsePolicyBody, type PolicyBody } from '../policy-body.js';
 import { PolicyDoesNotLoadError, PolicyEvaluationBoundError, type PolicyAuthor, type PolicyWriter, type WrittenPolicy } from '../policy-writer.js';
 import { CompilerBusyError, CompilerUnavailableError, PolicyTestsFailedError, PolicyTestsStoppedError, RegoCompileError } from '../rego-compiler.js';
-import { ALL_METHODS, encodePageToken, etag, listQuery, methodNotAllowed, notModified, verifiedIdentity, writeConditions } from '../request.js';
+import { ALL_METHODS, encodePageToken, etag, listQuery, methodNotAllowed, notModified, verifiedIdentity, versionOf, writeConditions } from '../request.js';
 
 export interface PolicyRoutesOptions {
   store: PolicyStore;
@@ -292,11 +292,8 @@ export const policyRoutes: FastifyPluginAsync<PolicyRoutesOptions> = async (app,
   app.get('/policies/:name/history/:version', async (request, reply) => {
     verifiedIdentity(request);
     const name = policyName(request);
-    const { version } = request.params as { version: string };
-    if (!/^[1-9]\d{0,11}$/.test(version)) {
-      throw new HttpProblem({ status: 400, type: ProblemType.invalidPath, title: 'Invalid version', detail: 'versions are positive integers' });
-    }
-    const policy = await store.historyVersion(name, Number(version));
+    const version = versionOf(request);
+    const policy = await store.historyVersion(name, version);
     if (!policy) throw notFound(`${name} version ${version}`);
     return sendPolicy(request, reply, policy);
   });
