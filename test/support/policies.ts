@@ -1,12 +1,11 @@
 // Writes real compiled policies into a real etcd, through the same compiler
 // and store the CMS uses, for tests that need policies without the HTTP API.
-import { join } from 'node:path';
 import type { Etcd3 } from 'etcd3';
 import { RegoCompiler, policySubmission } from '../../cms/rego-compiler.js';
 import { PolicyStore } from '../../policy/store/index.js';
-import { repoRoot } from './runner-process.js';
+import { opaPath as findOpa } from '../../paths/index.js';
 
-export const opaPath = process.env.OPA_PATH || join(repoRoot, '.local/bin/opa');
+export const opaPath = findOpa(process.env.OPA_PATH);
 
 export class PolicyWriter {
   readonly compiler = new RegoCompiler({ opaPath });
