@@ -20,7 +20,26 @@
 // These answer whole: a request with `stream: true` is refused with 400 (and
 // billed nothing), as is one that continues a stored response (the stub
 // stores none). A refused request is never billed.
-import type { LlmStubUsage } from './index.js';
+/** The usage of one chat completion the stub answered. */
+export interface LlmStubUsage {
+  /** The completion's `id`, as the client sees it in the answer or in every chunk. */
+  id: string;
+  model: string;
+  streamed: boolean;
+  /** Whether the answer carried `usage`: always when whole, with `stream_options.include_usage` when streamed. */
+  usageReported: boolean;
+  promptTokens: number;
+  completionTokens: number;
+  totalTokens: number;
+  /** Content chunks written (streamed), or completionTokens (whole); fewer when the client went away mid-stream. */
+  tokensWritten: number;
+  /** The client closed the connection before the answer was complete. */
+  aborted: boolean;
+  /** Date.now() when the request was read, when the first and the last chunk were written (whole: the one write). */
+  receivedAt: number;
+  firstChunkAt: number | null;
+  lastChunkAt: number | null;
+}
 
 /** Added to each responses input item's words (a chat message's PROMPT_TOKENS_PER_MESSAGE). */
 export const TOKENS_PER_ITEM = 3;

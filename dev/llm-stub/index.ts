@@ -23,7 +23,9 @@
 // responses API are answered and billed as endpoints.ts documents.
 import { createServer, type IncomingHttpHeaders, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { answerEndpoint } from './endpoints.js';
+import { answerEndpoint, type LlmStubUsage } from './endpoints.js';
+
+export type { LlmStubUsage };
 
 export interface LlmStubRequest {
   method: string;
@@ -32,26 +34,6 @@ export interface LlmStubRequest {
   body: string;
 }
 
-/** The usage of one chat completion the stub answered. */
-export interface LlmStubUsage {
-  /** The completion's `id`, as the client sees it in the answer or in every chunk. */
-  id: string;
-  model: string;
-  streamed: boolean;
-  /** Whether the answer carried `usage`: always when whole, with `stream_options.include_usage` when streamed. */
-  usageReported: boolean;
-  promptTokens: number;
-  completionTokens: number;
-  totalTokens: number;
-  /** Content chunks written (streamed), or completionTokens (whole); fewer when the client went away mid-stream. */
-  tokensWritten: number;
-  /** The client closed the connection before the answer was complete. */
-  aborted: boolean;
-  /** Date.now() when the request was read, when the first and the last chunk were written (whole: the one write). */
-  receivedAt: number;
-  firstChunkAt: number | null;
-  lastChunkAt: number | null;
-}
 
 export interface LlmStubOptions {
   port?: number;
