@@ -86,6 +86,18 @@ interface Pool {
   idleTimer: NodeJS.Timeout | null;
 }
 
+/** What one take (one compare-and-swap on a pool's record) asks for. */
+interface TakeRequest {
+  /** Tokens to take at most. */
+  want: number;
+  /** Tokens to take at least, or none. */
+  need: number;
+  /** Whether to mark the record wanted when nothing fits and others hold tokens. */
+  askOthers: boolean;
+  /** Until when lost compare-and-swaps are tried again. */
+  deadline: number;
+}
+
 /** What a write of the record means for this holder's own accounts once it commits. */
 interface WriteEffect {
   /** Settled usage folded into `consumed`. */
@@ -275,7 +287,12 @@ export class BudgetLedger {
       let outcome: 'granted' | 'exhausted';
       try {
         outcome = await this.takeWithin(deadline, () =>
-          this.take(pool, { want: Math.max(cost - free(pool), Math.min(request.block, request.limit.tokens)), need: cost - free(pool), askOthers: attempt > 0, deadline }),
+          this.take(pool, {
+            want: Math.max(cost - free(pool), Math.min(request.block, request.limit.tokens)),
+            need: cost - free(pool),
+            askOthers: attempt > 0,
+            deadline,
+          }),
         );
       } catch (err) {
         this.options.log.warn({ key: pool.key, err: (err as Error).message }, 'budget ledger unavailable; refusing calls that need a new block');
@@ -327,9 +344,9 @@ export class BudgetLedger {
    * One compare-and-swap on the record: folds settled usage into consumed,
    * reclaims dead holders' blocks, and takes up to `want` tokens (at least
    * `need`, or nothing). When nothing fits and others hold tokens, marks the
-   * record wanted (with `askOthers`). Lost swaps are tried again until `deadline`.
+   * record wanted (with `askOthers`).
    */
-  private async take(pool: Pool, { want, need, askOthers, deadline }: { want: number; need: number; askOthers: boolean; deadline: number }): Promise<'granted' | 'exhausted'> {
+  private async take(pool: Pool, { want, need, askOthers, deadline }: TakeRequest): Promise<'granted' | 'exhausted'> {
     const me = await this.ensureHolder();
     const client = this.options.client;
     // Lost compare-and-swaps mean etcd answers and others write: keep trying, out of step, until the call's deadline.

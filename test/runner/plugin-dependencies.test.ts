@@ -45,7 +45,11 @@ describe('plugins without their dependencies', () => {
     expect(byName(plugins, 'opa').parseConf('{}')).toMatchObject({ policies: [{ kind: 'platform' }, { kind: 'caller-project' }], budgets: null });
 
     // The reasons the runner gives are kept.
-    const given = builtinPlugins({ ...without, verifierError: 'JWT_JWKS_FILE cannot be read', vault: { ...without.vault, configError: 'VAULT_ROLE_ID unset' } });
+    const given = builtinPlugins({
+      ...without,
+      verifierError: 'JWT_JWKS_FILE cannot be read',
+      vault: { ...without.vault, configError: 'VAULT_ROLE_ID unset' },
+    });
     expect(refusal(byName(given, 'jwt'), {})).toBe('jwt: token verification is not configured (JWT_JWKS_FILE cannot be read)');
     expect(refusal(byName(given, 'vault'), { path: 'llm/{project}', field: 'api_key' })).toBe('vault: Vault is not configured (VAULT_ROLE_ID unset)');
   });

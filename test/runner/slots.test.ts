@@ -22,7 +22,10 @@ function request(path: string, body: string): { request: GatewayRequest; bodyRea
     },
     responseBody: () => Promise.reject(new Error('no response here')),
   };
-  const req = new GatewayRequest({ id: 1, method: 'POST', path, srcIp: '127.0.0.1', headers: [{ name: 'content-type', value: 'application/json' }], args: [] }, extra);
+  const req = new GatewayRequest(
+    { id: 1, method: 'POST', path, srcIp: '127.0.0.1', headers: [{ name: 'content-type', value: 'application/json' }], args: [] },
+    extra,
+  );
   return { request: req, bodyReads: () => reads };
 }
 
@@ -45,7 +48,10 @@ describe('call context slots', () => {
 
   it('the LLM call is read from the body once per endpoint and kept for the plugins after', async () => {
     const ctx = context();
-    const { request: req, bodyReads } = request('/llm/v1/chat/completions', JSON.stringify({ model: 'gpt-x', max_tokens: 50, messages: [{ role: 'user', content: 'hi' }] }));
+    const { request: req, bodyReads } = request(
+      '/llm/v1/chat/completions',
+      JSON.stringify({ model: 'gpt-x', max_tokens: 50, messages: [{ role: 'user', content: 'hi' }] }),
+    );
     const seenByOpa = await llmCall(ctx, req);
     expect(seenByOpa).not.toBeInstanceOf(LlmCallError);
     expect((seenByOpa as LlmCall).model).toBe('gpt-x');
