@@ -27,7 +27,7 @@
  *   LOG_LEVEL               pino level (default info)
  *   JWT_*                   token verification, see identity/config.ts
  */
-import { opaPath } from '../paths/index.js';
+import { opaPath } from '../runtime/paths.js';
 import { identityConfigFromEnv, type IdentityConfig } from '../identity/index.js';
 import { availableParallelism } from 'node:os';
 import { DEFAULT_ETCD_MAX_REQUEST_BYTES, DEFAULT_HISTORY_RETENTION } from '../policy/store/index.js';
@@ -78,7 +78,7 @@ export interface CmsConfig {
 }
 
 // The package root and the opa binary are found in paths/ (re-exported for the CMS's and the benchmarks' imports).
-export { packageRoot } from '../paths/index.js';
+export { packageRoot } from '../runtime/paths.js';
 
 export function defaultOpaPath(): string {
   return opaPath();

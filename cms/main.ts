@@ -7,6 +7,7 @@
 import { pino } from 'pino';
 import { buildCmsApp } from './app.js';
 import { cmsConfigFromEnv } from './config.js';
+import { createLogger } from '../runtime/logger.js';
 
 async function main(): Promise<void> {
   const bootLog = pino({ name: 'gatehouse-cms' }, pino.destination(2));
@@ -17,7 +18,7 @@ async function main(): Promise<void> {
     bootLog.fatal({ err: error }, 'invalid configuration');
     process.exit(2);
   }
-  const logger = pino({ name: 'gatehouse-cms', level: config.logLevel }, pino.destination(2));
+  const logger = createLogger('gatehouse-cms', config.logLevel);
   const app = await buildCmsApp({ ...config, logger });
   await app.listen({ port: config.port, host: config.host });
 

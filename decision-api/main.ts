@@ -3,7 +3,7 @@
 // engine, kept current by the same etcd watch the gateway uses, through the
 // same policy pipeline (policy/enforcer.ts). Configuration: decision-api/config.ts.
 import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import { createLogger } from '../plugins/runner/logger.js';
+import { createLogger } from '../runtime/logger.js';
 import { createIdentityVerifier } from '../identity/index.js';
 import { createEtcdClient } from '../etcd/index.js';
 import { gatewayId } from '../policy/fleet/report.js';

@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { createTwoFilesPatch } from 'diff';
-import { opaPath } from '../../paths/index.js';
+import { opaPath } from '../../runtime/paths.js';
 import { opaSandboxEnv, writeCompileCapabilities } from '../../cms/opa-capabilities.js';
 import { isValidPolicyName } from '../../policy/store/names.js';
 import { CmsClient, CmsError, versionOf } from '../cms-client.js';

@@ -5,7 +5,7 @@
 import { writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline/promises';
-import { packageRoot } from '../../paths/index.js';
+import { packageRoot } from '../../runtime/paths.js';
 import { EXIT, parseFlags, type CliIo } from '../io.js';
 import { AdminApi } from './admin-api.js';
 import { applyPlan, pendingChanges, plan, renderPlan } from './plan.js';

@@ -7,7 +7,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { FastifyPluginAsync } from 'fastify';
 import { HttpProblem } from '../../http/problem.js';
-import { packageRoot } from '../../paths/index.js';
+import { packageRoot } from '../../runtime/paths.js';
 
 export interface ConsoleRoutesOptions {
   /** Identities offered at one click (GET /console/demo-tokens): the local stack's only. */

@@ -12,7 +12,7 @@
 import { spawn } from 'node:child_process';
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { packageRoot } from '../../paths/index.js';
+import { packageRoot } from '../../runtime/paths.js';
 import { findApisix } from './installation.js';
 import { prepareApisix } from './instance.js';
 

@@ -6,7 +6,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parse, stringify } from 'yaml';
-import { packageRoot } from '../../paths/index.js';
+import { packageRoot } from '../../runtime/paths.js';
 
 export const ETCD_MEMBERS = ['dc1', 'dc2', 'witness'] as const;
 export type EtcdMember = (typeof ETCD_MEMBERS)[number];

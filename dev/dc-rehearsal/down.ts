@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // npm run dc:down: stops the rehearsal dc:up started and removes its network.
-import { packageRoot } from '../../paths/index.js';
+import { packageRoot } from '../../runtime/paths.js';
 import { destroyNetwork } from './netns.js';
 import { teardownFromStateFile } from './rehearsal.js';
 import { REHEARSAL_PLAN, rehearsalWorkDir } from './plan.js';

@@ -10,7 +10,7 @@ import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { chmodSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { packageRoot } from '../../paths/index.js';
+import { packageRoot } from '../../runtime/paths.js';
 import { findApisix } from '../apisix/index.js';
 import { createEtcdClient } from '../../etcd/index.js';
 import { CMS_USER, GATEWAY_USER, enableEtcdAuth } from '../../deploy/etcd-auth/roles.js';

@@ -3,7 +3,7 @@
 // background (npm run dc:down stops it). Needs root (network namespaces).
 import { join } from 'node:path';
 import { createDemoIdentity, seedDemoPolicies, DEMO_PROJECT } from '../demo.js';
-import { opaPath as opaBinary, packageRoot } from '../../paths/index.js';
+import { opaPath as opaBinary, packageRoot } from '../../runtime/paths.js';
 import { identityEnv } from './identity-env.js';
 import { netnsAvailable } from './netns.js';
 import { startRehearsal } from './rehearsal.js';

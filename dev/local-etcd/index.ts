@@ -15,7 +15,7 @@ import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { localServerProcess } from '../child-process.js';
 import { directoryHolder } from '../in-use.js';
-import { packageRoot } from '../../paths/index.js';
+import { packageRoot } from '../../runtime/paths.js';
 
 
 export interface LocalEtcd {

@@ -16,7 +16,7 @@ import { createIdentityVerifier } from '../../identity/index.js';
 import { createEtcdClient } from '../../etcd/index.js';
 import { PolicyWatcher } from '../../policy/watcher/watcher.js';
 import { buildDecisionApp } from '../../decision-api/app.js';
-import { packageRoot } from '../../paths/index.js';
+import { packageRoot } from '../../runtime/paths.js';
 import { findApisix, freePort, reachableByWorkers, startApisix } from '../apisix/index.js';
 import { startLocalEtcd, type LocalEtcd } from '../local-etcd/index.js';
 

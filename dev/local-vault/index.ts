@@ -26,7 +26,7 @@ import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { freePort } from '../local-etcd/index.js';
-import { packageRoot } from '../../paths/index.js';
+import { packageRoot } from '../../runtime/paths.js';
 import { localServerProcess } from '../child-process.js';
 
 export const vaultBinary = process.env.VAULT_BINARY || join(packageRoot(), '.local/bin/vault');

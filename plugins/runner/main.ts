@@ -4,7 +4,7 @@
 // of that many worker processes serving the same socket (cluster.ts), and
 // loads none of what serves calls (worker.ts), which each worker loads.
 import cluster from 'node:cluster';
-import { createLogger } from './logger.js';
+import { createLogger } from '../../runtime/logger.js';
 import { logLevelFromEnv, runnerConfigFromEnv } from './config.js';
 import { socketPathOf } from './socket-file.js';
 

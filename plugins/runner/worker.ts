@@ -4,7 +4,7 @@
 // serves the metrics port.
 import cluster from 'node:cluster';
 import { AggregatorRegistry } from 'prom-client';
-import { createLogger } from './logger.js';
+import { createLogger } from '../../runtime/logger.js';
 import { WorkerLink, type WorkerReadiness } from './cluster.js';
 import type { RunnerConfig } from './config.js';
 import { PluginRegistry } from './registry.js';

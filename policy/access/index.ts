@@ -5,7 +5,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { packageRoot } from '../../paths/index.js';
+import { packageRoot } from '../../runtime/paths.js';
 import type { Identity } from '../../identity/index.js';
 import { loadPolicyEngine } from '../engine/index.js';
 

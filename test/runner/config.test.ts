@@ -2,7 +2,7 @@
 // (plugins/runner/config.ts), the decision API's (decision-api/config.ts) and
 // the CMS's (cms/config.ts) are the only readers of process.env among the
 // shipped libraries; ETCD_ENDPOINTS is parsed by one function (etcd/config.ts);
-// the package root is found in one place (paths/).
+// the package root is found in one place (runtime/paths.ts).
 import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import { join, relative, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -11,7 +11,7 @@ import { decisionConfigFromEnv } from '../../decision-api/config.js';
 import { cmsConfigFromEnv } from '../../cms/config.js';
 import { DEFAULT_ETCD_ENDPOINT, etcdEndpoints } from '../../etcd/index.js';
 import { DEFAULT_EVAL_FUEL } from '../../policy/engine/index.js';
-import { opaPath, packageRoot } from '../../paths/index.js';
+import { opaPath, packageRoot } from '../../runtime/paths.js';
 import { repoRoot } from '../support/runner-process.js';
 
 const MiB = 1024 * 1024;
@@ -168,7 +168,7 @@ describe('who reads process.env', () => {
   }
 
   it('only the services configuration modules, among the shipped libraries', () => {
-    const folders = ['cms', 'plugins', 'policy', 'budget', 'identity', 'etcd', 'http', 'decision-api', 'paths'];
+    const folders = ['cms', 'plugins', 'policy', 'budget', 'identity', 'etcd', 'http', 'decision-api', 'runtime'];
     const readers = folders
       .flatMap((folder) => sources(join(repoRoot, folder)))
       .filter((file) => /process\.env/.test(readFileSync(file, 'utf8')))

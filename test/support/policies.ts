@@ -3,7 +3,7 @@
 import type { Etcd3 } from 'etcd3';
 import { RegoCompiler, policySubmission } from '../../cms/rego-compiler.js';
 import { PolicyStore } from '../../policy/store/index.js';
-import { opaPath as findOpa } from '../../paths/index.js';
+import { opaPath as findOpa } from '../../runtime/paths.js';
 
 export const opaPath = findOpa(process.env.OPA_PATH);
 

@@ -1,5 +1,6 @@
-// pino to stderr: APISIX logs the runner's stdout and stderr at warn level,
-// so stdout stays quiet and credentials are redacted wherever they appear.
+// Every service's logger: pino, JSON lines on stderr, credentials redacted
+// wherever they appear. stderr because APISIX logs its runner's stdout and
+// stderr at warn level: stdout stays quiet.
 import { pino, type Logger } from 'pino';
 
 export const REDACTED_PATHS = [

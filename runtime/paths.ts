@@ -1,5 +1,6 @@
 /**
- * Where Gatehouse's own files are: the package root (the folder holding its
+ * Where Gatehouse's own files are (runtime/: what every process needs from
+ * where it runs, its files here and its logger in logger.ts): the package root (the folder holding its
  * package.json), found from this module whether it runs from dist/ or from
  * sources, and the tools setup puts under it. The one place that finds them:
  * the services, the gatehouse command and the development tools alike.
