@@ -22,19 +22,10 @@ import { EngineCache, type EngineCacheStats } from './cache.js';
 import { EvaluationBudgetError, evaluationFuel, policyMemoryMaxBytes } from './index.js';
 import { engineInput } from './serialised-input.js';
 import { startMetering } from './metering.js';
-import { EvaluationPool, evaluationTimeoutMs, type EvaluationTarget } from './pool.js';
+import { EvaluationPool, evaluationTimeoutMs } from './pool.js';
+import type { AbortReason, EvaluationTarget, Evaluator } from './evaluation.js';
 
-export type AbortReason = 'timeout' | 'budget' | 'error';
-
-/** Evaluates policies for tenants, within the bounds (see above). */
-export interface Evaluator {
-  /** Rejects on an engine that cannot load, a failed evaluation, or a bound (EvaluationBudgetError, EvaluationTimeoutError, EvaluationMemoryError). */
-  evaluate(tenant: string, target: EvaluationTarget, input: unknown): Promise<unknown>;
-  /** Builds `target`'s engine wherever decisions run (a policy being swapped in is ready before its first decision). */
-  prepare(target: EvaluationTarget): Promise<void>;
-  stats(): Promise<EngineCacheStats>;
-  close(): Promise<void>;
-}
+export type { AbortReason, EvaluationTarget, Evaluator } from './evaluation.js';
 
 /** How many times as long as a stopped (or long) evaluation held the thread its tenant waits before its next one. */
 export const THREAD_PENALTY_FACTOR = 9;

@@ -32,7 +32,7 @@ import { Worker } from 'node:worker_threads';
 import { fileURLToPath } from 'node:url';
 import { EngineCache, withWasmBytes, type EngineCacheStats, type EngineSource } from './cache.js';
 import { DEFAULT_EVAL_FUEL, EvaluationBudgetError, PolicyEngineError } from './index.js';
-import type { AbortReason, Evaluator } from './evaluator.js';
+import type { AbortReason, EvaluationTarget, Evaluator } from './evaluation.js';
 import type { WorkerAnswer, WorkerNotice, WorkerRequest, WorkerSettings } from './pool-worker.js';
 
 export const DEFAULT_EVAL_TIMEOUT_MS = 500;
@@ -52,11 +52,7 @@ export class EvaluationMemoryError extends Error {
   override readonly name = 'EvaluationMemoryError';
 }
 
-/** What to evaluate: a policy's engine source and entrypoint, on behalf of a tenant. */
-export interface EvaluationTarget {
-  source: EngineSource;
-  entrypoint: string;
-}
+export type { EvaluationTarget } from './evaluation.js';
 
 export interface EvaluationPoolOptions {
   workers: number;

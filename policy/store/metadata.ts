@@ -1,5 +1,12 @@
 // What the store writes under a policy's meta key (keys.ts): read by the
-// store's operations (store.ts) and by its scans (scan.ts) alike.
+// store's operations (store.ts) and by its scans (scan.ts) alike, and the
+// content hash its sha256 fields hold (gateways check wasm and data by it).
+import { createHash } from 'node:crypto';
+
+/** sha256 of `bytes` (text as UTF-8), hex: how the metadata names content. */
+export function sha256Hex(bytes: string | Uint8Array): string {
+  return createHash('sha256').update(bytes).digest('hex');
+}
 
 export interface PolicyMetadata {
   name: string;

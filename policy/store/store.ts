@@ -3,7 +3,6 @@
  * a compare on the policy's meta key, so concurrent writers cannot interleave
  * and a watcher never sees a half-written policy (see keys.ts).
  */
-import { createHash } from 'node:crypto';
 import { Range, type Etcd3, type IKeyValue, type IResponseOp } from 'etcd3';
 import { policyKeys, POLICIES_PREFIX, parsePolicyKey, type HistoryPart } from './keys.js';
 import { checkWriteConditions, PreconditionFailedError, StoreUnavailableError, WriteConflictError, type WriteConditions } from '../../etcd/store-errors.js';
@@ -11,7 +10,7 @@ import { checkWriteConditions, PreconditionFailedError, StoreUnavailableError, W
 // The failures and conditions shared with the other stores, as this store's API.
 export { PreconditionFailedError, StoreUnavailableError, WriteConflictError, type WriteConditions };
 import { currentRevision, indexPage, readIndex, readKeysAt, scanPolicyNames } from './scan.js';
-import type { PolicyMetadata } from './metadata.js';
+import { sha256Hex, type PolicyMetadata } from './metadata.js';
 
 export const DEFAULT_HISTORY_RETENTION = 50;
 /**
@@ -72,10 +71,6 @@ export class PolicyTooLargeError extends Error {
 /** The policy object text GET returns; data is spliced in as text so its numbers stay exact. */
 export function renderPolicyObject(rego: string, dataText: string, testsText: string | null = null): string {
   return `{"rego":${JSON.stringify(rego)},"data":${dataText}${testsText === null ? '' : `,"tests":${testsText}`}}`;
-}
-
-function sha256Hex(bytes: string | Uint8Array): string {
-  return createHash('sha256').update(bytes).digest('hex');
 }
 
 function firstValue(op: IResponseOp | undefined): IKeyValue | undefined {

@@ -28,7 +28,7 @@ import type { Etcd3 } from 'etcd3';
 import { WasmUnavailableError } from '../engine/cache.js';
 import { PolicyEngineError } from '../engine/index.js';
 import { PinnedRevisionCompactedError, policyKeys, readPolicyWasm } from '../store/index.js';
-import { sha256Hex } from './snapshot.js';
+import { sha256Hex } from '../store/index.js';
 
 /** Which module, and a policy version whose keys hold it (any holder will do). */
 export interface ModuleRef {

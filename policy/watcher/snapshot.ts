@@ -30,12 +30,13 @@
 // a policy file and the manifest leaves every policy at a version etcd had;
 // the manifest's revision is then a little behind, which is harmless: the
 // snapshot is never used to resume a watch.
-import { createHash, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import { chmod, mkdir, readdir, readFile, rename, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { isValidPolicyName, type PolicyMetadata } from '../store/index.js';
 import pLimit from 'p-limit';
 import { WasmUnavailableError } from '../engine/cache.js';
+import { sha256Hex } from '../store/index.js';
 import type { ModuleStore } from './modules.js';
 import type { PolicySet } from './policy-set.js';
 
@@ -76,10 +77,6 @@ interface PolicyFile {
 
 export class SnapshotCorruptError extends Error {
   override readonly name = 'SnapshotCorruptError';
-}
-
-export function sha256Hex(bytes: string | Uint8Array): string {
-  return createHash('sha256').update(bytes).digest('hex');
 }
 
 const SHA256_FILE = /^([0-9a-f]{64})\.(json|wasm)$/;

@@ -40,7 +40,8 @@ import {
   unknownMetadata,
 } from '../store/index.js';
 import { PolicySet, loadedPolicy, type LoadedPolicy, type PolicyBytes } from './policy-set.js';
-import { SnapshotWriter, readSnapshot, sha256Hex } from './snapshot.js';
+import { SnapshotWriter, readSnapshot } from './snapshot.js';
+import { sha256Hex } from '../store/index.js';
 import { ModuleStore, type ModuleStoreStats } from './modules.js';
 import { join } from 'node:path';
 
