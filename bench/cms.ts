@@ -17,7 +17,7 @@ import { join } from 'node:path';
 import hdr from 'hdr-histogram-js';
 import { pino } from 'pino';
 import { buildCmsApp } from '../cms/app.js';
-import { defaultOpaPath, packageRoot } from '../cms/config.js';
+import { opaPath, packageRoot } from '../runtime/paths.js';
 import { createDemoIdentity, EXAMPLE_POLICY } from '../dev/demo.js';
 
 const PUTS = Number(process.env.BENCH_CMS_PUTS ?? 200);
@@ -85,7 +85,7 @@ async function main(): Promise<void> {
   const app = await buildCmsApp({
     etcdEndpoints: endpoints,
     identity: identity.identityConfig,
-    opaPath: process.env.OPA_PATH || defaultOpaPath(),
+    opaPath: opaPath(process.env.OPA_PATH),
     logger: pino({ level: 'silent' }),
   });
   const baseUrl = await app.listen({ port: 0, host: '127.0.0.1' });

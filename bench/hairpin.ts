@@ -11,7 +11,6 @@
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { Pool } from 'undici';
 import { pino } from 'pino';
 import { parseDocument } from 'yaml';
@@ -23,11 +22,12 @@ import { createEtcdClient } from '../etcd/index.js';
 import { BudgetStore } from '../budget/store.js';
 import { readUsage } from '../budget/usage.js';
 import { benchOpaPath, driveConcurrently, machineLine, storeBenchPolicy, medianStats, printTable, retryUntilReady, type Stats } from './support.js';
+import { packageRoot } from '../runtime/paths.js';
 
 const connections = Number(process.env.BENCH_CONNECTIONS ?? 8);
 const seconds = Number(process.env.BENCH_SECONDS ?? 3);
 const rounds = Number(process.env.BENCH_ROUNDS ?? 3);
-const root = fileURLToPath(new URL('../..', import.meta.url));
+const root = packageRoot();
 
 const POLICY = `package project.authz
 import rego.v1

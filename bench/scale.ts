@@ -50,6 +50,7 @@ import {
   startNodeProcess,
   type BenchProcess,
   type Stats,
+  benchOpaPath,
 } from './support.js';
 
 const scales = (process.env.BENCH_SCALE_PROJECTS ?? '1000,10000').split(',').map(Number);
@@ -64,14 +65,13 @@ const distinctProjects = Number(process.env.BENCH_DISTINCT_PROJECTS ?? 10_000);
 const HOT_SET = 64;
 
 const here = fileURLToPath(new URL('.', import.meta.url));
-const root = join(here, '..', '..');
 const runnerScript = join(here, '../plugins/runner/main.js');
 /**
  * A runner built from an earlier commit, measured beside this one with one
  * project (how it was before): BENCH_BASELINE_RUNNER=<its dist/plugins/runner/main.js>.
  */
 const baselineScript = process.env.BENCH_BASELINE_RUNNER || null;
-const opaPath = process.env.OPA_PATH || join(root, '.local/bin/opa');
+const opaPath = benchOpaPath;
 
 /** A constant of every module, rewritten per project (same length) for the distinct-policies row. */
 const MARKER = 'gh-variant-0000000000';

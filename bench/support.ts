@@ -22,9 +22,10 @@ import { RegoCompiler, policySubmission, type CompiledPolicy } from '../cms/rego
 import { createEtcdClient } from '../etcd/index.js';
 import { PolicyStore } from '../policy/store/index.js';
 import { processTable } from '../dev/proc.js';
+import { opaPath } from '../runtime/paths.js';
 
 /** The opa the benchmarks compile with: OPA_PATH, else the one setup builds. */
-export const benchOpaPath = process.env.OPA_PATH || join(import.meta.dirname, '..', '..', '.local', 'bin', 'opa');
+export const benchOpaPath = opaPath(process.env.OPA_PATH);
 
 /** Compiles a policy with the real opa and stores it in etcd as the CMS does; returns the compiled policy. */
 export async function storeBenchPolicy(etcdEndpoints: string[], name: string, rego: string, dataText: string): Promise<CompiledPolicy> {

@@ -77,15 +77,6 @@ export interface CmsConfig {
   logLevel: string;
 }
 
-// The package root and the opa binary are found in paths/ (re-exported for the CMS's and the benchmarks' imports).
-export { packageRoot } from '../runtime/paths.js';
-
-export function defaultOpaPath(): string {
-  return opaPath();
-}
-
-export { defaultAccessPolicyWasmPath };
-
 /** PATH, for the compiler's processes (prlimit, opa); the default of a RegoCompiler not given one. */
 export function compilerSearchPath(env: NodeJS.ProcessEnv = process.env): string {
   return env.PATH ?? '';

@@ -12,7 +12,6 @@
 // line. A start that fails partway stops everything it had started.
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { pino } from 'pino';
 import { createDemoIdentity, demoCurlCommands, seedDemoPolicies, DEMO_PROJECT, DEMO_LLM_SECRET } from '../dev/demo.js';
 import { startLocalStack } from '../dev/local-stack/index.js';
@@ -24,6 +23,7 @@ import { startDemoRag } from '../dev/local-stack/demo-rag.js';
 import { startLlmStub } from '../dev/llm-stub/index.js';
 import { BudgetStore } from '../budget/store.js';
 import type { Budget } from '../budget/definition.js';
+import { opaPath as opaBinary, packageRoot } from '../runtime/paths.js';
 
 /** Tokens per minute and per day; calls without max_tokens are charged (and sent) 256. */
 const DEMO_BUDGET: Budget = { windows: [{ per: 'minute', tokens: 20_000 }, { per: 'day', tokens: 1_000_000 }], default_max_tokens: 256 };
@@ -31,7 +31,7 @@ import { startLocalVault } from '../dev/local-vault/index.js';
 import { directoryHolder, portHolder } from '../dev/in-use.js';
 import { localEtcdDataDir } from '../dev/local-etcd/index.js';
 
-const root = fileURLToPath(new URL('../..', import.meta.url));
+const root = packageRoot();
 const port = (name: string, fallback: number) => Number(process.env[name] ?? fallback);
 
 /** The ports npm start listens on, by the variable that moves each, with their defaults. */
@@ -105,7 +105,7 @@ async function waitUntil(check: () => Promise<boolean>, timeoutMs: number): Prom
 
 async function main() {
   const log = pino({ name: 'gatehouse-local', level: process.env.LOG_LEVEL ?? 'warn' }, pino.destination(2));
-  const opaPath = process.env.OPA_PATH || join(root, '.local/bin/opa');
+  const opaPath = opaBinary(process.env.OPA_PATH);
   const stackName = process.env.STACK_NAME ?? 'default';
   if (!/^[a-z0-9][a-z0-9-]{0,40}$/.test(stackName)) throw new StartRefused(`STACK_NAME must be lower-case letters, digits and dashes, not ${JSON.stringify(stackName)}`);
   const suffix = stackName === 'default' ? '' : `-${stackName}`;

@@ -10,7 +10,8 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
 import { ACCESS_POLICY_ENTRYPOINT, loadAccessPolicy, type AccessInput } from '../../policy/access/index.js';
-import { defaultAccessPolicyWasmPath, packageRoot } from '../../cms/config.js';
+import { packageRoot } from '../../runtime/paths.js';
+import { defaultAccessPolicyWasmPath } from '../../policy/access/index.js';
 import { loadPolicyEngine } from '../../policy/engine/index.js';
 import { OPA_PATH } from './harness.js';
 

@@ -10,11 +10,12 @@ import type { FastifyInstance } from 'fastify';
 import { pino } from 'pino';
 import { Etcd3, Range } from 'etcd3';
 import { buildCmsApp, type CmsAppOptions } from '../../cms/app.js';
-import { defaultAccessPolicyWasmPath, packageRoot } from '../../cms/config.js';
+import { opaPath, packageRoot } from '../../runtime/paths.js';
+import { defaultAccessPolicyWasmPath } from '../../policy/access/index.js';
 import { startEtcd, type TestEtcd } from '../support/etcd.js';
 import { createTestKeys, type TestKeys } from '../support/jwt.js';
 
-export const OPA_PATH = process.env.OPA_PATH || join(packageRoot(), '.local', 'bin', 'opa');
+export const OPA_PATH = opaPath(process.env.OPA_PATH);
 
 export const ADMIN = { sub: 'ada', role: 'platform_admin' };
 export const TEAM_A_USER = { sub: 'tom', role: 'project_user', project: 'team-a' };
