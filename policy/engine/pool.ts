@@ -240,7 +240,9 @@ export class EvaluationPool implements Evaluator {
   }
 
   /** Starts (again) the deadline of the slot's job: the evaluation's, or while its engine is built, the build's. */
-  private deadline(slot: Slot, job: Job, building: boolean): void {
+  /** Arms `slot`'s timer for `job`: an evaluation's deadline, or a longer one while its engine is being built. */
+  private deadline(slot: Slot, job: Job, phase: 'building' | 'evaluating'): void {
+    const building = phase === 'building';
     if (slot.timer) clearTimeout(slot.timer);
     slot.timer = setTimeout(
       () => {
@@ -253,13 +255,13 @@ export class EvaluationPool implements Evaluator {
 
   private notice(slot: Slot, notice: WorkerNotice): void {
     const job = slot.job;
-    if (job && slot.waiting.has(notice.id)) this.deadline(slot, job, notice.notice === 'building');
+    if (job && slot.waiting.has(notice.id)) this.deadline(slot, job, notice.notice === 'building' ? 'building' : 'evaluating');
   }
 
   private run(slot: Slot, job: Job): void {
     slot.job = job;
     this.inFlight.set(job.tenant, (this.inFlight.get(job.tenant) ?? 0) + 1);
-    this.deadline(slot, job, false);
+    this.deadline(slot, job, 'evaluating');
     const key = EngineCache.key(job.target.source);
     const attempt = async (withSource: boolean): Promise<void> => {
       let source: EngineSource | undefined;

@@ -270,7 +270,7 @@ export class PolicyWatcher extends EventEmitter {
         policies.set(record.name, this.policy({ ...record, dataSha256: sha256Hex(record.dataText) }));
       }
       await this.warmUp(policies);
-      this.swap(new PolicySet(cut.revision, policies, 'etcd'), [...policies.values()].map((p) => ({ name: p.name, policy: p, propagationMs: null })), true);
+      this.swap(new PolicySet(cut.revision, policies, 'etcd'), [...policies.values()].map((p) => ({ name: p.name, policy: p, propagationMs: null })), 'replaces-all');
     });
     this.options.log.info({ revision: cut.revision, policies: cut.records.length, readMs }, 'policies loaded from etcd');
     await this.startWatch(cut.revision + 1);
@@ -498,7 +498,7 @@ export class PolicyWatcher extends EventEmitter {
           swaps.push({ name, policy: broken, propagationMs: null });
         }
       }
-      this.swap(this.set.with(revision, next, 'etcd'), swaps, false);
+      this.swap(this.set.with(revision, next, 'etcd'), swaps, 'changes-only');
     }
   }
 
@@ -534,11 +534,12 @@ export class PolicyWatcher extends EventEmitter {
   }
 
   /**
-   * Makes `next` current. `full`: it replaces everything (a full read);
-   * otherwise only the policies named in `swaps` changed, and the work here
+   * Makes `next` current. 'replaces-all': it replaces everything (a full
+   * read); 'changes-only': only the policies named in `swaps` changed, and the work here
    * is in proportion to them, not to the number of policies.
    */
-  private swap(next: PolicySet, swaps: SwapEvent[], full: boolean): void {
+  private swap(next: PolicySet, swaps: SwapEvent[], scope: 'replaces-all' | 'changes-only'): void {
+    const full = scope === 'replaces-all';
     if (full) this.retarget(this.set.policies.values(), next.policies.values());
     else
       this.retarget(
