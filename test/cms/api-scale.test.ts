@@ -2,7 +2,7 @@
 // bounded (a full queue answers 503 with Retry-After, never a fork storm),
 // and a policy too large for one etcd transaction is refused with 413.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { PolicyWriter } from '../support/policies.js';
+import { EtcdPolicyWriter } from '../support/policies.js';
 import { policyBody, startHarness, V1_POLICY, type Cms, type Harness } from './harness.js';
 
 let harness: Harness;
@@ -12,7 +12,7 @@ const NAMES = Array.from({ length: 23 }, (_, i) => `team-${String.fromCharCode(9
 beforeAll(async () => {
   harness = await startHarness();
   cms = await harness.startCms();
-  const writer = new PolicyWriter(harness.etcdClient);
+  const writer = new EtcdPolicyWriter(harness.etcdClient);
   for (const name of NAMES) await writer.put(name, V1_POLICY, { valid_roles: ['admin'] });
   // History between current keys must not disturb paging.
   for (let v = 0; v < 4; v++) await writer.put('team-c', V1_POLICY, { valid_roles: [`r${v}`] });

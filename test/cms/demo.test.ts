@@ -11,7 +11,7 @@ import { PolicyStore } from '../../policy/store/index.js';
 import { createEtcdClient } from '../../etcd/index.js';
 import { startEtcd, type TestEtcd } from '../support/etcd.js';
 import { OPA_PATH, rawRequest } from './harness.js';
-import { PolicyWriter } from '../support/policies.js';
+import { EtcdPolicyWriter } from '../support/policies.js';
 
 let etcd: TestEtcd;
 let dir: string;
@@ -35,7 +35,7 @@ describe('demo seeding', () => {
 
   it('brings an older seeded version up to date, but keeps what a user wrote', async () => {
     const client = createEtcdClient(etcd.endpoints);
-    const writer = new PolicyWriter(client);
+    const writer = new EtcdPolicyWriter(client);
     try {
       await writer.put(DEMO_PROJECT, 'package project.authz\nimport rego.v1\ndefault allow := false\n', {}, 'gatehouse-demo');
       expect(await seedDemoPolicies({ etcdEndpoints: etcd.endpoints, opaPath: OPA_PATH })).toEqual([DEMO_PROJECT]);

@@ -13,7 +13,7 @@ import type { Etcd3 } from 'etcd3';
 import { createTestKeys, type TestKeys } from '../support/jwt.js';
 import { startVault, type TestVault } from '../support/vault.js';
 import { startEtcd, type TestEtcd } from '../support/etcd.js';
-import { PolicyWriter, opaPath } from '../support/policies.js';
+import { EtcdPolicyWriter, opaPath } from '../support/policies.js';
 import { startLlmStub, type LlmStub, type LlmStubUsage } from '../../dev/llm-stub/index.js';
 import { startLocalStack, type LocalStack } from '../../dev/local-stack/index.js';
 import { createEtcdClient } from '../../etcd/index.js';
@@ -108,7 +108,7 @@ beforeAll(async () => {
     runnerEnv: { VAULT_ADDR: vault.addr, VAULT_ROLE_ID: approle.roleId, VAULT_SECRET_ID: approle.secretId, GATEWAY_ID: 'settle-gateway' },
     logger: pino({ level: 'silent' }),
   });
-  const writer = new PolicyWriter(admin);
+  const writer = new EtcdPolicyWriter(admin);
   const budgets = new BudgetStore(admin);
   const budget: Budget = { windows: [{ per: 'day', tokens: 1_000_000 }] };
   for (const project of PROJECTS) {

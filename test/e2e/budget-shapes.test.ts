@@ -18,7 +18,7 @@ import type { Etcd3 } from 'etcd3';
 import { createTestKeys, type TestKeys } from '../support/jwt.js';
 import { startVault, type TestVault } from '../support/vault.js';
 import { startEtcd, type TestEtcd } from '../support/etcd.js';
-import { PolicyWriter, opaPath } from '../support/policies.js';
+import { EtcdPolicyWriter, opaPath } from '../support/policies.js';
 import { runnerHasReadBudgets, spendTheRest } from '../support/budget-client.js';
 import { repoRoot } from '../support/runner-process.js';
 import { startLlmStub, type LlmStub } from '../../dev/llm-stub/index.js';
@@ -139,7 +139,7 @@ beforeAll(async () => {
     runnerEnv: { VAULT_ADDR: vault.addr, VAULT_ROLE_ID: approle.roleId, VAULT_SECRET_ID: approle.secretId, RUNNER_WORKERS: '1', GATEWAY_ID: 'gateway-shapes' },
     logger: pino({ level: 'silent' }),
   });
-  const writer = new PolicyWriter(admin);
+  const writer = new EtcdPolicyWriter(admin);
   const budgets = new BudgetStore(admin);
   for (const project of projects) {
     await writer.put(project, POLICY);

@@ -12,7 +12,7 @@ import type { Etcd3 } from 'etcd3';
 import { createTestKeys, type TestKeys } from '../support/jwt.js';
 import { startVault, type TestVault } from '../support/vault.js';
 import { startEtcd, type TestEtcd } from '../support/etcd.js';
-import { PolicyWriter, opaPath } from '../support/policies.js';
+import { EtcdPolicyWriter, opaPath } from '../support/policies.js';
 import { runnerHasReadBudgets, spendTheRest } from '../support/budget-client.js';
 import { startLlmStub, type LlmStub } from '../../dev/llm-stub/index.js';
 import { startLocalStack, type LocalStack } from '../../dev/local-stack/index.js';
@@ -135,7 +135,7 @@ beforeAll(async () => {
       }),
     );
   }
-  const writer = new PolicyWriter(admin);
+  const writer = new EtcdPolicyWriter(admin);
   const budgets = new BudgetStore(admin);
   const small: Budget = { windows: [{ per: 'day', tokens: 1_500 }], block_tokens: 150 };
   for (const project of projects) {

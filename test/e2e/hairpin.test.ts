@@ -10,7 +10,7 @@ import { Writable } from 'node:stream';
 import { pino } from 'pino';
 import { createTestKeys, type TestKeys } from '../support/jwt.js';
 import { startVault, type TestVault } from '../support/vault.js';
-import { PolicyWriter, opaPath } from '../support/policies.js';
+import { EtcdPolicyWriter, opaPath } from '../support/policies.js';
 import { startLlmStub, type LlmStub } from '../../dev/llm-stub/index.js';
 import { startLocalStack, type LocalStack } from '../../dev/local-stack/index.js';
 import { createEtcdClient } from '../../etcd/index.js';
@@ -97,7 +97,7 @@ beforeAll(async () => {
     logger: pino({ level: 'debug' }, capture),
   });
   const etcd = createEtcdClient(stack.etcdEndpoints);
-  const writer = new PolicyWriter(etcd);
+  const writer = new EtcdPolicyWriter(etcd);
   await writer.put('team-a', PROJECT_POLICY, PROJECT_DATA);
   await writer.put('team-b', PROJECT_POLICY, PROJECT_DATA);
   // The LLM route holds every call to its project's token budget (test/e2e/budgets.test.ts): a generous one here.

@@ -16,7 +16,7 @@ import { startEtcd, type TestEtcd } from '../support/etcd.js';
 import { startTestGateway, type TestGatewayHandle } from '../support/gateway.js';
 import { startLogReceiver, type LogReceiver, type ReceivedLog } from '../support/http-logger.js';
 import { createTestKeys, type TestKeys } from '../support/jwt.js';
-import { PolicyWriter, opaPath } from '../support/policies.js';
+import { EtcdPolicyWriter, opaPath } from '../support/policies.js';
 import { completionChunks, readSse, sseData, type SseRead } from '../support/sse.js';
 import { startVault, type TestVault } from '../support/vault.js';
 
@@ -160,7 +160,7 @@ beforeAll(async () => {
   const approle = await vault.createAppRole('gatehouse-gateway', 'path "secret/data/llm/*" { capabilities = ["read"] }', { tokenTtl: '60s' });
   etcd = await startEtcd();
   const client = createEtcdClient(etcd.endpoints);
-  await new PolicyWriter(client).put('team-a', POLICY, DATA);
+  await new EtcdPolicyWriter(client).put('team-a', POLICY, DATA);
   client.close();
   llm = await startLlmStub({ chunkDelayMs: CHUNK_DELAY_MS });
   logs = await startLogReceiver();

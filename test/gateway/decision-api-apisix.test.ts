@@ -14,7 +14,7 @@ import { Registry } from 'prom-client';
 import type { Etcd3 } from 'etcd3';
 import { startEtcd, type TestEtcd } from '../support/etcd.js';
 import { createTestKeys, type TestKeys } from '../support/jwt.js';
-import { PolicyWriter } from '../support/policies.js';
+import { EtcdPolicyWriter } from '../support/policies.js';
 import { startRecordingUpstream, type RecordingUpstream } from '../support/upstream.js';
 import { apisixInstallation } from '../support/gateway.js';
 import { repoRoot } from '../support/runner-process.js';
@@ -37,7 +37,7 @@ beforeAll(async () => {
   etcd = await startEtcd();
   client = createEtcdClient(etcd.endpoints);
   keys = await createTestKeys();
-  await new PolicyWriter(client).put('team-a', 'package project.authz\nimport rego.v1\ndefault allow := false\nallow if input.user.role == "admin"\n');
+  await new EtcdPolicyWriter(client).put('team-a', 'package project.authz\nimport rego.v1\ndefault allow := false\nallow if input.user.role == "admin"\n');
   watcher = new PolicyWatcher({ client, log: pino({ level: 'silent' }) });
   await watcher.start();
   decisionApi = await buildDecisionApp({

@@ -17,7 +17,7 @@ import type { StopAction } from '../../plugins/protocol/index.js';
 import { ApisixClient, request } from '../support/apisix-client.js';
 import { startEtcd, type TestEtcd } from '../support/etcd.js';
 import { createTestKeys, type TestKeys } from '../support/jwt.js';
-import { PolicyWriter } from '../support/policies.js';
+import { EtcdPolicyWriter } from '../support/policies.js';
 import { startRunner, type RunnerProcess } from '../support/runner-process.js';
 
 const event = (n: number): DecisionEvent => ({
@@ -123,7 +123,7 @@ describe('decision logs from a runner', () => {
     etcd = await startEtcd();
     admin = createEtcdClient(etcd.endpoints);
     keys = await createTestKeys();
-    await new PolicyWriter(admin).put('team', 'package project.authz\nimport rego.v1\ndefault allow := false\nallow if input.user.role == "admin"\n');
+    await new EtcdPolicyWriter(admin).put('team', 'package project.authz\nimport rego.v1\ndefault allow := false\nallow if input.user.role == "admin"\n');
     logFile = join(mkdtempSync(join(tmpdir(), 'gh-dlog-')), 'decisions.log');
     runner = await startRunner({ env: runnerEnv({ DECISION_LOG: `file:${logFile}`, GATEWAY_ID: 'gw-test' }) });
   });

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { startEtcd, type TestEtcd } from '../support/etcd.js';
 import { createTestKeys, type TestKeys } from '../support/jwt.js';
 import { repoRoot } from '../support/runner-process.js';
-import { PolicyWriter } from '../support/policies.js';
+import { EtcdPolicyWriter } from '../support/policies.js';
 import { freePort } from '../../dev/local-etcd/index.js';
 import { createEtcdClient } from '../../etcd/index.js';
 
@@ -78,7 +78,7 @@ describe('gatehouse-decision process', () => {
   it('starts with the evaluation pool (POLICY_EVAL_WORKERS) when etcd holds a platform policy it warms up first', async () => {
     const client = createEtcdClient(etcd.endpoints);
     try {
-      await new PolicyWriter(client).put('platform', 'package gatehouse.platform\nimport rego.v1\ndefault allow := false\nallow if input.user.sub\n');
+      await new EtcdPolicyWriter(client).put('platform', 'package gatehouse.platform\nimport rego.v1\ndefault allow := false\nallow if input.user.sub\n');
     } finally {
       client.close();
     }

@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import type { Etcd3 } from 'etcd3';
 import { startEtcd, type TestEtcd } from '../support/etcd.js';
 import { createTestKeys, type TestKeys } from '../support/jwt.js';
-import { PolicyWriter, opaPath } from '../support/policies.js';
+import { EtcdPolicyWriter, opaPath } from '../support/policies.js';
 import { startRunner, type RunnerProcess } from '../support/runner-process.js';
 import { ApisixClient, request, text } from '../support/apisix-client.js';
 import { startTcpProxy, hostPort } from '../support/tcp-proxy.js';
@@ -69,7 +69,7 @@ allow if input.body.ok == true
 
 let etcd: TestEtcd;
 let admin: Etcd3;
-let writer: PolicyWriter;
+let writer: EtcdPolicyWriter;
 let keys: TestKeys;
 const runners: RunnerProcess[] = [];
 
@@ -123,7 +123,7 @@ async function until(check: () => Promise<boolean>, what: string, timeoutMs = 10
 beforeAll(async () => {
   etcd = await startEtcd();
   admin = createEtcdClient(etcd.endpoints);
-  writer = new PolicyWriter(admin);
+  writer = new EtcdPolicyWriter(admin);
   keys = await createTestKeys();
   await writer.put('demo', SEED_POLICY, { valid_roles: ['admin', 'viewer'] });
   await writer.put('llm', BODY_AWARE, { models: ['gpt-4o-mini', 'llama-3'], max_tokens: 1024 });
@@ -428,7 +428,7 @@ describe('propagation and resilience', () => {
     await etcd.restart();
     admin.close();
     admin = createEtcdClient(etcd.endpoints);
-    writer = new PolicyWriter(admin);
+    writer = new EtcdPolicyWriter(admin);
     await writer.put('restart', SEED_POLICY.replace('"admin"', '"viewer"'));
     await until(async () => statusOf(await decide(runner, chain, { headers: [bearer(viewer)] })) === 'pass', 'the write after the restart');
     await runner.stop();

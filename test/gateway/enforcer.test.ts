@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { pino } from 'pino';
 import type { Etcd3 } from 'etcd3';
 import { startEtcd, type TestEtcd } from '../support/etcd.js';
-import { PolicyWriter } from '../support/policies.js';
+import { EtcdPolicyWriter } from '../support/policies.js';
 import { createEtcdClient } from '../../etcd/index.js';
 import { createEnforcer } from '../../policy/enforcer.js';
 import { listGateways } from '../../policy/fleet/report.js';
@@ -43,12 +43,12 @@ const MiB = 1024 * 1024;
 
 let etcd: TestEtcd;
 let admin: Etcd3;
-let writer: PolicyWriter;
+let writer: EtcdPolicyWriter;
 
 beforeAll(async () => {
   etcd = await startEtcd();
   admin = createEtcdClient(etcd.endpoints);
-  writer = new PolicyWriter(admin);
+  writer = new EtcdPolicyWriter(admin);
   await writer.put('team-calm', CALM, { valid_roles: ['admin'] });
   await writer.put('team-slow', SLOW);
 }, 60_000);

@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { pino } from 'pino';
 import type { Etcd3 } from 'etcd3';
 import { startEtcd, type TestEtcd } from '../support/etcd.js';
-import { PolicyWriter } from '../support/policies.js';
+import { EtcdPolicyWriter } from '../support/policies.js';
 import { hostPort, startTcpProxy, type TcpProxy } from '../support/tcp-proxy.js';
 import { createEtcdClient } from '../../etcd/index.js';
 import { EngineCache } from '../../policy/engine/cache.js';
@@ -30,7 +30,7 @@ allow if input.user in data.users
 
 let etcd: TestEtcd;
 let client: Etcd3;
-let writer: PolicyWriter;
+let writer: EtcdPolicyWriter;
 const cleanups: (() => Promise<void> | void)[] = [];
 const PROJECTS = 20;
 const nameOf = (i: number) => `t-${String(i).padStart(2, '0')}`;
@@ -38,7 +38,7 @@ const nameOf = (i: number) => `t-${String(i).padStart(2, '0')}`;
 beforeAll(async () => {
   etcd = await startEtcd();
   client = createEtcdClient(etcd.endpoints);
-  writer = new PolicyWriter(client);
+  writer = new EtcdPolicyWriter(client);
   for (let i = 0; i < PROJECTS; i++) {
     await writer.put(nameOf(i), i % 2 ? LISTED : OWNED, i % 2 ? { users: [`u${i}`] } : { owner: `u${i}` });
   }

@@ -19,7 +19,7 @@ import { CMS_USER, GATEWAY_USER, POLICY_READER_ROLE, POLICY_WRITER_ROLE, enableE
 import { startLocalEtcd, type LocalEtcd } from '../../dev/local-etcd/index.js';
 import { startEtcd } from '../support/etcd.js';
 import { createTestKeys, type TestKeys } from '../support/jwt.js';
-import { PolicyWriter, opaPath } from '../support/policies.js';
+import { EtcdPolicyWriter, opaPath } from '../support/policies.js';
 import { startRunner, type RunnerProcess } from '../support/runner-process.js';
 import { ApisixClient, request } from '../support/apisix-client.js';
 import type { StopAction, RewriteAction } from '../../plugins/protocol/index.js';
@@ -175,7 +175,7 @@ describe('etcd with JWT tokens: every token issued before a change of access con
     // the gateway's own client has to get over the change.
     await operator((root) => root.role(POLICY_READER_ROLE).revoke(unrelated(POLICY_READER_ROLE)));
     await sleep(4_000);
-    await operator((root) => new PolicyWriter(root).put('flip', policy('viewer')));
+    await operator((root) => new EtcdPolicyWriter(root).put('flip', policy('viewer')));
     await until(async () => (await viewerDecision()) === 'pass', 'the gateway to enforce the fourth version');
     await until(fleetEnforces, 'the gateway to report the fourth version');
     expect(changes).toBe(5);

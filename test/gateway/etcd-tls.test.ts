@@ -11,7 +11,7 @@ import { freePort } from '../../dev/local-etcd/index.js';
 import { PolicyStore, StoreUnavailableError } from '../../policy/store/index.js';
 import { createEtcdClient, etcdClientOptionsFromEnv } from '../../etcd/index.js';
 import { PolicyWatcher } from '../../policy/watcher/watcher.js';
-import { PolicyWriter } from '../support/policies.js';
+import { EtcdPolicyWriter } from '../support/policies.js';
 import { repoRoot } from '../support/runner-process.js';
 
 const ALLOW_ROLE = `package tls.authz
@@ -80,7 +80,7 @@ describe('etcd over mutual TLS', () => {
     const watcherClient = createEtcdClient([endpoint], options);
     const watcher = new PolicyWatcher({ client: watcherClient, log: pino({ level: 'silent' }), retryMs: 100 });
     try {
-      const writer = new PolicyWriter(client);
+      const writer = new EtcdPolicyWriter(client);
       await writer.put('over-tls', ALLOW_ROLE, { role: 'viewer' });
       await watcher.start();
       expect(watcher.current.source).toBe('etcd');

@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import type { Etcd3 } from 'etcd3';
 import { startEtcd, type TestEtcd } from '../support/etcd.js';
 import { createTestKeys, type TestKeys } from '../support/jwt.js';
-import { PolicyWriter } from '../support/policies.js';
+import { EtcdPolicyWriter } from '../support/policies.js';
 import { startRunner, type RunnerProcess } from '../support/runner-process.js';
 import { ApisixClient, request } from '../support/apisix-client.js';
 import { createEtcdClient } from '../../etcd/index.js';
@@ -47,7 +47,7 @@ allow if input.user.role == "r"
 
 let etcd: TestEtcd;
 let admin: Etcd3;
-let writer: PolicyWriter;
+let writer: EtcdPolicyWriter;
 let keys: TestKeys;
 let runner: RunnerProcess;
 /** A second runner whose memory ceiling is high, so that time runs out first. */
@@ -57,7 +57,7 @@ let metricsPort = 0;
 beforeAll(async () => {
   etcd = await startEtcd();
   admin = createEtcdClient(etcd.endpoints);
-  writer = new PolicyWriter(admin);
+  writer = new EtcdPolicyWriter(admin);
   keys = await createTestKeys();
   await writer.put('runaway', RUNAWAY);
   await writer.put('slow', SLOW);

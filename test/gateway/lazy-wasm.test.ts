@@ -14,7 +14,7 @@ import { pino } from 'pino';
 import type { Etcd3 } from 'etcd3';
 import { startEtcd, type TestEtcd } from '../support/etcd.js';
 import { startTcpProxy, hostPort } from '../support/tcp-proxy.js';
-import { PolicyWriter } from '../support/policies.js';
+import { EtcdPolicyWriter } from '../support/policies.js';
 import { policySubmission } from '../../cms/rego-compiler.js';
 import { createEtcdClient } from '../../etcd/index.js';
 import { WasmUnavailableError } from '../../policy/engine/cache.js';
@@ -44,7 +44,7 @@ const cleanups: (() => Promise<void> | void)[] = [];
 beforeAll(async () => {
   etcd = await startEtcd();
   admin = createEtcdClient(etcd.endpoints);
-  const writer = new PolicyWriter(admin);
+  const writer = new EtcdPolicyWriter(admin);
   const compiled = await writer.compiler.compile(REGO, '{}');
   const at = compiled.wasm.indexOf(MARKER);
   expect(at).toBeGreaterThan(0);
@@ -149,7 +149,7 @@ describe('policy wasm read on first use, not held', () => {
   it('a new version arriving by the watch is built from the event and written to the snapshot directory, not kept', async () => {
     const dir = join(mkdtempSync(join(tmpdir(), 'gh-lazy-')), 'policy-snapshot');
     const watcher = await startWatcher(etcd.endpoints, dir);
-    const writer = new PolicyWriter(admin);
+    const writer = new EtcdPolicyWriter(admin);
     const rego = `${REGO}\nextra := true\n`;
     const compiled = await writer.compiler.compile(rego, '{}');
     const { meta } = await writer.store.put('arrives-later', policySubmission(rego, '{"roles":["late"]}', compiled, 'test'));

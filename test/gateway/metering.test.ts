@@ -22,7 +22,7 @@ import { ThreadEvaluator, createEvaluator, evaluationSettings, type AbortReason 
 import { EvaluationPool } from '../../policy/engine/pool.js';
 import { defaultAccessPolicyWasmPath } from '../../policy/access/index.js';
 import { generateInputs } from '../support/input-generator.js';
-import { opaPath, PolicyWriter } from '../support/policies.js';
+import { opaPath, EtcdPolicyWriter } from '../support/policies.js';
 import { startEtcd, type TestEtcd } from '../support/etcd.js';
 import { createTestKeys, type TestKeys } from '../support/jwt.js';
 import { startRunner, type RunnerProcess } from '../support/runner-process.js';
@@ -210,7 +210,7 @@ describe('in the runner (evaluation on its own thread, the default)', () => {
   beforeAll(async () => {
     etcd = await startEtcd();
     admin = createEtcdClient(etcd.endpoints);
-    const writer = new PolicyWriter(admin);
+    const writer = new EtcdPolicyWriter(admin);
     keys = await createTestKeys();
     await writer.put('slow', SLOW);
     await writer.put('calm', CALM);

@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { pino } from 'pino';
 import type { Etcd3 } from 'etcd3';
 import { startEtcd, type TestEtcd } from '../support/etcd.js';
-import { PolicyWriter } from '../support/policies.js';
+import { EtcdPolicyWriter } from '../support/policies.js';
 import { createEtcdClient } from '../../etcd/index.js';
 import { readConsistentCut, scanPolicyNames, currentRevision, policyKeys, PolicyStore } from '../../policy/store/index.js';
 import { PolicyWatcher } from '../../policy/watcher/watcher.js';
@@ -23,13 +23,13 @@ allow if input.ok
 
 let etcd: TestEtcd;
 let client: Etcd3;
-let writer: PolicyWriter;
+let writer: EtcdPolicyWriter;
 const names = Array.from({ length: 24 }, (_, i) => `p-${String(i).padStart(2, '0')}`);
 
 beforeAll(async () => {
   etcd = await startEtcd();
   client = createEtcdClient(etcd.endpoints);
-  writer = new PolicyWriter(client);
+  writer = new EtcdPolicyWriter(client);
   for (const [i, name] of names.entries()) await writer.put(name, i % 2 ? OTHER : VERSIONED, { version: 1 });
   // History between current keys: several versions of a few policies.
   for (let v = 2; v <= 6; v++) await writer.put('p-03', OTHER, { version: v });

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import type { Etcd3 } from 'etcd3';
 import { startEtcd, type TestEtcd } from '../support/etcd.js';
 import { createTestKeys, type TestKeys } from '../support/jwt.js';
-import { PolicyWriter } from '../support/policies.js';
+import { EtcdPolicyWriter } from '../support/policies.js';
 import { repoRoot, startRunner, type RunnerProcess } from '../support/runner-process.js';
 import { ApisixClient, request } from '../support/apisix-client.js';
 import { freePort } from '../../dev/local-etcd/index.js';
@@ -74,7 +74,7 @@ beforeAll(async () => {
   etcd = await startEtcd();
   admin = createEtcdClient(etcd.endpoints);
   keys = await createTestKeys();
-  const writer = new PolicyWriter(admin);
+  const writer = new EtcdPolicyWriter(admin);
   for (let i = 0; i < PROJECTS; i += 8) {
     await Promise.all(
       Array.from({ length: Math.min(8, PROJECTS - i) }, (_, k) => writer.put(projectName(i + k), MODULES[(i + k) % 3]!, dataOf(i + k))),

@@ -11,7 +11,7 @@ import { pino } from 'pino';
 import type { Etcd3 } from 'etcd3';
 import { startEtcd, type TestEtcd } from '../support/etcd.js';
 import { createTestKeys, type TestKeys } from '../support/jwt.js';
-import { PolicyWriter } from '../support/policies.js';
+import { EtcdPolicyWriter } from '../support/policies.js';
 import { startRunner, type RunnerProcess } from '../support/runner-process.js';
 import { ApisixClient, request } from '../support/apisix-client.js';
 import { freePort } from '../../dev/local-etcd/index.js';
@@ -44,14 +44,14 @@ const LONE_SURROGATE_DATA = '{"tag":"\\ud800"}';
 
 let etcd: TestEtcd;
 let admin: Etcd3;
-let writer: PolicyWriter;
+let writer: EtcdPolicyWriter;
 let keys: TestKeys;
 const runners: RunnerProcess[] = [];
 
 beforeAll(async () => {
   etcd = await startEtcd();
   admin = createEtcdClient(etcd.endpoints);
-  writer = new PolicyWriter(admin);
+  writer = new EtcdPolicyWriter(admin);
   keys = await createTestKeys();
   await writer.put('team-a', PROJECT);
 });

@@ -7,7 +7,7 @@ import { pino } from 'pino';
 import type { Etcd3 } from 'etcd3';
 import { startEtcd, type TestEtcd } from '../support/etcd.js';
 import { startTcpProxy, hostPort, type TcpProxy } from '../support/tcp-proxy.js';
-import { PolicyWriter } from '../support/policies.js';
+import { EtcdPolicyWriter } from '../support/policies.js';
 import { createEtcdClient } from '../../etcd/index.js';
 import { PolicyWatcher } from '../../policy/watcher/watcher.js';
 import { PolicySet } from '../../policy/watcher/policy-set.js';
@@ -25,13 +25,13 @@ version := data.version
 
 let etcd: TestEtcd;
 let admin: Etcd3;
-let writer: PolicyWriter;
+let writer: EtcdPolicyWriter;
 const cleanups: (() => Promise<void> | void)[] = [];
 
 beforeAll(async () => {
   etcd = await startEtcd();
   admin = createEtcdClient(etcd.endpoints);
-  writer = new PolicyWriter(admin);
+  writer = new EtcdPolicyWriter(admin);
 });
 
 afterEach(async () => {

@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import type { Etcd3 } from 'etcd3';
 import { createEtcdClient } from '../../etcd/index.js';
 import { startEtcd, type TestEtcd } from '../support/etcd.js';
-import { PolicyWriter } from '../support/policies.js';
+import { EtcdPolicyWriter } from '../support/policies.js';
 import { freePort } from '../../dev/apisix/index.js';
 import { startRunner, type RunnerProcess } from '../support/runner-process.js';
 import { ApisixClient, request, text } from '../support/apisix-client.js';
@@ -151,7 +151,7 @@ describe('policies on a runner of several workers', () => {
   beforeAll(async () => {
     etcd = await startEtcd();
     admin = createEtcdClient(etcd.endpoints);
-    await new PolicyWriter(admin).put('team', policy(true));
+    await new EtcdPolicyWriter(admin).put('team', policy(true));
     clustered = await startRunner({ env: { RUNNER_WORKERS: String(WORKERS), ETCD_ENDPOINTS: etcd.endpoints.join(','), RUNNER_STATE_DIR: mkdtempSync(join(tmpdir(), 'gh-state-')) } });
   });
 
@@ -178,7 +178,7 @@ describe('policies on a runner of several workers', () => {
     expect(byPid.size).toBe(WORKERS);
 
     const written = Date.now();
-    await new PolicyWriter(admin).put('team', policy(false));
+    await new EtcdPolicyWriter(admin).put('team', policy(false));
     for (const [pid, client] of byPid) {
       let status: number | undefined;
       while (status !== 403 && Date.now() - written < 10_000) {

@@ -7,7 +7,8 @@ import { opaPath as findOpa } from '../../runtime/paths.js';
 
 export const opaPath = findOpa(process.env.OPA_PATH);
 
-export class PolicyWriter {
+/** Compiles policies with the real opa and writes them straight to etcd as the CMS stores them (no HTTP, no checks): for tests of the read side. */
+export class EtcdPolicyWriter {
   readonly compiler = new RegoCompiler({ opaPath });
   readonly store: PolicyStore;
   private readonly compiled = new Map<string, Awaited<ReturnType<RegoCompiler['compile']>>>();
