@@ -41,8 +41,24 @@ async function startEtcd(): Promise<{ endpoint: string; stop(): Promise<void> }>
   const peer = `http://127.0.0.1:${peerPort}`;
   const child: ChildProcess = spawn(
     'etcd',
-    ['--name', 'bench', '--data-dir', dataDir, '--listen-client-urls', endpoint, '--advertise-client-urls', endpoint,
-      '--listen-peer-urls', peer, '--initial-advertise-peer-urls', peer, '--initial-cluster', `bench=${peer}`, '--log-level', 'error'],
+    [
+      '--name',
+      'bench',
+      '--data-dir',
+      dataDir,
+      '--listen-client-urls',
+      endpoint,
+      '--advertise-client-urls',
+      endpoint,
+      '--listen-peer-urls',
+      peer,
+      '--initial-advertise-peer-urls',
+      peer,
+      '--initial-cluster',
+      `bench=${peer}`,
+      '--log-level',
+      'error',
+    ],
     { stdio: 'ignore' },
   );
   const deadline = Date.now() + 20_000;

@@ -99,7 +99,13 @@ async function main() {
       await startNodeProcess(
         runnerScript,
         [],
-        { ...identityEnv, APISIX_LISTEN_ADDRESS: `unix:${uncachedSocket}`, RUNNER_METRICS_PORT: 'off', RUNNER_STATE_DIR: join(work, 'state-uncached'), JWT_VERIFY_CACHE_SECONDS: '0' },
+        {
+          ...identityEnv,
+          APISIX_LISTEN_ADDRESS: `unix:${uncachedSocket}`,
+          RUNNER_METRICS_PORT: 'off',
+          RUNNER_STATE_DIR: join(work, 'state-uncached'),
+          JWT_VERIFY_CACHE_SECONDS: '0',
+        },
         () => socketAccepts(uncachedSocket),
       ),
     );
@@ -185,9 +191,36 @@ async function main() {
     const results = new Map<string, Stats[]>();
     const keep = (s: Stats) => results.set(s.name, [...(results.get(s.name) ?? []), s]);
     for (let round = 0; round < rounds; round++) {
-      keep(await driveRunner({ name: 'runner socket: jwt + opa (full chain)', socketPath, request: { ...request, confToken: chainToken }, connections, seconds, check: expectAllowed }));
-      keep(await driveRunner({ name: 'runner socket: jwt + opa, every signature checked', socketPath: uncachedSocket, request: { ...request, confToken: uncachedToken }, connections, seconds, check: expectAllowed }));
-      keep(await driveRunner({ name: 'runner socket: jwt only', socketPath, request: { ...request, confToken: jwtToken }, connections, seconds, check: expectAllowed }));
+      keep(
+        await driveRunner({
+          name: 'runner socket: jwt + opa (full chain)',
+          socketPath,
+          request: { ...request, confToken: chainToken },
+          connections,
+          seconds,
+          check: expectAllowed,
+        }),
+      );
+      keep(
+        await driveRunner({
+          name: 'runner socket: jwt + opa, every signature checked',
+          socketPath: uncachedSocket,
+          request: { ...request, confToken: uncachedToken },
+          connections,
+          seconds,
+          check: expectAllowed,
+        }),
+      );
+      keep(
+        await driveRunner({
+          name: 'runner socket: jwt only',
+          socketPath,
+          request: { ...request, confToken: jwtToken },
+          connections,
+          seconds,
+          check: expectAllowed,
+        }),
+      );
       keep(inProcess());
       keep(await overHttp());
     }
@@ -290,13 +323,19 @@ async function main() {
     console.log(`propagation over ${propagationWrites} CMS writes, ${runnerCount} runner processes:`);
     console.log('| measure | p50 ms | p99 ms | max ms |');
     console.log('|---|---:|---:|---:|');
-    console.log(`| CMS PUT returns -> all ${runnerCount} runners enforce | ${pct(putReturnedToAll, 50)} | ${pct(putReturnedToAll, 99)} | ${Math.max(...putReturnedToAll)} |`);
+    console.log(
+      `| CMS PUT returns -> all ${runnerCount} runners enforce | ${pct(putReturnedToAll, 50)} | ${pct(putReturnedToAll, 99)} | ${Math.max(...putReturnedToAll)} |`,
+    );
     console.log(`| etcd commit (metadata time) -> swap, per runner | ${pct(commitToSwap, 50)} | ${pct(commitToSwap, 99)} | ${Math.max(...commitToSwap)} |`);
-    console.log(`(median of "PUT returns -> all enforce": ${median(putReturnedToAll)} ms; negative means the runners swapped before the PUT response reached the client)`);
+    console.log(
+      `(median of "PUT returns -> all enforce": ${median(putReturnedToAll)} ms; negative means the runners swapped before the PUT response reached the client)`,
+    );
     console.log(`(each write in order, PUT returns -> all enforce, ms: ${putReturnedToAll.join(' ')})`);
     const f1 = (n: number) => n.toFixed(1);
     console.log('');
-    console.log(`write -> acknowledged by every gateway (Prefer: wait=10; every write acknowledged by ${enforcedBy} gateways), ${propagationWrites} writes each:`);
+    console.log(
+      `write -> acknowledged by every gateway (Prefer: wait=10; every write acknowledged by ${enforcedBy} gateways), ${propagationWrites} writes each:`,
+    );
     console.log('| measure | p50 ms | p99 ms |');
     console.log('|---|---:|---:|');
     console.log(`| PUT answered, no Prefer | ${f1(pct(plainPut, 50))} | ${f1(pct(plainPut, 99))} |`);

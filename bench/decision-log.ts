@@ -66,13 +66,28 @@ async function main() {
       );
       servers.push({ name, socket, metricsPort });
     }
-    const conf = JSON.stringify([{ name: 'jwt', value: '{}' }, { name: 'opa', value: '{"policies":["caller-project"]}' }]);
+    const conf = JSON.stringify([
+      { name: 'jwt', value: '{}' },
+      { name: 'opa', value: '{"policies":["caller-project"]}' },
+    ]);
     const results = new Map<string, { rate: number; p50: number; p99: number }[]>();
     for (let round = 0; round < rounds; round++) {
       for (const server of servers) {
         const { stdout } = await execFileAsync(join(bin, 'gatehouse-ext-plugin-load'), [
-          '-socket', server.socket, '-connections', String(connections), '-seconds', String(seconds), '-conf', conf,
-          '-method', 'POST', '-path', '/rag/ask', '-header', `authorization: Bearer ${token}`,
+          '-socket',
+          server.socket,
+          '-connections',
+          String(connections),
+          '-seconds',
+          String(seconds),
+          '-conf',
+          conf,
+          '-method',
+          'POST',
+          '-path',
+          '/rag/ask',
+          '-header',
+          `authorization: Bearer ${token}`,
         ]);
         const r = JSON.parse(stdout) as { callsPerSecond: number; p50Us: number; p99Us: number; errors: number };
         if (r.errors > 0) throw new Error(`${server.name}: ${r.errors} errors`);
@@ -89,7 +104,9 @@ async function main() {
       const metrics = await (await fetch(`http://127.0.0.1:${server.metricsPort}/metrics`)).text();
       const count = (outcome: string) => Number(new RegExp(`gatehouse_decision_log_events_total\\{outcome="${outcome}"\\} (\\d+)`).exec(metrics)?.[1] ?? 0);
       const rate = median(rows.map((r) => r.rate));
-      console.log(`| ${server.name} | ${rate.toFixed(0)} | ${median(rows.map((r) => r.p50)).toFixed(0)} | ${median(rows.map((r) => r.p99)).toFixed(0)} | ${(rate / base).toFixed(2)}x | ${count('written')} | ${count('dropped')} |`);
+      console.log(
+        `| ${server.name} | ${rate.toFixed(0)} | ${median(rows.map((r) => r.p50)).toFixed(0)} | ${median(rows.map((r) => r.p99)).toFixed(0)} | ${(rate / base).toFixed(2)}x | ${count('written')} | ${count('dropped')} |`,
+      );
     }
     console.log(`\nlog file: ${(statSync(logFile).size / 1024 / 1024).toFixed(1)} MiB`);
   } finally {

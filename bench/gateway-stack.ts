@@ -30,7 +30,11 @@ export const tcpAccepts = (port: number) =>
     s.once('error', () => resolve(false));
   });
 
-export const answers = (url: string) => fetch(url, { signal: AbortSignal.timeout(1_000) }).then((r) => r.arrayBuffer().then(() => r.ok), () => false);
+export const answers = (url: string) =>
+  fetch(url, { signal: AbortSignal.timeout(1_000) }).then(
+    (r) => r.arrayBuffer().then(() => r.ok),
+    () => false,
+  );
 
 /** One request through the gateway, for the checks before measuring. */
 export async function status(apisix: ApisixHandle, path: string, init: RequestInit = {}): Promise<number> {

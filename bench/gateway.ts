@@ -171,7 +171,16 @@ async function drive(load: string, scenario: Scenario, secondsToRun: number, war
   if (scenario.deciderPid && deciderPid === null) throw new Error(`${scenario.name}: its deciding process is not running`);
   const deciderBefore = deciderPid === null ? 0 : treeCpuMicros(deciderPid);
   const apisixBefore = apisixCpuMicros(scenario.apisix);
-  const args = ['-url', `${scenario.apisix.url}${scenario.path}`, '-connections', String(connections), '-seconds', String(secondsToRun), '-warmup', String(warmup)];
+  const args = [
+    '-url',
+    `${scenario.apisix.url}${scenario.path}`,
+    '-connections',
+    String(connections),
+    '-seconds',
+    String(secondsToRun),
+    '-warmup',
+    String(warmup),
+  ];
   if (scenario.method) args.push('-method', scenario.method);
   for (const header of scenario.headers) args.push('-header', header);
   if (scenario.body !== undefined) args.push('-body', scenario.body);
@@ -180,7 +189,8 @@ async function drive(load: string, scenario: Scenario, secondsToRun: number, war
   const apisixAfter = apisixCpuMicros(scenario.apisix);
   const result = JSON.parse(stdout) as LoadResult;
   // Fast and wrong is worthless: every answer must be the upstream's 200.
-  if (result.errors > 0 || result.calls === 0) throw new Error(`${scenario.name}: ${result.errors} of ${result.calls + result.errors} requests failed (statuses ${JSON.stringify(result.statuses)})`);
+  if (result.errors > 0 || result.calls === 0)
+    throw new Error(`${scenario.name}: ${result.errors} of ${result.calls + result.errors} requests failed (statuses ${JSON.stringify(result.statuses)})`);
   return {
     name: scenario.name,
     reqPerSecond: result.callsPerSecond,
@@ -232,7 +242,12 @@ function summariseProfiles(files: string[], top: number, from: number, to: numbe
       at += delta;
       if (at < from || at > to) return;
       const frame = byId.get(id)!.callFrame;
-      const where = frame.url ? ` ${frame.url.replace(/^file:\/\//, '').replace(root, '').replace(/^.*\/node_modules\//, 'node_modules/')}:${frame.lineNumber + 1}` : '';
+      const where = frame.url
+        ? ` ${frame.url
+            .replace(/^file:\/\//, '')
+            .replace(root, '')
+            .replace(/^.*\/node_modules\//, 'node_modules/')}:${frame.lineNumber + 1}`
+        : '';
       const key = `${thread}${frame.functionName || '(anonymous)'}${where}`;
       self.set(key, (self.get(key) ?? 0) + delta);
       total += delta;
@@ -242,7 +257,10 @@ function summariseProfiles(files: string[], top: number, from: number, to: numbe
   const lines = [...self.entries()]
     .sort((a, b) => b[1] - a[1])
     .slice(0, top)
-    .map(([key, us], i) => `| ${i + 1} | \`${key}\` | ${(us / 1000).toFixed(0)} | ${((100 * us) / total).toFixed(1)}% | ${key.endsWith('(idle)') ? '' : `${((100 * us) / (total - idle)).toFixed(1)}%`} |`);
+    .map(
+      ([key, us], i) =>
+        `| ${i + 1} | \`${key}\` | ${(us / 1000).toFixed(0)} | ${((100 * us) / total).toFixed(1)}% | ${key.endsWith('(idle)') ? '' : `${((100 * us) / (total - idle)).toFixed(1)}%`} |`,
+    );
   return { lines, totalMs: total / 1000 };
 }
 
@@ -304,7 +322,19 @@ async function main({ processes, cleanups }: BenchScope) {
   const opaPort = await freePort();
   const opa = await start(
     benchOpaPath,
-    ['run', '--server', '--addr', `127.0.0.1:${opaPort}`, '--skip-version-check', '--log-level', 'error', '--config-file', join(opaDir, 'config.yaml'), join(opaDir, 'bench.rego'), join(opaDir, 'data.json')],
+    [
+      'run',
+      '--server',
+      '--addr',
+      `127.0.0.1:${opaPort}`,
+      '--skip-version-check',
+      '--log-level',
+      'error',
+      '--config-file',
+      join(opaDir, 'config.yaml'),
+      join(opaDir, 'bench.rego'),
+      join(opaDir, 'data.json'),
+    ],
     {},
     () => answers(`http://127.0.0.1:${opaPort}/health`),
   );
@@ -315,15 +345,32 @@ async function main({ processes, cleanups }: BenchScope) {
     // Its log goes to stdout: onto stderr, where startProcess keeps the last lines for its errors (exec: the pid stays node's).
     '/bin/sh',
     ['-c', 'exec "$0" "$@" 1>&2', process.execPath, join(here, '..', 'decision-api', 'main.js')],
-    { ...identityEnv, ETCD_ENDPOINTS: etcd.endpoints.join(','), DECISION_PORT: String(decisionPort), DECISION_HOST: '127.0.0.1', DECISION_STATE_DIR: join(work, 'decision-state'), LOG_LEVEL: 'warn' },
+    {
+      ...identityEnv,
+      ETCD_ENDPOINTS: etcd.endpoints.join(','),
+      DECISION_PORT: String(decisionPort),
+      DECISION_HOST: '127.0.0.1',
+      DECISION_STATE_DIR: join(work, 'decision-state'),
+      LOG_LEVEL: 'warn',
+    },
     () => answers(`http://127.0.0.1:${decisionPort}/readyz`),
   );
 
   // Gatehouse's instance: the repository's routes (rag, llm) and the rows' own, on one upstream.
   const routes = parseDocument(pointRoutesAt(readFileSync(join(root, 'apisix-conf', 'apisix.yaml'), 'utf8'), { rag: upstream, llm: upstream }));
   routes.addIn(['routes'], { id: 'direct', uris: ['/direct/*'], upstream_id: 'rag' });
-  routes.addIn(['routes'], { id: 'opa-server', uris: ['/opa-server/*'], plugins: { opa: { host: `http://127.0.0.1:${opaPort}`, policy: 'gatehouse/bench' } }, upstream_id: 'rag' });
-  routes.addIn(['routes'], { id: 'opa-decision', uris: ['/opa-decision/*'], plugins: { opa: { host: `http://127.0.0.1:${decisionPort}`, policy: `${PROJECT}/project/authz` } }, upstream_id: 'rag' });
+  routes.addIn(['routes'], {
+    id: 'opa-server',
+    uris: ['/opa-server/*'],
+    plugins: { opa: { host: `http://127.0.0.1:${opaPort}`, policy: 'gatehouse/bench' } },
+    upstream_id: 'rag',
+  });
+  routes.addIn(['routes'], {
+    id: 'opa-decision',
+    uris: ['/opa-decision/*'],
+    plugins: { opa: { host: `http://127.0.0.1:${decisionPort}`, policy: `${PROJECT}/project/authz` } },
+    upstream_id: 'rag',
+  });
   routes.addIn(['routes'], {
     id: 'example',
     uris: ['/example/*'],
@@ -370,7 +417,14 @@ async function main({ processes, cleanups }: BenchScope) {
     goRoutesPath,
     standaloneRoutesText(
       new Document({
-        routes: [{ id: 'go', uris: ['/go/*'], plugins: { 'ext-plugin-pre-req': { conf: [{ name: 'noop', value: '{}' }], allow_degradation: false } }, upstream: { type: 'roundrobin', nodes: { [upstream]: 1 } } }],
+        routes: [
+          {
+            id: 'go',
+            uris: ['/go/*'],
+            plugins: { 'ext-plugin-pre-req': { conf: [{ name: 'noop', value: '{}' }], allow_degradation: false } },
+            upstream: { type: 'roundrobin', nodes: { [upstream]: 1 } },
+          },
+        ],
       }),
     ),
   );
@@ -391,11 +445,51 @@ async function main({ processes, cleanups }: BenchScope) {
   const runnerPid = (apisix: ApisixHandle) => () => apisix.runnerPid();
   const scenarios: Scenario[] = [
     { key: 'direct', name: 'no plugins', decider: '', apisix: gatehouse, deciderPid: null, path: '/direct/ask', headers: [bearer] },
-    { key: 'opaServer', name: 'APISIX opa -> opa run --server (JWT + platform + project in Rego)', decider: 'opa', apisix: gatehouse, deciderPid: () => opa.child.pid ?? null, path: '/opa-server/ask', headers: [bearer] },
-    { key: 'opaDecision', name: 'APISIX opa -> Gatehouse decision API (project policy)', decider: 'decision API', apisix: gatehouse, deciderPid: () => decision.child.pid ?? null, path: '/opa-decision/ask', headers: [bearer] },
-    { key: 'goRunner', name: 'Go runner: pass-through (noop)', decider: 'Go runner', apisix: goApisix, deciderPid: runnerPid(goApisix), path: '/go/ask', headers: [bearer] },
-    { key: 'example', name: 'Gatehouse runner: example (pass-through)', decider: 'runner', apisix: gatehouse, deciderPid: runnerPid(gatehouse), path: '/example/ask', headers: [bearer] },
-    { key: 'jwtOpa', name: 'Gatehouse runner: jwt + opa (platform + project, /rag/ask)', decider: 'runner', apisix: gatehouse, deciderPid: runnerPid(gatehouse), path: '/rag/ask', headers: [bearer] },
+    {
+      key: 'opaServer',
+      name: 'APISIX opa -> opa run --server (JWT + platform + project in Rego)',
+      decider: 'opa',
+      apisix: gatehouse,
+      deciderPid: () => opa.child.pid ?? null,
+      path: '/opa-server/ask',
+      headers: [bearer],
+    },
+    {
+      key: 'opaDecision',
+      name: 'APISIX opa -> Gatehouse decision API (project policy)',
+      decider: 'decision API',
+      apisix: gatehouse,
+      deciderPid: () => decision.child.pid ?? null,
+      path: '/opa-decision/ask',
+      headers: [bearer],
+    },
+    {
+      key: 'goRunner',
+      name: 'Go runner: pass-through (noop)',
+      decider: 'Go runner',
+      apisix: goApisix,
+      deciderPid: runnerPid(goApisix),
+      path: '/go/ask',
+      headers: [bearer],
+    },
+    {
+      key: 'example',
+      name: 'Gatehouse runner: example (pass-through)',
+      decider: 'runner',
+      apisix: gatehouse,
+      deciderPid: runnerPid(gatehouse),
+      path: '/example/ask',
+      headers: [bearer],
+    },
+    {
+      key: 'jwtOpa',
+      name: 'Gatehouse runner: jwt + opa (platform + project, /rag/ask)',
+      decider: 'runner',
+      apisix: gatehouse,
+      deciderPid: runnerPid(gatehouse),
+      path: '/rag/ask',
+      headers: [bearer],
+    },
     {
       key: 'llm',
       name: 'Gatehouse runner: LLM route with budgets',
@@ -413,7 +507,11 @@ async function main({ processes, cleanups }: BenchScope) {
   // deciding ones refuse a caller of another project or without a token.
   const auth = (t: string) => ({ headers: { authorization: `Bearer ${t}` } });
   for (const s of scenarios) {
-    const init: RequestInit = { method: s.method ?? 'GET', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, ...(s.body ? { body: s.body } : {}) };
+    const init: RequestInit = {
+      method: s.method ?? 'GET',
+      headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+      ...(s.body ? { body: s.body } : {}),
+    };
     await expectStatus(`${s.name}, the project's caller`, 200, () => status(s.apisix, s.path, init));
   }
   for (const key of ['opaServer', 'opaDecision', 'jwtOpa'] as const) {
@@ -421,8 +519,17 @@ async function main({ processes, cleanups }: BenchScope) {
     await expectStatus(`${s.name}, no token`, 401, () => status(s.apisix, s.path), 1);
     await expectStatus(`${s.name}, another project's caller`, 403, () => status(s.apisix, s.path, auth(outsider)), 1);
   }
-  await expectStatus('LLM route, a model the project does not allow', 403, () =>
-    status(gatehouse, '/llm/v1/chat/completions', { method: 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, body: JSON.stringify({ model: 'gpt-5', max_tokens: 16, messages: [] }) }), 1);
+  await expectStatus(
+    'LLM route, a model the project does not allow',
+    403,
+    () =>
+      status(gatehouse, '/llm/v1/chat/completions', {
+        method: 'POST',
+        headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ model: 'gpt-5', max_tokens: 16, messages: [] }),
+      }),
+    1,
+  );
 
   // What the deciding processes spend with no requests at all (watches, reports, timers): CPU per request includes it.
   const deciders = new Map(scenarios.filter((s) => s.deciderPid).map((s) => [s.decider, s.deciderPid!]));
@@ -447,7 +554,9 @@ async function main({ processes, cleanups }: BenchScope) {
   );
   console.log(`CPU with no requests (included in CPU per request): ${idle.join(', ')}\n`);
   const direct = row('direct');
-  console.log('| scenario | req/s | p50 µs | p99 µs | p99.9 µs | req/s vs no plugins | deciding process | its CPU µs/req | APISIX CPU µs/req | load generator CPU µs/req |');
+  console.log(
+    '| scenario | req/s | p50 µs | p99 µs | p99.9 µs | req/s vs no plugins | deciding process | its CPU µs/req | APISIX CPU µs/req | load generator CPU µs/req |',
+  );
   console.log('|---|---:|---:|---:|---:|---:|---|---:|---:|---:|');
   for (const s of scenarios) {
     const r = row(s.key);
@@ -494,22 +603,34 @@ async function main({ processes, cleanups }: BenchScope) {
     const s = { ...scenarios.find((x) => x.key === 'jwtOpa')!, apisix: profiled, deciderPid: runnerPid(profiled) };
     await expectStatus('profiled runner', 200, () => status(profiled, s.path, auth(token)));
     const primary = profiled.runnerPid()!;
-    const profiledPids = processTable().filter((p) => p.ppid === primary).map((p) => p.pid);
+    const profiledPids = processTable()
+      .filter((p) => p.ppid === primary)
+      .map((p) => p.pid);
     const before = new Set(readdirSync(profileDir));
     const loadFrom = Number(process.hrtime.bigint() / 1000n) + 1_000_000; // after the load generator's 1 s warm-up
     const r = await drive(tools.load, s, seconds * rounds, 1);
     const loadTo = Number(process.hrtime.bigint() / 1000n);
     // The runner stops its workers (SIGTERM) and they write their profiles as they exit.
     process.kill(primary, 'SIGTERM');
-    for (let waited = 0; waited < 15_000 && [primary, ...profiledPids].some((pid) => existsSync(`/proc/${pid}`)); waited += 100) await new Promise((res) => setTimeout(res, 100));
+    for (let waited = 0; waited < 15_000 && [primary, ...profiledPids].some((pid) => existsSync(`/proc/${pid}`)); waited += 100)
+      await new Promise((res) => setTimeout(res, 100));
     await profiled.stop();
     const written = readdirSync(profileDir).filter((f) => !before.has(f) && f.endsWith('.cpuprofile'));
     const ofWorkers = written.filter((f) => profiledPids.some((pid) => basename(f).split('.')[3] === String(pid)));
-    console.log(`\nCPU profile of the runner's workers (pids ${profiledPids.join(', ')}) under the jwt + opa load: ${r.reqPerSecond.toFixed(0)} req/s for ${seconds * rounds}s (with the profiler on)`);
+    console.log(
+      `\nCPU profile of the runner's workers (pids ${profiledPids.join(', ')}) under the jwt + opa load: ${r.reqPerSecond.toFixed(0)} req/s for ${seconds * rounds}s (with the profiler on)`,
+    );
     console.log(`profiles in ${profileDir}: ${ofWorkers.join(', ') || '(none written)'}`);
     if (ofWorkers.length > 0) {
-      const { lines, totalMs } = summariseProfiles(ofWorkers.map((f) => join(profileDir, f)), 25, loadFrom, loadTo);
-      console.log(`\nsampled ${totalMs.toFixed(0)} ms during the measured load, over ${ofWorkers.length} threads (workers' main threads and evaluation threads); top 25 by self time:\n`);
+      const { lines, totalMs } = summariseProfiles(
+        ofWorkers.map((f) => join(profileDir, f)),
+        25,
+        loadFrom,
+        loadTo,
+      );
+      console.log(
+        `\nsampled ${totalMs.toFixed(0)} ms during the measured load, over ${ofWorkers.length} threads (workers' main threads and evaluation threads); top 25 by self time:\n`,
+      );
       console.log('| # | function | self ms | % of all | % of non-idle |');
       console.log('|---:|---|---:|---:|---:|');
       for (const line of lines) console.log(line);

@@ -62,18 +62,20 @@ async function main() {
     const template = parseDocument(readFileSync(join(root, 'apisix-conf/apisix.yaml'), 'utf8'));
     template.addIn(['routes'], { id: 'direct', uris: ['/direct/*'], upstream_id: 'llm' });
     // The LLM route as it was before budgets: no llm-budget, no budget in the input, no http-logger.
-    const llmRoute = (template.toJS() as { routes: { id: string; plugins: Record<string, { conf: { name: string; value: string }[] }> }[] }).routes.find((r) => r.id === 'llm')!;
+    const llmRoute = (template.toJS() as { routes: { id: string; plugins: Record<string, { conf: { name: string; value: string }[] }> }[] }).routes.find(
+      (r) => r.id === 'llm',
+    )!;
     const unmetered = structuredClone(llmRoute) as typeof llmRoute & { uris: string[] };
     unmetered.id = 'llm-unmetered';
     unmetered.uris = ['/llm-unmetered/*'];
     delete (unmetered.plugins as Record<string, unknown>)['http-logger'];
-    unmetered.plugins['ext-plugin-pre-req']!.conf = unmetered.plugins['ext-plugin-pre-req']!.conf
-      .filter((entry) => entry.name !== 'llm-budget')
-      .map((entry) => {
+    unmetered.plugins['ext-plugin-pre-req']!.conf = unmetered.plugins['ext-plugin-pre-req']!.conf.filter((entry) => entry.name !== 'llm-budget').map(
+      (entry) => {
         if (entry.name === 'opa') return { ...entry, value: JSON.stringify({ ...JSON.parse(entry.value), with_budget: false }) };
         if (entry.name === 'path-rewrite') return { ...entry, value: JSON.stringify({ strip_prefix: '/llm-unmetered' }) };
         return entry;
-      });
+      },
+    );
     template.addIn(['routes'], unmetered);
     const templatePath = join(work, 'apisix.yaml');
     writeFileSync(templatePath, standaloneRoutesText(template));

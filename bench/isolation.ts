@@ -120,7 +120,9 @@ async function main() {
         { name: 'opa', value: '{"policies":["platform","caller-project"]}' },
       ]);
       runners.push({ name, socket, token });
-      await retryUntilReady(() => driveRunner({ name: 'warm', socketPath: socket, request: { ...calmRequest, confToken: token }, connections: 1, seconds: 0.2, check: allowed }));
+      await retryUntilReady(() =>
+        driveRunner({ name: 'warm', socketPath: socket, request: { ...calmRequest, confToken: token }, connections: 1, seconds: 0.2, check: allowed }),
+      );
     }
 
     /** Keeps two runaway requests in flight on `socket` until stopped. */

@@ -24,7 +24,21 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { decodeHttpReqCallResponse, RpcType, type HttpReqCallRequest } from '../plugins/protocol/index.js';
 import { startLocalEtcd } from '../dev/local-etcd/index.js';
-import { BENCH_PROJECT_DATA, BENCH_PROJECT_POLICY, benchIdentity, storeBenchPolicy, driveRunner, machineLine, median, prepareConf, retryUntilReady, socketAccepts, startProcess, treeCpuMicros, type BenchProcess } from './support.js';
+import {
+  BENCH_PROJECT_DATA,
+  BENCH_PROJECT_POLICY,
+  benchIdentity,
+  storeBenchPolicy,
+  driveRunner,
+  machineLine,
+  median,
+  prepareConf,
+  retryUntilReady,
+  socketAccepts,
+  startProcess,
+  treeCpuMicros,
+  type BenchProcess,
+} from './support.js';
 
 const connections = Number(process.env.BENCH_CONNECTIONS ?? 8);
 const seconds = Number(process.env.BENCH_SECONDS ?? 5);
@@ -83,11 +97,16 @@ async function drive(scenario: Scenario): Promise<Row> {
   const pid = scenario.server.child.pid!;
   const before = treeCpuMicros(pid);
   const { stdout } = await execFileAsync(join(bin, 'gatehouse-ext-plugin-load'), [
-    '-socket', scenario.server.socketPath!,
-    '-connections', String(connections),
-    '-seconds', String(seconds),
-    '-warmup', '0',
-    '-conf', JSON.stringify(scenario.conf),
+    '-socket',
+    scenario.server.socketPath!,
+    '-connections',
+    String(connections),
+    '-seconds',
+    String(seconds),
+    '-warmup',
+    '0',
+    '-conf',
+    JSON.stringify(scenario.conf),
     ...(scenario.extraArgs ?? []),
   ]);
   const after = treeCpuMicros(pid);
@@ -138,7 +157,9 @@ async function main() {
   const processes: BenchProcess[] = [];
   const start = async (name: string, command: string, args: string[], env: Record<string, string>) => {
     const socketPath = join(work, `${name}.sock`);
-    const started = await startProcess(command, args, { ...env, APISIX_LISTEN_ADDRESS: `unix:${socketPath}`, APISIX_CONF_EXPIRE_TIME: '3600' }, () => socketAccepts(socketPath));
+    const started = await startProcess(command, args, { ...env, APISIX_LISTEN_ADDRESS: `unix:${socketPath}`, APISIX_CONF_EXPIRE_TIME: '3600' }, () =>
+      socketAccepts(socketPath),
+    );
     started.socketPath = socketPath;
     processes.push(started);
     return started;
@@ -162,7 +183,11 @@ async function main() {
       RUNNER_WORKERS: String(workers),
     };
     const gatehouse = await start('gatehouse', process.execPath, [join(here, '../plugins/runner/main.js')], runnerEnv);
-    const gatehouseOne = await start('gatehouse-1', process.execPath, [join(here, '../plugins/runner/main.js')], { ...runnerEnv, RUNNER_STATE_DIR: join(work, 'state-1'), RUNNER_WORKERS: '1' });
+    const gatehouseOne = await start('gatehouse-1', process.execPath, [join(here, '../plugins/runner/main.js')], {
+      ...runnerEnv,
+      RUNNER_STATE_DIR: join(work, 'state-1'),
+      RUNNER_WORKERS: '1',
+    });
 
     const chain = [
       { name: 'jwt', value: '{}' },
@@ -186,7 +211,8 @@ async function main() {
         connections: 4,
         seconds: 0.2,
         check: (type, payload) => {
-          if (type !== RpcType.HTTPReqCall || decodeHttpReqCallResponse(payload).action?.type !== 'rewrite') throw new Error('the jwt + opa chain did not allow the request');
+          if (type !== RpcType.HTTPReqCall || decodeHttpReqCallResponse(payload).action?.type !== 'rewrite')
+            throw new Error('the jwt + opa chain did not allow the request');
         },
       }),
     );
@@ -218,11 +244,15 @@ async function main() {
       if (row.name.startsWith('stop: Gatehouse')) baselines.set(row.name, goStopRow);
     }
     console.log(machineLine());
-    console.log(`load: bench/go/loadgen, ${connections} connections, ${seconds}s per scenario, ${rounds} rounds (median); Gatehouse RUNNER_WORKERS=${workers}\n`);
+    console.log(
+      `load: bench/go/loadgen, ${connections} connections, ${seconds}s per scenario, ${rounds} rounds (median); Gatehouse RUNNER_WORKERS=${workers}\n`,
+    );
     printRows(rows, baselines);
     const floorRow = byName.get('floor: bare echo (Go)')!;
     const fastestRunner = Math.max(...rows.filter((r) => !r.name.startsWith('floor')).map((r) => r.callsPerSecond));
-    console.log(`\nfloor check: the bare echo went ${(floorRow.callsPerSecond / fastestRunner).toFixed(2)}x the fastest runner ${floorRow.callsPerSecond > fastestRunner ? '(the load generator is not the limit)' : '(NOT faster: the load generator may be the limit)'}`);
+    console.log(
+      `\nfloor check: the bare echo went ${(floorRow.callsPerSecond / fastestRunner).toFixed(2)}x the fastest runner ${floorRow.callsPerSecond > fastestRunner ? '(the load generator is not the limit)' : '(NOT faster: the load generator may be the limit)'}`,
+    );
   } finally {
     for (const p of processes) await p.stop();
     await etcd.cleanup();

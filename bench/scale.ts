@@ -252,9 +252,15 @@ async function main() {
       // Each round starts with the next scale, so no scale always goes first.
       for (const g of [...gateways.slice(round % gateways.length), ...gateways.slice(0, round % gateways.length)]) {
         const hot = { ...g.hotRequests[0]!, confToken: g.chain };
-        single.set(g.label, [...(single.get(g.label) ?? []), await driveRunner({ name: `${g.projects}`, socketPath: g.socket(0), request: hot, connections, seconds, check: allowed })]);
+        single.set(g.label, [
+          ...(single.get(g.label) ?? []),
+          await driveRunner({ name: `${g.projects}`, socketPath: g.socket(0), request: hot, connections, seconds, check: allowed }),
+        ]);
         if (g.projects >= HOT_SET) {
-          rotating.set(g.label, [...(rotating.get(g.label) ?? []), await driveRunner({ name: `${g.projects}`, socketPath: g.socket(0), request: hot, requests: g.hotRequests, connections, seconds, check: allowed })]);
+          rotating.set(g.label, [
+            ...(rotating.get(g.label) ?? []),
+            await driveRunner({ name: `${g.projects}`, socketPath: g.socket(0), request: hot, requests: g.hotRequests, connections, seconds, check: allowed }),
+          ]);
         }
       }
     }
@@ -291,11 +297,13 @@ async function main() {
     if (!on) {
       await Promise.all(
         Array.from({ length: projects }, (_, i) =>
-          limit(() => store.put(projectName(i), policySubmission(moduleSource(i % modules.length), JSON.stringify({ roles: [`role-${i}`] }), moduleOf(i), 'bench'))),
+          limit(() =>
+            store.put(projectName(i), policySubmission(moduleSource(i % modules.length), JSON.stringify({ roles: [`role-${i}`] }), moduleOf(i), 'bench')),
+          ),
         ),
       );
     }
-    const seedSeconds = on ? on.row.seedSeconds ?? 0 : (performance.now() - seedStarted) / 1000;
+    const seedSeconds = on ? (on.row.seedSeconds ?? 0) : (performance.now() - seedStarted) / 1000;
     const tag = `${gateways.length}-${projects}`;
     const socket = (i: number) => join(work, `${tag}-${i}.sock`);
     const env = (i: number) => ({
@@ -331,7 +339,9 @@ async function main() {
     const untilSnapshotWritten = async (i: number) => {
       const state = join(work, `state-${tag}-${i}`);
       // Today's snapshot directory, or an earlier runner's single file.
-      const written = () => statSync(join(state, 'policy-snapshot', 'manifest.json'), { throwIfNoEntry: false }) ?? statSync(join(state, 'policies.snapshot.json'), { throwIfNoEntry: false });
+      const written = () =>
+        statSync(join(state, 'policy-snapshot', 'manifest.json'), { throwIfNoEntry: false }) ??
+        statSync(join(state, 'policies.snapshot.json'), { throwIfNoEntry: false });
       while (!written()) await new Promise((r) => setTimeout(r, 20));
     };
     const conf = [
@@ -365,7 +375,18 @@ async function main() {
       let sweeping = true;
       const background = (async () => {
         const stats: Stats[] = [];
-        while (sweeping) stats.push(await driveRunner({ name: 'hot during cold', socketPath: socket(0), request: hotRequests[0]!, requests: hotRequests, connections: 2, seconds: 0.5, check: allowed }));
+        while (sweeping)
+          stats.push(
+            await driveRunner({
+              name: 'hot during cold',
+              socketPath: socket(0),
+              request: hotRequests[0]!,
+              requests: hotRequests,
+              connections: 2,
+              seconds: 0.5,
+              check: allowed,
+            }),
+          );
         return stats;
       })();
       for (const request of coldRequests) {
@@ -410,10 +431,14 @@ async function main() {
     const { socket } = g;
     for (let i = 1; i < runnerCount; i++) g.processes.push(await startNodeProcess(g.script, [], g.env(i), () => socketAccepts(socket(i))));
     const runners = g.processes.slice(0, runnerCount);
-    const chains = await Promise.all(runners.map((_, i) => prepareConf(socket(i), [
-      { name: 'jwt', value: '{}' },
-      { name: 'opa', value: '{"policies":["platform","caller-project"]}' },
-    ])));
+    const chains = await Promise.all(
+      runners.map((_, i) =>
+        prepareConf(socket(i), [
+          { name: 'jwt', value: '{}' },
+          { name: 'opa', value: '{"policies":["platform","caller-project"]}' },
+        ]),
+      ),
+    );
     for (let i = 1; i < runnerCount; i++) {
       await g.untilEnforcing(i, chains[i]!, g.probeProject, performance.now());
       await g.untilSnapshotWritten(i);
@@ -430,18 +455,25 @@ async function main() {
     try {
       for (let w = 1; w <= propagationWrites; w++) {
         const before = filesUnder(snapshotDir, g.script === runnerScript);
-        const result = await g.store.put(projectName(target), policySubmission(moduleSource(target % modules.length), JSON.stringify({ roles: [`role-${target}`], write: w }), g.moduleOf(target), 'bench'));
+        const result = await g.store.put(
+          projectName(target),
+          policySubmission(moduleSource(target % modules.length), JSON.stringify({ roles: [`role-${target}`], write: w }), g.moduleOf(target), 'bench'),
+        );
         const returnedAt = Date.now();
         const version = result.meta.version;
         const deadline = Date.now() + 20_000;
         let swapped: number[] = [];
         while (Date.now() < deadline) {
           swapped = runners
-            .map((r) => r.lines.map((line) => {
-              if (!line.includes('"policy version enforced"')) return null;
-              const entry = JSON.parse(line) as { policy: string; version: number; swappedAt: number };
-              return entry.policy === projectName(target) && entry.version === version ? entry.swappedAt : null;
-            }).find((x) => x !== null))
+            .map((r) =>
+              r.lines
+                .map((line) => {
+                  if (!line.includes('"policy version enforced"')) return null;
+                  const entry = JSON.parse(line) as { policy: string; version: number; swappedAt: number };
+                  return entry.policy === projectName(target) && entry.version === version ? entry.swappedAt : null;
+                })
+                .find((x) => x !== null),
+            )
             .filter((x): x is number => typeof x === 'number');
           if (swapped.length === runners.length) break;
           await new Promise((r) => setTimeout(r, 1));
@@ -475,7 +507,9 @@ async function main() {
     `distinct modules: ${Math.min(moduleCount, largest)} (the distinct rows: every project its own, made from those); RSS: the runner's primary and workers (default workers); engine cache: default (256 MiB); hot: ${connections} connections, ${seconds} s x ${rounds} rounds alternating over the scales (median); ` +
       `cold sample: ${coldSample}; propagation: ${runnerCount} runners serving traffic, ${propagationWrites} writes\n`,
   );
-  console.log('| projects | seed s | start → enforcing ms | cold first decision p50 / p99 ms | hot-set p99 µs during cold sweep | RSS MiB | snapshot MiB | snapshot bytes per change |');
+  console.log(
+    '| projects | seed s | start → enforcing ms | cold first decision p50 / p99 ms | hot-set p99 µs during cold sweep | RSS MiB | snapshot MiB | snapshot bytes per change |',
+  );
   console.log('|---:|---:|---:|---:|---:|---:|---:|---:|');
   for (const r of rows) {
     console.log(

@@ -125,7 +125,8 @@ function watchedProcesses(apisix: ApisixHandle, etcdPid: number | null): Map<str
   const counts = new Map<string, number>();
   for (const p of table.filter((x) => x.pgrp === apisix.pid && !runnerTree.has(x.pid)).sort((a, b) => a.pid - b.pid)) {
     const title = (commandLine(p.pid) ?? '').replace(/\0/g, ' ').trim();
-    const kind = p.pid === apisix.pid ? 'nginx master' : /^nginx: (.*?) process/.exec(title)?.[1] ? `nginx ${/^nginx: (.*?) process/.exec(title)![1]}` : 'nginx other';
+    const kind =
+      p.pid === apisix.pid ? 'nginx master' : /^nginx: (.*?) process/.exec(title)?.[1] ? `nginx ${/^nginx: (.*?) process/.exec(title)![1]}` : 'nginx other';
     const n = (counts.get(kind) ?? 0) + 1;
     counts.set(kind, n);
     out.set(kind === 'nginx master' ? kind : `${kind} ${n}`, p.pid);
@@ -138,7 +139,7 @@ function watchedProcesses(apisix: ApisixHandle, etcdPid: number | null): Map<str
 function findEtcd(dataDir: string): number | null {
   const table = processTable();
   const mine = new Set([process.pid]);
-  for (let grew = true; grew; ) {
+  for (let grew = true; grew;) {
     grew = false;
     for (const p of table) if (mine.has(p.ppid) && !mine.has(p.pid)) (mine.add(p.pid), (grew = true));
   }
@@ -148,7 +149,8 @@ function findEtcd(dataDir: string): number | null {
 async function main({ processes, cleanups }: BenchScope) {
   const installation = findApisix(root);
   if (!installation) throw new Error('no APISIX on this machine: `npm run setup` builds it from the APISIX kit, or set APISIX_HOME');
-  if (!(seconds > 0 && loadShare > 0 && loadShare <= 1 && connections >= 1 && maxSeconds > 0)) throw new Error('want BENCH_SOAK_SECONDS > 0, 0 < BENCH_SOAK_LOAD <= 1, BENCH_CONNECTIONS >= 1');
+  if (!(seconds > 0 && loadShare > 0 && loadShare <= 1 && connections >= 1 && maxSeconds > 0))
+    throw new Error('want BENCH_SOAK_SECONDS > 0, 0 < BENCH_SOAK_LOAD <= 1, BENCH_CONNECTIONS >= 1');
   const tools = buildGoTools();
   const work = mkdtempSync(join(tmpdir(), 'gh-bench-soak-'));
   const logger = pino({ level: 'warn' });
@@ -172,7 +174,10 @@ async function main({ processes, cleanups }: BenchScope) {
   processes.push(await startProcess(tools.upstream, ['-addr', `127.0.0.1:${upstreamPort}`], {}, () => tcpAccepts(upstreamPort)));
   const upstream = `127.0.0.1:${upstreamPort}`;
   const routesPath = join(work, 'apisix.yaml');
-  writeFileSync(routesPath, standaloneRoutesText(parseDocument(pointRoutesAt(readFileSync(join(root, 'apisix-conf', 'apisix.yaml'), 'utf8'), { rag: upstream, llm: upstream }))));
+  writeFileSync(
+    routesPath,
+    standaloneRoutesText(parseDocument(pointRoutesAt(readFileSync(join(root, 'apisix-conf', 'apisix.yaml'), 'utf8'), { rag: upstream, llm: upstream }))),
+  );
   const gateway = await startApisix({
     installation,
     repoRoot: root,
@@ -209,12 +214,16 @@ async function main({ processes, cleanups }: BenchScope) {
   const loadArgs = ['-url', `${gateway.url}${path}`, '-connections', String(connections), '-header', `authorization: Bearer ${token}`];
   const runLoad = async (args: string[]) => {
     const { stdout } = await execFileAsync(tools.load, [...loadArgs, ...args], { maxBuffer: 64 * 1024 * 1024 });
-    return stdout.trim().split('\n').map((l) => JSON.parse(l) as unknown);
+    return stdout
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as unknown);
   };
 
   // 1. The maximum, on a closed loop.
   const [max] = (await runLoad(['-seconds', String(maxSeconds), '-warmup', '1'])) as [LoadLine];
-  if (max.errors > 0 || max.calls === 0) throw new Error(`the maximum's run: ${max.errors} errors of ${max.calls + max.errors} (statuses ${JSON.stringify(max.statuses)})`);
+  if (max.errors > 0 || max.calls === 0)
+    throw new Error(`the maximum's run: ${max.errors} errors of ${max.calls + max.errors} (statuses ${JSON.stringify(max.statuses)})`);
   const rate = Math.max(1, Math.round(max.callsPerSecond * loadShare));
 
   // 3. The policy writer: a new version once a second, on a fixed schedule (a write that runs late is not made up).
@@ -292,7 +301,9 @@ async function main({ processes, cleanups }: BenchScope) {
       `Gatehouse RUNNER_WORKERS=${workers}; loadavg at the end ${readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ')}\n`,
   );
   console.log(`maximum (closed loop, ${maxSeconds}s): ${max.callsPerSecond.toFixed(0)} req/s, p50 ${max.p50Us.toFixed(0)} µs, p99 ${max.p99Us.toFixed(0)} µs`);
-  console.log(`soak: ${(loadShare * 100).toFixed(0)}% of it = ${rate} req/s paced (open loop) for ${seconds}s, intervals of ${interval}s; statuses ${JSON.stringify(total.statuses)}`);
+  console.log(
+    `soak: ${(loadShare * 100).toFixed(0)}% of it = ${rate} req/s paced (open loop) for ${seconds}s, intervals of ${interval}s; statuses ${JSON.stringify(total.statuses)}`,
+  );
   const writeMs = [...writes.ms].sort((a, b) => a - b);
   console.log(
     `policy writes (compile with opa + store, new data each, Rego alternating between two texts): ${writes.made} made, ${writes.failed} failed, ${writes.skipped} skipped (ran late), ` +
@@ -302,11 +313,16 @@ async function main({ processes, cleanups }: BenchScope) {
 
   console.log('\n| interval | from s | req/s | errors | p50 µs | p99 µs | max µs |');
   console.log('|---:|---:|---:|---:|---:|---:|---:|');
-  for (const l of intervals) console.log(`| ${l.interval + 1} | ${l.fromS.toFixed(0)} | ${(l.calls / l.seconds).toFixed(0)} | ${l.errors} | ${l.p50Us.toFixed(0)} | ${l.p99Us.toFixed(0)} | ${l.maxUs.toFixed(0)} |`);
+  for (const l of intervals)
+    console.log(
+      `| ${l.interval + 1} | ${l.fromS.toFixed(0)} | ${(l.calls / l.seconds).toFixed(0)} | ${l.errors} | ${l.p50Us.toFixed(0)} | ${l.p99Us.toFixed(0)} | ${l.maxUs.toFixed(0)} |`,
+    );
 
   // RSS at the end of the first interval (a minute in the full run) against the end.
   const baseAt = interval;
-  console.log(`\n| process | pid | RSS MiB at ${baseAt.toFixed(0)}s | RSS MiB at the end | growth | max MiB | anonymous (heap) MiB at ${baseAt.toFixed(0)}s -> end |`);
+  console.log(
+    `\n| process | pid | RSS MiB at ${baseAt.toFixed(0)}s | RSS MiB at the end | growth | max MiB | anonymous (heap) MiB at ${baseAt.toFixed(0)}s -> end |`,
+  );
   console.log('|---|---:|---:|---:|---:|---:|---:|');
   let rssOk = true;
   let maxGrowth = -Infinity;
@@ -317,9 +333,11 @@ async function main({ processes, cleanups }: BenchScope) {
     const growth = (end.kib - base.kib) / base.kib;
     const ok = !restarted && growth <= 0.05;
     maxGrowth = Math.max(maxGrowth, growth);
-    if (!ok) (rssOk = false, grown.push(label));
+    if (!ok) ((rssOk = false), grown.push(label));
     const mib = (k: number) => (k / 1024).toFixed(1);
-    console.log(`| ${label}${restarted ? ' (RESTARTED)' : ''} | ${pid} | ${mib(base.kib)} | ${mib(end.kib)} | ${(growth * 100).toFixed(1)}% | ${mib(Math.max(...samples.map((s) => s.kib)))} | ${mib(base.anon)} -> ${mib(end.anon)} |`);
+    console.log(
+      `| ${label}${restarted ? ' (RESTARTED)' : ''} | ${pid} | ${mib(base.kib)} | ${mib(end.kib)} | ${(growth * 100).toFixed(1)}% | ${mib(Math.max(...samples.map((s) => s.kib)))} | ${mib(base.anon)} -> ${mib(end.anon)} |`,
+    );
   }
 
   const errors = total.errors + writes.failed;
@@ -331,10 +349,18 @@ async function main({ processes, cleanups }: BenchScope) {
   console.log('\n| target | measured | wanted | |');
   console.log('|---|---:|---:|---|');
   console.log(`| errors (non-200 answers, broken connections, failed policy writes) | ${total.errors} + ${writes.failed} | 0 | ${verdict(errors === 0)} |`);
-  console.log(`| RSS of every process, growth from ${baseAt.toFixed(0)}s to the end | max ${(maxGrowth * 100).toFixed(1)}%${grown.length ? ` (${grown.join(', ')})` : ''} | <= 5% | ${verdict(rssOk)} |`);
-  console.log(`| p99 of the last interval vs the first | ${last.p99Us.toFixed(0)} / ${first.p99Us.toFixed(0)} µs = ${p99Ratio.toFixed(2)}x | <= 1.5x | ${verdict(p99Ratio <= 1.5)} |`);
-  console.log(`| (load held: req/s served vs paced) | ${(achieved * 100).toFixed(1)}% | ~100% | ${achieved >= 0.98 ? 'held' : 'NOT held: the gateway or the machine fell behind'} |`);
-  console.log(`| (policy writes, one a second) | ${writes.made} in ${seconds}s | ${Math.floor(seconds)} | ${writes.skipped === 0 ? 'kept up' : `${writes.skipped} ran late`} |`);
+  console.log(
+    `| RSS of every process, growth from ${baseAt.toFixed(0)}s to the end | max ${(maxGrowth * 100).toFixed(1)}%${grown.length ? ` (${grown.join(', ')})` : ''} | <= 5% | ${verdict(rssOk)} |`,
+  );
+  console.log(
+    `| p99 of the last interval vs the first | ${last.p99Us.toFixed(0)} / ${first.p99Us.toFixed(0)} µs = ${p99Ratio.toFixed(2)}x | <= 1.5x | ${verdict(p99Ratio <= 1.5)} |`,
+  );
+  console.log(
+    `| (load held: req/s served vs paced) | ${(achieved * 100).toFixed(1)}% | ~100% | ${achieved >= 0.98 ? 'held' : 'NOT held: the gateway or the machine fell behind'} |`,
+  );
+  console.log(
+    `| (policy writes, one a second) | ${writes.made} in ${seconds}s | ${Math.floor(seconds)} | ${writes.skipped === 0 ? 'kept up' : `${writes.skipped} ran late`} |`,
+  );
   if (errors > 0 || !rssOk || p99Ratio > 1.5) process.exitCode = 1;
 }
 

@@ -91,7 +91,13 @@ export async function benchIdentity(dir: string): Promise<BenchIdentity> {
     jwksFile,
     env: { JWT_JWKS_FILE: jwksFile, JWT_ISSUER: BENCH_ISSUER, JWT_AUDIENCE: BENCH_AUDIENCE },
     sign: (claims) =>
-      new SignJWT(claims).setProtectedHeader({ alg: 'ES256', kid: 'bench' }).setIssuer(BENCH_ISSUER).setAudience(BENCH_AUDIENCE).setIssuedAt().setExpirationTime('2h').sign(privateKey),
+      new SignJWT(claims)
+        .setProtectedHeader({ alg: 'ES256', kid: 'bench' })
+        .setIssuer(BENCH_ISSUER)
+        .setAudience(BENCH_AUDIENCE)
+        .setIssuedAt()
+        .setExpirationTime('2h')
+        .sign(privateKey),
   };
 }
 
@@ -177,21 +183,11 @@ export function runBench(main: (scope: BenchScope) => Promise<void>): void {
     });
 }
 
-export function startNodeProcess(
-  script: string,
-  args: string[],
-  env: Record<string, string>,
-  ready: () => Promise<boolean>,
-): Promise<BenchProcess> {
+export function startNodeProcess(script: string, args: string[], env: Record<string, string>, ready: () => Promise<boolean>): Promise<BenchProcess> {
   return startProcess(process.execPath, [script, ...args], env, ready);
 }
 
-export async function startProcess(
-  command: string,
-  args: string[],
-  env: Record<string, string>,
-  ready: () => Promise<boolean>,
-): Promise<BenchProcess> {
+export async function startProcess(command: string, args: string[], env: Record<string, string>, ready: () => Promise<boolean>): Promise<BenchProcess> {
   const child = spawn(command, args, {
     env: { PATH: process.env.PATH ?? '', LOG_LEVEL: 'warn', ...env },
     stdio: ['ignore', 'ignore', 'pipe'],

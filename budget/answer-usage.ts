@@ -37,7 +37,8 @@ function readUsage(usage: unknown): AnswerUsage | null {
   const prompt = record.prompt_tokens ?? record.input_tokens;
   const completion = record.completion_tokens ?? record.output_tokens ?? 0;
   if (typeof prompt !== 'number' || typeof completion !== 'number') return { kind: 'invalid', reason: 'usage without numeric token counts' };
-  if (!Number.isFinite(prompt) || !Number.isFinite(completion) || !Number.isFinite(prompt + completion)) return { kind: 'invalid', reason: 'usage is not finite' };
+  if (!Number.isFinite(prompt) || !Number.isFinite(completion) || !Number.isFinite(prompt + completion))
+    return { kind: 'invalid', reason: 'usage is not finite' };
   if (prompt < 0 || completion < 0) return { kind: 'invalid', reason: 'usage is negative' };
   return { kind: 'usage', prompt: Math.round(prompt), completion: Math.round(completion) };
 }

@@ -108,7 +108,8 @@ const isTokenId = (value: unknown) => typeof value === 'number' && Number.isSafe
 
 /** Refuses a member whose tokens the body does not bound. */
 function refuseMember(record: Record<string, unknown>, field: string, why: string, pointer = ''): void {
-  if (record[field] !== undefined && record[field] !== null) throw new LlmCallError(`${field} is not allowed on a budgeted route: ${why}`, `${pointer}/${escapePointer(field)}`);
+  if (record[field] !== undefined && record[field] !== null)
+    throw new LlmCallError(`${field} is not allowed on a budgeted route: ${why}`, `${pointer}/${escapePointer(field)}`);
 }
 
 /** Each content part must be of a type whose tokens are bounded. */
@@ -117,7 +118,10 @@ function checkParts(content: unknown, allowed: Set<string>, pointer: string): vo
   content.forEach((part, j) => {
     const type = isRecord(part) ? part.type : undefined;
     if (typeof type !== 'string' || !allowed.has(type)) {
-      throw new LlmCallError(`a content part of type ${JSON.stringify(type ?? null)} is not allowed on a budgeted route: its tokens cannot be bounded from the request (allowed: ${[...allowed].join(', ')})`, `${pointer}/${j}/type`);
+      throw new LlmCallError(
+        `a content part of type ${JSON.stringify(type ?? null)} is not allowed on a budgeted route: its tokens cannot be bounded from the request (allowed: ${[...allowed].join(', ')})`,
+        `${pointer}/${j}/type`,
+      );
     }
   });
 }
@@ -156,9 +160,11 @@ function readPrompts(value: unknown, field: string): { count: number; tokens: nu
 type Priced = Pick<LlmCall, 'maxTokens' | 'maxTokensField' | 'completions' | 'promptTokensBound' | 'extraTokensBound'>;
 
 function priceChat(record: Record<string, unknown>): Priced {
-  if (!Array.isArray(record.messages)) throw new LlmCallError(record.messages === undefined ? 'the request has no messages' : 'messages must be an array', '/messages');
+  if (!Array.isArray(record.messages))
+    throw new LlmCallError(record.messages === undefined ? 'the request has no messages' : 'messages must be an array', '/messages');
   refuseMember(record, 'audio', 'audio output is billed by its length, which no limit in the request bounds');
-  if (Array.isArray(record.modalities) && record.modalities.includes('audio')) throw new LlmCallError('audio output is not allowed on a budgeted route', '/modalities');
+  if (Array.isArray(record.modalities) && record.modalities.includes('audio'))
+    throw new LlmCallError('audio output is not allowed on a budgeted route', '/modalities');
   refuseMember(record, 'web_search_options', 'the search results it adds to the prompt are not in the request');
   record.messages.forEach((message, i) => {
     if (!isRecord(message)) throw new LlmCallError('a message must be an object', `/messages/${i}`);
@@ -171,7 +177,9 @@ function priceChat(record: Record<string, unknown>): Priced {
   // Tools and response formats are sent to the model as text too.
   promptTokensBound += textBytes(record.tools) + textBytes(record.functions) + textBytes(record.response_format) + textBytes(record.tool_choice);
   // Both may be sent; which one an upstream honours varies, so the larger bounds the call.
-  const completionLimits = [positiveInteger(record.max_completion_tokens, 'max_completion_tokens'), positiveInteger(record.max_tokens, 'max_tokens')].filter((n): n is number => n !== null);
+  const completionLimits = [positiveInteger(record.max_completion_tokens, 'max_completion_tokens'), positiveInteger(record.max_tokens, 'max_tokens')].filter(
+    (n): n is number => n !== null,
+  );
   const completions = positiveInteger(record.n, 'n') ?? 1;
   return {
     maxTokens: completionLimits.length > 0 ? Math.max(...completionLimits) : null,
@@ -209,12 +217,14 @@ function priceResponse(record: Record<string, unknown>): Priced {
   refuseMember(record, 'previous_response_id', 'the stored conversation it continues is billed as input, and is not in the request');
   refuseMember(record, 'conversation', 'the stored conversation is billed as input, and is not in the request');
   refuseMember(record, 'prompt', 'a stored prompt template is billed as input, and is not in the request');
-  if (record.instructions !== undefined && record.instructions !== null && typeof record.instructions !== 'string') throw new LlmCallError('instructions must be a string', '/instructions');
+  if (record.instructions !== undefined && record.instructions !== null && typeof record.instructions !== 'string')
+    throw new LlmCallError('instructions must be a string', '/instructions');
   if (record.tools !== undefined && record.tools !== null) {
     if (!Array.isArray(record.tools)) throw new LlmCallError('tools must be an array', '/tools');
     record.tools.forEach((tool, i) => {
       // Built-in tools (web search, file search, code interpreter, MCP, ...) run server-side and add what they find to the input.
-      if (!isRecord(tool) || tool.type !== 'function') throw new LlmCallError('only function tools are allowed on a budgeted route: built-in tools add tokens the request does not bound', `/tools/${i}/type`);
+      if (!isRecord(tool) || tool.type !== 'function')
+        throw new LlmCallError('only function tools are allowed on a budgeted route: built-in tools add tokens the request does not bound', `/tools/${i}/type`);
     });
   }
   let promptTokensBound: number;
@@ -225,7 +235,10 @@ function priceResponse(record: Record<string, unknown>): Priced {
       if (!isRecord(item)) throw new LlmCallError('an input item must be an object', `/input/${i}`);
       const type = item.type ?? 'message';
       if (typeof type !== 'string' || !RESPONSES_ITEMS.has(type)) {
-        throw new LlmCallError(`an input item of type ${JSON.stringify(type)} is not allowed on a budgeted route: its tokens cannot be bounded from the request (allowed: ${[...RESPONSES_ITEMS].join(', ')})`, `/input/${i}/type`);
+        throw new LlmCallError(
+          `an input item of type ${JSON.stringify(type)} is not allowed on a budgeted route: its tokens cannot be bounded from the request (allowed: ${[...RESPONSES_ITEMS].join(', ')})`,
+          `/input/${i}/type`,
+        );
       }
       if (type === 'message') checkParts(item.content, RESPONSES_PARTS, `/input/${i}/content`);
       if (type === 'function_call_output') checkParts(item.output, RESPONSES_PARTS, `/input/${i}/output`);

@@ -250,7 +250,13 @@ export class GatewayBudgets {
       estimated_cost: maxTokens === null ? call.promptTokensBound : GatewayBudgets.cost(call, maxTokens),
       max_tokens: maxTokens,
       remaining_tokens: Math.min(...remaining.map((r) => r.remaining)),
-      limits: remaining.map((r) => ({ scope: r.limit.scope, per: r.limit.per, tokens: r.limit.tokens, remaining: r.remaining, resets_at: new Date(r.resetsAt).toISOString() })),
+      limits: remaining.map((r) => ({
+        scope: r.limit.scope,
+        per: r.limit.per,
+        tokens: r.limit.tokens,
+        remaining: r.remaining,
+        resets_at: new Date(r.resetsAt).toISOString(),
+      })),
     };
   }
 
@@ -316,7 +322,14 @@ export class GatewayBudgets {
       const total = usage.prompt + usage.completion;
       const bound = Math.min(call.limitTokens, Math.ceil(reserved * (1 + USAGE_OVERRUN.share)) + USAGE_OVERRUN.tokens);
       if (total <= bound) this.charge(call, { taken: true, prompt: usage.prompt, completion: usage.completion, charged: total, seen: true });
-      else this.refuseUsage(call, 'implausible', `reported ${usage.prompt}+${usage.completion} tokens, above the ${bound} the call could use (reserved ${reserved}, smallest limit ${call.limitTokens})`, status, upstreamStatus);
+      else
+        this.refuseUsage(
+          call,
+          'implausible',
+          `reported ${usage.prompt}+${usage.completion} tokens, above the ${bound} the call could use (reserved ${reserved}, smallest limit ${call.limitTokens})`,
+          status,
+          upstreamStatus,
+        );
     } else if (usage.kind === 'invalid') {
       this.refuseUsage(call, 'invalid', usage.reason, status, upstreamStatus);
     } else if (upstreamStatus ? refusedByUpstream(upstreamStatus) : status >= 400) {
@@ -329,7 +342,10 @@ export class GatewayBudgets {
 
   /** Usage that cannot be believed: the call keeps its reservation; logged and counted. */
   private refuseUsage(call: InFlight, reason: 'invalid' | 'implausible', detail: string, status: number, upstreamStatus: string | null): void {
-    this.options.log.warn({ project: call.project, model: call.model, status, upstreamStatus, reserved: call.hold.cost, detail }, 'usage reported for an LLM call not believed; charged its reservation');
+    this.options.log.warn(
+      { project: call.project, model: call.model, status, upstreamStatus, reserved: call.hold.cost, detail },
+      'usage reported for an LLM call not believed; charged its reservation',
+    );
     this.options.events?.usageRefused(call.project, reason);
     this.charge(call, { taken: null, charged: call.hold.cost, seen: false });
   }
@@ -337,7 +353,13 @@ export class GatewayBudgets {
   private charge(call: InFlight, { taken, prompt = 0, completion = 0, charged, seen }: Charge): void {
     const model = this.usageModel(call, taken);
     this.ledger.settle(call.hold, charged);
-    this.usage.record(call.project, model, Date.now(), { requests: 1, prompt_tokens: prompt, completion_tokens: completion, charged_tokens: charged, unsettled: seen ? 0 : 1 });
+    this.usage.record(call.project, model, Date.now(), {
+      requests: 1,
+      prompt_tokens: prompt,
+      completion_tokens: completion,
+      charged_tokens: charged,
+      unsettled: seen ? 0 : 1,
+    });
     this.options.events?.settled(call.project, model, { prompt, completion, charged, seen });
   }
 

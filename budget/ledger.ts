@@ -61,8 +61,7 @@ export interface Hold {
 }
 
 export type ReserveResult =
-  | { ok: true; hold: Hold }
-  | { ok: false; limit: BudgetLimit; remaining: number; retryAfterSeconds: number; reason: 'exhausted' | 'unavailable' };
+  { ok: true; hold: Hold } | { ok: false; limit: BudgetLimit; remaining: number; retryAfterSeconds: number; reason: 'exhausted' | 'unavailable' };
 
 interface Pool {
   key: string;
@@ -130,7 +129,8 @@ const casBackoff = (attempt: number) => sleep(Math.random() * Math.min(100, 5 * 
 const free = (pool: Pool) => pool.held - pool.spent - pool.reserved;
 
 /** What every holder but `me` holds in a record. */
-const heldByOthers = (record: Allocation, me: string | null) => Object.entries(record.held).reduce((n, [holder, tokens]) => (holder === me ? n : n + tokens), 0);
+const heldByOthers = (record: Allocation, me: string | null) =>
+  Object.entries(record.held).reduce((n, [holder, tokens]) => (holder === me ? n : n + tokens), 0);
 
 /** This holder's blocks are gone (reclaimed, or its lease lost): what it held is `held` now, and calls in flight settle into nothing. */
 function forget(pool: Pool, held: number): void {
@@ -236,7 +236,10 @@ export class BudgetLedger {
     if (hold.settled) return;
     hold.settled = true;
     if (!Number.isFinite(usedTokens) || usedTokens < 0) {
-      this.options.log.error({ used: String(usedTokens), reserved: hold.cost }, 'a call settled to a token count that is not a finite number of at least 0; charged its reservation');
+      this.options.log.error(
+        { used: String(usedTokens), reserved: hold.cost },
+        'a call settled to a token count that is not a finite number of at least 0; charged its reservation',
+      );
       usedTokens = hold.cost;
     }
     for (const part of hold.parts) this.release(part.pool, part.epoch, hold.cost, usedTokens);
@@ -277,7 +280,12 @@ export class BudgetLedger {
     return run;
   }
 
-  private async reserveIn(pool: Pool, request: LimitRequest, cost: number, deadline: number): Promise<true | { remaining: number; retryAfterSeconds: number; reason: 'exhausted' | 'unavailable' }> {
+  private async reserveIn(
+    pool: Pool,
+    request: LimitRequest,
+    cost: number,
+    deadline: number,
+  ): Promise<true | { remaining: number; retryAfterSeconds: number; reason: 'exhausted' | 'unavailable' }> {
     if (free(pool) >= cost) {
       pool.reserved += cost;
       this.cancelIdle(pool);
@@ -365,7 +373,7 @@ export class BudgetLedger {
           // A dead holder's block: charged in full, never handed out again.
           record.consumed += tokens;
           delete record.held[holder];
-          this.options.log.info({ key: pool.key, holder, tokens }, 'reclaimed a dead gateway\'s budget block (charged in full)');
+          this.options.log.info({ key: pool.key, holder, tokens }, "reclaimed a dead gateway's budget block (charged in full)");
         }
       }
       for (const holder of Object.keys(record.ops ?? {})) if (holder !== me && !live.has(holder)) delete record.ops![holder];
@@ -428,7 +436,10 @@ export class BudgetLedger {
       pool.unconfirmed = [];
     }
     if (pool.held > 0 && (record.held[me] ?? 0) < pool.held) {
-      this.options.log.warn({ key: pool.key, held: pool.held, recorded: record.held[me] ?? 0 }, 'budget blocks were reclaimed (lease lost); calls in flight settle into nothing');
+      this.options.log.warn(
+        { key: pool.key, held: pool.held, recorded: record.held[me] ?? 0 },
+        'budget blocks were reclaimed (lease lost); calls in flight settle into nothing',
+      );
       forget(pool, record.held[me] ?? 0);
     }
   }
@@ -471,7 +482,10 @@ export class BudgetLedger {
     const value = JSON.stringify({ ...record, ops: { ...record.ops, [me]: op } } satisfies Allocation);
     const put =
       modRevision === null
-        ? client.put(pool.key).value(value).lease(await this.windowLease(pool.windowEnd))
+        ? client
+            .put(pool.key)
+            .value(value)
+            .lease(await this.windowLease(pool.windowEnd))
         : client.put(pool.key).value(value).ignoreLease();
     const guard = modRevision === null ? client.if(pool.key, 'Create', '==', 0) : client.if(pool.key, 'Mod', '==', modRevision);
     let committed: boolean;
@@ -556,7 +570,14 @@ export class BudgetLedger {
     this.waiters.delete(key);
     const pool = this.pools.get(key);
     // Another holder is short: give back what this one does not need now.
-    if (pool && record.wanted && record.wanted.by !== this.holderId && Date.now() - record.wanted.at < WANTED_FOR_MS && (record.held[this.holderId ?? ''] ?? 0) > 0 && free(pool) > 0) {
+    if (
+      pool &&
+      record.wanted &&
+      record.wanted.by !== this.holderId &&
+      Date.now() - record.wanted.at < WANTED_FOR_MS &&
+      (record.held[this.holderId ?? ''] ?? 0) > 0 &&
+      free(pool) > 0
+    ) {
       this.serial(pool, () => this.giveBack(pool)).catch((err: Error) => this.options.log.warn({ key, err: err.message }, 'could not give spare budget back'));
     }
   }

@@ -13,16 +13,7 @@
 import { createHash } from 'node:crypto';
 import { Range, type Etcd3, type IKeyValue } from 'etcd3';
 import { parseBudget, type Budget } from './definition.js';
-import {
-  BUDGETS_PREFIX,
-  budgetHistoryKey,
-  budgetHistoryPrefix,
-  budgetKey,
-  HOUR_MS,
-  isBudgetProject,
-  projectOfBudgetKey,
-  type StoredBudget,
-} from './keys.js';
+import { BUDGETS_PREFIX, budgetHistoryKey, budgetHistoryPrefix, budgetKey, HOUR_MS, isBudgetProject, projectOfBudgetKey, type StoredBudget } from './keys.js';
 import { readUsage, type UsageSummary } from './usage.js';
 import { checkWriteConditions, PreconditionFailedError, StoreUnavailableError, WriteConflictError, type WriteConditions } from '../etcd/store-errors.js';
 
@@ -55,7 +46,6 @@ export interface CurrentBudget {
   /** The mod revision of /budgets/<project>: the etcd revision this version was written at. */
   modRevision: number;
 }
-
 
 export interface BudgetPutResult {
   created: boolean;
@@ -334,7 +324,11 @@ export class BudgetStore {
       const text = JSON.stringify(stored);
       const response = await this.etcd(() =>
         this.guard(project, state, version)
-          .then(this.client.put(budgetKey(project)).value(text), this.client.put(budgetHistoryKey(project, version)).value(text), ...this.pruneOps(project, version))
+          .then(
+            this.client.put(budgetKey(project)).value(text),
+            this.client.put(budgetHistoryKey(project, version)).value(text),
+            ...this.pruneOps(project, version),
+          )
           .commit(),
       );
       const created = state.kv === undefined;
@@ -364,7 +358,11 @@ export class BudgetStore {
       const text = JSON.stringify(stored);
       const response = await this.etcd(() =>
         this.guard(project, state, version)
-          .then(this.client.delete().key(budgetKey(project)), this.client.put(budgetHistoryKey(project, version)).value(text), ...this.pruneOps(project, version))
+          .then(
+            this.client.delete().key(budgetKey(project)),
+            this.client.put(budgetHistoryKey(project, version)).value(text),
+            ...this.pruneOps(project, version),
+          )
           .commit(),
       );
       if (response.succeeded) return { deleted: state.current.stored, stored, revision: Number(response.header.revision) };

@@ -94,7 +94,14 @@ export async function readUsage(client: Etcd3, project: string, fromMs: number, 
   const fromHour = Math.floor(fromMs / HOUR_MS) * HOUR_MS;
   const range = new Range(usageKey(project, fromHour, ''), usageKey(project, Math.ceil(toMs / HOUR_MS) * HOUR_MS, ''));
   const kvs = (await client.getAll().inRange(range).exec()).kvs;
-  const summary: UsageSummary = { project, from: new Date(fromHour).toISOString(), to: new Date(Math.ceil(toMs / HOUR_MS) * HOUR_MS).toISOString(), total: emptyUsage(), models: {}, hours: [] };
+  const summary: UsageSummary = {
+    project,
+    from: new Date(fromHour).toISOString(),
+    to: new Date(Math.ceil(toMs / HOUR_MS) * HOUR_MS).toISOString(),
+    total: emptyUsage(),
+    models: {},
+    hours: [],
+  };
   for (const kv of kvs) {
     const where = parseUsageKey(project, kv.key.toString('utf8'));
     if (!where) continue;

@@ -43,7 +43,12 @@ export class CmsClient {
   }
 
   /** The answer when its status is one of `ok`; otherwise a CmsError with the problem's words. */
-  async expect(method: 'GET' | 'PUT' | 'POST' | 'DELETE', path: string, ok: number[], options: { body?: string; headers?: Record<string, string> } = {}): Promise<CmsAnswer> {
+  async expect(
+    method: 'GET' | 'PUT' | 'POST' | 'DELETE',
+    path: string,
+    ok: number[],
+    options: { body?: string; headers?: Record<string, string> } = {},
+  ): Promise<CmsAnswer> {
     const answer = await this.call(method, path, options);
     if (ok.includes(answer.status)) return answer;
     let problem: CmsError['problem'] = null;
@@ -52,7 +57,11 @@ export class CmsClient {
     } catch {
       // not a problem document
     }
-    throw new CmsError(answer.status, problem, `${method} ${path}: ${answer.status} ${problem?.title ?? ''}${problem?.detail ? `: ${problem.detail}` : ''}`.trim());
+    throw new CmsError(
+      answer.status,
+      problem,
+      `${method} ${path}: ${answer.status} ${problem?.title ?? ''}${problem?.detail ? `: ${problem.detail}` : ''}`.trim(),
+    );
   }
 
   /** Every policy name the caller may see (all pages). */
@@ -64,7 +73,8 @@ export class CmsClient {
       const page = JSON.parse(answer.text) as { policies: { name: unknown }[]; next_page_token?: string };
       for (const { name } of page.policies) {
         // A name becomes a folder and a URL path: one the CMS itself would never accept is refused.
-        if (typeof name !== 'string' || !isValidPolicyName(name)) throw new Error(`the CMS listed ${JSON.stringify(name)}, which is not a policy name: refused, nothing written`);
+        if (typeof name !== 'string' || !isValidPolicyName(name))
+          throw new Error(`the CMS listed ${JSON.stringify(name)}, which is not a policy name: refused, nothing written`);
         names.push(name);
       }
       token = page.next_page_token;

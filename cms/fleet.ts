@@ -55,7 +55,11 @@ export function preferredWait(header: string | string[] | undefined): number | n
   if (header === undefined) return null;
   const text = Array.isArray(header) ? header.join(',') : header;
   for (const preference of text.split(',')) {
-    const [token, value] = preference.split(';')[0]!.trim().split('=').map((s) => s.trim());
+    const [token, value] = preference
+      .split(';')[0]!
+      .trim()
+      .split('=')
+      .map((s) => s.trim());
     if (token?.toLowerCase() !== 'wait') continue;
     if (value === undefined || !/^\d{1,6}$/.test(value)) {
       throw new HttpProblem({ status: 400, title: 'Invalid Prefer header', detail: 'Prefer: wait=N takes a whole number of seconds' });

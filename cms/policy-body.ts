@@ -22,7 +22,13 @@ const TEST_FILE_NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}_test\.rego$/;
 
 /** The tests as stored: a JSON object, names sorted, so equal tests are equal text. */
 export function renderTests(tests: Record<string, string>): string {
-  return JSON.stringify(Object.fromEntries(Object.keys(tests).sort().map((name) => [name, tests[name]])));
+  return JSON.stringify(
+    Object.fromEntries(
+      Object.keys(tests)
+        .sort()
+        .map((name) => [name, tests[name]]),
+    ),
+  );
 }
 
 function invalid(detail: string): HttpProblem {

@@ -204,7 +204,10 @@ function diagnosticsFrom(text: string): RegoDiagnostic[] | null {
 
 /** Plain-text opa errors (`file:row: code: message`) as diagnostics, the temp dir removed. */
 function diagnosticsFromText(text: string, workDir: string): RegoDiagnostic[] {
-  const lines = text.split('\n').map((line) => line.replaceAll(`${workDir}/`, '').trim()).filter(Boolean);
+  const lines = text
+    .split('\n')
+    .map((line) => line.replaceAll(`${workDir}/`, '').trim())
+    .filter(Boolean);
   return lines.map((line) => {
     const match = line.match(/^(?:error: )?(?:\d+ errors? occurred[^:]*: )?(policy\.rego|data\.json|tests\/[^:/]+_test\.rego):(\d+): (\w+): (.*)$/);
     if (!match) return { code: 'rego_error', message: line };
@@ -260,7 +263,11 @@ export class RegoCompiler {
       if (typeof failure.code === 'number') {
         return { ok: false, stdout: failure.stdout ?? '', stderr: failure.stderr ?? '' };
       }
-      const why = failure.signal ? `was killed (${failure.signal})` : failure.code === 'ENOENT' ? 'prlimit (util-linux) is not installed' : String(failure.code ?? error);
+      const why = failure.signal
+        ? `was killed (${failure.signal})`
+        : failure.code === 'ENOENT'
+          ? 'prlimit (util-linux) is not installed'
+          : String(failure.code ?? error);
       throw new CompilerUnavailableError(`opa ${args[0]} could not run: ${why}`, { cause: error });
     }
   }
@@ -287,7 +294,9 @@ export class RegoCompiler {
    */
   compile(rego: string, dataText = '{}', tests: Record<string, string> | null = null): Promise<CompiledPolicy> {
     if (this.slots.pendingCount >= this.maxQueued) {
-      return Promise.reject(new CompilerBusyError(`${this.slots.activeCount} policies are compiling and ${this.slots.pendingCount} waiting; try again shortly`));
+      return Promise.reject(
+        new CompilerBusyError(`${this.slots.activeCount} policies are compiling and ${this.slots.pendingCount} waiting; try again shortly`),
+      );
     }
     return this.slots(() => this.compileNow(rego, dataText, tests));
   }
@@ -305,12 +314,10 @@ export class RegoCompiler {
       const { syntaxVersion, entrypoint } = await this.parse(workDir);
       const syntaxFlags = syntaxVersion === 'v0' ? ['--v0-compatible'] : [];
       const common = ['--capabilities', 'capabilities.json', ...syntaxFlags];
-      const build = await compileStep(
-        this.opa(['build', '-t', 'wasm', '-e', entrypoint, ...common, '-o', 'bundle.tar.gz', POLICY_FILE, DATA_FILE], workDir),
-      );
+      const build = await compileStep(this.opa(['build', '-t', 'wasm', '-e', entrypoint, ...common, '-o', 'bundle.tar.gz', POLICY_FILE, DATA_FILE], workDir));
       if (!build.ok) {
         const check = await compileStep(this.opa(['check', '--format', 'json', ...common, POLICY_FILE, DATA_FILE], workDir));
-        const diagnostics = check.ok ? null : diagnosticsFrom(check.stdout) ?? diagnosticsFrom(check.stderr);
+        const diagnostics = check.ok ? null : (diagnosticsFrom(check.stdout) ?? diagnosticsFrom(check.stderr));
         throw new RegoCompileError(diagnostics ?? diagnosticsFromText(build.stderr, workDir));
       }
       const wasm = await readBundleWasm(join(workDir, 'bundle.tar.gz'));
@@ -335,10 +342,29 @@ export class RegoCompiler {
     await Promise.all(Object.entries(tests).map(([name, module]) => writeFile(join(workDir, 'tests', name), module)));
     const attempt = async (v0: boolean) => {
       try {
-        return await this.opa(['test', '--format', 'json', '--capabilities', 'capabilities.json', '--timeout', '10s', ...(v0 ? ['--v0-compatible'] : []), POLICY_FILE, DATA_FILE, ...files], workDir);
+        return await this.opa(
+          [
+            'test',
+            '--format',
+            'json',
+            '--capabilities',
+            'capabilities.json',
+            '--timeout',
+            '10s',
+            ...(v0 ? ['--v0-compatible'] : []),
+            POLICY_FILE,
+            DATA_FILE,
+            ...files,
+          ],
+          workDir,
+        );
       } catch (error) {
         if (!(error instanceof OpaStoppedError)) throw error;
-        throw new PolicyTestsStoppedError(error.resource, `the policy tests were stopped: opa test needed ${error.message}, more than a test run may have; nothing was written`, { cause: error });
+        throw new PolicyTestsStoppedError(
+          error.resource,
+          `the policy tests were stopped: opa test needed ${error.message}, more than a test run may have; nothing was written`,
+          { cause: error },
+        );
       }
     };
     const { result, results } = await this.testSlots(async () => {
@@ -394,7 +420,8 @@ async function compileStep(step: Promise<ProcessResult>): Promise<ProcessResult>
     return await step;
   } catch (error) {
     if (!(error instanceof OpaStoppedError)) throw error;
-    if (error.resource === 'memory') throw new RegoCompileError([{ code: 'rego_compile_limit', message: `opa needed ${error.message} to compile this policy` }]);
+    if (error.resource === 'memory')
+      throw new RegoCompileError([{ code: 'rego_compile_limit', message: `opa needed ${error.message} to compile this policy` }]);
     throw new CompilerUnavailableError(`opa needed ${error.message}`, { cause: error });
   }
 }
@@ -404,7 +431,8 @@ async function unavailableWhenStopped(step: Promise<ProcessResult>): Promise<Pro
   try {
     return await step;
   } catch (error) {
-    if (error instanceof OpaStoppedError) throw new CompilerUnavailableError(`opa version needed ${error.message}: is OPA_MEMORY_MAX_MB too small?`, { cause: error });
+    if (error instanceof OpaStoppedError)
+      throw new CompilerUnavailableError(`opa version needed ${error.message}: is OPA_MEMORY_MAX_MB too small?`, { cause: error });
     throw error;
   }
 }
@@ -436,9 +464,7 @@ function entrypointOf(astJson: string): string {
   const path = ast.package?.path ?? [];
   const segments = path.slice(1).map((term) => term.value);
   if (segments.length === 0 || segments.some((s) => typeof s !== 'string' || s.length === 0 || s.includes('/'))) {
-    throw new RegoCompileError([
-      { code: 'rego_package_error', message: 'the package path must be made of names without "/"', file: POLICY_FILE, row: 1 },
-    ]);
+    throw new RegoCompileError([{ code: 'rego_package_error', message: 'the package path must be made of names without "/"', file: POLICY_FILE, row: 1 }]);
   }
   return segments.join('/');
 }

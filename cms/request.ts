@@ -26,7 +26,13 @@ export function wwwAuthenticate(error?: AuthenticationError): string {
 /** The identity the onRequest hook established; refuses when there is none (never expected: defence in depth). */
 export function verifiedIdentity(request: FastifyRequest): Identity {
   if (!request.identity) {
-    throw new HttpProblem({ status: 401, type: ProblemType.unauthenticated, title: 'Unauthorized', detail: 'no verified identity', headers: { 'WWW-Authenticate': wwwAuthenticate() } });
+    throw new HttpProblem({
+      status: 401,
+      type: ProblemType.unauthenticated,
+      title: 'Unauthorized',
+      detail: 'no verified identity',
+      headers: { 'WWW-Authenticate': wwwAuthenticate() },
+    });
   }
   return request.identity;
 }

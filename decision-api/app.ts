@@ -108,7 +108,8 @@ function withIdentity(input: Record<string, unknown>, identity: Identity): Recor
   const request: Record<string, unknown> = given && typeof given === 'object' && !Array.isArray(given) ? { ...given } : {};
   request.headers = withoutCredentials(request.headers, (name) => isCredentialHeader(name));
   if (request.query !== undefined) {
-    request.query = typeof request.query === 'string' ? maskCredentialQuery(`?${request.query}`).slice(1) : withoutCredentials(request.query, isCredentialQueryParameter);
+    request.query =
+      typeof request.query === 'string' ? maskCredentialQuery(`?${request.query}`).slice(1) : withoutCredentials(request.query, isCredentialQueryParameter);
   }
   for (const field of ['path', 'uri']) {
     const value = request[field];
@@ -173,10 +174,7 @@ export async function buildDecisionApp(options: DecisionApiOptions): Promise<Fas
     return options.registry.metrics();
   });
 
-  const decide = async (
-    request: { headers: { authorization?: string }; params: unknown; body?: unknown },
-    reply: import('fastify').FastifyReply,
-  ) => {
+  const decide = async (request: { headers: { authorization?: string }; params: unknown; body?: unknown }, reply: import('fastify').FastifyReply) => {
     let input: unknown;
     if (request.body !== undefined) {
       if (request.body === null || typeof request.body !== 'object' || Array.isArray(request.body)) {

@@ -19,10 +19,30 @@ async function main() {
 
   const registry = new Registry();
   collectDefaultMetrics({ register: registry, prefix: 'gatehouse_decision_' });
-  const decisions = new Counter({ name: 'gatehouse_decision_api_decisions_total', help: 'Decisions by policy and outcome', labelNames: ['policy', 'outcome'] as const, registers: [registry] });
-  const latency = new Histogram({ name: 'gatehouse_decision_api_evaluation_seconds', help: 'Policy evaluation time', buckets: [0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01], registers: [registry] });
-  const aborted = new Counter({ name: 'gatehouse_decision_api_evaluations_aborted_total', help: 'Evaluations stopped at their deadline or when their fuel was burned, or failed (memory ceiling, abort)', labelNames: ['reason'] as const, registers: [registry] });
-  const decisionLogEvents = new Counter({ name: 'gatehouse_decision_log_events_total', help: 'Decision log events written to the sink, or dropped because the sink did not keep up', labelNames: ['outcome'] as const, registers: [registry] });
+  const decisions = new Counter({
+    name: 'gatehouse_decision_api_decisions_total',
+    help: 'Decisions by policy and outcome',
+    labelNames: ['policy', 'outcome'] as const,
+    registers: [registry],
+  });
+  const latency = new Histogram({
+    name: 'gatehouse_decision_api_evaluation_seconds',
+    help: 'Policy evaluation time',
+    buckets: [0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01],
+    registers: [registry],
+  });
+  const aborted = new Counter({
+    name: 'gatehouse_decision_api_evaluations_aborted_total',
+    help: 'Evaluations stopped at their deadline or when their fuel was burned, or failed (memory ceiling, abort)',
+    labelNames: ['reason'] as const,
+    registers: [registry],
+  });
+  const decisionLogEvents = new Counter({
+    name: 'gatehouse_decision_log_events_total',
+    help: 'Decision log events written to the sink, or dropped because the sink did not keep up',
+    labelNames: ['outcome'] as const,
+    registers: [registry],
+  });
 
   const etcd = createEtcdClient(config.etcdEndpoints, config.etcdClient);
   const enforcer = createEnforcer({

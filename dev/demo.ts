@@ -122,11 +122,7 @@ export async function seedDemoPolicies(options: SeedOptions): Promise<string[]> 
       if (current && (current.meta.author !== author || (current.rego === policy.rego && current.dataText === dataText))) continue;
       const compiled = await compiler.compile(policy.rego, dataText);
       try {
-        await store.put(
-          name,
-          policySubmission(policy.rego, dataText, compiled, author),
-          current ? { ifVersion: [current.meta.version] } : { ifAbsent: true },
-        );
+        await store.put(name, policySubmission(policy.rego, dataText, compiled, author), current ? { ifVersion: [current.meta.version] } : { ifAbsent: true });
         written.push(name);
       } catch (error) {
         // Another process wrote it between our read and write: fine.

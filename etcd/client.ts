@@ -84,7 +84,8 @@ export function readEtcdFile(path: string, what: string): Buffer {
 
 function etcdCredentials(endpoints: string[], tls: EtcdTlsFiles | undefined): IOptions['credentials'] {
   if (!tls || (!tls.caFile && !tls.certFile && !tls.keyFile)) return undefined;
-  if (Boolean(tls.certFile) !== Boolean(tls.keyFile)) throw new Error('an etcd client certificate needs its key, and a key its certificate (ETCD_CERT and ETCD_KEY)');
+  if (Boolean(tls.certFile) !== Boolean(tls.keyFile))
+    throw new Error('an etcd client certificate needs its key, and a key its certificate (ETCD_CERT and ETCD_KEY)');
   const plain = endpoints.filter((endpoint) => !endpoint.startsWith('https://'));
   // etcd3 would speak TLS to them anyway; say so rather than fail at the first call.
   if (plain.length > 0) throw new Error(`etcd TLS settings are given but these endpoints are not https://: ${plain.join(', ')}`);
@@ -196,8 +197,7 @@ export function createEtcdClient(endpoints: string[], options: EtcdClientOptions
     // Evaluated for each attempt (etcd3 resolves call options inside the
     // retried function), so a retry gets a fresh deadline.
     defaultCallOptions: (context) => (context.isStream ? {} : { deadline: Date.now() + callTimeout }),
-    faultHandling:
-      endpoints.length > 1 ? { host: memberBreakers(), global: wrap(reauthenticate, failover) } : { host: () => noop, global: reauthenticate },
+    faultHandling: endpoints.length > 1 ? { host: memberBreakers(), global: wrap(reauthenticate, failover) } : { host: () => noop, global: reauthenticate },
   });
   renewToken = renewTokenOnAuthStoreChange(client);
   return client;

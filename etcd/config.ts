@@ -35,7 +35,10 @@ export function etcdClientOptionsFromEnv(env: NodeJS.ProcessEnv): EtcdClientOpti
   const username = env.ETCD_USERNAME?.trim();
   let password = env.ETCD_PASSWORD;
   const passwordFile = file('ETCD_PASSWORD_FILE');
-  if (passwordFile) password = readEtcdFile(passwordFile, 'password file').toString('utf8').replace(/\r?\n$/, '');
+  if (passwordFile)
+    password = readEtcdFile(passwordFile, 'password file')
+      .toString('utf8')
+      .replace(/\r?\n$/, '');
   if (Boolean(username) !== (password !== undefined && password !== '')) {
     throw new Error('an etcd user needs its password, and a password its user (ETCD_USERNAME, ETCD_PASSWORD or ETCD_PASSWORD_FILE)');
   }

@@ -71,7 +71,9 @@ export function validateIdentityConfig(config: IdentityConfig): IdentityConfig {
   if (config.jwks.kind === 'url' && config.jwks.url.protocol !== 'https:') {
     if (config.jwks.url.protocol !== 'http:') throw new IdentityConfigError('the JWKS URL must be https://');
     if (!config.allowPlainHttpJwks) {
-      throw new IdentityConfigError('the JWKS URL is plain http: keys fetched in the clear can be replaced on the way; use https, or set JWT_JWKS_ALLOW_HTTP=true for tests');
+      throw new IdentityConfigError(
+        'the JWKS URL is plain http: keys fetched in the clear can be replaced on the way; use https, or set JWT_JWKS_ALLOW_HTTP=true for tests',
+      );
     }
   }
   const lifetime = config.maxTokenLifetimeSeconds;

@@ -88,7 +88,10 @@ function fileKeyResolver(path: string): KeyResolver {
     if (checking || Date.now() - lastCheckAt < FILE_CHECK_INTERVAL_MS) return;
     lastCheckAt = Date.now();
     checking = stat(path)
-      .then((info) => `${info.ino}:${info.size}:${info.mtimeMs}`, () => 'missing')
+      .then(
+        (info) => `${info.ino}:${info.size}:${info.mtimeMs}`,
+        () => 'missing',
+      )
       .then(async (now) => {
         if (now === seen) return;
         seen = now;

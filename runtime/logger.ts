@@ -18,8 +18,5 @@ export const REDACTED_PATHS = [
 
 /** A logger at `level` (the service's LOG_LEVEL, read by its configuration module). */
 export function createLogger(name: string, level = 'info'): Logger {
-  return pino(
-    { name, level, redact: { paths: REDACTED_PATHS, censor: '[redacted]' } },
-    pino.destination({ fd: 2, sync: false }),
-  );
+  return pino({ name, level, redact: { paths: REDACTED_PATHS, censor: '[redacted]' } }, pino.destination({ fd: 2, sync: false }));
 }

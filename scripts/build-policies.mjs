@@ -10,9 +10,7 @@ import { fileURLToPath } from 'node:url';
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const { RegoCompiler, RegoCompileError } = await import(join(root, 'dist/cms/rego-compiler.js'));
 
-const policies = [
-  { source: 'policy/access/access.rego', output: 'dist/policy/access/access.wasm' },
-];
+const policies = [{ source: 'policy/access/access.rego', output: 'dist/policy/access/access.wasm' }];
 
 const compiler = new RegoCompiler({ opaPath: process.env.OPA_PATH || join(root, '.local/bin/opa') });
 for (const policy of policies) {

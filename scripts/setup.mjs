@@ -48,9 +48,10 @@ function ensureDebianPackages() {
   if (!onPath('chromium')) wanted.push('chromium');
   if (wanted.length === 0) return;
   const sudo = process.getuid && process.getuid() === 0 ? [] : ['sudo'];
-  const apt = (...args) => run(sudo[0] ?? 'apt-get', sudo.length ? ['apt-get', ...args] : args, {
-    env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' },
-  });
+  const apt = (...args) =>
+    run(sudo[0] ?? 'apt-get', sudo.length ? ['apt-get', ...args] : args, {
+      env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' },
+    });
   log(`installing Debian packages: ${wanted.join(' ')}`);
   try {
     apt('install', '-y', '-q', ...wanted);

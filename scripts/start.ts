@@ -26,7 +26,13 @@ import type { Budget } from '../budget/definition.js';
 import { opaPath as opaBinary, packageRoot } from '../runtime/paths.js';
 
 /** Tokens per minute and per day; calls without max_tokens are charged (and sent) 256. */
-const DEMO_BUDGET: Budget = { windows: [{ per: 'minute', tokens: 20_000 }, { per: 'day', tokens: 1_000_000 }], default_max_tokens: 256 };
+const DEMO_BUDGET: Budget = {
+  windows: [
+    { per: 'minute', tokens: 20_000 },
+    { per: 'day', tokens: 1_000_000 },
+  ],
+  default_max_tokens: 256,
+};
 import { startLocalVault } from '../dev/local-vault/index.js';
 import { directoryHolder, portHolder } from '../dev/in-use.js';
 import { localEtcdDataDir } from '../dev/local-etcd/index.js';
@@ -55,7 +61,8 @@ async function obstacles(stackName: string, stackDir: string): Promise<string[]>
   const found: string[] = [];
   for (const [name, fallback] of Object.entries(PORTS)) {
     const value = port(name, fallback);
-    if (!Number.isInteger(value) || value < 0 || value > 65_535) throw new StartRefused(`${name} must be a port number, not ${JSON.stringify(process.env[name])}`);
+    if (!Number.isInteger(value) || value < 0 || value > 65_535)
+      throw new StartRefused(`${name} must be a port number, not ${JSON.stringify(process.env[name])}`);
     const holder = value === 0 ? null : await portHolder(value);
     if (holder) found.push(`port ${value} (${name}) is in use by ${holder}`);
   }
@@ -76,12 +83,18 @@ let stopped: Promise<void> | null = null;
 
 /** Registers how to stop what was just started; stops it at once if the stack is being stopped already. */
 function track(stop: () => Promise<unknown> | unknown): void {
-  if (stopped) void Promise.resolve().then(stop).catch(() => undefined);
+  if (stopped)
+    void Promise.resolve()
+      .then(stop)
+      .catch(() => undefined);
   else started.push(stop);
 }
 
 async function stopAll(): Promise<void> {
-  for (const stop of started.splice(0).reverse()) await Promise.resolve().then(stop).catch(() => undefined);
+  for (const stop of started.splice(0).reverse())
+    await Promise.resolve()
+      .then(stop)
+      .catch(() => undefined);
 }
 
 /** Stops everything started so far and exits; never hangs on the way out (what has not stopped in 15 s is left to the OS). */
@@ -107,7 +120,8 @@ async function main() {
   const log = pino({ name: 'gatehouse-local', level: process.env.LOG_LEVEL ?? 'warn' }, pino.destination(2));
   const opaPath = opaBinary(process.env.OPA_PATH);
   const stackName = process.env.STACK_NAME ?? 'default';
-  if (!/^[a-z0-9][a-z0-9-]{0,40}$/.test(stackName)) throw new StartRefused(`STACK_NAME must be lower-case letters, digits and dashes, not ${JSON.stringify(stackName)}`);
+  if (!/^[a-z0-9][a-z0-9-]{0,40}$/.test(stackName))
+    throw new StartRefused(`STACK_NAME must be lower-case letters, digits and dashes, not ${JSON.stringify(stackName)}`);
   const suffix = stackName === 'default' ? '' : `-${stackName}`;
   const stackDir = join(root, '.local', `stack${suffix}`);
   const inTheWay = await obstacles(stackName, stackDir);
@@ -162,7 +176,9 @@ async function main() {
   // Up means every curl line below answers as it says: wait (briefly) until
   // every gateway process enforces the demo policies, as their fleet reports
   // tell (each of the runner's workers loads and watches on its own).
-  const demoRevision = Math.max(...(await Promise.all([PLATFORM_POLICY_NAME, DEMO_PROJECT].map(async (name) => (await new PolicyStore(etcd).currentRevision(name))?.revision ?? 0))));
+  const demoRevision = Math.max(
+    ...(await Promise.all([PLATFORM_POLICY_NAME, DEMO_PROJECT].map(async (name) => (await new PolicyStore(etcd).currentRevision(name))?.revision ?? 0))),
+  );
   const enforced = await waitUntil(async () => {
     const ready = await fetch(`http://127.0.0.1:${port('RUNNER_METRICS_PORT', 9091)}/readyz`, { signal: AbortSignal.timeout(2_000) });
     await ready.arrayBuffer();

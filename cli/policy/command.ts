@@ -15,7 +15,19 @@ import { opaSandboxEnv, writeCompileCapabilities } from '../../cms/opa-capabilit
 import { isValidPolicyName } from '../../policy/store/names.js';
 import { CmsClient, CmsError, versionOf } from '../cms-client.js';
 import { EXIT, parseFlags, type CliIo } from '../io.js';
-import { checkWritable, filesOf, localNames, policyObject, prettyData, readPolicyDir, readState, sameContent, writePolicyDir, writeState, type PolicyFiles } from './files.js';
+import {
+  checkWritable,
+  filesOf,
+  localNames,
+  policyObject,
+  prettyData,
+  readPolicyDir,
+  readState,
+  sameContent,
+  writePolicyDir,
+  writeState,
+  type PolicyFiles,
+} from './files.js';
 
 export const POLICY_USAGE = `usage: gatehouse policy <command> [names...] [options]
 
@@ -42,7 +54,6 @@ Exit codes: 0 done; 1 failed (network, CMS error); 2 usage or configuration;
 3 refused (does not compile, tests fail); 4 conflict (changed on the CMS since
 it was pulled); 5 not enforced by every gateway in time; 6 differences (diff --exit-code).
 `;
-
 
 class CliExit extends Error {
   constructor(
@@ -98,7 +109,8 @@ export async function runPolicyCli(argv: string[], io: CliIo): Promise<number> {
   try {
     // Names become paths under the directory and the CMS's URLs: the CMS's rule, before anything else.
     for (const name of command === 'rollback' ? args.slice(0, 1) : args) {
-      if (!isValidPolicyName(name)) throw new CliExit(EXIT.usage, `${JSON.stringify(name)} is not a policy name (lowercase letters, digits and "-", at most 63)`);
+      if (!isValidPolicyName(name))
+        throw new CliExit(EXIT.usage, `${JSON.stringify(name)} is not a policy name (lowercase letters, digits and "-", at most 63)`);
     }
     if (command === 'test') {
       code = await localTest(dir, args.length ? args : localNames(dir), io, report, say);
@@ -139,7 +151,14 @@ export async function runPolicyCli(argv: string[], io: CliIo): Promise<number> {
       report.error = error.message;
     } else if (error instanceof CmsError) {
       io.err(`${error.message}\n${details(error)}`);
-      code = error.status === 412 || error.status === 409 ? EXIT.conflict : error.status === 400 || error.status === 422 ? EXIT.refused : error.status === 401 || error.status === 403 ? EXIT.usage : EXIT.failed;
+      code =
+        error.status === 412 || error.status === 409
+          ? EXIT.conflict
+          : error.status === 400 || error.status === 422
+            ? EXIT.refused
+            : error.status === 401 || error.status === 403
+              ? EXIT.usage
+              : EXIT.failed;
       report.error = { status: error.status, ...error.problem };
     } else {
       io.err(`gatehouse policy ${command}: ${(error as Error).message}\n`);
@@ -226,7 +245,12 @@ async function pull(client: CmsClient, dir: string, names: string[], report: Rec
 
 function fileDiff(name: string, file: string, before: string | null, after: string | null): string {
   if (before === after) return '';
-  return createTwoFilesPatch(before === null ? '/dev/null' : `live/${name}/${file}`, after === null ? '/dev/null' : `local/${name}/${file}`, before ?? '', after ?? '');
+  return createTwoFilesPatch(
+    before === null ? '/dev/null' : `live/${name}/${file}`,
+    after === null ? '/dev/null' : `local/${name}/${file}`,
+    before ?? '',
+    after ?? '',
+  );
 }
 
 function diffFiles(name: string, liveFiles: PolicyFiles | null, local: PolicyFiles): { files: string[]; patch: string } {
@@ -240,7 +264,14 @@ function diffFiles(name: string, liveFiles: PolicyFiles | null, local: PolicyFil
   return { files: changed.map(([file]) => file), patch: changed.map(([file, a, b]) => fileDiff(name, file, a, b)).join('') };
 }
 
-async function diff(client: CmsClient, dir: string, names: string[], exitCode: boolean, report: Record<string, unknown>, say: (t: string) => void): Promise<number> {
+async function diff(
+  client: CmsClient,
+  dir: string,
+  names: string[],
+  exitCode: boolean,
+  report: Record<string, unknown>,
+  say: (t: string) => void,
+): Promise<number> {
   const locals = names.length ? names : localNames(dir);
   const changes: { name: string; status: 'new' | 'changed' | 'same'; files: string[] }[] = [];
   for (const name of locals) {
@@ -263,7 +294,14 @@ async function diff(client: CmsClient, dir: string, names: string[], exitCode: b
   return differs && exitCode ? EXIT.differs : EXIT.ok;
 }
 
-async function push(client: CmsClient, dir: string, names: string[], wait: number | null, report: Record<string, unknown>, say: (t: string) => void): Promise<number> {
+async function push(
+  client: CmsClient,
+  dir: string,
+  names: string[],
+  wait: number | null,
+  report: Record<string, unknown>,
+  say: (t: string) => void,
+): Promise<number> {
   const locals = names.length ? names : localNames(dir);
   const pushed: Record<string, unknown>[] = [];
   report.pushed = pushed;
@@ -278,7 +316,10 @@ async function push(client: CmsClient, dir: string, names: string[], wait: numbe
       continue;
     }
     if (!state && current) {
-      throw new CliExit(EXIT.conflict, `${name}: exists on the CMS (version ${current.version}) but was not pulled here; pull it first, so that a push cannot overwrite what you have not seen`);
+      throw new CliExit(
+        EXIT.conflict,
+        `${name}: exists on the CMS (version ${current.version}) but was not pulled here; pull it first, so that a push cannot overwrite what you have not seen`,
+      );
     }
     // If-Match from what was pulled: a change made on the CMS since then is a conflict, not an overwrite.
     const condition: Record<string, string> = state ? { 'if-match': `"${state.version}"` } : { 'if-none-match': '*' };
@@ -301,8 +342,16 @@ async function push(client: CmsClient, dir: string, names: string[], wait: numbe
     writeState(dir, name, { version });
     const enforcedBy = answer.headers['gatehouse-enforced-by'];
     const behind = answer.headers['gatehouse-behind'];
-    pushed.push({ name, outcome: answer.status === 201 ? 'created' : 'replaced', version, ...(enforcedBy ? { enforcedBy } : {}), ...(behind ? { behind: behind.split(', ') } : {}) });
-    say(`${name}: ${answer.status === 201 ? 'created' : 'replaced'}, version ${version}${enforcedBy ? `, enforced by ${enforcedBy} gateways` : ''}${behind ? ` (behind: ${behind})` : ''}`);
+    pushed.push({
+      name,
+      outcome: answer.status === 201 ? 'created' : 'replaced',
+      version,
+      ...(enforcedBy ? { enforcedBy } : {}),
+      ...(behind ? { behind: behind.split(', ') } : {}),
+    });
+    say(
+      `${name}: ${answer.status === 201 ? 'created' : 'replaced'}, version ${version}${enforcedBy ? `, enforced by ${enforcedBy} gateways` : ''}${behind ? ` (behind: ${behind})` : ''}`,
+    );
     if (behind) code = EXIT.notEnforced;
   }
   return code;
@@ -368,7 +417,19 @@ async function runLocalTests(
       try {
         const { stdout } = await run(
           opa,
-          ['test', '--format', 'json', '--capabilities', sandbox.capabilities, '--timeout', '10s', ...(v0 ? ['--v0-compatible'] : []), 'policy.rego', 'data.json', ...tests],
+          [
+            'test',
+            '--format',
+            'json',
+            '--capabilities',
+            sandbox.capabilities,
+            '--timeout',
+            '10s',
+            ...(v0 ? ['--v0-compatible'] : []),
+            'policy.rego',
+            'data.json',
+            ...tests,
+          ],
           { cwd: base, env: sandbox.env },
         );
         return stdout;
@@ -398,7 +459,12 @@ async function runLocalTests(
 
 async function status(client: CmsClient, name: string, report: Record<string, unknown>, say: (t: string) => void): Promise<number> {
   const answer = await client.expect('GET', `/policies/${name}/status`, [200]);
-  const body = JSON.parse(answer.text) as { version: number; revision: number; enforcedBy: number; gateways: { id: string; datacenter: string | null; revision: number; enforces: boolean }[] };
+  const body = JSON.parse(answer.text) as {
+    version: number;
+    revision: number;
+    enforcedBy: number;
+    gateways: { id: string; datacenter: string | null; revision: number; enforces: boolean }[];
+  };
   Object.assign(report, body);
   say(`${name} version ${body.version} (revision ${body.revision}): enforced by ${body.enforcedBy}/${body.gateways.length} gateways`);
   for (const g of body.gateways) say(`  ${g.enforces ? 'ok    ' : 'BEHIND'} ${g.id}${g.datacenter ? ` [${g.datacenter}]` : ''} at revision ${g.revision}`);
@@ -413,7 +479,15 @@ async function history(client: CmsClient, name: string, report: Record<string, u
   return EXIT.ok;
 }
 
-async function rollback(client: CmsClient, dir: string, name: string, version: number, wait: number | null, report: Record<string, unknown>, say: (t: string) => void): Promise<number> {
+async function rollback(
+  client: CmsClient,
+  dir: string,
+  name: string,
+  version: number,
+  wait: number | null,
+  report: Record<string, unknown>,
+  say: (t: string) => void,
+): Promise<number> {
   const state = existsSync(join(dir, name)) ? readState(dir, name) : null;
   const answer = await client.expect('POST', `/policies/${name}/rollback`, [200, 201], {
     body: JSON.stringify({ version }),
@@ -421,7 +495,14 @@ async function rollback(client: CmsClient, dir: string, name: string, version: n
   });
   const now = versionOf(answer.headers.etag);
   const behind = answer.headers['gatehouse-behind'];
-  Object.assign(report, { name, from: version, version: now, ...(answer.headers['gatehouse-enforced-by'] ? { enforcedBy: answer.headers['gatehouse-enforced-by'] } : {}) });
-  say(`${name}: version ${version} written again as version ${now}${answer.headers['gatehouse-enforced-by'] ? `, enforced by ${answer.headers['gatehouse-enforced-by']} gateways` : ''}${state ? '; pull to bring the directory in step' : ''}`);
+  Object.assign(report, {
+    name,
+    from: version,
+    version: now,
+    ...(answer.headers['gatehouse-enforced-by'] ? { enforcedBy: answer.headers['gatehouse-enforced-by'] } : {}),
+  });
+  say(
+    `${name}: version ${version} written again as version ${now}${answer.headers['gatehouse-enforced-by'] ? `, enforced by ${answer.headers['gatehouse-enforced-by']} gateways` : ''}${state ? '; pull to bring the directory in step' : ''}`,
+  );
   return behind ? EXIT.notEnforced : EXIT.ok;
 }

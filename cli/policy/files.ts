@@ -72,7 +72,11 @@ function compact(dataText: string): string {
 }
 
 function sortedTests(tests: Record<string, string>): Record<string, string> {
-  return Object.fromEntries(Object.keys(tests).sort().map((name) => [name, tests[name]!]));
+  return Object.fromEntries(
+    Object.keys(tests)
+      .sort()
+      .map((name) => [name, tests[name]!]),
+  );
 }
 
 /** data.json as a person edits it: indented, numbers exact. */
@@ -98,7 +102,10 @@ export function readPolicyDir(dir: string, name: string): PolicyFiles {
     throw new Error(`${dataPath} is not valid JSON: ${(error as Error).message}`);
   }
   const tests: Record<string, string> = {};
-  for (const file of readdirSync(base).filter((f) => f.endsWith('_test.rego')).sort()) tests[file] = readFileSync(join(base, file), 'utf8');
+  for (const file of readdirSync(base)
+    .filter((f) => f.endsWith('_test.rego'))
+    .sort())
+    tests[file] = readFileSync(join(base, file), 'utf8');
   return { rego, dataText, tests };
 }
 

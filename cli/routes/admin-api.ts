@@ -84,7 +84,12 @@ export class AdminApi {
     if (!Array.isArray(list)) throw new AdminApiError(`GET ${kind}: unexpected answer ${JSON.stringify(json)}`, status);
     return list.map((item: { key?: string; value?: JsonObject }) => {
       const value = item.value ?? {};
-      const id = value.id !== undefined ? String(value.id) : String(item.key ?? '').split('/').pop() ?? '';
+      const id =
+        value.id !== undefined
+          ? String(value.id)
+          : (String(item.key ?? '')
+              .split('/')
+              .pop() ?? '');
       return { id, value };
     });
   }

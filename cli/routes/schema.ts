@@ -13,7 +13,12 @@ export class RouteSchemaError extends Error {
 const ROUTE_METHODS = ['GET', 'POST', 'PUT', 'DELETE', 'PATCH', 'HEAD', 'OPTIONS', 'CONNECT', 'TRACE', 'PURGE'];
 const EXT_PLUGINS = ['ext-plugin-pre-req', 'ext-plugin-post-req', 'ext-plugin-post-resp'];
 
-const id = { anyOf: [{ type: 'string', pattern: '^[a-zA-Z0-9\\-_.]{1,64}$' }, { type: 'integer', minimum: 1 }] };
+const id = {
+  anyOf: [
+    { type: 'string', pattern: '^[a-zA-Z0-9\\-_.]{1,64}$' },
+    { type: 'integer', minimum: 1 },
+  ],
+};
 const positive = { type: 'number', exclusiveMinimum: 0 };
 const timeout = {
   type: 'object',
@@ -62,7 +67,12 @@ const upstream = {
           minItems: 1,
           items: {
             type: 'object',
-            properties: { host: { type: 'string', minLength: 1 }, port: { type: 'integer', minimum: 1, maximum: 65535 }, weight: { type: 'integer', minimum: 0 }, priority: { type: 'integer' } },
+            properties: {
+              host: { type: 'string', minLength: 1 },
+              port: { type: 'integer', minimum: 1, maximum: 65535 },
+              weight: { type: 'integer', minimum: 0 },
+              priority: { type: 'integer' },
+            },
             required: ['host', 'weight'],
             additionalProperties: false,
           },

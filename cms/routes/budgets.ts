@@ -19,25 +19,10 @@ import { parse as parseJson } from 'lossless-json';
 import { budgetProblems, type Budget } from '../../budget/definition.js';
 import { HOUR_MS, isBudgetProject, type StoredBudget } from '../../budget/keys.js';
 import { usageByDay } from '../../budget/usage.js';
-import {
-  budgetSha256,
-  BudgetNotFoundError,
-  StoredBudgetInvalidError,
-  type BudgetStore,
-} from '../../budget/store.js';
+import { budgetSha256, BudgetNotFoundError, StoredBudgetInvalidError, type BudgetStore } from '../../budget/store.js';
 import { HttpProblem, ProblemType, sendProblem } from '../../http/problem.js';
 import type { CmsMetrics } from '../metrics.js';
-import {
-  ALL_METHODS,
-  encodePageToken,
-  etag,
-  listQuery,
-  methodNotAllowed,
-  notModified,
-  verifiedIdentity,
-  versionOf,
-  writeConditions,
-} from '../request.js';
+import { ALL_METHODS, encodePageToken, etag, listQuery, methodNotAllowed, notModified, verifiedIdentity, versionOf, writeConditions } from '../request.js';
 
 export const BudgetProblemType = {
   invalidProject: 'urn:gatehouse:problem:invalid-project-name',
@@ -249,7 +234,10 @@ export const budgetRoutes: FastifyPluginAsync<BudgetRoutesOptions> = async (app,
     audit(request, result.created ? 'create' : 'replace', result.stored);
     reply.header('ETag', etag(result.stored.version)).header('Last-Modified', new Date(result.stored.updatedAt).toUTCString());
     if (result.created) reply.header('Location', `/budgets/${project}`);
-    return reply.code(result.created ? 201 : 200).type('application/json').send(summary(result.stored));
+    return reply
+      .code(result.created ? 201 : 200)
+      .type('application/json')
+      .send(summary(result.stored));
   });
 
   app.delete('/budgets/:project', async (request, reply) => {

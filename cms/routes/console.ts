@@ -27,13 +27,18 @@ export const consoleRoutes: FastifyPluginAsync<ConsoleRoutesOptions> = async (ap
     app.get(url, { config: { undocumented: true } }, async (_request, reply) => {
       const path = join(consoleDir, file);
       if (!existsSync(path)) throw new HttpProblem({ status: 404, detail: 'the console is not built (npm run build)' });
-      return reply
-        .type(type)
-        // CodeMirror styles itself at run time: inline styles, nothing else inline, nothing from elsewhere.
-        .header('Content-Security-Policy', "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
-        .header('X-Content-Type-Options', 'nosniff')
-        .header('Referrer-Policy', 'no-referrer')
-        .send(readFileSync(path));
+      return (
+        reply
+          .type(type)
+          // CodeMirror styles itself at run time: inline styles, nothing else inline, nothing from elsewhere.
+          .header(
+            'Content-Security-Policy',
+            "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+          )
+          .header('X-Content-Type-Options', 'nosniff')
+          .header('Referrer-Policy', 'no-referrer')
+          .send(readFileSync(path))
+      );
     });
   }
   app.get('/console/demo-tokens', { config: { undocumented: true } }, async (_request, reply) => {

@@ -19,7 +19,10 @@ const etagHeaders = {
 /** A resource's retained versions, newest first: its key, the retention, a summary of each. */
 const versionList = (key: string, summary: string) => ({
   description: 'version list',
-  content: json({ type: 'object', properties: { [key]: { type: 'string' }, retention: { type: 'integer' }, versions: { type: 'array', items: ref(summary) } } }),
+  content: json({
+    type: 'object',
+    properties: { [key]: { type: 'string' }, retention: { type: 'integer' }, versions: { type: 'array', items: ref(summary) } },
+  }),
 });
 /** The query of a paged list. */
 const pageParameters = [
@@ -49,7 +52,10 @@ const preferWait = {
 };
 const fleetHeaders = {
   'Preference-Applied': { schema: { type: 'string' }, description: 'wait=N, when Prefer asked to wait' },
-  'Gatehouse-Enforced-By': { schema: { type: 'string', examples: ['3/3'] }, description: 'how many of the live gateways enforce the write (with Prefer: wait)' },
+  'Gatehouse-Enforced-By': {
+    schema: { type: 'string', examples: ['3/3'] },
+    description: 'how many of the live gateways enforce the write (with Prefer: wait)',
+  },
   'Gatehouse-Behind': { schema: { type: 'string' }, description: 'ids of the gateways that did not enforce it in time (with Prefer: wait)' },
 };
 const gatewayStatus = {
@@ -62,7 +68,7 @@ const gatewayStatus = {
     revision: { type: 'integer', description: 'etcd revision of the policy set it enforces' },
     state: { type: 'string' },
     staleSeconds: { type: 'number' },
-    enforces: { type: 'boolean', description: 'its revision is at or past the policy version\'s' },
+    enforces: { type: 'boolean', description: "its revision is at or past the policy version's" },
   },
 };
 
@@ -228,7 +234,10 @@ export const openApiDocument = {
       parameters: [name],
       post: {
         summary: 'Write a version from the history again, as the next version (platform admin)',
-        parameters: [{ name: 'If-Match', in: 'header', required: false, schema: { type: 'string' }, description: 'ETag the policy must have now, or *' }, preferWait],
+        parameters: [
+          { name: 'If-Match', in: 'header', required: false, schema: { type: 'string' }, description: 'ETag the policy must have now, or *' },
+          preferWait,
+        ],
         requestBody: {
           required: true,
           content: json({ type: 'object', additionalProperties: false, required: ['version'], properties: { version: { type: 'integer', minimum: 1 } } }),
@@ -246,7 +255,10 @@ export const openApiDocument = {
       get: {
         summary: 'Live gateways (runner workers, decision APIs) and what each enforces (platform admin)',
         responses: {
-          '200': { description: 'their reports, by id', content: json({ type: 'object', properties: { gateways: { type: 'array', items: { type: 'object' } } } }) },
+          '200': {
+            description: 'their reports, by id',
+            content: json({ type: 'object', properties: { gateways: { type: 'array', items: { type: 'object' } } } }),
+          },
           ...problems(401, 403, 503),
         },
       },
@@ -287,7 +299,11 @@ export const openApiDocument = {
         responses: {
           '200': budgetSummaryResponse('replaced'),
           '201': budgetSummaryResponse('created'),
-          '400': { ...problem, description: 'an invalid project name, malformed JSON, or an invalid budget (invalid-budget: `errors` lists each problem with its JSON pointer); nothing written' },
+          '400': {
+            ...problem,
+            description:
+              'an invalid project name, malformed JSON, or an invalid budget (invalid-budget: `errors` lists each problem with its JSON pointer); nothing written',
+          },
           ...problems(401, 403, 409, 412, 413, 415, 503),
         },
       },
@@ -327,9 +343,27 @@ export const openApiDocument = {
           'Defaults: to = now, from = to minus 24 hours. from must be before to, and the range at most 400 days. ' +
           'A "+" in an offset must be sent as %2B (a "+" in a query string means a space; a space before the offset is taken as "+").',
         parameters: [
-          { name: 'from', in: 'query', required: false, schema: { type: 'string', examples: ['2025-06-01T00:00:00Z', '2025-06-01'] }, description: 'an RFC 3339 time, or a date (midnight UTC)' },
-          { name: 'to', in: 'query', required: false, schema: { type: 'string', examples: ['2025-06-02T00:00:00Z'] }, description: 'an RFC 3339 time, or a date (midnight UTC)' },
-          { name: 'group', in: 'query', required: false, schema: { enum: ['hour', 'day'], default: 'hour' }, description: 'hour: `hours`, per hour and model; day: `days`, per UTC day and model' },
+          {
+            name: 'from',
+            in: 'query',
+            required: false,
+            schema: { type: 'string', examples: ['2025-06-01T00:00:00Z', '2025-06-01'] },
+            description: 'an RFC 3339 time, or a date (midnight UTC)',
+          },
+          {
+            name: 'to',
+            in: 'query',
+            required: false,
+            schema: { type: 'string', examples: ['2025-06-02T00:00:00Z'] },
+            description: 'an RFC 3339 time, or a date (midnight UTC)',
+          },
+          {
+            name: 'group',
+            in: 'query',
+            required: false,
+            schema: { enum: ['hour', 'day'], default: 'hour' },
+            description: 'hour: `hours`, per hour and model; day: `days`, per UTC day and model',
+          },
         ],
         responses: {
           '200': {
@@ -380,7 +414,12 @@ export const openApiDocument = {
     securitySchemes: { bearer: { type: 'http', scheme: 'bearer', bearerFormat: 'JWT' } },
     schemas: {
       PolicyName: { type: 'string', pattern: '^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$', description: '"platform" is the platform policy' },
-      ProjectName: { type: 'string', pattern: '^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$', not: { const: 'platform' }, description: 'a project: a policy name other than "platform"' },
+      ProjectName: {
+        type: 'string',
+        pattern: '^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$',
+        not: { const: 'platform' },
+        description: 'a project: a policy name other than "platform"',
+      },
       Budget: {
         type: 'object',
         additionalProperties: false,
@@ -395,8 +434,18 @@ export const openApiDocument = {
             additionalProperties: { type: 'object', additionalProperties: false, required: ['windows'], properties: { windows: windowsSchema } },
             description: 'further limits for calls to one model (charged to both)',
           },
-          default_max_tokens: { type: 'integer', minimum: 1, maximum: 10000000, description: 'what a call without max_tokens is charged for at most (and sent upstream as its max_tokens); absent: such calls are refused' },
-          block_tokens: { type: 'integer', minimum: 1, maximum: 1e12, description: 'tokens a gateway leases at a time (default: a tenth of the smallest limit)' },
+          default_max_tokens: {
+            type: 'integer',
+            minimum: 1,
+            maximum: 10000000,
+            description: 'what a call without max_tokens is charged for at most (and sent upstream as its max_tokens); absent: such calls are refused',
+          },
+          block_tokens: {
+            type: 'integer',
+            minimum: 1,
+            maximum: 1e12,
+            description: 'tokens a gateway leases at a time (default: a tenth of the smallest limit)',
+          },
         },
       },
       BudgetVersionSummary: {
@@ -430,7 +479,8 @@ export const openApiDocument = {
           data: { type: 'object', description: 'the data document; numbers keep their exact value' },
           tests: {
             type: 'object',
-            description: 'optional Rego test modules (opa test conventions) by file name; run against the Rego and data before every write, stored and kept in history',
+            description:
+              'optional Rego test modules (opa test conventions) by file name; run against the Rego and data before every write, stored and kept in history',
             propertyNames: { pattern: '^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}_test\\.rego$' },
             additionalProperties: { type: 'string', minLength: 1 },
             maxProperties: 32,

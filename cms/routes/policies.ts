@@ -96,8 +96,20 @@ function rollbackVersion(text: string): number {
     throw new HttpProblem({ status: 400, type: ProblemType.invalidBody, title: 'Invalid JSON', detail: 'the body must be {"version": <n>}' });
   }
   const version = (body as { version?: unknown } | null)?.version;
-  if (typeof body !== 'object' || body === null || Array.isArray(body) || Object.keys(body).some((k) => k !== 'version') || !Number.isSafeInteger(version) || (version as number) < 1) {
-    throw new HttpProblem({ status: 400, type: ProblemType.invalidBody, title: 'Invalid rollback', detail: 'the body must be {"version": <n>}, n a version in the history' });
+  if (
+    typeof body !== 'object' ||
+    body === null ||
+    Array.isArray(body) ||
+    Object.keys(body).some((k) => k !== 'version') ||
+    !Number.isSafeInteger(version) ||
+    (version as number) < 1
+  ) {
+    throw new HttpProblem({
+      status: 400,
+      type: ProblemType.invalidBody,
+      title: 'Invalid rollback',
+      detail: 'the body must be {"version": <n>}, n a version in the history',
+    });
   }
   return version as number;
 }
@@ -184,7 +196,10 @@ export const policyRoutes: FastifyPluginAsync<PolicyRoutesOptions> = async (app,
       .header('Server-Timing', `compile;dur=${written.compileMs.toFixed(1)}, etcd;dur=${written.etcdMs.toFixed(1)}`);
     if (written.created) reply.header('Location', `/policies/${name}`);
     if (wait !== null) reply.headers(fleetHeaders(await writer.waitForGateways(written.revision, wait), wait));
-    return reply.code(written.created ? 201 : 200).type('application/json').send(summary(written.meta));
+    return reply
+      .code(written.created ? 201 : 200)
+      .type('application/json')
+      .send(summary(written.meta));
   }
 
   app.get('/policies', async (request, reply) => {
@@ -215,9 +230,7 @@ export const policyRoutes: FastifyPluginAsync<PolicyRoutesOptions> = async (app,
         break;
       }
     }
-    return reply
-      .type('application/json')
-      .send({ policies: visible.map(summary), ...(next === null ? {} : { next_page_token: encodePageToken(next) }) });
+    return reply.type('application/json').send({ policies: visible.map(summary), ...(next === null ? {} : { next_page_token: encodePageToken(next) }) });
   });
   methodNotAllowed(app, '/policies', ['GET']);
 
@@ -319,7 +332,8 @@ export const policyRoutes: FastifyPluginAsync<PolicyRoutesOptions> = async (app,
         status: 400,
         type: ProblemType.invalidPath,
         title: 'Invalid policy path',
-        detail: 'policy paths are /policies/{name}, /policies/{name}/history, /policies/{name}/history/{version}, /policies/{name}/status, /policies/{name}/check and /policies/{name}/rollback',
+        detail:
+          'policy paths are /policies/{name}, /policies/{name}/history, /policies/{name}/history/{version}, /policies/{name}/status, /policies/{name}/check and /policies/{name}/rollback',
       });
     },
   });

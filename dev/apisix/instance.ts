@@ -119,7 +119,12 @@ export function prepareApisix(options: ApisixInstanceOptions): PreparedApisix {
 
   const env = { ...options.env, PATH: `${installation.binDir}:${options.env.PATH ?? process.env.PATH ?? ''}` };
   run(apisixCli(installation), ['init'], { cwd: prefix, env });
-  return { prefix, externalRunnerSocket: typeof pathForTest === 'string' ? pathForTest : null, command: [installation.openresty, '-p', `${prefix}/`, '-c', 'conf/nginx.conf', '-g', 'daemon off;'], env };
+  return {
+    prefix,
+    externalRunnerSocket: typeof pathForTest === 'string' ? pathForTest : null,
+    command: [installation.openresty, '-p', `${prefix}/`, '-c', 'conf/nginx.conf', '-g', 'daemon off;'],
+    env,
+  };
 }
 
 /**
@@ -209,10 +214,12 @@ export async function startApisix(
   const pid = child.pid;
   if (pid === undefined) throw new ApisixStartError(`could not start ${command}`);
   let exited = false;
-  const exit = new Promise<void>((resolve) => child.once('exit', () => {
-    exited = true;
-    resolve();
-  }));
+  const exit = new Promise<void>((resolve) =>
+    child.once('exit', () => {
+      exited = true;
+      resolve();
+    }),
+  );
   let startupOutput = '';
   const collect = (chunk: Buffer) => {
     if (startupOutput.length < 64 * 1024) startupOutput += chunk.toString();
@@ -224,7 +231,12 @@ export async function startApisix(
   const url = `http://${host === '0.0.0.0' ? '127.0.0.1' : host}:${options.port}`;
   const socketPath = prepared.externalRunnerSocket ?? join(prepared.prefix, 'conf', `apisix-${pid}.sock`);
   const errorLog = join(prepared.prefix, 'logs', 'error.log');
-  const runnerOutput = () => (existsSync(errorLog) ? readFileSync(errorLog, 'utf8').split('\n').filter((line) => line !== '') : []);
+  const runnerOutput = () =>
+    existsSync(errorLog)
+      ? readFileSync(errorLog, 'utf8')
+          .split('\n')
+          .filter((line) => line !== '')
+      : [];
 
   const stop = async () => {
     if (!exited) {
@@ -233,7 +245,10 @@ export async function startApisix(
       await Promise.race([exit, sleep(10_000)]);
     }
     // Whatever is left of the group (a runner still saving its state, a stuck worker).
-    for (const [signal, waitMs] of [['SIGTERM', 3_000], ['SIGKILL', 1_000]] as const) {
+    for (const [signal, waitMs] of [
+      ['SIGTERM', 3_000],
+      ['SIGKILL', 1_000],
+    ] as const) {
       if (!groupAlive(pid)) break;
       try {
         process.kill(-pid, signal);
@@ -257,7 +272,10 @@ export async function startApisix(
     const deadline = Date.now() + (options.readyTimeoutMs ?? 30_000);
     for (;;) {
       if (exited) throw new ApisixStartError(`APISIX exited at start:\n${startupOutput}\n${runnerOutput().slice(-30).join('\n')}`);
-      const answered = await fetch(`${url}/`, { signal: AbortSignal.timeout(1_000) }).then((r) => r.arrayBuffer().then(() => true), () => false);
+      const answered = await fetch(`${url}/`, { signal: AbortSignal.timeout(1_000) }).then(
+        (r) => r.arrayBuffer().then(() => true),
+        () => false,
+      );
       if (answered) break;
       if (Date.now() > deadline) throw new ApisixStartError(`APISIX did not answer on ${url}:\n${runnerOutput().slice(-30).join('\n')}`);
       await sleep(100);

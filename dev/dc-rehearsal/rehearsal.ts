@@ -198,9 +198,22 @@ export async function startRehearsal(options: RehearsalOptions): Promise<Rehears
   // Vault on the witness, reachable from both datacenters; the runners read with its token.
   const vault = { addr: `http://${siteAddress(options, 'witness')}:${VAULT_PORT}`, token: `root-${randomBytes(12).toString('hex')}` };
   function startVault(): void {
-    launch('vault', 'witness', [vaultBinary, 'server', '-dev', `-dev-listen-address=${siteAddress(options, 'witness')}:${VAULT_PORT}`, `-dev-root-token-id=${vault.token}`, '-dev-no-store-token', '-log-level=warn'], {
-      HOME: work,
-    });
+    launch(
+      'vault',
+      'witness',
+      [
+        vaultBinary,
+        'server',
+        '-dev',
+        `-dev-listen-address=${siteAddress(options, 'witness')}:${VAULT_PORT}`,
+        `-dev-root-token-id=${vault.token}`,
+        '-dev-no-store-token',
+        '-log-level=warn',
+      ],
+      {
+        HOME: work,
+      },
+    );
   }
 
   const sites = Object.fromEntries(
@@ -225,7 +238,12 @@ export async function startRehearsal(options: RehearsalOptions): Promise<Rehears
     const template = readFileSync(join(root, 'apisix-conf', 'apisix.yaml'), 'utf8');
     writeFileSync(
       routesPath,
-      pointRoutesAt(template, { cms: `127.0.0.1:${p.cms}`, 'decision-api': `127.0.0.1:${p.decision}`, rag: '127.0.0.1:8082', llm: `http://127.0.0.1:${LLM_PORT}` }),
+      pointRoutesAt(template, {
+        cms: `127.0.0.1:${p.cms}`,
+        'decision-api': `127.0.0.1:${p.decision}`,
+        rag: '127.0.0.1:8082',
+        llm: `http://127.0.0.1:${LLM_PORT}`,
+      }),
     );
     const node = process.execPath;
     launch(`${dc}-rag`, dc, [node, join(root, 'dist/dev/dc-rehearsal/echo-upstream.js')], { SITE: dc, PORT: '8082' });
@@ -290,13 +308,23 @@ export async function startRehearsal(options: RehearsalOptions): Promise<Rehears
   try {
     for (const member of ETCD_MEMBERS) await startEtcd(member);
     for (const member of ETCD_MEMBERS) {
-      await waitFor(`etcd ${member}`, async () => {
-        const response = await fetch(`${endpointOf(member)}/health`, { signal: AbortSignal.timeout(1_000) });
-        return ((await response.json()) as { health?: string }).health === 'true';
-      }, 30_000, () => tail(join(work, 'logs', `etcd-${member}.log`)));
+      await waitFor(
+        `etcd ${member}`,
+        async () => {
+          const response = await fetch(`${endpointOf(member)}/health`, { signal: AbortSignal.timeout(1_000) });
+          return ((await response.json()) as { health?: string }).health === 'true';
+        },
+        30_000,
+        () => tail(join(work, 'logs', `etcd-${member}.log`)),
+      );
     }
     startVault();
-    await waitFor('Vault on the witness', () => answers(`${vault.addr}/v1/sys/health`, true), 30_000, () => tail(join(work, 'logs', 'vault.log')));
+    await waitFor(
+      'Vault on the witness',
+      () => answers(`${vault.addr}/v1/sys/health`, true),
+      30_000,
+      () => tail(join(work, 'logs', 'vault.log')),
+    );
     // Access control as deploy/ sets it up (deploy/etcd-auth/roles.ts), before any service connects.
     const setup = createEtcdClient(etcdEndpoints);
     try {
@@ -320,10 +348,15 @@ export async function startRehearsal(options: RehearsalOptions): Promise<Rehears
     launch('haproxy', null, ['haproxy', '-db', '-f', haproxyConfig], {});
     state.haproxyPid = pids.get('haproxy') ?? null;
     saveState();
-    await waitFor('HAProxy with both app nodes up', async () => {
-      const status = await serverStatus();
-      return ['gateway', 'cms'].every((backend) => DATACENTERS.every((dc) => status[`${backend}/app-${dc}`] === 'UP'));
-    }, 30_000, () => tail(join(work, 'logs', 'haproxy.log')));
+    await waitFor(
+      'HAProxy with both app nodes up',
+      async () => {
+        const status = await serverStatus();
+        return ['gateway', 'cms'].every((backend) => DATACENTERS.every((dc) => status[`${backend}/app-${dc}`] === 'UP'));
+      },
+      30_000,
+      () => tail(join(work, 'logs', 'haproxy.log')),
+    );
   } catch (error) {
     await stop();
     throw error;

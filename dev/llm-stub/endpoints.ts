@@ -181,7 +181,15 @@ function response(req: Record<string, unknown>, model: string, ctx: StubContext)
       status: cut ? 'incomplete' : 'completed',
       incomplete_details: cut ? { reason: 'max_output_tokens' } : null,
       model,
-      output: [{ type: 'message', id: `msg-${id}`, status: cut ? 'incomplete' : 'completed', role: 'assistant', content: [{ type: 'output_text', text: ctx.answerWords.slice(0, outputTokens).join(' '), annotations: [] }] }],
+      output: [
+        {
+          type: 'message',
+          id: `msg-${id}`,
+          status: cut ? 'incomplete' : 'completed',
+          role: 'assistant',
+          content: [{ type: 'output_text', text: ctx.answerWords.slice(0, outputTokens).join(' '), annotations: [] }],
+        },
+      ],
       usage: {
         input_tokens: inputTokens,
         input_tokens_details: { cached_tokens: 0 },

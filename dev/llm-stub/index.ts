@@ -34,7 +34,6 @@ export interface LlmStubRequest {
   body: string;
 }
 
-
 export interface LlmStubOptions {
   port?: number;
   host?: string;
@@ -91,10 +90,7 @@ function messageText(content: unknown): string {
 /** prompt_tokens as documented at the top of this file. */
 export function promptTokens(messages: unknown): number {
   if (!Array.isArray(messages)) return 0;
-  return messages.reduce<number>(
-    (sum, m) => sum + words(messageText((m as ChatMessage | null)?.content)).length + PROMPT_TOKENS_PER_MESSAGE,
-    0,
-  );
+  return messages.reduce<number>((sum, m) => sum + words(messageText((m as ChatMessage | null)?.content)).length + PROMPT_TOKENS_PER_MESSAGE, 0);
 }
 
 /** completion_tokens as documented at the top of this file; null limit = the whole answer. */
@@ -164,8 +160,7 @@ export async function startLlmStub(portOrOptions: number | LlmStubOptions = {}, 
       const receivedAt = Date.now();
       const body = Buffer.concat(chunks).toString('utf8');
       requests.push({ method: req.method ?? '', url: req.url ?? '', headers: req.headers, body });
-      const send = (status: number, payload: unknown) =>
-        res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(payload));
+      const send = (status: number, payload: unknown) => res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(payload));
       const key = /^Bearer (.+)$/.exec(req.headers.authorization ?? '')?.[1];
       if (accepted.length > 0 && (!key || !accepted.includes(key))) {
         send(401, { error: { message: 'Incorrect API key provided', type: 'invalid_request_error', code: 'invalid_api_key' } });
@@ -173,7 +168,13 @@ export async function startLlmStub(portOrOptions: number | LlmStubOptions = {}, 
       }
       const path = (req.url ?? '').split('?')[0]!;
       if (req.method === 'GET' && path.endsWith('/v1/models')) {
-        send(200, { object: 'list', data: [{ id: 'gpt-4o-mini', object: 'model' }, { id: 'llama-3', object: 'model' }] });
+        send(200, {
+          object: 'list',
+          data: [
+            { id: 'gpt-4o-mini', object: 'model' },
+            { id: 'llama-3', object: 'model' },
+          ],
+        });
         return;
       }
       if (req.method === 'POST' && path.endsWith('/v1/chat/completions')) {
@@ -212,7 +213,11 @@ export async function startLlmStub(portOrOptions: number | LlmStubOptions = {}, 
             object: 'chat.completion',
             created,
             model: chat.model,
-            choices: Array.from({ length: chat.n }, (_, index) => ({ index, message: { role: 'assistant', content: answerWords.slice(0, completion / chat.n).join(' ') }, finish_reason: finishReason })),
+            choices: Array.from({ length: chat.n }, (_, index) => ({
+              index,
+              message: { role: 'assistant', content: answerWords.slice(0, completion / chat.n).join(' ') },
+              finish_reason: finishReason,
+            })),
             usage: { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion },
           });
           record.tokensWritten = completion;

@@ -17,7 +17,6 @@ import { localServerProcess } from '../child-process.js';
 import { directoryHolder } from '../in-use.js';
 import { packageRoot } from '../../runtime/paths.js';
 
-
 export interface LocalEtcd {
   endpoints: string[];
   dataDir: string;
@@ -82,14 +81,22 @@ export async function startLocalEtcd(options: LocalEtcdOptions = {}): Promise<Lo
   const clientUrl = `http://127.0.0.1:${clientPort}`;
   const peerUrl = `http://127.0.0.1:${peerPort}`;
   const args = [
-    '--name', 'local',
-    '--data-dir', dataDir,
-    '--listen-client-urls', clientUrl,
-    '--advertise-client-urls', clientUrl,
-    '--listen-peer-urls', peerUrl,
-    '--initial-advertise-peer-urls', peerUrl,
-    '--initial-cluster', `local=${peerUrl}`,
-    '--log-level', 'warn',
+    '--name',
+    'local',
+    '--data-dir',
+    dataDir,
+    '--listen-client-urls',
+    clientUrl,
+    '--advertise-client-urls',
+    clientUrl,
+    '--listen-peer-urls',
+    peerUrl,
+    '--initial-advertise-peer-urls',
+    peerUrl,
+    '--initial-cluster',
+    `local=${peerUrl}`,
+    '--log-level',
+    'warn',
     ...(options.extraArgs ?? []),
   ];
   const binary = options.binary ?? process.env.ETCD_BINARY ?? 'etcd';

@@ -101,7 +101,10 @@ export function pointRoutesAt(template: string, addresses: Record<string, string
  * (it reads only a file that ends with one).
  */
 export function standaloneRoutesText(doc: Document): string {
-  return `${doc.toString({ lineWidth: 0 }).replace(/\n#END\s*$/, '').trimEnd()}\n#END\n`;
+  return `${doc
+    .toString({ lineWidth: 0 })
+    .replace(/\n#END\s*$/, '')
+    .trimEnd()}\n#END\n`;
 }
 
 function address(app: FastifyInstance): string {
@@ -145,7 +148,11 @@ export async function startLocalStack(options: LocalStackOptions): Promise<Local
     cleanups.push(() => cms.close());
 
     const decisionEtcd = createEtcdClient(etcdEndpoints);
-    const watcher = new PolicyWatcher({ client: decisionEtcd, log: log.child({ component: 'decision-api' }), snapshotDir: join(workDir, 'decision-state', 'policy-snapshot') });
+    const watcher = new PolicyWatcher({
+      client: decisionEtcd,
+      log: log.child({ component: 'decision-api' }),
+      snapshotDir: join(workDir, 'decision-state', 'policy-snapshot'),
+    });
     await watcher.start();
     cleanups.push(async () => {
       await watcher.stop();

@@ -136,7 +136,10 @@ export class GatewayRequest {
   private argMap: FieldMap | null = null;
   private responseHeaderMap: FieldMap | null = null;
 
-  constructor(private readonly init: GatewayRequestInit, private readonly extra: ExtraInfoSource) {
+  constructor(
+    private readonly init: GatewayRequestInit,
+    private readonly extra: ExtraInfoSource,
+  ) {
     this.id = init.id;
     this.method = init.method;
     this.address = init.srcIp;

@@ -61,7 +61,10 @@ function meteringPlugin(budgets: GatewayBudgets): Plugin<LlmBudgetConf> {
     async requestFilter(conf, request, response, ctx) {
       const endpoint = conf.endpoints.find((e) => request.path === `${conf.path_prefix}${e}`);
       if (!endpoint) {
-        response.problem(404, `this route serves no LLM endpoint at ${request.path}`, { path: request.path, endpoints: conf.endpoints.map((e) => `${conf.path_prefix}${e}`) });
+        response.problem(404, `this route serves no LLM endpoint at ${request.path}`, {
+          path: request.path,
+          endpoints: conf.endpoints.map((e) => `${conf.path_prefix}${e}`),
+        });
         return;
       }
       if (request.method !== 'POST') {
@@ -103,7 +106,10 @@ function meteringPlugin(budgets: GatewayBudgets): Plugin<LlmBudgetConf> {
       let maxTokens = call.maxTokens ?? 0;
       if (call.maxTokens === null && call.maxTokensField !== null) {
         if (budget.default_max_tokens === undefined) {
-          response.problem(400, `this project's budget requires ${call.maxTokensField} on every call`, { project, errors: [{ pointer: `/${call.maxTokensField}`, message: 'required' }] });
+          response.problem(400, `this project's budget requires ${call.maxTokensField} on every call`, {
+            project,
+            errors: [{ pointer: `/${call.maxTokensField}`, message: 'required' }],
+          });
           return;
         }
         maxTokens = budget.default_max_tokens;
@@ -119,10 +125,14 @@ function meteringPlugin(budgets: GatewayBudgets): Plugin<LlmBudgetConf> {
       const never = GatewayBudgets.tooLarge(budget, model, cost);
       if (never) {
         budgets.refusedTooLarge(project);
-        response.problem(400, `this call may cost ${cost} tokens, more than the ${never.tokens} a ${never.per} of this budget allows; lower the completion limit, the number of completions or the prompt`, {
-          budget: { project, scope: never.scope, per: never.per, tokens: never.tokens },
-          cost,
-        });
+        response.problem(
+          400,
+          `this call may cost ${cost} tokens, more than the ${never.tokens} a ${never.per} of this budget allows; lower the completion limit, the number of completions or the prompt`,
+          {
+            budget: { project, scope: never.scope, per: never.per, tokens: never.tokens },
+            cost,
+          },
+        );
         return;
       }
       const requestId = await request.variable('request_id');
@@ -138,10 +148,14 @@ function meteringPlugin(budgets: GatewayBudgets): Plugin<LlmBudgetConf> {
           response.headers.set('retry-after', String(result.retryAfterSeconds));
           return;
         }
-        response.problem(429, `the ${result.limit.per} token budget ${result.limit.scope === '*' ? 'of the project' : `for model ${result.limit.scope}`} is spent`, {
-          budget: { project, scope: result.limit.scope, per: result.limit.per, tokens: result.limit.tokens, remaining: result.remaining },
-          cost,
-        });
+        response.problem(
+          429,
+          `the ${result.limit.per} token budget ${result.limit.scope === '*' ? 'of the project' : `for model ${result.limit.scope}`} is spent`,
+          {
+            budget: { project, scope: result.limit.scope, per: result.limit.per, tokens: result.limit.tokens, remaining: result.remaining },
+            cost,
+          },
+        );
         response.headers.set('retry-after', String(result.retryAfterSeconds));
         return;
       }

@@ -21,9 +21,7 @@ function isRecord(value: unknown): value is Record<string, unknown> {
 }
 
 function validStatus(value: unknown): number {
-  return typeof value === 'number' && Number.isInteger(value) && value >= 100 && value <= 599
-    ? value
-    : DEFAULT_DENY_STATUS;
+  return typeof value === 'number' && Number.isInteger(value) && value >= 100 && value <= 599 ? value : DEFAULT_DENY_STATUS;
 }
 
 export function readDecision(result: unknown): Decision {

@@ -38,11 +38,7 @@ import { readDecision, type Decision } from './decision.js';
 import { BUDGETS_LOAD_WAIT_MS, type BudgetView, type GatewayBudgets } from '../../budget/gateway.js';
 import { LlmCallError } from '../../budget/call.js';
 
-export type PolicyChoice =
-  | { kind: 'platform' }
-  | { kind: 'caller-project' }
-  | { kind: 'project'; name: string }
-  | { kind: 'cms-access' };
+export type PolicyChoice = { kind: 'platform' } | { kind: 'caller-project' } | { kind: 'project'; name: string } | { kind: 'cms-access' };
 
 /** A choice as a prepared conf holds it: "cms-access" with the policy it names. */
 export type PreparedChoice = Exclude<PolicyChoice, { kind: 'cms-access' }> | { kind: 'cms-access'; policy: CmsAccessPolicy };
@@ -318,7 +314,10 @@ export function createOpaPlugin(deps: OpaPluginDeps): Plugin<OpaConf> {
           return;
         }
         const unloadable = err instanceof PolicyUnloadableError || err instanceof PolicyEngineError;
-        ctx.log.error({ policy: policy.name, err: String(err), requestId: request.id }, unloadable ? 'policy cannot be loaded; denying' : 'policy evaluation failed; denying');
+        ctx.log.error(
+          { policy: policy.name, err: String(err), requestId: request.id },
+          unloadable ? 'policy cannot be loaded; denying' : 'policy evaluation failed; denying',
+        );
         response.problem(500, unloadable ? 'a policy this request needs cannot be loaded' : 'policy evaluation failed');
         return;
       }

@@ -9,8 +9,21 @@ export interface TextEntry {
 }
 
 export const HTTP_METHODS = [
-  'GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'MKCOL', 'COPY', 'MOVE', 'OPTIONS',
-  'PROPFIND', 'PROPPATCH', 'LOCK', 'UNLOCK', 'PATCH', 'TRACE',
+  'GET',
+  'HEAD',
+  'POST',
+  'PUT',
+  'DELETE',
+  'MKCOL',
+  'COPY',
+  'MOVE',
+  'OPTIONS',
+  'PROPFIND',
+  'PROPPATCH',
+  'LOCK',
+  'UNLOCK',
+  'PATCH',
+  'TRACE',
 ] as const;
 export type HttpMethod = (typeof HTTP_METHODS)[number];
 
@@ -63,10 +76,7 @@ export interface HttpReqCallResponse {
   action: StopAction | RewriteAction | null;
 }
 
-export type ExtraInfoRequest =
-  | { type: 'var'; name: string }
-  | { type: 'reqBody' }
-  | { type: 'respBody' };
+export type ExtraInfoRequest = { type: 'var'; name: string } | { type: 'reqBody' } | { type: 'respBody' };
 
 export interface ExtraInfoResponse {
   /** null when the variable is unset. */

@@ -136,7 +136,17 @@ export function verifyPayload(buf: Uint8Array, root: TableSpec): void {
     return at + 4;
   };
   /** Where the field in `slot` of the table at `pos` is, or -1 when it is absent. */
-  const fieldAt = (pos: number, vtable: number, vtableSize: number, inlineSize: number, spec: TableSpec, slot: number, size: number, named = slot, suffix = ''): number => {
+  const fieldAt = (
+    pos: number,
+    vtable: number,
+    vtableSize: number,
+    inlineSize: number,
+    spec: TableSpec,
+    slot: number,
+    size: number,
+    named = slot,
+    suffix = '',
+  ): number => {
     const off = 4 + slot * 2 < vtableSize ? view.getUint16(vtable + 4 + slot * 2, true) : 0;
     if (off === 0) return -1;
     if (off + size > inlineSize) fail(`${fieldName(spec, named)}${suffix} outside its table`);

@@ -361,7 +361,10 @@ export async function startSettleServer(port: number, settle: (entries: SettleEn
     if (failure !== null) {
       // The rest of the post is not read: the connection closes once the answer is out.
       reply.header('connection', 'close');
-      return sendProblem(reply, new HttpProblem({ status: 400, detail: `expected http-logger entries with reservation, status, upstream_status and body: ${failure}` }));
+      return sendProblem(
+        reply,
+        new HttpProblem({ status: 400, detail: `expected http-logger entries with reservation, status, upstream_status and body: ${failure}` }),
+      );
     }
     reply.code(204);
     return null;

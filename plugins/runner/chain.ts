@@ -4,22 +4,8 @@
 // closed with a 500 rather than letting the request through.
 import { STATUS_CODES } from 'node:http';
 import type { Logger } from 'pino';
-import type {
-  HttpReqCallRequest,
-  HttpReqCallResponse,
-  HttpRespCallRequest,
-  HttpRespCallResponse,
-  StopAction,
-  TextEntry,
-} from '../protocol/index.js';
-import {
-  GatewayRequest,
-  StopResponse,
-  UpstreamResponse,
-  problemDocument,
-  toBytes,
-  type ExtraInfoSource,
-} from '../api/http.js';
+import type { HttpReqCallRequest, HttpReqCallResponse, HttpRespCallRequest, HttpRespCallResponse, StopAction, TextEntry } from '../protocol/index.js';
+import { GatewayRequest, StopResponse, UpstreamResponse, problemDocument, toBytes, type ExtraInfoSource } from '../api/http.js';
 import type { CallContext } from '../api/plugin.js';
 import type { PreparedPlugin } from './conf-store.js';
 import { formatIp } from './ip.js';
@@ -74,12 +60,7 @@ function credentialHeadersOf(chain: PreparedPlugin[]): ReadonlySet<string> {
   return names;
 }
 
-export async function runRequestChain(
-  chain: PreparedPlugin[],
-  call: HttpReqCallRequest,
-  extra: ExtraInfoSource,
-  log: Logger,
-): Promise<HttpReqCallResponse> {
+export async function runRequestChain(chain: PreparedPlugin[], call: HttpReqCallRequest, extra: ExtraInfoSource, log: Logger): Promise<HttpReqCallResponse> {
   const request = new GatewayRequest(
     {
       id: call.id,
@@ -133,14 +114,20 @@ function deletedArgs(request: GatewayRequest): TextEntry[] {
  * upstream's message (a content-length for a body a plugin replaced, say)
  * would be wrong in it, and nginx sets these itself, as its proxy would.
  */
-const NOT_PASSED_ON = new Set(['content-length', 'transfer-encoding', 'connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'upgrade', 'date', 'server']);
+const NOT_PASSED_ON = new Set([
+  'content-length',
+  'transfer-encoding',
+  'connection',
+  'keep-alive',
+  'proxy-connection',
+  'te',
+  'trailer',
+  'upgrade',
+  'date',
+  'server',
+]);
 
-export async function runResponseChain(
-  chain: PreparedPlugin[],
-  call: HttpRespCallRequest,
-  extra: ExtraInfoSource,
-  log: Logger,
-): Promise<HttpRespCallResponse> {
+export async function runResponseChain(chain: PreparedPlugin[], call: HttpRespCallRequest, extra: ExtraInfoSource, log: Logger): Promise<HttpRespCallResponse> {
   const response = new UpstreamResponse(call.id, call.status, call.headers, extra);
   const ctx: CallContext = { state: new Map(), log };
   for (const { plugin, conf } of chain) {

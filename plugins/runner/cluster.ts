@@ -48,11 +48,16 @@ export type ClusterMessage =
   | { type: 'gatehouse:conf'; token: number; entries: ConfEntry[]; key: string | null }
   | { type: 'gatehouse:conf-ack'; token: number }
   | { type: 'gatehouse:status'; id: number }
-  | { type: 'gatehouse:status-reply'; id: number } & WorkerReadiness
+  | ({ type: 'gatehouse:status-reply'; id: number } & WorkerReadiness)
   | { type: 'gatehouse:settle'; entries: SettleEntry[] };
 
 export function isClusterMessage(message: unknown): message is ClusterMessage {
-  return typeof message === 'object' && message !== null && typeof (message as { type?: unknown }).type === 'string' && (message as { type: string }).type.startsWith('gatehouse:');
+  return (
+    typeof message === 'object' &&
+    message !== null &&
+    typeof (message as { type?: unknown }).type === 'string' &&
+    (message as { type: string }).type.startsWith('gatehouse:')
+  );
 }
 
 export interface PrimaryOptions {
@@ -84,7 +89,11 @@ export async function runPrimary(options: PrimaryOptions): Promise<void> {
   const confs = new LRUCache<number, { entries: ConfEntry[]; key: string | null }>({
     max: 100_000,
     maxSize: 256 * 1024 * 1024,
-    sizeCalculation: ({ entries }) => Math.max(1, entries.reduce((n, e) => n + e.name.length + e.value.length, 0)),
+    sizeCalculation: ({ entries }) =>
+      Math.max(
+        1,
+        entries.reduce((n, e) => n + e.name.length + e.value.length, 0),
+      ),
     // As a worker's own store: twice APISIX's expiry (another APISIX worker may pick a token up late).
     ttl: options.confExpireSeconds * 2 * 1000,
     updateAgeOnGet: false,
@@ -278,12 +287,14 @@ export class WorkerLink {
   private readonly issued = new Map<number, { resolve: (token: number) => void; reject: (err: Error) => void }>();
   private helloDone: (() => void) | null = null;
 
-  constructor(private readonly handlers: {
-    adopt: (token: number, entries: ConfEntry[], key: string | null) => void;
-    status: () => WorkerReadiness;
-    settle?: (entries: SettleEntry[]) => void;
-    log: Logger;
-  }) {
+  constructor(
+    private readonly handlers: {
+      adopt: (token: number, entries: ConfEntry[], key: string | null) => void;
+      status: () => WorkerReadiness;
+      settle?: (entries: SettleEntry[]) => void;
+      log: Logger;
+    },
+  ) {
     process.on('message', (message: unknown) => {
       if (!isClusterMessage(message)) return;
       switch (message.type) {

@@ -8,7 +8,7 @@ export function formatIp(bytes: Uint8Array): string {
   // RFC 5952: compress the longest run (2+ groups) of zeros, the first on a tie.
   let bestStart = -1;
   let bestLength = 1;
-  for (let i = 0; i < 8; ) {
+  for (let i = 0; i < 8;) {
     if (groups[i] !== 0) {
       i++;
       continue;

@@ -251,8 +251,8 @@ export function createRunnerMetrics(): RunnerMetrics {
       });
       new Gauge({
         name: 'gatehouse_policy_stale_seconds',
-    // Across a runner's workers (cluster.ts): the worst worker.
-    aggregator: 'max',
+        // Across a runner's workers (cluster.ts): the worst worker.
+        aggregator: 'max',
         help: 'Seconds since the loaded policies were last known to match etcd (0 while watching)',
         registers: [registry],
         collect() {
@@ -261,8 +261,8 @@ export function createRunnerMetrics(): RunnerMetrics {
       });
       new Gauge({
         name: 'gatehouse_policy_watch_up',
-    // Across a runner's workers (cluster.ts): what the least advanced worker has.
-    aggregator: 'min',
+        // Across a runner's workers (cluster.ts): what the least advanced worker has.
+        aggregator: 'min',
         help: '1 while the etcd watch is established',
         registers: [registry],
         collect() {
@@ -275,8 +275,8 @@ export function createRunnerMetrics(): RunnerMetrics {
       const engineStats = () => (asking ??= watcher.engineStats().finally(() => (asking = null)));
       new Gauge({
         name: 'gatehouse_policy_engines',
-    // Across a runner's workers (cluster.ts): all of them together.
-    aggregator: 'sum',
+        // Across a runner's workers (cluster.ts): all of them together.
+        aggregator: 'sum',
         help: 'Policy engines built and kept (within RUNNER_POLICY_CACHE_MB), by what they are',
         labelNames: ['kind'] as const,
         registers: [registry],
@@ -288,8 +288,8 @@ export function createRunnerMetrics(): RunnerMetrics {
       });
       new Gauge({
         name: 'gatehouse_policy_engine_bytes',
-    // Across a runner's workers (cluster.ts): all of them together.
-    aggregator: 'sum',
+        // Across a runner's workers (cluster.ts): all of them together.
+        aggregator: 'sum',
         help: 'Bytes the kept policy engines are counted at, against the cache budget',
         labelNames: ['kind'] as const,
         registers: [registry],
@@ -315,8 +315,8 @@ export function createRunnerMetrics(): RunnerMetrics {
       });
       new Gauge({
         name: 'gatehouse_policies_unloadable',
-    // Across a runner's workers (cluster.ts): the worst worker.
-    aggregator: 'max',
+        // Across a runner's workers (cluster.ts): the worst worker.
+        aggregator: 'max',
         help: 'Policies that exist but cannot be loaded: every decision that needs one is denied (names in /readyz)',
         registers: [registry],
         collect() {
@@ -325,8 +325,8 @@ export function createRunnerMetrics(): RunnerMetrics {
       });
       new Gauge({
         name: 'gatehouse_policies_loaded',
-    // Across a runner's workers (cluster.ts): what the least advanced worker has.
-    aggregator: 'min',
+        // Across a runner's workers (cluster.ts): what the least advanced worker has.
+        aggregator: 'min',
         help: 'Number of policies loaded',
         registers: [registry],
         collect() {

@@ -71,7 +71,6 @@ export class ConfRefused extends Error {
   }
 }
 
-
 export class Runner {
   readonly socketPath: string;
   readonly confs: ConfStore;

@@ -111,8 +111,7 @@ export async function runWorker(config: RunnerConfig): Promise<void> {
         swap.policy ? 'policy version enforced' : 'policy removed',
       );
     });
-  }
-  else log.warn('ETCD_ENDPOINTS is not set: no policies are loaded and the opa plugin denies with 503');
+  } else log.warn('ETCD_ENDPOINTS is not set: no policies are loaded and the opa plugin denies with 503');
 
   let accessPolicy: AccessPolicy | null = null;
   try {
@@ -126,7 +125,8 @@ export async function runWorker(config: RunnerConfig): Promise<void> {
   // Without etcd there is no enforcer, but decisions the opa plugin refuses are still logged.
   const decisionLog = enforcer
     ? enforcer.decisionLog
-    : config.decisionLog && openDecisionLog(config.decisionLog, { onWritten: decisionLogHooks.onDecisionLogWritten, onDropped: decisionLogHooks.onDecisionLogDropped });
+    : config.decisionLog &&
+      openDecisionLog(config.decisionLog, { onWritten: decisionLogHooks.onDecisionLogWritten, onDropped: decisionLogHooks.onDecisionLogDropped });
   if (decisionLog && config.decisionLog) {
     const { target } = config.decisionLog;
     log.info({ target: target.kind === 'stdout' ? 'stdout' : `file:${target.path}` }, 'decision log on');

@@ -53,7 +53,9 @@ export function parseAllowedPaths(raw: string, allowShared: boolean): VaultPathT
       const path = entry.slice(colon + 1);
       if (colon < 1 || !MOUNT.test(mount) || !PATH.test(path)) throw new Error(`VAULT_ALLOWED_PATHS: "${entry}" is not <mount>:<path>`);
       if (!path.includes('{project}') && !allowShared) {
-        throw new Error(`VAULT_ALLOWED_PATHS: "${entry}" has no {project}, so every project would read the same secret; set VAULT_ALLOW_SHARED_PATHS=true if that is meant`);
+        throw new Error(
+          `VAULT_ALLOWED_PATHS: "${entry}" has no {project}, so every project would read the same secret; set VAULT_ALLOW_SHARED_PATHS=true if that is meant`,
+        );
       }
       return { mount, path };
     });

@@ -109,7 +109,10 @@ export function createVaultPlugin(deps: VaultPluginDeps): Plugin<VaultConf> & { 
       } catch (error) {
         if (!(error instanceof SecretUnavailableError)) throw error;
         const cause = error.cause as { message?: string; status?: number | null } | undefined;
-        ctx.log.error({ mount: conf.mount, path, reason: error.message, vaultStatus: cause?.status ?? null, vaultError: cause?.message }, 'credential unavailable; refusing the request');
+        ctx.log.error(
+          { mount: conf.mount, path, reason: error.message, vaultStatus: cause?.status ?? null, vaultError: cause?.message },
+          'credential unavailable; refusing the request',
+        );
         response.problem(503, 'the upstream credential is unavailable');
         response.headers.set('retry-after', '5');
         return;

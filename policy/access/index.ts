@@ -51,9 +51,7 @@ export async function loadAccessPolicy(wasmPath: string): Promise<AccessPolicy> 
   }
   return {
     decide(input) {
-      const result = engine.evaluate(input, ACCESS_POLICY_ENTRYPOINT) as
-        | { allow?: unknown; reason?: unknown; status_code?: unknown }
-        | undefined;
+      const result = engine.evaluate(input, ACCESS_POLICY_ENTRYPOINT) as { allow?: unknown; reason?: unknown; status_code?: unknown } | undefined;
       return {
         allow: result?.allow === true,
         reason: typeof result?.reason === 'string' ? result.reason : 'refused by the access policy',

@@ -45,7 +45,6 @@ export interface DecisionLogStats {
   buffered: number;
 }
 
-
 export class DecisionLog {
   private readonly buffer: DecisionEvent[] = [];
   private writing = false;
@@ -167,7 +166,10 @@ export function maskInput(input: unknown, pointers: readonly string[]): unknown 
 }
 
 function maskPointer(root: Record<string, unknown>, pointer: string): void {
-  const parts = pointer.split('/').slice(1).map((p) => p.replaceAll('~1', '/').replaceAll('~0', '~'));
+  const parts = pointer
+    .split('/')
+    .slice(1)
+    .map((p) => p.replaceAll('~1', '/').replaceAll('~0', '~'));
   let node: unknown = root;
   for (let i = 0; i < parts.length - 1; i++) {
     if (!node || typeof node !== 'object') return;

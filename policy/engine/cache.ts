@@ -198,7 +198,10 @@ export class EngineCache {
     if (known) return known;
     if (typeof source.wasm !== 'function') return this.compile(sha, source.wasm);
     // Read first (its size is then known), by one load however many builds wait on it.
-    const loading = source.wasm().then((wasm) => this.compile(sha, wasm)).finally(() => this.loading.delete(sha));
+    const loading = source
+      .wasm()
+      .then((wasm) => this.compile(sha, wasm))
+      .finally(() => this.loading.delete(sha));
     this.loading.set(sha, loading);
     return loading;
   }

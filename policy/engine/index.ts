@@ -98,7 +98,8 @@ export function evaluationFuel(env: NodeJS.ProcessEnv): number | null {
   const raw = env.POLICY_EVAL_FUEL?.trim();
   if (raw === 'off') return null;
   const fuel = raw ? Number(raw) : DEFAULT_EVAL_FUEL;
-  if (!Number.isInteger(fuel) || fuel < 1000 || fuel > MAX_EVAL_FUEL) throw new Error(`POLICY_EVAL_FUEL must be a whole number from 1000 to ${MAX_EVAL_FUEL}, or off`);
+  if (!Number.isInteger(fuel) || fuel < 1000 || fuel > MAX_EVAL_FUEL)
+    throw new Error(`POLICY_EVAL_FUEL must be a whole number from 1000 to ${MAX_EVAL_FUEL}, or off`);
   return fuel;
 }
 

@@ -73,7 +73,9 @@ function notify(notice: WorkerNotice): void {
 }
 
 // One message at a time, in order; the first once metering is warm (the pool sends none before 'ready').
-let queue: Promise<void> = (settings.fuel === null ? Promise.resolve() : warmUpMetering().catch(() => undefined)).then(() => notify({ id: 0, notice: 'ready' }));
+let queue: Promise<void> = (settings.fuel === null ? Promise.resolve() : warmUpMetering().catch(() => undefined)).then(() =>
+  notify({ id: 0, notice: 'ready' }),
+);
 parentPort!.on('message', (message: WorkerRequest) => {
   queue = queue.then(async () => parentPort!.postMessage(await handle(message)));
 });

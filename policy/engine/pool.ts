@@ -205,7 +205,17 @@ export class EvaluationPool implements Evaluator {
 
   /** The workers' engine caches, added up (a worker busy past the deadline answers after it is replaced: then zeros). */
   async stats(): Promise<EngineCacheStats> {
-    const total: EngineCacheStats = { unloadable: 0, instances: 0, instanceBytes: 0, modules: 0, moduleBytes: 0, compiles: 0, instantiations: 0, evictions: 0, released: 0 };
+    const total: EngineCacheStats = {
+      unloadable: 0,
+      instances: 0,
+      instanceBytes: 0,
+      modules: 0,
+      moduleBytes: 0,
+      compiles: 0,
+      instantiations: 0,
+      evictions: 0,
+      released: 0,
+    };
     const answers = await Promise.all(this.slots.map((slot) => this.send(slot, { type: 'stats', id: this.nextId++ })));
     for (const answer of answers) {
       if (!answer.ok) continue;
@@ -232,7 +242,8 @@ export class EvaluationPool implements Evaluator {
       const queue = this.queues.get(tenant)!;
       const job = queue.shift()!;
       this.turn.splice(i, 1);
-      if (queue.length > 0) this.turn.push(tenant); // back of the line
+      if (queue.length > 0)
+        this.turn.push(tenant); // back of the line
       else this.queues.delete(tenant);
       return job;
     }
@@ -247,7 +258,12 @@ export class EvaluationPool implements Evaluator {
     slot.timer = setTimeout(
       () => {
         this.options.onAbort?.('timeout', job.tenant);
-        this.replace(slot, new EvaluationTimeoutError(building ? `building the policy's engine ran past ${BUILD_TIMEOUT_MS} ms` : `policy evaluation ran past ${this.timeoutMs} ms`));
+        this.replace(
+          slot,
+          new EvaluationTimeoutError(
+            building ? `building the policy's engine ran past ${BUILD_TIMEOUT_MS} ms` : `policy evaluation ran past ${this.timeoutMs} ms`,
+          ),
+        );
       },
       building ? Math.max(BUILD_TIMEOUT_MS, this.timeoutMs) : this.timeoutMs,
     );

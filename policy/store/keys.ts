@@ -61,9 +61,7 @@ const VERSION_DIGITS = 12;
 export type CurrentPart = 'meta' | 'source' | 'data' | 'wasm';
 export type HistoryPart = 'meta' | 'source' | 'data' | 'tests';
 
-export type ParsedPolicyKey =
-  | { name: string; kind: 'current'; part: CurrentPart }
-  | { name: string; kind: 'history'; part: HistoryPart; version: number };
+export type ParsedPolicyKey = { name: string; kind: 'current'; part: CurrentPart } | { name: string; kind: 'history'; part: HistoryPart; version: number };
 
 export interface PolicyKeys {
   /** Every key of this policy starts with it (current and history). */
@@ -120,14 +118,7 @@ export function parsePolicyKey(key: string): ParsedPolicyKey | null {
   if (segments.length === 2 && CURRENT_PARTS.includes(first)) {
     return { name, kind: 'current', part: first as CurrentPart };
   }
-  if (
-    segments.length === 4 &&
-    first === 'history' &&
-    part !== undefined &&
-    HISTORY_PARTS.includes(part) &&
-    version !== undefined &&
-    /^\d{12}$/.test(version)
-  ) {
+  if (segments.length === 4 && first === 'history' && part !== undefined && HISTORY_PARTS.includes(part) && version !== undefined && /^\d{12}$/.test(version)) {
     return { name, kind: 'history', part: part as HistoryPart, version: Number(version) };
   }
   return null;

@@ -81,7 +81,10 @@ export async function indexPage(
   options: { after?: string; limit: number; revision?: number },
 ): Promise<{ revision: number; entries: IndexEntry[]; more: boolean }> {
   const start = options.after === undefined ? POLICY_INDEX_PREFIX : `${policyKeys(options.after).index}\0`;
-  let query = client.getAll().inRange(new Range(start, INDEX_END)).limit(options.limit + 1);
+  let query = client
+    .getAll()
+    .inRange(new Range(start, INDEX_END))
+    .limit(options.limit + 1);
   if (options.revision !== undefined) query = query.revision(options.revision);
   const response = await pinned(() => query.exec());
   const entries: IndexEntry[] = [];
@@ -144,9 +147,7 @@ export async function scanPolicyNames(client: Etcd3, revision: number, pageKeys 
   for (const partition of PARTITIONS) {
     let cursor = partition.start;
     for (;;) {
-      const keys = await pinned(() =>
-        client.getAll().inRange(new Range(cursor, partition.end)).revision(revision).limit(pageKeys).keys(),
-      );
+      const keys = await pinned(() => client.getAll().inRange(new Range(cursor, partition.end)).revision(revision).limit(pageKeys).keys());
       for (const key of keys) {
         const parsed = parsePolicyKey(key);
         if (parsed?.kind === 'current' && parsed.part === 'meta') names.push(parsed.name);
@@ -186,17 +187,22 @@ export async function readKeysAt(client: Etcd3, keys: string[], revision: number
   // A read-only transaction needs a compare; this one always holds (no key's
   // mod revision reaches 2^53), so the reads run in `then`.
   const reads = keys.map((key) => client.get(key).revision(revision));
-  const response = await pinned(() => client.if(POLICIES_PREFIX, 'Mod', '<', Number.MAX_SAFE_INTEGER).then(...reads).commit());
+  const response = await pinned(() =>
+    client
+      .if(POLICIES_PREFIX, 'Mod', '<', Number.MAX_SAFE_INTEGER)
+      .then(...reads)
+      .commit(),
+  );
   return keys.map((_, i) => response.responses[i]?.response_range?.kvs?.[0]);
 }
 
 /** meta and data of `names` at `revision`; a name without a meta key there is left out (it is not current). */
-export async function readCurrentRecords(
-  client: Etcd3,
-  names: string[],
-  revision: number,
-): Promise<CurrentPolicyRecord[]> {
-  const values = await readKeysAt(client, names.flatMap((name) => [policyKeys(name).meta, policyKeys(name).data]), revision);
+export async function readCurrentRecords(client: Etcd3, names: string[], revision: number): Promise<CurrentPolicyRecord[]> {
+  const values = await readKeysAt(
+    client,
+    names.flatMap((name) => [policyKeys(name).meta, policyKeys(name).data]),
+    revision,
+  );
   const records: CurrentPolicyRecord[] = [];
   names.forEach((name, i) => {
     const meta = values[2 * i];
@@ -276,22 +282,25 @@ export async function readConsistentCut(client: Etcd3, options: ConsistentCutOpt
   }
   const modules = new Map<string, Buffer>();
   const failed = new Map<string, string>();
-  await Promise.all([...holders].map(([sha, candidates]) => reads(async () => {
-    for (const record of candidates) {
-      try {
-        modules.set(sha, await readPolicyWasm(client, record.name, revision, sha));
-        failed.delete(sha);
-        return;
-      } catch (error) {
-        if (error instanceof PinnedRevisionCompactedError) throw error;
-        failed.set(sha, (error as Error).message);
-      }
-    }
-  })));
+  await Promise.all(
+    [...holders].map(([sha, candidates]) =>
+      reads(async () => {
+        for (const record of candidates) {
+          try {
+            modules.set(sha, await readPolicyWasm(client, record.name, revision, sha));
+            failed.delete(sha);
+            return;
+          } catch (error) {
+            if (error instanceof PinnedRevisionCompactedError) throw error;
+            failed.set(sha, (error as Error).message);
+          }
+        }
+      }),
+    ),
+  );
   return {
     revision,
     records: records.map((r) => (!r.broken && failed.has(r.meta.wasmSha256) ? { ...r, broken: failed.get(r.meta.wasmSha256)! } : r)),
     modules,
   };
 }
-

@@ -50,7 +50,6 @@ export interface PolicySubmission {
   syntaxVersion: 'v0' | 'v1';
 }
 
-
 export interface PutResult {
   created: boolean;
   meta: PolicyMetadata;
@@ -66,7 +65,6 @@ export class PolicyNotFoundError extends Error {
 export class PolicyTooLargeError extends Error {
   override readonly name = 'PolicyTooLargeError';
 }
-
 
 /** The policy object text GET returns; data is spliced in as text so its numbers stay exact. */
 export function renderPolicyObject(rego: string, dataText: string, testsText: string | null = null): string {
@@ -142,7 +140,12 @@ export class PolicyStore {
     const reads = [this.client.get(keys.meta), this.client.get(keys.source), this.client.get(keys.data), this.client.get(keys.tests)];
     if (options.withWasm) reads.push(this.client.get(keys.wasm));
     // One read-only transaction: the keys come from the same revision.
-    const response = await this.etcd(() => this.client.if(keys.meta, 'Create', '>', 0).then(...reads).commit());
+    const response = await this.etcd(() =>
+      this.client
+        .if(keys.meta, 'Create', '>', 0)
+        .then(...reads)
+        .commit(),
+    );
     if (!response.succeeded) return null;
     const [meta, source, data, tests, wasm] = response.responses.map(firstValue);
     return storedPolicy(meta, source, data, tests, wasm);
@@ -175,17 +178,20 @@ export class PolicyStore {
       // The metas, a hundred to a read, compared with their index entries.
       const metas: (IKeyValue | undefined)[] = [];
       for (let i = 0; i < names.length; i += 100) {
-        metas.push(...(await readKeysAt(this.client, names.slice(i, i + 100).map((name) => policyKeys(name).meta), revision)));
+        metas.push(
+          ...(await readKeysAt(
+            this.client,
+            names.slice(i, i + 100).map((name) => policyKeys(name).meta),
+            revision,
+          )),
+        );
       }
       let fixed = 0;
       for (const [i, name] of names.entries()) {
         const keys = policyKeys(name);
         const meta = metas[i];
         if (!meta || indexed.get(name) === meta.value.toString('utf8')) continue;
-        const done = await this.client
-          .if(keys.meta, 'Mod', '==', meta.mod_revision)
-          .then(this.client.put(keys.index).value(meta.value))
-          .commit();
+        const done = await this.client.if(keys.meta, 'Mod', '==', meta.mod_revision).then(this.client.put(keys.index).value(meta.value)).commit();
         if (done.succeeded) fixed++;
       }
       for (const name of indexed.keys()) {
@@ -213,9 +219,7 @@ export class PolicyStore {
   /** Metadata of the retained versions, newest first. Survives a delete of the policy. */
   async history(name: string): Promise<PolicyMetadata[]> {
     const keys = policyKeys(name);
-    const response = await this.etcd(() =>
-      this.client.getAll().prefix(keys.historyPrefix('meta')).sort('Key', 'Descend').exec(),
-    );
+    const response = await this.etcd(() => this.client.getAll().prefix(keys.historyPrefix('meta')).sort('Key', 'Descend').exec());
     return response.kvs.map((kv) => JSON.parse(kv.value.toString('utf8')) as PolicyMetadata);
   }
 
@@ -246,9 +250,7 @@ export class PolicyStore {
 
   private async lastHistoryVersion(name: string): Promise<number> {
     const keys = policyKeys(name);
-    const newest = await this.etcd(() =>
-      this.client.getAll().prefix(keys.historyPrefix('meta')).sort('Key', 'Descend').limit(1).keys(),
-    );
+    const newest = await this.etcd(() => this.client.getAll().prefix(keys.historyPrefix('meta')).sort('Key', 'Descend').limit(1).keys());
     const parsed = newest[0] === undefined ? null : parsePolicyKey(newest[0]);
     return parsed?.kind === 'history' ? parsed.version : 0;
   }
@@ -311,13 +313,16 @@ export class PolicyStore {
         [keys.history('meta', version), metaText],
         [keys.history('source', version), submission.rego],
         [keys.history('data', version), submission.dataText],
-        ...(testsText === null ? [] : ([[keys.tests, testsText], [keys.history('tests', version), testsText]] as [string, string][])),
+        ...(testsText === null
+          ? []
+          : ([
+              [keys.tests, testsText],
+              [keys.history('tests', version), testsText],
+            ] as [string, string][])),
         [keys.meta, metaText],
         [keys.index, metaText],
       ]);
-      const guard = current
-        ? this.client.if(keys.meta, 'Mod', '==', current.modRevision)
-        : this.client.if(keys.meta, 'Create', '==', 0);
+      const guard = current ? this.client.if(keys.meta, 'Mod', '==', current.modRevision) : this.client.if(keys.meta, 'Create', '==', 0);
       const response = await this.etcd(() => guard.then(...ops).commit());
       if (response.succeeded) return { created: current === null, meta, revision: Number(response.header.revision), etcdMs: performance.now() - started };
       const earlier = await this.committedEarlier(keys.history('meta', version), metaText);
@@ -370,9 +375,7 @@ export class PolicyStore {
     if (oldestKept <= 1) return [];
     const keys = policyKeys(name);
     const parts: HistoryPart[] = ['meta', 'source', 'data', 'tests'];
-    return parts.map((part) =>
-      this.client.delete().range(new Range(keys.history(part, 0), keys.history(part, oldestKept))),
-    );
+    return parts.map((part) => this.client.delete().range(new Range(keys.history(part, 0), keys.history(part, oldestKept))));
   }
 
   /**

@@ -144,7 +144,10 @@ export class ModuleStore {
     let bytes: Buffer;
     try {
       // A read-only transaction (its compare always holds): meta and wasm at one revision.
-      const response = await this.client.if(keys.meta, 'Mod', '<', Number.MAX_SAFE_INTEGER).then(this.client.get(keys.meta), this.client.get(keys.wasm)).commit();
+      const response = await this.client
+        .if(keys.meta, 'Mod', '<', Number.MAX_SAFE_INTEGER)
+        .then(this.client.get(keys.meta), this.client.get(keys.wasm))
+        .commit();
       const meta = response.responses[0]?.response_range?.kvs?.[0];
       const wasm = response.responses[1]?.response_range?.kvs?.[0];
       if (meta && Number(meta.mod_revision) === ref.modRevision) {

@@ -176,7 +176,10 @@ export class SnapshotWriter {
         // Unreadable: not known, so it is rewritten (or removed) by this write.
       }
     }
-    for (const [sub, set] of [['data', onDisk.data], ['modules', onDisk.modules]] as const) {
+    for (const [sub, set] of [
+      ['data', onDisk.data],
+      ['modules', onDisk.modules],
+    ] as const) {
       for (const file of await listDir(join(this.dir, sub))) {
         const match = SHA256_FILE.exec(file);
         if (match) set.add(match[1]!);

@@ -261,7 +261,8 @@ export class PolicyWatcher extends EventEmitter {
       this.options.log.warn('etcd holds policies but no index of them: start the CMS once, it rebuilds the index (until then none is enforced)');
     }
     for (const record of cut.records) {
-      if (record.broken) this.options.log.error({ policy: record.name, reason: record.broken }, 'policy in etcd cannot be loaded; every decision that needs it is denied');
+      if (record.broken)
+        this.options.log.error({ policy: record.name, reason: record.broken }, 'policy in etcd cannot be loaded; every decision that needs it is denied');
     }
 
     await this.enqueue(async () => {
@@ -270,7 +271,11 @@ export class PolicyWatcher extends EventEmitter {
         policies.set(record.name, this.policy({ ...record, dataSha256: sha256Hex(record.dataText) }));
       }
       await this.warmUp(policies);
-      this.swap(new PolicySet(cut.revision, policies, 'etcd'), [...policies.values()].map((p) => ({ name: p.name, policy: p, propagationMs: null })), 'replaces-all');
+      this.swap(
+        new PolicySet(cut.revision, policies, 'etcd'),
+        [...policies.values()].map((p) => ({ name: p.name, policy: p, propagationMs: null })),
+        'replaces-all',
+      );
     });
     this.options.log.info({ revision: cut.revision, policies: cut.records.length, readMs }, 'policies loaded from etcd');
     await this.startWatch(cut.revision + 1);
@@ -591,7 +596,10 @@ export class PolicyWatcher extends EventEmitter {
           // Modules etcd could not give for now: those policies are written again shortly.
           const pending = this.snapshotPending as Set<string> | 'all'; // changes may have come meanwhile
           if (pending !== 'all') for (const name of written.unwritten) pending.add(name);
-          this.options.log.warn({ policies: written.unwritten.length }, 'policy snapshot: some modules could not be read from etcd; writing them again shortly');
+          this.options.log.warn(
+            { policies: written.unwritten.length },
+            'policy snapshot: some modules could not be read from etcd; writing them again shortly',
+          );
           this.snapshotRetry ??= setTimeout(() => {
             this.snapshotRetry = null;
             if (!this.stopped) this.persist();
@@ -626,7 +634,10 @@ export class PolicyWatcher extends EventEmitter {
       this.outOfStepSince = Date.parse(file.savedAt) || Date.now();
       this.emit('revision', file.revision);
     });
-    this.options.log.warn({ revision: file.revision, savedAt: file.savedAt, policies: file.policies.length }, 'enforcing the last-known-good snapshot until etcd answers');
+    this.options.log.warn(
+      { revision: file.revision, savedAt: file.savedAt, policies: file.policies.length },
+      'enforcing the last-known-good snapshot until etcd answers',
+    );
     this.setState('unavailable');
   }
 }

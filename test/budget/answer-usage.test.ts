@@ -14,7 +14,12 @@ const event = (value: unknown) => `data: ${JSON.stringify(value)}\n\n`;
 
 describe('usageOfAnswer', () => {
   it('reads a JSON answer and the last usage event of a stream, the same in pieces of any size', () => {
-    const whole = JSON.stringify({ id: 'x', choices: [{ message: { content: 'a "usage": {} \\ b' } }], usage: { prompt_tokens: 3, completion_tokens: 4, total_tokens: 7 }, tail: [1, { usage: 9 }] });
+    const whole = JSON.stringify({
+      id: 'x',
+      choices: [{ message: { content: 'a "usage": {} \\ b' } }],
+      usage: { prompt_tokens: 3, completion_tokens: 4, total_tokens: 7 },
+      tail: [1, { usage: 9 }],
+    });
     const stream = [
       event({ choices: [{ delta: { content: 'usage' } }], usage: null }),
       'data: {broken "usage"\n\n',
@@ -48,7 +53,11 @@ describe('usageOfAnswer', () => {
     invalid(event({ choices: [], usage: { prompt_tokens: 1, completion_tokens: -5 } }));
     invalid(`data: {"choices": [], "usage": {"prompt_tokens": 1e999, "completion_tokens": 0}}\n\n`);
     // The last usage event decides: a valid one after an invalid one is read.
-    expect(usageOfAnswer(`data: {"usage": {"prompt_tokens": 1e999}}\n\n${event({ usage: { prompt_tokens: 2, completion_tokens: 3 } })}`)).toEqual({ kind: 'usage', prompt: 2, completion: 3 });
+    expect(usageOfAnswer(`data: {"usage": {"prompt_tokens": 1e999}}\n\n${event({ usage: { prompt_tokens: 2, completion_tokens: 3 } })}`)).toEqual({
+      kind: 'usage',
+      prompt: 2,
+      completion: 3,
+    });
   });
 
   it('reads answers of tens of megabytes in pieces, holding only what the usage needs', () => {
@@ -56,7 +65,11 @@ describe('usageOfAnswer', () => {
     const whole = JSON.stringify({ choices: [{ message: { content } }], usage: { prompt_tokens: 10, completion_tokens: 2_000_000 } });
     expect(inPieces(whole, 65_536)).toEqual({ kind: 'usage', prompt: 10, completion: 2_000_000 });
     const chunks = Array.from({ length: 50_000 }, (_, i) => event({ choices: [{ delta: { content: `w${i} ` } }], usage: null })).join('');
-    expect(inPieces(chunks + event({ choices: [], usage: { prompt_tokens: 1, completion_tokens: 50_000 } }) + 'data: [DONE]\n\n', 16_384)).toEqual({ kind: 'usage', prompt: 1, completion: 50_000 });
+    expect(inPieces(chunks + event({ choices: [], usage: { prompt_tokens: 1, completion_tokens: 50_000 } }) + 'data: [DONE]\n\n', 16_384)).toEqual({
+      kind: 'usage',
+      prompt: 1,
+      completion: 50_000,
+    });
     // An event too long to read may have been the usage: unless a later one carries it, the usage cannot be known.
     const huge = `data: {"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 1}, "pad": "${'x'.repeat(MAX_EVENT_CHARS)}"}\n\n`;
     expect(inPieces(huge, 100_000).kind).toBe('invalid');

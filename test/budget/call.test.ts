@@ -20,7 +20,9 @@ describe('readLlmCall', () => {
   });
 
   it('bounds the completion by the larger of max_tokens and max_completion_tokens; reads streaming, include_usage, and completions with a prompt', () => {
-    const call = readLlmCall(bytes({ model: 'm', max_tokens: 5, max_completion_tokens: 7, stream: true, stream_options: { include_usage: true }, messages: [] }));
+    const call = readLlmCall(
+      bytes({ model: 'm', max_tokens: 5, max_completion_tokens: 7, stream: true, stream_options: { include_usage: true }, messages: [] }),
+    );
     expect(call).toMatchObject({ maxTokens: 7, stream: true, includeUsage: true, promptTokensBound: 8 });
     // An upstream that honours max_tokens over max_completion_tokens could answer 10,000.
     expect(readLlmCall(bytes({ max_tokens: 10_000, max_completion_tokens: 10, messages: [] })).maxTokens).toBe(10_000);
@@ -28,11 +30,13 @@ describe('readLlmCall', () => {
     expect(readLlmCall(bytes({ messages: [] })).maxTokens).toBeNull();
   });
 
-  it('counts each image part at the bound of one image, whatever its URL\'s length', () => {
+  it("counts each image part at the bound of one image, whatever its URL's length", () => {
     const image = { type: 'image_url', image_url: { url: 'https://x.example/a.png' } };
     const withImages = readLlmCall(bytes({ messages: [{ role: 'user', content: [{ type: 'text', text: 'what is this?' }, image, image] }] }));
     const withoutImages = readLlmCall(bytes({ messages: [{ role: 'user', content: [{ type: 'text', text: 'what is this?' }] }] }));
-    expect(withImages.promptTokensBound - withoutImages.promptTokensBound).toBe(2 * (IMAGE_TOKENS_BOUND + Buffer.byteLength('image_urlhttps://x.example/a.png')));
+    expect(withImages.promptTokensBound - withoutImages.promptTokensBound).toBe(
+      2 * (IMAGE_TOKENS_BOUND + Buffer.byteLength('image_urlhttps://x.example/a.png')),
+    );
   });
 
   it.each([
@@ -110,13 +114,25 @@ describe('pricing every request shape the upstream bills', () => {
 
   it('responses: input, instructions and function tools count; max_output_tokens is the limit; a stream needs no usage option', () => {
     const input = [
-      { role: 'user', content: [{ type: 'input_text', text: 'what is in it?' }, { type: 'input_image', image_url: 'https://x.example/a.png' }] },
+      {
+        role: 'user',
+        content: [
+          { type: 'input_text', text: 'what is in it?' },
+          { type: 'input_image', image_url: 'https://x.example/a.png' },
+        ],
+      },
       { type: 'function_call', call_id: 'c1', name: 'f', arguments: '{}' },
       { type: 'function_call_output', call_id: 'c1', output: 'forty-two' },
     ];
     const tools = [{ type: 'function', name: 'f', parameters: { type: 'object' } }];
     const call = readLlmCall(bytes({ model: 'm', input, instructions: 'Be brief.', tools, max_output_tokens: 50, stream: true }), '/v1/responses');
-    const text = Buffer.byteLength('userinput_textwhat is in it?input_imagehttps://x.example/a.png' + 'function_callc1f{}' + 'function_call_outputc1forty-two' + 'Be brief.' + 'functionfobject');
+    const text = Buffer.byteLength(
+      'userinput_textwhat is in it?input_imagehttps://x.example/a.png' +
+        'function_callc1f{}' +
+        'function_call_outputc1forty-two' +
+        'Be brief.' +
+        'functionfobject',
+    );
     expect(call).toMatchObject({ completions: 1, maxTokens: 50, maxTokensField: 'max_output_tokens', stream: true, usageNeedsOption: false });
     expect(call.promptTokensBound).toBe(text + IMAGE_TOKENS_BOUND + 3 * 8 + 8);
     expect(readLlmCall(bytes({ input: 'hi' }), '/v1/responses')).toMatchObject({ promptTokensBound: 2 + 16, maxTokens: null });
@@ -124,17 +140,40 @@ describe('pricing every request shape the upstream bills', () => {
     expect(readLlmCall(bytes({ input: 'hi', max_tokens: 5 }), '/v1/responses').maxTokens).toBeNull();
   });
 
-  it('a chat call\'s predicted output counts on top of its limit (rejected predicted tokens are billed)', () => {
+  it("a chat call's predicted output counts on top of its limit (rejected predicted tokens are billed)", () => {
     const call = readLlmCall(bytes({ messages: [], max_tokens: 10, prediction: { type: 'content', content: 'abcdef' } }));
     expect(call.extraTokensBound).toBe(Buffer.byteLength('contentabcdef'));
     expect(callCost(call, 10)).toBe(8 + 10 + 13);
   });
 
   it.each([
-    ['/v1/chat/completions', { messages: [{ role: 'user', content: [{ type: 'text', text: 'hi' }, { type: 'input_audio', input_audio: { data: 'AAAA', format: 'wav' } }] }] }, '/messages/0/content/1/type'],
+    [
+      '/v1/chat/completions',
+      {
+        messages: [
+          {
+            role: 'user',
+            content: [
+              { type: 'text', text: 'hi' },
+              { type: 'input_audio', input_audio: { data: 'AAAA', format: 'wav' } },
+            ],
+          },
+        ],
+      },
+      '/messages/0/content/1/type',
+    ],
     ['/v1/chat/completions', { messages: [{ role: 'user', content: [{ type: 'file', file: { file_id: 'file-1' } }] }] }, '/messages/0/content/0/type'],
     ['/v1/chat/completions', { messages: [{ role: 'user', content: ['bare text'] }] }, '/messages/0/content/0/type'],
-    ['/v1/chat/completions', { messages: [{ role: 'user', content: 'hi' }, { role: 'assistant', audio: { id: 'audio_1' } }] }, '/messages/1/audio'],
+    [
+      '/v1/chat/completions',
+      {
+        messages: [
+          { role: 'user', content: 'hi' },
+          { role: 'assistant', audio: { id: 'audio_1' } },
+        ],
+      },
+      '/messages/1/audio',
+    ],
     ['/v1/chat/completions', { messages: ['hi'] }, '/messages/0'],
     ['/v1/chat/completions', { messages: [], audio: { voice: 'alloy', format: 'wav' } }, '/audio'],
     ['/v1/chat/completions', { messages: [], modalities: ['text', 'audio'] }, '/modalities'],
@@ -157,8 +196,31 @@ describe('pricing every request shape the upstream bills', () => {
     ['/v1/responses', { input: 'hi', conversation: 'conv_1' }, '/conversation'],
     ['/v1/responses', { input: 'hi', prompt: { id: 'pmpt_1' } }, '/prompt'],
     ['/v1/responses', { input: 'hi', tools: [{ type: 'function', name: 'f' }, { type: 'web_search' }] }, '/tools/1/type'],
-    ['/v1/responses', { input: [{ role: 'user', content: [{ type: 'input_text', text: 'read' }, { type: 'input_file', file_id: 'file-1' }] }] }, '/input/0/content/1/type'],
-    ['/v1/responses', { input: [{ role: 'user', content: 'hi' }, { type: 'item_reference', id: 'msg_1' }] }, '/input/1/type'],
+    [
+      '/v1/responses',
+      {
+        input: [
+          {
+            role: 'user',
+            content: [
+              { type: 'input_text', text: 'read' },
+              { type: 'input_file', file_id: 'file-1' },
+            ],
+          },
+        ],
+      },
+      '/input/0/content/1/type',
+    ],
+    [
+      '/v1/responses',
+      {
+        input: [
+          { role: 'user', content: 'hi' },
+          { type: 'item_reference', id: 'msg_1' },
+        ],
+      },
+      '/input/1/type',
+    ],
     ['/v1/responses', { input: [{ type: 'function_call_output', call_id: 'c', output: [{ type: 'input_file', file_id: 'f' }] }] }, '/input/0/output/0/type'],
     ['/v1/responses', { instructions: 'only instructions' }, '/input'],
     ['/v1/responses', { input: 'hi', instructions: ['a'] }, '/instructions'],
@@ -226,11 +288,19 @@ describe('what the LLM stub bills never exceeds the reservation, for any shape t
       case 0:
         return {
           endpoint: '/v1/chat/completions',
-          body: { model: 'm', messages: Array.from({ length: int(0, 4) }, () => ({ role: 'user', content: rand() < 0.5 ? text() : [{ type: 'text', text: text() }] })), max_tokens: int(1, 40), n: maybe(int(1, 4)) },
+          body: {
+            model: 'm',
+            messages: Array.from({ length: int(0, 4) }, () => ({ role: 'user', content: rand() < 0.5 ? text() : [{ type: 'text', text: text() }] })),
+            max_tokens: int(1, 40),
+            n: maybe(int(1, 4)),
+          },
         };
       case 1: {
         const n = int(1, 3);
-        return { endpoint: '/v1/completions', body: { model: 'm', prompt: prompts(), max_tokens: maybe(int(1, 40)) ?? 16, n, best_of: maybe(int(n, 6)), suffix: maybe(text()) } };
+        return {
+          endpoint: '/v1/completions',
+          body: { model: 'm', prompt: prompts(), max_tokens: maybe(int(1, 40)) ?? 16, n, best_of: maybe(int(n, 6)), suffix: maybe(text()) },
+        };
       }
       case 2:
         return { endpoint: '/v1/embeddings', body: { model: 'e', input: prompts() } };
@@ -267,7 +337,10 @@ describe('what the LLM stub bills never exceeds the reservation, for any shape t
 
 describe('usageFromResponse', () => {
   it('reads a whole answer and the last usage chunk of a stream; nothing from an answer without usage', () => {
-    expect(usageFromResponse(JSON.stringify({ choices: [], usage: { prompt_tokens: 3, completion_tokens: 4, total_tokens: 7 } }))).toEqual({ prompt: 3, completion: 4 });
+    expect(usageFromResponse(JSON.stringify({ choices: [], usage: { prompt_tokens: 3, completion_tokens: 4, total_tokens: 7 } }))).toEqual({
+      prompt: 3,
+      completion: 4,
+    });
     const stream = [
       `data: ${JSON.stringify({ choices: [{ delta: { content: 'a' } }], usage: null })}`,
       'data: {broken',

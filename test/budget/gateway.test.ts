@@ -22,7 +22,8 @@ const BUDGET: Budget = { windows: [{ per: 'day', tokens: 1_000 }], default_max_t
 const id = (n: number) => n.toString(16).padStart(32, '0');
 
 /** Settles as the settle port does with an http-logger entry: the client's status, the upstream's ($upstream_status, null: none contacted), the body. */
-const settle = (callId: string, status: number, body: string, upstreamStatus: string | null = String(status)) => gateway.settle(callId, { status, upstreamStatus, usage: usageOfAnswer(body) });
+const settle = (callId: string, status: number, body: string, upstreamStatus: string | null = String(status)) =>
+  gateway.settle(callId, { status, upstreamStatus, usage: usageOfAnswer(body) });
 
 async function until(check: () => boolean | Promise<boolean>, timeoutMs = 5_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
@@ -42,7 +43,8 @@ beforeAll(async () => {
     log: pino({ level: 'silent' }),
     settleTimeoutMs: 300,
     events: {
-      settled: (project, model, usage) => events.push(`${project} ${model} ${usage.prompt}+${usage.completion} charged ${usage.charged} ${usage.seen ? 'seen' : 'unseen'}`),
+      settled: (project, model, usage) =>
+        events.push(`${project} ${model} ${usage.prompt}+${usage.completion} charged ${usage.charged} ${usage.seen ? 'seen' : 'unseen'}`),
       refused: (project, reason) => events.push(`${project} refused ${reason}`),
       usageRefused: (project, reason) => events.push(`${project} usage ${reason}`),
     },
@@ -173,7 +175,13 @@ describe('gateway budgets', () => {
     expect(settle(rest, 200, '{"usage": {"prompt_tokens": 0, "completion_tokens": 0}}')).toBe(true);
     await gateway.usage.flush();
     const usage = await readUsage(admin, 'sigma', Date.now() - 3_600_000, Date.now() + 1);
-    expect(usage.models.m1).toMatchObject({ requests: answers.length + 2, prompt_tokens: 0, completion_tokens: bound, charged_tokens: answers.length * reserved + bound, unsettled: answers.length });
+    expect(usage.models.m1).toMatchObject({
+      requests: answers.length + 2,
+      prompt_tokens: 0,
+      completion_tokens: bound,
+      charged_tokens: answers.length * reserved + bound,
+      unsettled: answers.length,
+    });
   });
 
   it('records usage under at most 64 models per project and hour, besides the ones its budget names; models the LLM refused under (other)', async () => {

@@ -115,9 +115,23 @@ describe('budget ledger', () => {
     const a = await ledger('m1');
     const project = { scope: '*', per: 'day' as const, tokens: 10_000 };
     const model = { scope: 'gpt-4o', per: 'minute' as const, tokens: 100 };
-    const ok = await a.reserve('gamma', [{ limit: project, block: 1000 }, { limit: model, block: 100 }], 80);
+    const ok = await a.reserve(
+      'gamma',
+      [
+        { limit: project, block: 1000 },
+        { limit: model, block: 100 },
+      ],
+      80,
+    );
     expect(ok.ok).toBe(true);
-    const refused = await a.reserve('gamma', [{ limit: project, block: 1000 }, { limit: model, block: 100 }], 80);
+    const refused = await a.reserve(
+      'gamma',
+      [
+        { limit: project, block: 1000 },
+        { limit: model, block: 100 },
+      ],
+      80,
+    );
     expect(refused.ok).toBe(false);
     if (!refused.ok) expect(refused.limit.scope).toBe('gpt-4o');
     // The project window kept only the first call's reservation.
@@ -128,7 +142,12 @@ describe('budget ledger', () => {
   it('a killed holder keeps its block until its lease expires; then it is charged in full and the rest is handed out', async () => {
     const limit = { scope: '*', per: 'day' as const, tokens: 1_000 };
     // A gateway process that takes a block of 600, reserves 100 and is killed.
-    const doomed = spawn(process.execPath, ['--input-type=module', '-e', `
+    const doomed = spawn(
+      process.execPath,
+      [
+        '--input-type=module',
+        '-e',
+        `
       import { spawn } from 'node:child_process';
 import { pino } from 'pino';
       import { createEtcdClient } from '${repo}/dist/etcd/index.js';
@@ -138,7 +157,10 @@ import { pino } from 'pino';
       const result = await ledger.reserve('delta', [{ limit: ${JSON.stringify(limit)}, block: 600 }], 100);
       console.log(result.ok ? 'held' : 'refused');
       setInterval(() => {}, 1000);
-    `], { cwd: repo, stdio: ['ignore', 'pipe', 'inherit'] });
+    `,
+      ],
+      { cwd: repo, stdio: ['ignore', 'pipe', 'inherit'] },
+    );
     const said = await new Promise<string>((resolve) => doomed.stdout.once('data', (d: Buffer) => resolve(d.toString().trim())));
     expect(said).toBe('held');
     doomed.kill('SIGKILL');
@@ -147,7 +169,8 @@ import { pino } from 'pino';
     expect((await survivor.reserve('delta', [{ limit, block: 500 }], 500)).ok).toBe(false);
     // etcd expires the lease some seconds after its last renewal.
     const expiry = Date.now() + 20_000;
-    while ((await admin.getAll().prefix(HOLDERS_PREFIX).keys()).some((k) => k.includes('doomed.')) && Date.now() < expiry) await new Promise((r) => setTimeout(r, 250));
+    while ((await admin.getAll().prefix(HOLDERS_PREFIX).keys()).some((k) => k.includes('doomed.')) && Date.now() < expiry)
+      await new Promise((r) => setTimeout(r, 250));
     // Reclaimed: its 600 charged as consumed, the other 400 handed out, never more.
     const result = await survivor.reserve('delta', [{ limit, block: 400 }], 400);
     expect(result.ok).toBe(true);
@@ -279,4 +302,3 @@ import { pino } from 'pino';
     await a.stop();
   }, 30_000);
 });
-

@@ -24,7 +24,10 @@ const REGO = 'package team.authz\nimport rego.v1\n\ndefault allow := false\n\nal
 const TESTS = 'package team.authz_test\nimport rego.v1\nimport data.team.authz\n\ntest_admin if authz.allow with input as {"user": {"role": "admin"}}\n';
 const FAILING = 'package team.authz_test\nimport rego.v1\nimport data.team.authz\n\ntest_nobody if authz.allow with input as {}\n';
 // 12345678901234567890 is past 2^53: it must come back with every digit.
-const BODY = JSON.stringify({ rego: REGO, data: { roles: ['admin'] }, tests: { 'authz_test.rego': TESTS } }).replace('"roles"', '"big":12345678901234567890,"roles"');
+const BODY = JSON.stringify({ rego: REGO, data: { roles: ['admin'] }, tests: { 'authz_test.rego': TESTS } }).replace(
+  '"roles"',
+  '"big":12345678901234567890,"roles"',
+);
 
 async function cli(args: string[], options: { token?: string | null } = {}) {
   let out = '';
@@ -41,7 +44,8 @@ beforeAll(async () => {
   harness = await startHarness();
   cms = await harness.startCms();
   runner = await startRunner({ env: { ETCD_ENDPOINTS: harness.etcd.endpoints.join(','), RUNNER_STATE_DIR: mkdtempSync(join(tmpdir(), 'gh-cli-state-')) } });
-  for (const name of ['team-a', 'team-b']) expect((await cms.request('PUT', `/policies/${name}`, { token: harness.tokens.admin, body: BODY })).status).toBe(201);
+  for (const name of ['team-a', 'team-b'])
+    expect((await cms.request('PUT', `/policies/${name}`, { token: harness.tokens.admin, body: BODY })).status).toBe(201);
   dir = mkdtempSync(join(tmpdir(), 'gh-policies-'));
 }, 60_000);
 
@@ -138,7 +142,12 @@ describe('gatehouse policy', () => {
     const status = await cli(['status', 'team-a', '--json']);
     expect(status.code).toBe(EXIT.ok);
     expect(status.json()).toMatchObject({ version: 2, enforcedBy: 1 });
-    expect((await cli(['history', 'team-a'])).out.trim().split('\n').map((l) => Number(l.trim().split(/\s+/)[0]))).toEqual([2, 1]);
+    expect(
+      (await cli(['history', 'team-a'])).out
+        .trim()
+        .split('\n')
+        .map((l) => Number(l.trim().split(/\s+/)[0])),
+    ).toEqual([2, 1]);
     const back = await cli(['rollback', 'team-a', '1', '--wait', '10']);
     expect(back.code, back.err).toBe(EXIT.ok);
     expect(back.out).toMatch(/version 1 written again as version 3, enforced by 1\/1 gateways/);
@@ -180,7 +189,8 @@ async function fakeCms(host: string, names: unknown[], objects: Record<string, u
   const server = createServer((req, res) => {
     requests.push({ url: req.url ?? '', authorization: req.headers.authorization });
     const url = new URL(req.url ?? '/', 'http://cms');
-    if (url.pathname === '/policies') return void res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ policies: names.map((name) => ({ name })) }));
+    if (url.pathname === '/policies')
+      return void res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ policies: names.map((name) => ({ name })) }));
     const name = decodeURIComponent(url.pathname.replace(/^\/policies\//, ''));
     const object = objects[name] ?? objects['*'];
     res.writeHead(200, { 'content-type': 'application/json', etag: '"1"' }).end(JSON.stringify(object));

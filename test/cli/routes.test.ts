@@ -101,8 +101,22 @@ describe('payload validation before anything is sent', () => {
     ['a conf value that is not a string', (d) => (d.routes[0]!.plugins['ext-plugin-pre-req'].conf[0].value = { policies: [] }), /value.*string/],
     ['allow_degradation that is not a boolean', (d) => (d.routes[0]!.plugins['ext-plugin-pre-req'].allow_degradation = 'no'), /allow_degradation.*boolean/],
     ['a misspelt allow_degradation', (d) => (d.routes[0]!.plugins['ext-plugin-pre-req'].allow_degredation = true), /unknown property "allow_degredation"/],
-    ['a route without uri or uris', (d) => { delete d.routes[0]!.uri; delete d.routes[0]!.uris; }, /uri/],
-    ['a route with both uri and uris', (d) => { d.routes[0]!.uri = '/x'; d.routes[0]!.uris = ['/y']; }, /exactly one of "uri"\/"uris"/],
+    [
+      'a route without uri or uris',
+      (d) => {
+        delete d.routes[0]!.uri;
+        delete d.routes[0]!.uris;
+      },
+      /uri/,
+    ],
+    [
+      'a route with both uri and uris',
+      (d) => {
+        d.routes[0]!.uri = '/x';
+        d.routes[0]!.uris = ['/y'];
+      },
+      /exactly one of "uri"\/"uris"/,
+    ],
     ['a method APISIX does not know', (d) => (d.routes[0]!.methods = ['GET', 'FETCH']), /methods.*must be one of/],
     ['a route without upstream or upstream_id', (d) => delete d.routes[0]!.upstream_id, /upstream/],
     ['an upstream_id missing from upstreams', (d) => (d.routes[0]!.upstream_id = 'nowhere'), /upstream_id "nowhere" is not in "upstreams"/],
@@ -161,7 +175,11 @@ describe('gatehouse routes diff and apply against the Admin API', () => {
   });
 
   it('resolves ${{VAR}} from its environment, as standalone APISIX does; an unset one without a default is refused, nothing sent', async () => {
-    const withPort = await runCli(['routes', 'apply', '--yes'], { env: { ADMIN_API_URL: admin.url, ADMIN_API_KEY: admin.key, RUNNER_SETTLE_PORT: '9555' }, out: () => undefined, err: () => undefined });
+    const withPort = await runCli(['routes', 'apply', '--yes'], {
+      env: { ADMIN_API_URL: admin.url, ADMIN_API_KEY: admin.key, RUNNER_SETTLE_PORT: '9555' },
+      out: () => undefined,
+      err: () => undefined,
+    });
     expect(withPort).toBe(0);
     expect(JSON.stringify((await admin.stored('routes')).get('llm'))).toContain('http://127.0.0.1:9555/budget/usage');
     const before = admin.requests.length;
@@ -218,7 +236,9 @@ describe('gatehouse routes diff and apply against the Admin API', () => {
     expect(sent.desc).toBe('owner owner-7f3a9c');
     expect(JSON.stringify((await admin.stored('routes')).get('llm'))).toContain('http://127.0.0.1:9777/budget/usage');
     // An update shows the file's side as written too.
-    const changed = await cli(['routes', 'diff', '--allow-env', 'GATEHOUSE_ROUTE_OWNER', '--file', file], { env: { ...env, GATEHOUSE_ROUTE_OWNER: 'owner-new-55e1' } });
+    const changed = await cli(['routes', 'diff', '--allow-env', 'GATEHOUSE_ROUTE_OWNER', '--file', file], {
+      env: { ...env, GATEHOUSE_ROUTE_OWNER: 'owner-new-55e1' },
+    });
     expect(changed.code, changed.err).toBe(0);
     expect(changed.out).toContain('desc: "owner owner-7f3a9c" -> "owner ${{GATEHOUSE_ROUTE_OWNER}}"');
     expect(changed.out).not.toContain('owner-new-55e1');

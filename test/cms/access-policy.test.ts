@@ -65,21 +65,17 @@ describe('access policy', () => {
       ['PUT', ['usage', 'team-a']],
       ['GET', ['usage']],
     ];
-    const inputs: AccessInput[] = users.flatMap((user) =>
-      requests.map(([method, path]) => (user ? { method, path, user } : { method, path })),
-    );
+    const inputs: AccessInput[] = users.flatMap((user) => requests.map(([method, path]) => (user ? { method, path, user } : { method, path })));
 
     const dir = await mkdtemp(join(tmpdir(), 'gatehouse-access-'));
     try {
       await writeFile(join(dir, 'cases.json'), JSON.stringify({ cases: inputs }));
       const query = `[d | some c in data.cases; d := data.gatehouse.cms.access with input as c]`;
-      const { stdout } = await run(
-        OPA_PATH,
-        ['eval', '--format', 'json', '-d', join(policyDir, 'access.rego'), '-d', join(dir, 'cases.json'), query],
-        { timeout: 60_000 },
-      );
-      const oracle = (JSON.parse(stdout) as { result: Array<{ expressions: Array<{ value: Array<Record<string, unknown>> }> }> })
-        .result[0]!.expressions[0]!.value;
+      const { stdout } = await run(OPA_PATH, ['eval', '--format', 'json', '-d', join(policyDir, 'access.rego'), '-d', join(dir, 'cases.json'), query], {
+        timeout: 60_000,
+      });
+      const oracle = (JSON.parse(stdout) as { result: Array<{ expressions: Array<{ value: Array<Record<string, unknown>> }> }> }).result[0]!.expressions[0]!
+        .value;
 
       const engine = await loadPolicyEngine(await readFile(defaultAccessPolicyWasmPath()));
       const access = await loadAccessPolicy(defaultAccessPolicyWasmPath());

@@ -85,7 +85,16 @@ describe('numbers in data', () => {
 
 describe('validation failures leave etcd byte-for-byte unchanged', () => {
   const longName = 'a'.repeat(64);
-  const cases: Array<{ what: string; method?: string; path: string; body?: string; headers?: Record<string, string>; json?: boolean; status: number; type?: string }> = [
+  const cases: Array<{
+    what: string;
+    method?: string;
+    path: string;
+    body?: string;
+    headers?: Record<string, string>;
+    json?: boolean;
+    status: number;
+    type?: string;
+  }> = [
     { what: 'uppercase name', path: '/policies/Team-A', body: SEED_EXAMPLE_BODY, status: 400, type: 'urn:gatehouse:problem:invalid-policy-name' },
     { what: 'name too long', path: `/policies/${longName}`, body: SEED_EXAMPLE_BODY, status: 400 },
     { what: 'leading hyphen', path: '/policies/-team', body: SEED_EXAMPLE_BODY, status: 400 },
@@ -113,8 +122,20 @@ describe('validation failures leave etcd byte-for-byte unchanged', () => {
     { what: 'data a string', path: '/policies/valid-name', body: '{"rego":"package x\\n","data":"{}"}', status: 400 },
     { what: 'unknown member', path: '/policies/valid-name', body: '{"rego":"package x\\n","data":{},"extra":1}', status: 400 },
     { what: 'duplicate key', path: '/policies/valid-name', body: '{"rego":"package x\\n","data":{},"data":{}}', status: 400 },
-    { what: 'Rego syntax error', path: '/policies/valid-name', body: policyBody('package bad\n\nallow if {\n  x := 1\n  x == "a" +\n}\n'), status: 400, type: 'urn:gatehouse:problem:rego-compile-error' },
-    { what: 'builtin the wasm SDK cannot run', path: '/policies/valid-name', body: policyBody('package net\n\nallow if http.send({"method": "get", "url": "http://example.test"}).status_code == 200\n'), status: 400, type: 'urn:gatehouse:problem:rego-compile-error' },
+    {
+      what: 'Rego syntax error',
+      path: '/policies/valid-name',
+      body: policyBody('package bad\n\nallow if {\n  x := 1\n  x == "a" +\n}\n'),
+      status: 400,
+      type: 'urn:gatehouse:problem:rego-compile-error',
+    },
+    {
+      what: 'builtin the wasm SDK cannot run',
+      path: '/policies/valid-name',
+      body: policyBody('package net\n\nallow if http.send({"method": "get", "url": "http://example.test"}).status_code == 200\n'),
+      status: 400,
+      type: 'urn:gatehouse:problem:rego-compile-error',
+    },
     { what: 'no package', path: '/policies/valid-name', body: policyBody('allow := true\n'), status: 400 },
     { what: 'If-Match on a policy that does not exist', path: '/policies/valid-name', body: SEED_EXAMPLE_BODY, headers: { 'if-match': '"1"' }, status: 412 },
     { what: 'stale If-Match', path: '/policies/seed-example', body: SEED_EXAMPLE_BODY, headers: { 'if-match': '"1"' }, status: 412 },
@@ -130,7 +151,12 @@ describe('validation failures leave etcd byte-for-byte unchanged', () => {
   for (const testCase of cases) {
     it(`${testCase.what}: ${testCase.status}`, async () => {
       const before = await harness.snapshot();
-      const requestOptions = { ...admin(), headers: testCase.headers ?? {}, ...(testCase.body === undefined ? {} : { body: testCase.body }), ...(testCase.json === false ? { json: false } : {}) };
+      const requestOptions = {
+        ...admin(),
+        headers: testCase.headers ?? {},
+        ...(testCase.body === undefined ? {} : { body: testCase.body }),
+        ...(testCase.json === false ? { json: false } : {}),
+      };
       const response = await cms.request(testCase.method ?? 'PUT', testCase.path, requestOptions);
       const problem = expectProblem(response, testCase.status);
       if (testCase.type) expect(problem.type).toBe(testCase.type);
@@ -144,9 +170,7 @@ describe('validation failures leave etcd byte-for-byte unchanged', () => {
       body: policyBody('package typed\n\nallow if {\n  count(1) == "x"\n}\n'),
     });
     const problem = expectProblem(response, 400);
-    expect(problem.errors).toEqual([
-      expect.objectContaining({ code: 'rego_type_error', message: expect.stringContaining('count'), row: 4, col: 3 }),
-    ]);
+    expect(problem.errors).toEqual([expect.objectContaining({ code: 'rego_type_error', message: expect.stringContaining('count'), row: 4, col: 3 })]);
   });
 
   it('405 names the allowed methods', async () => {

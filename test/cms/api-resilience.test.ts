@@ -58,7 +58,9 @@ describe('etcd unreachable', () => {
     expect(get.json()).toEqual({ rego: V1_POLICY, data: { n: 1 } });
     expect((await cms.request('GET', '/policies/brand-new', admin())).status).toBe(404);
     expect((await cms.request('GET', '/readyz')).status).toBe(200);
-    expect((await cms.request('PUT', '/policies/steady', { ...admin(), headers: { 'if-match': '"1"' }, body: policyBody(V1_POLICY, { n: 2 }) })).status).toBe(200);
+    expect((await cms.request('PUT', '/policies/steady', { ...admin(), headers: { 'if-match': '"1"' }, body: policyBody(V1_POLICY, { n: 2 }) })).status).toBe(
+      200,
+    );
   });
 });
 
@@ -75,7 +77,11 @@ function expectWholePolicies(snapshot: EtcdSnapshot): number {
     for (const part of ['source', 'data', 'wasm']) expect(snapshot.keys[prefix + part], `${prefix}${part}`).toBeDefined();
     const body = renderPolicyObject(text(`${prefix}source`).toString(), text(`${prefix}data`).toString());
     expect(createHash('sha256').update(body).digest('hex')).toBe(meta.sha256);
-    expect(createHash('sha256').update(text(`${prefix}wasm`)).digest('hex')).toBe(meta.wasmSha256);
+    expect(
+      createHash('sha256')
+        .update(text(`${prefix}wasm`))
+        .digest('hex'),
+    ).toBe(meta.wasmSha256);
     const versionKey = `${prefix}history/meta/${String(meta.version).padStart(12, '0')}`;
     expect(text(versionKey).toString()).toBe(text(key).toString());
   }
@@ -118,7 +124,11 @@ describe('CMS restart', () => {
     expect(afterGet.headers['last-modified']).toBe(beforeGet.headers['last-modified']);
     const list = await cms.request('GET', '/policies', admin());
     expect(list.json().policies.map((p: { name: string }) => p.name)).toEqual(expect.arrayContaining(['durable', 'steady']));
-    const replace = await cms.request('PUT', '/policies/durable', { ...admin(), headers: { 'if-match': String(beforeGet.headers.etag) }, body: SEED_EXAMPLE_BODY });
+    const replace = await cms.request('PUT', '/policies/durable', {
+      ...admin(),
+      headers: { 'if-match': String(beforeGet.headers.etag) },
+      body: SEED_EXAMPLE_BODY,
+    });
     expect(replace.status).toBe(200);
     expect(replace.headers.etag).toBe('"2"');
   });

@@ -57,7 +57,16 @@ describe('GET /policies pages', () => {
   });
 
   it('refuses a bad limit or a token it did not give out, with a problem', async () => {
-    for (const query of ['limit=0', 'limit=1001', 'limit=abc', 'limit=1.5', 'page_token=%2F%2F', `page_token=${Buffer.from('after:../x').toString('base64url')}`, 'page_token=', 'offset=3']) {
+    for (const query of [
+      'limit=0',
+      'limit=1001',
+      'limit=abc',
+      'limit=1.5',
+      'page_token=%2F%2F',
+      `page_token=${Buffer.from('after:../x').toString('base64url')}`,
+      'page_token=',
+      'offset=3',
+    ]) {
       const response = await cms.request('GET', `/policies?${query}`, { token: harness.tokens.admin });
       expect(response.status, query).toBe(400);
       expect(response.headers['content-type']).toMatch(/^application\/problem\+json/);
@@ -71,9 +80,7 @@ describe('bounded compiles', () => {
     try {
       const names = Array.from({ length: 8 }, (_, i) => `burst-${i}`);
       const answers = await Promise.all(
-        names.map((name, i) =>
-          busy.request('PUT', `/policies/${name}`, { token: harness.tokens.admin, body: policyBody(`${V1_POLICY}\nx := ${i}\n`) }),
-        ),
+        names.map((name, i) => busy.request('PUT', `/policies/${name}`, { token: harness.tokens.admin, body: policyBody(`${V1_POLICY}\nx := ${i}\n`) })),
       );
       const statuses = answers.map((a) => a.status);
       expect(statuses.filter((s) => s === 201).length).toBeGreaterThanOrEqual(2);
@@ -96,7 +103,7 @@ describe('bounded compiles', () => {
 });
 
 describe('the largest policy', () => {
-  it('a policy whose write would exceed etcd\'s request limit gets 413 with the sizes, and nothing is written', async () => {
+  it("a policy whose write would exceed etcd's request limit gets 413 with the sizes, and nothing is written", async () => {
     // A body limit above what etcd can take in one transaction (Rego and data are stored twice).
     const roomy = await harness.startCms({ bodyLimitBytes: 4 * 1024 * 1024 });
     try {

@@ -28,7 +28,13 @@ afterAll(async () => {
 });
 
 const base = Date.UTC(2025, 0, 1);
-const budget = (tokens: number): Budget => ({ windows: [{ per: 'minute', tokens }, { per: 'day', tokens: tokens * 100 }], default_max_tokens: 256 });
+const budget = (tokens: number): Budget => ({
+  windows: [
+    { per: 'minute', tokens },
+    { per: 'day', tokens: tokens * 100 },
+  ],
+  default_max_tokens: 256,
+});
 
 async function historyVersions(project: string): Promise<number[]> {
   return (await store.history(project)).map((stored) => stored.version);
@@ -37,10 +43,12 @@ async function historyVersions(project: string): Promise<number[]> {
 /** Every history entry of a project as stored, by version. */
 async function rawHistory(project: string): Promise<Map<number, StoredBudget>> {
   const kvs = (await client.getAll().prefix(budgetHistoryPrefix(project)).exec()).kvs;
-  return new Map(kvs.map((kv) => {
-    const stored = JSON.parse(kv.value.toString()) as StoredBudget;
-    return [stored.version, stored];
-  }));
+  return new Map(
+    kvs.map((kv) => {
+      const stored = JSON.parse(kv.value.toString()) as StoredBudget;
+      return [stored.version, stored];
+    }),
+  );
 }
 
 describe('writes', () => {
@@ -144,7 +152,11 @@ describe('concurrent writers', () => {
     const writers = Array.from({ length: 10 }, () => createEtcdClient(etcd.endpoints));
     try {
       const results = await Promise.allSettled(
-        writers.map((w, n) => (n % 4 === 3 ? new BudgetStore(w).delete(project, `d${n}`).then((r) => r.stored) : new BudgetStore(w).put(project, budget(10 + n), `p${n}`).then((r) => r.stored))),
+        writers.map((w, n) =>
+          n % 4 === 3
+            ? new BudgetStore(w).delete(project, `d${n}`).then((r) => r.stored)
+            : new BudgetStore(w).put(project, budget(10 + n), `p${n}`).then((r) => r.stored),
+        ),
       );
       const answered: StoredBudget[] = [];
       for (const r of results) {
@@ -225,7 +237,7 @@ describe('stored values written past the store', () => {
     expect((await store.get('corrupt'))?.stored.budget).toEqual(budget(1));
   });
 
-  it('a stored budget under another project\'s key, or an invalid budget, is refused', async () => {
+  it("a stored budget under another project's key, or an invalid budget, is refused", async () => {
     const alien: StoredBudget = { project: 'someone-else', version: 1, budget: budget(1), updatedAt: new Date().toISOString(), updatedBy: 'x' };
     await client.put(budgetKey('alien')).value(JSON.stringify(alien));
     await expect(store.get('alien')).rejects.toBeInstanceOf(StoredBudgetInvalidError);
@@ -272,12 +284,18 @@ describe('listing', () => {
 });
 
 describe('usage', () => {
-
   it('a range longer than the read span adds up every hour once, in time order', async () => {
     const project = 'usage-long';
     const hours = [0, 1, 24 * 7 - 1, 24 * 7, 24 * 7 + 1, 24 * 14, 24 * 20 + 5];
     for (const [i, offset] of hours.entries()) {
-      await addUsage(client, project, base + offset * HOUR_MS, i % 2 ? 'gpt-4o' : 'llama-3', { ...emptyUsage(), requests: 1, prompt_tokens: 10 * (i + 1), completion_tokens: i, charged_tokens: 10 * (i + 1) + i, unsettled: i === 3 ? 1 : 0 });
+      await addUsage(client, project, base + offset * HOUR_MS, i % 2 ? 'gpt-4o' : 'llama-3', {
+        ...emptyUsage(),
+        requests: 1,
+        prompt_tokens: 10 * (i + 1),
+        completion_tokens: i,
+        charged_tokens: 10 * (i + 1) + i,
+        unsettled: i === 3 ? 1 : 0,
+      });
     }
     await addUsage(client, project, base + 24 * 30 * HOUR_MS, 'llama-3', { ...emptyUsage(), requests: 99 });
     await addUsage(client, 'usage-other', base + HOUR_MS, 'llama-3', { ...emptyUsage(), requests: 99 });

@@ -104,7 +104,13 @@ describe('budgets through the gateway', () => {
     const to = new Date(hour + HOUR_MS).toISOString();
     const response = await call('GET', `/usage/team-a?from=${from}&to=${to}`, { token: tokens.teamA });
     expect(response.status, response.text).toBe(200);
-    expect(JSON.parse(response.text)).toMatchObject({ project: 'team-a', from, to, total: { requests: 2, charged_tokens: 30 }, models: { 'llama-3': { prompt_tokens: 20 } } });
+    expect(JSON.parse(response.text)).toMatchObject({
+      project: 'team-a',
+      from,
+      to,
+      total: { requests: 2, charged_tokens: 30 },
+      models: { 'llama-3': { prompt_tokens: 20 } },
+    });
     expect((await call('GET', '/usage/team-a?from=not-a-time', { token: tokens.teamA })).status).toBe(400);
   });
 

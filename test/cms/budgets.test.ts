@@ -13,7 +13,10 @@ let harness: Harness;
 let cms: Cms;
 
 const BUDGET = {
-  windows: [{ per: 'minute', tokens: 20000 }, { per: 'day', tokens: 1000000 }],
+  windows: [
+    { per: 'minute', tokens: 20000 },
+    { per: 'day', tokens: 1000000 },
+  ],
   models: { 'gpt-4o': { windows: [{ per: 'minute', tokens: 5000 }] } },
   default_max_tokens: 512,
   block_tokens: 2000,
@@ -51,7 +54,13 @@ describe('create, read, replace, delete', () => {
     expect(response.headers.etag).toBe('"1"');
     expect(response.headers.location).toBe('/budgets/team-a');
     expect(new Date(String(response.headers['last-modified'])).getTime()).toBeGreaterThan(Date.now() - 60_000);
-    expect(response.json()).toMatchObject({ project: 'team-a', version: 1, deleted: false, sha256: expect.stringMatching(/^[0-9a-f]{64}$/), updatedBy: ADMIN.sub });
+    expect(response.json()).toMatchObject({
+      project: 'team-a',
+      version: 1,
+      deleted: false,
+      sha256: expect.stringMatching(/^[0-9a-f]{64}$/),
+      updatedBy: ADMIN.sub,
+    });
 
     const current = (await harness.etcdClient.get(budgetKey('team-a')).exec()).kvs[0]!;
     const history = (await harness.etcdClient.get(budgetHistoryKey('team-a', 1)).exec()).kvs[0]!;
@@ -82,7 +91,14 @@ describe('create, read, replace, delete', () => {
 
     const history = await cms.request('GET', '/budgets/team-a/history', admin());
     expect(history.status).toBe(200);
-    expect(history.json()).toMatchObject({ project: 'team-a', retention: 50, versions: [{ version: 2, deleted: false }, { version: 1, deleted: false }] });
+    expect(history.json()).toMatchObject({
+      project: 'team-a',
+      retention: 50,
+      versions: [
+        { version: 2, deleted: false },
+        { version: 1, deleted: false },
+      ],
+    });
     const first = await cms.request('GET', '/budgets/team-a/history/1', admin());
     expect(first.status).toBe(200);
     expect(first.headers.etag).toBe('"1"');
@@ -92,7 +108,11 @@ describe('create, read, replace, delete', () => {
 
   it('DELETE honours If-Match (412 when stale, nothing written), then 204; history keeps the deletion as a version', async () => {
     const before = await harness.budgetSnapshot();
-    expectProblem(await cms.request('DELETE', '/budgets/team-a', { ...admin(), headers: { 'if-match': '"1"' } }), 412, 'urn:gatehouse:problem:precondition-failed');
+    expectProblem(
+      await cms.request('DELETE', '/budgets/team-a', { ...admin(), headers: { 'if-match': '"1"' } }),
+      412,
+      'urn:gatehouse:problem:precondition-failed',
+    );
     expect(await harness.budgetSnapshot()).toEqual(before);
 
     const deleted = await cms.request('DELETE', '/budgets/team-a', { ...admin(), headers: { 'if-match': '"2"' } });
@@ -162,14 +182,18 @@ describe('concurrent writers', () => {
 
   it('concurrent creates with If-None-Match: *: exactly one 201', async () => {
     const responses = await Promise.all(
-      Array.from({ length: 8 }, (_, n) => cms.request('PUT', '/budgets/race-create', { ...admin(), headers: { 'if-none-match': '*' }, body: budgetText(n + 1) })),
+      Array.from({ length: 8 }, (_, n) =>
+        cms.request('PUT', '/budgets/race-create', { ...admin(), headers: { 'if-none-match': '*' }, body: budgetText(n + 1) }),
+      ),
     );
     expect(responses.map((r) => r.status).sort()).toEqual([201, ...Array(7).fill(412)]);
     expect(await historyOf('race-create')).toEqual([1]);
   });
 
   it('unconditional concurrent PUTs all land, each as its own version, and each answer names the version that holds its document', async () => {
-    const responses = await Promise.all(Array.from({ length: 8 }, (_, n) => cms.request('PUT', '/budgets/race-all', { ...admin(), body: budgetText(1000 + n) })));
+    const responses = await Promise.all(
+      Array.from({ length: 8 }, (_, n) => cms.request('PUT', '/budgets/race-all', { ...admin(), body: budgetText(1000 + n) })),
+    );
     expect(responses.filter((r) => r.status === 201)).toHaveLength(1);
     expect(responses.filter((r) => r.status === 200)).toHaveLength(7);
     const versions = responses.map((r) => Number(JSON.parse(String(r.headers.etag))));
@@ -227,10 +251,37 @@ describe('validation: nothing written, a problem for each invalid member', () =>
     { what: 'tokens past the maximum', body: { windows: [{ per: 'day', tokens: 1e13 }] }, pointers: ['/windows/0/tokens'] },
     { what: 'an unknown member of a window', body: { windows: [{ per: 'day', tokens: 1, burst: 2 }] }, pointers: ['/windows/0/burst'] },
     { what: 'an unknown member', body: { ...valid, colour: 'red' }, pointers: ['/colour'] },
-    { what: 'a second window of one kind', body: { windows: [{ per: 'day', tokens: 1 }, { per: 'day', tokens: 2 }] }, pointers: ['/windows/1/per'] },
+    {
+      what: 'a second window of one kind',
+      body: {
+        windows: [
+          { per: 'day', tokens: 1 },
+          { per: 'day', tokens: 2 },
+        ],
+      },
+      pointers: ['/windows/1/per'],
+    },
     { what: 'a model name with a space', body: { ...valid, models: { 'gpt 4': { windows: [{ per: 'day', tokens: 1 }] } } }, pointers: ['/models/gpt 4'] },
-    { what: "a model's negative tokens", body: { ...valid, models: { 'gpt-4o': { windows: [{ per: 'minute', tokens: -5 }] } } }, pointers: ['/models/gpt-4o/windows/0/tokens'] },
-    { what: "a model's second window of one kind (a slash in its name escaped)", body: { ...valid, models: { 'org/model': { windows: [{ per: 'hour', tokens: 1 }, { per: 'hour', tokens: 1 }] } } }, pointers: ['/models/org~1model/windows/1/per'] },
+    {
+      what: "a model's negative tokens",
+      body: { ...valid, models: { 'gpt-4o': { windows: [{ per: 'minute', tokens: -5 }] } } },
+      pointers: ['/models/gpt-4o/windows/0/tokens'],
+    },
+    {
+      what: "a model's second window of one kind (a slash in its name escaped)",
+      body: {
+        ...valid,
+        models: {
+          'org/model': {
+            windows: [
+              { per: 'hour', tokens: 1 },
+              { per: 'hour', tokens: 1 },
+            ],
+          },
+        },
+      },
+      pointers: ['/models/org~1model/windows/1/per'],
+    },
     { what: 'a model without windows', body: { ...valid, models: { 'gpt-4o': {} } }, pointers: ['/models/gpt-4o/windows'] },
     { what: 'models not an object', body: { ...valid, models: ['gpt-4o'] }, pointers: ['/models'] },
     { what: 'default_max_tokens zero', body: { ...valid, default_max_tokens: 0 }, pointers: ['/default_max_tokens'] },
@@ -287,8 +338,10 @@ describe('validation: nothing written, a problem for each invalid member', () =>
   });
 
   it('bad versions and paths are 400, unimplemented methods 405 with Allow', async () => {
-    for (const version of ['0', '-1', 'x', '01', '1.0', '9999999999999']) expectProblem(await cms.request('GET', `/budgets/team-a/history/${version}`, admin()), 400);
-    for (const path of ['/budgets/team-a/x', '/budgets/team-a/history/1/x', '/budgets/', '/budgets/team-a/']) expectProblem(await cms.request('GET', path, admin()), 400);
+    for (const version of ['0', '-1', 'x', '01', '1.0', '9999999999999'])
+      expectProblem(await cms.request('GET', `/budgets/team-a/history/${version}`, admin()), 400);
+    for (const path of ['/budgets/team-a/x', '/budgets/team-a/history/1/x', '/budgets/', '/budgets/team-a/'])
+      expectProblem(await cms.request('GET', path, admin()), 400);
     const post = await cms.request('POST', '/budgets/team-a', { ...admin(), body: budgetText(1) });
     expectProblem(post, 405);
     expect(post.headers.allow).toBe('GET, PUT, DELETE, HEAD');
@@ -323,7 +376,10 @@ describe('permissions: identity first (401), then access (403), then validation'
       it(`${endpoint.method} ${endpoint.path} as ${caller}: ${expected}`, async () => {
         await ensureBudget();
         const before = await harness.budgetSnapshot();
-        const response = await cms.request(endpoint.method, endpoint.path, { token: harness.tokens[caller], ...(endpoint.body ? { body: endpoint.body } : {}) });
+        const response = await cms.request(endpoint.method, endpoint.path, {
+          token: harness.tokens[caller],
+          ...(endpoint.body ? { body: endpoint.body } : {}),
+        });
         expect(response.status).toBe(expected);
         if (expected === 403) {
           expect(response.headers['content-type']).toMatch(/^application\/problem\+json/);
@@ -408,7 +464,10 @@ describe('audit and metrics', () => {
     await cms.request('PUT', '/budgets/audited', { ...admin(), body: budgetText(6) });
     await cms.request('DELETE', '/budgets/audited', admin());
     await cms.request('PUT', '/budgets/audited', { ...admin(), headers: { 'if-match': '"1"' }, body: budgetText(7) }); // refused: no audit line
-    const audits = cms.logLines.map((line) => JSON.parse(line)).filter((entry) => entry.audit?.budget === 'audited').map((entry) => entry.audit);
+    const audits = cms.logLines
+      .map((line) => JSON.parse(line))
+      .filter((entry) => entry.audit?.budget === 'audited')
+      .map((entry) => entry.audit);
     expect(audits).toEqual([
       { operation: 'create', budget: 'audited', version: 1, sha256: created.sha256, by: ADMIN.sub },
       { operation: 'replace', budget: 'audited', version: 2, sha256: expect.stringMatching(/^[0-9a-f]{64}$/), by: ADMIN.sub },

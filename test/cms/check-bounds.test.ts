@@ -230,7 +230,10 @@ describe('opa test is bounded', () => {
       ['PUT', '/policies/team-c'],
       ['POST', '/policies/team-c/check'],
     ] as const) {
-      const res = await cms.request(method, path, { token: harness.tokens.admin, body: body(CALM, { 'authz_test.rego': CALM_TESTS, 'big_test.rego': GREEDY_TESTS }) });
+      const res = await cms.request(method, path, {
+        token: harness.tokens.admin,
+        body: body(CALM, { 'authz_test.rego': CALM_TESTS, 'big_test.rego': GREEDY_TESTS }),
+      });
       const problem = expectProblem(res, 422, 'urn:gatehouse:problem:policy-tests-stopped');
       expect(problem.bound).toBe('memory');
       expect(problem.detail).toMatch(/the policy tests were stopped: opa test needed more than 256 MiB of memory/);
@@ -271,7 +274,9 @@ describe('opa test is bounded', () => {
         }
       })();
       const checks = await Promise.all(
-        [0, 1, 2].map(() => one.request('POST', '/policies/team-e/check', { token: harness.tokens.admin, body: body(CALM, { 'busy_test.rego': busyTests(800) }) })),
+        [0, 1, 2].map(() =>
+          one.request('POST', '/policies/team-e/check', { token: harness.tokens.admin, body: body(CALM, { 'busy_test.rego': busyTests(800) }) }),
+        ),
       );
       sampling = false;
       await sampler;

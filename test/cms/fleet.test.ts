@@ -75,7 +75,11 @@ describe('GET /gateways', () => {
 describe('a write that waits: Prefer: wait=N', () => {
   it('answers once every live gateway enforces the new version, and says so', async () => {
     const started = performance.now();
-    const res = await cms.request('PUT', '/policies/team-a', { token: harness.tokens.admin, headers: { prefer: 'wait=10' }, body: policyBody(V1_POLICY, data) });
+    const res = await cms.request('PUT', '/policies/team-a', {
+      token: harness.tokens.admin,
+      headers: { prefer: 'wait=10' },
+      body: policyBody(V1_POLICY, data),
+    });
     const tookMs = performance.now() - started;
     expect(res.status).toBe(201);
     expect(res.headers['preference-applied']).toBe('wait=10');
@@ -102,7 +106,11 @@ describe('a write that waits: Prefer: wait=N', () => {
   });
 
   it('a malformed preference is refused before anything is written', async () => {
-    const res = await cms.request('PUT', '/policies/team-a', { token: harness.tokens.admin, headers: { prefer: 'wait=soon' }, body: policyBody(V1_POLICY, { valid_roles: [] }) });
+    const res = await cms.request('PUT', '/policies/team-a', {
+      token: harness.tokens.admin,
+      headers: { prefer: 'wait=soon' },
+      body: policyBody(V1_POLICY, { valid_roles: [] }),
+    });
     expect(res.status).toBe(400);
     const current = await cms.request('GET', '/policies/team-a', { token: harness.tokens.admin });
     expect(current.headers.etag).toBe('"1"');
@@ -114,16 +122,27 @@ describe('a write that waits: Prefer: wait=N', () => {
     process.kill(stopped.child.pid!, 'SIGSTOP');
     try {
       const started = Date.now();
-      const res = await cms.request('PUT', '/policies/team-a', { token: harness.tokens.admin, headers: { prefer: 'wait=1' }, body: policyBody(V1_POLICY, { valid_roles: ['admin', 'viewer'] }) });
+      const res = await cms.request('PUT', '/policies/team-a', {
+        token: harness.tokens.admin,
+        headers: { prefer: 'wait=1' },
+        body: policyBody(V1_POLICY, { valid_roles: ['admin', 'viewer'] }),
+      });
       expect(res.status).toBe(200);
       expect(Date.now() - started).toBeGreaterThanOrEqual(1_000);
       expect(res.headers['gatehouse-enforced-by']).toBe('3/4');
       expect(res.headers['gatehouse-behind']).toBe(stoppedId);
       // Frozen, it cannot renew its lease: within the TTL it is gone from the list.
-      const gone = await until('the stopped gateway to leave the list', async () => !(await gateways()).some((g) => g.id === stoppedId), (TTL_SECONDS + 5) * 1000);
+      const gone = await until(
+        'the stopped gateway to leave the list',
+        async () => !(await gateways()).some((g) => g.id === stoppedId),
+        (TTL_SECONDS + 5) * 1000,
+      );
       console.log(`a stopped gateway left GET /gateways ${gone} ms after the write (lease TTL ${TTL_SECONDS} s)`);
       // With it gone, every live gateway enforces the write.
-      const status = (await cms.request('GET', '/policies/team-a/status', { token: harness.tokens.admin })).json() as { enforcedBy: number; gateways: unknown[] };
+      const status = (await cms.request('GET', '/policies/team-a/status', { token: harness.tokens.admin })).json() as {
+        enforcedBy: number;
+        gateways: unknown[];
+      };
       expect(status.enforcedBy).toBe(status.gateways.length);
     } finally {
       process.kill(stopped.child.pid!, 'SIGCONT');

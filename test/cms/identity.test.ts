@@ -77,7 +77,12 @@ describe('identity verification', () => {
     const { publicKey, privateKey } = await generateKeyPair('PS256', { extractable: true });
     await writeFile(keys.jwksFile + '.ps', JSON.stringify({ keys: [{ ...(await exportJWK(publicKey)), kid: 'ps', alg: 'PS256' }] }));
     const strict = createIdentityVerifier({ ...config, jwks: { kind: 'file', path: keys.jwksFile + '.ps' } });
-    const token = await new SignJWT({ sub: 'x' }).setProtectedHeader({ alg: 'PS256', kid: 'ps' }).setIssuer(keys.issuer).setAudience(keys.audience).setExpirationTime('1h').sign(privateKey);
+    const token = await new SignJWT({ sub: 'x' })
+      .setProtectedHeader({ alg: 'PS256', kid: 'ps' })
+      .setIssuer(keys.issuer)
+      .setAudience(keys.audience)
+      .setExpirationTime('1h')
+      .sign(privateKey);
     expect(await failureOf(strict.verifyToken(token))).toBe('algorithm_not_allowed');
   });
 
@@ -85,7 +90,11 @@ describe('identity verification', () => {
     const { privateKey, publicKey } = await generateKeyPair('ES256', { extractable: true });
     const file = keys.jwksFile + '.noexp';
     await writeFile(file, JSON.stringify({ keys: [{ ...(await exportJWK(publicKey)), kid: 'k' }] }));
-    const token = await new SignJWT({ sub: 'x' }).setProtectedHeader({ alg: 'ES256', kid: 'k' }).setIssuer(keys.issuer).setAudience(keys.audience).sign(privateKey);
+    const token = await new SignJWT({ sub: 'x' })
+      .setProtectedHeader({ alg: 'ES256', kid: 'k' })
+      .setIssuer(keys.issuer)
+      .setAudience(keys.audience)
+      .sign(privateKey);
     expect(await failureOf(createIdentityVerifier({ ...config, jwks: { kind: 'file', path: file } }).verifyToken(token))).toBe('invalid_claims');
   });
 
@@ -108,7 +117,12 @@ describe('identity verification', () => {
     expect((await limited.verifyToken(await keys.token({ sub: 'short' }, { expiresIn: '5m' }))).sub).toBe('short');
     expect(await failureOf(limited.verifyToken(await keys.token({ sub: 'long' }, { expiresIn: '2h' })))).toBe('invalid_claims');
     const { privateKey } = await generateKeyPair('ES256', { extractable: true });
-    const noIat = await new SignJWT({ sub: 'x' }).setProtectedHeader({ alg: 'ES256', kid: keys.kid }).setIssuer(keys.issuer).setAudience(keys.audience).setExpirationTime('5m').sign(privateKey);
+    const noIat = await new SignJWT({ sub: 'x' })
+      .setProtectedHeader({ alg: 'ES256', kid: keys.kid })
+      .setIssuer(keys.issuer)
+      .setAudience(keys.audience)
+      .setExpirationTime('5m')
+      .sign(privateKey);
     expect(await failureOf(limited.verifyToken(noIat))).not.toBe(null);
   });
 

@@ -72,7 +72,10 @@ describe('gatehouse-cms process', () => {
     }
     expect(await exited).toBe(0);
     expect(stdout).toBe('');
-    const lines = stderr.split('\n').filter(Boolean).map((line) => JSON.parse(line));
+    const lines = stderr
+      .split('\n')
+      .filter(Boolean)
+      .map((line) => JSON.parse(line));
     expect(lines.some((line) => line.audit?.policy === 'from-binary')).toBe(true);
     expect(lines.some((line) => line.msg === 'shutting down')).toBe(true);
   });

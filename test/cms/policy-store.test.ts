@@ -39,7 +39,14 @@ describe('key layout', () => {
     expect(parsePolicyKey(keys.meta)).toEqual({ name: 'team-a', kind: 'current', part: 'meta' });
     expect(parsePolicyKey(keys.wasm)).toEqual({ name: 'team-a', kind: 'current', part: 'wasm' });
     expect(parsePolicyKey(keys.history('data', 12))).toEqual({ name: 'team-a', kind: 'history', part: 'data', version: 12 });
-    for (const key of ['/policies/team-a', '/policies/team-a/other', '/policies/Team/meta', '/other/team-a/meta', '/policies/team-a/history/wasm/000000000001', '/policies/team-a/history/meta/1']) {
+    for (const key of [
+      '/policies/team-a',
+      '/policies/team-a/other',
+      '/policies/Team/meta',
+      '/other/team-a/meta',
+      '/policies/team-a/history/wasm/000000000001',
+      '/policies/team-a/history/meta/1',
+    ]) {
       expect(parsePolicyKey(key), key).toBeNull();
     }
   });

@@ -72,7 +72,7 @@ describe('policies with tests', () => {
     expect(cms.logLines.some((line) => /"operation":"create".*"testsPassed":3/.test(line))).toBe(true);
   });
 
-  it("v0 policy with v0 tests, and a v0 policy with v1 tests: each run in the syntax it parses in", async () => {
+  it('v0 policy with v0 tests, and a v0 policy with v1 tests: each run in the syntax it parses in', async () => {
     expect((await put('team-v0', body(V0, { 'a_test.rego': V0_TESTS }))).status).toBe(201);
     expect((await put('team-v0', body(V0, { 'a_test.rego': V1_TESTS }))).status).toBe(200);
   });
@@ -135,6 +135,10 @@ describe('rollback restores the tests', () => {
   it('version 1 had tests, version 2 none: a rollback to 1 brings them back', async () => {
     const res = await cms.request('POST', '/policies/team-a/rollback', { token: harness.tokens.admin, body: '{"version":1}' });
     expect(res.status).toBe(200);
-    expect((await cms.request('GET', '/policies/team-a', { token: harness.tokens.admin })).json()).toEqual({ rego: V1, data, tests: { 'authz_test.rego': V1_TESTS } });
+    expect((await cms.request('GET', '/policies/team-a', { token: harness.tokens.admin })).json()).toEqual({
+      rego: V1,
+      data,
+      tests: { 'authz_test.rego': V1_TESTS },
+    });
   });
 });

@@ -50,7 +50,9 @@ describe('Rego compiler (real opa)', () => {
   });
 
   it('accepts future-keyword imports (valid in both syntaxes, so recorded as v1)', async () => {
-    const compiled = await compiler.compile('package p.q\nimport future.keywords.if\nimport future.keywords.in\ndefault allow = false\nallow if { input.x in ["a"] }\n');
+    const compiled = await compiler.compile(
+      'package p.q\nimport future.keywords.if\nimport future.keywords.in\ndefault allow = false\nallow if { input.x in ["a"] }\n',
+    );
     expect(compiled).toMatchObject({ syntaxVersion: 'v1', entrypoint: 'p/q' });
   });
 
@@ -78,7 +80,7 @@ describe('Rego compiler (real opa)', () => {
   });
 });
 
-describe('the compiler\'s PATH comes from the configuration', () => {
+describe("the compiler's PATH comes from the configuration", () => {
   // opa's processes get PATH and HOME only; prlimit, which starts each one, is found on that PATH.
   const nowhere = '/nonexistent-gatehouse-path';
 

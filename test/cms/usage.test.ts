@@ -76,7 +76,7 @@ function expectBadQuery(response: Response): void {
 }
 
 describe('ranges', () => {
-  it('a whole day: totals, per model, per hour and model in time order; another project\'s usage is not in it', async () => {
+  it("a whole day: totals, per model, per hour and model in time order; another project's usage is not in it", async () => {
     const response = await usage(`?from=${iso(DAY)}&to=${iso(DAY + 24 * HOUR_MS)}`);
     expect(response.status).toBe(200);
     expect(response.headers['content-type']).toMatch(/^application\/json/);
@@ -117,7 +117,14 @@ describe('ranges', () => {
     expect((await usage(`?${range}&group=hour`)).json()).toEqual(byHour);
     const body = (await usage(`?${range}&group=day`)).json();
     const { hours: _hours, ...totals } = byHour;
-    const sum = (...records: UsageRecord[]) => records.reduce((a, b) => ({ requests: a.requests + b.requests, prompt_tokens: a.prompt_tokens + b.prompt_tokens, completion_tokens: a.completion_tokens + b.completion_tokens, charged_tokens: a.charged_tokens + b.charged_tokens, unsettled: a.unsettled + b.unsettled }));
+    const sum = (...records: UsageRecord[]) =>
+      records.reduce((a, b) => ({
+        requests: a.requests + b.requests,
+        prompt_tokens: a.prompt_tokens + b.prompt_tokens,
+        completion_tokens: a.completion_tokens + b.completion_tokens,
+        charged_tokens: a.charged_tokens + b.charged_tokens,
+        unsettled: a.unsettled + b.unsettled,
+      }));
     // Day one from 01:00 (gpt-4o once, org/model@v1, llama-3 at 23:00), day two's first hour (llama-3).
     expect(body).toEqual({
       ...totals,
@@ -246,7 +253,16 @@ describe('parseUsageTime', () => {
     expect(parseUsageTime('2025-03-10T01:02Z')).toBe(Date.UTC(2025, 2, 10, 1, 2));
     // Years below 100 are years, not 1900 + n (Date.UTC's reading).
     expect(parseUsageTime('0050-01-01')).toBe(-60589296000000);
-    for (const text of ['2025-02-29', '2025-04-31', '2025-03-10 01:02:03Z', '2025-3-10', '+2025-03-10', '2025-03-10T01:02:03+0530', ' 2025-03-10', '2025-03-10T01Z']) {
+    for (const text of [
+      '2025-02-29',
+      '2025-04-31',
+      '2025-03-10 01:02:03Z',
+      '2025-3-10',
+      '+2025-03-10',
+      '2025-03-10T01:02:03+0530',
+      ' 2025-03-10',
+      '2025-03-10T01Z',
+    ]) {
       expect(parseUsageTime(text), text).toBeNull();
     }
   });

@@ -35,7 +35,11 @@ beforeAll(async () => {
   cms = await harness.startCms({ consoleDemoTokens: [] });
   runner = await startRunner({ env: { ETCD_ENDPOINTS: harness.etcd.endpoints.join(','), RUNNER_STATE_DIR: mkdtempSync(join(tmpdir(), 'gh-console-')) } });
   for (const name of ['team-a', 'team-b']) {
-    const put = await cms.request('PUT', `/policies/${name}`, { token: harness.tokens.admin, headers: { prefer: 'wait=10' }, body: JSON.stringify({ rego: REGO, data: { roles: ['admin'] } }) });
+    const put = await cms.request('PUT', `/policies/${name}`, {
+      token: harness.tokens.admin,
+      headers: { prefer: 'wait=10' },
+      body: JSON.stringify({ rego: REGO, data: { roles: ['admin'] } }),
+    });
     expect(put.status).toBe(201);
   }
   browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'] });

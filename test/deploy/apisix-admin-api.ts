@@ -83,13 +83,10 @@ export async function startAdminApi(): Promise<AdminApi> {
         apiKey: Array.isArray(header) ? header[0] : header,
         body: body.length ? (JSON.parse(body.toString()) as unknown) : undefined,
       });
-      const upstream = httpRequest(
-        { host: '127.0.0.1', port: adminPort, method: req.method, path: req.url, headers: req.headers },
-        (answer) => {
-          res.writeHead(answer.statusCode ?? 502, answer.headers);
-          answer.pipe(res);
-        },
-      );
+      const upstream = httpRequest({ host: '127.0.0.1', port: adminPort, method: req.method, path: req.url, headers: req.headers }, (answer) => {
+        res.writeHead(answer.statusCode ?? 502, answer.headers);
+        answer.pipe(res);
+      });
       upstream.on('error', () => res.writeHead(502).end());
       upstream.end(body);
     });

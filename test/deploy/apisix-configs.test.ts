@@ -21,7 +21,27 @@ const routes = join(repoRoot, 'apisix-conf', 'apisix.yaml');
 /** The traditional config with its machine paths (/etc/gatehouse/tls) pointing at files made here. */
 function traditionalHere(): string {
   const dir = mkdtempSync(join(tmpdir(), 'gh-apisix-conf-'));
-  execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', join(dir, 'apisix-etcd-client.key'), '-out', join(dir, 'apisix-etcd-client.crt'), '-days', '1', '-subj', '/CN=apisix'], { stdio: 'ignore' });
+  execFileSync(
+    'openssl',
+    [
+      'req',
+      '-x509',
+      '-newkey',
+      'ec',
+      '-pkeyopt',
+      'ec_paramgen_curve:P-256',
+      '-nodes',
+      '-keyout',
+      join(dir, 'apisix-etcd-client.key'),
+      '-out',
+      join(dir, 'apisix-etcd-client.crt'),
+      '-days',
+      '1',
+      '-subj',
+      '/CN=apisix',
+    ],
+    { stdio: 'ignore' },
+  );
   copyFileSync('/etc/ssl/certs/ca-certificates.crt', join(dir, 'trusted.crt'));
   const path = join(dir, 'config.yaml');
   writeFileSync(path, readFileSync(traditional, 'utf8').replaceAll('/etc/gatehouse/tls/', `${dir}/`));
@@ -56,12 +76,22 @@ describe('APISIX accepts apisix-conf/', () => {
   it('the check can fail: an unknown deployment role, a wrong type, an nginx snippet nginx refuses', () => {
     expect(() => check(standalone, (doc) => doc.setIn(['deployment', 'role'], 'gateway'))).toThrow(ApisixStartError);
     expect(() => check(standalone, (doc) => doc.setIn(['apisix', 'enable_admin'], 'yes'))).toThrow(/enable_admin/);
-    expect(() => check(standalone, (doc) => doc.setIn(['nginx_config', 'http_server_configuration_snippet'], 'proxy_ssl_verify maybe;\n'))).toThrow(/proxy_ssl_verify/);
+    expect(() => check(standalone, (doc) => doc.setIn(['nginx_config', 'http_server_configuration_snippet'], 'proxy_ssl_verify maybe;\n'))).toThrow(
+      /proxy_ssl_verify/,
+    );
   });
 
   it("refuses a prefix nginx's workers could not reach (under a root master they run as nobody)", () => {
     const closed = mkdtempSync(join(tmpdir(), 'gh-closed-')); // mode 0700
-    const attempt = () => testApisixConfig({ installation: apisixInstallation(), repoRoot, prefix: join(closed, 'apisix'), routesPath: routes, port: 9080, env: { PATH: process.env.PATH ?? '' } });
+    const attempt = () =>
+      testApisixConfig({
+        installation: apisixInstallation(),
+        repoRoot,
+        prefix: join(closed, 'apisix'),
+        routesPath: routes,
+        port: 9080,
+        env: { PATH: process.env.PATH ?? '' },
+      });
     if (process.getuid?.() === 0) expect(attempt).toThrow(/workers \(nobody\) could not reach/);
     else expect(attempt()).toMatch(/configuration test is successful/);
   });

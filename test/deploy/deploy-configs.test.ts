@@ -55,7 +55,8 @@ describe('load balancer pair', () => {
     for (const name of ['gateway', 'cms']) {
       const section = backend(name);
       expect(section).toContain(`http-check connect port ${inventory.ports.runner_health}`);
-      for (const [node, { ip }] of Object.entries(inventory.app_nodes)) expect(section).toMatch(new RegExp(`server ${node} ${ip}:${inventory.ports.gateway} check`));
+      for (const [node, { ip }] of Object.entries(inventory.app_nodes))
+        expect(section).toMatch(new RegExp(`server ${node} ${ip}:${inventory.ports.gateway} check`));
     }
     expect(backend('cms')).toContain(`http-check connect port ${inventory.ports.cms}`);
     expect(backend('gateway')).not.toContain(`port ${inventory.ports.cms}`);
@@ -95,7 +96,10 @@ describe('systemd units', () => {
     for (const unit of readdirSync(join(deploy, 'app-node')).filter((f) => f.endsWith('.service'))) cpSync(join(deploy, 'app-node', unit), join(dir, unit));
     cpSync(join(deploy, 'etcd', 'etcd.service'), join(dir, 'etcd.service'));
     cpSync(join(deploy, 'app-node', 'apisix.service.d'), join(dir, 'apisix.service.d'), { recursive: true });
-    writeFileSync(join(dir, 'apisix.service'), '[Unit]\nDescription=APISIX (stand-in for the package unit)\n[Service]\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target\n');
+    writeFileSync(
+      join(dir, 'apisix.service'),
+      '[Unit]\nDescription=APISIX (stand-in for the package unit)\n[Service]\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target\n',
+    );
     return dir;
   }
   const units = ['gatehouse-cms.service', 'gatehouse-decision.service', 'etcd.service', 'apisix.service'];
@@ -111,7 +115,10 @@ describe('systemd units', () => {
   it('and it does read them: a bad key in the drop-in or a unit is reported', () => {
     const dir = unitDir();
     writeFileSync(join(dir, 'apisix.service.d', 'gatehouse.conf'), `${read('deploy/app-node/apisix.service.d/gatehouse.conf')}\nEnvironmentFiel=/nowhere\n`);
-    writeFileSync(join(dir, 'gatehouse-cms.service'), read('deploy/app-node/gatehouse-cms.service').replace('ExecStart=/usr/bin/node', 'ExecStart=/usr/bin/no-such-node'));
+    writeFileSync(
+      join(dir, 'gatehouse-cms.service'),
+      read('deploy/app-node/gatehouse-cms.service').replace('ExecStart=/usr/bin/node', 'ExecStart=/usr/bin/no-such-node'),
+    );
     const output = (({ stdout, stderr }) => stdout + stderr)(verify(dir, units));
     expect(output).toMatch(/gatehouse\.conf.*EnvironmentFiel/);
     expect(output).toMatch(/no-such-node/);
@@ -131,7 +138,10 @@ describe('systemd units', () => {
   });
 
   it('no secret is committed: the secrets template is empty and env files hold no key or password', () => {
-    for (const line of read('deploy/app-node/apisix-secrets.env.example').split('\n').filter((l) => l && !l.startsWith('#'))) expect(line).toMatch(/^[A-Z_]+=$/);
+    for (const line of read('deploy/app-node/apisix-secrets.env.example')
+      .split('\n')
+      .filter((l) => l && !l.startsWith('#')))
+      expect(line).toMatch(/^[A-Z_]+=$/);
     for (const file of readdirSync(join(deploy, 'app-node')).filter((f) => f.endsWith('.env'))) {
       expect(read(`deploy/app-node/${file}`)).not.toMatch(/^(APISIX_ADMIN_KEY|VAULT_TOKEN|VAULT_SECRET_ID)=/m);
     }
@@ -139,7 +149,8 @@ describe('systemd units', () => {
 });
 
 /** The variables an APISIX config lets through to its runner (nginx_config.envs, `NAME` or `NAME=value`). */
-const envsOf = (file: string): string[] => ((parse(read(file)) as { nginx_config: { envs?: string[] } }).nginx_config.envs ?? []).map((entry) => entry.split('=')[0]!);
+const envsOf = (file: string): string[] =>
+  ((parse(read(file)) as { nginx_config: { envs?: string[] } }).nginx_config.envs ?? []).map((entry) => entry.split('=')[0]!);
 
 describe('APISIX traditional-mode config', () => {
   const traditional = () => parse(read('apisix-conf/config-traditional.yaml'));
@@ -175,7 +186,11 @@ describe('etcd: the three member configs form one cluster', () => {
   const clients: Etcd3[] = [];
   let addresses: Record<EtcdMember, LocalEtcdAddress>;
   const output: string[] = [];
-  const tlsFor = (member: EtcdMember) => ({ caFile: join(certs, 'ca.crt'), certFile: join(certs, `etcd-${member}.crt`), keyFile: join(certs, `etcd-${member}.key`) });
+  const tlsFor = (member: EtcdMember) => ({
+    caFile: join(certs, 'ca.crt'),
+    certFile: join(certs, `etcd-${member}.crt`),
+    keyFile: join(certs, `etcd-${member}.key`),
+  });
 
   /**
    * Gatehouse's etcd client over TLS to one member, with the operators'
@@ -255,7 +270,13 @@ describe('etcd: the three member configs form one cluster', () => {
     const deadline = Date.now() + 15_000;
     // If dc1 led, a new leader is elected within the election timeout.
     while (Date.now() < deadline && !written) {
-      written = await writer.put('/policies/probe').value('v2').then(() => true, () => false);
+      written = await writer
+        .put('/policies/probe')
+        .value('v2')
+        .then(
+          () => true,
+          () => false,
+        );
       if (!written) await new Promise((resolve) => setTimeout(resolve, 200));
     }
     expect(written).toBe(true);
@@ -309,14 +330,19 @@ describe('what nginx lets through to the runner', () => {
     expect(used.size).toBeGreaterThan(20);
     for (const config of ['apisix-conf/config.yaml', 'apisix-conf/config-traditional.yaml']) {
       const envs = envsOf(config);
-      expect([...used].filter((name) => !envs.includes(name)), config).toEqual([]);
+      expect(
+        [...used].filter((name) => !envs.includes(name)),
+        config,
+      ).toEqual([]);
     }
   });
 });
 
 describe("the runner socket's directory", () => {
-  it('is locked to root and the workers\' group, which is the group the workers run as', () => {
-    const lines = read('deploy/app-node/gatehouse.tmpfiles.conf').split('\n').filter((line) => line.trim() && !line.startsWith('#'));
+  it("is locked to root and the workers' group, which is the group the workers run as", () => {
+    const lines = read('deploy/app-node/gatehouse.tmpfiles.conf')
+      .split('\n')
+      .filter((line) => line.trim() && !line.startsWith('#'));
     const lock = lines.map((line) => line.trim().split(/\s+/)).find((fields) => fields[1] === '/usr/local/apisix/conf');
     expect(lock, 'a tmpfiles line for /usr/local/apisix/conf').toBeDefined();
     const [type, , mode, owner, group] = lock!;
@@ -325,6 +351,6 @@ describe("the runner socket's directory", () => {
     expect(owner).toBe('root');
     const user = (parse(read('apisix-conf/config-traditional.yaml')) as { nginx_config?: { user?: string } }).nginx_config?.user ?? '';
     const [, workerGroup] = user.split(/\s+/);
-    expect(workerGroup, 'nginx_config.user names the workers\' group').toBe(group);
+    expect(workerGroup, "nginx_config.user names the workers' group").toBe(group);
   });
 });

@@ -17,7 +17,13 @@ afterAll(async () => {
 
 const MESSAGES = [
   { role: 'system', content: 'You answer briefly.' },
-  { role: 'user', content: [{ type: 'text', text: 'Grüße aus   Köln' }, { type: 'image_url', image_url: { url: 'x' } }] },
+  {
+    role: 'user',
+    content: [
+      { type: 'text', text: 'Grüße aus   Köln' },
+      { type: 'image_url', image_url: { url: 'x' } },
+    ],
+  },
   { role: 'user', content: 'how   are\nyou today?' },
 ];
 // Words: 3 + 3 + 4, plus the per-message overhead.
@@ -53,7 +59,14 @@ describe('LLM stub', () => {
     expect(second.usage).toEqual(first.usage);
     expect(first.choices[0]!.message.content).toBe(CANNED_ANSWER);
     expect(first.choices[0]!.finish_reason).toBe('stop');
-    expect(stub.usage.at(-1)).toMatchObject({ id: second.id, streamed: false, usageReported: true, promptTokens: EXPECTED_PROMPT, completionTokens: 64, tokensWritten: 64 });
+    expect(stub.usage.at(-1)).toMatchObject({
+      id: second.id,
+      streamed: false,
+      usageReported: true,
+      promptTokens: EXPECTED_PROMPT,
+      completionTokens: 64,
+      tokensWritten: 64,
+    });
   });
 
   it('streams OpenAI chunks, one word each, and the usage chunk only when asked; the usage equals the whole answer', async () => {
@@ -74,7 +87,14 @@ describe('LLM stub', () => {
     expect(last.usage).toEqual(whole.usage);
     expect(chunks.slice(0, -1).every((c) => c.usage === null)).toBe(true);
     expect(chunks.at(-2)!.choices[0]!.finish_reason).toBe('length');
-    expect(stub.usage.at(-1)).toMatchObject({ id: chunks[0]!.id, streamed: true, usageReported: true, completionTokens: 20, tokensWritten: 20, aborted: false });
+    expect(stub.usage.at(-1)).toMatchObject({
+      id: chunks[0]!.id,
+      streamed: true,
+      usageReported: true,
+      completionTokens: 20,
+      tokensWritten: 20,
+      aborted: false,
+    });
 
     const withoutUsage = completionChunks(sseData(await (await complete({ max_tokens: 20, stream: true })).text()));
     expect(withoutUsage.some((c) => 'usage' in c)).toBe(false);
@@ -102,8 +122,19 @@ describe('LLM stub', () => {
       [],
       [{ role: 'user', content: '' }],
       [{ role: 'user', content: 'a b c d e f g h' }],
-      [{ role: 'user', content: '日 本 語' }, { role: 'assistant', content: null }],
-      [{ role: 'user', content: [{ type: 'text', text: 'x y' }, { type: 'text', text: 'z' }] }],
+      [
+        { role: 'user', content: '日 本 語' },
+        { role: 'assistant', content: null },
+      ],
+      [
+        {
+          role: 'user',
+          content: [
+            { type: 'text', text: 'x y' },
+            { type: 'text', text: 'z' },
+          ],
+        },
+      ],
     ];
     for (const messages of cases) {
       const res = await fetch(`${stub.url}/v1/chat/completions`, { method: 'POST', body: JSON.stringify({ model: 'm', messages }) });

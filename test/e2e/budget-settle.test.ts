@@ -67,10 +67,14 @@ async function allocation(project: string): Promise<Allocation | null> {
 /** The ledger once every call of the project was settled and its blocks given back. */
 async function settled(project: string, timeoutMs = 30_000): Promise<Allocation> {
   let record: Allocation | null = null;
-  await until(`${project}'s calls to be settled and its blocks given back`, async () => {
-    record = await allocation(project);
-    return record !== null && Object.keys(record.held).length === 0;
-  }, timeoutMs);
+  await until(
+    `${project}'s calls to be settled and its blocks given back`,
+    async () => {
+      record = await allocation(project);
+      return record !== null && Object.keys(record.held).length === 0;
+    },
+    timeoutMs,
+  );
   return record!;
 }
 
@@ -118,11 +122,15 @@ beforeAll(async () => {
   }
   await until('the runner to have read the policies and the budgets', () => runnerHasReadBudgets(metricsPort), 30_000);
   // One call the gateway lets through (policies, budgets, Vault all in place), then nothing of it is left in flight.
-  await until('the gateway to allow a call', async () => {
-    const r = await post('small', body('small', { max_tokens: 1 }));
-    await r.text();
-    return r.status === 200;
-  }, 30_000);
+  await until(
+    'the gateway to allow a call',
+    async () => {
+      const r = await post('small', body('small', { max_tokens: 1 }));
+      await r.text();
+      return r.status === 200;
+    },
+    30_000,
+  );
   await settled('small');
 }, 240_000);
 
@@ -146,7 +154,7 @@ describe('settling LLM calls through the gateway', () => {
     const res = await post('abandon', body('abandon', { stream: true, stub_chunk_delay_ms: 100 }), midway.signal);
     expect(res.status).toBe(200);
     const reader = res.body!.getReader();
-    for (let got = 0; got < 3 * WORD_CHARS; ) got += (await reader.read()).value?.length ?? 0;
+    for (let got = 0; got < 3 * WORD_CHARS;) got += (await reader.read()).value?.length ?? 0;
     midway.abort();
     // The LLM took all three and billed them; none was answered whole.
     await until('the LLM to have seen each client leave', async () => billed('abandon').length === 3 && billed('abandon').every((u) => u.aborted));
@@ -159,20 +167,28 @@ describe('settling LLM calls through the gateway', () => {
     // Each abandoned call is charged its reservation (at most 20 completion tokens and a small prompt bound), the refused one nothing.
     expect(record.consumed).toBeLessThanOrEqual(3 * 100);
     await until('usage to be written', async () => (await readUsage(admin, 'abandon', Date.now() - 3_600_000, Date.now() + 1)).total.requests === 4);
-    expect((await readUsage(admin, 'abandon', Date.now() - 3_600_000, Date.now() + 1)).total).toMatchObject({ requests: 4, charged_tokens: record.consumed, unsettled: 3 });
+    expect((await readUsage(admin, 'abandon', Date.now() - 3_600_000, Date.now() + 1)).total).toMatchObject({
+      requests: 4,
+      charged_tokens: record.consumed,
+      unsettled: 3,
+    });
   }, 60_000);
 
   it('answers of tens of megabytes (past any cap on one post) and small calls of another project posted with them are each settled to what the LLM reported', async () => {
     // A stream and a whole answer of 34,000 tokens (over 40 MB each), then small calls right after them: one http-logger batch.
     const large = [body('large', { max_tokens: 34_000, stream: true }), body('large', { max_tokens: 34_000 })];
-    const answers = await Promise.all(large.map(async (text) => {
-      const r = await post('large', text);
-      return { status: r.status, length: (await r.arrayBuffer()).byteLength };
-    }));
-    const small = await Promise.all([1, 2, 3].map(async (n) => {
-      const r = await post('small', body('small', { max_tokens: n }));
-      return { status: r.status, text: await r.text() };
-    }));
+    const answers = await Promise.all(
+      large.map(async (text) => {
+        const r = await post('large', text);
+        return { status: r.status, length: (await r.arrayBuffer()).byteLength };
+      }),
+    );
+    const small = await Promise.all(
+      [1, 2, 3].map(async (n) => {
+        const r = await post('small', body('small', { max_tokens: n }));
+        return { status: r.status, text: await r.text() };
+      }),
+    );
     expect(answers.map((a) => a.status)).toEqual([200, 200]);
     expect(answers.every((a) => a.length > 32 * 1024 * 1024)).toBe(true);
     expect(small.map((s) => s.status)).toEqual([200, 200, 200]);
@@ -182,7 +198,11 @@ describe('settling LLM calls through the gateway', () => {
     await until('the small calls to be settled', async () => (await allocation('small'))?.consumed === total(billed('small')), 30_000);
     const usage = await readUsage(admin, 'small', Date.now() - 3_600_000, Date.now() + 1);
     await until('usage to be written', async () => (await readUsage(admin, 'large', Date.now() - 3_600_000, Date.now() + 1)).total.requests === 2);
-    expect((await readUsage(admin, 'large', Date.now() - 3_600_000, Date.now() + 1)).total).toMatchObject({ requests: 2, completion_tokens: 68_000, unsettled: 0 });
+    expect((await readUsage(admin, 'large', Date.now() - 3_600_000, Date.now() + 1)).total).toMatchObject({
+      requests: 2,
+      completion_tokens: 68_000,
+      unsettled: 0,
+    });
     expect(usage.total.unsettled).toBe(0);
   }, 180_000);
 });

@@ -104,7 +104,11 @@ async function settled(project: string): Promise<void> {
 function routesTemplate(dir: string): string {
   const doc = parseDocument(readFileSync(join(repoRoot, 'apisix-conf', 'apisix.yaml'), 'utf8'));
   const routes = (doc.toJS() as { routes: Record<string, unknown>[] }).routes;
-  const route = structuredClone(routes.find((r) => r.id === 'llm')) as { id: string; uris: string[]; plugins: Record<string, { conf: { name: string; value: string }[] }> };
+  const route = structuredClone(routes.find((r) => r.id === 'llm')) as {
+    id: string;
+    uris: string[];
+    plugins: Record<string, { conf: { name: string; value: string }[] }>;
+  };
   route.id = 'llm-all';
   route.uris = ['/llm-all', '/llm-all/*'];
   for (const entry of route.plugins['ext-plugin-pre-req']!.conf) {
@@ -143,7 +147,10 @@ beforeAll(async () => {
   const budgets = new BudgetStore(admin);
   for (const project of projects) {
     await writer.put(project, POLICY);
-    const budget = project === 'sh-misc' ? { windows: [{ per: 'day' as const, tokens: 1_000_000 }], default_max_tokens: 20 } : { windows: [{ per: 'day' as const, tokens: BUDGET }] };
+    const budget =
+      project === 'sh-misc'
+        ? { windows: [{ per: 'day' as const, tokens: 1_000_000 }], default_max_tokens: 20 }
+        : { windows: [{ per: 'day' as const, tokens: BUDGET }] };
     await budgets.put(project, budget, 'test');
     tokens[project] = await keys.token({ sub: `rag-${project}`, role: 'rag-service', project });
   }
@@ -166,7 +173,15 @@ describe('LLM request shapes through APISIX', () => {
     const before = llm.requests.length;
     const body = { model: 'm-sh-misc', max_tokens: 5, prompt: 'hello', input: 'hello', messages: [{ role: 'user', content: 'hello' }] };
     // llm-budget sees the path before path-rewrite takes /llm off: its conf's path_prefix is /llm.
-    for (const path of ['/llm/v1/completions', '/llm/v1/embeddings', '/llm/v1/responses', '/llm/v1/models', '/llm', '/llm/v1/chat/completions/', '/llm/x/v1/chat/completions']) {
+    for (const path of [
+      '/llm/v1/completions',
+      '/llm/v1/embeddings',
+      '/llm/v1/responses',
+      '/llm/v1/models',
+      '/llm',
+      '/llm/v1/chat/completions/',
+      '/llm/x/v1/chat/completions',
+    ]) {
       const refused = problem(await post(path, 'sh-misc', body), 404);
       expect(refused.path).toBe(path);
       expect(refused.endpoints).toEqual(['/llm/v1/chat/completions']);
@@ -199,7 +214,9 @@ describe('LLM request shapes through APISIX', () => {
     expect(refused.cost).toBeGreaterThanOrEqual(4_001);
     expect(billed('sh-bestof')).toBe(0);
     // A burst of best_of calls that each fit: the LLM bills each candidate, and the window still holds.
-    const burst = await Promise.all(Array.from({ length: 12 }, () => post(all('/v1/completions'), 'sh-bestof', { model: 'm-sh-bestof', prompt: 'hi', max_tokens: 100, n: 2, best_of: 4 })));
+    const burst = await Promise.all(
+      Array.from({ length: 12 }, () => post(all('/v1/completions'), 'sh-bestof', { model: 'm-sh-bestof', prompt: 'hi', max_tokens: 100, n: 2, best_of: 4 })),
+    );
     expect(burst.filter((r) => r.status !== 200 && r.status !== 429).map((r) => r.text)).toEqual([]);
     expect(burst.filter((r) => r.status === 429).length).toBeGreaterThan(0);
     expect(llm.usage.filter((u) => u.model === 'm-sh-bestof').every((u) => u.completionTokens === 4 * 100)).toBe(true);
@@ -209,7 +226,9 @@ describe('LLM request shapes through APISIX', () => {
 
   it('token-id prompts (2,500 ids counted as 0 bytes, billed 2,510 each) are one token an id: three at once, one admitted', async () => {
     const ids = Array.from({ length: 2_500 }, (_, i) => 1_000 + i);
-    const results = await Promise.all(Array.from({ length: 3 }, () => post(all('/v1/completions'), 'sh-ids', { model: 'm-sh-ids', prompt: ids, max_tokens: 10 })));
+    const results = await Promise.all(
+      Array.from({ length: 3 }, () => post(all('/v1/completions'), 'sh-ids', { model: 'm-sh-ids', prompt: ids, max_tokens: 10 })),
+    );
     expect(results.map((r) => r.status).sort()).toEqual([200, 429, 429]);
     expect(JSON.parse(results.find((r) => r.status === 429)!.text).cost).toBeGreaterThanOrEqual(2_510);
     expect(billed('sh-ids')).toBe(2_510);
@@ -230,7 +249,15 @@ describe('LLM request shapes through APISIX', () => {
       ['/v1/completions', { model, prompt: [ids(50), ids(60)], max_tokens: 30, n: 2 }],
       ['/v1/embeddings', { model, input: ['one document', 'another document', 'a third', 'four', 'five'] }],
       ['/v1/embeddings', { model, input: [ids(200), ids(100)] }],
-      ['/v1/responses', { model, instructions: 'Be brief.', input: [{ role: 'user', content: [{ type: 'input_text', text: 'summarise the documents' }] }], max_output_tokens: 80 }],
+      [
+        '/v1/responses',
+        {
+          model,
+          instructions: 'Be brief.',
+          input: [{ role: 'user', content: [{ type: 'input_text', text: 'summarise the documents' }] }],
+          max_output_tokens: 80,
+        },
+      ],
       ['/v1/responses', { model, input: 'a plain question', max_output_tokens: 40 }],
     ];
     const shape = (i: number) => post(all(shapes[i % shapes.length]![0]), 'sh-mix', shapes[i % shapes.length]![1]);
@@ -251,11 +278,42 @@ describe('LLM request shapes through APISIX', () => {
     const before = llm.requests.length;
     const model = 'm-sh-misc';
     const cases: [string, unknown, string][] = [
-      ['/v1/chat/completions', { model, max_tokens: 5, messages: [{ role: 'user', content: [{ type: 'text', text: 'hear this' }, { type: 'input_audio', input_audio: { data: 'UklGRg==', format: 'wav' } }] }] }, '/messages/0/content/1/type'],
-      ['/v1/chat/completions', { model, max_tokens: 5, messages: [{ role: 'user', content: [{ type: 'file', file: { file_id: 'file-1' } }] }] }, '/messages/0/content/0/type'],
+      [
+        '/v1/chat/completions',
+        {
+          model,
+          max_tokens: 5,
+          messages: [
+            {
+              role: 'user',
+              content: [
+                { type: 'text', text: 'hear this' },
+                { type: 'input_audio', input_audio: { data: 'UklGRg==', format: 'wav' } },
+              ],
+            },
+          ],
+        },
+        '/messages/0/content/1/type',
+      ],
+      [
+        '/v1/chat/completions',
+        { model, max_tokens: 5, messages: [{ role: 'user', content: [{ type: 'file', file: { file_id: 'file-1' } }] }] },
+        '/messages/0/content/0/type',
+      ],
       ['/v1/chat/completions', { model, max_tokens: 5, audio: { voice: 'alloy', format: 'wav' }, messages: [] }, '/audio'],
       ['/v1/completions', { model, max_tokens: 5, prompt: ['text', 42] }, '/prompt/1'],
-      ['/v1/completions', { model, max_tokens: 5, prompt: [[1, 2], [3, -4]] }, '/prompt/1/1'],
+      [
+        '/v1/completions',
+        {
+          model,
+          max_tokens: 5,
+          prompt: [
+            [1, 2],
+            [3, -4],
+          ],
+        },
+        '/prompt/1/1',
+      ],
       ['/v1/embeddings', { model }, '/input'],
       ['/v1/responses', { model, input: 'go on', previous_response_id: 'resp_123' }, '/previous_response_id'],
       ['/v1/responses', { model, input: 'search', tools: [{ type: 'web_search' }] }, '/tools/0/type'],

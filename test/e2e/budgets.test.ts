@@ -183,7 +183,10 @@ describe('LLM budgets across gateways', () => {
     // Not one token more than the budget...
     expect(total).toBeLessThanOrEqual(1_500);
     // ...and settled to exactly what the LLM reported, in the ledger and in the usage records.
-    await until('every call to be settled', async () => (await allocation('team-a'))?.consumed === total && Object.keys((await allocation('team-a'))!.held).length === 0);
+    await until(
+      'every call to be settled',
+      async () => (await allocation('team-a'))?.consumed === total && Object.keys((await allocation('team-a'))!.held).length === 0,
+    );
     await until('usage to be written', async () => (await readUsage(admin, 'team-a', Date.now() - 3_600_000, Date.now() + 1)).total.requests === used.length);
     const usage = await readUsage(admin, 'team-a', Date.now() - 3_600_000, Date.now() + 1);
     expect(usage.total).toMatchObject({
@@ -244,7 +247,10 @@ describe('LLM budgets across gateways', () => {
     expect(text).toContain('"usage":{"prompt_tokens"');
     // Charged what the LLM reported, for this call as for every other of the project (the warm-up calls too).
     const expected = () => reported('team-b').reduce((n, u) => n + u.totalTokens, 0);
-    await until('the streamed call to be charged', async () => (await readUsage(admin, 'team-b', Date.now() - 3_600_000, Date.now() + 1)).total.charged_tokens === expected());
+    await until(
+      'the streamed call to be charged',
+      async () => (await readUsage(admin, 'team-b', Date.now() - 3_600_000, Date.now() + 1)).total.charged_tokens === expected(),
+    );
     const usage = await readUsage(admin, 'team-b', Date.now() - 3_600_000, Date.now() + 1);
     expect(usage.total.requests).toBe(reported('team-b').length);
     expect(usage.total.unsettled).toBe(0);
@@ -295,7 +301,11 @@ describe('LLM budgets across gateways', () => {
     const deadBlock = Object.values(held!.held).reduce((n, t) => n + t, 0);
     // Until the lease expires the block stays out of reach...
     expect((await admin.getAll().prefix(HOLDERS_PREFIX).keys()).some((k) => deadHolders.some((h) => k.endsWith(h)))).toBe(true);
-    await until('the dead holder lease to expire', async () => !(await admin.getAll().prefix(HOLDERS_PREFIX).keys()).some((k) => deadHolders.some((h) => k.endsWith(h))), 30_000);
+    await until(
+      'the dead holder lease to expire',
+      async () => !(await admin.getAll().prefix(HOLDERS_PREFIX).keys()).some((k) => deadHolders.some((h) => k.endsWith(h))),
+      30_000,
+    );
     // ...then the other gateway reclaims it: charged in full, never handed out twice.
     const afterKill = reported('team-c').length;
     await spendTheRest(() => call(0, 'team-c'));
@@ -307,7 +317,9 @@ describe('LLM budgets across gateways', () => {
     expect(deadHolders.some((h) => h in record.held)).toBe(false);
     expect(record.consumed).toBeLessThanOrEqual(1_500);
     // The dead block charged whole (its one call's usage inside it), plus what gateway 0's calls used.
-    const afterwards = reported('team-c').slice(afterKill).reduce((n, u) => n + u.totalTokens, 0);
+    const afterwards = reported('team-c')
+      .slice(afterKill)
+      .reduce((n, u) => n + u.totalTokens, 0);
     expect(record.consumed).toBe(deadBlock + afterwards);
     expect(1_500 - record.consumed).toBeLessThan(71);
   }, 120_000);

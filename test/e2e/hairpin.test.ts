@@ -56,8 +56,7 @@ let metricsPort: number;
 const logLines: string[] = [];
 const tokens = { ragA: '', ragB: '', viewerA: '' };
 
-const chat = (model: string, maxTokens = 256) =>
-  JSON.stringify({ model, max_tokens: maxTokens, messages: [{ role: 'user', content: 'hello' }] });
+const chat = (model: string, maxTokens = 256) => JSON.stringify({ model, max_tokens: maxTokens, messages: [{ role: 'user', content: 'hello' }] });
 
 async function callLlm(token: string | null, body: string, extraHeaders: Record<string, string> = {}) {
   const headers: Record<string, string> = { 'content-type': 'application/json', ...extraHeaders };

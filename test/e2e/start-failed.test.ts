@@ -53,7 +53,8 @@ async function portsFor(given: Record<string, number> = {}): Promise<Record<stri
 function newStackName(): string {
   const stackName = `test-failed-${process.pid}-${++runs}`;
   cleanups.push(() => {
-    for (const dir of [`stack-${stackName}`, `demo-${stackName}`, join('stack-etcd', stackName)]) rmSync(join(repoRoot, '.local', dir), { recursive: true, force: true });
+    for (const dir of [`stack-${stackName}`, `demo-${stackName}`, join('stack-etcd', stackName)])
+      rmSync(join(repoRoot, '.local', dir), { recursive: true, force: true });
   });
   return stackName;
 }

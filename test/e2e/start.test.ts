@@ -100,7 +100,8 @@ describe('npm start', () => {
     const gateway = /gateway \([^)]*\) (http:\/\/\S+)/.exec(printed)![1]!;
     const admin = /export ADMIN='([^']+)'/.exec(printed)![1]!;
     const dir = mkdtempSync(join(tmpdir(), 'gh-start-policies-'));
-    const cli = (args: string[]) => runPolicyCli([...args, '--dir', dir], { env: { GATEHOUSE_URL: gateway, GATEHOUSE_TOKEN: admin }, out: () => undefined, err: () => undefined });
+    const cli = (args: string[]) =>
+      runPolicyCli([...args, '--dir', dir], { env: { GATEHOUSE_URL: gateway, GATEHOUSE_TOKEN: admin }, out: () => undefined, err: () => undefined });
     expect(await cli(['pull', 'demo'])).toBe(EXIT.ok);
     const dataFile = join(dir, 'demo', 'data.json');
     writeFileSync(dataFile, readFileSync(dataFile, 'utf8').replace('"llama-3"', '"llama-3", "mistral-7b"'));

@@ -240,7 +240,7 @@ describe('streamed completions through APISIX', () => {
     expect(plain.usage.usageReported).toBe(false);
   });
 
-  it("http-logger gets, after the response, the whole streamed body and the header the runner set, while the client still streams", async () => {
+  it('http-logger gets, after the response, the whole streamed body and the header the runner set, while the client still streams', async () => {
     logs.received.length = 0;
     const requestId = `req-${Date.now()}`;
     const { read, usage } = await streamed(
@@ -260,7 +260,11 @@ describe('streamed completions through APISIX', () => {
     expect(entry.project).toBe('team-a');
     expect(entry.body).toBe(read.text);
     const loggedChunks = completionChunks(sseData(entry.body!));
-    expect(loggedChunks.at(-1)!.usage).toEqual({ prompt_tokens: usage.promptTokens, completion_tokens: usage.completionTokens, total_tokens: usage.totalTokens });
+    expect(loggedChunks.at(-1)!.usage).toEqual({
+      prompt_tokens: usage.promptTokens,
+      completion_tokens: usage.completionTokens,
+      total_tokens: usage.totalTokens,
+    });
     expect(entry.body).not.toContain(LLM_KEY);
   });
 

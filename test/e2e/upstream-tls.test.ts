@@ -22,10 +22,42 @@ const gateways: TestGatewayHandle[] = [];
 /** A CA, and a certificate it signs for 127.0.0.1. */
 function makeCerts(): void {
   const openssl = (...args: string[]) => execFileSync('openssl', args, { cwd: dir, stdio: 'pipe' });
-  openssl('req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', 'ca.key', '-out', 'ca.crt', '-days', '1', '-subj', '/CN=test upstream CA');
+  openssl(
+    'req',
+    '-x509',
+    '-newkey',
+    'ec',
+    '-pkeyopt',
+    'ec_paramgen_curve:P-256',
+    '-nodes',
+    '-keyout',
+    'ca.key',
+    '-out',
+    'ca.crt',
+    '-days',
+    '1',
+    '-subj',
+    '/CN=test upstream CA',
+  );
   openssl('req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', 'server.key', '-out', 'server.csr', '-subj', '/CN=127.0.0.1');
   writeFileSync(join(dir, 'san.ext'), 'subjectAltName=IP:127.0.0.1\n');
-  openssl('x509', '-req', '-in', 'server.csr', '-CA', 'ca.crt', '-CAkey', 'ca.key', '-CAcreateserial', '-out', 'server.crt', '-days', '1', '-extfile', 'san.ext');
+  openssl(
+    'x509',
+    '-req',
+    '-in',
+    'server.csr',
+    '-CA',
+    'ca.crt',
+    '-CAkey',
+    'ca.key',
+    '-CAcreateserial',
+    '-out',
+    'server.crt',
+    '-days',
+    '1',
+    '-extfile',
+    'san.ext',
+  );
 }
 
 beforeAll(async () => {
@@ -49,7 +81,18 @@ async function gatewayWith(editConfig: (config: Document) => void): Promise<Test
   const routesPath = join(dir, `apisix-${gateways.length}.yaml`);
   writeFileSync(
     routesPath,
-    ['routes:', '  - id: llm', '    uri: /llm/*', '    upstream:', '      scheme: https', '      pass_host: node', '      nodes:', `        "127.0.0.1:${upstreamPort}": 1`, '#END', ''].join('\n'),
+    [
+      'routes:',
+      '  - id: llm',
+      '    uri: /llm/*',
+      '    upstream:',
+      '      scheme: https',
+      '      pass_host: node',
+      '      nodes:',
+      `        "127.0.0.1:${upstreamPort}": 1`,
+      '#END',
+      '',
+    ].join('\n'),
   );
   const gateway = await startTestGateway({ routesPath, editConfig });
   gateways.push(gateway);

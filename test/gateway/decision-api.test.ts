@@ -113,7 +113,15 @@ describe('decision API', () => {
     const apisixInput = (token: string) => ({
       input: {
         type: 'http',
-        request: { scheme: 'http', method: 'GET', host: 'gw', port: 9080, path: '/rag/ask', headers: { authorization: `Bearer ${token}`, accept: '*/*' }, query: {} },
+        request: {
+          scheme: 'http',
+          method: 'GET',
+          host: 'gw',
+          port: 9080,
+          path: '/rag/ask',
+          headers: { authorization: `Bearer ${token}`, accept: '*/*' },
+          query: {},
+        },
         var: { remote_addr: '10.0.0.1', server_port: '9080', timestamp: 1700000000 },
       },
     });
@@ -144,7 +152,12 @@ describe('decision API', () => {
     expect(res.statusCode).toBe(200);
     expect(res.json()).toMatchObject({ result: { allow: false, status_code: 401, headers: { 'WWW-Authenticate': 'Bearer realm="gatehouse"' } } });
     // A caller with a token of its own is the Data API's client: its refusal stays an HTTP status.
-    res = await app.inject({ method: 'POST', url: '/v1/data/team-a/project/authz', headers: { authorization: `Bearer ${forged}` }, payload: apisixInput(admin) });
+    res = await app.inject({
+      method: 'POST',
+      url: '/v1/data/team-a/project/authz',
+      headers: { authorization: `Bearer ${forged}` },
+      payload: apisixInput(admin),
+    });
     expect(res.statusCode).toBe(401);
     // What the policy saw: the verified user, and no credentials.
     const carl = await keys.token({ sub: 'carl', role: 'dev', project: 'team-c' });
@@ -184,7 +197,11 @@ describe('decision API', () => {
     // APISIX's plugin shape, the client's token under `Authorization`: verified, then withheld.
     res = await app.inject({ method: 'POST', url: '/v1/data/team-a/project/authz', payload: { input: { type: 'http', request: request(`Bearer ${admin}`) } } });
     expect(res.json()).toEqual({ result: { allow: true } });
-    res = await app.inject({ method: 'POST', url: '/v1/data/team-d/echo/request/headers', payload: { input: { type: 'http', request: request(`Bearer ${carl}`) } } });
+    res = await app.inject({
+      method: 'POST',
+      url: '/v1/data/team-d/echo/request/headers',
+      payload: { input: { type: 'http', request: request(`Bearer ${carl}`) } },
+    });
     expect(res.json()).toEqual({ result: { Accept: '*/*' } });
     // Two different Authorization headers (names differing in case): refused, not one of them picked.
     const twice = request(`Bearer ${admin}`);

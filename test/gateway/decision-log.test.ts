@@ -99,7 +99,10 @@ describe('the decision log itself', () => {
 async function untilDecided(runner: RunnerProcess, token: string): Promise<void> {
   const client = await ApisixClient.open(runner.socketPath);
   try {
-    const confToken = await client.prepare([{ name: 'jwt', value: '{}' }, { name: 'opa', value: '{"policies":["project:team"],"decision_log":false}' }]);
+    const confToken = await client.prepare([
+      { name: 'jwt', value: '{}' },
+      { name: 'opa', value: '{"policies":["project:team"],"decision_log":false}' },
+    ]);
     const deadline = Date.now() + 15_000;
     for (;;) {
       const answer = await client.call(request({ confToken, headers: [{ name: 'authorization', value: `Bearer ${token}` }] }));
@@ -151,11 +154,26 @@ describe('decision logs from a runner', () => {
   async function calls(opaConf: object, token: string, count: number, key = 'route#orders#ext-plugin-pre-req#1') {
     const client = await ApisixClient.open(runner.socketPath);
     try {
-      const confToken = await client.prepare([{ name: 'jwt', value: '{}' }, { name: 'opa', value: JSON.stringify({ policies: ['project:team'], ...opaConf }) }], key);
+      const confToken = await client.prepare(
+        [
+          { name: 'jwt', value: '{}' },
+          { name: 'opa', value: JSON.stringify({ policies: ['project:team'], ...opaConf }) },
+        ],
+        key,
+      );
       const statuses: (number | 'pass')[] = [];
       for (let i = 0; i < count; i++) {
         const answer = await client.call(
-          request({ confToken, path: '/orders', args: [{ name: 'card', value: '4111' }], headers: [{ name: 'authorization', value: `Bearer ${token}` }, { name: 'cookie', value: 'sid=42' }, { name: 'x-api-key', value: 'k-123' }] }),
+          request({
+            confToken,
+            path: '/orders',
+            args: [{ name: 'card', value: '4111' }],
+            headers: [
+              { name: 'authorization', value: `Bearer ${token}` },
+              { name: 'cookie', value: 'sid=42' },
+              { name: 'x-api-key', value: 'k-123' },
+            ],
+          }),
         );
         statuses.push(answer.action?.type === 'stop' ? (answer.action as StopAction).status : 'pass');
       }
@@ -165,7 +183,11 @@ describe('decision logs from a runner', () => {
     }
   }
 
-  const lines = () => readFileSync(logFile, 'utf8').split('\n').filter(Boolean).map((line) => JSON.parse(line) as Record<string, any>);
+  const lines = () =>
+    readFileSync(logFile, 'utf8')
+      .split('\n')
+      .filter(Boolean)
+      .map((line) => JSON.parse(line) as Record<string, any>);
   async function linesAfter(count: number) {
     const deadline = Date.now() + 5_000;
     while (Date.now() < deadline) {
@@ -220,7 +242,10 @@ describe('decision logs from a runner', () => {
           { name: 'jwt', value: '{"forward_identity":false}' },
           { name: 'opa', value: '{"policies":["project:team"]}' },
           // Strips the client's x-llm-key and x-upstream-secret, injects x-llm-key (its Vault is not reached here).
-          { name: 'vault', value: JSON.stringify({ path: 'llm/{project}', field: 'api_key', header: 'X-LLM-Key', format: '{value}', strip_headers: ['x-upstream-secret'] }) },
+          {
+            name: 'vault',
+            value: JSON.stringify({ path: 'llm/{project}', field: 'api_key', header: 'X-LLM-Key', format: '{value}', strip_headers: ['x-upstream-secret'] }),
+          },
         ],
         'route#creds#ext-plugin-pre-req#1',
       );
@@ -285,12 +310,17 @@ describe('decision logs from a runner', () => {
     try {
       const adminToken = await keys.token({ sub: 'ada', role: 'admin', project: 'team' });
       const client = await ApisixClient.open(stuck.socketPath);
-      const confToken = await client.prepare([{ name: 'jwt', value: '{}' }, { name: 'opa', value: '{"policies":["project:team"]}' }]);
+      const confToken = await client.prepare([
+        { name: 'jwt', value: '{}' },
+        { name: 'opa', value: '{"policies":["project:team"]}' },
+      ]);
       await untilDecided(stuck, adminToken);
       let passed = 0;
       for (let i = 0; i < 2_000; i++) {
         // Big inputs, so the pipe's buffer fills quickly.
-        const answer = await client.call(request({ confToken, path: `/${'x'.repeat(2_000)}`, headers: [{ name: 'authorization', value: `Bearer ${adminToken}` }] }));
+        const answer = await client.call(
+          request({ confToken, path: `/${'x'.repeat(2_000)}`, headers: [{ name: 'authorization', value: `Bearer ${adminToken}` }] }),
+        );
         if (answer.action?.type !== 'stop') passed++;
       }
       client.close();

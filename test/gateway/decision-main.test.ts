@@ -64,7 +64,12 @@ describe('gatehouse-decision process', () => {
     child.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
     try {
       const deadline = Date.now() + 15_000;
-      while (!(await fetch(`http://127.0.0.1:${port}/healthz`).then((r) => r.ok, () => false))) {
+      while (
+        !(await fetch(`http://127.0.0.1:${port}/healthz`).then(
+          (r) => r.ok,
+          () => false,
+        ))
+      ) {
         if (Date.now() > deadline) throw new Error(`the decision API did not start: ${stderr}`);
         await new Promise((r) => setTimeout(r, 50));
       }
@@ -100,7 +105,12 @@ describe('gatehouse-decision process', () => {
     child.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
     try {
       const deadline = Date.now() + 30_000;
-      while (!(await fetch(`http://127.0.0.1:${port}/readyz`).then((r) => r.ok, () => false))) {
+      while (
+        !(await fetch(`http://127.0.0.1:${port}/readyz`).then(
+          (r) => r.ok,
+          () => false,
+        ))
+      ) {
         // Before: the process left with status 0 while the pool's workers (unref'd) built the platform policy's engine.
         if (child.exitCode !== null) throw new Error(`the decision API exited with status ${child.exitCode} before listening: ${stderr}`);
         if (Date.now() > deadline) throw new Error(`the decision API did not become ready: ${stderr}`);

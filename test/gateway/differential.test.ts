@@ -109,7 +109,7 @@ grants_for_role := count(data.grants[input.user.role])
       projects: {
         alpha: { owner: 'alice', members: ['alice', 'bob', 'zoë@example.com'] },
         beta: { owner: 'carol@example.com', members: ['carol@example.com', '用户'] },
-        'ünïcode': { owner: '用户', members: ['用户', 'alice'] },
+        ünïcode: { owner: '用户', members: ['用户', 'alice'] },
       },
     },
   },
@@ -723,9 +723,15 @@ async function runDifferential(policy: DifferentialPolicy, policySeed: number, c
       else if (opa.kind === 'undefined') counts.undefined++;
       else if (decision !== 'error' && decision.allow) counts.allow++;
       else counts.deny++;
-      for (const [side, outcome] of [['opa', opa], ['wasm', wasm]] as const) {
+      for (const [side, outcome] of [
+        ['opa', opa],
+        ['wasm', wasm],
+      ] as const) {
         if (outcome.kind === 'error') {
-          const key = `${side}: ${outcome.message.replace(/\s+/g, ' ').replace(/position \d+/, 'position N').slice(0, 160)}`;
+          const key = `${side}: ${outcome.message
+            .replace(/\s+/g, ' ')
+            .replace(/position \d+/, 'position N')
+            .slice(0, 160)}`;
           errorMessages.set(key, (errorMessages.get(key) ?? 0) + 1);
         }
       }
@@ -851,7 +857,10 @@ first_query_name := query_names[0]
           query_names: Array.isArray(doc.query_names) ? [...(doc.query_names as string[])].sort() : doc.query_names,
           header_list: typeof doc.header_list === 'string' ? doc.header_list.split(',').sort().join(',') : doc.header_list,
         });
-      return sorted(opa) === sorted(wasm) && without(opa, ['query_names', 'header_list', 'first_query_name']) === without(wasm, ['query_names', 'header_list', 'first_query_name']);
+      return (
+        sorted(opa) === sorted(wasm) &&
+        without(opa, ['query_names', 'header_list', 'first_query_name']) === without(wasm, ['query_names', 'header_list', 'first_query_name'])
+      );
     },
   },
   {

@@ -101,16 +101,13 @@ async function decide(
   const client = await ApisixClient.open(runner.socketPath);
   try {
     const token = await client.prepare(chain);
-    return await client.call(request({ confToken: token, ...overrides }), (info) =>
-      info.type === 'reqBody' && body !== undefined ? Buffer.from(body) : null,
-    );
+    return await client.call(request({ confToken: token, ...overrides }), (info) => (info.type === 'reqBody' && body !== undefined ? Buffer.from(body) : null));
   } finally {
     client.close();
   }
 }
 
-const statusOf = (answer: { action: StopAction | RewriteAction | null }) =>
-  answer.action?.type === 'stop' ? answer.action.status : 'pass';
+const statusOf = (answer: { action: StopAction | RewriteAction | null }) => (answer.action?.type === 'stop' ? answer.action.status : 'pass');
 
 async function until(check: () => Promise<boolean>, what: string, timeoutMs = 10_000) {
   const deadline = Date.now() + timeoutMs;
@@ -203,7 +200,7 @@ describe('jwt + opa in the runner', () => {
       ]),
     );
     // Not sent by this client, deleted anyway (APISIX shows only 100 headers).
-    const quiet = await decide(runner, callerChain, { headers: [bearer(await keys.token({ sub: 'q', role: 'admin' , project: 'demo' }))] });
+    const quiet = await decide(runner, callerChain, { headers: [bearer(await keys.token({ sub: 'q', role: 'admin', project: 'demo' }))] });
     expect((quiet.action as RewriteAction).headers).toContainEqual({ name: 'x-gatehouse-sub', value: 'q' });
     const noProject = await decide(runner, conf(['jwt', {}]), { headers: [bearer(await keys.token({ sub: 'n', role: 'viewer' }))] });
     expect((noProject.action as RewriteAction).headers).toContainEqual({ name: 'x-gatehouse-project', value: null });
@@ -375,7 +372,14 @@ describe('propagation and resilience', () => {
     const chain = conf(['jwt', {}], ['opa', { policies: ['caller-project'] }]);
     const adminUser = await keys.token({ sub: 'ada', role: 'admin', project: 'demo' });
     // The metrics port opens just after the socket.
-    await until(() => admin('/readyz').then((r) => r.status === 200, () => false), 'readiness');
+    await until(
+      () =>
+        admin('/readyz').then(
+          (r) => r.status === 200,
+          () => false,
+        ),
+      'readiness',
+    );
     // It says whether the LLM budgets are read (budgeted routes answer 503 until they are).
     expect(((await (await admin('/readyz')).json()) as { budgets: string }).budgets).toBe('loaded');
     await decide(runner, chain, { headers: [bearer(adminUser)] });

@@ -103,7 +103,16 @@ describe('createEnforcer', () => {
       expect(enforcer.reporter.id).toBe('enforcer-test-gw');
       await until(() => (existsSync(snapshotDir(stateDir)) && readdirSync(snapshotDir(stateDir)).length > 0) || undefined, 'the snapshot');
 
-      enforcer.decisionLog!.emit({ time: new Date().toISOString(), gateway: 'enforcer-test-gw', route: 'r1', policies: [], result: 'allow', status: 200, latencyUs: 1, input: { user: 'u' } });
+      enforcer.decisionLog!.emit({
+        time: new Date().toISOString(),
+        gateway: 'enforcer-test-gw',
+        route: 'r1',
+        policies: [],
+        result: 'allow',
+        status: 200,
+        latencyUs: 1,
+        input: { user: 'u' },
+      });
     } finally {
       await enforcer.close();
       client.close();

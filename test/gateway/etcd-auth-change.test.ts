@@ -110,7 +110,11 @@ describe('etcd with JWT tokens: every token issued before a change of access con
 
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), 'gh-etcd-jwt-'));
-    const pair = generateKeyPairSync('rsa', { modulusLength: 2048, publicKeyEncoding: { type: 'spki', format: 'pem' }, privateKeyEncoding: { type: 'pkcs8', format: 'pem' } });
+    const pair = generateKeyPairSync('rsa', {
+      modulusLength: 2048,
+      publicKeyEncoding: { type: 'spki', format: 'pem' },
+      privateKeyEncoding: { type: 'pkcs8', format: 'pem' },
+    });
     writeFileSync(join(dir, 'jwt.pub'), pair.publicKey);
     writeFileSync(join(dir, 'jwt.key'), pair.privateKey, { mode: 0o600 });
     etcd = await startLocalEtcd({

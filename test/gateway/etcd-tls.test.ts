@@ -40,13 +40,32 @@ beforeAll(async () => {
   endpoint = `https://127.0.0.1:${clientPort}`;
   const peer = `http://127.0.0.1:${peerPort}`;
   etcd = spawn('etcd', [
-    '--name', 'tls', '--data-dir', join(work, 'data'),
-    '--listen-client-urls', endpoint, '--advertise-client-urls', endpoint,
-    '--listen-peer-urls', peer, '--initial-advertise-peer-urls', peer, '--initial-cluster', `tls=${peer}`,
+    '--name',
+    'tls',
+    '--data-dir',
+    join(work, 'data'),
+    '--listen-client-urls',
+    endpoint,
+    '--advertise-client-urls',
+    endpoint,
+    '--listen-peer-urls',
+    peer,
+    '--initial-advertise-peer-urls',
+    peer,
+    '--initial-cluster',
+    `tls=${peer}`,
     // The member certificate of deploy/ (its names include 127.0.0.1), and client certificates required.
-    '--cert-file', join(certs, 'etcd-dc1.crt'), '--key-file', join(certs, 'etcd-dc1.key'),
-    '--trusted-ca-file', join(certs, 'ca.crt'), '--client-cert-auth',
-    '--logger', 'zap', '--log-level', 'warn',
+    '--cert-file',
+    join(certs, 'etcd-dc1.crt'),
+    '--key-file',
+    join(certs, 'etcd-dc1.key'),
+    '--trusted-ca-file',
+    join(certs, 'ca.crt'),
+    '--client-cert-auth',
+    '--logger',
+    'zap',
+    '--log-level',
+    'warn',
   ]);
   etcd.stdout?.on('data', (chunk: Buffer) => (output += chunk.toString()));
   etcd.stderr?.on('data', (chunk: Buffer) => (output += chunk.toString()));
@@ -75,7 +94,11 @@ afterAll(() => {
 describe('etcd over mutual TLS', () => {
   it('the store writes and the watcher loads and follows policies, with the CA and the client certificate from the environment', async () => {
     const options = etcdClientOptionsFromEnv(env(true));
-    expect(options.tls).toEqual({ caFile: join(certs, 'ca.crt'), certFile: join(certs, 'gatehouse-etcd-client.crt'), keyFile: join(certs, 'gatehouse-etcd-client.key') });
+    expect(options.tls).toEqual({
+      caFile: join(certs, 'ca.crt'),
+      certFile: join(certs, 'gatehouse-etcd-client.crt'),
+      keyFile: join(certs, 'gatehouse-etcd-client.key'),
+    });
     const client = createEtcdClient([endpoint], options);
     const watcherClient = createEtcdClient([endpoint], options);
     const watcher = new PolicyWatcher({ client: watcherClient, log: pino({ level: 'silent' }), retryMs: 100 });
@@ -110,7 +133,9 @@ describe('etcd over mutual TLS', () => {
 
   it('refuses settings that cannot work: TLS files with an http:// endpoint, a certificate without its key, an unreadable file', () => {
     expect(() => createEtcdClient(['http://127.0.0.1:2379'], etcdClientOptionsFromEnv(env(true)))).toThrow(/not https:\/\//);
-    expect(() => createEtcdClient([endpoint], { tls: { caFile: join(certs, 'ca.crt'), certFile: join(certs, 'gatehouse-etcd-client.crt') } })).toThrow(/needs its key/);
+    expect(() => createEtcdClient([endpoint], { tls: { caFile: join(certs, 'ca.crt'), certFile: join(certs, 'gatehouse-etcd-client.crt') } })).toThrow(
+      /needs its key/,
+    );
     expect(() => createEtcdClient([endpoint], { tls: { caFile: join(work, 'missing.crt') } })).toThrow(/cannot read the etcd CA certificate/);
     expect(etcdClientOptionsFromEnv({})).toEqual({});
   });

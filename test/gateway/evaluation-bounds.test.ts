@@ -78,7 +78,13 @@ beforeAll(async () => {
   // A deadline the runaway decisions (n = 20,000: seconds of work) always reach, but long
   // enough that twenty of the other tenant's decisions fit inside it on a loaded machine.
   timed = await startRunner({
-    env: { ...env, RUNNER_STATE_DIR: mkdtempSync(join(tmpdir(), 'gh-bounds-')), POLICY_MEMORY_MAX_MB: '1024', RUNNER_METRICS_PORT: String(metricsPort), POLICY_EVAL_TIMEOUT_MS: '1000' },
+    env: {
+      ...env,
+      RUNNER_STATE_DIR: mkdtempSync(join(tmpdir(), 'gh-bounds-')),
+      POLICY_MEMORY_MAX_MB: '1024',
+      RUNNER_METRICS_PORT: String(metricsPort),
+      POLICY_EVAL_TIMEOUT_MS: '1000',
+    },
   });
 });
 

@@ -117,7 +117,10 @@ describe('policy wasm read on first use, not held', () => {
     const dir = join(mkdtempSync(join(tmpdir(), 'gh-lazy-')), 'policy-snapshot');
     const first = await startWatcher(etcd.endpoints, dir);
     // The snapshot holds every module though none was used: the writer fills it from etcd.
-    await until(() => existsSync(join(dir, 'manifest.json')) && readdirSync(join(dir, 'modules')).filter((f) => f.endsWith('.wasm')).length === POLICIES, 'every module in the snapshot');
+    await until(
+      () => existsSync(join(dir, 'manifest.json')) && readdirSync(join(dir, 'modules')).filter((f) => f.endsWith('.wasm')).length === POLICIES,
+      'every module in the snapshot',
+    );
     expect(first.status.modules.heldBytes).toBe(0);
     await first.stop();
 

@@ -39,7 +39,13 @@ describe('policy set', () => {
 
   it('a change to one set never shows in another made from it', () => {
     const base = new PolicySet(1, new Map([['a', policy('a', 1)]]), 'etcd');
-    const next = base.with(2, new Map([['a', policy('a', 2)], ['b', policy('b', 2)]]));
+    const next = base.with(
+      2,
+      new Map([
+        ['a', policy('a', 2)],
+        ['b', policy('b', 2)],
+      ]),
+    );
     const gone = next.with(3, new Map([['a', null]]));
     expect(base.get('a')?.meta.version).toBe(1);
     expect(base.get('b')).toBeUndefined();

@@ -76,9 +76,7 @@ beforeAll(async () => {
   keys = await createTestKeys();
   const writer = new EtcdPolicyWriter(admin);
   for (let i = 0; i < PROJECTS; i += 8) {
-    await Promise.all(
-      Array.from({ length: Math.min(8, PROJECTS - i) }, (_, k) => writer.put(projectName(i + k), MODULES[(i + k) % 3]!, dataOf(i + k))),
-    );
+    await Promise.all(Array.from({ length: Math.min(8, PROJECTS - i) }, (_, k) => writer.put(projectName(i + k), MODULES[(i + k) % 3]!, dataOf(i + k))));
   }
   const env = {
     ETCD_ENDPOINTS: etcd.endpoints.join(','),
@@ -90,7 +88,13 @@ beforeAll(async () => {
   const metricsPort = await freePort();
   runnerMetricsUrl = `http://127.0.0.1:${metricsPort}/metrics`;
   runner = await startRunner({
-    env: { ...env, RUNNER_STATE_DIR: mkdtempSync(join(tmpdir(), 'gh-scale-')), RUNNER_POLICY_CACHE_MB: '8', POLICY_EVAL_WORKERS: '2', RUNNER_METRICS_PORT: String(metricsPort) },
+    env: {
+      ...env,
+      RUNNER_STATE_DIR: mkdtempSync(join(tmpdir(), 'gh-scale-')),
+      RUNNER_POLICY_CACHE_MB: '8',
+      POLICY_EVAL_WORKERS: '2',
+      RUNNER_METRICS_PORT: String(metricsPort),
+    },
   });
   const port = await freePort();
   decisionUrl = `http://127.0.0.1:${port}`;

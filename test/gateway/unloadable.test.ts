@@ -66,7 +66,15 @@ afterAll(async () => {
 /** Writes a version through the store only (past the CMS's checks), with data given as text. */
 async function writeRaw(name: string, rego: string, dataText: string): Promise<void> {
   const compiled = await writer.compiler.compile(rego, '{}');
-  await writer.store.put(name, { rego, dataText, wasm: compiled.wasm, author: 'test', opaVersion: compiled.opaVersion, entrypoint: compiled.entrypoint, syntaxVersion: compiled.syntaxVersion });
+  await writer.store.put(name, {
+    rego,
+    dataText,
+    wasm: compiled.wasm,
+    author: 'test',
+    opaVersion: compiled.opaVersion,
+    entrypoint: compiled.entrypoint,
+    syntaxVersion: compiled.syntaxVersion,
+  });
 }
 
 async function launch(): Promise<{ runner: RunnerProcess; metricsUrl: string }> {

@@ -91,7 +91,10 @@ describe('verification cache', () => {
     const deadline = Date.now() + 3_000;
     let refused = false;
     while (!refused && Date.now() < deadline) {
-      refused = await verifier.verifyToken(revokedToken).then(() => false, () => true);
+      refused = await verifier.verifyToken(revokedToken).then(
+        () => false,
+        () => true,
+      );
       if (!refused) await new Promise((r) => setTimeout(r, 50));
     }
     expect(refused).toBe(true);

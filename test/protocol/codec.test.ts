@@ -64,7 +64,10 @@ describe('codec round trips', () => {
       {
         type: 'rewrite' as const,
         path: '/new',
-        headers: [{ name: 'x-del', value: null }, { name: 'host', value: 'h' }],
+        headers: [
+          { name: 'x-del', value: null },
+          { name: 'host', value: 'h' },
+        ],
         args: [{ name: 'a', value: null }],
         respHeaders: [{ name: 'x-r', value: '1' }],
         body: new Uint8Array([1, 2, 3]),
@@ -85,7 +88,13 @@ describe('codec round trips', () => {
   });
 
   it('PrepareConf, ExtraInfo, HTTPRespCall and Err', () => {
-    const prep = { conf: [{ name: 'jwt', value: '{}' }, { name: 'opa', value: '{"a":1}' }], key: 'route#1' };
+    const prep = {
+      conf: [
+        { name: 'jwt', value: '{}' },
+        { name: 'opa', value: '{"a":1}' },
+      ],
+      key: 'route#1',
+    };
     expect(codec.decodePrepareConfRequest(codec.encodePrepareConfRequest(prep))).toEqual(prep);
     expect(codec.decodePrepareConfResponse(codec.encodePrepareConfResponse({ confToken: 9 }))).toEqual({ confToken: 9 });
     for (const info of [{ type: 'var' as const, name: 'remote_addr' }, { type: 'reqBody' as const }, { type: 'respBody' as const }]) {
@@ -95,7 +104,15 @@ describe('codec round trips', () => {
     expect(codec.decodeExtraInfoResponse(codec.encodeExtraInfoResponse({ result: new Uint8Array([0, 255]) }))).toEqual({
       result: new Uint8Array([0, 255]),
     });
-    const rc = { id: 5, status: 502, headers: [{ name: 'set-cookie', value: 'a' }, { name: 'set-cookie', value: 'b' }], confToken: 77 };
+    const rc = {
+      id: 5,
+      status: 502,
+      headers: [
+        { name: 'set-cookie', value: 'a' },
+        { name: 'set-cookie', value: 'b' },
+      ],
+      confToken: 77,
+    };
     expect(codec.decodeHttpRespCallRequest(codec.encodeHttpRespCallRequest(rc))).toEqual(rc);
     const rr = { id: 5, status: 0, headers: [], body: null };
     expect(codec.decodeHttpRespCallResponse(codec.encodeHttpRespCallResponse(rr))).toEqual(rr);
@@ -178,7 +195,11 @@ describe('framing', () => {
     const decoder = new FrameDecoder();
     const frames = [];
     for (let i = 0; i < all.length; i += 1000) frames.push(...decoder.push(all.subarray(i, i + 1000)));
-    expect(frames.map((f) => [f.type, f.payload.length])).toEqual([[1, 3], [2, 70000], [1, 3]]);
+    expect(frames.map((f) => [f.type, f.payload.length])).toEqual([
+      [1, 3],
+      [2, 70000],
+      [1, 3],
+    ]);
     expect(decoder.pendingBytes).toBe(0);
   });
 

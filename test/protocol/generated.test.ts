@@ -20,7 +20,10 @@ describe('generated FlatBuffers code', () => {
     const committed = join(repoRoot, 'plugins/protocol/generated');
     const fresh = join(mkdtempSync(join(tmpdir(), 'gh-flatc-')), 'generated');
     execFileSync('bash', [join(repoRoot, 'plugins/protocol/generate.sh'), fresh]);
-    const list = (dir: string) => files(dir).map((f) => relative(dir, f)).sort();
+    const list = (dir: string) =>
+      files(dir)
+        .map((f) => relative(dir, f))
+        .sort();
     expect(list(fresh)).toEqual(list(committed));
     for (const file of list(committed)) {
       expect([file, readFileSync(join(fresh, file), 'utf8')]).toEqual([file, readFileSync(join(committed, file), 'utf8')]);

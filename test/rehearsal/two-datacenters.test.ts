@@ -122,7 +122,11 @@ async function until(what: string, check: () => Promise<boolean>, timeoutMs: num
 }
 
 const failures = (outcomes: Outcome[]) => outcomes.filter((o) => !o.ok);
-const describeFailures = (outcomes: Outcome[]) => failures(outcomes).slice(0, 5).map((o) => o.detail).join('\n');
+const describeFailures = (outcomes: Outcome[]) =>
+  failures(outcomes)
+    .slice(0, 5)
+    .map((o) => o.detail)
+    .join('\n');
 
 beforeAll(async () => {
   keys = await createTestKeys();
@@ -252,20 +256,27 @@ describe('LLM budgets across both datacenters', () => {
 
   it('concurrent callers on both datacenters are admitted up to the budget and not one token more; usage through the CMS matches the LLM', async () => {
     const burst = await Promise.all(Array.from({ length: 40 }, (_, i) => llm(i % 2 ? 'dc2' : 'dc1')));
-    expect(burst.every((a) => a.status === 200 || a.status === 429), burst.map((a) => a.status).join(',')).toBe(true);
+    expect(
+      burst.every((a) => a.status === 200 || a.status === 429),
+      burst.map((a) => a.status).join(','),
+    ).toBe(true);
     const answers = [...burst, ...(await spendTheRest((i) => llm(i % 2 ? 'dc2' : 'dc1')))];
     const total = reportedTokens(answers);
     const admitted = answers.filter((a) => a.status === 200).length;
     console.log(`budget of 1500 tokens, 40 concurrent callers over both datacenters then one at a time: ${admitted} calls admitted, ${total} tokens used`);
     expect(total).toBeLessThanOrEqual(1_500);
     expect(1_500 - total).toBeLessThan(WORST_CASE);
-    await until('usage through the CMS to match the LLM', async () => {
-      const usage = await usageOf('team-a');
-      return usage.total.requests === admitted && usage.total.charged_tokens === total && usage.total.unsettled === 0;
-    }, 20_000);
+    await until(
+      'usage through the CMS to match the LLM',
+      async () => {
+        const usage = await usageOf('team-a');
+        return usage.total.requests === admitted && usage.total.charged_tokens === total && usage.total.unsettled === 0;
+      },
+      20_000,
+    );
   }, 120_000);
 
-  it("datacenter 2 cut off while it holds a block: datacenter 1 spends the rest and not one token more; once dc2 is back, usage through the CMS matches the LLM", async () => {
+  it('datacenter 2 cut off while it holds a block: datacenter 1 spends the rest and not one token more; once dc2 is back, usage through the CMS matches the LLM', async () => {
     // team-b: dc2 takes a block with a call, then loses the network (its etcd member and its gateway).
     expect((await llm('dc2', 'team-b')).status).toBe(200);
     dc.setSiteLink('dc2', false);
@@ -280,17 +291,23 @@ describe('LLM budgets across both datacenters', () => {
     }
     expect(refusedAfter).not.toBeNull();
     const total = reportedTokens(teamB);
-    console.log(`dc2 cut off holding a block: dc1 spent the rest of team-b's budget (dc2's block reclaimed once its lease expired) and was refused for good after ${refusedAfter} ms; ${total} of 1500 tokens used in all`);
+    console.log(
+      `dc2 cut off holding a block: dc1 spent the rest of team-b's budget (dc2's block reclaimed once its lease expired) and was refused for good after ${refusedAfter} ms; ${total} of 1500 tokens used in all`,
+    );
     // Zero overspend: what the LLM answered, over both datacenters and the partition, is within the budget.
     expect(total).toBeLessThanOrEqual(1_500);
     // dc2 writes the usage of its call once it reaches etcd again (its client reconnects with backoff).
     const back = Date.now();
     let last: Usage | null = null;
     const expected = { requests: teamB.filter((a) => a.status === 200).length, charged_tokens: total };
-    await until('usage through the CMS to match the LLM once dc2 is back', async () => {
-      last = await usageOf('team-b');
-      return last.total.requests === expected.requests && last.total.charged_tokens === expected.charged_tokens;
-    }, 60_000).catch((error: Error) => {
+    await until(
+      'usage through the CMS to match the LLM once dc2 is back',
+      async () => {
+        last = await usageOf('team-b');
+        return last.total.requests === expected.requests && last.total.charged_tokens === expected.charged_tokens;
+      },
+      60_000,
+    ).catch((error: Error) => {
       throw new Error(`${error.message}: the CMS says ${JSON.stringify(last?.total)}, the LLM answered ${JSON.stringify(expected)}`);
     });
     console.log(`dc2 back: usage through the CMS matched the LLM after ${Date.now() - back} ms`);
@@ -307,7 +324,9 @@ describe('etcd', () => {
         await expect(gateway.put(key).value('allow-all'), key).rejects.toThrow(/permission denied/i);
       }
       await expect(gateway.delete().key(policyKeys('team-p').meta)).rejects.toThrow(/permission denied/i);
-      await expect(anonymous.get(policyKeys('team-p').meta).string()).rejects.toThrow(/user name is empty|permission denied|not authenticated|invalid auth token/i);
+      await expect(anonymous.get(policyKeys('team-p').meta).string()).rejects.toThrow(
+        /user name is empty|permission denied|not authenticated|invalid auth token/i,
+      );
       // The CMS's credential is the one that writes: every PUT of these tests goes through it.
     } finally {
       gateway.close();
@@ -315,7 +334,7 @@ describe('etcd', () => {
     }
   });
 
-  it('losing one member (datacenter 2\'s own): reads, writes and propagation continue', async () => {
+  it("losing one member (datacenter 2's own): reads, writes and propagation continue", async () => {
     const t = Date.now();
     await dc.stopEtcd('dc2');
     try {
@@ -359,10 +378,14 @@ describe('etcd', () => {
         expect(await ragStatus(site, tokens.teamPViewer)).toBe(before[site]);
       }
       // HAProxy keeps both gateways in service (their runners are ready) while no CMS can reach etcd.
-      await until('both CMS marked down', async () => {
-        const status = await dc.serverStatus();
-        return status['cms/app-dc1']?.startsWith('DOWN') === true && status['cms/app-dc2']?.startsWith('DOWN') === true;
-      }, 10_000);
+      await until(
+        'both CMS marked down',
+        async () => {
+          const status = await dc.serverStatus();
+          return status['cms/app-dc1']?.startsWith('DOWN') === true && status['cms/app-dc2']?.startsWith('DOWN') === true;
+        },
+        10_000,
+      );
       const status = await dc.serverStatus();
       expect(status['gateway/app-dc1']).toBe('UP');
       expect(status['gateway/app-dc2']).toBe('UP');
@@ -448,13 +471,17 @@ describe('failover', () => {
       let put = { status: 0, text: '' };
       let attempts = 0;
       const refused: string[] = [];
-      await until('a write with dc2 gone', async () => {
-        attempts++;
-        const started = Date.now();
-        put = await putPolicy(dc.url, 'team-p', 'admin').catch((error: unknown) => ({ status: 0, text: String(error) }));
-        if (put.status !== 200) refused.push(`${put.status} after ${Date.now() - started} ms: ${put.text.slice(0, 100)}`);
-        return put.status === 200;
-      }, 30_000);
+      await until(
+        'a write with dc2 gone',
+        async () => {
+          attempts++;
+          const started = Date.now();
+          put = await putPolicy(dc.url, 'team-p', 'admin').catch((error: unknown) => ({ status: 0, text: String(error) }));
+          if (put.status !== 200) refused.push(`${put.status} after ${Date.now() - started} ms: ${put.text.slice(0, 100)}`);
+          return put.status === 200;
+        },
+        30_000,
+      );
       console.log(`dc2 cut off: the CMS took the write at attempt ${attempts}${refused.length ? `; before: ${refused.join(' | ')}` : ''}`);
       const written = Date.now();
       const delay = await untilEnforced('dc1', tokens.teamPViewer, 403, written, 60_000);

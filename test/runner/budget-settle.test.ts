@@ -20,7 +20,12 @@ beforeAll(async () => {
   // The settle port opens once the runner (its primary, with workers) is up.
   for (const { url } of runners) {
     const deadline = Date.now() + 10_000;
-    while (!(await fetch(url, { method: 'POST', body: '[]', headers: { 'content-type': 'application/json' } }).then((r) => r.ok, () => false))) {
+    while (
+      !(await fetch(url, { method: 'POST', body: '[]', headers: { 'content-type': 'application/json' } }).then(
+        (r) => r.ok,
+        () => false,
+      ))
+    ) {
       if (Date.now() > deadline) throw new Error(`${url} never answered`);
       await new Promise((r) => setTimeout(r, 100));
     }
@@ -50,7 +55,10 @@ describe.each([1, 2])('the settle port with %i worker(s)', (workers) => {
       await res.arrayBuffer();
     }
     // Refused at its first character: a 400, or the connection closed while the client still writes.
-    const garbage = await post('x'.repeat(33 * 1024 * 1024)).then((res) => res.status, (err: Error) => (err.cause as { code?: string } | undefined)?.code ?? err.message);
+    const garbage = await post('x'.repeat(33 * 1024 * 1024)).then(
+      (res) => res.status,
+      (err: Error) => (err.cause as { code?: string } | undefined)?.code ?? err.message,
+    );
     expect([400, 'EPIPE', 'ECONNRESET']).toContain(garbage);
     const wrongType = await post('reservation=1', 'application/x-www-form-urlencoded');
     expect(wrongType.status).toBe(415);
@@ -73,9 +81,13 @@ describe.each([1, 2])('the settle port with %i worker(s)', (workers) => {
   it('listens on loopback only', async () => {
     const port = new URL(target().url).port;
     const { networkInterfaces } = await import('node:os');
-    const external = Object.values(networkInterfaces()).flat().find((i) => i && i.family === 'IPv4' && !i.internal);
+    const external = Object.values(networkInterfaces())
+      .flat()
+      .find((i) => i && i.family === 'IPv4' && !i.internal);
     if (!external) return expect(external).toBeUndefined();
-    await expect(fetch(`http://${external.address}:${port}/budget/usage`, { method: 'POST', body: '[]', signal: AbortSignal.timeout(2_000) })).rejects.toThrow();
+    await expect(
+      fetch(`http://${external.address}:${port}/budget/usage`, { method: 'POST', body: '[]', signal: AbortSignal.timeout(2_000) }),
+    ).rejects.toThrow();
   });
 });
 
@@ -88,8 +100,20 @@ function longStream(mb: number, usage: { prompt_tokens: number; completion_token
 /** Three long streams and a small call of another project, as one http-logger batch (about 37.5 MiB). */
 function bigBatch(): string {
   return JSON.stringify([
-    ...[1, 2, 3].map((n) => ({ reservation: String(n).repeat(32), status: '200', upstream_status: '200', body: longStream(11, { prompt_tokens: n, completion_tokens: 1000 * n }), route_id: 'llm' })),
-    { reservation: 'd'.repeat(32), status: '200', upstream_status: '200', body: JSON.stringify({ usage: { prompt_tokens: 7, completion_tokens: 5 } }), route_id: 'llm' },
+    ...[1, 2, 3].map((n) => ({
+      reservation: String(n).repeat(32),
+      status: '200',
+      upstream_status: '200',
+      body: longStream(11, { prompt_tokens: n, completion_tokens: 1000 * n }),
+      route_id: 'llm',
+    })),
+    {
+      reservation: 'd'.repeat(32),
+      status: '200',
+      upstream_status: '200',
+      body: JSON.stringify({ usage: { prompt_tokens: 7, completion_tokens: 5 } }),
+      route_id: 'llm',
+    },
   ]);
 }
 
@@ -114,9 +138,18 @@ describe('SettleBatchReader', () => {
   });
 
   it('reads one entry, an array, or entries a line each (concat_method new_line), escapes split anywhere; skips entries without a reservation', () => {
-    const entry = { body: 'data: {"choices":[],"usage":{"prompt_tokens":2,"completion_tokens":3}}\n\n\u00e9 \ud83d\ude00 "quoted" \\', status: 499, reservation: 'e'.repeat(32), extra: { nested: ['a', { b: '}' }] }, n: -1.5e3, t: true };
+    const entry = {
+      body: 'data: {"choices":[],"usage":{"prompt_tokens":2,"completion_tokens":3}}\n\n\u00e9 \ud83d\ude00 "quoted" \\',
+      status: 499,
+      reservation: 'e'.repeat(32),
+      extra: { nested: ['a', { b: '}' }] },
+      n: -1.5e3,
+      t: true,
+    };
     // Escaped as cjson writes: slashes too, and non-ASCII as \\u escapes.
-    const json = JSON.stringify(entry).replace(/\//g, '\\/').replace(/[\u0080-\uffff]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+    const json = JSON.stringify(entry)
+      .replace(/\//g, '\\/')
+      .replace(/[\u0080-\uffff]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
     const expected = { reservation: 'e'.repeat(32), status: 499, upstreamStatus: null, usage: { kind: 'usage', prompt: 2, completion: 3 } };
     for (const size of [1, 2, 5, 1_000]) {
       expect(read(json, size), `one, in ${size}`).toEqual([expected]);
@@ -124,7 +157,9 @@ describe('SettleBatchReader', () => {
       expect(read(`${json}\n${json}\n`, size), `lines, in ${size}`).toEqual([expected, expected]);
     }
     expect(read('[]', 1)).toEqual([]);
-    expect(read(JSON.stringify({ reservation: 'f'.repeat(32), status: '502', upstream_status: '502, 504' }), 3)).toEqual([{ reservation: 'f'.repeat(32), status: 502, upstreamStatus: '502, 504', usage: { kind: 'none' } }]);
+    expect(read(JSON.stringify({ reservation: 'f'.repeat(32), status: '502', upstream_status: '502, 504' }), 3)).toEqual([
+      { reservation: 'f'.repeat(32), status: 502, upstreamStatus: '502, 504', usage: { kind: 'none' } },
+    ]);
   });
 
   it('keeps what it read whole when what follows is malformed', () => {
@@ -136,7 +171,10 @@ describe('SettleBatchReader', () => {
         r.push(`[${good}, ${broken}]`);
         r.end();
       }, broken).toThrow(SettleFormatError);
-      expect(r.entries.map((e) => e.reservation), broken).toEqual(['a'.repeat(32)]);
+      expect(
+        r.entries.map((e) => e.reservation),
+        broken,
+      ).toEqual(['a'.repeat(32)]);
     }
     expect(() => reader.end()).toThrow(SettleFormatError);
   });

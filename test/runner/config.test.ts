@@ -102,7 +102,9 @@ describe('the runner configuration', () => {
     expect(() => runnerConfigFromEnv({ ...etcd, GATEWAY_REPORT_TTL_SECONDS: '1' })).toThrow(/GATEWAY_REPORT_TTL_SECONDS/);
     expect(() => runnerConfigFromEnv({ ...etcd, BUDGET_HOLDER_TTL_SECONDS: '-1' })).toThrow(/BUDGET_HOLDER_TTL_SECONDS/);
     expect(() => runnerConfigFromEnv({ DECISION_LOG: 'syslog' })).toThrow(/DECISION_LOG/);
-    expect(runnerConfigFromEnv({ ...JWT, JWT_VERIFY_CACHE_SECONDS: 'x' }).identity).toEqual({ error: 'JWT_VERIFY_CACHE_SECONDS must be a number of seconds (0 disables)' });
+    expect(runnerConfigFromEnv({ ...JWT, JWT_VERIFY_CACHE_SECONDS: 'x' }).identity).toEqual({
+      error: 'JWT_VERIFY_CACHE_SECONDS must be a number of seconds (0 disables)',
+    });
     expect(runnerConfigFromEnv({ VAULT_ADDR: 'https://v' }).vault).toEqual({ error: 'set VAULT_TOKEN, or VAULT_ROLE_ID and VAULT_SECRET_ID' });
     // Without etcd, what only matters with it is not read.
     expect(runnerConfigFromEnv({ POLICY_EVAL_FUEL: 'lots', BUDGET_HOLDER_TTL_SECONDS: '-1' }).evaluation.fuel).toBe(DEFAULT_EVAL_FUEL);
@@ -123,7 +125,17 @@ describe('the decision API configuration', () => {
       reportTtlSeconds: 10,
     });
     expect(
-      decisionConfigFromEnv({ ...JWT, DECISION_PORT: '9000', DECISION_HOST: '0.0.0.0', DECISION_STATE_DIR: '/s', DECISION_POLICY_CACHE_MB: '4', POLICY_EVAL_WORKERS: '3', DECISION_LOG: 'stdout', GATEWAY_ID: 'd1', GATEHOUSE_DATACENTER: 'dc1' }),
+      decisionConfigFromEnv({
+        ...JWT,
+        DECISION_PORT: '9000',
+        DECISION_HOST: '0.0.0.0',
+        DECISION_STATE_DIR: '/s',
+        DECISION_POLICY_CACHE_MB: '4',
+        POLICY_EVAL_WORKERS: '3',
+        DECISION_LOG: 'stdout',
+        GATEWAY_ID: 'd1',
+        GATEHOUSE_DATACENTER: 'dc1',
+      }),
     ).toMatchObject({
       port: 9000,
       host: '0.0.0.0',

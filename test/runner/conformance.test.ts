@@ -66,9 +66,7 @@ describe('PrepareConf', () => {
 
   it('refuses an unknown plugin and names it in the log, never dropping it silently', async () => {
     const c = await ApisixClient.open(runner.socketPath);
-    await expect(c.prepare([example({}), { name: 'no-such-plugin', value: '{}' }])).rejects.toEqual(
-      new RunnerError('BAD_REQUEST'),
-    );
+    await expect(c.prepare([example({}), { name: 'no-such-plugin', value: '{}' }])).rejects.toEqual(new RunnerError('BAD_REQUEST'));
     c.close();
     await expectLog(/"plugin":"no-such-plugin".*unknown plugin/);
   });
@@ -227,9 +225,7 @@ describe('HTTPReqCall', () => {
 describe('ExtraInfo', () => {
   it('asks for a variable mid-call and uses the answer', async () => {
     const token = await client.prepare([example({ echo_var: 'route_id' })]);
-    const answer = await client.call(request({ confToken: token }), (info) =>
-      info.type === 'var' && info.name === 'route_id' ? Buffer.from('llm') : null,
-    );
+    const answer = await client.call(request({ confToken: token }), (info) => (info.type === 'var' && info.name === 'route_id' ? Buffer.from('llm') : null));
     expect(answer.extraInfo).toEqual([{ type: 'var', name: 'route_id' }]);
     expect((answer.action as RewriteAction).headers).toEqual([{ name: 'x-var-route_id', value: 'llm' }]);
   });
@@ -243,13 +239,9 @@ describe('ExtraInfo', () => {
   it('asks for the request body', async () => {
     const body = Buffer.from('{"model":"gpt-4o"}');
     const token = await client.prepare([example({ echo_body: true })]);
-    const answer = await client.call(request({ confToken: token, method: 'POST' }), (info) =>
-      info.type === 'reqBody' ? body : null,
-    );
+    const answer = await client.call(request({ confToken: token, method: 'POST' }), (info) => (info.type === 'reqBody' ? body : null));
     expect(answer.extraInfo).toEqual([{ type: 'reqBody' }]);
-    expect((answer.action as RewriteAction).headers).toEqual([
-      { name: 'x-body-sha256', value: createHash('sha256').update(body).digest('hex') },
-    ]);
+    expect((answer.action as RewriteAction).headers).toEqual([{ name: 'x-body-sha256', value: createHash('sha256').update(body).digest('hex') }]);
   });
 
   it('a malformed ExtraInfo answer gives BAD_REQUEST and closes the connection', async () => {
@@ -269,12 +261,9 @@ describe('ExtraInfo', () => {
 
 describe('HTTPRespCall (ext-plugin-post-resp)', () => {
   it('changes status and headers (sent in full) and reads the response body', async () => {
-    const token = await client.prepare([
-      example({ response: { status: 299, set_headers: { 'x-post': '1' }, append_body: '!' } }),
-    ]);
-    const answer = await client.respCall(
-      { id: 3, status: 200, headers: [{ name: 'content-type', value: 'text/plain' }], confToken: token },
-      (info) => (info.type === 'respBody' ? Buffer.from('hello') : null),
+    const token = await client.prepare([example({ response: { status: 299, set_headers: { 'x-post': '1' }, append_body: '!' } })]);
+    const answer = await client.respCall({ id: 3, status: 200, headers: [{ name: 'content-type', value: 'text/plain' }], confToken: token }, (info) =>
+      info.type === 'respBody' ? Buffer.from('hello') : null,
     );
     expect(answer.extraInfo).toEqual([{ type: 'respBody' }]);
     expect(answer.id).toBe(3);
@@ -311,9 +300,7 @@ describe('HTTPRespCall (ext-plugin-post-resp)', () => {
 
   it('unknown token gives CONF_TOKEN_NOT_FOUND', async () => {
     const c = await ApisixClient.open(runner.socketPath);
-    await expect(c.respCall({ id: 1, status: 200, headers: [], confToken: 77 })).rejects.toEqual(
-      new RunnerError('CONF_TOKEN_NOT_FOUND'),
-    );
+    await expect(c.respCall({ id: 1, status: 200, headers: [], confToken: 77 })).rejects.toEqual(new RunnerError('CONF_TOKEN_NOT_FOUND'));
     c.close();
   });
 });

@@ -5,7 +5,12 @@ import { createRunnerMetrics } from '../../plugins/runner/metrics.js';
 /** The decision metrics as prom-client's own Counter and Histogram would hold them. */
 function reference() {
   const registry = new Registry();
-  const total = new Counter({ name: 'gatehouse_decisions_total', help: 'Policy decisions by kind of policy and outcome', labelNames: ['policy', 'outcome'], registers: [registry] });
+  const total = new Counter({
+    name: 'gatehouse_decisions_total',
+    help: 'Policy decisions by kind of policy and outcome',
+    labelNames: ['policy', 'outcome'],
+    registers: [registry],
+  });
   const seconds = new Histogram({
     name: 'gatehouse_decision_seconds',
     help: 'Time to evaluate one policy for one request',

@@ -57,7 +57,13 @@ function layerOf(file: string): { layer: number; folder: string } | null {
 const layeredSources = () =>
   LAYERS.flat()
     .map((folder) => join(repoRoot, folder))
-    .filter((dir) => { try { return statSync(dir).isDirectory(); } catch { return false; } })
+    .filter((dir) => {
+      try {
+        return statSync(dir).isDirectory();
+      } catch {
+        return false;
+      }
+    })
     .flatMap(sourceFiles)
     .filter((file) => !file.includes(`${join('cms', 'console', 'app')}`));
 

@@ -79,7 +79,11 @@ async function call(gatewayUrl: string, path: string, init: { method?: string; h
 beforeAll(async () => {
   if (!existsSync(runnerBin)) throw new Error(`${runnerBin} is missing: run \`npm run build\` first`);
   dir = mkdtempSync(join(tmpdir(), 'gateway-e2e-'));
-  upstream = await startRecordingUpstream({ status: 200, body: 'upstream body', headers: { 'content-type': 'text/plain', 'content-language': 'en', 'x-up': 'u' } });
+  upstream = await startRecordingUpstream({
+    status: 200,
+    body: 'upstream body',
+    headers: { 'content-type': 'text/plain', 'content-language': 'en', 'x-up': 'u' },
+  });
   routesPath = join(dir, 'apisix.yaml');
   writeFileSync(routesPath, routesYaml(upstream.port));
   // The runner comes from apisix-conf/config.yaml's ext-plugin.cmd.

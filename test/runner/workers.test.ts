@@ -46,7 +46,12 @@ beforeAll(async () => {
   runner = await startRunner({ env: { RUNNER_WORKERS: String(WORKERS), RUNNER_METRICS_PORT: String(metricsPort) } });
   // The socket answers as soon as one worker listens; the others follow.
   const deadline = Date.now() + 15_000;
-  while ((await fetch(`http://127.0.0.1:${metricsPort}/readyz`).then((r) => r.status, () => 0)) !== 200) {
+  while (
+    (await fetch(`http://127.0.0.1:${metricsPort}/readyz`).then(
+      (r) => r.status,
+      () => 0,
+    )) !== 200
+  ) {
     if (Date.now() > deadline) throw new Error('the workers did not all come up');
     await new Promise((resolve) => setTimeout(resolve, 50));
   }
@@ -152,7 +157,9 @@ describe('policies on a runner of several workers', () => {
     etcd = await startEtcd();
     admin = createEtcdClient(etcd.endpoints);
     await new EtcdPolicyWriter(admin).put('team', policy(true));
-    clustered = await startRunner({ env: { RUNNER_WORKERS: String(WORKERS), ETCD_ENDPOINTS: etcd.endpoints.join(','), RUNNER_STATE_DIR: mkdtempSync(join(tmpdir(), 'gh-state-')) } });
+    clustered = await startRunner({
+      env: { RUNNER_WORKERS: String(WORKERS), ETCD_ENDPOINTS: etcd.endpoints.join(','), RUNNER_STATE_DIR: mkdtempSync(join(tmpdir(), 'gh-state-')) },
+    });
   });
 
   afterAll(async () => {

@@ -69,20 +69,14 @@ export class ApisixClient {
     return decodePrepareConfResponse(frame.payload).confToken;
   }
 
-  async call(
-    request: HttpReqCallRequest,
-    answerExtra: ExtraInfoAnswerer = () => null,
-  ): Promise<HttpReqCallResponse & { extraInfo: ExtraInfoRequest[] }> {
+  async call(request: HttpReqCallRequest, answerExtra: ExtraInfoAnswerer = () => null): Promise<HttpReqCallResponse & { extraInfo: ExtraInfoRequest[] }> {
     const seen: ExtraInfoRequest[] = [];
     await this.conn.send(RpcType.HTTPReqCall, encodeHttpReqCallRequest(request));
     const frame = await awaitAnswer(this.conn, RpcType.HTTPReqCall, answerExtra, seen);
     return { ...decodeHttpReqCallResponse(frame.payload), extraInfo: seen };
   }
 
-  async respCall(
-    request: HttpRespCallRequest,
-    answerExtra: ExtraInfoAnswerer = () => null,
-  ): Promise<HttpRespCallResponse & { extraInfo: ExtraInfoRequest[] }> {
+  async respCall(request: HttpRespCallRequest, answerExtra: ExtraInfoAnswerer = () => null): Promise<HttpRespCallResponse & { extraInfo: ExtraInfoRequest[] }> {
     const seen: ExtraInfoRequest[] = [];
     await this.conn.send(RpcType.HTTPRespCall, encodeHttpRespCallRequest(request));
     const frame = await awaitAnswer(this.conn, RpcType.HTTPRespCall, answerExtra, seen);

@@ -59,5 +59,11 @@ export async function startTestGateway(options: TestGatewayOptions): Promise<Tes
     edit,
     logger: pino({ level: 'silent' }),
   });
-  return { url: gateway.url, stop: () => gateway.stop(), runnerOutput: () => gateway.runnerOutput(), runnerPid: () => gateway.runnerPid(), waitForRunner: (ms) => gateway.waitForRunner(ms) };
+  return {
+    url: gateway.url,
+    stop: () => gateway.stop(),
+    runnerOutput: () => gateway.runnerOutput(),
+    runnerPid: () => gateway.runnerPid(),
+    waitForRunner: (ms) => gateway.waitForRunner(ms),
+  };
 }

@@ -27,9 +27,7 @@ export async function waitForSocket(socketPath: string, timeoutMs: number): Prom
   }
 }
 
-export async function startRunner(
-  options: { socketPath?: string; env?: Record<string, string>; expireSeconds?: number } = {},
-): Promise<RunnerProcess> {
+export async function startRunner(options: { socketPath?: string; env?: Record<string, string>; expireSeconds?: number } = {}): Promise<RunnerProcess> {
   if (!existsSync(runnerBin)) throw new Error(`${runnerBin} is missing: run npm run build first`);
   const socketPath = options.socketPath ?? join(mkdtempSync(join(tmpdir(), 'gh-runner-')), 'runner.sock');
   let stderr = '';

@@ -36,10 +36,7 @@ export interface RecordingUpstream {
   close(): Promise<void>;
 }
 
-export async function startRecordingUpstream(
-  answer: UpstreamAnswer | Responder = { status: 200, body: 'upstream ok' },
-  port = 0,
-): Promise<RecordingUpstream> {
+export async function startRecordingUpstream(answer: UpstreamAnswer | Responder = { status: 200, body: 'upstream ok' }, port = 0): Promise<RecordingUpstream> {
   let responder: Responder = typeof answer === 'function' ? answer : () => answer;
   const requests: RecordedRequest[] = [];
 

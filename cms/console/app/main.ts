@@ -13,7 +13,11 @@ import { api, claims, signIn, signOut, token, type Problem } from './api.js';
 const main = document.getElementById('main')!;
 let stopPolling: (() => void) | null = null;
 
-function el<K extends keyof HTMLElementTagNameMap>(tag: K, props: Partial<HTMLElementTagNameMap[K]> & { id?: string } = {}, ...children: (Node | string)[]): HTMLElementTagNameMap[K] {
+function el<K extends keyof HTMLElementTagNameMap>(
+  tag: K,
+  props: Partial<HTMLElementTagNameMap[K]> & { id?: string } = {},
+  ...children: (Node | string)[]
+): HTMLElementTagNameMap[K] {
   const node = Object.assign(document.createElement(tag), props);
   for (const child of children) node.append(child);
   return node;
@@ -68,16 +72,28 @@ async function listView(): Promise<void> {
   const answer = await api<{ policies: { name: string; version: number; updatedAt: string; author: string }[] }>('GET', '/policies?limit=1000');
   if (answer.status !== 200) return problemView(answer.status, answer.body as Problem);
   const rows = answer.body.policies.map((p) =>
-    el('tr', {}, el('td', {}, el('a', { href: `#/p/${p.name}`, textContent: p.name })), el('td', { textContent: `v${p.version}` }), el('td', { textContent: p.author }), el('td', { textContent: p.updatedAt })),
+    el(
+      'tr',
+      {},
+      el('td', {}, el('a', { href: `#/p/${p.name}`, textContent: p.name })),
+      el('td', { textContent: `v${p.version}` }),
+      el('td', { textContent: p.author }),
+      el('td', { textContent: p.updatedAt }),
+    ),
   );
   main.replaceChildren(
     el('h1', { textContent: 'Policies' }),
-    rows.length ? el('table', { id: 'policies' }, el('tr', {}, ...['name', 'version', 'by', 'updated'].map((h) => el('th', { textContent: h }))), ...rows) : el('p', { textContent: 'No policy you may read.' }),
+    rows.length
+      ? el('table', { id: 'policies' }, el('tr', {}, ...['name', 'version', 'by', 'updated'].map((h) => el('th', { textContent: h }))), ...rows)
+      : el('p', { textContent: 'No policy you may read.' }),
   );
 }
 
 function problemView(status: number, problem: Problem | null): void {
-  main.replaceChildren(el('h1', { textContent: `${status}` }), el('p', { className: 'error', textContent: problem?.detail ?? problem?.title ?? 'request failed' }));
+  main.replaceChildren(
+    el('h1', { textContent: `${status}` }),
+    el('p', { className: 'error', textContent: problem?.detail ?? problem?.title ?? 'request failed' }),
+  );
 }
 
 function editor(parent: HTMLElement, doc: string, readOnly: boolean, language: 'rego' | 'json'): EditorView {
@@ -118,7 +134,12 @@ async function policyView(name: string): Promise<void> {
     regoBox,
     el('h2', { textContent: 'Data' }),
     dataBox,
-    ...(tests.length ? [el('h2', { textContent: 'Tests' }), ...tests.map(([file, module]) => el('details', {}, el('summary', { textContent: file }), el('pre', { textContent: module })))] : []),
+    ...(tests.length
+      ? [
+          el('h2', { textContent: 'Tests' }),
+          ...tests.map(([file, module]) => el('details', {}, el('summary', { textContent: file }), el('pre', { textContent: module }))),
+        ]
+      : []),
     ...(admin ? [el('p', {}, save)] : [el('p', { className: 'muted', textContent: 'Read only: only platform admins change policies.' })]),
     message,
     el('h2', { textContent: 'Gateways' }),
@@ -164,7 +185,13 @@ async function policyView(name: string): Promise<void> {
     rego.dispatch(setDiagnostics(rego.state, regoMarks));
     data.dispatch(setDiagnostics(data.state, dataMarks));
     message.replaceChildren(
-      el('p', { className: 'error', textContent: saved.status === 412 ? 'Someone saved a newer version meanwhile: reload to see it (nothing was written).' : `${saved.status} ${problem.title ?? ''}: ${problem.detail ?? ''}` }),
+      el('p', {
+        className: 'error',
+        textContent:
+          saved.status === 412
+            ? 'Someone saved a newer version meanwhile: reload to see it (nothing was written).'
+            : `${saved.status} ${problem.title ?? ''}: ${problem.detail ?? ''}`,
+      }),
       ...lines.map((line) => el('div', { className: 'error diagnostic', textContent: line })),
     );
   };
@@ -172,16 +199,28 @@ async function policyView(name: string): Promise<void> {
   const loadHistory = async () => {
     const list = await api<{ versions: { version: number; author: string; updatedAt: string }[] }>('GET', `/policies/${encodeURIComponent(name)}/history`);
     if (list.status !== 200) return;
-    const pick = (side: 'a' | 'b', v: number, checked: boolean) => el('input', { type: 'radio', name: side, value: String(v), checked, className: `pick-${side}` });
+    const pick = (side: 'a' | 'b', v: number, checked: boolean) =>
+      el('input', { type: 'radio', name: side, value: String(v), checked, className: `pick-${side}` });
     const rows = list.body.versions.map((v, i) => {
       const rollback = el('button', { className: 'rollback', textContent: 'Roll back to this' });
       rollback.dataset.version = String(v.version);
       rollback.onclick = async () => {
-        const done = await api('POST', `/policies/${encodeURIComponent(name)}/rollback`, { body: JSON.stringify({ version: v.version }), headers: etag ? { 'if-match': etag } : {} });
+        const done = await api('POST', `/policies/${encodeURIComponent(name)}/rollback`, {
+          body: JSON.stringify({ version: v.version }),
+          headers: etag ? { 'if-match': etag } : {},
+        });
         if (done.status === 200 || done.status === 201) await policyView(name);
         else message.replaceChildren(el('p', { className: 'error', textContent: `Rollback refused (${done.status}): ${(done.body as Problem).detail ?? ''}` }));
       };
-      return el('tr', {}, el('td', {}, pick('a', v.version, i === 1), pick('b', v.version, i === 0)), el('td', { textContent: `v${v.version}` }), el('td', { textContent: v.author }), el('td', { textContent: v.updatedAt }), el('td', {}, ...(admin && i > 0 ? [rollback] : [])));
+      return el(
+        'tr',
+        {},
+        el('td', {}, pick('a', v.version, i === 1), pick('b', v.version, i === 0)),
+        el('td', { textContent: `v${v.version}` }),
+        el('td', { textContent: v.author }),
+        el('td', { textContent: v.updatedAt }),
+        el('td', {}, ...(admin && i > 0 ? [rollback] : [])),
+      );
     });
     const compare = el('button', { id: 'compare', textContent: 'Compare A → B' });
     compare.onclick = async () => {
@@ -191,21 +230,42 @@ async function policyView(name: string): Promise<void> {
       const [va, vb] = await Promise.all([a, b].map((v) => api<{ rego: string; data: unknown }>('GET', `/policies/${encodeURIComponent(name)}/history/${v}`)));
       const text = (p: { rego: string; data: unknown }) => `${p.rego}\n--- data ---\n${JSON.stringify(p.data, null, 2)}\n`;
       diff.replaceChildren(
-        ...diffLines(text(va!.body), text(vb!.body)).map((part) => el('span', { className: part.added ? 'add' : part.removed ? 'del' : '', textContent: part.value.replace(/^/gm, part.added ? '+ ' : part.removed ? '- ' : '  ').replace(/[+ -] $/, '') })),
+        ...diffLines(text(va!.body), text(vb!.body)).map((part) =>
+          el('span', {
+            className: part.added ? 'add' : part.removed ? 'del' : '',
+            textContent: part.value.replace(/^/gm, part.added ? '+ ' : part.removed ? '- ' : '  ').replace(/[+ -] $/, ''),
+          }),
+        ),
       );
     };
-    history.replaceChildren(el('table', {}, el('tr', {}, ...['A  B', 'version', 'by', 'when', ''].map((h) => el('th', { textContent: h }))), ...rows), el('p', {}, compare));
+    history.replaceChildren(
+      el('table', {}, el('tr', {}, ...['A  B', 'version', 'by', 'when', ''].map((h) => el('th', { textContent: h }))), ...rows),
+      el('p', {}, compare),
+    );
   };
   await loadHistory();
 
   // Which gateway enforces which version, live.
   const poll = async () => {
-    const status = await api<{ version: number; enforcedBy: number; gateways: { id: string; datacenter: string | null; revision: number; enforces: boolean }[] }>('GET', `/policies/${encodeURIComponent(name)}/status`);
+    const status = await api<{
+      version: number;
+      enforcedBy: number;
+      gateways: { id: string; datacenter: string | null; revision: number; enforces: boolean }[];
+    }>('GET', `/policies/${encodeURIComponent(name)}/status`);
     if (status.status !== 200) return;
     enforced.textContent = `${status.body.enforcedBy}/${status.body.gateways.length} gateways enforce version ${status.body.version}`;
     gateways.replaceChildren(
       el('tr', {}, ...['gateway', 'datacenter', 'revision', ''].map((h) => el('th', { textContent: h }))),
-      ...status.body.gateways.map((g) => el('tr', {}, el('td', { textContent: g.id }), el('td', { textContent: g.datacenter ?? '' }), el('td', { textContent: String(g.revision) }), el('td', { textContent: g.enforces ? 'enforces' : 'behind' }))),
+      ...status.body.gateways.map((g) =>
+        el(
+          'tr',
+          {},
+          el('td', { textContent: g.id }),
+          el('td', { textContent: g.datacenter ?? '' }),
+          el('td', { textContent: String(g.revision) }),
+          el('td', { textContent: g.enforces ? 'enforces' : 'behind' }),
+        ),
+      ),
     );
   };
   await poll();
