@@ -22,6 +22,7 @@ import { Pool } from 'undici';
 import { pino } from 'pino';
 import { startLocalEtcd, freePort } from '../dev/local-etcd/index.js';
 import { buildCmsApp } from '../cms/app.js';
+import { identityConfigFromEnv } from '../identity/index.js';
 import { loadPolicyEngine } from '../policy/engine/index.js';
 import { RpcType, decodeHttpReqCallResponse, type HttpReqCallRequest } from '../plugins/protocol/index.js';
 import type { PolicyInput } from '../plugins/opa/input.js';
@@ -71,7 +72,6 @@ async function main() {
   try {
     // Identity: one signing key, its JWKS on disk, one token per role.
     const identity = await benchIdentity(work);
-    const jwksFile = identity.jwksFile;
     const analyst = await identity.sign({ sub: 'ana', role: 'analyst', project: 'bench' });
     const platformAdmin = await identity.sign({ sub: 'root', role: 'platform_admin' });
     const identityEnv = { ...identity.env, ETCD_ENDPOINTS: etcd.endpoints.join(',') };
@@ -232,14 +232,7 @@ async function main() {
     const cmsPort = await freePort();
     const cms = await buildCmsApp({
       etcdEndpoints: etcd.endpoints,
-      identity: {
-        jwks: { kind: 'file', path: jwksFile },
-        issuer: ISSUER,
-        audience: [AUDIENCE],
-        algorithms: ['ES256'],
-        clockToleranceSeconds: 30,
-        claimNames: { sub: 'sub', role: 'role', project: 'project' },
-      },
+      identity: identityConfigFromEnv(identity.env),
       opaPath,
       logger: pino({ level: 'warn' }),
     });

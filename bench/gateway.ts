@@ -49,7 +49,18 @@ import { BudgetStore } from '../budget/store.js';
 import { readUsage } from '../budget/usage.js';
 import { PLATFORM_POLICY_NAME } from '../policy/store/index.js';
 import { answers, buildGoTools, expectStatus, status, tcpAccepts } from './gateway-stack.js';
-import { benchOpaPath, machineLine, median, runBench, startProcess, storeBenchPolicy, treeCpuMicros, type BenchProcess, type BenchScope } from './support.js';
+import {
+  benchOpaPath,
+  machineLine,
+  median,
+  benchRunnerEnv,
+  runBench,
+  startProcess,
+  storeBenchPolicy,
+  treeCpuMicros,
+  type BenchProcess,
+  type BenchScope,
+} from './support.js';
 
 const connections = Number(process.env.BENCH_CONNECTIONS ?? 8);
 const seconds = Number(process.env.BENCH_SECONDS ?? 3);
@@ -380,18 +391,7 @@ async function main({ processes, cleanups }: BenchScope) {
   const routesPath = join(work, 'apisix.yaml');
   writeFileSync(routesPath, standaloneRoutesText(routes));
 
-  const runnerEnv = {
-    PATH: process.env.PATH ?? '',
-    LOG_LEVEL: 'warn',
-    ETCD_ENDPOINTS: etcd.endpoints.join(','),
-    OPA_PATH: benchOpaPath,
-    RUNNER_METRICS_PORT: 'off',
-    RUNNER_WORKERS: String(workers),
-    VAULT_ADDR: vault.addr,
-    VAULT_ROLE_ID: approle.roleId,
-    VAULT_SECRET_ID: approle.secretId,
-    ...identityEnv,
-  };
+  const runnerEnv = benchRunnerEnv({ etcdEndpoints: etcd.endpoints, workers, vault: { addr: vault.addr, ...approle }, extra: identityEnv });
   const startGatehouse = async (name: string, editCmd?: (config: Document) => void) =>
     startApisix({
       installation,

@@ -51,7 +51,7 @@ import { commandLine, processTable } from '../dev/proc.js';
 import { createEtcdClient } from '../etcd/index.js';
 import { PLATFORM_POLICY_NAME, PolicyStore } from '../policy/store/index.js';
 import { buildGoTools, expectStatus, status, tcpAccepts } from './gateway-stack.js';
-import { benchOpaPath, machineLine, runBench, startProcess, storeBenchPolicy, type BenchProcess, type BenchScope } from './support.js';
+import { benchOpaPath, machineLine, benchRunnerEnv, runBench, startProcess, storeBenchPolicy, type BenchProcess, type BenchScope } from './support.js';
 
 const seconds = Number(process.env.BENCH_SOAK_SECONDS ?? 600);
 const loadShare = Number(process.env.BENCH_SOAK_LOAD ?? 0.8);
@@ -184,23 +184,19 @@ async function main({ processes, cleanups }: BenchScope) {
     routesPath,
     port: await freePort(),
     workerProcesses: 2,
-    env: {
-      PATH: process.env.PATH ?? '',
-      LOG_LEVEL: 'warn',
-      ETCD_ENDPOINTS: etcd.endpoints.join(','),
-      OPA_PATH: benchOpaPath,
-      RUNNER_METRICS_PORT: 'off',
-      RUNNER_WORKERS: String(workers),
-      RUNNER_STATE_DIR: join(work, 'runner-state'),
-      RUNNER_SETTLE_PORT: String(await freePort()),
-      VAULT_ADDR: vault.addr,
-      VAULT_ROLE_ID: approle.roleId,
-      VAULT_SECRET_ID: approle.secretId,
-      JWT_JWKS_FILE: identity.jwksFile,
-      JWT_ISSUER: identity.identityConfig.issuer,
-      JWT_AUDIENCE: identity.identityConfig.audience.join(','),
-      JWT_ALGORITHMS: identity.identityConfig.algorithms.join(','),
-    },
+    env: benchRunnerEnv({
+      etcdEndpoints: etcd.endpoints,
+      workers,
+      vault: { addr: vault.addr, ...approle },
+      extra: {
+        RUNNER_STATE_DIR: join(work, 'runner-state'),
+        RUNNER_SETTLE_PORT: String(await freePort()),
+        JWT_JWKS_FILE: identity.jwksFile,
+        JWT_ISSUER: identity.identityConfig.issuer,
+        JWT_AUDIENCE: identity.identityConfig.audience.join(','),
+        JWT_ALGORITHMS: identity.identityConfig.algorithms.join(','),
+      },
+    }),
     logger,
   });
   cleanups.unshift(() => gateway.stop());

@@ -71,6 +71,27 @@ allow if {
 `;
 export const BENCH_PROJECT_DATA = { valid_roles: ['analyst', 'admin'] };
 
+/** The environment the gateway benchmarks give Gatehouse's runner (through APISIX): etcd, opa, its workers, Vault by AppRole, metrics off. */
+export function benchRunnerEnv(options: {
+  etcdEndpoints: string[];
+  workers: number;
+  vault: { addr: string; roleId: string; secretId: string };
+  extra?: Record<string, string>;
+}): Record<string, string> {
+  return {
+    PATH: process.env.PATH ?? '',
+    LOG_LEVEL: 'warn',
+    ETCD_ENDPOINTS: options.etcdEndpoints.join(','),
+    OPA_PATH: benchOpaPath,
+    RUNNER_METRICS_PORT: 'off',
+    RUNNER_WORKERS: String(options.workers),
+    VAULT_ADDR: options.vault.addr,
+    VAULT_ROLE_ID: options.vault.roleId,
+    VAULT_SECRET_ID: options.vault.secretId,
+    ...options.extra,
+  };
+}
+
 export const BENCH_ISSUER = 'https://issuer.bench.gatehouse';
 export const BENCH_AUDIENCE = 'gatehouse';
 

@@ -36,7 +36,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 )
@@ -308,15 +307,7 @@ func main() {
 		workers[i] = w
 	}
 	cpuBefore := cpuMicros()
-	var wg sync.WaitGroup
-	for _, w := range workers {
-		wg.Add(1)
-		go func(w *worker) {
-			defer wg.Done()
-			w.run(measureFrom, deadline)
-		}(w)
-	}
-	wg.Wait()
+	load.Each(len(workers), func(i int) { workers[i].run(measureFrom, deadline) })
 	cpu := cpuMicros() - cpuBefore
 
 	res := result{Statuses: map[string]int{}}

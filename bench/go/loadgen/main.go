@@ -20,7 +20,6 @@ import (
 	"net"
 	"os"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/api7/ext-plugin-proto/go/A6"
@@ -117,16 +116,10 @@ func main() {
 	// Room for about 200k calls per second per connection before growing.
 	capacity := int(math.Min(*seconds*200_000, 50_000_000) / float64(len(workers)))
 
-	var wg sync.WaitGroup
 	for _, w := range workers {
 		w.samples = make([]int64, 0, capacity)
-		wg.Add(1)
-		go func(w *worker) {
-			defer wg.Done()
-			w.run(measureFrom, deadline)
-		}(w)
 	}
-	wg.Wait()
+	load.Each(len(workers), func(i int) { workers[i].run(measureFrom, deadline) })
 
 	res := result{Errors: dialErrors, ConfToken: token}
 	var all []int64

@@ -9,6 +9,7 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -77,4 +78,18 @@ func Summarize(latencies []int64, measureFrom, end time.Time) Summary {
 	s.P99Us = PercentileUs(latencies, 0.99)
 	s.P999Us = PercentileUs(latencies, 0.999)
 	return s
+}
+
+// Each runs run(i) for every i below n, each on its own goroutine, and
+// returns when all have.
+func Each(n int, run func(i int)) {
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			run(i)
+		}(i)
+	}
+	wg.Wait()
 }
