@@ -17,7 +17,15 @@
  *   closed as unloadable); a worker that died or ran past the deadline is
  *   replaced, and the jobs behind it go on in the new one;
  * - idle, the worker does not keep the process alive; with a job owed it
- *   does.
+ *   does;
+ * - after METERING_JOBS_PER_WORKER modules the worker is replaced by a fresh
+ *   one (warming up at once, off the request thread): binaryen's own wasm
+ *   memory only grows, by about 0.1 MB a module, and a process that meters
+ *   a policy write a second for hours would otherwise grow without end.
+ *   Measured (600 versions of one policy, each metered, compiled and
+ *   decided once): in one worker the process went from 256 to 311 MB RSS
+ *   with its JS heap flat (unmetered, it stayed at 117 MB); renewed every
+ *   100 modules, it moves between 247 and 315 MB and ends where it began.
  *
  * Concurrent compiles of one module are one job already: the EngineCache
  * keeps one compile per wasm sha256. A thread that is off the request path
@@ -32,6 +40,9 @@ import type { MeteringAnswer, MeteringRequest } from './meter-worker.js';
 
 /** How long one job may take, warming a fresh worker's binaryen up included (about a second cold). */
 export const METERING_TIMEOUT_MS = 30_000;
+
+/** Modules one worker meters before a fresh one replaces it (see above): about a second of warm-up per hundred. */
+export const METERING_JOBS_PER_WORKER = 100;
 
 /**
  * The worker script: beside this module once built; when this module runs
@@ -61,9 +72,13 @@ export class MeteringWorker {
   private nextId = 1;
   private closed = false;
   private readonly timeoutMs: number;
+  private readonly jobsPerWorker: number;
+  /** Jobs the current worker has answered. */
+  private jobsDone = 0;
 
-  constructor(options: { timeoutMs?: number } = {}) {
+  constructor(options: { timeoutMs?: number; jobsPerWorker?: number } = {}) {
     this.timeoutMs = options.timeoutMs ?? METERING_TIMEOUT_MS;
+    this.jobsPerWorker = options.jobsPerWorker ?? METERING_JOBS_PER_WORKER;
   }
 
   /** Starts the worker ahead of the first job, so that binaryen is warm by then. */
@@ -96,6 +111,7 @@ export class MeteringWorker {
     // Idle, it does not keep the process alive; next() refs it while a job is owed.
     worker.unref();
     this.worker = worker;
+    this.jobsDone = 0;
     return worker;
   }
 
@@ -119,6 +135,7 @@ export class MeteringWorker {
     this.settle();
     if (answer.ok) job.resolve(new Uint8Array(answer.wasm));
     else job.reject(new MeteringError(answer.error));
+    if (++this.jobsDone >= this.jobsPerWorker) this.renew(worker);
     this.next();
   }
 
@@ -131,6 +148,13 @@ export class MeteringWorker {
     void worker.terminate();
     job?.reject(error);
     this.next();
+  }
+
+  /** Replaces a worker that has metered its share with a fresh one, which warms up now rather than at the next module. */
+  private renew(worker: Worker): void {
+    this.worker = null; // its exit is then not a loss (lost() ignores a replaced worker)
+    void worker.terminate();
+    if (!this.closed) this.spawn();
   }
 
   private settle(): void {

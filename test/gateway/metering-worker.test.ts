@@ -155,6 +155,32 @@ describe('metering in a worker thread', () => {
     }
   }, 60_000);
 
+  it('a worker that has metered its share is replaced by a fresh one (binaryen memory only grows), and metering goes on alike', async () => {
+    const { wasm } = await compiler.compile(large(2, 'renew'), '{}');
+    const metering = new MeteringWorker({ jobsPerWorker: 2 });
+    try {
+      metering.start();
+      const threads: number[] = [];
+      const outputs: Uint8Array[] = [];
+      for (let i = 0; i < 5; i++) {
+        threads.push(metering.thread!.threadId);
+        outputs.push(await metering.meter(wasm));
+      }
+      // Two jobs per worker: workers 1, 1, 2, 2, 3, each already there (warming up) when the job before it was answered.
+      expect(threads[0]).toBe(threads[1]);
+      expect(threads[2]).toBe(threads[3]);
+      expect(new Set(threads).size).toBe(3);
+      expect(threads[2]).not.toBe(threads[1]);
+      expect(metering.thread!.threadId).toBe(threads[4]);
+      // Every worker rewrites the module to the same bytes.
+      for (const output of outputs) expect(Buffer.from(output).equals(Buffer.from(outputs[0]!))).toBe(true);
+      expect(Buffer.from(outputs[0]!).equals(Buffer.from(await meterPolicyWasm(wasm)))).toBe(true);
+      expect(WebAssembly.Module.exports(new WebAssembly.Module(outputs[4]!)).map((e) => e.name)).toContain(FUEL_GLOBAL);
+    } finally {
+      await metering.close();
+    }
+  }, 60_000);
+
   it('keeps the process alive while a job is owed, and not once idle (the built code, in a process of its own)', async () => {
     const { wasm } = await compiler.compile(large(3, 'alive'), '{}');
     const file = join(dir, 'policy.wasm');
