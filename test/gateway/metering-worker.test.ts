@@ -175,7 +175,7 @@ describe('metering in a worker thread', () => {
       // Every worker rewrites the module to the same bytes.
       for (const output of outputs) expect(Buffer.from(output).equals(Buffer.from(outputs[0]!))).toBe(true);
       expect(Buffer.from(outputs[0]!).equals(Buffer.from(await meterPolicyWasm(wasm)))).toBe(true);
-      expect(WebAssembly.Module.exports(new WebAssembly.Module(outputs[4]!)).map((e) => e.name)).toContain(FUEL_GLOBAL);
+      expect(WebAssembly.Module.exports(await WebAssembly.compile(outputs[4]!)).map((e) => e.name)).toContain(FUEL_GLOBAL);
     } finally {
       await metering.close();
     }
