@@ -15,7 +15,14 @@ import { Range, type Etcd3, type IKeyValue } from 'etcd3';
 import { parseBudget, type Budget } from './definition.js';
 import { BUDGETS_PREFIX, budgetHistoryKey, budgetHistoryPrefix, budgetKey, HOUR_MS, isBudgetProject, projectOfBudgetKey, type StoredBudget } from './keys.js';
 import { readUsage, type UsageSummary } from './usage.js';
-import { checkWriteConditions, PreconditionFailedError, StoreUnavailableError, WriteConflictError, type WriteConditions } from '../etcd/store-errors.js';
+import {
+  checkWriteConditions,
+  PreconditionFailedError,
+  StoreUnavailableError,
+  WriteConflictError,
+  storeFailure,
+  type WriteConditions,
+} from '../etcd/store-errors.js';
 
 export const DEFAULT_BUDGET_HISTORY_RETENTION = 50;
 /**
@@ -143,12 +150,12 @@ export class BudgetStore {
     this.historyRetention = retention;
   }
 
-  /** Turns any etcd client failure into StoreUnavailableError. */
+  /** Turns any etcd client failure into StoreRefusedError or StoreUnavailableError (etcd/store-errors.ts). */
   private async etcd<T>(call: () => Promise<T>): Promise<T> {
     try {
       return await call();
     } catch (error) {
-      throw new StoreUnavailableError('budget', { cause: error });
+      throw storeFailure('budget', error);
     }
   }
 

@@ -7,7 +7,7 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { AuthenticationError, Identity } from '../identity/index.js';
 import { HttpProblem, ProblemType } from '../http/problem.js';
-import { PreconditionFailedError, StoreUnavailableError, WriteConflictError, type WriteConditions } from '../etcd/store-errors.js';
+import { PreconditionFailedError, StoreRefusedError, StoreUnavailableError, WriteConflictError, type WriteConditions } from '../etcd/store-errors.js';
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -126,6 +126,14 @@ export function storeProblem(error: unknown): HttpProblem | null {
   }
   if (error instanceof WriteConflictError) {
     return new HttpProblem({ status: 409, type: ProblemType.writeConflict, title: 'Conflict', detail: error.message });
+  }
+  if (error instanceof StoreRefusedError) {
+    return new HttpProblem({
+      status: 500,
+      type: ProblemType.storeRefused,
+      title: `${error.store.charAt(0).toUpperCase()}${error.store.slice(1)} store refused the request`,
+      detail: `etcd refused the CMS's request (${error.reason}): the CMS's etcd user lacks a permission it needs, or its credentials are wrong; nothing was written`,
+    });
   }
   if (error instanceof StoreUnavailableError) {
     return new HttpProblem({

@@ -1,9 +1,11 @@
 /**
  * What the stores kept in etcd (policy/store, budget/store) fail with, and
  * the preconditions both take: the CMS answers each failure with one status
- * (409, 412, 503), whichever store raised it. Every write of these stores is
- * one transaction, so none of these failures leaves a partial write.
+ * (409, 412, 500, 503), whichever store raised it. Every write of these
+ * stores is one transaction, so none of these failures leaves a partial
+ * write.
  */
+import { EtcdAuthenticationFailedError, EtcdPermissionDeniedError, EtcdRoleNotGrantedError } from 'etcd3';
 
 /** Preconditions of a write (the CMS maps If-Match / If-None-Match onto them). */
 export interface WriteConditions {
@@ -33,6 +35,32 @@ export class StoreUnavailableError extends Error {
   ) {
     super('etcd is unavailable', options);
   }
+}
+
+/**
+ * etcd answered, and said no: the service's etcd user may not do this, or
+ * its credentials are wrong. A fault of the deployment (500), not a
+ * moment's outage: asking again changes nothing.
+ */
+export class StoreRefusedError extends Error {
+  override readonly name = 'StoreRefusedError';
+  constructor(
+    /** Which store, for the answer's title: "policy", "budget". */
+    readonly store: string,
+    /** What etcd said. */
+    readonly reason: string,
+    options?: ErrorOptions,
+  ) {
+    super(`etcd refused the request: ${reason}`, options);
+  }
+}
+
+/** What a store reports for an etcd client failure: refused when etcd said no to these credentials, else unavailable. */
+export function storeFailure(store: string, error: unknown): StoreRefusedError | StoreUnavailableError {
+  if (error instanceof EtcdPermissionDeniedError || error instanceof EtcdRoleNotGrantedError || error instanceof EtcdAuthenticationFailedError) {
+    return new StoreRefusedError(store, error.message, { cause: error });
+  }
+  return new StoreUnavailableError(store, { cause: error });
 }
 
 /**

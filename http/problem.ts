@@ -19,6 +19,7 @@ export const ProblemType = {
   preconditionFailed: 'urn:gatehouse:problem:precondition-failed',
   writeConflict: 'urn:gatehouse:problem:write-conflict',
   storeUnavailable: 'urn:gatehouse:problem:store-unavailable',
+  storeRefused: 'urn:gatehouse:problem:store-refused',
   compilerUnavailable: 'urn:gatehouse:problem:compiler-unavailable',
   compilerBusy: 'urn:gatehouse:problem:compiler-busy',
   policyTooLarge: 'urn:gatehouse:problem:policy-too-large',

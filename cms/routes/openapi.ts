@@ -10,6 +10,11 @@ const ref = (schema: string) => ({ $ref: `#/components/schemas/${schema}` });
 /** A JSON body of this schema. */
 const json = (schema: object) => ({ 'application/json': { schema } });
 const problem = { $ref: '#/components/responses/Problem' };
+/** A write etcd said no to (store-refused): not worth retrying. */
+const storeRefused = {
+  ...problem,
+  description: "etcd refused the CMS's request (store-refused: the CMS's etcd user lacks a permission, or its credentials are wrong); nothing written",
+};
 const name = { name: 'name', in: 'path', required: true, schema: ref('PolicyName') };
 const version = { name: 'version', in: 'path', required: true, schema: { type: 'integer', minimum: 1 } };
 const etagHeaders = {
@@ -164,6 +169,7 @@ export const openApiDocument = {
             description:
               "the policy tests failed (policy-tests-failed; failures: name, package, file, row, message), were stopped at their memory or time bound (policy-tests-stopped), or the compiled policy evaluated on an empty input burns the gateways' fuel or exceeds their deadline or memory ceiling (policy-evaluation-bound; bound: fuel, time or memory); nothing written",
           },
+          '500': storeRefused,
           '503': problem,
         },
       },

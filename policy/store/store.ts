@@ -5,10 +5,18 @@
  */
 import { Range, type Etcd3, type IKeyValue, type IResponseOp } from 'etcd3';
 import { policyKeys, POLICIES_PREFIX, parsePolicyKey, type HistoryPart } from './keys.js';
-import { checkWriteConditions, PreconditionFailedError, StoreUnavailableError, WriteConflictError, type WriteConditions } from '../../etcd/store-errors.js';
+import {
+  checkWriteConditions,
+  PreconditionFailedError,
+  StoreRefusedError,
+  StoreUnavailableError,
+  WriteConflictError,
+  storeFailure,
+  type WriteConditions,
+} from '../../etcd/store-errors.js';
 
 // The failures and conditions shared with the other stores, as this store's API.
-export { PreconditionFailedError, StoreUnavailableError, WriteConflictError, type WriteConditions };
+export { PreconditionFailedError, StoreRefusedError, StoreUnavailableError, WriteConflictError, type WriteConditions };
 import { currentRevision, indexPage, readIndex, readKeysAt, scanPolicyNames } from './scan.js';
 import { sha256Hex, type PolicyMetadata } from './metadata.js';
 
@@ -117,7 +125,7 @@ export class PolicyStore {
     this.maxRequestBytes = options.maxRequestBytes ?? DEFAULT_ETCD_MAX_REQUEST_BYTES;
   }
 
-  /** Turns any etcd client failure into StoreUnavailableError (or a size refusal). */
+  /** Turns any etcd client failure into StoreRefusedError or StoreUnavailableError (etcd/store-errors.ts), or a size refusal. */
   private async etcd<T>(call: () => Promise<T>): Promise<T> {
     try {
       return await call();
@@ -126,7 +134,7 @@ export class PolicyStore {
       if (message.includes('request is too large') || message.includes('larger than max')) {
         throw new PolicyTooLargeError('the policy is too large for etcd', { cause: error });
       }
-      throw new StoreUnavailableError('policy', { cause: error });
+      throw storeFailure('policy', error);
     }
   }
 
