@@ -26,9 +26,10 @@
 // a history that only grows for the first hour.
 //
 // Targets: zero errors (any answer other than the upstream's 200, any failed
-// policy write); the RSS of every process flat (growth <= 5% from the end of
-// the first interval to the end); p99 of the last interval within 1.5x of
-// the first.
+// policy write); the RSS of every process flat (the peak of the last
+// interval at most 5% above the peak of the second: a process whose memory
+// moves in a sawtooth is judged by its envelope, not by where two single
+// samples land); p99 of the last interval within 1.5x of the first.
 //
 // Env: BENCH_SOAK_SECONDS (600), BENCH_SOAK_LOAD (0.8), BENCH_CONNECTIONS (8),
 // BENCH_SOAK_MAX_SECONDS (10), BENCH_SOAK_INTERVAL (s), BENCH_SOAK_ETCD_RETENTION
@@ -314,10 +315,13 @@ async function main({ processes, cleanups }: BenchScope) {
       `| ${l.interval + 1} | ${l.fromS.toFixed(0)} | ${(l.calls / l.seconds).toFixed(0)} | ${l.errors} | ${l.p50Us.toFixed(0)} | ${l.p99Us.toFixed(0)} | ${l.maxUs.toFixed(0)} |`,
     );
 
-  // RSS at the end of the first interval (a minute in the full run) against the end.
+  // RSS after the first interval against the last interval, by the peak of each: a process whose
+  // memory moves in a sawtooth (the metering thread renewed every 100 modules) is flat when its
+  // peaks are, and a single sample at either end would land anywhere on the tooth.
   const baseAt = interval;
+  const lastFrom = intervals.at(-1)?.fromS ?? seconds - interval;
   console.log(
-    `\n| process | pid | RSS MiB at ${baseAt.toFixed(0)}s | RSS MiB at the end | growth | max MiB | anonymous (heap) MiB at ${baseAt.toFixed(0)}s -> end |`,
+    `\n| process | pid | peak MiB, ${baseAt.toFixed(0)}s-${(2 * baseAt).toFixed(0)}s | peak MiB, last interval | growth | RSS MiB at ${baseAt.toFixed(0)}s -> end | anonymous (heap) MiB at ${baseAt.toFixed(0)}s -> end |`,
   );
   console.log('|---|---:|---:|---:|---:|---:|---:|');
   let rssOk = true;
@@ -326,13 +330,16 @@ async function main({ processes, cleanups }: BenchScope) {
   for (const [label, { pid, samples, restarted }] of [...rss].sort((a, b) => a[0].localeCompare(b[0]))) {
     const base = samples.find((s) => s.t >= baseAt - RSS_EVERY_MS / 2000) ?? samples[0]!;
     const end = samples.at(-1)!;
-    const growth = (end.kib - base.kib) / base.kib;
+    const peak = (from: number, to: number) => Math.max(...samples.filter((s) => s.t >= from && s.t <= to).map((s) => s.kib), 0) || base.kib;
+    const early = peak(baseAt, 2 * baseAt);
+    const late = peak(lastFrom, Infinity);
+    const growth = (late - early) / early;
     const ok = !restarted && growth <= 0.05;
     maxGrowth = Math.max(maxGrowth, growth);
     if (!ok) ((rssOk = false), grown.push(label));
     const mib = (k: number) => (k / 1024).toFixed(1);
     console.log(
-      `| ${label}${restarted ? ' (RESTARTED)' : ''} | ${pid} | ${mib(base.kib)} | ${mib(end.kib)} | ${(growth * 100).toFixed(1)}% | ${mib(Math.max(...samples.map((s) => s.kib)))} | ${mib(base.anon)} -> ${mib(end.anon)} |`,
+      `| ${label}${restarted ? ' (RESTARTED)' : ''} | ${pid} | ${mib(early)} | ${mib(late)} | ${(growth * 100).toFixed(1)}% | ${mib(base.kib)} -> ${mib(end.kib)} | ${mib(base.anon)} -> ${mib(end.anon)} |`,
     );
   }
 
@@ -346,7 +353,7 @@ async function main({ processes, cleanups }: BenchScope) {
   console.log('|---|---:|---:|---|');
   console.log(`| errors (non-200 answers, broken connections, failed policy writes) | ${total.errors} + ${writes.failed} | 0 | ${verdict(errors === 0)} |`);
   console.log(
-    `| RSS of every process, growth from ${baseAt.toFixed(0)}s to the end | max ${(maxGrowth * 100).toFixed(1)}%${grown.length ? ` (${grown.join(', ')})` : ''} | <= 5% | ${verdict(rssOk)} |`,
+    `| RSS of every process, peak of the last interval vs peak of the second | max ${(maxGrowth * 100).toFixed(1)}%${grown.length ? ` (${grown.join(', ')})` : ''} | <= 5% | ${verdict(rssOk)} |`,
   );
   console.log(
     `| p99 of the last interval vs the first | ${last.p99Us.toFixed(0)} / ${first.p99Us.toFixed(0)} µs = ${p99Ratio.toFixed(2)}x | <= 1.5x | ${verdict(p99Ratio <= 1.5)} |`,
