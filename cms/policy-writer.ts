@@ -17,11 +17,10 @@
  * write, in `waitForGateways`, so that the caller can say which version it
  * wrote before it waits.
  */
-import { createHash } from 'node:crypto';
 import type { Etcd3 } from 'etcd3';
 import { EvaluationBudgetError } from '../policy/engine/index.js';
 import { EvaluationMemoryError, EvaluationTimeoutError, type EvaluationPool } from '../policy/engine/pool.js';
-import type { PolicyMetadata, PolicyStore, PutResult, WriteConditions } from '../policy/store/index.js';
+import { sha256Hex, type PolicyMetadata, type PolicyStore, type PutResult, type WriteConditions } from '../policy/store/index.js';
 import { waitForFleet } from './fleet.js';
 import type { CmsMetrics } from './metrics.js';
 import { renderTests, type PolicyBody } from './policy-body.js';
@@ -156,8 +155,7 @@ export class PolicyWriter {
    * under the gateways' bounds, so the CMS answers other requests meanwhile.
    */
   private async checkLoads(name: string, compiled: CompiledPolicy, dataText: string): Promise<void> {
-    const sha256 = (bytes: Uint8Array | string) => createHash('sha256').update(bytes).digest('hex');
-    const source = { wasmSha256: sha256(compiled.wasm), wasm: new Uint8Array(compiled.wasm), dataSha256: sha256(dataText), dataText };
+    const source = { wasmSha256: sha256Hex(compiled.wasm), wasm: new Uint8Array(compiled.wasm), dataSha256: sha256Hex(dataText), dataText };
     try {
       await this.checks.evaluate(name, { source, entrypoint: compiled.entrypoint }, {});
     } catch (error) {

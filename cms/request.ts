@@ -119,6 +119,11 @@ export function listQuery(query: unknown, endpoint: string, isName: (name: strin
   return { limit, after };
 }
 
+/** "Policy store" for "policy": how an answer's title names a store. */
+function storeTitle(store: string): string {
+  return `${store.charAt(0).toUpperCase()}${store.slice(1)} store`;
+}
+
 /** A failure every store shares (etcd/store-errors.ts) as its answer; null for any other error. */
 export function storeProblem(error: unknown): HttpProblem | null {
   if (error instanceof PreconditionFailedError) {
@@ -131,7 +136,7 @@ export function storeProblem(error: unknown): HttpProblem | null {
     return new HttpProblem({
       status: 500,
       type: ProblemType.storeRefused,
-      title: `${error.store.charAt(0).toUpperCase()}${error.store.slice(1)} store refused the request`,
+      title: `${storeTitle(error.store)} refused the request`,
       detail: `etcd refused the CMS's request (${error.reason}): the CMS's etcd user lacks a permission it needs, or its credentials are wrong; nothing was written`,
     });
   }
@@ -139,7 +144,7 @@ export function storeProblem(error: unknown): HttpProblem | null {
     return new HttpProblem({
       status: 503,
       type: ProblemType.storeUnavailable,
-      title: `${error.store.charAt(0).toUpperCase()}${error.store.slice(1)} store unavailable`,
+      title: `${storeTitle(error.store)} unavailable`,
       detail: 'etcd did not answer in time; a write is one transaction, so it happened entirely or not at all',
       headers: { 'Retry-After': '1' },
     });

@@ -52,8 +52,6 @@ export class EvaluationMemoryError extends Error {
   override readonly name = 'EvaluationMemoryError';
 }
 
-export type { EvaluationTarget } from './evaluation.js';
-
 export interface EvaluationPoolOptions {
   workers: number;
   timeoutMs?: number;

@@ -21,11 +21,10 @@
  * When etcd compacts the pinned revision away mid-read, the read fails with
  * PinnedRevisionCompactedError; the caller starts again at a new revision.
  */
-import { createHash } from 'node:crypto';
 import { Range, type Etcd3, type IKeyValue } from 'etcd3';
 import pLimit from 'p-limit';
 import { POLICIES_PREFIX, POLICY_INDEX_PREFIX, parseIndexKey, parsePolicyKey, policyKeys } from './keys.js';
-import { unknownMetadata, type PolicyMetadata } from './metadata.js';
+import { sha256Hex, unknownMetadata, type PolicyMetadata } from './metadata.js';
 
 /** meta+data transactions in flight at once during a full read. */
 const READ_CONCURRENCY = 4;
@@ -230,8 +229,7 @@ export async function readPolicyWasm(client: Etcd3, name: string, revision: numb
   const key = policyKeys(name).wasm;
   const wasm = await pinned(() => client.get(key).revision(revision).buffer());
   if (wasm === null) throw new Error(`${key} is missing at revision ${revision}`);
-  const digest = createHash('sha256').update(wasm).digest('hex');
-  if (digest !== wasmSha256) throw new Error(`wasm of ${name} does not match its metadata sha256`);
+  if (sha256Hex(wasm) !== wasmSha256) throw new Error(`wasm of ${name} does not match its metadata sha256`);
   return wasm;
 }
 
