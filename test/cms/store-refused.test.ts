@@ -3,17 +3,15 @@
 // what etcd said, not 503 "etcd did not answer in time", which would send
 // clients retrying something that can never succeed. Nothing is written.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { randomBytes } from 'node:crypto';
 import type { FastifyInstance } from 'fastify';
 import { pino } from 'pino';
 import { createEtcdClient } from '../../etcd/index.js';
 import { buildCmsApp } from '../../cms/app.js';
-import { CMS_USER, POLICY_WRITER_ROLE, enableEtcdAuth, policyKeyRanges, type EtcdAuthSetup } from '../../deploy/etcd-auth/roles.js';
-import { startEtcd, type TestEtcd } from '../support/etcd.js';
+import { CMS_USER, POLICY_WRITER_ROLE, policyKeyRanges, type EtcdAuthSetup } from '../../deploy/etcd-auth/roles.js';
+import { startEtcd, withAccessControl, type TestEtcd } from '../support/etcd.js';
 import { createTestKeys, type TestKeys } from '../support/jwt.js';
 import { opaPath } from '../support/policies.js';
 
-const password = () => randomBytes(12).toString('hex');
 const REGO = 'package project.authz\nimport rego.v1\ndefault allow := false\n';
 
 let etcd: TestEtcd;
@@ -23,13 +21,7 @@ let cms: FastifyInstance;
 
 beforeAll(async () => {
   etcd = await startEtcd();
-  setup = { rootPassword: password(), cmsPassword: password(), gatewayPassword: password() };
-  const client = createEtcdClient(etcd.endpoints);
-  try {
-    await enableEtcdAuth(client, setup);
-  } finally {
-    client.close();
-  }
+  setup = await withAccessControl(etcd.endpoints);
   keys = await createTestKeys();
   cms = await buildCmsApp({
     etcdEndpoints: etcd.endpoints,

@@ -15,9 +15,9 @@ import { pino } from 'pino';
 import { Range, type Etcd3 } from 'etcd3';
 import { createEtcdClient } from '../../etcd/index.js';
 import { buildCmsApp } from '../../cms/app.js';
-import { CMS_USER, GATEWAY_USER, POLICY_READER_ROLE, POLICY_WRITER_ROLE, enableEtcdAuth, type EtcdAuthSetup } from '../../deploy/etcd-auth/roles.js';
+import { CMS_USER, GATEWAY_USER, POLICY_READER_ROLE, POLICY_WRITER_ROLE, type EtcdAuthSetup } from '../../deploy/etcd-auth/roles.js';
 import { startLocalEtcd, type LocalEtcd } from '../../dev/local-etcd/index.js';
-import { startEtcd } from '../support/etcd.js';
+import { startEtcd, withAccessControl } from '../support/etcd.js';
 import { createTestKeys, type TestKeys } from '../support/jwt.js';
 import { EtcdPolicyWriter, opaPath } from '../support/policies.js';
 import { startRunner, type RunnerProcess } from '../support/runner-process.js';
@@ -36,18 +36,6 @@ async function until(check: () => Promise<boolean>, what: string, timeoutMs = 20
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await sleep(50);
   }
-}
-
-/** Users and roles as deploy/etcd-auth makes them, with passwords. */
-async function withAccessControl(endpoints: string[]): Promise<EtcdAuthSetup> {
-  const setup: EtcdAuthSetup = { rootPassword: password(), cmsPassword: password(), gatewayPassword: password() };
-  const client = createEtcdClient(endpoints);
-  try {
-    await enableEtcdAuth(client, setup);
-  } finally {
-    client.close();
-  }
-  return setup;
 }
 
 describe('etcd with JWT tokens: every token issued before a change of access control is refused', () => {

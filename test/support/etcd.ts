@@ -7,11 +7,28 @@
  *   await etcd.stop();        // kill it, keep the data (to test an outage)
  *   await etcd.restart();     // same ports, same data
  *   await etcd.cleanup();     // kill it and remove the data (afterAll)
+ *   await withAccessControl(etcd.endpoints);  // users, roles and auth on, as deploy/etcd-auth sets them up
  */
+import { randomBytes } from 'node:crypto';
 import { startLocalEtcd, type LocalEtcd } from '../../dev/local-etcd/index.js';
+import { createEtcdClient } from '../../etcd/index.js';
+import { enableEtcdAuth, type EtcdAuthSetup } from '../../deploy/etcd-auth/roles.js';
 
 export type TestEtcd = LocalEtcd;
 
 export function startEtcd(): Promise<TestEtcd> {
   return startLocalEtcd({ dataRoot: 'test-etcd' });
+}
+
+/** Users and roles as deploy/etcd-auth makes them, with fresh passwords, and auth turned on. */
+export async function withAccessControl(endpoints: string[]): Promise<EtcdAuthSetup> {
+  const password = () => randomBytes(12).toString('hex');
+  const setup: EtcdAuthSetup = { rootPassword: password(), cmsPassword: password(), gatewayPassword: password() };
+  const client = createEtcdClient(endpoints);
+  try {
+    await enableEtcdAuth(client, setup);
+  } finally {
+    client.close();
+  }
+  return setup;
 }
