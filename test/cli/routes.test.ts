@@ -309,7 +309,12 @@ describe('gatehouse routes diff and apply against the Admin API', () => {
     expect((await admin.stored('routes')).has('old')).toBe(true);
     const pruned = await cli(['routes', 'apply', '--yes', '--prune']);
     expect(pruned.code, pruned.err).toBe(0);
-    expect(admin.requests.filter((r) => r.method === 'DELETE').map((r) => r.path)).toEqual(['/apisix/admin/routes/old', '/apisix/admin/upstreams/old']);
+    // The route goes first; APISIX may refuse the upstream's DELETE with "still using it" until its
+    // worker has seen the route gone, and only that refusal is retried, so the upstream's may repeat.
+    const deletes = admin.requests.filter((r) => r.method === 'DELETE').map((r) => r.path);
+    expect(deletes[0]).toBe('/apisix/admin/routes/old');
+    expect(deletes.slice(1).length).toBeGreaterThan(0);
+    expect(new Set(deletes.slice(1))).toEqual(new Set(['/apisix/admin/upstreams/old']));
     expect((await admin.stored('routes')).has('old')).toBe(false);
     expect((await admin.stored('upstreams')).has('old')).toBe(false);
   });
