@@ -9,7 +9,8 @@
  *   LOG_LEVEL                  pino level (default info)
  *   ETCD_ENDPOINTS             comma-separated etcd URLs (default http://127.0.0.1:2379)
  *   ETCD_CACERT, ETCD_CERT, ETCD_KEY, ETCD_USERNAME, ETCD_PASSWORD, ETCD_PASSWORD_FILE  TLS and user towards etcd (etcd/config.ts)
- *   JWT_*                      token verification, as everywhere (identity/config.ts); required
+ *   JWT_*                      token verification, as everywhere (identity/config.ts); required;
+ *                              JWT_VERIFY_CACHE_SECONDS remembers a verified token as the gateway does (default 30)
  *   POLICY_EVAL_WORKERS, POLICY_EVAL_FUEL, POLICY_MEMORY_MAX_MB, POLICY_EVAL_TIMEOUT_MS
  *                              how decisions are evaluated, as the runner's (defaults 0, 10000000, 64, 500)
  *   DECISION_LOG               stdout, file:<path> or off (default off); DECISION_LOG_BUFFER events may wait (default 10000)
@@ -20,7 +21,7 @@
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { etcdClientOptionsFromEnv, etcdEndpoints, type EtcdClientOptions } from '../etcd/index.js';
-import { identityConfigFromEnv, type IdentityConfig } from '../identity/index.js';
+import { identityConfigFromEnv, verifyCacheSecondsFromEnv, type IdentityConfig } from '../identity/index.js';
 import { policyCacheBytesFromEnv } from '../policy/engine/cache.js';
 import { evaluationSettings, type EvaluationSettings } from '../policy/engine/evaluator.js';
 import { decisionLogSettings, type DecisionLogSettings } from '../policy/decision-log/index.js';
@@ -34,6 +35,8 @@ export interface DecisionConfig {
   etcdEndpoints: string[];
   etcdClient: EtcdClientOptions;
   identity: IdentityConfig;
+  /** How long a verified token is remembered (0: not at all). */
+  verifyCacheSeconds: number;
   policyCacheBytes: number;
   evaluation: EvaluationSettings;
   decisionLog: DecisionLogSettings | null;
@@ -57,6 +60,7 @@ export function decisionConfigFromEnv(env: NodeJS.ProcessEnv = process.env): Dec
     etcdEndpoints: etcdEndpoints(env),
     etcdClient: etcdClientOptionsFromEnv(env),
     identity: identityConfigFromEnv(env),
+    verifyCacheSeconds: verifyCacheSecondsFromEnv(env),
     policyCacheBytes: policyCacheBytesFromEnv('DECISION_POLICY_CACHE_MB', env),
     evaluation: evaluationSettings(env),
     decisionLog: decisionLogSettings(env),

@@ -4,7 +4,7 @@
 // same policy pipeline (policy/enforcer.ts). Configuration: decision-api/config.ts.
 import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { createLogger } from '../runtime/logger.js';
-import { createIdentityVerifier } from '../identity/index.js';
+import { cachingVerifier, createIdentityVerifier } from '../identity/index.js';
 import { createEtcdClient } from '../etcd/index.js';
 import { gatewayId } from '../policy/fleet/report.js';
 import { createEnforcer } from '../policy/enforcer.js';
@@ -62,10 +62,16 @@ async function main() {
   });
   await enforcer.start();
   const { watcher, reporter, decisionLog } = enforcer;
+  // The plugin sends the same client token with every request: an ES256 check per request was most of
+  // this API's CPU (BENCHMARKS.md, "The gateway end to end").
+  const verifier = () => {
+    const inner = createIdentityVerifier(config.identity);
+    return config.verifyCacheSeconds > 0 ? cachingVerifier(inner, { maxAgeMs: config.verifyCacheSeconds * 1000 }) : inner;
+  };
   const app = await buildDecisionApp({
     watcher,
     decisionLog: { log: decisionLog, gateway: reporter.id },
-    verifier: createIdentityVerifier(config.identity),
+    verifier: verifier(),
     access: await loadAccessPolicy(defaultAccessPolicyWasmPath()),
     log,
     registry,

@@ -14,6 +14,7 @@
  *   JWT_CLOCK_TOLERANCE_SECONDS  leeway for exp/nbf (default 30)
  *   JWT_CLAIM_SUB / JWT_CLAIM_ROLE / JWT_CLAIM_PROJECT
  *                                claim names for subject, role and project (defaults sub, role, project)
+ *   JWT_VERIFY_CACHE_SECONDS     how long a gateway or decision API remembers a verified token (default 30; 0: not at all)
  */
 export interface ClaimNames {
   sub: string;
@@ -113,4 +114,11 @@ export function identityConfigFromEnv(env: NodeJS.ProcessEnv): IdentityConfig {
     ...(env.JWT_MAX_TOKEN_LIFETIME_SECONDS?.trim() ? { maxTokenLifetimeSeconds: Number(env.JWT_MAX_TOKEN_LIFETIME_SECONDS.trim()) } : {}),
     ...(env.JWT_JWKS_ALLOW_HTTP?.trim() === 'true' ? { allowPlainHttpJwks: true } : {}),
   });
+}
+
+/** JWT_VERIFY_CACHE_SECONDS (default 30; 0 turns the cache off): see verification-cache.ts. */
+export function verifyCacheSecondsFromEnv(env: NodeJS.ProcessEnv): number {
+  const seconds = Number(env.JWT_VERIFY_CACHE_SECONDS ?? 30);
+  if (!Number.isFinite(seconds) || seconds < 0) throw new IdentityConfigError('JWT_VERIFY_CACHE_SECONDS must be a number of seconds (0 disables)');
+  return seconds;
 }

@@ -10,3 +10,4 @@
 export * from './config.js';
 export * from './errors.js';
 export * from './verifier.js';
+export * from './verification-cache.js';

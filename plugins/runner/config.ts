@@ -36,7 +36,7 @@
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { etcdClientOptionsFromEnv, etcdEndpoints, type EtcdClientOptions } from '../../etcd/index.js';
-import { identityConfigFromEnv, type IdentityConfig } from '../../identity/index.js';
+import { identityConfigFromEnv, verifyCacheSecondsFromEnv, type IdentityConfig } from '../../identity/index.js';
 import { evaluationSettings, type EvaluationSettings } from '../../policy/engine/evaluator.js';
 import { policyCacheBytesFromEnv } from '../../policy/engine/cache.js';
 import { decisionLogSettings, type DecisionLogSettings } from '../../policy/decision-log/index.js';
@@ -144,9 +144,7 @@ export function runnerConfigFromEnv(env: NodeJS.ProcessEnv = process.env): Runne
 function identityFromEnv(env: NodeJS.ProcessEnv): RunnerConfig['identity'] {
   try {
     const config = identityConfigFromEnv(env);
-    const verifyCacheSeconds = Number(env.JWT_VERIFY_CACHE_SECONDS ?? 30);
-    if (!Number.isFinite(verifyCacheSeconds) || verifyCacheSeconds < 0) throw new Error('JWT_VERIFY_CACHE_SECONDS must be a number of seconds (0 disables)');
-    return { config, verifyCacheSeconds };
+    return { config, verifyCacheSeconds: verifyCacheSecondsFromEnv(env) };
   } catch (err) {
     return { error: (err as Error).message };
   }

@@ -123,6 +123,7 @@ describe('the decision API configuration', () => {
       gatewayId: null,
       datacenter: null,
       reportTtlSeconds: 10,
+      verifyCacheSeconds: 30,
     });
     expect(
       decisionConfigFromEnv({
@@ -135,6 +136,7 @@ describe('the decision API configuration', () => {
         DECISION_LOG: 'stdout',
         GATEWAY_ID: 'd1',
         GATEHOUSE_DATACENTER: 'dc1',
+        JWT_VERIFY_CACHE_SECONDS: '0',
       }),
     ).toMatchObject({
       port: 9000,
@@ -145,9 +147,11 @@ describe('the decision API configuration', () => {
       decisionLog: { target: { kind: 'stdout' }, maxBuffered: 10_000 },
       gatewayId: 'd1',
       datacenter: 'dc1',
+      verifyCacheSeconds: 0,
     });
     // Token verification is not optional for the decision API.
     expect(() => decisionConfigFromEnv({})).toThrow(/JWT_JWKS_FILE/);
+    expect(() => decisionConfigFromEnv({ ...JWT, JWT_VERIFY_CACHE_SECONDS: '-5' })).toThrow(/JWT_VERIFY_CACHE_SECONDS must be a number of seconds/);
   });
 });
 

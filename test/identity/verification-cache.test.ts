@@ -7,7 +7,7 @@ import type { webcrypto } from 'node:crypto';
 import { exportJWK, generateKeyPair, SignJWT } from 'jose';
 import { createTestKeys, type TestKeys } from '../support/jwt.js';
 import { createIdentityVerifier, type IdentityVerifier } from '../../identity/index.js';
-import { cachingVerifier } from '../../plugins/jwt/verification-cache.js';
+import { cachingVerifier } from '../../identity/index.js';
 
 let keys: TestKeys;
 let real: IdentityVerifier;

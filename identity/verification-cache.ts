@@ -5,8 +5,7 @@
 // JWKS file stops working at once (within the verifier's look at the file).
 // Failures are never cached.
 import { LRUCache } from 'lru-cache';
-import type { Identity, IdentityVerifier } from '../../identity/index.js';
-import { bearerToken } from '../../identity/index.js';
+import { bearerToken, type Identity, type IdentityVerifier } from './verifier.js';
 
 export interface VerificationCacheOptions {
   maxEntries?: number;
