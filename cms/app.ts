@@ -70,6 +70,8 @@ export interface CmsAppOptions {
   /** The load check's fuel: the gateways' (default POLICY_EVAL_FUEL's; null: modules not metered). */
   evalFuel?: number | null;
   bodyLimitBytes?: number;
+  /** A check's replay, all its evaluations together, at most (default 10 s: cms/replay.ts). */
+  replayTimeoutMs?: number;
   historyRetention?: number;
   compileConcurrency?: number;
   compileQueue?: number;
@@ -165,7 +167,14 @@ export async function buildCmsApp(options: CmsAppOptions): Promise<FastifyInstan
   });
   const budgets = new BudgetStore(etcd, { historyRetention: options.historyRetention });
   const metrics = createCmsMetrics();
-  const writer = new PolicyWriter({ compiler, checks, store, etcd, metrics });
+  const writer = new PolicyWriter({
+    compiler,
+    checks,
+    store,
+    etcd,
+    metrics,
+    ...(options.replayTimeoutMs !== undefined ? { replayTimeoutMs: options.replayTimeoutMs } : {}),
+  });
   // Policies written before the index of current policies existed get their
   // entries (a no-op when it is in step); in the background, so that a CMS
   // starts while etcd is away.

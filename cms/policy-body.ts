@@ -39,7 +39,14 @@ function isPlainObject(value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value);
 }
 
-export function parsePolicyBody(text: string): PolicyBody {
+/**
+ * The policy object of `text`. `also` names members a request may send
+ * beside it (a check's `replay`): they are returned in `also`, as parsed
+ * (numbers as lossless-json keeps them); any other member is refused.
+ */
+export function parsePolicyBody(text: string): PolicyBody;
+export function parsePolicyBody(text: string, also: readonly string[]): PolicyBody & { also: Record<string, unknown> };
+export function parsePolicyBody(text: string, also: readonly string[] = []): PolicyBody & { also?: Record<string, unknown> } {
   let body: unknown;
   try {
     body = parse(text);
@@ -52,7 +59,7 @@ export function parsePolicyBody(text: string): PolicyBody {
     });
   }
   if (!isPlainObject(body)) throw invalid('the body must be a JSON object {"rego": string, "data": object}');
-  const unexpected = Object.keys(body).filter((key) => key !== 'rego' && key !== 'data' && key !== 'tests');
+  const unexpected = Object.keys(body).filter((key) => key !== 'rego' && key !== 'data' && key !== 'tests' && !also.includes(key));
   if (unexpected.length > 0) throw invalid(`unexpected member(s): ${unexpected.join(', ')}`);
   if (typeof body.rego !== 'string' || body.rego.trim().length === 0) {
     throw invalid('"rego" must be a non-empty string');
@@ -61,7 +68,9 @@ export function parsePolicyBody(text: string): PolicyBody {
   const dataText = stringify(body.data);
   if (dataText === undefined) throw invalid('"data" cannot be serialised');
   const tests = body.tests === undefined ? null : parseTests(body.tests);
-  return { rego: body.rego, dataText, tests };
+  if (also.length === 0) return { rego: body.rego, dataText, tests };
+  const members = body;
+  return { rego: body.rego, dataText, tests, also: Object.fromEntries(also.filter((key) => Object.hasOwn(members, key)).map((key) => [key, members[key]])) };
 }
 
 function parseTests(value: unknown): Record<string, string> {

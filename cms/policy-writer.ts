@@ -24,6 +24,7 @@ import { sha256Hex, type PolicyMetadata, type PolicyStore, type PutResult, type 
 import { waitForFleet } from './fleet.js';
 import type { CmsMetrics } from './metrics.js';
 import { renderTests, type PolicyBody } from './policy-body.js';
+import { DEFAULT_REPLAY_TIMEOUT_MS, replay, type ReplayInputs, type ReplayReport } from './replay.js';
 import { PolicyTestsFailedError, PolicyTestsStoppedError, policySubmission, type CompiledPolicy, type RegoCompiler } from './rego-compiler.js';
 
 export interface PolicyWriterOptions {
@@ -34,7 +35,12 @@ export interface PolicyWriterOptions {
   /** Where the gateways report the revision they enforce. */
   etcd: Etcd3;
   metrics: CmsMetrics;
+  /** A replay's time budget, all its evaluations together (default DEFAULT_REPLAY_TIMEOUT_MS). */
+  replayTimeoutMs?: number;
 }
+
+/** What a check answers: the compiled policy, and the replay's report when inputs were replayed. */
+export type CheckedPolicy = CompiledPolicy & { replay?: ReplayReport };
 
 /** Who writes, and the logger the audit line goes to (a request's: it carries the request id). */
 export interface PolicyAuthor {
@@ -70,16 +76,40 @@ export class PolicyWriter {
   private readonly store: PolicyStore;
   private readonly etcd: Etcd3;
   private readonly metrics: CmsMetrics;
+  private readonly replayTimeoutMs: number;
 
   constructor(options: PolicyWriterOptions) {
     ({ compiler: this.compiler, checks: this.checks, store: this.store, etcd: this.etcd, metrics: this.metrics } = options);
+    this.replayTimeoutMs = options.replayTimeoutMs ?? DEFAULT_REPLAY_TIMEOUT_MS;
   }
 
-  /** Everything a write checks (compile, tests, load), nothing written. */
-  async check(name: string, policy: PolicyBody): Promise<CompiledPolicy> {
+  /**
+   * Everything a write checks (compile, tests, load), nothing written. With
+   * `inputs`, then those decision inputs evaluated with the live version (the
+   * current one in etcd, if any) and with this one, and the ones whose result
+   * changed (replay.ts).
+   */
+  async check(name: string, policy: PolicyBody, inputs?: ReplayInputs): Promise<CheckedPolicy> {
     const compiled = await this.compiler.compile(policy.rego, policy.dataText, policy.tests);
     await this.checkLoads(name, compiled, policy.dataText);
-    return compiled;
+    if (!inputs) return compiled;
+    const current = await this.store.get(name, { withWasm: true });
+    if (current && current.wasm === undefined) throw new Error(`the live version of ${name} has no compiled module in etcd`);
+    const live =
+      current?.wasm === undefined
+        ? null
+        : {
+            source: {
+              wasmSha256: current.meta.wasmSha256,
+              wasm: new Uint8Array(current.wasm),
+              dataSha256: sha256Hex(current.dataText),
+              dataText: current.dataText,
+            },
+            entrypoint: current.meta.entrypoint,
+          };
+    const draft = { source: engineSource(compiled, policy.dataText), entrypoint: compiled.entrypoint };
+    const report = await replay(this.checks, { live, liveVersion: live ? current!.meta.version : null, draft }, inputs.inputs, this.replayTimeoutMs);
+    return { ...compiled, replay: report };
   }
 
   /** Writes `policy` as the next version of `name` (created or replaced). */
@@ -155,7 +185,7 @@ export class PolicyWriter {
    * under the gateways' bounds, so the CMS answers other requests meanwhile.
    */
   private async checkLoads(name: string, compiled: CompiledPolicy, dataText: string): Promise<void> {
-    const source = { wasmSha256: sha256Hex(compiled.wasm), wasm: new Uint8Array(compiled.wasm), dataSha256: sha256Hex(dataText), dataText };
+    const source = engineSource(compiled, dataText);
     try {
       await this.checks.evaluate(name, { source, entrypoint: compiled.entrypoint }, {});
     } catch (error) {
@@ -171,6 +201,11 @@ export class PolicyWriter {
       throw new PolicyDoesNotLoadError(`the compiled policy does not load or evaluate in the gateway's engine: ${reason}`, { cause: error });
     }
   }
+}
+
+/** A compiled policy with its data, as the gateways' engine loads it. */
+function engineSource(compiled: CompiledPolicy, dataText: string) {
+  return { wasmSha256: sha256Hex(compiled.wasm), wasm: new Uint8Array(compiled.wasm), dataSha256: sha256Hex(dataText), dataText };
 }
 
 function audit(author: PolicyAuthor, operation: string, meta: PolicyMetadata, extra: Record<string, unknown> = {}): void {

@@ -10,7 +10,7 @@
  *   PUT    /policies/{name}                        create (201) or replace (200); Prefer: wait=N
  *   GET    /policies/{name}                        the policy object, ETag "<version>"
  *   DELETE /policies/{name}                        204; history keeps it
- *   POST   /policies/{name}/check                  everything a PUT checks, nothing written
+ *   POST   /policies/{name}/check                  everything a PUT checks, nothing written; `replay`: decision inputs, live vs draft
  *   POST   /policies/{name}/rollback               {"version": n} written again as the next version
  *   GET    /policies/{name}/history                retained versions, newest first
  *   GET    /policies/{name}/history/{version}      one retained version
@@ -30,6 +30,7 @@ import {
 } from '../../policy/store/index.js';
 import { currentFleetStatus, fleetHeaders, preferredWait } from '../fleet.js';
 import { parsePolicyBody, type PolicyBody } from '../policy-body.js';
+import { MAX_REPLAY_BYTES, parseReplay, ReplayProblemType, ReplayStoppedError, type ReplayInputs } from '../replay.js';
 import { PolicyDoesNotLoadError, PolicyEvaluationBoundError, type PolicyAuthor, type PolicyWriter, type WrittenPolicy } from '../policy-writer.js';
 import { CompilerBusyError, CompilerUnavailableError, PolicyTestsFailedError, PolicyTestsStoppedError, RegoCompileError } from '../rego-compiler.js';
 import { ALL_METHODS, encodePageToken, etag, listQuery, methodNotAllowed, notModified, verifiedIdentity, versionOf, writeConditions } from '../request.js';
@@ -85,6 +86,29 @@ function policyBodyOf(request: FastifyRequest): PolicyBody {
     throw new HttpProblem({ status: 415, detail: 'the body must be a policy object sent as application/json' });
   }
   return parsePolicyBody(request.body);
+}
+
+/**
+ * The body of a check: the policy object, and optionally `replay`, decision
+ * inputs to evaluate with the live version and the draft (../replay.ts).
+ * The route takes MAX_REPLAY_BYTES (and room for their JSON) beyond the body
+ * limit; the policy object itself stays within the limit, as on a PUT.
+ */
+function checkBodyOf(request: FastifyRequest, bodyLimit: number): { policy: PolicyBody; replay: ReplayInputs | null } {
+  if (typeof request.body !== 'string') {
+    throw new HttpProblem({ status: 415, detail: 'the body must be a policy object sent as application/json' });
+  }
+  const { also, ...policy } = parsePolicyBody(request.body, ['replay']);
+  const replay = also.replay === undefined ? null : parseReplay(also.replay);
+  if (Buffer.byteLength(request.body) - (replay?.bytes ?? 0) > bodyLimit) {
+    throw new HttpProblem({
+      status: 413,
+      type: ProblemType.policyTooLarge,
+      title: 'Policy too large',
+      detail: `the policy object is larger than the body limit (CMS_BODY_LIMIT_BYTES, ${bodyLimit} bytes), as on a PUT`,
+    });
+  }
+  return { policy, replay };
 }
 
 /** The body of a rollback: {"version": <a positive integer>}, nothing else. */
@@ -154,6 +178,15 @@ function policyProblem(error: unknown, request: FastifyRequest): HttpProblem | n
       title: 'Policy evaluation exceeds its bounds',
       detail: error.message,
       extensions: { bound: error.bound },
+    });
+  }
+  if (error instanceof ReplayStoppedError) {
+    return new HttpProblem({
+      status: 422,
+      type: ReplayProblemType.replayStopped,
+      title: 'Replay stopped',
+      detail: error.message,
+      extensions: { bound: 'time', limitMs: error.limitMs, evaluated: error.evaluated, total: error.total },
     });
   }
   if (error instanceof PolicyDoesNotLoadError) {
@@ -251,17 +284,21 @@ export const policyRoutes: FastifyPluginAsync<PolicyRoutesOptions> = async (app,
     return sendWritten(reply, name, await writer.write(name, body, conditions, author(request)), wait);
   });
 
-  // Everything a PUT checks (compile, load, tests), nothing written.
-  app.post('/policies/:name/check', async (request, reply) => {
+  // Everything a PUT checks (compile, load, tests), nothing written; with `replay`, the decision
+  // inputs whose result the draft changes from the live version's (../replay.ts).
+  const bodyLimit = app.initialConfig.bodyLimit ?? 1024 * 1024;
+  app.post('/policies/:name/check', { bodyLimit: bodyLimit + MAX_REPLAY_BYTES + 64 * 1024 }, async (request, reply) => {
     verifiedIdentity(request);
     const name = policyName(request);
-    const compiled = await writer.check(name, policyBodyOf(request));
+    const body = checkBodyOf(request, bodyLimit);
+    const compiled = await writer.check(name, body.policy, body.replay ?? undefined);
     return reply.type('application/json').send({
       ok: true,
       entrypoint: compiled.entrypoint,
       syntaxVersion: compiled.syntaxVersion,
       opaVersion: compiled.opaVersion,
       tests: { passed: compiled.tests?.passed ?? 0 },
+      ...(compiled.replay ? { replay: compiled.replay } : {}),
     });
   });
   methodNotAllowed(app, '/policies/:name/check', ['POST']);
