@@ -9,11 +9,16 @@
  *      (`--v0-compatible`). Gives the syntax version and the package, which
  *      becomes the single entrypoint, so every rule of the package (allow,
  *      reason, status_code, headers, ...) is visible to the caller.
- *   2. `opa build -t wasm -e <package>` against the capabilities that
+ *   2. `opa check --schema` with the input's JSON Schema (default: the
+ *      gateway's, plugins/opa/input.schema.json) over the policy, its data
+ *      and its test modules: a policy that reads a field the input does not
+ *      have (`input.usr.role`), or compares one with a value of another type,
+ *      is refused here with OPA's row and column, before anything is built.
+ *   3. `opa build -t wasm -e <package>` against the capabilities that
  *      @open-policy-agent/opa-wasm ships: a builtin that SDK cannot run is a
  *      compile error now, not a failure at request time. data.json is part of
  *      the build, so OPA itself reads the data document once before it is stored.
- *   3. Only on a failed build: `opa check --format json` with the same
+ *   4. Only on a failed build: `opa check --format json` with the same
  *      options, for OPA's messages with row and column.
  *
  * Each opa process may commit at most `memoryMaxBytes` (its data segment,
@@ -25,6 +30,7 @@
  * whose memory and time the tests decide) are at most `testConcurrency` at once.
  */
 import { execFile } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -33,6 +39,7 @@ import { promisify } from 'node:util';
 import pLimit, { type LimitFunction } from 'p-limit';
 import { list as listTar } from 'tar'; // reads the gzipped bundle opa writes, without a tar binary
 import type { PolicySubmission } from '../policy/store/index.js';
+import { policyInputSchema } from '../plugins/opa/input-schema.js';
 import { compilerSearchPath } from './config.js';
 import { opaSandboxEnv, writeCompileCapabilities } from './opa-capabilities.js';
 
@@ -149,6 +156,13 @@ export interface RegoCompilerOptions {
   memoryMaxBytes?: number;
   /** Test runs (opa test) at once; a compile whose tests must wait keeps its slot. Default 2. */
   testConcurrency?: number;
+  /**
+   * The JSON Schema file of `input` that every policy and its tests are
+   * type-checked against (`opa check --schema`); default: the gateway's
+   * policy input (plugins/opa/input-schema.ts). A policy written for another
+   * input says so with OPA's own `# METADATA` `schemas:` annotation.
+   */
+  inputSchemaPath?: string;
 }
 
 const POLICY_FILE = 'policy.rego';
@@ -186,10 +200,11 @@ function diagnosticsFrom(text: string): RegoDiagnostic[] | null {
     const parsed = JSON.parse(text.slice(start)) as { errors?: unknown };
     if (!Array.isArray(parsed.errors)) return null;
     return parsed.errors.map((raw) => {
-      const error = raw as { code?: unknown; message?: unknown; location?: { file?: unknown; row?: unknown; col?: unknown } };
+      const error = raw as { code?: unknown; message?: unknown; location?: { file?: unknown; row?: unknown; col?: unknown }; details?: unknown };
+      const message = typeof error.message === 'string' ? error.message : 'unknown error';
       const diagnostic: RegoDiagnostic = {
         code: typeof error.code === 'string' ? error.code : 'rego_error',
-        message: typeof error.message === 'string' ? error.message : 'unknown error',
+        message: message + typeErrorDetail(message, error.details),
       };
       const file = relativeFile(error.location?.file);
       if (file) diagnostic.file = file;
@@ -200,6 +215,37 @@ function diagnosticsFrom(text: string): RegoDiagnostic[] | null {
   } catch {
     return null;
   }
+}
+
+/** An OPA type in words: "string", "object{role, sub}", "any<string, null>". */
+function typeName(type: unknown): string {
+  const t = type as { type?: unknown; static?: { key?: unknown }[]; dynamic?: unknown; of?: unknown[] } | null;
+  if (!t || typeof t.type !== 'string') return 'unknown';
+  if (t.type === 'object' && Array.isArray(t.static)) return `object{${t.static.map((p) => String(p.key)).join(', ')}${t.dynamic ? ', ...' : ''}}`;
+  if (t.type === 'any' && Array.isArray(t.of)) return `any<${t.of.map(typeName).join(', ')}>`;
+  return t.type;
+}
+
+/**
+ * What OPA's type checker found, as its pretty format prints it below the
+ * message (the JSON format has it in `details` only): for an unknown field,
+ * which one and what the input has there; for a match error, the two types.
+ */
+function typeErrorDetail(message: string, details: unknown): string {
+  if (!details || typeof details !== 'object') return '';
+  const d = details as { ref?: { value?: unknown }[]; pos?: unknown; oneOf?: unknown; a?: unknown; b?: unknown };
+  if (message.startsWith('undefined ref') && Array.isArray(d.ref) && typeof d.pos === 'number' && Array.isArray(d.oneOf)) {
+    return ` (have ${JSON.stringify(d.ref[d.pos]?.value)}, want one of: ${d.oneOf.map(String).join(', ')})`;
+  }
+  if (message === 'match error' && d.a !== undefined && d.b !== undefined) {
+    const [a, b] = [typeName(d.a), typeName(d.b)];
+    const nullHint =
+      (a.startsWith('object') && b === 'null') || (b.startsWith('object') && a === 'null')
+        ? '; the input schema types that field as an object even where it may be null: test it with != null or is_null()'
+        : '';
+    return `: ${a} against ${b}${nullHint}`;
+  }
+  return '';
 }
 
 /** Plain-text opa errors (`file:row: code: message`) as diagnostics, the temp dir removed. */
@@ -220,6 +266,7 @@ export class RegoCompiler {
   private readonly searchPath: string;
   private readonly timeoutMs: number;
   private readonly memoryMaxBytes: number;
+  private readonly inputSchemaPath: string;
   private versionPromise: Promise<string> | undefined;
   /** Bounds the test runs, whose memory and time the submitted tests decide. */
   private readonly testSlots: LimitFunction;
@@ -232,6 +279,9 @@ export class RegoCompiler {
     this.searchPath = options.searchPath ?? compilerSearchPath();
     this.timeoutMs = options.timeoutMs ?? 30_000;
     this.memoryMaxBytes = options.memoryMaxBytes ?? DEFAULT_OPA_MEMORY_MAX_BYTES;
+    this.inputSchemaPath = options.inputSchemaPath ?? policyInputSchema().path;
+    // Missing, every policy would be refused as if its own fault: refuse to start instead.
+    if (!existsSync(this.inputSchemaPath)) throw new Error(`no input schema at ${this.inputSchemaPath}`);
     this.testSlots = pLimit(options.testConcurrency ?? 2);
     const concurrency = options.concurrency ?? availableParallelism();
     this.slots = pLimit(concurrency);
@@ -314,6 +364,8 @@ export class RegoCompiler {
       const { syntaxVersion, entrypoint } = await this.parse(workDir);
       const syntaxFlags = syntaxVersion === 'v0' ? ['--v0-compatible'] : [];
       const common = ['--capabilities', 'capabilities.json', ...syntaxFlags];
+      const testFiles = tests ? await writeTests(workDir, tests) : null;
+      await this.typeCheck(workDir, syntaxVersion, testFiles ?? []);
       const build = await compileStep(this.opa(['build', '-t', 'wasm', '-e', entrypoint, ...common, '-o', 'bundle.tar.gz', POLICY_FILE, DATA_FILE], workDir));
       if (!build.ok) {
         const check = await compileStep(this.opa(['check', '--format', 'json', ...common, POLICY_FILE, DATA_FILE], workDir));
@@ -321,7 +373,7 @@ export class RegoCompiler {
         throw new RegoCompileError(diagnostics ?? diagnosticsFromText(build.stderr, workDir));
       }
       const wasm = await readBundleWasm(join(workDir, 'bundle.tar.gz'));
-      const tested = tests ? await this.runTests(workDir, tests, syntaxVersion) : null;
+      const tested = testFiles ? await this.runTests(workDir, testFiles, syntaxVersion) : null;
       return { wasm, entrypoint, syntaxVersion, opaVersion, durationMs: performance.now() - started, ...(tested ? { tests: tested } : {}) };
     } finally {
       await rm(workDir, { recursive: true, force: true });
@@ -336,10 +388,7 @@ export class RegoCompiler {
    * `testConcurrency` runs at once; a run stopped at its memory limit or
    * deadline is PolicyTestsStoppedError.
    */
-  private async runTests(workDir: string, tests: Record<string, string>, syntax: RegoSyntaxVersion): Promise<{ passed: number }> {
-    await mkdir(join(workDir, 'tests'));
-    const files = Object.keys(tests).map((name) => `tests/${name}`);
-    await Promise.all(Object.entries(tests).map(([name, module]) => writeFile(join(workDir, 'tests', name), module)));
+  private async runTests(workDir: string, files: string[], syntax: RegoSyntaxVersion): Promise<{ passed: number }> {
     const attempt = async (v0: boolean) => {
       try {
         return await this.opa(
@@ -398,6 +447,32 @@ export class RegoCompiler {
     return { passed: results.length };
   }
 
+  /**
+   * `opa check --schema` on the policy, its data and its test modules (in
+   * tests/), with the input schema: OPA's type checker refuses a reference
+   * the schema does not have and a comparison of different types. In the
+   * policy's syntax; when only test modules fail to parse, in the other one
+   * (as runTests does).
+   */
+  private async typeCheck(workDir: string, syntax: RegoSyntaxVersion, testFiles: string[]): Promise<void> {
+    const check = async (v0: boolean) => {
+      const args = ['check', '--format', 'json', '--capabilities', 'capabilities.json', ...(v0 ? ['--v0-compatible'] : [])];
+      const result = await compileStep(this.opa([...args, '--schema', this.inputSchemaPath, POLICY_FILE, DATA_FILE, ...testFiles], workDir));
+      if (result.ok) return null;
+      return diagnosticsFrom(result.stdout) ?? diagnosticsFrom(result.stderr) ?? diagnosticsFromText(result.stderr, workDir);
+    };
+    const diagnostics = await check(syntax === 'v0');
+    if (!diagnostics) return;
+    const onlyTestsUnparsed =
+      testFiles.length > 0 && diagnostics.every((d) => d.code === 'rego_parse_error' && d.file !== undefined && d.file !== POLICY_FILE && d.file !== DATA_FILE);
+    if (onlyTestsUnparsed) {
+      const other = await check(syntax !== 'v0');
+      if (!other) return;
+      if (!other.some((d) => d.code === 'rego_parse_error')) throw new RegoCompileError(other);
+    }
+    throw new RegoCompileError(diagnostics);
+  }
+
   private async parse(workDir: string): Promise<{ syntaxVersion: RegoSyntaxVersion; entrypoint: string }> {
     const v1 = await compileStep(this.opa(['parse', '--format', 'json', POLICY_FILE], workDir));
     if (v1.ok) return { syntaxVersion: 'v1', entrypoint: entrypointOf(v1.stdout) };
@@ -406,6 +481,13 @@ export class RegoCompiler {
     // Neither parses: report against v1, today's syntax.
     throw new RegoCompileError(diagnosticsFrom(v1.stderr) ?? diagnosticsFrom(v1.stdout) ?? diagnosticsFromText(v1.stderr, workDir));
   }
+}
+
+/** Writes the test modules into tests/ of the work dir; their paths from it. */
+async function writeTests(workDir: string, tests: Record<string, string>): Promise<string[]> {
+  await mkdir(join(workDir, 'tests'));
+  await Promise.all(Object.entries(tests).map(([name, module]) => writeFile(join(workDir, 'tests', name), module)));
+  return Object.keys(tests).map((name) => `tests/${name}`);
 }
 
 const STACK_BYTES = 8 * 1024 * 1024; // each opa thread's stack counts against the data limit: the usual size, whatever the host's

@@ -1,8 +1,10 @@
+import { readFile } from 'node:fs/promises';
 import { describe, expect, it } from 'vitest';
 import { buildCmsApp } from '../../cms/app.js';
 import { CompilerUnavailableError, RegoCompileError, RegoCompiler } from '../../cms/rego-compiler.js';
 import { EXAMPLE_POLICY } from '../../dev/demo.js';
 import { loadPolicyEngine } from '../../policy/engine/index.js';
+import { accessInputSchema } from '../../policy/access/input-schema.js';
 import { createTestKeys } from '../support/jwt.js';
 import { OPA_PATH } from './harness.js';
 
@@ -29,7 +31,7 @@ describe('Rego compiler (real opa)', () => {
     const rego = [
       'package gate.check',
       'default allow := false',
-      'allow if input.n > data.limit',
+      'allow if input.var.timestamp > data.limit',
       'reason := "too small" if not allow',
       'status_code := 429 if not allow',
       'headers := {"x-exact-limit": "yes"} if data.limit == 9007199254740993',
@@ -40,8 +42,8 @@ describe('Rego compiler (real opa)', () => {
     expect(compiled.syntaxVersion).toBe('v1');
     const engine = await loadPolicyEngine(compiled.wasm, { data });
     expect(engine.entrypoints).toContain('gate/check');
-    expect(() => engine.evaluate({ n: 1 })).toThrow(/name the entrypoint/);
-    expect(engine.evaluate({ n: 9007199254740992 }, 'gate/check')).toEqual({
+    expect(() => engine.evaluate({ var: { timestamp: 1 } })).toThrow(/name the entrypoint/);
+    expect(engine.evaluate({ var: { timestamp: 9007199254740992 } }, 'gate/check')).toEqual({
       allow: false,
       reason: 'too small',
       status_code: 429,
@@ -51,7 +53,7 @@ describe('Rego compiler (real opa)', () => {
 
   it('accepts future-keyword imports (valid in both syntaxes, so recorded as v1)', async () => {
     const compiled = await compiler.compile(
-      'package p.q\nimport future.keywords.if\nimport future.keywords.in\ndefault allow = false\nallow if { input.x in ["a"] }\n',
+      'package p.q\nimport future.keywords.if\nimport future.keywords.in\ndefault allow = false\nallow if { input.request.method in ["GET"] }\n',
     );
     expect(compiled).toMatchObject({ syntaxVersion: 'v1', entrypoint: 'p/q' });
   });
@@ -77,6 +79,37 @@ describe('Rego compiler (real opa)', () => {
   it('reports type errors of a v0 module', async () => {
     const diagnostics = await diagnosticsOf('package v0bad\n\nallow {\n  count(1) == "x"\n}\n');
     expect(diagnostics[0]).toMatchObject({ code: 'rego_type_error', row: 4 });
+  });
+});
+
+describe('input schemas (opa check --schema)', () => {
+  it('an object that may be null, compared with null: refused, naming what compiles instead', async () => {
+    expect(await diagnosticsOf('package p\n\ndeny if input.user == null\n')).toEqual([
+      expect.objectContaining({
+        code: 'rego_type_error',
+        row: 3,
+        message: expect.stringMatching(/^match error: object\{.*\} against null; .* != null or is_null\(\)$/),
+      }),
+    ]);
+    await expect(compiler.compile('package p\n\ndeny if is_null(input.user)\nallow if input.user != null\n')).resolves.toMatchObject({ entrypoint: 'p' });
+  });
+
+  it("the access policy compiles against its own input schema, as the build does, and not against the gateway's", async () => {
+    const access = await readFile(new URL('../../policy/access/access.rego', import.meta.url), 'utf8');
+    const tests = { 'access_test.rego': await readFile(new URL('../../policy/access/access_test.rego', import.meta.url), 'utf8') };
+    const accessCompiler = new RegoCompiler({ opaPath: OPA_PATH, inputSchemaPath: accessInputSchema().path });
+    await expect(accessCompiler.compile(access, '{}', tests)).resolves.toMatchObject({ entrypoint: 'gatehouse/cms/access' });
+    const misspelt = access.replace('input.user.role == "platform_admin"', 'input.user.rol == "platform_admin"');
+    expect(misspelt).not.toBe(access);
+    await expect(accessCompiler.compile(misspelt)).rejects.toMatchObject({
+      diagnostics: [
+        expect.objectContaining({
+          code: 'rego_type_error',
+          message: expect.stringMatching(/^undefined ref: input\.user\.rol \(have "rol", want one of: project, role, sub\)/),
+        }),
+      ],
+    });
+    await expect(compiler.compile(access)).rejects.toThrow(/undefined ref: input\.method/);
   });
 });
 
