@@ -4,6 +4,7 @@
  * is in it and that it lists nothing else.
  */
 import type { FastifyPluginAsync } from 'fastify';
+import { MAX_REPLAY_BYTES, MAX_REPLAY_INPUTS } from '../replay.js';
 
 /** A schema of components/schemas. */
 const ref = (schema: string) => ({ $ref: `#/components/schemas/${schema}` });
@@ -214,8 +215,27 @@ export const openApiDocument = {
     '/policies/{name}/check': {
       parameters: [name],
       post: {
-        summary: 'Compile, load and test a policy object as a PUT would, writing nothing (platform admin)',
-        requestBody: { required: true, content: json(ref('PolicyObject')) },
+        summary: 'Compile, load and test a policy object as a PUT would, writing nothing (platform admin); with `replay`, which decisions it would change',
+        requestBody: {
+          required: true,
+          content: json({
+            type: 'object',
+            additionalProperties: false,
+            required: ['rego', 'data'],
+            description: 'a policy object (PolicyObject), and optionally decision inputs to replay',
+            properties: {
+              rego: { $ref: '#/components/schemas/PolicyObject/properties/rego' },
+              data: { $ref: '#/components/schemas/PolicyObject/properties/data' },
+              tests: { $ref: '#/components/schemas/PolicyObject/properties/tests' },
+              replay: {
+                type: 'array',
+                maxItems: MAX_REPLAY_INPUTS,
+                items: { type: 'object' },
+                description: `decision inputs as decision log events hold them (\`input\`, masked), each evaluated with the live version and with this one after every other check passed; at most ${MAX_REPLAY_INPUTS} inputs and ${MAX_REPLAY_BYTES} bytes of them as compact JSON (413 replay-too-large), evaluated within the replay's time budget (422 replay-stopped); the policy object itself stays within the body limit`,
+              },
+            },
+          }),
+        },
         responses: {
           '200': {
             description: 'it would be accepted',
@@ -227,11 +247,19 @@ export const openApiDocument = {
                 syntaxVersion: { enum: ['v0', 'v1'] },
                 opaVersion: { type: 'string' },
                 tests: { type: 'object', properties: { passed: { type: 'integer' } } },
+                replay: ref('ReplayReport'),
               },
             }),
           },
-          ...problems(400, 401, 403, 413, 415),
-          '422': { ...problem, description: "the policy tests failed or were stopped, or the evaluation exceeds the gateways' bounds (as on a PUT)" },
+          '400': { ...problem, description: 'as on a PUT; or a replay of the wrong type (invalid-replay: `errors` lists its JSON pointer)' },
+          ...problems(401, 403),
+          '413': { ...problem, description: 'the policy object is past the body limit, or the replay past its limits (replay-too-large: `limits`)' },
+          ...problems(415),
+          '422': {
+            ...problem,
+            description:
+              "the policy tests failed or were stopped, or the evaluation exceeds the gateways' bounds (as on a PUT); or the replay ran past its time budget (replay-stopped: nothing is reported as unchanged)",
+          },
           '503': problem,
         },
       },
@@ -493,6 +521,38 @@ export const openApiDocument = {
           },
         },
       },
+      ReplayReport: {
+        type: 'object',
+        description: 'present when the check replayed decision inputs',
+        required: ['evaluated', 'liveVersion', 'changed'],
+        properties: {
+          evaluated: { type: 'integer', description: 'inputs evaluated with both versions' },
+          liveVersion: { type: ['integer', 'null'], description: 'the live version replayed against; null: none (every document it decides is undefined)' },
+          changed: {
+            type: 'array',
+            description:
+              'the inputs whose decision document differs (deep equality), by index into `replay`, in order. An undefined document (no rule matched, no live version) is an absent member; an evaluation that failed (the gateway denies it with 500) is liveError / draftError; both failing is no change',
+            items: {
+              type: 'object',
+              required: ['index'],
+              properties: {
+                index: { type: 'integer', minimum: 0 },
+                live: { description: 'the document the live version decides' },
+                draft: { description: 'the document the checked policy decides' },
+                liveError: ref('ReplayError'),
+                draftError: ref('ReplayError'),
+              },
+            },
+          },
+        },
+      },
+      ReplayError: {
+        type: 'object',
+        properties: {
+          kind: { enum: ['time', 'memory', 'fuel', 'error'], description: "the gateways' bound that stopped it, or error" },
+          message: { type: 'string' },
+        },
+      },
       PolicySummary: {
         type: 'object',
         properties: {
@@ -524,7 +584,7 @@ export const openApiDocument = {
                 file: { type: 'string' },
                 row: { type: 'integer' },
                 col: { type: 'integer' },
-                pointer: { type: 'string', description: 'JSON pointer into the submitted budget' },
+                pointer: { type: 'string', description: 'JSON pointer into the submitted budget, or into a check body (invalid-replay)' },
               },
             },
           },

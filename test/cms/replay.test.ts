@@ -6,6 +6,7 @@
 // Real etcd, real opa.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MAX_REPLAY_BYTES, MAX_REPLAY_INPUTS } from '../../cms/replay.js';
+import { openApiDocument } from '../../cms/routes/openapi.js';
 import { startHarness, type Cms, type Harness } from './harness.js';
 
 let harness: Harness;
@@ -149,5 +150,32 @@ describe('replay limits and bad input: clear 4xx problem+json, nothing written',
     // Stopped at its budget (and the compile before it), not after a thousand evaluations.
     expect(Date.now() - started).toBeLessThan(15_000);
     await bounded.stop();
+  });
+});
+
+describe('the OpenAPI document', () => {
+  it('documents replay on the check, and every $ref in it resolves', () => {
+    const check = (openApiDocument.paths as Record<string, any>)['/policies/{name}/check'].post;
+    expect(check.requestBody.content['application/json'].schema.properties.replay).toMatchObject({ type: 'array', maxItems: MAX_REPLAY_INPUTS });
+    expect(check.responses['200'].content['application/json'].schema.properties.replay).toEqual({ $ref: '#/components/schemas/ReplayReport' });
+    const refs: string[] = [];
+    const walk = (node: unknown): void => {
+      if (Array.isArray(node)) node.forEach(walk);
+      else if (node && typeof node === 'object') {
+        for (const [key, value] of Object.entries(node)) {
+          if (key === '$ref' && typeof value === 'string') refs.push(value);
+          else walk(value);
+        }
+      }
+    };
+    walk(openApiDocument);
+    expect(refs).toContain('#/components/schemas/PolicyObject/properties/tests');
+    for (const ref of refs) {
+      const target = ref
+        .slice(2)
+        .split('/')
+        .reduce<any>((node, part) => node?.[part], openApiDocument);
+      expect(target, ref).toBeTypeOf('object');
+    }
   });
 });
