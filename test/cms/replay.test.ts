@@ -15,7 +15,7 @@ let cms: Cms;
 const ROLES = 'package team.authz\nimport rego.v1\n\ndefault allow := false\n\nallow if input.user.role in data.valid_roles\n';
 /** The same decisions, and a reason beside a denial: a different document for every denied input. */
 const WITH_REASON = `${ROLES}\nreason := "role not allowed" if not allow\n`;
-const RANGE = 'package team.authz\nimport rego.v1\n\ndefault allow := false\n\nallow if count(numbers.range(1, input.n)) > 0\n';
+const RANGE = 'package team.authz\nimport rego.v1\n\ndefault allow := false\n\nallow if count(numbers.range(1, input.request.port)) > 0\n';
 
 /** Decision inputs as a runner's decision log writes them (masked headers and all). */
 const input = (role: string, sub = role) => ({
@@ -77,7 +77,7 @@ describe('check with replay', () => {
 
   it('no live version: every input the draft defines is a change, `live` absent (undefined); a failed evaluation is draftError', async () => {
     const before = await harness.snapshot();
-    const res = await check('team-new', { rego: RANGE, data: {}, replay: [{ n: 3 }, {}, { n: 1e8 }] });
+    const res = await check('team-new', { rego: RANGE, data: {}, replay: [{ request: { port: 3 } }, {}, { request: { port: 1e8 } }] });
     expect(res.status, res.text).toBe(200);
     const { replay } = res.json();
     expect(replay.liveVersion).toBeNull();
@@ -138,7 +138,7 @@ describe('replay limits and bad input: clear 4xx problem+json, nothing written',
 
   it('a replay that runs past its time budget: 422 replay-stopped, soon, and the CMS answers meanwhile', async () => {
     const bounded = await harness.startCms({ replayTimeoutMs: 300 });
-    const inputs = Array.from({ length: MAX_REPLAY_INPUTS }, () => ({ n: 200_000 }));
+    const inputs = Array.from({ length: MAX_REPLAY_INPUTS }, () => ({ request: { port: 200_000 } }));
     const started = Date.now();
     const pending = check('team-slow', { rego: RANGE, data: {}, replay: inputs }, bounded);
     const health = await bounded.request('GET', '/healthz');
