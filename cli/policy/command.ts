@@ -3,11 +3,11 @@
 // with and pushed to the CMS, with If-Match from what was pulled, so that a
 // concurrent change is a conflict and never overwritten.
 import { execFile } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { isIP } from 'node:net';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { createTwoFilesPatch } from 'diff';
 import { opaPath } from '../../runtime/paths.js';
@@ -22,12 +22,14 @@ import {
   policyObject,
   prettyData,
   readPolicyDir,
+  readPolicyFolder,
   readState,
   sameContent,
   writePolicyDir,
   writeState,
   type PolicyFiles,
 } from './files.js';
+import { describeReplay, replayLog } from './replay.js';
 
 export const POLICY_USAGE = `usage: gatehouse policy <command> [names...] [options]
 
@@ -37,6 +39,13 @@ export const POLICY_USAGE = `usage: gatehouse policy <command> [names...] [optio
   push [names]          write what changed, each with If-Match from the version pulled
                         --wait <s>    answer once every gateway enforces it (Prefer: wait)
   check [names]         compile, load and test on the CMS, writing nothing
+  replay <name> --log <file>
+                        replay the decisions a gateway logged (DECISION_LOG=file:...) for policy
+                        <name> with the live version and the local draft, on the CMS, writing
+                        nothing; prints each decision the draft changes and exits 6 if any
+                        --file <path>      the draft: a policy.rego (data.json, *_test.rego beside
+                                           it) or its folder (default: <dir>/<name>)
+                        --allow-changes    exit 0 when decisions change
   test [names]          run the tests locally with opa (OPA_PATH, else this package's pinned opa),
                         as the CMS gate runs them: the gateway engine's builtins only (no
                         http.send, no opa.runtime), an environment of PATH and HOME only
@@ -52,7 +61,8 @@ export const POLICY_USAGE = `usage: gatehouse policy <command> [names...] [optio
 
 Exit codes: 0 done; 1 failed (network, CMS error); 2 usage or configuration;
 3 refused (does not compile, tests fail); 4 conflict (changed on the CMS since
-it was pulled); 5 not enforced by every gateway in time; 6 differences (diff --exit-code).
+it was pulled); 5 not enforced by every gateway in time; 6 differences (diff --exit-code),
+or decisions the draft changes (replay).
 `;
 
 class CliExit extends Error {
@@ -77,6 +87,9 @@ export async function runPolicyCli(argv: string[], io: CliIo): Promise<number> {
       wait: { type: 'string' },
       'exit-code': { type: 'boolean', default: false },
       insecure: { type: 'boolean', default: false },
+      log: { type: 'string' },
+      file: { type: 'string' },
+      'allow-changes': { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
     },
     POLICY_USAGE,
@@ -129,6 +142,12 @@ export async function runPolicyCli(argv: string[], io: CliIo): Promise<number> {
         case 'check':
           code = await check(client, dir, args, report, say);
           break;
+        case 'replay': {
+          const name = one(args, 'replay <name> --log <file> [--file <policy.rego>] [--allow-changes]');
+          if (values.log === undefined) throw new CliExit(EXIT.usage, 'usage: gatehouse policy replay <name> --log <file>: name the decision log');
+          code = await replay(client, dir, name, values.log, values.file, values['allow-changes'], io, report, say);
+          break;
+        }
         case 'status':
           code = await status(client, one(args, 'status <name>'), report, say);
           break;
@@ -377,6 +396,37 @@ async function check(client: CmsClient, dir: string, names: string[], report: Re
     code = EXIT.refused;
   }
   return code;
+}
+
+async function replay(
+  client: CmsClient,
+  dir: string,
+  name: string,
+  logFile: string,
+  file: string | undefined,
+  allowChanges: boolean,
+  io: CliIo,
+  report: Record<string, unknown>,
+  say: (t: string) => void,
+): Promise<number> {
+  const log = resolve(io.cwd ?? process.cwd(), logFile);
+  if (!existsSync(log) || !statSync(log).isFile()) throw new CliExit(EXIT.usage, `no decision log at ${log}`);
+  let draft: PolicyFiles;
+  if (file === undefined) {
+    if (!existsSync(join(dir, name, 'policy.rego')))
+      throw new CliExit(EXIT.usage, `no draft of ${name}: ${join(dir, name, 'policy.rego')} does not exist (pull it, or pass --file)`);
+    draft = readPolicyDir(dir, name);
+  } else {
+    const path = resolve(io.cwd ?? process.cwd(), file);
+    if (!existsSync(path)) throw new CliExit(EXIT.usage, `no draft at ${path}`);
+    draft = statSync(path).isDirectory() ? readPolicyFolder(path) : readPolicyFolder(dirname(path), basename(path));
+  }
+  const summary = await replayLog(client, name, log, draft);
+  report.replay = { name, log, ...summary };
+  if (summary.batches === 0) say(`${name}: no decision in ${log} names ${name}; nothing replayed`);
+  for (const line of describeReplay(name, log, summary).slice(summary.batches === 0 ? 1 : 0)) say(line);
+  if (summary.flips.length > 0 && !allowChanges) return EXIT.differs;
+  return EXIT.ok;
 }
 
 async function localTest(dir: string, names: string[], io: CliIo, report: Record<string, unknown>, say: (t: string) => void): Promise<number> {

@@ -92,8 +92,12 @@ export function localNames(dir: string): string[] {
 }
 
 export function readPolicyDir(dir: string, name: string): PolicyFiles {
-  const base = policyPath(dir, name);
-  const rego = readFileSync(join(base, 'policy.rego'), 'utf8');
+  return readPolicyFolder(policyPath(dir, name));
+}
+
+/** A policy's files from the folder `base`: `regoFile` (default policy.rego), data.json and *_test.rego beside it. */
+export function readPolicyFolder(base: string, regoFile = 'policy.rego'): PolicyFiles {
+  const rego = readFileSync(join(base, regoFile), 'utf8');
   const dataPath = join(base, 'data.json');
   const dataText = existsSync(dataPath) ? readFileSync(dataPath, 'utf8') : '{}';
   try {
