@@ -25,7 +25,15 @@ import { createEtcdClient, type EtcdTlsFiles } from '../etcd/index.js';
 import { accessInput, loadAccessPolicy, defaultAccessPolicyWasmPath } from '../policy/access/index.js';
 import { DEFAULT_POLICY_MEMORY_MAX_BYTES } from '../policy/engine/index.js';
 import { DEFAULT_EVAL_TIMEOUT_MS, EvaluationPool } from '../policy/engine/pool.js';
-import { DEFAULT_BODY_LIMIT_BYTES, DEFAULT_CHECK_WORKERS, DEFAULT_COMPILE_TIMEOUT_MS, DEFAULT_OPA_MEMORY_MAX_MB, DEFAULT_TEST_CONCURRENCY } from './config.js';
+import {
+  DEFAULT_BODY_LIMIT_BYTES,
+  DEFAULT_CHECK_WORKERS,
+  DEFAULT_COMPILE_TIMEOUT_MS,
+  DEFAULT_OPA_MEMORY_MAX_MB,
+  DEFAULT_TEST_CONCURRENCY,
+  type PolicySigningConfig,
+} from './config.js';
+import { pemFileSigner } from '../policy/signing/index.js';
 import { createCmsMetrics } from './metrics.js';
 import { HttpProblem, ProblemType, sendProblem } from '../http/problem.js';
 import { PolicyWriter } from './policy-writer.js';
@@ -77,6 +85,8 @@ export interface CmsAppOptions {
   compileQueue?: number;
   etcdMaxRequestBytes?: number;
   accessPolicyWasmPath?: string;
+  /** The key every policy version is signed with (cms/config.ts); absent or null: versions are written unsigned. */
+  policySigning?: PolicySigningConfig | null;
   /** pino logger for requests and audit lines; default: info level to stderr. */
   logger?: Logger;
 }
@@ -161,8 +171,13 @@ export async function buildCmsApp(options: CmsAppOptions): Promise<FastifyInstan
     ...(options.etcdTls ? { tls: options.etcdTls } : {}),
     ...(options.etcdAuth ? { auth: options.etcdAuth } : {}),
   });
+  // Every version written is signed, rollbacks too (a new version); gateways with verify keys load nothing else.
+  const signer = options.policySigning ? pemFileSigner(options.policySigning.keyFile, options.policySigning.kid) : null;
+  if (signer) logger.info({ kid: signer.kid, key: signer.description }, 'policy versions are signed');
+  else logger.warn('policy versions are written UNSIGNED (no POLICY_SIGNING_KEY_FILE): gateways that verify signatures will refuse them');
   const store = new PolicyStore(etcd, {
     historyRetention: options.historyRetention,
+    signer,
     ...(options.etcdMaxRequestBytes ? { maxRequestBytes: options.etcdMaxRequestBytes } : {}),
   });
   const budgets = new BudgetStore(etcd, { historyRetention: options.historyRetention });

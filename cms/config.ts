@@ -24,6 +24,10 @@
  *   CMS_COMPILE_QUEUE       compiles waiting for a slot; past it a PUT gets 503 with Retry-After (default 4 per core)
  *   ETCD_MAX_REQUEST_BYTES  the etcd members' --max-request-bytes; a policy whose write is larger gets 413 (default 1572864)
  *   CMS_ACCESS_POLICY_WASM  compiled access policy (default <package>/dist/policy/access/access.wasm)
+ *   POLICY_SIGNING_KEY_FILE an Ed25519 private key (PEM, PKCS#8) the CMS signs every policy version with
+ *                           (policy/signing); gateways verify it (POLICY_VERIFY_KEYS_FILE). Unset: versions
+ *                           are written unsigned, which the start log says
+ *   POLICY_SIGNING_KEY_ID   the key's kid, as the gateways' JWKS names its public key (required with the file)
  *   LOG_LEVEL               pino level (default info)
  *   JWT_*                   token verification, see identity/config.ts
  */
@@ -74,7 +78,27 @@ export interface CmsConfig {
   /** etcd's --max-request-bytes: a policy whose write would be larger is refused with 413. */
   etcdMaxRequestBytes: number;
   accessPolicyWasmPath: string;
+  /** How policy versions are signed; null: unsigned. */
+  policySigning: PolicySigningConfig | null;
   logLevel: string;
+}
+
+/** The key the CMS signs policy versions with (POLICY_SIGNING_KEY_FILE, POLICY_SIGNING_KEY_ID). */
+export interface PolicySigningConfig {
+  kind: 'file';
+  keyFile: string;
+  kid: string;
+}
+
+function policySigningFromEnv(env: NodeJS.ProcessEnv): PolicySigningConfig | null {
+  const keyFile = env.POLICY_SIGNING_KEY_FILE?.trim();
+  const kid = env.POLICY_SIGNING_KEY_ID?.trim();
+  if (!keyFile) {
+    if (kid) throw new Error('POLICY_SIGNING_KEY_ID is set without POLICY_SIGNING_KEY_FILE');
+    return null;
+  }
+  if (!kid) throw new Error('POLICY_SIGNING_KEY_FILE needs POLICY_SIGNING_KEY_ID, the kid gateways know its public key by');
+  return { kind: 'file', keyFile, kid };
 }
 
 /** PATH, for the compiler's processes (prlimit, opa); the default of a RegoCompiler not given one. */
@@ -117,6 +141,7 @@ export function cmsConfigFromEnv(env: NodeJS.ProcessEnv = process.env): CmsConfi
     compileQueue: positiveInteger(env, 'CMS_COMPILE_QUEUE', 4 * availableParallelism()),
     etcdMaxRequestBytes: positiveInteger(env, 'ETCD_MAX_REQUEST_BYTES', DEFAULT_ETCD_MAX_REQUEST_BYTES),
     accessPolicyWasmPath: env.CMS_ACCESS_POLICY_WASM?.trim() || defaultAccessPolicyWasmPath(),
+    policySigning: policySigningFromEnv(env),
     logLevel: env.LOG_LEVEL?.trim() || 'info',
   };
 }

@@ -1,7 +1,7 @@
 // What the CMS knows of the gateways: their reports (policy/fleet), which of
 // them enforce a given write, and waiting for all of them (Prefer: wait).
 import type { Etcd3 } from 'etcd3';
-import { listGateways, type GatewayReport } from '../policy/fleet/report.js';
+import { listGateways, MAX_SIGNATURE_NAMES, type GatewayReport } from '../policy/fleet/report.js';
 import { HttpProblem } from '../http/problem.js';
 
 /** The longest a write may wait for the gateways, whatever Prefer asks. */
@@ -18,6 +18,13 @@ export interface GatewayStatus {
   staleSeconds: number;
   /** It enforces the write in question: its policy set is at or past the write's revision. */
   enforces: boolean;
+  /**
+   * For a policy's status: what it makes of the signature of the version it
+   * holds (policy/signing): 'valid', 'unsigned' or 'bad signature' (then it
+   * denies every decision that needs the policy), 'not checked' (it verifies
+   * no signatures), 'unknown' (too many refused to name them all).
+   */
+  signature?: 'valid' | 'unsigned' | 'bad signature' | 'not checked' | 'unknown';
 }
 
 export interface FleetStatus {
@@ -27,7 +34,17 @@ export interface FleetStatus {
   gateways: GatewayStatus[];
 }
 
-export function fleetStatus(reports: GatewayReport[], revision: number): FleetStatus {
+/** What a gateway's report says of `policy`'s signature (see GatewayStatus). */
+function signatureOf(report: GatewayReport, policy: string): NonNullable<GatewayStatus['signature']> {
+  if (report.signatures !== 'checked') return 'not checked';
+  const { unsigned = [], badSignature = [] } = report.unloadable;
+  if (unsigned.includes(policy)) return 'unsigned';
+  if (badSignature.includes(policy)) return 'bad signature';
+  return unsigned.length >= MAX_SIGNATURE_NAMES || badSignature.length >= MAX_SIGNATURE_NAMES ? 'unknown' : 'valid';
+}
+
+/** The fleet's status for a write at `revision`; of `policy`'s signature too, when named. */
+export function fleetStatus(reports: GatewayReport[], revision: number, policy?: string): FleetStatus {
   const gateways = reports.map((report) => ({
     id: report.id,
     kind: report.kind,
@@ -37,12 +54,13 @@ export function fleetStatus(reports: GatewayReport[], revision: number): FleetSt
     state: report.state,
     staleSeconds: report.staleSeconds,
     enforces: report.revision >= revision,
+    ...(policy === undefined ? {} : { signature: signatureOf(report, policy) }),
   }));
   return { revision, enforcedBy: gateways.filter((g) => g.enforces).length, gateways };
 }
 
-export async function currentFleetStatus(client: Etcd3, revision: number): Promise<FleetStatus> {
-  return fleetStatus(await listGateways(client), revision);
+export async function currentFleetStatus(client: Etcd3, revision: number, policy?: string): Promise<FleetStatus> {
+  return fleetStatus(await listGateways(client), revision, policy);
 }
 
 /**

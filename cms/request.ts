@@ -8,6 +8,7 @@ import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { AuthenticationError, Identity } from '../identity/index.js';
 import { HttpProblem, ProblemType } from '../http/problem.js';
 import { PreconditionFailedError, StoreRefusedError, StoreUnavailableError, WriteConflictError, type WriteConditions } from '../etcd/store-errors.js';
+import { PolicySigningError } from '../policy/store/index.js';
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -146,6 +147,15 @@ export function storeProblem(error: unknown): HttpProblem | null {
       type: ProblemType.storeUnavailable,
       title: `${storeTitle(error.store)} unavailable`,
       detail: 'etcd did not answer in time; a write is one transaction, so it happened entirely or not at all',
+      headers: { 'Retry-After': '1' },
+    });
+  }
+  if (error instanceof PolicySigningError) {
+    return new HttpProblem({
+      status: 503,
+      type: ProblemType.signingUnavailable,
+      title: 'Policy signing unavailable',
+      detail: `${error.message}; nothing was written`,
       headers: { 'Retry-After': '1' },
     });
   }

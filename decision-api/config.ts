@@ -17,6 +17,8 @@
  *   GATEWAY_ID                 its name in the fleet report and decision logs (default host-decision-api-pid)
  *   GATEHOUSE_DATACENTER       the datacenter named in the fleet report (default none)
  *   GATEWAY_REPORT_TTL_SECONDS how long a dead decision API's fleet report outlives it (default 10, 2 to 3600)
+ *   POLICY_VERIFY_KEYS_FILE    a JWKS of Ed25519 public keys: a policy version loads only when signed by one of them
+ *                              (policy/signing), re-read when it changes; unset: signatures are not checked
  */
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -26,6 +28,7 @@ import { policyCacheBytesFromEnv } from '../policy/engine/cache.js';
 import { evaluationSettings, type EvaluationSettings } from '../policy/engine/evaluator.js';
 import { decisionLogSettings, type DecisionLogSettings } from '../policy/decision-log/index.js';
 import { reportTtlSeconds } from '../policy/fleet/report.js';
+import { verifyKeysFileFromEnv } from '../policy/signing/index.js';
 
 export interface DecisionConfig {
   port: number;
@@ -44,6 +47,8 @@ export interface DecisionConfig {
   gatewayId: string | null;
   datacenter: string | null;
   reportTtlSeconds: number;
+  /** POLICY_VERIFY_KEYS_FILE; null: policy signatures are not checked. */
+  policyVerifyKeysFile: string | null;
 }
 
 /** LOG_LEVEL (default info), for the logger made before the rest is read. */
@@ -67,5 +72,6 @@ export function decisionConfigFromEnv(env: NodeJS.ProcessEnv = process.env): Dec
     gatewayId: env.GATEWAY_ID || null,
     datacenter: env.GATEHOUSE_DATACENTER || null,
     reportTtlSeconds: reportTtlSeconds(env),
+    policyVerifyKeysFile: verifyKeysFileFromEnv(env),
   };
 }

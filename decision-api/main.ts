@@ -2,7 +2,7 @@
 // gatehouse-decision: the decision API (OPA's Data API) on Gatehouse's
 // engine, kept current by the same etcd watch the gateway uses, through the
 // same policy pipeline (policy/enforcer.ts). Configuration: decision-api/config.ts.
-import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { createLogger } from '../runtime/logger.js';
 import { cachingVerifier, createIdentityVerifier } from '../identity/index.js';
 import { createEtcdClient } from '../etcd/index.js';
@@ -52,6 +52,7 @@ async function main() {
     gateway: gatewayId('decision-api', config.gatewayId),
     datacenter: config.datacenter,
     reportTtlSeconds: config.reportTtlSeconds,
+    verifyKeysFile: config.policyVerifyKeysFile,
     stateDir: config.stateDir,
     cacheBytes: config.policyCacheBytes,
     evaluation: config.evaluation,
@@ -62,6 +63,16 @@ async function main() {
   });
   await enforcer.start();
   const { watcher, reporter, decisionLog } = enforcer;
+  new Gauge({
+    name: 'gatehouse_policies_refused_signature',
+    help: 'Policies refused for their signature (unsigned, or a bad signature: none by a listed key over these bytes); every decision that needs one is denied',
+    labelNames: ['problem'] as const,
+    registers: [registry],
+    collect() {
+      const unloadable = watcher.unloadable();
+      for (const problem of ['unsigned', 'bad signature'] as const) this.set({ problem }, unloadable.filter((u) => u.signature === problem).length);
+    },
+  });
   // The plugin sends the same client token with every request: an ES256 check per request was most of
   // this API's CPU (BENCHMARKS.md, "The gateway end to end").
   const verifier = () => {

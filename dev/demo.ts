@@ -10,6 +10,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { exportJWK, generateKeyPair, SignJWT } from 'jose';
 import { PLATFORM_POLICY_NAME, PolicyStore } from '../policy/store/index.js';
+import { pemFileSigner } from '../policy/signing/index.js';
 import { createEtcdClient } from '../etcd/index.js';
 import type { IdentityConfig } from '../identity/index.js';
 import { RegoCompiler, policySubmission } from '../cms/rego-compiler.js';
@@ -98,6 +99,8 @@ export interface SeedOptions {
   opaPath: string;
   /** Recorded as the author of the seeded versions. */
   author?: string;
+  /** Sign the seeded versions with this key (policy/signing), as the CMS would; a seeded version it did not sign is written again. */
+  signing?: { keyFile: string; kid: string };
 }
 
 /**
@@ -107,7 +110,7 @@ export interface SeedOptions {
  */
 export async function seedDemoPolicies(options: SeedOptions): Promise<string[]> {
   const client = createEtcdClient(options.etcdEndpoints, options.etcdAuth ? { auth: options.etcdAuth } : {});
-  const store = new PolicyStore(client);
+  const store = new PolicyStore(client, { signer: options.signing ? pemFileSigner(options.signing.keyFile, options.signing.kid) : null });
   const compiler = new RegoCompiler({ opaPath: options.opaPath });
   const written: string[] = [];
   try {
@@ -119,7 +122,8 @@ export async function seedDemoPolicies(options: SeedOptions): Promise<string[]> 
       const dataText = JSON.stringify(policy.data);
       const current = await store.get(name);
       // Keep what a user wrote; bring an older seeded version up to date.
-      if (current && (current.meta.author !== author || (current.rego === policy.rego && current.dataText === dataText))) continue;
+      const signedAsAsked = !options.signing || current?.meta.signature?.kid === options.signing.kid;
+      if (current && (current.meta.author !== author || (current.rego === policy.rego && current.dataText === dataText && signedAsAsked))) continue;
       const compiled = await compiler.compile(policy.rego, dataText);
       try {
         await store.put(name, policySubmission(policy.rego, dataText, compiled, author), current ? { ifVersion: [current.meta.version] } : { ifAbsent: true });

@@ -21,6 +21,7 @@ export const ProblemType = {
   storeUnavailable: 'urn:gatehouse:problem:store-unavailable',
   storeRefused: 'urn:gatehouse:problem:store-refused',
   compilerUnavailable: 'urn:gatehouse:problem:compiler-unavailable',
+  signingUnavailable: 'urn:gatehouse:problem:signing-unavailable',
   compilerBusy: 'urn:gatehouse:problem:compiler-busy',
   policyTooLarge: 'urn:gatehouse:problem:policy-too-large',
   policyDoesNotLoad: 'urn:gatehouse:problem:policy-does-not-load',

@@ -13,6 +13,7 @@ import { createEvaluator, type AbortReason, type EvaluationSettings, type Evalua
 import { PolicyWatcher } from './watcher/watcher.js';
 import { snapshotDir } from './watcher/snapshot.js';
 import { GatewayReporter, type GatewayKind } from './fleet/report.js';
+import { FileSignatureVerifier } from './signing/index.js';
 import { openDecisionLog, type DecisionLog, type DecisionLogSettings } from './decision-log/index.js';
 
 export interface EnforcerOptions {
@@ -35,6 +36,8 @@ export interface EnforcerOptions {
   evaluation: EvaluationSettings;
   /** null: no decision log. */
   decisionLog: DecisionLogSettings | null;
+  /** POLICY_VERIFY_KEYS_FILE: the JWKS whose keys every policy version must be signed by (policy/signing); null: not checked. */
+  verifyKeysFile?: string | null;
   /** Told of every evaluation stopped or failed (metrics). */
   onAbort?: (reason: AbortReason, tenant: string) => void;
   /** Told of decision log events written to the sink, or dropped because it did not keep up (metrics). */
@@ -63,8 +66,17 @@ export function createEnforcer(options: EnforcerOptions): Enforcer {
   // Decisions run on this thread, bounded by fuel and memory, runaway tenants made to wait; or, with
   // POLICY_EVAL_WORKERS, in worker threads under a deadline too (engine/evaluator.ts).
   const evaluator = createEvaluator({ ...evaluation, engines, cacheBytes: options.cacheBytes, ...(options.onAbort ? { onAbort: options.onAbort } : {}) });
+  // Signatures checked before a version is loaded (policy/signing); the file is read now, a bad one stops the start.
+  const verifier = options.verifyKeysFile
+    ? new FileSignatureVerifier(options.verifyKeysFile, (error) =>
+        options.log.error({ err: error.message, cause: String(error.cause) }, 'policy verify keys file unusable; keeping the keys read before'),
+      )
+    : null;
+  if (verifier) options.log.info({ file: options.verifyKeysFile, kids: verifier.kids }, 'policy signatures are checked');
+  else options.log.warn('policy signatures are NOT checked (no POLICY_VERIFY_KEYS_FILE): any version in etcd is enforced, signed or not');
   const watcher = new PolicyWatcher({
     client: options.client,
+    verifier,
     log: options.log.child({ component: 'policy-watcher' }),
     snapshotDir: snapshotDir(options.stateDir),
     snapshotReadOnly: options.snapshotReadOnly ?? false,
@@ -104,6 +116,7 @@ export function createEnforcer(options: EnforcerOptions): Enforcer {
       await started;
       await reporter.stop();
       await watcher.stop();
+      verifier?.close();
       await evaluator.close();
       await decisionLog?.close();
     },

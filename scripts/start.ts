@@ -159,6 +159,8 @@ async function main() {
       { label: `project user dev (${DEMO_PROJECT})`, token: identity.tokens.projectUser },
     ],
     opaPath,
+    // Every policy version signed by the CMS, every gateway checking it (a key pair kept in the stack's directory).
+    policySigning: true,
     // APISIX logs the runner's output at warn in its error.log: keep the runner to warnings.
     runnerEnv: {
       LOG_LEVEL: process.env.LOG_LEVEL ?? 'warn',
@@ -169,7 +171,11 @@ async function main() {
     logger: log,
   });
   track(() => stack.stop());
-  const seeded = await seedDemoPolicies({ etcdEndpoints: stack.etcdEndpoints, opaPath });
+  const seeded = await seedDemoPolicies({
+    etcdEndpoints: stack.etcdEndpoints,
+    opaPath,
+    ...(stack.signingKeys ? { signing: { keyFile: stack.signingKeys.privateKeyFile, kid: stack.signingKeys.kid } } : {}),
+  });
   const etcd = createEtcdClient(stack.etcdEndpoints);
   track(() => etcd.close());
   const budgetSeeded = await seedDemoBudget(etcd);

@@ -354,7 +354,7 @@ export const policyRoutes: FastifyPluginAsync<PolicyRoutesOptions> = async (app,
     const name = policyName(request);
     const current = await store.currentRevision(name);
     if (!current) throw notFound(name);
-    const status = await currentFleetStatus(etcd, current.revision);
+    const status = await currentFleetStatus(etcd, current.revision, name);
     return reply.type('application/json').send({ name, version: current.meta.version, ...status });
   });
   methodNotAllowed(app, '/policies/:name/status', ['GET']);

@@ -17,6 +17,7 @@ import { CMS_USER, GATEWAY_USER, enableEtcdAuth } from '../../deploy/etcd-auth/r
 import { pointRoutesAt } from '../local-stack/index.js';
 import { vaultBinary } from '../local-vault/index.js';
 import { localEtcdConfig, localHaproxyConfig, ETCD_MEMBERS, loadInventory, type EtcdMember, type LocalEtcdAddress } from './deploy-files.js';
+import { ensureSigningKeys, type SigningKeyFiles } from '../signing-keys.js';
 import { createNetwork, destroyNetwork, hostAddress, namespaceName, setLink, siteAddress, SITES, type NetworkPlan, type Site } from './netns.js';
 
 export type Datacenter = 'dc1' | 'dc2';
@@ -63,6 +64,8 @@ export interface Rehearsal {
   etcdUsers: Record<'root' | 'cms' | 'gateway', { username: string; password: string }>;
   /** The witness's Vault (dev mode, KV v2 at secret/): the LLM route's keys, `secret/llm/<project>`. */
   vault: { addr: string; token: string };
+  /** The policy signing key pair (in the work directory): both CMSs sign with it, every gateway checks it. */
+  signingKeys: SigningKeyFiles;
   /** SIGKILL every process of a datacenter's app node (a crashed VM). */
   killAppNode(dc: Datacenter): void;
   startAppNode(dc: Datacenter): Promise<void>;
@@ -132,6 +135,10 @@ export async function startRehearsal(options: RehearsalOptions): Promise<Rehears
   // Leftovers of a run that died before writing its state.
   destroyNetwork(options);
   mkdirSync(work, { recursive: true });
+  // Signed policies, as in production: the CMSs sign every version, the gateways load nothing else.
+  const signingKeys = ensureSigningKeys(work, 'gatehouse-rehearsal-1');
+  const signingEnv = { POLICY_SIGNING_KEY_FILE: signingKeys.privateKeyFile, POLICY_SIGNING_KEY_ID: signingKeys.kid };
+  const verifyEnv = { POLICY_VERIFY_KEYS_FILE: signingKeys.jwksFile };
   const state: RehearsalState = { prefix: options.prefix, subnet: options.subnet, workDir: work, haproxyPid: null };
   const saveState = () => writeFileSync(stateFile(work), JSON.stringify(state, null, 2));
   saveState();
@@ -251,11 +258,18 @@ export async function startRehearsal(options: RehearsalOptions): Promise<Rehears
     launch(`${dc}-decision`, dc, [node, join(root, 'dist/decision-api/main.js')], {
       ...common,
       ...gatewayUser,
+      ...verifyEnv,
       DECISION_HOST: '127.0.0.1',
       DECISION_PORT: String(p.decision),
       DECISION_STATE_DIR: join(dir, 'decision-state'),
     });
-    launch(`${dc}-cms`, dc, [node, join(root, 'dist/cms/main.js')], { ...common, ...asUser(etcdUsers.cms), HOST: '0.0.0.0', PORT: String(p.cms) });
+    launch(`${dc}-cms`, dc, [node, join(root, 'dist/cms/main.js')], {
+      ...common,
+      ...asUser(etcdUsers.cms),
+      ...signingEnv,
+      HOST: '0.0.0.0',
+      PORT: String(p.cms),
+    });
     const gatewayArgs = ['--config', join(root, 'apisix-conf', 'config.yaml'), '--routes', routesPath, '--port', String(p.gateway)];
     // nginx's workers (nobody, under a root master) pass through to the socket in the prefix.
     for (const path of [work, dir]) chmodSync(path, 0o711);
@@ -263,6 +277,7 @@ export async function startRehearsal(options: RehearsalOptions): Promise<Rehears
     launch(`${dc}-gateway`, dc, gatewayCommand, {
       ...common,
       ...gatewayUser,
+      ...verifyEnv,
       GATEWAY_HOST: '0.0.0.0',
       RUNNER_METRICS_HOST: sites[dc].ip,
       RUNNER_METRICS_PORT: String(p.runner_health),
@@ -369,6 +384,7 @@ export async function startRehearsal(options: RehearsalOptions): Promise<Rehears
     etcdEndpoints,
     etcdUsers,
     vault,
+    signingKeys,
     killAppNode,
     startAppNode,
     stopEtcd,

@@ -16,7 +16,12 @@ async function main() {
   const opaPath = opaBinary(process.env.OPA_PATH);
   const identity = await createDemoIdentity(join(workDir, 'identity'));
   const rehearsal = await startRehearsal({ ...REHEARSAL_PLAN, workDir, identityEnv: identityEnv(identity.identityConfig), opaPath });
-  const seeded = await seedDemoPolicies({ etcdEndpoints: rehearsal.etcdEndpoints, etcdAuth: rehearsal.etcdUsers.cms, opaPath });
+  const seeded = await seedDemoPolicies({
+    etcdEndpoints: rehearsal.etcdEndpoints,
+    etcdAuth: rehearsal.etcdUsers.cms,
+    opaPath,
+    signing: { keyFile: rehearsal.signingKeys.privateKeyFile, kid: rehearsal.signingKeys.kid },
+  });
   const t = identity.tokens;
   const p = REHEARSAL_PLAN.prefix;
   process.stdout.write(`

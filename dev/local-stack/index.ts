@@ -19,6 +19,8 @@ import { buildDecisionApp } from '../../decision-api/app.js';
 import { packageRoot } from '../../runtime/paths.js';
 import { findApisix, freePort, reachableByWorkers, startApisix } from '../apisix/index.js';
 import { startLocalEtcd, type LocalEtcd } from '../local-etcd/index.js';
+import { ensureSigningKeys, type SigningKeyFiles } from '../signing-keys.js';
+import { FileSignatureVerifier } from '../../policy/signing/index.js';
 
 export interface LocalStackOptions {
   identity: IdentityConfig;
@@ -47,6 +49,13 @@ export interface LocalStackOptions {
   apisixPrefix?: string;
   /** Identities the web console offers at one click (the local stack's demo only). */
   consoleDemoTokens?: { label: string; token: string }[];
+  /**
+   * Signed policies (policy/signing): a key pair kept in the work directory,
+   * the CMS signing with it, the decision API and the runner loading only
+   * versions it signed. npm start turns it on; tests that write policies
+   * past the CMS leave it off.
+   */
+  policySigning?: boolean;
 }
 
 /** What the stack's users need of the gateway. */
@@ -67,6 +76,8 @@ export interface LocalStack {
   etcdEndpoints: string[];
   etcd: LocalEtcd | null;
   routesPath: string;
+  /** The policy signing key pair, when signing is on. */
+  signingKeys: SigningKeyFiles | null;
   stop(): Promise<void>;
 }
 
@@ -137,8 +148,10 @@ export async function startLocalStack(options: LocalStackOptions): Promise<Local
       cleanups.push(() => started.stop());
     }
 
+    const signingKeys = options.policySigning ? ensureSigningKeys(workDir) : null;
     const cms = await buildCmsApp({
       ...(options.consoleDemoTokens ? { consoleDemoTokens: options.consoleDemoTokens } : {}),
+      ...(signingKeys ? { policySigning: { kind: 'file' as const, keyFile: signingKeys.privateKeyFile, kid: signingKeys.kid } } : {}),
       etcdEndpoints,
       identity: options.identity,
       opaPath: options.opaPath,
@@ -148,14 +161,17 @@ export async function startLocalStack(options: LocalStackOptions): Promise<Local
     cleanups.push(() => cms.close());
 
     const decisionEtcd = createEtcdClient(etcdEndpoints);
+    const verifier = signingKeys ? new FileSignatureVerifier(signingKeys.jwksFile) : null;
     const watcher = new PolicyWatcher({
       client: decisionEtcd,
+      verifier,
       log: log.child({ component: 'decision-api' }),
       snapshotDir: join(workDir, 'decision-state', 'policy-snapshot'),
     });
     await watcher.start();
     cleanups.push(async () => {
       await watcher.stop();
+      verifier?.close();
       decisionEtcd.close();
     });
     const decision = await buildDecisionApp({
@@ -190,6 +206,7 @@ export async function startLocalStack(options: LocalStackOptions): Promise<Local
       // Where the LLM route's http-logger posts responses to settle budgets (apisix.yaml reads it too).
       RUNNER_SETTLE_PORT: String(options.ports?.runnerSettle || (await freePort())),
       ...identityEnv,
+      ...(signingKeys ? { POLICY_VERIFY_KEYS_FILE: signingKeys.jwksFile } : {}),
       ...options.runnerEnv,
     };
     const installation = findApisix(root);
@@ -215,6 +232,7 @@ export async function startLocalStack(options: LocalStackOptions): Promise<Local
       etcdEndpoints,
       etcd,
       routesPath,
+      signingKeys,
       stop,
     };
   } catch (err) {

@@ -21,6 +21,8 @@
 //                                a cluster's workers are <GATEWAY_ID>-w<slot>)
 //   GATEHOUSE_DATACENTER         the datacenter named in the fleet report (default none)
 //   GATEWAY_REPORT_TTL_SECONDS   how long a dead runner's fleet report outlives it (default 10, 2 to 3600)
+//   POLICY_VERIFY_KEYS_FILE      a JWKS of Ed25519 public keys: a policy version loads only when signed by one of
+//                                them (policy/signing), re-read when it changes; unset: signatures are not checked
 //   DECISION_LOG                 stdout, file:<path> or off (default off); DECISION_LOG_BUFFER events may wait (default 10000)
 //   RUNNER_POLICY_CACHE_MB       memory for built policy engines, shared out among the workers (default 256)
 //   POLICY_EVAL_WORKERS          0: decisions on the worker's own thread; N: in a pool of N threads (default 0)
@@ -41,6 +43,7 @@ import { evaluationSettings, type EvaluationSettings } from '../../policy/engine
 import { policyCacheBytesFromEnv } from '../../policy/engine/cache.js';
 import { decisionLogSettings, type DecisionLogSettings } from '../../policy/decision-log/index.js';
 import { reportTtlSeconds } from '../../policy/fleet/report.js';
+import { verifyKeysFileFromEnv } from '../../policy/signing/index.js';
 import { vaultConfigFromEnv, type VaultConfig } from '../vault/config.js';
 
 export interface RunnerConfig {
@@ -68,6 +71,8 @@ export interface RunnerConfig {
   gatewayId: string | null;
   datacenter: string | null;
   reportTtlSeconds: number;
+  /** POLICY_VERIFY_KEYS_FILE; null: policy signatures are not checked. */
+  policyVerifyKeysFile: string | null;
   /** The whole runner's engine budget, bytes (its workers share it out). */
   policyCacheBytes: number;
   evaluation: EvaluationSettings;
@@ -129,6 +134,7 @@ export function runnerConfigFromEnv(env: NodeJS.ProcessEnv = process.env): Runne
     gatewayId: env.GATEWAY_ID || null,
     datacenter: env.GATEHOUSE_DATACENTER || null,
     reportTtlSeconds: reportTtlSeconds(withEtcd),
+    policyVerifyKeysFile: verifyKeysFileFromEnv(withEtcd),
     policyCacheBytes: policyCacheBytesFromEnv('RUNNER_POLICY_CACHE_MB', env),
     evaluation: evaluationSettings(withEtcd),
     decisionLog: decisionLogSettings(env),

@@ -324,6 +324,18 @@ export function createRunnerMetrics(): RunnerMetrics {
         },
       });
       new Gauge({
+        name: 'gatehouse_policies_refused_signature',
+        // Across a runner's workers (cluster.ts): the worst worker.
+        aggregator: 'max',
+        help: 'Policies refused for their signature (unsigned, or a bad signature: none by a listed key over these bytes); every decision that needs one is denied',
+        labelNames: ['problem'] as const,
+        registers: [registry],
+        collect() {
+          const unloadable = watcher.unloadable();
+          for (const problem of ['unsigned', 'bad signature'] as const) this.set({ problem }, unloadable.filter((u) => u.signature === problem).length);
+        },
+      });
+      new Gauge({
         name: 'gatehouse_policies_loaded',
         // Across a runner's workers (cluster.ts): what the least advanced worker has.
         aggregator: 'min',

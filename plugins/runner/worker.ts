@@ -80,6 +80,7 @@ export async function runWorker(config: RunnerConfig): Promise<void> {
         gateway,
         datacenter: config.datacenter,
         reportTtlSeconds: config.reportTtlSeconds,
+        verifyKeysFile: config.policyVerifyKeysFile,
         stateDir: config.stateDir,
         // One writer for the shared directory; the others read it when etcd is away at their start.
         snapshotReadOnly: clustered && slot !== 0,

@@ -34,8 +34,14 @@ export interface GatewayReport {
   /** Seconds since it last knew it was in step with etcd (0 while watching). */
   staleSeconds: number;
   policies: number;
-  /** Policies it cannot enforce (every decision needing them is denied): how many, and the first names. */
-  unloadable: { count: number; names: string[] };
+  /**
+   * Policies it cannot enforce (every decision needing them is denied): how
+   * many, and the first names; of them, those refused for their signature
+   * (policy/signing): no signature, or none by a listed key over these bytes.
+   */
+  unloadable: { count: number; names: string[]; unsigned: string[]; badSignature: string[] };
+  /** Whether it checks policy signatures ('not checked': it enforces any version in etcd). */
+  signatures: 'checked' | 'not checked';
 }
 
 export interface GatewayReporterOptions {
@@ -52,6 +58,8 @@ export interface GatewayReporterOptions {
 }
 
 const MAX_NAMES = 20;
+/** Names of policies refused for their signature, per kind: enough for a policy's status to name each. */
+export const MAX_SIGNATURE_NAMES = 100;
 
 export const DEFAULT_REPORT_TTL_SECONDS = 10;
 
@@ -112,7 +120,19 @@ export class GatewayReporter {
       state: status.state,
       staleSeconds: Math.round(status.staleSeconds * 10) / 10,
       policies: status.policies,
-      unloadable: { count: unloadable.length, names: unloadable.slice(0, MAX_NAMES).map((u) => u.name) },
+      unloadable: {
+        count: unloadable.length,
+        names: unloadable.slice(0, MAX_NAMES).map((u) => u.name),
+        unsigned: unloadable
+          .filter((u) => u.signature === 'unsigned')
+          .slice(0, MAX_SIGNATURE_NAMES)
+          .map((u) => u.name),
+        badSignature: unloadable
+          .filter((u) => u.signature === 'bad signature')
+          .slice(0, MAX_SIGNATURE_NAMES)
+          .map((u) => u.name),
+      },
+      signatures: status.signatures.checked ? 'checked' : 'not checked',
     };
   }
 

@@ -24,6 +24,15 @@ export interface PolicyMetadata {
   /** The wasm entrypoint: the module's package path with slashes, e.g. "project/authz". */
   entrypoint: string;
   syntaxVersion: 'v0' | 'v1';
+  /** The CMS's Ed25519 signature of this version (policy/signing); absent when it wrote it unsigned. */
+  signature?: PolicySignature;
+}
+
+/** A version's signature: by the key `kid`, base64url, over policy/signing's signed document. */
+export interface PolicySignature {
+  alg: 'EdDSA';
+  kid: string;
+  sig: string;
 }
 
 /** Stands in for the metadata of a policy whose own cannot be read (it is then enforced as unloadable: denied). */

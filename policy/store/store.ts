@@ -18,7 +18,8 @@ import {
 // The failures and conditions shared with the other stores, as this store's API.
 export { PreconditionFailedError, StoreRefusedError, StoreUnavailableError, WriteConflictError, type WriteConditions };
 import { currentRevision, indexPage, readIndex, readKeysAt, scanPolicyNames } from './scan.js';
-import { sha256Hex, type PolicyMetadata } from './metadata.js';
+import type { PolicySigner } from '../signing/index.js';
+import { sha256Hex, type PolicySignature, type PolicyMetadata } from './metadata.js';
 
 export const DEFAULT_HISTORY_RETENTION = 50;
 /**
@@ -73,6 +74,10 @@ export class PolicyNotFoundError extends Error {
 export class PolicyTooLargeError extends Error {
   override readonly name = 'PolicyTooLargeError';
 }
+/** The configured signer did not sign (Vault unreachable or refusing): nothing was written. */
+export class PolicySigningError extends Error {
+  override readonly name = 'PolicySigningError';
+}
 
 /** The policy object text GET returns; data is spliced in as text so its numbers stay exact. */
 export function renderPolicyObject(rego: string, dataText: string, testsText: string | null = null): string {
@@ -114,15 +119,18 @@ export interface ListPage {
 export class PolicyStore {
   readonly historyRetention: number;
   readonly maxRequestBytes: number;
+  /** Signs every version written (policy/signing); null: versions are written unsigned. */
+  readonly signer: PolicySigner | null;
 
   constructor(
     private readonly client: Etcd3,
-    options: { historyRetention?: number; maxRequestBytes?: number } = {},
+    options: { historyRetention?: number; maxRequestBytes?: number; signer?: PolicySigner | null } = {},
   ) {
     const retention = options.historyRetention ?? DEFAULT_HISTORY_RETENTION;
     if (!Number.isSafeInteger(retention) || retention < 1) throw new RangeError('history retention must be at least 1');
     this.historyRetention = retention;
     this.maxRequestBytes = options.maxRequestBytes ?? DEFAULT_ETCD_MAX_REQUEST_BYTES;
+    this.signer = options.signer ?? null;
   }
 
   /** Turns any etcd client failure into StoreRefusedError or StoreUnavailableError (etcd/store-errors.ts), or a size refusal. */
@@ -298,6 +306,8 @@ export class PolicyStore {
         entrypoint: submission.entrypoint,
         syntaxVersion: submission.syntaxVersion,
       };
+      // Signed as the version it is written as: a retry on top of a concurrent writer signs its own version.
+      if (this.signer) meta.signature = await this.sign(meta, submission.dataText);
       const metaText = JSON.stringify(meta);
       const wasm = Buffer.from(submission.wasm.buffer, submission.wasm.byteOffset, submission.wasm.byteLength);
       const ops = [
@@ -337,6 +347,18 @@ export class PolicyStore {
       if (earlier !== null) return { created: current === null, meta, revision: earlier, etcdMs: performance.now() - started };
     }
     throw new WriteConflictError('too many concurrent writes to this policy; try again');
+  }
+
+  /** The signer's signature of `meta` with its data; a signer that fails (Vault away) fails the write: nothing is written unsigned. */
+  private async sign(meta: PolicyMetadata, dataText: string): Promise<PolicySignature> {
+    const fields = { name: meta.name, version: meta.version, wasmSha256: meta.wasmSha256, dataSha256: sha256Hex(dataText), entrypoint: meta.entrypoint };
+    try {
+      return await this.signer!.sign(fields);
+    } catch (error) {
+      throw new PolicySigningError(`the policy could not be signed (${this.signer!.description}): ${error instanceof Error ? error.message : String(error)}`, {
+        cause: error,
+      });
+    }
   }
 
   /** Refuses a write whose transaction etcd would refuse for its size, saying how big it is and why. */

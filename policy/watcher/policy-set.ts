@@ -13,6 +13,7 @@ import type { PolicyEngine } from '../engine/index.js';
 import type { Evaluator } from '../engine/evaluator.js';
 import { engineInput } from '../engine/serialised-input.js';
 import type { PolicyMetadata } from '../store/index.js';
+import type { SignatureProblem } from '../signing/index.js';
 
 /** What a policy version is made of, as read from etcd or the snapshot. */
 export interface PolicyBytes {
@@ -30,6 +31,8 @@ export interface PolicyBytes {
    * decisions that need it are denied (never treated as absent).
    */
   broken?: string;
+  /** Set when it is broken because its signature does not verify (policy/signing): unsigned, or a bad signature. */
+  signature?: SignatureProblem;
 }
 
 export interface LoadedPolicy extends PolicyBytes {
@@ -90,6 +93,13 @@ export function loadedPolicy(bytes: PolicyBytes, engines: EngineCache, pool: Eva
         },
     prepare: pool ? () => pool.prepare(target) : async () => void (await engines.engine(source)),
   };
+}
+
+/** A policy that exists but cannot be enforced; `signature` says when that is for its signature. */
+export interface UnloadablePolicy {
+  name: string;
+  reason: string;
+  signature?: SignatureProblem;
 }
 
 /** Where the current set came from: etcd, the local last-known-good snapshot, or nothing yet. */
@@ -167,9 +177,11 @@ export class PolicySet {
   }
 
   /** Policies that exist but cannot be enforced (decisions that need them are denied). */
-  get unloadable(): { name: string; reason: string }[] {
-    const found: { name: string; reason: string }[] = [];
-    for (const policy of this.policies.values()) if (policy.broken !== undefined) found.push({ name: policy.name, reason: policy.broken });
+  get unloadable(): UnloadablePolicy[] {
+    const found: UnloadablePolicy[] = [];
+    for (const policy of this.policies.values()) {
+      if (policy.broken !== undefined) found.push({ name: policy.name, reason: policy.broken, ...(policy.signature ? { signature: policy.signature } : {}) });
+    }
     return found;
   }
 }

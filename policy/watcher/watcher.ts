@@ -39,7 +39,8 @@ import {
   type PolicyMetadata,
   unknownMetadata,
 } from '../store/index.js';
-import { PolicySet, loadedPolicy, type LoadedPolicy, type PolicyBytes } from './policy-set.js';
+import { PolicySet, loadedPolicy, type LoadedPolicy, type PolicyBytes, type UnloadablePolicy } from './policy-set.js';
+import type { SignatureVerifier } from '../signing/index.js';
 import { SnapshotWriter, readSnapshot } from './snapshot.js';
 import { sha256Hex } from '../store/index.js';
 import { ModuleStore, type ModuleStoreStats } from './modules.js';
@@ -60,6 +61,13 @@ export interface PolicyWatcherOptions {
   pool?: Evaluator;
   /** Page sizes of the start-up read, and a hook between pages (tests). */
   scan?: Pick<ConsistentCutOptions, 'indexPage' | 'batchNames' | 'onPage'>;
+  /**
+   * Checks every version's signature before it is loaded, from etcd or the
+   * snapshot, and every loaded version again when its keys change
+   * (policy/signing); a version without a valid signature by a listed key is
+   * unloadable (denied). Absent: signatures are not checked.
+   */
+  verifier?: SignatureVerifier | null;
   /** Delay between attempts to reach etcd when it is away (ms). */
   retryMs?: number;
   /** A watch stream quiet for this long is asked whether it still answers (ms, default 1000). */
@@ -91,7 +99,9 @@ export interface WatcherStatus {
   /** Wasm this process holds outside its engines (being read, or a new version's while it is built), and reads so far. */
   modules: ModuleStoreStats;
   /** Policies that exist but cannot be enforced: every decision that needs them is denied. */
-  unloadable: { name: string; reason: string }[];
+  unloadable: UnloadablePolicy[];
+  /** Whether versions' signatures are checked, and the kids of the keys they are checked with. */
+  signatures: { checked: boolean; kids: string[] };
 }
 
 /** Attempts of a paged read that etcd's compaction overtakes before giving up (and retrying later). */
@@ -145,6 +155,39 @@ export class PolicyWatcher extends EventEmitter {
     this.snapshot = options.snapshotDir && !options.snapshotReadOnly ? new SnapshotWriter(options.snapshotDir, this.modules) : null;
     this.checkIntervalMs = options.checkIntervalMs ?? DEFAULT_WATCH_CHECK_INTERVAL_MS;
     this.stallTimeoutMs = options.stallTimeoutMs ?? DEFAULT_WATCH_STALL_TIMEOUT_MS;
+    options.verifier?.on('change', this.onKeysChange);
+  }
+
+  /** The verify keys changed (a rotation): every loaded version is checked again, without a restart. */
+  private readonly onKeysChange = (kids: string[]) => {
+    this.options.log.info({ kids }, 'policy verify keys changed; checking the signature of every loaded policy again');
+    void this.enqueue(async () => this.verifyAgain());
+  };
+
+  /**
+   * Checks each policy of the current set against the keys now listed: one
+   * whose signing key was removed becomes unloadable, one refused before
+   * whose key is now listed is loaded. Policies unloadable for another
+   * reason stay so. The set keeps its revision.
+   */
+  private verifyAgain(): void {
+    if (this.stopped) return;
+    const changes = new Map<string, LoadedPolicy>();
+    const swaps: SwapEvent[] = [];
+    for (const policy of this.set.policies.values()) {
+      if (policy.broken !== undefined && policy.signature === undefined) continue;
+      const again = this.policy({
+        name: policy.name,
+        meta: policy.meta,
+        modRevision: policy.modRevision,
+        dataText: policy.dataText,
+        dataSha256: policy.dataSha256,
+      });
+      if (again.broken === policy.broken) continue;
+      changes.set(policy.name, again);
+      swaps.push({ name: policy.name, policy: again, propagationMs: null });
+    }
+    if (changes.size > 0) this.swap(this.set.with(this.set.revision, changes), swaps, 'changes-only');
   }
 
   /** Engines where decisions run: the evaluator's (the evaluation pool's workers, or this thread's cache). */
@@ -189,11 +232,12 @@ export class PolicyWatcher extends EventEmitter {
       engines: this.engines.stats,
       modules: this.modules.stats,
       unloadable: this.unloadable(),
+      signatures: { checked: Boolean(this.options.verifier), kids: this.options.verifier?.kids ?? [] },
     };
   }
 
   /** Policies of the current set that cannot be loaded: found so when read, or when their engine was first built. */
-  unloadable(): { name: string; reason: string }[] {
+  unloadable(): UnloadablePolicy[] {
     const found = this.set.unloadable;
     if (this.engines.stats.unloadable > 0) {
       for (const policy of this.set.policies.values()) {
@@ -223,6 +267,7 @@ export class PolicyWatcher extends EventEmitter {
 
   async stop(): Promise<void> {
     this.stopped = true;
+    this.options.verifier?.off('change', this.onKeysChange);
     if (this.retryTimer) clearTimeout(this.retryTimer);
     if (this.checkTimer) clearInterval(this.checkTimer);
     if (this.snapshotRetry) clearTimeout(this.snapshotRetry);
@@ -297,7 +342,20 @@ export class PolicyWatcher extends EventEmitter {
   /** A policy of the next set, its wasm read (from the snapshot directory or etcd) when its module is compiled. */
   private policy(bytes: Omit<PolicyBytes, 'wasm'>): LoadedPolicy {
     const ref = { name: bytes.name, wasmSha256: bytes.meta.wasmSha256, modRevision: bytes.modRevision };
-    return loadedPolicy({ ...bytes, wasm: () => this.modules.load(ref) }, this.engines, this.options.pool ?? null);
+    return loadedPolicy({ ...this.checkSignature(bytes), wasm: () => this.modules.load(ref) }, this.engines, this.options.pool ?? null);
+  }
+
+  /** `bytes`, made unloadable when signatures are checked and its own does not verify (its data's sha256 as read here). */
+  private checkSignature(bytes: Omit<PolicyBytes, 'wasm'>): Omit<PolicyBytes, 'wasm'> {
+    const verifier = this.options.verifier;
+    if (!verifier || bytes.broken !== undefined) return bytes;
+    const verdict = verifier.verify(bytes.meta, bytes.dataSha256);
+    if (verdict.ok) return bytes;
+    this.options.log.error(
+      { policy: bytes.name, version: bytes.meta.version, signature: verdict.problem, reason: verdict.reason },
+      'policy version refused: no valid signature by a listed key; every decision that needs it is denied',
+    );
+    return { ...bytes, broken: verdict.reason, signature: verdict.problem };
   }
 
   /**
@@ -490,7 +548,7 @@ export class PolicyWatcher extends EventEmitter {
         try {
           const loaded = await this.load(name, parts, revision);
           next.set(name, loaded);
-          swaps.push({ name, policy: loaded, propagationMs: Date.now() - Date.parse(loaded.meta.updatedAt) });
+          swaps.push({ name, policy: loaded, propagationMs: loaded.broken === undefined ? Date.now() - Date.parse(loaded.meta.updatedAt) : null });
         } catch (err) {
           // Not the previous version (the CMS reports this one as current),
           // not nothing (a missing platform policy restricts nothing): this
@@ -531,7 +589,8 @@ export class PolicyWatcher extends EventEmitter {
     try {
       const dataText = data.toString('utf8');
       const policy = this.policy({ name, meta, modRevision: Number(parts.meta.mod_revision), dataText, dataSha256: sha256Hex(dataText) });
-      await policy.prepare();
+      // Refused for its signature: nothing of it is built.
+      if (policy.broken === undefined) await policy.prepare();
       return policy;
     } finally {
       release();
