@@ -370,7 +370,7 @@ import rego.v1
 
 default allow := false
 
-deny_reason := "no identity" if input.user == null
+deny_reason := "no identity" if is_null(input.user)
 else := "unknown role" if not input.user.role in data.valid_roles
 else := "read only" if {
 	input.user.role == "viewer"
@@ -382,7 +382,7 @@ allow if not deny_reason
 
 reason := deny_reason
 
-status_code := 401 if input.user == null
+status_code := 401 if is_null(input.user)
 else := 429 if deny_reason == "read only"
 else := 403
 
@@ -458,7 +458,7 @@ default allow = false
 default mode = "closed"
 
 deny[msg] {
-	input.user == null
+	is_null(input.user)
 	msg := "anonymous"
 }
 

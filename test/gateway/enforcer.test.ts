@@ -25,7 +25,7 @@ const log = pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent' });
 const SLOW = `package project.authz
 import rego.v1
 default allow := false
-r := numbers.range(1, input.n)
+r := numbers.range(1, input.request.port)
 allow if {
   every a in r {
     every b in r {
@@ -95,7 +95,7 @@ describe('createEnforcer', () => {
       expect(set.source).toBe('etcd');
       expect(await set.get('team-calm')!.evaluate('team-calm', { user: { role: 'admin' } })).toMatchObject({ allow: true });
       // 30 * 30 steps fit in the default fuel (10,000,000) but not in 20,000.
-      await expect(set.get('team-slow')!.evaluate('team-slow', { n: 30 })).rejects.toBeInstanceOf(EvaluationBudgetError);
+      await expect(set.get('team-slow')!.evaluate('team-slow', { request: { port: 30 } })).rejects.toBeInstanceOf(EvaluationBudgetError);
       expect(aborts).toEqual(['budget']);
 
       const report = await until(async () => (await listGateways(admin)).find((r) => r.id === 'enforcer-test-gw' && r.policies === 2), 'the fleet report');
@@ -143,7 +143,7 @@ describe('createEnforcer', () => {
       const set = enforcer.watcher.current;
       expect(await set.get('team-calm')!.evaluate('team-calm', { user: { role: 'viewer' } })).toMatchObject({ allow: false });
       // The pool's workers have the same fuel.
-      await expect(set.get('team-slow')!.evaluate('team-slow', { n: 30 })).rejects.toBeInstanceOf(EvaluationBudgetError);
+      await expect(set.get('team-slow')!.evaluate('team-slow', { request: { port: 30 } })).rejects.toBeInstanceOf(EvaluationBudgetError);
       const report = await until(async () => (await listGateways(admin)).find((r) => r.id === 'enforcer-test-pool'), 'the fleet report');
       expect(report).toMatchObject({ kind: 'decision-api', datacenter: null });
     } finally {

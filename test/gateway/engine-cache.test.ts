@@ -19,13 +19,13 @@ const log = pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent' });
 const OWNED = `package owned
 import rego.v1
 default allow := false
-allow if input.user == data.owner
+allow if input.user.sub == data.owner
 owner := data.owner
 `;
 const LISTED = `package listed
 import rego.v1
 default allow := false
-allow if input.user in data.users
+allow if input.user.sub in data.users
 `;
 
 let etcd: TestEtcd;
@@ -69,7 +69,7 @@ async function startWatcher(options: { engines?: EngineCache; snapshotDir?: stri
 
 async function allows(watcher: PolicyWatcher, name: string, user: string): Promise<boolean> {
   const policy = watcher.current.get(name)!;
-  const result = (await policy.engine()).evaluate({ user }, policy.meta.entrypoint) as { allow: boolean };
+  const result = (await policy.engine()).evaluate({ user: { sub: user } }, policy.meta.entrypoint) as { allow: boolean };
   return result.allow;
 }
 
@@ -166,7 +166,7 @@ describe('engine cache', () => {
   it('drops a module when the last policy running it moves to another', async () => {
     const engines = new EngineCache();
     const watcher = await startWatcher({ engines });
-    const ONLY = `package only\nimport rego.v1\ndefault allow := false\nallow if input.user == "solo"\n`;
+    const ONLY = `package only\nimport rego.v1\ndefault allow := false\nallow if input.user.sub == "solo"\n`;
     await writer.put('solo', ONLY, {});
     await until(() => watcher.current.get('solo') !== undefined, 'the policy');
     expect(engines.stats.modules).toBe(1);

@@ -18,7 +18,7 @@ version := data.version
 `;
 const OTHER = `package other
 import rego.v1
-allow if input.ok
+allow if input.user.role == "ok"
 `;
 
 let etcd: TestEtcd;
