@@ -20,7 +20,17 @@
 import type { Etcd3 } from 'etcd3';
 import { EvaluationBudgetError } from '../policy/engine/index.js';
 import { EvaluationMemoryError, EvaluationTimeoutError, type EvaluationPool } from '../policy/engine/pool.js';
-import { sha256Hex, type PolicyMetadata, type PolicyStore, type PutResult, type WriteConditions } from '../policy/store/index.js';
+import {
+  candidateName,
+  PolicyNotFoundError,
+  PreconditionFailedError,
+  sha256Hex,
+  type CandidateRollout,
+  type PolicyMetadata,
+  type PolicyStore,
+  type PutResult,
+  type WriteConditions,
+} from '../policy/store/index.js';
 import { waitForFleet } from './fleet.js';
 import type { CmsMetrics } from './metrics.js';
 import { renderTests, type PolicyBody } from './policy-body.js';
@@ -129,6 +139,75 @@ export class PolicyWriter {
     return this.writeVersion(name, { rego: old.rego, dataText: old.dataText, tests }, conditions, author, 'rollback', { from: version });
   }
 
+  /**
+   * Writes `policy` as the candidate of `name` (policy/candidate): checked
+   * exactly as a write (compile, tests, load), stored beside the live
+   * version under its own versions, never enforced unless `rollout` canaries
+   * it. `conditions` are on the candidate's version. PolicyNotFoundError when
+   * `name` has no live version to stand beside.
+   */
+  async writeCandidate(name: string, policy: PolicyBody, rollout: CandidateRollout, conditions: WriteConditions, author: PolicyAuthor): Promise<WrittenPolicy> {
+    if (!(await this.store.currentRevision(name))) throw new PolicyNotFoundError(`no policy named ${name}: a candidate stands beside a live version`);
+    return this.writeVersion(
+      candidateName(name),
+      policy,
+      conditions,
+      author,
+      'candidate',
+      { rollout: { samplePercent: rollout.samplePercent, enforcePercent: rollout.enforcePercent } },
+      rollout,
+    );
+  }
+
+  /**
+   * Writes the candidate of `name` as its next version and removes the
+   * candidate, in one transaction (`conditions` on the live version;
+   * `candidateVersion`, when given, must still be the candidate's). Not
+   * compiled again: it is the module that was checked and shadowed.
+   * PolicyNotFoundError when there is no candidate.
+   */
+  async promote(name: string, candidateVersion: number | null, conditions: WriteConditions, author: PolicyAuthor): Promise<WrittenPolicy> {
+    const candidate = await this.store.get(candidateName(name), { withWasm: true });
+    if (!candidate?.wasm) throw new PolicyNotFoundError(`policy ${name} has no candidate`);
+    if (candidateVersion !== null && candidate.meta.version !== candidateVersion) {
+      throw new PreconditionFailedError(`the candidate is version ${candidate.meta.version}, not ${candidateVersion}`);
+    }
+    const { meta } = candidate;
+    const result = await this.store.put(
+      name,
+      {
+        rego: candidate.rego,
+        dataText: candidate.dataText,
+        testsText: candidate.testsText,
+        wasm: new Uint8Array(candidate.wasm),
+        author: author.sub,
+        opaVersion: meta.opaVersion,
+        entrypoint: meta.entrypoint,
+        syntaxVersion: meta.syntaxVersion,
+      },
+      conditions,
+      { promoting: { version: meta.version } },
+    );
+    this.metrics.etcdWriteDuration.observe({ operation: 'put' }, result.etcdMs / 1000);
+    this.metrics.policyWrites.inc({ operation: 'put', outcome: 'promoted' });
+    audit(author, 'promote', result.meta, { candidateVersion: meta.version });
+    return { ...result, compileMs: 0 };
+  }
+
+  /** Removes the candidate of `name` (its history stays); PolicyNotFoundError when there is none. */
+  async discardCandidate(name: string, conditions: WriteConditions, author: PolicyAuthor): Promise<{ meta: PolicyMetadata; revision: number | null }> {
+    let deleted;
+    try {
+      deleted = await this.store.delete(candidateName(name), conditions);
+    } catch (error) {
+      if (error instanceof PolicyNotFoundError) throw new PolicyNotFoundError(`policy ${name} has no candidate`);
+      throw error;
+    }
+    this.metrics.policyWrites.inc({ operation: 'delete', outcome: 'candidate_discarded' });
+    audit(author, 'discard candidate', deleted.meta);
+    return deleted;
+  }
+
   /** Deletes the current version (the history keeps it); PolicyNotFoundError when there is none. */
   async delete(name: string, conditions: WriteConditions, author: PolicyAuthor): Promise<{ meta: PolicyMetadata; revision: number | null }> {
     const started = performance.now();
@@ -151,6 +230,7 @@ export class PolicyWriter {
     author: PolicyAuthor,
     operation?: string,
     auditExtra: Record<string, unknown> = {},
+    rollout?: CandidateRollout,
   ): Promise<WrittenPolicy> {
     if (conditions.ifVersion !== undefined || conditions.ifAbsent) await this.store.checkWriteConditions(name, conditions);
     let compiled;
@@ -164,7 +244,11 @@ export class PolicyWriter {
     }
     await this.checkLoads(name, compiled, policy.dataText);
     const testsText = policy.tests === null ? null : renderTests(policy.tests);
-    const result = await this.store.put(name, { ...policySubmission(policy.rego, policy.dataText, compiled, author.sub), testsText }, conditions);
+    const result = await this.store.put(
+      name,
+      { ...policySubmission(policy.rego, policy.dataText, compiled, author.sub), testsText, ...(rollout ? { rollout } : {}) },
+      conditions,
+    );
     this.metrics.etcdWriteDuration.observe({ operation: 'put' }, result.etcdMs / 1000);
     this.metrics.policyWrites.inc({ operation: 'put', outcome: result.created ? 'created' : 'replaced' });
     audit(author, operation ?? (result.created ? 'create' : 'replace'), result.meta, {

@@ -31,7 +31,10 @@ import { HttpProblem, PROBLEM_CONTENT_TYPE, sendProblem } from '../http/problem.
 import { isCredentialHeader, isCredentialQueryParameter, maskCredentialQuery } from '../http/credentials.js';
 import type { AccessPolicy } from '../policy/access/index.js';
 import { accessInput } from '../policy/access/index.js';
-import type { DecisionLog } from '../policy/decision-log/index.js';
+import { maskInput, type DecisionLog } from '../policy/decision-log/index.js';
+import { onCandidate, type CandidateShadow } from '../policy/candidate/index.js';
+import { candidateName } from '../policy/store/names.js';
+import { isDeepStrictEqual } from 'node:util';
 
 export interface DecisionApiOptions {
   watcher: PolicyWatcher;
@@ -43,6 +46,8 @@ export interface DecisionApiOptions {
   onDecision?: (policy: string, outcome: 'defined' | 'undefined' | 'error', seconds: number) => void;
   /** Decision log events (policy/decision-log), when a sink is configured. */
   decisionLog?: { log: DecisionLog | null; gateway: string };
+  /** Where policies' candidates are shadowed and canaried (policy/candidate); absent: live versions alone decide. */
+  candidates?: CandidateShadow;
 }
 
 function walk(document: unknown, path: string[]): unknown {
@@ -216,8 +221,14 @@ export async function buildDecisionApp(options: DecisionApiOptions): Promise<Fas
     }
     const set = options.watcher.current;
     if (!set.isLoaded) throw new HttpProblem({ status: 503, detail: 'policies are not loaded yet', headers: { 'Retry-After': '1' } });
-    const policy = set.get(policyName);
-    if (!policy) throw new HttpProblem({ status: 404, detail: `no policy named ${policyName}` });
+    const live = set.get(policyName);
+    if (!live) throw new HttpProblem({ status: 404, detail: `no policy named ${policyName}` });
+    // Its candidate, as on the runner: enforced for the canary's callers, shadowed for the others'.
+    const candidate = options.candidates ? set.get(candidateName(policyName)) : undefined;
+    const rollout = candidate?.meta.rollout;
+    const canary = candidate !== undefined && rollout !== undefined && onCandidate(policyName, identity.sub, rollout.enforcePercent);
+    if (options.candidates && candidate && rollout) options.candidates.enforced(candidate, policyName, canary ? 'candidate' : 'live');
+    const policy = canary ? candidate : live;
 
     const started = process.hrtime.bigint();
     const logDecision = (result: 'allow' | 'deny' | 'error', status: number) =>
@@ -240,6 +251,19 @@ export async function buildDecisionApp(options: DecisionApiOptions): Promise<Fas
       throw new HttpProblem({ status: 500, detail: `policy evaluation failed: ${String(err)}` });
     }
     const result = document === undefined ? undefined : documentAt(policy.meta.entrypoint.split('/'), document, rest);
+    if (options.candidates && candidate && rollout && !canary && Math.random() * 100 < rollout.samplePercent) {
+      // The Data API answers a document: the candidate agrees when it would answer the same one.
+      options.candidates.shadow({
+        live,
+        candidate,
+        tenant: identity.project ?? '',
+        input,
+        liveResult: result,
+        select: (document) => (document === undefined ? undefined : documentAt(candidate.meta.entrypoint.split('/'), document, rest)),
+        agree: (a, b) => isDeepStrictEqual(a, b),
+        sampleInput: () => maskInput(input, []),
+      });
+    }
     options.onDecision?.(policyName, result === undefined ? 'undefined' : 'defined', Number(process.hrtime.bigint() - started) / 1e9);
     // The Data API answers a document, not allow or deny: "allow" here means a
     // defined result, "deny" an undefined one.

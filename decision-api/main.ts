@@ -44,6 +44,13 @@ async function main() {
     registers: [registry],
   });
 
+  const candidateEvaluations = new Counter({
+    name: 'gatehouse_candidate_evaluations_total',
+    help: "Decisions a policy's candidate was evaluated for in the shadow of the live version: agreed, diverged, error, dropped (too many pending)",
+    labelNames: ['policy', 'outcome'] as const,
+    registers: [registry],
+  });
+
   const etcd = createEtcdClient(config.etcdEndpoints, config.etcdClient);
   const enforcer = createEnforcer({
     client: etcd,
@@ -58,6 +65,7 @@ async function main() {
     evaluation: config.evaluation,
     decisionLog: config.decisionLog,
     onAbort: (reason) => aborted.inc({ reason }),
+    onShadow: (policy, outcome) => candidateEvaluations.inc({ policy, outcome }),
     onDecisionLogWritten: (n) => decisionLogEvents.inc({ outcome: 'written' }, n),
     onDecisionLogDropped: (n) => decisionLogEvents.inc({ outcome: 'dropped' }, n),
   });
@@ -83,6 +91,7 @@ async function main() {
     watcher,
     decisionLog: { log: decisionLog, gateway: reporter.id },
     verifier: verifier(),
+    candidates: enforcer.candidates,
     access: await loadAccessPolicy(defaultAccessPolicyWasmPath()),
     log,
     registry,

@@ -2,8 +2,8 @@
  * The policy pipeline of a process that enforces policies (each runner
  * worker, each decision API), assembled in one place: the etcd client it is
  * given -> engine cache -> evaluator (this thread or a pool) -> policy
- * watcher (with its last-known-good snapshot) -> fleet report -> decision
- * log. Both services build theirs here from their configuration and use what
+ * watcher (with its last-known-good snapshot) -> fleet report -> candidates'
+ * shadow and their reports -> decision log. Both services build theirs here from their configuration and use what
  * it returns; close() stops it in order (the etcd client stays the caller's).
  */
 import type { Etcd3 } from 'etcd3';
@@ -15,6 +15,7 @@ import { snapshotDir } from './watcher/snapshot.js';
 import { GatewayReporter, type GatewayKind } from './fleet/report.js';
 import { FileSignatureVerifier } from './signing/index.js';
 import { openDecisionLog, type DecisionLog, type DecisionLogSettings } from './decision-log/index.js';
+import { CandidateReporter, CandidateShadow, type ShadowOutcome } from './candidate/index.js';
 
 export interface EnforcerOptions {
   /** The service's etcd client (it may share it, e.g. with the LLM budgets, and closes it itself). */
@@ -43,6 +44,8 @@ export interface EnforcerOptions {
   /** Told of decision log events written to the sink, or dropped because it did not keep up (metrics). */
   onDecisionLogWritten?: (n: number) => void;
   onDecisionLogDropped?: (n: number) => void;
+  /** Told of each shadow evaluation of a candidate (metrics). */
+  onShadow?: (policy: string, outcome: ShadowOutcome) => void;
 }
 
 export interface Enforcer {
@@ -50,6 +53,8 @@ export interface Enforcer {
   readonly reporter: GatewayReporter;
   readonly decisionLog: DecisionLog | null;
   readonly evaluator: Evaluator;
+  /** Where decisions shadow and canary policies' candidates (policy/candidate). */
+  readonly candidates: CandidateShadow;
   /**
    * Starts watching and reporting. Resolves once a first policy set is in
    * place (from etcd, else from the snapshot) or neither exists; it never
@@ -99,22 +104,33 @@ export function createEnforcer(options: EnforcerOptions): Enforcer {
         ...(options.onDecisionLogDropped ? { onDropped: options.onDecisionLogDropped } : {}),
       })
     : null;
+  const candidates = new CandidateShadow({ gateway: reporter.id, ...(options.onShadow ? { onOutcome: options.onShadow } : {}) });
+  const candidateReporter = new CandidateReporter({
+    client: options.client,
+    shadow: candidates,
+    watcher,
+    log: options.log.child({ component: 'candidates' }),
+    ...(options.reportTtlSeconds !== undefined ? { ttlSeconds: options.reportTtlSeconds } : {}),
+  });
   let started: Promise<void> | null = null;
   return {
     watcher,
     reporter,
     decisionLog,
     evaluator,
+    candidates,
     start() {
       if (!started) {
         started = watcher.start();
         reporter.start();
+        candidateReporter.start();
       }
       return started;
     },
     async close() {
       await started;
       await reporter.stop();
+      await candidateReporter.stop();
       await watcher.stop();
       verifier?.close();
       await evaluator.close();

@@ -285,6 +285,137 @@ export const openApiDocument = {
         },
       },
     },
+    '/policies/{name}/candidate': {
+      parameters: [name],
+      put: {
+        summary:
+          "Write the policy's candidate (platform admin): checked as a PUT is, stored beside the live version, shadowed by every gateway (never enforced) and enforced for `enforce_percent` of callers",
+        parameters: [
+          { name: 'If-Match', in: 'header', required: false, schema: { type: 'string' }, description: 'ETag the candidate must have now, or *' },
+          { name: 'If-None-Match', in: 'header', required: false, schema: { const: '*' }, description: 'only if there is no candidate' },
+          preferWait,
+        ],
+        requestBody: {
+          required: true,
+          content: json({
+            type: 'object',
+            additionalProperties: false,
+            required: ['rego', 'data'],
+            properties: {
+              rego: { $ref: '#/components/schemas/PolicyObject/properties/rego' },
+              data: { $ref: '#/components/schemas/PolicyObject/properties/data' },
+              tests: { $ref: '#/components/schemas/PolicyObject/properties/tests' },
+              sample_percent: {
+                type: 'number',
+                minimum: 0,
+                maximum: 100,
+                default: 100,
+                description: 'share of the live decisions the candidate is evaluated beside',
+              },
+              enforce_percent: {
+                type: 'number',
+                minimum: 0,
+                maximum: 100,
+                default: 0,
+                description: 'share of callers (a stable hash of their subject) the candidate decides for',
+              },
+            },
+          }),
+        },
+        responses: {
+          '200': { description: 'replaced', headers: { ...etagHeaders, ...fleetHeaders }, content: json(ref('PolicySummary')) },
+          '201': {
+            description: 'created',
+            headers: { ...etagHeaders, ...fleetHeaders, Location: { schema: { type: 'string' } } },
+            content: json(ref('PolicySummary')),
+          },
+          '400': { ...problem, description: 'as on a PUT, or a percentage that is not a number from 0 to 100' },
+          ...problems(401, 403),
+          '404': { ...problem, description: 'the policy has no live version for a candidate to stand beside' },
+          ...problems(409, 412, 413, 415, 422, 503),
+        },
+      },
+      get: {
+        summary: "The candidate, its rollout, and what the gateways saw of it (platform admin, or the project's users)",
+        parameters: [
+          { name: 'subject', in: 'query', required: false, schema: { type: 'string' }, description: 'also say which version decides for this caller' },
+        ],
+        responses: {
+          '200': {
+            description: 'the candidate',
+            headers: etagHeaders,
+            content: json({
+              type: 'object',
+              properties: {
+                name: { type: 'string' },
+                version: { type: 'integer' },
+                live_version: { type: ['integer', 'null'] },
+                sample_percent: { type: 'number' },
+                enforce_percent: { type: 'number' },
+                subject: { type: 'object', properties: { sub: { type: 'string' }, decided_by: { enum: ['live', 'candidate'] } } },
+                policy: ref('PolicyObject'),
+                report: {
+                  type: 'object',
+                  description:
+                    "every live gateway's counts for this candidate version, added up, per gateway, and the newest divergent samples (inputs masked as decision logs mask them)",
+                  properties: {
+                    evaluated: { type: 'integer' },
+                    diverged: { type: 'integer' },
+                    errors: { type: 'integer' },
+                    dropped: { type: 'integer' },
+                    enforced: { type: 'object', properties: { live: { type: 'integer' }, candidate: { type: 'integer' } } },
+                    gateways: { type: 'array', items: { type: 'object' } },
+                    samples: {
+                      type: 'array',
+                      items: { type: 'object', properties: { time: { type: 'string' }, gateway: { type: 'string' }, input: {}, live: {}, candidate: {} } },
+                    },
+                  },
+                },
+              },
+            }),
+          },
+          '304': { description: 'If-None-Match matched' },
+          '404': { ...problem, description: 'the policy has no candidate' },
+          ...problems(400, 401, 403, 503),
+        },
+      },
+      delete: {
+        summary: 'Discard the candidate (platform admin); its history stays',
+        parameters: [
+          { name: 'If-Match', in: 'header', required: false, schema: { type: 'string' }, description: 'ETag the candidate must have now' },
+          preferWait,
+        ],
+        responses: {
+          '204': { description: 'discarded', headers: fleetHeaders },
+          '404': { ...problem, description: 'the policy has no candidate' },
+          ...problems(400, 401, 403, 409, 412, 503),
+        },
+      },
+    },
+    '/policies/{name}/candidate/promote': {
+      parameters: [name],
+      post: {
+        summary: 'Write the candidate as the next version and remove it, in one transaction (platform admin)',
+        parameters: [
+          { name: 'If-Match', in: 'header', required: false, schema: { type: 'string' }, description: 'ETag the live version must have now' },
+          preferWait,
+        ],
+        requestBody: {
+          required: false,
+          content: json({
+            type: 'object',
+            additionalProperties: false,
+            properties: { version: { type: 'integer', minimum: 1, description: 'the candidate version meant' } },
+          }),
+        },
+        responses: {
+          '200': { description: 'written as the next version', headers: { ...etagHeaders, ...fleetHeaders }, content: json(ref('PolicySummary')) },
+          '404': { ...problem, description: 'the policy has no candidate' },
+          '412': { ...problem, description: 'the live version or the candidate is not the one named' },
+          ...problems(400, 401, 403, 409, 415, 503),
+        },
+      },
+    },
     '/gateways': {
       get: {
         summary: 'Live gateways (runner workers, decision APIs) and what each enforces (platform admin)',

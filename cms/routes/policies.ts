@@ -21,6 +21,8 @@ import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify';
 import { HttpProblem, ProblemType, sendProblem } from '../../http/problem.js';
 import { accessInput, type AccessPolicy } from '../../policy/access/index.js';
 import {
+  candidateOf,
+  isStoredPolicyName,
   isValidPolicyName,
   PolicyNotFoundError,
   PolicyTooLargeError,
@@ -47,7 +49,7 @@ export interface PolicyRoutesOptions {
 /** Names one GET /policies reads at most while filtering what the caller may see. */
 const MAX_NAMES_SCANNED_PER_LIST = 5_000;
 
-function policyName(request: FastifyRequest): string {
+export function policyName(request: FastifyRequest): string {
   const { name } = request.params as { name: string };
   if (!isValidPolicyName(name)) {
     throw new HttpProblem({
@@ -60,7 +62,7 @@ function policyName(request: FastifyRequest): string {
   return name;
 }
 
-function summary(meta: PolicyMetadata) {
+export function summary(meta: PolicyMetadata) {
   return {
     name: meta.name,
     version: meta.version,
@@ -143,7 +145,7 @@ function notFound(what: string): HttpProblem {
 }
 
 /** The write path's own failures as problems (the ones every store shares, and anything else, go on to app.ts's handler). */
-function policyProblem(error: unknown, request: FastifyRequest): HttpProblem | null {
+export function policyProblem(error: unknown, request: FastifyRequest): HttpProblem | null {
   if (error instanceof RegoCompileError) {
     return new HttpProblem({
       status: 400,
@@ -211,6 +213,26 @@ function policyProblem(error: unknown, request: FastifyRequest): HttpProblem | n
   return null;
 }
 
+/** A write's answer, as a PUT gives it: the version written (said before waiting), then how far the gateways got. */
+export async function sendWrittenVersion(
+  reply: FastifyReply,
+  location: string,
+  written: WrittenPolicy,
+  wait: number | null,
+  writer: Pick<PolicyWriter, 'waitForGateways'>,
+): Promise<FastifyReply> {
+  reply
+    .header('ETag', etag(written.meta.version))
+    .header('Last-Modified', new Date(written.meta.updatedAt).toUTCString())
+    .header('Server-Timing', `compile;dur=${written.compileMs.toFixed(1)}, etcd;dur=${written.etcdMs.toFixed(1)}`);
+  if (written.created) reply.header('Location', location);
+  if (wait !== null) reply.headers(fleetHeaders(await writer.waitForGateways(written.revision, wait), wait));
+  return reply
+    .code(written.created ? 201 : 200)
+    .type('application/json')
+    .send(summary(written.meta));
+}
+
 export const policyRoutes: FastifyPluginAsync<PolicyRoutesOptions> = async (app, { store, writer, access, etcd }) => {
   app.setErrorHandler((error, request, reply) => {
     const problem = policyProblem(error, request);
@@ -221,23 +243,13 @@ export const policyRoutes: FastifyPluginAsync<PolicyRoutesOptions> = async (app,
 
   const author = (request: FastifyRequest): PolicyAuthor => ({ sub: verifiedIdentity(request).sub, log: request.log });
 
-  /** A write's answer, as a PUT gives it: the version written (said before waiting), then how far the gateways got. */
-  async function sendWritten(reply: FastifyReply, name: string, written: WrittenPolicy, wait: number | null): Promise<FastifyReply> {
-    reply
-      .header('ETag', etag(written.meta.version))
-      .header('Last-Modified', new Date(written.meta.updatedAt).toUTCString())
-      .header('Server-Timing', `compile;dur=${written.compileMs.toFixed(1)}, etcd;dur=${written.etcdMs.toFixed(1)}`);
-    if (written.created) reply.header('Location', `/policies/${name}`);
-    if (wait !== null) reply.headers(fleetHeaders(await writer.waitForGateways(written.revision, wait), wait));
-    return reply
-      .code(written.created ? 201 : 200)
-      .type('application/json')
-      .send(summary(written.meta));
-  }
+  const sendWritten = (reply: FastifyReply, name: string, written: WrittenPolicy, wait: number | null) =>
+    sendWrittenVersion(reply, `/policies/${name}`, written, wait, writer);
 
   app.get('/policies', async (request, reply) => {
     const identity = verifiedIdentity(request);
-    const { limit, after } = listQuery(request.query, 'GET /policies', isValidPolicyName);
+    // A page may end on a candidate's entry of the index (names.ts), which the list never shows.
+    const { limit, after } = listQuery(request.query, 'GET /policies', isStoredPolicyName);
     // The same policy decides which names a caller may see: those it could GET.
     // Pages are read until this one is full of what the caller may see; a
     // caller who may see few names gets a continuation after a bounded read.
@@ -253,7 +265,7 @@ export const policyRoutes: FastifyPluginAsync<PolicyRoutesOptions> = async (app,
           full = true;
           break;
         }
-        if (access.decide(accessInput('GET', ['policies', meta.name], identity)).allow) visible.push(meta);
+        if (candidateOf(meta.name) === null && access.decide(accessInput('GET', ['policies', meta.name], identity)).allow) visible.push(meta);
         cursor = meta.name;
         scanned++;
       }
@@ -370,7 +382,7 @@ export const policyRoutes: FastifyPluginAsync<PolicyRoutesOptions> = async (app,
         type: ProblemType.invalidPath,
         title: 'Invalid policy path',
         detail:
-          'policy paths are /policies/{name}, /policies/{name}/history, /policies/{name}/history/{version}, /policies/{name}/status, /policies/{name}/check and /policies/{name}/rollback',
+          'policy paths are /policies/{name}, /policies/{name}/history, /policies/{name}/history/{version}, /policies/{name}/status, /policies/{name}/check, /policies/{name}/rollback, /policies/{name}/candidate and /policies/{name}/candidate/promote',
       });
     },
   });

@@ -14,13 +14,14 @@ import { loadAccessPolicy, defaultAccessPolicyWasmPath } from '../../policy/acce
 import type { IdentityConfig } from '../../identity/index.js';
 import { createIdentityVerifier } from '../../identity/index.js';
 import { createEtcdClient } from '../../etcd/index.js';
-import { PolicyWatcher } from '../../policy/watcher/watcher.js';
+import { createEnforcer } from '../../policy/enforcer.js';
+import { evaluationSettings } from '../../policy/engine/evaluator.js';
+import { gatewayId } from '../../policy/fleet/report.js';
 import { buildDecisionApp } from '../../decision-api/app.js';
 import { packageRoot } from '../../runtime/paths.js';
 import { findApisix, freePort, reachableByWorkers, startApisix } from '../apisix/index.js';
 import { startLocalEtcd, type LocalEtcd } from '../local-etcd/index.js';
 import { ensureSigningKeys, type SigningKeyFiles } from '../signing-keys.js';
-import { FileSignatureVerifier } from '../../policy/signing/index.js';
 
 export interface LocalStackOptions {
   identity: IdentityConfig;
@@ -160,22 +161,31 @@ export async function startLocalStack(options: LocalStackOptions): Promise<Local
     await cms.listen({ host: '127.0.0.1', port: options.ports?.cms ?? 0 });
     cleanups.push(() => cms.close());
 
+    // The decision API's policy pipeline, as gatehouse-decision assembles it (policy/enforcer.ts): a
+    // gateway of the fleet, shadowing candidates, checking signatures when the stack signs.
     const decisionEtcd = createEtcdClient(etcdEndpoints);
-    const verifier = signingKeys ? new FileSignatureVerifier(signingKeys.jwksFile) : null;
-    const watcher = new PolicyWatcher({
+    const decisionEnforcer = createEnforcer({
       client: decisionEtcd,
-      verifier,
       log: log.child({ component: 'decision-api' }),
-      snapshotDir: join(workDir, 'decision-state', 'policy-snapshot'),
+      kind: 'decision-api',
+      gateway: gatewayId('decision-api'),
+      datacenter: null,
+      stateDir: join(workDir, 'decision-state'),
+      cacheBytes: 64 * 1024 * 1024,
+      evaluation: evaluationSettings({}),
+      decisionLog: null,
+      verifyKeysFile: signingKeys?.jwksFile ?? null,
     });
-    await watcher.start();
+    await decisionEnforcer.start();
+    const watcher = decisionEnforcer.watcher;
     cleanups.push(async () => {
-      await watcher.stop();
-      verifier?.close();
+      await decisionEnforcer.close();
       decisionEtcd.close();
     });
     const decision = await buildDecisionApp({
       watcher,
+      candidates: decisionEnforcer.candidates,
+      decisionLog: { log: null, gateway: decisionEnforcer.reporter.id },
       verifier: createIdentityVerifier(options.identity),
       access: await loadAccessPolicy(defaultAccessPolicyWasmPath()),
       log: log.child({ component: 'decision-api' }),

@@ -16,6 +16,13 @@
 // policy in the list that names one wins), which `llm-budget` then charges
 // and sends upstream.
 //
+// A policy with a candidate (policy/candidate, written through the CMS's
+// /policies/{name}/candidate): the candidate's `enforce_percent` of callers,
+// by a stable hash of their subject, are decided by the candidate; every
+// other decision is made by the live version and `sample_percent` of them
+// are evaluated again by the candidate after the answer, compared, never
+// enforced.
+//
 // Decision logs (policy/decision-log), when the runner has a sink
 // (DECISION_LOG): "decision_log": true (the default), false, or
 // {"sample": 0.1, "mask": ["/body/card_number"]} (JSON pointers into the
@@ -24,9 +31,10 @@
 import type { CallContext, Plugin } from '../api/plugin.js';
 import { ConfError } from '../api/plugin.js';
 import type { GatewayRequest, StopResponse } from '../api/http.js';
-import { shouldLog, type DecisionEvent, type DecisionLog, type DecisionLogConf, type DecisionPolicy } from '../../policy/decision-log/index.js';
+import { maskInput, shouldLog, type DecisionEvent, type DecisionLog, type DecisionLogConf, type DecisionPolicy } from '../../policy/decision-log/index.js';
 import { jsonConfParser } from '../api/json-conf.js';
-import { isValidPolicyName, PLATFORM_POLICY_NAME } from '../../policy/store/names.js';
+import { candidateName, isValidPolicyName, PLATFORM_POLICY_NAME } from '../../policy/store/names.js';
+import { onCandidate, type CandidateShadow } from '../../policy/candidate/index.js';
 import { PolicyUnloadableError, type PolicySet, type LoadedPolicy } from '../../policy/watcher/policy-set.js';
 import { PolicyEngineError } from '../../policy/engine/index.js';
 import { WasmUnavailableError } from '../../policy/engine/cache.js';
@@ -169,10 +177,21 @@ export interface OpaPluginDeps {
   decisionLog?: DecisionLogSink;
   /** LLM budgets; null or absent without etcd: routes asking with_budget then fail at PrepareConf. */
   budgets?: GatewayBudgets | null;
+  /** Where candidates are shadowed and canaried; absent: candidates are ignored, live versions decide. */
+  candidates?: CandidateShadow;
+  /** Draws the shadow sample (tests); Math.random by default. */
+  random?: () => number;
+}
+
+/** Whether two decision documents would be enforced alike (allow, status and model, as readDecision reads them). */
+function enforcedAlike(live: unknown, candidate: unknown): boolean {
+  const a = readDecision(live);
+  const b = readDecision(candidate);
+  return a.allow === b.allow && a.status === b.status && a.model === b.model;
 }
 
 export function createOpaPlugin(deps: OpaPluginDeps): Plugin<OpaConf> {
-  const { policies: source, decisions: recorder, decisionLog = { log: null, gateway: '' }, budgets = null } = deps;
+  const { policies: source, decisions: recorder, decisionLog = { log: null, gateway: '' }, budgets = null, candidates = null, random = Math.random } = deps;
   const parse = jsonConfParser<RawOpaConf>('opa', schema);
   return {
     name: 'opa',
@@ -298,11 +317,34 @@ export function createOpaPlugin(deps: OpaPluginDeps): Plugin<OpaConf> {
         }
       }
 
+      // Its candidate, if it has one: enforced for the canary's callers, shadowed for the others'.
+      const live = policy;
+      const candidate = candidates ? set.get(candidateName(live.name)) : undefined;
+      const rollout = candidate?.meta.rollout;
+      if (candidates && candidate && rollout) {
+        const canary = onCandidate(live.name, identity?.sub ?? null, rollout.enforcePercent);
+        if (canary) policy = candidate;
+        candidates.enforced(candidate, live.name, canary ? 'candidate' : 'live');
+      }
+
       let decision: Decision;
+      const tenant = identity?.project ?? '';
       try {
         // The engine is built on first use (a cold project); evaluation is
         // bounded in time and memory, per tenant (the caller's project).
-        decision = readDecision(await policy.evaluate(identity?.project ?? '', serialised));
+        const document = await policy.evaluate(tenant, serialised);
+        decision = readDecision(document);
+        if (candidates && candidate && rollout && policy === live && random() * 100 < rollout.samplePercent) {
+          candidates.shadow({
+            live,
+            candidate,
+            tenant,
+            input: serialised,
+            liveResult: document,
+            agree: enforcedAlike,
+            sampleInput: () => maskInput(input, conf.decisionLog.mask),
+          });
+        }
       } catch (err) {
         recorder.record(choice.kind, 'error', seconds());
         trail?.policies.push({ name: policy.name, version: policy.meta.version, revision: policy.modRevision, result: 'error' });

@@ -8,6 +8,7 @@ import { createVaultPlugin, type VaultPluginDeps } from '../vault/index.js';
 import { pathRewritePlugin } from '../path-rewrite/index.js';
 import { createLlmBudgetPlugin } from '../llm-budget/index.js';
 import type { GatewayBudgets } from '../../budget/gateway.js';
+import type { CandidateShadow } from '../../policy/candidate/index.js';
 
 export interface PluginDependencies {
   verifier: IdentityVerifier | null;
@@ -18,13 +19,21 @@ export interface PluginDependencies {
   vault: VaultPluginDeps;
   /** LLM budgets (null without etcd: routes using them are refused at PrepareConf). */
   budgets: GatewayBudgets | null;
+  /** Where policies' candidates are shadowed and canaried (absent without etcd). */
+  candidates?: CandidateShadow;
 }
 
 export function builtinPlugins(deps: PluginDependencies): AnyPlugin[] {
   return [
     examplePlugin,
     createJwtPlugin(deps.verifier, deps.verifierError),
-    createOpaPlugin({ policies: deps.policies, decisions: deps.decisions, decisionLog: deps.decisionLog, budgets: deps.budgets }),
+    createOpaPlugin({
+      policies: deps.policies,
+      decisions: deps.decisions,
+      decisionLog: deps.decisionLog,
+      budgets: deps.budgets,
+      ...(deps.candidates ? { candidates: deps.candidates } : {}),
+    }),
     createLlmBudgetPlugin(deps.budgets),
     createVaultPlugin(deps.vault),
     pathRewritePlugin,

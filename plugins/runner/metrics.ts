@@ -8,11 +8,14 @@ import type { BudgetEvents } from '../../budget/gateway.js';
 import type { PolicyWatcher, SwapEvent } from '../../policy/watcher/watcher.js';
 import type { EngineCacheStats } from '../../policy/engine/cache.js';
 import type { AbortReason } from '../../policy/engine/evaluator.js';
+import type { ShadowOutcome } from '../../policy/candidate/index.js';
 
 export interface RunnerMetrics {
   registry: Registry;
   /** An evaluation stopped at its deadline or when its fuel was burned, or failed (out of memory, aborted). */
   evaluationAborted(reason: AbortReason): void;
+  /** A candidate's shadow evaluation: agreed with the live decision, diverged, failed, or dropped (too many pending). */
+  candidateShadowed(policy: string, outcome: ShadowOutcome): void;
   decisions: DecisionRecorder;
   vault: VaultEvents;
   /** Decision log events handed to the sink, or dropped (the buffer was full: the sink is too slow). */
@@ -171,6 +174,13 @@ export function createRunnerMetrics(): RunnerMetrics {
     registers: [registry],
   });
 
+  const candidateEvaluations = new Counter({
+    name: 'gatehouse_candidate_evaluations_total',
+    help: "Decisions a policy's candidate was evaluated for in the shadow of the live version: agreed, diverged, error (did not load or ran past its bounds), dropped (too many pending)",
+    labelNames: ['policy', 'outcome'] as const,
+    registers: [registry],
+  });
+
   const llmRequests = new Counter({
     name: 'gatehouse_llm_requests_total',
     help: 'LLM calls settled, by project and model; unsettled: the gateway never saw their usage and charged their reservation',
@@ -218,6 +228,9 @@ export function createRunnerMetrics(): RunnerMetrics {
     },
     evaluationAborted(reason) {
       aborted.inc({ reason });
+    },
+    candidateShadowed(policy, outcome) {
+      candidateEvaluations.inc({ policy, outcome });
     },
     vault: {
       secret(event) {

@@ -89,6 +89,7 @@ export async function runWorker(config: RunnerConfig): Promise<void> {
         evaluation: config.evaluation,
         decisionLog: config.decisionLog,
         onAbort: (reason) => metrics.evaluationAborted(reason),
+        onShadow: (policy, outcome) => metrics.candidateShadowed(policy, outcome),
         ...decisionLogHooks,
       })
     : null;
@@ -168,6 +169,7 @@ export async function runWorker(config: RunnerConfig): Promise<void> {
         },
         decisions: metrics.decisions,
         decisionLog: { log: decisionLog, gateway },
+        ...(enforcer ? { candidates: enforcer.candidates } : {}),
         vault: {
           session: vault.session,
           ttlMs: vault.config?.secretTtlMs ?? 60_000,

@@ -23,8 +23,8 @@
 # CMS itself answers 400/404/405 for paths that are not part of the API) and
 # read /gateways. Project users may list policies (the CMS shows them only
 # the ones this policy lets them read) and read their own project's policy,
-# its history and which gateways enforce it (status), never the platform
-# policy; they may read their own project's LLM budget and its history, and
+# its history, which gateways enforce it (status) and its candidate with
+# what the gateways saw of it, never the platform policy; they may read their own project's LLM budget and its history, and
 # its usage. The list of budgets (GET /budgets) is for platform admins: it
 # names every project that has one.
 package gatehouse.cms.access
@@ -81,6 +81,13 @@ action := "read_status" if {
 	input.path[2] == "status"
 }
 
+action := "read_candidate" if {
+	reading
+	under_policies
+	count(input.path) == 3
+	input.path[2] == "candidate"
+}
+
 action := "read_history" if {
 	reading
 	under_policies
@@ -135,13 +142,13 @@ allow if {
 }
 
 # What project users may ever do; everything else is for platform admins.
-project_user_action if action in {"list", "read", "read_history", "read_status", "read_budget", "read_budget_history", "read_usage"}
+project_user_action if action in {"list", "read", "read_history", "read_status", "read_candidate", "read_budget", "read_budget_history", "read_usage"}
 
 # "platform" names the platform policy, never a project: no project user
 # reaches it, whatever their claim says.
 allow if {
 	is_project_user
-	action in {"read", "read_history", "read_status", "read_budget", "read_budget_history", "read_usage"}
+	action in {"read", "read_history", "read_status", "read_candidate", "read_budget", "read_budget_history", "read_usage"}
 	target == input.user.project
 	target != platform_policy
 }

@@ -221,3 +221,16 @@ test_policy_reasons_unchanged_by_budgets if {
 	decision("GET", ["policies", "team-b"], team_a_user).reason == "project users may only read their own project's policy"
 	decision("GET", ["gateways"], admin).reason == "platform admins may manage every policy"
 }
+
+test_candidates_are_written_by_admins_and_read_by_the_project if {
+	decision("PUT", ["policies", "team-b", "candidate"], admin).allow
+	decision("POST", ["policies", "team-b", "candidate", "promote"], admin).allow
+	decision("DELETE", ["policies", "team-b", "candidate"], admin).allow
+	decision("GET", ["policies", "team-a", "candidate"], team_a_user).allow
+	not decision("GET", ["policies", "team-b", "candidate"], team_a_user).allow
+	not decision("GET", ["policies", "platform", "candidate"], platform_project_user).allow
+	not decision("PUT", ["policies", "team-a", "candidate"], team_a_user).allow
+	not decision("POST", ["policies", "team-a", "candidate", "promote"], team_a_user).allow
+	not decision("DELETE", ["policies", "team-a", "candidate"], team_a_user).allow
+	anonymous("GET", ["policies", "team-a", "candidate"]).status_code == 401
+}

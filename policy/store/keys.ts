@@ -15,6 +15,16 @@
  *
  * <v> is the version zero-padded to 12 digits so that key order is version order.
  *
+ * A policy's candidate (names.ts: stored as `<name>.candidate`) has the same
+ * parts, current and history, one level down:
+ *
+ *   /policies/<name>/candidate/meta          PolicyMetadata of the candidate (with its rollout)
+ *   /policies/<name>/candidate/{source,data,wasm,tests}
+ *   /policies/<name>/candidate/history/<part>/<v>
+ *
+ * and its own index entry, /policy-index/<name>.candidate, so gateways read
+ * it at start and watch it as they do any policy.
+ *
  * Beside them, one index of the current policies, outside the policies'
  * own prefixes so that it is contiguous:
  *
@@ -43,17 +53,36 @@
  * vanishes when the gateway does (policy/fleet):
  *
  *   /gatehouse/gateways/<id>                 GatewayReport JSON
+ *
+ * and, while a policy has a candidate, what it saw of it (policy/candidate):
+ *
+ *   /gatehouse/candidates/<name>/<id>        ShadowReport JSON, under the same kind of lease
  */
-import { assertValidPolicyName, isValidPolicyName } from './names.js';
+import { assertStoredPolicyName, candidateName, candidateOf, isStoredPolicyName, isValidPolicyName } from './names.js';
 
 export const POLICIES_PREFIX = '/policies/';
 export const POLICY_INDEX_PREFIX = '/policy-index/';
 export const GATEWAYS_PREFIX = '/gatehouse/gateways/';
+export const CANDIDATE_REPORTS_PREFIX = '/gatehouse/candidates/';
+
+const GATEWAY_ID_PATTERN = /^[A-Za-z0-9._-]{1,128}$/;
 
 /** A gateway's report key; ids are [A-Za-z0-9._-], 1-128 characters. */
 export function gatewayKey(id: string): string {
-  if (!/^[A-Za-z0-9._-]{1,128}$/.test(id)) throw new Error(`invalid gateway id ${JSON.stringify(id)}`);
+  if (!GATEWAY_ID_PATTERN.test(id)) throw new Error(`invalid gateway id ${JSON.stringify(id)}`);
   return `${GATEWAYS_PREFIX}${id}`;
+}
+
+/** Where every gateway's report on `name`'s candidate is kept. */
+export function candidateReportsPrefix(name: string): string {
+  if (!isValidPolicyName(name)) throw new Error(`invalid policy name ${JSON.stringify(name)}`);
+  return `${CANDIDATE_REPORTS_PREFIX}${name}/`;
+}
+
+/** One gateway's report on `name`'s candidate. */
+export function candidateReportKey(name: string, gatewayIdentifier: string): string {
+  if (!GATEWAY_ID_PATTERN.test(gatewayIdentifier)) throw new Error(`invalid gateway id ${JSON.stringify(gatewayIdentifier)}`);
+  return `${candidateReportsPrefix(name)}${gatewayIdentifier}`;
 }
 
 const VERSION_DIGITS = 12;
@@ -84,8 +113,9 @@ export function encodeVersion(version: number): string {
 }
 
 export function policyKeys(name: string): PolicyKeys {
-  assertValidPolicyName(name);
-  const prefix = `${POLICIES_PREFIX}${name}/`;
+  assertStoredPolicyName(name);
+  const candidateFor = candidateOf(name);
+  const prefix = candidateFor === null ? `${POLICIES_PREFIX}${name}/` : `${POLICIES_PREFIX}${candidateFor}/candidate/`;
   return {
     prefix,
     index: `${POLICY_INDEX_PREFIX}${name}`,
@@ -106,13 +136,18 @@ const HISTORY_PARTS: readonly string[] = ['meta', 'source', 'data'];
 export function parseIndexKey(key: string): string | null {
   if (!key.startsWith(POLICY_INDEX_PREFIX)) return null;
   const name = key.slice(POLICY_INDEX_PREFIX.length);
-  return isValidPolicyName(name) ? name : null;
+  return isStoredPolicyName(name) ? name : null;
 }
 
 /** Recognises a Gatehouse policy key; anything else (including malformed keys) gives null. */
 export function parsePolicyKey(key: string): ParsedPolicyKey | null {
   if (!key.startsWith(POLICIES_PREFIX)) return null;
   const segments = key.slice(POLICIES_PREFIX.length).split('/');
+  if (segments[1] === 'candidate' && segments.length > 2) {
+    // A candidate's keys: the same parts one level down, under its stored name.
+    const parsed = parsePolicyKey(`${POLICIES_PREFIX}${segments[0]}/${segments.slice(2).join('/')}`);
+    return parsed && isValidPolicyName(parsed.name) ? { ...parsed, name: candidateName(parsed.name) } : null;
+  }
   const [name, first, part, version] = segments;
   if (name === undefined || !isValidPolicyName(name) || first === undefined) return null;
   if (segments.length === 2 && CURRENT_PARTS.includes(first)) {

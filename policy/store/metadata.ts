@@ -26,6 +26,19 @@ export interface PolicyMetadata {
   syntaxVersion: 'v0' | 'v1';
   /** The CMS's Ed25519 signature of this version (policy/signing); absent when it wrote it unsigned. */
   signature?: PolicySignature;
+  /** A candidate's rollout (names.ts): never on a live version. */
+  rollout?: CandidateRollout;
+}
+
+/**
+ * How gateways treat a policy's candidate: `enforcePercent` of its callers
+ * (by a stable hash of their subject, policy/candidate/canary.ts) get the
+ * candidate enforced; the decisions of the others are shadowed, `samplePercent`
+ * of them evaluated by the candidate too (never enforced) and compared.
+ */
+export interface CandidateRollout {
+  samplePercent: number;
+  enforcePercent: number;
 }
 
 /** A version's signature: by the key `kid`, base64url, over policy/signing's signed document. */

@@ -19,7 +19,8 @@ import {
 export { PreconditionFailedError, StoreRefusedError, StoreUnavailableError, WriteConflictError, type WriteConditions };
 import { currentRevision, indexPage, readIndex, readKeysAt, scanPolicyNames } from './scan.js';
 import type { PolicySigner } from '../signing/index.js';
-import { sha256Hex, type PolicySignature, type PolicyMetadata } from './metadata.js';
+import { sha256Hex, type PolicySignature, type CandidateRollout, type PolicyMetadata } from './metadata.js';
+import { candidateName, candidateOf } from './names.js';
 
 export const DEFAULT_HISTORY_RETENTION = 50;
 /**
@@ -57,6 +58,17 @@ export interface PolicySubmission {
   opaVersion: string;
   entrypoint: string;
   syntaxVersion: 'v0' | 'v1';
+  /** A candidate's rollout; only for a candidate's stored name (names.ts). */
+  rollout?: CandidateRollout;
+}
+
+export interface PutOptions {
+  /**
+   * The version of this policy's candidate that this write promotes: the
+   * candidate is removed in the same transaction, which commits only while
+   * it is still that version (PreconditionFailedError otherwise).
+   */
+  promoting?: { version: number };
 }
 
 export interface PutResult {
@@ -286,12 +298,17 @@ export class PolicyStore {
    * conditions (so a stale If-Match fails with PreconditionFailedError) and,
    * when it has none, tries again on top of the winner.
    */
-  async put(name: string, submission: PolicySubmission, conditions: WriteConditions = {}): Promise<PutResult> {
+  async put(name: string, submission: PolicySubmission, conditions: WriteConditions = {}, options: PutOptions = {}): Promise<PutResult> {
     const keys = policyKeys(name);
+    if ((submission.rollout !== undefined) !== (candidateOf(name) !== null)) throw new RangeError('a rollout is for a candidate, and a candidate needs one');
     const started = performance.now();
     for (let attempt = 0; attempt < MAX_WRITE_ATTEMPTS; attempt++) {
       const current = await this.readMeta(name);
       this.checkConditions(current?.meta ?? null, conditions);
+      const promoted = options.promoting ? await this.readMeta(candidateName(name)) : null;
+      if (options.promoting && promoted?.meta.version !== options.promoting.version) {
+        throw new PreconditionFailedError(promoted ? `the candidate is version ${promoted.meta.version} now` : 'the policy has no candidate');
+      }
       const version = current ? current.meta.version + 1 : (await this.lastHistoryVersion(name)) + 1;
       const testsText = submission.testsText ?? null;
       const body = renderPolicyObject(submission.rego, submission.dataText, testsText);
@@ -305,6 +322,7 @@ export class PolicyStore {
         opaVersion: submission.opaVersion,
         entrypoint: submission.entrypoint,
         syntaxVersion: submission.syntaxVersion,
+        ...(submission.rollout ? { rollout: submission.rollout } : {}),
       };
       // Signed as the version it is written as: a retry on top of a concurrent writer signs its own version.
       if (this.signer) meta.signature = await this.sign(meta, submission.dataText);
@@ -323,6 +341,7 @@ export class PolicyStore {
         this.client.put(keys.meta).value(metaText),
         this.client.put(keys.index).value(metaText),
         ...this.pruneHistoryOps(name, version),
+        ...(promoted ? this.currentDeleteOps(candidateName(name)) : []),
       ];
       this.checkSize(name, [
         [keys.source, submission.rego],
@@ -340,7 +359,8 @@ export class PolicyStore {
         [keys.meta, metaText],
         [keys.index, metaText],
       ]);
-      const guard = current ? this.client.if(keys.meta, 'Mod', '==', current.modRevision) : this.client.if(keys.meta, 'Create', '==', 0);
+      let guard = current ? this.client.if(keys.meta, 'Mod', '==', current.modRevision) : this.client.if(keys.meta, 'Create', '==', 0);
+      if (promoted) guard = guard.and(policyKeys(candidateName(name)).meta, 'Mod', '==', promoted.modRevision);
       const response = await this.etcd(() => guard.then(...ops).commit());
       if (response.succeeded) return { created: current === null, meta, revision: Number(response.header.revision), etcdMs: performance.now() - started };
       const earlier = await this.committedEarlier(keys.history('meta', version), metaText);
@@ -399,6 +419,12 @@ export class PolicyStore {
     return current ? { meta: current.meta, revision: Number(current.modRevision) } : null;
   }
 
+  /** Deletes of every current key of `name` (its history stays). */
+  private currentDeleteOps(name: string) {
+    const keys = policyKeys(name);
+    return [keys.source, keys.data, keys.wasm, keys.tests, keys.meta, keys.index].map((key) => this.client.delete().key(key));
+  }
+
   /** Deletes of history entries older than the retention window, for the write of `version`. */
   private pruneHistoryOps(name: string, version: number) {
     const oldestKept = version - this.historyRetention + 1;
@@ -429,17 +455,12 @@ export class PolicyStore {
       }
       this.checkConditions(current.meta, conditions);
       attempted = current.meta;
+      // A policy's candidate goes with it: there is nothing left for it to shadow.
+      const ops = [...this.currentDeleteOps(name), ...(candidateOf(name) === null ? this.currentDeleteOps(candidateName(name)) : [])];
       const response = await this.etcd(() =>
         this.client
           .if(keys.meta, 'Mod', '==', current.modRevision)
-          .then(
-            this.client.delete().key(keys.source),
-            this.client.delete().key(keys.data),
-            this.client.delete().key(keys.wasm),
-            this.client.delete().key(keys.tests),
-            this.client.delete().key(keys.meta),
-            this.client.delete().key(keys.index),
-          )
+          .then(...ops)
           .commit(),
       );
       if (response.succeeded) return { meta: current.meta, revision: Number(response.header.revision) };
