@@ -14,6 +14,9 @@
 //                                       on an APISIX instance of its own (ext-plugin.cmd is per instance)
 //   Gatehouse: example (pass-through)   Gatehouse's runner, `example {}`
 //   Gatehouse: jwt + opa                /rag/ask as apisix-conf/apisix.yaml has it: platform + caller's project
+//   Gatehouse: jwt + opa, shadowed     the same route for a project whose policy has a candidate evaluated
+//                                       after every decision (sample_percent 100) that agrees with it; and for
+//                                       one whose candidate runs until its fuel is burned (a runaway candidate)
 //   Gatehouse: LLM route with budgets   /llm/v1/chat/completions as apisix.yaml has it: jwt, opa (body, budget),
 //                                       llm-budget, vault (real Vault, cached key), path-rewrite, http-logger settle
 //
@@ -47,7 +50,8 @@ import { processTable } from '../dev/proc.js';
 import { createEtcdClient } from '../etcd/index.js';
 import { BudgetStore } from '../budget/store.js';
 import { readUsage } from '../budget/usage.js';
-import { PLATFORM_POLICY_NAME } from '../policy/store/index.js';
+import { candidateName, PLATFORM_POLICY_NAME } from '../policy/store/index.js';
+import { readCandidateReports } from '../policy/candidate/index.js';
 import { answers, buildGoTools, expectStatus, status, tcpAccepts } from './gateway-stack.js';
 import {
   benchOpaPath,
@@ -71,6 +75,22 @@ const here = fileURLToPath(new URL('.', import.meta.url));
 const root = join(here, '..', '..');
 const execFileAsync = promisify(execFile);
 const PROJECT = 'bench';
+/** Projects deciding as PROJECT does, whose policy has a candidate shadowed on every decision. */
+const SHADOW_PROJECT = 'bench-shadow';
+const RUNAWAY_PROJECT = 'bench-runaway';
+/** A candidate that evaluates until the gateway's fuel bound stops it. */
+const RUNAWAY_CANDIDATE = `package project.authz
+import rego.v1
+default allow := false
+r := numbers.range(1, 100000)
+allow if {
+	every a in r {
+		every b in r {
+			a + b > 0
+		}
+	}
+}
+`;
 
 /**
  * What Gatehouse's /rag/ask chain decides, for APISIX's built-in `opa` plugin
@@ -165,7 +185,7 @@ interface Row {
 }
 
 interface Scenario {
-  key: 'direct' | 'opaServer' | 'opaDecision' | 'goRunner' | 'example' | 'jwtOpa' | 'llm';
+  key: 'direct' | 'opaServer' | 'opaDecision' | 'goRunner' | 'example' | 'jwtOpa' | 'jwtOpaShadow' | 'jwtOpaRunaway' | 'llm';
   name: string;
   /** Which process decides (its CPU per request is reported). */
   decider: string;
@@ -296,10 +316,18 @@ async function main({ processes, cleanups }: BenchScope) {
   };
   const token = await identity.sign({ sub: 'dev', role: 'project_user', project: PROJECT });
   const outsider = await identity.sign({ sub: 'eve', role: 'project_user', project: 'other-team' });
+  const shadowBearer = `authorization: Bearer ${await identity.sign({ sub: 'dev', role: 'project_user', project: SHADOW_PROJECT })}`;
+  const runawayBearer = `authorization: Bearer ${await identity.sign({ sub: 'dev', role: 'project_user', project: RUNAWAY_PROJECT })}`;
 
   // The policies of /rag/ask and /llm: the platform's and the project's, compiled by the real opa.
   await storeBenchPolicy(etcd.endpoints, PLATFORM_POLICY_NAME, DEMO_PLATFORM_POLICY.rego, JSON.stringify(DEMO_PLATFORM_POLICY.data));
   await storeBenchPolicy(etcd.endpoints, PROJECT, DEMO_PROJECT_POLICY.rego, JSON.stringify(DEMO_PROJECT_POLICY.data));
+  const shadowed = { samplePercent: 100, enforcePercent: 0 };
+  for (const project of [SHADOW_PROJECT, RUNAWAY_PROJECT]) {
+    await storeBenchPolicy(etcd.endpoints, project, DEMO_PROJECT_POLICY.rego, JSON.stringify(DEMO_PROJECT_POLICY.data));
+  }
+  await storeBenchPolicy(etcd.endpoints, candidateName(SHADOW_PROJECT), DEMO_PROJECT_POLICY.rego, JSON.stringify(DEMO_PROJECT_POLICY.data), shadowed);
+  await storeBenchPolicy(etcd.endpoints, candidateName(RUNAWAY_PROJECT), RUNAWAY_CANDIDATE, '{}', shadowed);
   // A budget that never runs out: what is measured is the checking, reserving and settling.
   const budgets = createEtcdClient(etcd.endpoints);
   await new BudgetStore(budgets).put(PROJECT, { windows: [{ per: 'day', tokens: 1e12 }], block_tokens: 1e9 }, 'bench');
@@ -491,6 +519,24 @@ async function main({ processes, cleanups }: BenchScope) {
       headers: [bearer],
     },
     {
+      key: 'jwtOpaShadow',
+      name: 'Gatehouse runner: jwt + opa, a candidate shadowed on every decision',
+      decider: 'runner',
+      apisix: gatehouse,
+      deciderPid: runnerPid(gatehouse),
+      path: '/rag/ask',
+      headers: [shadowBearer],
+    },
+    {
+      key: 'jwtOpaRunaway',
+      name: 'Gatehouse runner: jwt + opa, a runaway candidate shadowed on every decision',
+      decider: 'runner',
+      apisix: gatehouse,
+      deciderPid: runnerPid(gatehouse),
+      path: '/rag/ask',
+      headers: [runawayBearer],
+    },
+    {
       key: 'llm',
       name: 'Gatehouse runner: LLM route with budgets',
       decider: 'runner',
@@ -577,18 +623,32 @@ async function main({ processes, cleanups }: BenchScope) {
     ['decision API vs OPA server (req/s, both through APISIX opa)', ratio(row('opaDecision').reqPerSecond, row('opaServer').reqPerSecond), 1.0, 'x'],
     ['jwt + opa route vs APISIX opa -> OPA server (req/s)', ratio(row('jwtOpa').reqPerSecond, row('opaServer').reqPerSecond), 1.5, 'x'],
     ['Gatehouse pass-through vs Go runner pass-through (req/s)', ratio(row('example').reqPerSecond, row('goRunner').reqPerSecond), 1.0, 'x'],
+    ['jwt + opa with a candidate shadowed on every decision vs without (req/s)', ratio(row('jwtOpaShadow').reqPerSecond, row('jwtOpa').reqPerSecond), 0.9, 'x'],
   ];
   console.log('\n| target | measured | wanted | |');
   console.log('|---|---:|---:|---|');
   for (const [what, got, wanted] of targets) console.log(`| ${what} | ${got.toFixed(2)}x | >= ${wanted.toFixed(1)}x | ${got >= wanted ? 'met' : 'NOT met'} |`);
   const chainCpu = row('jwtOpa').deciderCpu!;
   console.log(`| runner CPU per request on the /rag/ask chain | ${chainCpu.toFixed(1)} µs | <= 60 µs | ${chainCpu <= 60 ? 'met' : 'NOT met'} |`);
+  // The evaluation bounds let a runaway tenant hold the thread about a tenth of the time (evaluator.ts).
+  const runaway = ratio(row('jwtOpaRunaway').reqPerSecond, row('jwtOpa').reqPerSecond);
+  console.log(
+    `| jwt + opa with a runaway candidate shadowed on every decision vs without (req/s) | ${runaway.toFixed(2)}x | within the bounds (>= 0.9x) | ${runaway >= 0.9 ? 'met' : 'NOT met'} |`,
+  );
 
   await new Promise((r) => setTimeout(r, 2_000)); // the last answers' settling and usage writes
   const reader = createEtcdClient(etcd.endpoints);
   const usage = await readUsage(reader, PROJECT, Date.now() - 3_600_000, Date.now() + 1);
-  reader.close();
   console.log(`\nLLM route: ${usage.total.requests} calls settled, ${usage.total.charged_tokens} tokens charged (${usage.total.unsettled} unsettled)`);
+  // The shadowing happened: what the gateways reported of each candidate.
+  for (const project of [SHADOW_PROJECT, RUNAWAY_PROJECT]) {
+    const reports = await readCandidateReports(reader, project, 1);
+    const sum = (field: 'evaluated' | 'diverged' | 'errors' | 'dropped') => reports.reduce((n, r) => n + r[field], 0);
+    console.log(
+      `candidate of ${project}: ${sum('evaluated')} evaluated, ${sum('diverged')} diverged, ${sum('errors')} stopped or failed, ${sum('dropped')} dropped (too many pending)`,
+    );
+  }
+  reader.close();
 
   if (profileDir) {
     // A runner of its own under the profiler, so that the rows above are not.

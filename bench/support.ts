@@ -20,7 +20,7 @@ import {
 } from '../plugins/protocol/index.js';
 import { RegoCompiler, policySubmission, type CompiledPolicy } from '../cms/rego-compiler.js';
 import { createEtcdClient } from '../etcd/index.js';
-import { PolicyStore } from '../policy/store/index.js';
+import { PolicyStore, type CandidateRollout } from '../policy/store/index.js';
 import { processTable } from '../dev/proc.js';
 import { opaPath } from '../runtime/paths.js';
 
@@ -28,11 +28,18 @@ import { opaPath } from '../runtime/paths.js';
 export const benchOpaPath = opaPath(process.env.OPA_PATH);
 
 /** Compiles a policy with the real opa and stores it in etcd as the CMS does; returns the compiled policy. */
-export async function storeBenchPolicy(etcdEndpoints: string[], name: string, rego: string, dataText: string): Promise<CompiledPolicy> {
+/** Compiles `rego` with the real opa and stores it as `name` (a candidate's stored name takes its `rollout`). */
+export async function storeBenchPolicy(
+  etcdEndpoints: string[],
+  name: string,
+  rego: string,
+  dataText: string,
+  rollout?: CandidateRollout,
+): Promise<CompiledPolicy> {
   const compiled = await new RegoCompiler({ opaPath: benchOpaPath }).compile(rego, dataText);
   const client = createEtcdClient(etcdEndpoints);
   try {
-    await new PolicyStore(client).put(name, policySubmission(rego, dataText, compiled, 'bench'));
+    await new PolicyStore(client).put(name, { ...policySubmission(rego, dataText, compiled, 'bench'), ...(rollout ? { rollout } : {}) });
   } finally {
     client.close();
   }
