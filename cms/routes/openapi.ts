@@ -75,6 +75,10 @@ const gatewayStatus = {
     state: { type: 'string' },
     staleSeconds: { type: 'number' },
     enforces: { type: 'boolean', description: "its revision is at or past the policy version's" },
+    signature: {
+      enum: ['valid', 'unsigned', 'bad signature', 'not checked', 'unknown'],
+      description: "what the gateway makes of the signature of the policy's version it holds (POLICY_VERIFY_KEYS_FILE); `not checked` when it has no keys",
+    },
   },
 };
 
@@ -171,7 +175,11 @@ export const openApiDocument = {
               "the policy tests failed (policy-tests-failed; failures: name, package, file, row, message), were stopped at their memory or time bound (policy-tests-stopped), or the compiled policy evaluated on an empty input burns the gateways' fuel or exceeds their deadline or memory ceiling (policy-evaluation-bound; bound: fuel, time or memory); nothing written",
           },
           '500': storeRefused,
-          '503': problem,
+          '503': {
+            ...problem,
+            description:
+              'etcd does not answer (store-unavailable), the compiler is busy (compiler-busy, Retry-After) or unavailable, or the signing key cannot sign (signing-unavailable); nothing written',
+          },
         },
       },
       delete: {
@@ -205,6 +213,11 @@ export const openApiDocument = {
                 revision: { type: 'integer' },
                 enforcedBy: { type: 'integer' },
                 gateways: { type: 'array', items: gatewayStatus },
+                candidate: {
+                  type: 'object',
+                  description: 'present while the policy has a candidate (GET .../candidate has what the gateways saw of it)',
+                  properties: { version: { type: 'integer' }, sample_percent: { type: 'number' }, enforce_percent: { type: 'number' } },
+                },
               },
             }),
           },

@@ -21,6 +21,7 @@ import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify';
 import { HttpProblem, ProblemType, sendProblem } from '../../http/problem.js';
 import { accessInput, type AccessPolicy } from '../../policy/access/index.js';
 import {
+  candidateName,
   candidateOf,
   isStoredPolicyName,
   isValidPolicyName,
@@ -366,8 +367,14 @@ export const policyRoutes: FastifyPluginAsync<PolicyRoutesOptions> = async (app,
     const name = policyName(request);
     const current = await store.currentRevision(name);
     if (!current) throw notFound(name);
-    const status = await currentFleetStatus(etcd, current.revision, name);
-    return reply.type('application/json').send({ name, version: current.meta.version, ...status });
+    const [status, candidate] = await Promise.all([currentFleetStatus(etcd, current.revision, name), store.currentRevision(candidateName(name))]);
+    // A candidate beside it: which share of callers it decides for (GET .../candidate has the gateways' report).
+    const rollout = candidate?.meta.rollout;
+    const beside =
+      candidate && rollout
+        ? { candidate: { version: candidate.meta.version, sample_percent: rollout.samplePercent, enforce_percent: rollout.enforcePercent } }
+        : {};
+    return reply.type('application/json').send({ name, version: current.meta.version, ...status, ...beside });
   });
   methodNotAllowed(app, '/policies/:name/status', ['GET']);
 

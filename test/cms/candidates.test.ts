@@ -67,6 +67,10 @@ describe('a candidate', () => {
     expect((await cms.request('GET', '/policies/team-a/candidate', { token: harness.tokens.teamB })).status).toBe(403);
     expect((await cms.request('GET', '/policies/team-a/candidate?subject=', { token: admin() })).status).toBe(400);
 
+    // The policy's status names it beside the live version.
+    const status = (await cms.request('GET', '/policies/team-a/status', { token: harness.tokens.teamA })).json() as Record<string, unknown>;
+    expect(status.candidate).toEqual({ version: 1, sample_percent: 25, enforce_percent: 10 });
+    expect(((await cms.request('GET', '/policies/team-b/status', { token: admin() })).json() as Record<string, unknown>).candidate).toBeUndefined();
     // The live version is untouched, and the list names policies only.
     expect((await cms.request('GET', '/policies/team-a', { token: admin() })).text).toBe(LIVE);
     const list = (await cms.request('GET', '/policies?limit=1', { token: admin() })).json() as { policies: { name: string }[]; next_page_token?: string };
