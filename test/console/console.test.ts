@@ -108,6 +108,39 @@ describe('the console, as a platform admin', () => {
   }, 60_000);
 });
 
+describe('a candidate in the console', () => {
+  it('shows its rollout, what the gateways saw and who is on which version; a platform admin promotes it', async () => {
+    const put = await cms.request('PUT', '/policies/team-b/candidate', {
+      token: harness.tokens.admin,
+      headers: { prefer: 'wait=10' },
+      body: JSON.stringify({ rego: REGO, data: { roles: ['admin', 'viewer'] }, enforce_percent: 50 }),
+    });
+    expect(put.status).toBe(201);
+    const page = await signedIn(harness.tokens.admin);
+    await page.goto(`${cms.baseUrl}/console/#/p/team-b`);
+    await expect
+      .poll(() => page.textContent('#candidate'), { timeout: 10_000 })
+      .toContain('Candidate version 1: shadowed on 100% of decisions, enforced for 50% of callers.');
+    expect(await page.textContent('#candidate-report')).toMatch(/^0 shadowed, 0 diverged/);
+    // A subject on each side of the canary, as the gateways choose it.
+    const sides = new Set<string>();
+    for (let i = 0; i < 8 && sides.size < 2; i++) {
+      await page.fill('#subject', `caller-${i}`);
+      await page.click('#which-version');
+      const asked = (await cms.request('GET', `/policies/team-b/candidate?subject=caller-${i}`, { token: harness.tokens.admin })).json();
+      await expect.poll(() => page.textContent('#decided-by')).toBe(`caller-${i} is decided by the ${asked.subject.decided_by} version`);
+      sides.add(asked.subject.decided_by);
+    }
+    expect(sides.size).toBe(2);
+    await page.screenshot({ path: join(SHOTS, 'candidate.png'), fullPage: true });
+    await page.click('#promote');
+    await expect.poll(() => page.textContent('#version'), { timeout: 10_000 }).toBe('version 2');
+    await expect.poll(() => page.textContent('#candidate'), { timeout: 10_000 }).toContain('No candidate.');
+    expect((await cms.request('GET', '/policies/team-b', { token: harness.tokens.admin })).json().data).toEqual({ roles: ['admin', 'viewer'] });
+    await page.close();
+  }, 60_000);
+});
+
 describe('the console, as a project user', () => {
   it('shows only their project, read only', async () => {
     const page = await signedIn(harness.tokens.teamA);

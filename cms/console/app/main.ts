@@ -124,6 +124,7 @@ async function policyView(name: string): Promise<void> {
   const message = el('div', { id: 'message' });
   const enforced = el('p', { id: 'enforced', className: 'muted' });
   const gateways = el('table', { id: 'gateways' });
+  const candidate = el('div', { id: 'candidate' });
   const history = el('div', { id: 'history' });
   const diff = el('pre', { id: 'diff', className: 'diff' });
   const save = el('button', { id: 'save', textContent: 'Save' });
@@ -145,6 +146,8 @@ async function policyView(name: string): Promise<void> {
     el('h2', { textContent: 'Gateways' }),
     enforced,
     gateways,
+    el('h2', { textContent: 'Candidate' }),
+    candidate,
     el('h2', { textContent: 'History' }),
     history,
     diff,
@@ -268,8 +271,81 @@ async function policyView(name: string): Promise<void> {
       ),
     );
   };
+  // The candidate beside it (shadowed, canaried), what the gateways saw of it, and who is on which version.
+  const subject = el('input', { id: 'subject', placeholder: "a caller's subject" });
+  const decidedBy = el('span', { id: 'decided-by' });
+  const whichVersion = el('button', { id: 'which-version', textContent: 'Which version decides for them?' });
+  const candidateFigures = el('div', { id: 'candidate-figures' });
+  const candidateMessage = el('div', { id: 'candidate-message' });
+  const candidatePath = `/policies/${encodeURIComponent(name)}/candidate`;
+  whichVersion.onclick = async () => {
+    const who = subject.value;
+    decidedBy.textContent = '';
+    const asked = await api<{ subject?: { decided_by: string } }>('GET', `${candidatePath}?subject=${encodeURIComponent(who)}`);
+    decidedBy.textContent = asked.status === 200 ? `${who} is decided by the ${asked.body.subject?.decided_by ?? 'live'} version` : `(${asked.status})`;
+  };
+  const promote = el('button', { id: 'promote', textContent: 'Promote' });
+  const discard = el('button', { id: 'discard', textContent: 'Discard' });
+  let candidateVersion: number | null = null;
+  promote.onclick = async () => {
+    const done = await api('POST', `${candidatePath}/promote`, {
+      body: JSON.stringify({ version: candidateVersion }),
+      headers: etag ? { 'if-match': etag } : {},
+    });
+    if (done.status === 200) await policyView(name);
+    else
+      candidateMessage.replaceChildren(
+        el('p', { className: 'error', textContent: `Promote refused (${done.status}): ${(done.body as Problem).detail ?? ''}` }),
+      );
+  };
+  discard.onclick = async () => {
+    const done = await api('DELETE', candidatePath, { headers: candidateVersion ? { 'if-match': `"${candidateVersion}"` } : {} });
+    if (done.status !== 204)
+      candidateMessage.replaceChildren(
+        el('p', { className: 'error', textContent: `Discard refused (${done.status}): ${(done.body as Problem).detail ?? ''}` }),
+      );
+    await pollCandidate();
+  };
+  candidate.replaceChildren(
+    candidateFigures,
+    el('p', {}, subject, ' ', whichVersion, ' ', decidedBy),
+    ...(admin ? [el('p', {}, promote, ' ', discard)] : []),
+    candidateMessage,
+  );
+  const pollCandidate = async () => {
+    const answer = await api<{
+      version: number;
+      sample_percent: number;
+      enforce_percent: number;
+      report: { evaluated: number; diverged: number; errors: number; dropped: number; enforced: { live: number; candidate: number } };
+    }>('GET', candidatePath);
+    candidateVersion = answer.status === 200 ? answer.body.version : null;
+    promote.disabled = discard.disabled = whichVersion.disabled = candidateVersion === null;
+    if (answer.status !== 200) {
+      candidateFigures.replaceChildren(el('p', { className: 'muted', textContent: answer.status === 404 ? 'No candidate.' : `(${answer.status})` }));
+      return;
+    }
+    const { report } = answer.body;
+    candidateFigures.replaceChildren(
+      el('p', {
+        textContent:
+          `Candidate version ${answer.body.version}: shadowed on ${answer.body.sample_percent}% of decisions, ` +
+          `enforced for ${answer.body.enforce_percent}% of callers.`,
+      }),
+      el('p', {
+        id: 'candidate-report',
+        textContent:
+          `${report.evaluated} shadowed, ${report.diverged} diverged, ${report.errors} failed, ${report.dropped} dropped; ` +
+          `decided by the live version ${report.enforced.live} times, by the candidate ${report.enforced.candidate} times.`,
+      }),
+    );
+  };
   await poll();
-  const timer = setInterval(() => void poll(), 1_000);
+  await pollCandidate();
+  const timer = setInterval(() => {
+    void poll();
+    void pollCandidate();
+  }, 1_000);
   stopPolling = () => clearInterval(timer);
 }
 
