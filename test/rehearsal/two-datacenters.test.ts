@@ -186,6 +186,16 @@ describe('two active datacenters behind HAProxy', () => {
     }
   });
 
+  it('runs with signed policies: every gateway checks, and holds a valid signature for what it enforces', async () => {
+    for (const site of ['dc1', 'dc2'] as const) {
+      const response = await fetch(`${dc.sites[site].gateway}/policies/team-a/status`, { headers: { authorization: `Bearer ${tokens.admin}` } });
+      expect(response.status, site).toBe(200);
+      const status = (await response.json()) as { gateways: { id: string; signature?: string }[] };
+      expect(status.gateways.length, site).toBeGreaterThan(1);
+      for (const gateway of status.gateways) expect(gateway.signature, `${site}: ${gateway.id}`).toBe('valid');
+    }
+  });
+
   it("a policy written through datacenter 1's CMS is enforced in datacenter 2 within the budget", async () => {
     const t = Date.now();
     const put = await putPolicy(dc.sites.dc1.gateway, 'team-p', 'viewer');
