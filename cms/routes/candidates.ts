@@ -26,7 +26,7 @@ import { fleetHeaders, preferredWait } from '../fleet.js';
 import { parsePolicyBody } from '../policy-body.js';
 import type { PolicyAuthor, PolicyWriter } from '../policy-writer.js';
 import { etag, methodNotAllowed, notModified, verifiedIdentity, writeConditions } from '../request.js';
-import { policyName, policyProblem, sendWrittenVersion, summary } from './policies.js';
+import { policyName, policyProblem, sendWrittenVersion, summary, versionBody } from './policies.js';
 
 export interface CandidateRoutesOptions {
   store: PolicyStore;
@@ -58,24 +58,7 @@ function bodyText(request: FastifyRequest, what: string): string {
 /** The body of a promote: nothing, or {"version": n} naming the candidate version meant. */
 function promotedVersion(request: FastifyRequest): number | null {
   if (request.body === undefined || request.body === '') return null;
-  let body: unknown;
-  try {
-    body = JSON.parse(bodyText(request, '{"version": <n>} or nothing'));
-  } catch {
-    throw invalid('the body must be {"version": <n>} (the candidate version to promote) or empty');
-  }
-  const version = (body as { version?: unknown } | null)?.version;
-  if (
-    typeof body !== 'object' ||
-    body === null ||
-    Array.isArray(body) ||
-    Object.keys(body).some((k) => k !== 'version') ||
-    !Number.isSafeInteger(version) ||
-    (version as number) < 1
-  ) {
-    throw invalid('the body must be {"version": <n>} (the candidate version to promote) or empty');
-  }
-  return version as number;
+  return versionBody(bodyText(request, '{"version": <n>} or nothing'), 'Invalid candidate', 'the candidate version to promote (or send no body)');
 }
 
 /** Every gateway's report on one candidate version, added up, with the newest divergent samples. */

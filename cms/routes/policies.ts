@@ -114,30 +114,18 @@ function checkBodyOf(request: FastifyRequest, bodyLimit: number): { policy: Poli
   return { policy, replay };
 }
 
-/** The body of a rollback: {"version": <a positive integer>}, nothing else. */
-function rollbackVersion(text: string): number {
+/** A body of {"version": <a positive integer>}, nothing else (a rollback's, a promote's); `meant` says what n is. */
+export function versionBody(text: string, title: string, meant: string): number {
+  const refuse = () => new HttpProblem({ status: 400, type: ProblemType.invalidBody, title, detail: `the body must be {"version": <n>}, n ${meant}` });
   let body: unknown;
   try {
     body = JSON.parse(text);
   } catch {
-    throw new HttpProblem({ status: 400, type: ProblemType.invalidBody, title: 'Invalid JSON', detail: 'the body must be {"version": <n>}' });
+    throw refuse();
   }
   const version = (body as { version?: unknown } | null)?.version;
-  if (
-    typeof body !== 'object' ||
-    body === null ||
-    Array.isArray(body) ||
-    Object.keys(body).some((k) => k !== 'version') ||
-    !Number.isSafeInteger(version) ||
-    (version as number) < 1
-  ) {
-    throw new HttpProblem({
-      status: 400,
-      type: ProblemType.invalidBody,
-      title: 'Invalid rollback',
-      detail: 'the body must be {"version": <n>}, n a version in the history',
-    });
-  }
+  const valid = typeof body === 'object' && body !== null && !Array.isArray(body) && Object.keys(body).every((k) => k === 'version');
+  if (!valid || !Number.isSafeInteger(version) || (version as number) < 1) throw refuse();
   return version as number;
 }
 
@@ -324,7 +312,7 @@ export const policyRoutes: FastifyPluginAsync<PolicyRoutesOptions> = async (app,
     if (typeof request.body !== 'string') {
       throw new HttpProblem({ status: 415, detail: 'the body must be {"version": <n>} sent as application/json' });
     }
-    const version = rollbackVersion(request.body);
+    const version = versionBody(request.body, 'Invalid rollback', 'a version in the history');
     const conditions = writeConditions(request);
     const wait = preferredWait(request.headers.prefer);
     const written = await writer.rollback(name, version, conditions, author(request));
