@@ -2,15 +2,8 @@
 // shadowed and canaried by the real runner's workers, reported back through
 // etcd, promoted and discarded.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { pino } from 'pino';
 import { Etcd3 } from 'etcd3';
-import { createTestKeys, type TestKeys } from '../support/jwt.js';
-import { startRecordingUpstream, type RecordingUpstream } from '../support/upstream.js';
-import { opaPath } from '../support/policies.js';
-import { startLocalStack, type LocalStack } from '../../dev/local-stack/index.js';
+import { startTestStack, until, type TestStack } from '../support/stack.js';
 import { candidateReportsPrefix } from '../../policy/store/index.js';
 import { onCandidate } from '../../policy/candidate/index.js';
 
@@ -24,29 +17,10 @@ const WITH_ANALYSTS = JSON.stringify({
 const EVERYONE = (extra: Record<string, unknown>) =>
   JSON.stringify({ rego: 'package project.authz\nimport rego.v1\ndefault allow := true\n', data: {}, ...extra });
 
-let keys: TestKeys;
-let stack: LocalStack;
-let rag: RecordingUpstream;
+let test: TestStack;
 let etcd: Etcd3;
 const tokens: Record<string, string> = {};
-
-async function call(method: string, path: string, options: { token?: string; body?: string; headers?: Record<string, string> } = {}) {
-  const headers: Record<string, string> = options.token ? { authorization: `Bearer ${options.token}` } : {};
-  Object.assign(headers, options.headers);
-  if (options.body !== undefined) headers['content-type'] ??= 'application/json';
-  const response = await fetch(`${stack.gateway.url}${path}`, { method, headers, body: options.body });
-  return { status: response.status, headers: response.headers, text: await response.text() };
-}
-
-async function until<T>(read: () => Promise<T>, done: (value: T) => boolean, what: string, timeoutMs = 15_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await read();
-    if (done(value)) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}: ${JSON.stringify(value)}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
+const call: TestStack['call'] = (...args) => test.call(...args);
 
 interface CandidateAnswer {
   version: number;
@@ -71,22 +45,12 @@ const candidate = async (name: string, token = tokens.admin!, query = '') => {
 };
 
 beforeAll(async () => {
-  keys = await createTestKeys();
-  rag = await startRecordingUpstream({ status: 200, body: '{"answer":"42"}', headers: { 'content-type': 'application/json' } });
-  stack = await startLocalStack({
-    identity: keys.identityConfig,
-    etcdDataRoot: 'test-etcd',
-    etcdName: `candidates-${process.pid}`,
-    upstreams: { rag: rag.url },
-    workDir: mkdtempSync(join(tmpdir(), 'gh-candidates-')),
-    opaPath,
-    logger: pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent' }),
-  });
-  etcd = new Etcd3({ hosts: stack.etcdEndpoints });
-  tokens.admin = await keys.token({ sub: 'root', role: 'platform_admin' });
-  tokens.teamAAdmin = await keys.token({ sub: 'alice', role: 'admin', project: 'team-a' });
-  tokens.teamAAnalyst = await keys.token({ sub: 'anna', role: 'analyst', project: 'team-a' });
-  tokens.teamB = await keys.token({ sub: 'bob', role: 'admin', project: 'team-b' });
+  test = await startTestStack({ name: 'candidates', etcdName: `candidates-${process.pid}` });
+  etcd = new Etcd3({ hosts: test.stack.etcdEndpoints });
+  tokens.admin = await test.keys.token({ sub: 'root', role: 'platform_admin' });
+  tokens.teamAAdmin = await test.keys.token({ sub: 'alice', role: 'admin', project: 'team-a' });
+  tokens.teamAAnalyst = await test.keys.token({ sub: 'anna', role: 'analyst', project: 'team-a' });
+  tokens.teamB = await test.keys.token({ sub: 'bob', role: 'admin', project: 'team-b' });
   for (const project of ['team-a', 'team-c']) {
     const res = await call('PUT', `/policies/${project}`, { token: tokens.admin, body: LIVE, headers: { prefer: 'wait=10' } });
     expect(res.status, res.text).toBe(201);
@@ -95,9 +59,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   etcd?.close();
-  await stack?.stop();
-  await rag?.close();
-  await keys?.cleanup();
+  await test?.stop();
 });
 
 describe('a shadow candidate', () => {
@@ -107,13 +69,13 @@ describe('a shadow candidate', () => {
     expect(put.headers.get('location')).toBe('/policies/team-a/candidate');
     expect(put.headers.get('gatehouse-behind')).toBeNull();
 
-    rag.reset();
+    test.rag.reset();
     for (let i = 0; i < 6; i++) {
       const res = await call('POST', '/rag/ask', { token: tokens.teamAAnalyst, body: '{"q":"hi"}', headers: { 'x-api-key': 'not-for-logs' } });
       expect(res.status).toBe(403); // shadowed, never enforced
     }
     for (let i = 0; i < 4; i++) expect((await call('POST', '/rag/ask', { token: tokens.teamAAdmin, body: '{"q":"hi"}' })).status).toBe(200);
-    expect(rag.requests).toHaveLength(4);
+    expect(test.rag.requests).toHaveLength(4);
 
     const seen = await until(
       () => candidate('team-a'),
@@ -164,7 +126,7 @@ describe('a shadow candidate', () => {
   it('DELETE ends the shadowing on every gateway', async () => {
     const put = await call('PUT', '/policies/team-c/candidate', { token: tokens.admin, body: EVERYONE({}), headers: { prefer: 'wait=10' } });
     expect(put.status, put.text).toBe(201);
-    const teamC = await keys.token({ sub: 'carl', role: 'viewer', project: 'team-c' });
+    const teamC = await test.keys.token({ sub: 'carl', role: 'viewer', project: 'team-c' });
     for (let i = 0; i < 4; i++) expect((await call('GET', '/rag/ask', { token: teamC })).status).toBe(403);
     // The decision API is a gateway too: it shadows the candidate for the document it answers.
     for (let i = 0; i < 2; i++) {
@@ -205,7 +167,7 @@ describe('a canary', () => {
     let onCanary = 0;
     for (let i = 0; i < 200; i++) {
       const sub = `caller-${i}`;
-      const token = await keys.token({ sub, role: 'viewer', project: 'team-c' });
+      const token = await test.keys.token({ sub, role: 'viewer', project: 'team-c' });
       const first = (await call('GET', '/rag/ask', { token })).status;
       const second = (await call('GET', '/rag/ask', { token })).status;
       expect(second, sub).toBe(first);

@@ -1,55 +1,33 @@
 // End to end through APISIX, the real runner (jwt + opa), the
 // CMS and a real etcd, with a recording RAG upstream on loopback.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { request as httpRequest } from 'node:http';
-import { pino } from 'pino';
-import { createTestKeys, type TestKeys } from '../support/jwt.js';
-import { startRecordingUpstream, type RecordingUpstream } from '../support/upstream.js';
-import { opaPath } from '../support/policies.js';
-import { startLocalStack, type LocalStack } from '../../dev/local-stack/index.js';
+import type { RecordingUpstream } from '../support/upstream.js';
+import { startTestStack, type TestStack } from '../support/stack.js';
+import type { LocalStack } from '../../dev/local-stack/index.js';
 import { SERVER_HEADER } from '../support/gateway.js';
 
 // The seed's example policy object (section 4.1), verbatim.
 const SEED_POLICY_BODY =
   '{\n  "rego": "package project.authz\\n\\ndefault allow = false\\n\\nallow {\\n  input.user.role == \\"admin\\"\\n}",\n  "data": {\n    "valid_roles": ["admin", "viewer"]\n  }\n}';
 
-let keys: TestKeys;
+let test: TestStack;
 let stack: LocalStack;
 let rag: RecordingUpstream;
 const tokens: Record<string, string> = {};
-
-async function call(method: string, path: string, options: { token?: string; body?: string; headers?: Record<string, string> } = {}) {
-  const headers: Record<string, string> = options.token ? { authorization: `Bearer ${options.token}` } : {};
-  Object.assign(headers, options.headers);
-  if (options.body !== undefined) headers['content-type'] ??= 'application/json';
-  const response = await fetch(`${stack.gateway.url}${path}`, { method, headers, body: options.body });
-  return { status: response.status, headers: response.headers, text: await response.text() };
-}
+const call: TestStack['call'] = (...args) => test.call(...args);
 
 beforeAll(async () => {
-  keys = await createTestKeys();
-  rag = await startRecordingUpstream({ status: 200, body: '{"answer":"42"}', headers: { 'content-type': 'application/json' } });
-  stack = await startLocalStack({
-    identity: keys.identityConfig,
-    etcdDataRoot: 'test-etcd',
-    upstreams: { rag: rag.url },
-    workDir: mkdtempSync(join(tmpdir(), 'gh-stack-')),
-    opaPath,
-    logger: pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent' }),
-  });
-  tokens.admin = await keys.token({ sub: 'root', role: 'platform_admin' });
-  tokens.teamAAdmin = await keys.token({ sub: 'alice', role: 'admin', project: 'team-a' });
-  tokens.teamAViewer = await keys.token({ sub: 'victor', role: 'viewer', project: 'team-a' });
-  tokens.teamB = await keys.token({ sub: 'bob', role: 'admin', project: 'team-b' });
+  test = await startTestStack({ name: 'stack' });
+  ({ stack, rag } = test);
+  tokens.admin = await test.keys.token({ sub: 'root', role: 'platform_admin' });
+  tokens.teamAAdmin = await test.keys.token({ sub: 'alice', role: 'admin', project: 'team-a' });
+  tokens.teamAViewer = await test.keys.token({ sub: 'victor', role: 'viewer', project: 'team-a' });
+  tokens.teamB = await test.keys.token({ sub: 'bob', role: 'admin', project: 'team-b' });
 }, 120_000);
 
 afterAll(async () => {
-  await stack?.stop();
-  await rag?.close();
-  await keys?.cleanup();
+  await test?.stop();
 });
 
 describe('the gateway', () => {

@@ -1,0 +1,48 @@
+// What every page of the console is built with: elements made from
+// properties (text only: nothing from the API becomes HTML), the code
+// editor, diagnostics at a row and column, a problem's page, and the page's
+// place in the document.
+import { basicSetup, EditorView } from 'codemirror';
+import { EditorState } from '@codemirror/state';
+import { json } from '@codemirror/lang-json';
+import type { Diagnostic } from '@codemirror/lint';
+import { claims, type Problem } from './api.js';
+
+/** Where pages render. */
+export const main = document.getElementById('main')!;
+
+export function el<K extends keyof HTMLElementTagNameMap>(
+  tag: K,
+  props: Partial<HTMLElementTagNameMap[K]> & { id?: string } = {},
+  ...children: (Node | string)[]
+): HTMLElementTagNameMap[K] {
+  const node = Object.assign(document.createElement(tag), props);
+  for (const child of children) node.append(child);
+  return node;
+}
+
+export const isAdmin = () => claims().role === 'platform_admin';
+
+export function problemView(status: number, problem: Problem | null): void {
+  main.replaceChildren(
+    el('h1', { textContent: `${status}` }),
+    el('p', { className: 'error', textContent: problem?.detail ?? problem?.title ?? 'request failed' }),
+  );
+}
+
+export function editor(parent: HTMLElement, doc: string, readOnly: boolean, language: 'rego' | 'json'): EditorView {
+  return new EditorView({
+    parent,
+    state: EditorState.create({
+      doc,
+      extensions: [basicSetup, ...(language === 'json' ? [json()] : []), EditorState.readOnly.of(readOnly), EditorView.editable.of(!readOnly)],
+    }),
+  });
+}
+
+/** A diagnostic at a row and column (1-based, as opa reports them). */
+export function at(view: EditorView, row: number | undefined, col: number | undefined, message: string): Diagnostic {
+  const line = view.state.doc.line(Math.min(Math.max(row ?? 1, 1), view.state.doc.lines));
+  const from = Math.min(line.from + Math.max((col ?? 1) - 1, 0), line.to);
+  return { from, to: Math.max(from + 1, line.to), severity: 'error', message };
+}
