@@ -99,25 +99,47 @@ export function encodePageToken(after: string): string {
   return Buffer.from(`${PAGE_TOKEN_PREFIX}${after}`).toString('base64url');
 }
 
+/** A `prefix` of a list by name: the start of a lowercase DNS label. */
+const LIST_PREFIX_PATTERN = /^[a-z0-9][a-z0-9-]{0,62}$/;
+
 /**
- * `limit` and `page_token` of a list request, nothing else. `isName` checks
- * what a token decodes to, so a token names only something the list could
- * have given out.
+ * `limit` and `page_token` of a list request, and `prefix` where the list
+ * takes one (`options.prefix`), nothing else. `isName` checks what a token
+ * decodes to, so a token names only something the list could have given out.
  */
-export function listQuery(query: unknown, endpoint: string, isName: (name: string) => boolean): { limit: number; after?: string } {
+export function listQuery(
+  query: unknown,
+  endpoint: string,
+  isName: (name: string) => boolean,
+  options: { prefix?: boolean } = {},
+): { limit: number; after?: string; prefix?: string } {
   const { limit: rawLimit, page_token: token, ...rest } = (query ?? {}) as Record<string, unknown>;
-  const unknown = Object.keys(rest);
-  if (unknown.length > 0) throw new HttpProblem({ status: 400, detail: `unknown query parameter ${unknown[0]}; ${endpoint} takes limit and page_token` });
+  const rawPrefix = options.prefix ? rest.prefix : undefined;
+  const unknown = Object.keys(rest).filter((key) => !(options.prefix && key === 'prefix'));
+  if (unknown.length > 0) {
+    throw new HttpProblem({
+      status: 400,
+      detail: `unknown query parameter ${unknown[0]}; ${endpoint} takes limit${options.prefix ? ', prefix' : ''} and page_token`,
+    });
+  }
+  let prefix: string | undefined;
+  if (rawPrefix !== undefined) {
+    if (typeof rawPrefix !== 'string' || !LIST_PREFIX_PATTERN.test(rawPrefix)) {
+      throw new HttpProblem({ status: 400, detail: 'prefix must be 1 to 63 characters of a-z, 0-9 and -, starting with a letter or digit' });
+    }
+    prefix = rawPrefix;
+  }
+  const listed = (page: { limit: number; after?: string }) => (prefix === undefined ? page : { ...page, prefix });
   let limit = DEFAULT_LIST_LIMIT;
   if (rawLimit !== undefined) {
     limit = typeof rawLimit === 'string' && /^\d{1,4}$/.test(rawLimit) ? Number(rawLimit) : NaN;
     if (!(limit >= 1 && limit <= MAX_LIST_LIMIT)) throw new HttpProblem({ status: 400, detail: `limit must be an integer from 1 to ${MAX_LIST_LIMIT}` });
   }
-  if (token === undefined) return { limit };
+  if (token === undefined) return listed({ limit });
   const text = typeof token === 'string' && /^[A-Za-z0-9_-]{1,200}$/.test(token) ? Buffer.from(token, 'base64url').toString('utf8') : '';
   const after = text.startsWith(PAGE_TOKEN_PREFIX) ? text.slice(PAGE_TOKEN_PREFIX.length) : '';
   if (!isName(after)) throw new HttpProblem({ status: 400, detail: 'page_token is not a token this API gave out' });
-  return { limit, after };
+  return listed({ limit, after });
 }
 
 /** "Policy store" for "policy": how an answer's title names a store. */

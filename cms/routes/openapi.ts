@@ -140,8 +140,18 @@ export const openApiDocument = {
         description:
           'Policies come by name (byte order). A page holds at most `limit` policies; ' +
           'when more may follow, `next_page_token` is present: pass it as `page_token` for the next page. ' +
-          'Each page is read at one etcd revision; a policy written between two pages may or may not appear.',
-        parameters: pageParameters,
+          'Each page is read at one etcd revision; a policy written between two pages may or may not appear. ' +
+          'With `prefix`, only names that start with it (the read starts at the prefix and stops past it).',
+        parameters: [
+          ...pageParameters,
+          {
+            name: 'prefix',
+            in: 'query',
+            required: false,
+            schema: { type: 'string', pattern: '^[a-z0-9][a-z0-9-]{0,62}$' },
+            description: 'only policies whose name starts with it; keep it with each page_token',
+          },
+        ],
         responses: {
           '200': page('policy summaries', 'policies', 'PolicySummary'),
           ...problems(400, 401, 403, 503),
@@ -434,8 +444,13 @@ export const openApiDocument = {
         summary: 'Live gateways (runner workers, decision APIs) and what each enforces (platform admin)',
         responses: {
           '200': {
-            description: 'their reports, by id',
-            content: json({ type: 'object', properties: { gateways: { type: 'array', items: { type: 'object' } } } }),
+            description:
+              'their reports, by id; `revision`: the etcd revision of the newest policy write (null before the first), ' +
+              'which a gateway whose `revision` is below it has not applied yet (it is behind)',
+            content: json({
+              type: 'object',
+              properties: { revision: { type: ['integer', 'null'] }, gateways: { type: 'array', items: { type: 'object' } } },
+            }),
           },
           ...problems(401, 403, 503),
         },

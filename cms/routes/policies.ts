@@ -6,7 +6,7 @@
  * tests (422), the load check (400, 422), one etcd transaction (503 when
  * etcd does not answer: nothing written).
  *
- *   GET    /policies                               the policies the caller may read, in pages
+ *   GET    /policies                               the policies the caller may read, in pages; ?prefix= of their names
  *   PUT    /policies/{name}                        create (201) or replace (200); Prefer: wait=N
  *   GET    /policies/{name}                        the policy object, ETag "<version>"
  *   DELETE /policies/{name}                        204; history keeps it
@@ -238,7 +238,7 @@ export const policyRoutes: FastifyPluginAsync<PolicyRoutesOptions> = async (app,
   app.get('/policies', async (request, reply) => {
     const identity = verifiedIdentity(request);
     // A page may end on a candidate's entry of the index (names.ts), which the list never shows.
-    const { limit, after } = listQuery(request.query, 'GET /policies', isStoredPolicyName);
+    const { limit, after, prefix } = listQuery(request.query, 'GET /policies', isStoredPolicyName, { prefix: true });
     // The same policy decides which names a caller may see: those it could GET.
     // Pages are read until this one is full of what the caller may see; a
     // caller who may see few names gets a continuation after a bounded read.
@@ -247,7 +247,7 @@ export const policyRoutes: FastifyPluginAsync<PolicyRoutesOptions> = async (app,
     let scanned = 0;
     let next: string | null = null;
     for (;;) {
-      const page = await store.listPage({ limit, ...(cursor === undefined ? {} : { after: cursor }) });
+      const page = await store.listPage({ limit, ...(cursor === undefined ? {} : { after: cursor }), ...(prefix === undefined ? {} : { prefix }) });
       let full = false;
       for (const meta of page.policies) {
         if (visible.length === limit) {

@@ -48,6 +48,14 @@
  * the CMS's alone (it runs them before a write): watchers never read them,
  * and parsePolicyKey does not recognise them.
  *
+ * Every write (put or delete) of a policy also puts one key in its
+ * transaction, whose mod revision is therefore the revision of the newest
+ * policy write: a gateway whose policy set is at or past it is in step (the
+ * fleet page's "behind"). Its name is no policy's, so watchers and scans pass
+ * it by; it is absent until the first write by a CMS that writes it.
+ *
+ *   /policies/.written                       the name of the policy last written
+ *
  * Apart from policies, each live gateway (runner worker, decision API) keeps
  * one report of what it enforces, under an etcd lease of its own, so that it
  * vanishes when the gateway does (policy/fleet):
@@ -63,6 +71,8 @@ import { assertStoredPolicyName, candidateName, candidateOf, isStoredPolicyName,
 export const POLICIES_PREFIX = '/policies/';
 export const POLICY_INDEX_PREFIX = '/policy-index/';
 export const GATEWAYS_PREFIX = '/gatehouse/gateways/';
+/** Put by every policy write: its mod revision is the newest policy write's (see above). */
+export const POLICY_SET_WRITTEN_KEY = `${POLICIES_PREFIX}.written`;
 export const CANDIDATE_REPORTS_PREFIX = '/gatehouse/candidates/';
 
 const GATEWAY_ID_PATTERN = /^[A-Za-z0-9._-]{1,128}$/;

@@ -23,7 +23,7 @@
  */
 import { Range, type Etcd3, type IKeyValue } from 'etcd3';
 import pLimit from 'p-limit';
-import { POLICIES_PREFIX, POLICY_INDEX_PREFIX, parseIndexKey, parsePolicyKey, policyKeys } from './keys.js';
+import { POLICIES_PREFIX, POLICY_INDEX_PREFIX, POLICY_SET_WRITTEN_KEY, parseIndexKey, parsePolicyKey, policyKeys } from './keys.js';
 import { sha256Hex, unknownMetadata, type PolicyMetadata } from './metadata.js';
 
 /** meta+data transactions in flight at once during a full read. */
@@ -61,6 +61,16 @@ export async function currentRevision(client: Etcd3): Promise<number> {
   return Number(response.header.revision);
 }
 
+/**
+ * The etcd revision of the newest policy write (keys.ts: POLICY_SET_WRITTEN_KEY),
+ * and etcd's current revision; null before the first write that marked it.
+ */
+export async function policySetRevision(client: Etcd3): Promise<{ written: number | null; etcd: number }> {
+  const response = await client.get(POLICY_SET_WRITTEN_KEY).exec();
+  const kv = response.kvs[0];
+  return { written: kv ? Number(kv.mod_revision) : null, etcd: Number(response.header.revision) };
+}
+
 /** Index entries per page: a name and a copy of its metadata, about 400 bytes each. */
 export const DEFAULT_INDEX_PAGE = 1_000;
 
@@ -73,16 +83,22 @@ export interface IndexEntry {
 
 /**
  * One page of the index of current policies, by name (byte order), after
- * `after`, at `revision` (the current one when absent, given back).
+ * `after`, at `revision` (the current one when absent, given back). With
+ * `prefix`, only names that start with it: the read starts at the prefix and
+ * ends past it, whatever `after` says.
  */
 export async function indexPage(
   client: Etcd3,
-  options: { after?: string; limit: number; revision?: number },
+  options: { after?: string; limit: number; revision?: number; prefix?: string },
 ): Promise<{ revision: number; entries: IndexEntry[]; more: boolean }> {
-  const start = options.after === undefined ? POLICY_INDEX_PREFIX : `${policyKeys(options.after).index}\0`;
+  const from = `${POLICY_INDEX_PREFIX}${options.prefix ?? ''}`;
+  const after = options.after === undefined ? null : `${policyKeys(options.after).index}\0`;
+  const start = after !== null && after > from ? after : from;
+  const end = options.prefix ? prefixEnd(from) : INDEX_END;
+  if (start >= end) return { revision: options.revision ?? (await currentRevision(client)), entries: [], more: false };
   let query = client
     .getAll()
-    .inRange(new Range(start, INDEX_END))
+    .inRange(new Range(start, end))
     .limit(options.limit + 1);
   if (options.revision !== undefined) query = query.revision(options.revision);
   const response = await pinned(() => query.exec());

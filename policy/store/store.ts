@@ -4,7 +4,7 @@
  * and a watcher never sees a half-written policy (see keys.ts).
  */
 import { Range, type Etcd3, type IKeyValue, type IResponseOp } from 'etcd3';
-import { policyKeys, POLICIES_PREFIX, parsePolicyKey, type HistoryPart } from './keys.js';
+import { policyKeys, POLICIES_PREFIX, POLICY_SET_WRITTEN_KEY, parsePolicyKey, type HistoryPart } from './keys.js';
 import {
   checkWriteConditions,
   PreconditionFailedError,
@@ -181,11 +181,18 @@ export class PolicyStore {
 
   /**
    * One page of current policies' metadata, by name (byte order), after the
-   * name `after`: one bounded read of the index (see keys.ts).
+   * name `after`: one bounded read of the index (see keys.ts); with `prefix`,
+   * of the names that start with it only.
    */
-  async listPage(options: { after?: string; limit: number }): Promise<ListPage> {
+  async listPage(options: { after?: string; limit: number; prefix?: string }): Promise<ListPage> {
     if (!Number.isSafeInteger(options.limit) || options.limit < 1) throw new RangeError('a page holds at least one policy');
-    const page = await this.etcd(() => indexPage(this.client, { limit: options.limit, ...(options.after === undefined ? {} : { after: options.after }) }));
+    const page = await this.etcd(() =>
+      indexPage(this.client, {
+        limit: options.limit,
+        ...(options.after === undefined ? {} : { after: options.after }),
+        ...(options.prefix === undefined ? {} : { prefix: options.prefix }),
+      }),
+    );
     return { policies: page.entries.map((entry) => entry.meta), next: page.more ? page.entries[page.entries.length - 1]!.name : null };
   }
 
@@ -340,6 +347,7 @@ export class PolicyStore {
         ...(testsText === null ? [] : [this.client.put(keys.history('tests', version)).value(testsText)]),
         this.client.put(keys.meta).value(metaText),
         this.client.put(keys.index).value(metaText),
+        this.client.put(POLICY_SET_WRITTEN_KEY).value(name),
         ...this.pruneHistoryOps(name, version),
         ...(promoted ? this.currentDeleteOps(candidateName(name)) : []),
       ];
@@ -456,7 +464,11 @@ export class PolicyStore {
       this.checkConditions(current.meta, conditions);
       attempted = current.meta;
       // A policy's candidate goes with it: there is nothing left for it to shadow.
-      const ops = [...this.currentDeleteOps(name), ...(candidateOf(name) === null ? this.currentDeleteOps(candidateName(name)) : [])];
+      const ops = [
+        ...this.currentDeleteOps(name),
+        ...(candidateOf(name) === null ? this.currentDeleteOps(candidateName(name)) : []),
+        this.client.put(POLICY_SET_WRITTEN_KEY).value(name),
+      ];
       const response = await this.etcd(() =>
         this.client
           .if(keys.meta, 'Mod', '==', current.modRevision)
