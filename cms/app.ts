@@ -47,6 +47,7 @@ import { healthRoutes } from './routes/health.js';
 import { metricsRoutes } from './routes/metrics.js';
 import { openApiRoutes } from './routes/openapi.js';
 import { candidateRoutes } from './routes/candidates.js';
+import { evaluateRoutes } from './routes/evaluate.js';
 import { policyRoutes } from './routes/policies.js';
 
 export interface CmsAppOptions {
@@ -248,6 +249,7 @@ export async function buildCmsApp(options: CmsAppOptions): Promise<FastifyInstan
 
   await app.register(policyRoutes, { store, writer, access, etcd });
   await app.register(candidateRoutes, { store, writer, etcd });
+  await app.register(evaluateRoutes, { writer, access });
   await app.register(gatewayRoutes, { etcd });
   await app.register(budgetRoutes, { store: budgets, metrics });
   await app.register(consoleRoutes, options.consoleDemoTokens ? { demoTokens: options.consoleDemoTokens } : {});

@@ -19,6 +19,7 @@
  */
 import type { Etcd3 } from 'etcd3';
 import { EvaluationBudgetError } from '../policy/engine/index.js';
+import type { EvaluationTarget } from '../policy/engine/evaluation.js';
 import { EvaluationMemoryError, EvaluationTimeoutError, type EvaluationPool } from '../policy/engine/pool.js';
 import {
   candidateName,
@@ -47,6 +48,16 @@ export interface PolicyWriterOptions {
   metrics: CmsMetrics;
   /** A replay's time budget, all its evaluations together (default DEFAULT_REPLAY_TIMEOUT_MS). */
   replayTimeoutMs?: number;
+}
+
+/** The pool's tenant of every evaluation of POST /policies/{name}/evaluate: not a policy name, so never a load check's. */
+export const EVALUATE_TENANT = '(evaluate)';
+
+/** What an evaluation answers: the document (undefined when no rule decides it), the live version evaluated (null: a draft), how long the pool took. */
+export interface EvaluatedPolicy {
+  document: unknown;
+  version: number | null;
+  evaluationMs: number;
 }
 
 /** What a check answers: the compiled policy, and the replay's report when inputs were replayed. */
@@ -103,23 +114,60 @@ export class PolicyWriter {
     const compiled = await this.compiler.compile(policy.rego, policy.dataText, policy.tests);
     await this.checkLoads(name, compiled, policy.dataText);
     if (!inputs) return compiled;
-    const current = await this.store.get(name, { withWasm: true });
-    if (current && current.wasm === undefined) throw new Error(`the live version of ${name} has no compiled module in etcd`);
-    const live =
-      current?.wasm === undefined
-        ? null
-        : {
-            source: {
-              wasmSha256: current.meta.wasmSha256,
-              wasm: new Uint8Array(current.wasm),
-              dataSha256: sha256Hex(current.dataText),
-              dataText: current.dataText,
-            },
-            entrypoint: current.meta.entrypoint,
-          };
+    const live = await this.liveTarget(name);
     const draft = { source: engineSource(compiled, policy.dataText), entrypoint: compiled.entrypoint };
-    const report = await replay(this.checks, { live, liveVersion: live ? current!.meta.version : null, draft }, inputs.inputs, this.replayTimeoutMs);
+    const report = await replay(this.checks, { live: live?.target ?? null, liveVersion: live?.version ?? null, draft }, inputs.inputs, this.replayTimeoutMs);
     return { ...compiled, replay: report };
+  }
+
+  /**
+   * Evaluates `input` with the live version of `name` (`draft` null;
+   * PolicyNotFoundError when there is none) or with `draft`, compiled as a
+   * check compiles it (its tests are not run; this evaluation is its load
+   * check): in the check pool, under the gateways' bounds, all evaluations
+   * as one tenant (EVALUATE_TENANT), so that together they hold at most all
+   * but one of its workers and the load checks of PUTs go on beside them.
+   * The document is the package's, undefined when no rule decides it.
+   * Nothing is written.
+   */
+  async evaluate(name: string, draft: Pick<PolicyBody, 'rego' | 'dataText'> | null, input: unknown): Promise<EvaluatedPolicy> {
+    let target: EvaluationTarget;
+    let version: number | null = null;
+    if (draft) {
+      const compiled = await this.compiler.compile(draft.rego, draft.dataText, null);
+      target = { source: engineSource(compiled, draft.dataText), entrypoint: compiled.entrypoint };
+    } else {
+      const live = await this.liveTarget(name);
+      if (!live) throw new PolicyNotFoundError(`no policy named ${name}`);
+      ({ target, version } = live);
+    }
+    const started = performance.now();
+    let document: unknown;
+    try {
+      document = await this.checks.evaluate(EVALUATE_TENANT, target, input);
+    } catch (error) {
+      throw evaluationFailure(error, 'evaluated on this input, the policy', 'gateways would deny this request');
+    }
+    return { document, version, evaluationMs: performance.now() - started };
+  }
+
+  /** The live version of `name` as the gateways' engine loads it; null when there is none. */
+  private async liveTarget(name: string): Promise<{ target: EvaluationTarget; version: number } | null> {
+    const current = await this.store.get(name, { withWasm: true });
+    if (!current) return null;
+    if (current.wasm === undefined) throw new Error(`the live version of ${name} has no compiled module in etcd`);
+    return {
+      target: {
+        source: {
+          wasmSha256: current.meta.wasmSha256,
+          wasm: new Uint8Array(current.wasm),
+          dataSha256: sha256Hex(current.dataText),
+          dataText: current.dataText,
+        },
+        entrypoint: current.meta.entrypoint,
+      },
+      version: current.meta.version,
+    };
   }
 
   /** Writes `policy` as the next version of `name` (created or replaced). */
@@ -273,18 +321,26 @@ export class PolicyWriter {
     try {
       await this.checks.evaluate(name, { source, entrypoint: compiled.entrypoint }, {});
     } catch (error) {
-      if (error instanceof EvaluationTimeoutError || error instanceof EvaluationMemoryError || error instanceof EvaluationBudgetError) {
-        const bound = error instanceof EvaluationTimeoutError ? 'time' : error instanceof EvaluationMemoryError ? 'memory' : 'fuel';
-        throw new PolicyEvaluationBoundError(
-          bound,
-          `evaluated once on an empty input, the compiled policy exceeded the gateways' ${bound} bound (${error.message}); gateways would deny every request it decides; nothing was written`,
-          { cause: error },
-        );
-      }
-      const reason = error instanceof Error ? (error.cause instanceof Error ? `${error.message}: ${error.cause.message}` : error.message) : String(error);
-      throw new PolicyDoesNotLoadError(`the compiled policy does not load or evaluate in the gateway's engine: ${reason}`, { cause: error });
+      throw evaluationFailure(error, 'evaluated once on an empty input, the compiled policy', 'gateways would deny every request it decides');
     }
   }
+}
+
+/**
+ * A failed evaluation in the check pool as the author's error: past one of
+ * the gateways' bounds (time, memory, fuel) a PolicyEvaluationBoundError,
+ * anything else (a module the engine refuses, a runtime error) a
+ * PolicyDoesNotLoadError. `what` and `consequence` finish the message.
+ */
+function evaluationFailure(error: unknown, what: string, consequence: string): Error {
+  if (error instanceof EvaluationTimeoutError || error instanceof EvaluationMemoryError || error instanceof EvaluationBudgetError) {
+    const bound = error instanceof EvaluationTimeoutError ? 'time' : error instanceof EvaluationMemoryError ? 'memory' : 'fuel';
+    return new PolicyEvaluationBoundError(bound, `${what} exceeded the gateways' ${bound} bound (${error.message}); ${consequence}; nothing was written`, {
+      cause: error,
+    });
+  }
+  const reason = error instanceof Error ? (error.cause instanceof Error ? `${error.message}: ${error.cause.message}` : error.message) : String(error);
+  return new PolicyDoesNotLoadError(`the compiled policy does not load or evaluate in the gateway's engine: ${reason}`, { cause: error });
 }
 
 /** A compiled policy with its data, as the gateways' engine loads it. */

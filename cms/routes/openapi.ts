@@ -287,6 +287,59 @@ export const openApiDocument = {
         },
       },
     },
+    '/policies/{name}/evaluate': {
+      parameters: [name],
+      post: {
+        summary:
+          "Evaluate one input with the live version (platform admin; a project user for their own project's policy) or with a draft (`rego`: platform admin only), in the gateways' engine under their bounds; nothing written",
+        requestBody: {
+          required: true,
+          content: json({
+            type: 'object',
+            additionalProperties: false,
+            required: ['input'],
+            properties: {
+              input: { description: 'the input document, any JSON value, up to the body limit' },
+              rego: {
+                $ref: '#/components/schemas/PolicyObject/properties/rego',
+                description:
+                  'a draft to evaluate instead of the live version, compiled as a check compiles it (its tests are not run); platform admins only (403)',
+              },
+              data: { type: 'object', default: {}, description: "the draft's data document (only with rego)" },
+              entrypoint: {
+                type: 'string',
+                examples: ['allow', 'decision/reason'],
+                description: "a path below the policy's package: the result is that document instead of the whole package's",
+              },
+            },
+          }),
+        },
+        responses: {
+          '200': {
+            description: 'evaluated',
+            content: json({
+              type: 'object',
+              required: ['version', 'evaluation_ms'],
+              properties: {
+                result: { description: 'the document the policy decides; absent when it is undefined (no rule matched)' },
+                version: { type: ['integer', 'null'], description: 'the live version evaluated; null for a draft' },
+                evaluation_ms: { type: 'number', description: "time in the CMS's evaluation pool (queue, engine, evaluation)" },
+              },
+            }),
+          },
+          '400': {
+            ...problem,
+            description: 'malformed JSON, a body of the wrong shape, a draft that does not compile (rego-compile-error, `errors` with row and col) or load',
+          },
+          '403': { ...problem, description: "not the caller's project, or a draft from someone who is not a platform admin" },
+          '404': { ...problem, description: 'no live version (without rego)' },
+          '413': { ...problem, description: 'the input, or the draft, past the body limit' },
+          ...problems(401, 415),
+          '422': { ...problem, description: "the evaluation exceeds the gateways' time, memory or fuel bound (policy-evaluation-bound, `bound`)" },
+          '503': { ...problem, description: 'the compiler or the evaluations are busy (Retry-After), or etcd does not answer' },
+        },
+      },
+    },
     '/policies/{name}/rollback': {
       parameters: [name],
       post: {

@@ -25,7 +25,10 @@
 # the ones this policy lets them read) and read their own project's policy,
 # its history, which gateways enforce it (status) and its candidate with
 # what the gateways saw of it, never the platform policy; they may read their own project's LLM budget and its history, and
-# its usage. The list of budgets (GET /budgets) is for platform admins: it
+# its usage. They may evaluate their own project's live policy on an input
+# (POST /policies/{name}/evaluate), never a draft: the CMS asks about a
+# draft as the path ["policies", name, "evaluate", "draft"] (no route has it;
+# it names the permission), which only platform admins are granted. The list of budgets (GET /budgets) is for platform admins: it
 # names every project that has one.
 package gatehouse.cms.access
 
@@ -95,6 +98,23 @@ action := "read_history" if {
 	input.path[2] == "history"
 }
 
+# One input evaluated with the live version (it reads, and writes nothing).
+action := "evaluate" if {
+	input.method == "POST"
+	under_policies
+	count(input.path) == 3
+	input.path[2] == "evaluate"
+}
+
+# One input evaluated with Rego the caller sends: for platform admins only.
+action := "evaluate_draft" if {
+	input.method == "POST"
+	under_policies
+	count(input.path) == 4
+	input.path[2] == "evaluate"
+	input.path[3] == "draft"
+}
+
 action := "read_budget" if {
 	reading
 	under_budgets
@@ -142,13 +162,13 @@ allow if {
 }
 
 # What project users may ever do; everything else is for platform admins.
-project_user_action if action in {"list", "read", "read_history", "read_status", "read_candidate", "read_budget", "read_budget_history", "read_usage"}
+project_user_action if action in {"list", "read", "read_history", "read_status", "read_candidate", "evaluate", "read_budget", "read_budget_history", "read_usage"}
 
 # "platform" names the platform policy, never a project: no project user
 # reaches it, whatever their claim says.
 allow if {
 	is_project_user
-	action in {"read", "read_history", "read_status", "read_candidate", "read_budget", "read_budget_history", "read_usage"}
+	action in {"read", "read_history", "read_status", "read_candidate", "evaluate", "read_budget", "read_budget_history", "read_usage"}
 	target == input.user.project
 	target != platform_policy
 }
@@ -179,6 +199,9 @@ reason := "a verified identity is required" if {
 	is_project_user
 	budget_api
 	project_user_action
+} else := "only platform admins may evaluate a draft; project users may evaluate their own project's live policy" if {
+	is_project_user
+	action == "evaluate_draft"
 } else := "only platform admins may manage policies" if {
 	is_project_user
 	not project_user_action

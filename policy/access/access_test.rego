@@ -234,3 +234,18 @@ test_candidates_are_written_by_admins_and_read_by_the_project if {
 	not decision("DELETE", ["policies", "team-a", "candidate"], team_a_user).allow
 	anonymous("GET", ["policies", "team-a", "candidate"]).status_code == 401
 }
+
+test_evaluate_live_follows_read_a_draft_is_for_admins if {
+	decision("POST", ["policies", "team-b", "evaluate"], admin).allow
+	decision("POST", ["policies", "platform", "evaluate"], admin).allow
+	decision("POST", ["policies", "team-b", "evaluate", "draft"], admin).allow
+	decision("POST", ["policies", "team-a", "evaluate"], team_a_user).allow
+	not decision("GET", ["policies", "team-a", "evaluate"], team_a_user).allow
+	not decision("POST", ["policies", "team-b", "evaluate"], team_a_user).allow
+	not decision("POST", ["policies", "platform", "evaluate"], platform_project_user).allow
+	draft := decision("POST", ["policies", "team-a", "evaluate", "draft"], team_a_user)
+	not draft.allow
+	draft.status_code == 403
+	draft.reason == "only platform admins may evaluate a draft; project users may evaluate their own project's live policy"
+	anonymous("POST", ["policies", "team-a", "evaluate"]).status_code == 401
+}
