@@ -4,6 +4,7 @@
 import { claims, signOut, token } from './api.js';
 import { isAdmin } from './dom.js';
 import { listView } from './pages/policies.js';
+import { playgroundView } from './pages/playground.js';
 import { policyView } from './pages/policy.js';
 import { signInView } from './pages/sign-in.js';
 
@@ -26,6 +27,7 @@ function header(): void {
 /** The pages by the hash they answer: a pattern, and the page given its captures (it may return what stops it). */
 const routes: [RegExp, (...captures: string[]) => Promise<(() => void) | void>][] = [
   [/^#\/p\/([a-z0-9-]+)$/, (name) => policyView(name)],
+  [/^#\/p\/([a-z0-9-]+)\/playground$/, (name) => playgroundView(name)],
   [/^(#\/?)?$/, () => listView()],
 ];
 

@@ -31,7 +31,14 @@ export async function policyView(name: string): Promise<() => void> {
   const save = el('button', { id: 'save', textContent: 'Save' });
   const tests = Object.entries(answer.body.tests ?? {});
   main.replaceChildren(
-    el('h1', {}, `${name} `, version),
+    el(
+      'h1',
+      {},
+      `${name} `,
+      version,
+      ' ',
+      el('a', { id: 'playground-link', className: 'small', href: `#/p/${encodeURIComponent(name)}/playground`, textContent: 'playground' }),
+    ),
     el('h2', { textContent: 'Rego' }),
     regoBox,
     el('h2', { textContent: 'Data' }),
