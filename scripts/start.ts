@@ -1,8 +1,9 @@
 // npm start: the local stack with a seeded demo. Ports can be moved with
 // GATEWAY_PORT (9080), CMS_PORT (8081), DECISION_PORT (8181), RAG_PORT (8082),
-// LLM_PORT (8083), VAULT_PORT (8200), RUNNER_METRICS_PORT (9091) and
-// ETCD_CLIENT_PORT (2379). etcd's data is kept under .local/stack-etcd, so
-// policies survive a restart; Vault runs in dev mode (in memory) and is
+// LLM_PORT (8083), VAULT_PORT (8200), RUNNER_METRICS_PORT (9091),
+// APISIX_METRICS_PORT (9093, APISIX's prometheus plugin) and ETCD_CLIENT_PORT
+// (2379). etcd's data is kept under .local/stack-etcd, so policies survive a
+// restart; Vault runs in dev mode (in memory) and is
 // seeded again each time. STACK_NAME (default "default") keeps a second
 // stack's etcd data, demo keys and APISIX prefix apart from the first's.
 //
@@ -49,6 +50,7 @@ const PORTS: Record<string, number> = {
   LLM_PORT: 8083,
   VAULT_PORT: 8200,
   RUNNER_METRICS_PORT: 9091,
+  APISIX_METRICS_PORT: 9093,
   ETCD_CLIENT_PORT: 2379,
 };
 const ETCD_DATA_ROOT = 'stack-etcd';
@@ -152,6 +154,7 @@ async function main() {
       cms: port('CMS_PORT', 8081),
       decision: port('DECISION_PORT', 8181),
       runnerMetrics: port('RUNNER_METRICS_PORT', 9091),
+      apisixMetrics: port('APISIX_METRICS_PORT', 9093),
     },
     upstreams: { rag: `127.0.0.1:${ragPort}`, llm: llm.url },
     consoleDemoTokens: [
@@ -208,6 +211,7 @@ Gatehouse local stack is up.
   CMS (direct)              ${stack.cmsUrl}        (/healthz, /readyz, /metrics, /openapi.json)
   decision API (direct)     ${stack.decisionUrl}
   runner metrics            http://127.0.0.1:${port('RUNNER_METRICS_PORT', 9091)}/metrics  (/healthz, /readyz)
+  APISIX metrics            ${stack.gateway.prometheusUrl ?? 'off (no prometheus plugin in apisix-conf/config.yaml)'}  (Grafana: deploy/grafana/gatehouse.json)
   Vault (dev mode)          ${vault.addr}  (the demo project's LLM key at ${DEMO_LLM_SECRET.mount}/${DEMO_LLM_SECRET.path})
   LLM (OpenAI-compatible stub) ${llm.url}
   etcd                      ${stack.etcdEndpoints.join(', ')}${gatewayLogs}

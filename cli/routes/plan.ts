@@ -34,6 +34,8 @@ const PLUGIN_DEFAULTS: Record<string, Record<string, Json>> = {
   'ext-plugin-pre-req': EXT_PLUGIN_DEFAULTS,
   'ext-plugin-post-req': EXT_PLUGIN_DEFAULTS,
   'ext-plugin-post-resp': EXT_PLUGIN_DEFAULTS,
+  // APISIX 3.9.1's prometheus schema.
+  prometheus: { prefer_name: false },
   // APISIX 3.9.1's http-logger schema, with its batch processor's (utils/batch-processor.lua).
   'http-logger': {
     timeout: 3,

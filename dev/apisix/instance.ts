@@ -13,7 +13,7 @@ import { createConnection, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, isAbsolute, join, resolve } from 'node:path';
 import type { Logger } from 'pino';
-import { parseDocument, type Document } from 'yaml';
+import { isScalar, isSeq, parseDocument, type Document } from 'yaml';
 import type { ApisixInstallation } from './installation.js';
 import { commandLine, processTable } from '../proc.js';
 
@@ -26,6 +26,11 @@ export interface ApisixInstanceOptions {
   routesPath?: string;
   host?: string;
   port: number;
+  /**
+   * The port of APISIX's prometheus export server (plugin_attr.prometheus.export_addr), when
+   * config.yaml lists the prometheus plugin; default config.yaml's. startApisix picks a free one.
+   */
+  prometheusPort?: number;
   /** The instance's directory (created); default a new one under the system's temp directory. */
   prefix?: string;
   /** Environment for nginx; only the names config.yaml lists in nginx_config.envs reach the runner. */
@@ -38,6 +43,8 @@ export interface ApisixInstanceOptions {
 
 export interface PreparedApisix {
   prefix: string;
+  /** APISIX's prometheus metrics (/apisix/prometheus/metrics on its export server), or null when config.yaml has no prometheus plugin. */
+  prometheusUrl: string | null;
   /** ext-plugin.path_for_test: the socket of a runner started elsewhere, or null when APISIX starts it. */
   externalRunnerSocket: string | null;
   /** The openresty command line that starts this instance in the foreground. */
@@ -84,6 +91,25 @@ export function reachableByWorkers(dir: string): boolean {
   }
 }
 
+/** Whether a config.yaml loads APISIX's prometheus plugin with its export server (on by default). */
+function prometheusEnabled(config: Document): boolean {
+  const plugins = config.getIn(['plugins']);
+  const listed = isSeq(plugins) && plugins.items.some((item) => (isScalar(item) ? item.value : item) === 'prometheus');
+  return listed && config.getIn(['plugin_attr', 'prometheus', 'enable_export_server']) !== false;
+}
+
+/** Where a config's prometheus export server answers (APISIX's defaults: 127.0.0.1:9091); ${{NAME:=default}} read from `env`. */
+function prometheusUrl(config: Document, env: Record<string, string>): string | null {
+  if (!prometheusEnabled(config)) return null;
+  const ip = String(config.getIn(['plugin_attr', 'prometheus', 'export_addr', 'ip']) ?? '127.0.0.1').replace(
+    /\$\{\{(\w+)(?::=([^}]*))?\}\}/g,
+    (_whole, name: string, fallback?: string) => env[name] ?? fallback ?? '',
+  );
+  const port = Number(config.getIn(['plugin_attr', 'prometheus', 'export_addr', 'port']) ?? 9091);
+  const uri = String(config.getIn(['plugin_attr', 'prometheus', 'export_uri']) ?? '/apisix/prometheus/metrics');
+  return `http://${ip === '0.0.0.0' ? '127.0.0.1' : ip}:${port}${uri}`;
+}
+
 /** Renders the instance's conf/ and nginx.conf with APISIX's CLI; starts nothing. */
 export function prepareApisix(options: ApisixInstanceOptions): PreparedApisix {
   const { installation, repoRoot } = options;
@@ -110,6 +136,8 @@ export function prepareApisix(options: ApisixInstanceOptions): PreparedApisix {
   const cmd = absoluteRunnerCmd((config.toJS() as { 'ext-plugin'?: { cmd?: unknown } })['ext-plugin']?.cmd, repoRoot);
   if (cmd) config.setIn(['ext-plugin', 'cmd'], cmd);
   if (options.workerProcesses) config.setIn(['nginx_config', 'worker_processes'], options.workerProcesses);
+  if (options.prometheusPort !== undefined && prometheusEnabled(config))
+    config.setIn(['plugin_attr', 'prometheus', 'export_addr', 'port'], options.prometheusPort);
   options.edit?.(config);
   writeFileSync(join(prefix, 'conf', 'config.yaml'), config.toString());
   const pathForTest = config.getIn(['ext-plugin', 'path_for_test']);
@@ -121,6 +149,7 @@ export function prepareApisix(options: ApisixInstanceOptions): PreparedApisix {
   run(apisixCli(installation), ['init'], { cwd: prefix, env });
   return {
     prefix,
+    prometheusUrl: prometheusUrl(config, env),
     externalRunnerSocket: typeof pathForTest === 'string' ? pathForTest : null,
     command: [installation.openresty, '-p', `${prefix}/`, '-c', 'conf/nginx.conf', '-g', 'daemon off;'],
     env,
@@ -142,6 +171,8 @@ export interface ApisixHandle {
   url: string;
   port: number;
   prefix: string;
+  /** APISIX's prometheus metrics (/apisix/prometheus/metrics), or null when config.yaml has no prometheus plugin. */
+  prometheusUrl: string | null;
   /** The nginx master's pid. */
   pid: number;
   /** Standalone mode: the routes file APISIX reads (conf/apisix.yaml); a change is live within a second. */
@@ -207,7 +238,8 @@ export async function startApisix(
   options: ApisixInstanceOptions & { logger: Logger; readyTimeoutMs?: number; /** Wait for the runner's socket too (default true). */ expectRunner?: boolean },
 ): Promise<ApisixHandle> {
   const log = options.logger;
-  const prepared = prepareApisix(options);
+  // Instances run side by side (parallel tests): each its own metrics port unless told one.
+  const prepared = prepareApisix({ ...options, prometheusPort: options.prometheusPort ?? (await freePort()) });
   const [command, ...args] = prepared.command;
   // Its own process group: stop() reaches nginx's workers, the privileged agent and the runner it started.
   const child: ChildProcess = spawn(command, args, { cwd: prepared.prefix, env: prepared.env, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
@@ -291,6 +323,7 @@ export async function startApisix(
     url,
     port: options.port,
     prefix: prepared.prefix,
+    prometheusUrl: prepared.prometheusUrl,
     routesPath: join(prepared.prefix, 'conf', 'apisix.yaml'),
     pid,
     socketPath,

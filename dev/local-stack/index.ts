@@ -7,7 +7,6 @@ import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
-import { Registry } from 'prom-client';
 import { parseDocument, Scalar, YAMLMap, type Document } from 'yaml';
 import { buildCmsApp } from '../../cms/app.js';
 import { loadAccessPolicy, defaultAccessPolicyWasmPath } from '../../policy/access/index.js';
@@ -18,6 +17,7 @@ import { createEnforcer } from '../../policy/enforcer.js';
 import { evaluationSettings } from '../../policy/engine/evaluator.js';
 import { gatewayId } from '../../policy/fleet/report.js';
 import { buildDecisionApp } from '../../decision-api/app.js';
+import { createDecisionApiMetrics } from '../../decision-api/metrics.js';
 import { packageRoot } from '../../runtime/paths.js';
 import { findApisix, freePort, reachableByWorkers, startApisix } from '../apisix/index.js';
 import { startLocalEtcd, type LocalEtcd } from '../local-etcd/index.js';
@@ -31,7 +31,7 @@ export interface LocalStackOptions {
   etcdName?: string;
   etcdClientPort?: number;
   /** Ports; 0 picks a free one. */
-  ports?: { gateway?: number; cms?: number; decision?: number; runnerMetrics?: number | 'off'; runnerSettle?: number };
+  ports?: { gateway?: number; cms?: number; decision?: number; runnerMetrics?: number | 'off'; runnerSettle?: number; apisixMetrics?: number };
   /** Upstreams of routes other than the CMS and the decision API, by upstream id (e.g. rag, llm). */
   upstreams?: Record<string, string>;
   /** Routes template (default apisix-conf/apisix.yaml). */
@@ -68,6 +68,8 @@ export interface StackGateway {
   runnerOutput(): string[];
   /** APISIX's logs/ directory. */
   logDir: string;
+  /** APISIX's prometheus plugin's metrics (/apisix/prometheus/metrics on its own port), or null without the plugin. */
+  prometheusUrl: string | null;
 }
 
 export interface LocalStack {
@@ -164,6 +166,8 @@ export async function startLocalStack(options: LocalStackOptions): Promise<Local
     // The decision API's policy pipeline, as gatehouse-decision assembles it (policy/enforcer.ts): a
     // gateway of the fleet, shadowing candidates, checking signatures when the stack signs.
     const decisionEtcd = createEtcdClient(etcdEndpoints);
+    // The metrics gatehouse-decision exports (decision-api/metrics.ts), on its /metrics.
+    const decisionMetrics = createDecisionApiMetrics();
     const decisionEnforcer = createEnforcer({
       client: decisionEtcd,
       log: log.child({ component: 'decision-api' }),
@@ -175,9 +179,11 @@ export async function startLocalStack(options: LocalStackOptions): Promise<Local
       evaluation: evaluationSettings({}),
       decisionLog: null,
       verifyKeysFile: signingKeys?.jwksFile ?? null,
+      ...decisionMetrics.enforcer,
     });
     await decisionEnforcer.start();
     const watcher = decisionEnforcer.watcher;
+    decisionMetrics.watch(watcher);
     cleanups.push(async () => {
       await decisionEnforcer.close();
       decisionEtcd.close();
@@ -189,7 +195,8 @@ export async function startLocalStack(options: LocalStackOptions): Promise<Local
       verifier: createIdentityVerifier(options.identity),
       access: await loadAccessPolicy(defaultAccessPolicyWasmPath()),
       log: log.child({ component: 'decision-api' }),
-      registry: new Registry(),
+      registry: decisionMetrics.registry,
+      onDecision: decisionMetrics.onDecision,
     });
     await decision.listen({ host: '127.0.0.1', port: options.ports?.decision ?? 0 });
     cleanups.push(() => decision.close());
@@ -228,6 +235,7 @@ export async function startLocalStack(options: LocalStackOptions): Promise<Local
       ...(options.apisixPrefix && reachableByWorkers(options.apisixPrefix) ? { prefix: options.apisixPrefix } : {}),
       routesPath,
       port: options.ports?.gateway || (await freePort()),
+      ...(options.ports?.apisixMetrics ? { prometheusPort: options.ports.apisixMetrics } : {}),
       env: runnerEnv,
       logger: log.child({ component: 'gateway' }),
     });

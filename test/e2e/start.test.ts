@@ -10,14 +10,26 @@ import { freePort } from '../../dev/apisix/index.js';
 import { runPolicyCli } from '../../cli/policy/command.js';
 import { EXIT } from '../../cli/io.js';
 import { repoRoot } from '../support/runner-process.js';
+import { until } from '../support/stack.js';
 
 const stackName = `test-${process.pid}`;
 let start: ChildProcess;
 let printed = '';
 
+const ports: Record<string, string> = {};
+
 beforeAll(async () => {
-  const ports: Record<string, string> = {};
-  for (const name of ['GATEWAY_PORT', 'CMS_PORT', 'DECISION_PORT', 'RAG_PORT', 'LLM_PORT', 'VAULT_PORT', 'RUNNER_METRICS_PORT', 'ETCD_CLIENT_PORT']) {
+  for (const name of [
+    'GATEWAY_PORT',
+    'CMS_PORT',
+    'DECISION_PORT',
+    'RAG_PORT',
+    'LLM_PORT',
+    'VAULT_PORT',
+    'RUNNER_METRICS_PORT',
+    'APISIX_METRICS_PORT',
+    'ETCD_CLIENT_PORT',
+  ]) {
     ports[name] = String(await freePort());
   }
   start = spawn(process.execPath, [join(repoRoot, 'dist/scripts/start.js')], {
@@ -94,6 +106,17 @@ describe('npm start', () => {
     const gateway = /gateway \([^)]*\) (http:\/\/\S+)/.exec(printed)?.[1];
     expect(gateway).toBeTruthy();
     for (const { line } of results) expect(line).toContain(gateway!);
+  });
+
+  it("prints where APISIX's prometheus metrics are (APISIX_METRICS_PORT), and they count the curl lines' requests by route", async () => {
+    const url = /APISIX metrics\s+(\S+)/.exec(printed)?.[1];
+    expect(url).toBe(`http://127.0.0.1:${ports.APISIX_METRICS_PORT}/apisix/prometheus/metrics`);
+    // Counted in APISIX's log phase, after the answer.
+    await until(
+      () => fetch(url!).then((r) => r.text()),
+      (text) => /^apisix_http_status\{code="200",route="rag"/m.test(text) && /^apisix_http_status\{code="401",route="rag"/m.test(text),
+      'the RAG route in apisix_http_status',
+    );
   });
 
   it('gatehouse policy round-trips a directory against it: pull, edit, diff, push (waiting for the gateways), status', async () => {

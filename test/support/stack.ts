@@ -32,7 +32,7 @@ export interface TestStack {
   stop(): Promise<void>;
 }
 
-export async function startTestStack(options: { name: string } & Partial<Pick<LocalStackOptions, 'policySigning' | 'etcdName'>>): Promise<TestStack> {
+export async function startTestStack(options: { name: string } & Partial<Pick<LocalStackOptions, 'policySigning' | 'etcdName' | 'ports'>>): Promise<TestStack> {
   const keys = await createTestKeys();
   const rag = await startRecordingUpstream({ status: 200, body: '{"answer":"42"}', headers: { 'content-type': 'application/json' } });
   let stack: LocalStack;
@@ -41,6 +41,7 @@ export async function startTestStack(options: { name: string } & Partial<Pick<Lo
       identity: keys.identityConfig,
       etcdDataRoot: 'test-etcd',
       ...(options.etcdName ? { etcdName: options.etcdName } : {}),
+      ...(options.ports ? { ports: options.ports } : {}),
       upstreams: { rag: rag.url },
       workDir: mkdtempSync(join(tmpdir(), `gh-${options.name}-`)),
       opaPath,

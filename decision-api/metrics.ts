@@ -1,0 +1,78 @@
+// The decision API's Prometheus metrics, in a registry of its own: decisions,
+// evaluation time, aborted evaluations, decision log events, candidates'
+// shadow evaluations and policies refused for their signature. The service
+// (main.ts) and the local stack (dev/local-stack) export the same series.
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { DecisionApiOptions } from './app.js';
+import type { EnforcerOptions } from '../policy/enforcer.js';
+import type { PolicyWatcher } from '../policy/watcher/watcher.js';
+
+export interface DecisionApiMetrics {
+  registry: Registry;
+  /** For buildDecisionApp. */
+  onDecision: NonNullable<DecisionApiOptions['onDecision']>;
+  /** For createEnforcer. */
+  enforcer: Required<Pick<EnforcerOptions, 'onAbort' | 'onShadow' | 'onDecisionLogWritten' | 'onDecisionLogDropped'>>;
+  /** Reads the watcher's policies refused for their signature at each scrape. */
+  watch(watcher: PolicyWatcher): void;
+}
+
+export function createDecisionApiMetrics(): DecisionApiMetrics {
+  const registry = new Registry();
+  collectDefaultMetrics({ register: registry, prefix: 'gatehouse_decision_' });
+  const decisions = new Counter({
+    name: 'gatehouse_decision_api_decisions_total',
+    help: 'Decisions by policy and outcome',
+    labelNames: ['policy', 'outcome'] as const,
+    registers: [registry],
+  });
+  const latency = new Histogram({
+    name: 'gatehouse_decision_api_evaluation_seconds',
+    help: 'Policy evaluation time',
+    buckets: [0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01],
+    registers: [registry],
+  });
+  const aborted = new Counter({
+    name: 'gatehouse_decision_api_evaluations_aborted_total',
+    help: 'Evaluations stopped at their deadline or when their fuel was burned, or failed (memory ceiling, abort)',
+    labelNames: ['reason'] as const,
+    registers: [registry],
+  });
+  const decisionLogEvents = new Counter({
+    name: 'gatehouse_decision_log_events_total',
+    help: 'Decision log events written to the sink, or dropped because the sink did not keep up',
+    labelNames: ['outcome'] as const,
+    registers: [registry],
+  });
+  const candidateEvaluations = new Counter({
+    name: 'gatehouse_candidate_evaluations_total',
+    help: "Decisions a policy's candidate was evaluated for in the shadow of the live version: agreed, diverged, error, dropped (too many pending)",
+    labelNames: ['policy', 'outcome'] as const,
+    registers: [registry],
+  });
+  return {
+    registry,
+    onDecision(policy, outcome, seconds) {
+      decisions.inc({ policy, outcome });
+      latency.observe(seconds);
+    },
+    enforcer: {
+      onAbort: (reason) => aborted.inc({ reason }),
+      onShadow: (policy, outcome) => candidateEvaluations.inc({ policy, outcome }),
+      onDecisionLogWritten: (n) => decisionLogEvents.inc({ outcome: 'written' }, n),
+      onDecisionLogDropped: (n) => decisionLogEvents.inc({ outcome: 'dropped' }, n),
+    },
+    watch(watcher) {
+      new Gauge({
+        name: 'gatehouse_policies_refused_signature',
+        help: 'Policies refused for their signature (unsigned, or a bad signature: none by a listed key over these bytes); every decision that needs one is denied',
+        labelNames: ['problem'] as const,
+        registers: [registry],
+        collect() {
+          const unloadable = watcher.unloadable();
+          for (const problem of ['unsigned', 'bad signature'] as const) this.set({ problem }, unloadable.filter((u) => u.signature === problem).length);
+        },
+      });
+    },
+  };
+}
