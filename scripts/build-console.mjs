@@ -3,7 +3,7 @@
 // with its own tsconfig (DOM types), bundled with esbuild into one script,
 // nothing fetched from outside at run time. The CMS serves it under /console.
 import { execFileSync } from 'node:child_process';
-import { copyFileSync, mkdirSync } from 'node:fs';
+import { copyFileSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { build } from 'esbuild';
@@ -13,7 +13,7 @@ const app = join(root, 'cms', 'console', 'app');
 const out = join(root, 'dist', 'console');
 execFileSync(process.execPath, [join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', join(app, 'tsconfig.json')], { stdio: 'inherit' });
 mkdirSync(out, { recursive: true });
-await build({
+const bundle = await build({
   entryPoints: [join(app, 'main.ts')],
   bundle: true,
   format: 'esm',
@@ -22,7 +22,14 @@ await build({
   sourcemap: false,
   outfile: join(out, 'app.js'),
   logLevel: 'warning',
+  write: false,
 });
+// The stylesheets the modules import (uPlot's) come bundled first, the console's own style.css after them.
+let css = '';
+for (const file of bundle.outputFiles) {
+  if (file.path.endsWith('.css')) css += file.text;
+  else writeFileSync(file.path, file.contents);
+}
 copyFileSync(join(app, 'index.html'), join(out, 'index.html'));
-copyFileSync(join(app, 'style.css'), join(out, 'app.css'));
+writeFileSync(join(out, 'app.css'), css + readFileSync(join(app, 'style.css'), 'utf8'));
 process.stderr.write('[build-console] cms/console/app -> dist/console\n');

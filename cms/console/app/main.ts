@@ -3,6 +3,7 @@
 // textContent: nothing from the API becomes HTML.
 import { claims, signOut, token } from './api.js';
 import { isAdmin } from './dom.js';
+import { budgetsView, budgetView } from './pages/budgets.js';
 import { listView } from './pages/policies.js';
 import { playgroundView } from './pages/playground.js';
 import { policyView } from './pages/policy.js';
@@ -27,6 +28,8 @@ function header(): void {
 /** The pages by the hash they answer: a pattern, and the page given its captures (it may return what stops it). */
 const routes: [RegExp, (...captures: string[]) => Promise<(() => void) | void>][] = [
   [/^#\/p\/([a-z0-9-]+)$/, (name) => policyView(name)],
+  [/^#\/budgets$/, () => budgetsView()],
+  [/^#\/b\/([a-z0-9-]+)$/, (project) => budgetView(project)],
   [/^#\/p\/([a-z0-9-]+)\/playground$/, (name) => playgroundView(name)],
   [/^(#\/?)?$/, () => listView()],
 ];
