@@ -45,9 +45,10 @@ let cms: Cms;
 const ADMIN_ROLE = { user: { role: 'admin' } };
 const VIEWER_ROLE = { user: { role: 'viewer' } };
 
-function evaluate(name: string, body: unknown, token: string | undefined = harness.tokens.admin): Promise<Response> {
+/** POST .../evaluate, as a platform admin unless a token (null: none) is given. */
+function evaluate(name: string, body: unknown, token: string | null = harness.tokens.admin): Promise<Response> {
   return cms.request('POST', `/policies/${name}/evaluate`, {
-    ...(token === undefined ? {} : { token }),
+    ...(token === null ? {} : { token }),
     body: typeof body === 'string' ? body : JSON.stringify(body),
   });
 }
