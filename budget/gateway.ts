@@ -103,6 +103,18 @@ interface Charge {
   seen: boolean;
 }
 
+/** What settling a call did: the model it was sent with, what was reserved, reported and charged. */
+export interface SettledCall {
+  model: string;
+  reserved: number;
+  /** The tokens the LLM reported (0: none believed). */
+  prompt: number;
+  completion: number;
+  charged: number;
+  /** Whether the charge is what the answer showed (false: the reservation was kept). */
+  seen: boolean;
+}
+
 /** What a policy sees of a project's budget for a call (the opa input's `budget`). */
 export interface BudgetView {
   model: string | null;
@@ -309,48 +321,43 @@ export class GatewayBudgets {
    * charged nothing only when the upstream itself refused it (4xx), or when
    * it never reached an upstream and failed; a call the client abandoned,
    * one the upstream failed (5xx, no answer) and a success without usage
-   * keep their reservation: the provider may have run them. Returns false
-   * for an id naming no call in flight.
+   * keep their reservation: the provider may have run them. Returns what
+   * was charged, null for an id naming no call in flight.
    */
-  settle(id: string, answer: SettledAnswer): boolean {
+  settle(id: string, answer: SettledAnswer): SettledCall | null {
     const call = this.inFlight.get(id);
-    if (!call) return false;
+    if (!call) return null;
     this.inFlight.delete(id);
     const { usage, status, upstreamStatus } = answer;
     const reserved = call.hold.cost;
     if (usage.kind === 'usage') {
       const total = usage.prompt + usage.completion;
       const bound = Math.min(call.limitTokens, Math.ceil(reserved * (1 + USAGE_OVERRUN.share)) + USAGE_OVERRUN.tokens);
-      if (total <= bound) this.charge(call, { taken: true, prompt: usage.prompt, completion: usage.completion, charged: total, seen: true });
-      else
-        this.refuseUsage(
-          call,
-          'implausible',
-          `reported ${usage.prompt}+${usage.completion} tokens, above the ${bound} the call could use (reserved ${reserved}, smallest limit ${call.limitTokens})`,
-          status,
-          upstreamStatus,
-        );
-    } else if (usage.kind === 'invalid') {
-      this.refuseUsage(call, 'invalid', usage.reason, status, upstreamStatus);
-    } else if (upstreamStatus ? refusedByUpstream(upstreamStatus) : status >= 400) {
-      this.charge(call, { taken: false, charged: 0, seen: true });
-    } else {
-      this.charge(call, { taken: status < 400 ? true : null, charged: reserved, seen: false });
+      if (total <= bound) return this.charge(call, { taken: true, prompt: usage.prompt, completion: usage.completion, charged: total, seen: true });
+      return this.refuseUsage(
+        call,
+        'implausible',
+        `reported ${usage.prompt}+${usage.completion} tokens, above the ${bound} the call could use (reserved ${reserved}, smallest limit ${call.limitTokens})`,
+        status,
+        upstreamStatus,
+      );
     }
-    return true;
+    if (usage.kind === 'invalid') return this.refuseUsage(call, 'invalid', usage.reason, status, upstreamStatus);
+    if (upstreamStatus ? refusedByUpstream(upstreamStatus) : status >= 400) return this.charge(call, { taken: false, charged: 0, seen: true });
+    return this.charge(call, { taken: status < 400 ? true : null, charged: reserved, seen: false });
   }
 
   /** Usage that cannot be believed: the call keeps its reservation; logged and counted. */
-  private refuseUsage(call: InFlight, reason: 'invalid' | 'implausible', detail: string, status: number, upstreamStatus: string | null): void {
+  private refuseUsage(call: InFlight, reason: 'invalid' | 'implausible', detail: string, status: number, upstreamStatus: string | null): SettledCall {
     this.options.log.warn(
       { project: call.project, model: call.model, status, upstreamStatus, reserved: call.hold.cost, detail },
       'usage reported for an LLM call not believed; charged its reservation',
     );
     this.options.events?.usageRefused(call.project, reason);
-    this.charge(call, { taken: null, charged: call.hold.cost, seen: false });
+    return this.charge(call, { taken: null, charged: call.hold.cost, seen: false });
   }
 
-  private charge(call: InFlight, { taken, prompt = 0, completion = 0, charged, seen }: Charge): void {
+  private charge(call: InFlight, { taken, prompt = 0, completion = 0, charged, seen }: Charge): SettledCall {
     const model = this.usageModel(call, taken);
     this.ledger.settle(call.hold, charged);
     this.usage.record(call.project, model, Date.now(), {
@@ -361,6 +368,7 @@ export class GatewayBudgets {
       unsettled: seen ? 0 : 1,
     });
     this.options.events?.settled(call.project, model, { prompt, completion, charged, seen });
+    return { model: call.model, reserved: call.hold.cost, prompt, completion, charged, seen };
   }
 
   /** Calls never settled within the timeout keep their reservation as their charge. */

@@ -38,6 +38,8 @@ import { createCmsMetrics } from './metrics.js';
 import { HttpProblem, ProblemType, sendProblem } from '../http/problem.js';
 import { PolicyWriter } from './policy-writer.js';
 import { RegoCompiler } from './rego-compiler.js';
+import { registerTracing } from './tracing.js';
+import { startTracing, type TracingConfig } from '../runtime/tracing.js';
 import { storeProblem, wwwAuthenticate } from './request.js';
 import { BudgetStore } from '../budget/store.js';
 import { budgetRoutes } from './routes/budgets.js';
@@ -91,6 +93,8 @@ export interface CmsAppOptions {
   policySigning?: PolicySigningConfig | null;
   /** pino logger for requests and audit lines; default: info level to stderr. */
   logger?: Logger;
+  /** Where spans are exported (OTEL_*, cms/config.ts); absent or null: no traces. */
+  tracing?: TracingConfig | null;
 }
 
 /** A route as registered, for the OpenAPI completeness check. */
@@ -205,6 +209,8 @@ export async function buildCmsApp(options: CmsAppOptions): Promise<FastifyInstan
     bodyLimit: options.bodyLimitBytes ?? DEFAULT_BODY_LIMIT_BYTES,
     return503OnClosing: true,
   });
+  // First of the hooks: every later one and the handler run inside the request's span.
+  if (options.tracing) registerTracing(app, startTracing(options.tracing));
   app.decorateRequest('identity', null);
   app.decorate('cmsRoutes', [] as RegisteredRoute[]);
   app.addHook('onRoute', (route) => {

@@ -29,9 +29,13 @@
  *                           are written unsigned, which the start log says
  *   POLICY_SIGNING_KEY_ID   the key's kid, as the gateways' JWKS names its public key (required with the file)
  *   LOG_LEVEL               pino level (default info)
+ *   OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, OTEL_EXPORTER_OTLP_PROTOCOL, OTEL_SERVICE_NAME,
+ *   OTEL_TRACES_SAMPLER, OTEL_TRACES_SAMPLER_ARG, OTEL_SDK_DISABLED  traces (runtime/tracing.ts); no endpoint: none
+ *                           (service name default gatehouse-cms)
  *   JWT_*                   token verification, see identity/config.ts
  */
 import { opaPath } from '../runtime/paths.js';
+import { tracingConfigFromEnv, type TracingConfig } from '../runtime/tracing.js';
 import { identityConfigFromEnv, type IdentityConfig } from '../identity/index.js';
 import { availableParallelism } from 'node:os';
 import { DEFAULT_ETCD_MAX_REQUEST_BYTES, DEFAULT_HISTORY_RETENTION } from '../policy/store/index.js';
@@ -81,6 +85,8 @@ export interface CmsConfig {
   /** How policy versions are signed; null: unsigned. */
   policySigning: PolicySigningConfig | null;
   logLevel: string;
+  /** Where spans are exported (OTEL_*); null: traces are off. */
+  tracing: TracingConfig | null;
 }
 
 /** The key the CMS signs policy versions with (POLICY_SIGNING_KEY_FILE, POLICY_SIGNING_KEY_ID). */
@@ -143,5 +149,6 @@ export function cmsConfigFromEnv(env: NodeJS.ProcessEnv = process.env): CmsConfi
     accessPolicyWasmPath: env.CMS_ACCESS_POLICY_WASM?.trim() || defaultAccessPolicyWasmPath(),
     policySigning: policySigningFromEnv(env),
     logLevel: env.LOG_LEVEL?.trim() || 'info',
+    tracing: tracingConfigFromEnv(env, 'gatehouse-cms'),
   };
 }

@@ -36,6 +36,7 @@ import { waitForFleet } from './fleet.js';
 import type { CmsMetrics } from './metrics.js';
 import { renderTests, type PolicyBody } from './policy-body.js';
 import { DEFAULT_REPLAY_TIMEOUT_MS, replay, type ReplayInputs, type ReplayReport } from './replay.js';
+import { inSpan } from './tracing.js';
 import { PolicyTestsFailedError, PolicyTestsStoppedError, policySubmission, type CompiledPolicy, type RegoCompiler } from './rego-compiler.js';
 
 export interface PolicyWriterOptions {
@@ -283,7 +284,7 @@ export class PolicyWriter {
     if (conditions.ifVersion !== undefined || conditions.ifAbsent) await this.store.checkWriteConditions(name, conditions);
     let compiled;
     try {
-      compiled = await this.compiler.compile(policy.rego, policy.dataText, policy.tests);
+      compiled = await inSpan('compile', () => this.compiler.compile(policy.rego, policy.dataText, policy.tests), { 'gatehouse.policy.name': name });
       this.metrics.compileDuration.observe({ outcome: 'ok' }, compiled.durationMs / 1000);
     } catch (error) {
       const outcome = error instanceof PolicyTestsFailedError ? 'tests_failed' : error instanceof PolicyTestsStoppedError ? 'tests_stopped' : 'compile_error';
@@ -292,10 +293,15 @@ export class PolicyWriter {
     }
     await this.checkLoads(name, compiled, policy.dataText);
     const testsText = policy.tests === null ? null : renderTests(policy.tests);
-    const result = await this.store.put(
-      name,
-      { ...policySubmission(policy.rego, policy.dataText, compiled, author.sub), testsText, ...(rollout ? { rollout } : {}) },
-      conditions,
+    const result = await inSpan(
+      'etcd write',
+      () =>
+        this.store.put(
+          name,
+          { ...policySubmission(policy.rego, policy.dataText, compiled, author.sub), testsText, ...(rollout ? { rollout } : {}) },
+          conditions,
+        ),
+      { 'gatehouse.policy.name': name },
     );
     this.metrics.etcdWriteDuration.observe({ operation: 'put' }, result.etcdMs / 1000);
     this.metrics.policyWrites.inc({ operation: 'put', outcome: result.created ? 'created' : 'replaced' });
@@ -319,7 +325,7 @@ export class PolicyWriter {
   private async checkLoads(name: string, compiled: CompiledPolicy, dataText: string): Promise<void> {
     const source = engineSource(compiled, dataText);
     try {
-      await this.checks.evaluate(name, { source, entrypoint: compiled.entrypoint }, {});
+      await inSpan('load check', () => this.checks.evaluate(name, { source, entrypoint: compiled.entrypoint }, {}), { 'gatehouse.policy.name': name });
     } catch (error) {
       throw evaluationFailure(error, 'evaluated once on an empty input, the compiled policy', 'gateways would deny every request it decides');
     }

@@ -29,6 +29,7 @@
  * footprint does not grow with the host's cores. Test runs (`opa test`,
  * whose memory and time the tests decide) are at most `testConcurrency` at once.
  */
+import { inSpan } from './tracing.js';
 import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
@@ -373,7 +374,9 @@ export class RegoCompiler {
         throw new RegoCompileError(diagnostics ?? diagnosticsFromText(build.stderr, workDir));
       }
       const wasm = await readBundleWasm(join(workDir, 'bundle.tar.gz'));
-      const tested = testFiles ? await this.runTests(workDir, testFiles, syntaxVersion) : null;
+      const tested = testFiles
+        ? await inSpan('tests', () => this.runTests(workDir, testFiles, syntaxVersion), { 'gatehouse.policy.test_files': testFiles.length })
+        : null;
       return { wasm, entrypoint, syntaxVersion, opaVersion, durationMs: performance.now() - started, ...(tested ? { tests: tested } : {}) };
     } finally {
       await rm(workDir, { recursive: true, force: true });

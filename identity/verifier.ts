@@ -24,6 +24,8 @@ export interface Identity {
   /** Every verified claim, for plugins that need more than the three above. */
   claims: JWTPayload;
   isPlatformAdmin: boolean;
+  /** The kid of the key that verified the token (for traces). */
+  keyId?: string;
 }
 
 export interface IdentityVerifier {
@@ -213,6 +215,7 @@ export function createIdentityVerifier(config: IdentityConfig): IdentityVerifier
       project: stringClaim(payload, config.claimNames.project),
       claims: payload,
       isPlatformAdmin: role === PLATFORM_ADMIN_ROLE,
+      keyId: header.kid,
     };
   }
 

@@ -6,6 +6,7 @@
 //   etcd, haproxy, keepalived, flatc, chromium -> Debian packages, when missing from PATH
 //   opa           -> built once from the pinned Go module in dev/opa
 //   vault         -> built once from the pinned Go module in dev/vault
+//   otelcol       -> the OpenTelemetry Collector's core components, built once from dev/otelcol
 //   apisix        -> APISIX 3.9.1 built once from the APISIX kit (dev/apisix/kit/README.md),
 //                    unless APISIX_HOME names an installed one
 import { execFileSync, spawnSync } from 'node:child_process';
@@ -102,6 +103,27 @@ function ensureVault() {
   writeFileSync(stampFile, `${version}\n`);
 }
 
+function pinnedOtelcolVersion() {
+  const gomod = readFileSync(join(root, 'dev/otelcol/go.mod'), 'utf8');
+  const match = gomod.match(/go\.opentelemetry\.io\/collector\/otelcol (v[\w.\-]+)/);
+  if (!match) throw new Error('dev/otelcol/go.mod does not pin go.opentelemetry.io/collector/otelcol');
+  return match[1];
+}
+
+// The traces tests' collector (dev/otelcol/index.ts): OTLP receiver, otlphttp and debug exporters.
+function ensureOtelcol() {
+  if (process.env.OTELCOL_BINARY && existsSync(process.env.OTELCOL_BINARY)) return;
+  const bin = join(root, '.local/bin/otelcol');
+  const stampFile = join(root, '.local/bin/otelcol.version');
+  const version = pinnedOtelcolVersion();
+  if (existsSync(bin) && existsSync(stampFile) && readFileSync(stampFile, 'utf8').trim() === version) return;
+  if (!onPath('go')) throw new Error('Go is needed to build otelcol (dev/otelcol); install Go 1.26+');
+  log(`building otelcol ${version} from the Go module proxy (first time only, a minute or two)`);
+  mkdirSync(dirname(bin), { recursive: true });
+  run('go', ['build', '-o', bin, '.'], { cwd: join(root, 'dev/otelcol') });
+  writeFileSync(stampFile, `${version}\n`);
+}
+
 // The kit lives beside the checkout (../shared/apisix-kit), or beside the
 // repository a clone was made from; APISIX_KIT names it explicitly.
 function findApisixKit() {
@@ -179,6 +201,7 @@ try {
   ensureDebianPackages();
   ensureOpa();
   ensureVault();
+  ensureOtelcol();
   ensureApisix();
 } catch (err) {
   log(`failed: ${err.message}`);

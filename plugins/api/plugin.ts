@@ -25,6 +25,27 @@ export interface CallContext {
    * fixed list, they never enter a policy input either.
    */
   readonly credentialHeaders?: ReadonlySet<string>;
+  /**
+   * The span of the plugin running, when the runner exports traces
+   * (OTEL_*); absent otherwise, so `ctx.trace?.attributes({...})` costs a
+   * null check. What a plugin adds is what it decided (a policy, a path
+   * template, an issuer): never a token, a secret, a credential header's
+   * value or a body.
+   */
+  readonly trace?: TraceHook;
+}
+
+/** Values a span attribute may hold. */
+export type TraceAttributes = Record<string, string | number | boolean | readonly string[] | readonly number[]>;
+
+export interface TraceHook {
+  /** Adds attributes to the running plugin's span. */
+  attributes(attributes: TraceAttributes): void;
+  /**
+   * The call is settled after its response under `reservation` (an LLM
+   * budget's reservation id): the settle span joins this request's trace.
+   */
+  settlesLater(reservation: string, attributes: TraceAttributes): void;
 }
 
 export interface Plugin<Conf = unknown> {

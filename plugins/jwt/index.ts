@@ -64,6 +64,7 @@ function verifyingPlugin(verifier: IdentityVerifier): Plugin<JwtConf> {
       } catch (err) {
         if (!(err instanceof AuthenticationError)) throw err;
         ctx.log.info({ failure: err.failure, requestId: request.id }, 'token refused');
+        ctx.trace?.attributes({ 'gatehouse.jwt.failure': err.failure });
         if (err.isServerSide) {
           response.problem(503, 'token verification is unavailable');
           return;
@@ -74,6 +75,12 @@ function verifyingPlugin(verifier: IdentityVerifier): Plugin<JwtConf> {
       }
 
       identitySlot.set(ctx, identity);
+      // Who issued the token and with which key: never the token or its other claims.
+      ctx.trace?.attributes({
+        'gatehouse.jwt.issuer': typeof identity.claims.iss === 'string' ? identity.claims.iss : '',
+        'gatehouse.jwt.kid': identity.keyId ?? '',
+        ...(identity.project !== null ? { 'gatehouse.project': identity.project } : {}),
+      });
       if (conf.forward_identity) {
         request.headers.set(IDENTITY_HEADERS.sub, identity.sub);
         if (identity.role !== null) request.headers.set(IDENTITY_HEADERS.role, identity.role);

@@ -47,6 +47,14 @@ const schema = {
   },
 };
 
+/** gen_ai.operation.name of each endpoint (OpenTelemetry's GenAI semantic conventions). */
+const GEN_AI_OPERATIONS: Record<LlmEndpoint, string> = {
+  '/v1/chat/completions': 'chat',
+  '/v1/completions': 'text_completion',
+  '/v1/embeddings': 'embeddings',
+  '/v1/responses': 'chat',
+};
+
 /** `budgets` is null without etcd: routes naming `llm-budget` then fail at PrepareConf. */
 export function createLlmBudgetPlugin(budgets: GatewayBudgets | null, configError = 'ETCD_ENDPOINTS is not set'): Plugin<LlmBudgetConf> {
   if (!budgets) return unavailablePlugin('llm-budget', `budgets are not available (${configError})`);
@@ -159,6 +167,13 @@ function meteringPlugin(budgets: GatewayBudgets): Plugin<LlmBudgetConf> {
         response.headers.set('retry-after', String(result.retryAfterSeconds));
         return;
       }
+      // The settle span (after the answer) joins this request's trace by the reservation id.
+      ctx.trace?.settlesLater(requestId, {
+        'gen_ai.operation.name': GEN_AI_OPERATIONS[endpoint],
+        'gen_ai.request.model': model ?? 'unknown',
+        'gatehouse.project': project,
+        'gatehouse.budget.reserved': cost,
+      });
       if (rewritten) {
         // APISIX sets the body after the headers, with its own Content-Length.
         request.setBody(JSON.stringify(body));

@@ -218,24 +218,35 @@ export function createOpaPlugin(deps: OpaPluginDeps): Plugin<OpaConf> {
 
     async requestFilter(conf, request, response, ctx) {
       const log = decisionLog.log;
-      if (!log || !shouldLog(conf.decisionLog)) return decide(conf, request, response, ctx, null);
+      const logged = log !== null && shouldLog(conf.decisionLog);
+      // The trail feeds the decision log and the span (runner traces); without either, none is kept.
+      if (!logged && !ctx.trace) return decide(conf, request, response, ctx, null);
       const started = process.hrtime.bigint();
       const trail: DecisionTrail = { input: null, policies: [], outcome: null };
       try {
         await decide(conf, request, response, ctx, trail);
       } finally {
         const status = response.stopped ? response.status || 200 : 200;
-        log.emit({
-          time: new Date().toISOString(),
-          gateway: decisionLog.gateway,
-          route: ctx.route ?? null,
-          policies: trail.policies,
-          result: trail.outcome ?? (response.stopped ? (status >= 500 ? 'error' : 'deny') : 'allow'),
-          status,
-          latencyUs: Math.round(Number(process.hrtime.bigint() - started) / 1000),
-          input: trail.input,
-          mask: conf.decisionLog.mask,
+        const result = trail.outcome ?? (response.stopped ? (status >= 500 ? 'error' : 'deny') : 'allow');
+        // The policies' names, versions and results: never the input.
+        ctx.trace?.attributes({
+          'gatehouse.policy.names': trail.policies.map((p) => p.name),
+          'gatehouse.policy.versions': trail.policies.map((p) => p.version),
+          'gatehouse.policy.results': trail.policies.map((p) => p.result),
+          'gatehouse.decision.result': result,
         });
+        if (logged)
+          log.emit({
+            time: new Date().toISOString(),
+            gateway: decisionLog.gateway,
+            route: ctx.route ?? null,
+            policies: trail.policies,
+            result,
+            status,
+            latencyUs: Math.round(Number(process.hrtime.bigint() - started) / 1000),
+            input: trail.input,
+            mask: conf.decisionLog.mask,
+          });
       }
     },
   };

@@ -9,6 +9,7 @@ import { GatewayRequest, StopResponse, UpstreamResponse, problemDocument, toByte
 import type { CallContext } from '../api/plugin.js';
 import type { PreparedPlugin } from './conf-store.js';
 import { formatIp } from './ip.js';
+import { failed, type RequestTrace, type RunnerTraces } from './tracing.js';
 
 /** A failure of the connection itself, not of a plugin: it ends the call. */
 export class ConnectionFault extends Error {}
@@ -60,7 +61,18 @@ function credentialHeadersOf(chain: PreparedPlugin[]): ReadonlySet<string> {
   return names;
 }
 
-export async function runRequestChain(chain: PreparedPlugin[], call: HttpReqCallRequest, extra: ExtraInfoSource, log: Logger): Promise<HttpReqCallResponse> {
+/**
+ * Runs `chain` for one request. With `traces` (OTEL_* set), the request has
+ * a span, each plugin a child span, and the upstream is sent its traceparent;
+ * without, nothing of it is made.
+ */
+export async function runRequestChain(
+  chain: PreparedPlugin[],
+  call: HttpReqCallRequest,
+  extra: ExtraInfoSource,
+  log: Logger,
+  traces: RunnerTraces | null = null,
+): Promise<HttpReqCallResponse> {
   const request = new GatewayRequest(
     {
       id: call.id,
@@ -73,7 +85,12 @@ export async function runRequestChain(chain: PreparedPlugin[], call: HttpReqCall
     extra,
   );
   const response = new StopResponse();
-  const ctx: CallContext = { state: new Map(), log, route: chain[0]?.route ?? null, credentialHeaders: credentialHeadersOf(chain) };
+  const route = chain[0]?.route ?? null;
+  if (traces) {
+    const requestTrace = traces.startRequest({ method: call.method, path: request.path, header: (name) => request.headers.get(name) ?? undefined }, route);
+    return tracedRequestChain(chain, call, request, response, log, requestTrace);
+  }
+  const ctx: CallContext = { state: new Map(), log, route, credentialHeaders: credentialHeadersOf(chain) };
 
   for (const { plugin, conf } of chain) {
     try {
@@ -85,11 +102,59 @@ export async function runRequestChain(chain: PreparedPlugin[], call: HttpReqCall
     }
     if (response.stopped) return { id: call.id, action: stopAction(response) };
   }
+  return rewriteOf(call.id, request);
+}
 
-  if (!request.isChanged) return { id: call.id, action: null };
+/** runRequestChain with spans: the request's, each plugin's, and traceparent for the upstream. */
+async function tracedRequestChain(
+  chain: PreparedPlugin[],
+  call: HttpReqCallRequest,
+  request: GatewayRequest,
+  response: StopResponse,
+  log: Logger,
+  requestTrace: RequestTrace,
+): Promise<HttpReqCallResponse> {
+  const { span } = requestTrace;
+  const ctx: CallContext = { state: new Map(), log, route: chain[0]?.route ?? null, credentialHeaders: credentialHeadersOf(chain), trace: requestTrace };
+  try {
+    for (const { plugin, conf } of chain) {
+      const pluginSpan = requestTrace.startPlugin(plugin.name);
+      try {
+        await plugin.requestFilter(conf, request, response, ctx);
+      } catch (err) {
+        failed(pluginSpan, 'plugin failed');
+        pluginSpan.end();
+        if (err instanceof ConnectionFault) {
+          failed(span, 'connection failed');
+          throw err;
+        }
+        log.error({ err, plugin: plugin.name, requestId: call.id }, 'plugin failed; denying the request');
+        failed(span, `plugin ${plugin.name} failed`);
+        span.setAttributes({ 'gatehouse.outcome': 'stop', 'http.response.status_code': 500 });
+        return { id: call.id, action: problemStop(500, `plugin ${plugin.name} failed`) };
+      }
+      if (response.stopped) {
+        const action = stopAction(response);
+        pluginSpan.setAttribute('http.response.status_code', action.status);
+        pluginSpan.end();
+        span.setAttributes({ 'gatehouse.outcome': 'stop', 'gatehouse.stopped_by': plugin.name, 'http.response.status_code': action.status });
+        return { id: call.id, action };
+      }
+      pluginSpan.end();
+    }
+    for (const [name, value] of Object.entries(requestTrace.upstreamHeaders())) request.headers.set(name, value);
+    span.setAttribute('gatehouse.outcome', 'pass');
+    return rewriteOf(call.id, request);
+  } finally {
+    span.end();
+  }
+}
+
+function rewriteOf(id: number, request: GatewayRequest): HttpReqCallResponse {
+  if (!request.isChanged) return { id, action: null };
   const { path, body } = request.rewritten;
   return {
-    id: call.id,
+    id,
     action: {
       type: 'rewrite',
       path,

@@ -31,6 +31,9 @@
 //   POLICY_EVAL_TIMEOUT_MS       the pool's deadline per evaluation (default 500)
 //   BUDGET_SETTLE_TIMEOUT_SECONDS  how long a call's reservation waits for its answer's usage (default 900)
 //   BUDGET_HOLDER_TTL_SECONDS    the lease of this runner's share of the budget ledger (default 10)
+//   OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, OTEL_EXPORTER_OTLP_PROTOCOL, OTEL_SERVICE_NAME,
+//   OTEL_TRACES_SAMPLER, OTEL_TRACES_SAMPLER_ARG, OTEL_SDK_DISABLED  traces (runtime/tracing.ts); no endpoint: none
+//                                (service name default gatehouse-runner)
 //   RUNNER_WORKER_INDEX, RUNNER_WORKER_RESPAWN  set by the primary for each worker it forks (cluster.ts), not by hand
 //
 // Without ETCD_ENDPOINTS, what only matters with etcd (the POLICY_*, BUDGET_*
@@ -45,6 +48,7 @@ import { decisionLogSettings, type DecisionLogSettings } from '../../policy/deci
 import { reportTtlSeconds } from '../../policy/fleet/report.js';
 import { verifyKeysFileFromEnv } from '../../policy/signing/index.js';
 import { vaultConfigFromEnv, type VaultConfig } from '../vault/config.js';
+import { tracingConfigFromEnv, type TracingConfig } from '../../runtime/tracing.js';
 
 export interface RunnerConfig {
   listenAddress: string;
@@ -82,6 +86,8 @@ export interface RunnerConfig {
   identity: { config: IdentityConfig; verifyCacheSeconds: number } | { error: string };
   /** Vault access (null: VAULT_ADDR unset), or why its configuration is refused; without it routes using the vault plugin fail. */
   vault: { config: VaultConfig | null } | { error: string };
+  /** Where spans are exported (OTEL_*); null: traces are off. */
+  tracing: TracingConfig | null;
 }
 
 function positiveNumber(name: string, raw: string | undefined, fallback: number): number {
@@ -144,6 +150,7 @@ export function runnerConfigFromEnv(env: NodeJS.ProcessEnv = process.env): Runne
     },
     identity: identityFromEnv(env),
     vault: vaultFromEnv(env),
+    tracing: tracingConfigFromEnv(env, 'gatehouse-runner'),
   };
 }
 

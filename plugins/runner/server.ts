@@ -31,6 +31,7 @@ import { ConfStore, routeOfKey, type PreparedPlugin } from './conf-store.js';
 import type { PluginRegistry } from './registry.js';
 import { removeStaleSocket, socketPathOf } from './socket-file.js';
 import { CallAbortedError, ProtocolViolation, problemStop, runRequestChain, runResponseChain } from './chain.js';
+import type { RunnerTraces } from './tracing.js';
 
 export interface RunnerOptions {
   /** APISIX_LISTEN_ADDRESS: `unix:/path.sock` or a bare path. */
@@ -53,6 +54,8 @@ export interface RunnerOptions {
   issueToken?: (entries: ConfEntry[], key: string | null) => Promise<number>;
   /** Own the socket file: remove a stale one before listening and ours at stop (default true; a cluster's primary does both). */
   removeStaleSocket?: boolean;
+  /** Spans for each request (OTEL_*); null or absent: none. */
+  traces?: RunnerTraces | null;
 }
 
 export interface ConfEntry {
@@ -247,7 +250,7 @@ export class Runner {
         if (!chain) return this.sendError(conn, 'CONF_TOKEN_NOT_FOUND');
         let answer: Buffer;
         try {
-          answer = encodeHttpReqCallResponseFrame(await runRequestChain(chain, call, extra, this.log));
+          answer = encodeHttpReqCallResponseFrame(await runRequestChain(chain, call, extra, this.log, this.options.traces ?? null));
         } catch (err) {
           if (!(err instanceof FrameTooLargeError)) throw err;
           this.log.error({ requestId: call.id, size: err.size }, 'answer exceeds the frame limit; denying');

@@ -24,6 +24,8 @@ import type { VaultConfig } from '../vault/config.js';
 import { VaultSession } from '../vault/session.js';
 import { GatewayBudgets } from '../../budget/gateway.js';
 import { startSettleServer, type SettleEntry } from './budget-settle.js';
+import { RunnerTraces } from './tracing.js';
+import { startTracing } from '../../runtime/tracing.js';
 import type { Logger } from 'pino';
 
 const ACCESS_POLICY_WASM = defaultAccessPolicyWasmPath();
@@ -152,6 +154,9 @@ export async function runWorker(config: RunnerConfig): Promise<void> {
     const ready = policies === null || policies.source !== 'none';
     return budgets ? { ready, policies, budgets: budgets.isLoaded ? 'loaded' : 'not loaded' } : { ready, policies };
   }
+  // Traces only with OTEL_*: otherwise no SDK is started and requests make no span objects.
+  const traces = config.tracing ? new RunnerTraces(startTracing(config.tracing), config.budgets.settleTimeoutMs) : null;
+  if (config.tracing) log.info({ endpoint: config.tracing.url, protocol: config.tracing.protocol }, 'traces exported');
   let link: WorkerLink | null = null;
   const runner: Runner = new Runner({
     listenAddress: config.listenAddress,
@@ -182,6 +187,7 @@ export async function runWorker(config: RunnerConfig): Promise<void> {
       }),
     ),
     log,
+    traces,
     ...(clustered ? { issueToken: (entries, key) => link!.issueToken(entries, key), removeStaleSocket: false } : {}),
   });
   if (clustered) {
@@ -223,7 +229,10 @@ export async function runWorker(config: RunnerConfig): Promise<void> {
   }
 
   function settleCalls(entries: SettleEntry[]): void {
-    for (const entry of entries) budgets?.settle(entry.reservation, entry);
+    for (const entry of entries) {
+      const settled = budgets?.settle(entry.reservation, entry);
+      if (settled && traces) traces.settled(entry.reservation, entry.status, settled);
+    }
   }
 
   // Alone, this process takes the settle port; in a cluster the primary does.
@@ -246,6 +255,7 @@ export async function runWorker(config: RunnerConfig): Promise<void> {
         else await decisionLog?.close();
         vault.session?.stop();
         etcd?.close();
+        await traces?.shutdown().catch((err: Error) => log.warn({ err: err.message }, 'spans not all exported'));
       })
       .catch((err) => log.error({ err }, 'error while stopping'))
       .finally(() => {

@@ -103,9 +103,16 @@ export function createVaultPlugin(deps: VaultPluginDeps): Plugin<VaultConf> & { 
         path = path.replaceAll('{project}', project);
       }
 
+      const key = JSON.stringify([conf.mount, path]);
+      // The path as configured ({project} unresolved) and whether the cache had it: never the secret.
+      ctx.trace?.attributes({
+        'gatehouse.vault.mount': conf.mount,
+        'gatehouse.vault.path_template': conf.path,
+        'gatehouse.vault.cache_hit': cache.isFresh(key),
+      });
       let secret: Record<string, unknown>;
       try {
-        secret = await cache.get(JSON.stringify([conf.mount, path]));
+        secret = await cache.get(key);
       } catch (error) {
         if (!(error instanceof SecretUnavailableError)) throw error;
         const cause = error.cause as { message?: string; status?: number | null } | undefined;

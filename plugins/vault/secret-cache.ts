@@ -57,6 +57,12 @@ export class SecretCache<T> {
     }
   }
 
+  /** Whether `get(key)` would answer from the cache now, without asking Vault. */
+  isFresh(key: string): boolean {
+    const entry = this.entries.get(key);
+    return entry !== undefined && this.now() - entry.fetchedAt < this.options.ttlMs;
+  }
+
   /** One fetch per key at a time; a failure keeps the previous value. */
   private refresh(key: string): Promise<T> {
     const running = this.inFlight.get(key);

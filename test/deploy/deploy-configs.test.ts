@@ -317,6 +317,7 @@ describe('what nginx lets through to the runner', () => {
     'policy/engine/cache.ts',
     'policy/engine/index.ts',
     'policy/engine/pool.ts',
+    'runtime/tracing.ts',
   ];
   // Set by APISIX itself when it starts the runner, not passed from its own environment.
   // Set by APISIX, or by the runner's primary for its own workers (cluster.ts).
