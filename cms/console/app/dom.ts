@@ -5,7 +5,7 @@
 import { basicSetup, EditorView } from 'codemirror';
 import { EditorState } from '@codemirror/state';
 import { json } from '@codemirror/lang-json';
-import type { Diagnostic } from '@codemirror/lint';
+import { setDiagnostics, type Diagnostic } from '@codemirror/lint';
 import { claims, type Problem } from './api.js';
 
 /** Where pages render. */
@@ -45,4 +45,27 @@ export function at(view: EditorView, row: number | undefined, col: number | unde
   const line = view.state.doc.line(Math.min(Math.max(row ?? 1, 1), view.state.doc.lines));
   const from = Math.min(line.from + Math.max((col ?? 1) - 1, 0), line.to);
   return { from, to: Math.max(from + 1, line.to), severity: 'error', message };
+}
+
+/**
+ * A refused write of a policy: its errors marked in the Rego and data editors
+ * at their row and column, and every error and test failure listed in
+ * `message` under `headline` (the status and the problem's words unless given).
+ */
+export function showWriteProblem(message: HTMLElement, rego: EditorView, data: EditorView, status: number, problem: Problem, headline?: string): void {
+  const lines: string[] = [];
+  const regoMarks: Diagnostic[] = [];
+  const dataMarks: Diagnostic[] = [];
+  for (const e of problem.errors ?? []) {
+    lines.push(`${e.file ?? ''}:${e.row ?? 0}:${e.col ?? 0}: ${e.message ?? ''}`);
+    if (e.file === 'data.json') dataMarks.push(at(data, e.row, e.col, e.message ?? 'error'));
+    else if (!e.file || e.file === 'policy.rego') regoMarks.push(at(rego, e.row, e.col, e.message ?? 'error'));
+  }
+  for (const f of problem.failures ?? []) lines.push(`${f.file ?? ''}:${f.row ?? 0}: FAIL ${f.name ?? ''}: ${f.message ?? ''}`);
+  rego.dispatch(setDiagnostics(rego.state, regoMarks));
+  data.dispatch(setDiagnostics(data.state, dataMarks));
+  message.replaceChildren(
+    el('p', { className: 'error', textContent: headline ?? `${status} ${problem.title ?? ''}: ${problem.detail ?? ''}` }),
+    ...lines.map((line) => el('div', { className: 'error diagnostic', textContent: line })),
+  );
 }

@@ -4,6 +4,8 @@
 import { claims, signOut, token } from './api.js';
 import { isAdmin } from './dom.js';
 import { budgetsView, budgetView } from './pages/budgets.js';
+import { fleetView } from './pages/fleet.js';
+import { newPolicyView } from './pages/new-policy.js';
 import { listView } from './pages/policies.js';
 import { playgroundView } from './pages/playground.js';
 import { policyView } from './pages/policy.js';
@@ -18,6 +20,7 @@ function header(): void {
   const c = claims();
   who.textContent = token() ? `${c.sub ?? '?'}${isAdmin() ? ' (platform admin)' : c.project ? ` (project ${c.project})` : ''}` : '';
   out.hidden = !token();
+  document.getElementById('nav-fleet')!.hidden = !isAdmin();
   out.onclick = () => {
     signOut();
     location.hash = '#/';
@@ -31,6 +34,8 @@ const routes: [RegExp, (...captures: string[]) => Promise<(() => void) | void>][
   [/^#\/budgets$/, () => budgetsView()],
   [/^#\/b\/([a-z0-9-]+)$/, (project) => budgetView(project)],
   [/^#\/p\/([a-z0-9-]+)\/playground$/, (name) => playgroundView(name)],
+  [/^#\/fleet$/, () => fleetView()],
+  [/^#\/new$/, () => newPolicyView()],
   [/^(#\/?)?$/, () => listView()],
 ];
 
