@@ -9,6 +9,11 @@ import { startTracing, tracingConfigFromEnv } from '../../runtime/tracing.js';
 import { runnerConfigFromEnv } from '../../plugins/runner/config.js';
 import { cmsConfigFromEnv } from '../../cms/config.js';
 import { startLocalCollector, type LocalCollector } from '../../dev/otelcol/index.js';
+import { pino } from 'pino';
+import { runRequestChain } from '../../plugins/runner/chain.js';
+import { RunnerTraces } from '../../plugins/runner/tracing.js';
+import type { CallContext, Plugin } from '../../plugins/api/plugin.js';
+import type { HttpReqCallRequest } from '../../plugins/protocol/index.js';
 
 const JWT = { JWT_JWKS_FILE: '/nonexistent/jwks.json', JWT_ISSUER: 'https://idp.test', JWT_AUDIENCE: 'gatehouse' };
 
@@ -106,4 +111,48 @@ describe('both OTLP/HTTP encodings reach the collector', () => {
       expect(contentTypes.at(-1)).toBe(mediaType);
     });
   }
+
+  it("the runner's chain: without traces no span and no hook; with them a request span, a plugin span, traceparent for the upstream", async () => {
+    const seen: (CallContext['trace'] | undefined)[] = [];
+    const plugin: Plugin<null> = {
+      name: 'probe',
+      parseConf: () => null,
+      requestFilter(_conf, _request, _response, ctx) {
+        seen.push(ctx.trace);
+        ctx.trace?.attributes({ 'probe.decided': 'yes' });
+      },
+    };
+    const call: HttpReqCallRequest = {
+      id: 7,
+      srcIp: new Uint8Array([127, 0, 0, 1]),
+      method: 'GET',
+      path: '/probe',
+      args: [],
+      headers: [{ name: 'authorization', value: 'Bearer secret-token-probe' }],
+      confToken: 1,
+    };
+    const extra = { variable: async () => null, requestBody: async () => new Uint8Array(0), responseBody: async () => new Uint8Array(0) };
+    const chain = [{ plugin, conf: null, route: 'probe-route' }];
+    const log = pino({ level: 'silent' });
+
+    // Off: the plugin gets no hook and the request goes on untouched.
+    expect(await runRequestChain(chain, call, extra, log, null)).toEqual({ id: 7, action: null });
+    expect(seen).toEqual([undefined]);
+
+    const tracing = startTracing(tracingConfigFromEnv({ OTEL_EXPORTER_OTLP_ENDPOINT: collector.endpoint, OTEL_SERVICE_NAME: 'probe-runner' }, 'x')!);
+    const answer = await runRequestChain(chain, call, extra, log, new RunnerTraces(tracing, 60_000));
+    await tracing.shutdown();
+    expect(seen[1]).toBeDefined();
+    const sent = answer.action?.type === 'rewrite' ? answer.action.headers : [];
+    const traceparent = sent.find((h) => h.name === 'traceparent')?.value ?? '';
+    expect(traceparent).toMatch(/^00-[0-9a-f]{32}-[0-9a-f]{16}-01$/);
+    const [, traceId, spanId] = traceparent.split('-');
+    const spans = await collector.until((all) => all.filter((s) => s.traceId === traceId).length === 2);
+    const request = spans.find((s) => s.spanId === spanId)!;
+    expect(request).toMatchObject({ name: 'GET probe-route', parentSpanId: '' });
+    const probe = spans.find((s) => s.traceId === traceId && s.name === 'probe')!;
+    expect(probe.parentSpanId).toBe(spanId);
+    expect(probe.attributes).toMatchObject({ 'gatehouse.plugin': 'probe', 'probe.decided': 'yes' });
+    expect(collector.raw.join('\n')).not.toContain('secret-token-probe');
+  });
 });
