@@ -208,6 +208,10 @@ Gatehouse local stack is up.
 
   gateway (${gatewayLabel}) ${gw}
   web console               ${gw}/console/  (demo sign-in buttons; or ${stack.cmsUrl}/console/)
+    policies                ${gw}/console/#/          (filter, pages, New policy)
+    a policy                ${gw}/console/#/p/${DEMO_PROJECT}  (editor, gateways, candidate, history; its playground: #/p/${DEMO_PROJECT}/playground)
+    fleet                   ${gw}/console/#/fleet     (every gateway, behind or stale)
+    budgets and usage       ${gw}/console/#/b/${DEMO_PROJECT}  (the budget, charts of tokens per hour and day)
   CMS (direct)              ${stack.cmsUrl}        (/healthz, /readyz, /metrics, /openapi.json)
   decision API (direct)     ${stack.decisionUrl}
   runner metrics            http://127.0.0.1:${port('RUNNER_METRICS_PORT', 9091)}/metrics  (/healthz, /readyz)

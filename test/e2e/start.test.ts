@@ -137,6 +137,9 @@ describe('npm start', () => {
   it('serves the web console through the gateway, with the demo sign-in', async () => {
     const address = /web console\s+(http:\/\/\S+)/.exec(printed)?.[1];
     expect(address).toMatch(/\/console\/$/);
+    // The console's pages, each named with its address.
+    for (const name of ['policies', 'a policy', 'fleet', 'budgets and usage'])
+      expect(printed).toMatch(new RegExp(`\\n    ${name}\\s+${address!.replace(/[.]/g, '\\.')}#/`));
     const page = await fetch(address!);
     expect(page.status).toBe(200);
     expect(await page.text()).toContain('/console/app.js');
