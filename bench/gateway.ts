@@ -17,6 +17,8 @@
 //   Gatehouse: jwt + opa, shadowed     the same route for a project whose policy has a candidate evaluated
 //                                       after every decision (sample_percent 100) that agrees with it; and for
 //                                       one whose candidate runs until its fuel is burned (a runaway candidate)
+//   Gatehouse: jwt + opa, traced        the jwt + opa row on a runner of its own exporting spans (OTEL_*) to a
+//                                       real OpenTelemetry Collector (dev/otelcol, spans dropped there)
 //   Gatehouse: LLM route with budgets   /llm/v1/chat/completions as apisix.yaml has it: jwt, opa (body, budget),
 //                                       llm-budget, vault (real Vault, cached key), path-rewrite, http-logger settle
 //
@@ -45,6 +47,7 @@ import { createDemoIdentity, DEMO_PLATFORM_POLICY, DEMO_PROJECT_POLICY } from '.
 import { pointRoutesAt, standaloneRoutesText } from '../dev/local-stack/index.js';
 import { startLocalVault } from '../dev/local-vault/index.js';
 import { startLocalEtcd } from '../dev/local-etcd/index.js';
+import { startLocalCollector } from '../dev/otelcol/index.js';
 import { findApisix, freePort, startApisix, type ApisixHandle, type ApisixInstallation } from '../dev/apisix/index.js';
 import { processTable } from '../dev/proc.js';
 import { createEtcdClient } from '../etcd/index.js';
@@ -185,7 +188,7 @@ interface Row {
 }
 
 interface Scenario {
-  key: 'direct' | 'opaServer' | 'opaDecision' | 'goRunner' | 'example' | 'jwtOpa' | 'jwtOpaShadow' | 'jwtOpaRunaway' | 'llm';
+  key: 'direct' | 'opaServer' | 'opaDecision' | 'goRunner' | 'example' | 'jwtOpa' | 'jwtOpaShadow' | 'jwtOpaRunaway' | 'jwtOpaTraced' | 'llm';
   name: string;
   /** Which process decides (its CPU per request is reported). */
   decider: string;
@@ -420,7 +423,7 @@ async function main({ processes, cleanups }: BenchScope) {
   writeFileSync(routesPath, standaloneRoutesText(routes));
 
   const runnerEnv = benchRunnerEnv({ etcdEndpoints: etcd.endpoints, workers, vault: { addr: vault.addr, ...approle }, extra: identityEnv });
-  const startGatehouse = async (name: string, editCmd?: (config: Document) => void) =>
+  const startGatehouse = async (name: string, editCmd?: (config: Document) => void, extraEnv: Record<string, string> = {}) =>
     startApisix({
       installation,
       repoRoot: root,
@@ -428,7 +431,7 @@ async function main({ processes, cleanups }: BenchScope) {
       port: await freePort(),
       workerProcesses: 2,
       // Its own settle port and state: the LLM route's http-logger posts to it.
-      env: { ...runnerEnv, RUNNER_STATE_DIR: join(work, `${name}-state`), RUNNER_SETTLE_PORT: String(await freePort()) },
+      env: { ...runnerEnv, RUNNER_STATE_DIR: join(work, `${name}-state`), RUNNER_SETTLE_PORT: String(await freePort()), ...extraEnv },
       // APISIX's own `opa` plugin, as it ships, added to this instance's plugin list only.
       edit: (config) => {
         config.addIn(['plugins'], 'opa');
@@ -438,6 +441,11 @@ async function main({ processes, cleanups }: BenchScope) {
     });
   const gatehouse = await startGatehouse('apisix-gatehouse');
   cleanups.unshift(() => gatehouse.stop());
+  // The same, with traces on: every request's spans exported to a real collector.
+  const collector = await startLocalCollector({ forward: false });
+  cleanups.unshift(() => collector.stop());
+  const traced = await startGatehouse('apisix-traced', undefined, { OTEL_EXPORTER_OTLP_ENDPOINT: collector.endpoint });
+  cleanups.unshift(() => traced.stop());
 
   // The Go runner's instance: the same config, its ext-plugin.cmd the Go runner.
   const goRoutesPath = join(work, 'apisix-go.yaml');
@@ -537,6 +545,15 @@ async function main({ processes, cleanups }: BenchScope) {
       headers: [runawayBearer],
     },
     {
+      key: 'jwtOpaTraced',
+      name: 'Gatehouse runner: jwt + opa, traced (OTLP to a collector)',
+      decider: 'runner (traced)',
+      apisix: traced,
+      deciderPid: runnerPid(traced),
+      path: '/rag/ask',
+      headers: [bearer],
+    },
+    {
       key: 'llm',
       name: 'Gatehouse runner: LLM route with budgets',
       decider: 'runner',
@@ -630,6 +647,10 @@ async function main({ processes, cleanups }: BenchScope) {
   for (const [what, got, wanted] of targets) console.log(`| ${what} | ${got.toFixed(2)}x | >= ${wanted.toFixed(1)}x | ${got >= wanted ? 'met' : 'NOT met'} |`);
   const chainCpu = row('jwtOpa').deciderCpu!;
   console.log(`| runner CPU per request on the /rag/ask chain | ${chainCpu.toFixed(1)} µs | <= 60 µs | ${chainCpu <= 60 ? 'met' : 'NOT met'} |`);
+  const tracedRatio = ratio(row('jwtOpaTraced').reqPerSecond, row('jwtOpa').reqPerSecond);
+  console.log(
+    `| jwt + opa with traces on vs off (req/s; runner CPU per request ${row('jwtOpaTraced').deciderCpu!.toFixed(1)} µs vs ${chainCpu.toFixed(1)} µs) | ${tracedRatio.toFixed(2)}x | (reported) | |`,
+  );
   // The evaluation bounds let a runaway tenant hold the thread about a tenth of the time (evaluator.ts).
   const runaway = ratio(row('jwtOpaRunaway').reqPerSecond, row('jwtOpa').reqPerSecond);
   console.log(
@@ -653,6 +674,7 @@ async function main({ processes, cleanups }: BenchScope) {
   if (profileDir) {
     // A runner of its own under the profiler, so that the rows above are not.
     await gatehouse.stop();
+    await traced.stop();
     await goApisix.stop();
     mkdirSync(profileDir, { recursive: true });
     const profiled = await startGatehouse('apisix-profiled', (config) => {

@@ -138,7 +138,12 @@ async function waitReady(endpoint: string, child: { exitCode: number | null; sig
   throw new Error(`otelcol did not serve on ${endpoint}:\n${output()}`);
 }
 
-export async function startLocalCollector(): Promise<LocalCollector> {
+/**
+ * `forward: false` (a benchmark's sink): spans are received and dropped by
+ * the collector's debug exporter, none reach `spans`.
+ */
+export async function startLocalCollector(options: { forward?: boolean } = {}): Promise<LocalCollector> {
+  const forward = options.forward ?? true;
   if (!existsSync(otelcolBinary)) {
     throw new Error(`no otelcol binary at ${otelcolBinary}: run \`npm run setup\` (builds dev/otelcol) or set OTELCOL_BINARY`);
   }
@@ -172,6 +177,8 @@ export async function startLocalCollector(): Promise<LocalCollector> {
       '    compression: none',
       '    sending_queue:',
       '      enabled: false',
+      '  debug:',
+      '    verbosity: basic',
       'service:',
       '  telemetry:',
       '    logs:',
@@ -182,7 +189,7 @@ export async function startLocalCollector(): Promise<LocalCollector> {
       '  pipelines:',
       '    traces:',
       '      receivers: [otlp]',
-      '      exporters: [otlphttp]',
+      `      exporters: [${forward ? 'otlphttp' : 'debug'}]`,
       '',
     ].join('\n'),
   );
