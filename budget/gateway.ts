@@ -321,10 +321,15 @@ export class GatewayBudgets {
    * charged nothing only when the upstream itself refused it (4xx), or when
    * it never reached an upstream and failed; a call the client abandoned,
    * one the upstream failed (5xx, no answer) and a success without usage
-   * keep their reservation: the provider may have run them. Returns what
-   * was charged, null for an id naming no call in flight.
+   * keep their reservation: the provider may have run them. Returns false
+   * for an id naming no call in flight.
    */
-  settle(id: string, answer: SettledAnswer): SettledCall | null {
+  settle(id: string, answer: SettledAnswer): boolean {
+    return this.settleCall(id, answer) !== null;
+  }
+
+  /** settle(), returning what the call was charged (for its trace), null for an id naming no call in flight. */
+  settleCall(id: string, answer: SettledAnswer): SettledCall | null {
     const call = this.inFlight.get(id);
     if (!call) return null;
     this.inFlight.delete(id);

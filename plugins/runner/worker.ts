@@ -230,7 +230,7 @@ export async function runWorker(config: RunnerConfig): Promise<void> {
 
   function settleCalls(entries: SettleEntry[]): void {
     for (const entry of entries) {
-      const settled = budgets?.settle(entry.reservation, entry);
+      const settled = budgets?.settleCall(entry.reservation, entry);
       if (settled && traces) traces.settled(entry.reservation, entry.status, settled);
     }
   }
