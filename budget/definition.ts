@@ -176,6 +176,14 @@ export function limitsFor(budget: Budget, model: string | null): BudgetLimit[] {
   return limits;
 }
 
+/** Every limit of a budget: the project's own windows, then each model's. */
+export function allLimits(budget: Budget): BudgetLimit[] {
+  return [
+    ...budget.windows.map((w) => ({ scope: '*', per: w.per, tokens: w.tokens })),
+    ...Object.entries(budget.models ?? {}).flatMap(([model, own]) => own.windows.map((w) => ({ scope: model, per: w.per, tokens: w.tokens }))),
+  ];
+}
+
 /** The block a gateway leases at a time for a limit. */
 export function blockTokens(budget: Budget, limit: BudgetLimit): number {
   const smallest = Math.min(...budget.windows.map((w) => w.tokens), ...Object.values(budget.models ?? {}).flatMap((m) => m.windows.map((w) => w.tokens)));

@@ -594,3 +594,50 @@ export class BudgetLedger {
     });
   }
 }
+
+/** Where one limit of a budget stands in its current window, as the ledger records it. */
+export interface LedgerWindow {
+  /** "*" for the project's own windows, else the model. */
+  scope: string;
+  per: BudgetLimit['per'];
+  limit: number;
+  /** Charged for calls that are over (settled, or a dead gateway's block). */
+  consumed: number;
+  /** Leased by live gateways for calls in flight and the calls to come; each gives back what it does not use. */
+  held: number;
+  /** Neither consumed nor held: what a gateway could lease now. */
+  available: number;
+  windowStart: string;
+  resetsAt: string;
+}
+
+/**
+ * Every limit of `budget` in its window at `nowMs`, read from the ledger
+ * (one read of each record; a window nobody has touched is untouched: nothing
+ * consumed, nothing held). Read only: what the CMS shows, not what decides.
+ */
+export async function readLedgerWindows(client: Etcd3, project: string, limits: BudgetLimit[], nowMs: number): Promise<LedgerWindow[]> {
+  return Promise.all(
+    limits.map(async (limit) => {
+      const { start, end } = windowBounds(limit.per, nowMs);
+      const text = await client.get(ledgerKey(project, limit.scope, limit.per, start)).string();
+      let consumed = 0;
+      let held = 0;
+      if (text !== null) {
+        const record = JSON.parse(text) as Allocation;
+        consumed = Math.max(0, Number(record.consumed) || 0);
+        held = Object.values(record.held ?? {}).reduce((n, tokens) => n + Math.max(0, Number(tokens) || 0), 0);
+      }
+      return {
+        scope: limit.scope,
+        per: limit.per,
+        limit: limit.tokens,
+        consumed,
+        held,
+        available: Math.max(0, limit.tokens - consumed - held),
+        windowStart: new Date(start).toISOString(),
+        resetsAt: new Date(end).toISOString(),
+      };
+    }),
+  );
+}

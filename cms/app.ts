@@ -257,7 +257,7 @@ export async function buildCmsApp(options: CmsAppOptions): Promise<FastifyInstan
   await app.register(candidateRoutes, { store, writer, etcd });
   await app.register(evaluateRoutes, { writer, access });
   await app.register(gatewayRoutes, { etcd });
-  await app.register(budgetRoutes, { store: budgets, metrics });
+  await app.register(budgetRoutes, { store: budgets, metrics, etcd });
   await app.register(consoleRoutes, options.consoleDemoTokens ? { demoTokens: options.consoleDemoTokens } : {});
   await app.register(healthRoutes, { store });
   await app.register(metricsRoutes, { metrics });

@@ -9,6 +9,7 @@
  *   PUT    /budgets/{project}                     create (201) or replace (200)
  *   GET    /budgets/{project}                     the budget document, ETag "<version>"
  *   DELETE /budgets/{project}                     204; history keeps the deletion
+ *   GET    /budgets/{project}/remaining           each limit in its current window: consumed, held by gateways, available
  *   GET    /budgets/{project}/history             retained versions, newest first
  *   GET    /budgets/{project}/history/{version}   one retained version
  *   GET    /budgets                               projects with a budget, in pages
@@ -16,7 +17,9 @@
  */
 import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify';
 import { parse as parseJson } from 'lossless-json';
-import { budgetProblems, type Budget } from '../../budget/definition.js';
+import type { Etcd3 } from 'etcd3';
+import { allLimits, budgetProblems, type Budget } from '../../budget/definition.js';
+import { readLedgerWindows } from '../../budget/ledger.js';
 import { HOUR_MS, isBudgetProject, type StoredBudget } from '../../budget/keys.js';
 import { usageByDay } from '../../budget/usage.js';
 import { budgetSha256, BudgetNotFoundError, StoredBudgetInvalidError, type BudgetStore } from '../../budget/store.js';
@@ -43,6 +46,9 @@ const LATEST_USAGE_MS = Date.UTC(2200, 0, 1);
 export interface BudgetRoutesOptions {
   store: BudgetStore;
   metrics: CmsMetrics;
+  /** Where the gateways' shared ledger is (the remaining tokens of each window). */
+  etcd: Etcd3;
+  now?: () => number;
 }
 
 function projectOf(request: FastifyRequest): string {
@@ -175,7 +181,7 @@ function budgetProblem(error: unknown): HttpProblem | null {
   return null;
 }
 
-export const budgetRoutes: FastifyPluginAsync<BudgetRoutesOptions> = async (app, { store, metrics }) => {
+export const budgetRoutes: FastifyPluginAsync<BudgetRoutesOptions> = async (app, { store, metrics, etcd, now = Date.now }) => {
   app.setErrorHandler((error, request, reply) => {
     const problem = budgetProblem(error);
     if (!problem) throw error;
@@ -250,6 +256,32 @@ export const budgetRoutes: FastifyPluginAsync<BudgetRoutesOptions> = async (app,
   });
   methodNotAllowed(app, '/budgets/:project', ['GET', 'PUT', 'DELETE']);
 
+  // Where each limit stands now, from the gateways' shared ledger (budget/ledger.ts): read only.
+  app.get('/budgets/:project/remaining', async (request, reply) => {
+    verifiedIdentity(request);
+    const project = projectOf(request);
+    const current = await store.get(project);
+    if (!current) throw notFound(`no budget for ${project}`);
+    const at = now();
+    const windows = await readLedgerWindows(etcd, project, allLimits(current.stored.budget), at);
+    return reply.type('application/json').send({
+      project,
+      version: current.stored.version,
+      at: new Date(at).toISOString(),
+      limits: windows.map((w) => ({
+        scope: w.scope,
+        per: w.per,
+        limit: w.limit,
+        consumed: w.consumed,
+        held: w.held,
+        available: w.available,
+        window_start: w.windowStart,
+        resets_at: w.resetsAt,
+      })),
+    });
+  });
+  methodNotAllowed(app, '/budgets/:project/remaining', ['GET']);
+
   app.get('/budgets/:project/history', async (request, reply) => {
     verifiedIdentity(request);
     const project = projectOf(request);
@@ -280,7 +312,10 @@ export const budgetRoutes: FastifyPluginAsync<BudgetRoutesOptions> = async (app,
 
   // Anything else under /budgets/ or /usage/ (extra segments, empty names): a bad path.
   for (const [url, detail] of [
-    ['/budgets/*', 'budget paths are /budgets, /budgets/{project}, /budgets/{project}/history and /budgets/{project}/history/{version}'],
+    [
+      '/budgets/*',
+      'budget paths are /budgets, /budgets/{project}, /budgets/{project}/remaining, /budgets/{project}/history and /budgets/{project}/history/{version}',
+    ],
     ['/usage/*', 'usage paths are /usage/{project}'],
   ] as const) {
     app.route({

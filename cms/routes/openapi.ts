@@ -559,6 +559,42 @@ export const openApiDocument = {
         responses: { '204': { description: 'deleted' }, ...problems(400, 401, 403, 404, 409, 412, 503) },
       },
     },
+    '/budgets/{project}/remaining': {
+      parameters: [project],
+      get: {
+        summary: "Each limit of a project's budget in its current UTC window, from the gateways' shared ledger (same permission as GET)",
+        responses: {
+          '200': {
+            description: 'the limits, project windows first',
+            content: json({
+              type: 'object',
+              properties: {
+                project: { type: 'string' },
+                version: { type: 'integer', description: 'the budget version whose limits these are' },
+                at: { type: 'string' },
+                limits: {
+                  type: 'array',
+                  items: {
+                    type: 'object',
+                    properties: {
+                      scope: { type: 'string', description: '"*" for the project, else the model' },
+                      per: { enum: ['minute', 'hour', 'day', 'month'] },
+                      limit: { type: 'integer' },
+                      consumed: { type: 'integer', description: "charged for calls that are over (settled, or a dead gateway's block)" },
+                      held: { type: 'integer', description: 'leased by live gateways; each gives back what it does not use' },
+                      available: { type: 'integer', description: 'neither consumed nor held' },
+                      window_start: { type: 'string' },
+                      resets_at: { type: 'string' },
+                    },
+                  },
+                },
+              },
+            }),
+          },
+          ...problems(400, 401, 403, 404, 503),
+        },
+      },
+    },
     '/budgets/{project}/history': {
       parameters: [project],
       get: {

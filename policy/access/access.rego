@@ -121,6 +121,13 @@ action := "read_budget" if {
 	count(input.path) == 2
 }
 
+action := "read_budget_remaining" if {
+	reading
+	under_budgets
+	count(input.path) == 3
+	input.path[2] == "remaining"
+}
+
 action := "read_budget_history" if {
 	reading
 	under_budgets
@@ -162,13 +169,13 @@ allow if {
 }
 
 # What project users may ever do; everything else is for platform admins.
-project_user_action if action in {"list", "read", "read_history", "read_status", "read_candidate", "evaluate", "read_budget", "read_budget_history", "read_usage"}
+project_user_action if action in {"list", "read", "read_history", "read_status", "read_candidate", "evaluate", "read_budget", "read_budget_remaining", "read_budget_history", "read_usage"}
 
 # "platform" names the platform policy, never a project: no project user
 # reaches it, whatever their claim says.
 allow if {
 	is_project_user
-	action in {"read", "read_history", "read_status", "read_candidate", "evaluate", "read_budget", "read_budget_history", "read_usage"}
+	action in {"read", "read_history", "read_status", "read_candidate", "evaluate", "read_budget", "read_budget_remaining", "read_budget_history", "read_usage"}
 	target == input.user.project
 	target != platform_policy
 }

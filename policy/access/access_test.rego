@@ -249,3 +249,11 @@ test_evaluate_live_follows_read_a_draft_is_for_admins if {
 	draft.reason == "only platform admins may evaluate a draft; project users may evaluate their own project's live policy"
 	anonymous("POST", ["policies", "team-a", "evaluate"]).status_code == 401
 }
+
+test_project_users_read_their_own_budget_remaining if {
+	decision("GET", ["budgets", "team-b", "remaining"], admin).allow
+	decision("GET", ["budgets", "team-a", "remaining"], team_a_user).allow
+	not decision("GET", ["budgets", "team-b", "remaining"], team_a_user).allow
+	not decision("PUT", ["budgets", "team-a", "remaining"], team_a_user).allow
+	anonymous("GET", ["budgets", "team-a", "remaining"]).status_code == 401
+}

@@ -8,6 +8,9 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { budgetHistoryKey, budgetKey, type StoredBudget } from '../../budget/keys.js';
 import { ADMIN, startHarness, type Cms, type Harness, type Response } from './harness.js';
+import { pino } from 'pino';
+import { BudgetLedger } from '../../budget/ledger.js';
+import { createEtcdClient } from '../../etcd/index.js';
 
 let harness: Harness;
 let cms: Cms;
@@ -140,6 +143,41 @@ describe('create, read, replace, delete', () => {
   it('history of a project that never had a budget is 404', async () => {
     expectProblem(await cms.request('GET', '/budgets/never/history', admin()), 404, 'urn:gatehouse:problem:budget-not-found');
     expectProblem(await cms.request('GET', '/budgets/never/history/1', admin()), 404);
+  });
+});
+
+describe('where each limit stands now', () => {
+  it("GET .../remaining reads each window from the gateways' ledger: consumed, held by a gateway, available; the project's users only", async () => {
+    const project = 'team-remaining';
+    expect((await cms.request('PUT', `/budgets/${project}`, { ...admin(), body: JSON.stringify(BUDGET) })).status).toBe(201);
+    const untouched = await cms.request('GET', `/budgets/${project}/remaining`, admin());
+    expect(untouched.status, untouched.text).toBe(200);
+    expect(untouched.json().limits).toEqual([
+      expect.objectContaining({ scope: '*', per: 'minute', limit: 20000, consumed: 0, held: 0, available: 20000 }),
+      expect.objectContaining({ scope: '*', per: 'day', limit: 1000000, consumed: 0, held: 0, available: 1000000 }),
+      expect.objectContaining({ scope: 'gpt-4o', per: 'minute', limit: 5000, consumed: 0, held: 0, available: 5000 }),
+    ]);
+    // A gateway leases a block for a call: held until it gives back what it does not use.
+    const client = createEtcdClient(harness.etcd.endpoints);
+    const ledger = new BudgetLedger({ client, gateway: 'gw-remaining', log: pino({ level: 'silent' }), idleReturnMs: 60_000 });
+    const projectUser = { token: await harness.keys.token({ sub: 'r', role: 'viewer', project }) };
+    const dayWindow = async () => (await cms.request('GET', `/budgets/${project}/remaining`, projectUser)).json().limits[1];
+    await ledger.start();
+    try {
+      const reserved = await ledger.reserve(project, [{ limit: { scope: '*', per: 'day', tokens: 1000000 }, block: 2000 }], 700);
+      expect(reserved.ok).toBe(true);
+      expect(await dayWindow()).toMatchObject({ consumed: 0, held: 2000, available: 1000000 - 2000 });
+      // Settled to what the call used; the gateway folds it into consumed and gives the rest back when it stops.
+      if (reserved.ok) ledger.settle(reserved.hold, 300);
+    } finally {
+      await ledger.stop();
+      client.close();
+    }
+    const settled = await dayWindow();
+    expect(settled).toMatchObject({ consumed: 300, held: 0, available: 1000000 - 300 });
+    expect(Date.parse(settled.resets_at)).toBe(Date.UTC(new Date().getUTCFullYear(), new Date().getUTCMonth(), new Date().getUTCDate() + 1));
+    expect((await cms.request('GET', `/budgets/${project}/remaining`, { token: harness.tokens.teamA })).status).toBe(403);
+    expect((await cms.request('GET', '/budgets/team-none/remaining', admin())).status).toBe(404);
   });
 });
 

@@ -13,6 +13,9 @@ import { chromium, type Browser, type Page } from 'playwright-core';
 import { pino } from 'pino';
 import { HOUR_MS, type UsageRecord } from '../../budget/keys.js';
 import { UsageRecorder } from '../../budget/usage.js';
+import { BudgetLedger } from '../../budget/ledger.js';
+import { createEtcdClient } from '../../etcd/index.js';
+import type { Etcd3 } from 'etcd3';
 import { repoRoot } from '../support/runner-process.js';
 import { startHarness, type Cms, type Harness } from '../cms/harness.js';
 
@@ -23,6 +26,9 @@ const BUDGET = { windows: [{ per: 'hour', tokens: 50_000 }], models: { 'gpt-4o':
 let harness: Harness;
 let cms: Cms;
 let browser: Browser;
+/** A gateway holding a block of team-a's hour window, as one does while it serves calls. */
+let ledger: BudgetLedger;
+let ledgerClient: Etcd3;
 /** What the gateway charged in the current hour, all models: the hour window's "charged so far". */
 let chargedThisHour = 0;
 
@@ -89,12 +95,18 @@ beforeAll(async () => {
   recorder.record('team-b', 'mistral', now, usage(9, 9000, 900));
   await recorder.flush();
   chargedThisHour = seeded.filter(([h]) => h === 0).reduce((sum, [, , r]) => sum + r.charged_tokens, 0);
+  ledgerClient = createEtcdClient(harness.etcd.endpoints);
+  ledger = new BudgetLedger({ client: ledgerClient, gateway: 'gw-console', log: pino({ level: 'silent' }), idleReturnMs: 600_000 });
+  await ledger.start();
+  expect((await ledger.reserve('team-a', [{ limit: { scope: '*', per: 'hour', tokens: 50_000 }, block: 2_000 }], 700)).ok).toBe(true);
   browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'] });
   mkdirSync(SHOTS, { recursive: true });
 }, 60_000);
 
 afterAll(async () => {
   await browser?.close();
+  await ledger?.stop();
+  ledgerClient?.close();
   await harness?.close();
 });
 
@@ -128,13 +140,15 @@ describe('the budgets page, as a platform admin', () => {
     expect(days.total!.charged_tokens).toBe(8800);
     expect(hours.total!.charged_tokens).toBe(6800);
 
-    // The hour window of the project shows what this hour was charged.
-    expect(await page.locator('#window-table tr:has-text("project") td').allTextContents()).toEqual([
-      'project',
-      'hour',
-      '50,000',
-      chargedThisHour.toLocaleString('en'),
-    ]);
+    // The hour window of the project shows what this hour was charged, and where the ledger stands: the gateway's block held.
+    const row = await page.locator('#window-table tr:has-text("project") td').allTextContents();
+    expect(row.slice(0, 7)).toEqual(['project', 'hour', '50,000', chargedThisHour.toLocaleString('en'), '0', '2,000', '48,000']);
+    expect(row[7]).toBe(
+      new Date(Math.floor(Date.now() / HOUR_MS) * HOUR_MS + HOUR_MS)
+        .toISOString()
+        .replace('T', ' ')
+        .replace(/:00\.000Z$/, ''),
+    );
     await page.screenshot({ path: join(SHOTS, 'budgets.png'), fullPage: true });
     expect(problems).toEqual([]);
     await page.close();

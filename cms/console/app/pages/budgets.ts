@@ -142,6 +142,14 @@ export async function budgetView(project: string): Promise<() => void> {
     api<Usage>('GET', `/usage/${encodeURIComponent(project)}?from=${iso(dayStart - (DAYS_SHOWN - 1) * DAY_MS)}&to=${iso(dayStart + DAY_MS)}&group=day`),
   ]);
 
+  // Where each limit stands in its window, from the gateways' shared ledger (GET .../remaining).
+  const remaining = await api<{ limits: { scope: string; per: string; consumed: number; held: number; available: number; resets_at: string }[] }>(
+    'GET',
+    `/budgets/${encodeURIComponent(project)}/remaining`,
+  );
+  const ledgerOf = (scope: string, per: string) =>
+    remaining.status === 200 ? remaining.body.limits.find((l) => l.scope === scope && l.per === per) : undefined;
+
   // What each window was charged so far, from the usage the gateways recorded (hours and days are what usage keeps).
   function showWindows(budget: Budget): void {
     const monthStart = Date.UTC(new Date(now).getUTCFullYear(), new Date(now).getUTCMonth(), 1);
@@ -161,9 +169,17 @@ export async function budgetView(project: string): Promise<() => void> {
       el(
         'table',
         { id: 'window-table' },
-        el('tr', {}, ...['scope', 'per', 'limit', 'charged so far (settled)'].map((h) => el('th', { textContent: h }))),
+        el(
+          'tr',
+          {},
+          ...['scope', 'per', 'limit', 'charged so far (settled)', 'consumed', 'held by gateways', 'available', 'resets at (UTC)'].map((h) =>
+            el('th', { textContent: h }),
+          ),
+        ),
         ...limits.map((l) => {
           const used = charged(l.scope, l.per);
+          const ledger = ledgerOf(l.scope, l.per);
+          const figure = (n: number | undefined) => (n === undefined ? '—' : n.toLocaleString('en'));
           return el(
             'tr',
             {},
@@ -171,6 +187,10 @@ export async function budgetView(project: string): Promise<() => void> {
             el('td', { textContent: l.per }),
             el('td', { textContent: l.tokens.toLocaleString('en') }),
             el('td', { textContent: used === null ? '—' : used.toLocaleString('en') }),
+            el('td', { textContent: figure(ledger?.consumed) }),
+            el('td', { textContent: figure(ledger?.held) }),
+            el('td', { className: 'available', textContent: figure(ledger?.available) }),
+            el('td', { textContent: ledger ? ledger.resets_at.replace('T', ' ').replace(/:00\.000Z$/, '') : '—' }),
           );
         }),
       ),
@@ -178,7 +198,8 @@ export async function budgetView(project: string): Promise<() => void> {
         className: 'muted',
         textContent:
           'Charged so far: what the gateways recorded for settled calls in the current UTC window (usage is kept per hour, so not per minute). ' +
-          'Remaining tokens are not shown: they also depend on reservations in flight and the blocks gateways hold, which the API does not report.',
+          "Consumed, held and available: the gateways' shared ledger now. Gateways lease blocks and give back what they do not use, " +
+          'so held tokens come back as available unless calls spend them.',
       }),
     );
   }
