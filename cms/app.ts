@@ -33,7 +33,8 @@ import {
   DEFAULT_TEST_CONCURRENCY,
   type PolicySigningConfig,
 } from './config.js';
-import { pemFileSigner } from '../policy/signing/index.js';
+import { pemFileSigner, vaultTransitSigner } from '../policy/signing/index.js';
+import { VaultSession } from '../plugins/vault/session.js';
 import { createCmsMetrics } from './metrics.js';
 import { HttpProblem, ProblemType, sendProblem } from '../http/problem.js';
 import { PolicyWriter } from './policy-writer.js';
@@ -178,9 +179,15 @@ export async function buildCmsApp(options: CmsAppOptions): Promise<FastifyInstan
     ...(options.etcdAuth ? { auth: options.etcdAuth } : {}),
   });
   // Every version written is signed, rollbacks too (a new version); gateways with verify keys load nothing else.
-  const signer = options.policySigning ? pemFileSigner(options.policySigning.keyFile, options.policySigning.kid) : null;
+  const signing = options.policySigning ?? null;
+  const vault = signing?.kind === 'vault-transit' ? new VaultSession(signing.vault, logger.child({ component: 'vault' })) : null;
+  const signer =
+    signing === null ? null : signing.kind === 'file' ? pemFileSigner(signing.keyFile, signing.kid) : vaultTransitSigner(vault!, signing.mount, signing.key);
   if (signer) logger.info({ kid: signer.kid, key: signer.description }, 'policy versions are signed');
-  else logger.warn('policy versions are written UNSIGNED (no POLICY_SIGNING_KEY_FILE): gateways that verify signatures will refuse them');
+  else
+    logger.warn(
+      'policy versions are written UNSIGNED (no POLICY_SIGNING_KEY_FILE or POLICY_SIGNING_VAULT_KEY): gateways that verify signatures will refuse them',
+    );
   const store = new PolicyStore(etcd, {
     historyRetention: options.historyRetention,
     signer,
@@ -218,6 +225,7 @@ export async function buildCmsApp(options: CmsAppOptions): Promise<FastifyInstan
     for (const method of [route.method].flat()) app.cmsRoutes.push({ method, url: route.url });
   });
   app.addHook('onClose', async () => {
+    vault?.stop();
     etcd.close();
     await checks.close();
   });

@@ -28,6 +28,10 @@
  *                           (policy/signing); gateways verify it (POLICY_VERIFY_KEYS_FILE). Unset: versions
  *                           are written unsigned, which the start log says
  *   POLICY_SIGNING_KEY_ID   the key's kid, as the gateways' JWKS names its public key (required with the file)
+ *   POLICY_SIGNING_VAULT_KEY  instead of the file: <mount>/<key> of an ed25519 key of Vault's transit engine,
+ *                           which signs without the key leaving Vault (kids <key>-v<version>); Vault from
+ *                           VAULT_ADDR and VAULT_TOKEN or VAULT_ROLE_ID + VAULT_SECRET_ID, VAULT_CACERT,
+ *                           VAULT_NAMESPACE, VAULT_TIMEOUT_MS (as the runner's)
  *   LOG_LEVEL               pino level (default info)
  *   OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, OTEL_EXPORTER_OTLP_PROTOCOL, OTEL_SERVICE_NAME,
  *   OTEL_TRACES_SAMPLER, OTEL_TRACES_SAMPLER_ARG, OTEL_SDK_DISABLED  traces (runtime/tracing.ts); no endpoint: none
@@ -35,6 +39,7 @@
  *   JWT_*                   token verification, see identity/config.ts
  */
 import { opaPath } from '../runtime/paths.js';
+import { vaultConfigFromEnv, type VaultConfig } from '../plugins/vault/config.js';
 import { tracingConfigFromEnv, type TracingConfig } from '../runtime/tracing.js';
 import { identityConfigFromEnv, type IdentityConfig } from '../identity/index.js';
 import { availableParallelism } from 'node:os';
@@ -89,16 +94,21 @@ export interface CmsConfig {
   tracing: TracingConfig | null;
 }
 
-/** The key the CMS signs policy versions with (POLICY_SIGNING_KEY_FILE, POLICY_SIGNING_KEY_ID). */
-export interface PolicySigningConfig {
-  kind: 'file';
-  keyFile: string;
-  kid: string;
-}
+/** The key the CMS signs policy versions with: a PEM file (POLICY_SIGNING_KEY_FILE, POLICY_SIGNING_KEY_ID) or a Vault transit key (POLICY_SIGNING_VAULT_KEY). */
+export type PolicySigningConfig = { kind: 'file'; keyFile: string; kid: string } | { kind: 'vault-transit'; vault: VaultConfig; mount: string; key: string };
 
 function policySigningFromEnv(env: NodeJS.ProcessEnv): PolicySigningConfig | null {
   const keyFile = env.POLICY_SIGNING_KEY_FILE?.trim();
   const kid = env.POLICY_SIGNING_KEY_ID?.trim();
+  const vaultKey = env.POLICY_SIGNING_VAULT_KEY?.trim();
+  if (vaultKey) {
+    if (keyFile || kid) throw new Error('POLICY_SIGNING_VAULT_KEY and POLICY_SIGNING_KEY_FILE/_ID are two ways to sign: set one');
+    const match = /^([A-Za-z0-9_.-]+(?:\/[A-Za-z0-9_.-]+)*)\/([A-Za-z0-9_.-]+)$/.exec(vaultKey);
+    if (!match) throw new Error('POLICY_SIGNING_VAULT_KEY must be <transit mount>/<key name>, e.g. transit/gatehouse-policy');
+    const vault = vaultConfigFromEnv(env);
+    if (!vault) throw new Error('POLICY_SIGNING_VAULT_KEY needs VAULT_ADDR (and VAULT_TOKEN, or VAULT_ROLE_ID and VAULT_SECRET_ID)');
+    return { kind: 'vault-transit', vault, mount: match[1]!, key: match[2]! };
+  }
   if (!keyFile) {
     if (kid) throw new Error('POLICY_SIGNING_KEY_ID is set without POLICY_SIGNING_KEY_FILE');
     return null;

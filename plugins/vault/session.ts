@@ -140,6 +140,44 @@ export class VaultSession {
     }
   }
 
+  /**
+   * Signs `input` with transit key `key` (POST <mount>/sign/<key>): the
+   * signature as Vault answers it, "vault:v<version>:<base64>". The key never
+   * leaves Vault.
+   */
+  async transitSign(mount: string, key: string, input: Buffer): Promise<string> {
+    return this.call(async () => {
+      const response = (await this.client.write(`${mount}/sign/${key}`, { input: input.toString('base64') })) as { data?: { signature?: unknown } };
+      const signature = response.data?.signature;
+      if (typeof signature !== 'string') throw new VaultRequestError(`no signature from ${mount}/sign/${key}`, null);
+      return signature;
+    });
+  }
+
+  /** The public keys of transit key `key` by version (GET <mount>/keys/<key>), base64 as Vault gives them. */
+  async transitPublicKeys(mount: string, key: string): Promise<Map<number, string>> {
+    return this.call(async () => {
+      const response = (await this.client.read(`${mount}/keys/${key}`)) as { data?: { keys?: Record<string, { public_key?: unknown }> } };
+      const keys = new Map<number, string>();
+      for (const [version, entry] of Object.entries(response.data?.keys ?? {})) {
+        if (typeof entry?.public_key === 'string') keys.set(Number(version), entry.public_key);
+      }
+      return keys;
+    });
+  }
+
+  /** A request on a logged-in session; its errors made safe, a 403 taken as a token to renew. */
+  private async call<T>(request: () => Promise<T>): Promise<T> {
+    await this.ensureLoggedIn();
+    try {
+      return await request();
+    } catch (error) {
+      const safe = error instanceof VaultRequestError ? error : sanitize(error);
+      if (safe.status === 403) this.loggedIn = false;
+      throw safe;
+    }
+  }
+
   stop(): void {
     this.stopped = true;
     if (this.renewTimer) clearTimeout(this.renewTimer);

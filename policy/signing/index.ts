@@ -74,6 +74,55 @@ export function pemFileSigner(path: string, kid: string): PolicySigner {
   };
 }
 
+/** What a Vault transit signer needs of a Vault client (plugins/vault/session.ts VaultSession). */
+export interface TransitClient {
+  /** The signature as Vault answers it: "vault:v<version>:<base64>". */
+  transitSign(mount: string, key: string, input: Buffer): Promise<string>;
+  /** The public keys of a transit key by version, base64. */
+  transitPublicKeys(mount: string, key: string): Promise<Map<number, string>>;
+}
+
+/** The kid of version `version` of a Vault transit key: what the gateways' keys file names its public key by. */
+export function transitKid(key: string, version: number): string {
+  return `${key}-v${version}`;
+}
+
+/**
+ * A signer over an Ed25519 key of Vault's transit engine (type ed25519): the
+ * private key never leaves Vault. Each signature names the key version Vault
+ * signed with (`<key>-v<n>`), so rotating the key in Vault needs no change
+ * here: list the new version's public key on the gateways first
+ * (transitVerifyKeys), then rotate.
+ */
+export function vaultTransitSigner(client: TransitClient, mount: string, key: string): PolicySigner {
+  return {
+    // Each signature names its version; the log shows the key's kids as a pattern.
+    kid: `${key}-v<n>`,
+    description: `Vault transit key ${mount}/${key}`,
+    async sign(fields) {
+      const answer = await client.transitSign(mount, key, signedDocument(fields));
+      const match = /^vault:v(\d+):([A-Za-z0-9+/=]+)$/.exec(answer);
+      if (!match) throw new Error(`Vault's transit engine answered a signature of an unknown form for ${mount}/${key}`);
+      return { alg: 'EdDSA', kid: transitKid(key, Number(match[1])), sig: Buffer.from(match[2]!, 'base64').toString('base64url') };
+    },
+  };
+}
+
+/** The gateways' keys file (a JWKS) for every version of a Vault transit key: what POLICY_VERIFY_KEYS_FILE holds. */
+export async function transitVerifyKeys(client: TransitClient, mount: string, key: string): Promise<{ keys: object[] }> {
+  const versions = await client.transitPublicKeys(mount, key);
+  return {
+    keys: [...versions].map(([version, publicKey]) => ({
+      kty: 'OKP',
+      crv: 'Ed25519',
+      x: Buffer.from(publicKey, 'base64').toString('base64url'),
+      kid: transitKid(key, version),
+      alg: 'EdDSA',
+      use: 'sig',
+    })),
+  };
+}
+
 /** Why a version may not be loaded: it carries no signature, or none that a listed key made over these bytes. */
 export type SignatureProblem = 'unsigned' | 'bad signature';
 
