@@ -10,6 +10,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { repoRoot, startRunner, type RunnerProcess } from '../support/runner-process.js';
+import { ApisixClient, request } from '../support/apisix-client.js';
+import type { StopAction } from '../../plugins/protocol/index.js';
+import { onCandidate } from '../../policy/candidate/index.js';
 import { startHarness, type Cms, type Harness } from '../cms/harness.js';
 
 const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
@@ -33,7 +36,15 @@ async function signedIn(token: string): Promise<Page> {
 beforeAll(async () => {
   harness = await startHarness();
   cms = await harness.startCms({ consoleDemoTokens: [] });
-  runner = await startRunner({ env: { ETCD_ENDPOINTS: harness.etcd.endpoints.join(','), RUNNER_STATE_DIR: mkdtempSync(join(tmpdir(), 'gh-console-')) } });
+  runner = await startRunner({
+    env: {
+      ETCD_ENDPOINTS: harness.etcd.endpoints.join(','),
+      RUNNER_STATE_DIR: mkdtempSync(join(tmpdir(), 'gh-console-')),
+      JWT_JWKS_FILE: harness.keys.jwksFile,
+      JWT_ISSUER: harness.keys.issuer,
+      JWT_AUDIENCE: harness.keys.audience,
+    },
+  });
   for (const name of ['team-a', 'team-b']) {
     const put = await cms.request('PUT', `/policies/${name}`, {
       token: harness.tokens.admin,
@@ -116,12 +127,33 @@ describe('a candidate in the console', () => {
       body: JSON.stringify({ rego: REGO, data: { roles: ['admin', 'viewer'] }, enforce_percent: 50 }),
     });
     expect(put.status).toBe(201);
+    // Decisions for a viewer the canary leaves on the live version: denied, and shadowed by a candidate that allows them.
+    const viewer = Array.from({ length: 50 }, (_, i) => `viewer-${i}`).find((sub) => !onCandidate('team-b', sub, 50))!;
+    const bearer = await harness.keys.token({ sub: viewer, role: 'viewer', project: 'team-b' });
+    const client = await ApisixClient.open(runner.socketPath);
+    try {
+      const conf = await client.prepare([
+        { name: 'jwt', value: '{}' },
+        { name: 'opa', value: '{"policies":["caller-project"]}' },
+      ]);
+      for (let i = 0; i < 3; i++) {
+        const answer = await client.call(request({ confToken: conf, headers: [{ name: 'authorization', value: `Bearer ${bearer}` }] }));
+        expect((answer.action as StopAction | null)?.status).toBe(403);
+      }
+    } finally {
+      client.close();
+    }
     const page = await signedIn(harness.tokens.admin);
     await page.goto(`${cms.baseUrl}/console/#/p/team-b`);
+    // What the gateway saw: three divergences, the samples' results side by side.
+    await expect.poll(() => page.locator('#candidate-samples tr.sample').count(), { timeout: 10_000 }).toBe(3);
+    expect(await page.textContent('#candidate-report')).toMatch(/^3 shadowed, 3 diverged/);
+    expect(await page.locator('#candidate-samples tr.sample td code').allTextContents()).toEqual(
+      Array.from({ length: 3 }, () => ['{"allow":false}', '{"allow":true}']).flat(),
+    );
     await expect
       .poll(() => page.textContent('#candidate'), { timeout: 10_000 })
       .toContain('Candidate version 1: shadowed on 100% of decisions, enforced for 50% of callers.');
-    expect(await page.textContent('#candidate-report')).toMatch(/^0 shadowed, 0 diverged/);
     // A subject on each side of the canary, as the gateways choose it.
     const sides = new Set<string>();
     for (let i = 0; i < 8 && sides.size < 2; i++) {

@@ -2,10 +2,10 @@
 // and test errors marked at their row and column), which gateway enforces
 // which version (live), its candidate, its history with diffs between any two
 // versions, and rollback.
-import { setDiagnostics, type Diagnostic } from '@codemirror/lint';
+import { setDiagnostics } from '@codemirror/lint';
 import { diffLines } from 'diff';
 import { api, type Problem } from '../api.js';
-import { at, editor, el, isAdmin, main, problemView } from '../dom.js';
+import { editor, el, isAdmin, main, problemView, showWriteProblem } from '../dom.js';
 
 /** Shows the current page again, through the router (which stops this one's polling first). */
 const rerender = () => window.dispatchEvent(new HashChangeEvent('hashchange'));
@@ -83,27 +83,13 @@ export async function policyView(name: string): Promise<() => void> {
       await loadHistory();
       return;
     }
-    const problem = saved.body as Problem;
-    const lines: string[] = [];
-    const regoMarks: Diagnostic[] = [];
-    const dataMarks: Diagnostic[] = [];
-    for (const e of problem.errors ?? []) {
-      lines.push(`${e.file ?? ''}:${e.row ?? 0}:${e.col ?? 0}: ${e.message ?? ''}`);
-      if (e.file === 'data.json') dataMarks.push(at(data, e.row, e.col, e.message ?? 'error'));
-      else if (!e.file || e.file === 'policy.rego') regoMarks.push(at(rego, e.row, e.col, e.message ?? 'error'));
-    }
-    for (const f of problem.failures ?? []) lines.push(`${f.file ?? ''}:${f.row ?? 0}: FAIL ${f.name ?? ''}: ${f.message ?? ''}`);
-    rego.dispatch(setDiagnostics(rego.state, regoMarks));
-    data.dispatch(setDiagnostics(data.state, dataMarks));
-    message.replaceChildren(
-      el('p', {
-        className: 'error',
-        textContent:
-          saved.status === 412
-            ? 'Someone saved a newer version meanwhile: reload to see it (nothing was written).'
-            : `${saved.status} ${problem.title ?? ''}: ${problem.detail ?? ''}`,
-      }),
-      ...lines.map((line) => el('div', { className: 'error diagnostic', textContent: line })),
+    showWriteProblem(
+      message,
+      rego,
+      data,
+      saved.status,
+      saved.body as Problem,
+      saved.status === 412 ? 'Someone saved a newer version meanwhile: reload to see it (nothing was written).' : undefined,
     );
   };
 
@@ -225,7 +211,14 @@ export async function policyView(name: string): Promise<() => void> {
       version: number;
       sample_percent: number;
       enforce_percent: number;
-      report: { evaluated: number; diverged: number; errors: number; dropped: number; enforced: { live: number; candidate: number } };
+      report: {
+        evaluated: number;
+        diverged: number;
+        errors: number;
+        dropped: number;
+        enforced: { live: number; candidate: number };
+        samples: { time: string; gateway: string; input: unknown; live: unknown; candidate: unknown }[];
+      };
     }>('GET', candidatePath);
     candidateVersion = answer.status === 200 ? answer.body.version : null;
     promote.disabled = discard.disabled = whichVersion.disabled = candidateVersion === null;
@@ -246,6 +239,27 @@ export async function policyView(name: string): Promise<() => void> {
           `${report.evaluated} shadowed, ${report.diverged} diverged, ${report.errors} failed, ${report.dropped} dropped; ` +
           `decided by the live version ${report.enforced.live} times, by the candidate ${report.enforced.candidate} times.`,
       }),
+      // The newest divergences the gateways kept (inputs masked as decision logs mask them): what the change would flip.
+      ...(report.samples.length
+        ? [
+            el(
+              'table',
+              { id: 'candidate-samples' },
+              el('tr', {}, ...['when', 'gateway', 'live', 'candidate', 'input'].map((h) => el('th', { textContent: h }))),
+              ...report.samples.map((sample) =>
+                el(
+                  'tr',
+                  { className: 'sample' },
+                  el('td', { textContent: sample.time }),
+                  el('td', { textContent: sample.gateway }),
+                  el('td', {}, el('code', { textContent: JSON.stringify(sample.live) })),
+                  el('td', {}, el('code', { textContent: JSON.stringify(sample.candidate) })),
+                  el('td', {}, el('details', {}, el('summary', { textContent: 'input' }), el('pre', { textContent: JSON.stringify(sample.input, null, 2) }))),
+                ),
+              ),
+            ),
+          ]
+        : []),
     );
   };
   await poll();
