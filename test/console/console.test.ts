@@ -8,7 +8,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { mkdirSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { chromium, type Browser, type Page } from 'playwright-core';
+import { chromium, type Browser } from 'playwright-core';
+import { signedIn as signInToConsole } from '../support/console.js';
 import { repoRoot, startRunner, type RunnerProcess } from '../support/runner-process.js';
 import { ApisixClient, request } from '../support/apisix-client.js';
 import type { StopAction } from '../../plugins/protocol/index.js';
@@ -24,14 +25,7 @@ let cms: Cms;
 let runner: RunnerProcess;
 let browser: Browser;
 
-async function signedIn(token: string): Promise<Page> {
-  const page = await browser.newPage();
-  await page.goto(`${cms.baseUrl}/console/`);
-  await page.fill('#token-input', token);
-  await page.click('#sign-in');
-  await page.waitForSelector('#policies, main p');
-  return page;
-}
+const signedIn = (token: string) => signInToConsole(browser, cms.baseUrl, token);
 
 beforeAll(async () => {
   harness = await startHarness();

@@ -8,6 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { chromium, type Browser, type Page } from 'playwright-core';
+import { signedIn as signInToConsole } from '../support/console.js';
 import { repoRoot } from '../support/runner-process.js';
 import { startHarness, type Cms, type Harness } from '../cms/harness.js';
 
@@ -20,14 +21,7 @@ let harness: Harness;
 let cms: Cms;
 let browser: Browser;
 
-async function signedIn(token: string): Promise<Page> {
-  const page = await browser.newPage();
-  await page.goto(`${cms.baseUrl}/console/`);
-  await page.fill('#token-input', token);
-  await page.click('#sign-in');
-  await page.waitForSelector('#policies, main p');
-  return page;
-}
+const signedIn = (token: string) => signInToConsole(browser, cms.baseUrl, token);
 
 /** Replaces the input editor's document and evaluates it, with the live version or the draft. */
 async function evaluateIn(page: Page, input: string, button: '#evaluate-live' | '#evaluate-draft'): Promise<void> {
