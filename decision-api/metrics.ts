@@ -2,7 +2,8 @@
 // evaluation time, aborted evaluations, decision log events, candidates'
 // shadow evaluations and policies refused for their signature. The service
 // (main.ts) and the local stack (dev/local-stack) export the same series.
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { registerEnforcerMetrics } from '../policy/enforcer-metrics.js';
 import type { DecisionApiOptions } from './app.js';
 import type { EnforcerOptions } from '../policy/enforcer.js';
 import type { PolicyWatcher } from '../policy/watcher/watcher.js';
@@ -38,18 +39,8 @@ export function createDecisionApiMetrics(): DecisionApiMetrics {
     labelNames: ['reason'] as const,
     registers: [registry],
   });
-  const decisionLogEvents = new Counter({
-    name: 'gatehouse_decision_log_events_total',
-    help: 'Decision log events written to the sink, or dropped because the sink did not keep up',
-    labelNames: ['outcome'] as const,
-    registers: [registry],
-  });
-  const candidateEvaluations = new Counter({
-    name: 'gatehouse_candidate_evaluations_total',
-    help: "Decisions a policy's candidate was evaluated for in the shadow of the live version: agreed, diverged, error, dropped (too many pending)",
-    labelNames: ['policy', 'outcome'] as const,
-    registers: [registry],
-  });
+  // The series every runner worker exports too (decision log, candidates, signatures).
+  const enforcer = registerEnforcerMetrics(registry);
   return {
     registry,
     onDecision(policy, outcome, seconds) {
@@ -58,21 +49,10 @@ export function createDecisionApiMetrics(): DecisionApiMetrics {
     },
     enforcer: {
       onAbort: (reason) => aborted.inc({ reason }),
-      onShadow: (policy, outcome) => candidateEvaluations.inc({ policy, outcome }),
-      onDecisionLogWritten: (n) => decisionLogEvents.inc({ outcome: 'written' }, n),
-      onDecisionLogDropped: (n) => decisionLogEvents.inc({ outcome: 'dropped' }, n),
+      onShadow: enforcer.candidateShadowed,
+      onDecisionLogWritten: enforcer.decisionLog.written,
+      onDecisionLogDropped: enforcer.decisionLog.dropped,
     },
-    watch(watcher) {
-      new Gauge({
-        name: 'gatehouse_policies_refused_signature',
-        help: 'Policies refused for their signature (unsigned, or a bad signature: none by a listed key over these bytes); every decision that needs one is denied',
-        labelNames: ['problem'] as const,
-        registers: [registry],
-        collect() {
-          const unloadable = watcher.unloadable();
-          for (const problem of ['unsigned', 'bad signature'] as const) this.set({ problem }, unloadable.filter((u) => u.signature === problem).length);
-        },
-      });
-    },
+    watch: enforcer.watch,
   };
 }

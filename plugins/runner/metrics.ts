@@ -8,18 +8,14 @@ import type { BudgetEvents } from '../../budget/gateway.js';
 import type { PolicyWatcher, SwapEvent } from '../../policy/watcher/watcher.js';
 import type { EngineCacheStats } from '../../policy/engine/cache.js';
 import type { AbortReason } from '../../policy/engine/evaluator.js';
-import type { ShadowOutcome } from '../../policy/candidate/index.js';
+import { registerEnforcerMetrics, type EnforcerMetrics } from '../../policy/enforcer-metrics.js';
 
-export interface RunnerMetrics {
+export interface RunnerMetrics extends EnforcerMetrics {
   registry: Registry;
   /** An evaluation stopped at its deadline or when its fuel was burned, or failed (out of memory, aborted). */
   evaluationAborted(reason: AbortReason): void;
-  /** A candidate's shadow evaluation: agreed with the live decision, diverged, failed, or dropped (too many pending). */
-  candidateShadowed(policy: string, outcome: ShadowOutcome): void;
   decisions: DecisionRecorder;
   vault: VaultEvents;
-  /** Decision log events handed to the sink, or dropped (the buffer was full: the sink is too slow). */
-  decisionLog: { written(n: number): void; dropped(n: number): void };
   /** LLM calls settled against their budgets, and calls refused. */
   budgets: BudgetEvents;
   watch(watcher: PolicyWatcher): void;
@@ -109,6 +105,8 @@ export function decisionLatencyHistogram(registry: Registry): DecisionHistogram 
 export function createRunnerMetrics(): RunnerMetrics {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry, prefix: 'gatehouse_runner_' });
+  // The series the decision API exports too (decision log, candidates, signatures).
+  const enforcer = registerEnforcerMetrics(registry);
 
   // Decisions are counted here and handed to the counter when it is read
   // (its labels checked and hashed once per series and scrape, not per decision).
@@ -167,20 +165,6 @@ export function createRunnerMetrics(): RunnerMetrics {
     registers: [registry],
   });
 
-  const decisionLogEvents = new Counter({
-    name: 'gatehouse_decision_log_events_total',
-    help: 'Decision log events written to the sink, or dropped because the sink did not keep up (DECISION_LOG_BUFFER full)',
-    labelNames: ['outcome'] as const,
-    registers: [registry],
-  });
-
-  const candidateEvaluations = new Counter({
-    name: 'gatehouse_candidate_evaluations_total',
-    help: "Decisions a policy's candidate was evaluated for in the shadow of the live version: agreed, diverged, error (did not load or ran past its bounds), dropped (too many pending)",
-    labelNames: ['policy', 'outcome'] as const,
-    registers: [registry],
-  });
-
   const llmRequests = new Counter({
     name: 'gatehouse_llm_requests_total',
     help: 'LLM calls settled, by project and model; unsettled: the gateway never saw their usage and charged their reservation',
@@ -208,6 +192,8 @@ export function createRunnerMetrics(): RunnerMetrics {
 
   return {
     registry,
+    decisionLog: enforcer.decisionLog,
+    candidateShadowed: enforcer.candidateShadowed,
     budgets: {
       settled(project, model, usage) {
         llmRequests.inc({ project, model, settled: usage.seen ? 'yes' : 'no' });
@@ -222,15 +208,8 @@ export function createRunnerMetrics(): RunnerMetrics {
         usageRefused.inc({ project, reason });
       },
     },
-    decisionLog: {
-      written: (n) => decisionLogEvents.inc({ outcome: 'written' }, n),
-      dropped: (n) => decisionLogEvents.inc({ outcome: 'dropped' }, n),
-    },
     evaluationAborted(reason) {
       aborted.inc({ reason });
-    },
-    candidateShadowed(policy, outcome) {
-      candidateEvaluations.inc({ policy, outcome });
     },
     vault: {
       secret(event) {
@@ -252,6 +231,7 @@ export function createRunnerMetrics(): RunnerMetrics {
       },
     },
     watch(watcher) {
+      enforcer.watch(watcher);
       watcher.on('swap', (swap: SwapEvent) => {
         if (swap.policy === null) {
           policyRevision.remove({ policy: swap.name });
@@ -334,18 +314,6 @@ export function createRunnerMetrics(): RunnerMetrics {
         registers: [registry],
         collect() {
           this.set(watcher.unloadable().length);
-        },
-      });
-      new Gauge({
-        name: 'gatehouse_policies_refused_signature',
-        // Across a runner's workers (cluster.ts): the worst worker.
-        aggregator: 'max',
-        help: 'Policies refused for their signature (unsigned, or a bad signature: none by a listed key over these bytes); every decision that needs one is denied',
-        labelNames: ['problem'] as const,
-        registers: [registry],
-        collect() {
-          const unloadable = watcher.unloadable();
-          for (const problem of ['unsigned', 'bad signature'] as const) this.set({ problem }, unloadable.filter((u) => u.signature === problem).length);
         },
       });
       new Gauge({
