@@ -12,7 +12,7 @@ import { startEtcd, type TestEtcd } from '../support/etcd.js';
 import { createTestKeys, type TestKeys } from '../support/jwt.js';
 import { EtcdPolicyWriter } from '../support/policies.js';
 import { startRunner, type RunnerProcess } from '../support/runner-process.js';
-import { ApisixClient, request } from '../support/apisix-client.js';
+import { chainStatus } from '../support/apisix-client.js';
 import { freePort } from '../../dev/local-etcd/index.js';
 import { newSigningKey } from '../../dev/signing-keys.js';
 import { createEtcdClient } from '../../etcd/index.js';
@@ -20,7 +20,6 @@ import { policySubmission } from '../../cms/rego-compiler.js';
 import { PolicyStore, sha256Hex } from '../../policy/store/index.js';
 import { FileSignatureVerifier, pemFileSigner } from '../../policy/signing/index.js';
 import { PolicyWatcher } from '../../policy/watcher/watcher.js';
-import type { RewriteAction, StopAction } from '../../plugins/protocol/index.js';
 
 const ALLOW_ALL = `package project.authz
 import rego.v1
@@ -91,19 +90,11 @@ async function launch(): Promise<{ runner: RunnerProcess; metricsUrl: string }> 
 
 /** A request of a user of `project` through the runner: its stop status, or 'pass'. */
 async function decide(runner: RunnerProcess, project: string): Promise<number | 'pass'> {
-  const client = await ApisixClient.open(runner.socketPath);
-  try {
-    const token = await client.prepare([
-      { name: 'jwt', value: '{}' },
-      { name: 'opa', value: JSON.stringify({ policies: ['caller-project'] }) },
-    ]);
-    const bearer = await keys.token({ sub: 'ada', role: 'viewer', project });
-    const answer = await client.call(request({ confToken: token, method: 'GET', headers: [{ name: 'authorization', value: `Bearer ${bearer}` }] }));
-    const action = answer.action as StopAction | RewriteAction | null;
-    return action?.type === 'stop' ? action.status : 'pass';
-  } finally {
-    client.close();
-  }
+  const conf = [
+    { name: 'jwt', value: '{}' },
+    { name: 'opa', value: JSON.stringify({ policies: ['caller-project'] }) },
+  ];
+  return chainStatus(runner.socketPath, conf, await keys.token({ sub: 'ada', role: 'viewer', project }));
 }
 
 async function until(check: () => Promise<boolean>, what: string, timeoutMs = 15_000) {

@@ -13,12 +13,11 @@ import { startEtcd, type TestEtcd } from '../support/etcd.js';
 import { createTestKeys, type TestKeys } from '../support/jwt.js';
 import { EtcdPolicyWriter } from '../support/policies.js';
 import { startRunner, type RunnerProcess } from '../support/runner-process.js';
-import { ApisixClient, request } from '../support/apisix-client.js';
+import { chainStatus } from '../support/apisix-client.js';
 import { freePort } from '../../dev/local-etcd/index.js';
 import { createEtcdClient } from '../../etcd/index.js';
 import { policyKeys } from '../../policy/store/index.js';
 import { PolicyWatcher } from '../../policy/watcher/watcher.js';
-import type { RewriteAction, StopAction } from '../../plugins/protocol/index.js';
 import { policyBody, startHarness, type Harness } from '../cms/harness.js';
 
 const PLATFORM = `package platform
@@ -94,19 +93,11 @@ async function launch(): Promise<{ runner: RunnerProcess; metricsUrl: string }> 
 }
 
 async function status(runner: RunnerProcess): Promise<number | 'pass'> {
-  const client = await ApisixClient.open(runner.socketPath);
-  try {
-    const token = await client.prepare([
-      { name: 'jwt', value: '{}' },
-      { name: 'opa', value: JSON.stringify({ policies: ['platform', 'caller-project'] }) },
-    ]);
-    const bearer = await keys.token({ sub: 'ada', role: 'admin', project: 'team-a' });
-    const answer = await client.call(request({ confToken: token, method: 'GET', headers: [{ name: 'authorization', value: `Bearer ${bearer}` }] }));
-    const action = answer.action as StopAction | RewriteAction | null;
-    return action?.type === 'stop' ? action.status : 'pass';
-  } finally {
-    client.close();
-  }
+  const conf = [
+    { name: 'jwt', value: '{}' },
+    { name: 'opa', value: JSON.stringify({ policies: ['platform', 'caller-project'] }) },
+  ];
+  return chainStatus(runner.socketPath, conf, await keys.token({ sub: 'ada', role: 'admin', project: 'team-a' }));
 }
 
 async function until(check: () => Promise<boolean>, what: string, timeoutMs = 10_000) {

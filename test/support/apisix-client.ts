@@ -21,6 +21,7 @@ import {
   type HttpReqCallResponse,
   type HttpRespCallRequest,
   type HttpRespCallResponse,
+  type StopAction,
 } from '../../plugins/protocol/index.js';
 
 export class RunnerError extends Error {
@@ -98,6 +99,23 @@ export function request(overrides: Partial<HttpReqCallRequest> & { confToken: nu
     headers: [{ name: 'host', value: '127.0.0.1:8080' }],
     ...overrides,
   };
+}
+
+/**
+ * One request through a fresh connection, as APISIX makes it: `conf` prepared,
+ * then a GET with `bearer` (when given) as its Authorization header. The
+ * runner's stop status, or 'pass' when it lets the request through.
+ */
+export async function chainStatus(socketPath: string, conf: { name: string; value: string }[], bearer?: string): Promise<number | 'pass'> {
+  const client = await ApisixClient.open(socketPath);
+  try {
+    const confToken = await client.prepare(conf);
+    const headers = bearer === undefined ? [] : [{ name: 'authorization', value: `Bearer ${bearer}` }];
+    const answer = await client.call(request({ confToken, method: 'GET', headers }));
+    return answer.action?.type === 'stop' ? (answer.action as StopAction).status : 'pass';
+  } finally {
+    client.close();
+  }
 }
 
 export const text = (bytes: Uint8Array | null) => (bytes === null ? null : Buffer.from(bytes).toString('utf8'));
