@@ -8,79 +8,18 @@
  *   npm run bench:cms                     (BENCH_CMS_PUTS=300 to change the count)
  *   ETCD_ENDPOINTS=http://... to use a running etcd instead of starting one
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
-import { mkdir, mkdtemp, rm } from 'node:fs/promises';
-import { createServer } from 'node:net';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import hdr from 'hdr-histogram-js';
 import { pino } from 'pino';
 import { buildCmsApp } from '../cms/app.js';
-import { opaPath, packageRoot } from '../runtime/paths.js';
+import { opaPath } from '../runtime/paths.js';
+import { startLocalEtcd } from '../dev/local-etcd/index.js';
 import { createDemoIdentity, EXAMPLE_POLICY } from '../dev/demo.js';
 
 const PUTS = Number(process.env.BENCH_CMS_PUTS ?? 200);
 const WARMUP = 10;
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const server = createServer().listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-  });
-}
-
-/** A throwaway single-node etcd on loopback, data under .local/. */
-async function startEtcd(): Promise<{ endpoint: string; stop(): Promise<void> }> {
-  const [clientPort, peerPort] = [await freePort(), await freePort()];
-  const dataDir = join(packageRoot(), '.local', 'bench-etcd', randomBytes(6).toString('hex'));
-  await mkdir(dataDir, { recursive: true });
-  const endpoint = `http://127.0.0.1:${clientPort}`;
-  const peer = `http://127.0.0.1:${peerPort}`;
-  const child: ChildProcess = spawn(
-    'etcd',
-    [
-      '--name',
-      'bench',
-      '--data-dir',
-      dataDir,
-      '--listen-client-urls',
-      endpoint,
-      '--advertise-client-urls',
-      endpoint,
-      '--listen-peer-urls',
-      peer,
-      '--initial-advertise-peer-urls',
-      peer,
-      '--initial-cluster',
-      `bench=${peer}`,
-      '--log-level',
-      'error',
-    ],
-    { stdio: 'ignore' },
-  );
-  const deadline = Date.now() + 20_000;
-  for (;;) {
-    try {
-      if ((await fetch(`${endpoint}/health`)).ok) break;
-    } catch {
-      // starting
-    }
-    if (Date.now() > deadline || child.exitCode !== null) throw new Error('etcd did not start');
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
-  return {
-    endpoint,
-    async stop() {
-      const exited = new Promise((resolve) => child.once('exit', resolve));
-      child.kill('SIGTERM');
-      await exited;
-      await rm(dataDir, { recursive: true, force: true });
-    },
-  };
-}
 
 function histogram() {
   return hdr.build({ lowestDiscernibleValue: 1, highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: 3 });
@@ -94,8 +33,8 @@ function serverTiming(header: string | null, name: string): number {
 
 async function main(): Promise<void> {
   const externalEtcd = process.env.ETCD_ENDPOINTS?.split(',').filter(Boolean);
-  const etcd = externalEtcd ? null : await startEtcd();
-  const endpoints = externalEtcd ?? [etcd!.endpoint];
+  const etcd = externalEtcd ? null : await startLocalEtcd({ dataRoot: 'bench-etcd' });
+  const endpoints = externalEtcd ?? etcd!.endpoints;
   const keysDir = await mkdtemp(join(tmpdir(), 'gatehouse-bench-'));
   const identity = await createDemoIdentity(keysDir);
   const app = await buildCmsApp({
@@ -149,7 +88,7 @@ async function main(): Promise<void> {
   } finally {
     for (const h of [total, compile, etcdWrite, get]) h.destroy();
     await app.close();
-    await etcd?.stop();
+    await etcd?.cleanup();
     await rm(keysDir, { recursive: true, force: true });
   }
 }
