@@ -47,17 +47,7 @@ function isPlainObject(value: unknown): value is Record<string, unknown> {
 export function parsePolicyBody(text: string): PolicyBody;
 export function parsePolicyBody(text: string, also: readonly string[]): PolicyBody & { also: Record<string, unknown> };
 export function parsePolicyBody(text: string, also: readonly string[] = []): PolicyBody & { also?: Record<string, unknown> } {
-  let body: unknown;
-  try {
-    body = parse(text);
-  } catch (error) {
-    throw new HttpProblem({
-      status: 400,
-      type: ProblemType.invalidBody,
-      title: 'Malformed JSON',
-      detail: error instanceof Error ? error.message : 'the body is not valid JSON',
-    });
-  }
+  const body = parseJsonBody(text);
   if (!isPlainObject(body)) throw invalid('the body must be a JSON object {"rego": string, "data": object}');
   const unexpected = Object.keys(body).filter((key) => key !== 'rego' && key !== 'data' && key !== 'tests' && !also.includes(key));
   if (unexpected.length > 0) throw invalid(`unexpected member(s): ${unexpected.join(', ')}`);
@@ -71,6 +61,20 @@ export function parsePolicyBody(text: string, also: readonly string[] = []): Pol
   if (also.length === 0) return { rego: body.rego, dataText, tests };
   const members = body;
   return { rego: body.rego, dataText, tests, also: Object.fromEntries(also.filter((key) => Object.hasOwn(members, key)).map((key) => [key, members[key]])) };
+}
+
+/** A JSON body parsed with lossless-json (numbers keep their digits, duplicate keys refused); 400 Malformed JSON otherwise. */
+export function parseJsonBody(text: string): unknown {
+  try {
+    return parse(text);
+  } catch (error) {
+    throw new HttpProblem({
+      status: 400,
+      type: ProblemType.invalidBody,
+      title: 'Malformed JSON',
+      detail: error instanceof Error ? error.message : 'the body is not valid JSON',
+    });
+  }
 }
 
 function parseTests(value: unknown): Record<string, string> {

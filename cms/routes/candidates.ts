@@ -26,7 +26,7 @@ import { fleetHeaders, preferredWait } from '../fleet.js';
 import { parsePolicyBody } from '../policy-body.js';
 import type { PolicyAuthor, PolicyWriter } from '../policy-writer.js';
 import { etag, methodNotAllowed, notModified, verifiedIdentity, writeConditions } from '../request.js';
-import { policyName, policyProblem, sendWrittenVersion, summary, versionBody } from './policies.js';
+import { answerPolicyProblems, policyAuthor, policyName, sendWrittenVersion, summary, versionBody } from './policies.js';
 
 export interface CandidateRoutesOptions {
   store: PolicyStore;
@@ -83,14 +83,7 @@ function aggregate(reports: ShadowReport[]) {
 }
 
 export const candidateRoutes: FastifyPluginAsync<CandidateRoutesOptions> = async (app, { store, writer, etcd }) => {
-  app.setErrorHandler((error, request, reply) => {
-    const problem = policyProblem(error, request);
-    if (!problem) throw error;
-    if (problem.status >= 500) request.log.error({ err: error }, 'request failed');
-    return sendProblem(reply, problem);
-  });
-
-  const author = (request: FastifyRequest): PolicyAuthor => ({ sub: verifiedIdentity(request).sub, log: request.log });
+  answerPolicyProblems(app);
   const noCandidate = (name: string) =>
     new HttpProblem({ status: 404, type: ProblemType.policyNotFound, title: 'No candidate', detail: `policy ${name} has no candidate` });
   /** The writer's PolicyNotFoundError, for promote and discard, means no candidate (not no policy). */
@@ -104,7 +97,7 @@ export const candidateRoutes: FastifyPluginAsync<CandidateRoutesOptions> = async
     const { also, ...policy } = parsePolicyBody(bodyText(request, 'a policy object'), ['sample_percent', 'enforce_percent']);
     const rollout = { samplePercent: percent(also.sample_percent, 'sample_percent', 100), enforcePercent: percent(also.enforce_percent, 'enforce_percent', 0) };
     const wait = preferredWait(request.headers.prefer);
-    const written = await writer.writeCandidate(name, policy, rollout, writeConditions(request), author(request));
+    const written = await writer.writeCandidate(name, policy, rollout, writeConditions(request), policyAuthor(request));
     return sendWrittenVersion(reply, `/policies/${name}/candidate`, written, wait, writer);
   });
 
@@ -145,7 +138,7 @@ export const candidateRoutes: FastifyPluginAsync<CandidateRoutesOptions> = async
     const name = policyName(request);
     const version = promotedVersion(request);
     const wait = preferredWait(request.headers.prefer);
-    const written = await writer.promote(name, version, writeConditions(request), author(request)).catch(orNoCandidate(name));
+    const written = await writer.promote(name, version, writeConditions(request), policyAuthor(request)).catch(orNoCandidate(name));
     return sendWrittenVersion(reply, `/policies/${name}`, written, wait, writer);
   });
 
@@ -153,7 +146,7 @@ export const candidateRoutes: FastifyPluginAsync<CandidateRoutesOptions> = async
     verifiedIdentity(request);
     const name = policyName(request);
     const wait = preferredWait(request.headers.prefer);
-    const deleted = await writer.discardCandidate(name, writeConditions(request), author(request)).catch(orNoCandidate(name));
+    const deleted = await writer.discardCandidate(name, writeConditions(request), policyAuthor(request)).catch(orNoCandidate(name));
     if (wait !== null && deleted.revision !== null) reply.headers(fleetHeaders(await writer.waitForGateways(deleted.revision, wait), wait));
     return reply.code(204).send();
   });

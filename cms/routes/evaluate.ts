@@ -28,10 +28,10 @@ import type { FastifyPluginAsync, FastifyRequest } from 'fastify';
 import { isLosslessNumber, parse, stringify } from 'lossless-json';
 import { HttpProblem, ProblemType, sendProblem } from '../../http/problem.js';
 import { accessInput, type AccessPolicy } from '../../policy/access/index.js';
-import { parsePolicyBody, type PolicyBody } from '../policy-body.js';
+import { parseJsonBody, parsePolicyBody, type PolicyBody } from '../policy-body.js';
 import type { PolicyWriter } from '../policy-writer.js';
 import { methodNotAllowed, verifiedIdentity } from '../request.js';
-import { policyName, policyProblem } from './policies.js';
+import { answerPolicyProblems, policyName } from './policies.js';
 
 export interface EvaluateRoutesOptions {
   writer: PolicyWriter;
@@ -87,17 +87,7 @@ function evaluateBodyOf(request: FastifyRequest, bodyLimit: number): EvaluateBod
   if (typeof request.body !== 'string') {
     throw new HttpProblem({ status: 415, detail: 'the body must be {"input": ...} sent as application/json' });
   }
-  let body: unknown;
-  try {
-    body = parse(request.body);
-  } catch (error) {
-    throw new HttpProblem({
-      status: 400,
-      type: ProblemType.invalidBody,
-      title: 'Malformed JSON',
-      detail: error instanceof Error ? error.message : 'the body is not valid JSON',
-    });
-  }
+  const body = parseJsonBody(request.body);
   if (typeof body !== 'object' || body === null || Array.isArray(body) || isLosslessNumber(body)) {
     throw invalid('the body must be a JSON object {"input": <any JSON>}, optionally with "rego", "data" and "entrypoint"');
   }
@@ -130,12 +120,7 @@ function select(document: unknown, path: readonly string[]): unknown {
 }
 
 export const evaluateRoutes: FastifyPluginAsync<EvaluateRoutesOptions> = async (app, { writer, access }) => {
-  app.setErrorHandler((error, request, reply) => {
-    const problem = policyProblem(error, request);
-    if (!problem) throw error;
-    if (problem.status >= 500) request.log.error({ err: error }, 'request failed');
-    return sendProblem(reply, problem);
-  });
+  answerPolicyProblems(app);
 
   const bodyLimit = app.initialConfig.bodyLimit ?? 1024 * 1024;
   let held = 0;

@@ -17,7 +17,7 @@
  *   GET    /policies/{name}/status                 which gateways enforce the current version
  */
 import type { Etcd3 } from 'etcd3';
-import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify';
+import type { FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify';
 import { HttpProblem, ProblemType, sendProblem } from '../../http/problem.js';
 import { accessInput, type AccessPolicy } from '../../policy/access/index.js';
 import {
@@ -222,15 +222,23 @@ export async function sendWrittenVersion(
     .send(summary(written.meta));
 }
 
-export const policyRoutes: FastifyPluginAsync<PolicyRoutesOptions> = async (app, { store, writer, access, etcd }) => {
+/** Answers the policy write path's failures (policyProblem) in `app`'s routes; anything else goes on to app.ts's handler. */
+export function answerPolicyProblems(app: FastifyInstance): void {
   app.setErrorHandler((error, request, reply) => {
     const problem = policyProblem(error, request);
     if (!problem) throw error;
     if (problem.status >= 500) request.log.error({ err: error }, 'request failed');
     return sendProblem(reply, problem);
   });
+}
 
-  const author = (request: FastifyRequest): PolicyAuthor => ({ sub: verifiedIdentity(request).sub, log: request.log });
+/** Who writes, for the writer's audit line: the verified identity and the request's logger. */
+export function policyAuthor(request: FastifyRequest): PolicyAuthor {
+  return { sub: verifiedIdentity(request).sub, log: request.log };
+}
+
+export const policyRoutes: FastifyPluginAsync<PolicyRoutesOptions> = async (app, { store, writer, access, etcd }) => {
+  answerPolicyProblems(app);
 
   const sendWritten = (reply: FastifyReply, name: string, written: WrittenPolicy, wait: number | null) =>
     sendWrittenVersion(reply, `/policies/${name}`, written, wait, writer);
@@ -282,7 +290,7 @@ export const policyRoutes: FastifyPluginAsync<PolicyRoutesOptions> = async (app,
     const body = policyBodyOf(request);
     const conditions = writeConditions(request);
     const wait = preferredWait(request.headers.prefer);
-    return sendWritten(reply, name, await writer.write(name, body, conditions, author(request)), wait);
+    return sendWritten(reply, name, await writer.write(name, body, conditions, policyAuthor(request)), wait);
   });
 
   // Everything a PUT checks (compile, load, tests), nothing written; with `replay`, the decision
@@ -315,7 +323,7 @@ export const policyRoutes: FastifyPluginAsync<PolicyRoutesOptions> = async (app,
     const version = versionBody(request.body, 'Invalid rollback', 'a version in the history');
     const conditions = writeConditions(request);
     const wait = preferredWait(request.headers.prefer);
-    const written = await writer.rollback(name, version, conditions, author(request));
+    const written = await writer.rollback(name, version, conditions, policyAuthor(request));
     if (!written) throw notFound(`${name} version ${version} in the retained history`);
     return sendWritten(reply, name, written, wait);
   });
@@ -325,7 +333,7 @@ export const policyRoutes: FastifyPluginAsync<PolicyRoutesOptions> = async (app,
     verifiedIdentity(request);
     const name = policyName(request);
     const wait = preferredWait(request.headers.prefer);
-    const deleted = await writer.delete(name, writeConditions(request), author(request));
+    const deleted = await writer.delete(name, writeConditions(request), policyAuthor(request));
     if (wait !== null && deleted.revision !== null) reply.headers(fleetHeaders(await writer.waitForGateways(deleted.revision, wait), wait));
     return reply.code(204).send();
   });
