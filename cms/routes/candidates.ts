@@ -24,7 +24,7 @@ import { candidateName, PolicyNotFoundError, type PolicyStore } from '../../poli
 import { onCandidate, readCandidateReports, type ShadowReport, type ShadowSample } from '../../policy/candidate/index.js';
 import { fleetHeaders, preferredWait } from '../fleet.js';
 import { parsePolicyBody } from '../policy-body.js';
-import type { PolicyAuthor, PolicyWriter } from '../policy-writer.js';
+import type { PolicyWriter } from '../policy-writer.js';
 import { etag, methodNotAllowed, notModified, verifiedIdentity, writeConditions } from '../request.js';
 import { answerPolicyProblems, policyAuthor, policyName, sendWrittenVersion, summary, versionBody } from './policies.js';
 
