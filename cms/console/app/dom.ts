@@ -48,6 +48,22 @@ export function at(view: EditorView, row: number | undefined, col: number | unde
 }
 
 /**
+ * Starts a write of a policy: the last one's marks and messages cleared, and
+ * the data editor's document parsed; null (said in `message`) when it is not JSON.
+ */
+export function startWrite(message: HTMLElement, rego: EditorView, data: EditorView): { data: unknown } | null {
+  message.replaceChildren();
+  rego.dispatch(setDiagnostics(rego.state, []));
+  data.dispatch(setDiagnostics(data.state, []));
+  try {
+    return { data: JSON.parse(data.state.doc.toString()) };
+  } catch (err) {
+    message.replaceChildren(el('p', { className: 'error', textContent: `Data is not JSON: ${(err as Error).message}` }));
+    return null;
+  }
+}
+
+/**
  * A refused write of a policy: its errors marked in the Rego and data editors
  * at their row and column, and every error and test failure listed in
  * `message` under `headline` (the status and the problem's words unless given).

@@ -1,9 +1,8 @@
 // A new policy (platform admins): its name, Rego and data; Save creates it
 // with If-None-Match: * (never replaces one that exists), errors are marked
 // as on a policy's page, and the new policy's page follows.
-import { setDiagnostics } from '@codemirror/lint';
 import { api, type Problem } from '../api.js';
-import { editor, el, isAdmin, main, problemView, showWriteProblem } from '../dom.js';
+import { editor, el, isAdmin, main, problemView, showWriteProblem, startWrite } from '../dom.js';
 
 const NAME_PATTERN = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
 const TEMPLATE_REGO = 'package project.authz\n\nimport rego.v1\n\ndefault allow := false\n\nallow if input.user.role in data.roles\n';
@@ -30,25 +29,18 @@ export async function newPolicyView(): Promise<void> {
   const data = editor(dataBox, TEMPLATE_DATA, false, 'json');
 
   create.onclick = async () => {
-    message.replaceChildren();
-    rego.dispatch(setDiagnostics(rego.state, []));
-    data.dispatch(setDiagnostics(data.state, []));
     const policy = name.value.trim();
+    const started = startWrite(message, rego, data);
+    // A bad name is said first, whatever the data.
     if (!NAME_PATTERN.test(policy)) {
       message.replaceChildren(el('p', { className: 'error', textContent: 'The name must be a lowercase DNS label: a-z, 0-9 and -, at most 63.' }));
       return;
     }
-    let dataValue: unknown;
-    try {
-      dataValue = JSON.parse(data.state.doc.toString());
-    } catch (err) {
-      message.replaceChildren(el('p', { className: 'error', textContent: `Data is not JSON: ${(err as Error).message}` }));
-      return;
-    }
+    if (!started) return;
     create.disabled = true;
     try {
       const saved = await api('PUT', `/policies/${encodeURIComponent(policy)}`, {
-        body: JSON.stringify({ rego: rego.state.doc.toString(), data: dataValue }),
+        body: JSON.stringify({ rego: rego.state.doc.toString(), data: started.data }),
         headers: { 'if-none-match': '*' },
       });
       if (saved.status === 201) {

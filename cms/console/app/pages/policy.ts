@@ -2,10 +2,9 @@
 // and test errors marked at their row and column), which gateway enforces
 // which version (live), its candidate, its history with diffs between any two
 // versions, and rollback.
-import { setDiagnostics } from '@codemirror/lint';
 import { diffLines } from 'diff';
 import { api, type Problem } from '../api.js';
-import { editor, el, isAdmin, main, problemView, showWriteProblem } from '../dom.js';
+import { editor, el, isAdmin, main, problemView, showWriteProblem, startWrite } from '../dom.js';
 
 /** Shows the current page again, through the router (which stops this one's polling first). */
 const rerender = () => window.dispatchEvent(new HashChangeEvent('hashchange'));
@@ -64,17 +63,9 @@ export async function policyView(name: string): Promise<() => void> {
   const data = editor(dataBox, JSON.stringify(answer.body.data, null, 2), !admin, 'json');
 
   save.onclick = async () => {
-    message.replaceChildren();
-    rego.dispatch(setDiagnostics(rego.state, []));
-    data.dispatch(setDiagnostics(data.state, []));
-    let dataValue: unknown;
-    try {
-      dataValue = JSON.parse(data.state.doc.toString());
-    } catch (err) {
-      message.replaceChildren(el('p', { className: 'error', textContent: `Data is not JSON: ${(err as Error).message}` }));
-      return;
-    }
-    const body = JSON.stringify({ rego: rego.state.doc.toString(), data: dataValue, ...(tests.length ? { tests: Object.fromEntries(tests) } : {}) });
+    const started = startWrite(message, rego, data);
+    if (!started) return;
+    const body = JSON.stringify({ rego: rego.state.doc.toString(), data: started.data, ...(tests.length ? { tests: Object.fromEntries(tests) } : {}) });
     const saved = await api('PUT', `/policies/${encodeURIComponent(name)}`, { body, headers: etag ? { 'if-match': etag } : {} });
     if (saved.status === 200 || saved.status === 201) {
       etag = saved.etag;
