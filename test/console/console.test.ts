@@ -127,7 +127,7 @@ describe('a candidate in the console', () => {
       { name: 'jwt', value: '{}' },
       { name: 'opa', value: '{"policies":["caller-project"]}' },
     ];
-    for (let i = 0; i < 3; i++) expect(await chainStatus(runner.socketPath, conf, bearer)).toBe(403);
+    for (let i = 0; i < 3; i++) expect(await chainStatus(runner.socketPath, conf, { bearer })).toBe(403);
     const page = await signedIn(harness.tokens.admin);
     await page.goto(`${cms.baseUrl}/console/#/p/team-b`);
     // What the gateway saw: three divergences, the samples' results side by side.

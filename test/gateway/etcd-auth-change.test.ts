@@ -21,8 +21,7 @@ import { startEtcd, withAccessControl } from '../support/etcd.js';
 import { createTestKeys, type TestKeys } from '../support/jwt.js';
 import { EtcdPolicyWriter, opaPath } from '../support/policies.js';
 import { startRunner, type RunnerProcess } from '../support/runner-process.js';
-import { ApisixClient, request } from '../support/apisix-client.js';
-import type { StopAction, RewriteAction } from '../../plugins/protocol/index.js';
+import { chainStatus } from '../support/apisix-client.js';
 
 const password = () => randomBytes(12).toString('hex');
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -72,19 +71,11 @@ describe('etcd with JWT tokens: every token issued before a change of access con
 
   /** What the gateway decides for a viewer of project flip: 'pass' or the status it stops with. */
   async function viewerDecision(): Promise<number | 'pass'> {
-    const client = await ApisixClient.open(runner.socketPath);
-    try {
-      const token = await client.prepare([
-        { name: 'jwt', value: '{}' },
-        { name: 'opa', value: JSON.stringify({ policies: ['caller-project'] }) },
-      ]);
-      const viewer = await keys.token({ sub: 'vic', role: 'viewer', project: 'flip' });
-      const answer = await client.call(request({ confToken: token, headers: [{ name: 'authorization', value: `Bearer ${viewer}` }] }), () => null);
-      const action = answer.action as StopAction | RewriteAction | null;
-      return action?.type === 'stop' ? action.status : 'pass';
-    } finally {
-      client.close();
-    }
+    const conf = [
+      { name: 'jwt', value: '{}' },
+      { name: 'opa', value: JSON.stringify({ policies: ['caller-project'] }) },
+    ];
+    return chainStatus(runner.socketPath, conf, { bearer: await keys.token({ sub: 'vic', role: 'viewer', project: 'flip' }) });
   }
 
   /** The CMS's view of the gateways: every one of them (at least one) reports enforcing flip's current version. */

@@ -14,11 +14,10 @@ import { startEtcd, type TestEtcd } from '../support/etcd.js';
 import { createTestKeys, type TestKeys } from '../support/jwt.js';
 import { EtcdPolicyWriter } from '../support/policies.js';
 import { startRunner, type RunnerProcess } from '../support/runner-process.js';
-import { ApisixClient, request } from '../support/apisix-client.js';
+import { chainStatus } from '../support/apisix-client.js';
 import { createEtcdClient } from '../../etcd/index.js';
 import { freePort } from '../../dev/local-etcd/index.js';
 import { loadPolicyEngine } from '../../policy/engine/index.js';
-import type { RewriteAction, StopAction } from '../../plugins/protocol/index.js';
 
 // The size of the range comes from the request: a client picks how much the evaluation allocates.
 const RUNAWAY = `package project.authz
@@ -97,21 +96,12 @@ afterAll(async () => {
 });
 
 async function decide(n: number, project = 'runaway', on: RunnerProcess = runner): Promise<number | 'pass'> {
-  const client = await ApisixClient.open(on.socketPath);
-  try {
-    const token = await client.prepare([
-      { name: 'jwt', value: '{}' },
-      { name: 'opa', value: JSON.stringify({ policies: ['caller-project'] }) },
-    ]);
-    const bearer = await keys.token({ sub: 'u', role: 'r', project });
-    const answer = await client.call(
-      request({ confToken: token, args: [{ name: 'n', value: String(n) }], headers: [{ name: 'authorization', value: `Bearer ${bearer}` }] }),
-    );
-    const action = answer.action as StopAction | RewriteAction | null;
-    return action?.type === 'stop' ? action.status : 'pass';
-  } finally {
-    client.close();
-  }
+  const conf = [
+    { name: 'jwt', value: '{}' },
+    { name: 'opa', value: JSON.stringify({ policies: ['caller-project'] }) },
+  ];
+  const bearer = await keys.token({ sub: 'u', role: 'r', project });
+  return chainStatus(on.socketPath, conf, { bearer, args: [{ name: 'n', value: String(n) }] });
 }
 
 describe('evaluation memory', () => {

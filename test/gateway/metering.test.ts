@@ -26,10 +26,9 @@ import { opaPath, EtcdPolicyWriter } from '../support/policies.js';
 import { startEtcd, type TestEtcd } from '../support/etcd.js';
 import { createTestKeys, type TestKeys } from '../support/jwt.js';
 import { startRunner, type RunnerProcess } from '../support/runner-process.js';
-import { ApisixClient, request } from '../support/apisix-client.js';
+import { chainStatus } from '../support/apisix-client.js';
 import { createEtcdClient } from '../../etcd/index.js';
 import { freePort } from '../../dev/local-etcd/index.js';
-import type { RewriteAction, StopAction } from '../../plugins/protocol/index.js';
 
 // n * n steps that allocate little: only fuel (or a deadline) stops it. Unbounded, n = 4000 runs for seconds.
 const SLOW = `package project.authz
@@ -237,21 +236,12 @@ describe('in the runner (evaluation on its own thread, the default)', () => {
   });
 
   async function decide(n: number, project: string): Promise<number | 'pass'> {
-    const client = await ApisixClient.open(runner.socketPath);
-    try {
-      const token = await client.prepare([
-        { name: 'jwt', value: '{}' },
-        { name: 'opa', value: JSON.stringify({ policies: ['caller-project'] }) },
-      ]);
-      const bearer = await keys.token({ sub: 'u', role: 'r', project });
-      const answer = await client.call(
-        request({ confToken: token, args: [{ name: 'n', value: String(n) }], headers: [{ name: 'authorization', value: `Bearer ${bearer}` }] }),
-      );
-      const action = answer.action as StopAction | RewriteAction | null;
-      return action?.type === 'stop' ? action.status : 'pass';
-    } finally {
-      client.close();
-    }
+    const conf = [
+      { name: 'jwt', value: '{}' },
+      { name: 'opa', value: JSON.stringify({ policies: ['caller-project'] }) },
+    ];
+    const bearer = await keys.token({ sub: 'u', role: 'r', project });
+    return chainStatus(runner.socketPath, conf, { bearer, args: [{ name: 'n', value: String(n) }] });
   }
 
   it("denies a runaway tenant's requests (500), counts them, and goes on serving another tenant meanwhile", async () => {

@@ -12,10 +12,9 @@ import { startEtcd, type TestEtcd } from '../support/etcd.js';
 import { createTestKeys, type TestKeys } from '../support/jwt.js';
 import { EtcdPolicyWriter } from '../support/policies.js';
 import { repoRoot, startRunner, type RunnerProcess } from '../support/runner-process.js';
-import { ApisixClient, request } from '../support/apisix-client.js';
+import { chainStatus } from '../support/apisix-client.js';
 import { freePort } from '../../dev/local-etcd/index.js';
 import { createEtcdClient } from '../../etcd/index.js';
-import type { StopAction, RewriteAction } from '../../plugins/protocol/index.js';
 
 // Three distinct modules; every project runs one of them with data of its own,
 // so a project's decision depends on its own data: a mix-up between projects
@@ -123,19 +122,11 @@ afterAll(async () => {
 });
 
 async function gatewayDecision(project: number, role: number): Promise<number | 'pass'> {
-  const client = await ApisixClient.open(runner.socketPath);
-  try {
-    const token = await client.prepare([
-      { name: 'jwt', value: '{}' },
-      { name: 'opa', value: JSON.stringify({ policies: ['platform', 'caller-project'] }) },
-    ]);
-    const bearer = await keys.token({ sub: `u${role}`, role: roleOf(role), project: projectName(project) });
-    const answer = await client.call(request({ confToken: token, headers: [{ name: 'authorization', value: `Bearer ${bearer}` }] }));
-    const action = answer.action as StopAction | RewriteAction | null;
-    return action?.type === 'stop' ? action.status : 'pass';
-  } finally {
-    client.close();
-  }
+  const conf = [
+    { name: 'jwt', value: '{}' },
+    { name: 'opa', value: JSON.stringify({ policies: ['platform', 'caller-project'] }) },
+  ];
+  return chainStatus(runner.socketPath, conf, { bearer: await keys.token({ sub: `u${role}`, role: roleOf(role), project: projectName(project) }) });
 }
 
 async function apiDecision(project: number, role: number): Promise<unknown> {

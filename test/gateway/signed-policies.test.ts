@@ -94,7 +94,7 @@ async function decide(runner: RunnerProcess, project: string): Promise<number | 
     { name: 'jwt', value: '{}' },
     { name: 'opa', value: JSON.stringify({ policies: ['caller-project'] }) },
   ];
-  return chainStatus(runner.socketPath, conf, await keys.token({ sub: 'ada', role: 'viewer', project }));
+  return chainStatus(runner.socketPath, conf, { bearer: await keys.token({ sub: 'ada', role: 'viewer', project }) });
 }
 
 async function until(check: () => Promise<boolean>, what: string, timeoutMs = 15_000) {

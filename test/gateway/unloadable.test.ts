@@ -97,7 +97,7 @@ async function status(runner: RunnerProcess): Promise<number | 'pass'> {
     { name: 'jwt', value: '{}' },
     { name: 'opa', value: JSON.stringify({ policies: ['platform', 'caller-project'] }) },
   ];
-  return chainStatus(runner.socketPath, conf, await keys.token({ sub: 'ada', role: 'admin', project: 'team-a' }));
+  return chainStatus(runner.socketPath, conf, { bearer: await keys.token({ sub: 'ada', role: 'admin', project: 'team-a' }) });
 }
 
 async function until(check: () => Promise<boolean>, what: string, timeoutMs = 10_000) {

@@ -103,15 +103,20 @@ export function request(overrides: Partial<HttpReqCallRequest> & { confToken: nu
 
 /**
  * One request through a fresh connection, as APISIX makes it: `conf` prepared,
- * then a GET with `bearer` (when given) as its Authorization header. The
- * runner's stop status, or 'pass' when it lets the request through.
+ * then a GET with `bearer` (when given) as its Authorization header and
+ * `args` as its query. The runner's stop status, or 'pass' when it lets the
+ * request through.
  */
-export async function chainStatus(socketPath: string, conf: { name: string; value: string }[], bearer?: string): Promise<number | 'pass'> {
+export async function chainStatus(
+  socketPath: string,
+  conf: { name: string; value: string }[],
+  options: { bearer?: string; args?: { name: string; value: string }[] } = {},
+): Promise<number | 'pass'> {
   const client = await ApisixClient.open(socketPath);
   try {
     const confToken = await client.prepare(conf);
-    const headers = bearer === undefined ? [] : [{ name: 'authorization', value: `Bearer ${bearer}` }];
-    const answer = await client.call(request({ confToken, method: 'GET', headers }));
+    const headers = options.bearer === undefined ? [] : [{ name: 'authorization', value: `Bearer ${options.bearer}` }];
+    const answer = await client.call(request({ confToken, method: 'GET', headers, args: options.args ?? [] }));
     return answer.action?.type === 'stop' ? (answer.action as StopAction).status : 'pass';
   } finally {
     client.close();
