@@ -179,7 +179,7 @@ export class BudgetLedger {
     watcher.on('put', (kv) => {
       const key = kv.key.toString('utf8');
       try {
-        const allocation = this.sane(key, JSON.parse(kv.value.toString('utf8')) as Allocation);
+        const allocation = saneAllocation(key, JSON.parse(kv.value.toString('utf8')) as Allocation, this.options.log);
         this.seen.set(key, allocation);
         this.onRecord(key, allocation);
       } catch {
@@ -448,26 +448,7 @@ export class BudgetLedger {
     const response = await this.options.client.get(key).exec();
     const kv = response.kvs[0];
     if (!kv) return { allocation: null, modRevision: null };
-    return { allocation: this.sane(key, JSON.parse(kv.value.toString('utf8')) as Allocation), modRevision: kv.mod_revision };
-  }
-
-  /**
-   * A record as the ledger can trust it: a `consumed` that is not a finite
-   * number of at least 0 (written by a version that let Infinity through,
-   * stored as null) counts as the whole limit, so the window hands out
-   * nothing more; a held block that is not counts as nothing held (its
-   * holder's calls settle into nothing, as for a reclaimed block).
-   */
-  private sane(key: string, record: Allocation): Allocation {
-    const number = (n: unknown): n is number => typeof n === 'number' && Number.isFinite(n) && n >= 0;
-    if (!record || typeof record !== 'object') throw new Error(`budget record ${key} is not an object`);
-    if (!number(record.consumed)) {
-      this.options.log.error({ key, consumed: String(record.consumed) }, 'budget record with a damaged consumed count: the window counts as spent');
-      record.consumed = number(record.limit) ? record.limit : Number.MAX_SAFE_INTEGER;
-    }
-    if (!record.held || typeof record.held !== 'object') record.held = {};
-    for (const [holder, tokens] of Object.entries(record.held)) if (!number(tokens)) delete record.held[holder];
-    return record;
+    return { allocation: saneAllocation(key, JSON.parse(kv.value.toString('utf8')) as Allocation, this.options.log), modRevision: kv.mod_revision };
   }
 
   /**
@@ -620,14 +601,12 @@ export async function readLedgerWindows(client: Etcd3, project: string, limits: 
   return Promise.all(
     limits.map(async (limit) => {
       const { start, end } = windowBounds(limit.per, nowMs);
-      const text = await client.get(ledgerKey(project, limit.scope, limit.per, start)).string();
-      let consumed = 0;
-      let held = 0;
-      if (text !== null) {
-        const record = JSON.parse(text) as Allocation;
-        consumed = Math.max(0, Number(record.consumed) || 0);
-        held = Object.values(record.held ?? {}).reduce((n, tokens) => n + Math.max(0, Number(tokens) || 0), 0);
-      }
+      const key = ledgerKey(project, limit.scope, limit.per, start);
+      const text = await client.get(key).string();
+      // Read as the ledger trusts a record (a damaged consumed count is the whole limit).
+      const record = text === null ? null : saneAllocation(key, JSON.parse(text) as Allocation);
+      const consumed = record?.consumed ?? 0;
+      const held = Object.values(record?.held ?? {}).reduce((n, tokens) => n + tokens, 0);
       return {
         scope: limit.scope,
         per: limit.per,
@@ -640,4 +619,23 @@ export async function readLedgerWindows(client: Etcd3, project: string, limits: 
       };
     }),
   );
+}
+
+/**
+ * A record as the ledger can trust it: a `consumed` that is not a finite
+ * number of at least 0 (written by a version that let Infinity through,
+ * stored as null) counts as the whole limit, so the window hands out
+ * nothing more; a held block that is not counts as nothing held (its
+ * holder's calls settle into nothing, as for a reclaimed block).
+ */
+function saneAllocation(key: string, record: Allocation, log?: Logger): Allocation {
+  const number = (n: unknown): n is number => typeof n === 'number' && Number.isFinite(n) && n >= 0;
+  if (!record || typeof record !== 'object') throw new Error(`budget record ${key} is not an object`);
+  if (!number(record.consumed)) {
+    log?.error({ key, consumed: String(record.consumed) }, 'budget record with a damaged consumed count: the window counts as spent');
+    record.consumed = number(record.limit) ? record.limit : Number.MAX_SAFE_INTEGER;
+  }
+  if (!record.held || typeof record.held !== 'object') record.held = {};
+  for (const [holder, tokens] of Object.entries(record.held)) if (!number(tokens)) delete record.held[holder];
+  return record;
 }

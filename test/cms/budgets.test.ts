@@ -6,10 +6,11 @@
  * etcd away; audit lines and metrics.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { budgetHistoryKey, budgetKey, type StoredBudget } from '../../budget/keys.js';
+import { budgetHistoryKey, budgetKey, ledgerKey, type StoredBudget } from '../../budget/keys.js';
 import { ADMIN, startHarness, type Cms, type Harness, type Response } from './harness.js';
 import { pino } from 'pino';
 import { BudgetLedger } from '../../budget/ledger.js';
+import { windowBounds } from '../../budget/definition.js';
 import { createEtcdClient } from '../../etcd/index.js';
 
 let harness: Harness;
@@ -176,6 +177,10 @@ describe('where each limit stands now', () => {
     const settled = await dayWindow();
     expect(settled).toMatchObject({ consumed: 300, held: 0, available: 1000000 - 300 });
     expect(Date.parse(settled.resets_at)).toBe(Date.UTC(new Date().getUTCFullYear(), new Date().getUTCMonth(), new Date().getUTCDate() + 1));
+    // A record whose consumed count is damaged is read as the ledger reads it: the window spent.
+    const dayStart = windowBounds('day', Date.now()).start;
+    await harness.etcdClient.put(ledgerKey(project, '*', 'day', dayStart)).value(JSON.stringify({ limit: 1000000, consumed: null, held: {} }));
+    expect(await dayWindow()).toMatchObject({ consumed: 1000000, held: 0, available: 0 });
     expect((await cms.request('GET', `/budgets/${project}/remaining`, { token: harness.tokens.teamA })).status).toBe(403);
     expect((await cms.request('GET', '/budgets/team-none/remaining', admin())).status).toBe(404);
   });
