@@ -32,8 +32,7 @@ import { isCredentialHeader, isCredentialQueryParameter, maskCredentialQuery } f
 import type { AccessPolicy } from '../policy/access/index.js';
 import { accessInput } from '../policy/access/index.js';
 import { maskInput, type DecisionLog } from '../policy/decision-log/index.js';
-import { onCandidate, type CandidateShadow } from '../policy/candidate/index.js';
-import { candidateName } from '../policy/store/names.js';
+import type { CandidateShadow } from '../policy/candidate/index.js';
 import { isDeepStrictEqual } from 'node:util';
 
 export interface DecisionApiOptions {
@@ -224,11 +223,7 @@ export async function buildDecisionApp(options: DecisionApiOptions): Promise<Fas
     const live = set.get(policyName);
     if (!live) throw new HttpProblem({ status: 404, detail: `no policy named ${policyName}` });
     // Its candidate, as on the runner: enforced for the canary's callers, shadowed for the others'.
-    const candidate = options.candidates ? set.get(candidateName(policyName)) : undefined;
-    const rollout = candidate?.meta.rollout;
-    const canary = candidate !== undefined && rollout !== undefined && onCandidate(policyName, identity.sub, rollout.enforcePercent);
-    if (options.candidates && candidate && rollout) options.candidates.enforced(candidate, policyName, canary ? 'candidate' : 'live');
-    const policy = canary ? candidate : live;
+    const { policy, shadowed: candidate } = options.candidates?.route(live, set, identity.sub) ?? { policy: live, shadowed: null };
 
     const started = process.hrtime.bigint();
     const logDecision = (result: 'allow' | 'deny' | 'error', status: number) =>
@@ -251,9 +246,9 @@ export async function buildDecisionApp(options: DecisionApiOptions): Promise<Fas
       throw new HttpProblem({ status: 500, detail: `policy evaluation failed: ${String(err)}` });
     }
     const result = document === undefined ? undefined : documentAt(policy.meta.entrypoint.split('/'), document, rest);
-    if (options.candidates && candidate && rollout && !canary && Math.random() * 100 < rollout.samplePercent) {
+    if (candidate) {
       // The Data API answers a document: the candidate agrees when it would answer the same one.
-      options.candidates.shadow({
+      options.candidates?.shadow({
         live,
         candidate,
         tenant: identity.project ?? '',

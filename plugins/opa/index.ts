@@ -33,8 +33,8 @@ import { ConfError } from '../api/plugin.js';
 import type { GatewayRequest, StopResponse } from '../api/http.js';
 import { maskInput, shouldLog, type DecisionEvent, type DecisionLog, type DecisionLogConf, type DecisionPolicy } from '../../policy/decision-log/index.js';
 import { jsonConfParser } from '../api/json-conf.js';
-import { candidateName, isValidPolicyName, PLATFORM_POLICY_NAME } from '../../policy/store/names.js';
-import { onCandidate, type CandidateShadow } from '../../policy/candidate/index.js';
+import { isValidPolicyName, PLATFORM_POLICY_NAME } from '../../policy/store/names.js';
+import type { CandidateShadow } from '../../policy/candidate/index.js';
 import { PolicyUnloadableError, type PolicySet, type LoadedPolicy } from '../../policy/watcher/policy-set.js';
 import { PolicyEngineError } from '../../policy/engine/index.js';
 import { WasmUnavailableError } from '../../policy/engine/cache.js';
@@ -179,8 +179,6 @@ export interface OpaPluginDeps {
   budgets?: GatewayBudgets | null;
   /** Where candidates are shadowed and canaried; absent: candidates are ignored, live versions decide. */
   candidates?: CandidateShadow;
-  /** Draws the shadow sample (tests); Math.random by default. */
-  random?: () => number;
 }
 
 /** Whether two decision documents would be enforced alike (allow, status and model, as readDecision reads them). */
@@ -191,7 +189,7 @@ function enforcedAlike(live: unknown, candidate: unknown): boolean {
 }
 
 export function createOpaPlugin(deps: OpaPluginDeps): Plugin<OpaConf> {
-  const { policies: source, decisions: recorder, decisionLog = { log: null, gateway: '' }, budgets = null, candidates = null, random = Math.random } = deps;
+  const { policies: source, decisions: recorder, decisionLog = { log: null, gateway: '' }, budgets = null, candidates = null } = deps;
   const parse = jsonConfParser<RawOpaConf>('opa', schema);
   return {
     name: 'opa',
@@ -330,13 +328,8 @@ export function createOpaPlugin(deps: OpaPluginDeps): Plugin<OpaConf> {
 
       // Its candidate, if it has one: enforced for the canary's callers, shadowed for the others'.
       const live = policy;
-      const candidate = candidates ? set.get(candidateName(live.name)) : undefined;
-      const rollout = candidate?.meta.rollout;
-      if (candidates && candidate && rollout) {
-        const canary = onCandidate(live.name, identity?.sub ?? null, rollout.enforcePercent);
-        if (canary) policy = candidate;
-        candidates.enforced(candidate, live.name, canary ? 'candidate' : 'live');
-      }
+      const route = candidates?.route(live, set, identity?.sub ?? null) ?? { policy: live, shadowed: null };
+      policy = route.policy;
 
       let decision: Decision;
       const tenant = identity?.project ?? '';
@@ -345,10 +338,10 @@ export function createOpaPlugin(deps: OpaPluginDeps): Plugin<OpaConf> {
         // bounded in time and memory, per tenant (the caller's project).
         const document = await policy.evaluate(tenant, serialised);
         decision = readDecision(document);
-        if (candidates && candidate && rollout && policy === live && random() * 100 < rollout.samplePercent) {
-          candidates.shadow({
+        if (route.shadowed) {
+          candidates?.shadow({
             live,
-            candidate,
+            candidate: route.shadowed,
             tenant,
             input: serialised,
             liveResult: document,

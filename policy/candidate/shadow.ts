@@ -10,7 +10,9 @@
 // What it saw is kept per policy, for the candidate's current version only:
 // counts, and the last few divergent samples (the input masked as decision
 // logs mask it, both results), each bounded in size. report.ts tells etcd.
-import type { LoadedPolicy } from '../watcher/policy-set.js';
+import type { LoadedPolicy, PolicySet } from '../watcher/policy-set.js';
+import { candidateName } from '../store/names.js';
+import { onCandidate } from './canary.js';
 
 export interface ShadowSample {
   time: string;
@@ -52,6 +54,16 @@ export interface CandidateShadowOptions {
   maxSampleBytes?: number;
   /** Told of each shadow evaluation's outcome (metrics). */
   onOutcome?: (policy: string, outcome: ShadowOutcome) => void;
+  /** Draws whether a decision is sampled (tests); Math.random by default. */
+  random?: () => number;
+}
+
+/** How one decision of a policy meets its candidate. */
+export interface CandidateRoute {
+  /** The version that decides: the candidate for the canary's callers, else the live one. */
+  policy: LoadedPolicy;
+  /** The candidate to evaluate in the shadow of the live decision when this one is sampled, else null. */
+  shadowed: LoadedPolicy | null;
 }
 
 export interface ShadowCall {
@@ -91,11 +103,22 @@ export class CandidateShadow {
     return this.options.gateway;
   }
 
-  /** Counts a decision enforced by the live version or by the candidate (the canary's split). */
-  enforced(candidate: LoadedPolicy, policy: string, by: 'live' | 'candidate'): void {
-    const tally = this.tally(policy, candidate.meta.version);
-    tally.enforced[by]++;
+  /**
+   * Which version of `live` decides for `subject`, given the candidate `set`
+   * holds beside it (canary.ts: the candidate for `enforcePercent` of
+   * callers), counted; and whether the decision is shadowed (`samplePercent`
+   * of the others). A policy without a candidate is decided by its live version.
+   */
+  route(live: LoadedPolicy, set: PolicySet, subject: string | null): CandidateRoute {
+    const candidate = set.get(candidateName(live.name));
+    const rollout = candidate?.meta.rollout;
+    if (!candidate || !rollout) return { policy: live, shadowed: null };
+    const canary = onCandidate(live.name, subject, rollout.enforcePercent);
+    const tally = this.tally(live.name, candidate.meta.version);
+    tally.enforced[canary ? 'candidate' : 'live']++;
     tally.changed = true;
+    if (canary) return { policy: candidate, shadowed: null };
+    return { policy: live, shadowed: (this.options.random ?? Math.random)() * 100 < rollout.samplePercent ? candidate : null };
   }
 
   /** Queues the candidate's evaluation of a decision the live version made (dropped when too many are pending). */
