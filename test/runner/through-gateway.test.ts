@@ -194,7 +194,8 @@ describe('through the gateway and the real runner', () => {
     expect((await call(gateway.url, '/unknown')).status).toBe(503);
     expect((await call(gateway.url, '/invalid')).status).toBe(503);
     expect(upstream.requests).toHaveLength(0);
-    expect(gateway.runnerOutput().join('\n')).toMatch(/no-such-plugin/);
+    // The runner logs asynchronously, and APISIX writes its output to the error log after it: wait for the line.
+    await expect.poll(() => gateway.runnerOutput().join('\n'), { timeout: 5_000 }).toMatch(/no-such-plugin/);
   });
 
   it('allow_degradation lets the request through when PrepareConf fails', async () => {
