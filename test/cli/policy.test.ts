@@ -14,6 +14,7 @@ import { runPolicyCli } from '../../cli/policy/command.js';
 import { EXIT } from '../../cli/io.js';
 import { repoRoot, startRunner, type RunnerProcess } from '../support/runner-process.js';
 import { startHarness, type Cms, type Harness } from '../cms/harness.js';
+import { opaPath } from '../support/policies.js';
 
 let harness: Harness;
 let cms: Cms;
@@ -337,6 +338,40 @@ describe('gatehouse policy test runs the tests as the CMS gate does', () => {
       expect(connections).toEqual([]);
     } finally {
       await new Promise((resolve) => listener.close(resolve));
+    }
+  });
+
+  it("opa runs with PATH and a private HOME only: no token, key or proxy setting of the caller's environment", async () => {
+    // OPA_PATH names a wrapper that records the environment opa is started with, then runs the real opa.
+    const work = mkdtempSync(join(tmpdir(), 'gh-opa-env-'));
+    const recorded = join(work, 'env.txt');
+    const wrapper = join(work, 'opa');
+    writeFileSync(wrapper, `#!/bin/sh\nenv >> '${recorded}'\necho --- >> '${recorded}'\nexec '${opaPath}' "$@"\n`, { mode: 0o755 });
+    const policies = join(work, 'policies');
+    mkdirSync(join(policies, 'team-a'), { recursive: true });
+    writeFileSync(join(policies, 'team-a', 'policy.rego'), REGO);
+    writeFileSync(join(policies, 'team-a', 'data.json'), '{"roles": ["admin"]}');
+    writeFileSync(join(policies, 'team-a', 'authz_test.rego'), TESTS);
+    const secrets = { GATEHOUSE_TOKEN: 'tok-env-5b1e', VAULT_TOKEN: 'hvs.env-9c2d', HTTPS_PROXY: 'http://proxy-user:proxy-pass-3f7a@127.0.0.1:1' };
+    const res = await testWithBin(policies, { PATH: process.env.PATH, OPA_PATH: wrapper, ...secrets });
+    expect(res.code, res.out).toBe(EXIT.ok);
+    const runs = readFileSync(recorded, 'utf8')
+      .split('---\n')
+      .filter((run) => run.trim() !== '');
+    expect(runs.length).toBeGreaterThan(0);
+    for (const run of runs) {
+      const env = Object.fromEntries(
+        run
+          .trim()
+          .split('\n')
+          .map((line) => [line.slice(0, line.indexOf('=')), line.slice(line.indexOf('=') + 1)]),
+      );
+      // What sh itself sets (PWD, SHLVL, _) aside, opa gets PATH and a HOME of its own.
+      const { PWD: _pwd, SHLVL: _shlvl, _: _last, OLDPWD: _old, ...given } = env;
+      expect(Object.keys(given).sort(), run).toEqual(['HOME', 'PATH']);
+      expect(given.PATH).toBe(process.env.PATH);
+      expect(given.HOME).toMatch(/gatehouse-policy-test-/);
+      for (const value of Object.values(secrets)) expect(run).not.toContain(value);
     }
   });
 });
