@@ -6,9 +6,10 @@
 // BENCH_EVERY versions (50) the process's RSS, JS heap and external memory
 // are printed, after forced garbage collections (run with --expose-gc).
 //
-// Rows: metered (the default: binaryen rewrites each module in the
-// metering worker thread) and unmetered (POLICY_EVAL_FUEL=off), each in a
-// process of its own.
+// Rows: metered (binaryen rewrites each module in the metering worker
+// thread, as a gateway does for a module the CMS stored unmetered: the
+// compiler here is told not to meter) and unmetered (POLICY_EVAL_FUEL=off),
+// each in a process of its own.
 import { execFileSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { pino } from 'pino';
@@ -33,7 +34,7 @@ async function run(metered: boolean): Promise<void> {
   const etcd = await startLocalEtcd({ dataRoot: 'bench-etcd' });
   const writer = createEtcdClient(etcd.endpoints);
   const reader = createEtcdClient(etcd.endpoints);
-  const compiler = new RegoCompiler({ opaPath: benchOpaPath });
+  const compiler = new RegoCompiler({ opaPath: benchOpaPath, metered: false });
   const store = new PolicyStore(writer);
   const [owned, listed] = [await compiler.compile(OWNED, '{}'), await compiler.compile(LISTED, '{}')];
   const engines = new EngineCache({ fuel: metered ? DEFAULT_EVAL_FUEL : null });

@@ -157,6 +157,8 @@ export async function buildCmsApp(options: CmsAppOptions): Promise<FastifyInstan
     ...(options.compileQueue ? { maxQueued: options.compileQueue } : {}),
     memoryMaxBytes: options.opaMemoryMaxBytes ?? DEFAULT_OPA_MEMORY_MAX_MB * 1024 * 1024,
     testConcurrency: options.testConcurrency ?? DEFAULT_TEST_CONCURRENCY,
+    // Modules are stored metered, as gateways run them, unless fuel is off everywhere.
+    metered: options.evalFuel !== null,
   });
   // Fail at start, not at the first PUT, when opa is missing.
   await compiler.opaVersion();

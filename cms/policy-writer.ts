@@ -19,6 +19,7 @@
  */
 import type { Etcd3 } from 'etcd3';
 import { EvaluationBudgetError } from '../policy/engine/index.js';
+import { MeteringError } from '../policy/engine/meter.js';
 import type { EvaluationTarget } from '../policy/engine/evaluation.js';
 import { EvaluationMemoryError, EvaluationTimeoutError, type EvaluationPool } from '../policy/engine/pool.js';
 import {
@@ -112,7 +113,7 @@ export class PolicyWriter {
    * changed (replay.ts).
    */
   async check(name: string, policy: PolicyBody, inputs?: ReplayInputs): Promise<CheckedPolicy> {
-    const compiled = await this.compiler.compile(policy.rego, policy.dataText, policy.tests);
+    const compiled = await this.compile(policy.rego, policy.dataText, policy.tests);
     await this.checkLoads(name, compiled, policy.dataText);
     if (!inputs) return compiled;
     const live = await this.liveTarget(name);
@@ -135,7 +136,7 @@ export class PolicyWriter {
     let target: EvaluationTarget;
     let version: number | null = null;
     if (draft) {
-      const compiled = await this.compiler.compile(draft.rego, draft.dataText, null);
+      const compiled = await this.compile(draft.rego, draft.dataText, null);
       target = { source: engineSource(compiled, draft.dataText), entrypoint: compiled.entrypoint };
     } else {
       const live = await this.liveTarget(name);
@@ -284,7 +285,7 @@ export class PolicyWriter {
     if (conditions.ifVersion !== undefined || conditions.ifAbsent) await this.store.checkWriteConditions(name, conditions);
     let compiled;
     try {
-      compiled = await inSpan('compile', () => this.compiler.compile(policy.rego, policy.dataText, policy.tests), { 'gatehouse.policy.name': name });
+      compiled = await inSpan('compile', () => this.compile(policy.rego, policy.dataText, policy.tests), { 'gatehouse.policy.name': name });
       this.metrics.compileDuration.observe({ outcome: 'ok' }, compiled.durationMs / 1000);
     } catch (error) {
       const outcome = error instanceof PolicyTestsFailedError ? 'tests_failed' : error instanceof PolicyTestsStoppedError ? 'tests_stopped' : 'compile_error';
@@ -311,6 +312,22 @@ export class PolicyWriter {
       ...auditExtra,
     });
     return { ...result, compileMs: compiled.durationMs };
+  }
+
+  /**
+   * Compiled by opa and metered for the gateways (rego-compiler.ts). A module
+   * binaryen cannot meter (an instruction the metering walk does not know)
+   * is one no gateway could bound: refused as not loadable.
+   */
+  private async compile(rego: string, dataText: string, tests: Record<string, string> | null): Promise<CompiledPolicy> {
+    try {
+      return await this.compiler.compile(rego, dataText, tests);
+    } catch (error) {
+      if (error instanceof MeteringError) {
+        throw new PolicyDoesNotLoadError(`the compiled policy cannot be metered for the gateways' fuel bound: ${error.message}`, { cause: error });
+      }
+      throw error;
+    }
   }
 
   /**

@@ -20,6 +20,11 @@
  *      the build, so OPA itself reads the data document once before it is stored.
  *   4. Only on a failed build: `opa check --format json` with the same
  *      options, for OPA's messages with row and column.
+ *   5. The built wasm metered for fuel (policy/engine/meter.ts, in the
+ *      process's metering worker), unless `metered: false`: the module is
+ *      stored as every gateway runs it, so that no gateway loads binaryen or
+ *      spends a core rewriting each new module (its engine compiles a
+ *      metered module as it is).
  *
  * Each opa process may commit at most `memoryMaxBytes` (its data segment,
  * through `prlimit --data`: Go reserves address space it never uses, so an
@@ -41,6 +46,7 @@ import pLimit, { type LimitFunction } from 'p-limit';
 import { list as listTar } from 'tar'; // reads the gzipped bundle opa writes, without a tar binary
 import type { PolicySubmission } from '../policy/store/index.js';
 import { policyInputSchema } from '../plugins/opa/input-schema.js';
+import { meterWasm } from '../policy/engine/metering.js';
 import { compilerSearchPath } from './config.js';
 import { opaSandboxEnv, writeCompileCapabilities } from './opa-capabilities.js';
 
@@ -60,6 +66,7 @@ export interface RegoDiagnostic {
 export interface CompiledPolicy {
   /** The policy's tests, when it has some: all of them passed. */
   tests?: { passed: number };
+  /** The module as gateways run it: opa's policy.wasm, metered for fuel unless the compiler was told not to (step 5). */
   wasm: Buffer;
   /** Package path with slashes, e.g. "project/authz". */
   entrypoint: string;
@@ -164,6 +171,8 @@ export interface RegoCompilerOptions {
    * input says so with OPA's own `# METADATA` `schemas:` annotation.
    */
   inputSchemaPath?: string;
+  /** Whether the built wasm is metered for fuel (step 5); false only where gateways run unmetered (POLICY_EVAL_FUEL=off). Default true. */
+  metered?: boolean;
 }
 
 const POLICY_FILE = 'policy.rego';
@@ -274,6 +283,7 @@ export class RegoCompiler {
   /** Bounds the opa processes: a burst of writes queues, a flood is refused, never a fork storm. */
   private readonly slots: LimitFunction;
   private readonly maxQueued: number;
+  private readonly metered: boolean;
 
   constructor(options: RegoCompilerOptions) {
     this.opaPath = options.opaPath;
@@ -287,6 +297,7 @@ export class RegoCompiler {
     const concurrency = options.concurrency ?? availableParallelism();
     this.slots = pLimit(concurrency);
     this.maxQueued = options.maxQueued ?? 4 * concurrency;
+    this.metered = options.metered ?? true;
   }
 
   /**
@@ -373,7 +384,8 @@ export class RegoCompiler {
         const diagnostics = check.ok ? null : (diagnosticsFrom(check.stdout) ?? diagnosticsFrom(check.stderr));
         throw new RegoCompileError(diagnostics ?? diagnosticsFromText(build.stderr, workDir));
       }
-      const wasm = await readBundleWasm(join(workDir, 'bundle.tar.gz'));
+      const built = await readBundleWasm(join(workDir, 'bundle.tar.gz'));
+      const wasm = this.metered ? Buffer.from(await inSpan('metering', () => meterWasm(built))) : built;
       const tested = testFiles
         ? await inSpan('tests', () => this.runTests(workDir, testFiles, syntaxVersion), { 'gatehouse.policy.test_files': testFiles.length })
         : null;

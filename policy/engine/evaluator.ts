@@ -21,7 +21,6 @@ import { LRUCache } from 'lru-cache';
 import { EngineCache, type EngineCacheStats } from './cache.js';
 import { EvaluationBudgetError, evaluationFuel, policyMemoryMaxBytes } from './index.js';
 import { engineInput } from './serialised-input.js';
-import { startMetering } from './metering.js';
 import { EvaluationPool, evaluationTimeoutMs } from './pool.js';
 import type { AbortReason, EvaluationTarget, Evaluator } from './evaluation.js';
 
@@ -48,8 +47,6 @@ export class ThreadEvaluator implements Evaluator {
   constructor(private readonly options: ThreadEvaluatorOptions) {
     const fuel = options.engines.fuel;
     this.longFuel = fuel === null ? Infinity : Math.floor(fuel * (options.longShare ?? 0.1));
-    // Modules are metered in a worker thread (metering.ts), started now so that binaryen is warm by the first cold policy.
-    if (fuel !== null) startMetering();
   }
 
   async evaluate(tenant: string, target: EvaluationTarget, input: unknown): Promise<unknown> {

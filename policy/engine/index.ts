@@ -59,22 +59,32 @@ function toWasmData(data: PolicyData): object | ArrayBuffer {
 
 /**
  * Compiles policy wasm once, to instantiate many times (projects that share
- * Rego share the module, each with its own data). The bytes are first
- * rewritten to meter the evaluation's work (meter.ts), so that every
- * evaluation is bounded by its fuel, in the metering worker (metering.ts);
- * V8 validates the result as it compiles it, off the main thread too, so
+ * Rego share the module, each with its own data). Every evaluation must be
+ * bounded by its fuel, so the module must be metered (meter.ts): the CMS
+ * stores modules metered already (its compiler meters what opa builds), and
+ * those compile as they are; a module that is not (written by a CMS with
+ * POLICY_EVAL_FUEL=off, or before modules were metered on the write path) is
+ * rewritten here first, in the metering worker (metering.ts), off the
+ * request thread. V8 validates and compiles wasm off the main thread too, so
  * other decisions go on meanwhile. `metered: false` (POLICY_EVAL_FUEL=off)
- * compiles the bytes as they are.
+ * compiles the bytes as they are, metered or not.
  */
 export async function compilePolicyModule(wasm: Uint8Array, options: { metered?: boolean } = {}): Promise<WebAssembly.Module> {
   try {
-    // Unmetered: a plain copy (a Node Buffer may be a view into a shared pool,
-    // and both Buffer#slice and a species-aware Uint8Array#slice can land in
-    // that pool again; constructing a plain Uint8Array copies exactly its bytes).
-    return await WebAssembly.compile(options.metered === false ? new Uint8Array(wasm).buffer : await meterWasm(wasm));
+    // A plain copy (a Node Buffer may be a view into a shared pool, and both
+    // Buffer#slice and a species-aware Uint8Array#slice can land in that pool
+    // again; constructing a plain Uint8Array copies exactly its bytes).
+    const module = await WebAssembly.compile(new Uint8Array(wasm).buffer);
+    if (options.metered === false || isMeteredModule(module)) return module;
+    return await WebAssembly.compile(await meterWasm(wasm));
   } catch (cause) {
     throw new PolicyEngineError('not a loadable OPA wasm policy', { cause });
   }
+}
+
+/** Whether a compiled module carries the fuel meter.ts adds (its fuel global exported). */
+export function isMeteredModule(module: WebAssembly.Module): boolean {
+  return WebAssembly.Module.exports(module).some((entry) => entry.name === FUEL_GLOBAL && entry.kind === 'global');
 }
 
 /** The default of POLICY_MEMORY_MAX_MB, bytes (see policyMemoryMaxBytes). */

@@ -3,11 +3,11 @@
 // that passes every check is stored, counted and audited; a Rego that does
 // not compile, failing tests, a policy the gateways' engine refuses, or a
 // stale If-Match write nothing (the etcd revision does not move), and a
-// stale If-Match is refused before opa runs.
+// stale If-Match is refused before opa runs. The module is stored metered.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Etcd3 } from 'etcd3';
 import { createEtcdClient } from '../../etcd/index.js';
-import { DEFAULT_POLICY_MEMORY_MAX_BYTES } from '../../policy/engine/index.js';
+import { DEFAULT_POLICY_MEMORY_MAX_BYTES, isMeteredModule } from '../../policy/engine/index.js';
 import { EvaluationPool } from '../../policy/engine/pool.js';
 import { PolicyStore, PreconditionFailedError } from '../../policy/store/index.js';
 import { createCmsMetrics, type CmsMetrics } from '../../cms/metrics.js';
@@ -82,6 +82,8 @@ describe('PolicyWriter', () => {
     const stored = await new PolicyStore(client).get('team-a', { withWasm: true });
     expect(stored).toMatchObject({ rego: REGO, dataText: DATA, testsText: JSON.stringify(PASSING_TESTS) });
     expect(stored?.wasm?.subarray(0, 4)).toEqual(Buffer.from([0, 0x61, 0x73, 0x6d]));
+    // Stored as gateways run it: metered for fuel, so that no gateway meters it again.
+    expect(isMeteredModule(await WebAssembly.compile(new Uint8Array(stored!.wasm!)))).toBe(true);
     expect(audits.at(-1)).toEqual({
       object: { audit: expect.objectContaining({ operation: 'create', policy: 'team-a', version: 1, by: 'ada', syntaxVersion: 'v1', testsPassed: 1 }) },
       message: 'audit: create team-a v1',
