@@ -18,6 +18,9 @@
 //   message, the upper bound a budget may estimate a prompt with.
 //
 // A streamed and a whole answer to the same request report the same usage.
+// A provider that misreports is played by a request's `stub_usage`: JSON
+// text written as the whole answer's `usage` member, as it is (`1e400`
+// included); the stub's own bill (`usage`) is unchanged.
 // A chat completion with `n` above 1 is billed n completions (whole answers
 // only; the stub streams one choice). Completions, embeddings and the
 // responses API are answered and billed as endpoints.ts documents.
@@ -110,6 +113,8 @@ interface ChatRequest {
   delayMs: number | null;
   /** Choices asked for (`n`), each billed. */
   n: number;
+  /** `stub_usage`: the usage member a whole answer reports instead of the true one, as JSON text. */
+  reportedUsage: string | null;
 }
 
 function parseChatRequest(body: string): ChatRequest {
@@ -138,7 +143,17 @@ function parseChatRequest(body: string): ChatRequest {
   if ((n as number) > 1 && stream) throw new BadRequest('the stub streams one choice: n above 1 is answered whole only');
   const rawDelay = req.stub_chunk_delay_ms;
   const delayMs = typeof rawDelay === 'number' && rawDelay >= 0 ? rawDelay : null;
-  return { model: typeof req.model === 'string' ? req.model : 'unknown', messages: req.messages, stream, includeUsage, limit, delayMs, n: n as number };
+  const reportedUsage = typeof req.stub_usage === 'string' ? req.stub_usage : null;
+  return {
+    model: typeof req.model === 'string' ? req.model : 'unknown',
+    messages: req.messages,
+    stream,
+    includeUsage,
+    limit,
+    delayMs,
+    n: n as number,
+    reportedUsage,
+  };
 }
 
 export async function startLlmStub(portOrOptions: number | LlmStubOptions = {}, hostArg?: string): Promise<LlmStub> {
@@ -208,7 +223,7 @@ export async function startLlmStub(portOrOptions: number | LlmStubOptions = {}, 
         const finishReason = chat.limit !== null && chat.limit < answerWords.length ? 'length' : 'stop';
         const created = Math.floor(receivedAt / 1000);
         if (!chat.stream) {
-          send(200, {
+          const payload = {
             id: record.id,
             object: 'chat.completion',
             created,
@@ -219,7 +234,12 @@ export async function startLlmStub(portOrOptions: number | LlmStubOptions = {}, 
               finish_reason: finishReason,
             })),
             usage: { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion },
-          });
+          };
+          if (chat.reportedUsage === null) send(200, payload);
+          else
+            res
+              .writeHead(200, { 'content-type': 'application/json' })
+              .end(JSON.stringify({ ...payload, usage: null }).replace(/"usage":null}$/, `"usage":${chat.reportedUsage}}`));
           record.tokensWritten = completion;
           record.firstChunkAt = record.lastChunkAt = Date.now();
           return;

@@ -2,8 +2,9 @@
 // under test, its http-logger posting every answer back to the runner): calls
 // their client abandoned, calls the upstream refused, and answers far larger
 // than any one post could be held to, batched with small calls of other
-// projects. The LLM stub answers one long word (1,200 characters) a token,
-// so a few tens of thousands of tokens make an answer of tens of megabytes.
+// projects, and usage an LLM reports that cannot be believed. The LLM stub
+// answers one long word (1,200 characters) a token, so a few tens of
+// thousands of tokens make an answer of tens of megabytes.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -44,7 +45,7 @@ let llm: LlmStub;
 let stack: LocalStack;
 let metricsPort: number;
 const tokens: Record<string, string> = {};
-const PROJECTS = ['abandon', 'large', 'small'] as const;
+const PROJECTS = ['abandon', 'large', 'small', 'liar'] as const;
 
 function body(project: string, extra: Record<string, unknown> = {}): string {
   return JSON.stringify({ model: `m-${project}`, max_tokens: 20, messages: [{ role: 'user', content: 'hello there' }], ...extra });
@@ -205,4 +206,38 @@ describe('settling LLM calls through the gateway', () => {
     });
     expect(usage.total.unsettled).toBe(0);
   }, 180_000);
+
+  it('usage the LLM reports that cannot be believed (1e400, two counts past Number.MAX_VALUE, negative, above the window) leaves the ledger whole: each call charged its reservation, counted', async () => {
+    const lies: [string, 'invalid' | 'implausible'][] = [
+      ['{"prompt_tokens": 1e400, "completion_tokens": 1}', 'invalid'],
+      [`{"prompt_tokens": ${Number.MAX_VALUE}, "completion_tokens": ${Number.MAX_VALUE}}`, 'invalid'],
+      ['{"prompt_tokens": -5000, "completion_tokens": 1}', 'invalid'],
+      ['{"prompt_tokens": 1e15, "completion_tokens": 0}', 'implausible'],
+    ];
+    for (const [usage] of lies) {
+      const r = await post('liar', body('liar', { stub_usage: usage }));
+      expect(r.status).toBe(200);
+      expect(await r.text()).toContain(`"usage":${usage}`);
+    }
+    const record = await settled('liar');
+    // A number, never null: each call kept its reservation (at least what the LLM billed, at most a small prompt bound and 20 completion tokens).
+    expect(typeof record.consumed).toBe('number');
+    expect(record.consumed).toBeGreaterThanOrEqual(total(billed('liar')));
+    expect(record.consumed).toBeLessThanOrEqual(lies.length * 100);
+    const metrics = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+    for (const reason of ['invalid', 'implausible']) {
+      const count = lies.filter(([, why]) => why === reason).length;
+      expect(metrics).toMatch(new RegExp(`^gatehouse_llm_usage_refused_total\\{[^}]*project="liar"[^}]*reason="${reason}"[^}]*\\} ${count}$`, 'm'));
+    }
+    await until('usage to be written', async () => (await readUsage(admin, 'liar', Date.now() - 3_600_000, Date.now() + 1)).total.requests === lies.length);
+    expect((await readUsage(admin, 'liar', Date.now() - 3_600_000, Date.now() + 1)).total).toMatchObject({
+      requests: lies.length,
+      charged_tokens: record.consumed,
+      unsettled: lies.length,
+    });
+    // And the window goes on admitting, by what it holds.
+    const next = await post('liar', body('liar'));
+    expect(next.status).toBe(200);
+    await next.text();
+  }, 60_000);
 });
