@@ -73,19 +73,22 @@ export class ModuleStore {
   /**
    * Keeps `bytes` (verified by the caller) at hand until the returned
    * function is called, and writes them to the directory if they are not
-   * there yet.
+   * there yet. The write is not waited for: a new version is built and
+   * enforced from the bytes held, and the disk (only a start with etcd away
+   * needs it) is brought in step meanwhile.
    */
-  async hold(sha: string, bytes: Uint8Array): Promise<() => void> {
+  hold(sha: string, bytes: Uint8Array): () => void {
     const entry = this.held.get(sha) ?? { bytes, holders: 0 };
     entry.holders++;
     this.held.set(sha, entry);
     const release = () => {
       if (--entry.holders === 0 && this.held.get(sha) === entry) this.held.delete(sha);
     };
-    try {
-      if (this.dir && !(await this.onDisk(sha))) await this.write(sha, bytes);
-    } catch {
-      // Not on disk: the snapshot writer writes it, or a later load from etcd does.
+    if (this.dir) {
+      void this.onDisk(sha)
+        .then((there) => (there ? undefined : this.write(sha, bytes)))
+        // Not on disk: the snapshot writer writes it, or a later load from etcd does.
+        .catch(() => undefined);
     }
     return release;
   }

@@ -85,6 +85,8 @@ export interface SwapEvent {
   policy: LoadedPolicy | null;
   /** Commit time in the metadata to swap time, ms (null on delete or initial load). */
   propagationMs: number | null;
+  /** This gateway's own share of it: from its watch receiving the change to the swap, ms (null where propagationMs is). */
+  receivedMs?: number | null;
 }
 
 export interface WatcherStatus {
@@ -433,7 +435,8 @@ export class PolicyWatcher extends EventEmitter {
       if (this.watch !== watch) return;
       this.lastHeard = Date.now();
       const events = response.events;
-      if (events.length > 0) void this.enqueue(() => this.applyEvents(events));
+      const receivedAt = performance.now();
+      if (events.length > 0) void this.enqueue(() => this.applyEvents(events, receivedAt));
     });
     watch.on('disconnected', (err: Error) => {
       if (this.watch !== watch) return;
@@ -524,7 +527,7 @@ export class PolicyWatcher extends EventEmitter {
   }
 
   /** Applies watch events, one etcd revision (one transaction) at a time. */
-  private async applyEvents(events: IEvent[]): Promise<void> {
+  private async applyEvents(events: IEvent[], receivedAt: number): Promise<void> {
     const byRevision = new Map<number, IEvent[]>();
     for (const event of events) {
       const revision = Number(event.kv.mod_revision);
@@ -548,7 +551,13 @@ export class PolicyWatcher extends EventEmitter {
         try {
           const loaded = await this.load(name, parts, revision);
           next.set(name, loaded);
-          swaps.push({ name, policy: loaded, propagationMs: loaded.broken === undefined ? Date.now() - Date.parse(loaded.meta.updatedAt) : null });
+          const enforced = loaded.broken === undefined;
+          swaps.push({
+            name,
+            policy: loaded,
+            propagationMs: enforced ? Date.now() - Date.parse(loaded.meta.updatedAt) : null,
+            receivedMs: enforced ? Math.round((performance.now() - receivedAt) * 10) / 10 : null,
+          });
         } catch (err) {
           // Not the previous version (the CMS reports this one as current),
           // not nothing (a missing platform policy restricts nothing): this
@@ -585,7 +594,7 @@ export class PolicyWatcher extends EventEmitter {
     const data = await fetch(parts.data, keys.data);
     const wasm = parts.wasm?.value;
     if (wasm && sha256Hex(wasm) !== meta.wasmSha256) throw new Error(`wasm of ${name} does not match its metadata sha256`);
-    const release = wasm ? await this.modules.hold(meta.wasmSha256, wasm) : () => undefined;
+    const release = wasm ? this.modules.hold(meta.wasmSha256, wasm) : () => undefined;
     try {
       const dataText = data.toString('utf8');
       const policy = this.policy({ name, meta, modRevision: Number(parts.meta.mod_revision), dataText, dataSha256: sha256Hex(dataText) });
