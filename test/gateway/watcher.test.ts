@@ -9,7 +9,7 @@ import { startEtcd, type TestEtcd } from '../support/etcd.js';
 import { startTcpProxy, hostPort, type TcpProxy } from '../support/tcp-proxy.js';
 import { EtcdPolicyWriter } from '../support/policies.js';
 import { createEtcdClient } from '../../etcd/index.js';
-import { PolicyWatcher } from '../../policy/watcher/watcher.js';
+import { PolicyWatcher, type SwapEvent } from '../../policy/watcher/watcher.js';
 import { PolicySet } from '../../policy/watcher/policy-set.js';
 
 const log = pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent' });
@@ -76,8 +76,14 @@ describe('policy watcher', () => {
     expect(watcher.current.source).toBe('etcd');
     expect(await decide(watcher.current, 'team-a', 'viewer')).toMatchObject({ allow: true, version: 1 });
 
+    const swaps: SwapEvent[] = [];
+    watcher.on('swap', (swap: SwapEvent) => swaps.push(swap));
     await writer.put('team-a', VERSIONED, { allowed_role: 'editor', version: 2 });
     await until(() => watcher.current.get('team-a')?.meta.version === 2, 'version 2');
+    // Each change says how long it took from the metadata's time and from this watch receiving it, the gateway's own share.
+    expect(swaps).toEqual([{ name: 'team-a', policy: watcher.current.get('team-a'), propagationMs: expect.any(Number), receivedMs: expect.any(Number) }]);
+    expect(swaps[0]!.receivedMs).toBeGreaterThanOrEqual(0);
+    expect(swaps[0]!.receivedMs).toBeLessThanOrEqual(swaps[0]!.propagationMs! + 1);
     expect(await decide(watcher.current, 'team-a', 'viewer')).toMatchObject({ allow: false, version: 2 });
     expect(await decide(watcher.current, 'team-a', 'editor')).toMatchObject({ allow: true, version: 2 });
 
