@@ -221,5 +221,4 @@ runBench(async (scope) => {
   row('updatedAt -> every worker, writes with data only', sameModule);
   row('updatedAt -> every worker, writes with a new module', newModule);
   console.log(`\n(each write, updatedAt -> every worker, ms: ${fromUpdated.join(' ')})`);
-  if (process.env.BENCH_DUMP) (await import('node:fs')).writeFileSync(process.env.BENCH_DUMP, runners.flatMap((r) => r.lines).join('\n'));
 });
