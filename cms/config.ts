@@ -17,7 +17,8 @@
  *                           input) runs in, off the request thread (default 2, at least 2)
  *   POLICY_EVAL_TIMEOUT_MS  the load check's deadline, the gateways' (default 500)
  *   POLICY_MEMORY_MAX_MB    the load check's memory ceiling per instance, the gateways' (default 64)
- *   POLICY_EVAL_FUEL        the load check's fuel per evaluation, the gateways' (default 10000000; off: not metered)
+ *   POLICY_EVAL_FUEL        the load check's fuel per evaluation, the gateways' (default 10000000; off: modules
+ *                           stored and checked unmetered)
  *   CMS_BODY_LIMIT_BYTES    largest accepted PUT body; larger is 413 (default 262144)
  *   CMS_HISTORY_RETENTION   versions kept per policy (default 50)
  *   CMS_COMPILE_CONCURRENCY compiles running at once (default: the number of cores)
