@@ -73,8 +73,9 @@ async function main() {
     const identity = await benchIdentity(work);
     const sign = (project: string) => identity.sign({ sub: `u-${project}`, role: 'analyst', project });
 
-    await storeBenchPolicy(etcd.endpoints, 'calm', CALM, JSON.stringify(BENCH_PROJECT_DATA));
-    await storeBenchPolicy(etcd.endpoints, 'slow', SLOW, '{}');
+    // Stored as opa built them: the unbounded row runs them unmetered, the others meter them as they load them.
+    await storeBenchPolicy(etcd.endpoints, 'calm', CALM, JSON.stringify(BENCH_PROJECT_DATA), undefined, { metered: false });
+    await storeBenchPolicy(etcd.endpoints, 'slow', SLOW, '{}', undefined, { metered: false });
 
     const request = async (project: string, n: number): Promise<HttpReqCallRequest> => ({
       id: 0,

@@ -27,7 +27,6 @@ import { opaPath } from '../runtime/paths.js';
 /** The opa the benchmarks compile with: OPA_PATH, else the one setup builds. */
 export const benchOpaPath = opaPath(process.env.OPA_PATH);
 
-/** Compiles a policy with the real opa and stores it in etcd as the CMS does; returns the compiled policy. */
 /** Compiles `rego` with the real opa and stores it as `name` (a candidate's stored name takes its `rollout`). */
 export async function storeBenchPolicy(
   etcdEndpoints: string[],
@@ -35,8 +34,10 @@ export async function storeBenchPolicy(
   rego: string,
   dataText: string,
   rollout?: CandidateRollout,
+  options: { metered?: boolean } = {},
 ): Promise<CompiledPolicy> {
-  const compiled = await new RegoCompiler({ opaPath: benchOpaPath }).compile(rego, dataText);
+  // Metered as the CMS stores it, unless told (a row with POLICY_EVAL_FUEL=off must get the wasm as opa built it).
+  const compiled = await new RegoCompiler({ opaPath: benchOpaPath, metered: options.metered ?? true }).compile(rego, dataText);
   const client = createEtcdClient(etcdEndpoints);
   try {
     await new PolicyStore(client).put(name, { ...policySubmission(rego, dataText, compiled, 'bench'), ...(rollout ? { rollout } : {}) });
