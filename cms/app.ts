@@ -219,7 +219,7 @@ export async function buildCmsApp(options: CmsAppOptions): Promise<FastifyInstan
     return503OnClosing: true,
   });
   // First of the hooks: every later one and the handler run inside the request's span.
-  if (options.tracing) registerTracing(app, startTracing(options.tracing));
+  if (options.tracing) registerTracing(app, await startTracing(options.tracing));
   app.decorateRequest('identity', null);
   app.decorate('cmsRoutes', [] as RegisteredRoute[]);
   app.addHook('onRoute', (route) => {

@@ -13,19 +13,13 @@
 //   OTEL_SDK_DISABLED                   "true": no traces whatever else is set
 import { ROOT_CONTEXT, SpanKind, trace, type Context, type Span, type TextMapGetter, type TextMapSetter, type Tracer } from '@opentelemetry/api';
 import { W3CTraceContextPropagator } from '@opentelemetry/core';
-import { OTLPTraceExporter as OTLPJsonTraceExporter } from '@opentelemetry/exporter-trace-otlp-http';
-import { OTLPTraceExporter as OTLPProtoTraceExporter } from '@opentelemetry/exporter-trace-otlp-proto';
-import { resourceFromAttributes } from '@opentelemetry/resources';
-import {
-  AlwaysOffSampler,
-  AlwaysOnSampler,
-  BatchSpanProcessor,
-  ParentBasedSampler,
-  TraceIdRatioBasedSampler,
-  TracerProvider,
-  type Sampler,
-} from '@opentelemetry/sdk-trace';
-import { ATTR_SERVICE_NAME } from '@opentelemetry/semantic-conventions';
+import type { Sampler } from '@opentelemetry/sdk-trace';
+
+// The SDK, its exporters and the resource attributes are imported when
+// traces are started (startTracing), not with this module: every service
+// imports it, and most run with traces off, where loading the exporters
+// (protobufjs generating its codecs included) would cost each process tens
+// of milliseconds of start-up and several MiB for nothing.
 
 export type OtlpProtocol = 'http/protobuf' | 'http/json';
 
@@ -84,7 +78,10 @@ export function tracingConfigFromEnv(env: NodeJS.ProcessEnv, defaultServiceName:
   return { url: parsed.href, protocol, serviceName: env.OTEL_SERVICE_NAME?.trim() || defaultServiceName, sampler, samplerRatio };
 }
 
-function samplerOf(config: TracingConfig): Sampler {
+type SdkTrace = typeof import('@opentelemetry/sdk-trace');
+
+function samplerOf(config: TracingConfig, sdk: SdkTrace): Sampler {
+  const { AlwaysOffSampler, AlwaysOnSampler, ParentBasedSampler, TraceIdRatioBasedSampler } = sdk;
   const ratio = () => new TraceIdRatioBasedSampler(config.samplerRatio);
   switch (config.sampler) {
     case 'always_on':
@@ -116,13 +113,20 @@ export interface Tracing {
  * made from the tracer returned, with their parents passed explicitly, so
  * no context manager runs on every await of the process.
  */
-export function startTracing(config: TracingConfig): Tracing {
-  const exporter = config.protocol === 'http/json' ? new OTLPJsonTraceExporter({ url: config.url }) : new OTLPProtoTraceExporter({ url: config.url });
-  const provider = new TracerProvider({
+export async function startTracing(config: TracingConfig): Promise<Tracing> {
+  const [sdk, { resourceFromAttributes }, { ATTR_SERVICE_NAME }, exporter] = await Promise.all([
+    import('@opentelemetry/sdk-trace'),
+    import('@opentelemetry/resources'),
+    import('@opentelemetry/semantic-conventions'),
+    config.protocol === 'http/json'
+      ? import('@opentelemetry/exporter-trace-otlp-http').then(({ OTLPTraceExporter }) => new OTLPTraceExporter({ url: config.url }))
+      : import('@opentelemetry/exporter-trace-otlp-proto').then(({ OTLPTraceExporter }) => new OTLPTraceExporter({ url: config.url })),
+  ]);
+  const provider = new sdk.TracerProvider({
     resource: resourceFromAttributes({ [ATTR_SERVICE_NAME]: config.serviceName }),
-    sampler: samplerOf(config),
+    sampler: samplerOf(config, sdk),
     // Batched off the request path; a full queue drops spans rather than holding memory.
-    spanProcessors: [new BatchSpanProcessor({ exporter, maxQueueSize: 4096, scheduledDelayMillis: 1000 })],
+    spanProcessors: [new sdk.BatchSpanProcessor({ exporter, maxQueueSize: 4096, scheduledDelayMillis: 1000 })],
   });
   return {
     tracer: provider.getTracer('gatehouse'),

@@ -156,7 +156,7 @@ export async function runWorker(config: RunnerConfig): Promise<void> {
     return budgets ? { ready, policies, budgets: budgets.isLoaded ? 'loaded' : 'not loaded' } : { ready, policies };
   }
   // Traces only with OTEL_*: otherwise no SDK is started and requests make no span objects.
-  const traces = config.tracing ? new RunnerTraces(startTracing(config.tracing), config.budgets.settleTimeoutMs) : null;
+  const traces = config.tracing ? new RunnerTraces(await startTracing(config.tracing), config.budgets.settleTimeoutMs) : null;
   if (config.tracing) log.info({ endpoint: config.tracing.url, protocol: config.tracing.protocol }, 'traces exported');
   let link: WorkerLink | null = null;
   const runner: Runner = new Runner({

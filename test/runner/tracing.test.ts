@@ -99,7 +99,7 @@ describe('both OTLP/HTTP encodings reach the collector', () => {
         { OTEL_EXPORTER_OTLP_ENDPOINT: hopUrl, OTEL_EXPORTER_OTLP_PROTOCOL: protocol, OTEL_SERVICE_NAME: `svc-${protocol}` },
         'x',
       )!;
-      const tracing = startTracing(config);
+      const tracing = await startTracing(config);
       const span = tracing.tracer.startSpan(`span over ${protocol}`, { attributes: { 'test.protocol': protocol, 'test.count': 3 } });
       span.end();
       await tracing.shutdown();
@@ -139,7 +139,7 @@ describe('both OTLP/HTTP encodings reach the collector', () => {
     expect(await runRequestChain(chain, call, extra, log, null)).toEqual({ id: 7, action: null });
     expect(seen).toEqual([undefined]);
 
-    const tracing = startTracing(tracingConfigFromEnv({ OTEL_EXPORTER_OTLP_ENDPOINT: collector.endpoint, OTEL_SERVICE_NAME: 'probe-runner' }, 'x')!);
+    const tracing = await startTracing(tracingConfigFromEnv({ OTEL_EXPORTER_OTLP_ENDPOINT: collector.endpoint, OTEL_SERVICE_NAME: 'probe-runner' }, 'x')!);
     const answer = await runRequestChain(chain, call, extra, log, new RunnerTraces(tracing, 60_000));
     await tracing.shutdown();
     expect(seen[1]).toBeDefined();
