@@ -151,7 +151,8 @@ export class EvaluationPool implements Evaluator {
     for (const answer of slot.waiting.values()) answer({ id: -1, ok: false, error: error.message });
     slot.waiting.clear();
     void slot.worker.terminate();
-    this.slots[index] = this.spawn();
+    // Closed meanwhile: no fresh worker (close() stops the ones it knows).
+    if (!this.closed) this.slots[index] = this.spawn();
     if (job) this.finish(job, null, error);
     this.dispatch();
   }
@@ -224,6 +225,8 @@ export class EvaluationPool implements Evaluator {
   }
 
   private dispatch(): void {
+    // Closed: an answer still on its way (posted before its worker stopped) starts nothing.
+    if (this.closed) return;
     for (const slot of this.slots) {
       if (slot.job || !slot.ready) continue;
       const job = this.nextJob();
@@ -268,6 +271,7 @@ export class EvaluationPool implements Evaluator {
   }
 
   private notice(slot: Slot, notice: WorkerNotice): void {
+    if (this.closed) return; // no deadline armed after the close cleared them
     const job = slot.job;
     if (job && slot.waiting.has(notice.id)) this.deadline(slot, job, notice.notice === 'building' ? 'building' : 'evaluating');
   }
@@ -330,6 +334,7 @@ export class EvaluationPool implements Evaluator {
     for (const slot of this.slots) if (slot.timer) clearTimeout(slot.timer);
     for (const [, queue] of this.queues) for (const job of queue) job.reject(new Error('the evaluation pool is closed'));
     this.queues.clear();
+    this.turn.length = 0;
     await Promise.all(this.slots.map((slot) => slot.worker.terminate()));
   }
 }
