@@ -127,17 +127,12 @@ export class VaultSession {
 
   /** Reads a KV v2 secret's current data. */
   async readKv2(mount: string, path: string): Promise<Record<string, unknown>> {
-    await this.ensureLoggedIn();
-    try {
+    return this.call(async () => {
       const response = (await this.client.read(`${mount}/data/${path}`)) as { data?: { data?: Record<string, unknown> } };
       const data = response.data?.data;
       if (!data || typeof data !== 'object') throw new VaultRequestError(`no data at ${mount}/${path}`, 404);
       return data;
-    } catch (error) {
-      const safe = error instanceof VaultRequestError ? error : sanitize(error);
-      if (safe.status === 403) this.loggedIn = false; // a revoked or expired token: log in again next time
-      throw safe;
-    }
+    });
   }
 
   /**
@@ -173,7 +168,7 @@ export class VaultSession {
       return await request();
     } catch (error) {
       const safe = error instanceof VaultRequestError ? error : sanitize(error);
-      if (safe.status === 403) this.loggedIn = false;
+      if (safe.status === 403) this.loggedIn = false; // a revoked or expired token: log in again next time
       throw safe;
     }
   }
