@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import type { Etcd3 } from 'etcd3';
 import { startEtcd, type TestEtcd } from '../support/etcd.js';
 import { createTestKeys, type TestKeys } from '../support/jwt.js';
-import { EtcdPolicyWriter } from '../support/policies.js';
+import { EtcdPolicyWriter, NESTED_LOOP_REGO } from '../support/policies.js';
 import { startRunner, type RunnerProcess } from '../support/runner-process.js';
 import { chainStatus } from '../support/apisix-client.js';
 import { createEtcdClient } from '../../etcd/index.js';
@@ -26,18 +26,7 @@ default allow := false
 allow if count(numbers.range(1, to_number(input.request.query.n))) > 0
 `;
 // n * n steps that allocate little: time, not memory, runs out.
-const SLOW = `package project.authz
-import rego.v1
-default allow := false
-r := numbers.range(1, to_number(input.request.query.n))
-allow if {
-  every a in r {
-    every b in r {
-      a + b > 0
-    }
-  }
-}
-`;
+const SLOW = NESTED_LOOP_REGO;
 const CALM = `package project.authz
 import rego.v1
 default allow := false

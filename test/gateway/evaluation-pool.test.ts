@@ -6,21 +6,10 @@ import { RegoCompiler } from '../../cms/rego-compiler.js';
 import { DEFAULT_POLICY_MEMORY_MAX_BYTES } from '../../policy/engine/index.js';
 import { EvaluationPool } from '../../policy/engine/pool.js';
 import { sha256Hex } from '../../policy/store/index.js';
-import { opaPath } from '../support/policies.js';
+import { NESTED_LOOP_REGO, opaPath } from '../support/policies.js';
 
-// n * n steps: about 100 ms for n = 500 (stopped by its fuel a little before), at once for a small n.
-const REGO = `package project.authz
-import rego.v1
-default allow := false
-r := numbers.range(1, to_number(input.request.query.n))
-allow if {
-  every a in r {
-    every b in r {
-      a + b > 0
-    }
-  }
-}
-`;
+// n = 500: about 100 ms, stopped by its fuel a little before; a small n: at once.
+const REGO = NESTED_LOOP_REGO;
 
 const unhandled: unknown[] = [];
 const onUnhandled = (reason: unknown) => unhandled.push(reason);

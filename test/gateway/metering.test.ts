@@ -22,7 +22,7 @@ import { ThreadEvaluator, createEvaluator, evaluationSettings, type AbortReason 
 import { EvaluationPool } from '../../policy/engine/pool.js';
 import { defaultAccessPolicyWasmPath } from '../../policy/access/index.js';
 import { generateInputs } from '../support/input-generator.js';
-import { opaPath, EtcdPolicyWriter } from '../support/policies.js';
+import { opaPath, EtcdPolicyWriter, NESTED_LOOP_REGO } from '../support/policies.js';
 import { startEtcd, type TestEtcd } from '../support/etcd.js';
 import { createTestKeys, type TestKeys } from '../support/jwt.js';
 import { startRunner, type RunnerProcess } from '../support/runner-process.js';
@@ -31,18 +31,7 @@ import { createEtcdClient } from '../../etcd/index.js';
 import { freePort } from '../../dev/local-etcd/index.js';
 
 // n * n steps that allocate little: only fuel (or a deadline) stops it. Unbounded, n = 4000 runs for seconds.
-const SLOW = `package project.authz
-import rego.v1
-default allow := false
-r := numbers.range(1, to_number(input.request.query.n))
-allow if {
-  every a in r {
-    every b in r {
-      a + b > 0
-    }
-  }
-}
-`;
+const SLOW = NESTED_LOOP_REGO;
 const RUNAWAY_N = 4000;
 const CALM = `package project.authz
 import rego.v1
