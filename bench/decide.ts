@@ -34,6 +34,7 @@ import {
   driveRunner,
   machineLine,
   median,
+  percentile,
   medianStats,
   newHistogram,
   prepareConf,
@@ -308,7 +309,6 @@ async function main() {
     await cmsPool.close();
     await cms.close();
 
-    const pct = (xs: number[], p: number) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor((p / 100) * xs.length))]!;
     console.log(machineLine());
     console.log(`policy: caller-project, ${compiled.entrypoint}; connections: ${connections}; ${seconds}s x ${rounds} rounds (median)\n`);
     printTable(summary, { ...summary.find((s) => s.name.startsWith('opa run'))!, name: 'opa server' });
@@ -317,9 +317,11 @@ async function main() {
     console.log('| measure | p50 ms | p99 ms | max ms |');
     console.log('|---|---:|---:|---:|');
     console.log(
-      `| CMS PUT returns -> all ${runnerCount} runners enforce | ${pct(putReturnedToAll, 50)} | ${pct(putReturnedToAll, 99)} | ${Math.max(...putReturnedToAll)} |`,
+      `| CMS PUT returns -> all ${runnerCount} runners enforce | ${percentile(putReturnedToAll, 50)} | ${percentile(putReturnedToAll, 99)} | ${Math.max(...putReturnedToAll)} |`,
     );
-    console.log(`| etcd commit (metadata time) -> swap, per runner | ${pct(commitToSwap, 50)} | ${pct(commitToSwap, 99)} | ${Math.max(...commitToSwap)} |`);
+    console.log(
+      `| etcd commit (metadata time) -> swap, per runner | ${percentile(commitToSwap, 50)} | ${percentile(commitToSwap, 99)} | ${Math.max(...commitToSwap)} |`,
+    );
     console.log(
       `(median of "PUT returns -> all enforce": ${median(putReturnedToAll)} ms; negative means the runners swapped before the PUT response reached the client)`,
     );
@@ -331,8 +333,8 @@ async function main() {
     );
     console.log('| measure | p50 ms | p99 ms |');
     console.log('|---|---:|---:|');
-    console.log(`| PUT answered, no Prefer | ${f1(pct(plainPut, 50))} | ${f1(pct(plainPut, 99))} |`);
-    console.log(`| PUT answered with Prefer: wait (every gateway enforces it) | ${f1(pct(waitedPut, 50))} | ${f1(pct(waitedPut, 99))} |`);
+    console.log(`| PUT answered, no Prefer | ${f1(percentile(plainPut, 50))} | ${f1(percentile(plainPut, 99))} |`);
+    console.log(`| PUT answered with Prefer: wait (every gateway enforces it) | ${f1(percentile(waitedPut, 50))} | ${f1(percentile(waitedPut, 99))} |`);
     console.log(`| the wait: difference of the medians | ${f1(median(waitedPut) - median(plainPut))} | |`);
   } finally {
     await Promise.all(processes.map((p) => p.stop()));

@@ -37,6 +37,7 @@ import {
   benchIdentity,
   benchOpaPath,
   machineLine,
+  percentile,
   runBench,
   socketAccepts,
   startNodeProcess,
@@ -54,11 +55,6 @@ const projectName = (i: number) => `p-${i}`;
 
 /** A Rego of the same logic that no gateway has compiled before (its module is new). */
 const freshRego = (w: number) => `${BENCH_PROJECT_POLICY}\nwrite_${w} := ${w}\n`;
-
-function pct(values: number[], p: number): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)]!;
-}
 
 interface Swap {
   pid: number;
@@ -211,7 +207,7 @@ runBench(async (scope) => {
   );
   console.log('| measure | p50 ms | p99 ms | max ms |');
   console.log('|---|---:|---:|---:|');
-  const row = (name: string, values: number[]) => console.log(`| ${name} | ${pct(values, 50)} | ${pct(values, 99)} | ${Math.max(...values)} |`);
+  const row = (name: string, values: number[]) => console.log(`| ${name} | ${percentile(values, 50)} | ${percentile(values, 99)} | ${Math.max(...values)} |`);
   row(`CMS updatedAt (before the transaction) -> every one of ${workers} workers enforces`, fromUpdated);
   row(`etcd delivers the commit (a watcher in the benchmark) -> every one of ${workers} workers enforces`, fromDelivered);
   row(`PUT answered (after the commit) -> every one of ${workers} workers enforces`, fromAnswered);

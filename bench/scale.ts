@@ -51,6 +51,7 @@ import {
   type BenchProcess,
   type Stats,
   benchOpaPath,
+  percentile,
 } from './support.js';
 
 const scales = (process.env.BENCH_SCALE_PROJECTS ?? '1000,10000').split(',').map(Number);
@@ -123,8 +124,6 @@ interface Row {
   snapshotBytesPerChange: number;
   snapshotTotalBytes: number;
 }
-
-const pct = (xs: number[], p: number) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor((p / 100) * xs.length))]!;
 
 /** RSS of a process and every process under it (a runner's primary and its workers). */
 function rssMiB(pid: number): number {
@@ -399,8 +398,8 @@ async function main() {
       sweeping = false;
       const during = await background;
       conn.destroy();
-      coldP50Ms = pct(latencies, 50);
-      coldP99Ms = pct(latencies, 99);
+      coldP50Ms = percentile(latencies, 50);
+      coldP99Ms = percentile(latencies, 99);
       hotDuringColdP99Us = Math.max(...during.map((st) => st.p99));
     }
     return {
@@ -493,8 +492,8 @@ async function main() {
       await Promise.allSettled(traffic);
     }
     return {
-      propagationP50Ms: pct(times, 50),
-      propagationP99Ms: pct(times, 99),
+      propagationP50Ms: percentile(times, 50),
+      propagationP99Ms: percentile(times, 99),
       snapshotBytesPerChange,
       snapshotTotalBytes: [...filesUnder(snapshotDir, g.script === runnerScript).values()].reduce((sum, f) => sum + f.size, 0),
     };

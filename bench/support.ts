@@ -160,6 +160,9 @@ export function statsOf(name: string, histogram: Histogram, ops: number, seconds
 
 export const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
+/** The p-th percentile of a few measured values (the value at index floor(p% of their count), sorted; 100 gives the largest). */
+export const percentile = (xs: number[], p: number) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor((p / 100) * xs.length))]!;
+
 /** Median of each figure over rounds. */
 export function medianStats(results: Stats[]): Stats {
   return {
