@@ -109,7 +109,7 @@ export async function runWorker(config: RunnerConfig): Promise<void> {
           version: swap.policy?.meta.version ?? null,
           revision: swap.policy?.modRevision ?? null,
           propagationMs: swap.propagationMs,
-          receivedMs: swap.receivedMs ?? null,
+          receivedMs: swap.receivedMs,
           swappedAt: Date.now(),
         },
         swap.policy ? 'policy version enforced' : 'policy removed',

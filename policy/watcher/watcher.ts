@@ -86,7 +86,7 @@ export interface SwapEvent {
   /** Commit time in the metadata to swap time, ms (null on delete or initial load). */
   propagationMs: number | null;
   /** This gateway's own share of it: from its watch receiving the change to the swap, ms (null where propagationMs is). */
-  receivedMs?: number | null;
+  receivedMs: number | null;
 }
 
 export interface WatcherStatus {
@@ -187,7 +187,7 @@ export class PolicyWatcher extends EventEmitter {
       });
       if (again.broken === policy.broken) continue;
       changes.set(policy.name, again);
-      swaps.push({ name: policy.name, policy: again, propagationMs: null });
+      swaps.push({ name: policy.name, policy: again, propagationMs: null, receivedMs: null });
     }
     if (changes.size > 0) this.swap(this.set.with(this.set.revision, changes), swaps, 'changes-only');
   }
@@ -320,7 +320,7 @@ export class PolicyWatcher extends EventEmitter {
       await this.warmUp(policies);
       this.swap(
         new PolicySet(cut.revision, policies, 'etcd'),
-        [...policies.values()].map((p) => ({ name: p.name, policy: p, propagationMs: null })),
+        [...policies.values()].map((p) => ({ name: p.name, policy: p, propagationMs: null, receivedMs: null })),
         'replaces-all',
       );
     });
@@ -543,7 +543,7 @@ export class PolicyWatcher extends EventEmitter {
         if (parts.deleted) {
           if (this.set.get(name) !== undefined) {
             next.set(name, null);
-            swaps.push({ name, policy: null, propagationMs: null });
+            swaps.push({ name, policy: null, propagationMs: null, receivedMs: null });
           }
           continue;
         }
@@ -567,7 +567,7 @@ export class PolicyWatcher extends EventEmitter {
           this.options.log.error({ policy: name, revision, reason }, 'new policy version cannot be loaded; every decision that needs it is denied');
           const broken = this.policy({ ...unloadableBytes(name, parts), broken: reason });
           next.set(name, broken);
-          swaps.push({ name, policy: broken, propagationMs: null });
+          swaps.push({ name, policy: broken, propagationMs: null, receivedMs: null });
         }
       }
       this.swap(this.set.with(revision, next, 'etcd'), swaps, 'changes-only');
