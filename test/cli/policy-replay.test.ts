@@ -82,9 +82,7 @@ beforeAll(async () => {
     env: {
       ETCD_ENDPOINTS: harness.etcd.endpoints.join(','),
       RUNNER_STATE_DIR: mkdtempSync(join(tmpdir(), 'gh-replay-state-')),
-      JWT_JWKS_FILE: harness.keys.jwksFile,
-      JWT_ISSUER: harness.keys.issuer,
-      JWT_AUDIENCE: harness.keys.audience,
+      ...harness.keys.env,
       DECISION_LOG: `file:${runnerLog}`,
       GATEWAY_ID: 'gw-replay',
     },

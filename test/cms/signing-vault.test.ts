@@ -19,7 +19,6 @@ let session: VaultSession;
 
 const KEY = 'gatehouse-policy';
 const body = (role: string) => policyBody(V1_POLICY, { valid_roles: [role] });
-const jwtEnv = () => ({ JWT_JWKS_FILE: harness.keys.jwksFile, JWT_ISSUER: harness.keys.issuer, JWT_AUDIENCE: harness.keys.audience });
 
 beforeAll(async () => {
   harness = await startHarness();
@@ -42,7 +41,7 @@ async function verdict(name: string, keys: Awaited<ReturnType<typeof transitVeri
 
 describe('signing with a Vault transit key', () => {
   it('signs with the key version Vault used; the gateways verify with its public keys; a rotation needs no CMS change', async () => {
-    const config = cmsConfigFromEnv({ ...jwtEnv(), VAULT_ADDR: vault.addr, VAULT_TOKEN: vault.rootToken, POLICY_SIGNING_VAULT_KEY: `transit/${KEY}` });
+    const config = cmsConfigFromEnv({ ...harness.keys.env, VAULT_ADDR: vault.addr, VAULT_TOKEN: vault.rootToken, POLICY_SIGNING_VAULT_KEY: `transit/${KEY}` });
     expect(config.policySigning).toMatchObject({ kind: 'vault-transit', mount: 'transit', key: KEY });
     const cms = await harness.startCms({ policySigning: config.policySigning });
     expect(cms.logLines.some((line) => line.includes('policy versions are signed') && line.includes(`Vault transit key transit/${KEY}`))).toBe(true);
@@ -60,15 +59,15 @@ describe('signing with a Vault transit key', () => {
   });
 
   it('refuses the two ways at once, and a key name it cannot read', () => {
-    const env = { ...jwtEnv(), VAULT_ADDR: vault.addr, VAULT_TOKEN: vault.rootToken };
+    const env = { ...harness.keys.env, VAULT_ADDR: vault.addr, VAULT_TOKEN: vault.rootToken };
     expect(() => cmsConfigFromEnv({ ...env, POLICY_SIGNING_VAULT_KEY: `transit/${KEY}`, POLICY_SIGNING_KEY_FILE: '/k.pem' })).toThrow(/set one/);
     expect(() => cmsConfigFromEnv({ ...env, POLICY_SIGNING_VAULT_KEY: KEY })).toThrow(/<transit mount>\/<key name>/);
-    expect(() => cmsConfigFromEnv({ ...jwtEnv(), POLICY_SIGNING_VAULT_KEY: `transit/${KEY}` })).toThrow(/VAULT_ADDR/);
+    expect(() => cmsConfigFromEnv({ ...harness.keys.env, POLICY_SIGNING_VAULT_KEY: `transit/${KEY}` })).toThrow(/VAULT_ADDR/);
   });
 
   it('with Vault away, a write is refused (503 signing-unavailable) and nothing is written', async () => {
     const cms = await harness.startCms({
-      policySigning: cmsConfigFromEnv({ ...jwtEnv(), VAULT_ADDR: vault.addr, VAULT_TOKEN: vault.rootToken, POLICY_SIGNING_VAULT_KEY: `transit/${KEY}` })
+      policySigning: cmsConfigFromEnv({ ...harness.keys.env, VAULT_ADDR: vault.addr, VAULT_TOKEN: vault.rootToken, POLICY_SIGNING_VAULT_KEY: `transit/${KEY}` })
         .policySigning,
     });
     await vault.stop();

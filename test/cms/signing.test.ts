@@ -66,7 +66,7 @@ describe('the CMS signs what it writes', () => {
   });
 
   it('configuration: the key file needs its kid; a key that is not Ed25519 stops the start', async () => {
-    const base = { JWT_JWKS_FILE: harness.keys.jwksFile, JWT_ISSUER: harness.keys.issuer, JWT_AUDIENCE: harness.keys.audience };
+    const base = { ...harness.keys.env };
     expect(cmsConfigFromEnv(base).policySigning).toBeNull();
     expect(cmsConfigFromEnv({ ...base, POLICY_SIGNING_KEY_FILE: keyFile, POLICY_SIGNING_KEY_ID: 'cms-1' }).policySigning).toEqual({
       kind: 'file',

@@ -33,9 +33,7 @@ beforeAll(async () => {
     env: {
       ETCD_ENDPOINTS: harness.etcd.endpoints.join(','),
       RUNNER_STATE_DIR: mkdtempSync(join(tmpdir(), 'gh-console-')),
-      JWT_JWKS_FILE: harness.keys.jwksFile,
-      JWT_ISSUER: harness.keys.issuer,
-      JWT_AUDIENCE: harness.keys.audience,
+      ...harness.keys.env,
     },
   });
   for (const name of ['team-a', 'team-b']) {

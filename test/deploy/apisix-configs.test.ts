@@ -111,9 +111,7 @@ describe('APISIX accepts apisix-conf/', () => {
       env: {
         PATH: process.env.PATH ?? '',
         ETCD_ENDPOINTS: etcd.endpoints.join(','),
-        JWT_JWKS_FILE: keys.jwksFile,
-        JWT_ISSUER: keys.issuer,
-        JWT_AUDIENCE: keys.audience,
+        ...keys.env,
         RUNNER_STATE_DIR: mkdtempSync(join(tmpdir(), 'gh-runner-')),
         LOG_LEVEL: 'warn',
         RUNNER_METRICS_PORT: 'off',

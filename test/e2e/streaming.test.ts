@@ -171,9 +171,7 @@ beforeAll(async () => {
     routesPath,
     env: {
       ETCD_ENDPOINTS: etcd.endpoints.join(','),
-      JWT_JWKS_FILE: keys.jwksFile,
-      JWT_ISSUER: keys.issuer,
-      JWT_AUDIENCE: keys.audience,
+      ...keys.env,
       OPA_PATH: opaPath,
       RUNNER_STATE_DIR: join(dir, 'runner-state'),
       RUNNER_WORKERS: '1',

@@ -135,9 +135,7 @@ describe('decision logs from a runner', () => {
   const runnerEnv = (extra: Record<string, string>) => ({
     ETCD_ENDPOINTS: etcd.endpoints.join(','),
     RUNNER_STATE_DIR: mkdtempSync(join(tmpdir(), 'gh-state-')),
-    JWT_JWKS_FILE: keys.jwksFile,
-    JWT_ISSUER: keys.issuer,
-    JWT_AUDIENCE: keys.audience,
+    ...keys.env,
     // The vault plugin needs a Vault configured to take a conf; none is reached (the tests read only decisions).
     VAULT_ADDR: 'http://127.0.0.1:1',
     VAULT_TOKEN: 'unused',

@@ -51,9 +51,7 @@ describe('gatehouse-decision process', () => {
       env: {
         PATH: process.env.PATH ?? '',
         ETCD_ENDPOINTS: etcd.endpoints.join(','),
-        JWT_JWKS_FILE: keys.jwksFile,
-        JWT_ISSUER: keys.issuer,
-        JWT_AUDIENCE: keys.audience,
+        ...keys.env,
         DECISION_PORT: String(port),
         DECISION_STATE_DIR: mkdtempSync(join(tmpdir(), 'gh-decision-')),
         POLICY_EVAL_WORKERS: '0',
@@ -92,9 +90,7 @@ describe('gatehouse-decision process', () => {
       env: {
         PATH: process.env.PATH ?? '',
         ETCD_ENDPOINTS: etcd.endpoints.join(','),
-        JWT_JWKS_FILE: keys.jwksFile,
-        JWT_ISSUER: keys.issuer,
-        JWT_AUDIENCE: keys.audience,
+        ...keys.env,
         DECISION_PORT: String(port),
         DECISION_STATE_DIR: mkdtempSync(join(tmpdir(), 'gh-decision-')),
         POLICY_EVAL_WORKERS: '2',

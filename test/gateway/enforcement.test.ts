@@ -76,9 +76,7 @@ const runners: RunnerProcess[] = [];
 function runnerEnv(endpoints: string[], stateDir = mkdtempSync(join(tmpdir(), 'gh-state-'))): Record<string, string> {
   return {
     ETCD_ENDPOINTS: endpoints.join(','),
-    JWT_JWKS_FILE: keys.jwksFile,
-    JWT_ISSUER: keys.issuer,
-    JWT_AUDIENCE: keys.audience,
+    ...keys.env,
     RUNNER_STATE_DIR: stateDir,
   };
 }

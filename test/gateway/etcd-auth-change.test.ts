@@ -114,9 +114,7 @@ describe('etcd with JWT tokens: every token issued before a change of access con
         ETCD_ENDPOINTS: etcd.endpoints.join(','),
         ETCD_USERNAME: GATEWAY_USER,
         ETCD_PASSWORD: setup.gatewayPassword,
-        JWT_JWKS_FILE: keys.jwksFile,
-        JWT_ISSUER: keys.issuer,
-        JWT_AUDIENCE: keys.audience,
+        ...keys.env,
         RUNNER_STATE_DIR: join(dir, 'runner-state'),
       },
     });

@@ -52,9 +52,7 @@ beforeAll(async () => {
   await writer.put('calm', CALM);
   const env = {
     ETCD_ENDPOINTS: etcd.endpoints.join(','),
-    JWT_JWKS_FILE: keys.jwksFile,
-    JWT_ISSUER: keys.issuer,
-    JWT_AUDIENCE: keys.audience,
+    ...keys.env,
     POLICY_EVAL_WORKERS: '2',
     POLICY_EVAL_TIMEOUT_MS: '300',
     POLICY_EVAL_FUEL: '2147483647',

@@ -206,9 +206,7 @@ describe('in the runner (evaluation on its own thread, the default)', () => {
     runner = await startRunner({
       env: {
         ETCD_ENDPOINTS: etcd.endpoints.join(','),
-        JWT_JWKS_FILE: keys.jwksFile,
-        JWT_ISSUER: keys.issuer,
-        JWT_AUDIENCE: keys.audience,
+        ...keys.env,
         RUNNER_STATE_DIR: mkdtempSync(join(tmpdir(), 'gh-metering-')),
         RUNNER_METRICS_PORT: String(metricsPort),
         // Memory is not what stops the runaway here.

@@ -79,9 +79,7 @@ beforeAll(async () => {
   }
   const env = {
     ETCD_ENDPOINTS: etcd.endpoints.join(','),
-    JWT_JWKS_FILE: keys.jwksFile,
-    JWT_ISSUER: keys.issuer,
-    JWT_AUDIENCE: keys.audience,
+    ...keys.env,
   };
   // 8 MiB over two evaluation workers: each holds the three modules and about nine of the 48 projects' instances.
   const metricsPort = await freePort();

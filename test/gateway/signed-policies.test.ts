@@ -76,9 +76,7 @@ async function launch(): Promise<{ runner: RunnerProcess; metricsUrl: string }> 
   const runner = await startRunner({
     env: {
       ETCD_ENDPOINTS: etcd.endpoints.join(','),
-      JWT_JWKS_FILE: keys.jwksFile,
-      JWT_ISSUER: keys.issuer,
-      JWT_AUDIENCE: keys.audience,
+      ...keys.env,
       RUNNER_STATE_DIR: mkdtempSync(join(tmpdir(), 'gh-signed-runner-')),
       RUNNER_METRICS_PORT: String(port),
       POLICY_VERIFY_KEYS_FILE: jwksFile,

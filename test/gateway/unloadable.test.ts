@@ -81,9 +81,7 @@ async function launch(): Promise<{ runner: RunnerProcess; metricsUrl: string }> 
   const runner = await startRunner({
     env: {
       ETCD_ENDPOINTS: etcd.endpoints.join(','),
-      JWT_JWKS_FILE: keys.jwksFile,
-      JWT_ISSUER: keys.issuer,
-      JWT_AUDIENCE: keys.audience,
+      ...keys.env,
       RUNNER_STATE_DIR: mkdtempSync(join(tmpdir(), 'gh-unloadable-')),
       RUNNER_METRICS_PORT: String(port),
     },

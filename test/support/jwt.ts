@@ -4,6 +4,7 @@
  *
  *   const keys = await createTestKeys();
  *   keys.jwksFile, keys.issuer, keys.audience
+ *   keys.env: JWT_JWKS_FILE, JWT_ISSUER and JWT_AUDIENCE for a service under test
  *   await keys.token({ sub: 'alice', role: 'platform_admin' })
  *   await keys.expiredToken(claims), keys.wrongIssuerToken(claims), ...
  */
@@ -23,6 +24,8 @@ export interface TestKeys {
   issuer: string;
   audience: string;
   kid: string;
+  /** The environment a service reads these keys from: JWT_JWKS_FILE, JWT_ISSUER, JWT_AUDIENCE. */
+  env: { JWT_JWKS_FILE: string; JWT_ISSUER: string; JWT_AUDIENCE: string };
   /** A valid token (1 hour) with the given claims. */
   token(claims: JWTPayload, options?: { header?: Record<string, unknown>; expiresIn?: string }): Promise<string>;
   expiredToken(claims: JWTPayload): Promise<string>;
@@ -89,6 +92,7 @@ export async function createTestKeys(): Promise<TestKeys> {
     issuer: TEST_ISSUER,
     audience: TEST_AUDIENCE,
     kid,
+    env: { JWT_JWKS_FILE: jwksFile, JWT_ISSUER: TEST_ISSUER, JWT_AUDIENCE: TEST_AUDIENCE },
     token: (claims, options = {}) =>
       sign(claims, { header: { alg: ALG, kid, ...options.header }, ...(options.expiresIn ? { expiresAt: options.expiresIn } : {}) }),
     // Well past any clock tolerance.
