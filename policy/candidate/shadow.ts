@@ -5,13 +5,15 @@
 // same evaluation bounds as any decision, as a tenant of its own (a runaway
 // candidate is made to wait, not the project's live decisions: evaluator.ts),
 // and at most `maxInFlight` are pending: past that a shadow evaluation is
-// dropped and counted, never queued without end.
+// dropped and counted, never queued without end. One the evaluator would
+// make wait (its candidate ran away) is dropped and counted too.
 //
 // What it saw is kept per policy, for the candidate's current version only:
 // counts, and the last few divergent samples (the input masked as decision
 // logs mask it, both results), each bounded in size. report.ts tells etcd.
 import type { LoadedPolicy, PolicySet } from '../watcher/policy-set.js';
 import { candidateName } from '../store/names.js';
+import { EvaluationWouldWaitError } from '../engine/evaluation.js';
 import { onCandidate } from './canary.js';
 
 export interface ShadowSample {
@@ -33,7 +35,7 @@ export interface ShadowReport {
   diverged: number;
   /** Shadow evaluations that failed (the candidate did not load, ran out of fuel or memory). */
   errors: number;
-  /** Shadow evaluations not made because too many were pending. */
+  /** Shadow evaluations not made: too many were pending, or the candidate was made to wait (it ran away). */
   dropped: number;
   /** Decisions enforced by each version (the canary's split). */
   enforced: { live: number; candidate: number };
@@ -125,20 +127,17 @@ export class CandidateShadow {
   shadow(call: ShadowCall): void {
     const policy = call.live.name;
     const tally = this.tally(policy, call.candidate.meta.version);
-    if (this.inFlight >= this.maxInFlight) {
-      tally.dropped++;
-      tally.changed = true;
-      this.options.onOutcome?.(policy, 'dropped');
-      return;
-    }
+    if (this.inFlight >= this.maxInFlight) return this.dropped(policy, tally);
     this.inFlight++;
     setImmediate(() => {
       // A runaway candidate is penalised as a tenant of its own, apart from the project's live decisions.
+      // Never waits: a candidate made to wait (it ran away) drops the decisions it would have shadowed, where
+      // queued ones would each hold the thread in turn long after the traffic that asked for them.
       call.candidate
-        .evaluate(`${call.tenant}\0candidate`, call.input)
+        .evaluate(`${call.tenant}\0candidate`, call.input, { wait: false })
         .then(
           (document) => this.compared(call, tally, call.select ? call.select(document) : document),
-          () => this.count(policy, tally, 'error'),
+          (error: unknown) => (error instanceof EvaluationWouldWaitError ? this.dropped(policy, tally) : this.count(policy, tally, 'error')),
         )
         .finally(() => this.inFlight--);
     });
@@ -189,6 +188,12 @@ export class CandidateShadow {
     }
     tally.samples.unshift(sample);
     if (tally.samples.length > this.maxSamples) tally.samples.length = this.maxSamples;
+  }
+
+  private dropped(policy: string, tally: Tally): void {
+    tally.dropped++;
+    tally.changed = true;
+    this.options.onOutcome?.(policy, 'dropped');
   }
 
   private count(policy: string, tally: Tally, outcome: 'agreed' | 'diverged' | 'error'): void {

@@ -22,9 +22,9 @@ import { EngineCache, type EngineCacheStats } from './cache.js';
 import { EvaluationBudgetError, evaluationFuel, policyMemoryMaxBytes } from './index.js';
 import { engineInput } from './serialised-input.js';
 import { EvaluationPool, evaluationTimeoutMs } from './pool.js';
-import type { AbortReason, EvaluationTarget, Evaluator } from './evaluation.js';
+import { EvaluationWouldWaitError, type AbortReason, type EvaluateOptions, type EvaluationTarget, type Evaluator } from './evaluation.js';
 
-export type { AbortReason, EvaluationTarget, Evaluator } from './evaluation.js';
+export { EvaluationWouldWaitError, type AbortReason, type EvaluateOptions, type EvaluationTarget, type Evaluator } from './evaluation.js';
 
 /** How many times as long as a stopped (or long) evaluation held the thread its tenant waits before its next one. */
 export const THREAD_PENALTY_FACTOR = 9;
@@ -49,7 +49,7 @@ export class ThreadEvaluator implements Evaluator {
     this.longFuel = fuel === null ? Infinity : Math.floor(fuel * (options.longShare ?? 0.1));
   }
 
-  async evaluate(tenant: string, target: EvaluationTarget, input: unknown): Promise<unknown> {
+  async evaluate(tenant: string, target: EvaluationTarget, input: unknown, options: EvaluateOptions = {}): Promise<unknown> {
     const { engines } = this.options;
     let engine = engines.ready(target.source) ?? (await engines.engine(target.source));
     for (;;) {
@@ -60,6 +60,7 @@ export class ThreadEvaluator implements Evaluator {
         this.waitUntil.delete(tenant);
         break;
       }
+      if (options.wait === false) throw new EvaluationWouldWaitError(`tenant ${JSON.stringify(tenant)} waits out a penalty`);
       await new Promise((resolve) => setTimeout(resolve, Math.ceil(wait)));
       // Replaced meanwhile (another of this tenant's evaluations was stopped): take the current one.
       engine = engines.ready(target.source) ?? (await engines.engine(target.source));

@@ -32,7 +32,7 @@ import { Worker } from 'node:worker_threads';
 import { fileURLToPath } from 'node:url';
 import { EngineCache, withWasmBytes, type EngineCacheStats, type EngineSource } from './cache.js';
 import { DEFAULT_EVAL_FUEL, EvaluationBudgetError, PolicyEngineError } from './index.js';
-import type { AbortReason, EvaluationTarget, Evaluator } from './evaluation.js';
+import { EvaluationWouldWaitError, type AbortReason, type EvaluateOptions, type EvaluationTarget, type Evaluator } from './evaluation.js';
 import type { WorkerAnswer, WorkerNotice, WorkerRequest, WorkerSettings } from './pool-worker.js';
 
 export const DEFAULT_EVAL_TIMEOUT_MS = 500;
@@ -173,8 +173,10 @@ export class EvaluationPool implements Evaluator {
   }
 
   /** Evaluates `target` for `tenant`; rejects on an engine that cannot load, a failed evaluation, or the deadline. */
-  evaluate(tenant: string, target: EvaluationTarget, input: unknown): Promise<unknown> {
+  evaluate(tenant: string, target: EvaluationTarget, input: unknown, options: EvaluateOptions = {}): Promise<unknown> {
     if (this.closed) return Promise.reject(new Error('the evaluation pool is closed'));
+    if (options.wait === false && (this.queues.has(tenant) || (this.inFlight.get(tenant) ?? 0) >= this.perTenant))
+      return Promise.reject(new EvaluationWouldWaitError(`tenant ${JSON.stringify(tenant)} holds its share of the pool`));
     const bytes = input === undefined ? null : (new TextEncoder().encode(JSON.stringify(input)).buffer as ArrayBuffer);
     return new Promise((resolve, reject) => {
       const job: Job = { tenant, target, input: bytes, resolve, reject };

@@ -10,7 +10,7 @@
 // while only the busy ones take memory.
 import type { EngineCache, WasmLoader } from '../engine/cache.js';
 import type { PolicyEngine } from '../engine/index.js';
-import type { Evaluator } from '../engine/evaluator.js';
+import type { EvaluateOptions, Evaluator } from '../engine/evaluator.js';
 import { engineInput } from '../engine/serialised-input.js';
 import type { PolicyMetadata } from '../store/index.js';
 import type { SignatureProblem } from '../signing/index.js';
@@ -48,9 +48,10 @@ export interface LoadedPolicy extends PolicyBytes {
    * apart: engine/evaluator.ts), else here (fuel and memory bounds only).
    * Rejects when the policy cannot be loaded or the evaluation fails. A
    * SerialisedInput (engine/serialised-input.ts) is serialised once for
-   * every policy it is given to.
+   * every policy it is given to. `options.wait` false: rejected at once where
+   * the tenant would have to wait its turn (EvaluationWouldWaitError).
    */
-  evaluate(tenant: string, input: unknown): Promise<unknown>;
+  evaluate(tenant: string, input: unknown, options?: EvaluateOptions): Promise<unknown>;
   /** Builds the engine wherever decisions will run (before a swap). */
   prepare(): Promise<void>;
 }
@@ -80,7 +81,7 @@ export function loadedPolicy(bytes: PolicyBytes, engines: EngineCache, pool: Eva
     readyEngine: () => engines.ready(source),
     engine: () => engines.engine(source),
     evaluate: pool
-      ? (tenant, input) => pool.evaluate(tenant, target, input)
+      ? (tenant, input, options) => pool.evaluate(tenant, target, input, options)
       : async (_tenant, input) => {
           const engine = engines.ready(source) ?? (await engines.engine(source));
           try {

@@ -1,9 +1,11 @@
 // The evaluation pool closed while it works: jobs still waiting are refused,
 // and an answer that arrives after the close starts nothing (it used to
 // take the next tenant in turn from queues the close had emptied, and threw).
+// And an evaluation asked not to wait is refused where its tenant holds its share.
 import { afterAll, describe, expect, it } from 'vitest';
 import { RegoCompiler } from '../../cms/rego-compiler.js';
 import { DEFAULT_POLICY_MEMORY_MAX_BYTES } from '../../policy/engine/index.js';
+import { EvaluationWouldWaitError } from '../../policy/engine/evaluation.js';
 import { EvaluationPool } from '../../policy/engine/pool.js';
 import { sha256Hex } from '../../policy/store/index.js';
 import { NESTED_LOOP_REGO, opaPath } from '../support/policies.js';
@@ -44,5 +46,24 @@ describe('evaluation pool', () => {
       await Promise.race([running, new Promise((resolve) => setTimeout(resolve, 200))]);
     }
     expect(unhandled).toEqual([]);
+  }, 60_000);
+
+  it('asked not to wait, refuses at once a tenant that holds its share; serves another', async () => {
+    const { wasm, entrypoint } = await new RegoCompiler({ opaPath }).compile(REGO, '{}');
+    const target = { source: { wasmSha256: sha256Hex(wasm), wasm: new Uint8Array(wasm), dataSha256: sha256Hex('{}'), dataText: '{}' }, entrypoint };
+    const pool = new EvaluationPool({ workers: 2, timeoutMs: 5000, cacheBytes: 64 * 1024 * 1024, memoryMaxBytes: DEFAULT_POLICY_MEMORY_MAX_BYTES });
+    try {
+      await pool.prepare(target);
+      const small = { request: { query: { n: '10' } } };
+      // Tenant a holds one of the two workers, its share.
+      const running = pool.evaluate('a', target, { request: { query: { n: '500' } } });
+      await expect(pool.evaluate('a', target, small, { wait: false })).rejects.toBeInstanceOf(EvaluationWouldWaitError);
+      await expect(pool.evaluate('b', target, small, { wait: false })).resolves.toMatchObject({ allow: true });
+      await running.catch(() => undefined); // stopped by its fuel or not: its worker is free either way
+      // Its share free again, a is served without waiting.
+      await expect(pool.evaluate('a', target, small, { wait: false })).resolves.toMatchObject({ allow: true });
+    } finally {
+      await pool.close();
+    }
   }, 60_000);
 });

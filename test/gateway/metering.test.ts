@@ -18,7 +18,7 @@ import { DEMO_PLATFORM_POLICY, DEMO_PROJECT_POLICY, EXAMPLE_POLICY } from '../..
 import { DEFAULT_EVAL_FUEL, EvaluationBudgetError, evaluationFuel, loadPolicyEngine } from '../../policy/engine/index.js';
 import { FUEL_GLOBAL, meterPolicyWasm } from '../../policy/engine/meter.js';
 import { EngineCache } from '../../policy/engine/cache.js';
-import { ThreadEvaluator, createEvaluator, evaluationSettings, type AbortReason } from '../../policy/engine/evaluator.js';
+import { EvaluationWouldWaitError, ThreadEvaluator, createEvaluator, evaluationSettings, type AbortReason } from '../../policy/engine/evaluator.js';
 import { EvaluationPool } from '../../policy/engine/pool.js';
 import { defaultAccessPolicyWasmPath } from '../../policy/access/index.js';
 import { generateInputs } from '../support/input-generator.js';
@@ -178,6 +178,12 @@ describe('evaluation on the calling thread (the default evaluator)', () => {
     started = performance.now();
     expect(await evaluator.evaluate('b', target(calm), { user: { role: 'r' } })).toMatchObject({ allow: true });
     expect(performance.now() - started).toBeLessThan(held);
+
+    // Asked not to wait (a candidate's shadow evaluation), the runaway tenant's next one is refused at once; another tenant's is made.
+    started = performance.now();
+    await expect(evaluator.evaluate('a', target(slow), slowInput(10), { wait: false })).rejects.toBeInstanceOf(EvaluationWouldWaitError);
+    expect(performance.now() - started).toBeLessThan(held);
+    expect(await evaluator.evaluate('b', target(calm), { user: { role: 'r' } }, { wait: false })).toMatchObject({ allow: true });
 
     // The runaway tenant's next decision waits (nine times what the runaway held), then is right, in a fresh instance.
     started = performance.now();
