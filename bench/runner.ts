@@ -14,8 +14,16 @@
 // /proc) over the calls it answered. Scenarios alternate within each round
 // so machine noise hits them alike; the median of each figure is reported.
 //
+// Paced rows: the same load at a fixed rate (BENCH_PACED_RATE calls/s over
+// all connections, each connection on its own schedule), about what APISIX
+// hands a runner in bench:gateway. Back to back, a runner's process is always
+// busy reading; paced, it is woken once per call and sleeps between calls, as
+// behind APISIX. The two together show what being woken costs per call. Each
+// process's CPU with no calls is printed beside them (included in CPU/call).
+//
 // Env: BENCH_CONNECTIONS (8), BENCH_SECONDS per scenario and round (5),
-// BENCH_ROUNDS (3), RUNNER_WORKERS for Gatehouse's runner (default: cores).
+// BENCH_ROUNDS (3), RUNNER_WORKERS for Gatehouse's runner (default: cores),
+// BENCH_PACED_RATE (3000).
 import { execFile, execFileSync } from 'node:child_process';
 import { mkdtempSync } from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
@@ -44,6 +52,7 @@ const connections = Number(process.env.BENCH_CONNECTIONS ?? 8);
 const seconds = Number(process.env.BENCH_SECONDS ?? 5);
 const rounds = Number(process.env.BENCH_ROUNDS ?? 3);
 const workers = Number(process.env.RUNNER_WORKERS ?? availableParallelism());
+const pacedRate = Number(process.env.BENCH_PACED_RATE ?? 3000);
 const here = fileURLToPath(new URL('.', import.meta.url));
 const root = join(here, '..', '..');
 const bin = join(root, '.local', 'bin');
@@ -150,6 +159,22 @@ function printRows(rows: Row[], baselines: Map<string, Row>): void {
   }
 }
 
+/** The same scenarios at BENCH_PACED_RATE calls/s, named "... paced". */
+function paced(scenarios: Scenario[]): Scenario[] {
+  return scenarios.map((s) => ({
+    ...s,
+    name: `${s.name}, paced at ${pacedRate}/s`,
+    extraArgs: [...(s.extraArgs ?? []), '-rate', String(pacedRate)],
+  }));
+}
+
+/** A process tree's CPU with no calls, in ms per second (over one second). */
+async function idleCpuMsPerSecond(pid: number): Promise<number> {
+  const before = treeCpuMicros(pid);
+  await new Promise((resolve) => setTimeout(resolve, 1000));
+  return (treeCpuMicros(pid) - before) / 1000;
+}
+
 async function main() {
   buildGoTools();
   const work = mkdtempSync(join(tmpdir(), 'gh-bench-runner-'));
@@ -229,25 +254,46 @@ async function main() {
       { name: `stop: Gatehouse, ${workers} workers`, server: gatehouse, conf: stopConf('example', { stop: { status: 200, body: 'ok' } }), measureCpu: true },
       { name: `jwt + opa: Gatehouse, ${workers} workers`, server: gatehouse, conf: chain, extraArgs: chainArgs, measureCpu: true },
       { name: 'jwt + opa: Gatehouse, 1 process', server: gatehouseOne, conf: chain, extraArgs: chainArgs, measureCpu: true },
+      ...paced([
+        { name: 'no-op: Go runner', server: goNoop, conf: stopConf('noop', {}), measureCpu: true },
+        { name: `no-op: Gatehouse, ${workers} workers`, server: gatehouse, conf: stopConf('example', {}), measureCpu: true },
+        { name: 'no-op: Gatehouse, 1 process', server: gatehouseOne, conf: stopConf('example', {}), measureCpu: true },
+        { name: `jwt + opa: Gatehouse, ${workers} workers`, server: gatehouse, conf: chain, extraArgs: chainArgs, measureCpu: true },
+        { name: 'jwt + opa: Gatehouse, 1 process', server: gatehouseOne, conf: chain, extraArgs: chainArgs, measureCpu: true },
+      ]),
     ];
     const results = new Map<string, Row[]>();
     for (let round = 0; round < rounds; round++) {
       for (const scenario of scenarios) results.set(scenario.name, [...(results.get(scenario.name) ?? []), await drive(scenario)]);
     }
+    const idle = [
+      ['Go runner', await idleCpuMsPerSecond(goNoop.child.pid!)],
+      [`Gatehouse, ${workers} workers`, await idleCpuMsPerSecond(gatehouse.child.pid!)],
+      ['Gatehouse, 1 process', await idleCpuMsPerSecond(gatehouseOne.child.pid!)],
+    ] as const;
     const rows = scenarios.map((s) => medianRow(results.get(s.name)!));
     const byName = new Map(rows.map((r) => [r.name, r]));
     const goNoopRow = byName.get('no-op: Go runner')!;
     const goStopRow = byName.get('stop: Go runner')!;
     const baselines = new Map<string, Row>();
     for (const row of rows) {
-      if (row.name.startsWith('no-op: Gatehouse')) baselines.set(row.name, goNoopRow);
+      if (row.name.startsWith('no-op: Gatehouse'))
+        baselines.set(row.name, row.name.includes('paced') ? byName.get(`no-op: Go runner, paced at ${pacedRate}/s`)! : goNoopRow);
       if (row.name.startsWith('stop: Gatehouse')) baselines.set(row.name, goStopRow);
     }
     console.log(machineLine());
     console.log(
       `load: bench/go/loadgen, ${connections} connections, ${seconds}s per scenario, ${rounds} rounds (median); Gatehouse RUNNER_WORKERS=${workers}\n`,
     );
+    console.log(`CPU with no calls (included in CPU per call): ${idle.map(([name, ms]) => `${name} ${ms.toFixed(1)} ms/s`).join(', ')}\n`);
     printRows(rows, baselines);
+    console.log('\nCPU per call paced vs back to back (what being woken once per call adds):');
+    for (const row of rows.filter((r) => r.name.includes(', paced at '))) {
+      const busy = byName.get(row.name.slice(0, row.name.indexOf(', paced at ')))!;
+      console.log(
+        `- ${busy.name}: ${row.cpuPerCall!.toFixed(1)} µs at ${row.callsPerSecond.toFixed(0)} calls/s vs ${busy.cpuPerCall!.toFixed(1)} µs at ${busy.callsPerSecond.toFixed(0)} calls/s (${(row.cpuPerCall! / busy.cpuPerCall!).toFixed(2)}x)`,
+      );
+    }
     const floorRow = byName.get('floor: bare echo (Go)')!;
     const fastestRunner = Math.max(...rows.filter((r) => !r.name.startsWith('floor')).map((r) => r.callsPerSecond));
     console.log(

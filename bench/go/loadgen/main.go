@@ -56,14 +56,15 @@ func main() {
 	confJSON := flag.String("conf", `[{"name":"noop","value":"{}"}]`, "plugin conf: JSON array of {name, value}")
 	path := flag.String("path", "/llm/v1/chat/completions", "request path")
 	method := flag.String("method", "GET", "request method")
+	rate := flag.Float64("rate", 0, "calls per second over all connections, each connection on its own fixed schedule (0: back to back, as fast as answered)")
 	flag.Var(&extra, "header", "extra request header \"name: value\" (repeatable)")
 	flag.Parse()
 
 	if *socket == "" {
 		fail("-socket is required")
 	}
-	if *conns < 1 || *seconds <= 0 || *warmup < 0 {
-		fail("-connections must be >= 1, -seconds > 0, -warmup >= 0")
+	if *conns < 1 || *seconds <= 0 || *warmup < 0 || *rate < 0 {
+		fail("-connections must be >= 1, -seconds > 0, -warmup >= 0, -rate >= 0")
 	}
 	var conf []entry
 	if err := json.Unmarshal([]byte(*confJSON), &conf); err != nil {
@@ -116,8 +117,14 @@ func main() {
 	// Room for about 200k calls per second per connection before growing.
 	capacity := int(math.Min(*seconds*200_000, 50_000_000) / float64(len(workers)))
 
-	for _, w := range workers {
+	for i, w := range workers {
 		w.samples = make([]int64, 0, capacity)
+		if *rate > 0 {
+			// One call every connections/rate seconds on each connection, the
+			// connections' schedules spread evenly over one period.
+			w.period = time.Duration(float64(len(workers)) / *rate * float64(time.Second))
+			w.due = start.Add(w.period * time.Duration(i) / time.Duration(len(workers)))
+		}
 	}
 	load.Each(len(workers), func(i int) { workers[i].run(measureFrom, deadline) })
 
@@ -246,15 +253,24 @@ type worker struct {
 	id, step uint32   // ids are distinct across connections
 	samples  []int64  // latencies in ns of counted calls
 	errors   int
-	end      time.Time // when the last call finished
+	end      time.Time     // when the last call finished
+	period   time.Duration // with -rate: time between this connection's calls (0: back to back)
+	due      time.Time     // with -rate: when the next call is due
 }
 
-// run makes calls back to back until the deadline; calls that start before
-// measureFrom are warm-up and not counted.
+// run makes calls back to back (or, with a period, each when it is due, at
+// once when late) until the deadline; calls that start before measureFrom are
+// warm-up and not counted.
 func (w *worker) run(measureFrom, deadline time.Time) {
 	var buf []byte
 	var resp hrc.Resp
 	for {
+		if w.period > 0 {
+			if wait := time.Until(w.due); wait > 0 {
+				time.Sleep(wait)
+			}
+			w.due = w.due.Add(w.period)
+		}
 		id := w.id
 		w.id += w.step
 		if !w.req.MutateId(id) {
