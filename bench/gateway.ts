@@ -19,6 +19,9 @@
 //                                       one whose candidate runs until its fuel is burned (a runaway candidate)
 //   Gatehouse: jwt + opa, traced        the jwt + opa row on a runner of its own exporting spans (OTEL_*) to a
 //                                       real OpenTelemetry Collector (dev/otelcol, spans dropped there)
+//   Gatehouse, other workers: example, jwt + opa   the same two rows on an instance whose runner has one
+//                                       worker (two where the runner's count is one): what a second worker
+//                                       buys or costs where APISIX's nginx workers share the cores
 //   Gatehouse: LLM route with budgets   /llm/v1/chat/completions as apisix.yaml has it: jwt, opa (body, budget),
 //                                       llm-budget, vault (real Vault, cached key), path-rewrite, http-logger settle
 //
@@ -30,14 +33,15 @@
 // divided by the requests served in it.
 //
 // Env: BENCH_CONNECTIONS (8), BENCH_SECONDS per row and round (3),
-// BENCH_ROUNDS (3), RUNNER_WORKERS for Gatehouse's runner (default: cores),
+// BENCH_ROUNDS (3), BENCH_ROWS=<key,...> only those rows (and the floor; keys as in
+// Scenario, e.g. example,jwtOpa,exampleOther,jwtOpaOther), RUNNER_WORKERS for Gatehouse's runner (default: the runner's own, one per core),
 // BENCH_CPU_PROF=<dir>: afterwards, a third APISIX instance whose runner runs
 // under `node --cpu-prof` (primary and workers: cluster passes execArgv on)
 // takes the jwt + opa load alone; the profiles are written to <dir> and the
 // top functions by self time printed.
 import { execFile, execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { availableParallelism, tmpdir } from 'node:os';
+import { tmpdir } from 'node:os';
 import { basename, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
@@ -50,6 +54,7 @@ import { startLocalEtcd } from '../dev/local-etcd/index.js';
 import { startLocalCollector } from '../dev/otelcol/index.js';
 import { findApisix, freePort, startApisix, type ApisixHandle, type ApisixInstallation } from '../dev/apisix/index.js';
 import { processTable } from '../dev/proc.js';
+import { defaultWorkerCount } from '../plugins/runner/config.js';
 import { createEtcdClient } from '../etcd/index.js';
 import { BudgetStore } from '../budget/store.js';
 import { readUsage } from '../budget/usage.js';
@@ -72,7 +77,9 @@ import {
 const connections = Number(process.env.BENCH_CONNECTIONS ?? 8);
 const seconds = Number(process.env.BENCH_SECONDS ?? 3);
 const rounds = Number(process.env.BENCH_ROUNDS ?? 3);
-const workers = Number(process.env.RUNNER_WORKERS ?? availableParallelism());
+const workers = process.env.RUNNER_WORKERS ? Number(process.env.RUNNER_WORKERS) : defaultWorkerCount();
+// The other instance's runner: one worker, or two where the default is one.
+const otherWorkers = workers === 1 ? 2 : 1;
 const profileDir = process.env.BENCH_CPU_PROF ? resolve(process.env.BENCH_CPU_PROF) : null;
 const here = fileURLToPath(new URL('.', import.meta.url));
 const root = join(here, '..', '..');
@@ -188,7 +195,19 @@ interface Row {
 }
 
 interface Scenario {
-  key: 'direct' | 'opaServer' | 'opaDecision' | 'goRunner' | 'example' | 'jwtOpa' | 'jwtOpaShadow' | 'jwtOpaRunaway' | 'jwtOpaTraced' | 'llm';
+  key:
+    | 'direct'
+    | 'opaServer'
+    | 'opaDecision'
+    | 'goRunner'
+    | 'example'
+    | 'jwtOpa'
+    | 'jwtOpaShadow'
+    | 'jwtOpaRunaway'
+    | 'jwtOpaTraced'
+    | 'exampleOther'
+    | 'jwtOpaOther'
+    | 'llm';
   name: string;
   /** Which process decides (its CPU per request is reported). */
   decider: string;
@@ -446,6 +465,9 @@ async function main({ processes, cleanups }: BenchScope) {
   cleanups.unshift(() => collector.stop());
   const traced = await startGatehouse('apisix-traced', undefined, { OTEL_EXPORTER_OTLP_ENDPOINT: collector.endpoint });
   cleanups.unshift(() => traced.stop());
+  // The same with another number of runner workers: whether a second one pays, where APISIX shares the cores.
+  const other = await startGatehouse('apisix-other-workers', undefined, { RUNNER_WORKERS: String(otherWorkers) });
+  cleanups.unshift(() => other.stop());
 
   // The Go runner's instance: the same config, its ext-plugin.cmd the Go runner.
   const goRoutesPath = join(work, 'apisix-go.yaml');
@@ -554,6 +576,24 @@ async function main({ processes, cleanups }: BenchScope) {
       headers: [bearer],
     },
     {
+      key: 'exampleOther',
+      name: `Gatehouse runner, ${otherWorkers} worker${otherWorkers === 1 ? '' : 's'}: example (pass-through)`,
+      decider: `runner (${otherWorkers} worker${otherWorkers === 1 ? '' : 's'})`,
+      apisix: other,
+      deciderPid: runnerPid(other),
+      path: '/example/ask',
+      headers: [bearer],
+    },
+    {
+      key: 'jwtOpaOther',
+      name: `Gatehouse runner, ${otherWorkers} worker${otherWorkers === 1 ? '' : 's'}: jwt + opa (platform + project, /rag/ask)`,
+      decider: `runner (${otherWorkers} worker${otherWorkers === 1 ? '' : 's'})`,
+      apisix: other,
+      deciderPid: runnerPid(other),
+      path: '/rag/ask',
+      headers: [bearer],
+    },
+    {
       key: 'llm',
       name: 'Gatehouse runner: LLM route with budgets',
       decider: 'runner',
@@ -577,7 +617,7 @@ async function main({ processes, cleanups }: BenchScope) {
     };
     await expectStatus(`${s.name}, the project's caller`, 200, () => status(s.apisix, s.path, init));
   }
-  for (const key of ['opaServer', 'opaDecision', 'jwtOpa'] as const) {
+  for (const key of ['opaServer', 'opaDecision', 'jwtOpa', 'jwtOpaOther'] as const) {
     const s = scenarios.find((x) => x.key === key)!;
     await expectStatus(`${s.name}, no token`, 401, () => status(s.apisix, s.path), 1);
     await expectStatus(`${s.name}, another project's caller`, 403, () => status(s.apisix, s.path, auth(outsider)), 1);
@@ -600,15 +640,19 @@ async function main({ processes, cleanups }: BenchScope) {
   await new Promise((r) => setTimeout(r, 2_000));
   const idle = [...deciders].map(([name, pid]) => `${name} ${((treeCpuMicros(pid()!) - idleBefore.get(name)!) / 2_000).toFixed(1)} ms/s`);
 
+  // BENCH_ROWS: only these rows (and the floor), for a closer look at a few with more rounds.
+  const only = process.env.BENCH_ROWS?.split(',').map((key) => key.trim());
+  const measured = only ? scenarios.filter((s) => s.key === 'direct' || only.includes(s.key)) : scenarios;
   const results = new Map<string, Row[]>();
   for (let round = 0; round < rounds; round++) {
-    for (let i = 0; i < scenarios.length; i++) {
-      const scenario = scenarios[(i + round) % scenarios.length]!;
+    for (let i = 0; i < measured.length; i++) {
+      const scenario = measured[(i + round) % measured.length]!;
       results.set(scenario.key, [...(results.get(scenario.key) ?? []), await drive(tools.load, scenario, seconds)]);
     }
   }
-  const rows = new Map(scenarios.map((s) => [s.key, medianRow(results.get(s.key)!)]));
+  const rows = new Map(measured.map((s) => [s.key, medianRow(results.get(s.key)!)]));
   const row = (key: Scenario['key']) => rows.get(key)!;
+  const ran = (...keys: Scenario['key'][]) => keys.every((key) => rows.has(key));
 
   console.log(machineLine());
   console.log(
@@ -621,7 +665,7 @@ async function main({ processes, cleanups }: BenchScope) {
     '| scenario | req/s | p50 µs | p99 µs | p99.9 µs | req/s vs no plugins | deciding process | its CPU µs/req | APISIX CPU µs/req | load generator CPU µs/req |',
   );
   console.log('|---|---:|---:|---:|---:|---:|---|---:|---:|---:|');
-  for (const s of scenarios) {
+  for (const s of measured) {
     const r = row(s.key);
     console.log(
       `| ${r.name} | ${r.reqPerSecond.toFixed(0)} | ${r.p50.toFixed(0)} | ${r.p99.toFixed(0)} | ${r.p999.toFixed(0)} | ${(r.reqPerSecond / direct.reqPerSecond).toFixed(2)}x | ` +
@@ -629,33 +673,43 @@ async function main({ processes, cleanups }: BenchScope) {
     );
   }
 
-  const others = scenarios.filter((s) => s.key !== 'direct').map((s) => row(s.key).reqPerSecond);
+  const others = measured.filter((s) => s.key !== 'direct').map((s) => row(s.key).reqPerSecond);
   const floorRatio = direct.reqPerSecond / Math.max(...others);
   console.log(
     `\nload generator check: the no-plugin route went ${floorRatio.toFixed(2)}x the fastest other row ` +
       `${floorRatio >= 1.2 ? '(the load generator is not the limit)' : '(NOT well above: the load generator, or the machine, may be the limit; do not trust the ratios)'}`,
   );
   const ratio = (a: number, b: number) => a / b;
-  const targets: [string, number, number, string][] = [
-    ['decision API vs OPA server (req/s, both through APISIX opa)', ratio(row('opaDecision').reqPerSecond, row('opaServer').reqPerSecond), 1.0, 'x'],
-    ['jwt + opa route vs APISIX opa -> OPA server (req/s)', ratio(row('jwtOpa').reqPerSecond, row('opaServer').reqPerSecond), 1.5, 'x'],
-    ['Gatehouse pass-through vs Go runner pass-through (req/s)', ratio(row('example').reqPerSecond, row('goRunner').reqPerSecond), 1.0, 'x'],
-    ['jwt + opa with a candidate shadowed on every decision vs without (req/s)', ratio(row('jwtOpaShadow').reqPerSecond, row('jwtOpa').reqPerSecond), 0.9, 'x'],
+  const targets: [string, Scenario['key'], Scenario['key'], number][] = [
+    ['decision API vs OPA server (req/s, both through APISIX opa)', 'opaDecision', 'opaServer', 1.0],
+    ['jwt + opa route vs APISIX opa -> OPA server (req/s)', 'jwtOpa', 'opaServer', 1.5],
+    ['Gatehouse pass-through vs Go runner pass-through (req/s)', 'example', 'goRunner', 1.0],
+    ['jwt + opa with a candidate shadowed on every decision vs without (req/s)', 'jwtOpaShadow', 'jwtOpa', 0.9],
+    // The evaluation bounds let a runaway tenant hold the thread about a tenth of the time (evaluator.ts).
+    ['jwt + opa with a runaway candidate shadowed on every decision vs without (req/s), within the bounds', 'jwtOpaRunaway', 'jwtOpa', 0.9],
   ];
   console.log('\n| target | measured | wanted | |');
   console.log('|---|---:|---:|---|');
-  for (const [what, got, wanted] of targets) console.log(`| ${what} | ${got.toFixed(2)}x | >= ${wanted.toFixed(1)}x | ${got >= wanted ? 'met' : 'NOT met'} |`);
-  const chainCpu = row('jwtOpa').deciderCpu!;
-  console.log(`| runner CPU per request on the /rag/ask chain | ${chainCpu.toFixed(1)} µs | <= 60 µs | ${chainCpu <= 60 ? 'met' : 'NOT met'} |`);
-  const tracedRatio = ratio(row('jwtOpaTraced').reqPerSecond, row('jwtOpa').reqPerSecond);
-  console.log(
-    `| jwt + opa with traces on vs off (req/s; runner CPU per request ${row('jwtOpaTraced').deciderCpu!.toFixed(1)} µs vs ${chainCpu.toFixed(1)} µs) | ${tracedRatio.toFixed(2)}x | (reported) | |`,
-  );
-  // The evaluation bounds let a runaway tenant hold the thread about a tenth of the time (evaluator.ts).
-  const runaway = ratio(row('jwtOpaRunaway').reqPerSecond, row('jwtOpa').reqPerSecond);
-  console.log(
-    `| jwt + opa with a runaway candidate shadowed on every decision vs without (req/s) | ${runaway.toFixed(2)}x | within the bounds (>= 0.9x) | ${runaway >= 0.9 ? 'met' : 'NOT met'} |`,
-  );
+  for (const [what, a, b, wanted] of targets) {
+    if (!ran(a, b)) continue;
+    const got = ratio(row(a).reqPerSecond, row(b).reqPerSecond);
+    console.log(`| ${what} | ${got.toFixed(2)}x | >= ${wanted.toFixed(1)}x | ${got >= wanted ? 'met' : 'NOT met'} |`);
+  }
+  if (ran('jwtOpa')) {
+    const chainCpu = row('jwtOpa').deciderCpu!;
+    console.log(`| runner CPU per request on the /rag/ask chain | ${chainCpu.toFixed(1)} µs | <= 60 µs | ${chainCpu <= 60 ? 'met' : 'NOT met'} |`);
+  }
+  const reported: [string, Scenario['key'], Scenario['key']][] = [
+    ['jwt + opa with traces on vs off', 'jwtOpaTraced', 'jwtOpa'],
+    [`pass-through with ${otherWorkers} runner worker(s) vs ${workers}`, 'exampleOther', 'example'],
+    [`jwt + opa with ${otherWorkers} runner worker(s) vs ${workers}`, 'jwtOpaOther', 'jwtOpa'],
+  ];
+  for (const [what, a, b] of reported) {
+    if (!ran(a, b)) continue;
+    console.log(
+      `| ${what} (req/s; runner CPU per request ${row(a).deciderCpu!.toFixed(1)} µs vs ${row(b).deciderCpu!.toFixed(1)} µs) | ${ratio(row(a).reqPerSecond, row(b).reqPerSecond).toFixed(2)}x | (reported) | |`,
+    );
+  }
 
   await new Promise((r) => setTimeout(r, 2_000)); // the last answers' settling and usage writes
   const reader = createEtcdClient(etcd.endpoints);

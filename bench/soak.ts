@@ -33,10 +33,10 @@
 //
 // Env: BENCH_SOAK_SECONDS (600), BENCH_SOAK_LOAD (0.8), BENCH_CONNECTIONS (8),
 // BENCH_SOAK_MAX_SECONDS (10), BENCH_SOAK_INTERVAL (s), BENCH_SOAK_ETCD_RETENTION
-// (1m), RUNNER_WORKERS (default: cores).
+// (1m), RUNNER_WORKERS (default: the runner's own, one per core).
 import { execFile } from 'node:child_process';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import { availableParallelism, tmpdir } from 'node:os';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
@@ -51,6 +51,7 @@ import { findApisix, freePort, startApisix, type ApisixHandle } from '../dev/api
 import { commandLine, processTable } from '../dev/proc.js';
 import { createEtcdClient } from '../etcd/index.js';
 import { PLATFORM_POLICY_NAME, PolicyStore } from '../policy/store/index.js';
+import { defaultWorkerCount } from '../plugins/runner/config.js';
 import { buildGoTools, expectStatus, status, tcpAccepts } from './gateway-stack.js';
 import { benchOpaPath, machineLine, benchRunnerEnv, runBench, startProcess, storeBenchPolicy, type BenchProcess, type BenchScope } from './support.js';
 
@@ -58,7 +59,7 @@ const seconds = Number(process.env.BENCH_SOAK_SECONDS ?? 600);
 const loadShare = Number(process.env.BENCH_SOAK_LOAD ?? 0.8);
 const connections = Number(process.env.BENCH_CONNECTIONS ?? 8);
 const maxSeconds = Number(process.env.BENCH_SOAK_MAX_SECONDS ?? 10);
-const workers = Number(process.env.RUNNER_WORKERS ?? availableParallelism());
+const workers = process.env.RUNNER_WORKERS ? Number(process.env.RUNNER_WORKERS) : defaultWorkerCount();
 const interval = Number(process.env.BENCH_SOAK_INTERVAL ?? Math.min(60, Math.max(10, seconds / 3)));
 const RSS_EVERY_MS = 5_000;
 const here = fileURLToPath(new URL('.', import.meta.url));

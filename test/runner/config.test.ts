@@ -6,7 +6,7 @@
 import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import { join, relative, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { runnerConfigFromEnv } from '../../plugins/runner/config.js';
+import { defaultWorkerCount, runnerConfigFromEnv } from '../../plugins/runner/config.js';
 import { decisionConfigFromEnv } from '../../decision-api/config.js';
 import { cmsConfigFromEnv } from '../../cms/config.js';
 import { DEFAULT_ETCD_ENDPOINT, etcdEndpoints } from '../../etcd/index.js';
@@ -52,7 +52,9 @@ describe('the runner configuration', () => {
       budgets: { settleTimeoutMs: 900_000, holderTtlSeconds: 10 },
       etcdClient: {},
       settlePort: 9092,
+      workers: defaultWorkerCount(),
     });
+    expect(defaultWorkerCount(4)).toBe(4);
     // Not configured is not fatal: the plugins that need them refuse their confs.
     expect(config.identity).toEqual({ error: 'set exactly one of JWT_JWKS_FILE and JWT_JWKS_URL' });
     expect(config.vault).toEqual({ config: null });
