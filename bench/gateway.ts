@@ -417,25 +417,27 @@ async function main({ processes, cleanups }: BenchScope) {
     () => answers(`http://127.0.0.1:${decisionPort}/readyz`),
   );
 
-  // Gatehouse's instance: the repository's routes (rag, llm) and the rows' own, on one upstream.
+  // Gatehouse's instance: the repository's routes (rag, llm) and the rows' own, on one upstream. Every
+  // row but the floor runs APISIX's prometheus plugin, as the repository's routes do: rows differ in how
+  // they decide, nothing else.
   const routes = parseDocument(pointRoutesAt(readFileSync(join(root, 'apisix-conf', 'apisix.yaml'), 'utf8'), { rag: upstream, llm: upstream }));
   routes.addIn(['routes'], { id: 'direct', uris: ['/direct/*'], upstream_id: 'rag' });
   routes.addIn(['routes'], {
     id: 'opa-server',
     uris: ['/opa-server/*'],
-    plugins: { opa: { host: `http://127.0.0.1:${opaPort}`, policy: 'gatehouse/bench' } },
+    plugins: { prometheus: {}, opa: { host: `http://127.0.0.1:${opaPort}`, policy: 'gatehouse/bench' } },
     upstream_id: 'rag',
   });
   routes.addIn(['routes'], {
     id: 'opa-decision',
     uris: ['/opa-decision/*'],
-    plugins: { opa: { host: `http://127.0.0.1:${decisionPort}`, policy: `${PROJECT}/project/authz` } },
+    plugins: { prometheus: {}, opa: { host: `http://127.0.0.1:${decisionPort}`, policy: `${PROJECT}/project/authz` } },
     upstream_id: 'rag',
   });
   routes.addIn(['routes'], {
     id: 'example',
     uris: ['/example/*'],
-    plugins: { 'ext-plugin-pre-req': { conf: [{ name: 'example', value: '{}' }], allow_degradation: false } },
+    plugins: { prometheus: {}, 'ext-plugin-pre-req': { conf: [{ name: 'example', value: '{}' }], allow_degradation: false } },
     upstream_id: 'rag',
   });
   const routesPath = join(work, 'apisix.yaml');
@@ -479,7 +481,7 @@ async function main({ processes, cleanups }: BenchScope) {
           {
             id: 'go',
             uris: ['/go/*'],
-            plugins: { 'ext-plugin-pre-req': { conf: [{ name: 'noop', value: '{}' }], allow_degradation: false } },
+            plugins: { prometheus: {}, 'ext-plugin-pre-req': { conf: [{ name: 'noop', value: '{}' }], allow_degradation: false } },
             upstream: { type: 'roundrobin', nodes: { [upstream]: 1 } },
           },
         ],
