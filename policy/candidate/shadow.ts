@@ -6,7 +6,11 @@
 // candidate is made to wait, not the project's live decisions: evaluator.ts),
 // and at most `maxInFlight` are pending: past that a shadow evaluation is
 // dropped and counted, never queued without end. One the evaluator would
-// make wait (its candidate ran away) is dropped and counted too.
+// make wait (its candidate ran away) is dropped and counted too. Shadowing
+// is work that may be left undone, so a candidate whose evaluation was
+// stopped or failed rests longer than a live tenant would wait: 99 times as
+// long as that evaluation took, so that a runaway candidate holds the
+// thread about 1% of the time, where a runaway project holds it 10%.
 //
 // What it saw is kept per policy, for the candidate's current version only:
 // counts, and the last few divergent samples (the input masked as decision
@@ -46,6 +50,9 @@ export interface ShadowReport {
 
 export type ShadowOutcome = 'agreed' | 'diverged' | 'error' | 'dropped';
 
+/** How many times as long as a failed (or stopped) shadow evaluation took its candidate rests: its shadows are dropped meanwhile. */
+export const SHADOW_REST_FACTOR = 99;
+
 export interface CandidateShadowOptions {
   gateway: string;
   /** Shadow evaluations pending at most (default 64). */
@@ -58,6 +65,8 @@ export interface CandidateShadowOptions {
   onOutcome?: (policy: string, outcome: ShadowOutcome) => void;
   /** Draws whether a decision is sampled (tests); Math.random by default. */
   random?: () => number;
+  /** The clock, in ms (tests); performance.now by default. */
+  now?: () => number;
 }
 
 /** How one decision of a policy meets its candidate. */
@@ -86,6 +95,8 @@ export interface ShadowCall {
 
 interface Tally extends Omit<ShadowReport, 'reportedAt' | 'gateway'> {
   changed: boolean;
+  /** Until when (now()) this candidate version's shadows are dropped: it failed or was stopped. */
+  restingUntil: number;
 }
 
 export class CandidateShadow {
@@ -127,9 +138,10 @@ export class CandidateShadow {
   shadow(call: ShadowCall): void {
     const policy = call.live.name;
     const tally = this.tally(policy, call.candidate.meta.version);
-    if (this.inFlight >= this.maxInFlight) return this.dropped(policy, tally);
+    if (this.inFlight >= this.maxInFlight || this.now() < tally.restingUntil) return this.dropped(policy, tally);
     this.inFlight++;
     setImmediate(() => {
+      const started = this.now();
       // A runaway candidate is penalised as a tenant of its own, apart from the project's live decisions.
       // Never waits: a candidate made to wait (it ran away) drops the decisions it would have shadowed, where
       // queued ones would each hold the thread in turn long after the traffic that asked for them.
@@ -137,7 +149,12 @@ export class CandidateShadow {
         .evaluate(`${call.tenant}\0candidate`, call.input, { wait: false })
         .then(
           (document) => this.compared(call, tally, call.select ? call.select(document) : document),
-          (error: unknown) => (error instanceof EvaluationWouldWaitError ? this.dropped(policy, tally) : this.count(policy, tally, 'error')),
+          (error: unknown) => {
+            if (error instanceof EvaluationWouldWaitError) return this.dropped(policy, tally);
+            const took = this.now() - started;
+            tally.restingUntil = Math.max(tally.restingUntil, this.now() + took * SHADOW_REST_FACTOR);
+            this.count(policy, tally, 'error');
+          },
         )
         .finally(() => this.inFlight--);
     });
@@ -150,7 +167,7 @@ export class CandidateShadow {
     for (const tally of this.tallies.values()) {
       if (!tally.changed) continue;
       tally.changed = false;
-      const { changed: _changed, ...report } = tally;
+      const { changed: _changed, restingUntil: _restingUntil, ...report } = tally;
       changed.push({ ...report, enforced: { ...report.enforced }, samples: [...report.samples], gateway: this.options.gateway, reportedAt });
     }
     return changed;
@@ -190,6 +207,10 @@ export class CandidateShadow {
     if (tally.samples.length > this.maxSamples) tally.samples.length = this.maxSamples;
   }
 
+  private now(): number {
+    return this.options.now ? this.options.now() : performance.now();
+  }
+
   private dropped(policy: string, tally: Tally): void {
     tally.dropped++;
     tally.changed = true;
@@ -218,6 +239,7 @@ export class CandidateShadow {
         enforced: { live: 0, candidate: 0 },
         samples: [],
         changed: true,
+        restingUntil: 0,
       };
       this.tallies.set(policy, tally);
     }

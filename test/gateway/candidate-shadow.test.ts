@@ -1,10 +1,12 @@
 // A candidate's shadow evaluation never waits for its tenant: one the
 // evaluator would make wait (the candidate ran away and waits out its
-// penalty) is dropped and counted, not queued to hold the thread later. The
+// penalty) is dropped and counted, not queued to hold the thread later; and a
+// candidate whose evaluation failed or was stopped rests 99 times as long as
+// that evaluation took, its shadows dropped meanwhile. The
 // evaluator's side (EvaluationWouldWaitError on the thread and in the pool)
 // is tested against real policies in metering.test.ts and evaluation-pool.test.ts.
 import { describe, expect, it } from 'vitest';
-import { CandidateShadow, type ShadowOutcome } from '../../policy/candidate/shadow.js';
+import { CandidateShadow, SHADOW_REST_FACTOR, type ShadowCall, type ShadowOutcome } from '../../policy/candidate/shadow.js';
 import { EvaluationWouldWaitError, type EvaluateOptions } from '../../policy/engine/evaluation.js';
 import type { LoadedPolicy } from '../../policy/watcher/policy-set.js';
 
@@ -42,5 +44,50 @@ describe('shadow evaluation of a candidate', () => {
     expect(asked).toEqual([{ wait: false }, { wait: false }, { wait: false }]);
     expect(outcomes).toEqual(['dropped', 'error', 'agreed']);
     expect(shadow.takeChanged()).toMatchObject([{ policy: 'p', candidateVersion: 2, evaluated: 1, errors: 1, dropped: 1, diverged: 0 }]);
+  });
+
+  it('a candidate stopped after holding the thread 10 ms rests 990 ms: its shadows are dropped without an evaluation, then made again', async () => {
+    let clock = 0;
+    const outcomes: ShadowOutcome[] = [];
+    const shadow = new CandidateShadow({ gateway: 'g', now: () => clock, onOutcome: (_policy, outcome) => outcomes.push(outcome) });
+    let evaluations = 0;
+    const runaway = policy('p.candidate', 3, () => {
+      evaluations++;
+      clock += 10; // held the thread 10 ms, then its fuel was burned
+      return Promise.reject(new Error('out of fuel'));
+    });
+    const call = (candidate: LoadedPolicy): ShadowCall => ({
+      live: policy('p', 1),
+      candidate,
+      tenant: 'p',
+      input: {},
+      liveResult: { allow: true },
+      agree: () => true,
+      sampleInput: () => ({}),
+    });
+    const settled = async (n: number) => {
+      while (outcomes.length < n) await new Promise((resolve) => setImmediate(resolve));
+    };
+    shadow.shadow(call(runaway));
+    await settled(1);
+    expect(outcomes).toEqual(['error']);
+    // Rests until 10 + 10 x 99 = 1000.
+    expect(10 + 10 * SHADOW_REST_FACTOR).toBe(1000);
+    clock = 500;
+    shadow.shadow(call(runaway));
+    clock = 999;
+    shadow.shadow(call(runaway));
+    await settled(3);
+    expect(outcomes).toEqual(['error', 'dropped', 'dropped']);
+    expect(evaluations).toBe(1);
+    clock = 1000;
+    shadow.shadow(call(runaway));
+    await settled(4);
+    expect(evaluations).toBe(2);
+    // A new candidate version starts rested.
+    const fixed = policy('p.candidate', 4, async () => ({ allow: true }));
+    shadow.shadow(call(fixed));
+    await settled(5);
+    expect(outcomes).toEqual(['error', 'dropped', 'dropped', 'error', 'agreed']);
   });
 });
