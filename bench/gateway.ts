@@ -722,7 +722,7 @@ async function main({ processes, cleanups }: BenchScope) {
     const reports = await readCandidateReports(reader, project, 1);
     const sum = (field: 'evaluated' | 'diverged' | 'errors' | 'dropped') => reports.reduce((n, r) => n + r[field], 0);
     console.log(
-      `candidate of ${project}: ${sum('evaluated')} evaluated, ${sum('diverged')} diverged, ${sum('errors')} stopped or failed, ${sum('dropped')} dropped (too many pending)`,
+      `candidate of ${project}: ${sum('evaluated')} evaluated, ${sum('diverged')} diverged, ${sum('errors')} stopped or failed, ${sum('dropped')} dropped (too many pending, or the candidate resting)`,
     );
   }
   reader.close();
