@@ -1,5 +1,6 @@
 /** Prometheus metrics of one CMS instance, in its own registry (several apps may share a process in tests). */
-import { collectDefaultMetrics, Counter, Histogram, Registry } from 'prom-client';
+import { Counter, Histogram, Registry } from 'prom-client';
+import { collectProcessMetrics } from '../runtime/process-metrics.js';
 
 export interface CmsMetrics {
   registry: Registry;
@@ -13,7 +14,7 @@ export interface CmsMetrics {
 
 export function createCmsMetrics(): CmsMetrics {
   const registry = new Registry();
-  collectDefaultMetrics({ register: registry, prefix: 'gatehouse_cms_' });
+  collectProcessMetrics(registry, 'gatehouse_cms_');
   return {
     registry,
     httpRequests: new Counter({

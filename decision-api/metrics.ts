@@ -2,7 +2,8 @@
 // evaluation time, aborted evaluations, decision log events, candidates'
 // shadow evaluations and policies refused for their signature. The service
 // (main.ts) and the local stack (dev/local-stack) export the same series.
-import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, Histogram, Registry } from 'prom-client';
+import { collectProcessMetrics } from '../runtime/process-metrics.js';
 import { registerEnforcerMetrics } from '../policy/enforcer-metrics.js';
 import type { DecisionApiOptions } from './app.js';
 import type { EnforcerOptions } from '../policy/enforcer.js';
@@ -20,7 +21,7 @@ export interface DecisionApiMetrics {
 
 export function createDecisionApiMetrics(): DecisionApiMetrics {
   const registry = new Registry();
-  collectDefaultMetrics({ register: registry, prefix: 'gatehouse_decision_' });
+  collectProcessMetrics(registry, 'gatehouse_decision_');
   const decisions = new Counter({
     name: 'gatehouse_decision_api_decisions_total',
     help: 'Decisions by policy and outcome',

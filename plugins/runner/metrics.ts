@@ -1,7 +1,8 @@
 // The runner's Prometheus metrics: decisions, decision latency, what policy
 // revision is loaded, how long a CMS write took to reach this runner, and
 // how stale the loaded policies are when etcd is away.
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics, type Metric } from 'prom-client';
+import { Counter, Gauge, Histogram, Registry, type Metric } from 'prom-client';
+import { collectProcessMetrics } from '../../runtime/process-metrics.js';
 import type { DecisionRecorder } from '../opa/index.js';
 import type { VaultEvents } from '../vault/index.js';
 import type { BudgetEvents } from '../../budget/gateway.js';
@@ -104,7 +105,7 @@ export function decisionLatencyHistogram(registry: Registry): DecisionHistogram 
 
 export function createRunnerMetrics(): RunnerMetrics {
   const registry = new Registry();
-  collectDefaultMetrics({ register: registry, prefix: 'gatehouse_runner_' });
+  collectProcessMetrics(registry, 'gatehouse_runner_');
   // The series the decision API exports too (decision log, candidates, signatures).
   const enforcer = registerEnforcerMetrics(registry);
 
