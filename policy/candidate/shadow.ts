@@ -39,7 +39,7 @@ export interface ShadowReport {
   diverged: number;
   /** Shadow evaluations that failed (the candidate did not load, ran out of fuel or memory). */
   errors: number;
-  /** Shadow evaluations not made: too many were pending, or the candidate was made to wait (it ran away). */
+  /** Shadow evaluations not made: too many were pending, or the candidate rested or was made to wait (it failed or ran away). */
   dropped: number;
   /** Decisions enforced by each version (the canary's split). */
   enforced: { live: number; candidate: number };
