@@ -3,7 +3,8 @@
 //
 // A real etcd holds BENCH_PROJECTS projects (10,000; seeded through the
 // store's write path, the CMS's transaction, one compiled module shared);
-// BENCH_RUNNERS runner processes (8) of BENCH_RUNNER_WORKERS workers (2)
+// BENCH_RUNNERS runner processes (8) of BENCH_RUNNER_WORKERS workers (the
+// runner's own default, one per core)
 // watch it. Then BENCH_PROPAGATION_WRITES writes (40) go through the CMS
 // (PUT, as an operator writes), each to another project: new data each time,
 // and every BENCH_NEW_MODULE_EVERY-th write (4) a Rego no gateway has seen,
@@ -30,6 +31,7 @@ import { freePort, startLocalEtcd } from '../dev/local-etcd/index.js';
 import { createEtcdClient } from '../etcd/index.js';
 import { identityConfigFromEnv } from '../identity/config.js';
 import { PolicyStore } from '../policy/store/index.js';
+import { defaultWorkerCount } from '../plugins/runner/config.js';
 
 import {
   BENCH_PROJECT_DATA,
@@ -45,7 +47,7 @@ import {
 } from './support.js';
 
 const runnerCount = Number(process.env.BENCH_RUNNERS ?? 8);
-const workersPerRunner = Number(process.env.BENCH_RUNNER_WORKERS ?? 2);
+const workersPerRunner = process.env.BENCH_RUNNER_WORKERS ? Number(process.env.BENCH_RUNNER_WORKERS) : defaultWorkerCount();
 const projects = Number(process.env.BENCH_PROJECTS ?? 10_000);
 const writes = Number(process.env.BENCH_PROPAGATION_WRITES ?? 40);
 const newModuleEvery = Number(process.env.BENCH_NEW_MODULE_EVERY ?? 4);
