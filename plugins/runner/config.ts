@@ -173,9 +173,10 @@ function vaultFromEnv(env: NodeJS.ProcessEnv): RunnerConfig['vault'] {
 
 /**
  * RUNNER_WORKERS unset: one per core. Measured through APISIX on two cores
- * (bench:gateway's rows with another worker count), two workers serve the
- * `jwt` + `opa` chain at 1.13-1.17x the requests of one, for 1.1-1.2x the
- * runner CPU per request: each process pays its own wake-up per call.
+ * (bench:gateway's rows with another worker count, five runs), two workers
+ * served the `jwt` + `opa` chain at 0.97-1.17x the requests of one, for
+ * 1.06-1.40x the runner CPU per request (each process pays its own wake-up
+ * per call): not a reason to serve with fewer than the cores.
  */
 export function defaultWorkerCount(cores = availableParallelism()): number {
   return cores;
