@@ -67,6 +67,8 @@ beforeAll(async () => {
       VAULT_SECRET_ID: approle.secretId,
       OTEL_EXPORTER_OTLP_ENDPOINT: collector.endpoint,
       OTEL_SERVICE_NAME: SERVICE,
+      // One process: each worker keeps its own Vault cache, and the traced call must find the warm-up's secret cached.
+      RUNNER_WORKERS: '1',
     },
     logger: pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent' }),
   });
