@@ -23,6 +23,7 @@ import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startLocalEtcd } from '../dev/local-etcd/index.js';
+import { NESTED_LOOP_REGO } from '../dev/policies.js';
 import { RpcType, decodeHttpReqCallResponse, encodeHttpReqCallRequest, type HttpReqCallRequest } from '../plugins/protocol/index.js';
 import {
   benchIdentity,
@@ -51,19 +52,8 @@ const runnerScript = join(here, '../plugins/runner/main.js');
 
 // A tenant whose policy decides in microseconds.
 const CALM = BENCH_PROJECT_POLICY;
-// Work that grows with n * n and allocates little: only a deadline stops it.
-const SLOW = `package project.authz
-import rego.v1
-default allow := false
-r := numbers.range(1, to_number(input.request.query.n))
-allow if {
-	every a in r {
-		every b in r {
-			a + b > 0
-		}
-	}
-}
-`;
+// Work that grows with n * n and allocates little: only a deadline stops it (fuel, where the row meters it).
+const SLOW = NESTED_LOOP_REGO;
 
 async function main() {
   const work = mkdtempSync(join(tmpdir(), 'gh-bench-isolation-'));

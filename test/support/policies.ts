@@ -7,24 +7,7 @@ import { opaPath as findOpa } from '../../runtime/paths.js';
 
 export const opaPath = findOpa(process.env.OPA_PATH);
 
-/**
- * A project policy whose work grows with n * n (n from the request's query)
- * and allocates little, so that fuel or a deadline stops it, not memory:
- * about 100 ms for n = 500 on a 2-core machine (burning a little more than
- * the default fuel), seconds for n = 4000, at once for a small n.
- */
-export const NESTED_LOOP_REGO = `package project.authz
-import rego.v1
-default allow := false
-r := numbers.range(1, to_number(input.request.query.n))
-allow if {
-  every a in r {
-    every b in r {
-      a + b > 0
-    }
-  }
-}
-`;
+export { NESTED_LOOP_REGO } from '../../dev/policies.js';
 
 /** Compiles policies with the real opa and writes them straight to etcd as the CMS stores them (no HTTP, no checks): for tests of the read side. */
 export class EtcdPolicyWriter {
