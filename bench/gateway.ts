@@ -54,7 +54,7 @@ import { startLocalEtcd } from '../dev/local-etcd/index.js';
 import { startLocalCollector } from '../dev/otelcol/index.js';
 import { findApisix, freePort, startApisix, type ApisixHandle, type ApisixInstallation } from '../dev/apisix/index.js';
 import { processTable } from '../dev/proc.js';
-import { defaultWorkerCount } from '../plugins/runner/config.js';
+import { workerCount } from '../plugins/runner/config.js';
 import { createEtcdClient } from '../etcd/index.js';
 import { BudgetStore } from '../budget/store.js';
 import { readUsage } from '../budget/usage.js';
@@ -77,9 +77,10 @@ import {
 const connections = Number(process.env.BENCH_CONNECTIONS ?? 8);
 const seconds = Number(process.env.BENCH_SECONDS ?? 3);
 const rounds = Number(process.env.BENCH_ROUNDS ?? 3);
-const workers = process.env.RUNNER_WORKERS ? Number(process.env.RUNNER_WORKERS) : defaultWorkerCount();
+const workers = workerCount(process.env.RUNNER_WORKERS);
 // The other instance's runner: one worker, or two where the default is one.
 const otherWorkers = workers === 1 ? 2 : 1;
+const otherCount = `${otherWorkers} worker${otherWorkers === 1 ? '' : 's'}`;
 const profileDir = process.env.BENCH_CPU_PROF ? resolve(process.env.BENCH_CPU_PROF) : null;
 const here = fileURLToPath(new URL('.', import.meta.url));
 const root = join(here, '..', '..');
@@ -579,8 +580,8 @@ async function main({ processes, cleanups }: BenchScope) {
     },
     {
       key: 'exampleOther',
-      name: `Gatehouse runner, ${otherWorkers} worker${otherWorkers === 1 ? '' : 's'}: example (pass-through)`,
-      decider: `runner (${otherWorkers} worker${otherWorkers === 1 ? '' : 's'})`,
+      name: `Gatehouse runner, ${otherCount}: example (pass-through)`,
+      decider: `runner (${otherCount})`,
       apisix: other,
       deciderPid: runnerPid(other),
       path: '/example/ask',
@@ -588,8 +589,8 @@ async function main({ processes, cleanups }: BenchScope) {
     },
     {
       key: 'jwtOpaOther',
-      name: `Gatehouse runner, ${otherWorkers} worker${otherWorkers === 1 ? '' : 's'}: jwt + opa (platform + project, /rag/ask)`,
-      decider: `runner (${otherWorkers} worker${otherWorkers === 1 ? '' : 's'})`,
+      name: `Gatehouse runner, ${otherCount}: jwt + opa (platform + project, /rag/ask)`,
+      decider: `runner (${otherCount})`,
       apisix: other,
       deciderPid: runnerPid(other),
       path: '/rag/ask',

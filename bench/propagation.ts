@@ -31,7 +31,7 @@ import { freePort, startLocalEtcd } from '../dev/local-etcd/index.js';
 import { createEtcdClient } from '../etcd/index.js';
 import { identityConfigFromEnv } from '../identity/config.js';
 import { PolicyStore } from '../policy/store/index.js';
-import { defaultWorkerCount } from '../plugins/runner/config.js';
+import { workerCount } from '../plugins/runner/config.js';
 
 import {
   BENCH_PROJECT_DATA,
@@ -47,7 +47,7 @@ import {
 } from './support.js';
 
 const runnerCount = Number(process.env.BENCH_RUNNERS ?? 8);
-const workersPerRunner = process.env.BENCH_RUNNER_WORKERS ? Number(process.env.BENCH_RUNNER_WORKERS) : defaultWorkerCount();
+const workersPerRunner = workerCount(process.env.BENCH_RUNNER_WORKERS);
 const projects = Number(process.env.BENCH_PROJECTS ?? 10_000);
 const writes = Number(process.env.BENCH_PROPAGATION_WRITES ?? 40);
 const newModuleEvery = Number(process.env.BENCH_NEW_MODULE_EVERY ?? 4);

@@ -22,16 +22,17 @@
 // process's CPU with no calls is printed beside them (included in CPU/call).
 //
 // Env: BENCH_CONNECTIONS (8), BENCH_SECONDS per scenario and round (5),
-// BENCH_ROUNDS (3), RUNNER_WORKERS for Gatehouse's runner (default: cores),
+// BENCH_ROUNDS (3), RUNNER_WORKERS for Gatehouse's runner (default: the runner's own, one per core),
 // BENCH_PACED_RATE (3000).
 import { execFile, execFileSync } from 'node:child_process';
 import { mkdtempSync } from 'node:fs';
-import { availableParallelism, tmpdir } from 'node:os';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { decodeHttpReqCallResponse, RpcType, type HttpReqCallRequest } from '../plugins/protocol/index.js';
 import { startLocalEtcd } from '../dev/local-etcd/index.js';
+import { workerCount } from '../plugins/runner/config.js';
 import {
   BENCH_PROJECT_DATA,
   BENCH_PROJECT_POLICY,
@@ -51,7 +52,7 @@ import {
 const connections = Number(process.env.BENCH_CONNECTIONS ?? 8);
 const seconds = Number(process.env.BENCH_SECONDS ?? 5);
 const rounds = Number(process.env.BENCH_ROUNDS ?? 3);
-const workers = Number(process.env.RUNNER_WORKERS ?? availableParallelism());
+const workers = workerCount(process.env.RUNNER_WORKERS);
 const pacedRate = Number(process.env.BENCH_PACED_RATE ?? 3000);
 const here = fileURLToPath(new URL('.', import.meta.url));
 const root = join(here, '..', '..');
@@ -244,7 +245,7 @@ async function main() {
 
     const stopConf = (plugin: string, value: object) => [{ name: plugin, value: JSON.stringify(value) }];
     const chainArgs = ['-method', 'POST', '-path', '/rag/ask', '-header', `authorization: Bearer ${analyst}`];
-    const scenarios: Scenario[] = [
+    const busy: Scenario[] = [
       { name: 'floor: bare echo (Go)', server: floor, conf: stopConf('noop', {}), measureCpu: false },
       { name: 'floor: bare echo (Node, one process)', server: nodeFloor, conf: stopConf('noop', {}), measureCpu: true },
       { name: 'no-op: Go runner', server: goNoop, conf: stopConf('noop', {}), measureCpu: true },
@@ -254,14 +255,9 @@ async function main() {
       { name: `stop: Gatehouse, ${workers} workers`, server: gatehouse, conf: stopConf('example', { stop: { status: 200, body: 'ok' } }), measureCpu: true },
       { name: `jwt + opa: Gatehouse, ${workers} workers`, server: gatehouse, conf: chain, extraArgs: chainArgs, measureCpu: true },
       { name: 'jwt + opa: Gatehouse, 1 process', server: gatehouseOne, conf: chain, extraArgs: chainArgs, measureCpu: true },
-      ...paced([
-        { name: 'no-op: Go runner', server: goNoop, conf: stopConf('noop', {}), measureCpu: true },
-        { name: `no-op: Gatehouse, ${workers} workers`, server: gatehouse, conf: stopConf('example', {}), measureCpu: true },
-        { name: 'no-op: Gatehouse, 1 process', server: gatehouseOne, conf: stopConf('example', {}), measureCpu: true },
-        { name: `jwt + opa: Gatehouse, ${workers} workers`, server: gatehouse, conf: chain, extraArgs: chainArgs, measureCpu: true },
-        { name: 'jwt + opa: Gatehouse, 1 process', server: gatehouseOne, conf: chain, extraArgs: chainArgs, measureCpu: true },
-      ]),
     ];
+    // Paced as well: each runner's no-op and jwt + opa rows.
+    const scenarios = [...busy, ...paced(busy.filter((s) => s.name.startsWith('no-op') || s.name.startsWith('jwt + opa')))];
     const results = new Map<string, Row[]>();
     for (let round = 0; round < rounds; round++) {
       for (const scenario of scenarios) results.set(scenario.name, [...(results.get(scenario.name) ?? []), await drive(scenario)]);

@@ -51,7 +51,7 @@ import { findApisix, freePort, startApisix, type ApisixHandle } from '../dev/api
 import { commandLine, processTable } from '../dev/proc.js';
 import { createEtcdClient } from '../etcd/index.js';
 import { PLATFORM_POLICY_NAME, PolicyStore } from '../policy/store/index.js';
-import { defaultWorkerCount } from '../plugins/runner/config.js';
+import { workerCount } from '../plugins/runner/config.js';
 import { buildGoTools, expectStatus, status, tcpAccepts } from './gateway-stack.js';
 import { benchOpaPath, machineLine, benchRunnerEnv, runBench, startProcess, storeBenchPolicy, type BenchProcess, type BenchScope } from './support.js';
 
@@ -59,7 +59,7 @@ const seconds = Number(process.env.BENCH_SOAK_SECONDS ?? 600);
 const loadShare = Number(process.env.BENCH_SOAK_LOAD ?? 0.8);
 const connections = Number(process.env.BENCH_CONNECTIONS ?? 8);
 const maxSeconds = Number(process.env.BENCH_SOAK_MAX_SECONDS ?? 10);
-const workers = process.env.RUNNER_WORKERS ? Number(process.env.RUNNER_WORKERS) : defaultWorkerCount();
+const workers = workerCount(process.env.RUNNER_WORKERS);
 const interval = Number(process.env.BENCH_SOAK_INTERVAL ?? Math.min(60, Math.max(10, seconds / 3)));
 const RSS_EVERY_MS = 5_000;
 const here = fileURLToPath(new URL('.', import.meta.url));

@@ -182,7 +182,8 @@ export function defaultWorkerCount(cores = availableParallelism()): number {
   return cores;
 }
 
-function workerCount(raw: string | undefined): number {
+/** RUNNER_WORKERS as the runner reads it: unset, defaultWorkerCount(); otherwise 1 to 64 (throws on anything else). */
+export function workerCount(raw: string | undefined): number {
   if (raw === undefined || raw.trim() === '') return defaultWorkerCount();
   const value = Number(raw);
   if (!Number.isInteger(value) || value < 1 || value > 64) throw new Error(`RUNNER_WORKERS must be a whole number from 1 to 64, got ${JSON.stringify(raw)}`);
