@@ -151,8 +151,8 @@ export class CandidateShadow {
           (document) => this.compared(call, tally, call.select ? call.select(document) : document),
           (error: unknown) => {
             if (error instanceof EvaluationWouldWaitError) return this.dropped(policy, tally);
-            const took = this.now() - started;
-            tally.restingUntil = Math.max(tally.restingUntil, this.now() + took * SHADOW_REST_FACTOR);
+            const now = this.now();
+            tally.restingUntil = Math.max(tally.restingUntil, now + (now - started) * SHADOW_REST_FACTOR);
             this.count(policy, tally, 'error');
           },
         )
