@@ -34,7 +34,7 @@
 //
 // Env: BENCH_CONNECTIONS (8), BENCH_SECONDS per row and round (3),
 // BENCH_ROUNDS (3), BENCH_ROWS=<key,...> only those rows (and the floor; keys as in
-// Scenario, e.g. example,jwtOpa,exampleOther,jwtOpaOther), RUNNER_WORKERS for Gatehouse's runner (default: the runner's own, one per core),
+// Scenario, e.g. example,jwtOpa,exampleOther,jwtOpaOther), RUNNER_WORKERS for Gatehouse's runner (default: the runner's own, half the cores),
 // BENCH_CPU_PROF=<dir>: afterwards, a third APISIX instance whose runner runs
 // under `node --cpu-prof` (primary and workers: cluster passes execArgv on)
 // takes the jwt + opa load alone; the profiles are written to <dir> and the

@@ -4,7 +4,7 @@
 // A real etcd holds BENCH_PROJECTS projects (10,000; seeded through the
 // store's write path, the CMS's transaction, one compiled module shared);
 // BENCH_RUNNERS runner processes (8) of BENCH_RUNNER_WORKERS workers (the
-// runner's own default, one per core)
+// runner's own default, half the cores)
 // watch it. Then BENCH_PROPAGATION_WRITES writes (40) go through the CMS
 // (PUT, as an operator writes), each to another project: new data each time,
 // and every BENCH_NEW_MODULE_EVERY-th write (4) a Rego no gateway has seen,

@@ -22,7 +22,7 @@
 // process's CPU with no calls is printed beside them (included in CPU/call).
 //
 // Env: BENCH_CONNECTIONS (8), BENCH_SECONDS per scenario and round (5),
-// BENCH_ROUNDS (3), RUNNER_WORKERS for Gatehouse's runner (default: the runner's own, one per core),
+// BENCH_ROUNDS (3), RUNNER_WORKERS for Gatehouse's runner (default: the runner's own, half the cores),
 // BENCH_PACED_RATE (3000).
 import { execFile, execFileSync } from 'node:child_process';
 import { mkdtempSync } from 'node:fs';

@@ -33,7 +33,7 @@
 //
 // Env: BENCH_SOAK_SECONDS (600), BENCH_SOAK_LOAD (0.8), BENCH_CONNECTIONS (8),
 // BENCH_SOAK_MAX_SECONDS (10), BENCH_SOAK_INTERVAL (s), BENCH_SOAK_ETCD_RETENTION
-// (1m), RUNNER_WORKERS (default: the runner's own, one per core).
+// (1m), RUNNER_WORKERS (default: the runner's own, half the cores).
 import { execFile } from 'node:child_process';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';

@@ -5,7 +5,7 @@
 //
 //   APISIX_LISTEN_ADDRESS        the socket to serve (APISIX sets it; default unix:<tmp>/gatehouse-runner.sock)
 //   APISIX_CONF_EXPIRE_TIME      seconds a prepared conf is kept (APISIX sets it; default 3600)
-//   RUNNER_WORKERS               processes serving the socket (default: the number of cores; 1 serves it alone)
+//   RUNNER_WORKERS               processes serving the socket (default: half the cores, rounded up; 1 serves it alone)
 //   RUNNER_SHUTDOWN_GRACE_MS     how long calls in flight may finish at a stop (default 800)
 //   RUNNER_STALL_TIMEOUT_MS      a connection silent mid-message this long is closed (default 60000, APISIX's own)
 //   RUNNER_STATE_DIR             where the last-known-good policy snapshot is kept (default <tmp>/gatehouse-runner-state)
@@ -172,14 +172,20 @@ function vaultFromEnv(env: NodeJS.ProcessEnv): RunnerConfig['vault'] {
 }
 
 /**
- * RUNNER_WORKERS unset: one per core. Measured through APISIX on two cores
- * (bench:gateway's rows with another worker count, five runs), two workers
- * served the `jwt` + `opa` chain at 0.97-1.17x the requests of one, for
- * 1.06-1.40x the runner CPU per request (each process pays its own wake-up
- * per call): not a reason to serve with fewer than the cores.
+ * RUNNER_WORKERS unset: one per two cores, rounded up. APISIX runs an nginx
+ * worker on every core, and the runner's share of a request's CPU is below
+ * half of it (bench:gateway: the `jwt` + `opa` chain 100-136 µs beside
+ * APISIX's 157-190), so workers for half the cores keep up with every nginx
+ * worker. More cost without paying: every process is woken for each call it
+ * serves, and two processes woken for half the calls each spend more than
+ * one woken for all of them. Measured through APISIX on two cores (seven
+ * runs), two workers served the chain at 0.96-1.17x the requests of one for
+ * 1.06-1.40x the runner CPU per request, and the pass-through chain at
+ * 0.89-0.95x in the last three; each worker also holds its own policies,
+ * engines and etcd watch.
  */
 export function defaultWorkerCount(cores = availableParallelism()): number {
-  return cores;
+  return Math.max(1, Math.ceil(cores / 2));
 }
 
 /** RUNNER_WORKERS as the runner reads it: unset, defaultWorkerCount(); otherwise 1 to 64 (throws on anything else). */

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // gatehouse-runner: the process APISIX starts through `ext-plugin.cmd`. With
-// RUNNER_WORKERS above 1 (the default: one per core) it becomes the primary
+// RUNNER_WORKERS above 1 (the default: half the cores) it becomes the primary
 // of that many worker processes serving the same socket (cluster.ts), and
 // loads none of what serves calls (worker.ts), which each worker loads.
 import cluster from 'node:cluster';

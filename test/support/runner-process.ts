@@ -40,7 +40,7 @@ export async function startRunner(options: { socketPath?: string; env?: Record<s
       RUNNER_METRICS_PORT: 'off',
       // Like metrics: parallel runners would all want 9092; tests of budgets give a port.
       RUNNER_SETTLE_PORT: 'off',
-      // One process unless a test asks for workers (RUNNER_WORKERS defaults to the cores).
+      // One process unless a test asks for workers (RUNNER_WORKERS defaults to half the cores).
       RUNNER_WORKERS: '1',
       ...options.env,
     },
