@@ -9,13 +9,16 @@
 // ./apisix/cli/apisix.lua, which is what bin/apisix does in a source tree.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { chmodSync, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
-import { createConnection, createServer } from 'node:net';
+import { createConnection } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, isAbsolute, join, resolve } from 'node:path';
 import type { Logger } from 'pino';
 import { isScalar, isSeq, parseDocument, type Document } from 'yaml';
 import type { ApisixInstallation } from './installation.js';
 import { commandLine, processTable } from '../proc.js';
+import { freePort } from '../free-port.js';
+
+export { freePort };
 
 export interface ApisixInstanceOptions {
   installation: ApisixInstallation;
@@ -186,18 +189,6 @@ export interface ApisixHandle {
   /** Resolves when the runner's socket accepts a connection. */
   waitForRunner(timeoutMs?: number): Promise<void>;
   stop(): Promise<void>;
-}
-
-/** A free TCP port on the host, for nginx (which cannot listen on port 0 and report it). */
-export async function freePort(host = '127.0.0.1'): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, host, () => {
-      const address = server.address();
-      server.close(() => (address && typeof address === 'object' ? resolve(address.port) : reject(new Error('no port'))));
-    });
-  });
 }
 
 function connects(path: string): Promise<boolean> {

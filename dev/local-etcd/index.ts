@@ -11,10 +11,12 @@ import type { ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, rm } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { localServerProcess } from '../child-process.js';
 import { directoryHolder } from '../in-use.js';
+import { freePort } from '../free-port.js';
+
+export { freePort };
 import { packageRoot } from '../../runtime/paths.js';
 
 export interface LocalEtcd {
@@ -35,18 +37,6 @@ export interface LocalEtcdOptions {
   binary?: string;
   /** More etcd flags, e.g. --quota-backend-bytes for a benchmark's large data set. */
   extraArgs?: string[];
-}
-
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.unref();
-    server.on('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      server.close(() => (typeof address === 'object' && address ? resolve(address.port) : reject(new Error('no port'))));
-    });
-  });
 }
 
 async function waitForHealth(clientUrl: string, child: ChildProcess, output: () => string): Promise<void> {

@@ -1,9 +1,9 @@
 /** The gatehouse-cms binary (dist/cms/main.js): config from env, serves, stops on SIGTERM. */
 import { spawn } from 'node:child_process';
-import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { packageRoot } from '../../runtime/paths.js';
+import { freePort } from '../../dev/free-port.js';
 import { startEtcd, type TestEtcd } from '../support/etcd.js';
 import { createTestKeys, type TestKeys } from '../support/jwt.js';
 import { OPA_PATH, policyBody, rawRequest, V1_POLICY } from './harness.js';
@@ -11,15 +11,6 @@ import { OPA_PATH, policyBody, rawRequest, V1_POLICY } from './harness.js';
 const MAIN = join(packageRoot(), 'dist', 'cms', 'main.js');
 let etcd: TestEtcd;
 let keys: TestKeys;
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const server = createServer().listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-  });
-}
 
 beforeAll(async () => {
   etcd = await startEtcd();

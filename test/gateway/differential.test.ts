@@ -20,7 +20,6 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { RegoCompiler } from '../../cms/rego-compiler.js';
@@ -29,6 +28,7 @@ import { readDecision } from '../../plugins/opa/decision.js';
 import type { PolicyInput } from '../../plugins/opa/input.js';
 import { generateInputs, seedFromEnv } from '../support/input-generator.js';
 import { opaPath } from '../support/policies.js';
+import { freePort } from '../../dev/free-port.js';
 
 const SEED = seedFromEnv(0x6a7e_2025);
 const INPUTS_PER_POLICY = Number(process.env.DIFF_INPUTS ?? 300);
@@ -501,18 +501,6 @@ allow {
 // ---- the real opa as a server --------------------------------------------
 
 type Outcome = { kind: 'value'; value: unknown } | { kind: 'undefined' } | { kind: 'error'; message: string };
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      const port = typeof address === 'object' && address ? address.port : 0;
-      server.close(() => resolve(port));
-    });
-  });
-}
 
 class OpaServer {
   private constructor(
