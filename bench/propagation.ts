@@ -12,6 +12,14 @@
 // Each worker logs the moment it swaps a version in ("policy version
 // enforced"); a write is enforced everywhere when every worker has.
 //
+// Half the writes go to projects every worker decides with (a jwt + opa
+// call for each on every worker before the writes): a gateway builds a new
+// version of a policy in use before it swaps it in, so that no decision
+// waits for the build. The other half go to projects no gateway has decided
+// with, whose new versions are swapped in unbuilt and built on their first
+// decision (as every project after a start). Writes alternate between the
+// two in fours, so each half has new modules and new data.
+//
 // No client observes etcd's commit itself, so three points of reference:
 // the CMS's `updatedAt` (set before it reads the current version and
 // commits: the transaction's own time, fsync included, counts), the moment
@@ -33,13 +41,16 @@ import { identityConfigFromEnv } from '../identity/config.js';
 import { PolicyStore } from '../policy/store/index.js';
 import { workerCount } from '../plugins/runner/config.js';
 
+import { decodeHttpReqCallResponse, encodeHttpReqCallRequest, RpcType } from '../plugins/protocol/index.js';
 import {
   BENCH_PROJECT_DATA,
   BENCH_PROJECT_POLICY,
   benchIdentity,
   benchOpaPath,
   machineLine,
+  openRunnerConnection,
   percentile,
+  prepareConf,
   runBench,
   socketAccepts,
   startNodeProcess,
@@ -57,6 +68,38 @@ const projectName = (i: number) => `p-${i}`;
 
 /** A Rego of the same logic that no gateway has compiled before (its module is new). */
 const freshRego = (w: number) => `${BENCH_PROJECT_POLICY}\nwrite_${w} := ${w}\n`;
+/** The project of write `w` (1-based). */
+const projectOfWrite = (w: number) => projectName((w * 7919) % projects);
+/** Writes 1-3, 8-11, 16-19, ...: to a project every worker decides with; the others to one none has. */
+const inUseWrite = (w: number) => w % 8 < 4;
+
+/**
+ * Makes every worker of the runner on `socket` decide once for each of
+ * `callers` (project -> token), through the jwt + opa chain: twice as many
+ * connections as workers, as the primary deals connections out in turn.
+ */
+async function decideOnEveryWorker(socket: string, callers: Map<string, string>): Promise<void> {
+  const confToken = await prepareConf(socket, [
+    { name: 'jwt', value: '{}' },
+    { name: 'opa', value: '{"policies":["caller-project"]}' },
+  ]);
+  let id = 0;
+  for (let c = 0; c < 2 * workersPerRunner; c++) {
+    const conn = await openRunnerConnection(socket);
+    for (const [project, token] of callers) {
+      const headers = [{ name: 'authorization', value: `Bearer ${token}` }];
+      await conn.send(
+        RpcType.HTTPReqCall,
+        encodeHttpReqCallRequest({ id: id++, srcIp: new Uint8Array([127, 0, 0, 1]), method: 'GET', path: '/rag/ask', args: [], headers, confToken }),
+      );
+      const frame = await conn.next();
+      // Allowed (the identity headers set): the project's own policy decided.
+      if (frame.type !== RpcType.HTTPReqCall || decodeHttpReqCallResponse(frame.payload).action?.type !== 'rewrite')
+        throw new Error(`${project}'s policy did not allow its caller on ${socket}`);
+    }
+    conn.destroy();
+  }
+}
 
 interface Swap {
   pid: number;
@@ -148,6 +191,13 @@ runBench(async (scope) => {
     if (Date.now() > deadline) throw new Error(`only ${loaded()} of ${workers} workers read the ${projects} projects`);
     await new Promise((r) => setTimeout(r, 50));
   }
+  // The projects half the writes go to are in use on every worker.
+  const callers = new Map<string, string>();
+  for (let w = 1; w <= writes; w++) {
+    const project = projectOfWrite(w);
+    if (inUseWrite(w)) callers.set(project, await identity.sign({ sub: `user-of-${project}`, role: 'analyst', project }));
+  }
+  for (let i = 0; i < runnerCount; i++) await decideOnEveryWorker(join(work, `runner-${i}.sock`), callers);
   await new Promise((r) => setTimeout(r, 2000)); // the start-up's snapshot writes settle
 
   const platformAdmin = await identity.sign({ sub: 'bench-admin', role: 'platform_admin' });
@@ -169,8 +219,13 @@ runBench(async (scope) => {
   const ownShareNewModule: number[] = [];
   const newModule: number[] = [];
   const sameModule: number[] = [];
+  const byUse = {
+    inUse: { fromDelivered: [] as number[], ownData: [] as number[], ownModule: [] as number[] },
+    unused: { fromDelivered: [] as number[], ownData: [] as number[], ownModule: [] as number[] },
+  };
   for (let w = 1; w <= writes; w++) {
-    const project = projectName((w * 7919) % projects);
+    const project = projectOfWrite(w);
+    const use = inUseWrite(w) ? byUse.inUse : byUse.unused;
     const fresh = w % newModuleEvery === 0;
     const response = await cmsPool.request({
       method: 'PUT',
@@ -197,8 +252,10 @@ runBench(async (scope) => {
     const deliveredAt = delivered.get(`/policies/${project}/meta@${version}`);
     if (deliveredAt === undefined) throw new Error(`the benchmark's own watch did not see ${project} v${version}`);
     fromDelivered.push(last - deliveredAt);
+    use.fromDelivered.push(last - deliveredAt);
     perWorker.push(...swaps.map((s) => s.propagationMs));
     (fresh ? ownShareNewModule : ownShare).push(...swaps.map((s) => s.receivedMs));
+    (fresh ? use.ownModule : use.ownData).push(...swaps.map((s) => s.receivedMs));
     (fresh ? newModule : sameModule).push(updated);
     await new Promise((r) => setTimeout(r, 100)); // writes a tenth of a second apart, not back to back
   }
@@ -218,5 +275,11 @@ runBench(async (scope) => {
   row("a worker's watch receives the change -> that worker enforces (its own share), a new module", ownShareNewModule);
   row('updatedAt -> every worker, writes with data only', sameModule);
   row('updatedAt -> every worker, writes with a new module', newModule);
+  row(`etcd delivers -> every one of ${workers} workers enforces, a project every worker decides with`, byUse.inUse.fromDelivered);
+  row(`etcd delivers -> every one of ${workers} workers enforces, a project no worker has decided with`, byUse.unused.fromDelivered);
+  row('own share, data only, a project in use', byUse.inUse.ownData);
+  row('own share, a new module, a project in use', byUse.inUse.ownModule);
+  row('own share, data only, a project not in use', byUse.unused.ownData);
+  row('own share, a new module, a project not in use', byUse.unused.ownModule);
   console.log(`\n(each write, updatedAt -> every worker, ms: ${fromUpdated.join(' ')})`);
 });

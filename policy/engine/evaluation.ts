@@ -38,7 +38,7 @@ export interface Evaluator {
    * or, asked not to wait, a tenant that would have to (EvaluationWouldWaitError).
    */
   evaluate(tenant: string, target: EvaluationTarget, input: unknown, options?: EvaluateOptions): Promise<unknown>;
-  /** Builds `target`'s engine wherever decisions run (a policy being swapped in is ready before its first decision). */
+  /** Builds `target`'s engine wherever decisions run (a policy in use being swapped in is ready before its first decision). */
   prepare(target: EvaluationTarget): Promise<void>;
   stats(): Promise<EngineCacheStats>;
   close(): Promise<void>;

@@ -190,7 +190,7 @@ export class EvaluationPool implements Evaluator {
     });
   }
 
-  /** Builds `target`'s engine in every worker (a policy being swapped in is ready before its first decision). */
+  /** Builds `target`'s engine in every worker (a policy in use being swapped in is ready before its first decision). */
   async prepare(target: EvaluationTarget): Promise<void> {
     const key = EngineCache.key(target.source);
     const source = await withWasmBytes(target.source);

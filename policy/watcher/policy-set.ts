@@ -54,6 +54,13 @@ export interface LoadedPolicy extends PolicyBytes {
   evaluate(tenant: string, input: unknown, options?: EvaluateOptions): Promise<unknown>;
   /** Builds the engine wherever decisions will run (before a swap). */
   prepare(): Promise<void>;
+  /**
+   * Whether this process decides with this policy: it has evaluated this
+   * version, or the version it replaced was in use. A new version of a
+   * policy in use is built before it is swapped in; any other on its first
+   * decision.
+   */
+  readonly inUse: boolean;
 }
 
 export class PolicyUnloadableError extends Error {
@@ -61,12 +68,20 @@ export class PolicyUnloadableError extends Error {
 }
 
 /** A policy of a set, its engine drawn from `engines`, evaluated by `pool` when there is one. */
-export function loadedPolicy(bytes: PolicyBytes, engines: EngineCache, pool: Evaluator | null = null, loadedAt = Date.now()): LoadedPolicy {
+export function loadedPolicy(
+  bytes: PolicyBytes,
+  engines: EngineCache,
+  pool: Evaluator | null = null,
+  loadedAt = Date.now(),
+  /** Whether the version it replaces was in use (LoadedPolicy.inUse). */
+  inUse = false,
+): LoadedPolicy {
   if (bytes.broken !== undefined) {
     const error = new PolicyUnloadableError(`policy ${bytes.name} cannot be loaded: ${bytes.broken}`);
     return {
       ...bytes,
       loadedAt,
+      inUse,
       readyEngine: () => undefined,
       engine: () => Promise.reject(error),
       evaluate: () => Promise.reject(error),
@@ -75,14 +90,22 @@ export function loadedPolicy(bytes: PolicyBytes, engines: EngineCache, pool: Eva
   }
   const source = { wasmSha256: bytes.meta.wasmSha256, wasm: bytes.wasm, dataSha256: bytes.dataSha256, dataText: bytes.dataText };
   const target = { source, entrypoint: bytes.meta.entrypoint };
+  let used = inUse;
   return {
     ...bytes,
     loadedAt,
+    get inUse() {
+      return used;
+    },
     readyEngine: () => engines.ready(source),
     engine: () => engines.engine(source),
     evaluate: pool
-      ? (tenant, input, options) => pool.evaluate(tenant, target, input, options)
+      ? (tenant, input, options) => {
+          used = true;
+          return pool.evaluate(tenant, target, input, options);
+        }
       : async (_tenant, input) => {
+          used = true;
           const engine = engines.ready(source) ?? (await engines.engine(source));
           try {
             return engine.evaluate(engineInput(input), bytes.meta.entrypoint);

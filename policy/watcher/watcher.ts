@@ -5,10 +5,10 @@
 // when its engine is built, from the snapshot directory or etcd
 // (modules.ts), and the snapshot writer fills the directory with every
 // module the set names, off the decision path. Changes apply per etcd
-// transaction (all events of one revision at once); a changed policy's
-// engine is built before its swap, so it enforces from its first decision.
-// Other policies' engines are built on first use, within the EngineCache's
-// budget. When the watch drops, the etcd client resumes it from the last
+// transaction (all events of one revision at once); the engine of a changed
+// policy this process decides with (and the platform policy's) is built
+// before its swap, so no decision waits for it. Other policies' engines are
+// built on first use, within the EngineCache's budget. When the watch drops, the etcd client resumes it from the last
 // revision seen; when that revision was compacted, the watcher reads
 // everything again. If etcd cannot be reached at start, the last-known-good
 // snapshot on disk is enforced until etcd answers.
@@ -178,13 +178,16 @@ export class PolicyWatcher extends EventEmitter {
     const swaps: SwapEvent[] = [];
     for (const policy of this.set.policies.values()) {
       if (policy.broken !== undefined && policy.signature === undefined) continue;
-      const again = this.policy({
-        name: policy.name,
-        meta: policy.meta,
-        modRevision: policy.modRevision,
-        dataText: policy.dataText,
-        dataSha256: policy.dataSha256,
-      });
+      const again = this.policy(
+        {
+          name: policy.name,
+          meta: policy.meta,
+          modRevision: policy.modRevision,
+          dataText: policy.dataText,
+          dataSha256: policy.dataSha256,
+        },
+        policy.inUse,
+      );
       if (again.broken === policy.broken) continue;
       changes.set(policy.name, again);
       swaps.push({ name: policy.name, policy: again, propagationMs: null, receivedMs: null });
@@ -342,9 +345,10 @@ export class PolicyWatcher extends EventEmitter {
   }
 
   /** A policy of the next set, its wasm read (from the snapshot directory or etcd) when its module is compiled. */
-  private policy(bytes: Omit<PolicyBytes, 'wasm'>): LoadedPolicy {
+  /** `inUse`: whether the version it replaces was in use here (LoadedPolicy.inUse). */
+  private policy(bytes: Omit<PolicyBytes, 'wasm'>, inUse = false): LoadedPolicy {
     const ref = { name: bytes.name, wasmSha256: bytes.meta.wasmSha256, modRevision: bytes.modRevision };
-    return loadedPolicy({ ...this.checkSignature(bytes), wasm: () => this.modules.load(ref) }, this.engines, this.options.pool ?? null);
+    return loadedPolicy({ ...this.checkSignature(bytes), wasm: () => this.modules.load(ref) }, this.engines, this.options.pool ?? null, Date.now(), inUse);
   }
 
   /** `bytes`, made unloadable when signatures are checked and its own does not verify (its data's sha256 as read here). */
@@ -575,9 +579,15 @@ export class PolicyWatcher extends EventEmitter {
   }
 
   /**
-   * A new version from its keys, its engine built (ready before the swap).
-   * Parts missing from the event batch are read at that revision; the wasm
-   * is not read at all when a policy already holds the same module.
+   * A new version from its keys. Its engine is built before the swap where
+   * a decision would otherwise wait for it: the platform policy's (every
+   * decision asks for it) and that of a policy this process decides with
+   * (its current version is in use). Any other is built on its first
+   * decision, as at start: a gateway spends nothing on new versions of the
+   * projects it does not serve (most of ten thousand, on any one gateway),
+   * and they take no room in the engine cache. Parts missing from the event
+   * batch are read at that revision; the wasm is not read at all when a
+   * policy already holds the same module.
    */
   private async load(name: string, parts: PolicyParts, atRevision: number): Promise<LoadedPolicy> {
     const keys = policyKeys(name);
@@ -597,9 +607,10 @@ export class PolicyWatcher extends EventEmitter {
     const release = wasm ? this.modules.hold(meta.wasmSha256, wasm) : () => undefined;
     try {
       const dataText = data.toString('utf8');
-      const policy = this.policy({ name, meta, modRevision: Number(parts.meta.mod_revision), dataText, dataSha256: sha256Hex(dataText) });
+      const inUse = this.set.get(name)?.inUse ?? false;
+      const policy = this.policy({ name, meta, modRevision: Number(parts.meta.mod_revision), dataText, dataSha256: sha256Hex(dataText) }, inUse);
       // Refused for its signature: nothing of it is built.
-      if (policy.broken === undefined) await policy.prepare();
+      if (policy.broken === undefined && (inUse || name === PLATFORM_POLICY_NAME)) await policy.prepare();
       return policy;
     } finally {
       release();

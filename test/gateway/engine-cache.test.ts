@@ -67,9 +67,9 @@ async function startWatcher(options: { engines?: EngineCache; snapshotDir?: stri
   return watcher;
 }
 
+/** A decision, as the gateway makes it (the policy is then in use here). */
 async function allows(watcher: PolicyWatcher, name: string, user: string): Promise<boolean> {
-  const policy = watcher.current.get(name)!;
-  const result = (await policy.engine()).evaluate({ user: { sub: user } }, policy.meta.entrypoint) as { allow: boolean };
+  const result = (await watcher.current.get(name)!.evaluate('t', { user: { sub: user } })) as { allow: boolean };
   return result.allow;
 }
 
@@ -126,13 +126,39 @@ describe('engine cache', () => {
     expect(policy.readyEngine()).toBe(built[0]);
   });
 
-  it('a written policy is built before it is swapped in', async () => {
+  it('a new version of a policy this gateway decides with is built before it is swapped in', async () => {
+    const engines = new EngineCache();
+    const watcher = await startWatcher({ engines });
+    await writer.put('busy', OWNED, { owner: 'b1' });
+    await until(() => watcher.current.get('busy') !== undefined, 'the policy');
+    expect(await watcher.current.get('busy')!.evaluate('t', { user: { sub: 'b1' } })).toMatchObject({ allow: true });
+    expect(watcher.current.get('busy')!.inUse).toBe(true);
+    const built = engines.stats.instantiations;
+    await writer.put('busy', OWNED, { owner: 'b2' });
+    await until(() => watcher.current.get('busy')!.meta.version === 2, 'the new version');
+    const swapped = watcher.current.get('busy')!;
+    expect(swapped.readyEngine()).toBeDefined();
+    expect(swapped.inUse).toBe(true);
+    expect(engines.stats.instantiations).toBe(built + 1);
+    expect(await swapped.evaluate('t', { user: { sub: 'b2' } })).toMatchObject({ allow: true });
+    await writer.store.delete('busy');
+  });
+
+  it('a new version of a policy this gateway has not decided with is swapped in unbuilt, and its first decision builds it', async () => {
     const engines = new EngineCache();
     const watcher = await startWatcher({ engines });
     const built = engines.stats.instantiations;
-    await writer.put('fresh', OWNED, { owner: 'f' });
+    await writer.put('fresh', OWNED, { owner: 'f1' });
     await until(() => watcher.current.get('fresh') !== undefined, 'the new policy');
-    expect(watcher.current.get('fresh')!.readyEngine()).toBeDefined();
+    await writer.put('fresh', OWNED, { owner: 'f2' });
+    await until(() => watcher.current.get('fresh')!.meta.version === 2, 'its second version');
+    const fresh = watcher.current.get('fresh')!;
+    expect(fresh.inUse).toBe(false);
+    expect(fresh.readyEngine()).toBeUndefined();
+    expect(engines.stats.instantiations).toBe(built);
+    // Enforced all the same: the first decision builds the new version and decides by it.
+    expect(await fresh.evaluate('t', { user: { sub: 'f1' } })).toMatchObject({ allow: false });
+    expect(await fresh.evaluate('t', { user: { sub: 'f2' } })).toMatchObject({ allow: true });
     expect(engines.stats.instantiations).toBe(built + 1);
     await writer.store.delete('fresh');
   });
@@ -145,6 +171,8 @@ describe('engine cache', () => {
     for (let v = 1; v <= 12; v++) {
       await writer.put('churn', v % 2 ? OWNED : LISTED, v % 2 ? { owner: `v${v}` } : { users: [`v${v}`] });
       await until(() => watcher.current.get('churn')?.dataText.includes(`"v${v}"`) === true, `version ${v}`);
+      // Decided with from its first version: every later one is built before its swap.
+      if (v === 1) expect(await allows(watcher, 'churn', 'v1')).toBe(true);
     }
     expect(await allows(watcher, 'churn', 'v12')).toBe(true);
     // Twelve versions were built; the one current is all that stays of them.
@@ -169,6 +197,8 @@ describe('engine cache', () => {
     const ONLY = `package only\nimport rego.v1\ndefault allow := false\nallow if input.user.sub == "solo"\n`;
     await writer.put('solo', ONLY, {});
     await until(() => watcher.current.get('solo') !== undefined, 'the policy');
+    expect(engines.stats.modules).toBe(0); // not built before a decision asks
+    expect(await allows(watcher, 'solo', 'solo')).toBe(true);
     expect(engines.stats.modules).toBe(1);
     await writer.put('solo', OWNED, { owner: 'solo' });
     await until(() => watcher.current.get('solo')?.dataText === '{"owner":"solo"}', 'the new version');

@@ -149,7 +149,7 @@ describe('policy wasm read on first use, not held', () => {
     expect(await decide(online, 13)).toEqual({ allow: true, marker: markerOf(13) });
   });
 
-  it('a new version arriving by the watch is built from the event and written to the snapshot directory, not kept', async () => {
+  it('a new version arriving by the watch is written to the snapshot directory, not kept, and built from there on its first decision', async () => {
     const dir = join(mkdtempSync(join(tmpdir(), 'gh-lazy-')), 'policy-snapshot');
     const watcher = await startWatcher(etcd.endpoints, dir);
     const writer = new EtcdPolicyWriter(admin);
@@ -157,9 +157,13 @@ describe('policy wasm read on first use, not held', () => {
     const compiled = await writer.compiler.compile(rego, '{}');
     const { meta } = await writer.store.put('arrives-later', policySubmission(rego, '{"roles":["late"]}', compiled, 'test'));
     await until(() => watcher.current.get('arrives-later') !== undefined, 'the new policy');
-    expect(existsSync(join(dir, 'modules', `${meta.wasmSha256}.wasm`))).toBe(true);
-    expect(watcher.current.get('arrives-later')!.readyEngine()).toBeDefined();
+    // Written beside the swap, not before it.
+    await until(() => existsSync(join(dir, 'modules', `${meta.wasmSha256}.wasm`)), 'the module on disk');
     expect(watcher.status.modules.heldBytes).toBe(0);
+    const fromDisk = watcher.status.modules.fromDisk;
+    expect(await watcher.current.get('arrives-later')!.evaluate('t', { user: { role: 'late' } })).toMatchObject({ allow: true });
+    expect(watcher.current.get('arrives-later')!.readyEngine()).toBeDefined();
+    expect(watcher.status.modules.fromDisk).toBe(fromDisk + 1);
     await writer.store.delete('arrives-later');
   });
 });
