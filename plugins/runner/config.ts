@@ -178,10 +178,10 @@ function vaultFromEnv(env: NodeJS.ProcessEnv): RunnerConfig['vault'] {
  * APISIX's 157-190), so workers for half the cores keep up with every nginx
  * worker. More cost without paying: every process is woken for each call it
  * serves, and two processes woken for half the calls each spend more than
- * one woken for all of them. Measured through APISIX on two cores (seven
+ * one woken for all of them. Measured through APISIX on two cores (eight
  * runs), two workers served the chain at 0.96-1.17x the requests of one for
  * 1.06-1.40x the runner CPU per request, and the pass-through chain at
- * 0.89-0.95x in the last three; each worker also holds its own policies,
+ * 0.89-0.97x in the last four; each worker also holds its own policies,
  * engines and etcd watch.
  */
 export function defaultWorkerCount(cores = availableParallelism()): number {
