@@ -22,7 +22,8 @@
 // process's CPU with no calls is printed beside them (included in CPU/call).
 //
 // Env: BENCH_CONNECTIONS (8), BENCH_SECONDS per scenario and round (5),
-// BENCH_ROUNDS (3), RUNNER_WORKERS for Gatehouse's runner (default: the runner's own, half the cores),
+// BENCH_ROUNDS (3), RUNNER_WORKERS for Gatehouse's runner (default: the runner's own, half the cores; a second
+// runner has one process, or two workers where the first has one),
 // BENCH_PACED_RATE (3000).
 import { execFile, execFileSync } from 'node:child_process';
 import { mkdtempSync } from 'node:fs';
@@ -53,6 +54,9 @@ const connections = Number(process.env.BENCH_CONNECTIONS ?? 8);
 const seconds = Number(process.env.BENCH_SECONDS ?? 5);
 const rounds = Number(process.env.BENCH_ROUNDS ?? 3);
 const workers = workerCount(process.env.RUNNER_WORKERS);
+/** The second Gatehouse runner's count: one process, or two workers where the first has one. */
+const otherWorkers = workers === 1 ? 2 : 1;
+const servedBy = (n: number) => (n === 1 ? '1 process' : `${n} workers`);
 const pacedRate = Number(process.env.BENCH_PACED_RATE ?? 3000);
 const here = fileURLToPath(new URL('.', import.meta.url));
 const root = join(here, '..', '..');
@@ -209,10 +213,10 @@ async function main() {
       RUNNER_WORKERS: String(workers),
     };
     const gatehouse = await start('gatehouse', process.execPath, [join(here, '../plugins/runner/main.js')], runnerEnv);
-    const gatehouseOne = await start('gatehouse-1', process.execPath, [join(here, '../plugins/runner/main.js')], {
+    const gatehouseOther = await start('gatehouse-other', process.execPath, [join(here, '../plugins/runner/main.js')], {
       ...runnerEnv,
-      RUNNER_STATE_DIR: join(work, 'state-1'),
-      RUNNER_WORKERS: '1',
+      RUNNER_STATE_DIR: join(work, 'state-other'),
+      RUNNER_WORKERS: String(otherWorkers),
     });
 
     const chain = [
@@ -249,12 +253,12 @@ async function main() {
       { name: 'floor: bare echo (Go)', server: floor, conf: stopConf('noop', {}), measureCpu: false },
       { name: 'floor: bare echo (Node, one process)', server: nodeFloor, conf: stopConf('noop', {}), measureCpu: true },
       { name: 'no-op: Go runner', server: goNoop, conf: stopConf('noop', {}), measureCpu: true },
-      { name: `no-op: Gatehouse, ${workers} workers`, server: gatehouse, conf: stopConf('example', {}), measureCpu: true },
-      { name: 'no-op: Gatehouse, 1 process', server: gatehouseOne, conf: stopConf('example', {}), measureCpu: true },
+      { name: `no-op: Gatehouse, ${servedBy(workers)}`, server: gatehouse, conf: stopConf('example', {}), measureCpu: true },
+      { name: `no-op: Gatehouse, ${servedBy(otherWorkers)}`, server: gatehouseOther, conf: stopConf('example', {}), measureCpu: true },
       { name: 'stop: Go runner', server: goStop, conf: stopConf('stop', { status: 200, body: 'ok' }), measureCpu: true },
-      { name: `stop: Gatehouse, ${workers} workers`, server: gatehouse, conf: stopConf('example', { stop: { status: 200, body: 'ok' } }), measureCpu: true },
-      { name: `jwt + opa: Gatehouse, ${workers} workers`, server: gatehouse, conf: chain, extraArgs: chainArgs, measureCpu: true },
-      { name: 'jwt + opa: Gatehouse, 1 process', server: gatehouseOne, conf: chain, extraArgs: chainArgs, measureCpu: true },
+      { name: `stop: Gatehouse, ${servedBy(workers)}`, server: gatehouse, conf: stopConf('example', { stop: { status: 200, body: 'ok' } }), measureCpu: true },
+      { name: `jwt + opa: Gatehouse, ${servedBy(workers)}`, server: gatehouse, conf: chain, extraArgs: chainArgs, measureCpu: true },
+      { name: `jwt + opa: Gatehouse, ${servedBy(otherWorkers)}`, server: gatehouseOther, conf: chain, extraArgs: chainArgs, measureCpu: true },
     ];
     // Paced as well: each runner's no-op and jwt + opa rows.
     const scenarios = [...busy, ...paced(busy.filter((s) => s.name.startsWith('no-op') || s.name.startsWith('jwt + opa')))];
@@ -264,8 +268,8 @@ async function main() {
     }
     const idle = [
       ['Go runner', await idleCpuMsPerSecond(goNoop.child.pid!)],
-      [`Gatehouse, ${workers} workers`, await idleCpuMsPerSecond(gatehouse.child.pid!)],
-      ['Gatehouse, 1 process', await idleCpuMsPerSecond(gatehouseOne.child.pid!)],
+      [`Gatehouse, ${servedBy(workers)}`, await idleCpuMsPerSecond(gatehouse.child.pid!)],
+      [`Gatehouse, ${servedBy(otherWorkers)}`, await idleCpuMsPerSecond(gatehouseOther.child.pid!)],
     ] as const;
     const rows = scenarios.map((s) => medianRow(results.get(s.name)!));
     const byName = new Map(rows.map((r) => [r.name, r]));
