@@ -8,9 +8,9 @@
 // transaction (all events of one revision at once); the engine of a changed
 // policy this process decides with (and the platform policy's) is built
 // before its swap, so no decision waits for it. Other policies' engines are
-// built on first use, within the EngineCache's budget. When the watch drops, the etcd client resumes it from the last
-// revision seen; when that revision was compacted, the watcher reads
-// everything again. If etcd cannot be reached at start, the last-known-good
+// built on first use, within the EngineCache's budget. When the watch drops,
+// the etcd client resumes it from the last revision seen; when that revision
+// was compacted, the watcher reads everything again. If etcd cannot be reached at start, the last-known-good
 // snapshot on disk is enforced until etcd answers.
 //
 // A watch stream can also go silent without failing: the member it runs on
@@ -344,8 +344,11 @@ export class PolicyWatcher extends EventEmitter {
     }
   }
 
-  /** A policy of the next set, its wasm read (from the snapshot directory or etcd) when its module is compiled. */
-  /** `inUse`: whether the version it replaces was in use here (LoadedPolicy.inUse). */
+  /**
+   * A policy of the next set, its wasm read (from the snapshot directory or
+   * etcd) when its module is compiled; `inUse`: whether the version it
+   * replaces was in use here (LoadedPolicy.inUse).
+   */
   private policy(bytes: Omit<PolicyBytes, 'wasm'>, inUse = false): LoadedPolicy {
     const ref = { name: bytes.name, wasmSha256: bytes.meta.wasmSha256, modRevision: bytes.modRevision };
     return loadedPolicy({ ...this.checkSignature(bytes), wasm: () => this.modules.load(ref) }, this.engines, this.options.pool ?? null, Date.now(), inUse);
