@@ -71,11 +71,15 @@ export class PolicyUnloadableError extends Error {
 export function loadedPolicy(
   bytes: PolicyBytes,
   engines: EngineCache,
-  pool: Evaluator | null = null,
-  loadedAt = Date.now(),
-  /** Whether the version it replaces was in use (LoadedPolicy.inUse). */
-  inUse = false,
+  options: {
+    pool?: Evaluator | null;
+    /** When it is swapped in (default now). */
+    loadedAt?: number;
+    /** Whether the version it replaces was in use (LoadedPolicy.inUse; default false). */
+    inUse?: boolean;
+  } = {},
 ): LoadedPolicy {
+  const { pool = null, loadedAt = Date.now(), inUse = false } = options;
   if (bytes.broken !== undefined) {
     const error = new PolicyUnloadableError(`policy ${bytes.name} cannot be loaded: ${bytes.broken}`);
     return {

@@ -351,7 +351,7 @@ export class PolicyWatcher extends EventEmitter {
    */
   private policy(bytes: Omit<PolicyBytes, 'wasm'>, inUse = false): LoadedPolicy {
     const ref = { name: bytes.name, wasmSha256: bytes.meta.wasmSha256, modRevision: bytes.modRevision };
-    return loadedPolicy({ ...this.checkSignature(bytes), wasm: () => this.modules.load(ref) }, this.engines, this.options.pool ?? null, Date.now(), inUse);
+    return loadedPolicy({ ...this.checkSignature(bytes), wasm: () => this.modules.load(ref) }, this.engines, { pool: this.options.pool ?? null, inUse });
   }
 
   /** `bytes`, made unloadable when signatures are checked and its own does not verify (its data's sha256 as read here). */
