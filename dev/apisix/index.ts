@@ -2,5 +2,6 @@
 // is installed, and one running instance of it.
 export { findApisix } from './installation.js';
 export type { ApisixInstallation } from './installation.js';
-export { startApisix, prepareApisix, testApisixConfig, reachableByWorkers, freePort, ApisixStartError } from './instance.js';
+export { startApisix, prepareApisix, testApisixConfig, reachableByWorkers, ApisixStartError } from './instance.js';
+export { freePort } from '../free-port.js';
 export type { ApisixHandle, ApisixInstanceOptions, PreparedApisix } from './instance.js';

@@ -18,8 +18,6 @@ import type { ApisixInstallation } from './installation.js';
 import { commandLine, processTable } from '../proc.js';
 import { freePort } from '../free-port.js';
 
-export { freePort };
-
 export interface ApisixInstanceOptions {
   installation: ApisixInstallation;
   repoRoot: string;

@@ -15,9 +15,9 @@ import { join } from 'node:path';
 import { localServerProcess } from '../child-process.js';
 import { directoryHolder } from '../in-use.js';
 import { freePort } from '../free-port.js';
+import { packageRoot } from '../../runtime/paths.js';
 
 export { freePort };
-import { packageRoot } from '../../runtime/paths.js';
 
 export interface LocalEtcd {
   endpoints: string[];
