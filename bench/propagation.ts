@@ -212,11 +212,8 @@ runBench(async (scope) => {
   });
   scope.cleanups.unshift(() => watch.cancel());
   const fromUpdated: number[] = [];
-  const fromDelivered: number[] = [];
   const fromAnswered: number[] = [];
   const perWorker: number[] = [];
-  const ownShare: number[] = [];
-  const ownShareNewModule: number[] = [];
   const newModule: number[] = [];
   const sameModule: number[] = [];
   const byUse = {
@@ -251,10 +248,8 @@ runBench(async (scope) => {
     fromAnswered.push(last - answeredAt);
     const deliveredAt = delivered.get(`/policies/${project}/meta@${version}`);
     if (deliveredAt === undefined) throw new Error(`the benchmark's own watch did not see ${project} v${version}`);
-    fromDelivered.push(last - deliveredAt);
     use.fromDelivered.push(last - deliveredAt);
     perWorker.push(...swaps.map((s) => s.propagationMs));
-    (fresh ? ownShareNewModule : ownShare).push(...swaps.map((s) => s.receivedMs));
     (fresh ? use.ownModule : use.ownData).push(...swaps.map((s) => s.receivedMs));
     (fresh ? newModule : sameModule).push(updated);
     await new Promise((r) => setTimeout(r, 100)); // writes a tenth of a second apart, not back to back
@@ -268,18 +263,20 @@ runBench(async (scope) => {
   console.log('|---|---:|---:|---:|');
   const row = (name: string, values: number[]) => console.log(`| ${name} | ${percentile(values, 50)} | ${percentile(values, 99)} | ${Math.max(...values)} |`);
   row(`CMS updatedAt (before the transaction) -> every one of ${workers} workers enforces`, fromUpdated);
-  row(`etcd delivers the commit (a watcher in the benchmark) -> every one of ${workers} workers enforces`, fromDelivered);
+  // Both halves together, and each apart below.
+  const { inUse, unused } = byUse;
+  row(`etcd delivers the commit (a watcher in the benchmark) -> every one of ${workers} workers enforces`, [...inUse.fromDelivered, ...unused.fromDelivered]);
   row(`PUT answered (after the commit) -> every one of ${workers} workers enforces`, fromAnswered);
   row('CMS updatedAt -> swap, each worker', perWorker);
-  row("a worker's watch receives the change -> that worker enforces (its own share), data only", ownShare);
-  row("a worker's watch receives the change -> that worker enforces (its own share), a new module", ownShareNewModule);
+  row("a worker's watch receives the change -> that worker enforces (its own share), data only", [...inUse.ownData, ...unused.ownData]);
+  row("a worker's watch receives the change -> that worker enforces (its own share), a new module", [...inUse.ownModule, ...unused.ownModule]);
   row('updatedAt -> every worker, writes with data only', sameModule);
   row('updatedAt -> every worker, writes with a new module', newModule);
-  row(`etcd delivers -> every one of ${workers} workers enforces, a project every worker decides with`, byUse.inUse.fromDelivered);
-  row(`etcd delivers -> every one of ${workers} workers enforces, a project no worker has decided with`, byUse.unused.fromDelivered);
-  row('own share, data only, a project in use', byUse.inUse.ownData);
-  row('own share, a new module, a project in use', byUse.inUse.ownModule);
-  row('own share, data only, a project not in use', byUse.unused.ownData);
-  row('own share, a new module, a project not in use', byUse.unused.ownModule);
+  row(`etcd delivers -> every one of ${workers} workers enforces, a project every worker decides with`, inUse.fromDelivered);
+  row(`etcd delivers -> every one of ${workers} workers enforces, a project no worker has decided with`, unused.fromDelivered);
+  row('own share, data only, a project in use', inUse.ownData);
+  row('own share, a new module, a project in use', inUse.ownModule);
+  row('own share, data only, a project not in use', unused.ownData);
+  row('own share, a new module, a project not in use', unused.ownModule);
   console.log(`\n(each write, updatedAt -> every worker, ms: ${fromUpdated.join(' ')})`);
 });
