@@ -65,6 +65,7 @@ import {
   benchOpaPath,
   machineLine,
   median,
+  otherWorkerCount,
   benchRunnerEnv,
   runBench,
   startProcess,
@@ -78,8 +79,7 @@ const connections = Number(process.env.BENCH_CONNECTIONS ?? 8);
 const seconds = Number(process.env.BENCH_SECONDS ?? 3);
 const rounds = Number(process.env.BENCH_ROUNDS ?? 3);
 const workers = workerCount(process.env.RUNNER_WORKERS);
-// The other instance's runner: one worker, or two where the default is one.
-const otherWorkers = workers === 1 ? 2 : 1;
+const otherWorkers = otherWorkerCount(workers);
 const otherCount = `${otherWorkers} worker${otherWorkers === 1 ? '' : 's'}`;
 const profileDir = process.env.BENCH_CPU_PROF ? resolve(process.env.BENCH_CPU_PROF) : null;
 const here = fileURLToPath(new URL('.', import.meta.url));

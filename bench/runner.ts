@@ -42,6 +42,7 @@ import {
   driveRunner,
   machineLine,
   median,
+  otherWorkerCount,
   prepareConf,
   retryUntilReady,
   socketAccepts,
@@ -54,8 +55,7 @@ const connections = Number(process.env.BENCH_CONNECTIONS ?? 8);
 const seconds = Number(process.env.BENCH_SECONDS ?? 5);
 const rounds = Number(process.env.BENCH_ROUNDS ?? 3);
 const workers = workerCount(process.env.RUNNER_WORKERS);
-/** The second Gatehouse runner's count: one process, or two workers where the first has one. */
-const otherWorkers = workers === 1 ? 2 : 1;
+const otherWorkers = otherWorkerCount(workers);
 const servedBy = (n: number) => (n === 1 ? '1 process' : `${n} workers`);
 const pacedRate = Number(process.env.BENCH_PACED_RATE ?? 3000);
 const here = fileURLToPath(new URL('.', import.meta.url));

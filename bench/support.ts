@@ -79,6 +79,15 @@ allow if {
 `;
 export const BENCH_PROJECT_DATA = { valid_roles: ['analyst', 'admin'] };
 
+/**
+ * The worker count of the second Gatehouse runner a benchmark runs beside
+ * one of `workers`, to show what a worker more or less buys: one process,
+ * or two workers where the first has one.
+ */
+export function otherWorkerCount(workers: number): number {
+  return workers === 1 ? 2 : 1;
+}
+
 /** The environment the gateway benchmarks give Gatehouse's runner (through APISIX): etcd, opa, its workers, Vault by AppRole, metrics off. */
 export function benchRunnerEnv(options: {
   etcdEndpoints: string[];
