@@ -234,6 +234,7 @@ export class PolicyWriter {
         opaVersion: meta.opaVersion,
         entrypoint: meta.entrypoint,
         syntaxVersion: meta.syntaxVersion,
+        ...(meta.inputRefs ? { inputRefs: meta.inputRefs } : {}),
       },
       conditions,
       { promoting: { version: meta.version } },

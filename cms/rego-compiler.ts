@@ -25,6 +25,9 @@
  *      stored as every gateway runs it, so that no gateway loads binaryen or
  *      spends a core rewriting each new module (its engine compiles a
  *      metered module as it is).
+ *   6. Beside it, `opa deps` on the entrypoint: the parts of the input the
+ *      policy can read (`inputRefs`), which gateways then show it alone;
+ *      the wasm parses its whole input on every evaluation.
  *
  * Each opa process may commit at most `memoryMaxBytes` (its data segment,
  * through `prlimit --data`: Go reserves address space it never uses, so an
@@ -47,6 +50,7 @@ import { list as listTar } from 'tar'; // reads the gzipped bundle opa writes, w
 import type { PolicySubmission } from '../policy/store/index.js';
 import { policyInputSchema } from '../plugins/opa/input-schema.js';
 import { meterWasm } from '../policy/engine/metering.js';
+import { MAX_INPUT_REF_DEPTH, MAX_INPUT_REFS } from '../policy/engine/serialised-input.js';
 import { compilerSearchPath } from './config.js';
 import { opaSandboxEnv, writeCompileCapabilities } from './opa-capabilities.js';
 
@@ -71,6 +75,8 @@ export interface CompiledPolicy {
   /** Package path with slashes, e.g. "project/authz". */
   entrypoint: string;
   syntaxVersion: RegoSyntaxVersion;
+  /** The parts of the input the policy can read (step 6); absent: the whole input. */
+  inputRefs?: string[][];
   opaVersion: string;
   durationMs: number;
 }
@@ -85,6 +91,7 @@ export function policySubmission(rego: string, dataText: string, compiled: Compi
     opaVersion: compiled.opaVersion,
     entrypoint: compiled.entrypoint,
     syntaxVersion: compiled.syntaxVersion,
+    ...(compiled.inputRefs ? { inputRefs: compiled.inputRefs } : {}),
   };
 }
 
@@ -385,11 +392,21 @@ export class RegoCompiler {
         throw new RegoCompileError(diagnostics ?? diagnosticsFromText(build.stderr, workDir));
       }
       const built = await readBundleWasm(join(workDir, 'bundle.tar.gz'));
+      const refs = this.inputRefs(workDir, entrypoint, syntaxVersion);
       const wasm = this.metered ? Buffer.from(await inSpan('metering', () => meterWasm(built))) : built;
       const tested = testFiles
         ? await inSpan('tests', () => this.runTests(workDir, testFiles, syntaxVersion), { 'gatehouse.policy.test_files': testFiles.length })
         : null;
-      return { wasm, entrypoint, syntaxVersion, opaVersion, durationMs: performance.now() - started, ...(tested ? { tests: tested } : {}) };
+      const inputRefs = await refs;
+      return {
+        wasm,
+        entrypoint,
+        syntaxVersion,
+        opaVersion,
+        durationMs: performance.now() - started,
+        ...(inputRefs ? { inputRefs } : {}),
+        ...(tested ? { tests: tested } : {}),
+      };
     } finally {
       await rm(workDir, { recursive: true, force: true });
     }
@@ -488,6 +505,29 @@ export class RegoCompiler {
     throw new RegoCompileError(diagnostics);
   }
 
+  /**
+   * The parts of the input the policy can read (step 6): `opa deps` on the
+   * entrypoint, whose base documents include every reference to `input`
+   * the package's rules and functions can make, cut where it stops being
+   * constant. Undefined, so that gateways show the whole input, when the
+   * policy reads `input` itself (or through a variable key at its root), is
+   * v0 (`opa deps` reads v1 only), or opa could not list them.
+   */
+  private async inputRefs(workDir: string, entrypoint: string, syntaxVersion: RegoSyntaxVersion): Promise<string[][] | undefined> {
+    if (syntaxVersion === 'v0') return undefined;
+    const query = `data${entrypoint
+      .split('/')
+      .map((segment) => `[${JSON.stringify(segment)}]`)
+      .join('')}`;
+    try {
+      const deps = await this.opa(['deps', '--format', 'json', '--data', POLICY_FILE, query], workDir);
+      return deps.ok ? inputRefsOf(deps.stdout) : undefined;
+    } catch (error) {
+      if (error instanceof OpaStoppedError) return undefined;
+      throw error;
+    }
+  }
+
   private async parse(workDir: string): Promise<{ syntaxVersion: RegoSyntaxVersion; entrypoint: string }> {
     const v1 = await compileStep(this.opa(['parse', '--format', 'json', POLICY_FILE], workDir));
     if (v1.ok) return { syntaxVersion: 'v1', entrypoint: entrypointOf(v1.stdout) };
@@ -553,6 +593,44 @@ function testResults(stdout: string): OpaTestResult[] | null {
   } catch {
     return null;
   }
+}
+
+/**
+ * The input refs of `opa deps --format json` output, each cut at its first
+ * term that is not a string (a number indexes an array: the array is kept
+ * whole); only the shortest of refs that share a prefix. Undefined for the
+ * whole input: a ref to `input` itself, output that does not read as deps,
+ * or more refs than metadata may list.
+ */
+export function inputRefsOf(depsJson: string): string[][] | undefined {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(depsJson);
+  } catch {
+    return undefined;
+  }
+  const base = (parsed as { base?: unknown }).base ?? [];
+  if (!Array.isArray(base)) return undefined;
+  const refs: string[][] = [];
+  for (const ref of base) {
+    if (!Array.isArray(ref)) return undefined;
+    const [head, ...rest] = ref as { type?: unknown; value?: unknown }[];
+    if (head?.type !== 'var' || head.value !== 'input') continue;
+    const path: string[] = [];
+    for (const term of rest) {
+      if (term.type !== 'string' || typeof term.value !== 'string') break;
+      path.push(term.value);
+    }
+    if (path.length === 0 || path.length > MAX_INPUT_REF_DEPTH) return undefined;
+    refs.push(path);
+  }
+  const shortestFirst = refs.sort((a, b) => a.length - b.length);
+  const kept: string[][] = [];
+  for (const ref of shortestFirst) {
+    if (!kept.some((k) => k.every((segment, i) => ref[i] === segment))) kept.push(ref);
+  }
+  if (kept.length > MAX_INPUT_REFS) return undefined;
+  return kept.sort((a, b) => (JSON.stringify(a) < JSON.stringify(b) ? -1 : 1));
 }
 
 /** The package of a parsed module (opa parse --format json) as a slash-separated entrypoint. */

@@ -9,11 +9,17 @@
  *
  * The signed document names what a gateway enforces, as the gateway can
  * check it: the policy and version, the sha256 of the compiled wasm and of
- * the data document, and the entrypoint. JSON of exactly these fields in this
+ * the data document, the entrypoint, and the parts of the input the policy
+ * is shown (its `inputRefs`, when it has them: who could change them could
+ * blind a policy to what it reads). JSON of exactly these fields in this
  * order, UTF-8:
  *
  *   {"type":"gatehouse-policy-version/1","name":...,"version":...,
  *    "wasmSha256":...,"dataSha256":...,"entrypoint":...}
+ *
+ * and, for a version with `inputRefs`:
+ *
+ *   {"type":"gatehouse-policy-version/2",...the same...,"inputRefs":[[...],...]}
  *
  * Keys: the CMS signs with a private key (a PEM file, or a Vault transit key
  * that never leaves Vault); gateways verify with a JWKS file of Ed25519 (OKP)
@@ -33,21 +39,36 @@ export interface SignedFields {
   wasmSha256: string;
   dataSha256: string;
   entrypoint: string;
+  /** Absent: the policy is shown the whole input. */
+  inputRefs?: string[][];
+}
+
+/** What a signature of `meta` covers, its data's sha256 given. */
+export function signedFieldsOf(meta: PolicyMetadata, dataSha256: string): SignedFields {
+  return {
+    name: meta.name,
+    version: meta.version,
+    wasmSha256: meta.wasmSha256,
+    dataSha256,
+    entrypoint: meta.entrypoint,
+    ...(meta.inputRefs !== undefined ? { inputRefs: meta.inputRefs } : {}),
+  };
 }
 
 /** The bytes a version's signature is made over (see the module comment). */
 export function signedDocument(fields: SignedFields): Buffer {
-  return Buffer.from(
-    JSON.stringify({
-      type: 'gatehouse-policy-version/1',
-      name: fields.name,
-      version: fields.version,
-      wasmSha256: fields.wasmSha256,
-      dataSha256: fields.dataSha256,
-      entrypoint: fields.entrypoint,
-    }),
-    'utf8',
-  );
+  const common = {
+    name: fields.name,
+    version: fields.version,
+    wasmSha256: fields.wasmSha256,
+    dataSha256: fields.dataSha256,
+    entrypoint: fields.entrypoint,
+  };
+  const document =
+    fields.inputRefs === undefined
+      ? { type: 'gatehouse-policy-version/1', ...common }
+      : { type: 'gatehouse-policy-version/2', ...common, inputRefs: fields.inputRefs };
+  return Buffer.from(JSON.stringify(document), 'utf8');
 }
 
 /** Signs policy versions (the CMS's): a key named by `kid`, held here or in Vault. */
@@ -173,7 +194,7 @@ export function verifySignature(keys: ReadonlyMap<string, KeyObject>, meta: Poli
       reason: `bad signature: version ${meta.version} is signed by key ${JSON.stringify(signature.kid)}, which is not among the verify keys`,
     };
   }
-  const document = signedDocument({ name: meta.name, version: meta.version, wasmSha256: meta.wasmSha256, dataSha256, entrypoint: meta.entrypoint });
+  const document = signedDocument(signedFieldsOf(meta, dataSha256));
   let valid = false;
   try {
     valid = signature.alg === 'EdDSA' && cryptoVerify(null, document, key, Buffer.from(signature.sig, 'base64url'));
@@ -184,7 +205,7 @@ export function verifySignature(keys: ReadonlyMap<string, KeyObject>, meta: Poli
     return {
       ok: false,
       problem: 'bad signature',
-      reason: `bad signature: the signature of version ${meta.version} by key ${JSON.stringify(signature.kid)} does not match its name, version, wasm, data or entrypoint`,
+      reason: `bad signature: the signature of version ${meta.version} by key ${JSON.stringify(signature.kid)} does not match its name, version, wasm, data, entrypoint or input refs`,
     };
   }
   return { ok: true, kid: signature.kid };

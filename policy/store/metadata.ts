@@ -24,6 +24,14 @@ export interface PolicyMetadata {
   /** The wasm entrypoint: the module's package path with slashes, e.g. "project/authz". */
   entrypoint: string;
   syntaxVersion: 'v0' | 'v1';
+  /**
+   * The parts of the input the policy can read, as the compiler listed them
+   * (`opa deps`): each a path of object keys, e.g. ["request", "path"].
+   * Gateways show the policy only these (policy/engine/serialised-input.ts
+   * InputProjection). Absent: the whole input (a version written before
+   * refs were listed, a v0 policy, or refs opa could not list).
+   */
+  inputRefs?: string[][];
   /** The CMS's Ed25519 signature of this version (policy/signing); absent when it wrote it unsigned. */
   signature?: PolicySignature;
   /** A candidate's rollout (names.ts): never on a live version. */

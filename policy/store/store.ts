@@ -18,7 +18,7 @@ import {
 // The failures and conditions shared with the other stores, as this store's API.
 export { PreconditionFailedError, StoreRefusedError, StoreUnavailableError, WriteConflictError, type WriteConditions };
 import { currentRevision, indexPage, readIndex, readKeysAt, scanPolicyNames } from './scan.js';
-import type { PolicySigner } from '../signing/index.js';
+import { signedFieldsOf, type PolicySigner } from '../signing/index.js';
 import { sha256Hex, type PolicySignature, type CandidateRollout, type PolicyMetadata } from './metadata.js';
 import { candidateName, candidateOf } from './names.js';
 
@@ -58,6 +58,8 @@ export interface PolicySubmission {
   opaVersion: string;
   entrypoint: string;
   syntaxVersion: 'v0' | 'v1';
+  /** The parts of the input the policy reads (PolicyMetadata.inputRefs); absent: the whole input. */
+  inputRefs?: string[][];
   /** A candidate's rollout; only for a candidate's stored name (names.ts). */
   rollout?: CandidateRollout;
 }
@@ -329,6 +331,7 @@ export class PolicyStore {
         opaVersion: submission.opaVersion,
         entrypoint: submission.entrypoint,
         syntaxVersion: submission.syntaxVersion,
+        ...(submission.inputRefs ? { inputRefs: submission.inputRefs } : {}),
         ...(submission.rollout ? { rollout: submission.rollout } : {}),
       };
       // Signed as the version it is written as: a retry on top of a concurrent writer signs its own version.
@@ -379,7 +382,7 @@ export class PolicyStore {
 
   /** The signer's signature of `meta` with its data; a signer that fails (Vault away) fails the write: nothing is written unsigned. */
   private async sign(meta: PolicyMetadata, dataText: string): Promise<PolicySignature> {
-    const fields = { name: meta.name, version: meta.version, wasmSha256: meta.wasmSha256, dataSha256: sha256Hex(dataText), entrypoint: meta.entrypoint };
+    const fields = signedFieldsOf(meta, sha256Hex(dataText));
     try {
       return await this.signer!.sign(fields);
     } catch (error) {

@@ -11,7 +11,7 @@
 import type { EngineCache, WasmLoader } from '../engine/cache.js';
 import type { PolicyEngine } from '../engine/index.js';
 import type { EvaluateOptions, Evaluator } from '../engine/evaluator.js';
-import { engineInput } from '../engine/serialised-input.js';
+import { engineInput, inputFor, InputProjection } from '../engine/serialised-input.js';
 import type { PolicyMetadata } from '../store/index.js';
 import type { SignatureProblem } from '../signing/index.js';
 
@@ -48,7 +48,9 @@ export interface LoadedPolicy extends PolicyBytes {
    * apart: engine/evaluator.ts), else here (fuel and memory bounds only).
    * Rejects when the policy cannot be loaded or the evaluation fails. A
    * SerialisedInput (engine/serialised-input.ts) is serialised once for
-   * every policy it is given to. `options.wait` false: rejected at once where
+   * every policy it is given to. The policy is shown only the parts of the
+   * input its metadata's `inputRefs` name (InputProjection); a version whose
+   * `inputRefs` cannot be read is unloadable. `options.wait` false: rejected at once where
    * the tenant would have to wait its turn (EvaluationWouldWaitError).
    */
   evaluate(tenant: string, input: unknown, options?: EvaluateOptions): Promise<unknown>;
@@ -80,10 +82,20 @@ export function loadedPolicy(
   } = {},
 ): LoadedPolicy {
   const { pool = null, loadedAt = Date.now(), inUse = false } = options;
-  if (bytes.broken !== undefined) {
-    const error = new PolicyUnloadableError(`policy ${bytes.name} cannot be loaded: ${bytes.broken}`);
+  let projection: InputProjection | null = null;
+  let broken = bytes.broken;
+  if (broken === undefined) {
+    try {
+      projection = InputProjection.of(bytes.meta.inputRefs);
+    } catch (error) {
+      broken = `its metadata's inputRefs cannot be read (${(error as Error).message})`;
+    }
+  }
+  if (broken !== undefined) {
+    const error = new PolicyUnloadableError(`policy ${bytes.name} cannot be loaded: ${broken}`);
     return {
       ...bytes,
+      broken,
       loadedAt,
       inUse,
       readyEngine: () => undefined,
@@ -106,13 +118,13 @@ export function loadedPolicy(
     evaluate: pool
       ? (tenant, input, options) => {
           used = true;
-          return pool.evaluate(tenant, target, input, options);
+          return pool.evaluate(tenant, target, inputFor(input, projection), options);
         }
       : async (_tenant, input) => {
           used = true;
           const engine = engines.ready(source) ?? (await engines.engine(source));
           try {
-            return engine.evaluate(engineInput(input), bytes.meta.entrypoint);
+            return engine.evaluate(engineInput(inputFor(input, projection)), bytes.meta.entrypoint);
           } catch (error) {
             // Out of fuel, out of memory or aborted: the instance's heap is suspect, build a fresh one next time.
             engines.discard(source);

@@ -1,7 +1,7 @@
 import { readFile } from 'node:fs/promises';
 import { describe, expect, it } from 'vitest';
 import { buildCmsApp } from '../../cms/app.js';
-import { CompilerUnavailableError, RegoCompileError, RegoCompiler } from '../../cms/rego-compiler.js';
+import { CompilerUnavailableError, inputRefsOf, RegoCompileError, RegoCompiler } from '../../cms/rego-compiler.js';
 import { EXAMPLE_POLICY } from '../../dev/demo.js';
 import { loadPolicyEngine } from '../../policy/engine/index.js';
 import { accessInputSchema } from '../../policy/access/input-schema.js';
@@ -79,6 +79,44 @@ describe('Rego compiler (real opa)', () => {
   it('reports type errors of a v0 module', async () => {
     const diagnostics = await diagnosticsOf('package v0bad\n\nallow {\n  count(1) == "x"\n}\n');
     expect(diagnostics[0]).toMatchObject({ code: 'rego_type_error', row: 4 });
+  });
+});
+
+describe('input refs (opa deps): the parts of the input a policy can read', () => {
+  it('follows imports, functions and rules, and cuts a ref where its key stops being constant', async () => {
+    const rego = [
+      'package p.refs',
+      'import rego.v1',
+      'import input.request.headers as headers',
+      'role_of(user) := user.role',
+      'allow if role_of(input.user) == "admin"',
+      'allow if headers["x-team"] == "a"',
+      'allow if { some name; input.request.query[name] == "yes" }',
+      'reason := "llm" if startswith(input.request.path, "/llm/")',
+    ].join('\n');
+    const compiled = await compiler.compile(rego);
+    expect(compiled.inputRefs).toEqual([['request', 'headers', 'x-team'], ['request', 'path'], ['request', 'query'], ['user']]);
+  });
+
+  it('none listed (the whole input) for a policy that reads the input itself, and for v0', async () => {
+    expect((await compiler.compile('package p.whole\nimport rego.v1\nseen := input\n')).inputRefs).toBeUndefined();
+    expect((await compiler.compile(EXAMPLE_POLICY.rego, JSON.stringify(EXAMPLE_POLICY.data))).inputRefs).toBeUndefined();
+  });
+
+  it("reads opa deps' output: input refs only, cut at a term that is not a string, the shortest of a prefix", () => {
+    const ref = (...terms: [string, unknown][]) => terms.map(([type, value]) => ({ type, value }));
+    const deps = {
+      base: [
+        ref(['var', 'input'], ['string', 'arr'], ['number', 0], ['string', 'x']),
+        ref(['var', 'input'], ['string', 'user'], ['string', 'role']),
+        ref(['var', 'input'], ['string', 'user']),
+        ref(['var', 'data'], ['string', 'limits']),
+      ],
+    };
+    expect(inputRefsOf(JSON.stringify(deps))).toEqual([['arr'], ['user']]);
+    expect(inputRefsOf(JSON.stringify({ base: [ref(['var', 'input'])] }))).toBeUndefined();
+    expect(inputRefsOf(JSON.stringify({ virtual: [] }))).toEqual([]);
+    expect(inputRefsOf('not json')).toBeUndefined();
   });
 });
 

@@ -50,6 +50,12 @@ describe('the CMS signs what it writes', () => {
     // What the gateways read: the current metadata, signed.
     const current = (await store.get('team-s'))!;
     expect(verifySignature(verifyKeys, current.meta, sha256Hex(current.dataText)).ok).toBe(true);
+    // The parts of the input the policy is shown are signed with it: other refs do not verify.
+    expect(current.meta.inputRefs).toEqual([['user', 'role']]);
+    const otherRefs: PolicyMetadata = { ...current.meta, inputRefs: [['user']] };
+    expect(verifySignature(verifyKeys, otherRefs, sha256Hex(current.dataText))).toMatchObject({ ok: false, problem: 'bad signature' });
+    const noRefs: PolicyMetadata = { ...current.meta, inputRefs: undefined };
+    expect(verifySignature(verifyKeys, noRefs, sha256Hex(current.dataText))).toMatchObject({ ok: false, problem: 'bad signature' });
     // Over the data the gateway holds: other data does not verify.
     expect(verifySignature(verifyKeys, current.meta, sha256Hex('{}'))).toMatchObject({ ok: false, problem: 'bad signature' });
     const unsigned: PolicyMetadata = { ...current.meta, signature: undefined };

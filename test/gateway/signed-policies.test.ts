@@ -134,6 +134,13 @@ describe('a gateway with verify keys', () => {
     await admin.put('/policies/team-e/data').value('{"altered":true}');
     await admin.put('/policies/team-e/meta').value((await admin.get('/policies/team-e/meta').string())!);
     await until(async () => (await decide(runner, 'team-e')) === 500, 'the altered version denied');
+    // The parts of the input the policy is shown, altered under a valid signature: denied too.
+    await write('team-f', 'k1');
+    await until(async () => (await decide(runner, 'team-f')) === 'pass', 'team-f enforced');
+    const meta = JSON.parse((await admin.get('/policies/team-f/meta').string())!) as { inputRefs?: string[][] };
+    expect(meta.inputRefs).toEqual([]); // allow-all reads nothing
+    await admin.put('/policies/team-f/meta').value(JSON.stringify({ ...meta, inputRefs: [['user']] }));
+    await until(async () => (await decide(runner, 'team-f')) === 500, 'the version with other input refs denied');
 
     // Rotation: k2 added beside k1, team-b re-signed by k2; everything signed stays loaded.
     listKeys('k1', 'k2');
