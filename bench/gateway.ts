@@ -17,6 +17,10 @@
 //   Gatehouse: jwt + opa, shadowed     the same route for a project whose policy has a candidate evaluated
 //                                       after every decision (sample_percent 100) that agrees with it; and for
 //                                       one whose candidate runs until its fuel is burned (a runaway candidate)
+//   Gatehouse: jwt + opa, whole input   the same chain for a project whose policies (the platform's Rego stored as
+//                                       a project's, and the project's) were stored without their input refs:
+//                                       each shown the whole input document, as before gateways showed a policy
+//                                       only the parts it reads
 //   Gatehouse: jwt + opa, traced        the jwt + opa row on a runner of its own exporting spans (OTEL_*) to a
 //                                       real OpenTelemetry Collector (dev/otelcol, spans dropped there)
 //   Gatehouse, other workers: example, jwt + opa   the same two rows on an instance whose runner has one
@@ -36,7 +40,7 @@
 // BENCH_ROUNDS (3), BENCH_ROWS=<key,...> only those rows (and the floor; keys as in
 // Scenario, e.g. example,jwtOpa,exampleOther,jwtOpaOther), RUNNER_WORKERS for Gatehouse's runner (default: the runner's own, half the cores),
 // BENCH_CPU_PROF=<dir>: afterwards, a third APISIX instance whose runner runs
-// under `node --cpu-prof` (primary and workers: cluster passes execArgv on)
+// under `node --cpu-prof` (its one process, or primary and workers: cluster passes execArgv on)
 // takes the jwt + opa load alone; the profiles are written to <dir> and the
 // top functions by self time printed.
 import { execFile, execFileSync } from 'node:child_process';
@@ -89,6 +93,10 @@ const PROJECT = 'bench';
 /** Projects deciding as PROJECT does, whose policy has a candidate shadowed on every decision. */
 const SHADOW_PROJECT = 'bench-shadow';
 const RUNAWAY_PROJECT = 'bench-runaway';
+/** A project deciding as PROJECT does, with policies stored without input refs (shown the whole input). */
+const WHOLE_INPUT_PROJECT = 'bench-whole-input';
+/** The platform policy's Rego, stored as a project's without input refs, for WHOLE_INPUT_PROJECT's route. */
+const WHOLE_INPUT_PLATFORM = 'bench-whole-input-platform';
 /** A candidate that evaluates until the gateway's fuel bound stops it. */
 const RUNAWAY_CANDIDATE = `package project.authz
 import rego.v1
@@ -208,6 +216,7 @@ interface Scenario {
     | 'jwtOpaTraced'
     | 'exampleOther'
     | 'jwtOpaOther'
+    | 'jwtOpaWholeInput'
     | 'llm';
   name: string;
   /** Which process decides (its CPU per request is reported). */
@@ -341,10 +350,14 @@ async function main({ processes, cleanups }: BenchScope) {
   const outsider = await identity.sign({ sub: 'eve', role: 'project_user', project: 'other-team' });
   const shadowBearer = `authorization: Bearer ${await identity.sign({ sub: 'dev', role: 'project_user', project: SHADOW_PROJECT })}`;
   const runawayBearer = `authorization: Bearer ${await identity.sign({ sub: 'dev', role: 'project_user', project: RUNAWAY_PROJECT })}`;
+  const wholeInputBearer = `authorization: Bearer ${await identity.sign({ sub: 'dev', role: 'project_user', project: WHOLE_INPUT_PROJECT })}`;
 
   // The policies of /rag/ask and /llm: the platform's and the project's, compiled by the real opa.
   await storeBenchPolicy(etcd.endpoints, PLATFORM_POLICY_NAME, DEMO_PLATFORM_POLICY.rego, JSON.stringify(DEMO_PLATFORM_POLICY.data));
   await storeBenchPolicy(etcd.endpoints, PROJECT, DEMO_PROJECT_POLICY.rego, JSON.stringify(DEMO_PROJECT_POLICY.data));
+  const wholeInput = { wholeInput: true };
+  await storeBenchPolicy(etcd.endpoints, WHOLE_INPUT_PLATFORM, DEMO_PLATFORM_POLICY.rego, JSON.stringify(DEMO_PLATFORM_POLICY.data), undefined, wholeInput);
+  await storeBenchPolicy(etcd.endpoints, WHOLE_INPUT_PROJECT, DEMO_PROJECT_POLICY.rego, JSON.stringify(DEMO_PROJECT_POLICY.data), undefined, wholeInput);
   const shadowed = { samplePercent: 100, enforcePercent: 0 };
   for (const project of [SHADOW_PROJECT, RUNAWAY_PROJECT]) {
     await storeBenchPolicy(etcd.endpoints, project, DEMO_PROJECT_POLICY.rego, JSON.stringify(DEMO_PROJECT_POLICY.data));
@@ -439,6 +452,24 @@ async function main({ processes, cleanups }: BenchScope) {
     id: 'example',
     uris: ['/example/*'],
     plugins: { prometheus: {}, 'ext-plugin-pre-req': { conf: [{ name: 'example', value: '{}' }], allow_degradation: false } },
+    upstream_id: 'rag',
+  });
+  // The /rag/ask chain with policies stored without their input refs: each shown the whole input, as
+  // before gateways showed a policy only the parts it reads. The platform policy's Rego is stored as a
+  // project's (the platform policy is one name for every route), so the route names it as project:.
+  routes.addIn(['routes'], {
+    id: 'whole-input',
+    uris: ['/whole-input/*'],
+    plugins: {
+      prometheus: {},
+      'ext-plugin-pre-req': {
+        conf: [
+          { name: 'jwt', value: '{}' },
+          { name: 'opa', value: JSON.stringify({ policies: [`project:${WHOLE_INPUT_PLATFORM}`, 'caller-project'] }) },
+        ],
+        allow_degradation: false,
+      },
+    },
     upstream_id: 'rag',
   });
   const routesPath = join(work, 'apisix.yaml');
@@ -597,6 +628,15 @@ async function main({ processes, cleanups }: BenchScope) {
       headers: [bearer],
     },
     {
+      key: 'jwtOpaWholeInput',
+      name: 'Gatehouse runner: jwt + opa, every policy shown the whole input',
+      decider: 'runner',
+      apisix: gatehouse,
+      deciderPid: runnerPid(gatehouse),
+      path: '/whole-input/ask',
+      headers: [wholeInputBearer],
+    },
+    {
       key: 'llm',
       name: 'Gatehouse runner: LLM route with budgets',
       decider: 'runner',
@@ -620,7 +660,7 @@ async function main({ processes, cleanups }: BenchScope) {
     };
     await expectStatus(`${s.name}, the project's caller`, 200, () => status(s.apisix, s.path, init));
   }
-  for (const key of ['opaServer', 'opaDecision', 'jwtOpa', 'jwtOpaOther'] as const) {
+  for (const key of ['opaServer', 'opaDecision', 'jwtOpa', 'jwtOpaWholeInput', 'jwtOpaOther'] as const) {
     const s = scenarios.find((x) => x.key === key)!;
     await expectStatus(`${s.name}, no token`, 401, () => status(s.apisix, s.path), 1);
     await expectStatus(`${s.name}, another project's caller`, 403, () => status(s.apisix, s.path, auth(outsider)), 1);
@@ -704,6 +744,7 @@ async function main({ processes, cleanups }: BenchScope) {
   }
   const reported: [string, Scenario['key'], Scenario['key']][] = [
     ['jwt + opa with traces on vs off', 'jwtOpaTraced', 'jwtOpa'],
+    ['jwt + opa, each policy shown the parts of the input it reads vs the whole input', 'jwtOpa', 'jwtOpaWholeInput'],
     [`pass-through with ${otherWorkers} runner worker(s) vs ${workers}`, 'exampleOther', 'example'],
     [`jwt + opa with ${otherWorkers} runner worker(s) vs ${workers}`, 'jwtOpaOther', 'jwtOpa'],
   ];
@@ -742,9 +783,11 @@ async function main({ processes, cleanups }: BenchScope) {
     const s = { ...scenarios.find((x) => x.key === 'jwtOpa')!, apisix: profiled, deciderPid: runnerPid(profiled) };
     await expectStatus('profiled runner', 200, () => status(profiled, s.path, auth(token)));
     const primary = profiled.runnerPid()!;
-    const profiledPids = processTable()
+    // The workers, or with one worker the runner's only process.
+    const children = processTable()
       .filter((p) => p.ppid === primary)
       .map((p) => p.pid);
+    const profiledPids = children.length > 0 ? children : [primary];
     const before = new Set(readdirSync(profileDir));
     const loadFrom = Number(process.hrtime.bigint() / 1000n) + 1_000_000; // after the load generator's 1 s warm-up
     const r = await drive(tools.load, s, seconds * rounds, 1);
@@ -757,7 +800,7 @@ async function main({ processes, cleanups }: BenchScope) {
     const written = readdirSync(profileDir).filter((f) => !before.has(f) && f.endsWith('.cpuprofile'));
     const ofWorkers = written.filter((f) => profiledPids.some((pid) => basename(f).split('.')[3] === String(pid)));
     console.log(
-      `\nCPU profile of the runner's workers (pids ${profiledPids.join(', ')}) under the jwt + opa load: ${r.reqPerSecond.toFixed(0)} req/s for ${seconds * rounds}s (with the profiler on)`,
+      `\nCPU profile of the runner's deciding processes (pids ${profiledPids.join(', ')}) under the jwt + opa load: ${r.reqPerSecond.toFixed(0)} req/s for ${seconds * rounds}s (with the profiler on)`,
     );
     console.log(`profiles in ${profileDir}: ${ofWorkers.join(', ') || '(none written)'}`);
     if (ofWorkers.length > 0) {

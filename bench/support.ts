@@ -34,13 +34,16 @@ export async function storeBenchPolicy(
   rego: string,
   dataText: string,
   rollout?: CandidateRollout,
-  options: { metered?: boolean } = {},
+  options: { metered?: boolean; wholeInput?: boolean } = {},
 ): Promise<CompiledPolicy> {
   // Metered as the CMS stores it, unless told (a row with POLICY_EVAL_FUEL=off must get the wasm as opa built it).
   const compiled = await new RegoCompiler({ opaPath: benchOpaPath, metered: options.metered ?? true }).compile(rego, dataText);
+  const submission = policySubmission(rego, dataText, compiled, 'bench');
+  // wholeInput: stored without its input refs, so that gateways show it the whole input (a row to compare with).
+  if (options.wholeInput) delete submission.inputRefs;
   const client = createEtcdClient(etcdEndpoints);
   try {
-    await new PolicyStore(client).put(name, { ...policySubmission(rego, dataText, compiled, 'bench'), ...(rollout ? { rollout } : {}) });
+    await new PolicyStore(client).put(name, { ...submission, ...(rollout ? { rollout } : {}) });
   } finally {
     client.close();
   }
