@@ -52,7 +52,8 @@ export class ThreadEvaluator implements Evaluator {
   async evaluate(tenant: string, target: EvaluationTarget, input: unknown, options: EvaluateOptions = {}): Promise<unknown> {
     const { engines } = this.options;
     let engine = engines.ready(target.source) ?? (await engines.engine(target.source));
-    for (;;) {
+    // No tenant waits out a penalty (the usual case): nothing to look up.
+    while (this.waitUntil.size > 0) {
       const until = this.waitUntil.get(tenant);
       if (until === undefined) break;
       const wait = until - performance.now();

@@ -128,12 +128,15 @@ export class InputProjection {
 
 function project(value: unknown, tree: RefTree): unknown {
   if (!isPlainObject(value)) return value;
-  // No prototype: a key "__proto__" (a JSON body may have one) stays a key.
-  const out: Record<string, unknown> = Object.create(null) as Record<string, unknown>;
+  // A plain object (JSON.stringify's fast path; one without a prototype is not on it).
+  const out: Record<string, unknown> = {};
   for (const [key, sub] of tree) {
     if (!Object.hasOwn(value, key)) continue;
     const child = value[key];
-    out[key] = sub === 'whole' ? child : project(child, sub);
+    const kept = sub === 'whole' ? child : project(child, sub);
+    // A key "__proto__" (a JSON body may have one) stays a key: assigned, it would set the prototype.
+    if (key === '__proto__') Object.defineProperty(out, key, { value: kept, enumerable: true, writable: true, configurable: true });
+    else out[key] = kept;
   }
   return out;
 }
