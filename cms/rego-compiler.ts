@@ -163,7 +163,7 @@ export interface RegoCompilerOptions {
   /** PATH of the opa processes, where prlimit is found (default: the CMS configuration's, cms/config.ts). */
   searchPath?: string;
   timeoutMs?: number;
-  /** Compiles running at once (each runs two or three opa processes); default: the number of cores. */
+  /** Compiles running at once (each runs its opa processes one after another: parse, check, build, then deps beside the tests); default: the number of cores. */
   concurrency?: number;
   /** Compiles that may wait for a slot; one more is refused with CompilerBusyError. Default: 4 per slot. */
   maxQueued?: number;

@@ -117,6 +117,45 @@ grants_for_role := count(data.grants[input.user.role])
     },
   },
   {
+    // Parts of the input reached through local names, an import, functions
+    // and object.get: the input refs the compiler lists must keep all of them.
+    name: 'input reached through aliases, functions and object.get (v1)',
+    syntax: 'v1',
+    rego: `package gateway.aliases
+
+import input.request as req
+
+default allow := false
+
+role_of(user) := object.get(user, "role", "none")
+
+claims := input.user
+
+allow if {
+	r := req
+	h := r.headers
+	count(h) >= 2
+	role_of(input.user) in data.valid_roles
+	not startswith(r.path, "/internal/")
+}
+
+allow if {
+	claims.role == "admin"
+	some name, value in input.request.query
+	name == "override"
+	value == "yes"
+}
+
+shown contains key if {
+	some key, _ in claims
+}
+
+method_and_path := sprintf("%s %s", [req.method, req.path])
+`,
+    sets: ['shown'],
+    data: { valid_roles: ['editor', 'viewer'] },
+  },
+  {
     // OPA 1.x default syntax: no import needed for if/contains/in/every.
     name: 'every and some over headers (v1, no import)',
     syntax: 'v1',
