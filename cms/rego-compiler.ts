@@ -27,7 +27,8 @@
  *      metered module as it is).
  *   6. Beside it, `opa deps` on the entrypoint: the parts of the input the
  *      policy can read (`inputRefs`), which gateways then show it alone;
- *      the wasm parses its whole input on every evaluation.
+ *      the wasm parses its whole input on every evaluation. Remembered by
+ *      the Rego's sha256: a write of new data alone runs no opa deps.
  *
  * Each opa process may commit at most `memoryMaxBytes` (its data segment,
  * through `prlimit --data`: Go reserves address space it never uses, so an
@@ -45,6 +46,8 @@ import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
+import { createHash } from 'node:crypto';
+import { LRUCache } from 'lru-cache';
 import pLimit, { type LimitFunction } from 'p-limit';
 import { list as listTar } from 'tar'; // reads the gzipped bundle opa writes, without a tar binary
 import type { PolicySubmission } from '../policy/store/index.js';
@@ -285,6 +288,12 @@ export class RegoCompiler {
   private readonly memoryMaxBytes: number;
   private readonly inputSchemaPath: string;
   private versionPromise: Promise<string> | undefined;
+  /**
+   * Input refs by the sha256 of the Rego they were listed for: they depend
+   * on the module alone (opa deps reads no data), so a write that changes
+   * only the data, or brings back a Rego seen lately, runs no opa deps.
+   */
+  private readonly refsByRego = new LRUCache<string, { refs: string[][] | undefined }>({ max: 1_024 });
   /** Bounds the test runs, whose memory and time the submitted tests decide. */
   private readonly testSlots: LimitFunction;
   /** Bounds the opa processes: a burst of writes queues, a flood is refused, never a fork storm. */
@@ -392,7 +401,7 @@ export class RegoCompiler {
         throw new RegoCompileError(diagnostics ?? diagnosticsFromText(build.stderr, workDir));
       }
       const built = await readBundleWasm(join(workDir, 'bundle.tar.gz'));
-      const refs = this.inputRefs(workDir, entrypoint, syntaxVersion);
+      const refs = this.inputRefs(workDir, rego, entrypoint, syntaxVersion);
       const wasm = this.metered ? Buffer.from(await inSpan('metering', () => meterWasm(built))) : built;
       const tested = testFiles
         ? await inSpan('tests', () => this.runTests(workDir, testFiles, syntaxVersion), { 'gatehouse.policy.test_files': testFiles.length })
@@ -513,15 +522,21 @@ export class RegoCompiler {
    * policy reads `input` itself (or through a variable key at its root), is
    * v0 (`opa deps` reads v1 only), or opa could not list them.
    */
-  private async inputRefs(workDir: string, entrypoint: string, syntaxVersion: RegoSyntaxVersion): Promise<string[][] | undefined> {
+  private async inputRefs(workDir: string, rego: string, entrypoint: string, syntaxVersion: RegoSyntaxVersion): Promise<string[][] | undefined> {
     if (syntaxVersion === 'v0') return undefined;
+    const key = createHash('sha256').update(rego).digest('hex');
+    const known = this.refsByRego.get(key);
+    if (known) return known.refs;
     const query = `data${entrypoint
       .split('/')
       .map((segment) => `[${JSON.stringify(segment)}]`)
       .join('')}`;
     try {
       const deps = await this.opa(['deps', '--format', 'json', '--data', POLICY_FILE, query], workDir);
-      return deps.ok ? inputRefsOf(deps.stdout) : undefined;
+      if (!deps.ok) return undefined; // not remembered: the next write of this Rego asks again
+      const refs = inputRefsOf(deps.stdout);
+      this.refsByRego.set(key, { refs });
+      return refs;
     } catch (error) {
       if (error instanceof OpaStoppedError) return undefined;
       throw error;

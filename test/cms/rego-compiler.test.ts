@@ -98,6 +98,24 @@ describe('input refs (opa deps): the parts of the input a policy can read', () =
     expect(compiled.inputRefs).toEqual([['request', 'headers', 'x-team'], ['request', 'path'], ['request', 'query'], ['user']]);
   });
 
+  it('runs opa deps once per Rego: a write of other data alone reuses what it listed', async () => {
+    const own = new RegoCompiler({ opaPath: OPA_PATH });
+    const runs: string[] = [];
+    const opa = (own as unknown as { opa: (args: string[], cwd: string) => Promise<unknown> }).opa.bind(own);
+    (own as unknown as { opa: typeof opa }).opa = (args, cwd) => {
+      runs.push(args[0]!);
+      return opa(args, cwd);
+    };
+    const rego = 'package p.cached\nimport rego.v1\nallow if input.user.role in data.roles\n';
+    const first = await own.compile(rego, '{"roles":["a"]}');
+    const second = await own.compile(rego, '{"roles":["b"]}');
+    expect(first.inputRefs).toEqual([['user', 'role']]);
+    expect(second.inputRefs).toEqual([['user', 'role']]);
+    expect(runs.filter((command) => command === 'deps')).toHaveLength(1);
+    await own.compile(`${rego}deny if input.request.path == "/x"\n`);
+    expect(runs.filter((command) => command === 'deps')).toHaveLength(2);
+  });
+
   it('none listed (the whole input) for a policy that reads the input itself, and for v0', async () => {
     expect((await compiler.compile('package p.whole\nimport rego.v1\nseen := input\n')).inputRefs).toBeUndefined();
     expect((await compiler.compile(EXAMPLE_POLICY.rego, JSON.stringify(EXAMPLE_POLICY.data))).inputRefs).toBeUndefined();
