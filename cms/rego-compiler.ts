@@ -402,6 +402,8 @@ export class RegoCompiler {
       }
       const built = await readBundleWasm(join(workDir, 'bundle.tar.gz'));
       const refs = this.inputRefs(workDir, rego, entrypoint, syntaxVersion);
+      // Awaited below; should metering or the tests fail first, its failure must not go unhandled.
+      refs.catch(() => undefined);
       const wasm = this.metered ? Buffer.from(await inSpan('metering', () => meterWasm(built))) : built;
       const tested = testFiles
         ? await inSpan('tests', () => this.runTests(workDir, testFiles, syntaxVersion), { 'gatehouse.policy.test_files': testFiles.length })
