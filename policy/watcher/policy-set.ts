@@ -50,8 +50,9 @@ export interface LoadedPolicy extends PolicyBytes {
    * SerialisedInput (engine/serialised-input.ts) is serialised once for
    * every policy it is given to. The policy is shown only the parts of the
    * input its metadata's `inputRefs` name (InputProjection); a version whose
-   * `inputRefs` cannot be read is unloadable. `options.wait` false: rejected at once where
-   * the tenant would have to wait its turn (EvaluationWouldWaitError).
+   * `inputRefs` cannot be read is unloadable. `options.wait` false: rejected
+   * at once where the tenant would have to wait its turn
+   * (EvaluationWouldWaitError).
    */
   evaluate(tenant: string, input: unknown, options?: EvaluateOptions): Promise<unknown>;
   /** Builds the engine wherever decisions will run (before a swap). */

@@ -10,8 +10,9 @@
 // before its swap, so no decision waits for it. Other policies' engines are
 // built on first use, within the EngineCache's budget. When the watch drops,
 // the etcd client resumes it from the last revision seen; when that revision
-// was compacted, the watcher reads everything again. If etcd cannot be reached at start, the last-known-good
-// snapshot on disk is enforced until etcd answers.
+// was compacted, the watcher reads everything again. If etcd cannot be
+// reached at start, the last-known-good snapshot on disk is enforced until
+// etcd answers.
 //
 // A watch stream can also go silent without failing: the member it runs on
 // is cut off (packets dropped), or the stream was opened on a connection
