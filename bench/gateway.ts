@@ -217,6 +217,7 @@ interface Scenario {
     | 'exampleOther'
     | 'jwtOpaOther'
     | 'jwtOpaWholeInput'
+    | 'jwtOpaNoMemo'
     | 'llm';
   name: string;
   /** Which process decides (its CPU per request is reported). */
@@ -502,6 +503,9 @@ async function main({ processes, cleanups }: BenchScope) {
   // The same with another number of runner workers: whether a second one pays, where APISIX shares the cores.
   const other = await startGatehouse('apisix-other-workers', undefined, { RUNNER_WORKERS: String(otherWorkers) });
   cleanups.unshift(() => other.stop());
+  // The same with no decision memo: every decision evaluated, as when no input repeats.
+  const noMemo = await startGatehouse('apisix-no-memo', undefined, { POLICY_DECISION_CACHE_MB: '0' });
+  cleanups.unshift(() => noMemo.stop());
 
   // The Go runner's instance: the same config, its ext-plugin.cmd the Go runner.
   const goRoutesPath = join(work, 'apisix-go.yaml');
@@ -637,6 +641,15 @@ async function main({ processes, cleanups }: BenchScope) {
       headers: [wholeInputBearer],
     },
     {
+      key: 'jwtOpaNoMemo',
+      name: 'Gatehouse runner: jwt + opa, no decision memo (POLICY_DECISION_CACHE_MB=0)',
+      decider: 'runner (no memo)',
+      apisix: noMemo,
+      deciderPid: runnerPid(noMemo),
+      path: '/rag/ask',
+      headers: [bearer],
+    },
+    {
       key: 'llm',
       name: 'Gatehouse runner: LLM route with budgets',
       decider: 'runner',
@@ -660,7 +673,7 @@ async function main({ processes, cleanups }: BenchScope) {
     };
     await expectStatus(`${s.name}, the project's caller`, 200, () => status(s.apisix, s.path, init));
   }
-  for (const key of ['opaServer', 'opaDecision', 'jwtOpa', 'jwtOpaWholeInput', 'jwtOpaOther'] as const) {
+  for (const key of ['opaServer', 'opaDecision', 'jwtOpa', 'jwtOpaWholeInput', 'jwtOpaOther', 'jwtOpaNoMemo'] as const) {
     const s = scenarios.find((x) => x.key === key)!;
     await expectStatus(`${s.name}, no token`, 401, () => status(s.apisix, s.path), 1);
     await expectStatus(`${s.name}, another project's caller`, 403, () => status(s.apisix, s.path, auth(outsider)), 1);
@@ -745,13 +758,15 @@ async function main({ processes, cleanups }: BenchScope) {
   const reported: [string, Scenario['key'], Scenario['key']][] = [
     ['jwt + opa with traces on vs off', 'jwtOpaTraced', 'jwtOpa'],
     ['jwt + opa, each policy shown the parts of the input it reads vs the whole input', 'jwtOpa', 'jwtOpaWholeInput'],
+    ['jwt + opa with the decision memo vs without (every request repeats the same input)', 'jwtOpa', 'jwtOpaNoMemo'],
+    ['jwt + opa with no decision memo vs APISIX opa -> OPA server', 'jwtOpaNoMemo', 'opaServer'],
     [`pass-through with ${otherWorkers} runner worker(s) vs ${workers}`, 'exampleOther', 'example'],
     [`jwt + opa with ${otherWorkers} runner worker(s) vs ${workers}`, 'jwtOpaOther', 'jwtOpa'],
   ];
   for (const [what, a, b] of reported) {
     if (!ran(a, b)) continue;
     console.log(
-      `| ${what} (req/s; runner CPU per request ${row(a).deciderCpu!.toFixed(1)} µs vs ${row(b).deciderCpu!.toFixed(1)} µs) | ${ratio(row(a).reqPerSecond, row(b).reqPerSecond).toFixed(2)}x | (reported) | |`,
+      `| ${what} (req/s; the deciding process's CPU per request ${row(a).deciderCpu!.toFixed(1)} µs vs ${row(b).deciderCpu!.toFixed(1)} µs) | ${ratio(row(a).reqPerSecond, row(b).reqPerSecond).toFixed(2)}x | (reported) | |`,
     );
   }
 

@@ -34,6 +34,7 @@ import { accessInput } from '../policy/access/index.js';
 import { maskInput, type DecisionLog } from '../policy/decision-log/index.js';
 import type { CandidateShadow } from '../policy/candidate/index.js';
 import { isDeepStrictEqual } from 'node:util';
+import { SerialisedInput } from '../policy/engine/serialised-input.js';
 
 export interface DecisionApiOptions {
   watcher: PolicyWatcher;
@@ -239,7 +240,8 @@ export async function buildDecisionApp(options: DecisionApiOptions): Promise<Fas
       });
     let document: unknown;
     try {
-      document = await policy.evaluate(identity.project ?? '', input);
+      // Serialised once, and so a candidate of the answer the decision memo may hold (policy/engine/decision-memo.ts).
+      document = await policy.evaluate(identity.project ?? '', new SerialisedInput(input));
     } catch (err) {
       options.onDecision?.(policyName, 'error', Number(process.hrtime.bigint() - started) / 1e9);
       logDecision('error', 500);

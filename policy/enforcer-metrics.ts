@@ -1,9 +1,9 @@
 /**
  * The series every process that enforces policies exports alike (each runner
  * worker, each decision API), from what its enforcer (enforcer.ts) reports:
- * decision log events, candidates' shadow evaluations, and policies refused
- * for their signature. Each service registers them in its own registry beside
- * its own series.
+ * decision log events, candidates' shadow evaluations, policies refused for
+ * their signature, and the decision memo's lookups. Each service registers
+ * them in its own registry beside its own series.
  */
 import { Counter, Gauge, type Registry } from 'prom-client';
 import type { ShadowOutcome } from './candidate/index.js';
@@ -48,6 +48,42 @@ export function registerEnforcerMetrics(registry: Registry): EnforcerMetrics {
         collect() {
           const unloadable = watcher.unloadable();
           for (const problem of ['unsigned', 'bad signature'] as const) this.set({ problem }, unloadable.filter((u) => u.signature === problem).length);
+        },
+      });
+      const reported = { hits: 0, misses: 0, rests: 0 };
+      new Counter({
+        name: 'gatehouse_decision_memo_lookups_total',
+        help: 'Decisions looked up in the decision memo (POLICY_DECISION_CACHE_MB): hit (answered as remembered, not evaluated) or miss (evaluated)',
+        labelNames: ['outcome'] as const,
+        registers: [registry],
+        collect() {
+          const stats = watcher.memoStats;
+          if (!stats) return;
+          this.inc({ outcome: 'hit' }, stats.hits - reported.hits);
+          this.inc({ outcome: 'miss' }, stats.misses - reported.misses);
+          reported.hits = stats.hits;
+          reported.misses = stats.misses;
+        },
+      });
+      new Counter({
+        name: 'gatehouse_decision_memo_rests_total',
+        help: 'Times a policy version stopped being remembered for a while: its inputs repeated too rarely (fewer than one lookup in 16 hit)',
+        registers: [registry],
+        collect() {
+          const stats = watcher.memoStats;
+          if (!stats) return;
+          this.inc(stats.rests - reported.rests);
+          reported.rests = stats.rests;
+        },
+      });
+      new Gauge({
+        name: 'gatehouse_decision_memo_bytes',
+        // Across a runner's workers (cluster.ts): all of them together.
+        aggregator: 'sum',
+        help: 'Bytes the remembered decisions are counted at, against POLICY_DECISION_CACHE_MB',
+        registers: [registry],
+        collect() {
+          this.set(watcher.memoStats?.bytes ?? 0);
         },
       });
     },

@@ -1,15 +1,17 @@
 /**
  * The policy pipeline of a process that enforces policies (each runner
  * worker, each decision API), assembled in one place: the etcd client it is
- * given -> engine cache -> evaluator (this thread or a pool) -> policy
- * watcher (with its last-known-good snapshot) -> fleet report -> candidates'
- * shadow and their reports -> decision log. Both services build theirs here from their configuration and use what
- * it returns; close() stops it in order (the etcd client stays the caller's).
+ * given -> engine cache -> evaluator (this thread or a pool) -> decision
+ * memo -> policy watcher (with its last-known-good snapshot) -> fleet
+ * report -> candidates' shadow and their reports -> decision log. Both
+ * services build theirs here from their configuration and use what it
+ * returns; close() stops it in order (the etcd client stays the caller's).
  */
 import type { Etcd3 } from 'etcd3';
 import type { Logger } from 'pino';
 import { EngineCache } from './engine/cache.js';
 import { createEvaluator, type AbortReason, type EvaluationSettings, type Evaluator } from './engine/evaluator.js';
+import { DecisionMemo } from './engine/decision-memo.js';
 import { PolicyWatcher } from './watcher/watcher.js';
 import { snapshotDir } from './watcher/snapshot.js';
 import { GatewayReporter, type GatewayKind } from './fleet/report.js';
@@ -53,6 +55,8 @@ export interface Enforcer {
   readonly reporter: GatewayReporter;
   readonly decisionLog: DecisionLog | null;
   readonly evaluator: Evaluator;
+  /** Where recent decisions are remembered (POLICY_DECISION_CACHE_MB); null when it is 0. */
+  readonly memo: DecisionMemo | null;
   /** Where decisions shadow and canary policies' candidates (policy/candidate). */
   readonly candidates: CandidateShadow;
   /**
@@ -71,6 +75,8 @@ export function createEnforcer(options: EnforcerOptions): Enforcer {
   // Decisions run on this thread, bounded by fuel and memory, runaway tenants made to wait; or, with
   // POLICY_EVAL_WORKERS, in worker threads under a deadline too (engine/evaluator.ts).
   const evaluator = createEvaluator({ ...evaluation, engines, cacheBytes: options.cacheBytes, ...(options.onAbort ? { onAbort: options.onAbort } : {}) });
+  // Decisions on an input a policy saw moments ago are answered as they were (engine/decision-memo.ts).
+  const memo = evaluation.decisionCacheBytes > 0 ? new DecisionMemo(evaluation.decisionCacheBytes) : null;
   // Signatures checked before a version is loaded (policy/signing); the file is read now, a bad one stops the start.
   const verifier = options.verifyKeysFile
     ? new FileSignatureVerifier(options.verifyKeysFile, (error) =>
@@ -87,6 +93,7 @@ export function createEnforcer(options: EnforcerOptions): Enforcer {
     snapshotReadOnly: options.snapshotReadOnly ?? false,
     engines,
     pool: evaluator,
+    memo,
   });
   // Tells etcd what this process enforces (policy/fleet), for the CMS's status.
   const reporter = new GatewayReporter({
@@ -118,6 +125,7 @@ export function createEnforcer(options: EnforcerOptions): Enforcer {
     reporter,
     decisionLog,
     evaluator,
+    memo,
     candidates,
     start() {
       if (!started) {

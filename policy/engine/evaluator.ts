@@ -22,6 +22,7 @@ import { EngineCache, type EngineCacheStats } from './cache.js';
 import { EvaluationBudgetError, evaluationFuel, policyMemoryMaxBytes } from './index.js';
 import { engineInput } from './serialised-input.js';
 import { EvaluationPool, evaluationTimeoutMs } from './pool.js';
+import { decisionCacheBytes } from './decision-memo.js';
 import { EvaluationWouldWaitError, type AbortReason, type EvaluateOptions, type EvaluationTarget, type Evaluator } from './evaluation.js';
 
 export { EvaluationWouldWaitError, type AbortReason, type EvaluateOptions, type EvaluationTarget, type Evaluator } from './evaluation.js';
@@ -107,14 +108,26 @@ export interface EvaluationSettings {
   memoryMaxBytes: number;
   /** POLICY_EVAL_TIMEOUT_MS (default 500): the pool's deadline per evaluation. */
   timeoutMs: number;
+  /** POLICY_DECISION_CACHE_MB (default 16), bytes: recent decisions remembered (decision-memo.ts); 0: none. */
+  decisionCacheBytes: number;
 }
 
-/** The evaluation settings in `env` (POLICY_EVAL_WORKERS, POLICY_EVAL_FUEL, POLICY_MEMORY_MAX_MB, POLICY_EVAL_TIMEOUT_MS); throws on nonsense. */
+/**
+ * The evaluation settings in `env` (POLICY_EVAL_WORKERS, POLICY_EVAL_FUEL,
+ * POLICY_MEMORY_MAX_MB, POLICY_EVAL_TIMEOUT_MS, POLICY_DECISION_CACHE_MB);
+ * throws on nonsense.
+ */
 export function evaluationSettings(env: NodeJS.ProcessEnv): EvaluationSettings {
   const rawWorkers = env.POLICY_EVAL_WORKERS?.trim();
   const workers = rawWorkers ? Number(rawWorkers) : 0;
   if (!Number.isInteger(workers) || workers < 0 || workers > 64) throw new Error('POLICY_EVAL_WORKERS must be a whole number from 0 to 64');
-  return { workers, fuel: evaluationFuel(env), memoryMaxBytes: policyMemoryMaxBytes(env), timeoutMs: evaluationTimeoutMs(env) };
+  return {
+    workers,
+    fuel: evaluationFuel(env),
+    memoryMaxBytes: policyMemoryMaxBytes(env),
+    timeoutMs: evaluationTimeoutMs(env),
+    decisionCacheBytes: decisionCacheBytes(env),
+  };
 }
 
 /**

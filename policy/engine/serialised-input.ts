@@ -14,15 +14,21 @@ const encoder = new TextEncoder();
 
 export class SerialisedInput {
   private json: ArrayBuffer | null = null;
+  private serialised: string | null = null;
   /** This document's projections, by InputProjection.key: two policies that read the same parts share one. */
   private projections: Map<string, SerialisedInput> | null = null;
 
   constructor(readonly value: unknown) {}
 
+  /** The document as JSON text, made on first use (a remembered decision's key: decision-memo.ts). */
+  get text(): string {
+    return (this.serialised ??= JSON.stringify(this.value) ?? '');
+  }
+
   /** The document as JSON bytes, in a buffer of exactly their size, made on first use. */
   get bytes(): ArrayBuffer {
     if (!this.json) {
-      const bytes = encoder.encode(JSON.stringify(this.value));
+      const bytes = encoder.encode(this.text);
       this.json =
         bytes.byteLength === bytes.buffer.byteLength
           ? (bytes.buffer as ArrayBuffer)

@@ -11,7 +11,8 @@
 import type { EngineCache, WasmLoader } from '../engine/cache.js';
 import type { PolicyEngine } from '../engine/index.js';
 import type { EvaluateOptions, Evaluator } from '../engine/evaluator.js';
-import { engineInput, inputFor, InputProjection } from '../engine/serialised-input.js';
+import { engineInput, inputFor, InputProjection, SerialisedInput } from '../engine/serialised-input.js';
+import type { DecisionMemo, MemoScope } from '../engine/decision-memo.js';
 import type { PolicyMetadata } from '../store/index.js';
 import type { SignatureProblem } from '../signing/index.js';
 
@@ -50,7 +51,9 @@ export interface LoadedPolicy extends PolicyBytes {
    * SerialisedInput (engine/serialised-input.ts) is serialised once for
    * every policy it is given to. The policy is shown only the parts of the
    * input its metadata's `inputRefs` name (InputProjection); a version whose
-   * `inputRefs` cannot be read is unloadable. `options.wait` false: rejected
+   * `inputRefs` cannot be read is unloadable. A decision on a projected
+   * input may be answered from the decision memo (engine/decision-memo.ts):
+   * exactly what the evaluation would return, frozen. `options.wait` false: rejected
    * at once where the tenant would have to wait its turn
    * (EvaluationWouldWaitError).
    */
@@ -80,9 +83,11 @@ export function loadedPolicy(
     loadedAt?: number;
     /** Whether the version it replaces was in use (LoadedPolicy.inUse; default false). */
     inUse?: boolean;
+    /** Where recent decisions are remembered (null: every decision is evaluated). */
+    memo?: DecisionMemo | null;
   } = {},
 ): LoadedPolicy {
-  const { pool = null, loadedAt = Date.now(), inUse = false } = options;
+  const { pool = null, loadedAt = Date.now(), inUse = false, memo = null } = options;
   let projection: InputProjection | null = null;
   let broken = bytes.broken;
   if (broken === undefined) {
@@ -108,6 +113,20 @@ export function loadedPolicy(
   const source = { wasmSha256: bytes.meta.wasmSha256, wasm: bytes.wasm, dataSha256: bytes.dataSha256, dataText: bytes.dataText };
   const target = { source, entrypoint: bytes.meta.entrypoint };
   let used = inUse;
+  const evaluateShown: (tenant: string, shown: unknown, options?: EvaluateOptions) => Promise<unknown> = pool
+    ? (tenant, shown, options) => pool.evaluate(tenant, target, shown, options)
+    : async (_tenant, shown) => {
+        const engine = engines.ready(source) ?? (await engines.engine(source));
+        try {
+          return engine.evaluate(engineInput(shown), bytes.meta.entrypoint);
+        } catch (error) {
+          // Out of fuel, out of memory or aborted: the instance's heap is suspect, build a fresh one next time.
+          engines.discard(source);
+          throw error;
+        }
+      };
+  // Made on the first decision: most of ten thousand policies are never evaluated here.
+  let scope: MemoScope | null = null;
   return {
     ...bytes,
     loadedAt,
@@ -116,22 +135,25 @@ export function loadedPolicy(
     },
     readyEngine: () => engines.ready(source),
     engine: () => engines.engine(source),
-    evaluate: pool
-      ? (tenant, input, options) => {
-          used = true;
-          return pool.evaluate(tenant, target, inputFor(input, projection), options);
-        }
-      : async (_tenant, input) => {
-          used = true;
-          const engine = engines.ready(source) ?? (await engines.engine(source));
-          try {
-            return engine.evaluate(engineInput(inputFor(input, projection)), bytes.meta.entrypoint);
-          } catch (error) {
-            // Out of fuel, out of memory or aborted: the instance's heap is suspect, build a fresh one next time.
-            engines.discard(source);
-            throw error;
+    evaluate:
+      memo && projection
+        ? (tenant, input, options) => {
+            used = true;
+            const shown = inputFor(input, projection);
+            if (!(shown instanceof SerialisedInput)) return evaluateShown(tenant, shown, options);
+            scope ??= memo.scope();
+            const remembered = scope.lookup(tenant, shown);
+            if (remembered) return Promise.resolve(remembered.result);
+            const memoScope = scope;
+            return evaluateShown(tenant, shown, options).then((result) => {
+              memoScope.remember(tenant, shown, result);
+              return result;
+            });
           }
-        },
+        : (tenant, input, options) => {
+            used = true;
+            return evaluateShown(tenant, inputFor(input, projection), options);
+          },
     prepare: pool ? () => pool.prepare(target) : async () => void (await engines.engine(source)),
   };
 }

@@ -28,6 +28,7 @@ import type { Etcd3, IKeyValue, IEvent, Namespace, Watcher as EtcdWatch } from '
 import type { Logger } from 'pino';
 import { EngineCache, WasmUnavailableError, type EngineCacheStats } from '../engine/cache.js';
 import type { Evaluator } from '../engine/evaluator.js';
+import type { DecisionMemo, DecisionMemoStats } from '../engine/decision-memo.js';
 import {
   PLATFORM_POLICY_NAME,
   POLICIES_PREFIX,
@@ -60,6 +61,8 @@ export interface PolicyWatcherOptions {
   engines?: EngineCache;
   /** Where decisions are evaluated (bounds, tenants apart: engine/evaluator.ts); on the calling thread, fuel and memory bounds only, when absent. */
   pool?: Evaluator;
+  /** Where recent decisions are remembered (engine/decision-memo.ts); every decision is evaluated when absent. */
+  memo?: DecisionMemo | null;
   /** Page sizes of the start-up read, and a hook between pages (tests). */
   scan?: Pick<ConsistentCutOptions, 'indexPage' | 'batchNames' | 'onPage'>;
   /**
@@ -197,6 +200,11 @@ export class PolicyWatcher extends EventEmitter {
   }
 
   /** Engines where decisions run: the evaluator's (the evaluation pool's workers, or this thread's cache). */
+  /** The decision memo's figures (engine/decision-memo.ts); null without one. */
+  get memoStats(): DecisionMemoStats | null {
+    return this.options.memo?.stats ?? null;
+  }
+
   async engineStats(): Promise<EngineCacheStats> {
     return this.options.pool ? this.options.pool.stats() : this.engines.stats;
   }
@@ -352,7 +360,11 @@ export class PolicyWatcher extends EventEmitter {
    */
   private policy(bytes: Omit<PolicyBytes, 'wasm'>, inUse = false): LoadedPolicy {
     const ref = { name: bytes.name, wasmSha256: bytes.meta.wasmSha256, modRevision: bytes.modRevision };
-    return loadedPolicy({ ...this.checkSignature(bytes), wasm: () => this.modules.load(ref) }, this.engines, { pool: this.options.pool ?? null, inUse });
+    return loadedPolicy({ ...this.checkSignature(bytes), wasm: () => this.modules.load(ref) }, this.engines, {
+      pool: this.options.pool ?? null,
+      inUse,
+      memo: this.options.memo ?? null,
+    });
   }
 
   /** `bytes`, made unloadable when signatures are checked and its own does not verify (its data's sha256 as read here). */

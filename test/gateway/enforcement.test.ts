@@ -380,10 +380,20 @@ describe('propagation and resilience', () => {
     );
     // It says whether the LLM budgets are read (budgeted routes answer 503 until they are).
     expect(((await (await admin('/readyz')).json()) as { budgets: string }).budgets).toBe('loaded');
+    // demo's policy is v0, so it is shown the whole input and never remembered.
     await decide(runner, chain, { headers: [bearer(adminUser)] });
+    // A v1 policy of another project: the same caller four times. Each worker evaluates its first
+    // decision and answers the rest from its decision memo.
+    await writer.put('memo', SEED_POLICY.replace('\n\ndefault allow = false\n\nallow {', '\nimport rego.v1\ndefault allow := false\nallow if {'));
+    const memoUser = await keys.token({ sub: 'mo', role: 'admin', project: 'memo' });
+    await until(async () => statusOf(await decide(runner, chain, { headers: [bearer(memoUser)] })) === 'pass', 'the v1 policy');
+    for (let i = 0; i < 4; i++) expect(statusOf(await decide(runner, chain, { headers: [bearer(memoUser)] }))).toBe('pass');
     const metrics = await (await admin('/metrics')).text();
     expect(metrics).toMatch(/gatehouse_policy_loaded_version\{policy="demo"\} 1/);
-    expect(metrics).toMatch(/gatehouse_decisions_total\{policy="caller-project",outcome="allow"\} 1/);
+    expect(metrics).toMatch(/gatehouse_decisions_total\{policy="caller-project",outcome="allow"\} 6/);
+    const lookups = (outcome: string) => Number(new RegExp(`gatehouse_decision_memo_lookups_total\\{outcome="${outcome}"\\} (\\d+)`).exec(metrics)?.[1]);
+    expect(lookups('hit')).toBeGreaterThanOrEqual(3);
+    expect(lookups('hit') + lookups('miss')).toBe(5);
     expect(metrics).toMatch(/gatehouse_policy_watch_up 1/);
     expect((await admin('/healthz')).status).toBe(200);
 

@@ -84,12 +84,13 @@ describe('createEnforcer', () => {
       stateDir,
       cacheBytes: 32 * MiB,
       // Far less fuel than the default: a decision the default would allow is stopped.
-      evaluation: { workers: 0, fuel: 20_000, memoryMaxBytes: 64 * MiB, timeoutMs: 500 },
+      evaluation: { workers: 0, fuel: 20_000, memoryMaxBytes: 64 * MiB, timeoutMs: 500, decisionCacheBytes: 16 * MiB },
       decisionLog: { target: { kind: 'file', path: logFile }, maxBuffered: 100 },
       onAbort: (reason) => aborts.push(reason),
     });
     try {
       expect(enforcer.evaluator).toBeInstanceOf(ThreadEvaluator);
+      expect(enforcer.memo).not.toBeNull();
       await enforcer.start();
       const set = enforcer.watcher.current;
       expect(set.source).toBe('etcd');
@@ -133,11 +134,12 @@ describe('createEnforcer', () => {
       datacenter: null,
       stateDir: mkdtempSync(join(tmpdir(), 'gh-enforcer-')),
       cacheBytes: 32 * MiB,
-      evaluation: { workers: 2, fuel: 20_000, memoryMaxBytes: 64 * MiB, timeoutMs: 5_000 },
+      evaluation: { workers: 2, fuel: 20_000, memoryMaxBytes: 64 * MiB, timeoutMs: 5_000, decisionCacheBytes: 0 },
       decisionLog: null,
     });
     try {
       expect(enforcer.evaluator).toBeInstanceOf(EvaluationPool);
+      expect(enforcer.memo).toBeNull();
       expect(enforcer.decisionLog).toBeNull();
       await enforcer.start();
       const set = enforcer.watcher.current;

@@ -144,7 +144,16 @@ describe('the metered wasm', () => {
 describe('evaluation on the calling thread (the default evaluator)', () => {
   it('is what the environment gives without POLICY_EVAL_WORKERS; the pool with it', async () => {
     const engines = new EngineCache();
-    expect(evaluationSettings({})).toEqual({ workers: 0, fuel: DEFAULT_EVAL_FUEL, memoryMaxBytes: 64 * 1024 * 1024, timeoutMs: 500 });
+    expect(evaluationSettings({})).toEqual({
+      workers: 0,
+      fuel: DEFAULT_EVAL_FUEL,
+      memoryMaxBytes: 64 * 1024 * 1024,
+      timeoutMs: 500,
+      decisionCacheBytes: 16 * 1024 * 1024,
+    });
+    expect(evaluationSettings({ POLICY_DECISION_CACHE_MB: '0' }).decisionCacheBytes).toBe(0);
+    expect(() => evaluationSettings({ POLICY_DECISION_CACHE_MB: '-1' })).toThrow(/POLICY_DECISION_CACHE_MB/);
+    expect(() => evaluationSettings({ POLICY_DECISION_CACHE_MB: 'lots' })).toThrow(/POLICY_DECISION_CACHE_MB/);
     expect(createEvaluator({ ...evaluationSettings({}), engines, cacheBytes: 64 * 1024 * 1024 })).toBeInstanceOf(ThreadEvaluator);
     const pool = createEvaluator({ ...evaluationSettings({ POLICY_EVAL_WORKERS: '2' }), engines, cacheBytes: 64 * 1024 * 1024 });
     expect(pool).toBeInstanceOf(EvaluationPool);

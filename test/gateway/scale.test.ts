@@ -90,6 +90,8 @@ beforeAll(async () => {
       RUNNER_STATE_DIR: mkdtempSync(join(tmpdir(), 'gh-scale-')),
       RUNNER_POLICY_CACHE_MB: '8',
       POLICY_EVAL_WORKERS: '2',
+      // Every decision evaluated: the second round below must rebuild the engines the first evicted.
+      POLICY_DECISION_CACHE_MB: '0',
       RUNNER_METRICS_PORT: String(metricsPort),
     },
   });
