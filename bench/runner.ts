@@ -21,6 +21,10 @@
 // behind APISIX. The two together show what being woken costs per call. Each
 // process's CPU with no calls is printed beside them (included in CPU/call).
 //
+// Two more rows of the jwt + opa chain: every call's path new (no input
+// repeats: the decision memo misses, and the policy version soon rests), and
+// a runner with the decision memo off (POLICY_DECISION_CACHE_MB=0).
+//
 // Env: BENCH_CONNECTIONS (8), BENCH_SECONDS per scenario and round (5),
 // BENCH_ROUNDS (3), RUNNER_WORKERS for Gatehouse's runner (default: the runner's own, half the cores; a second
 // runner has one process, or two workers where the first has one),
@@ -218,6 +222,12 @@ async function main() {
       RUNNER_STATE_DIR: join(work, 'state-other'),
       RUNNER_WORKERS: String(otherWorkers),
     });
+    // As the first, with every decision evaluated: the decision memo off.
+    const gatehouseNoMemo = await start('gatehouse-no-memo', process.execPath, [join(here, '../plugins/runner/main.js')], {
+      ...runnerEnv,
+      RUNNER_STATE_DIR: join(work, 'state-no-memo'),
+      POLICY_DECISION_CACHE_MB: '0',
+    });
 
     const chain = [
       { name: 'jwt', value: '{}' },
@@ -231,21 +241,24 @@ async function main() {
       path: '/rag/ask',
       args: [],
       headers: [{ name: 'authorization', value: `Bearer ${analyst}` }],
-      confToken: await prepareConf(gatehouse.socketPath!, chain),
+      confToken: 0,
     };
-    await retryUntilReady(() =>
-      driveRunner({
-        name: 'check',
-        socketPath: gatehouse.socketPath!,
-        request,
-        connections: 4,
-        seconds: 0.2,
-        check: (type, payload) => {
-          if (type !== RpcType.HTTPReqCall || decodeHttpReqCallResponse(payload).action?.type !== 'rewrite')
-            throw new Error('the jwt + opa chain did not allow the request');
-        },
-      }),
-    );
+    for (const runner of [gatehouse, gatehouseNoMemo]) {
+      const confToken = await prepareConf(runner.socketPath!, chain);
+      await retryUntilReady(() =>
+        driveRunner({
+          name: 'check',
+          socketPath: runner.socketPath!,
+          request: { ...request, confToken },
+          connections: 4,
+          seconds: 0.2,
+          check: (type, payload) => {
+            if (type !== RpcType.HTTPReqCall || decodeHttpReqCallResponse(payload).action?.type !== 'rewrite')
+              throw new Error('the jwt + opa chain did not allow the request');
+          },
+        }),
+      );
+    }
 
     const stopConf = (plugin: string, value: object) => [{ name: plugin, value: JSON.stringify(value) }];
     const chainArgs = ['-method', 'POST', '-path', '/rag/ask', '-header', `authorization: Bearer ${analyst}`];
@@ -259,6 +272,15 @@ async function main() {
       { name: `stop: Gatehouse, ${servedBy(workers)}`, server: gatehouse, conf: stopConf('example', { stop: { status: 200, body: 'ok' } }), measureCpu: true },
       { name: `jwt + opa: Gatehouse, ${servedBy(workers)}`, server: gatehouse, conf: chain, extraArgs: chainArgs, measureCpu: true },
       { name: `jwt + opa: Gatehouse, ${servedBy(otherWorkers)}`, server: gatehouseOther, conf: chain, extraArgs: chainArgs, measureCpu: true },
+      // The same chain where no input repeats (each call's path is new), and with the decision memo off.
+      {
+        name: `jwt + opa, a new path every call: Gatehouse, ${servedBy(workers)}`,
+        server: gatehouse,
+        conf: chain,
+        extraArgs: [...chainArgs, '-distinct-paths'],
+        measureCpu: true,
+      },
+      { name: `jwt + opa, no decision memo: Gatehouse, ${servedBy(workers)}`, server: gatehouseNoMemo, conf: chain, extraArgs: chainArgs, measureCpu: true },
     ];
     // Paced as well: each runner's no-op and jwt + opa rows.
     const scenarios = [...busy, ...paced(busy.filter((s) => s.name.startsWith('no-op') || s.name.startsWith('jwt + opa')))];
@@ -270,6 +292,7 @@ async function main() {
       ['Go runner', await idleCpuMsPerSecond(goNoop.child.pid!)],
       [`Gatehouse, ${servedBy(workers)}`, await idleCpuMsPerSecond(gatehouse.child.pid!)],
       [`Gatehouse, ${servedBy(otherWorkers)}`, await idleCpuMsPerSecond(gatehouseOther.child.pid!)],
+      [`Gatehouse, no decision memo`, await idleCpuMsPerSecond(gatehouseNoMemo.child.pid!)],
     ] as const;
     const rows = scenarios.map((s) => medianRow(results.get(s.name)!));
     const byName = new Map(rows.map((r) => [r.name, r]));

@@ -57,6 +57,7 @@ func main() {
 	path := flag.String("path", "/llm/v1/chat/completions", "request path")
 	method := flag.String("method", "GET", "request method")
 	rate := flag.Float64("rate", 0, "calls per second over all connections, each connection on its own fixed schedule (0: back to back, as fast as answered)")
+	distinct := flag.Bool("distinct-paths", false, "make every call's path distinct: -path plus \"/\" and 8 hex digits, rewritten in place per call (inputs that never repeat)")
 	flag.Var(&extra, "header", "extra request header \"name: value\" (repeatable)")
 	flag.Parse()
 
@@ -87,6 +88,10 @@ func main() {
 		{Name: "accept", Value: "*/*"},
 	}, extra...)
 
+	callPath := *path
+	if *distinct {
+		callPath += "/00000000"
+	}
 	var workers []*worker
 	dialErrors := 0
 	for i := 0; i < *conns; i++ {
@@ -100,11 +105,16 @@ func main() {
 		w := &worker{
 			conn:  c,
 			r:     bufio.NewReaderSize(c, 64<<10),
-			frame: buildReqCall(*path, m, headers, token),
+			frame: buildReqCall(callPath, m, headers, token),
 			id:    uint32(i + 1),
 			step:  uint32(*conns),
 		}
 		w.req = hrc.GetRootAsReq(w.frame[4:], 0)
+		if *distinct {
+			// A view into the frame: the last 8 bytes of the path, patched per call.
+			p := w.req.Path()
+			w.pathSuffix = p[len(p)-8:]
+		}
 		workers = append(workers, w)
 	}
 	if len(workers) == 0 {
@@ -256,6 +266,8 @@ type worker struct {
 	end      time.Time     // when the last call finished
 	period   time.Duration // with -rate: time between this connection's calls (0: back to back)
 	due      time.Time     // with -rate: when the next call is due
+	// with -distinct-paths: the path's last 8 bytes inside frame, set to the call's id in hex
+	pathSuffix []byte
 }
 
 // run makes calls back to back (or, with a period, each when it is due, at
@@ -275,6 +287,12 @@ func (w *worker) run(measureFrom, deadline time.Time) {
 		w.id += w.step
 		if !w.req.MutateId(id) {
 			fail("cannot patch the request id")
+		}
+		if w.pathSuffix != nil {
+			const hex = "0123456789abcdef"
+			for i := 7; i >= 0; i-- {
+				w.pathSuffix[i] = hex[(id>>(4*(7-i)))&0xf]
+			}
 		}
 		t0 := time.Now()
 		_, err := w.conn.Write(w.frame)
