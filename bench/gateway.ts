@@ -41,8 +41,8 @@
 // Scenario, e.g. example,jwtOpa,exampleOther,jwtOpaOther), RUNNER_WORKERS for Gatehouse's runner (default: the runner's own, half the cores),
 // BENCH_CPU_PROF=<dir>: afterwards, a third APISIX instance whose runner runs
 // under `node --cpu-prof` (its one process, or primary and workers: cluster passes execArgv on)
-// takes the jwt + opa load alone; the profiles are written to <dir> and the
-// top functions by self time printed.
+// takes the jwt + opa load alone (or BENCH_CPU_PROF_ROW's, a Gatehouse row's key); the profiles
+// are written to <dir> and the top functions by self time printed.
 import { execFile, execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -86,6 +86,7 @@ const workers = workerCount(process.env.RUNNER_WORKERS);
 const otherWorkers = otherWorkerCount(workers);
 const otherCount = `${otherWorkers} worker${otherWorkers === 1 ? '' : 's'}`;
 const profileDir = process.env.BENCH_CPU_PROF ? resolve(process.env.BENCH_CPU_PROF) : null;
+const profileRow = process.env.BENCH_CPU_PROF_ROW?.trim() || 'jwtOpa';
 const here = fileURLToPath(new URL('.', import.meta.url));
 const root = join(here, '..', '..');
 const execFileAsync = promisify(execFile);
@@ -795,7 +796,9 @@ async function main({ processes, cleanups }: BenchScope) {
       config.setIn(['ext-plugin', 'cmd'], [cmd[0], '--cpu-prof', `--cpu-prof-dir=${profileDir}`, ...cmd.slice(1)]);
     });
     cleanups.unshift(() => profiled.stop());
-    const s = { ...scenarios.find((x) => x.key === 'jwtOpa')!, apisix: profiled, deciderPid: runnerPid(profiled) };
+    const row = scenarios.find((x) => x.key === profileRow && x.apisix === gatehouse);
+    if (!row) throw new Error(`BENCH_CPU_PROF_ROW: ${profileRow} is not a row of Gatehouse's main instance`);
+    const s = { ...row, apisix: profiled, deciderPid: runnerPid(profiled) };
     await expectStatus('profiled runner', 200, () => status(profiled, s.path, auth(token)));
     const primary = profiled.runnerPid()!;
     // The workers, or with one worker the runner's only process.
