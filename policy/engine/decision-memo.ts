@@ -40,6 +40,13 @@ export const MEMO_WINDOW = 1024;
 export const MEMO_REST_WINDOWS = 64;
 /** Each entry's bookkeeping beyond its characters, bytes (an estimate: key, value and LRU slots). */
 const ENTRY_OVERHEAD_BYTES = 128;
+/**
+ * Bytes counted per character: a key is a flat string (at most two bytes a
+ * character); a result is a parsed JSON value, whose objects and numbers
+ * take more than their text, so it is counted at twice that.
+ */
+const KEY_BYTES_PER_CHAR = 2;
+const RESULT_BYTES_PER_CHAR = 4;
 
 /**
  * The decision cache's size, bytes, from POLICY_DECISION_CACHE_MB (default
@@ -96,7 +103,7 @@ export class DecisionMemo {
 
   /** @internal (MemoScope) */
   set(key: string, result: unknown, resultChars: number): void {
-    this.entries.set(key, { result }, { size: ENTRY_OVERHEAD_BYTES + 2 * (key.length + resultChars) });
+    this.entries.set(key, { result }, { size: ENTRY_OVERHEAD_BYTES + KEY_BYTES_PER_CHAR * key.length + RESULT_BYTES_PER_CHAR * resultChars });
   }
 
   /** @internal (MemoScope) */

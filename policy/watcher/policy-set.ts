@@ -52,10 +52,10 @@ export interface LoadedPolicy extends PolicyBytes {
    * every policy it is given to. The policy is shown only the parts of the
    * input its metadata's `inputRefs` name (InputProjection); a version whose
    * `inputRefs` cannot be read is unloadable. A decision on a projected
-   * input may be answered from the decision memo (engine/decision-memo.ts):
-   * exactly what the evaluation would return, frozen. `options.wait` false: rejected
-   * at once where the tenant would have to wait its turn
-   * (EvaluationWouldWaitError).
+   * SerialisedInput may be answered from the decision memo
+   * (engine/decision-memo.ts): exactly what the evaluation would return,
+   * frozen. `options.wait` false: rejected at once where the tenant would
+   * have to wait its turn (EvaluationWouldWaitError).
    */
   evaluate(tenant: string, input: unknown, options?: EvaluateOptions): Promise<unknown>;
   /** Builds the engine wherever decisions will run (before a swap). */
