@@ -46,11 +46,10 @@ import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
-import { createHash } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
 import pLimit, { type LimitFunction } from 'p-limit';
 import { list as listTar } from 'tar'; // reads the gzipped bundle opa writes, without a tar binary
-import type { PolicySubmission } from '../policy/store/index.js';
+import { sha256Hex, type PolicySubmission } from '../policy/store/index.js';
 import { policyInputSchema } from '../plugins/opa/input-schema.js';
 import { meterWasm } from '../policy/engine/metering.js';
 import { MAX_INPUT_REF_DEPTH, MAX_INPUT_REFS } from '../policy/engine/serialised-input.js';
@@ -526,7 +525,7 @@ export class RegoCompiler {
    */
   private async inputRefs(workDir: string, rego: string, entrypoint: string, syntaxVersion: RegoSyntaxVersion): Promise<string[][] | undefined> {
     if (syntaxVersion === 'v0') return undefined;
-    const key = createHash('sha256').update(rego).digest('hex');
+    const key = sha256Hex(rego);
     const known = this.refsByRego.get(key);
     if (known) return known.refs;
     const query = `data${entrypoint
