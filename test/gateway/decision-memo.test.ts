@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { pino } from 'pino';
 import type { Etcd3 } from 'etcd3';
 import { startEtcd, type TestEtcd } from '../support/etcd.js';
-import { EtcdPolicyWriter, NESTED_LOOP_REGO } from '../support/policies.js';
+import { EtcdPolicyWriter, NESTED_LOOP_REGO, untilWatcherAt } from '../support/policies.js';
 import { createEtcdClient } from '../../etcd/index.js';
 import { policySubmission } from '../../cms/rego-compiler.js';
 import { SerialisedInput } from '../../policy/engine/serialised-input.js';
@@ -128,10 +128,7 @@ describe('a gateway with the decision memo', () => {
     const submission = policySubmission(rego, JSON.stringify(data), compiled, 'test');
     if (options.wholeInput) delete submission.inputRefs;
     const { revision } = await writer.store.put(name, submission);
-    for (let waited = 0; watcher.current.revision < revision; waited += 10) {
-      if (waited > 10_000) throw new Error(`the watcher did not reach revision ${revision}`);
-      await new Promise((r) => setTimeout(r, 10));
-    }
+    await untilWatcherAt(watcher, revision);
   }
 
   const decide = (name: string, tenant: string, value: unknown) => watcher.current.get(name)!.evaluate(tenant, input(value));

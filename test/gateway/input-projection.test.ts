@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { pino } from 'pino';
 import type { Etcd3 } from 'etcd3';
 import { startEtcd, type TestEtcd } from '../support/etcd.js';
-import { EtcdPolicyWriter } from '../support/policies.js';
+import { EtcdPolicyWriter, untilWatcherAt } from '../support/policies.js';
 import { createEtcdClient } from '../../etcd/index.js';
 import { policySubmission } from '../../cms/rego-compiler.js';
 import { inputFor, InputProjection, SerialisedInput } from '../../policy/engine/serialised-input.js';
@@ -118,10 +118,7 @@ describe('a gateway and the input refs of a version', () => {
     const { inputRefs: _compiled, ...rest } = policySubmission(ROLE_POLICY, '{}', compiled, 'test');
     const submission = inputRefs === undefined ? rest : { ...rest, inputRefs: inputRefs as string[][] };
     const { revision } = await writer.store.put(name, submission);
-    for (let waited = 0; watcher.current.revision < revision; waited += 10) {
-      if (waited > 10_000) throw new Error(`the watcher did not reach revision ${revision}`);
-      await new Promise((r) => setTimeout(r, 10));
-    }
+    await untilWatcherAt(watcher, revision);
   }
 
   it('shows a policy only the parts its metadata names', async () => {

@@ -1,6 +1,7 @@
 // Writes real compiled policies into a real etcd, through the same compiler
 // and store the CMS uses, for tests that need policies without the HTTP API.
 import type { Etcd3 } from 'etcd3';
+import type { PolicyWatcher } from '../../policy/watcher/watcher.js';
 import { RegoCompiler, policySubmission } from '../../cms/rego-compiler.js';
 import { PolicyStore } from '../../policy/store/index.js';
 import { opaPath as findOpa } from '../../runtime/paths.js';
@@ -28,5 +29,13 @@ export class EtcdPolicyWriter {
     }
     const result = await this.store.put(name, policySubmission(rego, JSON.stringify(data), compiled, author));
     return result.meta.version;
+  }
+}
+
+/** Resolves once `watcher` has loaded etcd's `revision` (a write's); throws after 10 s. */
+export async function untilWatcherAt(watcher: PolicyWatcher, revision: number): Promise<void> {
+  for (let waited = 0; watcher.current.revision < revision; waited += 10) {
+    if (waited > 10_000) throw new Error(`the watcher did not reach revision ${revision}`);
+    await new Promise((r) => setTimeout(r, 10));
   }
 }
