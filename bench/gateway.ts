@@ -13,6 +13,7 @@
 //   Go runner: pass-through             the official Go runner (bench/go/go-runner) with its no-op plugin,
 //                                       on an APISIX instance of its own (ext-plugin.cmd is per instance)
 //   Gatehouse: example (pass-through)   Gatehouse's runner, `example {}`
+//   Gatehouse: jwt alone                the chain's first plugin alone: the token verified, the identity forwarded
 //   Gatehouse: jwt + opa                /rag/ask as apisix-conf/apisix.yaml has it: platform + caller's project
 //   Gatehouse: jwt + opa, shadowed     the same route for a project whose policy has a candidate evaluated
 //                                       after every decision (sample_percent 100) that agrees with it; and for
@@ -211,6 +212,7 @@ interface Scenario {
     | 'opaDecision'
     | 'goRunner'
     | 'example'
+    | 'jwtOnly'
     | 'jwtOpa'
     | 'jwtOpaShadow'
     | 'jwtOpaRunaway'
@@ -456,6 +458,14 @@ async function main({ processes, cleanups }: BenchScope) {
     plugins: { prometheus: {}, 'ext-plugin-pre-req': { conf: [{ name: 'example', value: '{}' }], allow_degradation: false } },
     upstream_id: 'rag',
   });
+  // The /rag/ask chain's first plugin alone: what verifying the token and forwarding the identity cost
+  // (through the runner and APISIX, which applies the headers it sets), before any policy.
+  routes.addIn(['routes'], {
+    id: 'jwt-only',
+    uris: ['/jwt-only/*'],
+    plugins: { prometheus: {}, 'ext-plugin-pre-req': { conf: [{ name: 'jwt', value: '{}' }], allow_degradation: false } },
+    upstream_id: 'rag',
+  });
   // The /rag/ask chain with policies stored without their input refs: each shown the whole input, as
   // before gateways showed a policy only the parts it reads. The platform policy's Rego is stored as a
   // project's (the platform policy is one name for every route), so the route names it as project:.
@@ -579,6 +589,15 @@ async function main({ processes, cleanups }: BenchScope) {
       headers: [bearer],
     },
     {
+      key: 'jwtOnly',
+      name: 'Gatehouse runner: jwt alone (the token verified, the identity forwarded)',
+      decider: 'runner',
+      apisix: gatehouse,
+      deciderPid: runnerPid(gatehouse),
+      path: '/jwt-only/ask',
+      headers: [bearer],
+    },
+    {
       key: 'jwtOpa',
       name: 'Gatehouse runner: jwt + opa (platform + project, /rag/ask)',
       decider: 'runner',
@@ -679,6 +698,8 @@ async function main({ processes, cleanups }: BenchScope) {
     await expectStatus(`${s.name}, no token`, 401, () => status(s.apisix, s.path), 1);
     await expectStatus(`${s.name}, another project's caller`, 403, () => status(s.apisix, s.path, auth(outsider)), 1);
   }
+  const jwtOnly = scenarios.find((x) => x.key === 'jwtOnly')!;
+  await expectStatus(`${jwtOnly.name}, no token`, 401, () => status(jwtOnly.apisix, jwtOnly.path), 1);
   await expectStatus(
     'LLM route, a model the project does not allow',
     403,
@@ -757,6 +778,8 @@ async function main({ processes, cleanups }: BenchScope) {
     console.log(`| runner CPU per request on the /rag/ask chain | ${chainCpu.toFixed(1)} µs | <= 60 µs | ${chainCpu <= 60 ? 'met' : 'NOT met'} |`);
   }
   const reported: [string, Scenario['key'], Scenario['key']][] = [
+    ['jwt alone vs pass-through: what the token and its forwarded identity cost', 'jwtOnly', 'example'],
+    ['jwt + opa vs jwt alone: what the two policies cost', 'jwtOpa', 'jwtOnly'],
     ['jwt + opa with traces on vs off', 'jwtOpaTraced', 'jwtOpa'],
     ['jwt + opa, each policy shown the parts of the input it reads vs the whole input', 'jwtOpa', 'jwtOpaWholeInput'],
     ['jwt + opa with the decision memo vs without (every request repeats the same input)', 'jwtOpa', 'jwtOpaNoMemo'],
