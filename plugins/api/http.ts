@@ -116,16 +116,26 @@ export interface GatewayRequestInit {
   path: string;
   /** The client address, or how to get it (formatted only when a plugin asks). */
   srcIp: string | (() => string);
-  headers: { name: string; value: string | null }[];
-  args: { name: string; value: string | null }[];
+  /** The headers, or how to get them (read only when a plugin first reads a header). */
+  headers: readonly TextField[] | (() => readonly TextField[]);
+  /** The query arguments, or how to get them (read only when a plugin first reads one). */
+  args: readonly TextField[] | (() => readonly TextField[]);
+}
+
+/** A header or query argument as APISIX sends it (a bare flag has value null). */
+export interface TextField {
+  name: string;
+  value: string | null;
+}
+
+function fields(source: readonly TextField[] | (() => readonly TextField[])): readonly TextField[] {
+  return typeof source === 'function' ? source() : source;
 }
 
 /** The client request as the gateway sees it; changes become a Rewrite. */
 export class GatewayRequest {
   readonly id: number;
   readonly method: string;
-  /** The query arguments as APISIX sent them (a bare flag has value null). */
-  readonly originalArgs: readonly { name: string; value: string | null }[];
   private currentPath: string;
   private pathChanged = false;
   private newBody: Bytes | null = null;
@@ -133,6 +143,7 @@ export class GatewayRequest {
   // Built on first use: a chain that reads nothing pays for nothing.
   private address: string | (() => string);
   private headerMap: FieldMap | null = null;
+  private argList: readonly TextField[] | null = null;
   private argMap: FieldMap | null = null;
   private responseHeaderMap: FieldMap | null = null;
 
@@ -144,7 +155,11 @@ export class GatewayRequest {
     this.method = init.method;
     this.address = init.srcIp;
     this.currentPath = init.path;
-    this.originalArgs = init.args;
+  }
+
+  /** The query arguments as APISIX sent them (a bare flag has value null). */
+  get originalArgs(): readonly TextField[] {
+    return (this.argList ??= fields(this.init.args));
   }
 
   /** Client address, IPv4 dotted or IPv6 text form. */
@@ -154,11 +169,11 @@ export class GatewayRequest {
   }
 
   get headers(): FieldMap {
-    return (this.headerMap ??= new FieldMap(this.init.headers, lowerCase));
+    return (this.headerMap ??= new FieldMap(fields(this.init.headers), lowerCase));
   }
 
   get args(): FieldMap {
-    return (this.argMap ??= new FieldMap(this.init.args));
+    return (this.argMap ??= new FieldMap(this.originalArgs));
   }
 
   /** Headers APISIX adds to the client's response (Rewrite resp_headers). */

@@ -27,6 +27,7 @@ import {
   HTTP_METHODS,
   type ErrorResponse,
   type ExtraInfoRequest,
+  type HttpMethod,
   type ExtraInfoResponse,
   type HttpReqCallRequest,
   type HttpReqCallResponse,
@@ -181,6 +182,55 @@ export function decodeHttpReqCallRequest(payload: Uint8Array): HttpReqCallReques
     headers: readEntries(req.headersLength(), (i, e) => req.headers(i, e)),
     confToken: req.confToken(),
   };
+}
+
+/**
+ * An HTTPReqCall as the runner reads it. The whole payload is verified on
+ * arrival, as decodeHttpReqCallRequest does, so a broken frame is refused
+ * before any plugin runs; its args, headers and source address are decoded
+ * when first read, so a chain that reads none of them (a pass-through) pays
+ * for none. It holds a view of the payload until then: the frame reader hands
+ * each payload out once and never writes to it again.
+ */
+class ReceivedHttpReqCall implements HttpReqCallRequest {
+  readonly id: number;
+  readonly method: HttpMethod;
+  readonly path: string;
+  readonly confToken: number;
+  readonly #req: FbReqCallReq;
+  #srcIp: Uint8Array | null = null;
+  #args: TextEntry[] | null = null;
+  #headers: TextEntry[] | null = null;
+
+  constructor(req: FbReqCallReq, method: HttpMethod) {
+    this.#req = req;
+    this.id = req.id();
+    this.method = method;
+    this.path = req.path() ?? '';
+    this.confToken = req.confToken();
+  }
+
+  get srcIp(): Uint8Array {
+    return (this.#srcIp ??= copyBytes(this.#req.srcIpArray()) ?? new Uint8Array(0));
+  }
+
+  get args(): TextEntry[] {
+    const req = this.#req;
+    return (this.#args ??= readEntries(req.argsLength(), (i, e) => req.args(i, e)));
+  }
+
+  get headers(): TextEntry[] {
+    const req = this.#req;
+    return (this.#headers ??= readEntries(req.headersLength(), (i, e) => req.headers(i, e)));
+  }
+}
+
+/** An HTTPReqCall verified now, its args, headers and source address decoded on first read (ReceivedHttpReqCall). */
+export function receiveHttpReqCallRequest(payload: Uint8Array): HttpReqCallRequest {
+  const req = FbReqCallReq.getRootAsReq(open(payload, Schema.HTTPReqCallReq));
+  const method = HTTP_METHODS[req.method()];
+  if (!method) throw new MalformedPayloadError(`unknown method enum ${req.method()}`);
+  return new ReceivedHttpReqCall(req, method);
 }
 
 function buildHttpReqCallResponse(builder: flatbuffers.Builder, msg: HttpReqCallResponse): flatbuffers.Offset {

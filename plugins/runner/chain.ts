@@ -79,8 +79,9 @@ export async function runRequestChain(
       method: call.method,
       path: call.path,
       srcIp: () => formatIp(call.srcIp),
-      headers: call.headers,
-      args: call.args,
+      // The call decodes its headers and args when a plugin first reads them.
+      headers: () => call.headers,
+      args: () => call.args,
     },
     extra,
   );

@@ -11,7 +11,7 @@ import {
   MalformedPayloadError,
   RpcType,
   decodeExtraInfoResponse,
-  decodeHttpReqCallRequest,
+  receiveHttpReqCallRequest,
   decodeHttpRespCallRequest,
   decodePrepareConfRequest,
   encodeErrorResponse,
@@ -245,7 +245,7 @@ export class Runner {
       case RpcType.PrepareConf:
         return this.prepareConf(conn, frame.payload);
       case RpcType.HTTPReqCall: {
-        const call = decodeHttpReqCallRequest(frame.payload);
+        const call = receiveHttpReqCallRequest(frame.payload);
         const chain = this.confs.get(call.confToken);
         if (!chain) return this.sendError(conn, 'CONF_TOKEN_NOT_FOUND');
         let answer: Buffer;

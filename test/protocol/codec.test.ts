@@ -187,6 +187,54 @@ describe('malformed payloads', () => {
   });
 });
 
+describe('an HTTPReqCall as the runner receives it', () => {
+  const readAll = (call: HttpReqCallRequest) => ({
+    id: call.id,
+    srcIp: call.srcIp,
+    method: call.method,
+    path: call.path,
+    args: call.args,
+    headers: call.headers,
+    confToken: call.confToken,
+  });
+
+  it('reads as the eager decoder does, each field decoded once', () => {
+    const payload = codec.encodeHttpReqCallRequest(sampleReq);
+    const call = codec.receiveHttpReqCallRequest(payload);
+    expect(readAll(call)).toEqual(sampleReq);
+    expect(readAll(call)).toEqual(codec.decodeHttpReqCallRequest(payload));
+    expect(call.headers).toBe(call.headers);
+    expect(call.args).toBe(call.args);
+  });
+
+  it('is verified whole on arrival: a broken frame is refused before any field is read', () => {
+    const good = codec.encodeHttpReqCallRequest(sampleReq);
+    let refused = 0;
+    for (let cut = 0; cut < good.length; cut++) {
+      let call: HttpReqCallRequest;
+      try {
+        call = codec.receiveHttpReqCallRequest(good.subarray(0, cut));
+      } catch (err) {
+        expect((err as Error).name).toBe('MalformedPayloadError');
+        refused++;
+        continue;
+      }
+      // What was accepted reads without throwing, headers and args included.
+      expect(() => readAll(call)).not.toThrow();
+    }
+    expect(refused).toBeGreaterThan(0);
+    expect(() => codec.receiveHttpReqCallRequest(aliasedHeaders(20_000, 12 * 1024))).toThrow(/would decode into more than/);
+  });
+
+  it('owns its source address: a later change to the frame does not reach it once read', () => {
+    const payload = Buffer.from(codec.encodeHttpReqCallRequest(sampleReq));
+    const call = codec.receiveHttpReqCallRequest(payload);
+    const ip = call.srcIp;
+    payload.fill(0);
+    expect(Array.from(ip)).toEqual([127, 0, 0, 1]);
+  });
+});
+
 describe('framing', () => {
   it('reassembles frames split and joined arbitrarily', () => {
     const a = encodeFrame(RpcType.PrepareConf, new Uint8Array([1, 2, 3]));
