@@ -68,10 +68,16 @@ export class FieldMap {
     for (const [name, list] of this.values) for (const value of list) yield [name, value];
   }
 
-  /** Plain object view (first value per name), handy for policy input. */
-  toObject(): Record<string, string | string[]> {
+  /** Plain object view: a name's value, or its values when repeated; the names `omit` picks are left out. */
+  toObject(omit?: (name: string) => boolean): Record<string, string | string[]> {
     const out: Record<string, string | string[]> = {};
-    for (const [name, list] of this.values) out[name] = list.length === 1 ? list[0]! : [...list];
+    for (const [name, list] of this.values) {
+      if (list.length === 0 || omit?.(name)) continue;
+      const value = list.length === 1 ? list[0]! : [...list];
+      // A header may be named "__proto__": assigned, it would set the object's prototype instead.
+      if (name === '__proto__') Object.defineProperty(out, name, { value, enumerable: true, writable: true, configurable: true });
+      else out[name] = value;
+    }
     return out;
   }
 

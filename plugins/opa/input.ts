@@ -81,13 +81,7 @@ export interface InputOptions {
 }
 
 function headerMap(request: GatewayRequest, credentialHeaders: ReadonlySet<string> | undefined): Record<string, string | string[]> {
-  const out: Record<string, string | string[]> = {};
-  for (const name of request.headers.keys()) {
-    if (isCredentialHeader(name, credentialHeaders)) continue;
-    const values = request.headers.getAll(name);
-    out[name] = values.length === 1 ? values[0]! : values;
-  }
-  return out;
+  return request.headers.toObject((name) => isCredentialHeader(name, credentialHeaders));
 }
 
 function queryMap(entries: readonly { name: string; value: string | null }[]): PolicyInput['request']['query'] {
@@ -95,10 +89,14 @@ function queryMap(entries: readonly { name: string; value: string | null }[]): P
   for (const { name, value } of entries) {
     if (isCredentialQueryParameter(name)) continue;
     const v: string | true = value === null ? true : value;
-    const existing = out[name];
-    if (existing === undefined) out[name] = v;
-    else if (Array.isArray(existing)) existing.push(v);
-    else out[name] = [existing, v];
+    const existing = Object.hasOwn(out, name) ? out[name] : undefined;
+    if (Array.isArray(existing)) existing.push(v);
+    else {
+      const value = existing === undefined ? v : [existing, v];
+      // A parameter may be named "__proto__": assigned, it would set the object's prototype instead.
+      if (name === '__proto__') Object.defineProperty(out, name, { value, enumerable: true, writable: true, configurable: true });
+      else out[name] = value;
+    }
   }
   return out;
 }

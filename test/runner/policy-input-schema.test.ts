@@ -100,7 +100,36 @@ describe('the policy input schema (plugins/opa/input.schema.json)', () => {
     expect(built.vars!.request).toMatchObject({ scheme: 'https', host: 'api.example.test', port: 9443 });
     expect(built.truncated).toMatchObject({ body: null, truncated: { body: true } });
     expect(built.plain!.request.query).toEqual({ tag: ['a', true], debug: true, page: '2' });
+    // Repeated headers are a list, names are lower-case, the Authorization header is withheld.
+    expect(built.plain!.request.headers).toEqual({ host: 'upstream.test', 'x-tag': ['a', 'b'] });
     for (const document of Object.values(built)) expectValid(validInput, JSON.parse(JSON.stringify(document)));
+  });
+
+  it('a header or query parameter named "__proto__", "toString" or "constructor" is a key of its map like any other', async () => {
+    const withProto = new GatewayRequest(
+      {
+        id: 2,
+        method: 'GET',
+        path: '/',
+        srcIp: '10.0.0.7',
+        headers: [
+          { name: '__proto__', value: 'a' },
+          { name: '__proto__', value: 'b' },
+        ],
+        args: [
+          { name: '__proto__', value: 'x' },
+          { name: '__proto__', value: 'y' },
+          { name: 'toString', value: 's' },
+          { name: 'constructor', value: null },
+        ],
+      },
+      { variable: () => Promise.resolve(null), requestBody: () => Promise.reject(new Error('no')), responseBody: () => Promise.reject(new Error('no')) },
+    );
+    const input = await buildPolicyInput(withProto, { user: null, project: null }, { withVars: false, withBody: false, maxBodyBytes: 0 });
+    expect(Object.getPrototypeOf(input.request.headers)).toBe(Object.prototype);
+    expect(Object.getPrototypeOf(input.request.query)).toBe(Object.prototype);
+    expect(JSON.stringify(input.request.headers)).toBe('{"__proto__":["a","b"]}');
+    expect(JSON.stringify(input.request.query)).toBe('{"__proto__":["x","y"],"toString":"s","constructor":true}');
   });
 
   it("names every field the gateway sends, and no other but the decision API's (route, service, consumer)", async () => {
