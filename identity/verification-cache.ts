@@ -5,7 +5,7 @@
 // JWKS file stops working at once (within the verifier's look at the file).
 // Failures are never cached.
 import { LRUCache } from 'lru-cache';
-import { bearerToken, type Identity, type IdentityVerifier } from './verifier.js';
+import { bearerToken, verifyHeader, type Identity, type IdentityVerifier } from './verifier.js';
 
 export interface VerificationCacheOptions {
   maxEntries?: number;
@@ -18,10 +18,14 @@ export function cachingVerifier(inner: IdentityVerifier, options: VerificationCa
   const maxAgeMs = options.maxAgeMs ?? 30_000;
   const cache = new LRUCache<string, { identity: Identity; until: number; keys: number }>({ max: options.maxEntries ?? 10_000 });
 
-  async function verifyToken(token: string): Promise<Identity> {
-    const keys = inner.keysGeneration();
+  function remembered(token: string): Identity | undefined {
     const hit = cache.get(token);
-    if (hit && hit.until > now() && hit.keys === keys) return hit.identity;
+    return hit && hit.until > now() && hit.keys === inner.keysGeneration() ? hit.identity : undefined;
+  }
+
+  async function verifyToken(token: string): Promise<Identity> {
+    const hit = remembered(token);
+    if (hit) return hit;
     const identity = await inner.verifyToken(token);
     const exp = typeof identity.claims.exp === 'number' ? identity.claims.exp * 1000 : Number.POSITIVE_INFINITY;
     const until = Math.min(now() + maxAgeMs, exp);
@@ -31,9 +35,20 @@ export function cachingVerifier(inner: IdentityVerifier, options: VerificationCa
 
   return {
     verifyToken,
-    async verifyAuthorizationHeader(header) {
-      return verifyToken(bearerToken(header));
+    verifyAuthorizationHeader: (header) => verifyHeader(verifyToken, header),
+    rememberedIdentity(header) {
+      // Only a well-formed header's token was ever remembered; anything else is verified, and refused there.
+      const token = header === undefined ? undefined : wellFormedToken(header);
+      return token === undefined ? undefined : remembered(token);
     },
     keysGeneration: () => inner.keysGeneration(),
   };
+}
+
+function wellFormedToken(header: string): string | undefined {
+  try {
+    return bearerToken(header);
+  } catch {
+    return undefined;
+  }
 }

@@ -34,6 +34,12 @@ export interface IdentityVerifier {
   /** Extracts the bearer token from an Authorization header value, then verifies it. */
   verifyAuthorizationHeader(header: string | undefined): Promise<Identity>;
   /**
+   * The identity of an Authorization header value verified a moment ago and
+   * still valid, at once; undefined when there is none (verify it then). A
+   * verifier that remembers nothing leaves it out.
+   */
+  rememberedIdentity?(header: string | undefined): Identity | undefined;
+  /**
    * Changes whenever the signing keys change (a JWKS file re-read with other
    * contents), so that whoever remembers verifications forgets them: a key
    * removed from the file revokes its tokens at once. Cheap; it looks at the
@@ -221,11 +227,20 @@ export function createIdentityVerifier(config: IdentityConfig): IdentityVerifier
 
   return {
     verifyToken,
-    async verifyAuthorizationHeader(header) {
-      return verifyToken(bearerToken(header));
-    },
+    verifyAuthorizationHeader: (header) => verifyHeader(verifyToken, header),
     keysGeneration: () => keys.generation(),
   };
+}
+
+/** `verify`'s answer for the bearer token of `header`; rejects (never throws) when there is none. */
+export function verifyHeader(verify: (token: string) => Promise<Identity>, header: string | undefined): Promise<Identity> {
+  let token: string;
+  try {
+    token = bearerToken(header);
+  } catch (error) {
+    return Promise.reject(error);
+  }
+  return verify(token);
 }
 
 /** The token of an `Authorization: Bearer <token>` header; the scheme is case-insensitive (RFC 9110). */

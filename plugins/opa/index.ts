@@ -214,48 +214,54 @@ export function createOpaPlugin(deps: OpaPluginDeps): Plugin<OpaConf> {
       };
     },
 
-    async requestFilter(conf, request, response, ctx) {
-      const log = decisionLog.log;
-      const logged = log !== null && shouldLog(conf.decisionLog);
+    requestFilter(conf, request, response, ctx) {
+      const logged = decisionLog.log !== null && shouldLog(conf.decisionLog);
       // The trail feeds the decision log and the span (runner traces); without either, none is kept.
       if (!logged && !ctx.trace) return decide(conf, request, response, ctx, null);
-      const started = process.hrtime.bigint();
-      const trail: DecisionTrail = { input: null, policies: [], outcome: null };
-      try {
-        await decide(conf, request, response, ctx, trail);
-      } finally {
-        const status = response.stopped ? response.status || 200 : 200;
-        const result = trail.outcome ?? (response.stopped ? (status >= 500 ? 'error' : 'deny') : 'allow');
-        // The policies' names, versions and results: never the input.
-        ctx.trace?.attributes({
-          'gatehouse.policy.names': trail.policies.map((p) => p.name),
-          'gatehouse.policy.versions': trail.policies.map((p) => p.version),
-          'gatehouse.policy.results': trail.policies.map((p) => p.result),
-          'gatehouse.decision.result': result,
-        });
-        if (logged)
-          log.emit({
-            time: new Date().toISOString(),
-            gateway: decisionLog.gateway,
-            route: ctx.route ?? null,
-            policies: trail.policies,
-            result,
-            status,
-            latencyUs: Math.round(Number(process.hrtime.bigint() - started) / 1000),
-            input: trail.input,
-            mask: conf.decisionLog.mask,
-          });
-      }
+      return decideWithTrail(conf, request, response, ctx, logged);
     },
   };
 
+  /** decide, keeping what it went through for the decision log (when `logged`) and the request's span. */
+  async function decideWithTrail(conf: OpaConf, request: GatewayRequest, response: StopResponse, ctx: CallContext, logged: boolean): Promise<void> {
+    const started = process.hrtime.bigint();
+    const trail: DecisionTrail = { input: null, policies: [], outcome: null };
+    try {
+      await decide(conf, request, response, ctx, trail);
+    } finally {
+      const status = response.stopped ? response.status || 200 : 200;
+      const result = trail.outcome ?? (response.stopped ? (status >= 500 ? 'error' : 'deny') : 'allow');
+      // The policies' names, versions and results: never the input.
+      ctx.trace?.attributes({
+        'gatehouse.policy.names': trail.policies.map((p) => p.name),
+        'gatehouse.policy.versions': trail.policies.map((p) => p.version),
+        'gatehouse.policy.results': trail.policies.map((p) => p.result),
+        'gatehouse.decision.result': result,
+      });
+      if (logged)
+        decisionLog.log?.emit({
+          time: new Date().toISOString(),
+          gateway: decisionLog.gateway,
+          route: ctx.route ?? null,
+          policies: trail.policies,
+          result,
+          status,
+          latencyUs: Math.round(Number(process.hrtime.bigint() - started) / 1000),
+          input: trail.input,
+          mask: conf.decisionLog.mask,
+        });
+    }
+  }
+
   async function decide(conf: OpaConf, request: GatewayRequest, response: StopResponse, ctx: CallContext, trail: DecisionTrail | null): Promise<void> {
     const identity = identitySlot.get(ctx);
-    const input: PolicyInput = await buildPolicyInput(
+    const built = buildPolicyInput(
       request,
       { user: userOf(identity), project: identity?.project ?? null },
       { withBody: conf.withBody, withVars: conf.withVars, maxBodyBytes: conf.maxBodyBytes, credentialHeaders: ctx.credentialHeaders },
     );
+    // Built at once unless it asks APISIX for something (vars, body): not waited on then.
+    const input: PolicyInput = built instanceof Promise ? await built : built;
     if (conf.budgets) {
       // Without the budgets read, a policy would see "no budget" where there is one.
       if (!(await conf.budgets.whenLoaded(BUDGETS_LOAD_WAIT_MS))) {

@@ -113,7 +113,30 @@ function parseBody(bytes: Uint8Array, contentType: string | null): unknown {
   return text;
 }
 
-export async function buildPolicyInput(
+/**
+ * The input document for `request`. Built at once, unless the options ask
+ * APISIX for variables or the body (ExtraInfo round trips): a promise then.
+ */
+export function buildPolicyInput(
+  request: GatewayRequest,
+  identity: { user: VerifiedUser | null; project: string | null },
+  options: InputOptions,
+): PolicyInput | Promise<PolicyInput> {
+  if (!options.withVars && !options.withBody) return inputDocument(request, identity, options, NO_VARS);
+  return withExtraInfo(request, identity, options);
+}
+
+interface InputVars {
+  host: string | null;
+  scheme: string | null;
+  server_addr: string | null;
+  server_port: string | null;
+  remote_port: string | null;
+}
+
+const NO_VARS: InputVars = { host: null, scheme: null, server_addr: null, server_port: null, remote_port: null };
+
+async function withExtraInfo(
   request: GatewayRequest,
   identity: { user: VerifiedUser | null; project: string | null },
   options: InputOptions,
@@ -126,8 +149,29 @@ export async function buildPolicyInput(
         server_port: await request.variable('server_port'),
         remote_port: await request.variable('remote_port'),
       }
-    : { host: null, scheme: null, server_addr: null, server_port: null, remote_port: null };
-  const input: PolicyInput = {
+    : NO_VARS;
+  const input = inputDocument(request, identity, options, vars);
+  if (options.withBody) {
+    // Too large by its own account: not even fetched.
+    const declared = Number(request.headers.get('content-length') ?? Number.NaN);
+    const bytes = Number.isFinite(declared) && declared > options.maxBodyBytes ? null : await request.body();
+    if (bytes === null || bytes.length > options.maxBodyBytes) {
+      input.body = null;
+      input.truncated = { body: true };
+    } else {
+      input.body = parseBody(bytes, request.headers.get('content-type'));
+    }
+  }
+  return input;
+}
+
+function inputDocument(
+  request: GatewayRequest,
+  identity: { user: VerifiedUser | null; project: string | null },
+  options: InputOptions,
+  vars: InputVars,
+): PolicyInput {
+  return {
     type: 'http',
     request: {
       scheme: vars.scheme ?? 'http',
@@ -148,16 +192,4 @@ export async function buildPolicyInput(
     user: identity.user,
     project: identity.project,
   };
-  if (options.withBody) {
-    // Too large by its own account: not even fetched.
-    const declared = Number(request.headers.get('content-length') ?? Number.NaN);
-    const bytes = Number.isFinite(declared) && declared > options.maxBodyBytes ? null : await request.body();
-    if (bytes === null || bytes.length > options.maxBodyBytes) {
-      input.body = null;
-      input.truncated = { body: true };
-    } else {
-      input.body = parseBody(bytes, request.headers.get('content-type'));
-    }
-  }
-  return input;
 }

@@ -65,6 +65,34 @@ describe('verification cache', () => {
     expect(calls).toBe(2);
   });
 
+  it('answers a header at once only for a token verified a moment ago, under the same rules', async () => {
+    let clock = Date.now();
+    const verifier = cachingVerifier(counting, { maxAgeMs: 1000, now: () => clock });
+    const token = await keys.token({ sub: 'd', role: 'r', project: 'p' });
+    // Never verified: nothing to answer from, whatever the header.
+    expect(verifier.rememberedIdentity!(`Bearer ${token}`)).toBeUndefined();
+    for (const header of [undefined, '', 'Bearer', `Basic ${token}`, `Bearer ${token} extra`]) expect(verifier.rememberedIdentity!(header)).toBeUndefined();
+    await verifier.verifyAuthorizationHeader(`Bearer ${token}`);
+    expect(verifier.rememberedIdentity!(`Bearer ${token}`)?.sub).toBe('d');
+    expect(verifier.rememberedIdentity!(`bearer   ${token} `)?.sub).toBe('d'); // the same token, as the header grammar allows it
+    expect(verifier.rememberedIdentity!(`Bearer ${token}x`)).toBeUndefined();
+    clock += 1001;
+    expect(verifier.rememberedIdentity!(`Bearer ${token}`)).toBeUndefined();
+    // A failure is never remembered, so never answered at once.
+    const forged = await keys.badSignatureToken({ sub: 'e' });
+    await expect(verifier.verifyAuthorizationHeader(`Bearer ${forged}`)).rejects.toMatchObject({ failure: 'bad_signature' });
+    expect(verifier.rememberedIdentity!(`Bearer ${forged}`)).toBeUndefined();
+  });
+
+  it('a header without a bearer token is refused as a rejection, never a throw', async () => {
+    const verifier = cachingVerifier(counting);
+    let pending: Promise<unknown> | undefined;
+    expect(() => (pending = verifier.verifyAuthorizationHeader('Basic abc'))).not.toThrow();
+    await expect(pending).rejects.toMatchObject({ failure: 'missing_token' });
+    expect(() => (pending = real.verifyAuthorizationHeader(undefined))).not.toThrow();
+    await expect(pending).rejects.toMatchObject({ failure: 'missing_token' });
+  });
+
   it('a key removed from the JWKS file revokes its tokens within about a second, cached or not', async () => {
     const file = `${keys.jwksFile}.revocable`;
     const kept = await generateKeyPair('ES256', { extractable: true });
@@ -98,6 +126,7 @@ describe('verification cache', () => {
       if (!refused) await new Promise((r) => setTimeout(r, 50));
     }
     expect(refused).toBe(true);
+    expect(verifier.rememberedIdentity!(`Bearer ${revokedToken}`)).toBeUndefined();
     expect((await verifier.verifyToken(keptToken)).sub).toBe('kept');
   });
 });
