@@ -41,7 +41,7 @@ import { WasmUnavailableError } from '../../policy/engine/cache.js';
 import { SerialisedInput } from '../../policy/engine/serialised-input.js';
 import { decidedModelSlot, identitySlot, llmCall } from '../api/slots.js';
 import type { Identity } from '../../identity/index.js';
-import { buildPolicyInput, type PolicyInput, type VerifiedUser } from './input.js';
+import { buildPolicyInput, DEFERRABLE_INPUT_PATHS, withRequestMaps, type InputOptions, type PolicyInput, type VerifiedUser } from './input.js';
 import { readDecision, type Decision } from './decision.js';
 import { BUDGETS_LOAD_WAIT_MS, type BudgetView, type GatewayBudgets } from '../../budget/gateway.js';
 import { LlmCallError } from '../../budget/call.js';
@@ -181,6 +181,12 @@ export interface OpaPluginDeps {
   candidates?: CandidateShadow;
 }
 
+/** Whether `policy` is shown any part of the input that a deferred build leaves out (withRequestMaps). */
+function readsDeferred(policy: LoadedPolicy): boolean {
+  for (const path of DEFERRABLE_INPUT_PATHS) if (policy.readsInput(path)) return true;
+  return false;
+}
+
 /** Whether two decision documents would be enforced alike (allow, status and model, as readDecision reads them). */
 function enforcedAlike(live: unknown, candidate: unknown): boolean {
   const a = readDecision(live);
@@ -255,11 +261,17 @@ export function createOpaPlugin(deps: OpaPluginDeps): Plugin<OpaConf> {
 
   async function decide(conf: OpaConf, request: GatewayRequest, response: StopResponse, ctx: CallContext, trail: DecisionTrail | null): Promise<void> {
     const identity = identitySlot.get(ctx);
-    const built = buildPolicyInput(
-      request,
-      { user: userOf(identity), project: identity?.project ?? null },
-      { withBody: conf.withBody, withVars: conf.withVars, maxBodyBytes: conf.maxBodyBytes, credentialHeaders: ctx.credentialHeaders },
-    );
+    // Headers and query are built when a policy that reads them is about to decide (or a candidate is
+    // shadowed); a decision logged keeps its whole input from the start.
+    const deferMaps = trail === null;
+    const inputOptions: InputOptions = {
+      withBody: conf.withBody,
+      withVars: conf.withVars,
+      maxBodyBytes: conf.maxBodyBytes,
+      credentialHeaders: ctx.credentialHeaders,
+      deferRequestMaps: deferMaps,
+    };
+    const built = buildPolicyInput(request, { user: userOf(identity), project: identity?.project ?? null }, inputOptions);
     // Built at once unless it asks APISIX for something (vars, body): not waited on then.
     const input: PolicyInput = built instanceof Promise ? await built : built;
     if (conf.budgets) {
@@ -336,6 +348,7 @@ export function createOpaPlugin(deps: OpaPluginDeps): Plugin<OpaConf> {
       const live = policy;
       const route = candidates?.route(live, set, identity?.sub ?? null) ?? { policy: live, shadowed: null };
       policy = route.policy;
+      if (deferMaps && (route.shadowed !== null || readsDeferred(policy))) withRequestMaps(input, request, inputOptions);
 
       let decision: Decision;
       const tenant = identity?.project ?? '';

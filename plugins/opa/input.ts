@@ -78,6 +78,30 @@ export interface InputOptions {
   maxBodyBytes: number;
   /** Credential headers beyond http/credentials' (lower-case), withheld too: the chain's (CallContext.credentialHeaders). */
   credentialHeaders?: ReadonlySet<string>;
+  /**
+   * Leave `request.headers` and `request.query` empty until withRequestMaps
+   * fills them in: for a decision whose policies may read neither (each is
+   * shown only the parts of the input it reads), building them is wasted.
+   */
+  deferRequestMaps?: boolean;
+}
+
+/** Where `request.headers` and `request.query` stand until withRequestMaps (deferRequestMaps). */
+// Frozen: a policy that were shown one by mistake could not make it look filled.
+const DEFERRED_HEADERS = Object.freeze({}) as PolicyInput['request']['headers'];
+const DEFERRED_QUERY = Object.freeze({}) as PolicyInput['request']['query'];
+
+/** The parts of the input that deferRequestMaps leaves out, as a policy's reads name them (LoadedPolicy.readsInput). */
+export const DEFERRABLE_INPUT_PATHS: readonly (readonly string[])[] = [
+  ['request', 'headers'],
+  ['request', 'query'],
+];
+
+/** Fills in the headers and query of a document built with deferRequestMaps; a complete one is left as it is. */
+export function withRequestMaps(input: PolicyInput, request: GatewayRequest, options: InputOptions): PolicyInput {
+  if (input.request.headers === DEFERRED_HEADERS) input.request.headers = headerMap(request, options.credentialHeaders);
+  if (input.request.query === DEFERRED_QUERY) input.request.query = queryMap(request.originalArgs);
+  return input;
 }
 
 function headerMap(request: GatewayRequest, credentialHeaders: ReadonlySet<string> | undefined): Record<string, string | string[]> {
@@ -179,8 +203,8 @@ function inputDocument(
       host: vars.host ?? request.headers.get('host') ?? '',
       port: vars.server_port === null ? null : Number(vars.server_port),
       path: request.path,
-      headers: headerMap(request, options.credentialHeaders),
-      query: queryMap(request.originalArgs),
+      headers: options.deferRequestMaps ? DEFERRED_HEADERS : headerMap(request, options.credentialHeaders),
+      query: options.deferRequestMaps ? DEFERRED_QUERY : queryMap(request.originalArgs),
     },
     var: {
       server_addr: vars.server_addr,

@@ -126,6 +126,18 @@ export class InputProjection {
     return new InputProjection(refs as InputRef[]);
   }
 
+  /** Whether this projection keeps anything at or under `path` (a prefix of some ref, or a ref that `path` extends). */
+  reads(path: InputRef): boolean {
+    let node: RefTree = this.tree;
+    for (const segment of path) {
+      const next = node.get(segment);
+      if (next === undefined) return false;
+      if (next === 'whole') return true;
+      node = next;
+    }
+    return true;
+  }
+
   /** The parts of `input` the refs name (a new document; `input` is not changed). */
   apply(input: unknown): unknown {
     return project(input, this.tree);

@@ -11,7 +11,7 @@
 import type { EngineCache, WasmLoader } from '../engine/cache.js';
 import type { PolicyEngine } from '../engine/index.js';
 import type { EvaluateOptions, Evaluator } from '../engine/evaluator.js';
-import { engineInput, inputFor, InputProjection, SerialisedInput } from '../engine/serialised-input.js';
+import { engineInput, inputFor, InputProjection, SerialisedInput, type InputRef } from '../engine/serialised-input.js';
 import type { DecisionMemo, MemoScope } from '../engine/decision-memo.js';
 import type { PolicyMetadata } from '../store/index.js';
 import type { SignatureProblem } from '../signing/index.js';
@@ -58,6 +58,13 @@ export interface LoadedPolicy extends PolicyBytes {
    * have to wait its turn (EvaluationWouldWaitError).
    */
   evaluate(tenant: string, input: unknown, options?: EvaluateOptions): Promise<unknown>;
+  /**
+   * Whether this version is shown anything at or under `path` of its input
+   * (its projection keeps some of it, or it is shown the whole input; true
+   * also for a version that cannot be loaded). A gateway may leave out of
+   * its input what no policy of a decision reads.
+   */
+  readsInput(path: InputRef): boolean;
   /** Builds the engine wherever decisions will run (before a swap). */
   prepare(): Promise<void>;
   /**
@@ -107,6 +114,7 @@ export function loadedPolicy(
       readyEngine: () => undefined,
       engine: () => Promise.reject(error),
       evaluate: () => Promise.reject(error),
+      readsInput: () => true,
       prepare: () => Promise.reject(error),
     };
   }
@@ -154,6 +162,7 @@ export function loadedPolicy(
             used = true;
             return evaluateShown(tenant, inputFor(input, projection), options);
           },
+    readsInput: (path) => projection === null || projection.reads(path),
     prepare: pool ? () => pool.prepare(target) : async () => void (await engines.engine(source)),
   };
 }

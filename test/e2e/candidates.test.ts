@@ -91,6 +91,8 @@ describe('a shadow candidate', () => {
     expect(report.samples.length).toBeGreaterThan(0);
     for (const sample of report.samples) {
       expect(sample.input.user.role).toBe('analyst');
+      // The whole input, though neither version reads a header: the sample shows what the request was.
+      expect(Object.keys(sample.input.request.headers)).toContain('host');
       expect(sample.live).toEqual({ allow: false });
       expect(sample.candidate).toEqual({ allow: true });
       // Masked as decision logs are: no credential reaches a report.

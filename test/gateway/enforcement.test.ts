@@ -59,6 +59,17 @@ allow if {
 }
 `;
 
+// Reads one header and one query parameter, after a platform policy that reads neither: the runner
+// builds the input's headers and query only for a policy that reads them, so this one must see them.
+const HEADER_AND_QUERY = `package headerwise
+import rego.v1
+default allow := false
+allow if {
+  input.request.headers["x-colour"] == "blue"
+  input.request.query.size == "l"
+}
+`;
+
 // Allows a request whose body was withheld (the route must say allow_truncated), or a small one with ok: true.
 const TRUNCATION_AWARE = `package sizes
 import rego.v1
@@ -125,6 +136,7 @@ beforeAll(async () => {
   await writer.put('quota', OBJECT_DECISION, { limit: 10 });
   await writer.put('strict', NO_CREDENTIALS_IN_INPUT, {});
   await writer.put('sizes', TRUNCATION_AWARE, {});
+  await writer.put('headerwise', HEADER_AND_QUERY, {});
 });
 
 afterAll(async () => {
@@ -216,6 +228,18 @@ describe('jwt + opa in the runner', () => {
     };
     expect(statusOf(await decide(runner, callerChain, { ...overrides, headers: [bearer(alice)] }))).toBe('pass');
     expect(statusOf(await decide(runner, callerChain, { ...overrides, args: [], headers: [bearer(alice)] }))).toBe(403);
+  });
+
+  it('a policy reading headers and query sees them after a platform policy that reads neither', async () => {
+    const token = bearer(await keys.token({ sub: 'hue', role: 'dev', project: 'headerwise' }));
+    const colour = (value: string) => ({ name: 'x-colour', value });
+    const size = [{ name: 'size', value: 'l' }];
+    expect(statusOf(await decide(runner, callerChain, { headers: [token, colour('blue')], args: size }))).toBe('pass');
+    expect(statusOf(await decide(runner, callerChain, { headers: [token, colour('red')], args: size }))).toBe(403);
+    expect(statusOf(await decide(runner, callerChain, { headers: [token], args: size }))).toBe(403);
+    expect(statusOf(await decide(runner, callerChain, { headers: [token, colour('blue')], args: [] }))).toBe(403);
+    // The platform policy alone reads neither: the route with it alone still decides.
+    expect(statusOf(await decide(runner, conf(['jwt', {}], ['opa', { policies: ['platform'] }]), { headers: [token] }))).toBe('pass');
   });
 
   it('reads the JSON body when the route asks for it', async () => {

@@ -53,6 +53,18 @@ describe('an input projection', () => {
     expect(a.key).toBe(b.key);
   });
 
+  it('says whether it keeps anything at or under a path', () => {
+    const projection = InputProjection.of([['request', 'path'], ['request', 'headers', 'x-a'], ['user']])!;
+    expect(projection.reads(['request', 'headers'])).toBe(true); // a ref goes on under it
+    expect(projection.reads(['request', 'headers', 'x-a', 'deep'])).toBe(true); // inside what a ref keeps
+    expect(projection.reads(['user', 'role'])).toBe(true);
+    expect(projection.reads(['request'])).toBe(true);
+    expect(projection.reads([])).toBe(true);
+    expect(projection.reads(['request', 'query'])).toBe(false);
+    expect(projection.reads(['request', 'headers', 'x-b'])).toBe(false);
+    expect(projection.reads(['body'])).toBe(false);
+  });
+
   it('keeps a "__proto__" key as a key, as JSON gives it', () => {
     const input = JSON.parse('{"body":{"__proto__":{"admin":true},"model":"m"}}') as unknown;
     const projected = InputProjection.of([['body', '__proto__']])!.apply(input);
@@ -130,12 +142,20 @@ describe('a gateway and the input refs of a version', () => {
     expect(await decide('as-compiled')).toEqual({ allow: true });
     expect(await decide('whole')).toEqual({ allow: true });
     expect(await decide('blinded')).toEqual({ allow: false });
+    // What each is shown, as a gateway asks before building the parts of its input no policy reads.
+    const reads = (name: string, path: string[]) => watcher.current.get(name)!.readsInput(path);
+    expect(reads('as-compiled', ['user', 'role'])).toBe(true);
+    expect(reads('as-compiled', ['request', 'headers'])).toBe(false);
+    expect(reads('blinded', ['request', 'path'])).toBe(true);
+    expect(reads('blinded', ['user'])).toBe(false);
+    expect(reads('whole', ['request', 'headers'])).toBe(true);
   });
 
   it('refuses a version whose refs it cannot read: denied, never shown the whole input', async () => {
     await writeWith('malformed', [['user', 7]]);
     const policy = watcher.current.get('malformed')!;
     expect(policy.broken).toMatch(/inputRefs cannot be read/);
+    expect(policy.readsInput(['request', 'headers'])).toBe(true);
     await expect(policy.evaluate('t', INPUT)).rejects.toThrow(PolicyUnloadableError);
   });
 });
