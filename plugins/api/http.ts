@@ -214,8 +214,21 @@ export class GatewayRequest {
     return this.extra.variable(name);
   }
 
-  get rewritten(): { path: string | null; body: Bytes | null } {
-    return { path: this.pathChanged ? this.currentPath : null, body: this.newBody };
+  get rewritten(): {
+    path: string | null;
+    body: Bytes | null;
+    headers: TextField[];
+    args: TextField[];
+    responseHeaders: TextField[];
+  } {
+    // Maps no plugin touched have no changes: they are not built (nor the request's args decoded) to say so.
+    return {
+      path: this.pathChanged ? this.currentPath : null,
+      body: this.newBody,
+      headers: this.headerMap?.changes() ?? [],
+      args: this.argMap?.changes() ?? [],
+      responseHeaders: this.responseHeaderMap?.changes() ?? [],
+    };
   }
 
   get isChanged(): boolean {

@@ -155,25 +155,21 @@ async function tracedRequestChain(
 
 function rewriteOf(id: number, request: GatewayRequest): HttpReqCallResponse {
   if (!request.isChanged) return { id, action: null };
-  const { path, body } = request.rewritten;
+  const { path, body, headers, args, responseHeaders } = request.rewritten;
   return {
     id,
     action: {
       type: 'rewrite',
       path,
-      headers: request.headers.changes(),
+      headers,
       // APISIX (before apache/apisix#13080) drops the client's query when a
       // Rewrite changes the path and sends no args: send them all then.
-      args: path === null ? request.args.changes() : [...request.args.all(), ...deletedArgs(request)],
+      args: path === null ? args : [...request.args.all(), ...args.filter((entry) => entry.value === null)],
       // Only additions make sense on the client response.
-      respHeaders: request.responseHeaders.changes().filter((e) => e.value !== null),
+      respHeaders: responseHeaders.filter((e) => e.value !== null),
       body,
     },
   };
-}
-
-function deletedArgs(request: GatewayRequest): TextEntry[] {
-  return request.args.changes().filter((entry) => entry.value === null);
 }
 
 /**

@@ -38,7 +38,26 @@ describe('a request whose headers and args come from the call when first read', 
     expect(request.path).toBe('/a');
     request.path = '/b';
     expect(request.isChanged).toBe(true);
+    expect(request.rewritten).toEqual({ path: '/b', body: null, headers: [], args: [], responseHeaders: [] });
     expect(reads).toEqual({ headers: 0, args: 0 });
+  });
+
+  it('answers with the changes of what was touched, without reading the rest', () => {
+    const { request, reads } = lazyRequest();
+    request.headers.set('x-set', '1');
+    request.headers.delete('accept');
+    request.responseHeaders.set('x-out', '2');
+    expect(request.rewritten).toEqual({
+      path: null,
+      body: null,
+      headers: [
+        { name: 'x-set', value: '1' },
+        { name: 'accept', value: null },
+      ],
+      args: [],
+      responseHeaders: [{ name: 'x-out', value: '2' }],
+    });
+    expect(reads).toEqual({ headers: 1, args: 0 });
   });
 
   it('reads each once, on first use, with the same values as given eagerly', () => {
