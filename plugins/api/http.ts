@@ -3,6 +3,7 @@
 // fetched on demand. The runner turns the recorded changes into the
 // protocol's Stop or Rewrite; plugins never see the wire format.
 import { STATUS_CODES } from 'node:http';
+import { setOwnKey } from '../../http/own-keys.js';
 
 export type Bytes = Uint8Array;
 
@@ -73,10 +74,7 @@ export class FieldMap {
     const out: Record<string, string | string[]> = {};
     for (const [name, list] of this.values) {
       if (list.length === 0 || omit?.(name)) continue;
-      const value = list.length === 1 ? list[0]! : [...list];
-      // A header may be named "__proto__": assigned, it would set the object's prototype instead.
-      if (name === '__proto__') Object.defineProperty(out, name, { value, enumerable: true, writable: true, configurable: true });
-      else out[name] = value;
+      setOwnKey(out, name, list.length === 1 ? list[0]! : [...list]);
     }
     return out;
   }

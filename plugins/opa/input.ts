@@ -28,6 +28,7 @@
 // enter the input.
 import type { GatewayRequest } from '../api/http.js';
 import { isCredentialHeader, isCredentialQueryParameter } from '../../http/credentials.js';
+import { setOwnKey } from '../../http/own-keys.js';
 import type { BudgetView } from '../../budget/gateway.js';
 
 export interface VerifiedUser {
@@ -115,12 +116,7 @@ function queryMap(entries: readonly { name: string; value: string | null }[]): P
     const v: string | true = value === null ? true : value;
     const existing = Object.hasOwn(out, name) ? out[name] : undefined;
     if (Array.isArray(existing)) existing.push(v);
-    else {
-      const value = existing === undefined ? v : [existing, v];
-      // A parameter may be named "__proto__": assigned, it would set the object's prototype instead.
-      if (name === '__proto__') Object.defineProperty(out, name, { value, enumerable: true, writable: true, configurable: true });
-      else out[name] = value;
-    }
+    else setOwnKey(out, name, existing === undefined ? v : [existing, v]);
   }
   return out;
 }

@@ -9,6 +9,7 @@
 // the wasm parses its whole input on every evaluation, and the document a
 // gateway builds (every header, the verified claims, the connection) is
 // several times what a typical policy reads.
+import { setOwnKey } from '../../http/own-keys.js';
 
 const encoder = new TextEncoder();
 
@@ -152,9 +153,8 @@ function project(value: unknown, tree: RefTree): unknown {
     if (!Object.hasOwn(value, key)) continue;
     const child = value[key];
     const kept = sub === 'whole' ? child : project(child, sub);
-    // A key "__proto__" (a JSON body may have one) stays a key: assigned, it would set the prototype.
-    if (key === '__proto__') Object.defineProperty(out, key, { value: kept, enumerable: true, writable: true, configurable: true });
-    else out[key] = kept;
+    // A JSON body may have a key "__proto__": it stays a key.
+    setOwnKey(out, key, kept);
   }
   return out;
 }
