@@ -27,8 +27,8 @@ import {
   HTTP_METHODS,
   type ErrorResponse,
   type ExtraInfoRequest,
-  type HttpMethod,
   type ExtraInfoResponse,
+  type HttpMethod,
   type HttpReqCallRequest,
   type HttpReqCallResponse,
   type HttpRespCallRequest,
@@ -169,24 +169,23 @@ export function encodeHttpReqCallRequest(msg: HttpReqCallRequest): Uint8Array {
   return finish(builder, FbReqCallReq.endReq(builder));
 }
 
+/** An HTTPReqCall decoded whole: receiveHttpReqCallRequest, every field read at once. */
 export function decodeHttpReqCallRequest(payload: Uint8Array): HttpReqCallRequest {
-  const req = FbReqCallReq.getRootAsReq(open(payload, Schema.HTTPReqCallReq));
-  const method = HTTP_METHODS[req.method()];
-  if (!method) throw new MalformedPayloadError(`unknown method enum ${req.method()}`);
+  const call = receiveHttpReqCallRequest(payload);
   return {
-    id: req.id(),
-    srcIp: copyBytes(req.srcIpArray()) ?? new Uint8Array(0),
-    method,
-    path: req.path() ?? '',
-    args: readEntries(req.argsLength(), (i, e) => req.args(i, e)),
-    headers: readEntries(req.headersLength(), (i, e) => req.headers(i, e)),
-    confToken: req.confToken(),
+    id: call.id,
+    srcIp: call.srcIp,
+    method: call.method,
+    path: call.path,
+    args: call.args,
+    headers: call.headers,
+    confToken: call.confToken,
   };
 }
 
 /**
  * An HTTPReqCall as the runner reads it. The whole payload is verified on
- * arrival, as decodeHttpReqCallRequest does, so a broken frame is refused
+ * arrival, so a broken frame is refused
  * before any plugin runs; its args, headers and source address are decoded
  * when first read, so a chain that reads none of them (a pass-through) pays
  * for none. It holds a view of the payload until then: the frame reader hands
