@@ -41,7 +41,7 @@ import { WasmUnavailableError } from '../../policy/engine/cache.js';
 import { SerialisedInput } from '../../policy/engine/serialised-input.js';
 import { decidedModelSlot, identitySlot, llmCall } from '../api/slots.js';
 import type { Identity } from '../../identity/index.js';
-import { buildPolicyInput, DEFERRABLE_INPUT_PATHS, withRequestMaps, type InputOptions, type PolicyInput, type VerifiedUser } from './input.js';
+import { buildPolicyInput, fillRequestMaps, readsRequestMaps, type InputOptions, type PolicyInput, type VerifiedUser } from './input.js';
 import { readDecision, type Decision } from './decision.js';
 import { BUDGETS_LOAD_WAIT_MS, type BudgetView, type GatewayBudgets } from '../../budget/gateway.js';
 import { LlmCallError } from '../../budget/call.js';
@@ -181,12 +181,6 @@ export interface OpaPluginDeps {
   candidates?: CandidateShadow;
 }
 
-/** Whether `policy` is shown any part of the input that a deferred build leaves out (withRequestMaps). */
-function readsDeferred(policy: LoadedPolicy): boolean {
-  for (const path of DEFERRABLE_INPUT_PATHS) if (policy.readsInput(path)) return true;
-  return false;
-}
-
 /** Whether two decision documents would be enforced alike (allow, status and model, as readDecision reads them). */
 function enforcedAlike(live: unknown, candidate: unknown): boolean {
   const a = readDecision(live);
@@ -262,7 +256,7 @@ export function createOpaPlugin(deps: OpaPluginDeps): Plugin<OpaConf> {
   async function decide(conf: OpaConf, request: GatewayRequest, response: StopResponse, ctx: CallContext, trail: DecisionTrail | null): Promise<void> {
     const identity = identitySlot.get(ctx);
     // Headers and query are built when a policy that reads them is about to decide (or a candidate is
-    // shadowed); a decision logged keeps its whole input from the start.
+    // shadowed); a decision with a trail (logged or traced) keeps its whole input from the start.
     const deferMaps = trail === null;
     const inputOptions: InputOptions = {
       withBody: conf.withBody,
@@ -348,7 +342,7 @@ export function createOpaPlugin(deps: OpaPluginDeps): Plugin<OpaConf> {
       const live = policy;
       const route = candidates?.route(live, set, identity?.sub ?? null) ?? { policy: live, shadowed: null };
       policy = route.policy;
-      if (deferMaps && (route.shadowed !== null || readsDeferred(policy))) withRequestMaps(input, request, inputOptions);
+      if (deferMaps && (route.shadowed !== null || readsRequestMaps(policy))) fillRequestMaps(input, request, inputOptions);
 
       let decision: Decision;
       const tenant = identity?.project ?? '';

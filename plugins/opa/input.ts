@@ -80,29 +80,33 @@ export interface InputOptions {
   /** Credential headers beyond http/credentials' (lower-case), withheld too: the chain's (CallContext.credentialHeaders). */
   credentialHeaders?: ReadonlySet<string>;
   /**
-   * Leave `request.headers` and `request.query` empty until withRequestMaps
+   * Leave `request.headers` and `request.query` empty until fillRequestMaps
    * fills them in: for a decision whose policies may read neither (each is
    * shown only the parts of the input it reads), building them is wasted.
    */
   deferRequestMaps?: boolean;
 }
 
-/** Where `request.headers` and `request.query` stand until withRequestMaps (deferRequestMaps). */
+/** Where `request.headers` and `request.query` stand until fillRequestMaps (deferRequestMaps). */
 // Frozen: a policy that were shown one by mistake could not make it look filled.
 const DEFERRED_HEADERS = Object.freeze({}) as PolicyInput['request']['headers'];
 const DEFERRED_QUERY = Object.freeze({}) as PolicyInput['request']['query'];
 
-/** The parts of the input that deferRequestMaps leaves out, as a policy's reads name them (LoadedPolicy.readsInput). */
-export const DEFERRABLE_INPUT_PATHS: readonly (readonly string[])[] = [
+/** The parts of the input that deferRequestMaps leaves out. */
+const DEFERRED_PATHS: readonly (readonly string[])[] = [
   ['request', 'headers'],
   ['request', 'query'],
 ];
 
+/** Whether `policy` (a LoadedPolicy) is shown any part of the input that deferRequestMaps leaves out. */
+export function readsRequestMaps(policy: { readsInput(path: readonly string[]): boolean }): boolean {
+  return DEFERRED_PATHS.some((path) => policy.readsInput(path));
+}
+
 /** Fills in the headers and query of a document built with deferRequestMaps; a complete one is left as it is. */
-export function withRequestMaps(input: PolicyInput, request: GatewayRequest, options: InputOptions): PolicyInput {
+export function fillRequestMaps(input: PolicyInput, request: GatewayRequest, options: InputOptions): void {
   if (input.request.headers === DEFERRED_HEADERS) input.request.headers = headerMap(request, options.credentialHeaders);
   if (input.request.query === DEFERRED_QUERY) input.request.query = queryMap(request.originalArgs);
-  return input;
 }
 
 function headerMap(request: GatewayRequest, credentialHeaders: ReadonlySet<string> | undefined): Record<string, string | string[]> {
