@@ -61,6 +61,10 @@ export class ConfStore {
       ttl: options.expireSeconds * 2 * 1000,
       ttlAutopurge: false,
       updateAgeOnGet: false,
+      // Read the clock on every lookup. lru-cache's default instead caches it
+      // for 1 ms behind a timer, which a runner woken once per call re-arms on
+      // nearly every call (about 5% of its busy time through APISIX).
+      ttlResolution: 0,
       perf: { now },
     });
   }
