@@ -406,6 +406,35 @@ describe('bad frames never crash or wedge the runner', () => {
     }
   });
 
+  it('a connection that leaves an ExtraInfo question unanswered is closed after the stall timeout, and one that answers is not', async () => {
+    const impatient = await startRunner({ env: { RUNNER_STALL_TIMEOUT_MS: '300' } });
+    try {
+      const silent = await openConnection(impatient.socketPath);
+      const token = await new ApisixClient(silent).prepare([example({ echo_body: true })]);
+      await silent.send(RpcType.HTTPReqCall, encodeHttpReqCallRequest(request({ confToken: token })));
+      expect((await silent.next()).type).toBe(RpcType.ExtraInfo);
+      const startedAt = Date.now();
+      const closed = await new Promise<boolean>((resolve) => {
+        silent.socket.once('close', () => resolve(true));
+        setTimeout(() => resolve(false), 2000);
+      });
+      expect(closed).toBe(true);
+      // Never before the stall timeout (a little slack for the timers' own granularity).
+      expect(Date.now() - startedAt).toBeGreaterThanOrEqual(290);
+
+      // A slow but live peer: it answers within the timeout and gets its answer.
+      const slow = await ApisixClient.open(impatient.socketPath);
+      const answer = await slow.call(request({ confToken: await slow.prepare([example({ echo_body: true })]) }), async () => {
+        await new Promise((r) => setTimeout(r, 150));
+        return Buffer.from('late but here');
+      });
+      expect(answer.action?.type).toBe('rewrite');
+      slow.close();
+    } finally {
+      await impatient.stop();
+    }
+  });
+
   it('a truncated frame followed by a hang-up', async () => {
     const socket = connect(runner.socketPath);
     await new Promise((r) => socket.once('connect', r));

@@ -30,7 +30,8 @@ export class RunnerError extends Error {
   }
 }
 
-export type ExtraInfoAnswerer = (info: ExtraInfoRequest) => Uint8Array | null;
+/** APISIX's answer to an ExtraInfo question; a promise plays a slow APISIX. */
+export type ExtraInfoAnswerer = (info: ExtraInfoRequest) => Uint8Array | null | Promise<Uint8Array | null>;
 
 export async function openConnection(socketPath: string): Promise<FrameConnection> {
   const socket = connect(socketPath);
@@ -48,7 +49,7 @@ async function awaitAnswer(conn: FrameConnection, expected: number, answerExtra:
     if (frame.type === RpcType.ExtraInfo) {
       const info = decodeExtraInfoRequest(frame.payload);
       seen.push(info);
-      await conn.send(RpcType.ExtraInfo, encodeExtraInfoResponse({ result: answerExtra(info) }));
+      await conn.send(RpcType.ExtraInfo, encodeExtraInfoResponse({ result: await answerExtra(info) }));
       continue;
     }
     if (frame.type === RpcType.Error) throw new RunnerError(decodeErrorResponse(frame.payload).code);
