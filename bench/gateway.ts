@@ -35,7 +35,9 @@
 // request of the process that decides (the runner's processes, primary and
 // workers; the OPA server; the decision API), of APISIX's nginx processes, and
 // of the load generator, each from /proc (utime + stime) over the round,
-// divided by the requests served in it.
+// divided by the requests served in it; and how often the deciding process's
+// threads went to sleep and were woken, per request (voluntary context
+// switches): a process woken for each request pays the wake-up each time.
 //
 // Env: BENCH_CONNECTIONS (8), BENCH_SECONDS per row and round (3),
 // BENCH_ROUNDS (3), BENCH_ROWS=<key,...> only those rows (and the floor; keys as in
@@ -58,7 +60,7 @@ import { startLocalVault } from '../dev/local-vault/index.js';
 import { startLocalEtcd } from '../dev/local-etcd/index.js';
 import { startLocalCollector } from '../dev/otelcol/index.js';
 import { findApisix, freePort, startApisix, type ApisixHandle, type ApisixInstallation } from '../dev/apisix/index.js';
-import { processTable } from '../dev/proc.js';
+import { processTable, treeVoluntarySwitches } from '../dev/proc.js';
 import { workerCount } from '../plugins/runner/config.js';
 import { createEtcdClient } from '../etcd/index.js';
 import { BudgetStore } from '../budget/store.js';
@@ -201,6 +203,8 @@ interface Row {
   p999: number;
   /** CPU µs per request of the process that decides (runner, OPA, decision API); null for none. */
   deciderCpu: number | null;
+  /** Voluntary context switches per request of that process's threads (dev/proc.ts): how often it was put to sleep and woken. */
+  deciderWakeups: number | null;
   apisixCpu: number;
   loadCpu: number;
 }
@@ -237,6 +241,7 @@ async function drive(load: string, scenario: Scenario, secondsToRun: number, war
   const deciderPid = scenario.deciderPid?.() ?? null;
   if (scenario.deciderPid && deciderPid === null) throw new Error(`${scenario.name}: its deciding process is not running`);
   const deciderBefore = deciderPid === null ? 0 : treeCpuMicros(deciderPid);
+  const wakeupsBefore = deciderPid === null ? 0 : treeVoluntarySwitches(deciderPid);
   const apisixBefore = apisixCpuMicros(scenario.apisix);
   const args = [
     '-url',
@@ -253,6 +258,7 @@ async function drive(load: string, scenario: Scenario, secondsToRun: number, war
   if (scenario.body !== undefined) args.push('-body', scenario.body);
   const { stdout } = await execFileAsync(load, args, { maxBuffer: 16 * 1024 * 1024 });
   const deciderAfter = deciderPid === null ? 0 : treeCpuMicros(deciderPid);
+  const wakeupsAfter = deciderPid === null ? 0 : treeVoluntarySwitches(deciderPid);
   const apisixAfter = apisixCpuMicros(scenario.apisix);
   const result = JSON.parse(stdout) as LoadResult;
   // Fast and wrong is worthless: every answer must be the upstream's 200.
@@ -265,6 +271,7 @@ async function drive(load: string, scenario: Scenario, secondsToRun: number, war
     p99: result.p99Us,
     p999: result.p999Us,
     deciderCpu: deciderPid === null ? null : (deciderAfter - deciderBefore) / result.served,
+    deciderWakeups: deciderPid === null ? null : (wakeupsAfter - wakeupsBefore) / result.served,
     apisixCpu: (apisixAfter - apisixBefore) / result.served,
     loadCpu: result.cpuMicrosPerCall,
   };
@@ -279,6 +286,7 @@ function medianRow(rows: Row[]): Row {
     p99: pick((r) => r.p99),
     p999: pick((r) => r.p999),
     deciderCpu: rows[0]!.deciderCpu === null ? null : pick((r) => r.deciderCpu!),
+    deciderWakeups: rows[0]!.deciderWakeups === null ? null : pick((r) => r.deciderWakeups!),
     apisixCpu: pick((r) => r.apisixCpu),
     loadCpu: pick((r) => r.loadCpu),
   };
@@ -740,14 +748,14 @@ async function main({ processes, cleanups }: BenchScope) {
   console.log(`CPU with no requests (included in CPU per request): ${idle.join(', ')}\n`);
   const direct = row('direct');
   console.log(
-    '| scenario | req/s | p50 µs | p99 µs | p99.9 µs | req/s vs no plugins | deciding process | its CPU µs/req | APISIX CPU µs/req | load generator CPU µs/req |',
+    '| scenario | req/s | p50 µs | p99 µs | p99.9 µs | req/s vs no plugins | deciding process | its CPU µs/req | its wake-ups/req | APISIX CPU µs/req | load generator CPU µs/req |',
   );
-  console.log('|---|---:|---:|---:|---:|---:|---|---:|---:|---:|');
+  console.log('|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|');
   for (const s of measured) {
     const r = row(s.key);
     console.log(
       `| ${r.name} | ${r.reqPerSecond.toFixed(0)} | ${r.p50.toFixed(0)} | ${r.p99.toFixed(0)} | ${r.p999.toFixed(0)} | ${(r.reqPerSecond / direct.reqPerSecond).toFixed(2)}x | ` +
-        `${s.decider} | ${r.deciderCpu === null ? '' : r.deciderCpu.toFixed(1)} | ${r.apisixCpu.toFixed(1)} | ${r.loadCpu.toFixed(1)} |`,
+        `${s.decider} | ${r.deciderCpu === null ? '' : r.deciderCpu.toFixed(1)} | ${r.deciderWakeups === null ? '' : r.deciderWakeups.toFixed(2)} | ${r.apisixCpu.toFixed(1)} | ${r.loadCpu.toFixed(1)} |`,
     );
   }
 

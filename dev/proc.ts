@@ -36,3 +36,34 @@ export function commandLine(pid: number): string | null {
     return null;
   }
 }
+
+/**
+ * How many times the threads of a process and all its descendants gave up
+ * the CPU to wait (voluntary context switches, summed over every thread from
+ * /proc/<pid>/task/<tid>/status): about how often they went to sleep and
+ * were woken again. Threads that exit meanwhile are left out.
+ */
+export function treeVoluntarySwitches(rootPid: number): number {
+  const table = processTable();
+  let switches = 0;
+  const todo = [rootPid];
+  while (todo.length > 0) {
+    const pid = todo.pop()!;
+    for (const p of table) if (p.ppid === pid) todo.push(p.pid);
+    let tasks: string[];
+    try {
+      tasks = readdirSync(`/proc/${pid}/task`);
+    } catch {
+      continue;
+    }
+    for (const tid of tasks) {
+      try {
+        const match = /^voluntary_ctxt_switches:\s+(\d+)$/m.exec(readFileSync(`/proc/${pid}/task/${tid}/status`, 'utf8'));
+        if (match) switches += Number(match[1]);
+      } catch {
+        // gone meanwhile
+      }
+    }
+  }
+  return switches;
+}
