@@ -101,6 +101,12 @@ interface Tally extends Omit<ShadowReport, 'reportedAt' | 'gateway'> {
 
 export class CandidateShadow {
   private readonly tallies = new Map<string, Tally>();
+  /**
+   * Each live version's candidate name, made once: asked on every decision,
+   * a name built anew is a new string to concatenate and hash in the set's
+   * lookup, where a kept one is hashed once.
+   */
+  private readonly candidateNames = new WeakMap<LoadedPolicy, string>();
   private inFlight = 0;
   private readonly maxInFlight: number;
   private readonly maxSamples: number;
@@ -123,7 +129,9 @@ export class CandidateShadow {
    * of the others). A policy without a candidate is decided by its live version.
    */
   route(live: LoadedPolicy, set: PolicySet, subject: string | null): CandidateRoute {
-    const candidate = set.get(candidateName(live.name));
+    let name = this.candidateNames.get(live);
+    if (name === undefined) this.candidateNames.set(live, (name = candidateName(live.name)));
+    const candidate = set.get(name);
     const rollout = candidate?.meta.rollout;
     if (!candidate || !rollout) return { policy: live, shadowed: null };
     const canary = onCandidate(live.name, subject, rollout.enforcePercent);
