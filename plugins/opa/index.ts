@@ -291,8 +291,9 @@ export function createOpaPlugin(deps: OpaPluginDeps): Plugin<OpaConf> {
     // Serialised once, when the first policy needs it, for every policy of the list.
     const serialised = new SerialisedInput(input);
     for (const choice of conf.policies) {
-      const started = process.hrtime.bigint();
-      const seconds = () => Number(process.hrtime.bigint() - started) / 1e9;
+      // performance.now(): a double, where hrtime.bigint() allocates two BigInts per policy.
+      const started = performance.now();
+      const seconds = () => (performance.now() - started) / 1e3;
 
       if (choice.kind === 'cms-access') {
         const decision = choice.policy({
