@@ -74,8 +74,13 @@ describe('verification cache', () => {
     for (const header of [undefined, '', 'Bearer', `Basic ${token}`, `Bearer ${token} extra`]) expect(verifier.rememberedIdentity!(header)).toBeUndefined();
     await verifier.verifyAuthorizationHeader(`Bearer ${token}`);
     expect(verifier.rememberedIdentity!(`Bearer ${token}`)?.sub).toBe('d');
-    expect(verifier.rememberedIdentity!(`bearer   ${token} `)?.sub).toBe('d'); // the same token, as the header grammar allows it
     expect(verifier.rememberedIdentity!(`Bearer ${token}x`)).toBeUndefined();
+    // Remembered by the header as sent: the same token spelt otherwise, as the grammar allows, is verified again (and admitted).
+    expect(verifier.rememberedIdentity!(`bearer   ${token} `)).toBeUndefined();
+    calls = 0;
+    expect((await verifier.verifyAuthorizationHeader(`bearer   ${token} `)).sub).toBe('d');
+    expect(calls).toBe(1);
+    expect(verifier.rememberedIdentity!(`bearer   ${token} `)?.sub).toBe('d');
     clock += 1001;
     expect(verifier.rememberedIdentity!(`Bearer ${token}`)).toBeUndefined();
     // A failure is never remembered, so never answered at once.
