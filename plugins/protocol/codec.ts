@@ -22,6 +22,7 @@ import { Req as FbRespCallReq } from './generated/a6/httpresp-call/req.js';
 import { Resp as FbRespCallResp } from './generated/a6/httpresp-call/resp.js';
 import { Schema, verifyPayload, MalformedPayloadError, type TableSpec } from './verify.js';
 import { encodeFrame, RpcType } from './frame.js';
+import { writeHttpReqCallAnswerFrame } from './answer-writer.js';
 import {
   ERROR_CODES,
   HTTP_METHODS,
@@ -274,17 +275,13 @@ export function encodeHttpReqCallResponse(msg: HttpReqCallResponse): Uint8Array 
   return finish(builder, buildHttpReqCallResponse(builder, msg));
 }
 
-// The runner answers every HTTPReqCall: it encodes into one reused builder
-// and copies the result straight into the frame (one allocation per answer).
-let answerBuilder = new flatbuffers.Builder(1024);
-
-/** An HTTPReqCall answer as a whole frame; throws FrameTooLargeError beyond the protocol's limit. */
+/**
+ * An HTTPReqCall answer as a whole frame, as the runner sends it: laid out by
+ * hand (answer-writer.ts), where encodeHttpReqCallResponse goes through the
+ * Builder. Throws FrameTooLargeError beyond the protocol's limit.
+ */
 export function encodeHttpReqCallResponseFrame(msg: HttpReqCallResponse): Buffer {
-  // A huge answer grows the builder; do not keep that memory for the small ones after it.
-  if (answerBuilder.dataBuffer().capacity() > 1024 * 1024) answerBuilder = new flatbuffers.Builder(1024);
-  answerBuilder.clear();
-  answerBuilder.finish(buildHttpReqCallResponse(answerBuilder, msg));
-  return encodeFrame(RpcType.HTTPReqCall, answerBuilder.asUint8Array());
+  return writeHttpReqCallAnswerFrame(msg);
 }
 
 export function decodeHttpReqCallResponse(payload: Uint8Array): HttpReqCallResponse {
