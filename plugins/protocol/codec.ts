@@ -88,6 +88,35 @@ function readEntries(count: number, at: (i: number, obj: FbTextEntry) => FbTextE
   return out;
 }
 
+/**
+ * The string in field `slot` of the table at `table`, or null when absent,
+ * decoded from `bytes` (the payload `bb` reads) as flatbuffers' own reader
+ * decodes it (a TextDecoder: UTF-8, bad sequences replaced, a leading
+ * byte-order mark dropped), without the view and decoder call it makes per
+ * string. The payload was verified on arrival: the offsets are in bounds.
+ */
+function textField(bb: flatbuffers.ByteBuffer, bytes: Buffer, table: number, slot: number): string | null {
+  const field = bb.__offset(table, 4 + slot * 2);
+  if (field === 0) return null;
+  let at = table + field;
+  at += bb.readInt32(at);
+  const end = at + 4 + bb.readInt32(at);
+  at += 4;
+  if (end - at >= 3 && bytes[at] === 0xef && bytes[at + 1] === 0xbb && bytes[at + 2] === 0xbf) at += 3;
+  return bytes.toString('utf8', at, end);
+}
+
+/** A vector of TextEntry read with textField: what readEntries reads, about twice as fast for a request's headers. */
+function readTextEntries(bytes: Buffer, count: number, at: (i: number, obj: FbTextEntry) => FbTextEntry | null): TextEntry[] {
+  const out: TextEntry[] = new Array(count);
+  for (let i = 0; i < count; i++) {
+    const entry = at(i, entryReader)!;
+    const bb = entry.bb!;
+    out[i] = { name: textField(bb, bytes, entry.bb_pos, 0) ?? '', value: textField(bb, bytes, entry.bb_pos, 1) };
+  }
+  return out;
+}
+
 function copyBytes(bytes: Uint8Array | null): Uint8Array | null {
   // Copy so callers never hold views into a connection's receive buffer.
   return bytes === null ? null : Uint8Array.prototype.slice.call(bytes);
@@ -198,12 +227,15 @@ class ReceivedHttpReqCall implements HttpReqCallRequest {
   readonly path: string;
   readonly confToken: number;
   readonly #req: FbReqCallReq;
+  /** The payload, for textField. */
+  readonly #bytes: Buffer;
   #srcIp: Uint8Array | null = null;
   #args: TextEntry[] | null = null;
   #headers: TextEntry[] | null = null;
 
-  constructor(req: FbReqCallReq, method: HttpMethod) {
+  constructor(req: FbReqCallReq, method: HttpMethod, bytes: Buffer) {
     this.#req = req;
+    this.#bytes = bytes;
     this.id = req.id();
     this.method = method;
     this.path = req.path() ?? '';
@@ -216,12 +248,12 @@ class ReceivedHttpReqCall implements HttpReqCallRequest {
 
   get args(): TextEntry[] {
     const req = this.#req;
-    return (this.#args ??= readEntries(req.argsLength(), (i, e) => req.args(i, e)));
+    return (this.#args ??= readTextEntries(this.#bytes, req.argsLength(), (i, e) => req.args(i, e)));
   }
 
   get headers(): TextEntry[] {
     const req = this.#req;
-    return (this.#headers ??= readEntries(req.headersLength(), (i, e) => req.headers(i, e)));
+    return (this.#headers ??= readTextEntries(this.#bytes, req.headersLength(), (i, e) => req.headers(i, e)));
   }
 }
 
@@ -230,7 +262,7 @@ export function receiveHttpReqCallRequest(payload: Uint8Array): HttpReqCallReque
   const req = FbReqCallReq.getRootAsReq(open(payload, Schema.HTTPReqCallReq));
   const method = HTTP_METHODS[req.method()];
   if (!method) throw new MalformedPayloadError(`unknown method enum ${req.method()}`);
-  return new ReceivedHttpReqCall(req, method);
+  return new ReceivedHttpReqCall(req, method, payload instanceof Buffer ? payload : Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength));
 }
 
 function buildHttpReqCallResponse(builder: flatbuffers.Builder, msg: HttpReqCallResponse): flatbuffers.Offset {

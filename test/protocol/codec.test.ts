@@ -207,6 +207,51 @@ describe('an HTTPReqCall as the runner receives it', () => {
     expect(call.args).toBe(call.args);
   });
 
+  it("decodes header and arg bytes as flatbuffers' own reader does: UTF-8, bad sequences replaced, a leading byte-order mark dropped", () => {
+    const samples = [
+      [0x61, 0x62],
+      [0xc3, 0xa9],
+      [0xff, 0x61],
+      [0xe2, 0x82],
+      [0xed, 0xa0, 0x80],
+      [0xf0, 0x9f, 0x98],
+      [0xef, 0xbb, 0xbf, 0x61],
+      [0xef, 0xbb, 0xbf],
+      [0xef, 0xbb],
+      [],
+    ].map((bytes) => new Uint8Array(bytes));
+    const builder = new flatbuffers.Builder(1024);
+    const entries = (kind: string) =>
+      samples.map((bytes, i) => {
+        const name = builder.createString(new Uint8Array([...new TextEncoder().encode(`${kind}${i}`), ...bytes]));
+        const value = builder.createString(bytes);
+        FbTextEntry.startTextEntry(builder);
+        FbTextEntry.addName(builder, name);
+        FbTextEntry.addValue(builder, value);
+        return FbTextEntry.endTextEntry(builder);
+      });
+    const headers = FbReqCallReq.createHeadersVector(builder, entries('h'));
+    const args = FbReqCallReq.createArgsVector(builder, entries('a'));
+    const path = builder.createString('/');
+    FbReqCallReq.startReq(builder);
+    FbReqCallReq.addPath(builder, path);
+    FbReqCallReq.addHeaders(builder, headers);
+    FbReqCallReq.addArgs(builder, args);
+    builder.finish(FbReqCallReq.endReq(builder));
+    const payload = builder.asUint8Array();
+
+    // The reference: the generated accessors, which decode with a TextDecoder.
+    const req = FbReqCallReq.getRootAsReq(new flatbuffers.ByteBuffer(payload));
+    const reference = (count: number, at: (i: number) => FbTextEntry | null) =>
+      Array.from({ length: count }, (_, i) => ({ name: at(i)!.name(), value: at(i)!.value() }));
+    for (const bytes of [payload, Buffer.from(payload)]) {
+      const call = codec.receiveHttpReqCallRequest(bytes);
+      expect(call.headers).toEqual(reference(req.headersLength(), (i) => req.headers(i)));
+      expect(call.args).toEqual(reference(req.argsLength(), (i) => req.args(i)));
+    }
+    expect(codec.receiveHttpReqCallRequest(payload).headers.map((h) => h.value)).toContain('a');
+  });
+
   it('is verified whole on arrival: a broken frame is refused before any field is read', () => {
     const good = codec.encodeHttpReqCallRequest(sampleReq);
     let refused = 0;
