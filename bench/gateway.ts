@@ -60,7 +60,7 @@ import { startLocalVault } from '../dev/local-vault/index.js';
 import { startLocalEtcd } from '../dev/local-etcd/index.js';
 import { startLocalCollector } from '../dev/otelcol/index.js';
 import { findApisix, freePort, startApisix, type ApisixHandle, type ApisixInstallation } from '../dev/apisix/index.js';
-import { processTable, treeVoluntarySwitches } from '../dev/proc.js';
+import { processTable, processTree, treeVoluntarySwitches } from '../dev/proc.js';
 import { workerCount } from '../plugins/runner/config.js';
 import { createEtcdClient } from '../etcd/index.js';
 import { BudgetStore } from '../budget/store.js';
@@ -166,15 +166,7 @@ status_code := 401 if not claims
 function apisixCpuMicros(apisix: ApisixHandle): number {
   const runner = apisix.runnerPid();
   const table = processTable();
-  const runnerTree = new Set<number>();
-  if (runner !== null) {
-    const todo = [runner];
-    while (todo.length > 0) {
-      const pid = todo.pop()!;
-      runnerTree.add(pid);
-      for (const p of table) if (p.ppid === pid) todo.push(p.pid);
-    }
-  }
+  const runnerTree = new Set(runner === null ? [] : processTree(runner, table));
   const ticks = table.filter((p) => p.pgrp === apisix.pid && !runnerTree.has(p.pid)).reduce((n, p) => n + p.cpuTicks, 0);
   return (ticks * 1e6) / clockTicks;
 }

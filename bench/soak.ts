@@ -48,7 +48,7 @@ import { pointRoutesAt, standaloneRoutesText } from '../dev/local-stack/index.js
 import { startLocalVault } from '../dev/local-vault/index.js';
 import { startLocalEtcd } from '../dev/local-etcd/index.js';
 import { findApisix, freePort, startApisix, type ApisixHandle } from '../dev/apisix/index.js';
-import { commandLine, processTable } from '../dev/proc.js';
+import { commandLine, processTable, processTree } from '../dev/proc.js';
 import { createEtcdClient } from '../etcd/index.js';
 import { PLATFORM_POLICY_NAME, PolicyStore } from '../policy/store/index.js';
 import { workerCount } from '../plugins/runner/config.js';
@@ -110,19 +110,13 @@ function watchedProcesses(apisix: ApisixHandle, etcdPid: number | null): Map<str
   const table = processTable();
   const out = new Map<string, number>();
   const runner = apisix.runnerPid();
-  const runnerTree = new Set<number>();
+  const runnerTree = new Set(runner === null ? [] : processTree(runner, table));
   if (runner !== null) {
     out.set('runner primary', runner);
     table
       .filter((p) => p.ppid === runner)
       .sort((a, b) => a.pid - b.pid)
       .forEach((p, i) => out.set(`runner worker ${i + 1}`, p.pid));
-    const todo = [runner];
-    while (todo.length > 0) {
-      const pid = todo.pop()!;
-      runnerTree.add(pid);
-      for (const p of table) if (p.ppid === pid) todo.push(p.pid);
-    }
   }
   const counts = new Map<string, number>();
   for (const p of table.filter((x) => x.pgrp === apisix.pid && !runnerTree.has(x.pid)).sort((a, b) => a.pid - b.pid)) {

@@ -21,7 +21,7 @@ import {
 import { RegoCompiler, policySubmission, type CompiledPolicy } from '../cms/rego-compiler.js';
 import { createEtcdClient } from '../etcd/index.js';
 import { PolicyStore, type CandidateRollout } from '../policy/store/index.js';
-import { processTable } from '../dev/proc.js';
+import { processTable, processTree } from '../dev/proc.js';
 import { opaPath } from '../runtime/paths.js';
 
 /** The opa the benchmarks compile with: OPA_PATH, else the one setup builds. */
@@ -55,15 +55,8 @@ const CLOCK_TICKS = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf
 /** CPU time (µs: utime + stime from /proc) of a process and all its descendants, threads included. */
 export function treeCpuMicros(rootPid: number): number {
   const table = processTable();
-  let ticks = 0;
-  const todo = [rootPid];
-  while (todo.length > 0) {
-    const pid = todo.pop()!;
-    for (const p of table) {
-      if (p.pid === pid) ticks += p.cpuTicks;
-      if (p.ppid === pid) todo.push(p.pid);
-    }
-  }
+  const tree = new Set(processTree(rootPid, table));
+  const ticks = table.filter((p) => tree.has(p.pid)).reduce((n, p) => n + p.cpuTicks, 0);
   return (ticks * 1e6) / CLOCK_TICKS;
 }
 

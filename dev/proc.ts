@@ -37,6 +37,18 @@ export function commandLine(pid: number): string | null {
   }
 }
 
+/** The pids of a process and all its descendants (from `table`, default now), the root first. */
+export function processTree(rootPid: number, table: readonly ProcessEntry[] = processTable()): number[] {
+  const tree: number[] = [];
+  const todo = [rootPid];
+  while (todo.length > 0) {
+    const pid = todo.pop()!;
+    tree.push(pid);
+    for (const p of table) if (p.ppid === pid) todo.push(p.pid);
+  }
+  return tree;
+}
+
 /**
  * How many times the threads of a process and all its descendants gave up
  * the CPU to wait (voluntary context switches, summed over every thread from
@@ -44,12 +56,8 @@ export function commandLine(pid: number): string | null {
  * were woken again. Threads that exit meanwhile are left out.
  */
 export function treeVoluntarySwitches(rootPid: number): number {
-  const table = processTable();
   let switches = 0;
-  const todo = [rootPid];
-  while (todo.length > 0) {
-    const pid = todo.pop()!;
-    for (const p of table) if (p.ppid === pid) todo.push(p.pid);
+  for (const pid of processTree(rootPid)) {
     let tasks: string[];
     try {
       tasks = readdirSync(`/proc/${pid}/task`);
