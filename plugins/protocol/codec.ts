@@ -79,21 +79,12 @@ function textEntries(builder: flatbuffers.Builder, entries: readonly TextEntry[]
 /** One accessor object, re-pointed at each entry in turn (decoding is synchronous). */
 const entryReader = new FbTextEntry();
 
-function readEntries(count: number, at: (i: number, obj: FbTextEntry) => FbTextEntry | null): TextEntry[] {
-  const out: TextEntry[] = new Array(count);
-  for (let i = 0; i < count; i++) {
-    const entry = at(i, entryReader)!;
-    out[i] = { name: entry.name() ?? '', value: entry.value() };
-  }
-  return out;
-}
-
 /**
  * The string in field `slot` of the table at `table`, or null when absent,
  * decoded from `bytes` (the payload `bb` reads) as flatbuffers' own reader
  * decodes it (a TextDecoder: UTF-8, bad sequences replaced, a leading
  * byte-order mark dropped), without the view and decoder call it makes per
- * string. The payload was verified on arrival: the offsets are in bounds.
+ * string. Every decoder verifies its payload first: the offsets are in bounds.
  */
 function textField(bb: flatbuffers.ByteBuffer, bytes: Buffer, table: number, slot: number): string | null {
   const field = bb.__offset(table, 4 + slot * 2);
@@ -106,8 +97,8 @@ function textField(bb: flatbuffers.ByteBuffer, bytes: Buffer, table: number, slo
   return bytes.toString('utf8', at, end);
 }
 
-/** A vector of TextEntry read with textField: what readEntries reads, about twice as fast for a request's headers. */
-function readTextEntries(bytes: Buffer, count: number, at: (i: number, obj: FbTextEntry) => FbTextEntry | null): TextEntry[] {
+/** A vector of TextEntry of the payload `bytes`, its strings read with textField. */
+function readEntries(bytes: Buffer, count: number, at: (i: number, obj: FbTextEntry) => FbTextEntry | null): TextEntry[] {
   const out: TextEntry[] = new Array(count);
   for (let i = 0; i < count; i++) {
     const entry = at(i, entryReader)!;
@@ -115,6 +106,11 @@ function readTextEntries(bytes: Buffer, count: number, at: (i: number, obj: FbTe
     out[i] = { name: textField(bb, bytes, entry.bb_pos, 0) ?? '', value: textField(bb, bytes, entry.bb_pos, 1) };
   }
   return out;
+}
+
+/** The payload as a Buffer, for textField: itself, or a view of the same bytes. */
+function asBuffer(payload: Uint8Array): Buffer {
+  return payload instanceof Buffer ? payload : Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength);
 }
 
 function copyBytes(bytes: Uint8Array | null): Uint8Array | null {
@@ -164,7 +160,7 @@ export function encodePrepareConfRequest(msg: PrepareConfRequest): Uint8Array {
 
 export function decodePrepareConfRequest(payload: Uint8Array): PrepareConfRequest {
   const req = FbPrepareReq.getRootAsReq(open(payload, Schema.PrepareConfReq));
-  const conf = readEntries(req.confLength(), (i, e) => req.conf(i, e)).map((e) => ({ name: e.name, value: e.value ?? '' }));
+  const conf = readEntries(asBuffer(payload), req.confLength(), (i, e) => req.conf(i, e)).map((e) => ({ name: e.name, value: e.value ?? '' }));
   return { conf, key: req.key() };
 }
 
@@ -248,12 +244,12 @@ class ReceivedHttpReqCall implements HttpReqCallRequest {
 
   get args(): TextEntry[] {
     const req = this.#req;
-    return (this.#args ??= readTextEntries(this.#bytes, req.argsLength(), (i, e) => req.args(i, e)));
+    return (this.#args ??= readEntries(this.#bytes, req.argsLength(), (i, e) => req.args(i, e)));
   }
 
   get headers(): TextEntry[] {
     const req = this.#req;
-    return (this.#headers ??= readTextEntries(this.#bytes, req.headersLength(), (i, e) => req.headers(i, e)));
+    return (this.#headers ??= readEntries(this.#bytes, req.headersLength(), (i, e) => req.headers(i, e)));
   }
 }
 
@@ -262,7 +258,7 @@ export function receiveHttpReqCallRequest(payload: Uint8Array): HttpReqCallReque
   const req = FbReqCallReq.getRootAsReq(open(payload, Schema.HTTPReqCallReq));
   const method = HTTP_METHODS[req.method()];
   if (!method) throw new MalformedPayloadError(`unknown method enum ${req.method()}`);
-  return new ReceivedHttpReqCall(req, method, payload instanceof Buffer ? payload : Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength));
+  return new ReceivedHttpReqCall(req, method, asBuffer(payload));
 }
 
 function buildHttpReqCallResponse(builder: flatbuffers.Builder, msg: HttpReqCallResponse): flatbuffers.Offset {
@@ -327,21 +323,22 @@ export function decodeHttpReqCallResponse(payload: Uint8Array): HttpReqCallRespo
         action: {
           type: 'stop',
           status: stop.status(),
-          headers: readEntries(stop.headersLength(), (i, e) => stop.headers(i, e)),
+          headers: readEntries(asBuffer(payload), stop.headersLength(), (i, e) => stop.headers(i, e)),
           body: copyBytes(stop.bodyArray()),
         },
       };
     }
     case FbAction.Rewrite: {
       const rw: FbRewrite = resp.action(new FbRewrite());
+      const bytes = asBuffer(payload);
       return {
         id,
         action: {
           type: 'rewrite',
           path: rw.path(),
-          headers: readEntries(rw.headersLength(), (i, e) => rw.headers(i, e)),
-          args: readEntries(rw.argsLength(), (i, e) => rw.args(i, e)),
-          respHeaders: readEntries(rw.respHeadersLength(), (i, e) => rw.respHeaders(i, e)),
+          headers: readEntries(bytes, rw.headersLength(), (i, e) => rw.headers(i, e)),
+          args: readEntries(bytes, rw.argsLength(), (i, e) => rw.args(i, e)),
+          respHeaders: readEntries(bytes, rw.respHeadersLength(), (i, e) => rw.respHeaders(i, e)),
           body: copyBytes(rw.bodyArray()),
         },
       };
@@ -425,7 +422,7 @@ export function decodeHttpRespCallRequest(payload: Uint8Array): HttpRespCallRequ
   return {
     id: req.id(),
     status: req.status(),
-    headers: readEntries(req.headersLength(), (i, e) => req.headers(i, e)),
+    headers: readEntries(asBuffer(payload), req.headersLength(), (i, e) => req.headers(i, e)),
     confToken: req.confToken(),
   };
 }
@@ -447,7 +444,7 @@ export function decodeHttpRespCallResponse(payload: Uint8Array): HttpRespCallRes
   return {
     id: resp.id(),
     status: resp.status(),
-    headers: readEntries(resp.headersLength(), (i, e) => resp.headers(i, e)),
+    headers: readEntries(asBuffer(payload), resp.headersLength(), (i, e) => resp.headers(i, e)),
     body: copyBytes(resp.bodyArray()),
   };
 }
