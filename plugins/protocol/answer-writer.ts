@@ -64,9 +64,11 @@ function point(field: number, target: number): void {
 }
 
 /**
- * Writes a vtable for `slots` field slots then its table's inline part of
- * `inlineSize` bytes (zeroed; the soffset set), 4-aligned; `offsets[i]` is
- * slot i's place in the table, 0 when absent. Returns the table's position.
+ * Writes a vtable then its table's inline part of `inlineSize` bytes
+ * (zeroed; the soffset set), 4-aligned; `offsets[i]` is field slot i's place
+ * in the table, 0 when absent. Returns the table's position. Each shape with
+ * absent fields has its own constant list below: marking them per call
+ * measured slower (a bit mask: 0.78 against 0.67 µs a Rewrite).
  */
 function table(offsets: readonly number[], inlineSize: number): number {
   align4();
