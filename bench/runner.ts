@@ -17,8 +17,9 @@
 // Paced rows: the same load at a fixed rate (BENCH_PACED_RATE calls/s over
 // all connections, each connection on its own schedule), about what APISIX
 // hands a runner in bench:gateway. Back to back, a runner's process is always
-// busy reading; paced, it is woken once per call and sleeps between calls, as
-// behind APISIX. The two together show what being woken costs per call. Each
+// busy reading; paced, it sleeps between calls and is woken for the next few
+// (about one wake-up every two or three calls, as behind APISIX: bench:gateway
+// counts them). The two together show what sleeping and waking cost. Each
 // process's CPU with no calls is printed beside them (included in CPU/call).
 //
 // Two more rows of the jwt + opa chain: every call's path new (no input
@@ -310,7 +311,7 @@ async function main() {
     );
     console.log(`CPU with no calls (included in CPU per call): ${idle.map(([name, ms]) => `${name} ${ms.toFixed(1)} ms/s`).join(', ')}\n`);
     printRows(rows, baselines);
-    console.log('\nCPU per call paced vs back to back (what being woken once per call adds):');
+    console.log('\nCPU per call paced vs back to back (what sleeping between calls and waking for them adds):');
     for (const row of rows.filter((r) => r.name.includes(', paced at '))) {
       const busy = byName.get(row.name.slice(0, row.name.indexOf(', paced at ')))!;
       console.log(
