@@ -38,10 +38,16 @@
  * Watchers do not watch it: /policies/<name>/meta stays the commit marker.
  *
  * Every write (put or delete) of a policy is ONE etcd transaction, so all
- * of its keys change at the same revision. A watcher should treat
+ * of its keys change at the same revision, with one exception: a put leaves
+ * the wasm key as it is when it already holds the new version's module (a
+ * version that changes only the data, or Rego that builds the same module),
+ * so that a module's bytes (often 100 KB or more) go into etcd's log and out
+ * to every watcher once, not with every version. At any revision the wasm
+ * key holds the module the meta key names. A watcher should treat
  * `/policies/<name>/meta` as the commit marker: on a PUT event of a meta key,
  * read `source`, `data` and `wasm` at that event's mod revision (or take them
- * from the same watch response: etcd never splits one revision's events), and
+ * from the same watch response: etcd never splits one revision's events; the
+ * wasm is there only when it changed), and
  * check `wasmSha256` from the metadata against the wasm bytes; on a DELETE
  * event of a meta key the policy is gone. Events on other keys alone never
  * mean a new policy version. History keys survive a delete. The tests are

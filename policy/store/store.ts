@@ -278,6 +278,17 @@ export class PolicyStore {
     return storedPolicy(meta, source, data, tests);
   }
 
+  /**
+   * The mod revision of the policy's wasm key when it holds exactly the
+   * module `wasmSha256` names (read and hashed here, so a key altered in
+   * etcd by hand is never taken for the module), else null.
+   */
+  private async storedModuleRevision(name: string, wasmSha256: string): Promise<string | null> {
+    const response = await this.etcd(() => this.client.get(policyKeys(name).wasm).exec());
+    const kv = response.kvs[0];
+    return kv && sha256Hex(kv.value) === wasmSha256 ? kv.mod_revision : null;
+  }
+
   private async readMeta(name: string): Promise<{ meta: PolicyMetadata; modRevision: string } | null> {
     const response = await this.etcd(() => this.client.get(policyKeys(name).meta).exec());
     const kv = response.kvs[0];
@@ -311,6 +322,7 @@ export class PolicyStore {
     const keys = policyKeys(name);
     if ((submission.rollout !== undefined) !== (candidateOf(name) !== null)) throw new RangeError('a rollout is for a candidate, and a candidate needs one');
     const started = performance.now();
+    const wasmSha256 = sha256Hex(submission.wasm);
     for (let attempt = 0; attempt < MAX_WRITE_ATTEMPTS; attempt++) {
       const current = await this.readMeta(name);
       this.checkConditions(current?.meta ?? null, conditions);
@@ -325,7 +337,7 @@ export class PolicyStore {
         name,
         version,
         sha256: sha256Hex(body),
-        wasmSha256: sha256Hex(submission.wasm),
+        wasmSha256,
         author: submission.author,
         updatedAt: new Date().toISOString(),
         opaVersion: submission.opaVersion,
@@ -338,10 +350,12 @@ export class PolicyStore {
       if (this.signer) meta.signature = await this.sign(meta, submission.dataText);
       const metaText = JSON.stringify(meta);
       const wasm = Buffer.from(submission.wasm.buffer, submission.wasm.byteOffset, submission.wasm.byteLength);
+      // The module as stored already (most new versions change only data): not sent again, see keys.ts.
+      const storedModule = current?.meta.wasmSha256 === wasmSha256 ? await this.storedModuleRevision(name, wasmSha256) : null;
       const ops = [
         this.client.put(keys.source).value(submission.rego),
         this.client.put(keys.data).value(submission.dataText),
-        this.client.put(keys.wasm).value(wasm),
+        ...(storedModule === null ? [this.client.put(keys.wasm).value(wasm)] : []),
         this.client.put(keys.history('meta', version)).value(metaText),
         this.client.put(keys.history('source', version)).value(submission.rego),
         this.client.put(keys.history('data', version)).value(submission.dataText),
@@ -357,7 +371,7 @@ export class PolicyStore {
       this.checkSize(name, [
         [keys.source, submission.rego],
         [keys.data, submission.dataText],
-        [keys.wasm, wasm],
+        ...(storedModule === null ? ([[keys.wasm, wasm]] as [string, Buffer][]) : []),
         [keys.history('meta', version), metaText],
         [keys.history('source', version), submission.rego],
         [keys.history('data', version), submission.dataText],
@@ -372,6 +386,8 @@ export class PolicyStore {
       ]);
       let guard = current ? this.client.if(keys.meta, 'Mod', '==', current.modRevision) : this.client.if(keys.meta, 'Create', '==', 0);
       if (promoted) guard = guard.and(policyKeys(candidateName(name)).meta, 'Mod', '==', promoted.modRevision);
+      // The module kept must still be the one checked: a wasm key rewritten since (by hand) is written again.
+      if (storedModule !== null) guard = guard.and(keys.wasm, 'Mod', '==', storedModule);
       const response = await this.etcd(() => guard.then(...ops).commit());
       if (response.succeeded) return { created: current === null, meta, revision: Number(response.header.revision), etcdMs: performance.now() - started };
       const earlier = await this.committedEarlier(keys.history('meta', version), metaText);

@@ -108,6 +108,31 @@ describe('store on a real etcd', () => {
     expect(await store.historyVersion('one-txn', 1)).toBeNull();
   });
 
+  it('sends a module once: a version with the module already stored leaves the wasm key as it is', async () => {
+    const wasmKey = policyKeys('same-module').wasm;
+    const modRevision = async (key: string) => (await client.get(key).exec()).kvs[0]?.mod_revision;
+    const first = await store.put('same-module', submission('package x\n'));
+    expect(await modRevision(wasmKey)).toBe(String(first.revision));
+
+    // New data and Rego, the same module (as when Rego changes only in comments): the meta moves, the wasm key does not.
+    const second = await store.put('same-module', { ...submission('package x # same\n'), dataText: '{"n":2}' });
+    expect(second.meta.wasmSha256).toBe(first.meta.wasmSha256);
+    expect(await modRevision(policyKeys('same-module').meta)).toBe(String(second.revision));
+    expect(await modRevision(wasmKey)).toBe(String(first.revision));
+    expect(await store.get('same-module', { withWasm: true })).toMatchObject({ dataText: '{"n":2}', wasm: Buffer.from([0, 97, 115, 109]) });
+
+    // A new module is written with its version.
+    const third = await store.put('same-module', { ...submission('package x\n'), wasm: new Uint8Array([0, 97, 115, 109, 1]) });
+    expect(await modRevision(wasmKey)).toBe(String(third.revision));
+
+    // A wasm key altered by hand is not taken for the module its meta names: the next write of that module puts it back.
+    await client.put(wasmKey).value(Buffer.from([9, 9, 9]));
+    const fourth = await store.put('same-module', { ...submission('package x\n'), wasm: new Uint8Array([0, 97, 115, 109, 1]) });
+    expect(await modRevision(wasmKey)).toBe(String(fourth.revision));
+    expect([...(await store.get('same-module', { withWasm: true }))!.wasm!]).toEqual([0, 97, 115, 109, 1]);
+    await store.delete('same-module');
+  });
+
   it('deletes in one transaction, keeping history', async () => {
     const deleted = await store.delete('one-txn', { ifVersion: [3] });
     expect(deleted.meta.version).toBe(3);

@@ -18,6 +18,7 @@ import { EtcdPolicyWriter } from '../support/policies.js';
 import { policySubmission } from '../../cms/rego-compiler.js';
 import { createEtcdClient } from '../../etcd/index.js';
 import { WasmUnavailableError } from '../../policy/engine/cache.js';
+import { policyKeys } from '../../policy/store/index.js';
 import { PolicyWatcher } from '../../policy/watcher/watcher.js';
 
 const log = pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent' });
@@ -147,6 +148,36 @@ describe('policy wasm read on first use, not held', () => {
     expect(online.status.unloadable).toEqual([]);
     proxy.restore();
     expect(await decide(online, 13)).toEqual({ allow: true, marker: markerOf(13) });
+  });
+
+  it('a new version that keeps its module arrives without it, and is built from the module the version before stored', async () => {
+    const watcher = await startWatcher(etcd.endpoints);
+    const writer = new EtcdPolicyWriter(admin);
+    const name = nameOf(20);
+    const stored = (await writer.store.get(name, { withWasm: true }))!;
+    const { opaVersion, entrypoint, syntaxVersion } = stored.meta;
+    const sameModule = (roles: string[]) =>
+      policySubmission(REGO, JSON.stringify({ roles }), { wasm: stored.wasm!, opaVersion, entrypoint, syntaxVersion, durationMs: 0 }, 'test');
+    const wasmRevision = async () => (await admin.get(policyKeys(name).wasm).exec()).kvs[0]!.mod_revision;
+    const before = await wasmRevision();
+
+    // Not in use here: swapped in unbuilt, then built on its first decision from the wasm key as it was.
+    const second = await writer.store.put(name, sameModule(['second']));
+    expect(await wasmRevision()).toBe(before);
+    await until(() => watcher.current.get(name)?.meta.version === second.meta.version, 'the second version');
+    const fromEtcd = watcher.status.modules.fromEtcd;
+    // Through the policy's own evaluate, which marks it in use.
+    expect(await watcher.current.get(name)!.evaluate('t', { user: { role: 'second' } })).toEqual({ allow: true, marker: markerOf(20) });
+    expect(await decide(watcher, 20)).toMatchObject({ allow: false });
+    expect(watcher.status.modules.fromEtcd).toBe(fromEtcd + 1);
+
+    // In use: built before its swap from the engine it already has, nothing read.
+    const third = await writer.store.put(name, sameModule(['third']));
+    expect(await wasmRevision()).toBe(before);
+    await until(() => watcher.current.get(name)?.meta.version === third.meta.version, 'the third version');
+    expect(watcher.current.get(name)!.readyEngine()).toBeDefined();
+    expect(await decide(watcher, 20, 'third')).toEqual({ allow: true, marker: markerOf(20) });
+    expect(watcher.status.modules.fromEtcd).toBe(fromEtcd + 1);
   });
 
   it('a new version arriving by the watch is written to the snapshot directory, not kept, and built from there on its first decision', async () => {
