@@ -57,12 +57,23 @@ import { pointRoutesAt, standaloneRoutesText } from '../dev/local-stack/index.js
 import { startLocalVault } from '../dev/local-vault/index.js';
 import { startLocalEtcd } from '../dev/local-etcd/index.js';
 import { findApisix, freePort, startApisix, type ApisixHandle } from '../dev/apisix/index.js';
-import { commandLine, processTable, processTree } from '../dev/proc.js';
+import { commandLine, machineCpuTicks, processTable, processTree } from '../dev/proc.js';
 import { createEtcdClient } from '../etcd/index.js';
 import { PLATFORM_POLICY_NAME, PolicyStore } from '../policy/store/index.js';
 import { workerCount } from '../plugins/runner/config.js';
 import { buildGoTools, expectStatus, status, tcpAccepts } from './gateway-stack.js';
-import { benchOpaPath, machineLine, benchRunnerEnv, runBench, startProcess, storeBenchPolicy, type BenchProcess, type BenchScope } from './support.js';
+import {
+  SOAK_PROJECT_TEXTS,
+  benchOpaPath,
+  findEtcdPid,
+  machineLine,
+  benchRunnerEnv,
+  runBench,
+  startProcess,
+  storeBenchPolicy,
+  type BenchProcess,
+  type BenchScope,
+} from './support.js';
 
 const seconds = Number(process.env.BENCH_SOAK_SECONDS ?? 600);
 const loadShare = Number(process.env.BENCH_SOAK_LOAD ?? 0.8);
@@ -77,12 +88,6 @@ const here = fileURLToPath(new URL('.', import.meta.url));
 const root = join(here, '..', '..');
 const execFileAsync = promisify(execFile);
 const PROJECT = 'bench';
-
-/** The second Rego the writer alternates to: the same decision, one more rule (so a new module). */
-const PROJECT_REGO_B = `${DEMO_PROJECT_POLICY.rego}
-# The soak's second text: the same decision, a rule more.
-soak_revision := data.soak_revision
-`;
 
 interface LoadLine {
   calls: number;
@@ -142,17 +147,6 @@ function watchedProcesses(apisix: ApisixHandle, etcdPid: number | null): Map<str
   return out;
 }
 
-/** etcd, the one process among this one's descendants whose command line runs etcd on that data dir. */
-function findEtcd(dataDir: string): number | null {
-  const table = processTable();
-  const mine = new Set([process.pid]);
-  for (let grew = true; grew;) {
-    grew = false;
-    for (const p of table) if (mine.has(p.ppid) && !mine.has(p.pid)) (mine.add(p.pid), (grew = true));
-  }
-  return [...mine].find((pid) => pid !== process.pid && (commandLine(pid) ?? '').includes(dataDir)) ?? null;
-}
-
 async function main({ processes, cleanups }: BenchScope) {
   const installation = findApisix(root);
   if (!installation) throw new Error('no APISIX on this machine: `npm run setup` builds it from the APISIX kit, or set APISIX_HOME');
@@ -167,7 +161,7 @@ async function main({ processes, cleanups }: BenchScope) {
     extraArgs: ['--auto-compaction-mode', 'periodic', '--auto-compaction-retention', process.env.BENCH_SOAK_ETCD_RETENTION ?? '1m'],
   });
   cleanups.unshift(() => etcd.cleanup());
-  const etcdPid = findEtcd(etcd.dataDir);
+  const etcdPid = findEtcdPid(etcd.dataDir);
   const vault = await startLocalVault();
   cleanups.unshift(() => vault.stop());
   const approle = await vault.createAppRole('gatehouse-gateway', 'path "secret/data/llm/*" { capabilities = ["read"] }');
@@ -232,7 +226,7 @@ async function main({ processes, cleanups }: BenchScope) {
 
   // 3. The policy writer: a new version once a second, on a fixed schedule (a write that runs late is not made up).
   const compiler = new RegoCompiler({ opaPath: benchOpaPath });
-  const texts = [DEMO_PROJECT_POLICY.rego, PROJECT_REGO_B];
+  const texts = SOAK_PROJECT_TEXTS;
   const compileText = (rego: string, dataText: string) => compiler.compile(rego, dataText);
   const compiledOnce = compileEach
     ? null
@@ -278,8 +272,11 @@ async function main({ processes, cleanups }: BenchScope) {
   // 4. RSS every 5 s, per process (by label; a label whose pid changes is a restart, reported).
   const rss = new Map<string, { pid: number; samples: { t: number; kib: number; anon: number }[]; restarted: boolean }>();
   const loadStart = Date.now();
+  // The host's share: steal time, to tell an interval the machine's neighbours slowed from one the gateway did.
+  const cpu: { t: number; total: number; steal: number }[] = [];
   const sample = () => {
     const t = (Date.now() - loadStart) / 1000;
+    cpu.push({ t, ...machineCpuTicks() });
     for (const [label, pid] of watchedProcesses(gateway, etcdPid)) {
       const got = rssKiB(pid);
       if (got === null) continue;
@@ -323,11 +320,18 @@ async function main({ processes, cleanups }: BenchScope) {
       (writes.failures.length > 0 ? `\n  first failures: ${writes.failures.join(' | ')}` : ''),
   );
 
-  console.log('\n| interval | from s | req/s | errors | p50 µs | p99 µs | max µs |');
-  console.log('|---:|---:|---:|---:|---:|---:|---:|');
+  // Steal over an interval: between the samples nearest its ends.
+  const nearest = (t: number) => cpu.reduce((best, c) => (Math.abs(c.t - t) < Math.abs(best.t - t) ? c : best), cpu[0]!);
+  const stealShare = (from: number, to: number) => {
+    const [a, b] = [nearest(from), nearest(to)];
+    return b.total > a.total ? (b.steal - a.steal) / (b.total - a.total) : 0;
+  };
+  console.log('\n| interval | from s | req/s | errors | p50 µs | p99 µs | max µs | host steal |');
+  console.log('|---:|---:|---:|---:|---:|---:|---:|---:|');
   for (const l of intervals)
     console.log(
-      `| ${l.interval + 1} | ${l.fromS.toFixed(0)} | ${(l.calls / l.seconds).toFixed(0)} | ${l.errors} | ${l.p50Us.toFixed(0)} | ${l.p99Us.toFixed(0)} | ${l.maxUs.toFixed(0)} |`,
+      `| ${l.interval + 1} | ${l.fromS.toFixed(0)} | ${(l.calls / l.seconds).toFixed(0)} | ${l.errors} | ${l.p50Us.toFixed(0)} | ${l.p99Us.toFixed(0)} | ${l.maxUs.toFixed(0)} | ` +
+        `${(stealShare(l.fromS, l.fromS + l.seconds) * 100).toFixed(1)}% |`,
     );
 
   // RSS after the first interval against the last interval, by the peak of each: a process whose

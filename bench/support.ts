@@ -21,7 +21,8 @@ import {
 import { RegoCompiler, policySubmission, type CompiledPolicy } from '../cms/rego-compiler.js';
 import { createEtcdClient } from '../etcd/index.js';
 import { PolicyStore, type CandidateRollout } from '../policy/store/index.js';
-import { processTable, processTree } from '../dev/proc.js';
+import { DEMO_PROJECT_POLICY } from '../dev/demo.js';
+import { commandLine, processTable, processTree } from '../dev/proc.js';
 import { opaPath } from '../runtime/paths.js';
 
 /** The opa the benchmarks compile with: OPA_PATH, else the one setup builds. */
@@ -357,3 +358,23 @@ export async function driveConcurrently(name: string, concurrency: number, secon
   histogram.destroy();
   return stats;
 }
+
+/** The pid of the etcd this process started (a descendant whose command line names its data dir), or null. */
+export function findEtcdPid(dataDir: string): number | null {
+  const table = processTable();
+  const mine = processTree(process.pid, table);
+  return mine.find((pid) => pid !== process.pid && (commandLine(pid) ?? '').includes(dataDir)) ?? null;
+}
+
+/**
+ * The project policy's two texts a soak's writer switches between: the demo
+ * project's, and the same decision with a rule more (so a module of its
+ * own, which reads data.soak_revision: each version sets it anew).
+ */
+export const SOAK_PROJECT_TEXTS: readonly [string, string] = [
+  DEMO_PROJECT_POLICY.rego,
+  `${DEMO_PROJECT_POLICY.rego}
+# The soak's second text: the same decision, a rule more.
+soak_revision := data.soak_revision
+`,
+];

@@ -75,3 +75,15 @@ export function treeVoluntarySwitches(rootPid: number): number {
   }
   return switches;
 }
+
+/**
+ * The machine's CPU time so far, in clock ticks over all cores (the first
+ * line of /proc/stat): all of it, and what the hypervisor gave to other
+ * guests while this one had work to run (steal). The share of steal between
+ * two readings says how much of a benchmark's noise came from the host.
+ */
+export function machineCpuTicks(): { total: number; steal: number } {
+  const fields = readFileSync('/proc/stat', 'utf8').split('\n', 1)[0]!.trim().split(/\s+/).slice(1).map(Number);
+  // user nice system idle iowait irq softirq steal guest guest_nice; guest time is counted in user already.
+  return { total: fields.slice(0, 8).reduce((sum, n) => sum + n, 0), steal: fields[7] ?? 0 };
+}
