@@ -41,7 +41,8 @@
 // Env: BENCH_SOAK_SECONDS (600), BENCH_SOAK_LOAD (0.8), BENCH_CONNECTIONS (8),
 // BENCH_SOAK_MAX_SECONDS (10), BENCH_SOAK_INTERVAL (s), BENCH_SOAK_ETCD_RETENTION
 // (1m), BENCH_SOAK_MODULE_EVERY (60; 1: a new module every write),
-// BENCH_SOAK_COMPILE (once | each), RUNNER_WORKERS (default: the runner's own,
+// BENCH_SOAK_COMPILE (once | each), BENCH_SOAK_WRITES_PER_SECOND (1; 0: none,
+// a control run), RUNNER_WORKERS (default: the runner's own,
 // half the cores).
 import { execFile } from 'node:child_process';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
@@ -83,6 +84,8 @@ const workers = workerCount(process.env.RUNNER_WORKERS);
 const interval = Number(process.env.BENCH_SOAK_INTERVAL ?? Math.min(60, Math.max(10, seconds / 3)));
 const moduleEvery = Number(process.env.BENCH_SOAK_MODULE_EVERY ?? 60);
 const compileEach = (process.env.BENCH_SOAK_COMPILE ?? 'once') === 'each';
+/** Policy writes a second; 0 (no writes) is a control run, to tell what the writes cost the gateway. */
+const writesPerSecond = Number(process.env.BENCH_SOAK_WRITES_PER_SECOND ?? 1);
 const RSS_EVERY_MS = 5_000;
 const here = fileURLToPath(new URL('.', import.meta.url));
 const root = join(here, '..', '..');
@@ -150,8 +153,19 @@ function watchedProcesses(apisix: ApisixHandle, etcdPid: number | null): Map<str
 async function main({ processes, cleanups }: BenchScope) {
   const installation = findApisix(root);
   if (!installation) throw new Error('no APISIX on this machine: `npm run setup` builds it from the APISIX kit, or set APISIX_HOME');
-  if (!(seconds > 0 && loadShare > 0 && loadShare <= 1 && connections >= 1 && maxSeconds > 0 && Number.isInteger(moduleEvery) && moduleEvery >= 1))
-    throw new Error('want BENCH_SOAK_SECONDS > 0, 0 < BENCH_SOAK_LOAD <= 1, BENCH_CONNECTIONS >= 1, BENCH_SOAK_MODULE_EVERY a whole number >= 1');
+  if (!(
+    seconds > 0 &&
+    loadShare > 0 &&
+    loadShare <= 1 &&
+    connections >= 1 &&
+    maxSeconds > 0 &&
+    Number.isInteger(moduleEvery) &&
+    moduleEvery >= 1 &&
+    writesPerSecond >= 0
+  ))
+    throw new Error(
+      'want BENCH_SOAK_SECONDS > 0, 0 < BENCH_SOAK_LOAD <= 1, BENCH_CONNECTIONS >= 1, BENCH_SOAK_MODULE_EVERY a whole number >= 1, BENCH_SOAK_WRITES_PER_SECOND >= 0',
+    );
   if (!['once', 'each'].includes(process.env.BENCH_SOAK_COMPILE ?? 'once')) throw new Error('want BENCH_SOAK_COMPILE once or each');
   const tools = buildGoTools();
   const work = mkdtempSync(join(tmpdir(), 'gh-bench-soak-'));
@@ -238,8 +252,8 @@ async function main({ processes, cleanups }: BenchScope) {
     const store = new PolicyStore(client);
     const began = Date.now();
     try {
-      for (let n = 1; writing; n++) {
-        const due = began + (n - 1) * 1_000;
+      for (let n = 1; writing && writesPerSecond > 0; n++) {
+        const due = began + ((n - 1) * 1_000) / writesPerSecond;
         const wait = due - Date.now();
         if (wait < -1_000) {
           writes.skipped++;
@@ -381,7 +395,7 @@ async function main({ processes, cleanups }: BenchScope) {
     `| (load held: req/s served vs paced) | ${(achieved * 100).toFixed(1)}% | ~100% | ${achieved >= 0.98 ? 'held' : 'NOT held: the gateway or the machine fell behind'} |`,
   );
   console.log(
-    `| (policy writes, one a second) | ${writes.made} in ${seconds}s | ${Math.floor(seconds)} | ${writes.skipped === 0 ? 'kept up' : `${writes.skipped} ran late`} |`,
+    `| (policy writes, ${writesPerSecond} a second) | ${writes.made} in ${seconds}s | ${Math.floor(seconds * writesPerSecond)} | ${writes.skipped === 0 ? 'kept up' : `${writes.skipped} ran late`} |`,
   );
   if (errors > 0 || !rssOk || p99Ratio > 1.5) process.exitCode = 1;
 }
