@@ -64,6 +64,7 @@ import { PLATFORM_POLICY_NAME, PolicyStore } from '../policy/store/index.js';
 import { workerCount } from '../plugins/runner/config.js';
 import { buildGoTools, expectStatus, status, tcpAccepts } from './gateway-stack.js';
 import {
+  CLOCK_TICKS,
   SOAK_PROJECT_TEXTS,
   benchOpaPath,
   findEtcdPid,
@@ -284,20 +285,25 @@ async function main({ processes, cleanups }: BenchScope) {
   })();
 
   // 4. RSS every 5 s, per process (by label; a label whose pid changes is a restart, reported).
-  const rss = new Map<string, { pid: number; samples: { t: number; kib: number; anon: number }[]; restarted: boolean }>();
+  // With each sample, the process's own CPU time so far (clock ticks), to tell which process spends what.
+  const rss = new Map<string, { pid: number; samples: { t: number; kib: number; anon: number; ticks: number }[]; restarted: boolean }>();
+  const writerCpu: { t: number; us: number }[] = [];
   const loadStart = Date.now();
   // The host's share: steal time, to tell an interval the machine's neighbours slowed from one the gateway did.
   const cpu: { t: number; total: number; steal: number }[] = [];
   const sample = () => {
     const t = (Date.now() - loadStart) / 1000;
     cpu.push({ t, ...machineCpuTicks() });
+    const usage = process.cpuUsage();
+    writerCpu.push({ t, us: usage.user + usage.system });
+    const ticks = new Map(processTable().map((p) => [p.pid, p.cpuTicks]));
     for (const [label, pid] of watchedProcesses(gateway, etcdPid)) {
       const got = rssKiB(pid);
       if (got === null) continue;
       const entry = rss.get(label) ?? { pid, samples: [], restarted: false };
       if (entry.pid !== pid) entry.restarted = true;
       entry.pid = pid;
-      entry.samples.push({ t, ...got });
+      entry.samples.push({ t, ...got, ticks: ticks.get(pid) ?? NaN });
       rss.set(label, entry);
     }
   };
@@ -354,9 +360,14 @@ async function main({ processes, cleanups }: BenchScope) {
   const baseAt = interval;
   const lastFrom = intervals.at(-1)?.fromS ?? seconds - interval;
   console.log(
-    `\n| process | pid | peak MiB, ${baseAt.toFixed(0)}s-${(2 * baseAt).toFixed(0)}s | peak MiB, last interval | growth | RSS MiB at ${baseAt.toFixed(0)}s -> end | anonymous (heap) MiB at ${baseAt.toFixed(0)}s -> end |`,
+    `\n| process | pid | peak MiB, ${baseAt.toFixed(0)}s-${(2 * baseAt).toFixed(0)}s | peak MiB, last interval | growth | RSS MiB at ${baseAt.toFixed(0)}s -> end | anonymous (heap) MiB at ${baseAt.toFixed(0)}s -> end | CPU, % of a core |`,
   );
-  console.log('|---|---:|---:|---:|---:|---:|---:|');
+  console.log('|---|---:|---:|---:|---:|---:|---:|---:|');
+  // CPU over the whole load, first sample to last (a restarted process's is not comparable: left out).
+  const cpuShare = (samples: { t: number; ticks: number }[]) => {
+    const [a, b] = [samples[0]!, samples.at(-1)!];
+    return b.t > a.t ? (((b.ticks - a.ticks) / CLOCK_TICKS / (b.t - a.t)) * 100).toFixed(1) : '-';
+  };
   let rssOk = true;
   let maxGrowth = -Infinity;
   const grown: string[] = [];
@@ -372,9 +383,13 @@ async function main({ processes, cleanups }: BenchScope) {
     if (!ok) ((rssOk = false), grown.push(label));
     const mib = (k: number) => (k / 1024).toFixed(1);
     console.log(
-      `| ${label}${restarted ? ' (RESTARTED)' : ''} | ${pid} | ${mib(early)} | ${mib(late)} | ${(growth * 100).toFixed(1)}% | ${mib(base.kib)} -> ${mib(end.kib)} | ${mib(base.anon)} -> ${mib(end.anon)} |`,
+      `| ${label}${restarted ? ' (RESTARTED)' : ''} | ${pid} | ${mib(early)} | ${mib(late)} | ${(growth * 100).toFixed(1)}% | ${mib(base.kib)} -> ${mib(end.kib)} | ${mib(base.anon)} -> ${mib(end.anon)} | ${restarted ? '-' : cpuShare(samples)} |`,
     );
   }
+  const [w0, w1] = [writerCpu[0]!, writerCpu.at(-1)!];
+  console.log(
+    `(this benchmark's own process, the policy writer: ${w1.t > w0.t ? (((w1.us - w0.us) / 1e6 / (w1.t - w0.t)) * 100).toFixed(1) : '-'}% of a core${compileEach ? ', not counting the opa processes it runs' : ''})`,
+  );
 
   const errors = total.errors + writes.failed;
   const first = intervals[0]!;

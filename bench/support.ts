@@ -51,7 +51,8 @@ export async function storeBenchPolicy(
   return compiled;
 }
 
-const CLOCK_TICKS = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
+/** Clock ticks a second, the unit of /proc's CPU times. */
+export const CLOCK_TICKS = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
 
 /** CPU time (µs: utime + stime from /proc) of a process and all its descendants, threads included. */
 export function treeCpuMicros(rootPid: number): number {
