@@ -19,21 +19,15 @@
 // middle third by their peaks: level when the last third's peak is at most
 // 5% above the middle's.
 import { execFileSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { parse } from 'yaml';
 import { DEMO_PROJECT_POLICY } from '../dev/demo.js';
 import { startLocalEtcd } from '../dev/local-etcd/index.js';
+import { residentKiB } from '../dev/proc.js';
 import { RegoCompiler, policySubmission } from '../cms/rego-compiler.js';
 import { createEtcdClient } from '../etcd/index.js';
 import { PolicyStore } from '../policy/store/index.js';
-import { SOAK_PROJECT_TEXTS, benchOpaPath, findEtcdPid, machineLine, runBench, type BenchScope } from './support.js';
+import { SOAK_PROJECT_TEXTS, benchOpaPath, deployedEtcdSnapshotCount, findEtcdPid, machineLine, runBench, type BenchScope } from './support.js';
 
-const here = fileURLToPath(new URL('.', import.meta.url));
-const root = join(here, '..', '..');
-const deployed = parse(readFileSync(join(root, 'deploy', 'etcd', 'etcd-dc1.conf.yml'), 'utf8')) as { 'snapshot-count'?: number };
-const snapshotCount = Number(process.env.BENCH_ETCD_SNAPSHOT_COUNT ?? deployed['snapshot-count'] ?? 100_000);
+const snapshotCount = Number(process.env.BENCH_ETCD_SNAPSHOT_COUNT ?? deployedEtcdSnapshotCount());
 const writes = Number(process.env.BENCH_ETCD_WRITES ?? 30_000);
 const sampleEvery = Number(process.env.BENCH_ETCD_SAMPLE_EVERY ?? 1_000);
 const moduleEvery = Number(process.env.BENCH_SOAK_MODULE_EVERY ?? 60);
@@ -41,9 +35,9 @@ const PROJECT = 'bench';
 
 /** VmRSS and RssAnon of a process, in MiB. */
 function memoryMiB(pid: number): { rss: number; anon: number } {
-  const text = readFileSync(`/proc/${pid}/status`, 'utf8');
-  const field = (name: string) => Number(new RegExp(`^${name}:\\s+(\\d+) kB`, 'm').exec(text)?.[1] ?? NaN) / 1024;
-  return { rss: field('VmRSS'), anon: field('RssAnon') };
+  const got = residentKiB(pid);
+  if (got === null) throw new Error(`etcd (pid ${pid}) is gone`);
+  return { rss: got.kib / 1024, anon: got.anon / 1024 };
 }
 
 async function main({ cleanups }: BenchScope) {

@@ -58,7 +58,7 @@ import { pointRoutesAt, standaloneRoutesText } from '../dev/local-stack/index.js
 import { startLocalVault } from '../dev/local-vault/index.js';
 import { startLocalEtcd } from '../dev/local-etcd/index.js';
 import { findApisix, freePort, startApisix, type ApisixHandle } from '../dev/apisix/index.js';
-import { commandLine, machineCpuTicks, processTable, processTree } from '../dev/proc.js';
+import { commandLine, machineCpuTicks, processTable, processTree, residentKiB } from '../dev/proc.js';
 import { createEtcdClient } from '../etcd/index.js';
 import { PLATFORM_POLICY_NAME, PolicyStore } from '../policy/store/index.js';
 import { workerCount } from '../plugins/runner/config.js';
@@ -67,6 +67,7 @@ import {
   CLOCK_TICKS,
   SOAK_PROJECT_TEXTS,
   benchOpaPath,
+  deployedEtcdSnapshotCount,
   findEtcdPid,
   machineLine,
   benchRunnerEnv,
@@ -111,18 +112,6 @@ interface IntervalLine {
   p50Us: number;
   p99Us: number;
   maxUs: number;
-}
-
-/** Kilobytes of resident memory of a process (VmRSS) and its anonymous part (RssAnon: heap, not mapped files), or null once it is gone. */
-function rssKiB(pid: number): { kib: number; anon: number } | null {
-  try {
-    const text = readFileSync(`/proc/${pid}/status`, 'utf8');
-    const field = (name: string) => Number(new RegExp(`^${name}:\\s+(\\d+) kB`, 'm').exec(text)?.[1] ?? NaN);
-    const kib = field('VmRSS');
-    return Number.isNaN(kib) ? null : { kib, anon: field('RssAnon') };
-  } catch {
-    return null;
-  }
 }
 
 /** The processes to watch, by a stable label: the gateway's (nginx's group, the runner's tree) and etcd. */
@@ -173,7 +162,15 @@ async function main({ processes, cleanups }: BenchScope) {
   const logger = pino({ level: 'warn' });
   const etcd = await startLocalEtcd({
     dataRoot: 'bench-etcd',
-    extraArgs: ['--auto-compaction-mode', 'periodic', '--auto-compaction-retention', process.env.BENCH_SOAK_ETCD_RETENTION ?? '1m'],
+    extraArgs: [
+      // Its Raft entries kept in memory as a deployed etcd keeps them (bench:etcd-memory).
+      '--snapshot-count',
+      String(deployedEtcdSnapshotCount()),
+      '--auto-compaction-mode',
+      'periodic',
+      '--auto-compaction-retention',
+      process.env.BENCH_SOAK_ETCD_RETENTION ?? '1m',
+    ],
   });
   cleanups.unshift(() => etcd.cleanup());
   const etcdPid = findEtcdPid(etcd.dataDir);
@@ -298,7 +295,7 @@ async function main({ processes, cleanups }: BenchScope) {
     writerCpu.push({ t, us: usage.user + usage.system });
     const ticks = new Map(processTable().map((p) => [p.pid, p.cpuTicks]));
     for (const [label, pid] of watchedProcesses(gateway, etcdPid)) {
-      const got = rssKiB(pid);
+      const got = residentKiB(pid);
       if (got === null) continue;
       const entry = rss.get(label) ?? { pid, samples: [], restarted: false };
       if (entry.pid !== pid) entry.restarted = true;

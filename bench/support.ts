@@ -1,7 +1,7 @@
 // What the benchmarks share: starting processes on sockets, driving the
 // runner as APISIX does, HDR histograms and printing.
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { exportJWK, generateKeyPair, SignJWT } from 'jose';
@@ -23,7 +23,8 @@ import { createEtcdClient } from '../etcd/index.js';
 import { PolicyStore, type CandidateRollout } from '../policy/store/index.js';
 import { DEMO_PROJECT_POLICY } from '../dev/demo.js';
 import { commandLine, processTable, processTree } from '../dev/proc.js';
-import { opaPath } from '../runtime/paths.js';
+import { opaPath, packageRoot } from '../runtime/paths.js';
+import { parse } from 'yaml';
 
 /** The opa the benchmarks compile with: OPA_PATH, else the one setup builds. */
 export const benchOpaPath = opaPath(process.env.OPA_PATH);
@@ -379,3 +380,15 @@ export const SOAK_PROJECT_TEXTS: readonly [string, string] = [
 soak_revision := data.soak_revision
 `,
 ];
+
+/**
+ * The snapshot-count the deployment gives etcd (deploy/etcd/etcd-dc1.conf.yml),
+ * for benchmarks whose etcd's memory should behave as a deployed one's:
+ * etcd 3.4 holds its applied Raft entries in memory until a snapshot.
+ */
+export function deployedEtcdSnapshotCount(): number {
+  const conf = parse(readFileSync(join(packageRoot(), 'deploy', 'etcd', 'etcd-dc1.conf.yml'), 'utf8')) as { 'snapshot-count'?: unknown };
+  const count = conf['snapshot-count'];
+  if (typeof count !== 'number' || !Number.isInteger(count) || count < 1) throw new Error('deploy/etcd/etcd-dc1.conf.yml sets no snapshot-count');
+  return count;
+}

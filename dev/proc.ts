@@ -87,3 +87,15 @@ export function machineCpuTicks(): { total: number; steal: number } {
   // user nice system idle iowait irq softirq steal guest guest_nice; guest time is counted in user already.
   return { total: fields.slice(0, 8).reduce((sum, n) => sum + n, 0), steal: fields[7] ?? 0 };
 }
+
+/** Kilobytes of resident memory of a process (VmRSS) and its anonymous part (RssAnon: heap, not mapped files), or null once it is gone. */
+export function residentKiB(pid: number): { kib: number; anon: number } | null {
+  try {
+    const text = readFileSync(`/proc/${pid}/status`, 'utf8');
+    const field = (name: string) => Number(new RegExp(`^${name}:\\s+(\\d+) kB`, 'm').exec(text)?.[1] ?? NaN);
+    const kib = field('VmRSS');
+    return Number.isNaN(kib) ? null : { kib, anon: field('RssAnon') };
+  } catch {
+    return null;
+  }
+}
