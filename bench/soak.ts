@@ -287,7 +287,7 @@ async function main({ processes, cleanups }: BenchScope) {
   const writerCpu: { t: number; us: number }[] = [];
   const loadStart = Date.now();
   // The host's share: steal time, to tell an interval the machine's neighbours slowed from one the gateway did.
-  const cpu: { t: number; total: number; steal: number }[] = [];
+  const cpu: { t: number; total: number; steal: number; idle: number }[] = [];
   const sample = () => {
     const t = (Date.now() - loadStart) / 1000;
     cpu.push({ t, ...machineCpuTicks() });
@@ -339,16 +339,25 @@ async function main({ processes, cleanups }: BenchScope) {
 
   // Steal over an interval: between the samples nearest its ends.
   const nearest = (t: number) => cpu.reduce((best, c) => (Math.abs(c.t - t) < Math.abs(best.t - t) ? c : best), cpu[0]!);
-  const stealShare = (from: number, to: number) => {
+  const shareOf = (from: number, to: number, part: (c: (typeof cpu)[number]) => number) => {
     const [a, b] = [nearest(from), nearest(to)];
-    return b.total > a.total ? (b.steal - a.steal) / (b.total - a.total) : 0;
+    return b.total > a.total ? (part(b) - part(a)) / (b.total - a.total) : 0;
   };
-  console.log('\n| interval | from s | req/s | errors | p50 µs | p99 µs | max µs | host steal |');
-  console.log('|---:|---:|---:|---:|---:|---:|---:|---:|');
+  // Every process's CPU (not idle, over all cores) over the interval, a request: rising with the same
+  // load, the machine is doing more for each request, or getting less done with each cycle.
+  const busyMicrosPerCall = (l: IntervalLine) => {
+    const [a, b] = [nearest(l.fromS), nearest(l.fromS + l.seconds)];
+    const busyTicks = b.total - b.idle - (a.total - a.idle);
+    const calls = (l.calls / l.seconds) * (b.t - a.t);
+    return calls > 0 ? ((busyTicks / CLOCK_TICKS / calls) * 1e6).toFixed(0) : '-';
+  };
+  console.log('\n| interval | from s | req/s | errors | p50 µs | p99 µs | max µs | machine busy | host steal | machine CPU µs a request |');
+  console.log('|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
   for (const l of intervals)
     console.log(
       `| ${l.interval + 1} | ${l.fromS.toFixed(0)} | ${(l.calls / l.seconds).toFixed(0)} | ${l.errors} | ${l.p50Us.toFixed(0)} | ${l.p99Us.toFixed(0)} | ${l.maxUs.toFixed(0)} | ` +
-        `${(stealShare(l.fromS, l.fromS + l.seconds) * 100).toFixed(1)}% |`,
+        `${((1 - shareOf(l.fromS, l.fromS + l.seconds, (c) => c.idle)) * 100).toFixed(1)}% | ${(shareOf(l.fromS, l.fromS + l.seconds, (c) => c.steal) * 100).toFixed(1)}% | ` +
+        `${busyMicrosPerCall(l)} |`,
     );
 
   // RSS after the first interval against the last interval, by the peak of each: a process whose

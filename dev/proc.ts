@@ -79,13 +79,14 @@ export function treeVoluntarySwitches(rootPid: number): number {
 /**
  * The machine's CPU time so far, in clock ticks over all cores (the first
  * line of /proc/stat): all of it, and what the hypervisor gave to other
- * guests while this one had work to run (steal). The share of steal between
- * two readings says how much of a benchmark's noise came from the host.
+ * guests while this one had work to run (steal), and idle (iowait included).
+ * The share of steal between two readings says how much of a benchmark's
+ * noise came from the host; the share not idle, how busy the machine was.
  */
-export function machineCpuTicks(): { total: number; steal: number } {
+export function machineCpuTicks(): { total: number; steal: number; idle: number } {
   const fields = readFileSync('/proc/stat', 'utf8').split('\n', 1)[0]!.trim().split(/\s+/).slice(1).map(Number);
   // user nice system idle iowait irq softirq steal guest guest_nice; guest time is counted in user already.
-  return { total: fields.slice(0, 8).reduce((sum, n) => sum + n, 0), steal: fields[7] ?? 0 };
+  return { total: fields.slice(0, 8).reduce((sum, n) => sum + n, 0), steal: fields[7] ?? 0, idle: (fields[3] ?? 0) + (fields[4] ?? 0) };
 }
 
 /** Kilobytes of resident memory of a process (VmRSS) and its anonymous part (RssAnon: heap, not mapped files), or null once it is gone. */
