@@ -24,13 +24,19 @@
 //      CMS sharing the gateway's cores would). opa builds the same module
 //      from the same text whatever the data, so the gateway sees the same
 //      writes either way;
-//   4. every 5 s, the RSS of every process of the gateway (nginx master,
-//      workers and helpers, the runner's primary and workers) and of etcd.
+//   4. every 5 s, the RSS and CPU time of every process of the gateway
+//      (nginx master, workers and helpers, the runner's primary and workers)
+//      and of etcd, and the machine's own CPU counters: per interval, how
+//      busy the two cores were, the machine's CPU a request, and the host's
+//      steal (to tell the machine's neighbours from the gateway).
 //
 // etcd compacts its history as a deployment's does (deploy/: periodic, one
 // hour), but on a scale the run can show: every BENCH_SOAK_ETCD_RETENTION
 // (1m), so its memory shows whether it levels off once compaction runs, not
-// a history that only grows for the first hour.
+// a history that only grows for the first hour. It takes its snapshots at
+// the deployment's snapshot-count, which ten minutes do not reach: its
+// Raft entries stay in memory until then (bench:etcd-memory shows where it
+// levels off).
 //
 // Targets: zero errors (any answer other than the upstream's 200, any failed
 // policy write); the RSS of every process flat (the peak of the last
@@ -42,8 +48,8 @@
 // BENCH_SOAK_MAX_SECONDS (10), BENCH_SOAK_INTERVAL (s), BENCH_SOAK_ETCD_RETENTION
 // (1m), BENCH_SOAK_MODULE_EVERY (60; 1: a new module every write),
 // BENCH_SOAK_COMPILE (once | each), BENCH_SOAK_WRITES_PER_SECOND (1; 0: none,
-// a control run), RUNNER_WORKERS (default: the runner's own,
-// half the cores).
+// a control run), RUNNER_WORKERS (default: the runner's own, half the
+// cores).
 import { execFile } from 'node:child_process';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
