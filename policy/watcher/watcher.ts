@@ -617,7 +617,8 @@ export class PolicyWatcher extends EventEmitter {
     const meta = JSON.parse(parts.meta.value.toString('utf8')) as PolicyMetadata;
     // When the module changed, the event carries its wasm (etcd never splits a transaction's events): it
     // is written to the snapshot directory and held while the engine is built, then let go. When it did
-    // not, the wasm key was left as it was (keys.ts), and the engine is built from what this process has.
+    // not, the wasm key was left as it was (keys.ts): the engine is built from the module this process
+    // has compiled or on disk, else read from etcd, where the key still holds it.
     const data = await fetch(parts.data, keys.data);
     const wasm = parts.wasm?.value;
     if (wasm && sha256Hex(wasm) !== meta.wasmSha256) throw new Error(`wasm of ${name} does not match its metadata sha256`);
