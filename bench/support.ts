@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { exportJWK, generateKeyPair, SignJWT } from 'jose';
 import { cpus, totalmem } from 'node:os';
 import hdr from 'hdr-histogram-js';
+import { parse } from 'yaml';
 import {
   FrameConnection,
   RpcType,
@@ -24,7 +25,6 @@ import { PolicyStore, type CandidateRollout } from '../policy/store/index.js';
 import { DEMO_PROJECT_POLICY } from '../dev/demo.js';
 import { commandLine, processTable, processTree } from '../dev/proc.js';
 import { opaPath, packageRoot } from '../runtime/paths.js';
-import { parse } from 'yaml';
 
 /** The opa the benchmarks compile with: OPA_PATH, else the one setup builds. */
 export const benchOpaPath = opaPath(process.env.OPA_PATH);
