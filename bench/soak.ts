@@ -244,11 +244,9 @@ async function main({ processes, cleanups }: BenchScope) {
 
   // 3. The policy writer: a new version once a second, on a fixed schedule (a write that runs late is not made up).
   const compiler = new RegoCompiler({ opaPath: benchOpaPath });
-  const texts = SOAK_PROJECT_TEXTS;
-  const compileText = (rego: string, dataText: string) => compiler.compile(rego, dataText);
   const compiledOnce = compileEach
     ? null
-    : await Promise.all(texts.map((rego) => compileText(rego, JSON.stringify({ ...DEMO_PROJECT_POLICY.data, soak_revision: 0 }))));
+    : await Promise.all(SOAK_PROJECT_TEXTS.map((rego) => compiler.compile(rego, JSON.stringify({ ...DEMO_PROJECT_POLICY.data, soak_revision: 0 }))));
   const writes = { made: 0, failed: 0, skipped: 0, ms: [] as number[], firstRevision: 0, lastRevision: 0, failures: [] as string[] };
   let writing = true;
   const writer = (async () => {
@@ -269,9 +267,9 @@ async function main({ processes, cleanups }: BenchScope) {
         try {
           // The first text is the one stored before the load; the other from write moduleEvery on, and so on.
           const text = Math.floor(n / moduleEvery) % 2;
-          const rego = texts[text]!;
+          const rego = SOAK_PROJECT_TEXTS[text]!;
           const dataText = JSON.stringify({ ...DEMO_PROJECT_POLICY.data, soak_revision: n });
-          const compiled = compiledOnce?.[text] ?? (await compileText(rego, dataText));
+          const compiled = compiledOnce?.[text] ?? (await compiler.compile(rego, dataText));
           const put = await store.put(PROJECT, policySubmission(rego, dataText, compiled, 'bench-soak'));
           if (writes.firstRevision === 0) writes.firstRevision = put.revision;
           writes.lastRevision = put.revision;
@@ -292,7 +290,8 @@ async function main({ processes, cleanups }: BenchScope) {
   const rss = new Map<string, { pid: number; samples: { t: number; kib: number; anon: number; ticks: number }[]; restarted: boolean }>();
   const writerCpu: { t: number; us: number }[] = [];
   const loadStart = Date.now();
-  // The host's share: steal time, to tell an interval the machine's neighbours slowed from one the gateway did.
+  // The machine's counters: how busy its cores were, and the host's steal (to tell an interval the machine's
+  // neighbours slowed from one the gateway did).
   const cpu: { t: number; total: number; steal: number; idle: number }[] = [];
   const sample = () => {
     const t = (Date.now() - loadStart) / 1000;
@@ -343,7 +342,7 @@ async function main({ processes, cleanups }: BenchScope) {
       (writes.failures.length > 0 ? `\n  first failures: ${writes.failures.join(' | ')}` : ''),
   );
 
-  // Steal over an interval: between the samples nearest its ends.
+  // A share of the machine's CPU time over an interval: between the samples nearest its ends.
   const nearest = (t: number) => cpu.reduce((best, c) => (Math.abs(c.t - t) < Math.abs(best.t - t) ? c : best), cpu[0]!);
   const shareOf = (from: number, to: number, part: (c: (typeof cpu)[number]) => number) => {
     const [a, b] = [nearest(from), nearest(to)];
