@@ -46,7 +46,7 @@
 // under `node --cpu-prof` (its one process, or primary and workers: cluster passes execArgv on)
 // takes the jwt + opa load alone (or BENCH_CPU_PROF_ROW's, a Gatehouse row's key); the profiles
 // are written to <dir> and the top functions by self time printed.
-import { execFile, execFileSync } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, join, resolve } from 'node:path';
@@ -69,6 +69,7 @@ import { candidateName, PLATFORM_POLICY_NAME } from '../policy/store/index.js';
 import { readCandidateReports } from '../policy/candidate/index.js';
 import { answers, buildGoTools, expectStatus, status, tcpAccepts } from './gateway-stack.js';
 import {
+  CLOCK_TICKS,
   benchOpaPath,
   machineLine,
   median,
@@ -168,10 +169,8 @@ function apisixCpuMicros(apisix: ApisixHandle): number {
   const table = processTable();
   const runnerTree = new Set(runner === null ? [] : processTree(runner, table));
   const ticks = table.filter((p) => p.pgrp === apisix.pid && !runnerTree.has(p.pid)).reduce((n, p) => n + p.cpuTicks, 0);
-  return (ticks * 1e6) / clockTicks;
+  return (ticks * 1e6) / CLOCK_TICKS;
 }
-
-const clockTicks = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
 
 interface LoadResult {
   calls: number;
