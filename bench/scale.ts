@@ -29,12 +29,13 @@
 // BENCH_COLD_SAMPLE (200), BENCH_CONNECTIONS (8), BENCH_ROUNDS (4), BENCH_BASELINE_RUNNER,
 // BENCH_DISTINCT_PROJECTS (10000; 0: no distinct-policies row);
 // POLICY_EVAL_WORKERS is passed to the runners (0: evaluation on their own thread).
-import { readFileSync, readdirSync, statSync, mkdtempSync } from 'node:fs';
+import { readdirSync, statSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pLimit from 'p-limit';
 import { startLocalEtcd, type LocalEtcd } from '../dev/local-etcd/index.js';
+import { processTree, residentKiB } from '../dev/proc.js';
 import { RegoCompiler, policySubmission, type CompiledPolicy } from '../cms/rego-compiler.js';
 import { PolicyStore } from '../policy/store/index.js';
 import { createEtcdClient } from '../etcd/index.js';
@@ -127,13 +128,7 @@ interface Row {
 
 /** RSS of a process and every process under it (a runner's primary and its workers). */
 function rssMiB(pid: number): number {
-  const match = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-  let total = match ? Number(match[1]) / 1024 : NaN;
-  for (const task of readdirSync(`/proc/${pid}/task`)) {
-    const children = readFileSync(`/proc/${pid}/task/${task}/children`, 'utf8').trim();
-    for (const child of children ? children.split(/\s+/) : []) total += rssMiB(Number(child));
-  }
-  return total;
+  return processTree(pid).reduce((total, p) => total + (residentKiB(p)?.kib ?? NaN) / 1024, 0);
 }
 
 function filesUnder(dir: string, exists = true): Map<string, { size: number; mtimeMs: number }> {
