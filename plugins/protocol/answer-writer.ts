@@ -37,6 +37,11 @@ function useScratch(buffer: Buffer): void {
   bytesOf = new Uint8Array(buffer.buffer, buffer.byteOffset, buffer.byteLength);
 }
 
+/** After an answer that grew the scratch buffer: back to the size kept, so one huge answer holds no memory after it. */
+function releaseGrownScratch(): void {
+  if (scratch.length > KEPT_SCRATCH_BYTES) useScratch(Buffer.alloc(KEPT_SCRATCH_BYTES));
+}
+
 function reserve(bytes: number): void {
   if (pos + bytes <= scratch.length) return;
   const grown = Buffer.alloc(Math.max(scratch.length * 2, pos + bytes));
@@ -191,7 +196,7 @@ export function writeHttpReqCallAnswerFrame(msg: HttpReqCallResponse): Buffer {
   }
   const payloadLength = pos - HEADER_SIZE;
   if (payloadLength > MAX_PAYLOAD_SIZE) {
-    if (scratch.length > KEPT_SCRATCH_BYTES) useScratch(Buffer.alloc(KEPT_SCRATCH_BYTES));
+    releaseGrownScratch();
     throw new FrameTooLargeError(payloadLength);
   }
   scratch[0] = RpcType.HTTPReqCall;
@@ -200,6 +205,6 @@ export function writeHttpReqCallAnswerFrame(msg: HttpReqCallResponse): Buffer {
   scratch[3] = payloadLength & 0xff;
   const frame = Buffer.allocUnsafe(pos);
   frame.set(bytesOf.subarray(0, pos));
-  if (scratch.length > KEPT_SCRATCH_BYTES) useScratch(Buffer.alloc(KEPT_SCRATCH_BYTES));
+  releaseGrownScratch();
   return frame;
 }
