@@ -28,7 +28,9 @@
 //      (nginx master, workers and helpers, the runner's primary and workers)
 //      and of etcd, and the machine's own CPU counters: per interval, how
 //      busy the two cores were, the machine's CPU a request, and the host's
-//      steal (to tell the machine's neighbours from the gateway).
+//      steal (to tell the machine's neighbours from the gateway); and the
+//      runner's worst event-loop delay since the last sample, from its
+//      metrics (to tell a stalled runner from a queue behind anything else).
 //
 // etcd compacts its history as a deployment's does (deploy/: periodic, one
 // hour), but on a scale the run can show: every BENCH_SOAK_ETCD_RETENTION
@@ -67,6 +69,7 @@ import { findApisix, freePort, startApisix, type ApisixHandle } from '../dev/api
 import { commandLine, machineCpuTicks, processTable, processTree, residentKiB } from '../dev/proc.js';
 import { createEtcdClient } from '../etcd/index.js';
 import { PLATFORM_POLICY_NAME, PolicyStore } from '../policy/store/index.js';
+import { EVENT_LOOP_SAMPLE_MS } from '../runtime/process-metrics.js';
 import { workerCount } from '../plugins/runner/config.js';
 import { buildGoTools, expectStatus, status, tcpAccepts } from './gateway-stack.js';
 import {
@@ -198,6 +201,8 @@ async function main({ processes, cleanups }: BenchScope) {
     routesPath,
     standaloneRoutesText(parseDocument(pointRoutesAt(readFileSync(join(root, 'apisix-conf', 'apisix.yaml'), 'utf8'), { rag: upstream, llm: upstream }))),
   );
+  // The runner's metrics, for its event-loop delay per interval (runtime/process-metrics).
+  const runnerMetricsPort = await freePort();
   const gateway = await startApisix({
     installation,
     repoRoot: root,
@@ -210,6 +215,7 @@ async function main({ processes, cleanups }: BenchScope) {
       vault: { addr: vault.addr, ...approle },
       extra: {
         RUNNER_STATE_DIR: join(work, 'runner-state'),
+        RUNNER_METRICS_PORT: String(runnerMetricsPort),
         RUNNER_SETTLE_PORT: String(await freePort()),
         JWT_JWKS_FILE: identity.jwksFile,
         JWT_ISSUER: identity.identityConfig.issuer,
@@ -309,8 +315,27 @@ async function main({ processes, cleanups }: BenchScope) {
       rss.set(label, entry);
     }
   };
+  // The runner's worst event-loop delay since the last scrape (prom-client resets its histogram on each):
+  // an interval whose p99 is hundreds of ms while the runner's loop never waited that long was not held up
+  // by the runner. Its sampler fires every EVENT_LOOP_SAMPLE_MS and records how late it fired, plus that
+  // period: a stall that long or longer shows, a shorter one only if it overlaps a firing.
+  const loopDelays: { t: number; ms: number }[] = [];
+  const scrapeLoopDelay = async () => {
+    const t = (Date.now() - loadStart) / 1000;
+    try {
+      const text = await (await fetch(`http://127.0.0.1:${runnerMetricsPort}/metrics`)).text();
+      const max = /^gatehouse_runner_nodejs_eventloop_lag_max_seconds(?:\{[^}]*\})? (\S+)$/m.exec(text)?.[1];
+      if (max !== undefined) loopDelays.push({ t, ms: Math.max(0, Number(max) * 1000 - EVENT_LOOP_SAMPLE_MS) });
+    } catch {
+      // A missed scrape leaves a gap, shown as "-" where an interval has none.
+    }
+  };
   sample();
-  const sampler = setInterval(sample, RSS_EVERY_MS);
+  await scrapeLoopDelay();
+  const sampler = setInterval(() => {
+    sample();
+    void scrapeLoopDelay();
+  }, RSS_EVERY_MS);
 
   // 2. The soak itself: the paced load, one line per interval.
   let lines: unknown[];
@@ -319,6 +344,7 @@ async function main({ processes, cleanups }: BenchScope) {
   } finally {
     clearInterval(sampler);
     sample();
+    await scrapeLoopDelay();
     writing = false;
     await writer;
   }
@@ -356,13 +382,20 @@ async function main({ processes, cleanups }: BenchScope) {
     const calls = (l.calls / l.seconds) * (b.t - a.t);
     return calls > 0 ? ((busyTicks / CLOCK_TICKS / calls) * 1e6).toFixed(0) : '-';
   };
-  console.log('\n| interval | from s | req/s | errors | p50 µs | p99 µs | max µs | machine busy | host steal | machine CPU µs a request |');
-  console.log('|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
+  // A scrape at t covers the RSS_EVERY_MS before it.
+  const worstLoopDelay = (l: IntervalLine) => {
+    const inside = loopDelays.filter((d) => d.t > l.fromS && d.t - RSS_EVERY_MS / 1000 < l.fromS + l.seconds);
+    return inside.length > 0 ? Math.max(...inside.map((d) => d.ms)).toFixed(0) : '-';
+  };
+  console.log(
+    '\n| interval | from s | req/s | errors | p50 µs | p99 µs | max µs | machine busy | host steal | machine CPU µs a request | runner event-loop delay, worst ms |',
+  );
+  console.log('|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
   for (const l of intervals)
     console.log(
       `| ${l.interval + 1} | ${l.fromS.toFixed(0)} | ${(l.calls / l.seconds).toFixed(0)} | ${l.errors} | ${l.p50Us.toFixed(0)} | ${l.p99Us.toFixed(0)} | ${l.maxUs.toFixed(0)} | ` +
         `${((1 - shareOf(l.fromS, l.fromS + l.seconds, (c) => c.idle)) * 100).toFixed(1)}% | ${(shareOf(l.fromS, l.fromS + l.seconds, (c) => c.steal) * 100).toFixed(1)}% | ` +
-        `${busyMicrosPerCall(l)} |`,
+        `${busyMicrosPerCall(l)} | ${worstLoopDelay(l)} |`,
     );
 
   // RSS after the first interval against the last interval, by the peak of each: a process whose
