@@ -21,7 +21,7 @@ export interface DecisionApiMetrics {
 
 export function createDecisionApiMetrics(): DecisionApiMetrics {
   const registry = new Registry();
-  collectProcessMetrics(registry, 'gatehouse_decision_');
+  collectProcessMetrics(registry, 'gatehouse_decision_api_');
   const decisions = new Counter({
     name: 'gatehouse_decision_api_decisions_total',
     help: 'Decisions by policy and outcome',

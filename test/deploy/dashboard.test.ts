@@ -137,4 +137,17 @@ describe('the dashboard against a running stack', () => {
     expect(decision!.has('gatehouse_decision_api_decisions_total')).toBe(true);
     expect(apisix!.has('apisix_http_status')).toBe(true);
   });
+
+  it("each Gatehouse service exports its process metrics (CPU, memory, event-loop lag) under its own metrics' prefix", async () => {
+    const services = [
+      { prefix: 'gatehouse_runner_', url: `http://127.0.0.1:${runnerMetrics}/metrics` },
+      { prefix: 'gatehouse_cms_', url: `${test.stack.cmsUrl}/metrics` },
+      { prefix: 'gatehouse_decision_api_', url: `${test.stack.decisionUrl}/metrics` },
+    ];
+    for (const { prefix, url } of services) {
+      const exposed = exposedMetrics(await scrape(url));
+      for (const name of ['process_cpu_seconds_total', 'process_resident_memory_bytes', 'nodejs_eventloop_lag_max_seconds', 'nodejs_gc_duration_seconds'])
+        expect(exposed.has(`${prefix}${name}`), `${url}: ${prefix}${name}`).toBe(true);
+    }
+  });
 });
