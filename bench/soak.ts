@@ -38,7 +38,11 @@
 // a history that only grows for the first hour. It takes its snapshots at
 // the deployment's snapshot-count, which ten minutes do not reach: its
 // Raft entries stay in memory until then (bench:etcd-memory shows where it
-// levels off).
+// levels off). BENCH_SOAK_ETCD_WARMUP_WRITES (0) policy writes of the same
+// mix, made as fast as one writer goes before the maximum is measured, bring
+// it that far first: about snapshot-count + 5,000 (10,000) start the soak on
+// an etcd at the level a deployed one has long reached, rather than a fresh
+// one still filling its log.
 //
 // Targets: zero errors (any answer other than the upstream's 200, any failed
 // policy write); the RSS of every process flat (the peak of the last
@@ -48,7 +52,7 @@
 //
 // Env: BENCH_SOAK_SECONDS (600), BENCH_SOAK_LOAD (0.8), BENCH_CONNECTIONS (8),
 // BENCH_SOAK_MAX_SECONDS (10), BENCH_SOAK_INTERVAL (s), BENCH_SOAK_ETCD_RETENTION
-// (1m), BENCH_SOAK_MODULE_EVERY (60; 1: a new module every write),
+// (1m), BENCH_SOAK_ETCD_WARMUP_WRITES (0), BENCH_SOAK_MODULE_EVERY (60; 1: a new module every write),
 // BENCH_SOAK_COMPILE (once | each), BENCH_SOAK_WRITES_PER_SECOND (1; 0: none,
 // a control run), RUNNER_WORKERS (default: the runner's own, half the
 // cores).
@@ -97,6 +101,8 @@ const moduleEvery = Number(process.env.BENCH_SOAK_MODULE_EVERY ?? 60);
 const compileEach = (process.env.BENCH_SOAK_COMPILE ?? 'once') === 'each';
 /** Policy writes a second; 0 (no writes) is a control run, to tell what the writes cost the gateway. */
 const writesPerSecond = Number(process.env.BENCH_SOAK_WRITES_PER_SECOND ?? 1);
+/** Policy writes made before the load, to bring etcd's Raft log to its level (see above); 0: a fresh etcd. */
+const etcdWarmupWrites = Number(process.env.BENCH_SOAK_ETCD_WARMUP_WRITES ?? 0);
 const RSS_EVERY_MS = 5_000;
 const here = fileURLToPath(new URL('.', import.meta.url));
 const root = join(here, '..', '..');
@@ -160,10 +166,12 @@ async function main({ processes, cleanups }: BenchScope) {
     maxSeconds > 0 &&
     Number.isInteger(moduleEvery) &&
     moduleEvery >= 1 &&
-    writesPerSecond >= 0
+    writesPerSecond >= 0 &&
+    Number.isInteger(etcdWarmupWrites) &&
+    etcdWarmupWrites >= 0
   ))
     throw new Error(
-      'want BENCH_SOAK_SECONDS > 0, 0 < BENCH_SOAK_LOAD <= 1, BENCH_CONNECTIONS >= 1, BENCH_SOAK_MODULE_EVERY a whole number >= 1, BENCH_SOAK_WRITES_PER_SECOND >= 0',
+      'want BENCH_SOAK_SECONDS > 0, 0 < BENCH_SOAK_LOAD <= 1, BENCH_CONNECTIONS >= 1, BENCH_SOAK_MODULE_EVERY a whole number >= 1, BENCH_SOAK_WRITES_PER_SECOND >= 0, BENCH_SOAK_ETCD_WARMUP_WRITES a whole number >= 0',
     );
   if (!['once', 'each'].includes(process.env.BENCH_SOAK_COMPILE ?? 'once')) throw new Error('want BENCH_SOAK_COMPILE once or each');
   const tools = buildGoTools();
@@ -192,6 +200,36 @@ async function main({ processes, cleanups }: BenchScope) {
 
   await storeBenchPolicy(etcd.endpoints, PLATFORM_POLICY_NAME, DEMO_PLATFORM_POLICY.rego, JSON.stringify(DEMO_PLATFORM_POLICY.data));
   await storeBenchPolicy(etcd.endpoints, PROJECT, DEMO_PROJECT_POLICY.rego, JSON.stringify({ ...DEMO_PROJECT_POLICY.data, soak_revision: 0 }));
+
+  // The soak's policy versions: the n-th has new data (soak_revision n), and the Rego switches to the other
+  // of the two texts every moduleEvery writes (the first text is the one stored above).
+  const compiler = new RegoCompiler({ opaPath: benchOpaPath });
+  const versionOf = (n: number) => {
+    const text = Math.floor(n / moduleEvery) % 2;
+    return { text, rego: SOAK_PROJECT_TEXTS[text]!, dataText: JSON.stringify({ ...DEMO_PROJECT_POLICY.data, soak_revision: n }) };
+  };
+  const compiledTexts =
+    compileEach && etcdWarmupWrites === 0 ? null : await Promise.all(SOAK_PROJECT_TEXTS.map((rego) => compiler.compile(rego, versionOf(0).dataText)));
+  const compiledOnce = compileEach ? null : compiledTexts;
+
+  // etcd's Raft log brought to its level before anything is measured, by the same mix of writes on a
+  // project no request names (its versions are swapped in unbuilt, as any policy not in use).
+  const etcdWarmup = { seconds: 0, kibBefore: etcdPid === null ? null : (residentKiB(etcdPid)?.kib ?? null), kibAfter: null as number | null };
+  if (etcdWarmupWrites > 0) {
+    const client = createEtcdClient(etcd.endpoints);
+    const store = new PolicyStore(client);
+    const began = performance.now();
+    try {
+      for (let n = 1; n <= etcdWarmupWrites; n++) {
+        const { text, rego, dataText } = versionOf(n);
+        await store.put(`${PROJECT}-warmup`, policySubmission(rego, dataText, compiledTexts![text]!, 'bench-soak-warmup'));
+      }
+    } finally {
+      client.close();
+    }
+    etcdWarmup.seconds = (performance.now() - began) / 1000;
+    etcdWarmup.kibAfter = etcdPid === null ? null : (residentKiB(etcdPid)?.kib ?? null);
+  }
 
   const upstreamPort = await freePort();
   processes.push(await startProcess(tools.upstream, ['-addr', `127.0.0.1:${upstreamPort}`], {}, () => tcpAccepts(upstreamPort)));
@@ -249,10 +287,6 @@ async function main({ processes, cleanups }: BenchScope) {
   const rate = Math.max(1, Math.round(max.callsPerSecond * loadShare));
 
   // 3. The policy writer: a new version once a second, on a fixed schedule (a write that runs late is not made up).
-  const compiler = new RegoCompiler({ opaPath: benchOpaPath });
-  const compiledOnce = compileEach
-    ? null
-    : await Promise.all(SOAK_PROJECT_TEXTS.map((rego) => compiler.compile(rego, JSON.stringify({ ...DEMO_PROJECT_POLICY.data, soak_revision: 0 }))));
   const writes = { made: 0, failed: 0, skipped: 0, ms: [] as number[], firstRevision: 0, lastRevision: 0, failures: [] as string[] };
   let writing = true;
   const writer = (async () => {
@@ -271,10 +305,7 @@ async function main({ processes, cleanups }: BenchScope) {
         if (!writing) break;
         const t0 = performance.now();
         try {
-          // The first text is the one stored before the load; the other from write moduleEvery on, and so on.
-          const text = Math.floor(n / moduleEvery) % 2;
-          const rego = SOAK_PROJECT_TEXTS[text]!;
-          const dataText = JSON.stringify({ ...DEMO_PROJECT_POLICY.data, soak_revision: n });
+          const { text, rego, dataText } = versionOf(n);
           const compiled = compiledOnce?.[text] ?? (await compiler.compile(rego, dataText));
           const put = await store.put(PROJECT, policySubmission(rego, dataText, compiled, 'bench-soak'));
           if (writes.firstRevision === 0) writes.firstRevision = put.revision;
@@ -360,6 +391,12 @@ async function main({ processes, cleanups }: BenchScope) {
   console.log(
     `soak: ${(loadShare * 100).toFixed(0)}% of it = ${rate} req/s paced (open loop) for ${seconds}s, intervals of ${interval}s; statuses ${JSON.stringify(total.statuses)}`,
   );
+  if (etcdWarmupWrites > 0) {
+    const mib = (k: number | null) => (k === null ? '-' : (k / 1024).toFixed(1));
+    console.log(
+      `etcd warmed up first: ${etcdWarmupWrites} policy writes of the same mix in ${etcdWarmup.seconds.toFixed(0)} s, RSS ${mib(etcdWarmup.kibBefore)} -> ${mib(etcdWarmup.kibAfter)} MiB`,
+    );
+  }
   const writeMs = [...writes.ms].sort((a, b) => a - b);
   console.log(
     `policy writes (new data each, the Rego switched between two texts every ${moduleEvery} writes, ` +
