@@ -19,13 +19,12 @@
 // middle third by their peaks: level when the last third's peak is at most
 // 5% above the middle's.
 import { execFileSync } from 'node:child_process';
-import { DEMO_PROJECT_POLICY } from '../dev/demo.js';
 import { startLocalEtcd } from '../dev/local-etcd/index.js';
 import { residentKiB } from '../dev/proc.js';
 import { RegoCompiler, policySubmission } from '../cms/rego-compiler.js';
 import { createEtcdClient } from '../etcd/index.js';
 import { PolicyStore } from '../policy/store/index.js';
-import { SOAK_PROJECT_TEXTS, benchOpaPath, deployedEtcdSnapshotCount, findEtcdPid, machineLine, runBench, type BenchScope } from './support.js';
+import { SOAK_PROJECT_TEXTS, benchOpaPath, deployedEtcdSnapshotCount, findEtcdPid, soakVersion, machineLine, runBench, type BenchScope } from './support.js';
 
 const snapshotCount = Number(process.env.BENCH_ETCD_SNAPSHOT_COUNT ?? deployedEtcdSnapshotCount());
 const writes = Number(process.env.BENCH_ETCD_WRITES ?? 30_000);
@@ -54,16 +53,15 @@ async function main({ cleanups }: BenchScope) {
   cleanups.unshift(async () => client.close());
   const store = new PolicyStore(client);
   const compiler = new RegoCompiler({ opaPath: benchOpaPath });
-  const dataText = (n: number) => JSON.stringify({ ...DEMO_PROJECT_POLICY.data, soak_revision: n });
-  const compiled = await Promise.all(SOAK_PROJECT_TEXTS.map((rego) => compiler.compile(rego, dataText(0))));
+  const compiled = await Promise.all(SOAK_PROJECT_TEXTS.map((rego) => compiler.compile(rego, soakVersion(0, moduleEvery).dataText)));
 
   const samples: { writes: number; seconds: number; rss: number; anon: number }[] = [];
   const started = performance.now();
   const sample = (n: number) => samples.push({ writes: n, seconds: (performance.now() - started) / 1000, ...memoryMiB(pid) });
   sample(0);
   for (let n = 0; n < writes; n++) {
-    const text = Math.floor(n / moduleEvery) % 2;
-    await store.put(PROJECT, policySubmission(SOAK_PROJECT_TEXTS[text]!, dataText(n), compiled[text]!, 'bench-etcd-memory'));
+    const { text, rego, dataText } = soakVersion(n, moduleEvery);
+    await store.put(PROJECT, policySubmission(rego, dataText, compiled[text]!, 'bench-etcd-memory'));
     if ((n + 1) % sampleEvery === 0) sample(n + 1);
   }
 

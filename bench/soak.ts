@@ -64,7 +64,7 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { pino } from 'pino';
 import { parseDocument } from 'yaml';
-import { createDemoIdentity, DEMO_PLATFORM_POLICY, DEMO_PROJECT_POLICY } from '../dev/demo.js';
+import { createDemoIdentity, DEMO_PLATFORM_POLICY } from '../dev/demo.js';
 import { RegoCompiler, policySubmission } from '../cms/rego-compiler.js';
 import { pointRoutesAt, standaloneRoutesText } from '../dev/local-stack/index.js';
 import { startLocalVault } from '../dev/local-vault/index.js';
@@ -81,6 +81,7 @@ import {
   SOAK_PROJECT_TEXTS,
   benchOpaPath,
   deployedEtcdSnapshotCount,
+  soakVersion,
   findEtcdPid,
   machineLine,
   benchRunnerEnv,
@@ -199,22 +200,18 @@ async function main({ processes, cleanups }: BenchScope) {
   const outsider = await identity.sign({ sub: 'eve', role: 'project_user', project: 'other-team' });
 
   await storeBenchPolicy(etcd.endpoints, PLATFORM_POLICY_NAME, DEMO_PLATFORM_POLICY.rego, JSON.stringify(DEMO_PLATFORM_POLICY.data));
-  await storeBenchPolicy(etcd.endpoints, PROJECT, DEMO_PROJECT_POLICY.rego, JSON.stringify({ ...DEMO_PROJECT_POLICY.data, soak_revision: 0 }));
-
-  // The soak's policy versions: the n-th has new data (soak_revision n), and the Rego switches to the other
-  // of the two texts every moduleEvery writes (the first text is the one stored above).
+  // The soak's policy versions (soakVersion): version 0 stored now, the writer's from 1 on.
+  const versionOf = (n: number) => soakVersion(n, moduleEvery);
+  await storeBenchPolicy(etcd.endpoints, PROJECT, versionOf(0).rego, versionOf(0).dataText);
   const compiler = new RegoCompiler({ opaPath: benchOpaPath });
-  const versionOf = (n: number) => {
-    const text = Math.floor(n / moduleEvery) % 2;
-    return { text, rego: SOAK_PROJECT_TEXTS[text]!, dataText: JSON.stringify({ ...DEMO_PROJECT_POLICY.data, soak_revision: n }) };
-  };
   const compiledTexts =
     compileEach && etcdWarmupWrites === 0 ? null : await Promise.all(SOAK_PROJECT_TEXTS.map((rego) => compiler.compile(rego, versionOf(0).dataText)));
   const compiledOnce = compileEach ? null : compiledTexts;
 
   // etcd's Raft log brought to its level before anything is measured, by the same mix of writes on a
   // project no request names (its versions are swapped in unbuilt, as any policy not in use).
-  const etcdWarmup = { seconds: 0, kibBefore: etcdPid === null ? null : (residentKiB(etcdPid)?.kib ?? null), kibAfter: null as number | null };
+  const etcdKiB = () => (etcdPid === null ? null : (residentKiB(etcdPid)?.kib ?? null));
+  const etcdWarmup = { seconds: 0, kibBefore: etcdKiB(), kibAfter: null as number | null };
   if (etcdWarmupWrites > 0) {
     const client = createEtcdClient(etcd.endpoints);
     const store = new PolicyStore(client);
@@ -228,7 +225,7 @@ async function main({ processes, cleanups }: BenchScope) {
       client.close();
     }
     etcdWarmup.seconds = (performance.now() - began) / 1000;
-    etcdWarmup.kibAfter = etcdPid === null ? null : (residentKiB(etcdPid)?.kib ?? null);
+    etcdWarmup.kibAfter = etcdKiB();
   }
 
   const upstreamPort = await freePort();

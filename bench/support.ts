@@ -382,6 +382,17 @@ soak_revision := data.soak_revision
 ];
 
 /**
+ * A soak's n-th version of the project policy (bench:soak's writer, its etcd
+ * warm-up, bench:etcd-memory): new data each time (soak_revision n), and the
+ * Rego switched to the other of SOAK_PROJECT_TEXTS every `moduleEvery`
+ * versions (version 0 has the first text).
+ */
+export function soakVersion(n: number, moduleEvery: number): { text: 0 | 1; rego: string; dataText: string } {
+  const text = Math.floor(n / moduleEvery) % 2 === 0 ? 0 : 1;
+  return { text, rego: SOAK_PROJECT_TEXTS[text], dataText: JSON.stringify({ ...DEMO_PROJECT_POLICY.data, soak_revision: n }) };
+}
+
+/**
  * The snapshot-count the deployment gives etcd (deploy/etcd/etcd-dc1.conf.yml),
  * for benchmarks whose etcd's memory should behave as a deployed one's:
  * etcd 3.4 holds its applied Raft entries in memory until a snapshot.
